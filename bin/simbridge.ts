@@ -1,0 +1,168 @@
+#!/usr/bin/env -S npx tsx
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { pino, type Logger } from 'pino';
+import { ConfigError, loadConfig } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { startGateway } from '../bridge/gateway.ts';
+import { startSandbox, type Sandbox } from '../sandbox/index.ts';
+
+const usage = `usage: simbridge <command> [options]
+
+commands:
+  start [--config FILE]        run the gateway (no config file: the sandbox defaults)
+  config check FILE            validate a configuration file and exit
+  sandbox [--config FILE]      run only the local IoT Core stand-in
+
+The config file may also be given as SIMBRIDGE_CONFIG.`;
+
+// Exit codes scripts can rely on.
+const EXIT_OK = 0;
+const EXIT_USAGE = 64;
+const EXIT_CONFIG = 78;
+const EXIT_FAILURE = 1;
+
+const DEMO_IMSI = '001010000000001';
+const DEMO_IMEI = '490154203237518';
+
+async function main(argv: string[]): Promise<number> {
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+  });
+  const [command, sub, arg] = positionals;
+  if (values.help || !command) {
+    console.log(usage);
+    return command ? EXIT_OK : EXIT_USAGE;
+  }
+  const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
+  switch (command) {
+    case 'start':
+      return start(loadConfig(configFile));
+    case 'sandbox':
+      return runSandboxOnly(loadConfig(configFile));
+    case 'config':
+      if (sub !== 'check' || !(arg ?? configFile)) break;
+      loadConfig(arg ?? configFile);
+      console.log(`${arg ?? configFile}: ok`);
+      return EXIT_OK;
+  }
+  console.error(usage);
+  return EXIT_USAGE;
+}
+
+function logger(config: Config): Logger {
+  return pino({ level: config.log.level, base: undefined });
+}
+
+async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
+  return startSandbox({
+    dataDir: join(config.dataDir, 'sandbox'),
+    host: config.sandbox.host,
+    controlPort: config.sandbox.controlPort,
+    dataPort: config.sandbox.dataPort,
+    observerPort: config.sandbox.observerPort,
+    region: config.vending.region,
+    logger: log.child({ component: 'sandbox' }),
+  });
+}
+
+/** In sandbox mode the gateway is pointed at the stand-in exactly as it would be at AWS. */
+function pointAtSandbox(config: Config, sandbox: Sandbox): Config {
+  return {
+    ...config,
+    vending: {
+      ...config.vending,
+      endpoint: sandbox.controlEndpoint,
+      credentials: config.vending.credentials ?? { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' },
+    },
+    upstream: { ...config.upstream, endpoint: 'localhost', port: sandbox.dataPort, caFile: sandbox.caFile },
+  };
+}
+
+async function start(config: Config): Promise<number> {
+  const log = logger(config);
+  const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
+  let gateway;
+  try {
+    gateway = await startGateway(sandbox ? pointAtSandbox(config, sandbox) : config, log);
+  } catch (err) {
+    await sandbox?.close();
+    throw err;
+  }
+  printBanner(config, gateway, sandbox);
+  return waitForSignal(async () => {
+    await gateway.close();
+    await sandbox?.close();
+  }, log);
+}
+
+async function runSandboxOnly(config: Config): Promise<number> {
+  const log = logger(config);
+  const sandbox = await sandboxFor(config, log);
+  console.log(
+    [
+      'simbridge sandbox (IoT Core stand-in) is running',
+      `  control plane  ${sandbox.controlEndpoint}`,
+      `  data plane     mqtts://${sandbox.dataHost}:${sandbox.dataPort}  (client certificates signed by ${resolve(sandbox.caFile)})`,
+      `  observer       mqtt://127.0.0.1:${sandbox.observerPort}`,
+    ].join('\n'),
+  );
+  return waitForSignal(() => sandbox.close(), log);
+}
+
+function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number }, sandbox?: Sandbox): void {
+  const lines = [
+    `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
+    `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}`,
+    `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}`,
+  ];
+  if (sandbox) {
+    lines.push(
+      `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,
+      '',
+      'Watch messages arrive at "IoT Core":',
+      `  mosquitto_sub -h 127.0.0.1 -p ${sandbox.observerPort} -t '#' -v`,
+      'Send one as a demo SIM over MQTT:',
+      `  mosquitto_pub -h 127.0.0.1 -p ${gateway.mqttPort} -u ${DEMO_IMSI} -i ${DEMO_IMEI} -q 1 -t telemetry -m '{"temp":21.5}'`,
+      'and over HTTP:',
+      `  curl -X POST -H 'X-IMSI: ${DEMO_IMSI}' -H 'X-IMEI: ${DEMO_IMEI}' --data '{"temp":21.5}' 'http://127.0.0.1:${gateway.httpPort}/topics/telemetry?qos=1'`,
+      '',
+    );
+  }
+  console.log(lines.join('\n'));
+}
+
+/** Resolves with the exit code after SIGTERM/SIGINT and a clean shutdown; a second signal exits at once. */
+function waitForSignal(shutdown: () => Promise<void>, log: Logger): Promise<number> {
+  return new Promise((resolveExit) => {
+    let stopping = false;
+    const onSignal = (signal: string) => {
+      if (stopping) process.exit(EXIT_FAILURE);
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      shutdown().then(
+        () => resolveExit(EXIT_OK),
+        (err) => {
+          log.error({ err: String(err) }, 'shutdown failed');
+          resolveExit(EXIT_FAILURE);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      process.exit(EXIT_CONFIG);
+    }
+    console.error(`simbridge: ${(err as Error).message ?? err}`);
+    process.exit(EXIT_FAILURE);
+  },
+);

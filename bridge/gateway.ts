@@ -1,0 +1,150 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema.ts';
+import { openDatabase, type Db } from '../storage/db.ts';
+import { AuditLog } from '../storage/audit.ts';
+import { Outbox } from '../storage/outbox.ts';
+import { SimStore } from '../storage/sims.ts';
+import { AwsIotProvider } from '../vending/aws-iot-provider.ts';
+import { KeyCipher } from '../vending/key-cipher.ts';
+import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
+import { Vendor } from '../vending/vendor.ts';
+import { Admission } from './admission.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { ClaimedIdentity } from './identity/claimed.ts';
+import { startHttpIngress } from './ingress/http.ts';
+import { startMqttIngress } from './ingress/mqtt.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import { Uplink } from './uplink.ts';
+import { UpstreamPool } from './upstream/session-pool.ts';
+
+export interface Gateway {
+  mqttPort: number;
+  httpPort: number;
+  db: Db;
+  metrics: Metrics;
+  /** Stops accepting, finishes in-flight commits, closes sessions and the database. */
+  close(): Promise<void>;
+}
+
+function fill(template: string, vars: Record<string, string>): string {
+  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
+}
+
+export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
+  const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
+  try {
+    const cipher = new KeyCipher(
+      loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
+    );
+    checkMasterKey(db, cipher);
+    return await assemble(config, log, db, cipher);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
+  const metrics = createMetrics();
+  const sims = new SimStore(db);
+  const audit = new AuditLog(db);
+  const outbox = new Outbox(db, config.storage.commitMaxRows);
+  const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup] ?? { upstreamTopic: 'devices/{thing}/{topic}' };
+  const upstreamTopicTemplate = (name: string) => group(name).upstreamTopic;
+
+  const provider = new AwsIotProvider({ region: config.vending.region, endpoint: config.vending.endpoint, credentials: config.vending.credentials });
+  const vendor = new Vendor({
+    db,
+    provider,
+    cipher,
+    audit,
+    log: log.child({ component: 'vending' }),
+    keyAlgorithm: 'ec-p256',
+    policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [upstreamTopicTemplate(g)] }),
+    retryDelayMs: config.vending.retryDelayMs,
+    retryMaxDelayMs: config.vending.retryMaxDelayMs,
+    onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
+    onFailure: () => metrics.vends.inc({ result: 'failed' }),
+  });
+
+  const pool = new UpstreamPool({
+    endpoint: async () => config.upstream.endpoint ?? (await provider.dataEndpoint()),
+    port: config.upstream.port,
+    caPem: config.upstream.caFile ? readFileSync(config.upstream.caFile, 'utf8') : undefined,
+    keepAliveSeconds: config.upstream.keepAliveSeconds,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    operationTimeoutMs: config.upstream.operationTimeoutMs,
+    metrics,
+    log: log.child({ component: 'upstream' }),
+  });
+
+  const dispatcher = new Dispatcher({
+    outbox,
+    sims,
+    credentials: (sim) => vendor.ensure(sim),
+    pool,
+    upstreamTopicTemplate,
+    maxInflight: config.upstream.maxInflight,
+    retryDelayMs: config.upstream.retryDelayMs,
+    retryMaxDelayMs: config.upstream.retryMaxDelayMs,
+    metrics,
+    log: log.child({ component: 'dispatcher' }),
+  });
+
+  const admission = new Admission({
+    sims,
+    audit,
+    unknownSims: config.sims.unknown,
+    defaultGroup: config.sims.defaultGroup,
+    thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+  });
+  const uplink = new Uplink({ outbox, limits: config.limits, upstreamTopicTemplate, metrics });
+  const identity = new ClaimedIdentity();
+
+  const mqtt = await startMqttIngress({
+    host: config.listeners.mqtt.host,
+    port: config.listeners.mqtt.port,
+    connectTimeoutMs: config.listeners.mqtt.connectTimeoutMs,
+    maxClientIdBytes: config.limits.maxClientIdBytes,
+    identity,
+    admission,
+    uplink,
+    metrics,
+    log: log.child({ component: 'mqtt' }),
+  });
+  const http = await startHttpIngress({
+    host: config.listeners.http.host,
+    port: config.listeners.http.port,
+    maxPayloadBytes: config.limits.maxPayloadBytes,
+    identity,
+    admission,
+    uplink,
+    metrics,
+    log: log.child({ component: 'http' }),
+  }).catch(async (err) => {
+    await mqtt.close();
+    throw err;
+  });
+  dispatcher.start();
+
+  let closing: Promise<void> | undefined;
+  return {
+    mqttPort: mqtt.port,
+    httpPort: http.port,
+    db,
+    metrics,
+    close() {
+      closing ??= (async () => {
+        await Promise.all([mqtt.close(), http.close()]);
+        outbox.flush();
+        vendor.stop();
+        await dispatcher.stop(config.shutdown.graceMs);
+        await pool.closeAll();
+        db.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,94 @@
+import Fastify, { type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { Admission, AdmittedDevice } from '../admission.ts';
+import { Refusal, type IdentitySource } from '../identity/source.ts';
+import type { Metrics } from '../metrics.ts';
+import { UplinkRefusal, type Uplink } from '../uplink.ts';
+
+export interface HttpIngressOptions {
+  host: string;
+  port: number;
+  maxPayloadBytes: number;
+  identity: IdentitySource;
+  admission: Admission;
+  uplink: Uplink;
+  metrics: Metrics;
+  log: Logger;
+}
+
+const refusalStatus: Record<string, number> = {
+  invalid_imsi: 400,
+  invalid_imei: 400,
+  qos_not_supported: 400,
+  topic_empty: 400,
+  topic_wildcard: 400,
+  topic_invalid: 400,
+  topic_too_long: 400,
+  topic_too_deep: 400,
+  payload_too_large: 413,
+  storage_unavailable: 503,
+};
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Plain HTTP for devices: POST /topics/{topic}?qos=1, the path of IoT Core's HTTPS publish. */
+export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; close(): Promise<void> }> {
+  const { metrics } = opts;
+  const app = Fastify({ loggerInstance: opts.log.child({ component: 'http' }), disableRequestLogging: true, bodyLimit: opts.maxPayloadBytes });
+
+  // The body is the message, byte for byte, whatever its content type.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+
+  app.setErrorHandler((err: { statusCode?: number; code?: string; message: string }, _req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    const reason = err.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'payload_too_large' : status >= 500 ? 'internal_error' : 'bad_request';
+    metrics.refusals.inc({ protocol: 'http', reason });
+    if (status >= 500) opts.log.error({ err: err.message }, 'HTTP request failed');
+    return reply.code(status).send({ error: reason, message: err.message });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    metrics.refusals.inc({ protocol: 'http', reason: 'not_found' });
+    return reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url}` });
+  });
+
+  function admit(req: FastifyRequest): AdmittedDevice | Refusal {
+    const auth = header(req, 'authorization');
+    const secret = auth?.startsWith('Bearer ') ? auth.slice(7) : undefined;
+    return opts.admission.admit(opts.identity, req.socket.remoteAddress ?? '', {
+      imsi: header(req, 'x-imsi'),
+      imei: header(req, 'x-imei'),
+      secret,
+    });
+  }
+
+  app.post<{ Params: { '*': string }; Querystring: { qos?: string } }>('/topics/*', async (req, reply) => {
+    const device = admit(req);
+    if (device instanceof Refusal) {
+      metrics.refusals.inc({ protocol: 'http', reason: device.reason });
+      return reply.code(refusalStatus[device.reason] ?? 403).send({ error: device.reason, message: device.detail });
+    }
+    const qos = req.query.qos === undefined ? 1 : Number(req.query.qos);
+    const topic = req.params['*'];
+    const payload = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+    try {
+      const id = await opts.uplink.accept('http', device, topic, payload, qos);
+      return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName });
+    } catch (err) {
+      if (!(err instanceof UplinkRefusal)) throw err;
+      if (err.reason === 'storage_unavailable') reply.header('retry-after', '5');
+      return reply.code(refusalStatus[err.reason] ?? 400).send({ error: err.reason, message: err.message });
+    }
+  });
+
+  await app.listen({ host: opts.host, port: opts.port });
+  const address = app.server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : opts.port,
+
+    close: () => app.close(),
+  };
+}

@@ -1,0 +1,107 @@
+import { createServer, type Server } from 'node:net';
+import { Aedes, type Client } from 'aedes';
+import type { Logger } from 'pino';
+import type { Admission, AdmittedDevice } from '../admission.ts';
+import { Refusal, type IdentitySource } from '../identity/source.ts';
+import type { Metrics } from '../metrics.ts';
+import { UplinkRefusal, type Uplink } from '../uplink.ts';
+
+export interface MqttIngressOptions {
+  host: string;
+  port: number;
+  connectTimeoutMs: number;
+  maxClientIdBytes: number;
+  identity: IdentitySource;
+  admission: Admission;
+  uplink: Uplink;
+  metrics: Metrics;
+  log: Logger;
+}
+
+// MQTT 3.1.1 CONNACK return codes (MQTT-3.2.2.3).
+const IDENTIFIER_REJECTED = 2;
+const BAD_USERNAME_OR_PASSWORD = 4;
+const NOT_AUTHORIZED = 5;
+
+function connackCode(refusal: Refusal): number {
+  if (refusal.reason === 'invalid_imei') return IDENTIFIER_REJECTED; // the client id carries the IMEI
+  if (refusal.reason === 'invalid_imsi') return BAD_USERNAME_OR_PASSWORD; // the username carries the IMSI
+  return NOT_AUTHORIZED;
+}
+
+/**
+ * Plain MQTT for devices, on aedes. The pipeline per packet kind reads like aedes' own handlers:
+ * CONNECT: identify → admit; PUBLISH: check → enqueue durably → PUBACK (aedes writes the PUBACK only
+ * after authorizePublish calls back, so the ack follows the commit).
+ */
+export async function startMqttIngress(opts: MqttIngressOptions): Promise<{ port: number; broker: Aedes; close(): Promise<void> }> {
+  const devices = new WeakMap<Client, AdmittedDevice>();
+  const { metrics, log } = opts;
+
+  const broker = await Aedes.createBroker({
+    connectTimeout: opts.connectTimeoutMs,
+    maxClientsIdLength: opts.maxClientIdBytes,
+
+    authenticate(client, username, password, done) {
+      const remote = client.conn && 'remoteAddress' in client.conn ? String(client.conn.remoteAddress ?? '') : '';
+      const result = opts.admission.admit(opts.identity, remote, { imsi: username, imei: client.id, secret: password?.toString('utf8') });
+      if (result instanceof Refusal) {
+        metrics.refusals.inc({ protocol: 'mqtt', reason: result.reason });
+        log.info({ reason: result.reason, remote }, 'MQTT connection refused');
+        const err = Object.assign(new Error(result.detail), { returnCode: connackCode(result) });
+        return done(err as never, false);
+      }
+      devices.set(client, result);
+      done(null, true);
+    },
+
+    authorizePublish(client, packet, done) {
+      if (!client) return done(null); // the broker's own publishes
+      const device = devices.get(client);
+      if (!device) return done(new Error('not authenticated'));
+      opts.uplink.accept('mqtt', device, packet.topic, packet.payload as Buffer, packet.qos).then(
+        () => done(null),
+        // MQTT 3.1.1 has no PUBACK reason code: the refusal closes the connection (MQTT-3.3.5-2).
+        (err: Error) => {
+          log.info({ thing: device.sim.thingName, reason: err instanceof UplinkRefusal ? err.reason : err.message }, 'MQTT publish refused');
+          done(err);
+        },
+      );
+    },
+
+    authorizeSubscribe(_client, _sub, done) {
+      // Downlink is carried by the device's upstream session; until it is wired, refuse (SUBACK 0x80).
+      done(null, null);
+    },
+
+    // Devices never receive each other's messages through the local broker.
+    authorizeForward() {
+      return null;
+    },
+  });
+
+  // Malformed packets and protocol violations end the connection; count them.
+  for (const event of ['connectionError', 'clientError'] as const) {
+    broker.on(event, (_client: Client, err: Error) => {
+      metrics.refusals.inc({ protocol: 'mqtt', reason: 'protocol_error' });
+      log.debug({ err: err.message }, 'MQTT connection error');
+    });
+  }
+
+  const server: Server = createServer(broker.handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => resolve());
+  });
+  const address = server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : opts.port,
+    broker,
+    async close() {
+      // Stop accepting first; server.close() settles once aedes has closed the open connections.
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+      await stopped;
+    },
+  };
+}

@@ -1,0 +1,39 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** The gateway's Prometheus metrics, one registry per gateway instance. */
+export function createMetrics() {
+  const registry = new Registry();
+  return {
+    registry,
+    ingress: new Counter({
+      name: 'simbridge_ingress_messages_total',
+      help: 'device messages by protocol and result',
+      labelNames: ['protocol', 'result'] as const,
+      registers: [registry],
+    }),
+    refusals: new Counter({
+      name: 'simbridge_refusals_total',
+      help: 'refused connections, requests and messages by protocol and reason',
+      labelNames: ['protocol', 'reason'] as const,
+      registers: [registry],
+    }),
+    upstreamPublishes: new Counter({
+      name: 'simbridge_upstream_publishes_total',
+      help: 'messages published upstream by result',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    upstreamSessions: new Gauge({ name: 'simbridge_upstream_sessions', help: 'open upstream sessions', registers: [registry] }),
+    upstreamConnects: new Counter({
+      name: 'simbridge_upstream_connects_total',
+      help: 'upstream connection attempts by result',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    vends: new Counter({ name: 'simbridge_vends_total', help: 'vending attempts by result', labelNames: ['result'] as const, registers: [registry] }),
+    vendSeconds: new Histogram({ name: 'simbridge_vend_seconds', help: 'time to vend a device', registers: [registry], buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60] }),
+    deadLetters: new Counter({ name: 'simbridge_dead_letters_total', help: 'messages moved to the dead letters', labelNames: ['reason'] as const, registers: [registry] }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,84 @@
+import type { Outbox } from '../storage/outbox.ts';
+import type { AdmittedDevice } from './admission.ts';
+import type { Metrics } from './metrics.ts';
+import { checkPublishTopic, mapTopic, type TopicLimits } from './topics.ts';
+
+export type UplinkRefusalReason =
+  | 'qos_not_supported'
+  | 'payload_too_large'
+  | 'topic_empty'
+  | 'topic_wildcard'
+  | 'topic_invalid'
+  | 'topic_too_long'
+  | 'topic_too_deep'
+  | 'storage_unavailable';
+
+export class UplinkRefusal extends Error {
+  constructor(
+    readonly reason: UplinkRefusalReason,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'UplinkRefusal';
+  }
+}
+
+export interface UplinkOptions {
+  outbox: Outbox;
+  limits: TopicLimits & { maxPayloadBytes: number };
+  upstreamTopicTemplate(group: string): string;
+  metrics: Metrics;
+}
+
+/**
+ * One device message on its way in: check it → enqueue durably → the caller acknowledges.
+ * Resolves only after the message is committed; every refusal is counted.
+ */
+export class Uplink {
+  constructor(private readonly opts: UplinkOptions) {}
+
+  async accept(protocol: 'mqtt' | 'http', device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): Promise<number> {
+    try {
+      this.check(device, deviceTopic, payload, qos);
+      let id: number;
+      try {
+        id = await this.opts.outbox.enqueue({ imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() });
+      } catch (err) {
+        throw new UplinkRefusal('storage_unavailable', `message not stored: ${(err as Error).message}`);
+      }
+      this.opts.metrics.ingress.inc({ protocol, result: 'accepted' });
+      return id;
+    } catch (err) {
+      if (err instanceof UplinkRefusal) {
+        this.opts.metrics.ingress.inc({ protocol, result: 'refused' });
+        this.opts.metrics.refusals.inc({ protocol, reason: err.reason });
+      }
+      throw err;
+    }
+  }
+
+  private check(device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {
+    const { limits } = this.opts;
+    // IoT Core has no QoS 2; we refuse it rather than silently downgrade.
+    if (qos !== 0 && qos !== 1) throw new UplinkRefusal('qos_not_supported', 'QoS 2 is not supported; use QoS 0 or 1');
+    if (payload.length > limits.maxPayloadBytes) {
+      throw new UplinkRefusal('payload_too_large', `payload of ${payload.length} bytes exceeds ${limits.maxPayloadBytes}`);
+    }
+    const upstream = mapTopic(this.opts.upstreamTopicTemplate(device.sim.group), {
+      thing: device.sim.thingName,
+      imsi: device.sim.imsi,
+      imei: device.imei ?? device.sim.boundImei ?? '',
+      topic: deviceTopic,
+    });
+    const problem = checkPublishTopic(deviceTopic, upstream, limits);
+    if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
+  }
+}
+
+const topicMessages: Record<string, string> = {
+  topic_empty: 'topic is empty',
+  topic_wildcard: 'wildcards (+, #) are not allowed in a publish topic',
+  topic_invalid: 'topic may not start with $ or contain NUL',
+  topic_too_long: 'topic exceeds 256 bytes upstream',
+  topic_too_deep: 'topic exceeds 8 levels upstream',
+};

@@ -1,0 +1,145 @@
+import { z } from 'zod';
+
+// Every limit, threshold, timeout and port lives here with its default and a one-line description.
+// AWS IoT Core quotas follow the table in design.md; accounts differ, so all are overridable.
+
+const port = z.number().int().min(0).max(65535);
+const host = z.string().min(1);
+
+const identitySource = z
+  .enum(['claimed'])
+  .describe('where a device identity comes from: claimed = the device states IMSI/IMEI (labs, public APN over VPN)');
+
+const group = z
+  .object({
+    upstreamTopic: z
+      .string()
+      .default('devices/{thing}/{topic}')
+      .describe('upstream topic template; placeholders {thing} {imsi} {imei} {topic}'),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    mode: z
+      .enum(['sandbox', 'aws'])
+      .default('sandbox')
+      .describe('sandbox = start the local IoT Core stand-in and point vending and upstream at it'),
+    dataDir: z.string().default('./data').describe('directory of the database and sandbox state'),
+    listeners: z
+      .object({
+        mqtt: z
+          .object({
+            host: host.default('0.0.0.0').describe('address devices reach over MQTT'),
+            port: port.default(1883).describe('device MQTT port (plain)'),
+            identity: identitySource.default('claimed'),
+            connectTimeoutMs: z.number().int().positive().default(30_000).describe('time a device has to send CONNECT'),
+          })
+          .strict()
+          .prefault({}),
+        http: z
+          .object({
+            host: host.default('0.0.0.0').describe('address devices reach over HTTP'),
+            port: port.default(8080).describe('device HTTP port (plain)'),
+            identity: identitySource.default('claimed'),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    sims: z
+      .object({
+        unknown: z
+          .enum(['register', 'reject'])
+          .default('register')
+          .describe('a SIM not in the registry: register it on first contact, or refuse it'),
+        defaultGroup: z.string().default('default').describe('group given to SIMs registered on first contact'),
+      })
+      .strict()
+      .prefault({}),
+    groups: z
+      .record(z.string(), group)
+      .default({ default: { upstreamTopic: 'devices/{thing}/{topic}' } })
+      .describe('SIM groups and their settings'),
+    limits: z
+      .object({
+        maxPayloadBytes: z.number().int().positive().max(131072).default(131072).describe('largest device payload (IoT Core: 128 KB)'),
+        maxTopicBytes: z.number().int().positive().max(256).default(256).describe('longest upstream topic in bytes (IoT Core: 256)'),
+        maxTopicLevels: z.number().int().positive().max(8).default(8).describe('most topic levels upstream (IoT Core: 8)'),
+        maxClientIdBytes: z.number().int().positive().max(128).default(128).describe('longest client id / thing name (IoT Core: 128)'),
+      })
+      .strict()
+      .prefault({}),
+    storage: z
+      .object({
+        synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
+        commitMaxRows: z.number().int().positive().default(1000).describe('group commit: most rows in one transaction'),
+      })
+      .strict()
+      .prefault({}),
+    security: z
+      .object({
+        masterKeyFile: z
+          .string()
+          .optional()
+          .describe('file holding the 32-byte key that encrypts private keys (hex or base64); SIMBRIDGE_MASTER_KEY wins'),
+      })
+      .strict()
+      .prefault({}),
+    vending: z
+      .object({
+        region: z.string().default('us-east-1').describe('AWS region of IoT Core'),
+        endpoint: z.url().optional().describe('control-plane endpoint override (the sandbox sets it)'),
+        credentials: z
+          .object({ accessKeyId: z.string().min(1), secretAccessKey: z.string().min(1) })
+          .strict()
+          .optional()
+          .describe('static credentials; omit to use the default AWS credential chain'),
+        thingName: z.string().default('sim-{imsi}').describe('thing name template; placeholders {imsi} {group}'),
+        policyName: z.string().default('simbridge-{group}').describe('policy name template per group'),
+        retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed vend'),
+        retryMaxDelayMs: z.number().int().positive().default(60_000).describe('longest delay between vend retries'),
+      })
+      .strict()
+      .prefault({}),
+    upstream: z
+      .object({
+        endpoint: z.string().optional().describe('IoT Core data endpoint (host); omit to ask DescribeEndpoint'),
+        port: port.default(8883).describe('IoT Core MQTT over TLS port'),
+        caFile: z.string().optional().describe('CA bundle to trust for the upstream; omit for the system roots'),
+        keepAliveSeconds: z.number().int().min(30).max(1200).default(300).describe('MQTT keepalive (IoT Core: 30-1200 s)'),
+        connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to establish an upstream session'),
+        operationTimeoutMs: z.number().int().positive().default(15_000).describe('time to wait for a PUBACK'),
+        maxInflight: z.number().int().positive().max(100).default(100).describe('QoS 1 publishes in flight per session (IoT Core: 100)'),
+        retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
+        retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
+      })
+      .strict()
+      .prefault({}),
+    sandbox: z
+      .object({
+        host: host.default('127.0.0.1').describe('address the embedded sandbox binds'),
+        controlPort: port.default(4443).describe('sandbox control plane (AWS IoT REST API) port'),
+        dataPort: port.default(8883).describe('sandbox data plane (MQTT over mutual TLS) port'),
+        observerPort: port.default(1884).describe('sandbox observer port: plain MQTT, read-only, shows every message'),
+      })
+      .strict()
+      .prefault({}),
+    shutdown: z
+      .object({
+        graceMs: z.number().int().positive().default(5000).describe('time to finish in-flight work on SIGTERM'),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({
+        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info').describe('log level'),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type GroupConfig = z.infer<typeof group>;

@@ -1,0 +1,451 @@
+// The IoT Core registry the sandbox keeps: certificates, things, policies and
+// the two kinds of attachment (policy → target, thing → principal), with IoT
+// Core's rules for each change. Both planes read it; only the control plane
+// changes it. Every change is journaled so it survives restarts.
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import type { IssuedCertificate } from './ca.ts';
+import { type Account, certArn, certIdFromArn, policyArn, thingArn } from './arn.ts';
+import {
+  alreadyExists,
+  certificateState,
+  deleteConflict,
+  invalidRequest,
+  limitExceeded,
+  malformedPolicy,
+  notFound,
+  versionConflict,
+} from './errors.ts';
+import { Journal } from './journal.ts';
+import { type ParsedPolicy, PolicyError, parsePolicy } from './policy.ts';
+
+export type CertificateStatus = 'ACTIVE' | 'INACTIVE' | 'REVOKED';
+const SETTABLE_STATUSES = new Set<string>(['ACTIVE', 'INACTIVE', 'REVOKED']);
+
+export interface CertificateRecord {
+  certificateId: string;
+  certificateArn: string;
+  status: CertificateStatus;
+  certificatePem: string;
+  subject: string;
+  creationDate: number;
+  lastModifiedDate: number;
+  notBefore: number;
+  notAfter: number;
+  customerVersion: number;
+  generationId: string;
+}
+
+export interface ThingRecord {
+  thingName: string;
+  thingArn: string;
+  thingId: string;
+  attributes: Record<string, string>;
+  version: number;
+  creationDate: number;
+}
+
+export interface PolicyRecord {
+  policyName: string;
+  policyArn: string;
+  policyDocument: string;
+  defaultVersionId: string;
+  creationDate: number;
+  lastModifiedDate: number;
+  generationId: string;
+}
+
+// IoT Core quotas and name patterns that a gateway could get wrong.
+const MAX_POLICIES_PER_TARGET = 10;
+const MAX_ATTRIBUTES_WITHOUT_TYPE = 3;
+const THING_NAME = /^[a-zA-Z0-9:_-]{1,128}$/;
+const POLICY_NAME = /^[\w+=,.@-]{1,128}$/;
+const CERT_ID = /^[0-9a-f]{64}$/;
+const ATTR_NAME = /^[a-zA-Z0-9_.,@/:#-]{1,128}$/;
+const ATTR_VALUE = /^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$/;
+
+const CERT = 'cert';
+const THING = 'thing';
+const POLICY = 'policy';
+const POLICY_TARGET = 'policyTarget';
+const THING_PRINCIPAL = 'thingPrincipal';
+
+/** A link between two names, indexed both ways. */
+class Links {
+  private readonly byLeft = new Map<string, Set<string>>();
+  private readonly byRight = new Map<string, Set<string>>();
+  add(l: string, r: string): void {
+    getOrCreate(this.byLeft, l).add(r);
+    getOrCreate(this.byRight, r).add(l);
+  }
+  remove(l: string, r: string): void {
+    this.byLeft.get(l)?.delete(r);
+    this.byRight.get(r)?.delete(l);
+  }
+  has(l: string, r: string): boolean {
+    return this.byLeft.get(l)?.has(r) ?? false;
+  }
+  rightsOf(l: string): string[] {
+    return [...(this.byLeft.get(l) ?? [])];
+  }
+  leftsOf(r: string): string[] {
+    return [...(this.byRight.get(r) ?? [])];
+  }
+}
+
+export interface RegistryEvents {
+  /** A certificate stopped being ACTIVE (or was deleted): its live connections must go. */
+  certificateDisabled: [certificateId: string];
+}
+
+export class Registry extends EventEmitter<RegistryEvents> {
+  readonly account: Account;
+  private readonly journal: Journal;
+  private readonly certs: Map<string, CertificateRecord>;
+  private readonly things: Map<string, ThingRecord>;
+  private readonly policies: Map<string, PolicyRecord>;
+  private readonly parsed = new Map<string, ParsedPolicy>();
+  /** policyName ↔ target ARN */
+  private readonly policyTargets = new Links();
+  /** thingName ↔ principal ARN */
+  private readonly thingPrincipals = new Links();
+
+  constructor(file: string, account: Account) {
+    super();
+    this.account = account;
+    this.journal = new Journal(file);
+    this.certs = this.journal.table(CERT) as Map<string, CertificateRecord>;
+    this.things = this.journal.table(THING) as Map<string, ThingRecord>;
+    this.policies = this.journal.table(POLICY) as Map<string, PolicyRecord>;
+    for (const p of this.policies.values()) this.parsed.set(p.policyName, parsePolicy(p.policyDocument));
+    for (const v of this.journal.table(POLICY_TARGET).values()) {
+      const { policyName, target } = v as { policyName: string; target: string };
+      this.policyTargets.add(policyName, target);
+    }
+    for (const v of this.journal.table(THING_PRINCIPAL).values()) {
+      const { thingName, principal } = v as { thingName: string; principal: string };
+      this.thingPrincipals.add(thingName, principal);
+    }
+  }
+
+  close(): void {
+    this.journal.close();
+  }
+
+  // ---- certificates ----
+
+  addCertificate(issued: IssuedCertificate, active: boolean): CertificateRecord {
+    const now = Date.now();
+    const rec: CertificateRecord = {
+      certificateId: issued.certificateId,
+      certificateArn: certArn(this.account, issued.certificateId),
+      status: active ? 'ACTIVE' : 'INACTIVE',
+      certificatePem: issued.pem,
+      subject: issued.subject,
+      creationDate: now,
+      lastModifiedDate: now,
+      notBefore: issued.notBefore.getTime(),
+      notAfter: issued.notAfter.getTime(),
+      customerVersion: 1,
+      generationId: randomUUID(),
+    };
+    this.journal.put(CERT, rec.certificateId, rec);
+    return rec;
+  }
+
+  findCertificate(certificateId: string): CertificateRecord | undefined {
+    return this.certs.get(certificateId);
+  }
+
+  certificate(certificateId: string): CertificateRecord {
+    if (!CERT_ID.test(certificateId)) throw invalidRequest(`Invalid certificate id: ${certificateId}`);
+    const rec = this.certs.get(certificateId);
+    if (!rec) throw notFound(`The certificate ${certificateId} does not exist`);
+    return rec;
+  }
+
+  listCertificates(ascending: boolean): CertificateRecord[] {
+    const list = [...this.certs.values()].sort((a, b) => a.creationDate - b.creationDate);
+    return ascending ? list : list.reverse();
+  }
+
+  updateCertificate(certificateId: string, newStatus: string): void {
+    if (!SETTABLE_STATUSES.has(newStatus)) {
+      throw invalidRequest(`newStatus must be one of ACTIVE, INACTIVE, REVOKED in the sandbox, got ${newStatus}`);
+    }
+    const rec = this.certificate(certificateId);
+    if (rec.status === 'REVOKED' && newStatus !== 'REVOKED') {
+      throw certificateState(`The certificate ${certificateId} is revoked and cannot change status`);
+    }
+    const updated: CertificateRecord = {
+      ...rec,
+      status: newStatus as CertificateStatus,
+      lastModifiedDate: Date.now(),
+      customerVersion: rec.customerVersion + 1,
+      generationId: randomUUID(),
+    };
+    this.journal.put(CERT, certificateId, updated);
+    if (updated.status !== 'ACTIVE') this.emit('certificateDisabled', certificateId);
+  }
+
+  deleteCertificate(certificateId: string, forceDelete: boolean): void {
+    const rec = this.certificate(certificateId);
+    if (rec.status === 'ACTIVE') {
+      throw certificateState(`Certificate ${certificateId} is ACTIVE; deactivate it before deletion`);
+    }
+    if (this.thingPrincipals.leftsOf(rec.certificateArn).length > 0) {
+      throw deleteConflict(`Things must be detached before deletion (arn: ${rec.certificateArn})`);
+    }
+    const policies = this.policyTargets.leftsOf(rec.certificateArn);
+    if (policies.length > 0 && !forceDelete) {
+      throw deleteConflict(`Certificate policies must be detached before deletion (arn: ${rec.certificateArn})`);
+    }
+    for (const p of policies) this.unlinkPolicy(p, rec.certificateArn);
+    this.journal.put(CERT, certificateId, undefined);
+    this.emit('certificateDisabled', certificateId);
+  }
+
+  // ---- things ----
+
+  createThing(thingName: string, attributes: Record<string, string>, thingTypeName?: string): ThingRecord {
+    checkThingName(thingName);
+    if (thingTypeName) throw notFound(`Thing type ${thingTypeName} does not exist (the sandbox has no thing types)`);
+    checkAttributes(attributes);
+    const existing = this.things.get(thingName);
+    if (existing) {
+      // CreateThing is idempotent when nothing would change, as on AWS.
+      if (sameAttributes(existing.attributes, attributes)) return existing;
+      throw alreadyExists(`Thing ${thingName} already exists with different attributes`, existing.thingId, existing.thingArn);
+    }
+    const rec: ThingRecord = {
+      thingName,
+      thingArn: thingArn(this.account, thingName),
+      thingId: randomUUID(),
+      attributes: { ...attributes },
+      version: 1,
+      creationDate: Date.now(),
+    };
+    this.journal.put(THING, thingName, rec);
+    return rec;
+  }
+
+  findThing(thingName: string): ThingRecord | undefined {
+    return this.things.get(thingName);
+  }
+
+  thing(thingName: string): ThingRecord {
+    checkThingName(thingName);
+    const rec = this.things.get(thingName);
+    if (!rec) throw notFound(`Thing ${thingName} cannot be found.`);
+    return rec;
+  }
+
+  listThings(): ThingRecord[] {
+    return [...this.things.values()].sort((a, b) => a.thingName.localeCompare(b.thingName));
+  }
+
+  /** Deleting a thing that does not exist succeeds, as documented for IoT Core. */
+  deleteThing(thingName: string, expectedVersion?: number): void {
+    checkThingName(thingName);
+    const rec = this.things.get(thingName);
+    if (!rec) return;
+    if (expectedVersion !== undefined && expectedVersion !== rec.version) {
+      throw versionConflict(`The version for thing ${thingName} does not match the expected version.`);
+    }
+    if (this.thingPrincipals.rightsOf(thingName).length > 0) {
+      throw invalidRequest(`Cannot delete. Thing ${thingName} is still attached to one or more principals`);
+    }
+    this.journal.put(THING, thingName, undefined);
+  }
+
+  // ---- policies ----
+
+  createPolicy(policyName: string, policyDocument: string): PolicyRecord {
+    checkPolicyName(policyName);
+    const existing = this.policies.get(policyName);
+    if (existing) throw alreadyExists(`Policy cannot be created - name already exists (name=${policyName})`, policyName, existing.policyArn);
+    let parsed: ParsedPolicy;
+    try {
+      parsed = parsePolicy(policyDocument);
+    } catch (err) {
+      if (err instanceof PolicyError) throw malformedPolicy(err.message);
+      throw err;
+    }
+    const now = Date.now();
+    const rec: PolicyRecord = {
+      policyName,
+      policyArn: policyArn(this.account, policyName),
+      policyDocument,
+      defaultVersionId: '1',
+      creationDate: now,
+      lastModifiedDate: now,
+      generationId: randomUUID(),
+    };
+    this.parsed.set(policyName, parsed);
+    this.journal.put(POLICY, policyName, rec);
+    return rec;
+  }
+
+  policy(policyName: string): PolicyRecord {
+    checkPolicyName(policyName);
+    const rec = this.policies.get(policyName);
+    if (!rec) throw notFound(`Policy not found (name=${policyName})`);
+    return rec;
+  }
+
+  listPolicies(ascending: boolean): PolicyRecord[] {
+    const list = [...this.policies.values()].sort((a, b) => a.policyName.localeCompare(b.policyName));
+    return ascending ? list : list.reverse();
+  }
+
+  deletePolicy(policyName: string): void {
+    this.policy(policyName);
+    if (this.policyTargets.rightsOf(policyName).length > 0) {
+      throw deleteConflict(`The policy cannot be deleted as the policy is attached to one or more principals (name=${policyName})`);
+    }
+    this.parsed.delete(policyName);
+    this.journal.put(POLICY, policyName, undefined);
+  }
+
+  attachPolicy(policyName: string, target: string): void {
+    this.policy(policyName);
+    this.certificateForPrincipal(target);
+    if (this.policyTargets.has(policyName, target)) return;
+    if (this.policyTargets.leftsOf(target).length >= MAX_POLICIES_PER_TARGET) {
+      throw limitExceeded(`A target can have at most ${MAX_POLICIES_PER_TARGET} policies attached`);
+    }
+    this.policyTargets.add(policyName, target);
+    this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, { policyName, target });
+  }
+
+  detachPolicy(policyName: string, target: string): void {
+    this.policy(policyName);
+    this.unlinkPolicy(policyName, target);
+  }
+
+  targetsForPolicy(policyName: string): string[] {
+    this.policy(policyName);
+    return this.policyTargets.rightsOf(policyName).sort();
+  }
+
+  policiesForTarget(target: string): PolicyRecord[] {
+    return this.policyTargets
+      .leftsOf(target)
+      .sort()
+      .map((name) => this.policies.get(name)!);
+  }
+
+  /** The parsed documents of every policy attached to target, for the data plane. */
+  parsedPoliciesFor(target: string): ParsedPolicy[] {
+    return this.policyTargets.leftsOf(target).map((name) => this.parsed.get(name)!);
+  }
+
+  private unlinkPolicy(policyName: string, target: string): void {
+    if (!this.policyTargets.has(policyName, target)) return;
+    this.policyTargets.remove(policyName, target);
+    this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, undefined);
+  }
+
+  // ---- thing principals ----
+
+  attachThingPrincipal(thingName: string, principal: string): void {
+    this.thing(thingName);
+    this.certificateForPrincipal(principal);
+    if (this.thingPrincipals.has(thingName, principal)) return;
+    this.thingPrincipals.add(thingName, principal);
+    this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, { thingName, principal });
+  }
+
+  detachThingPrincipal(thingName: string, principal: string): void {
+    this.thing(thingName);
+    if (!this.thingPrincipals.has(thingName, principal)) return;
+    this.thingPrincipals.remove(thingName, principal);
+    this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, undefined);
+  }
+
+  principalsOfThing(thingName: string): string[] {
+    this.thing(thingName);
+    return this.thingPrincipals.rightsOf(thingName).sort();
+  }
+
+  thingsOfPrincipal(principal: string): string[] {
+    this.certificateForPrincipal(principal);
+    return this.thingPrincipals.leftsOf(principal).sort();
+  }
+
+  isThingAttached(thingName: string, principal: string): boolean {
+    return this.thingPrincipals.has(thingName, principal);
+  }
+
+  /** Principals the sandbox knows are certificate ARNs of its own account. */
+  private certificateForPrincipal(principal: string): CertificateRecord {
+    const id = certIdFromArn(this.account, principal);
+    if (id === undefined) {
+      throw invalidRequest(`Principal ${principal} is not a certificate ARN of this account (the sandbox supports only certificates)`);
+    }
+    const rec = this.certs.get(id);
+    if (!rec) throw notFound(`The certificate ${id} does not exist`);
+    return rec;
+  }
+
+  /** The whole registry as plain JSON, for GET /_sandbox/state. */
+  snapshot() {
+    const iso = (ms: number) => new Date(ms).toISOString();
+    return {
+      certificates: this.listCertificates(true).map((c) => ({
+        certificateId: c.certificateId,
+        certificateArn: c.certificateArn,
+        status: c.status,
+        subject: c.subject,
+        creationDate: iso(c.creationDate),
+        notAfter: iso(c.notAfter),
+        policies: this.policyTargets.leftsOf(c.certificateArn).sort(),
+        things: this.thingPrincipals.leftsOf(c.certificateArn).sort(),
+      })),
+      things: this.listThings().map((t) => ({
+        thingName: t.thingName,
+        thingArn: t.thingArn,
+        thingId: t.thingId,
+        attributes: t.attributes,
+        version: t.version,
+        principals: this.thingPrincipals.rightsOf(t.thingName).sort(),
+      })),
+      policies: this.listPolicies(true).map((p) => ({
+        policyName: p.policyName,
+        policyArn: p.policyArn,
+        policyDocument: p.policyDocument,
+        targets: this.policyTargets.rightsOf(p.policyName).sort(),
+      })),
+    };
+  }
+}
+
+function checkThingName(name: string): void {
+  if (!THING_NAME.test(name)) throw invalidRequest(`Invalid thing name ${JSON.stringify(name)}: must match [a-zA-Z0-9:_-]{1,128}`);
+}
+
+function checkPolicyName(name: string): void {
+  if (!POLICY_NAME.test(name)) throw invalidRequest(`Invalid policy name ${JSON.stringify(name)}: must match [\\w+=,.@-]{1,128}`);
+}
+
+function checkAttributes(attributes: Record<string, string>): void {
+  const entries = Object.entries(attributes);
+  if (entries.length > MAX_ATTRIBUTES_WITHOUT_TYPE) {
+    throw invalidRequest(`A thing without a thing type can have at most ${MAX_ATTRIBUTES_WITHOUT_TYPE} attributes`);
+  }
+  for (const [k, v] of entries) {
+    if (!ATTR_NAME.test(k)) throw invalidRequest(`Invalid attribute name ${JSON.stringify(k)}`);
+    if (typeof v !== 'string' || !ATTR_VALUE.test(v)) throw invalidRequest(`Invalid value for attribute ${k}: ${JSON.stringify(v)}`);
+  }
+}
+
+function sameAttributes(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+}
+
+function getOrCreate<K, V>(m: Map<K, Set<V>>, k: K): Set<V> {
+  let s = m.get(k);
+  if (!s) m.set(k, (s = new Set()));
+  return s;
+}
