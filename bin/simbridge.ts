@@ -4,8 +4,7 @@ import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { startGateway } from '../bridge/gateway.ts';
-import { startSandbox, type Sandbox } from '../sandbox/index.ts';
+import type { Sandbox } from '../sandbox/index.ts';
 
 const usage = `usage: simbridge <command> [options]
 
@@ -56,7 +55,9 @@ function logger(config: Config): Logger {
   return pino({ level: config.log.level, base: undefined });
 }
 
+// The gateway and the sandbox load on demand: `config check` should not pay for TLS stacks and SDKs.
 async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
+  const { startSandbox } = await import('../sandbox/index.ts');
   return startSandbox({
     dataDir: join(config.dataDir, 'sandbox'),
     host: config.sandbox.host,
@@ -84,6 +85,7 @@ function pointAtSandbox(config: Config, sandbox: Sandbox): Config {
 async function start(config: Config): Promise<number> {
   const log = logger(config);
   const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
+  const { startGateway } = await import('../bridge/gateway.ts');
   let gateway;
   try {
     gateway = await startGateway(sandbox ? pointAtSandbox(config, sandbox) : config, log);
@@ -105,8 +107,11 @@ async function runSandboxOnly(config: Config): Promise<number> {
     [
       'simbridge sandbox (IoT Core stand-in) is running',
       `  control plane  ${sandbox.controlEndpoint}`,
-      `  data plane     mqtts://${sandbox.dataHost}:${sandbox.dataPort}  (client certificates signed by ${resolve(sandbox.caFile)})`,
+      `  data plane     mqtts://${sandbox.dataHost}:${sandbox.dataPort}`,
       `  observer       mqtt://127.0.0.1:${sandbox.observerPort}`,
+      `  CA             ${resolve(sandbox.caFile)}`,
+      `  server cert    ${resolve(sandbox.serverCertFile)}`,
+      `  server key     ${resolve(sandbox.serverKeyFile)}`,
     ].join('\n'),
   );
   return waitForSignal(() => sandbox.close(), log);

@@ -5,7 +5,7 @@
 import { createHash, webcrypto } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as x509 from '@peculiar/x509';
+import * as x509 from './x509.ts';
 
 // Passed explicitly to every x509 call instead of x509.cryptoProvider.set():
 // the sandbox may share a process with the gateway and must not change its globals.

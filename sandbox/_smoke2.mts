@@ -1,0 +1,32 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { startSandbox } from './index.ts';
+import { sandboxIotClient, vendThing } from './testkit.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'sbx-'));
+const sb = await startSandbox({ dataDir: dir, controlPort: 0, dataPort: 0, observerPort: 0, logger: { info: (o: any, m?: string) => console.log('INFO', m, JSON.stringify(o)), warn: console.warn, error: console.error } });
+const iot = sandboxIotClient(sb.controlEndpoint);
+const a = await vendThing(iot, 'thing-a');
+const obs = await mqtt.connectAsync({ host: '127.0.0.1', port: sb.observerPort, protocolVersion: 4, reconnectPeriod: 0 });
+console.log('observer suback', await obs.subscribeAsync(['#', '$aws/#'], { qos: 1 }));
+obs.on('message', (t, p, pk) => console.log('OBS', t, p, pk.qos));
+const dev = await mqtt.connectAsync({ protocol: 'mqtts', host: sb.dataHost, port: sb.dataPort, ca: sb.caPem, cert: a.certPem, key: a.keyPem, clientId: 'thing-a', protocolVersion: 4, reconnectPeriod: 0 });
+console.log('connected');
+console.log('suback own', await dev.subscribeAsync('things/thing-a/cmd', { qos: 1 }));
+console.log('suback other', await dev.subscribeAsync('things/thing-b/cmd', { qos: 1 }).catch((e) => e));
+dev.on('message', (t, p) => console.log('DEV got', t, p));
+await dev.publishAsync('things/thing-a/cmd', Buffer.from([0, 1, 2, 255]), { qos: 1 });
+await new Promise((r) => setTimeout(r, 200));
+try { await mqtt.connectAsync({ protocol: 'mqtts', host: sb.dataHost, port: sb.dataPort, ca: sb.caPem, cert: a.certPem, key: a.keyPem, clientId: 'thing-b', protocolVersion: 4, reconnectPeriod: 0 }); console.log('wrong id connected?!'); } catch (e: any) { console.log('wrong id refused', e.code, e.message); }
+dev.on('close', () => console.log('DEV closed'));
+dev.publish('things/thing-b/x', 'nope', { qos: 1 }, (e) => console.log('pub cb', e?.message));
+await new Promise((r) => setTimeout(r, 300));
+obs.on('close', () => console.log('OBS closed'));
+obs.publish('things/thing-a/cmd', 'from observer');
+await new Promise((r) => setTimeout(r, 300));
+console.log(JSON.stringify((await (await fetch(sb.controlEndpoint + '/_sandbox/state')).json()).connections));
+dev.end(true); obs.end(true);
+await sb.close();
+console.log('closed');

@@ -1,0 +1,85 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../config/load.ts';
+import { runCli } from './helpers/cli.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'simbridge-config-'));
+function file(name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+function problems(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('defaults to the sandbox with the documented ports', () => {
+    const c = loadConfig(undefined, {});
+    expect(c.mode).toBe('sandbox');
+    expect(c.listeners.mqtt.port).toBe(1883);
+    expect(c.listeners.http.port).toBe(8080);
+    expect(c.sandbox.observerPort).toBe(1884);
+    expect(c.dataDir).toBe('./data');
+    expect(c.storage.synchronous).toBe('full');
+  });
+
+  it('names the key path and the reason for a bad value', () => {
+    const p = file('bad.yaml', 'upstream:\n  port: abc\n');
+    expect(problems(() => loadConfig(p, {}))).toEqual(['upstream.port: expected a number, got "abc"']);
+  });
+
+  it('reports unknown keys and bad enum values', () => {
+    const p = file('bad2.yaml', 'mode: cloud\nlisteners:\n  mqtt:\n    prot: 1\n');
+    expect(problems(() => loadConfig(p, {})).sort()).toEqual([
+      'listeners.mqtt: unknown key "prot"',
+      'mode: expected one of "sandbox", "aws", got "cloud"',
+    ]);
+  });
+
+  it('interpolates ${VAR} and ${VAR:-default}, and names a missing variable by line', () => {
+    const p = file('env.yaml', 'listeners:\n  mqtt:\n    port: ${MQTT_PORT}\n  http:\n    port: ${HTTP_PORT:-9999}\n');
+    const c = loadConfig(p, { MQTT_PORT: '2883' });
+    expect(c.listeners.mqtt.port).toBe(2883);
+    expect(c.listeners.http.port).toBe(9999);
+    expect(problems(() => loadConfig(p, {}))).toEqual(['line 3: environment variable MQTT_PORT is not set']);
+  });
+
+  it('lets SIMBRIDGE_* variables override ports and the data directory', () => {
+    const c = loadConfig(undefined, { SIMBRIDGE_MQTT_PORT: '11883', SIMBRIDGE_HTTP_PORT: '18080', SIMBRIDGE_DATA_DIR: '/var/lib/x' });
+    expect(c.listeners.mqtt.port).toBe(11883);
+    expect(c.listeners.http.port).toBe(18080);
+    expect(c.dataDir).toBe('/var/lib/x');
+    expect(problems(() => loadConfig(undefined, { SIMBRIDGE_MQTT_PORT: 'abc' }))).toEqual([
+      'listeners.mqtt.port: expected a number, got "abc"',
+    ]);
+  });
+
+  it('reports YAML syntax errors with their line', () => {
+    const p = file('syntax.yaml', 'mode: sandbox\nlisteners: [\n');
+    expect(problems(() => loadConfig(p, {}))[0]).toMatch(/^line \d+: /);
+  });
+
+  it('validates every example config', () => {
+    for (const name of ['sandbox.yaml', 'aws-iot.yaml']) {
+      expect(() => loadConfig(join('config/examples', name), { AWS_REGION: 'eu-west-1', SIMBRIDGE_MASTER_KEY_FILE: '/etc/simbridge/master.key' })).not.toThrow();
+    }
+  });
+
+  it('`simbridge config check` exits non-zero naming the path and reason', async () => {
+    const bad = await runCli(['config', 'check', file('cli.yaml', 'upstream:\n  port: abc\n')]);
+    expect(bad.code).toBe(78);
+    expect(bad.stderr).toContain('upstream.port: expected a number, got "abc"');
+    const good = await runCli(['config', 'check', 'config/examples/sandbox.yaml']);
+    expect(good.code).toBe(0);
+  });
+});

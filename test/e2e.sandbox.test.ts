@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import mqtt from 'mqtt';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type CliProcess, type SandboxProcess } from './helpers/processes.ts';
+import { deviceOptions, Observer } from './helpers/mqtt.ts';
+
+const IMSI = '001010000000011';
+const IMEI = '490154203237518';
+
+describe('a device message reaches the sandbox IoT Core end to end', () => {
+  const dir = tempDir('e2e');
+  let sandbox: SandboxProcess;
+  let gateway: CliProcess;
+  let ports: { file: string; mqttPort: number; httpPort: number };
+  let observer: Observer;
+
+  beforeAll(async () => {
+    sandbox = await startSandboxProcess(dir);
+    ports = await gatewayConfig(dir, sandbox);
+    gateway = await startGatewayProcess(ports.file);
+    observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+  });
+
+  afterAll(async () => {
+    await observer?.close();
+    await gateway?.kill();
+    await sandbox?.process.kill();
+  });
+
+  it('delivers an MQTT QoS 1 message with the exact binary payload to devices/{thing}/{topic}', async () => {
+    const payload = Buffer.concat([Buffer.from([0x00, 0xff, 0x10]), randomBytes(512)]);
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${ports.mqttPort}`, deviceOptions(IMSI, IMEI));
+    await device.publishAsync('telemetry/power', payload, { qos: 1 });
+    await device.endAsync();
+    await observer.waitUntil((m) => m.some((x) => x.payload.equals(payload)));
+    const got = observer.messages.find((x) => x.payload.equals(payload))!;
+    expect(got.topic).toBe(`devices/sim-${IMSI}/telemetry/power`);
+  });
+
+  it('delivers an HTTP POST /topics/{topic}?qos=1 with the exact bytes, after a 202', async () => {
+    const payload = randomBytes(300);
+    const res = await fetch(`http://127.0.0.1:${ports.httpPort}/topics/status/battery?qos=1`, {
+      method: 'POST',
+      headers: { 'x-imsi': IMSI, 'x-imei': IMEI, 'content-type': 'application/octet-stream' },
+      body: payload,
+    });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { status: string; id: number; thing: string };
+    expect(body.status).toBe('accepted');
+    expect(body.thing).toBe(`sim-${IMSI}`);
+    await observer.waitUntil((m) => m.some((x) => x.payload.equals(payload)));
+    expect(observer.messages.find((x) => x.payload.equals(payload))!.topic).toBe(`devices/sim-${IMSI}/status/battery`);
+  });
+
+  it('vended the device once and keeps its private key encrypted at rest', () => {
+    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+    const rows = db.prepare('SELECT step, key_enc, cert_id FROM credentials WHERE imsi = ?').all(IMSI) as Array<{ step: string; key_enc: Buffer; cert_id: string }>;
+    db.close();
+    expect(rows).toHaveLength(1);
+    expect(rows[0].step).toBe('ready');
+    expect(rows[0].cert_id).toMatch(/^[0-9a-f]{64}$/);
+    expect(rows[0].key_enc.toString('latin1')).not.toContain('PRIVATE KEY');
+  });
+});
+
+describe('no acknowledged message is lost when simbridge is killed', () => {
+  const dir = tempDir('kill');
+  let sandbox: SandboxProcess;
+  let gateway: CliProcess | undefined;
+  let observer: Observer;
+
+  beforeAll(async () => {
+    sandbox = await startSandboxProcess(dir);
+    observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+  });
+
+  afterAll(async () => {
+    await observer?.close();
+    await gateway?.kill();
+    await sandbox?.process.kill();
+  });
+
+  it('delivers every message acked before SIGKILL after a restart', async () => {
+    const ports = await gatewayConfig(dir, sandbox);
+    gateway = await startGatewayProcess(ports.file);
+    const acked: string[] = [];
+    // Several devices, so some are still being vended when the process dies.
+    const devices = await Promise.all(
+      ['001010000000021', '001010000000022', '001010000000023'].map((imsi) =>
+        mqtt.connectAsync(`mqtt://127.0.0.1:${ports.mqttPort}`, deviceOptions(imsi, IMEI)),
+      ),
+    );
+    const sends = devices.flatMap((d, i) =>
+      Array.from({ length: 150 }, (_, n) => {
+        const body = `dev${i}-msg${n}`;
+        return d.publishAsync('seq', body, { qos: 1 }).then(() => acked.push(body), () => undefined);
+      }),
+    );
+    // Kill as soon as some acks are in, while the rest are in flight.
+    while (acked.length < 100) await new Promise((r) => setTimeout(r, 2));
+    await gateway.kill('SIGKILL');
+    await Promise.allSettled(sends);
+    devices.forEach((d) => d.end(true));
+    const ackedAtKill = [...acked];
+    expect(ackedAtKill.length).toBeGreaterThanOrEqual(100);
+
+    gateway = await startGatewayProcess(ports.file);
+    await observer.waitUntil((m) => {
+      const seen = new Set(m.map((x) => x.payload.toString()));
+      return ackedAtKill.every((b) => seen.has(b));
+    }, 45_000);
+    const seen = new Set(observer.messages.map((x) => x.payload.toString()));
+    expect(ackedAtKill.filter((b) => !seen.has(b))).toEqual([]);
+  });
+});

@@ -1,0 +1,65 @@
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+
+export interface Received {
+  topic: string;
+  payload: Buffer;
+}
+
+/** A read-only subscriber that records every message (used on the sandbox observer or a test broker). */
+export class Observer {
+  readonly messages: Received[] = [];
+
+  private constructor(readonly client: MqttClient) {
+    client.on('message', (topic, payload) => this.messages.push({ topic, payload: Buffer.from(payload) }));
+  }
+
+  static async connect(url: string, filter = '#', opts: IClientOptions = {}): Promise<Observer> {
+    const client = await mqtt.connectAsync(url, { reconnectPeriod: 500, ...opts });
+    await client.subscribeAsync(filter, { qos: 1 });
+    return new Observer(client);
+  }
+
+  /** Waits until predicate holds over the received messages. */
+  async waitUntil(predicate: (msgs: Received[]) => boolean, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate(this.messages)) {
+      if (Date.now() > deadline) throw new Error(`observer: condition not met after ${timeoutMs} ms (${this.messages.length} messages)`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  close(): Promise<void> {
+    return this.client.endAsync();
+  }
+}
+
+/** A device connecting with the claimed identity convention: username = IMSI, client id = IMEI. */
+export function deviceOptions(imsi: string, imei: string, extra: IClientOptions = {}): IClientOptions {
+  return { username: imsi, clientId: imei, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...extra };
+}
+
+/** Connects and resolves with the CONNACK return code (0 = accepted) and the client. */
+export function connectDevice(url: string, opts: IClientOptions): Promise<{ code: number; client: MqttClient }> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, opts);
+    client.once('connect', () => resolve({ code: 0, client }));
+    client.once('error', (err) => {
+      const code = (err as { code?: number }).code;
+      client.end(true);
+      if (typeof code === 'number') resolve({ code, client });
+      else reject(err);
+    });
+  });
+}
+
+/** Resolves when the broker closes the connection (how MQTT 3.1.1 refuses a publish). */
+export function closed(client: MqttClient, timeoutMs = 5000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (!client.connected) return resolve();
+    const t = setTimeout(() => reject(new Error('connection was not closed')), timeoutMs);
+    client.once('close', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
