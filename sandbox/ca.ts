@@ -51,6 +51,9 @@ export class CertificateAuthority {
     const certFile = join(dir, 'ca.pem');
     const keyFile = join(dir, 'ca.key');
     if (existsSync(certFile) || existsSync(keyFile)) {
+      if (!existsSync(certFile) || !existsSync(keyFile)) {
+        throw new Error(`sandbox CA in ${dir} is incomplete: need both ca.pem and ca.key (remove both to start a new CA)`);
+      }
       const cert = new x509.X509Certificate(readFileSync(certFile, 'utf8'));
       const key = await importPrivateKey(readFileSync(keyFile, 'utf8'));
       return new CertificateAuthority(certFile, cert, key);

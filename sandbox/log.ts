@@ -9,6 +9,3 @@ export interface Logger {
 const noop = () => {};
 export const silentLogger: Logger = { info: noop, warn: noop, error: noop, debug: noop };
 
-export function debug(log: Logger, obj: object | string, msg?: string): void {
-  log.debug?.(obj, msg);
-}

@@ -60,7 +60,7 @@ const MAX_POLICIES_PER_TARGET = 10;
 const MAX_ATTRIBUTES_WITHOUT_TYPE = 3;
 const THING_NAME = /^[a-zA-Z0-9:_-]{1,128}$/;
 const POLICY_NAME = /^[\w+=,.@-]{1,128}$/;
-const CERT_ID = /^[0-9a-f]{64}$/;
+const CERT_ID = /^[0-9a-fA-F]{64}$/;
 const ATTR_NAME = /^[a-zA-Z0-9_.,@/:#-]{1,128}$/;
 const ATTR_VALUE = /^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$/;
 

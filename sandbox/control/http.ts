@@ -82,7 +82,11 @@ async function serve(
   logger: Logger,
 ): Promise<void> {
   const requestId = randomUUID();
+  const started = performance.now();
   let operation = 'Unknown';
+  res.once('finish', () =>
+    logger.debug?.({ operation, status: res.statusCode, ms: Math.round(performance.now() - started) }, 'sandbox control plane request'),
+  );
   try {
     const url = new URL(req.url ?? '/', 'http://sandbox');
     const found = match(routes, req.method ?? 'GET', url.pathname);

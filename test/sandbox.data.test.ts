@@ -1,0 +1,189 @@
+// The sandbox data plane (MQTT over mutual TLS) and observer, with mqtt.js
+// clients using certificates vended through the real @aws-sdk/client-iot.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import mqtt, { type MqttClient } from 'mqtt';
+import { AttachPolicyCommand, CreateCertificateFromCsrCommand, type IoTClient, UpdateCertificateCommand } from '@aws-sdk/client-iot';
+import { CertificateAuthority } from '../sandbox/ca.ts';
+import { type Sandbox, startSandbox } from '../sandbox/index.ts';
+import { makeDeviceCsr, sandboxIotClient, type VendedThing, vendThing } from '../sandbox/testkit.ts';
+
+let dataDir: string;
+let sb: Sandbox;
+let iot: IoTClient;
+let thingA: VendedThing;
+let thingB: VendedThing;
+const clients: MqttClient[] = [];
+
+function connectDevice(dev: { certPem: string; keyPem: string }, clientId: string): Promise<MqttClient> {
+  const p = mqtt.connectAsync({
+    protocol: 'mqtts',
+    host: sb.dataHost,
+    port: sb.dataPort,
+    ca: sb.caPem,
+    cert: dev.certPem,
+    key: dev.keyPem,
+    clientId,
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+    connectTimeout: 5_000,
+  });
+  return p.then((c) => (clients.push(c), c));
+}
+
+async function connectObserver(): Promise<{ client: MqttClient; messages: { topic: string; payload: Buffer; qos: number }[] }> {
+  const client = await mqtt.connectAsync({ host: '127.0.0.1', port: sb.observerPort, protocolVersion: 4, reconnectPeriod: 0 });
+  clients.push(client);
+  const messages: { topic: string; payload: Buffer; qos: number }[] = [];
+  client.on('message', (topic, payload, packet) => messages.push({ topic, payload, qos: packet.qos }));
+  await client.subscribeAsync(['#', '$aws/#'], { qos: 1 });
+  return { client, messages };
+}
+
+async function until(cond: () => boolean, ms = 3_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Resolves with the connack return code when the broker refuses the connection. */
+async function refusedCode(p: Promise<MqttClient>): Promise<number | undefined> {
+  try {
+    await p;
+  } catch (err) {
+    return (err as { code?: number }).code;
+  }
+  throw new Error('expected the connection to be refused');
+}
+
+/** Resolves when the broker (or anyone) closes the client's connection. */
+const whenClosed = (c: MqttClient) => new Promise<void>((resolve) => c.once('close', () => resolve()));
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), 'simbridge-sandbox-'));
+  sb = await startSandbox({ dataDir, controlPort: 0, dataPort: 0, observerPort: 0 });
+  iot = sandboxIotClient(sb.controlEndpoint);
+  [thingA, thingB] = await Promise.all([vendThing(iot, 'thing-a'), vendThing(iot, 'thing-b')]);
+});
+
+afterAll(async () => {
+  for (const c of clients) c.end(true);
+  iot?.destroy();
+  await sb?.close();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('data plane', () => {
+  it('lets a thing publish on its own topics; the observer sees the exact bytes', async () => {
+    const observer = await connectObserver();
+    const device = await connectDevice(thingA, 'thing-a');
+    const received: Buffer[] = [];
+    device.on('message', (_t, payload) => received.push(payload));
+    const granted = await device.subscribeAsync('things/thing-a/cmd', { qos: 2 });
+    expect(granted[0]!.qos).toBe(1); // IoT Core grants at most QoS 1
+
+    const payload = Buffer.from(Array.from({ length: 512 }, (_, i) => i % 256)); // every byte value, twice
+    await device.publishAsync('things/thing-a/telemetry', payload, { qos: 1 });
+    await device.publishAsync('things/thing-a/cmd', Buffer.from([0xff, 0x00, 0xfe]), { qos: 0 });
+
+    await until(() => observer.messages.length >= 2 && received.length >= 1);
+    const telemetry = observer.messages.find((m) => m.topic === 'things/thing-a/telemetry')!;
+    expect(Buffer.compare(telemetry.payload, payload)).toBe(0);
+    expect(telemetry.qos).toBe(1);
+    const cmd = observer.messages.find((m) => m.topic === 'things/thing-a/cmd')!;
+    expect([...cmd.payload]).toEqual([0xff, 0x00, 0xfe]);
+    expect(cmd.qos).toBe(0);
+    expect([...received[0]!]).toEqual([0xff, 0x00, 0xfe]); // iot:Receive on its own topic
+
+    const state = (await (await fetch(`${sb.controlEndpoint}/_sandbox/state`)).json()) as { connections: { clientId: string }[] };
+    expect(state.connections).toContainEqual({ clientId: 'thing-a', certificateId: thingA.certificateId });
+  });
+
+  it('refuses CONNECT with another client id (CONNACK 5)', async () => {
+    expect(await refusedCode(connectDevice(thingA, 'thing-b'))).toBe(5);
+  });
+
+  it('refuses a certificate with no thing attached (IsAttached condition)', async () => {
+    const loose = await vendThing(iot, 'thing-loose', { attachThing: false });
+    expect(await refusedCode(connectDevice(loose, 'thing-loose'))).toBe(5);
+  });
+
+  it('refuses a CA-signed certificate that is not registered', async () => {
+    const ca = await CertificateAuthority.open(dataDir);
+    const { keyPem, csrPem } = await makeDeviceCsr('thing-a');
+    const rogue = await ca.signCsr(csrPem, 1);
+    expect(await refusedCode(connectDevice({ certPem: rogue.pem, keyPem }, 'thing-a'))).toBe(5);
+  });
+
+  it("closes the connection on a publish to another thing's topic; nothing is forwarded", async () => {
+    const observer = await connectObserver();
+    const device = await connectDevice(thingA, 'thing-a');
+    const gone = whenClosed(device);
+    device.publish('things/thing-b/telemetry', 'sneaky', { qos: 1 });
+    await gone;
+    await sleep(50);
+    expect(observer.messages.filter((m) => m.topic === 'things/thing-b/telemetry')).toEqual([]);
+  });
+
+  it("answers SUBACK 0x80 for another thing's topic filter and keeps the connection", async () => {
+    const device = await connectDevice(thingA, 'thing-a');
+    const err = (await device.subscribeAsync('things/thing-b/#', { qos: 1 }).catch((e: unknown) => e)) as { packet?: { granted: number[] } };
+    expect(err.packet?.granted).toEqual([128]);
+    expect(device.connected).toBe(true);
+    await device.publishAsync('things/thing-a/telemetry', 'still here', { qos: 1 });
+  });
+
+  it('disconnects on QoS 2 and on payloads above 128 KB', async () => {
+    const d1 = await connectDevice(thingA, 'thing-a');
+    const c1 = whenClosed(d1);
+    d1.publish('things/thing-a/telemetry', 'qos2', { qos: 2 });
+    await c1;
+
+    const d2 = await connectDevice(thingB, 'thing-b');
+    const c2 = whenClosed(d2);
+    d2.publish('things/thing-b/telemetry', Buffer.alloc(128 * 1024 + 1), { qos: 1 });
+    await c2;
+  });
+
+  it('drops live connections when the certificate is deactivated, and refuses it afterwards', async () => {
+    const dev = await vendThing(iot, 'thing-c');
+    const device = await connectDevice(dev, 'thing-c');
+    const gone = whenClosed(device);
+    await iot.send(new UpdateCertificateCommand({ certificateId: dev.certificateId, newStatus: 'INACTIVE' }));
+    await gone;
+    expect(await refusedCode(connectDevice(dev, 'thing-c'))).toBe(5);
+
+    await iot.send(new UpdateCertificateCommand({ certificateId: dev.certificateId, newStatus: 'ACTIVE' }));
+    const back = await connectDevice(dev, 'thing-c');
+    await back.publishAsync('things/thing-c/telemetry', 'back', { qos: 1 });
+  });
+
+  it('refuses an INACTIVE certificate that has a policy', async () => {
+    const { keyPem, csrPem } = await makeDeviceCsr('thing-a');
+    const cert = await iot.send(new CreateCertificateFromCsrCommand({ certificateSigningRequest: csrPem }));
+    await iot.send(new AttachPolicyCommand({ policyName: 'sandbox-thing-policy', target: cert.certificateArn }));
+    expect(await refusedCode(connectDevice({ certPem: cert.certificatePem!, keyPem }, 'thing-a'))).toBe(5);
+  });
+});
+
+describe('observer', () => {
+  it('is read-only: a publish closes the observer connection and never reaches the data plane', async () => {
+    const device = await connectDevice(thingB, 'thing-b');
+    const received: string[] = [];
+    device.on('message', (topic) => received.push(topic));
+    await device.subscribeAsync('things/thing-b/cmd', { qos: 1 });
+
+    const observer = await connectObserver();
+    const gone = whenClosed(observer.client);
+    observer.client.publish('things/thing-b/cmd', 'injected', { qos: 1 });
+    await gone;
+    await sleep(100);
+    expect(received).toEqual([]);
+  });
+});
