@@ -65,6 +65,8 @@ export class Dispatcher {
 
   private async pump(imsi: string, state: { again: boolean }): Promise<void> {
     let delay = this.opts.retryDelayMs;
+    // Rows up to the cursor are acknowledged or in flight; their deletes may still be pending.
+    const cursor = { lastId: 0 };
     while (!this.stopped) {
       state.again = false;
       const sim = this.opts.sims.get(imsi);
@@ -73,10 +75,12 @@ export class Dispatcher {
       try {
         const creds = await this.opts.credentials(sim);
         session = await this.opts.pool.session(creds);
-        await this.drain(sim, session);
+        await this.drain(sim, session, cursor);
         delay = this.opts.retryDelayMs;
         if (!state.again) return;
       } catch (err) {
+        // Resend whatever is left, from the oldest row (drain has already deleted what was acked).
+        cursor.lastId = 0;
         if (this.stopped) return;
         this.opts.log.warn({ thing: sim.thingName, err: String((err as Error)?.message ?? err) }, 'upstream delivery failed; will retry');
         if (session) await this.opts.pool.discard(session);
@@ -87,21 +91,20 @@ export class Dispatcher {
   }
 
   /** Publishes the SIM's rows until none are left; throws on the first failed publish. */
-  private async drain(sim: Sim, session: UpstreamSession): Promise<void> {
+  private async drain(sim: Sim, session: UpstreamSession, cursor: { lastId: number }): Promise<void> {
     const { outbox, maxInflight, metrics } = this.opts;
     const template = this.opts.upstreamTopicTemplate(sim.group);
     const inflight = new Set<Promise<void>>();
     let failure: unknown;
-    let lastId = 0;
     while (failure === undefined && !this.stopped) {
-      const rows = outbox.peek(sim.imsi, lastId, maxInflight - inflight.size);
+      const rows = outbox.peek(sim.imsi, cursor.lastId, maxInflight - inflight.size);
       if (rows.length === 0) {
         if (inflight.size === 0) break;
         await Promise.race(inflight);
         continue;
       }
       for (const row of rows) {
-        lastId = row.id;
+        cursor.lastId = row.id;
         const p: Promise<void> = session
           .publish(this.upstreamTopic(template, sim, row), row.payload, row.qos)
           .then(
@@ -120,6 +123,8 @@ export class Dispatcher {
       if (inflight.size >= maxInflight) await Promise.race(inflight);
     }
     await Promise.allSettled(inflight);
+    // Delete what was acked before anyone peeks again, or it would be sent twice.
+    this.flushAcks();
     if (failure !== undefined) throw failure;
   }
 

@@ -50,14 +50,17 @@ export class CredentialStore {
    * Takes the SIM's vending lease for this process (free, expired or already ours). Two processes on one
    * database never run the same SIM's steps at once.
    */
-  acquireLease(imsi: string, owner: string, leaseMs: number): boolean {
+  acquireLease(imsi: string, owner: string, leaseMs: number, isDead: (owner: string) => boolean = () => false): boolean {
     const now = Date.now();
+    const current = this.db.prepare('SELECT lease_owner FROM credentials WHERE imsi = ?').pluck().get(imsi) as string | null | undefined;
+    // A lease left by a process that died on this host is taken over at once instead of waiting it out.
+    const takeOver = current && current !== owner && isDead(current) ? current : null;
     return this.db
       .prepare(
         `UPDATE credentials SET lease_owner = ?, lease_until = ?
-         WHERE imsi = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)`,
+         WHERE imsi = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_owner = ? OR lease_until < ?)`,
       )
-      .run(owner, now + leaseMs, imsi, owner, now).changes === 1;
+      .run(owner, now + leaseMs, imsi, owner, takeOver, now).changes === 1;
   }
 
   releaseLease(imsi: string, owner: string): void {

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type CliProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { closed, connectDevice, deviceOptions, Observer } from './helpers/mqtt.ts';
 
 const GOOD_IMSI = '001010000000031';
@@ -11,19 +11,16 @@ const IMEI = '490154203237518';
 describe('bad input gets its documented refusal and the gateway keeps serving', () => {
   const dir = tempDir('bad');
   let sandbox: SandboxProcess;
-  let gateway: CliProcess;
-  let ports: { mqttPort: number; httpPort: number };
+  let gateway: GatewayProcess;
   let observer: Observer;
   let url: string;
   let http: string;
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
-    const cfg = await gatewayConfig(dir, sandbox);
-    ports = cfg;
-    url = `mqtt://127.0.0.1:${ports.mqttPort}`;
-    http = `http://127.0.0.1:${ports.httpPort}`;
-    gateway = await startGatewayProcess(cfg.file);
+    gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox)).file);
+    url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
+    http = `http://127.0.0.1:${gateway.httpPort}`;
     observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
   });
 
@@ -92,14 +89,11 @@ describe('bad input gets its documented refusal and the gateway keeps serving', 
 describe('unknown SIMs with sims.unknown = reject', () => {
   const dir = tempDir('reject');
   let sandbox: SandboxProcess;
-  let gateway: CliProcess;
-  let ports: { mqttPort: number; httpPort: number };
+  let gateway: GatewayProcess;
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
-    const cfg = await gatewayConfig(dir, sandbox, { sims: { unknown: 'reject' } });
-    ports = cfg;
-    gateway = await startGatewayProcess(cfg.file);
+    gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { sims: { unknown: 'reject' } })).file);
   });
 
   afterAll(async () => {
@@ -108,8 +102,8 @@ describe('unknown SIMs with sims.unknown = reject', () => {
   });
 
   it('refuses them with CONNACK 5 (not authorized) and HTTP 403, and audits it', async () => {
-    expect((await connectDevice(`mqtt://127.0.0.1:${ports.mqttPort}`, deviceOptions('001010000000099', IMEI))).code).toBe(5);
-    const res = await fetch(`http://127.0.0.1:${ports.httpPort}/topics/t`, { method: 'POST', headers: { 'x-imsi': '001010000000099' }, body: 'x' });
+    expect((await connectDevice(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions('001010000000099', IMEI))).code).toBe(5);
+    const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/topics/t`, { method: 'POST', headers: { 'x-imsi': '001010000000099' }, body: 'x' });
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: 'unknown_sim' });
     const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });

@@ -78,7 +78,7 @@ describe('configuration', () => {
   it('`simbridge config check` exits non-zero naming the path and reason', async () => {
     const bad = await runCli(['config', 'check', file('cli.yaml', 'upstream:\n  port: abc\n')]);
     expect(bad.code).toBe(78);
-    expect(bad.stderr).toContain('upstream.port: expected a number, got "abc"');
+    expect(bad.output).toContain('upstream.port: expected a number, got "abc"');
     const good = await runCli(['config', 'check', 'config/examples/sandbox.yaml']);
     expect(good.code).toBe(0);
   });

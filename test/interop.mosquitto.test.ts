@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPeer } from './helpers/interop.ts';
 import { startMosquitto, type MosquittoBroker } from './helpers/mosquitto.ts';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
-import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type CliProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const run = promisify(execFile);
 const mosquitto = findPeer('mosquitto', 'mosquitto');
@@ -19,16 +19,13 @@ describe.skipIf(!mosquitto || !mosquittoPub)('a real Mosquitto with mutual TLS a
   const dir = tempDir('mosquitto');
   let sandbox: SandboxProcess;
   let broker: MosquittoBroker;
-  let gateway: CliProcess;
+  let gateway: GatewayProcess;
   let observer: Observer;
-  let mqttPort: number;
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
     broker = await startMosquitto(mosquitto!, dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
-    const cfg = await gatewayConfig(dir, sandbox, { upstreamPort: broker.tlsPort });
-    mqttPort = cfg.mqttPort;
-    gateway = await startGatewayProcess(cfg.file);
+    gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: broker.tlsPort })).file);
     observer = await Observer.connect(`mqtt://127.0.0.1:${broker.plainPort}`, 'devices/#');
   });
 
@@ -51,7 +48,7 @@ describe.skipIf(!mosquitto || !mosquittoPub)('a real Mosquitto with mutual TLS a
   });
 
   it('carries a mosquitto_pub device message to Mosquitto as the device (its own certificate)', async () => {
-    const { stderr } = await run(mosquittoPub!, ['-h', '127.0.0.1', '-p', String(mqttPort), '-u', IMSI, '-i', IMEI, '-q', '1', '-t', 'telemetry', '-m', 'hello-from-mosquitto_pub']);
+    const { stderr } = await run(mosquittoPub!, ['-h', '127.0.0.1', '-p', String(gateway.mqttPort), '-u', IMSI, '-i', IMEI, '-q', '1', '-t', 'telemetry', '-m', 'hello-from-mosquitto_pub']);
     expect(stderr).toBe('');
     await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'hello-from-mosquitto_pub'));
     expect(observer.messages.find((x) => x.payload.toString() === 'hello-from-mosquitto_pub')!.topic).toBe(`devices/sim-${IMSI}/telemetry`);
@@ -59,7 +56,7 @@ describe.skipIf(!mosquitto || !mosquittoPub)('a real Mosquitto with mutual TLS a
 
   it('keeps binary payloads exact over the TLS upstream', async () => {
     const payload = randomBytes(2048);
-    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, deviceOptions(IMSI, IMEI));
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions(IMSI, IMEI));
     await device.publishAsync('blob', payload, { qos: 1 });
     await device.endAsync();
     await observer.waitUntil((m) => m.some((x) => x.payload.equals(payload)));

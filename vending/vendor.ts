@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Db } from '../storage/db.ts';
 import { CredentialStore, VEND_STEPS, type VendStep } from '../storage/credentials.ts';
@@ -33,6 +34,17 @@ export interface VendorOptions {
 
 const LEASE_MS = 60_000;
 
+function ownerIsDead(owner: string): boolean {
+  const [host, pid] = owner.split('/');
+  if (host !== hostname() || !pid) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
 /**
  * Certificate vending as a state machine recorded in SQLite: each completed step is committed before
  * the next begins, so a restart resumes where it stopped. The private key is sealed and stored before
@@ -41,7 +53,8 @@ const LEASE_MS = 60_000;
 export class Vendor {
   private readonly store: CredentialStore;
   private readonly running = new Map<string, Promise<DeviceCredentials>>();
-  private readonly owner = randomUUID();
+  /** host/pid/nonce: lets another process on this host see that a lease holder has died. */
+  private readonly owner = `${hostname()}/${process.pid}/${randomUUID()}`;
   private stopped = false;
 
   constructor(private readonly opts: VendorOptions) {
@@ -108,7 +121,7 @@ export class Vendor {
       const keyEnc = cipher.encrypt(Buffer.from(privateKeyPem), sim.imsi);
       this.store.createKey({ imsi: sim.imsi, thingName: sim.thingName, keyAlg: this.opts.keyAlgorithm, keyEnc, csrPem }, this.owner, LEASE_MS);
     }
-    if (!this.store.acquireLease(sim.imsi, this.owner, LEASE_MS)) return undefined;
+    if (!this.store.acquireLease(sim.imsi, this.owner, LEASE_MS, ownerIsDead)) return undefined;
     try {
       for (;;) {
         const row = this.store.get(sim.imsi)!;

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 
-const tsx = 'node_modules/.bin/tsx';
+// One process (node with the tsx loader), so a signal reaches simbridge itself, not a wrapper.
+const runtime = [process.execPath, '--import', 'tsx'];
 
 export function tempDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), `simbridge-${prefix}-`));
@@ -64,7 +65,7 @@ export class CliProcess {
 }
 
 export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  return new CliProcess(spawn(tsx, ['bin/simbridge.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }));
+  return new CliProcess(spawn(runtime[0], [...runtime.slice(1), 'bin/simbridge.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
 export interface SandboxProcess {
@@ -79,16 +80,16 @@ export interface SandboxProcess {
 
 /** Runs `simbridge sandbox` on free ports, as its own process (so the gateway can be killed on its own). */
 export async function startSandboxProcess(dir: string): Promise<SandboxProcess> {
-  const [controlPort, dataPort, observerPort] = [await freePort(), await freePort(), await freePort()];
-  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: { controlPort, dataPort, observerPort }, log: { level: 'warn' } });
+  // Port 0 everywhere: the sandbox binds what is free and prints it, so parallel tests never collide.
+  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
   const proc = spawnCli(['sandbox', '--config', config]);
   await proc.waitFor(/server key .+\n/);
   const file = (label: string) => proc.output.match(new RegExp(`${label}\\s+(\\S+)`))![1];
   return {
     process: proc,
-    controlEndpoint: `http://127.0.0.1:${controlPort}`,
-    dataPort,
-    observerPort,
+    controlEndpoint: file('control plane'),
+    dataPort: Number(file('data plane').split(':').at(-1)),
+    observerPort: Number(file('observer').split(':').at(-1)),
     caFile: file('CA'),
     serverCertFile: file('server cert'),
     serverKeyFile: file('server key'),
@@ -107,24 +108,26 @@ export async function gatewayConfig(
   dir: string,
   sandbox: SandboxProcess,
   extra: { upstreamPort?: number; caFile?: string; sims?: Record<string, unknown>; limits?: Record<string, unknown> } = {},
-): Promise<{ file: string } & GatewayPorts> {
-  const mqttPort = await freePort();
-  const httpPort = await freePort();
+): Promise<{ file: string }> {
   const file = writeYaml(dir, 'gateway.yaml', {
     mode: 'aws',
     dataDir: join(dir, 'gateway'),
-    listeners: { mqtt: { host: '127.0.0.1', port: mqttPort }, http: { host: '127.0.0.1', port: httpPort } },
+    listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
     ...(extra.sims ? { sims: extra.sims } : {}),
     ...(extra.limits ? { limits: extra.limits } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200 },
     upstream: { endpoint: 'localhost', port: extra.upstreamPort ?? sandbox.dataPort, caFile: extra.caFile ?? sandbox.caFile, retryDelayMs: 200, retryMaxDelayMs: 2000 },
     log: { level: 'warn' },
   });
-  return { file, mqttPort, httpPort };
+  return { file };
 }
 
-export async function startGatewayProcess(configFile: string): Promise<CliProcess> {
+export interface GatewayProcess extends CliProcess, GatewayPorts {}
+
+/** Starts `simbridge start` and reads the ports it bound from its banner. */
+export async function startGatewayProcess(configFile: string): Promise<GatewayProcess> {
   const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
-  await proc.waitFor('simbridge is running');
-  return proc;
+  await proc.waitFor(/device HTTP .+\n/);
+  const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
+  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP') });
 }

@@ -1,0 +1,202 @@
+import type { Db } from './db.ts';
+
+/** An IP session as the mobile network reported it (RADIUS accounting, RFC 2866). */
+export interface NetworkSession {
+  ip: string;
+  imsi: string;
+  /** 15-digit IMEI, normalised by the caller. */
+  imei: string | null;
+  msisdn: string | null;
+  ratType: number | null;
+  nasIp: string;
+  nasIdentifier: string | null;
+  acctSessionId: string;
+  chargingId: number | null;
+  startedAt: number;
+  updatedAt: number;
+  /** Accounting records (Start, Interim-Update) applied to this session. */
+  updates: number;
+}
+
+/** What a Start or Interim-Update says about a session. */
+export interface SessionReport {
+  ip: string;
+  imsi: string;
+  imei?: string | null;
+  msisdn?: string | null;
+  ratType?: number | null;
+  nasIp: string;
+  nasIdentifier?: string | null;
+  acctSessionId: string;
+  chargingId?: number | null;
+}
+
+export type SessionEndCause = 'stop' | 'evicted' | 'nas_on' | 'nas_off' | 'expired';
+
+export interface EndedSession {
+  session: NetworkSession;
+  cause: SessionEndCause;
+}
+
+export interface RecordResult {
+  session: NetworkSession;
+  /** True when a row was created (a new session), false when an existing one was refreshed. */
+  created: boolean;
+  /** The session this one displaced from the IP, if any. */
+  ended: EndedSession[];
+}
+
+interface Row {
+  ip: string;
+  imsi: string;
+  imei: string | null;
+  msisdn: string | null;
+  rat_type: number | null;
+  nas_ip: string;
+  nas_identifier: string | null;
+  acct_session_id: string;
+  charging_id: number | null;
+  started_at: number;
+  updated_at: number;
+  updates: number;
+}
+
+function fromRow(r: Row): NetworkSession {
+  return {
+    ip: r.ip,
+    imsi: r.imsi,
+    imei: r.imei,
+    msisdn: r.msisdn,
+    ratType: r.rat_type,
+    nasIp: r.nas_ip,
+    nasIdentifier: r.nas_identifier,
+    acctSessionId: r.acct_session_id,
+    chargingId: r.charging_id,
+    startedAt: r.started_at,
+    updatedAt: r.updated_at,
+    updates: r.updates,
+  };
+}
+
+const ended = (rows: Row[], cause: SessionEndCause): EndedSession[] => rows.map((r) => ({ session: fromRow(r), cause }));
+
+/**
+ * The IP → identity table fed by RADIUS accounting. Every change runs in its own transaction (a savepoint
+ * when the caller already holds one, as the listener's group commit does) and returns the sessions it
+ * ended, so the caller can disconnect whatever was using them.
+ */
+export class NetworkSessions {
+  private readonly getByIp;
+  private readonly getByImsi;
+  private readonly insertStmt;
+  private readonly refreshStmt;
+  private readonly deleteIp;
+  private readonly deleteMatching;
+  private readonly deleteNas;
+  private readonly deleteStale;
+  private readonly countStmt;
+  private readonly listStmt;
+  private readonly recordTx;
+
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.getByIp = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE ip = ?');
+    this.getByImsi = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC');
+    this.insertStmt = db.prepare<[Record<string, unknown>], Row>(
+      `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates)
+       VALUES (@ip, @imsi, @imei, @msisdn, @ratType, @nasIp, @nasIdentifier, @acctSessionId, @chargingId, @now, @now, 1) RETURNING *`,
+    );
+    // An Interim-Update may omit what the Start carried; keep what we knew rather than forget it.
+    this.refreshStmt = db.prepare<[Record<string, unknown>], Row>(
+      `UPDATE network_sessions SET imei = coalesce(@imei, imei), msisdn = coalesce(@msisdn, msisdn),
+         rat_type = coalesce(@ratType, rat_type), nas_ip = @nasIp, nas_identifier = coalesce(@nasIdentifier, nas_identifier),
+         charging_id = coalesce(@chargingId, charging_id), updated_at = @now, updates = updates + 1
+       WHERE ip = @ip RETURNING *`,
+    );
+    this.deleteIp = db.prepare<[string], Row>('DELETE FROM network_sessions WHERE ip = ? RETURNING *');
+    this.deleteMatching = db.prepare<[string, string], Row>(
+      'DELETE FROM network_sessions WHERE ip = ? AND acct_session_id = ? RETURNING *',
+    );
+    this.deleteNas = db.prepare<[string, string | null, string | null], Row>(
+      'DELETE FROM network_sessions WHERE nas_ip = ? AND (? IS NULL OR nas_identifier = ?) RETURNING *',
+    );
+    this.deleteStale = db.prepare<[number], Row>('DELETE FROM network_sessions WHERE updated_at < ? RETURNING *');
+    this.countStmt = db.prepare('SELECT count(*) FROM network_sessions').pluck();
+    this.listStmt = db.prepare<[], Row>('SELECT * FROM network_sessions ORDER BY ip');
+    this.recordTx = db.transaction((r: SessionReport): RecordResult => {
+      const params = {
+        ip: r.ip,
+        imsi: r.imsi,
+        imei: r.imei ?? null,
+        msisdn: r.msisdn ?? null,
+        ratType: r.ratType ?? null,
+        nasIp: r.nasIp,
+        nasIdentifier: r.nasIdentifier ?? null,
+        acctSessionId: r.acctSessionId,
+        chargingId: r.chargingId ?? null,
+        now: this.now(),
+      };
+      const held = this.getByIp.get(r.ip);
+      // Same session (id and SIM): refresh. Anything else on this IP is over: the network has handed
+      // the address on, and whoever used it under the old identity must not keep it.
+      if (held && held.acct_session_id === r.acctSessionId && held.imsi === r.imsi) {
+        return { session: fromRow(this.refreshStmt.get(params)!), created: false, ended: [] };
+      }
+      const evicted = held ? ended(this.deleteIp.all(r.ip), 'evicted') : [];
+      return { session: fromRow(this.insertStmt.get(params)!), created: true, ended: evicted };
+    });
+  }
+
+  /** Accounting Start: creates the session, evicting another session that held the IP. */
+  start(report: SessionReport): RecordResult {
+    return this.recordTx.immediate(report);
+  }
+
+  /**
+   * Interim-Update: refreshes the session, or creates it when its Start was missed (evicting as Start
+   * does: the latest word from the network about an IP wins).
+   */
+  interim(report: SessionReport): RecordResult {
+    return this.recordTx.immediate(report);
+  }
+
+  /** Accounting Stop: removes the session only if the IP is still held by that Acct-Session-Id. */
+  stop(ip: string, acctSessionId: string): EndedSession[] {
+    return this.db.transaction(() => ended(this.deleteMatching.all(ip, acctSessionId), 'stop')).immediate();
+  }
+
+  /**
+   * Accounting-On / Accounting-Off (RFC 2866 §5.1): the NAS (re)started or stops, so none of its sessions
+   * survive. A NAS-Identifier, when given, narrows the match to that NAS among several behind one address.
+   */
+  clearNas(nasIp: string, nasIdentifier: string | null, cause: 'nas_on' | 'nas_off'): EndedSession[] {
+    return this.db
+      .transaction(() => ended(this.deleteNas.all(nasIp, nasIdentifier, nasIdentifier), cause))
+      .immediate();
+  }
+
+  /** Removes sessions without a Start or Interim-Update for olderThanMs (their Stop was lost). */
+  expire(olderThanMs: number): EndedSession[] {
+    return this.db.transaction(() => ended(this.deleteStale.all(this.now() - olderThanMs), 'expired')).immediate();
+  }
+
+  byIp(ip: string): NetworkSession | undefined {
+    const row = this.getByIp.get(ip);
+    return row && fromRow(row);
+  }
+
+  /** A SIM may hold several sessions (one per APN / PDN connection); the most recently updated first. */
+  byImsi(imsi: string): NetworkSession[] {
+    return this.getByImsi.all(imsi).map(fromRow);
+  }
+
+  count(): number {
+    return this.countStmt.get() as number;
+  }
+
+  list(): NetworkSession[] {
+    return this.listStmt.all().map(fromRow);
+  }
+}
