@@ -103,7 +103,7 @@ export class NetworkSessions {
     private readonly now: () => number = Date.now,
   ) {
     this.getByIp = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE ip = ?');
-    this.getByImsi = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC');
+    this.getByImsi = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC, ip');
     this.insertStmt = db.prepare<[Record<string, unknown>], Row>(
       `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates)
        VALUES (@ip, @imsi, @imei, @msisdn, @ratType, @nasIp, @nasIdentifier, @acctSessionId, @chargingId, @now, @now, 1) RETURNING *`,
