@@ -6,10 +6,9 @@ import { openDatabase, type Db } from '../storage/db.ts';
 import { AuditLog } from '../storage/audit.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { SimStore } from '../storage/sims.ts';
-import { AwsIotProvider } from '../vending/aws-iot-provider.ts';
+import { createVending } from '../vending/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
-import { Vendor } from '../vending/vendor.ts';
 import { Admission } from './admission.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { ClaimedIdentity } from './identity/claimed.ts';
@@ -54,17 +53,12 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup] ?? { upstreamTopic: 'devices/{thing}/{topic}' };
   const upstreamTopicTemplate = (name: string) => group(name).upstreamTopic;
 
-  const provider = new AwsIotProvider({ region: config.vending.region, endpoint: config.vending.endpoint, credentials: config.vending.credentials });
-  const vendor = new Vendor({
+  const { vendor, provider } = createVending(config.vending, {
     db,
-    provider,
     cipher,
     audit,
     log: log.child({ component: 'vending' }),
-    keyAlgorithm: 'ec-p256',
     policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [upstreamTopicTemplate(g)] }),
-    retryDelayMs: config.vending.retryDelayMs,
-    retryMaxDelayMs: config.vending.retryMaxDelayMs,
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
   });

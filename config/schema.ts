@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { vendingSection } from './vending.ts';
 
 // Every limit, threshold, timeout and port lives here with its default and a one-line description.
 // AWS IoT Core quotas follow the table in design.md; accounts differ, so all are overridable.
@@ -87,22 +88,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    vending: z
-      .object({
-        region: z.string().default('us-east-1').describe('AWS region of IoT Core'),
-        endpoint: z.url().optional().describe('control-plane endpoint override (the sandbox sets it)'),
-        credentials: z
-          .object({ accessKeyId: z.string().min(1), secretAccessKey: z.string().min(1) })
-          .strict()
-          .optional()
-          .describe('static credentials; omit to use the default AWS credential chain'),
-        thingName: z.string().default('sim-{imsi}').describe('thing name template; placeholders {imsi} {group}'),
-        policyName: z.string().default('simbridge-{group}').describe('policy name template per group'),
-        retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed vend'),
-        retryMaxDelayMs: z.number().int().positive().default(60_000).describe('longest delay between vend retries'),
-      })
-      .strict()
-      .prefault({}),
+    vending: vendingSection,
     upstream: z
       .object({
         endpoint: z.string().optional().describe('IoT Core data endpoint (host); omit to ask DescribeEndpoint'),
