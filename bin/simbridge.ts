@@ -117,12 +117,13 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number }, sandbox?: Sandbox): void {
+function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number }, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
-    `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}`,
-    `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}`,
+    `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
+    `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}  (identity: ${config.listeners.http.identity})`,
   ];
+  if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,

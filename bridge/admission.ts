@@ -1,11 +1,17 @@
+import { createHash } from 'node:crypto';
+import type { GroupConfig } from '../config/schema.ts';
 import type { AuditLog } from '../storage/audit.ts';
+import { verifySecret } from '../storage/secret-hash.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
-import { Refusal, type DeviceClaim, type IdentitySource } from './identity/source.ts';
+import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './identity/source.ts';
+import { checkImeiLock } from './imei-lock.ts';
 
-/** A device let in: its SIM record and the IMEI it is using now. */
+/** A device let in: its SIM record, the IMEI it is using now and how it was identified. */
 export interface AdmittedDevice {
   sim: Sim;
   imei?: string;
+  msisdn?: string;
+  source: string;
 }
 
 export interface AdmissionOptions {
@@ -13,38 +19,63 @@ export interface AdmissionOptions {
   audit: AuditLog;
   unknownSims: 'register' | 'reject';
   defaultGroup: string;
+  group(name: string): GroupConfig;
   thingName(imsi: string, group: string): string;
 }
 
 /**
- * identify → look up the SIM (or register it) → check its status. Every refusal that concerns a SIM is
- * written to the audit log.
+ * identify → look up the SIM (or register it) → check its status → its secret (claimed identity, where
+ * the group requires one) → the IMEI lock. Every refusal that concerns a SIM is written to the audit log
+ * under the refusal's reason.
  */
 export class Admission {
+  /** Last secret verified per SIM (as a SHA-256, with the hash it matched), so scrypt runs once per change. */
+  private readonly verifiedSecrets = new Map<string, { digest: string; against: string }>();
+
   constructor(private readonly opts: AdmissionOptions) {}
 
-  admit(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): AdmittedDevice | Refusal {
-    const result = this.check(source, remoteAddress, claim);
+  async admit(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): Promise<AdmittedDevice | Refusal> {
+    const result = await this.check(source, remoteAddress, claim);
     if (result instanceof Refusal && result.imsi) {
-      this.opts.audit.record(`refused_${result.reason}`, result.imsi, { remoteAddress, detail: result.detail, source: source.name });
+      this.opts.audit.record(result.reason, result.imsi, { remoteAddress, source: source.name, detail: result.detail, ...result.facts });
     }
     return result;
   }
 
-  private check(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): AdmittedDevice | Refusal {
+  private async check(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): Promise<AdmittedDevice | Refusal> {
     const identity = source.identify(remoteAddress, claim);
     if (identity instanceof Refusal) return identity;
-    const { sims, audit } = this.opts;
-    let sim = sims.get(identity.imsi);
-    if (!sim) {
-      if (this.opts.unknownSims === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
-      const group = this.opts.defaultGroup;
-      const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), boundImei: identity.imei, msisdn: identity.msisdn });
-      sim = reg.sim;
-      if (reg.created) audit.record('sim_registered', sim.imsi, { remoteAddress, imei: identity.imei, source: source.name });
-    }
+    const sim = this.findOrRegister(identity, source.name, remoteAddress);
+    if (sim instanceof Refusal) return sim;
     if (sim.status === 'suspended') return new Refusal('sim_suspended', 'SIM is suspended', sim.imsi);
     if (sim.status === 'terminated') return new Refusal('sim_terminated', 'SIM is terminated', sim.imsi);
-    return { sim, imei: identity.imei };
+    const group = this.opts.group(sim.group);
+    if (source.name === 'claimed' && group.requireSecret && !(await this.secretMatches(sim, claim.secret))) {
+      return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', sim.imsi);
+    }
+    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock);
+    if (locked instanceof Refusal) return locked;
+    return { sim: locked, imei: identity.imei, msisdn: identity.msisdn ?? locked.msisdn ?? undefined, source: source.name };
+  }
+
+  private findOrRegister(identity: NetworkIdentity, source: string, remoteAddress: string): Sim | Refusal {
+    const { sims, audit } = this.opts;
+    const sim = sims.get(identity.imsi);
+    if (sim) return sim;
+    if (this.opts.unknownSims === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
+    const group = this.opts.defaultGroup;
+    const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
+    if (reg.created) audit.record('sim_registered', identity.imsi, { remoteAddress, source });
+    return reg.sim;
+  }
+
+  private async secretMatches(sim: Sim, secret: string | undefined): Promise<boolean> {
+    if (!secret || !sim.secretHash) return false;
+    const digest = createHash('sha256').update(secret).digest('hex');
+    const known = this.verifiedSecrets.get(sim.imsi);
+    if (known && known.against === sim.secretHash) return known.digest === digest;
+    if (!(await verifySecret(secret, sim.secretHash))) return false;
+    this.verifiedSecrets.set(sim.imsi, { digest, against: sim.secretHash });
+    return true;
   }
 }

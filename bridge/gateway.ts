@@ -11,16 +11,25 @@ import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
 import { Admission } from './admission.ts';
 import { Dispatcher } from './dispatcher.ts';
+import type { identitySource } from '../config/identity.ts';
+import type { z } from 'zod';
 import { ClaimedIdentity } from './identity/claimed.ts';
+import { RadiusIdentity } from './identity/radius.ts';
+import type { IdentitySource } from './identity/source.ts';
+import { StaticIdentity } from './identity/static.ts';
+import { startRadiusListener } from './radius/listener.ts';
 import { startHttpIngress } from './ingress/http.ts';
 import { startMqttIngress } from './ingress/mqtt.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { Uplink } from './uplink.ts';
 import { UpstreamPool } from './upstream/session-pool.ts';
 
+type IdentitySourceName = z.infer<typeof identitySource>;
+
 export interface Gateway {
   mqttPort: number;
   httpPort: number;
+  radiusPort?: number;
   db: Db;
   metrics: Metrics;
   /** Stops accepting, finishes in-flight commits, closes sessions and the database. */
@@ -50,7 +59,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const sims = new SimStore(db);
   const audit = new AuditLog(db);
   const outbox = new Outbox(db, config.storage.commitMaxRows);
-  const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup] ?? { upstreamTopic: 'devices/{thing}/{topic}' };
+  // A SIM whose group was removed from the config falls back to the default group.
+  const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
   const upstreamTopicTemplate = (name: string) => group(name).upstreamTopic;
 
   const { vendor, provider } = createVending(config.vending, {
@@ -92,17 +102,33 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     audit,
     unknownSims: config.sims.unknown,
     defaultGroup: config.sims.defaultGroup,
+    group,
     thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
   });
   const uplink = new Uplink({ outbox, limits: config.limits, upstreamTopicTemplate, metrics });
-  const identity = new ClaimedIdentity();
+  const radius = config.radius.enabled
+    ? await startRadiusListener({
+        host: config.radius.host,
+        port: config.radius.port,
+        clients: config.radius.clients,
+        db,
+        replyCacheMs: config.radius.replyCacheMs,
+        sessionTimeoutMs: config.radius.sessionTimeoutMs,
+        logger: log.child({ component: 'radius' }),
+      })
+    : undefined;
+  const sources: Record<IdentitySourceName, () => IdentitySource> = {
+    claimed: () => new ClaimedIdentity(),
+    static: () => new StaticIdentity(config.identity.static),
+    radius: () => new RadiusIdentity(radius!.sessions),
+  };
 
   const mqtt = await startMqttIngress({
     host: config.listeners.mqtt.host,
     port: config.listeners.mqtt.port,
     connectTimeoutMs: config.listeners.mqtt.connectTimeoutMs,
     maxClientIdBytes: config.limits.maxClientIdBytes,
-    identity,
+    identity: sources[config.listeners.mqtt.identity](),
     admission,
     uplink,
     metrics,
@@ -112,26 +138,35 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     host: config.listeners.http.host,
     port: config.listeners.http.port,
     maxPayloadBytes: config.limits.maxPayloadBytes,
-    identity,
+    identity: sources[config.listeners.http.identity](),
     admission,
     uplink,
     metrics,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
     await mqtt.close();
+    await radius?.close();
     throw err;
   });
+  // A device identified by its network session loses its connection when that session ends.
+  if (radius && config.listeners.mqtt.identity === 'radius') {
+    radius.on('session-end', (session, cause) => {
+      const n = mqtt.disconnectAddress(session.ip);
+      if (n) log.info({ ip: session.ip, cause, connections: n }, 'network session ended; device disconnected');
+    });
+  }
   dispatcher.start();
 
   let closing: Promise<void> | undefined;
   return {
     mqttPort: mqtt.port,
     httpPort: http.port,
+    radiusPort: radius?.port,
     db,
     metrics,
     close() {
       closing ??= (async () => {
-        await Promise.all([mqtt.close(), http.close()]);
+        await Promise.all([mqtt.close(), http.close(), radius?.close()]);
         outbox.flush();
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);

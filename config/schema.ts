@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { identitySource, radiusSection, staticIdentitySection } from './identity.ts';
 import { vendingSection } from './vending.ts';
 
 // Every limit, threshold, timeout and port lives here with its default and a one-line description.
@@ -7,9 +8,8 @@ import { vendingSection } from './vending.ts';
 const port = z.number().int().min(0).max(65535);
 const host = z.string().min(1);
 
-const identitySource = z
-  .enum(['claimed'])
-  .describe('where a device identity comes from: claimed = the device states IMSI/IMEI (labs, public APN over VPN)');
+export const lockModes = ['locked', 'first-contact', 'any'] as const;
+export type LockMode = (typeof lockModes)[number];
 
 const group = z
   .object({
@@ -17,6 +17,11 @@ const group = z
       .string()
       .default('devices/{thing}/{topic}')
       .describe('upstream topic template; placeholders {thing} {imsi} {imei} {topic}'),
+    lock: z
+      .enum(lockModes)
+      .default('first-contact')
+      .describe('IMEI lock: locked = must match the bound IMEI; first-contact = bind the first IMEI seen; any = no lock'),
+    requireSecret: z.boolean().default(false).describe('claimed identity must present the SIM\'s secret (MQTT password / HTTP bearer)'),
   })
   .strict();
 
@@ -61,8 +66,13 @@ export const configSchema = z
       .prefault({}),
     groups: z
       .record(z.string(), group)
-      .default({ default: { upstreamTopic: 'devices/{thing}/{topic}' } })
+      .default({ default: group.parse({}) })
       .describe('SIM groups and their settings'),
+    identity: z
+      .object({ static: staticIdentitySection })
+      .strict()
+      .prefault({}),
+    radius: radiusSection,
     limits: z
       .object({
         maxPayloadBytes: z.number().int().positive().max(131072).default(131072).describe('largest device payload (IoT Core: 128 KB)'),
@@ -125,7 +135,17 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if (!c.groups[c.sims.defaultGroup]) {
+      ctx.addIssue({ code: 'custom', path: ['sims', 'defaultGroup'], message: `group "${c.sims.defaultGroup}" is not defined under groups` });
+    }
+    for (const listener of ['mqtt', 'http'] as const) {
+      if (c.listeners[listener].identity === 'radius' && !c.radius.enabled) {
+        ctx.addIssue({ code: 'custom', path: ['listeners', listener, 'identity'], message: 'radius identity needs radius.enabled: true' });
+      }
+    }
+  });
 
 export type Config = z.infer<typeof configSchema>;
 export type GroupConfig = z.infer<typeof group>;

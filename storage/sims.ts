@@ -12,6 +12,8 @@ export interface Sim {
   lockMode: string | null;
   thingName: string;
   tags: Record<string, string>;
+  /** scrypt hash of the SIM's secret, if one is set. */
+  secretHash: string | null;
   createdAt: number;
   lastSeenAt: number | null;
 }
@@ -26,6 +28,7 @@ interface SimRow {
   lock_mode: string | null;
   thing_name: string;
   tags: string;
+  secret_hash: string | null;
   created_at: number;
   last_seen_at: number | null;
 }
@@ -41,6 +44,7 @@ function fromRow(r: SimRow): Sim {
     lockMode: r.lock_mode,
     thingName: r.thing_name,
     tags: JSON.parse(r.tags) as Record<string, string>,
+    secretHash: r.secret_hash,
     createdAt: r.created_at,
     lastSeenAt: r.last_seen_at,
   };
@@ -84,6 +88,23 @@ export class SimStore {
 
   markSeen(imsi: string, at = Date.now()): void {
     this.seenStmt.run(at, imsi);
+  }
+
+  /**
+   * Binds the SIM to an IMEI. With onlyIfUnbound the bind happens only when no IMEI is bound yet, in one
+   * statement, so two first contacts at once cannot both bind.
+   */
+  bindImei(imsi: string, imei: string | null, onlyIfUnbound = false): boolean {
+    const sql = onlyIfUnbound ? 'UPDATE sims SET bound_imei = ? WHERE imsi = ? AND bound_imei IS NULL' : 'UPDATE sims SET bound_imei = ? WHERE imsi = ?';
+    return this.db.prepare(sql).run(imei, imsi).changes === 1;
+  }
+
+  setLockMode(imsi: string, mode: string | null): boolean {
+    return this.db.prepare('UPDATE sims SET lock_mode = ? WHERE imsi = ?').run(mode, imsi).changes === 1;
+  }
+
+  setSecretHash(imsi: string, hash: string | null): boolean {
+    return this.db.prepare('UPDATE sims SET secret_hash = ? WHERE imsi = ?').run(hash, imsi).changes === 1;
   }
 
   setStatus(imsi: string, status: SimStatus): boolean {

@@ -74,7 +74,7 @@ describe('bad input gets its documented refusal and the gateway keeps serving', 
     const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
     const kinds = db.prepare('SELECT kind FROM audit WHERE imsi = ?').pluck().all(GOOD_IMSI) as string[];
     db.close();
-    expect(kinds).toContain('refused_invalid_imei');
+    expect(kinds).toContain('invalid_imei');
   });
 
   it('still delivers a well-behaved device after all of that', async () => {
@@ -107,7 +107,7 @@ describe('unknown SIMs with sims.unknown = reject', () => {
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: 'unknown_sim' });
     const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const n = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'refused_unknown_sim'").pluck().get('001010000000099');
+    const n = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'unknown_sim'").pluck().get('001010000000099');
     db.close();
     expect(n).toBe(2);
   });

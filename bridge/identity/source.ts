@@ -22,6 +22,9 @@ export type RefusalReason =
   | 'sim_suspended'
   | 'sim_terminated'
   | 'imei_mismatch'
+  | 'imei_not_bound'
+  | 'imei_unknown'
+  | 'bad_secret'
   | 'claim_mismatch';
 
 export class Refusal {
@@ -30,6 +33,8 @@ export class Refusal {
     readonly detail: string,
     /** The SIM concerned, when known (for the audit log). */
     readonly imsi?: string,
+    /** Extra facts for the audit row (e.g. the bound and the seen IMEI). */
+    readonly facts: Record<string, unknown> = {},
   ) {}
 }
 

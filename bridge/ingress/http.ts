@@ -1,4 +1,4 @@
-import Fastify, { type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
@@ -16,9 +16,11 @@ export interface HttpIngressOptions {
   log: Logger;
 }
 
+// Identity refusals not listed here are 403.
 const refusalStatus: Record<string, number> = {
   invalid_imsi: 400,
   invalid_imei: 400,
+  bad_secret: 401,
   qos_not_supported: 400,
   topic_empty: 400,
   topic_wildcard: 400,
@@ -55,7 +57,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     return reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url}` });
   });
 
-  function admit(req: FastifyRequest): AdmittedDevice | Refusal {
+  function admit(req: FastifyRequest): Promise<AdmittedDevice | Refusal> {
     const auth = header(req, 'authorization');
     const secret = auth?.startsWith('Bearer ') ? auth.slice(7) : undefined;
     return opts.admission.admit(opts.identity, req.socket.remoteAddress ?? '', {
@@ -65,12 +67,23 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     });
   }
 
+  function refuse(reply: FastifyReply, refusal: Refusal) {
+    metrics.refusals.inc({ protocol: 'http', reason: refusal.reason });
+    if (refusal.reason === 'bad_secret') reply.header('www-authenticate', 'Bearer');
+    return reply.code(refusalStatus[refusal.reason] ?? 403).send({ error: refusal.reason, message: refusal.detail });
+  }
+
+  // The device's own identity as the gateway sees it, so it need not store it (like a metadata service).
+  app.get('/v1/self', async (req, reply) => {
+    const device = await admit(req);
+    if (device instanceof Refusal) return refuse(reply, device);
+    const { sim } = device;
+    return { imsi: sim.imsi, imei: device.imei ?? sim.boundImei, msisdn: device.msisdn ?? null, thing: sim.thingName, group: sim.group, tags: sim.tags };
+  });
+
   app.post<{ Params: { '*': string }; Querystring: { qos?: string } }>('/topics/*', async (req, reply) => {
-    const device = admit(req);
-    if (device instanceof Refusal) {
-      metrics.refusals.inc({ protocol: 'http', reason: device.reason });
-      return reply.code(refusalStatus[device.reason] ?? 403).send({ error: device.reason, message: device.detail });
-    }
+    const device = await admit(req);
+    if (device instanceof Refusal) return refuse(reply, device);
     const qos = req.query.qos === undefined ? 1 : Number(req.query.qos);
     const topic = req.params['*'];
     const payload = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);

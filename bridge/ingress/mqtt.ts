@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
 import type { Metrics } from '../metrics.ts';
+import { normaliseAddress } from '../net/address-table.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 
 export interface MqttIngressOptions {
@@ -25,8 +26,13 @@ const NOT_AUTHORIZED = 5;
 
 function connackCode(refusal: Refusal): number {
   if (refusal.reason === 'invalid_imei') return IDENTIFIER_REJECTED; // the client id carries the IMEI
-  if (refusal.reason === 'invalid_imsi') return BAD_USERNAME_OR_PASSWORD; // the username carries the IMSI
+  if (refusal.reason === 'invalid_imsi' || refusal.reason === 'bad_secret') return BAD_USERNAME_OR_PASSWORD; // username = IMSI, password = secret
   return NOT_AUTHORIZED;
+}
+
+function remoteAddressOf(client: Client): string {
+  const conn = client.conn as { remoteAddress?: string } | undefined;
+  return normaliseAddress(String(conn?.remoteAddress ?? ''));
 }
 
 /**
@@ -34,8 +40,16 @@ function connackCode(refusal: Refusal): number {
  * CONNECT: identify → admit; PUBLISH: check → enqueue durably → PUBACK (aedes writes the PUBACK only
  * after authorizePublish calls back, so the ack follows the commit).
  */
-export async function startMqttIngress(opts: MqttIngressOptions): Promise<{ port: number; broker: Aedes; close(): Promise<void> }> {
+export interface MqttIngress {
+  port: number;
+  /** Closes every device connection from an address (its network session ended). */
+  disconnectAddress(address: string): number;
+  close(): Promise<void>;
+}
+
+export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIngress> {
   const devices = new WeakMap<Client, AdmittedDevice>();
+  const byAddress = new Map<string, Set<Client>>();
   const { metrics, log } = opts;
 
   const broker = await Aedes.createBroker({
@@ -43,16 +57,27 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<{ port
     maxClientsIdLength: opts.maxClientIdBytes,
 
     authenticate(client, username, password, done) {
-      const remote = client.conn && 'remoteAddress' in client.conn ? String(client.conn.remoteAddress ?? '') : '';
-      const result = opts.admission.admit(opts.identity, remote, { imsi: username, imei: client.id, secret: password?.toString('utf8') });
-      if (result instanceof Refusal) {
-        metrics.refusals.inc({ protocol: 'mqtt', reason: result.reason });
-        log.info({ reason: result.reason, remote }, 'MQTT connection refused');
-        const err = Object.assign(new Error(result.detail), { returnCode: connackCode(result) });
-        return done(err as never, false);
-      }
-      devices.set(client, result);
-      done(null, true);
+      const remote = remoteAddressOf(client);
+      const claim = { imsi: username, imei: client.id, secret: password?.toString('utf8') };
+      opts.admission.admit(opts.identity, remote, claim).then(
+        (result) => {
+          if (result instanceof Refusal) {
+            metrics.refusals.inc({ protocol: 'mqtt', reason: result.reason });
+            log.info({ reason: result.reason, remote }, 'MQTT connection refused');
+            const err = Object.assign(new Error(result.detail), { returnCode: connackCode(result) });
+            return done(err as never, false);
+          }
+          devices.set(client, result);
+          let set = byAddress.get(remote);
+          if (!set) byAddress.set(remote, (set = new Set()));
+          set.add(client);
+          done(null, true);
+        },
+        (err: Error) => {
+          log.error({ err: err.message }, 'admission failed');
+          done(Object.assign(err, { returnCode: 3 }) as never, false); // 3 = server unavailable
+        },
+      );
     },
 
     authorizePublish(client, packet, done) {
@@ -80,6 +105,13 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<{ port
     },
   });
 
+  broker.on('clientDisconnect', (client: Client) => {
+    const remote = remoteAddressOf(client);
+    const set = byAddress.get(remote);
+    set?.delete(client);
+    if (set?.size === 0) byAddress.delete(remote);
+  });
+
   // Malformed packets and protocol violations end the connection; count them.
   for (const event of ['connectionError', 'clientError'] as const) {
     broker.on(event, (_client: Client, err: Error) => {
@@ -96,7 +128,13 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<{ port
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
-    broker,
+    disconnectAddress(ip: string) {
+      const set = byAddress.get(normaliseAddress(ip));
+      if (!set) return 0;
+      for (const client of set) client.close();
+      byAddress.delete(normaliseAddress(ip));
+      return set.size;
+    },
     async close() {
       // Stop accepting first; server.close() settles once aedes has closed the open connections.
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));

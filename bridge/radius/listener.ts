@@ -55,6 +55,8 @@ export interface RadiusCounters {
   duplicates: number;
   /** Replies that could not be sent after their change was committed. */
   sendFailed: number;
+  /** Transactions committed (accepted / commits = records per group commit). */
+  commits: number;
   /** Dropped without a reply, by reason. */
   dropped: Record<string, number>;
 }
@@ -75,7 +77,7 @@ interface Pending {
 const silent: RadiusLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
-  readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, dropped: {} };
+  readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, commits: 0, dropped: {} };
   readonly sessions: NetworkSessions;
   private readonly clients: ClientTable;
   private readonly cache: ReplyCache;
@@ -207,6 +209,7 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
           }
         })
         .immediate();
+      this.counters.commits++;
     } catch (err) {
       outcomes.length = 0;
       for (let i = 0; i < batch.length; i++) outcomes.push(err as Error);

@@ -8,6 +8,7 @@ CREATE TABLE sims (
   bound_imei   TEXT,            -- 15-digit IMEI the SIM is locked to (compared on its first 14 digits)
   lock_mode    TEXT,            -- per-SIM override of the group's lock mode; NULL = the group's
   thing_name   TEXT NOT NULL UNIQUE,
+  secret_hash  TEXT,            -- scrypt hash of the SIM's secret, for claimed identity in groups that require one
   tags         TEXT NOT NULL DEFAULT '{}',
   created_at   INTEGER NOT NULL,
   last_seen_at INTEGER
