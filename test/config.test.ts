@@ -70,7 +70,7 @@ describe('configuration', () => {
   });
 
   it('validates every example config', () => {
-    for (const name of ['sandbox.yaml', 'aws-iot.yaml']) {
+    for (const name of ['sandbox.yaml', 'aws-iot.yaml', 'radius.yaml']) {
       expect(() => loadConfig(join('config/examples', name), { AWS_REGION: 'eu-west-1', SIMBRIDGE_MASTER_KEY_FILE: '/etc/simbridge/master.key' })).not.toThrow();
     }
   });

@@ -180,7 +180,19 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     this.cache.reserve(key);
     this.pending.push({ record, packet, secret: client.secret, rinfo, key });
     if (!this.groupCommit || this.pending.length >= this.maxBatch) this.flush();
-    else this.flushScheduled ??= setImmediate(() => this.flush());
+    else this.flushScheduled ??= setImmediate(() => this.flushWhenDrained(0));
+  }
+
+  /**
+   * libuv reads a bounded number of datagrams per poll (32), so a burst spans several loop turns. While the
+   * batch still grew in the last turn, the socket is likely not drained yet: wait one more (cheap) turn
+   * rather than pay an fsync for a part of the burst.
+   */
+  private flushWhenDrained(seen: number): void {
+    const size = this.pending.length;
+    if (size > seen && size < this.maxBatch && !this.closed) {
+      this.flushScheduled = setImmediate(() => this.flushWhenDrained(size));
+    } else this.flush();
   }
 
   /**

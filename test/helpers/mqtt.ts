@@ -1,3 +1,4 @@
+import { createConnection } from 'node:net';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 
 export interface Received {
@@ -60,6 +61,20 @@ export function closed(client: MqttClient, timeoutMs = 5000): Promise<void> {
     client.once('close', () => {
       clearTimeout(t);
       resolve();
+    });
+  });
+}
+
+/** Connects from a given loopback source address, the way a device on the APN has its own IP. */
+export function connectFrom(localAddress: string, port: number, opts: IClientOptions): Promise<{ code: number; client: MqttClient }> {
+  return new Promise((resolve, reject) => {
+    const client = new mqtt.MqttClient(() => createConnection({ host: '127.0.0.1', port, localAddress }), { reconnectPeriod: 0, protocolVersion: 4, ...opts });
+    client.once('connect', () => resolve({ code: 0, client }));
+    client.once('error', (err) => {
+      const code = (err as { code?: number }).code;
+      client.end(true);
+      if (typeof code === 'number') resolve({ code, client });
+      else reject(err);
     });
   });
 }

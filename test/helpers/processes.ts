@@ -107,14 +107,29 @@ export interface GatewayPorts {
 export async function gatewayConfig(
   dir: string,
   sandbox: SandboxProcess,
-  extra: { upstreamPort?: number; caFile?: string; sims?: Record<string, unknown>; limits?: Record<string, unknown> } = {},
+  extra: {
+    upstreamPort?: number;
+    caFile?: string;
+    sims?: Record<string, unknown>;
+    limits?: Record<string, unknown>;
+    groups?: Record<string, unknown>;
+    listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown> };
+    radius?: Record<string, unknown>;
+    identity?: Record<string, unknown>;
+  } = {},
 ): Promise<{ file: string }> {
   const file = writeYaml(dir, 'gateway.yaml', {
     mode: 'aws',
     dataDir: join(dir, 'gateway'),
-    listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+    listeners: {
+      mqtt: { host: '127.0.0.1', port: 0, ...extra.listeners?.mqtt },
+      http: { host: '127.0.0.1', port: 0, ...extra.listeners?.http },
+    },
     ...(extra.sims ? { sims: extra.sims } : {}),
     ...(extra.limits ? { limits: extra.limits } : {}),
+    ...(extra.groups ? { groups: extra.groups } : {}),
+    ...(extra.radius ? { radius: { host: '127.0.0.1', port: 0, ...extra.radius } } : {}),
+    ...(extra.identity ? { identity: extra.identity } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200 },
     upstream: { endpoint: 'localhost', port: extra.upstreamPort ?? sandbox.dataPort, caFile: extra.caFile ?? sandbox.caFile, retryDelayMs: 200, retryMaxDelayMs: 2000 },
     log: { level: 'warn' },
@@ -122,12 +137,15 @@ export async function gatewayConfig(
   return { file };
 }
 
-export interface GatewayProcess extends CliProcess, GatewayPorts {}
+export interface GatewayProcess extends CliProcess, GatewayPorts {
+  radiusPort?: number;
+}
 
 /** Starts `simbridge start` and reads the ports it bound from its banner. */
 export async function startGatewayProcess(configFile: string): Promise<GatewayProcess> {
   const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
   await proc.waitFor(/device HTTP .+\n/);
   const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP') });
+  const radius = proc.output.match(/RADIUS acct\s+\S+:(\d+)\/udp/);
+  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP'), radiusPort: radius ? Number(radius[1]) : undefined });
 }

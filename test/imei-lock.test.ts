@@ -1,0 +1,141 @@
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashSecret } from '../storage/secret-hash.ts';
+import { openDatabase } from '../storage/db.ts';
+import { SimStore } from '../storage/sims.ts';
+import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+
+const X = '490154203237518'; // a device
+const X_SPARE0 = '490154203237510'; // the same device, 15th digit sent as a spare 0
+const X_IMEISV = '4901542032375105'; // the same device as IMEISV (software version 05)
+const Y = '353456789012348'; // another device
+
+const SIMS = {
+  firstContact: '001010000000301',
+  locked: '001010000000302',
+  lockedUnbound: '001010000000303',
+  any: '001010000000304',
+  suspended: '001010000000305',
+  terminated: '001010000000306',
+  override: '001010000000307',
+  secret: '001010000000308',
+};
+
+describe('the IMEI lock', () => {
+  const dir = tempDir('imei-lock');
+  let sandbox: SandboxProcess;
+  let gateway: GatewayProcess;
+  let url: string;
+
+  const connect = async (imsi: string, imei: string, password?: string) => {
+    const { code, client } = await connectDevice(url, deviceOptions(imsi, imei, password ? { password: Buffer.from(password) } : {}));
+    client.end(true);
+    return code;
+  };
+  const post = (imsi: string, imei: string, auth?: string) =>
+    fetch(`http://127.0.0.1:${gateway.httpPort}/topics/t`, {
+      method: 'POST',
+      headers: { 'x-imsi': imsi, 'x-imei': imei, ...(auth ? { authorization: `Bearer ${auth}` } : {}) },
+      body: 'x',
+    });
+  const audit = (imsi: string) => {
+    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+    const rows = db.prepare('SELECT kind, detail FROM audit WHERE imsi = ? ORDER BY id').all(imsi) as Array<{ kind: string; detail: string }>;
+    db.close();
+    return rows.map((r) => ({ kind: r.kind, ...JSON.parse(r.detail) }));
+  };
+
+  beforeAll(async () => {
+    sandbox = await startSandboxProcess(dir);
+    const cfg = await gatewayConfig(dir, sandbox, {
+      groups: {
+        default: { lock: 'first-contact' },
+        fleet: { lock: 'locked' },
+        lab: { lock: 'any' },
+        secured: { lock: 'any', requireSecret: true },
+      },
+    });
+    // SIMs as an operator would have loaded them (the gateway's own registry, before it starts).
+    const db = openDatabase({ file: join(dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
+    const sims = new SimStore(db);
+    const add = (imsi: string, group: string, boundImei?: string) => sims.register({ imsi, group, thingName: `sim-${imsi}`, boundImei });
+    add(SIMS.locked, 'fleet', X);
+    add(SIMS.lockedUnbound, 'fleet');
+    add(SIMS.any, 'lab', X);
+    add(SIMS.suspended, 'lab');
+    add(SIMS.terminated, 'lab');
+    add(SIMS.override, 'fleet', X);
+    add(SIMS.secret, 'secured');
+    sims.setStatus(SIMS.suspended, 'suspended');
+    sims.setStatus(SIMS.terminated, 'terminated');
+    sims.setLockMode(SIMS.override, 'any');
+    sims.setSecretHash(SIMS.secret, await hashSecret('s3cret-token'));
+    db.close();
+    gateway = await startGatewayProcess(cfg.file);
+    url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
+  });
+
+  afterAll(async () => {
+    await gateway?.kill();
+    await sandbox?.process.kill();
+  });
+
+  it('first-contact binds the first IMEI seen, then holds it (IMEISV and spare-0 forms are the same device)', async () => {
+    expect(await connect(SIMS.firstContact, X)).toBe(0);
+    expect(await connect(SIMS.firstContact, X_IMEISV)).toBe(0);
+    expect(await connect(SIMS.firstContact, X_SPARE0)).toBe(0);
+    expect(await connect(SIMS.firstContact, Y)).toBe(5);
+    const res = await post(SIMS.firstContact, Y);
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ error: 'imei_mismatch' });
+    const rows = audit(SIMS.firstContact);
+    expect(rows.find((r) => r.kind === 'imei_bound')).toMatchObject({ imei: X });
+    expect(rows.filter((r) => r.kind === 'imei_mismatch')).toHaveLength(2);
+    expect(rows.find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
+  });
+
+  it('locked admits only the bound device', async () => {
+    expect(await connect(SIMS.locked, X)).toBe(0);
+    expect(await connect(SIMS.locked, X_IMEISV)).toBe(0);
+    expect(await connect(SIMS.locked, Y)).toBe(5);
+    expect(audit(SIMS.locked).find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
+  });
+
+  it('locked refuses a SIM no installer has bound yet', async () => {
+    expect(await connect(SIMS.lockedUnbound, X)).toBe(5);
+    const res = await post(SIMS.lockedUnbound, X);
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ error: 'imei_not_bound' });
+    expect(audit(SIMS.lockedUnbound).map((r) => r.kind)).toEqual(['imei_not_bound', 'imei_not_bound']);
+  });
+
+  it('any lets the SIM work in any device', async () => {
+    expect(await connect(SIMS.any, X)).toBe(0);
+    expect(await connect(SIMS.any, Y)).toBe(0);
+  });
+
+  it('a per-SIM lock mode overrides the group', async () => {
+    expect(await connect(SIMS.override, Y)).toBe(0);
+  });
+
+  it('refuses suspended and terminated SIMs with their own reasons', async () => {
+    expect(await connect(SIMS.suspended, X)).toBe(5);
+    expect(await connect(SIMS.terminated, X)).toBe(5);
+    expect(await (await post(SIMS.suspended, X)).json()).toMatchObject({ error: 'sim_suspended' });
+    expect(await (await post(SIMS.terminated, X)).json()).toMatchObject({ error: 'sim_terminated' });
+    expect(audit(SIMS.suspended).map((r) => r.kind)).toEqual(['sim_suspended', 'sim_suspended']);
+    expect(audit(SIMS.terminated).map((r) => r.kind)).toEqual(['sim_terminated', 'sim_terminated']);
+  });
+
+  it('requires the SIM\'s secret where the group says so (MQTT password, HTTP bearer)', async () => {
+    expect(await connect(SIMS.secret, X, 's3cret-token')).toBe(0);
+    expect(await connect(SIMS.secret, X, 'wrong')).toBe(4);
+    expect(await connect(SIMS.secret, X)).toBe(4);
+    expect((await post(SIMS.secret, X, 's3cret-token')).status).toBe(202);
+    const bad = await post(SIMS.secret, X, 'wrong');
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get('www-authenticate')).toBe('Bearer');
+  });
+});
