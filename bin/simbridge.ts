@@ -12,6 +12,7 @@ commands:
   start [--config FILE]        run the gateway (no config file: the sandbox defaults)
   config check FILE            validate a configuration file and exit
   sandbox [--config FILE]      run only the local IoT Core stand-in
+  sims | tokens | stats | vend operator commands (run one with --help)
 
 The config file may also be given as SIMBRIDGE_CONFIG.`;
 
@@ -24,7 +25,19 @@ const EXIT_FAILURE = 1;
 const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
 
+/** Operator commands, one per file in bin/commands/, each parsing its own arguments. */
+const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend']);
+
+export interface OperatorCommand {
+  /** argv after the command name; loadConfig reads --config / SIMBRIDGE_CONFIG. Resolves with the exit code. */
+  run(args: string[], loadConfig: (file?: string) => Config): Promise<number>;
+}
+
 async function main(argv: string[]): Promise<number> {
+  if (operatorCommands.has(argv[0] ?? '')) {
+    const { run } = (await import(`./commands/${argv[0]}.ts`)) as OperatorCommand;
+    return run(argv.slice(1), (file) => loadConfig(file ?? process.env.SIMBRIDGE_CONFIG));
+  }
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -117,13 +130,14 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number }, sandbox?: Sandbox): void {
+function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number }, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
     `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}  (identity: ${config.listeners.http.identity})`,
   ];
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
+  if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,

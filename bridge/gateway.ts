@@ -7,6 +7,7 @@ import { AuditLog } from '../storage/audit.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { SimStore } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
+import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
 import { Admission } from './admission.ts';
@@ -30,6 +31,7 @@ export interface Gateway {
   mqttPort: number;
   httpPort: number;
   radiusPort?: number;
+  adminPort?: number;
   db: Db;
   metrics: Metrics;
   /** Stops accepting, finishes in-flight commits, closes sessions and the database. */
@@ -157,16 +159,31 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   }
   dispatcher.start();
 
+  const admin = config.admin.enabled
+    ? await startAdmin(config.admin, {
+        db,
+        sims,
+        audit,
+        metrics: metrics.registry,
+        log: log.child({ component: 'admin' }),
+        ready: () => {
+          const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
+          return { ok: Object.values(checks).every(Boolean), checks };
+        },
+      })
+    : undefined;
+
   let closing: Promise<void> | undefined;
   return {
     mqttPort: mqtt.port,
     httpPort: http.port,
     radiusPort: radius?.port,
+    adminPort: admin?.port,
     db,
     metrics,
     close() {
       closing ??= (async () => {
-        await Promise.all([mqtt.close(), http.close(), radius?.close()]);
+        await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
         outbox.flush();
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { adminSection } from './admin.ts';
 import { identitySource, radiusSection, staticIdentitySection } from './identity.ts';
 import { vendingSection } from './vending.ts';
 
@@ -113,6 +114,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    admin: adminSection,
     sandbox: z
       .object({
         host: host.default('127.0.0.1').describe('address the embedded sandbox binds'),

@@ -37,7 +37,7 @@ function header(req: FastifyRequest, name: string): string | undefined {
 }
 
 /** Plain HTTP for devices: POST /topics/{topic}?qos=1, the path of IoT Core's HTTPS publish. */
-export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; close(): Promise<void> }> {
+export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; listening(): boolean; close(): Promise<void> }> {
   const { metrics } = opts;
   const app = Fastify({ loggerInstance: opts.log.child({ component: 'http' }), disableRequestLogging: true, bodyLimit: opts.maxPayloadBytes });
 
@@ -101,7 +101,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
   const address = app.server.address();
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
-
+    listening: () => app.server.listening,
     close: () => app.close(),
   };
 }

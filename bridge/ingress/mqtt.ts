@@ -42,6 +42,7 @@ function remoteAddressOf(client: Client): string {
  */
 export interface MqttIngress {
   port: number;
+  listening(): boolean;
   /** Closes every device connection from an address (its network session ended). */
   disconnectAddress(address: string): number;
   close(): Promise<void>;
@@ -128,6 +129,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
+    listening: () => server.listening,
     disconnectAddress(ip: string) {
       const set = byAddress.get(normaliseAddress(ip));
       if (!set) return 0;

@@ -132,6 +132,7 @@ export async function gatewayConfig(
     ...(extra.identity ? { identity: extra.identity } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200 },
     upstream: { endpoint: 'localhost', port: extra.upstreamPort ?? sandbox.dataPort, caFile: extra.caFile ?? sandbox.caFile, retryDelayMs: 200, retryMaxDelayMs: 2000 },
+    admin: { port: 0 },
     log: { level: 'warn' },
   });
   return { file };
@@ -139,6 +140,7 @@ export async function gatewayConfig(
 
 export interface GatewayProcess extends CliProcess, GatewayPorts {
   radiusPort?: number;
+  adminPort?: number;
 }
 
 /** Starts `simbridge start` and reads the ports it bound from its banner. */
@@ -146,6 +148,14 @@ export async function startGatewayProcess(configFile: string): Promise<GatewayPr
   const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
   await proc.waitFor(/device HTTP .+\n/);
   const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-  const radius = proc.output.match(/RADIUS acct\s+\S+:(\d+)\/udp/);
-  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP'), radiusPort: radius ? Number(radius[1]) : undefined });
+  const optional = (re: RegExp) => {
+    const m = proc.output.match(re);
+    return m ? Number(m[1]) : undefined;
+  };
+  return Object.assign(proc, {
+    mqttPort: port('device MQTT'),
+    httpPort: port('device HTTP'),
+    radiusPort: optional(/RADIUS acct\s+\S+:(\d+)\/udp/),
+    adminPort: optional(/admin\s+http:\/\/\S+:(\d+)/),
+  });
 }
