@@ -1,0 +1,186 @@
+// The data plane: MQTT 3.1.1 over mutual TLS, like IoT Core's port 8883.
+// TLS admits only certificates signed by the sandbox CA; aedes hooks then
+// apply the registry and policies to each CONNECT, PUBLISH, SUBSCRIBE and
+// delivery. Refusals follow IoT Core: CONNACK 5 on connect, connection closed
+// on a refused publish, SUBACK 0x80 on a refused subscription.
+import type { EventEmitter } from 'node:events';
+import { createServer, type TLSSocket } from 'node:tls';
+import type { AddressInfo, Socket } from 'node:net';
+import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from 'aedes';
+import type { Logger } from '../log.ts';
+import type { Registry } from '../registry.ts';
+import { Authorizer, type Session } from './authorizer.ts';
+import { MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
+
+export interface DataPlaneOptions {
+  host: string;
+  port: number;
+  tls: { key: string; cert: string; ca: string };
+  registry: Registry;
+  logger: Logger;
+  /** Called for every message the data plane accepted (device publishes and wills). */
+  onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
+}
+
+export interface DataPlane {
+  port: number;
+  connections(): { clientId: string; certificateId: string }[];
+  close(): Promise<void>;
+}
+
+const NOT_AUTHORIZED = 5;
+const IDENTIFIER_REJECTED = 2;
+
+export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane> {
+  const { registry, logger } = opts;
+  const auth = new Authorizer(registry);
+  const sessions = new WeakMap<Client, Session>();
+  const byCertificate = new Map<string, Set<Client>>();
+
+  const refuse = (client: Client, reason: string) => logger.info({ clientId: client.id, reason }, 'sandbox data plane: refused');
+
+  const broker = new Aedes({
+    // IoT Core accepts client ids up to 128 bytes; aedes' default is 23.
+    maxClientsIdLength: MAX_CLIENT_ID_BYTES,
+
+    authenticate(client, _username, _password, done) {
+      const fail = (code: number, reason: string) => {
+        refuse(client, reason);
+        const err = new Error(reason) as AuthenticateError;
+        err.returnCode = code;
+        done(err, null);
+      };
+      if (Buffer.byteLength(client.id) > MAX_CLIENT_ID_BYTES) return fail(IDENTIFIER_REJECTED, 'client id longer than 128 bytes');
+      const peer = (client.conn as TLSSocket).getPeerCertificate?.();
+      if (!peer?.raw) return fail(NOT_AUTHORIZED, 'no client certificate');
+      const cn = typeof peer.subject?.CN === 'string' ? peer.subject.CN : undefined;
+      const id = auth.identify(peer.raw, client.id, cn);
+      if (!id.ok) return fail(NOT_AUTHORIZED, id.reason);
+      if (!auth.canConnect(id.session)) return fail(NOT_AUTHORIZED, `policies of ${id.session.certificateId} do not allow iot:Connect as ${client.id}`);
+      track(client, id.session);
+      capSubscribeQos(client);
+      done(null, true);
+    },
+
+    authorizePublish(client, packet, done) {
+      if (!client) return done(null); // the broker's own messages
+      const s = sessions.get(client);
+      const reason = !s
+        ? 'no session'
+        : !auth.isActive(s)
+          ? 'certificate no longer ACTIVE'
+          : (publishViolation(packet.topic, packet.payload, packet.qos) ??
+            (auth.canPublish(s, packet.topic, packet.retain) ? undefined : `iot:Publish not allowed on ${packet.topic}`));
+      if (reason) {
+        refuse(client, reason);
+        return done(new Error(reason)); // aedes closes the connection
+      }
+      done(null);
+    },
+
+    authorizeSubscribe(client, sub, done) {
+      const s = sessions.get(client);
+      if (!s || !auth.isActive(s)) {
+        refuse(client, 'certificate no longer ACTIVE');
+        return done(new Error('certificate no longer ACTIVE'), null);
+      }
+      const count = Object.keys((client as unknown as { subscriptions: object }).subscriptions).length;
+      const reason =
+        count >= MAX_SUBSCRIPTIONS_PER_CONNECTION
+          ? `more than ${MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions`
+          : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
+      if (reason) {
+        refuse(client, reason);
+        return done(null, null); // SUBACK 0x80 for this filter
+      }
+      // IoT Core has no QoS 2: grant at most 1.
+      done(null, { ...sub, qos: sub.qos > 1 ? 1 : sub.qos });
+    },
+
+    authorizeForward(client, packet) {
+      const s = sessions.get(client);
+      if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
+      return packet;
+    },
+
+    published(packet, client, done) {
+      if (client && !packet.topic.startsWith('$SYS/')) {
+        opts.onMessage({ topic: packet.topic, payload: toBuffer(packet), qos: packet.qos === 0 ? 0 : 1 });
+      }
+      done(null);
+    },
+  });
+  broker.on('clientError', (client, err) => logger.debug?.({ clientId: client.id, err: err.message }, 'sandbox data plane: client error'));
+  await broker.listen();
+
+  function track(client: Client, s: Session): void {
+    sessions.set(client, s);
+    let set = byCertificate.get(s.certificateId);
+    if (!set) byCertificate.set(s.certificateId, (set = new Set()));
+    set.add(client);
+    client.conn.once('close', () => {
+      set.delete(client);
+      if (set.size === 0 && byCertificate.get(s.certificateId) === set) byCertificate.delete(s.certificateId);
+    });
+  }
+
+  // IoT Core drops live connections when their certificate is deactivated.
+  const onDisabled = (certificateId: string) => {
+    for (const client of byCertificate.get(certificateId) ?? []) {
+      refuse(client, `certificate ${certificateId} deactivated`);
+      client.close();
+    }
+  };
+  registry.on('certificateDisabled', onDisabled);
+
+  const sockets = new Set<Socket>();
+  const server = createServer(
+    { key: opts.tls.key, cert: opts.tls.cert, ca: [opts.tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
+    (socket) => broker.handle(socket),
+  );
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  server.on('tlsClientError', (err) => logger.debug?.({ err: err.message }, 'sandbox data plane: TLS handshake failed'));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+
+  return {
+    port: (server.address() as AddressInfo).port,
+    connections: () =>
+      [...byCertificate.values()].flatMap((set) =>
+        [...set].filter((c) => c.connected).map((c) => ({ clientId: c.id, certificateId: sessions.get(c)!.certificateId })),
+      ),
+    async close() {
+      registry.off('certificateDisabled', onDisabled);
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+/**
+ * IoT Core has no QoS 2: a QoS 2 subscription is granted QoS 1. aedes builds
+ * the SUBACK from the requested QoS before authorizeSubscribe can lower it, so
+ * lower it as the packet leaves the parser (aedes' private `_parser`; if that
+ * ever changes, deliveries are still capped by authorizeSubscribe).
+ */
+function capSubscribeQos(client: Client): void {
+  const parser = (client as unknown as { _parser?: EventEmitter })._parser;
+  parser?.prependListener('packet', (packet: { cmd: string; subscriptions?: { qos: number }[] }) => {
+    if (packet.cmd !== 'subscribe') return;
+    for (const sub of packet.subscriptions ?? []) if (sub.qos > 1) sub.qos = 1;
+  });
+}
+
+function toBuffer(packet: AedesPublishPacket | PublishPacket): Buffer {
+  return Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+}
