@@ -3,7 +3,7 @@ import type { Outbox, OutboxMessage } from '../storage/outbox.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { Metrics } from './metrics.ts';
-import { mapTopic } from './topics.ts';
+import { DeviceTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
 
 export interface DispatcherOptions {
@@ -14,19 +14,37 @@ export interface DispatcherOptions {
   pool: UpstreamPool;
   upstreamTopicTemplate(group: string): string;
   maxInflight: number;
+  /** Failed deliveries of one message, each followed by a successful reconnect, before it is dead-lettered. */
+  maxDeliveryAttempts: number;
   retryDelayMs: number;
   retryMaxDelayMs: number;
   metrics: Metrics;
   log: Logger;
+  onDeadLetter?(msg: OutboxMessage, reason: string): void;
+}
+
+/** Where one SIM's delivery stands between drains. */
+interface Cursor {
+  imsi: string;
+  /** Rows up to here are acknowledged or in flight; their deletes may still be pending. */
+  lastId: number;
+  /** The oldest unacknowledged row when a publish failed: maybe refused for good, maybe an outage. */
+  suspect?: number;
+  suspectError?: string;
+  /** The failure is counted against the suspect only once a reconnect succeeds (an outage is not its fault). */
+  suspectUncounted?: boolean;
 }
 
 /**
  * Moves each SIM's outbox rows upstream on that SIM's own session, in order, with up to maxInflight
  * QoS 1 publishes outstanding. A row is deleted only after its PUBACK; after a failure the SIM's
  * remaining rows are resent from the oldest, so delivery is at-least-once and FIFO per device.
+ * IoT Core closes the connection on a publish it refuses (MQTT 3.1.1); a message that keeps doing that
+ * is sent alone, and after maxDeliveryAttempts goes to the dead letters so it cannot block its device.
  */
 export class Dispatcher {
   private readonly active = new Map<string, { again: boolean; done: Promise<void> }>();
+  private readonly attempts = new Map<number, number>();
   private readonly acked: number[] = [];
   private flushAckScheduled = false;
   private stopped = false;
@@ -65,8 +83,7 @@ export class Dispatcher {
 
   private async pump(imsi: string, state: { again: boolean }): Promise<void> {
     let delay = this.opts.retryDelayMs;
-    // Rows up to the cursor are acknowledged or in flight; their deletes may still be pending.
-    const cursor = { lastId: 0 };
+    const cursor: Cursor = { imsi, lastId: 0 };
     while (!this.stopped) {
       state.again = false;
       const sim = this.opts.sims.get(imsi);
@@ -75,6 +92,7 @@ export class Dispatcher {
       try {
         const creds = await this.opts.credentials(sim);
         session = await this.opts.pool.session(creds);
+        this.judgeSuspect(cursor);
         await this.drain(sim, session, cursor);
         delay = this.opts.retryDelayMs;
         if (!state.again) return;
@@ -90,46 +108,72 @@ export class Dispatcher {
     }
   }
 
+  /** After a reconnect: count the failure against the suspect row, and dead-letter it past the limit. */
+  private judgeSuspect(cursor: Cursor): void {
+    if (cursor.suspect === undefined || !cursor.suspectUncounted) return;
+    cursor.suspectUncounted = false;
+    const n = (this.attempts.get(cursor.suspect) ?? 0) + 1;
+    this.attempts.set(cursor.suspect, n);
+    if (n < this.opts.maxDeliveryAttempts) return;
+    const [row] = this.opts.outbox.peek(cursor.imsi, cursor.suspect - 1, 1);
+    if (row && row.id === cursor.suspect) {
+      const reason = `refused upstream ${n} times (${cursor.suspectError ?? 'connection closed on publish'})`;
+      this.opts.outbox.deadLetter(row, reason);
+      this.opts.metrics.deadLetters.inc({ reason: 'refused_upstream' });
+      this.opts.onDeadLetter?.(row, reason);
+      this.opts.log.warn({ id: row.id, reason }, 'message moved to dead letters');
+    }
+    this.attempts.delete(cursor.suspect);
+    cursor.suspect = undefined;
+  }
+
   /** Publishes the SIM's rows until none are left; throws on the first failed publish. */
-  private async drain(sim: Sim, session: UpstreamSession, cursor: { lastId: number }): Promise<void> {
-    const { outbox, maxInflight, metrics } = this.opts;
-    const template = this.opts.upstreamTopicTemplate(sim.group);
-    const inflight = new Set<Promise<void>>();
+  private async drain(sim: Sim, session: UpstreamSession, cursor: Cursor): Promise<void> {
+    const { outbox, metrics } = this.opts;
+    const topics = new DeviceTopics(this.opts.upstreamTopicTemplate(sim.group), { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' });
+    const inflight = new Map<number, Promise<void>>();
     let failure: unknown;
     while (failure === undefined && !this.stopped) {
-      const rows = outbox.peek(sim.imsi, cursor.lastId, maxInflight - inflight.size);
+      // A suspect goes alone, so a refusal is pinned on the right message.
+      const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
+      const rows = outbox.peek(sim.imsi, cursor.lastId, window - inflight.size);
       if (rows.length === 0) {
         if (inflight.size === 0) break;
-        await Promise.race(inflight);
+        await Promise.race(inflight.values());
         continue;
       }
       for (const row of rows) {
         cursor.lastId = row.id;
         const p: Promise<void> = session
-          .publish(this.upstreamTopic(template, sim, row), row.payload, row.qos)
+          .publish(topics.toUpstream(row.deviceTopic), row.payload, row.qos)
           .then(
             () => {
               metrics.upstreamPublishes.inc({ result: 'ok' });
               this.ack(row.id);
+              if (cursor.suspect === row.id) {
+                cursor.suspect = undefined;
+                this.attempts.delete(row.id);
+              }
             },
             (err: unknown) => {
               metrics.upstreamPublishes.inc({ result: 'failed' });
-              failure ??= err ?? new Error('publish failed');
+              if (failure === undefined) {
+                failure = err ?? new Error('publish failed');
+                cursor.suspect = Math.min(...inflight.keys());
+                cursor.suspectError = String((err as Error)?.message ?? err);
+                cursor.suspectUncounted = true;
+              }
             },
           )
-          .finally(() => inflight.delete(p));
-        inflight.add(p);
+          .finally(() => inflight.delete(row.id));
+        inflight.set(row.id, p);
       }
-      if (inflight.size >= maxInflight) await Promise.race(inflight);
+      if (inflight.size >= window) await Promise.race(inflight.values());
     }
-    await Promise.allSettled(inflight);
+    await Promise.allSettled(inflight.values());
     // Delete what was acked before anyone peeks again, or it would be sent twice.
     this.flushAcks();
     if (failure !== undefined) throw failure;
-  }
-
-  private upstreamTopic(template: string, sim: Sim, row: OutboxMessage): string {
-    return mapTopic(template, { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '', topic: row.deviceTopic });
   }
 
   /** Deletes acknowledged rows in one transaction per event-loop turn. */

@@ -11,7 +11,11 @@ import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
 import { Admission } from './admission.ts';
+import { Connectivity } from './connectivity.ts';
 import { Dispatcher } from './dispatcher.ts';
+import { Downlink } from './downlink.ts';
+import { DownlinkStore } from '../storage/downlink.ts';
+import type { NetworkSession } from '../storage/network-sessions.ts';
 import type { identitySource } from '../config/identity.ts';
 import type { z } from 'zod';
 import { ClaimedIdentity } from './identity/claimed.ts';
@@ -76,12 +80,19 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   });
 
   const pool = new UpstreamPool({
-    endpoint: async () => config.upstream.endpoint ?? (await provider.dataEndpoint()),
+    endpoint: async () => config.upstream.endpoint ?? (await provider.dataEndpoint(AbortSignal.timeout(config.upstream.connectTimeoutMs))),
     port: config.upstream.port,
     caPem: config.upstream.caFile ? readFileSync(config.upstream.caFile, 'utf8') : undefined,
     keepAliveSeconds: config.upstream.keepAliveSeconds,
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     operationTimeoutMs: config.upstream.operationTimeoutMs,
+    maxSessions: config.upstream.maxSessions,
+    idleTimeoutMs: config.upstream.idleTimeoutMs,
+    connectsPerSecond: config.upstream.connectsPerSecond,
+    minConnectIntervalMs: config.upstream.minConnectIntervalMs,
+    publishesPerSecond: config.upstream.publishesPerSecond,
+    bytesPerSecond: config.upstream.bytesPerSecond,
+    maxSubscriptions: config.upstream.maxSubscriptions,
     metrics,
     log: log.child({ component: 'upstream' }),
   });
@@ -93,6 +104,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     pool,
     upstreamTopicTemplate,
     maxInflight: config.upstream.maxInflight,
+    maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
+    onDeadLetter: (msg, reason) => audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }),
     retryDelayMs: config.upstream.retryDelayMs,
     retryMaxDelayMs: config.upstream.retryMaxDelayMs,
     metrics,
@@ -106,6 +119,17 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     defaultGroup: config.sims.defaultGroup,
     group,
     thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+  });
+  const connectivity = new Connectivity({ outbox, group, log: log.child({ component: 'connectivity' }) });
+  const downlink = new Downlink({
+    pool,
+    credentials: (sim) => vendor.ensure(sim),
+    group,
+    limits: config.limits,
+    store: new DownlinkStore(db),
+    audit,
+    metrics,
+    log: log.child({ component: 'downlink' }),
   });
   const uplink = new Uplink({ outbox, limits: config.limits, upstreamTopicTemplate, metrics });
   const radius = config.radius.enabled
@@ -133,6 +157,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     identity: sources[config.listeners.mqtt.identity](),
     admission,
     uplink,
+    downlink,
+    connectivity,
     metrics,
     log: log.child({ component: 'mqtt' }),
   });
@@ -143,6 +169,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     identity: sources[config.listeners.http.identity](),
     admission,
     uplink,
+    downlink,
     metrics,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
@@ -157,6 +184,15 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
       if (n) log.info({ ip: session.ip, cause, connections: n }, 'network session ended; device disconnected');
     });
   }
+  // A sleeping device is online while its network session lives, not only while it talks to us.
+  if (radius) {
+    const onNetwork = (online: boolean) => (session: NetworkSession) => {
+      const sim = sims.get(session.imsi);
+      if (sim) connectivity.report(sim, { online, ip: session.ip, rat: session.ratType, via: 'radius' });
+    };
+    radius.on('session-start', onNetwork(true));
+    radius.on('session-end', onNetwork(false));
+  }
   dispatcher.start();
 
   const admin = config.admin.enabled
@@ -170,6 +206,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
           const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
           return { ok: Object.values(checks).every(Boolean), checks };
         },
+        groups: () => config.groups,
+        defaultGroup: () => config.sims.defaultGroup,
+        thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
       })
     : undefined;
 
@@ -184,6 +223,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     close() {
       closing ??= (async () => {
         await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
+        downlink.close();
         outbox.flush();
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);

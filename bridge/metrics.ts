@@ -32,6 +32,12 @@ export function createMetrics() {
     }),
     vends: new Counter({ name: 'simbridge_vends_total', help: 'vending attempts by result', labelNames: ['result'] as const, registers: [registry] }),
     vendSeconds: new Histogram({ name: 'simbridge_vend_seconds', help: 'time to vend a device', registers: [registry], buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60] }),
+    downlink: new Counter({
+      name: 'simbridge_downlink_messages_total',
+      help: 'messages down to devices by protocol and result (delivered, held, dropped, expired)',
+      labelNames: ['protocol', 'result'] as const,
+      registers: [registry],
+    }),
     deadLetters: new Counter({ name: 'simbridge_dead_letters_total', help: 'messages moved to the dead letters', labelNames: ['reason'] as const, registers: [registry] }),
   };
 }

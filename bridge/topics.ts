@@ -1,34 +1,85 @@
-/** Device topics and their mapping to upstream topics through a group's template. */
+/**
+ * Device topics and their mapping to upstream topics through a group's template, both ways.
+ * A device writes and reads only inside its own namespace (the template puts its thing, IMSI or IMEI
+ * around its topic) and its own thing's shadow; the upstream session's policy enforces the same again.
+ */
 
 export interface TopicLimits {
   maxTopicBytes: number;
   maxTopicLevels: number;
 }
 
-export interface TopicVars {
+export interface DeviceVars {
   thing: string;
   imsi: string;
   imei: string;
-  topic: string;
 }
 
-/** Fills a template such as devices/{thing}/{topic}. */
-export function mapTopic(template: string, vars: TopicVars): string {
-  return template.replace(/\{(thing|imsi|imei|topic)\}/g, (_m, k: keyof TopicVars) => vars[k]);
-}
+export type TopicProblem = 'topic_empty' | 'topic_wildcard' | 'topic_invalid' | 'topic_too_long' | 'topic_too_deep' | 'filter_invalid';
 
-export type TopicProblem = 'topic_empty' | 'topic_wildcard' | 'topic_invalid' | 'topic_too_long' | 'topic_too_deep';
+const shadowPrefix = (thing: string) => `$aws/things/${thing}/shadow/`;
 
-/**
- * Checks a topic a device publishes to, and the upstream topic it maps to, against IoT Core's rules
- * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics).
- */
-export function checkPublishTopic(deviceTopic: string, upstreamTopic: string, limits: TopicLimits): TopicProblem | undefined {
-  if (deviceTopic.length === 0) return 'topic_empty';
-  if (/[#+]/.test(deviceTopic)) return 'topic_wildcard';
-  if (deviceTopic.includes('\u0000') || deviceTopic.startsWith('$')) return 'topic_invalid';
-  if (Buffer.byteLength(upstreamTopic) > limits.maxTopicBytes || Buffer.byteLength(deviceTopic) > limits.maxTopicBytes) return 'topic_too_long';
-  // IoT Core does not count the levels of a leading $aws/... prefix, but devices cannot use $ topics.
-  if (upstreamTopic.split('/').length > limits.maxTopicLevels) return 'topic_too_deep';
-  return undefined;
+/** A group template bound to one device: devices/{thing}/{topic} with the device's own values filled in. */
+export class DeviceTopics {
+  private readonly prefix: string;
+  private readonly suffix: string;
+
+  constructor(
+    template: string,
+    private readonly vars: DeviceVars,
+  ) {
+    const filled = template.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
+    const at = filled.indexOf('{topic}');
+    this.prefix = at < 0 ? filled : filled.slice(0, at);
+    this.suffix = at < 0 ? '' : filled.slice(at + '{topic}'.length);
+  }
+
+  /** The device's own shadow topics pass through as they are. */
+  isOwnShadow(topic: string): boolean {
+    return topic.startsWith(shadowPrefix(this.vars.thing));
+  }
+
+  /** Upstream topic (or filter) for a device topic (or filter). */
+  toUpstream(deviceTopic: string): string {
+    return this.isOwnShadow(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
+  }
+
+  /** Device topic for an upstream topic, or undefined when it is not in the device's namespace. */
+  toDevice(upstreamTopic: string): string | undefined {
+    if (this.isOwnShadow(upstreamTopic)) return upstreamTopic;
+    if (!upstreamTopic.startsWith(this.prefix) || !upstreamTopic.endsWith(this.suffix)) return undefined;
+    const inner = upstreamTopic.slice(this.prefix.length, upstreamTopic.length - this.suffix.length);
+    return inner.length > 0 ? inner : undefined;
+  }
+
+  /**
+   * Checks a topic a device publishes to, and the upstream topic it maps to, against IoT Core's rules
+   * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics but its own shadow).
+   */
+  checkPublish(deviceTopic: string, limits: TopicLimits): TopicProblem | undefined {
+    if (deviceTopic.length === 0) return 'topic_empty';
+    if (/[#+]/.test(deviceTopic)) return 'topic_wildcard';
+    if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnShadow(deviceTopic))) return 'topic_invalid';
+    return this.checkSize(this.toUpstream(deviceTopic), limits);
+  }
+
+  /** Checks a filter a device subscribes to: wildcards only as whole levels, '#' last, nothing outside its namespace. */
+  checkSubscribe(filter: string, limits: TopicLimits): TopicProblem | undefined {
+    if (filter.length === 0) return 'topic_empty';
+    if (filter.includes('\u0000') || (filter.startsWith('$') && !this.isOwnShadow(filter))) return 'topic_invalid';
+    const levels = filter.split('/');
+    for (const [i, level] of levels.entries()) {
+      if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return 'filter_invalid';
+      if (level.includes('+') && level !== '+') return 'filter_invalid';
+    }
+    // A '#' followed by a suffix would reach beyond the device's namespace.
+    if (filter.endsWith('#') && this.suffix && !this.isOwnShadow(filter)) return 'filter_invalid';
+    return this.checkSize(this.toUpstream(filter), limits);
+  }
+
+  private checkSize(upstream: string, limits: TopicLimits): TopicProblem | undefined {
+    if (Buffer.byteLength(upstream) > limits.maxTopicBytes) return 'topic_too_long';
+    if (upstream.split('/').length > limits.maxTopicLevels) return 'topic_too_deep';
+    return undefined;
+  }
 }

@@ -1,7 +1,7 @@
 import type { Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
-import { checkPublishTopic, mapTopic, type TopicLimits } from './topics.ts';
+import { DeviceTopics, type TopicLimits } from './topics.ts';
 
 export type UplinkRefusalReason =
   | 'qos_not_supported'
@@ -11,6 +11,7 @@ export type UplinkRefusalReason =
   | 'topic_invalid'
   | 'topic_too_long'
   | 'topic_too_deep'
+  | 'filter_invalid'
   | 'storage_unavailable';
 
 export class UplinkRefusal extends Error {
@@ -64,13 +65,12 @@ export class Uplink {
     if (payload.length > limits.maxPayloadBytes) {
       throw new UplinkRefusal('payload_too_large', `payload of ${payload.length} bytes exceeds ${limits.maxPayloadBytes}`);
     }
-    const upstream = mapTopic(this.opts.upstreamTopicTemplate(device.sim.group), {
+    const topics = new DeviceTopics(this.opts.upstreamTopicTemplate(device.sim.group), {
       thing: device.sim.thingName,
       imsi: device.sim.imsi,
       imei: device.imei ?? device.sim.boundImei ?? '',
-      topic: deviceTopic,
     });
-    const problem = checkPublishTopic(deviceTopic, upstream, limits);
+    const problem = topics.checkPublish(deviceTopic, limits);
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
   }
 }
@@ -78,7 +78,7 @@ export class Uplink {
 const topicMessages: Record<string, string> = {
   topic_empty: 'topic is empty',
   topic_wildcard: 'wildcards (+, #) are not allowed in a publish topic',
-  topic_invalid: 'topic may not start with $ or contain NUL',
+  topic_invalid: 'topic may not contain NUL or start with $ (except the device\'s own shadow)',
   topic_too_long: 'topic exceeds 256 bytes upstream',
   topic_too_deep: 'topic exceeds 8 levels upstream',
 };

@@ -23,6 +23,16 @@ const group = z
       .default('first-contact')
       .describe('IMEI lock: locked = must match the bound IMEI; first-contact = bind the first IMEI seen; any = no lock'),
     requireSecret: z.boolean().default(false).describe('claimed identity must present the SIM\'s secret (MQTT password / HTTP bearer)'),
+    httpDownlink: z
+      .object({
+        topics: z.array(z.string()).default([]).describe('device topic filters subscribed for HTTP devices (e.g. commands/#); messages wait for their next request'),
+        maxMessages: z.number().int().positive().default(20).describe('most messages held per HTTP device; the oldest is dropped (audited) past it'),
+        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a held message waits for its device'),
+        holdMs: z.number().int().positive().default(3_600_000).describe('how long the subscriptions stay after the device\'s last request'),
+      })
+      .strict()
+      .prefault({}),
+    connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
   })
   .strict();
 
@@ -109,6 +119,14 @@ export const configSchema = z
         connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to establish an upstream session'),
         operationTimeoutMs: z.number().int().positive().default(15_000).describe('time to wait for a PUBACK'),
         maxInflight: z.number().int().positive().max(100).default(100).describe('QoS 1 publishes in flight per session (IoT Core: 100)'),
+        maxSessions: z.number().int().positive().default(5000).describe('most upstream sessions open at once; past it the least recently used idle one closes'),
+        idleTimeoutMs: z.number().int().positive().default(300_000).describe('an upstream session unused this long, without subscriptions, closes'),
+        connectsPerSecond: z.number().positive().max(500).default(100).describe('account-wide upstream CONNECT rate (IoT Core: 500/s, 100/s in some regions)'),
+        minConnectIntervalMs: z.number().int().min(0).default(1000).describe('least time between connects of one client id (IoT Core: 1 per second)'),
+        publishesPerSecond: z.number().positive().max(100).default(100).describe('publishes per second per session (IoT Core: 100)'),
+        bytesPerSecond: z.number().int().positive().max(524288).default(524288).describe('bytes per second per session (IoT Core: 512 KiB/s)'),
+        maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
+        maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
       })

@@ -2,6 +2,8 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
+import type { HeldMessage } from '../../storage/downlink.ts';
+import type { Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 
@@ -12,8 +14,16 @@ export interface HttpIngressOptions {
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
+  downlink: Downlink;
   metrics: Metrics;
   log: Logger;
+}
+
+/** A held downlink message as JSON: text stays text, anything else is base64. */
+function downlinkJson(m: HeldMessage) {
+  const text = m.payload.toString('utf8');
+  const isText = Buffer.from(text, 'utf8').equals(m.payload);
+  return { topic: m.topic, payload: isText ? text : m.payload.toString('base64'), encoding: isText ? 'utf8' : 'base64', qos: m.qos, receivedAt: new Date(m.receivedAt).toISOString() };
 }
 
 // Identity refusals not listed here are 403.
@@ -73,6 +83,23 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     return reply.code(refusalStatus[refusal.reason] ?? 403).send({ error: refusal.reason, message: refusal.detail });
   }
 
+  /**
+   * Attaches the device's held downlink to a response; the messages are forgotten only once the whole
+   * response was written, so a device that lost the answer gets them again.
+   */
+  function withDownlink(reply: FastifyReply, device: AdmittedDevice) {
+    opts.downlink.touchHttp(device);
+    const held = opts.downlink.pending(device.sim.imsi);
+    if (held.length) reply.raw.once('finish', () => opts.downlink.delivered(held.map((m) => m.id)));
+    return held.map(downlinkJson);
+  }
+
+  app.get('/v1/downlink', async (req, reply) => {
+    const device = await admit(req);
+    if (device instanceof Refusal) return refuse(reply, device);
+    return { messages: withDownlink(reply, device) };
+  });
+
   // The device's own identity as the gateway sees it, so it need not store it (like a metadata service).
   app.get('/v1/self', async (req, reply) => {
     const device = await admit(req);
@@ -89,7 +116,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     const payload = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     try {
       const id = await opts.uplink.accept('http', device, topic, payload, qos);
-      return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName });
+      return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device) });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
       if (err.reason === 'storage_unavailable') reply.header('retry-after', '5');

@@ -3,9 +3,14 @@ import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
+import type { Connectivity } from '../connectivity.ts';
+import { DownlinkRefusal, type Deliver, type Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { normaliseAddress } from '../net/address-table.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
+
+/** Device uplink is renamed into this private space once stored, so the local broker can never route it to a device. */
+const UPLINK_SPACE = '$simbridge/uplink/';
 
 export interface MqttIngressOptions {
   host: string;
@@ -15,6 +20,8 @@ export interface MqttIngressOptions {
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
+  downlink: Downlink;
+  connectivity: Connectivity;
   metrics: Metrics;
   log: Logger;
 }
@@ -50,6 +57,7 @@ export interface MqttIngress {
 
 export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIngress> {
   const devices = new WeakMap<Client, AdmittedDevice>();
+  const filters = new WeakMap<Client, Set<string>>();
   const byAddress = new Map<string, Set<Client>>();
   const { metrics, log } = opts;
 
@@ -69,9 +77,13 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
             return done(err as never, false);
           }
           devices.set(client, result);
+          // Client ids are namespaced by SIM: a device reconnecting takes over its own old connection
+          // (MQTT-3.1.4-2), but two SIMs using the same client id never knock each other off.
+          client.id = `${result.sim.imsi}/${client.id}`;
           let set = byAddress.get(remote);
           if (!set) byAddress.set(remote, (set = new Set()));
           set.add(client);
+          opts.connectivity.report(result.sim, { online: true, ip: remote, via: 'mqtt' });
           done(null, true);
         },
         (err: Error) => {
@@ -86,7 +98,10 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
       const device = devices.get(client);
       if (!device) return done(new Error('not authenticated'));
       opts.uplink.accept('mqtt', device, packet.topic, packet.payload as Buffer, packet.qos).then(
-        () => done(null),
+        () => {
+          packet.topic = UPLINK_SPACE + packet.topic;
+          done(null);
+        },
         // MQTT 3.1.1 has no PUBACK reason code: the refusal closes the connection (MQTT-3.3.5-2).
         (err: Error) => {
           log.info({ thing: device.sim.thingName, reason: err instanceof UplinkRefusal ? err.reason : err.message }, 'MQTT publish refused');
@@ -95,15 +110,39 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
       );
     },
 
-    authorizeSubscribe(_client, _sub, done) {
-      // Downlink is carried by the device's upstream session; until it is wired, refuse (SUBACK 0x80).
-      done(null, null);
+    // A SUBSCRIBE becomes a subscription on the device's own upstream session; SUBACK 0x80 when refused.
+    authorizeSubscribe(client, sub, done) {
+      const device = devices.get(client);
+      if (!device) return done(null, null);
+      const deliver: Deliver = (topic, payload, qos) =>
+        client.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false } as never, () => undefined);
+      opts.downlink.subscribe(device, sub.topic, sub.qos, deliver).then(
+        (granted) => {
+          let set = filters.get(client);
+          if (!set) filters.set(client, (set = new Set()));
+          set.add(sub.topic);
+          done(null, { ...sub, qos: granted });
+        },
+        (err: Error) => {
+          metrics.refusals.inc({ protocol: 'mqtt', reason: err instanceof DownlinkRefusal ? err.reason : 'subscribe_failed' });
+          log.info({ thing: device.sim.thingName, filter: sub.topic, err: err.message }, 'MQTT subscription refused');
+          done(null, null);
+        },
+      );
     },
 
-    // Devices never receive each other's messages through the local broker.
-    authorizeForward() {
-      return null;
+    // Only downlink is ever delivered to a device (client.publish); device uplink lives in UPLINK_SPACE.
+    authorizeForward(_client, packet) {
+      return packet.topic.startsWith(UPLINK_SPACE) ? null : packet;
     },
+  });
+
+  broker.on('unsubscribe', (unsubscriptions: string[], client: Client) => {
+    const device = devices.get(client);
+    if (!device) return;
+    for (const filter of unsubscriptions) {
+      if (filters.get(client)?.delete(filter)) void opts.downlink.unsubscribe(device, filter);
+    }
   });
 
   broker.on('clientDisconnect', (client: Client) => {
@@ -111,6 +150,11 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     const set = byAddress.get(remote);
     set?.delete(client);
     if (set?.size === 0) byAddress.delete(remote);
+    const device = devices.get(client);
+    if (!device) return;
+    for (const filter of filters.get(client) ?? []) void opts.downlink.unsubscribe(device, filter);
+    filters.delete(client);
+    opts.connectivity.report(device.sim, { online: false, ip: remote, via: 'mqtt' });
   });
 
   // Malformed packets and protocol violations end the connection; count them.

@@ -1,6 +1,7 @@
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
+import { Pacer } from './pacer.ts';
 
 export interface SessionCredentials {
   thingName: string;
@@ -16,79 +17,210 @@ export interface PoolOptions {
   keepAliveSeconds: number;
   connectTimeoutMs: number;
   operationTimeoutMs: number;
+  /** Most sessions open at once; past it the least recently used idle session closes. */
+  maxSessions: number;
+  /** A session unused this long, with no subscriptions, closes. */
+  idleTimeoutMs: number;
+  /** Account-wide CONNECT rate (IoT Core: 500/s per account, 100/s in some regions). */
+  connectsPerSecond: number;
+  /** Least time between two connects of the same client id (IoT Core: 1/s). */
+  minConnectIntervalMs: number;
+  /** Per-session publish pacing (IoT Core: 100 publishes/s and 512 KiB/s per connection). */
+  publishesPerSecond: number;
+  bytesPerSecond: number;
+  /** Subscriptions per session (IoT Core: 50). */
+  maxSubscriptions: number;
   metrics: Metrics;
   log: Logger;
 }
 
+export type MessageHandler = (topic: string, payload: Buffer, qos: 0 | 1) => void;
+
+export class SubscriptionLimitError extends Error {
+  override name = 'SubscriptionLimitError';
+}
+
 /** One device's MQTT-over-mutual-TLS session to IoT Core, as that device (client id = thing name). */
 export class UpstreamSession {
+  lastUsed = Date.now();
+  inflight = 0;
   private closed = false;
+  private readonly closeListeners: Array<() => void> = [];
+  private readonly messagePacer: Pacer;
+  private readonly bytePacer: Pacer;
 
   constructor(
-    readonly thingName: string,
+    readonly creds: SessionCredentials,
     private readonly connection: mqtt.MqttClientConnection,
-  ) {}
+    opts: PoolOptions,
+  ) {
+    this.messagePacer = new Pacer(opts.publishesPerSecond);
+    this.bytePacer = new Pacer(opts.bytesPerSecond);
+  }
 
-  /** Resolves on PUBACK (QoS 1) or once written (QoS 0). */
-  async publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
-    if (this.closed) throw new Error('session closed');
-    await this.connection.publish(topic, payload, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
+  get thingName(): string {
+    return this.creds.thingName;
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
 
+  /** Resolves on PUBACK (QoS 1) or once written (QoS 0), after waiting for the session's publish pacing. */
+  async publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
+    if (this.closed) throw new Error('session closed');
+    this.inflight++;
+    this.lastUsed = Date.now();
+    try {
+      await this.messagePacer.take(1);
+      await this.bytePacer.take(payload.length + Buffer.byteLength(topic));
+      if (this.closed) throw new Error('session closed');
+      await this.connection.publish(topic, payload, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
+    } finally {
+      this.inflight--;
+      this.lastUsed = Date.now();
+    }
+  }
+
+  /** Subscribes on the device's behalf; resolves with the granted QoS, rejects when IoT Core refuses. */
+  async subscribe(filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1> {
+    this.lastUsed = Date.now();
+    const res = await this.connection.subscribe(filter, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce, (topic, payload, _dup, gotQos) => {
+      this.lastUsed = Date.now();
+      handler(topic, Buffer.from(payload), gotQos === mqtt.QoS.AtMostOnce ? 0 : 1);
+    });
+    if ((res.qos as number) === 128) throw new Error(`subscription to ${filter} refused upstream`);
+    return res.qos === mqtt.QoS.AtMostOnce ? 0 : 1;
+  }
+
+  async unsubscribe(filter: string): Promise<void> {
+    if (this.closed) return;
+    await this.connection.unsubscribe(filter).catch(() => undefined);
+  }
+
+  onClose(listener: () => void): void {
+    if (this.closed) listener();
+    else this.closeListeners.push(listener);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.closeListeners.splice(0).forEach((l) => l());
     await this.connection.disconnect().catch(() => undefined);
   }
 }
 
 /**
- * Holds the upstream sessions. All share one client bootstrap (one event-loop group): a bootstrap per
- * device would cost threads per device.
+ * Holds the upstream sessions, one per device, opened lazily and paced: all share one client bootstrap
+ * (a bootstrap per device would cost threads per device); CONNECTs go through an account-wide pacer and
+ * never more than one per second per client id; idle sessions close; at the cap the least recently
+ * used idle session makes room. A session whose connection drops is closed and opened again through the
+ * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.
  */
 export class UpstreamPool {
   private readonly bootstrap = new io.ClientBootstrap();
   private readonly client = new mqtt.MqttClient(this.bootstrap);
   private readonly sessions = new Map<string, Promise<UpstreamSession>>();
+  private readonly open = new Map<string, UpstreamSession>();
+  /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
+  private readonly wanted = new Map<string, Map<string, { qos: 0 | 1; handler: MessageHandler }>>();
+  private readonly lastConnect = new Map<string, number>();
+  private readonly connectPacer: Pacer;
+  private readonly sweeper: NodeJS.Timeout;
+  private closing = false;
 
-  constructor(private readonly opts: PoolOptions) {}
+  constructor(private readonly opts: PoolOptions) {
+    this.connectPacer = new Pacer(opts.connectsPerSecond);
+    this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
+    this.sweeper.unref();
+  }
 
   /** The device's session, opened on first use. A failed open is forgotten so the next call retries. */
   session(creds: SessionCredentials): Promise<UpstreamSession> {
     let p = this.sessions.get(creds.thingName);
     if (!p) {
-      p = this.open(creds);
+      p = this.openSession(creds);
       this.sessions.set(creds.thingName, p);
-      p.catch(() => this.sessions.delete(creds.thingName));
+      p.catch(() => {
+        if (this.sessions.get(creds.thingName) === p) this.sessions.delete(creds.thingName);
+      });
     }
     return p;
   }
 
-  /** Drops a session that failed so the next use opens a fresh one. */
-  async discard(session: UpstreamSession): Promise<void> {
-    const current = this.sessions.get(session.thingName);
-    if (current && (await current.catch(() => undefined)) === session) this.sessions.delete(session.thingName);
-    await session.close();
-    this.opts.metrics.upstreamSessions.set(this.sessions.size);
+  /** The open session of a thing, if any (for status views). */
+  peek(thingName: string): UpstreamSession | undefined {
+    return this.open.get(thingName);
   }
 
   get size(): number {
-    return this.sessions.size;
+    return this.open.size;
+  }
+
+  /** Subscribes a thing's session to a filter, now and after every reconnect. */
+  async subscribe(creds: SessionCredentials, filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1> {
+    let subs = this.wanted.get(creds.thingName);
+    if (!subs) this.wanted.set(creds.thingName, (subs = new Map()));
+    if (!subs.has(filter) && subs.size >= this.opts.maxSubscriptions) {
+      throw new SubscriptionLimitError(`at most ${this.opts.maxSubscriptions} subscriptions per device`);
+    }
+    subs.set(filter, { qos, handler });
+    try {
+      const session = await this.session(creds);
+      return await session.subscribe(filter, qos, handler);
+    } catch (err) {
+      subs.delete(filter);
+      if (subs.size === 0) this.wanted.delete(creds.thingName);
+      throw err;
+    }
+  }
+
+  async unsubscribe(thingName: string, filter: string): Promise<void> {
+    const subs = this.wanted.get(thingName);
+    subs?.delete(filter);
+    if (subs?.size === 0) this.wanted.delete(thingName);
+    await this.open.get(thingName)?.unsubscribe(filter);
+  }
+
+  subscriptionCount(thingName: string): number {
+    return this.wanted.get(thingName)?.size ?? 0;
+  }
+
+  /** Drops a session that failed so the next use opens a fresh one. */
+  async discard(session: UpstreamSession): Promise<void> {
+    this.forget(session);
+    await session.close();
   }
 
   async closeAll(): Promise<void> {
+    this.closing = true;
+    clearInterval(this.sweeper);
     const all = [...this.sessions.values()];
     this.sessions.clear();
     await Promise.all(all.map((p) => p.then((s) => s.close(), () => undefined)));
+    this.open.clear();
     this.opts.metrics.upstreamSessions.set(0);
   }
 
-  private async open(creds: SessionCredentials): Promise<UpstreamSession> {
+  private forget(session: UpstreamSession): void {
+    if (this.open.get(session.thingName) === session) {
+      this.open.delete(session.thingName);
+      this.sessions.delete(session.thingName);
+    }
+    this.opts.metrics.upstreamSessions.set(this.open.size);
+  }
+
+  private async openSession(creds: SessionCredentials): Promise<UpstreamSession> {
     const { opts } = this;
+    await this.makeRoom();
+    // IoT Core refuses a client id reconnecting within a second, and caps CONNECTs per account.
+    const since = Date.now() - (this.lastConnect.get(creds.thingName) ?? 0);
+    if (since < opts.minConnectIntervalMs) await new Promise((r) => setTimeout(r, opts.minConnectIntervalMs - since));
+    await this.connectPacer.take(1);
+    if (this.closing) throw new Error('pool closing');
+    this.lastConnect.set(creds.thingName, Date.now());
+
     const builder = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder(creds.certificatePem, creds.privateKeyPem)
       .with_endpoint(await opts.endpoint())
       .with_port(opts.port)
@@ -99,8 +231,7 @@ export class UpstreamPool {
       .with_protocol_operation_timeout_ms(opts.operationTimeoutMs);
     if (opts.caPem) builder.with_certificate_authority(opts.caPem);
     const connection = this.client.new_connection(builder.build());
-    const session = new UpstreamSession(creds.thingName, connection);
-    connection.on('interrupt', (err) => opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session interrupted'));
+    const session = new UpstreamSession(creds, connection, opts);
     connection.on('error', (err) => opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session error'));
     try {
       await connection.connect();
@@ -110,7 +241,52 @@ export class UpstreamPool {
       throw err;
     }
     opts.metrics.upstreamConnects.inc({ result: 'ok' });
-    opts.metrics.upstreamSessions.set(this.sessions.size);
+    // The SDK would reconnect on its own, unpaced; we close and reopen through the pacer instead.
+    connection.on('interrupt', (err) => {
+      opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session interrupted');
+      this.forget(session);
+      void session.close();
+      if (this.wanted.get(creds.thingName)?.size && !this.closing) this.restore(creds);
+    });
+    this.open.set(creds.thingName, session);
+    opts.metrics.upstreamSessions.set(this.open.size);
+    for (const [filter, sub] of this.wanted.get(creds.thingName) ?? []) {
+      await session.subscribe(filter, sub.qos, sub.handler).catch((err) => opts.log.warn({ thing: creds.thingName, filter, err: String(err) }, 'resubscribe failed'));
+    }
     return session;
+  }
+
+  /** Reopens a session that holds subscriptions after it dropped, with backoff until it works. */
+  private restore(creds: SessionCredentials, delayMs = 1000): void {
+    setTimeout(() => {
+      if (this.closing || !this.wanted.get(creds.thingName)?.size) return;
+      this.session(creds).catch(() => this.restore(creds, Math.min(delayMs * 2, 60_000) * (0.5 + Math.random() / 2)));
+    }, delayMs).unref();
+  }
+
+  /** At the cap, closes the least recently used idle session, preferring those without subscriptions. */
+  private async makeRoom(): Promise<void> {
+    const deadline = Date.now() + this.opts.connectTimeoutMs;
+    // Counts open sessions only: connects in progress may pass the cap briefly, bounded by the pacer.
+    while (this.open.size >= this.opts.maxSessions) {
+      const idle = [...this.open.values()].filter((s) => s.inflight === 0);
+      const victim =
+        idle.filter((s) => !this.wanted.get(s.thingName)?.size).sort((a, b) => a.lastUsed - b.lastUsed)[0] ??
+        idle.sort((a, b) => a.lastUsed - b.lastUsed)[0];
+      if (victim) {
+        this.opts.log.debug({ thing: victim.thingName }, 'closing least recently used upstream session');
+        await this.discard(victim);
+        continue;
+      }
+      if (Date.now() > deadline) throw new Error('no upstream session could be freed');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  private closeIdle(): void {
+    const cutoff = Date.now() - this.opts.idleTimeoutMs;
+    for (const s of this.open.values()) {
+      if (s.inflight === 0 && s.lastUsed < cutoff && !this.wanted.get(s.thingName)?.size) void this.discard(s);
+    }
   }
 }

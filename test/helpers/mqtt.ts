@@ -78,3 +78,16 @@ export function connectFrom(localAddress: string, port: number, opts: IClientOpt
     });
   });
 }
+
+/** Subscribes and resolves with the SUBACK return codes as sent (mqtt.js turns a 0x80 into an error). */
+export function subscribeCodes(client: MqttClient, filters: string[], qos: 0 | 1): Promise<number[]> {
+  return new Promise((resolve) => {
+    const onPacket = (packet: { cmd: string; granted?: number[] }) => {
+      if (packet.cmd !== 'suback') return;
+      client.removeListener('packetreceive', onPacket as never);
+      resolve(packet.granted ?? []);
+    };
+    client.on('packetreceive', onPacket as never);
+    client.subscribe(filters, { qos }, () => undefined);
+  });
+}

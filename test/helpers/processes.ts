@@ -79,9 +79,10 @@ export interface SandboxProcess {
 }
 
 /** Runs `simbridge sandbox` on free ports, as its own process (so the gateway can be killed on its own). */
-export async function startSandboxProcess(dir: string): Promise<SandboxProcess> {
+export async function startSandboxProcess(dir: string, ports?: { controlPort: number; dataPort: number; observerPort: number }): Promise<SandboxProcess> {
   // Port 0 everywhere: the sandbox binds what is free and prints it, so parallel tests never collide.
-  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
+  // A restart passes the ports it had, so the gateway finds it where it was.
+  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: ports ?? { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
   const proc = spawnCli(['sandbox', '--config', config]);
   await proc.waitFor(/server key .+\n/);
   const file = (label: string) => proc.output.match(new RegExp(`${label}\\s+(\\S+)`))![1];
@@ -112,6 +113,8 @@ export async function gatewayConfig(
     caFile?: string;
     sims?: Record<string, unknown>;
     limits?: Record<string, unknown>;
+    upstream?: Record<string, unknown>;
+    vending?: Record<string, unknown>;
     groups?: Record<string, unknown>;
     listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown> };
     radius?: Record<string, unknown>;
@@ -130,8 +133,15 @@ export async function gatewayConfig(
     ...(extra.groups ? { groups: extra.groups } : {}),
     ...(extra.radius ? { radius: { host: '127.0.0.1', port: 0, ...extra.radius } } : {}),
     ...(extra.identity ? { identity: extra.identity } : {}),
-    vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200 },
-    upstream: { endpoint: 'localhost', port: extra.upstreamPort ?? sandbox.dataPort, caFile: extra.caFile ?? sandbox.caFile, retryDelayMs: 200, retryMaxDelayMs: 2000 },
+    vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },
+    upstream: {
+      endpoint: 'localhost',
+      port: extra.upstreamPort ?? sandbox.dataPort,
+      caFile: extra.caFile ?? sandbox.caFile,
+      retryDelayMs: 200,
+      retryMaxDelayMs: 2000,
+      ...extra.upstream,
+    },
     admin: { port: 0 },
     log: { level: 'warn' },
   });

@@ -1,0 +1,130 @@
+import type { Logger } from 'pino';
+import type { GroupConfig } from '../config/schema.ts';
+import type { AuditLog } from '../storage/audit.ts';
+import type { DownlinkStore, HeldMessage } from '../storage/downlink.ts';
+import type { Sim } from '../storage/sims.ts';
+import type { DeviceCredentials } from '../vending/vendor.ts';
+import type { AdmittedDevice } from './admission.ts';
+import type { Metrics } from './metrics.ts';
+import { DeviceTopics, type TopicLimits, type TopicProblem } from './topics.ts';
+import type { UpstreamPool } from './upstream/session-pool.ts';
+
+export interface DownlinkOptions {
+  pool: UpstreamPool;
+  credentials(sim: Sim): Promise<DeviceCredentials>;
+  group(name: string): GroupConfig;
+  limits: TopicLimits;
+  store: DownlinkStore;
+  audit: AuditLog;
+  metrics: Metrics;
+  log: Logger;
+}
+
+export class DownlinkRefusal extends Error {
+  constructor(
+    readonly reason: TopicProblem | 'subscription_limit' | 'upstream_refused',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'DownlinkRefusal';
+  }
+}
+
+export type Deliver = (deviceTopic: string, payload: Buffer, qos: 0 | 1) => void;
+
+/**
+ * Commands down to devices. A device's subscription becomes a subscription on its own upstream session,
+ * mapped through its group's template, so it only ever hears its own topics. MQTT devices get messages
+ * at once; HTTP devices, asleep between requests, find them held (durably, bounded) on their next request.
+ */
+export class Downlink {
+  private readonly httpHolds = new Map<string, NodeJS.Timeout>();
+
+  constructor(private readonly opts: DownlinkOptions) {}
+
+  topicsFor(sim: Sim, imei?: string): DeviceTopics {
+    return new DeviceTopics(this.opts.group(sim.group).upstreamTopic, { thing: sim.thingName, imsi: sim.imsi, imei: imei ?? sim.boundImei ?? '' });
+  }
+
+  /** Subscribes an MQTT device; resolves with the granted QoS. */
+  async subscribe(device: AdmittedDevice, filter: string, qos: number, deliver: Deliver): Promise<0 | 1> {
+    const topics = this.topicsFor(device.sim, device.imei);
+    const problem = topics.checkSubscribe(filter, this.opts.limits);
+    if (problem) throw new DownlinkRefusal(problem, `cannot subscribe to ${filter}`);
+    const creds = await this.opts.credentials(device.sim);
+    const wanted: 0 | 1 = qos >= 1 ? 1 : 0;
+    try {
+      return await this.opts.pool.subscribe(creds, topics.toUpstream(filter), wanted, (topic, payload, gotQos) => {
+        const deviceTopic = topics.toDevice(topic);
+        if (deviceTopic === undefined) return; // cannot happen under a correct policy; never leak it
+        this.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
+        deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1);
+      });
+    } catch (err) {
+      const reason = (err as Error).name === 'SubscriptionLimitError' ? 'subscription_limit' : 'upstream_refused';
+      throw new DownlinkRefusal(reason, (err as Error).message);
+    }
+  }
+
+  async unsubscribe(device: AdmittedDevice, filter: string): Promise<void> {
+    await this.opts.pool.unsubscribe(device.sim.thingName, this.topicsFor(device.sim, device.imei).toUpstream(filter));
+  }
+
+  /**
+   * An HTTP device made a request: keep its group's downlink subscriptions for holdMs more, holding what
+   * arrives for its next request. Runs in the background: a first request must not wait for vending.
+   */
+  touchHttp(device: AdmittedDevice): void {
+    const cfg = this.opts.group(device.sim.group).httpDownlink;
+    if (cfg.topics.length === 0) return;
+    const { imsi } = device.sim;
+    const existing = this.httpHolds.get(imsi);
+    if (existing) existing.refresh();
+    else {
+      const topics = this.topicsFor(device.sim, device.imei);
+      this.httpHolds.set(imsi, setTimeout(() => this.releaseHttp(device, cfg.topics), cfg.holdMs).unref());
+      for (const filter of cfg.topics) {
+        this.opts
+          .credentials(device.sim)
+          .then((creds) =>
+            this.opts.pool.subscribe(creds, topics.toUpstream(filter), 1, (topic, payload, qos) => {
+              const deviceTopic = topics.toDevice(topic);
+              if (deviceTopic !== undefined) this.hold(imsi, { topic: deviceTopic, payload, qos, receivedAt: Date.now() }, cfg);
+            }),
+          )
+          .catch((err) => this.opts.log.warn({ thing: device.sim.thingName, filter, err: String(err) }, 'HTTP downlink subscription failed'));
+      }
+    }
+  }
+
+  /** Messages waiting for an HTTP device. */
+  pending(imsi: string): HeldMessage[] {
+    return this.opts.store.pending(imsi);
+  }
+
+  /** The response carrying these messages reached the device: they are not returned again. */
+  delivered(ids: number[]): void {
+    this.opts.store.remove(ids);
+    if (ids.length) this.opts.metrics.downlink.inc({ protocol: 'http', result: 'delivered' }, ids.length);
+  }
+
+  close(): void {
+    this.httpHolds.forEach((t) => clearTimeout(t));
+    this.httpHolds.clear();
+  }
+
+  private hold(imsi: string, msg: Omit<HeldMessage, 'id'>, cfg: GroupConfig['httpDownlink']): void {
+    const dropped = this.opts.store.hold(imsi, msg, cfg.maxMessages, cfg.ttlMs);
+    this.opts.metrics.downlink.inc({ protocol: 'http', result: 'held' });
+    for (const d of dropped) {
+      this.opts.metrics.downlink.inc({ protocol: 'http', result: 'dropped' });
+      this.opts.audit.record('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason: `more than ${cfg.maxMessages} held` });
+    }
+  }
+
+  private releaseHttp(device: AdmittedDevice, filters: string[]): void {
+    this.httpHolds.delete(device.sim.imsi);
+    const topics = this.topicsFor(device.sim, device.imei);
+    for (const f of filters) void this.opts.pool.unsubscribe(device.sim.thingName, topics.toUpstream(f));
+  }
+}

@@ -1,0 +1,53 @@
+import type { Db } from './db.ts';
+
+export interface HeldMessage {
+  id: number;
+  topic: string;
+  payload: Buffer;
+  qos: 0 | 1;
+  receivedAt: number;
+}
+
+/** Downlink held for HTTP devices, bounded in count and age per device. */
+export class DownlinkStore {
+  constructor(private readonly db: Db) {}
+
+  /** Holds a message; returns the messages pushed out because the device already held maxMessages. */
+  hold(imsi: string, msg: Omit<HeldMessage, 'id'>, maxMessages: number, ttlMs: number): HeldMessage[] {
+    return this.db.transaction(() => {
+      this.db
+        .prepare('INSERT INTO downlink (imsi, topic, payload, qos, received_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(imsi, msg.topic, msg.payload, msg.qos, msg.receivedAt, msg.receivedAt + ttlMs);
+      const over = this.db
+        .prepare('SELECT id, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE imsi = ? ORDER BY id DESC LIMIT -1 OFFSET ?')
+        .all(imsi, maxMessages) as HeldMessage[];
+      for (const m of over) this.db.prepare('DELETE FROM downlink WHERE id = ?').run(m.id);
+      return over;
+    })();
+  }
+
+  /** Messages waiting for a device, oldest first, not yet expired. */
+  pending(imsi: string, now = Date.now()): HeldMessage[] {
+    return this.db
+      .prepare('SELECT id, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE imsi = ? AND expires_at > ? ORDER BY id')
+      .all(imsi, now) as HeldMessage[];
+  }
+
+  /** Forgets messages once their response reached the device. */
+  remove(ids: number[]): void {
+    if (ids.length === 0) return;
+    const del = this.db.prepare('DELETE FROM downlink WHERE id = ?');
+    this.db.transaction(() => ids.forEach((id) => del.run(id)))();
+  }
+
+  /** Deletes expired messages; returns them so each can be accounted for. */
+  expire(now = Date.now()): Array<HeldMessage & { imsi: string }> {
+    return this.db.transaction(() => {
+      const rows = this.db
+        .prepare('SELECT id, imsi, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE expires_at <= ?')
+        .all(now) as Array<HeldMessage & { imsi: string }>;
+      this.db.prepare('DELETE FROM downlink WHERE expires_at <= ?').run(now);
+      return rows;
+    })();
+  }
+}
