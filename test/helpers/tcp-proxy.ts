@@ -1,0 +1,39 @@
+import { createConnection, createServer, type Socket } from 'node:net';
+
+/**
+ * A TCP relay in front of an upstream broker. Tests stop and restart the real broker for an outage and
+ * reopen the relay only once their own observer is back, so nothing delivered after the restart goes
+ * unseen. TLS passes through untouched.
+ */
+export async function startTcpProxy(targetPort: number): Promise<{ port: number; open: boolean; setOpen(open: boolean): void; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let open = true;
+  const server = createServer((inbound) => {
+    if (!open) return inbound.destroy();
+    const outbound = createConnection({ host: '127.0.0.1', port: targetPort });
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => undefined);
+    }
+    inbound.pipe(outbound).pipe(inbound);
+    inbound.on('close', () => outbound.destroy());
+    outbound.on('close', () => inbound.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  return {
+    port: (server.address() as { port: number }).port,
+    get open() {
+      return open;
+    },
+    setOpen(value: boolean) {
+      open = value;
+      if (!value) for (const s of sockets) s.destroy();
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}

@@ -1,0 +1,113 @@
+import { join } from 'node:path';
+import { CreatePolicyCommand } from '@aws-sdk/client-iot';
+import Database from 'better-sqlite3';
+import mqtt from 'mqtt';
+import { afterAll, describe, expect, it } from 'vitest';
+import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { deviceOptions, Observer } from './helpers/mqtt.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type SandboxProcess } from './helpers/processes.ts';
+
+const IMEI = '490154203237518';
+
+async function sandboxConnections(sandbox: SandboxProcess): Promise<string[]> {
+  const res = await fetch(`${sandbox.controlEndpoint}/_sandbox/state`);
+  const state = (await res.json()) as { connections: Array<{ clientId: string }> };
+  return state.connections.map((c) => c.clientId).sort();
+}
+
+async function post(port: number, imsi: string, topic: string, body: string): Promise<void> {
+  const res = await fetch(`http://127.0.0.1:${port}/topics/${topic}?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body });
+  expect(res.status).toBe(202);
+}
+
+describe('upstream sessions', () => {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterAll(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  });
+
+  it('caps warm sessions, evicting the least recently used idle one first but not one holding subscriptions; idle ones close', async () => {
+    const dir = tempDir('sessions-cap');
+    const sandbox = await startSandboxProcess(dir);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { maxSessions: 3, idleTimeoutMs: 3000 } })).file);
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+
+    // d0 holds a subscription (a device waiting for commands).
+    const d0 = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions('001010000000600', IMEI));
+    await d0.subscribeAsync('commands/#', { qos: 1 });
+    cleanups.push(() => d0.endAsync());
+    const imsis = ['001010000000601', '001010000000602', '001010000000603', '001010000000604'];
+    for (const imsi of imsis) {
+      await post(gateway.httpPort, imsi, 'm', `hello-${imsi}`);
+      await observer.waitUntil((m) => m.some((x) => x.payload.toString() === `hello-${imsi}`));
+    }
+    // Three sessions at most: d0 (subscribed) and the two most recently used.
+    expect(await sandboxConnections(sandbox)).toEqual(['sim-001010000000600', 'sim-001010000000603', 'sim-001010000000604']);
+    // Idle sessions without subscriptions close by themselves.
+    await new Promise((r) => setTimeout(r, 5000));
+    expect(await sandboxConnections(sandbox)).toEqual(['sim-001010000000600']);
+  });
+
+  it('paces CONNECTs account-wide: 15 new devices at 5 connects/s take about 2 s more than 5 would', async () => {
+    const dir = tempDir('sessions-pacing');
+    const sandbox = await startSandboxProcess(dir);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { connectsPerSecond: 5 } })).file);
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+
+    const imsis = Array.from({ length: 15 }, (_, i) => `0010100000007${String(i).padStart(2, '0')}`);
+    await Promise.all(imsis.map((imsi) => post(gateway.httpPort, imsi, 'm', `p-${imsi}`)));
+    const arrivals = new Map<string, number>();
+    await observer.waitUntil((m) => {
+      for (const x of m) if (!arrivals.has(x.payload.toString())) arrivals.set(x.payload.toString(), Date.now());
+      return imsis.every((i) => arrivals.has(`p-${i}`));
+    });
+    const times = [...arrivals.values()].sort((a, b) => a - b);
+    // A burst of 5, then 10 more at 5/s: at least ~2 s between the first and the last connect.
+    expect(times.at(-1)! - times[0]!).toBeGreaterThanOrEqual(1700);
+  });
+
+  it('dead-letters a message IoT Core keeps refusing, and the next one still goes through', async () => {
+    const dir = tempDir('sessions-dead');
+    const sandbox = await startSandboxProcess(dir);
+    // The group's policy exists already and allows only devices/<thing>/ok/*: vending leaves it as it is.
+    const arn = (kind: string, name: string) => `arn:aws:iot:us-east-1:123456789012:${kind}/${name}`;
+    const strict = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 'iot:Connect', Resource: arn('client', '${iot:Connection.Thing.ThingName}') },
+        { Effect: 'Allow', Action: 'iot:Publish', Resource: arn('topic', 'devices/${iot:Connection.Thing.ThingName}/ok/*') },
+      ],
+    });
+    await sandboxIotClient(sandbox.controlEndpoint).send(new CreatePolicyCommand({ policyName: 'simbridge-strict', policyDocument: strict }));
+    const gateway = await startGatewayProcess(
+      (
+        await gatewayConfig(dir, sandbox, {
+          sims: { defaultGroup: 'strict' },
+          groups: { strict: {} },
+          upstream: { maxDeliveryAttempts: 2, minConnectIntervalMs: 100 },
+        })
+      ).file,
+    );
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+
+    const imsi = '001010000000801';
+    await post(gateway.httpPort, imsi, 'denied/1', 'refused-for-good');
+    await post(gateway.httpPort, imsi, 'ok/2', 'goes-through');
+    await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'goes-through'), 30_000);
+    expect(observer.messages.some((x) => x.payload.toString() === 'refused-for-good')).toBe(false);
+    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+    const dead = db.prepare('SELECT device_topic, payload, reason FROM dead_letters WHERE imsi = ?').all(imsi) as Array<{ device_topic: string; payload: Buffer; reason: string }>;
+    const audit = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'dead_letter'").pluck().get(imsi);
+    const outbox = db.prepare('SELECT COUNT(*) FROM outbox').pluck().get();
+    db.close();
+    expect(dead).toHaveLength(1);
+    expect(dead[0]!.device_topic).toBe('denied/1');
+    expect(dead[0]!.payload.toString()).toBe('refused-for-good');
+    expect(dead[0]!.reason).toMatch(/refused upstream 2 times/);
+    expect(audit).toBe(1);
+    expect(outbox).toBe(0);
+  });
+});
