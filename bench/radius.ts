@@ -34,6 +34,8 @@ interface SenderResult {
   elapsedMs: number;
   p50Ms: number;
   p99Ms: number;
+  /** CPU time of the sender process over the run, as % of one core. */
+  cpuPct: number;
 }
 
 function arg(name: string, fallback: number): number {
@@ -54,6 +56,7 @@ async function sender(port: number, p: Params): Promise<SenderResult> {
   let retransmits = 0;
   let lost = 0;
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const deadline = t0 + p.seconds * 1000;
   let finish!: () => void;
   const done = new Promise<void>((resolve) => (finish = resolve));
@@ -121,10 +124,12 @@ async function sender(port: number, p: Params): Promise<SenderResult> {
   }
   await done;
   const elapsedMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
   for (const s of sockets) s.close();
   latencies.sort((a, b) => a - b);
   const q = (f: number) => latencies[Math.min(latencies.length - 1, Math.floor(f * latencies.length))] ?? 0;
-  return { sent: next, replies, retransmits, lost, elapsedMs, p50Ms: q(0.5), p99Ms: q(0.99) };
+  const cpuPct = ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100;
+  return { sent: next, replies, retransmits, lost, elapsedMs, p50Ms: q(0.5), p99Ms: q(0.99), cpuPct };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -137,17 +142,21 @@ async function runMode(groupCommit: boolean, p: Params) {
   const child = fork(fileURLToPath(import.meta.url), ['sender', String(listener.port), JSON.stringify(p)], {
     execArgv: ['--import', 'tsx'],
   });
+  const cpu0 = process.cpuUsage();
   const result = await new Promise<SenderResult>((resolve, reject) => {
     child.once('message', (m) => resolve(m as SenderResult));
     child.once('exit', (code) => reject(new Error(`sender exited with ${code}`)));
   });
+  const cpu = process.cpuUsage(cpu0);
+  // Includes the sender's start-up (a second or so of idling here): a slight underestimate.
+  const listenerCpuPct = ((cpu.user + cpu.system) / 1000 / result.elapsedMs) * 100;
   child.kill();
   const sessions = listener.sessions.count();
   const counters = structuredClone(listener.counters);
   await listener.close();
   db.close();
   rmSync(dir, { recursive: true, force: true });
-  return { ...result, packetsPerS: (result.replies / result.elapsedMs) * 1000, sessions, counters };
+  return { ...result, packetsPerS: (result.replies / result.elapsedMs) * 1000, sessions, counters, listenerCpuPct };
 }
 
 async function main(): Promise<void> {
@@ -161,7 +170,7 @@ async function main(): Promise<void> {
   const group = await runMode(true, p);
   const single = await runMode(false, p);
   for (const [name, r] of [['group commit', group], ['one transaction per packet', single]] as const) {
-    console.log(`${name}: ${r.replies} replies in ${(r.elapsedMs / 1000).toFixed(1)} s = ${r.packetsPerS.toFixed(0)} packets/s, ack p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms, ${r.counters.commits} commits, ${r.retransmits} retransmits, ${r.lost} lost`);
+    console.log(`${name}: ${r.replies} replies in ${(r.elapsedMs / 1000).toFixed(1)} s = ${r.packetsPerS.toFixed(0)} packets/s, ack p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms, ${r.counters.commits} commits, ${r.retransmits} retransmits, ${r.lost} lost, CPU listener ${r.listenerCpuPct.toFixed(0)}% sender ${r.cpuPct.toFixed(0)}%`);
   }
   const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
   const report = {
@@ -174,6 +183,8 @@ async function main(): Promise<void> {
       packets_per_s_one_txn_per_packet: round(single.packetsPerS, 0),
       group_commit_speedup_ratio: round(group.packetsPerS / single.packetsPerS, 2),
       records_per_commit: round(group.counters.accepted / Math.max(1, group.counters.commits), 1),
+      listener_cpu_pct: round(group.listenerCpuPct, 0),
+      sender_cpu_pct: round(group.cpuPct, 0),
       ack_p50_ms: round(group.p50Ms, 2),
       ack_p99_ms: round(group.p99Ms, 2),
       ack_p50_ms_one_txn_per_packet: round(single.p50Ms, 2),
@@ -203,7 +214,8 @@ before its Accounting-Response. Limits: ${p.count} packets or ${p.seconds} s per
 | group commit (default) | ${f.packets_per_s} | ${f.ack_p50_ms} | ${f.ack_p99_ms} | ${f.replies_count} |
 | one transaction per packet | ${f.packets_per_s_one_txn_per_packet} | ${f.ack_p50_ms_one_txn_per_packet} | ${f.ack_p99_ms_one_txn_per_packet} | ${f.replies_count_one_txn_per_packet} |
 
-Group commit: ×${f.group_commit_speedup_ratio} (${f.records_per_commit} records per commit on average).
+Group commit: ×${f.group_commit_speedup_ratio} (${f.records_per_commit} records per commit on average); CPU with
+group commit: listener ${f.listener_cpu_pct}% and sender ${f.sender_cpu_pct}% of one core.
 Retransmits ${f.retransmits_count}, lost ${f.lost_count}.
 `,
   );

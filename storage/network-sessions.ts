@@ -111,9 +111,10 @@ export class NetworkSessions {
     );
     // Same session (IP, Acct-Session-Id and SIM) only. An Interim-Update may omit what the Start carried:
     // keep what we knew rather than forget it. (No RETURNING: SQLite's is markedly slower on this hot path.)
-    this.refreshStmt = db.prepare<[string | null, string | null, number | null, string, string | null, number | null, number, string, string, string]>(
+    // nas_ip stays as the Start set it: assigning it, even unchanged, rewrites its index entry each time.
+    this.refreshStmt = db.prepare<[string | null, string | null, number | null, string | null, number | null, number, string, string, string]>(
       `UPDATE network_sessions SET imei = coalesce(?, imei), msisdn = coalesce(?, msisdn), rat_type = coalesce(?, rat_type),
-         nas_ip = ?, nas_identifier = coalesce(?, nas_identifier), charging_id = coalesce(?, charging_id),
+         nas_identifier = coalesce(?, nas_identifier), charging_id = coalesce(?, charging_id),
          updated_at = ?, updates = updates + 1
        WHERE ip = ? AND acct_session_id = ? AND imsi = ?`,
     );
@@ -140,7 +141,7 @@ export class NetworkSessions {
         acctSessionId: r.acctSessionId,
         chargingId: r.chargingId ?? null,
       };
-      const refreshed = this.refreshStmt.run(f.imei, f.msisdn, f.ratType, f.nasIp, f.nasIdentifier, f.chargingId, now, f.ip, f.acctSessionId, f.imsi);
+      const refreshed = this.refreshStmt.run(f.imei, f.msisdn, f.ratType, f.nasIdentifier, f.chargingId, now, f.ip, f.acctSessionId, f.imsi);
       if (refreshed.changes === 1) return { session: fromRow(this.getByIp.get(f.ip)!), created: false, ended: [] };
       // Anything else on this IP is over: the network has handed the address on, and whoever used it
       // under the old identity must not keep it.

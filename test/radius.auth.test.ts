@@ -160,6 +160,20 @@ describe('RADIUS listener: authenticity, duplicates, drops (raw UDP)', () => {
     expect(listener.sessions.byIp('10.1.0.5')?.updates).toBe(1);
   });
 
+  it('serves IPv6 clients and IPv4 ones on a dual-stack socket', async () => {
+    const dual = await startRadiusListener({ host: '::', port: 0, clients: [{ address: '::1/128', secret: SECRET }, { address: '127.0.0.1', secret: SECRET }], db, now: () => clock });
+    const v6 = await AccountingClient.open({ host: '::1', port: dual.port, secret: SECRET });
+    const v4 = await AccountingClient.open({ host: '127.0.0.1', port: dual.port, secret: SECRET });
+    expect(await v6.request(buildAccountingRequest(start({ framedIp: '10.1.6.6', acctSessionId: 'v6' }), SECRET))).toBeDefined();
+    expect(await v4.request(buildAccountingRequest(start({ framedIp: '10.1.4.4', acctSessionId: 'v4' }), SECRET))).toBeDefined();
+    expect(dual.sessions.byIp('10.1.6.6')?.nasIp).toBe('::1');
+    expect(dual.sessions.byIp('10.1.4.4')?.nasIp).toBe('127.0.0.1'); // not ::ffff:127.0.0.1
+    await v6.close();
+    await v4.close();
+    await dual.close();
+    db.exec("DELETE FROM network_sessions WHERE ip IN ('10.1.6.6', '10.1.4.4')");
+  });
+
   it('ends sessions without updates for sessionTimeoutMs', async () => {
     const short = await startRadiusListener({ host: '127.0.0.1', port: 0, clients: [{ address: '127.0.0.1', secret: SECRET }], db, sessionTimeoutMs: 60_000, now: () => clock });
     const ended: string[] = [];

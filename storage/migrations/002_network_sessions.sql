@@ -16,4 +16,5 @@ CREATE TABLE network_sessions (
 ) WITHOUT ROWID;
 CREATE INDEX network_sessions_by_imsi ON network_sessions (imsi);
 CREATE INDEX network_sessions_by_nas ON network_sessions (nas_ip);
-CREATE INDEX network_sessions_by_updated ON network_sessions (updated_at);
+-- No index on updated_at: every Interim-Update would rewrite it (measured: a third fewer records per second
+-- under group commit). Expiry, once a minute at most, scans the table instead.
