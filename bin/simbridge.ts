@@ -1,10 +1,12 @@
 #!/usr/bin/env -S npx tsx
-import { join, resolve } from 'node:path';
+import { watch } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
+import { maskingLoggerOptions } from '../admin/mask.ts';
 
 const usage = `usage: simbridge <command> [options]
 
@@ -51,7 +53,7 @@ async function main(argv: string[]): Promise<number> {
   const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
   switch (command) {
     case 'start':
-      return start(loadConfig(configFile));
+      return start(loadConfig(configFile), configFile);
     case 'sandbox':
       return runSandboxOnly(loadConfig(configFile));
     case 'config':
@@ -65,7 +67,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 function logger(config: Config): Logger {
-  return pino({ level: config.log.level, base: undefined });
+  // IMSI, IMEI and MSISDN are personal data: masked in every log line unless privacy says otherwise.
+  return pino({ level: config.log.level, base: undefined, ...maskingLoggerOptions(config.privacy.maskIdentifiers) });
 }
 
 // The gateway and the sandbox load on demand: `config check` should not pay for TLS stacks and SDKs.
@@ -95,7 +98,34 @@ function pointAtSandbox(config: Config, sandbox: Sandbox): Config {
   };
 }
 
-async function start(config: Config): Promise<number> {
+/**
+ * Reloads the configuration on SIGHUP and when the file changes. A file that does not validate is
+ * refused with its key paths and reasons in the log, and the running configuration stays.
+ */
+function watchConfig(file: string, apply: (next: Config) => string[], log: Logger): void {
+  let timer: NodeJS.Timeout | undefined;
+  const reload = (why: string) => {
+    let next: Config;
+    try {
+      next = loadConfig(file);
+    } catch (err) {
+      log.error({ file, why, problems: err instanceof ConfigError ? err.problems : [String(err)] }, 'configuration not reloaded: the running one stays');
+      return;
+    }
+    const needRestart = apply(next);
+    log.info({ file, why }, 'configuration reloaded');
+    if (needRestart.length) log.warn({ keys: needRestart }, 'these settings changed but apply only after a restart');
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  // Editors replace files rather than write them in place: watch the directory and debounce.
+  watch(dirname(resolve(file)), (_event, name) => {
+    if (name !== basename(file)) return;
+    clearTimeout(timer);
+    timer = setTimeout(() => reload('file changed'), 200);
+  }).unref();
+}
+
+async function start(config: Config, configFile?: string): Promise<number> {
   const log = logger(config);
   const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
   const { startGateway } = await import('../bridge/gateway.ts');
@@ -107,6 +137,7 @@ async function start(config: Config): Promise<number> {
     throw err;
   }
   printBanner(config, gateway, sandbox);
+  if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
     await sandbox?.close();

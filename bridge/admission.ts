@@ -17,8 +17,8 @@ export interface AdmittedDevice {
 export interface AdmissionOptions {
   sims: SimStore;
   audit: AuditLog;
-  unknownSims: 'register' | 'reject';
-  defaultGroup: string;
+  unknownSims(): 'register' | 'reject';
+  defaultGroup(): string;
   group(name: string): GroupConfig;
   thingName(imsi: string, group: string): string;
 }
@@ -62,8 +62,8 @@ export class Admission {
     const { sims, audit } = this.opts;
     const sim = sims.get(identity.imsi);
     if (sim) return sim;
-    if (this.opts.unknownSims === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
-    const group = this.opts.defaultGroup;
+    if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
+    const group = this.opts.defaultGroup();
     const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
     if (reg.created) audit.record('sim_registered', identity.imsi, { remoteAddress, source });
     return reg.sim;

@@ -35,7 +35,7 @@ export class Connectivity {
     };
     const payload = Buffer.from(JSON.stringify({ state: { reported: { connectivity } } }));
     this.opts.outbox
-      .enqueue({ imsi: sim.imsi, deviceTopic: `$aws/things/${sim.thingName}/shadow/update`, payload, qos: 1, receivedAt: Date.now() })
+      .enqueue({ imsi: sim.imsi, deviceTopic: `$aws/things/${sim.thingName}/shadow/update`, payload, qos: 1, receivedAt: Date.now(), system: true })
       .catch((err) => this.opts.log.warn({ thing: sim.thingName, err: String(err) }, 'connectivity update not stored'));
   }
 }

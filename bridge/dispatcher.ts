@@ -1,7 +1,9 @@
 import type { Logger } from 'pino';
+import type { GroupConfig } from '../config/schema.ts';
 import type { Outbox, OutboxMessage } from '../storage/outbox.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
+import { plan, type Unit } from './batching/planner.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
@@ -12,7 +14,10 @@ export interface DispatcherOptions {
   /** Credentials of a SIM, vending it first when needed. */
   credentials(sim: Sim): Promise<DeviceCredentials>;
   pool: UpstreamPool;
-  upstreamTopicTemplate(group: string): string;
+  /** The SIM's group as configured now (reloads apply to the next batch). */
+  group(name: string): GroupConfig;
+  /** Hard cap of one upstream message, topic included (IoT Core: 128 KB). */
+  maxMessageBytes: number;
   maxInflight: number;
   /** Failed deliveries of one message, each followed by a successful reconnect, before it is dead-lettered. */
   maxDeliveryAttempts: number;
@@ -28,25 +33,36 @@ interface Cursor {
   imsi: string;
   /** Rows up to here are acknowledged or in flight; their deletes may still be pending. */
   lastId: number;
-  /** The oldest unacknowledged row when a publish failed: maybe refused for good, maybe an outage. */
+  /** The first row of the oldest unacknowledged unit when a publish failed: refused for good, or an outage? */
   suspect?: number;
   suspectError?: string;
   /** The failure is counted against the suspect only once a reconnect succeeds (an outage is not its fault). */
   suspectUncounted?: boolean;
+  /** When the device's open batch is due. */
+  wakeAt?: number;
 }
 
+const BILLING_UNIT = 5120;
+const MAX_PEEK = 5000;
+
 /**
- * Moves each SIM's outbox rows upstream on that SIM's own session, in order, with up to maxInflight
- * QoS 1 publishes outstanding. A row is deleted only after its PUBACK; after a failure the SIM's
- * remaining rows are resent from the oldest, so delivery is at-least-once and FIFO per device.
- * IoT Core closes the connection on a publish it refuses (MQTT 3.1.1); a message that keeps doing that
- * is sent alone, and after maxDeliveryAttempts goes to the dead letters so it cannot block its device.
+ * Moves each SIM's outbox rows upstream on that SIM's own session, in order, packed by its group's
+ * batching policy, with up to maxInflight QoS 1 publishes outstanding. Rows are deleted only after the
+ * PUBACK of the publish that carried them; after a failure the SIM's remaining rows are resent from the
+ * oldest, so delivery is at-least-once and FIFO per device. IoT Core closes the connection on a publish
+ * it refuses (MQTT 3.1.1); a unit that keeps doing that is sent alone, and after maxDeliveryAttempts its
+ * rows go to the dead letters so they cannot block their device.
  */
 export class Dispatcher {
   private readonly active = new Map<string, { again: boolean; done: Promise<void> }>();
   private readonly attempts = new Map<number, number>();
-  private readonly acked: number[] = [];
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  /** Per group: rows received up to this time are due now (a schedule fired). */
+  private readonly released = new Map<string, number>();
+  private readonly acked: OutboxMessage[] = [];
   private flushAckScheduled = false;
+  /** While flushing (shutdown), every open batch is due. */
+  private flushing = false;
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
@@ -58,8 +74,18 @@ export class Dispatcher {
     for (const imsi of this.opts.outbox.simsWithMessages()) this.wake(imsi);
   }
 
+  /** A group's schedule fired: what its devices hold now is due. */
+  release(group: string, at = Date.now()): void {
+    this.released.set(group, at);
+    for (const imsi of this.opts.outbox.simsWithMessages()) {
+      if (this.opts.sims.get(imsi)?.group === group) this.wake(imsi);
+    }
+  }
+
   wake(imsi: string): void {
     if (this.stopped) return;
+    clearTimeout(this.timers.get(imsi));
+    this.timers.delete(imsi);
     const running = this.active.get(imsi);
     if (running) {
       running.again = true;
@@ -73,9 +99,19 @@ export class Dispatcher {
     this.active.set(imsi, state);
   }
 
+  /** Sends every open batch now and waits until the outbox is empty or the deadline passes. */
+  async flush(deadlineMs: number): Promise<void> {
+    this.flushing = true;
+    this.start();
+    const until = Date.now() + deadlineMs;
+    while (Date.now() < until && this.opts.outbox.usage().rows > 0) await new Promise((r) => setTimeout(r, 25));
+  }
+
   /** Stops starting new publishes and waits (bounded) for those in flight. */
   async stop(graceMs: number): Promise<void> {
     this.stopped = true;
+    this.timers.forEach((t) => clearTimeout(t));
+    this.timers.clear();
     const all = Promise.allSettled([...this.active.values()].map((s) => s.done));
     await Promise.race([all, new Promise((r) => setTimeout(r, graceMs).unref())]);
     this.flushAcks();
@@ -95,7 +131,7 @@ export class Dispatcher {
         this.judgeSuspect(cursor);
         await this.drain(sim, session, cursor);
         delay = this.opts.retryDelayMs;
-        if (!state.again) return;
+        if (!state.again) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (drain has already deleted what was acked).
         cursor.lastId = 0;
@@ -106,57 +142,89 @@ export class Dispatcher {
         delay = Math.min(delay * 2, this.opts.retryMaxDelayMs);
       }
     }
+    if (cursor.wakeAt !== undefined && !this.stopped) {
+      this.timers.set(imsi, setTimeout(() => this.wake(imsi), Math.max(0, cursor.wakeAt - Date.now())));
+    }
   }
 
-  /** After a reconnect: count the failure against the suspect row, and dead-letter it past the limit. */
+  /** After a reconnect: count the failure against the suspect unit, and dead-letter it past the limit. */
   private judgeSuspect(cursor: Cursor): void {
     if (cursor.suspect === undefined || !cursor.suspectUncounted) return;
     cursor.suspectUncounted = false;
     const n = (this.attempts.get(cursor.suspect) ?? 0) + 1;
     this.attempts.set(cursor.suspect, n);
     if (n < this.opts.maxDeliveryAttempts) return;
-    const [row] = this.opts.outbox.peek(cursor.imsi, cursor.suspect - 1, 1);
-    if (row && row.id === cursor.suspect) {
-      const reason = `refused upstream ${n} times (${cursor.suspectError ?? 'connection closed on publish'})`;
+    const sim = this.opts.sims.get(cursor.imsi);
+    const unit = sim && this.nextUnits(sim, cursor.suspect - 1, 1, true).units[0];
+    const reason = `refused upstream ${n} times (${cursor.suspectError ?? 'connection closed on publish'})`;
+    for (const row of unit?.rows ?? []) {
       this.opts.outbox.deadLetter(row, reason);
       this.opts.metrics.deadLetters.inc({ reason: 'refused_upstream' });
       this.opts.onDeadLetter?.(row, reason);
-      this.opts.log.warn({ id: row.id, reason }, 'message moved to dead letters');
     }
+    this.opts.log.warn({ imsi: cursor.imsi, rows: unit?.rows.length ?? 0, reason }, 'moved to dead letters');
     this.attempts.delete(cursor.suspect);
     cursor.suspect = undefined;
   }
 
-  /** Publishes the SIM's rows until none are left; throws on the first failed publish. */
+  /** The next units of a SIM after a row id, by its group's policy. */
+  private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false): { units: Unit[]; waitMs?: number } {
+    const group = this.opts.group(sim.group);
+    const cfg = group.batching;
+    const limit = cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
+    const rows = this.opts.outbox.peek(sim.imsi, afterId, limit + 1);
+    const more = rows.length > limit;
+    if (more) rows.pop();
+    const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
+    const releaseBefore = forceDue || this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
+    const planned = plan({
+      rows,
+      more,
+      cfg,
+      topics: new DeviceTopics(group.upstreamTopic, vars),
+      identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
+      batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
+      maxMessageBytes: this.opts.maxMessageBytes,
+      now: Date.now(),
+      releaseBefore,
+    });
+    return { units: planned.units.slice(0, maxUnits), waitMs: planned.waitMs };
+  }
+
+  /** Publishes the SIM's due units until none are left; throws on the first failed publish. */
   private async drain(sim: Sim, session: UpstreamSession, cursor: Cursor): Promise<void> {
-    const { outbox, metrics } = this.opts;
-    const topics = new DeviceTopics(this.opts.upstreamTopicTemplate(sim.group), { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' });
+    const { metrics } = this.opts;
     const inflight = new Map<number, Promise<void>>();
     let failure: unknown;
+    cursor.wakeAt = undefined;
     while (failure === undefined && !this.stopped) {
-      // A suspect goes alone, so a refusal is pinned on the right message.
+      // A suspect goes alone, so a refusal is pinned on the right unit.
       const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
-      const rows = outbox.peek(sim.imsi, cursor.lastId, window - inflight.size);
-      if (rows.length === 0) {
-        if (inflight.size === 0) break;
+      const { units, waitMs } = this.nextUnits(sim, cursor.lastId, window - inflight.size);
+      if (units.length === 0) {
+        if (inflight.size === 0) {
+          if (waitMs !== undefined) cursor.wakeAt = Date.now() + waitMs;
+          break;
+        }
         await Promise.race(inflight.values());
         continue;
       }
-      for (const row of rows) {
-        cursor.lastId = row.id;
+      for (const unit of units) {
+        const first = unit.rows[0]!.id;
+        cursor.lastId = unit.rows.at(-1)!.id;
         const p: Promise<void> = session
-          .publish(topics.toUpstream(row.deviceTopic), row.payload, row.qos)
+          .publish(unit.topic, unit.payload, unit.qos)
           .then(
             () => {
-              metrics.upstreamPublishes.inc({ result: 'ok' });
-              this.ack(row.id);
-              if (cursor.suspect === row.id) {
+              this.count(sim, unit);
+              for (const row of unit.rows) this.ack(row);
+              if (cursor.suspect === first) {
                 cursor.suspect = undefined;
-                this.attempts.delete(row.id);
+                this.attempts.delete(first);
               }
             },
             (err: unknown) => {
-              metrics.upstreamPublishes.inc({ result: 'failed' });
+              metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
                 cursor.suspect = Math.min(...inflight.keys());
@@ -165,8 +233,8 @@ export class Dispatcher {
               }
             },
           )
-          .finally(() => inflight.delete(row.id));
-        inflight.set(row.id, p);
+          .finally(() => inflight.delete(first));
+        inflight.set(first, p);
       }
       if (inflight.size >= window) await Promise.race(inflight.values());
     }
@@ -176,9 +244,17 @@ export class Dispatcher {
     if (failure !== undefined) throw failure;
   }
 
+  private count(sim: Sim, unit: Unit): void {
+    const { metrics } = this.opts;
+    metrics.upstreamPublishes.inc({ group: sim.group, result: 'ok' });
+    // IoT Core bills messages in 5 KB units of payload and topic.
+    metrics.billedUnits.inc({ group: sim.group }, Math.ceil((unit.payload.length + Buffer.byteLength(unit.topic)) / BILLING_UNIT));
+    metrics.batchSize.observe({ group: sim.group }, unit.rows.length);
+  }
+
   /** Deletes acknowledged rows in one transaction per event-loop turn. */
-  private ack(id: number): void {
-    this.acked.push(id);
+  private ack(row: OutboxMessage): void {
+    this.acked.push(row);
     if (!this.flushAckScheduled) {
       this.flushAckScheduled = true;
       setImmediate(() => this.flushAcks());
@@ -187,9 +263,9 @@ export class Dispatcher {
 
   private flushAcks(): void {
     this.flushAckScheduled = false;
-    const ids = this.acked.splice(0);
+    const rows = this.acked.splice(0);
     try {
-      this.opts.outbox.remove(ids);
+      this.opts.outbox.remove(rows);
     } catch (err) {
       // The rows stay and will be sent again: a duplicate, never a loss.
       this.opts.log.error({ err: String(err) }, 'could not delete delivered rows');

@@ -12,6 +12,7 @@ import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
 import { Admission } from './admission.ts';
 import { Connectivity } from './connectivity.ts';
+import { BatchSchedules } from './batching/schedules.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Downlink } from './downlink.ts';
 import { DownlinkStore } from '../storage/downlink.ts';
@@ -31,6 +32,9 @@ import { UpstreamPool } from './upstream/session-pool.ts';
 
 type IdentitySourceName = z.infer<typeof identitySource>;
 
+/** Sections bound at start (sockets, files, sessions): a reload reports them instead of applying them. */
+const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', 'storage', 'security', 'vending', 'upstream', 'admin', 'sandbox', 'limits'] as const;
+
 export interface Gateway {
   mqttPort: number;
   httpPort: number;
@@ -38,7 +42,12 @@ export interface Gateway {
   adminPort?: number;
   db: Db;
   metrics: Metrics;
-  /** Stops accepting, finishes in-flight commits, closes sessions and the database. */
+  /**
+   * Applies a new configuration: groups (batching, topics, lock, overflow, downlink), SIM defaults and
+   * outbox quotas take effect for what comes next; returns the changed keys that need a restart.
+   */
+  reload(next: Config): string[];
+  /** Stops accepting, sends open batches (bounded), finishes in-flight commits, closes sessions and the database. */
   close(): Promise<void>;
 }
 
@@ -66,15 +75,15 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const audit = new AuditLog(db);
   const outbox = new Outbox(db, config.storage.commitMaxRows);
   // A SIM whose group was removed from the config falls back to the default group.
+  // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
-  const upstreamTopicTemplate = (name: string) => group(name).upstreamTopic;
 
   const { vendor, provider } = createVending(config.vending, {
     db,
     cipher,
     audit,
     log: log.child({ component: 'vending' }),
-    policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [upstreamTopicTemplate(g)] }),
+    policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [group(g).upstreamTopic, group(g).batching.topic] }),
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
   });
@@ -102,7 +111,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     sims,
     credentials: (sim) => vendor.ensure(sim),
     pool,
-    upstreamTopicTemplate,
+    group,
+    maxMessageBytes: config.limits.maxPayloadBytes,
     maxInflight: config.upstream.maxInflight,
     maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
     onDeadLetter: (msg, reason) => audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }),
@@ -115,8 +125,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const admission = new Admission({
     sims,
     audit,
-    unknownSims: config.sims.unknown,
-    defaultGroup: config.sims.defaultGroup,
+    unknownSims: () => config.sims.unknown,
+    defaultGroup: () => config.sims.defaultGroup,
     group,
     thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
   });
@@ -131,7 +141,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     metrics,
     log: log.child({ component: 'downlink' }),
   });
-  const uplink = new Uplink({ outbox, limits: config.limits, upstreamTopicTemplate, metrics });
+  const uplink = new Uplink({ outbox, limits: config.limits, quota: () => config.storage.outbox, group, audit, metrics });
   const radius = config.radius.enabled
     ? await startRadiusListener({
         host: config.radius.host,
@@ -194,6 +204,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     radius.on('session-end', onNetwork(false));
   }
   dispatcher.start();
+  const schedules = new BatchSchedules((g) => dispatcher.release(g));
+  schedules.apply(config.groups);
 
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
@@ -209,6 +221,15 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         groups: () => config.groups,
         defaultGroup: () => config.sims.defaultGroup,
         thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+        revoke: async (imsi, reason) => {
+          await vendor.revoke(imsi, reason);
+        },
+        upstreamState: (thing) => {
+          const session = pool.peek(thing);
+          return session ? { state: 'connected', since: session.openedAt } : { state: 'closed' };
+        },
+        connected: (imsi) => mqtt.isConnected(imsi),
+        maskIdentifiers: config.privacy.maskIdentifiers,
       })
     : undefined;
 
@@ -220,11 +241,24 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     adminPort: admin?.port,
     db,
     metrics,
+    reload(next: Config) {
+      // Outbox quotas are read per message and apply live; the rest of `storage` is bound to the open database.
+      const comparable = (c: Config) => ({ ...c, storage: { ...c.storage, outbox: undefined } });
+      const needRestart = restartOnlyKeys.filter((k) => JSON.stringify(comparable(next)[k]) !== JSON.stringify(comparable(config)[k]));
+      const kept = Object.fromEntries(restartOnlyKeys.map((k) => [k, config[k]]));
+      config = { ...next, ...kept, storage: { ...config.storage, outbox: next.storage.outbox } } as Config;
+      schedules.apply(config.groups);
+      // New thresholds may make open batches due now.
+      dispatcher.start();
+      return needRestart;
+    },
     close() {
       closing ??= (async () => {
         await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
         downlink.close();
+        schedules.stop();
         outbox.flush();
+        await dispatcher.flush(config.shutdown.flushDeadlineMs);
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);
         await pool.closeAll();

@@ -7,8 +7,8 @@ export function createMetrics() {
     registry,
     ingress: new Counter({
       name: 'simbridge_ingress_messages_total',
-      help: 'device messages by protocol and result',
-      labelNames: ['protocol', 'result'] as const,
+      help: 'device messages by protocol, group and result',
+      labelNames: ['protocol', 'group', 'result'] as const,
       registers: [registry],
     }),
     refusals: new Counter({
@@ -19,8 +19,21 @@ export function createMetrics() {
     }),
     upstreamPublishes: new Counter({
       name: 'simbridge_upstream_publishes_total',
-      help: 'messages published upstream by result',
-      labelNames: ['result'] as const,
+      help: 'upstream publishes (single messages or batches) by group and result',
+      labelNames: ['group', 'result'] as const,
+      registers: [registry],
+    }),
+    billedUnits: new Counter({
+      name: 'simbridge_upstream_billed_units_total',
+      help: 'IoT Core billing units (5 KB of payload and topic) of acknowledged publishes, by group',
+      labelNames: ['group'] as const,
+      registers: [registry],
+    }),
+    batchSize: new Histogram({
+      name: 'simbridge_batch_messages',
+      help: 'device messages carried per upstream publish, by group',
+      labelNames: ['group'] as const,
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500],
       registers: [registry],
     }),
     upstreamSessions: new Gauge({ name: 'simbridge_upstream_sessions', help: 'open upstream sessions', registers: [registry] }),
@@ -36,6 +49,12 @@ export function createMetrics() {
       name: 'simbridge_downlink_messages_total',
       help: 'messages down to devices by protocol and result (delivered, held, dropped, expired)',
       labelNames: ['protocol', 'result'] as const,
+      registers: [registry],
+    }),
+    dropped: new Counter({
+      name: 'simbridge_messages_dropped_total',
+      help: 'queued messages dropped to make room (drop-oldest), by group and reason',
+      labelNames: ['group', 'reason'] as const,
       registers: [registry],
     }),
     deadLetters: new Counter({ name: 'simbridge_dead_letters_total', help: 'messages moved to the dead letters', labelNames: ['reason'] as const, registers: [registry] }),

@@ -1,3 +1,5 @@
+import type { GroupConfig } from '../config/schema.ts';
+import type { AuditLog } from '../storage/audit.ts';
 import type { Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
@@ -12,6 +14,7 @@ export type UplinkRefusalReason =
   | 'topic_too_long'
   | 'topic_too_deep'
   | 'filter_invalid'
+  | 'outbox_full'
   | 'storage_unavailable';
 
 export class UplinkRefusal extends Error {
@@ -24,38 +27,79 @@ export class UplinkRefusal extends Error {
   }
 }
 
+export interface OutboxQuota {
+  maxRows: number;
+  maxBytes: number;
+  perDeviceMaxRows: number;
+  perDeviceMaxBytes: number;
+}
+
 export interface UplinkOptions {
   outbox: Outbox;
   limits: TopicLimits & { maxPayloadBytes: number };
-  upstreamTopicTemplate(group: string): string;
+  quota: () => OutboxQuota;
+  group(name: string): GroupConfig;
+  audit: AuditLog;
   metrics: Metrics;
 }
 
 /**
- * One device message on its way in: check it → enqueue durably → the caller acknowledges.
- * Resolves only after the message is committed; every refusal is counted.
+ * One device message on its way in: check it → make room within the outbox quotas → enqueue durably →
+ * the caller acknowledges. Resolves only after the message is committed; every refusal is counted.
  */
 export class Uplink {
   constructor(private readonly opts: UplinkOptions) {}
 
   async accept(protocol: 'mqtt' | 'http', device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): Promise<number> {
+    const group = device.sim.group;
     try {
       this.check(device, deviceTopic, payload, qos);
+      this.makeRoom(device, payload.length);
       let id: number;
       try {
         id = await this.opts.outbox.enqueue({ imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() });
       } catch (err) {
         throw new UplinkRefusal('storage_unavailable', `message not stored: ${(err as Error).message}`);
       }
-      this.opts.metrics.ingress.inc({ protocol, result: 'accepted' });
+      this.opts.metrics.ingress.inc({ protocol, group, result: 'accepted' });
       return id;
     } catch (err) {
       if (err instanceof UplinkRefusal) {
-        this.opts.metrics.ingress.inc({ protocol, result: 'refused' });
+        this.opts.metrics.ingress.inc({ protocol, group, result: 'refused' });
         this.opts.metrics.refusals.inc({ protocol, reason: err.reason });
       }
       throw err;
     }
+  }
+
+  /**
+   * Keeps the outbox within its quotas: a full device or outbox refuses the new message (reject-new) or
+   * drops the device's oldest to make room (drop-oldest), each drop audited and counted. Never silent.
+   */
+  private makeRoom(device: AdmittedDevice, bytes: number): void {
+    const q = this.opts.quota();
+    const { outbox } = this.opts;
+    const { imsi } = device.sim;
+    const fits = () => {
+      const mine = outbox.usage(imsi);
+      const all = outbox.usage();
+      return (
+        mine.rows + 1 <= q.perDeviceMaxRows &&
+        mine.bytes + bytes <= q.perDeviceMaxBytes &&
+        all.rows + 1 <= q.maxRows &&
+        all.bytes + bytes <= q.maxBytes
+      );
+    };
+    if (fits()) return;
+    if (this.opts.group(device.sim.group).overflow === 'drop-oldest') {
+      const dropped = outbox.dropOldest(imsi, fits);
+      for (const row of dropped) {
+        this.opts.metrics.dropped.inc({ group: device.sim.group, reason: 'outbox_full' });
+        this.opts.audit.record('message_dropped', imsi, { id: row.id, topic: row.deviceTopic, receivedAt: row.receivedAt, bytes: row.payload.length, reason: 'outbox full (drop-oldest)' });
+      }
+      if (fits()) return;
+    }
+    throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
   }
 
   private check(device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {
@@ -65,7 +109,7 @@ export class Uplink {
     if (payload.length > limits.maxPayloadBytes) {
       throw new UplinkRefusal('payload_too_large', `payload of ${payload.length} bytes exceeds ${limits.maxPayloadBytes}`);
     }
-    const topics = new DeviceTopics(this.opts.upstreamTopicTemplate(device.sim.group), {
+    const topics = new DeviceTopics(this.opts.group(device.sim.group).upstreamTopic, {
       thing: device.sim.thingName,
       imsi: device.sim.imsi,
       imei: device.imei ?? device.sim.boundImei ?? '',

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { adminSection } from './admin.ts';
+import { adminSection, privacySection } from './admin.ts';
+import { batchingSection } from './batching.ts';
 import { identitySource, radiusSection, staticIdentitySection } from './identity.ts';
 import { vendingSection } from './vending.ts';
 
@@ -32,6 +33,11 @@ const group = z
       })
       .strict()
       .prefault({}),
+    batching: batchingSection,
+    overflow: z
+      .enum(['reject-new', 'drop-oldest'])
+      .default('reject-new')
+      .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
   })
   .strict();
@@ -97,6 +103,15 @@ export const configSchema = z
       .object({
         synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
         commitMaxRows: z.number().int().positive().default(1000).describe('group commit: most rows in one transaction'),
+        outbox: z
+          .object({
+            maxRows: z.number().int().positive().default(1_000_000).describe('most messages waiting in the outbox in all'),
+            maxBytes: z.number().int().positive().default(1024 ** 3).describe('most payload bytes waiting in the outbox in all'),
+            perDeviceMaxRows: z.number().int().positive().default(10_000).describe('most messages waiting for one device'),
+            perDeviceMaxBytes: z.number().int().positive().default(16 * 1024 ** 2).describe('most payload bytes waiting for one device'),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),
@@ -133,6 +148,7 @@ export const configSchema = z
       .strict()
       .prefault({}),
     admin: adminSection,
+    privacy: privacySection,
     sandbox: z
       .object({
         host: host.default('127.0.0.1').describe('address the embedded sandbox binds'),
@@ -145,6 +161,7 @@ export const configSchema = z
     shutdown: z
       .object({
         graceMs: z.number().int().positive().default(5000).describe('time to finish in-flight work on SIGTERM'),
+        flushDeadlineMs: z.number().int().min(0).default(5000).describe('time to send open batches on SIGTERM; what is left stays durable'),
       })
       .strict()
       .prefault({}),

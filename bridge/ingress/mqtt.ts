@@ -50,6 +50,8 @@ function remoteAddressOf(client: Client): string {
 export interface MqttIngress {
   port: number;
   listening(): boolean;
+  /** True while the SIM holds at least one device connection. */
+  isConnected(imsi: string): boolean;
   /** Closes every device connection from an address (its network session ended). */
   disconnectAddress(address: string): number;
   close(): Promise<void>;
@@ -59,6 +61,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   const devices = new WeakMap<Client, AdmittedDevice>();
   const filters = new WeakMap<Client, Set<string>>();
   const byAddress = new Map<string, Set<Client>>();
+  const connectionsPerSim = new Map<string, number>();
   const { metrics, log } = opts;
 
   const broker = await Aedes.createBroker({
@@ -80,6 +83,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
           // Client ids are namespaced by SIM: a device reconnecting takes over its own old connection
           // (MQTT-3.1.4-2), but two SIMs using the same client id never knock each other off.
           client.id = `${result.sim.imsi}/${client.id}`;
+          connectionsPerSim.set(result.sim.imsi, (connectionsPerSim.get(result.sim.imsi) ?? 0) + 1);
           let set = byAddress.get(remote);
           if (!set) byAddress.set(remote, (set = new Set()));
           set.add(client);
@@ -152,6 +156,9 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     if (set?.size === 0) byAddress.delete(remote);
     const device = devices.get(client);
     if (!device) return;
+    const left = (connectionsPerSim.get(device.sim.imsi) ?? 1) - 1;
+    if (left > 0) connectionsPerSim.set(device.sim.imsi, left);
+    else connectionsPerSim.delete(device.sim.imsi);
     for (const filter of filters.get(client) ?? []) void opts.downlink.unsubscribe(device, filter);
     filters.delete(client);
     opts.connectivity.report(device.sim, { online: false, ip: remote, via: 'mqtt' });
@@ -174,6 +181,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
     listening: () => server.listening,
+    isConnected: (imsi: string) => connectionsPerSim.has(imsi),
     disconnectAddress(ip: string) {
       const set = byAddress.get(normaliseAddress(ip));
       if (!set) return 0;

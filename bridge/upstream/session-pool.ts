@@ -42,6 +42,7 @@ export class SubscriptionLimitError extends Error {
 
 /** One device's MQTT-over-mutual-TLS session to IoT Core, as that device (client id = thing name). */
 export class UpstreamSession {
+  readonly openedAt = Date.now();
   lastUsed = Date.now();
   inflight = 0;
   private closed = false;

@@ -1,0 +1,82 @@
+import type { BatchingConfig } from '../../config/batching.ts';
+import type { OutboxMessage } from '../../storage/outbox.ts';
+import type { DeviceTopics } from '../topics.ts';
+import { EnvelopeBuilder, encodeReading, type Identity } from './envelope.ts';
+
+/** What goes up in one publish: one message as it is, or a batch envelope of several. */
+export interface Unit {
+  rows: OutboxMessage[];
+  topic: string;
+  payload: Buffer;
+  qos: 0 | 1;
+  batched: boolean;
+}
+
+export interface PlanInput {
+  /** The device's next rows, in order. */
+  rows: OutboxMessage[];
+  /** More rows exist beyond these. */
+  more: boolean;
+  cfg: BatchingConfig;
+  topics: DeviceTopics;
+  identity: Identity;
+  /** The group's batch topic, filled for this device. */
+  batchTopic: string;
+  /** Hard cap of one upstream message, topic included (IoT Core: 128 KB). */
+  maxMessageBytes: number;
+  now: number;
+  /** Rows received at or before this time may go now whatever their batch looks like (schedule, flush). */
+  releaseBefore: number;
+}
+
+/**
+ * Turns a device's queued rows into publish units by its group's policy. Order is kept: units cover
+ * consecutive rows. Returns how long to wait when the next batch is not due yet.
+ */
+export function plan(input: PlanInput): { units: Unit[]; waitMs?: number } {
+  const { rows, cfg } = input;
+  if (cfg.policy === 'immediate') return { units: rows.map((r) => single(input, r)) };
+
+  const units: Unit[] = [];
+  const topicBytes = Buffer.byteLength(input.batchTopic);
+  const budget = Math.min(cfg.maxBytes, input.maxMessageBytes) - topicBytes;
+  let i = 0;
+  while (i < rows.length) {
+    const first = rows[i]!;
+    // Schedule sends only what arrived before the schedule fired; later rows wait for the next run.
+    if (cfg.policy === 'schedule' && first.receivedAt > input.releaseBefore) break;
+    const builder = new EnvelopeBuilder(input.identity);
+    const firstEncoded = encodeReading(first);
+    if (builder.sizeWith(firstEncoded) > budget) {
+      // Too big for any batch: it goes alone, as it is, on its own topic.
+      units.push(single(input, first));
+      i++;
+      continue;
+    }
+    const taken: OutboxMessage[] = [];
+    let full = false;
+    for (let j = i; j < rows.length; j++) {
+      const row = rows[j]!;
+      if (cfg.policy === 'schedule' && row.receivedAt > input.releaseBefore) break;
+      const encoded = j === i ? firstEncoded : encodeReading(row);
+      if (taken.length >= cfg.maxMessages || builder.sizeWith(encoded) > budget) {
+        full = true;
+        break;
+      }
+      builder.add(encoded);
+      taken.push(row);
+    }
+    if (!full && taken.length >= cfg.maxMessages) full = true;
+    const ranOut = i + taken.length >= rows.length;
+    if (!full && ranOut && input.more) break; // the rest of this batch is beyond what was read
+    const due = full || first.receivedAt <= input.releaseBefore || (cfg.policy === 'window' && input.now - first.receivedAt >= cfg.maxDelayMs);
+    if (!due) return { units, waitMs: Math.max(1, first.receivedAt + cfg.maxDelayMs - input.now) };
+    units.push({ rows: taken, topic: input.batchTopic, payload: builder.build(), qos: 1, batched: true });
+    i += taken.length;
+  }
+  return { units };
+}
+
+function single(input: PlanInput, row: OutboxMessage): Unit {
+  return { rows: [row], topic: input.topics.toUpstream(row.deviceTopic), payload: row.payload, qos: row.qos, batched: false };
+}
