@@ -1,40 +1,112 @@
-import Fastify from 'fastify';
-import type { Logger } from 'pino';
-import type { z } from 'zod';
-import type { adminSection } from '../config/admin.ts';
-import type { Db } from '../storage/db.ts';
-import type { AuditLog } from '../storage/audit.ts';
-import type { SimStore } from '../storage/sims.ts';
-import type { Registry } from 'prom-client';
+import swagger from '@fastify/swagger';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError } from 'fastify';
+import { Counter } from 'prom-client';
+import { TokenStore } from '../storage/tokens.ts';
+import { FailureLimiter } from './auth/failure-limiter.ts';
+import { installGuard } from './auth/guard.ts';
+import type { AdminContext } from './context.ts';
+import { maskingLoggerOptions, maskPath } from './mask.ts';
+import { startRetention } from './retention.ts';
+import { auditRoutes } from './routes/audit.ts';
+import { healthRoutes } from './routes/health.ts';
+import { imeiRoutes } from './routes/imei.ts';
+import { importRoutes } from './routes/import.ts';
+import { installerRoutes } from './routes/installer.ts';
+import { lookupRoutes } from './routes/lookup.ts';
+import { metaRoutes } from './routes/meta.ts';
+import { retentionRoutes } from './routes/retention.ts';
+import { simRoutes } from './routes/sims.ts';
+import { statsRoutes } from './routes/stats.ts';
+import { sharedSchemas } from './schemas.ts';
+import type { AdminConfig, AdminDeps } from './types.ts';
 
-export type AdminConfig = z.infer<typeof adminSection>;
-
-/** What the admin surface reads from and acts on in the running gateway. */
-export interface AdminDeps {
-  db: Db;
-  sims: SimStore;
-  audit: AuditLog;
-  metrics: Registry;
-  log: Logger;
-  /** True when the database is open and every listener is up. */
-  ready(): { ok: boolean; checks: Record<string, boolean> };
-}
+export type { AdminConfig, AdminDeps, UpstreamState } from './types.ts';
 
 export interface AdminServer {
   port: number;
   close(): Promise<void>;
 }
 
-/** Starts the admin server: health and metrics for now. */
+/**
+ * Starts the admin server on its own address: the admin API (bearer tokens with roles), the installer
+ * page, /metrics, health, the OpenAPI document, and the retention job.
+ */
 export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<AdminServer> {
-  const app = Fastify({ loggerInstance: deps.log, disableRequestLogging: true });
-  app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async (_req, reply) => {
-    const r = deps.ready();
-    return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks });
+  const log = deps.maskIdentifiers === false ? deps.log : deps.log.child({}, maskingLoggerOptions(true));
+  const app = Fastify({
+    // pino's Logger and fastify's base logger type differ only in generics; the instance is the same.
+    loggerInstance: log as FastifyBaseLogger,
+    // Request lines would carry IMSIs in URLs; failures are audited and errors logged (masked) instead.
+    logController: new LogController({ disableRequestLogging: true }),
+    // JSON bodies here are small; the CSV import streams and is not bound by this.
+    bodyLimit: 256 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array' } },
   });
-  app.get('/metrics', async (_req, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()));
-  await app.listen({ host: config.host, port: config.port });
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'simbridge admin API', version: '1', description: 'SIM registry, IMEI binding, audit log and fleet status. Bearer tokens: installer or operator.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+    },
+  });
+  for (const s of sharedSchemas) app.addSchema(s);
+
+  const tokens = deps.tokens ?? new TokenStore(deps.db);
+  const authFailures = new Counter({
+    name: 'simbridge_admin_auth_failures_total',
+    help: 'admin API requests refused for a missing or wrong token or too low a role',
+    labelNames: ['reason'] as const,
+    registers: [deps.metrics],
+  });
+  const retentionDeleted = new Counter({
+    name: 'simbridge_retention_deleted_rows_total',
+    help: 'rows deleted by the retention job, by table',
+    labelNames: ['table'] as const,
+    registers: [deps.metrics],
+  });
+  const routes = installGuard(app, {
+    tokens,
+    audit: deps.audit,
+    limiter: new FailureLimiter(config.auth.maxFailures, config.auth.failureWindowSeconds * 1000),
+    failures: authFailures,
+  });
+  const retention = startRetention(deps.db, config.retention, log.child({ job: 'retention' }), (table, n) => retentionDeleted.inc({ table }, n));
+  const ctx: AdminContext = { deps, config, tokens, routes, retention, log };
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    if (err.validation) return reply.code(400).send({ error: 'invalid_request', message: err.message });
+    if (err.statusCode && err.statusCode < 500) return reply.code(err.statusCode).send({ error: (err.code ?? 'bad_request').toLowerCase(), message: err.message });
+    log.error({ err, method: req.method, url: maskPath(req.url) }, 'admin request failed');
+    return reply.code(500).send({ error: 'internal', message: 'internal error; see the gateway log' });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
+
+  for (const plugin of [
+    healthRoutes(ctx),
+    metaRoutes(ctx),
+    installerRoutes(),
+    simRoutes(ctx),
+    imeiRoutes(ctx),
+    lookupRoutes(ctx),
+    importRoutes(ctx),
+    auditRoutes(ctx),
+    statsRoutes(ctx),
+    retentionRoutes(ctx),
+  ]) {
+    await app.register(plugin);
+  }
+
+  try {
+    await app.listen({ host: config.host, port: config.port });
+  } catch (err) {
+    retention.stop();
+    throw err;
+  }
   const address = app.server.address();
-  return { port: typeof address === 'object' && address ? address.port : config.port, close: () => app.close() };
+  return {
+    port: typeof address === 'object' && address ? address.port : config.port,
+    async close() {
+      retention.stop();
+      await app.close();
+    },
+  };
 }

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import type Database from 'better-sqlite3';
 
 export type SimStatus = 'active' | 'suspended' | 'terminated';
 
@@ -32,6 +33,60 @@ interface SimRow {
   created_at: number;
   last_seen_at: number | null;
 }
+
+/** Fleet listing filters; every one given must hold. */
+export interface SimFilter {
+  group?: string;
+  status?: SimStatus;
+  /** Bound to an IMEI (true) or not (false). */
+  bound?: boolean;
+  online?: boolean;
+  /** A tag that must be present with this value. */
+  tag?: { key: string; value: string };
+  /** Digits found anywhere in the IMSI, ICCID or MSISDN. */
+  q?: string;
+}
+
+export interface SimListItem extends Sim {
+  online: boolean;
+}
+
+/** Changes to one SIM; absent fields stay as they are. */
+export interface SimPatch {
+  group?: string;
+  tags?: Record<string, string>;
+  status?: SimStatus;
+  lockMode?: string | null;
+}
+
+/** One row of an import, already validated; absent optional fields leave the stored values alone. */
+export interface SimImportRow {
+  imsi: string;
+  group: string;
+  thingName: string;
+  iccid?: string;
+  msisdn?: string;
+  imei?: string;
+  tags?: Record<string, string>;
+}
+
+export type ImportOutcome =
+  | { result: 'created' | 'updated' | 'unchanged'; imeiBound?: { imei: string; previous: string | null } }
+  | { result: 'failed'; field: string; message: string };
+
+export type BindOutcome =
+  | { outcome: 'bound' | 'unchanged'; sim: Sim; previous: string | null }
+  | { outcome: 'conflict' | 'terminated'; sim: Sim }
+  | { outcome: 'not_found' };
+
+const sameTac = (a: string, b: string) => a.slice(0, 14) === b.slice(0, 14);
+
+// Online = the network holds a session for the SIM, or it sent something recently. Messages still in the
+// outbox count too, so a device is seen as online before last_seen_at is written; rows on $-topics are the
+// gateway's own (shadow updates), not the device's.
+const ONLINE_SQL = `(EXISTS (SELECT 1 FROM network_sessions n WHERE n.imsi = s.imsi)
+  OR coalesce(s.last_seen_at, 0) >= @onlineSince
+  OR EXISTS (SELECT 1 FROM outbox o WHERE o.imsi = s.imsi AND o.received_at >= @onlineSince AND o.device_topic NOT LIKE '$%'))`;
 
 function fromRow(r: SimRow): Sim {
   return {
@@ -110,4 +165,189 @@ export class SimStore {
   setStatus(imsi: string, status: SimStatus): boolean {
     return this.db.prepare('UPDATE sims SET status = ? WHERE imsi = ?').run(status, imsi).changes === 1;
   }
+
+  /**
+   * One page of SIMs matching the filter, in IMSI order; `after` is the last IMSI of the previous page
+   * (keyset paging: stable while SIMs are added, and no OFFSET scan). `onlineSince` is the oldest activity
+   * that still counts as online.
+   */
+  list(filter: SimFilter, page: { limit: number; after?: string; onlineSince: number }): { items: SimListItem[]; total: number; next: string | null } {
+    const where: string[] = [];
+    const args: Record<string, unknown> = { onlineSince: page.onlineSince };
+    if (filter.group !== undefined) (where.push('s.group_name = @group'), (args.group = filter.group));
+    if (filter.status !== undefined) (where.push('s.status = @status'), (args.status = filter.status));
+    if (filter.bound !== undefined) where.push(filter.bound ? 's.bound_imei IS NOT NULL' : 's.bound_imei IS NULL');
+    if (filter.online !== undefined) where.push(filter.online ? ONLINE_SQL : `NOT ${ONLINE_SQL}`);
+    if (filter.tag) {
+      where.push("json_extract(s.tags, '$.' || json_quote(@tagKey)) = @tagValue");
+      args.tagKey = filter.tag.key;
+      args.tagValue = filter.tag.value;
+    }
+    if (filter.q) {
+      where.push("(instr(s.imsi, @q) > 0 OR instr(coalesce(s.iccid, ''), @q) > 0 OR instr(coalesce(s.msisdn, ''), @q) > 0)");
+      args.q = filter.q;
+    }
+    const total = this.db.prepare(`SELECT count(*) FROM sims s ${where.length ? 'WHERE ' + where.join(' AND ') : ''}`).pluck().get(args) as number;
+    if (page.after !== undefined) (where.push('s.imsi > @after'), (args.after = page.after));
+    const rows = this.db
+      .prepare(`SELECT s.*, ${ONLINE_SQL} AS online FROM sims s ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY s.imsi LIMIT @limit`)
+      .all({ ...args, limit: page.limit + 1 }) as Array<SimRow & { online: number }>;
+    const more = rows.length > page.limit;
+    const items = rows.slice(0, page.limit).map((r) => ({ ...fromRow(r), online: r.online === 1 }));
+    return { items, total, next: more ? items.at(-1)!.imsi : null };
+  }
+
+  /** Counts per group and status, with how many are bound and online (see list for online). */
+  counts(onlineSince: number): Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }> {
+    return this.db
+      .prepare(
+        `SELECT s.group_name AS "group", s.status, count(*) AS total, count(s.bound_imei) AS bound, sum(${ONLINE_SQL}) AS online
+         FROM sims s GROUP BY s.group_name, s.status ORDER BY s.group_name, s.status`,
+      )
+      .all({ onlineSince }) as Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }>;
+  }
+
+  /** Whether a SIM counts as online (see list). */
+  isOnline(imsi: string, onlineSince: number): boolean {
+    return this.db.prepare(`SELECT ${ONLINE_SQL} FROM sims s WHERE s.imsi = @imsi`).pluck().get({ imsi, onlineSince }) === 1;
+  }
+
+  /**
+   * Finds SIMs from what an installer can read off a card: a whole IMSI or ICCID, or the last digits of
+   * the IMSI, ICCID or MSISDN. Exact matches come first.
+   */
+  search(digits: string, limit = 10): Sim[] {
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM sims WHERE imsi = @d OR iccid = @d OR substr(imsi, -length(@d)) = @d
+           OR substr(coalesce(iccid, ''), -length(@d)) = @d OR substr(coalesce(msisdn, ''), -length(@d)) = @d
+         ORDER BY (imsi = @d OR iccid = @d) DESC, imsi LIMIT @limit`,
+      )
+      .all({ d: digits, limit }) as SimRow[];
+    return rows.map(fromRow);
+  }
+
+  /** Applies a patch; returns the SIM as stored afterwards, or undefined if there is no such SIM. */
+  update(imsi: string, patch: SimPatch): Sim | undefined {
+    const sets: string[] = [];
+    const args: Record<string, unknown> = { imsi };
+    if (patch.group !== undefined) (sets.push('group_name = @group'), (args.group = patch.group));
+    if (patch.tags !== undefined) (sets.push('tags = @tags'), (args.tags = JSON.stringify(patch.tags)));
+    if (patch.status !== undefined) (sets.push('status = @status'), (args.status = patch.status));
+    if (patch.lockMode !== undefined) (sets.push('lock_mode = @lockMode'), (args.lockMode = patch.lockMode));
+    if (sets.length) this.db.prepare(`UPDATE sims SET ${sets.join(', ')} WHERE imsi = @imsi`).run(args);
+    return this.get(imsi);
+  }
+
+  /**
+   * Binds the IMEI unless the SIM is bound to another device (compared on TAC+SNR) and force is not set,
+   * or the SIM is terminated. Read and write happen in one transaction, so two installers cannot both win.
+   */
+  bindImeiChecked(imsi: string, imei: string, force: boolean): BindOutcome {
+    return this.db
+      .transaction((): BindOutcome => {
+        const sim = this.get(imsi);
+        if (!sim) return { outcome: 'not_found' };
+        if (sim.status === 'terminated') return { outcome: 'terminated', sim };
+        if (sim.boundImei && sameTac(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
+        if (sim.boundImei && !sameTac(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
+        this.db.prepare('UPDATE sims SET bound_imei = ? WHERE imsi = ?').run(imei, imsi);
+        return { outcome: 'bound', sim: { ...sim, boundImei: imei }, previous: sim.boundImei };
+      })
+      .immediate();
+  }
+
+  /**
+   * Creates or updates many SIMs in one transaction (the caller batches; one commit per row would cap an
+   * import at a few thousand rows a second). Re-importing the same rows changes nothing. Thing names are
+   * set on creation only: a vended certificate belongs to the thing it was made for.
+   */
+  upsertMany(
+    rows: SimImportRow[],
+    opts: { force: boolean; dryRun?: boolean; now?: number; onRow?(row: SimImportRow, outcome: ImportOutcome): void },
+  ): ImportOutcome[] {
+    const now = opts.now ?? Date.now();
+    const tx = this.db.transaction(() => {
+      const outcomes = rows.map((row) => {
+        const outcome = this.upsertOne(row, opts.force, now);
+        opts.onRow?.(row, outcome);
+        return outcome;
+      });
+      // A dry run does all the work, then rolls it back: the answers are exactly what a real run gives.
+      if (opts.dryRun) throw new DryRun(outcomes);
+      return outcomes;
+    });
+    try {
+      return tx.immediate();
+    } catch (err) {
+      if (err instanceof DryRun) return err.outcomes;
+      throw err;
+    }
+  }
+
+  private upsertOne(row: SimImportRow, force: boolean, now: number): ImportOutcome {
+    const st = this.importStatements();
+    if (row.iccid) {
+      const holder = st.byIccid.get(row.iccid) as string | undefined;
+      if (holder !== undefined && holder !== row.imsi) return { result: 'failed', field: 'iccid', message: `ICCID already belongs to SIM ${holder}` };
+    }
+    const existing = st.get.get(row.imsi) as SimRow | undefined;
+    if (!existing) {
+      try {
+        st.insert.run(row.imsi, row.iccid ?? null, row.msisdn ?? null, row.group, row.imei ?? null, row.thingName, JSON.stringify(row.tags ?? {}), now);
+      } catch (err) {
+        return { result: 'failed', field: 'imsi', message: constraintMessage(err) };
+      }
+      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined };
+    }
+    const cur = fromRow(existing);
+    if (row.imei && cur.boundImei && !sameTac(cur.boundImei, row.imei)) {
+      if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
+      if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
+    }
+    const next = {
+      iccid: row.iccid ?? cur.iccid,
+      msisdn: row.msisdn ?? cur.msisdn,
+      group: row.group,
+      // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
+      imei: row.imei && !(cur.boundImei && sameTac(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
+      tags: JSON.stringify(row.tags ?? cur.tags),
+    };
+    if (next.iccid === cur.iccid && next.msisdn === cur.msisdn && next.group === cur.group && next.imei === cur.boundImei && next.tags === existing.tags) {
+      return { result: 'unchanged' };
+    }
+    try {
+      st.update.run(next.iccid, next.msisdn, next.group, next.imei, next.tags, row.imsi);
+    } catch (err) {
+      return { result: 'failed', field: 'iccid', message: constraintMessage(err) };
+    }
+    return { result: 'updated', imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined };
+  }
+
+  private imports?: { get: Database.Statement; byIccid: Database.Statement; insert: Database.Statement; update: Database.Statement };
+
+  private importStatements() {
+    // Positional parameters: better-sqlite3 binds named ones noticeably slower, and imports are hot loops.
+    return (this.imports ??= {
+      get: this.db.prepare('SELECT * FROM sims WHERE imsi = ?'),
+      byIccid: this.db.prepare('SELECT imsi FROM sims WHERE iccid = ?').pluck(),
+      insert: this.db.prepare(
+        `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, created_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?)`,
+      ),
+      update: this.db.prepare('UPDATE sims SET iccid = ?, msisdn = ?, group_name = ?, bound_imei = ?, tags = ? WHERE imsi = ?'),
+    });
+  }
+}
+
+class DryRun extends Error {
+  constructor(readonly outcomes: ImportOutcome[]) {
+    super('dry run');
+  }
+}
+
+function constraintMessage(err: unknown): string {
+  const msg = (err as Error).message ?? String(err);
+  if (msg.includes('sims.thing_name')) return 'thing name already used by another SIM (check the vending.thingName template)';
+  if (msg.includes('sims.iccid')) return 'ICCID already belongs to another SIM';
+  return msg;
 }

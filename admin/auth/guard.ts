@@ -1,0 +1,98 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Counter } from 'prom-client';
+import type { AuditLog } from '../../storage/audit.ts';
+import type { Role, TokenStore } from '../../storage/tokens.ts';
+import type { FailureLimiter } from './failure-limiter.ts';
+
+/** Who may call a route: anyone (health, the installer page's files), or a token of at least this role. */
+export type Access = 'public' | Role;
+
+export interface Principal {
+  tokenId: string;
+  name: string;
+  role: Role;
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    access?: Access;
+  }
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+}
+
+export interface RouteAccess {
+  method: string;
+  url: string;
+  access: Access;
+}
+
+// operator can do everything an installer can.
+const rank: Record<Role, number> = { installer: 1, operator: 2 };
+export const allows = (have: Role, need: Role) => rank[have] >= rank[need];
+
+export interface GuardOptions {
+  tokens: TokenStore;
+  audit: AuditLog;
+  limiter: FailureLimiter;
+  failures: Counter<'reason'>;
+}
+
+/**
+ * Every route must declare `config.access`; one that does not fails at registration, so no route can be
+ * added unguarded. Returns the route table as registered (HEAD twins included), which /v1/routes serves
+ * and the tests walk.
+ */
+export function installGuard(app: FastifyInstance, opts: GuardOptions): RouteAccess[] {
+  const table: RouteAccess[] = [];
+  app.decorateRequest('principal', null);
+  app.addHook('onRoute', (route) => {
+    const access = route.config?.access;
+    if (!access) throw new Error(`admin route ${String(route.method)} ${route.url} declares no access (config.access)`);
+    for (const method of [route.method].flat()) table.push({ method, url: route.url!, access });
+  });
+  // onRequest runs before the body is read: an unauthenticated upload is never parsed.
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.is404) return;
+    const access = req.routeOptions.config.access;
+    if (access === 'public') return;
+    if (!access) return deny(reply, 403, 'forbidden', 'route has no access rule'); // unreachable: onRoute refuses such routes
+
+    const wait = opts.limiter.blockedFor(req.ip);
+    if (wait > 0) {
+      reply.header('retry-after', Math.ceil(wait / 1000));
+      return deny(reply, 429, 'too_many_failures', 'too many failed sign-ins from this address; try again later');
+    }
+    const presented = bearer(req);
+    const token = presented ? opts.tokens.verify(presented) : undefined;
+    if (!token) {
+      fail(req, presented ? 'unknown_token' : 'missing_token');
+      reply.header('www-authenticate', presented ? 'Bearer error="invalid_token"' : 'Bearer');
+      return deny(reply, 401, 'unauthorized', presented ? 'the token is not valid' : 'a bearer token is required');
+    }
+    if (!allows(token.role, access)) {
+      fail(req, 'insufficient_role', token.id);
+      return deny(reply, 403, 'forbidden', `this needs the ${access} role`);
+    }
+    req.principal = { tokenId: token.id, name: token.name, role: token.role };
+  });
+
+  function fail(req: FastifyRequest, reason: string, tokenId?: string): void {
+    opts.failures.inc({ reason });
+    const imsi = (req.params as { imsi?: string } | undefined)?.imsi;
+    const detail = { ip: req.ip, method: req.method, route: req.routeOptions.url, reason, ...(tokenId ? { token: tokenId } : {}) };
+    opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
+    if (opts.limiter.fail(req.ip)) opts.audit.record('admin_auth_throttled', null, { ip: req.ip });
+  }
+  return table;
+}
+
+function bearer(req: FastifyRequest): string | undefined {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  return m?.[1];
+}
+
+function deny(reply: FastifyReply, status: number, error: string, message: string) {
+  return reply.code(status).send({ error, message });
+}

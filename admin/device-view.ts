@@ -1,0 +1,142 @@
+import { RatType } from '../bridge/radius/dictionary.ts';
+import type { AuditLog } from '../storage/audit.ts';
+import type { Db } from '../storage/db.ts';
+import { NetworkSessions } from '../storage/network-sessions.ts';
+import type { SimStore } from '../storage/sims.ts';
+import { auditEventRef, iso, simRef } from './schemas.ts';
+import { simJson } from './sim-json.ts';
+import type { AdminDeps } from './types.ts';
+
+const nullableTime = { type: ['string', 'null'], format: 'date-time' } as const;
+
+/** Response schema of GET /v1/sims/:imsi. */
+export const deviceViewSchema = {
+  type: 'object',
+  required: ['sim', 'lock', 'network', 'certificate', 'upstream', 'outbox', 'online', 'recentEvents'],
+  properties: {
+    sim: simRef,
+    lock: {
+      type: 'object',
+      properties: {
+        mode: { type: 'string', description: 'effective IMEI lock mode' },
+        from: { type: 'string', enum: ['sim', 'group'] },
+        boundImei: { type: ['string', 'null'] },
+      },
+    },
+    network: {
+      type: 'array',
+      description: 'sessions the mobile network reports for the SIM (RADIUS accounting), newest first',
+      items: {
+        type: 'object',
+        properties: {
+          ip: { type: 'string' },
+          imei: { type: ['string', 'null'] },
+          ratType: { type: ['integer', 'null'] },
+          rat: { type: ['string', 'null'] },
+          since: { type: 'string', format: 'date-time' },
+          updatedAt: { type: 'string', format: 'date-time' },
+        },
+      },
+    },
+    certificate: {
+      type: 'object',
+      properties: {
+        state: { type: 'string', enum: ['none', 'vending', 'ready', 'retired'] },
+        step: { type: ['string', 'null'] },
+        certificateId: { type: ['string', 'null'] },
+        notAfter: nullableTime,
+        lastError: { type: ['string', 'null'] },
+        attempts: { type: 'integer' },
+        updatedAt: nullableTime,
+        generations: { type: 'integer', description: 'certificates this SIM has had' },
+      },
+    },
+    upstream: {
+      type: 'object',
+      properties: { state: { type: 'string' }, since: nullableTime, detail: { type: ['string', 'null'] } },
+    },
+    outbox: {
+      type: 'object',
+      properties: { depth: { type: 'integer' }, oldestReceivedAt: nullableTime },
+    },
+    connected: { type: ['boolean', 'null'], description: 'holds a device connection now; null when the gateway does not say' },
+    online: { type: 'boolean', description: 'a network session, a connection, or a message within admin.onlineWindowSeconds' },
+    lastMessageAt: nullableTime,
+    recentEvents: { type: 'array', items: auditEventRef },
+  },
+} as const;
+
+interface CredentialRaw {
+  step: string;
+  cert_id: string | null;
+  last_error: string | null;
+  attempts: number;
+  updated_at: number;
+  not_after?: number | null;
+}
+
+export interface DeviceViewDeps extends Pick<AdminDeps, 'groups' | 'upstreamState' | 'connected'> {
+  db: Db;
+  sims: SimStore;
+  audit: AuditLog;
+  onlineWindowMs: number;
+}
+
+/** Everything known about one device, read fresh: identity, lock, network, certificate, upstream, queue. */
+export function deviceView(imsi: string, deps: DeviceViewDeps) {
+  const sim = deps.sims.get(imsi);
+  if (!sim) return undefined;
+  const { db } = deps;
+  const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
+  const sessions = new NetworkSessions(db).byImsi(imsi);
+  // Rows on $-topics are the gateway's own (shadow updates): they are queued, but the device sent nothing.
+  const outbox = db
+    .prepare(
+      `SELECT count(*) AS depth, min(received_at) AS oldest, max(CASE WHEN device_topic NOT LIKE '$%' THEN received_at END) AS newest
+       FROM outbox WHERE imsi = ?`,
+    )
+    .get(imsi) as {
+    depth: number;
+    oldest: number | null;
+    newest: number | null;
+  };
+  // rowid order works across credential table versions (one row per SIM, or one per certificate).
+  const creds = db.prepare('SELECT * FROM credentials WHERE imsi = ? ORDER BY rowid DESC').all(imsi) as CredentialRaw[];
+  const current = creds.find((c) => c.step === 'ready') ?? creds[0];
+  const upstream = deps.upstreamState?.(sim.thingName);
+  const connected = deps.connected ? deps.connected(imsi) : null;
+  // last_seen_at is the gateway's word; a message still queued proves contact even before that is written.
+  const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newest ?? 0) || null;
+  const online = connected === true || sessions.length > 0 || (lastMessageAt !== null && lastMessageAt >= Date.now() - deps.onlineWindowMs);
+
+  return {
+    sim: simJson(sim),
+    lock: { mode: sim.lockMode ?? groupLock, from: sim.lockMode ? 'sim' : 'group', boundImei: sim.boundImei },
+    network: sessions.map((s) => ({
+      ip: s.ip,
+      imei: s.imei,
+      ratType: s.ratType,
+      rat: s.ratType === null ? null : (RatType[s.ratType] ?? null),
+      since: iso(s.startedAt)!,
+      updatedAt: iso(s.updatedAt)!,
+    })),
+    certificate: current
+      ? {
+          state: current.step === 'ready' ? 'ready' : current.step.startsWith('retir') ? 'retired' : 'vending',
+          step: current.step,
+          certificateId: current.cert_id,
+          notAfter: iso(current.not_after),
+          lastError: current.last_error,
+          attempts: current.attempts,
+          updatedAt: iso(current.updated_at),
+          generations: creds.length,
+        }
+      : { state: 'none', step: null, certificateId: null, notAfter: null, lastError: null, attempts: 0, updatedAt: null, generations: 0 },
+    upstream: upstream ? { state: upstream.state, since: iso(upstream.since), detail: upstream.detail ?? null } : { state: 'unknown', since: null, detail: null },
+    outbox: { depth: outbox.depth, oldestReceivedAt: iso(outbox.oldest) },
+    connected,
+    online,
+    lastMessageAt: iso(lastMessageAt),
+    recentEvents: deps.audit.query({ imsi, limit: 20 }).map((e) => ({ ...e, at: iso(e.at)! })),
+  };
+}

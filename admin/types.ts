@@ -1,0 +1,47 @@
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { z } from 'zod';
+import type { adminSection } from '../config/admin.ts';
+import type { LockMode } from '../config/schema.ts';
+import type { AuditLog } from '../storage/audit.ts';
+import type { Db } from '../storage/db.ts';
+import type { SimStore } from '../storage/sims.ts';
+import type { TokenStore } from '../storage/tokens.ts';
+
+export type AdminConfig = z.infer<typeof adminSection>;
+
+/** Where a device's upstream session (its MQTT connection to IoT Core) stands, as the gateway knows it. */
+export interface UpstreamState {
+  /** e.g. connected, connecting, backoff, closed */
+  state: string;
+  /** ms since epoch when it entered that state */
+  since?: number;
+  detail?: string;
+}
+
+/** What the admin surface reads from and acts on in the running gateway. */
+export interface AdminDeps {
+  db: Db;
+  sims: SimStore;
+  audit: AuditLog;
+  metrics: Registry;
+  log: Logger;
+  /** True when the database is open and every listener is up. */
+  ready(): { ok: boolean; checks: Record<string, boolean> };
+  /** The configured SIM groups and their IMEI lock mode (functions: the configuration may reload). */
+  groups(): Record<string, { lock: LockMode }>;
+  /** Group of SIMs imported or created without one. */
+  defaultGroup(): string;
+  /** Thing name of a new SIM (config vending.thingName). */
+  thingName(imsi: string, group: string): string;
+  /** Tokens; defaults to a TokenStore over db. */
+  tokens?: TokenStore;
+  /** Revokes the SIM's certificate (deactivates it in IoT Core); called when a SIM is terminated. */
+  revoke?(imsi: string, reason: string): Promise<void>;
+  /** The device's upstream session, by thing name. */
+  upstreamState?(thing: string): UpstreamState | undefined;
+  /** True while the device holds a connection to a device listener. */
+  connected?(imsi: string): boolean;
+  /** Mask identifiers in the admin server's own logs (config privacy.maskIdentifiers); default true. */
+  maskIdentifiers?: boolean;
+}
