@@ -70,10 +70,10 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 }
 
 async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
-  const metrics = createMetrics();
   const sims = new SimStore(db);
   const audit = new AuditLog(db);
   const outbox = new Outbox(db, config.storage.commitMaxRows);
+  const metrics = createMetrics(() => outbox.byGroup());
   // A SIM whose group was removed from the config falls back to the default group.
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;

@@ -1,9 +1,38 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** Outbox depth and age per group, read when scraped. */
+export interface OutboxByGroup {
+  group: string;
+  rows: number;
+  bytes: number;
+  oldestReceivedAt: number | null;
+}
+
 /** The gateway's Prometheus metrics, one registry per gateway instance. */
-export function createMetrics() {
+export function createMetrics(outboxByGroup: () => OutboxByGroup[] = () => []) {
   const registry = new Registry();
   return {
+    outboxMessages: new Gauge({
+      name: 'simbridge_outbox_messages',
+      help: 'messages waiting in the outbox, by group',
+      labelNames: ['group'] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const g of outboxByGroup()) this.set({ group: g.group }, g.rows);
+      },
+    }),
+    outboxOldestAge: new Gauge({
+      name: 'simbridge_outbox_oldest_age_seconds',
+      help: 'age of the oldest message waiting in the outbox, by group',
+      labelNames: ['group'] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const g of outboxByGroup()) if (g.oldestReceivedAt !== null) this.set({ group: g.group }, (now - g.oldestReceivedAt) / 1000);
+      },
+    }),
     registry,
     ingress: new Counter({
       name: 'simbridge_ingress_messages_total',

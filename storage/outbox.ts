@@ -176,10 +176,13 @@ export class Outbox {
     return [...this.perSim.keys()];
   }
 
-  depth(): { rows: number; bytes: number; oldestReceivedAt: number | null } {
-    const r = this.db
-      .prepare('SELECT COUNT(*) AS rows, COALESCE(SUM(LENGTH(payload)), 0) AS bytes, MIN(received_at) AS oldest FROM outbox')
-      .get() as { rows: number; bytes: number; oldest: number | null };
-    return { rows: r.rows, bytes: r.bytes, oldestReceivedAt: r.oldest };
+  /** Depth, bytes and oldest message per SIM group. */
+  byGroup(): Array<{ group: string; rows: number; bytes: number; oldestReceivedAt: number | null }> {
+    return this.db
+      .prepare(
+        `SELECT s.group_name AS "group", COUNT(*) AS rows, SUM(LENGTH(o.payload)) AS bytes, MIN(o.received_at) AS oldestReceivedAt
+         FROM outbox o JOIN sims s ON s.imsi = o.imsi GROUP BY s.group_name`,
+      )
+      .all() as Array<{ group: string; rows: number; bytes: number; oldestReceivedAt: number | null }>;
   }
 }

@@ -26,6 +26,9 @@ function downlinkJson(m: HeldMessage) {
   return { topic: m.topic, payload: isText ? text : m.payload.toString('base64'), encoding: isText ? 'utf8' : 'base64', qos: m.qos, receivedAt: new Date(m.receivedAt).toISOString() };
 }
 
+/** Seconds a device is told to wait when the gateway cannot take its message now. */
+const RETRY_AFTER_S = 30;
+
 // Identity refusals not listed here are 403.
 const refusalStatus: Record<string, number> = {
   invalid_imsi: 400,
@@ -38,6 +41,7 @@ const refusalStatus: Record<string, number> = {
   topic_too_long: 400,
   topic_too_deep: 400,
   payload_too_large: 413,
+  outbox_full: 503,
   storage_unavailable: 503,
 };
 
@@ -119,7 +123,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
       return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device) });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
-      if (err.reason === 'storage_unavailable') reply.header('retry-after', '5');
+      if (refusalStatus[err.reason] === 503) reply.header('retry-after', String(RETRY_AFTER_S));
       return reply.code(refusalStatus[err.reason] ?? 400).send({ error: err.reason, message: err.message });
     }
   });

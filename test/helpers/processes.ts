@@ -115,6 +115,8 @@ export async function gatewayConfig(
     limits?: Record<string, unknown>;
     upstream?: Record<string, unknown>;
     vending?: Record<string, unknown>;
+    storage?: Record<string, unknown>;
+    shutdown?: Record<string, unknown>;
     groups?: Record<string, unknown>;
     listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown> };
     radius?: Record<string, unknown>;
@@ -133,6 +135,8 @@ export async function gatewayConfig(
     ...(extra.groups ? { groups: extra.groups } : {}),
     ...(extra.radius ? { radius: { host: '127.0.0.1', port: 0, ...extra.radius } } : {}),
     ...(extra.identity ? { identity: extra.identity } : {}),
+    ...(extra.storage ? { storage: extra.storage } : {}),
+    ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },
     upstream: {
       endpoint: 'localhost',

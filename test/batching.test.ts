@@ -1,0 +1,160 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import mqtt from 'mqtt';
+import { parse, stringify } from 'yaml';
+import { afterAll, describe, expect, it } from 'vitest';
+import { decodeBatch } from '../docs/examples/decode-batch.mjs';
+import { closed, connectDevice, deviceOptions, Observer, type Received } from './helpers/mqtt.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir } from './helpers/processes.ts';
+
+const IMEI = '490154203237518';
+
+function post(port: number, imsi: string, topic: string, body: string) {
+  return fetch(`http://127.0.0.1:${port}/topics/${topic}?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body });
+}
+
+/** Every reading that reached upstream for a device, batched or not, in arrival order. */
+function readings(messages: Received[], thing: string): string[] {
+  const out: string[] = [];
+  for (const m of messages) {
+    if (m.topic === `devices/${thing}/batch`) {
+      for (const r of decodeBatch(m.payload)) out.push(typeof r.payload === 'object' && !Buffer.isBuffer(r.payload) ? JSON.stringify(r.payload) : String(r.payload));
+    } else if (m.topic.startsWith(`devices/${thing}/`)) out.push(m.payload.toString());
+  }
+  return out;
+}
+
+const batchesOf = (messages: Received[], thing: string) => messages.filter((m) => m.topic === `devices/${thing}/batch`).map((m) => decodeBatch(m.payload));
+
+describe('batching for sleepy senders', () => {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterAll(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  });
+
+  it('window: packs readings into batches of maxMessages, the rest after maxDelay, in order', async () => {
+    const dir = tempDir('batch-window');
+    const sandbox = await startSandboxProcess(dir);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { groups: { default: { batching: { policy: 'window', maxMessages: 5, maxDelayMs: 1500 } } } })).file);
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+    const imsi = '001010000000911';
+    const sent = Array.from({ length: 12 }, (_, i) => JSON.stringify({ reading: i }));
+    for (const body of sent) expect((await post(gateway.httpPort, imsi, 'meter', body)).status).toBe(202);
+    await observer.waitUntil((m) => readings(m, `sim-${imsi}`).length >= 12, 20_000);
+    expect(readings(observer.messages, `sim-${imsi}`)).toEqual(sent);
+    expect(batchesOf(observer.messages, `sim-${imsi}`).map((b) => b.length)).toEqual([5, 5, 2]);
+  });
+
+  it('hot reload mid-stream changes the batching without loss or duplicates; a broken file keeps the running config', async () => {
+    const dir = tempDir('batch-reload');
+    const sandbox = await startSandboxProcess(dir);
+    const cfg = await gatewayConfig(dir, sandbox);
+    const config = parse(readFileSync(cfg.file, 'utf8'));
+    config.log.level = 'info'; // the reload is reported at info
+    writeFileSync(cfg.file, stringify(config));
+    const gateway = await startGatewayProcess(cfg.file);
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+    const imsi = '001010000000921';
+    const thing = `sim-${imsi}`;
+    const sent: string[] = [];
+    const send = async (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const body = `r${String(sent.length).padStart(3, '0')}`;
+        expect((await post(gateway.httpPort, imsi, 'meter', body)).status).toBe(202);
+        sent.push(body);
+      }
+    };
+    await send(10); // immediate
+    await observer.waitUntil((m) => readings(m, thing).length >= 10); // queued ones would take the new policy
+    config.groups = { default: { batching: { policy: 'window', maxMessages: 10, maxDelayMs: 1000 } } };
+    writeFileSync(cfg.file, stringify(config));
+    await gateway.waitFor('configuration reloaded', 10_000);
+    await send(20); // now batched
+    writeFileSync(cfg.file, 'groups:\n  default:\n    batching:\n      policy: sometimes\n');
+    await gateway.waitFor('configuration not reloaded', 10_000);
+    expect(gateway.output).toContain('groups.default.batching.policy');
+    await send(10); // still batched: the running config stayed
+    await observer.waitUntil((m) => readings(m, thing).length >= sent.length, 20_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(readings(observer.messages, thing)).toEqual(sent);
+    const batches = batchesOf(observer.messages, thing);
+    expect(batches.map((b) => b.length)).toEqual([10, 10, 10]);
+    expect(observer.messages.filter((m) => m.topic === `devices/${thing}/meter`)).toHaveLength(10);
+  });
+
+  it('SIGTERM sends open batches before exiting; SIGKILL loses nothing acknowledged', async () => {
+    const dir = tempDir('batch-term');
+    const sandbox = await startSandboxProcess(dir);
+    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { batching: { policy: 'window', maxMessages: 100, maxDelayMs: 3600_000 } } } });
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => sandbox.process.kill());
+    const imsi = '001010000000931';
+    let gateway = await startGatewayProcess(cfg.file);
+    for (const b of ['t1', 't2', 't3']) expect((await post(gateway.httpPort, imsi, 'meter', b)).status).toBe(202);
+    await new Promise((r) => setTimeout(r, 1000)); // vended, session up, batch open
+    expect(readings(observer.messages, `sim-${imsi}`)).toEqual([]);
+    expect(await gateway.kill('SIGTERM')).toBe(0);
+    await observer.waitUntil((m) => readings(m, `sim-${imsi}`).length >= 3, 10_000);
+    expect(readings(observer.messages, `sim-${imsi}`)).toEqual(['t1', 't2', 't3']);
+
+    gateway = await startGatewayProcess(cfg.file);
+    for (const b of ['k1', 'k2']) expect((await post(gateway.httpPort, imsi, 'meter', b)).status).toBe(202);
+    await gateway.kill('SIGKILL');
+    const config = parse(readFileSync(cfg.file, 'utf8'));
+    config.groups.default.batching.maxDelayMs = 500;
+    writeFileSync(cfg.file, stringify(config));
+    gateway = await startGatewayProcess(cfg.file);
+    cleanups.push(() => gateway.kill());
+    await observer.waitUntil((m) => readings(m, `sim-${imsi}`).length >= 5, 15_000);
+    expect(readings(observer.messages, `sim-${imsi}`)).toEqual(['t1', 't2', 't3', 'k1', 'k2']);
+  });
+
+  it('a full outbox refuses new messages (reject-new) or drops the device\'s oldest (drop-oldest), visibly', async () => {
+    const dir = tempDir('batch-quota');
+    const sandbox = await startSandboxProcess(dir);
+    // Upstream unreachable: messages stay in the outbox.
+    const gateway = await startGatewayProcess(
+      (
+        await gatewayConfig(dir, sandbox, {
+          upstreamPort: 1,
+          storage: { outbox: { perDeviceMaxRows: 3 } },
+          groups: { default: { overflow: 'reject-new' }, lossy: { overflow: 'drop-oldest' } },
+        })
+      ).file,
+    );
+    cleanups.push(() => gateway.kill(), () => sandbox.process.kill());
+    const strict = '001010000000941';
+    for (let i = 0; i < 3; i++) expect((await post(gateway.httpPort, strict, 'm', `s${i}`)).status).toBe(202);
+    const refused = await post(gateway.httpPort, strict, 'm', 's3');
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get('retry-after')).toBeTruthy();
+    expect(await refused.json()).toMatchObject({ error: 'outbox_full' });
+    // MQTT 3.1.1 has no PUBACK reason code: the connection is closed instead of acknowledging.
+    const { client } = await connectDevice(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions(strict, IMEI));
+    const wasClosed = closed(client);
+    client.publish('m', 's4', { qos: 1 });
+    await wasClosed;
+    client.end(true);
+
+    const lossy = '001010000000942';
+    const db = new Database(join(dir, 'gateway', 'simbridge.db'));
+    db.prepare("INSERT INTO sims (imsi, group_name, thing_name, created_at) VALUES (?, 'lossy', ?, ?)").run(lossy, `sim-${lossy}`, Date.now());
+    db.close();
+    for (let i = 0; i < 5; i++) expect((await post(gateway.httpPort, lossy, 'm', `l${i}`)).status).toBe(202);
+    const ro = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+    const left = ro.prepare('SELECT payload FROM outbox WHERE imsi = ? ORDER BY id').all(lossy).map((r) => String((r as { payload: Buffer }).payload));
+    const dropped = ro.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'message_dropped' ORDER BY id").all(lossy) as Array<{ detail: string }>;
+    const strictLeft = ro.prepare('SELECT COUNT(*) FROM outbox WHERE imsi = ?').pluck().get(strict);
+    ro.close();
+    expect(left).toEqual(['l2', 'l3', 'l4']);
+    expect(dropped).toHaveLength(2);
+    expect(strictLeft).toBe(3);
+    await new Promise((r) => setTimeout(r, 100));
+    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    expect(metrics).toMatch(/simbridge_messages_dropped_total\{group="lossy",reason="outbox_full"\} 2/);
+    expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="outbox_full"\} 1/);
+  });
+});
