@@ -59,8 +59,6 @@ export class Dispatcher {
   private readonly timers = new Map<string, NodeJS.Timeout>();
   /** Per group: rows received up to this time are due now (a schedule fired). */
   private readonly released = new Map<string, number>();
-  private readonly acked: OutboxMessage[] = [];
-  private flushAckScheduled = false;
   /** While flushing (shutdown), every open batch is due. */
   private flushing = false;
   private stopped = false;
@@ -114,7 +112,6 @@ export class Dispatcher {
     this.timers.clear();
     const all = Promise.allSettled([...this.active.values()].map((s) => s.done));
     await Promise.race([all, new Promise((r) => setTimeout(r, graceMs).unref())]);
-    this.flushAcks();
   }
 
   private async pump(imsi: string, state: { again: boolean }): Promise<void> {
@@ -133,7 +130,7 @@ export class Dispatcher {
         delay = this.opts.retryDelayMs;
         if (!state.again) break;
       } catch (err) {
-        // Resend whatever is left, from the oldest row (drain has already deleted what was acked).
+        // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
         cursor.lastId = 0;
         if (this.stopped) return;
         this.opts.log.warn({ thing: sim.thingName, err: String((err as Error)?.message ?? err) }, 'upstream delivery failed; will retry');
@@ -200,6 +197,11 @@ export class Dispatcher {
     while (failure === undefined && !this.stopped) {
       // A suspect goes alone, so a refusal is pinned on the right unit.
       const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
+      // Refill the window in chunks, not one read per acknowledgement.
+      if (inflight.size > 0 && inflight.size > window / 2) {
+        await Promise.race(inflight.values());
+        continue;
+      }
       const { units, waitMs } = this.nextUnits(sim, cursor.lastId, window - inflight.size);
       if (units.length === 0) {
         if (inflight.size === 0) {
@@ -217,7 +219,7 @@ export class Dispatcher {
           .then(
             () => {
               this.count(sim, unit);
-              for (const row of unit.rows) this.ack(row);
+              this.opts.outbox.remove(unit.rows);
               if (cursor.suspect === first) {
                 cursor.suspect = undefined;
                 this.attempts.delete(first);
@@ -239,8 +241,6 @@ export class Dispatcher {
       if (inflight.size >= window) await Promise.race(inflight.values());
     }
     await Promise.allSettled(inflight.values());
-    // Delete what was acked before anyone peeks again, or it would be sent twice.
-    this.flushAcks();
     if (failure !== undefined) throw failure;
   }
 
@@ -250,25 +250,5 @@ export class Dispatcher {
     // IoT Core bills messages in 5 KB units of payload and topic.
     metrics.billedUnits.inc({ group: sim.group }, Math.ceil((unit.payload.length + Buffer.byteLength(unit.topic)) / BILLING_UNIT));
     metrics.batchSize.observe({ group: sim.group }, unit.rows.length);
-  }
-
-  /** Deletes acknowledged rows in one transaction per event-loop turn. */
-  private ack(row: OutboxMessage): void {
-    this.acked.push(row);
-    if (!this.flushAckScheduled) {
-      this.flushAckScheduled = true;
-      setImmediate(() => this.flushAcks());
-    }
-  }
-
-  private flushAcks(): void {
-    this.flushAckScheduled = false;
-    const rows = this.acked.splice(0);
-    try {
-      this.opts.outbox.remove(rows);
-    } catch (err) {
-      // The rows stay and will be sent again: a duplicate, never a loss.
-      this.opts.log.error({ err: String(err) }, 'could not delete delivered rows');
-    }
   }
 }

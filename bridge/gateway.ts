@@ -261,6 +261,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         await dispatcher.flush(config.shutdown.flushDeadlineMs);
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);
+        outbox.flush();
         await pool.closeAll();
         db.close();
       })();

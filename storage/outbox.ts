@@ -32,6 +32,8 @@ export interface Usage {
 
 export class Outbox {
   private pending: Pending[] = [];
+  /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
+  private delivered = new Map<number, OutboxMessage>();
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
@@ -80,10 +82,7 @@ export class Outbox {
     return new Promise((resolve, reject) => {
       this.pending.push({ msg, resolve, reject });
       if (this.pending.length >= this.maxRows) this.flush();
-      else if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => this.flush());
-      }
+      else this.scheduleFlush();
     });
   }
 
@@ -99,22 +98,31 @@ export class Outbox {
     this.committedListeners.push(listener);
   }
 
-  /** Commits what is pending now (also used at shutdown). */
+  /**
+   * Commits what is pending now, new rows and deletes of delivered ones in one transaction: one fsync
+   * per event-loop turn however busy (also used at shutdown).
+   */
   flush(): void {
     this.flushScheduled = false;
     const batch = this.pending;
-    if (batch.length === 0) return;
+    const delivered = [...this.delivered.values()];
+    if (batch.length === 0 && delivered.length === 0) return;
     this.pending = [];
     let ids: number[];
+    let gone: OutboxMessage[] = [];
     try {
       ids = this.db.transaction(() => {
         const inserted = batch.map(({ msg }) =>
           Number(this.insertStmt.run(msg.imsi, msg.deviceTopic, msg.payload, msg.qos, msg.receivedAt).lastInsertRowid),
         );
         this.markSeen(batch);
+        gone = delivered.filter((r) => this.deleteStmt.run(r.id).changes === 1);
         return inserted;
       })();
+      for (const r of delivered) this.delivered.delete(r.id);
+      for (const r of gone) this.account(r.imsi, -1, -r.payload.length);
     } catch (err) {
+      // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
       for (const p of batch) {
         this.account(p.msg.imsi, -1, -p.msg.payload.length);
         p.reject(err as Error);
@@ -126,19 +134,32 @@ export class Outbox {
     for (const listener of this.committedListeners) listener(imsis);
   }
 
-  /** The oldest messages of one SIM after a given id, in order. */
+  /** The oldest undelivered messages of one SIM after a given id, in order. */
   peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
-    const rows = this.peekStmt.all(imsi, afterId, limit) as Array<{
+    const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
       id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number;
     }>;
-    return rows.map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at }));
+    return rows
+      .filter((r) => !this.delivered.has(r.id))
+      .slice(0, limit)
+      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at }));
   }
 
-  /** Removes delivered rows (a row already gone, e.g. dropped meanwhile, is skipped). */
+  /**
+   * Marks rows delivered: they are deleted with the next commit and never peeked again. A row already
+   * gone (dropped meanwhile) is skipped.
+   */
   remove(rows: OutboxMessage[]): void {
     if (rows.length === 0) return;
-    const gone = this.db.transaction(() => rows.filter((r) => this.deleteStmt.run(r.id).changes === 1))();
-    for (const r of gone) this.account(r.imsi, -1, -r.payload.length);
+    for (const r of rows) this.delivered.set(r.id, r);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
   /** Moves a row to the dead letters with the reason it can never be delivered. */
