@@ -10,6 +10,7 @@ const base = (a: Account) => `arn:aws:iot:${a.region}:${a.accountId}`;
 
 export const certArn = (a: Account, certificateId: string) => `${base(a)}:cert/${certificateId}`;
 export const thingArn = (a: Account, thingName: string) => `${base(a)}:thing/${thingName}`;
+export const thingGroupArn = (a: Account, groupName: string) => `${base(a)}:thinggroup/${groupName}`;
 export const policyArn = (a: Account, policyName: string) => `${base(a)}:policy/${policyName}`;
 export const clientArn = (a: Account, clientId: string) => `${base(a)}:client/${clientId}`;
 export const topicArn = (a: Account, topic: string) => `${base(a)}:topic/${topic}`;

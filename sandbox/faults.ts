@@ -1,7 +1,8 @@
 // Fault injection for the control plane, so vending can be tested against the
 // failures AWS really produces: per-API TPS quotas (token buckets, like IoT
 // Core's), random throttling and internal failures, scripted "next N calls
-// fail", and added latency. Everything defaults off.
+// fail", added latency, and answers held back after the change is made (a
+// caller that dies then never learns of it). Everything defaults off.
 import { z } from 'zod';
 import { type AwsError, internalFailure, throttled } from './errors.ts';
 
@@ -15,7 +16,9 @@ export const faultConfigSchema = z
     failureRate: z.number().min(0).max(1),
     /** Delay added before every request is handled. */
     latencyMs: z.number().int().min(0).max(60_000),
-    /** Limits throttleRate, failureRate and latencyMs to these operations; null = all. */
+    /** Delay between handling a request and answering it: the change is made, the caller does not know yet. */
+    answerDelayMs: z.number().int().min(0).max(60_000),
+    /** Limits throttleRate, failureRate, latencyMs and answerDelayMs to these operations; null = all. */
     operations: z.array(z.string()).nullable(),
     /** Per-operation quota in requests per second (burst = one second's worth), e.g. { CreateCertificateFromCsr: 15 }. */
     tps: z.record(z.string(), z.number().positive()),
@@ -38,6 +41,8 @@ export interface FaultStats {
 
 export interface FaultDecision {
   delayMs: number;
+  /** Hold the answer this long after handling (absent = 0). */
+  answerDelayMs?: number;
   /** The error to answer instead of handling the request, if any. */
   error?: AwsError;
 }
@@ -46,6 +51,7 @@ const defaults = (): FaultConfig => ({
   throttleRate: 0,
   failureRate: 0,
   latencyMs: 0,
+  answerDelayMs: 0,
   operations: null,
   tps: {},
   throttleNext: {},
@@ -104,6 +110,7 @@ export class FaultInjector {
     bump(this.counters.requests, operation);
     const targeted = this.cfg.operations === null || this.cfg.operations.includes(operation);
     const delayMs = targeted ? this.cfg.latencyMs : 0;
+    const answerDelayMs = targeted && this.cfg.answerDelayMs > 0 ? this.cfg.answerDelayMs : undefined;
 
     if (!this.takeToken(operation) || this.scripted(this.cfg.throttleNext, operation) || (targeted && this.roll(this.cfg.throttleRate))) {
       bump(this.counters.throttled, operation);
@@ -113,7 +120,7 @@ export class FaultInjector {
       bump(this.counters.failed, operation);
       return { delayMs, error: internalFailure('An unexpected error has occurred (sandbox fault injection)') };
     }
-    return { delayMs };
+    return answerDelayMs ? { delayMs, answerDelayMs } : { delayMs };
   }
 
   private takeToken(operation: string): boolean {

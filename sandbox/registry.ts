@@ -5,7 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type { IssuedCertificate } from './ca.ts';
-import { type Account, certArn, certIdFromArn, policyArn, thingArn } from './arn.ts';
+import { type Account, certArn, certIdFromArn, policyArn, thingArn, thingGroupArn } from './arn.ts';
 import {
   alreadyExists,
   certificateState,
@@ -45,6 +45,13 @@ export interface ThingRecord {
   creationDate: number;
 }
 
+export interface ThingGroupRecord {
+  thingGroupName: string;
+  thingGroupArn: string;
+  thingGroupId: string;
+  creationDate: number;
+}
+
 export interface PolicyRecord {
   policyName: string;
   policyArn: string;
@@ -69,6 +76,8 @@ const THING = 'thing';
 const POLICY = 'policy';
 const POLICY_TARGET = 'policyTarget';
 const THING_PRINCIPAL = 'thingPrincipal';
+const THING_GROUP = 'thingGroup';
+const GROUP_MEMBER = 'thingGroupMember';
 
 /** A link between two names, indexed both ways. */
 class Links {
@@ -109,6 +118,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private readonly policyTargets = new Links();
   /** thingName ↔ principal ARN */
   private readonly thingPrincipals = new Links();
+  private readonly thingGroups: Map<string, ThingGroupRecord>;
+  /** thingGroupName ↔ thingName */
+  private readonly groupMembers = new Links();
 
   constructor(file: string, account: Account) {
     super();
@@ -125,6 +137,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
     for (const v of this.journal.table(THING_PRINCIPAL).values()) {
       const { thingName, principal } = v as { thingName: string; principal: string };
       this.thingPrincipals.add(thingName, principal);
+    }
+    this.thingGroups = this.journal.table(THING_GROUP) as Map<string, ThingGroupRecord>;
+    for (const v of this.journal.table(GROUP_MEMBER).values()) {
+      const { thingGroupName, thingName } = v as { thingGroupName: string; thingName: string };
+      this.groupMembers.add(thingGroupName, thingName);
     }
   }
 
@@ -255,7 +272,36 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.thingPrincipals.rightsOf(thingName).length > 0) {
       throw invalidRequest(`Cannot delete. Thing ${thingName} is still attached to one or more principals`);
     }
+    for (const group of this.groupMembers.leftsOf(thingName)) {
+      this.groupMembers.remove(group, thingName);
+      this.journal.put(GROUP_MEMBER, `${group}\n${thingName}`, undefined);
+    }
     this.journal.put(THING, thingName, undefined);
+  }
+
+  // ---- thing groups (static groups without properties, hierarchy or dynamic membership) ----
+
+  /** Creating a group that exists returns it, as on AWS when nothing would change. */
+  createThingGroup(thingGroupName: string): ThingGroupRecord {
+    checkThingName(thingGroupName);
+    const existing = this.thingGroups.get(thingGroupName);
+    if (existing) return existing;
+    const rec: ThingGroupRecord = {
+      thingGroupName,
+      thingGroupArn: thingGroupArn(this.account, thingGroupName),
+      thingGroupId: randomUUID(),
+      creationDate: Date.now(),
+    };
+    this.journal.put(THING_GROUP, thingGroupName, rec);
+    return rec;
+  }
+
+  addThingToThingGroup(thingGroupName: string, thingName: string): void {
+    if (!this.thingGroups.has(thingGroupName)) throw notFound(`Thing group ${thingGroupName} cannot be found.`);
+    this.thing(thingName);
+    if (this.groupMembers.has(thingGroupName, thingName)) return;
+    this.groupMembers.add(thingGroupName, thingName);
+    this.journal.put(GROUP_MEMBER, `${thingGroupName}\n${thingName}`, { thingGroupName, thingName });
   }
 
   // ---- policies ----
@@ -410,6 +456,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
         version: t.version,
         principals: this.thingPrincipals.rightsOf(t.thingName).sort(),
       })),
+      thingGroups: [...this.thingGroups.values()]
+        .sort((a, b) => a.thingGroupName.localeCompare(b.thingGroupName))
+        .map((g) => ({ thingGroupName: g.thingGroupName, thingGroupArn: g.thingGroupArn, things: this.groupMembers.rightsOf(g.thingGroupName).sort() })),
       policies: this.listPolicies(true).map((p) => ({
         policyName: p.policyName,
         policyArn: p.policyArn,

@@ -1,14 +1,21 @@
 import {
+  AddThingToThingGroupCommand,
   AttachPolicyCommand,
   AttachThingPrincipalCommand,
   CreateCertificateFromCsrCommand,
   CreatePolicyCommand,
   CreateThingCommand,
+  CreateThingGroupCommand,
+  DeleteCertificateCommand,
+  DescribeCertificateCommand,
   DescribeEndpointCommand,
+  DetachPolicyCommand,
+  DetachThingPrincipalCommand,
   IoTClient,
+  ListCertificatesCommand,
   UpdateCertificateCommand,
 } from '@aws-sdk/client-iot';
-import type { VendingProvider } from './provider.ts';
+import type { CertificateDescription, IssuedCertificate, VendingProvider } from './provider.ts';
 
 export interface AwsIotProviderOptions {
   region: string;
@@ -16,59 +23,118 @@ export interface AwsIotProviderOptions {
   endpoint?: string;
   /** Static credentials; absent = the default AWS credential chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** Socket-level timeout of one request (ApiGate also aborts the call). */
+  requestTimeoutMs: number;
 }
 
-/** Vending against AWS IoT Core through @aws-sdk/client-iot. */
+const is = (err: unknown, name: string) => (err as Error)?.name === name;
+
+/** Absorbs the error a repeated create / delete answers, so each method is safe to run twice. */
+async function tolerate(p: Promise<unknown>, name: string): Promise<boolean> {
+  try {
+    await p;
+    return true;
+  } catch (err) {
+    if (is(err, name)) return false;
+    throw err;
+  }
+}
+
+/** IoT Core through @aws-sdk/client-iot: one method per API call, no pacing or retries of its own. */
 export class AwsIotProvider implements VendingProvider {
   private readonly client: IoTClient;
-  private endpointHost?: Promise<string>;
 
   constructor(opts: AwsIotProviderOptions) {
-    // Our own retry loop paces retries against the quotas; the SDK's standard retries stay on for blips.
-    this.client = new IoTClient({ region: opts.region, endpoint: opts.endpoint, credentials: opts.credentials });
+    this.client = new IoTClient({
+      region: opts.region,
+      endpoint: opts.endpoint,
+      credentials: opts.credentials,
+      // ApiGate retries, each retry through the API's token bucket; SDK retries would bypass the quota.
+      maxAttempts: 1,
+      requestHandler: { requestTimeout: opts.requestTimeoutMs, connectionTimeout: Math.min(opts.requestTimeoutMs, 5_000) },
+    });
   }
 
-  async createCertificate(csrPem: string) {
-    const out = await this.client.send(new CreateCertificateFromCsrCommand({ certificateSigningRequest: csrPem, setAsActive: true }));
+  destroy(): void {
+    this.client.destroy();
+  }
+
+  async createCertificate(csrPem: string, abortSignal: AbortSignal): Promise<IssuedCertificate> {
+    const out = await this.client.send(new CreateCertificateFromCsrCommand({ certificateSigningRequest: csrPem, setAsActive: true }), { abortSignal });
     if (!out.certificateId || !out.certificateArn || !out.certificatePem) throw new Error('CreateCertificateFromCsr returned no certificate');
     return { certificateId: out.certificateId, certificateArn: out.certificateArn, certificatePem: out.certificatePem };
   }
 
-  async ensureThing(thingName: string, attributes: Record<string, string>) {
+  async ensureThing(thingName: string, attributes: Record<string, string>, thingTypeName: string | undefined, abortSignal: AbortSignal) {
+    // Identical input is idempotent; a thing that exists with other attributes (group changed) is still ours.
+    await tolerate(this.client.send(new CreateThingCommand({ thingName, thingTypeName, attributePayload: { attributes } }), { abortSignal }), 'ResourceAlreadyExistsException');
+  }
+
+  async ensureThingGroup(thingGroupName: string, abortSignal: AbortSignal) {
+    await tolerate(this.client.send(new CreateThingGroupCommand({ thingGroupName }), { abortSignal }), 'ResourceAlreadyExistsException');
+  }
+
+  async addThingToGroup(thingName: string, thingGroupName: string, abortSignal: AbortSignal) {
+    await this.client.send(new AddThingToThingGroupCommand({ thingName, thingGroupName }), { abortSignal });
+  }
+
+  async ensurePolicy(policyName: string, policyDocument: string, abortSignal: AbortSignal) {
+    await tolerate(this.client.send(new CreatePolicyCommand({ policyName, policyDocument }), { abortSignal }), 'ResourceAlreadyExistsException');
+  }
+
+  async attachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {
+    await this.client.send(new AttachPolicyCommand({ policyName, target }), { abortSignal });
+  }
+
+  async attachThingPrincipal(thingName: string, principal: string, abortSignal: AbortSignal) {
+    await this.client.send(new AttachThingPrincipalCommand({ thingName, principal }), { abortSignal });
+  }
+
+  async dataEndpoint(abortSignal: AbortSignal): Promise<string> {
+    const out = await this.client.send(new DescribeEndpointCommand({ endpointType: 'iot:Data-ATS' }), { abortSignal });
+    if (!out.endpointAddress) throw new Error('DescribeEndpoint returned no address');
+    return out.endpointAddress;
+  }
+
+  setCertificateStatus(certificateId: string, newStatus: 'ACTIVE' | 'INACTIVE', abortSignal: AbortSignal): Promise<boolean> {
+    return tolerate(this.client.send(new UpdateCertificateCommand({ certificateId, newStatus }), { abortSignal }), 'ResourceNotFoundException');
+  }
+
+  async detachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {
+    await tolerate(this.client.send(new DetachPolicyCommand({ policyName, target }), { abortSignal }), 'ResourceNotFoundException');
+  }
+
+  async detachThingPrincipal(thingName: string, principal: string, abortSignal: AbortSignal) {
+    await tolerate(this.client.send(new DetachThingPrincipalCommand({ thingName, principal }), { abortSignal }), 'ResourceNotFoundException');
+  }
+
+  async deleteCertificate(certificateId: string, abortSignal: AbortSignal) {
+    // forceDelete also removes policy attachments we may not know about (attached by an operator).
+    await tolerate(this.client.send(new DeleteCertificateCommand({ certificateId, forceDelete: true }), { abortSignal }), 'ResourceNotFoundException');
+  }
+
+  async listCertificates(marker: string | undefined, abortSignal: AbortSignal) {
+    const out = await this.client.send(new ListCertificatesCommand({ marker, pageSize: 250, ascendingOrder: false }), { abortSignal });
+    return {
+      certificates: (out.certificates ?? []).map((c) => ({
+        certificateId: c.certificateId!,
+        certificateArn: c.certificateArn!,
+        status: c.status ?? 'UNKNOWN',
+        createdAt: c.creationDate?.getTime() ?? 0,
+      })),
+      nextMarker: out.nextMarker || undefined,
+    };
+  }
+
+  async describeCertificate(certificateId: string, abortSignal: AbortSignal): Promise<CertificateDescription | undefined> {
     try {
-      await this.client.send(new CreateThingCommand({ thingName, attributePayload: { attributes } }));
+      const out = await this.client.send(new DescribeCertificateCommand({ certificateId }), { abortSignal });
+      const d = out.certificateDescription;
+      if (!d?.certificatePem) return undefined;
+      return { certificateId, certificateArn: d.certificateArn!, status: d.status ?? 'UNKNOWN', createdAt: d.creationDate?.getTime() ?? 0, certificatePem: d.certificatePem };
     } catch (err) {
-      // CreateThing is idempotent for identical input; a thing that exists with other attributes is still ours.
-      if ((err as Error).name !== 'ResourceAlreadyExistsException') throw err;
+      if (is(err, 'ResourceNotFoundException')) return undefined;
+      throw err;
     }
-  }
-
-  async ensurePolicy(policyName: string, document: string) {
-    try {
-      await this.client.send(new CreatePolicyCommand({ policyName, policyDocument: document }));
-    } catch (err) {
-      if ((err as Error).name !== 'ResourceAlreadyExistsException') throw err;
-    }
-  }
-
-  async attachPolicy(policyName: string, certificateArn: string) {
-    await this.client.send(new AttachPolicyCommand({ policyName, target: certificateArn }));
-  }
-
-  async attachThingPrincipal(thingName: string, certificateArn: string) {
-    await this.client.send(new AttachThingPrincipalCommand({ thingName, principal: certificateArn }));
-  }
-
-  dataEndpoint(): Promise<string> {
-    this.endpointHost ??= this.client.send(new DescribeEndpointCommand({ endpointType: 'iot:Data-ATS' })).then((out) => {
-      if (!out.endpointAddress) throw new Error('DescribeEndpoint returned no address');
-      return out.endpointAddress;
-    });
-    this.endpointHost.catch(() => (this.endpointHost = undefined));
-    return this.endpointHost;
-  }
-
-  async deactivateCertificate(certificateId: string) {
-    await this.client.send(new UpdateCertificateCommand({ certificateId, newStatus: 'INACTIVE' }));
   }
 }

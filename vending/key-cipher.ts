@@ -4,8 +4,9 @@ const IV_BYTES = 12;
 const TAG_BYTES = 16;
 
 /**
- * Encrypts private keys at rest with AES-256-GCM. The associated data binds a ciphertext to its owner
- * (the IMSI), so a key row copied onto another SIM does not decrypt.
+ * Encrypts private keys at rest with AES-256-GCM: iv (12 random bytes) | tag (16) | ciphertext. The
+ * associated data binds a ciphertext to its owner (the IMSI), so a key row copied onto another SIM does
+ * not decrypt. A wrong master key or any altered byte fails the tag check.
  */
 export class KeyCipher {
   constructor(private readonly masterKey: Buffer) {
@@ -21,9 +22,10 @@ export class KeyCipher {
   }
 
   decrypt(sealed: Buffer, owner: string): Buffer {
+    if (sealed.length <= IV_BYTES + TAG_BYTES) throw new Error('sealed key is too short (wiped or corrupt)');
     const iv = sealed.subarray(0, IV_BYTES);
     const tag = sealed.subarray(IV_BYTES, IV_BYTES + TAG_BYTES);
-    const decipher = createDecipheriv('aes-256-gcm', this.masterKey, iv);
+    const decipher = createDecipheriv('aes-256-gcm', this.masterKey, iv, { authTagLength: TAG_BYTES });
     decipher.setAAD(Buffer.from(owner));
     decipher.setAuthTag(tag);
     return Buffer.concat([decipher.update(sealed.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]);

@@ -1,64 +1,91 @@
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
+import { CredentialStore } from '../storage/credentials.ts';
 import type { Db } from '../storage/db.ts';
-import { KeyCipher } from './key-cipher.ts';
+import type { KeyCipher } from './key-cipher.ts';
 
 export class MasterKeyError extends Error {
   override name = 'MasterKeyError';
 }
 
+// Strict forms only: a lenient base64 decoder would turn a typo'd hex key or a passphrase into some
+// other 32 bytes, silently.
+const HEX = /^[0-9a-fA-F]{64}$/;
+const BASE64 = /^[A-Za-z0-9+/]{43}=$|^[A-Za-z0-9_-]{43}$/;
+
 function parseKey(text: string, where: string): Buffer {
   const t = text.trim();
-  const key = /^[0-9a-fA-F]{64}$/.test(t) ? Buffer.from(t, 'hex') : Buffer.from(t, 'base64');
-  if (key.length !== 32) throw new MasterKeyError(`${where}: master key must be 32 bytes, as 64 hex digits or base64`);
-  return key;
+  if (HEX.test(t)) return Buffer.from(t, 'hex');
+  if (BASE64.test(t)) return Buffer.from(t, t.endsWith('=') ? 'base64' : 'base64url');
+  throw new MasterKeyError(`${where}: master key must be 32 bytes, as 64 hex digits or base64 (e.g. openssl rand -hex 32)`);
+}
+
+function readKeyFile(file: string): Buffer {
+  let mode: number;
+  try {
+    const st = statSync(file);
+    if (!st.isFile()) throw new Error('not a regular file');
+    mode = st.mode;
+  } catch (err) {
+    throw new MasterKeyError(`${file}: cannot read master key file: ${(err as Error).message}`);
+  }
+  if (mode & 0o077) throw new MasterKeyError(`${file}: master key file is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`);
+  return parseKey(readFileSync(file, 'utf8'), file);
 }
 
 /**
- * Finds the master key: SIMBRIDGE_MASTER_KEY, else the configured key file (refused when others can
- * read it), else, in the sandbox only, a key generated once into the data directory.
+ * Finds the master key: SIMBRIDGE_MASTER_KEY, else the configured key file (refused when group or
+ * others can read it), else, in the sandbox only (generateAt), a key generated once into the data
+ * directory. Outside the sandbox there is no fallback: private keys are never stored in the clear.
  */
 export function loadMasterKey(opts: { env: NodeJS.ProcessEnv; file?: string; generateAt?: string }): Buffer {
   const fromEnv = opts.env.SIMBRIDGE_MASTER_KEY;
   if (fromEnv) return parseKey(fromEnv, 'SIMBRIDGE_MASTER_KEY');
-  const file = opts.file ?? (opts.generateAt && existsSync(opts.generateAt) ? opts.generateAt : undefined);
-  if (file) {
-    let mode: number;
-    try {
-      mode = statSync(file).mode;
-    } catch (err) {
-      throw new MasterKeyError(`${file}: cannot read master key file: ${(err as Error).message}`);
-    }
-    if (mode & 0o077) throw new MasterKeyError(`${file}: master key file is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`);
-    return parseKey(readFileSync(file, 'utf8'), file);
+  if (opts.file) return readKeyFile(opts.file);
+  if (!opts.generateAt) {
+    throw new MasterKeyError('no master key: set SIMBRIDGE_MASTER_KEY or security.masterKeyFile (private keys are encrypted at rest)');
   }
-  if (opts.generateAt) {
-    const key = randomBytes(32);
-    mkdirSync(dirname(opts.generateAt), { recursive: true });
+  if (existsSync(opts.generateAt)) return readKeyFile(opts.generateAt);
+  const key = randomBytes(32);
+  mkdirSync(dirname(opts.generateAt), { recursive: true });
+  try {
     writeFileSync(opts.generateAt, key.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
-    return key;
+  } catch (err) {
+    // Another process starting on the same data directory generated it first: use that one.
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return readKeyFile(opts.generateAt);
+    throw err;
   }
-  throw new MasterKeyError('no master key: set SIMBRIDGE_MASTER_KEY or security.masterKeyFile (private keys are encrypted at rest)');
+  return key;
 }
 
 const CHECK_KEY = 'master_key_check';
 const CHECK_PLAIN = Buffer.from('simbridge master key check');
+const MISMATCH =
+  'the master key does not match the one this database was created with: its private keys cannot be decrypted ' +
+  '(check SIMBRIDGE_MASTER_KEY / security.masterKeyFile)';
 
-/** Fails clearly when the key is not the one this database's private keys were sealed with. */
+function opens(cipher: KeyCipher, sealed: Buffer, owner: string, expected?: Buffer): boolean {
+  try {
+    const plain = cipher.decrypt(sealed, owner);
+    return expected ? plain.equals(expected) : true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Fails clearly at startup when the key is not the one this database's private keys were sealed with,
+ * instead of at the first device. A database from before the check value existed is judged by one of
+ * its stored keys before the check value is written.
+ */
 export function checkMasterKey(db: Db, cipher: KeyCipher): void {
   const row = db.prepare('SELECT value FROM meta WHERE key = ?').get(CHECK_KEY) as { value: Buffer } | undefined;
-  if (!row) {
-    db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  if (row) {
+    if (!opens(cipher, row.value, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
     return;
   }
-  let plain: Buffer | undefined;
-  try {
-    plain = cipher.decrypt(row.value, CHECK_KEY);
-  } catch {
-    plain = undefined;
-  }
-  if (!plain || !plain.equals(CHECK_PLAIN)) {
-    throw new MasterKeyError('the master key does not match the one this database was created with');
-  }
+  const sample = new CredentialStore(db).anySealedKey();
+  if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
+  db.prepare('INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)').run(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
 }

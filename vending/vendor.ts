@@ -1,14 +1,20 @@
-import { randomUUID } from 'node:crypto';
-import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import type { Db } from '../storage/db.ts';
-import { CredentialStore, VEND_STEPS, type VendStep } from '../storage/credentials.ts';
-import type { Sim } from '../storage/sims.ts';
+import type { VendingConfig } from '../config/vending.ts';
 import type { AuditLog } from '../storage/audit.ts';
+import { CredentialStore, type CredentialRow, type Purpose } from '../storage/credentials.ts';
+import type { Db } from '../storage/db.ts';
+import { SimStore, type Sim } from '../storage/sims.ts';
+import { ApiGate, ApiError } from './api-gate.ts';
 import type { KeyCipher } from './key-cipher.ts';
-import { generateKeyAndCsr, type KeyAlgorithm } from './keys.ts';
+import { certificateNotAfter, csrFingerprint, generateKeyAndCsr } from './keys.ts';
+import { Lease, leaseOwnerId } from './lease.ts';
+import { OrphanSweeper } from './orphans.ts';
 import type { VendingProvider } from './provider.ts';
-import { arnScope, policyDocument } from './policy.ts';
+import { WorkQueue, type Outcome } from './queue.ts';
+import { Retirer } from './retire.ts';
+import { backoffMs, sleep, type FailureKind } from './retry.ts';
+import { scheduleRotation } from './rotation.ts';
+import { StaleRowError, VendSteps } from './steps.ts';
 
 export interface DeviceCredentials {
   thingName: string;
@@ -17,146 +23,391 @@ export interface DeviceCredentials {
   privateKeyPem: string;
 }
 
-export interface VendorOptions {
+/** A SIM's certificate was replaced (rotation). Its upstream session should reconnect with `credentials`. */
+export interface CredentialsRotated {
+  imsi: string;
+  thingName: string;
+  previousCertificateId: string | null;
+  credentials: DeviceCredentials;
+}
+
+/** A SIM's certificates were deactivated in IoT Core. Its upstream session should be dropped. */
+export interface CredentialsRevoked {
+  imsi: string;
+  thingName: string;
+  reason: string;
+  certificateIds: string[];
+}
+
+export interface VendorHooks {
+  /** A vend finished; seconds from the first request to ready (queueing included). */
+  onVended?(seconds: number): void;
+  /** A vending attempt failed after its API retries; it will be retried. */
+  onFailure?(err: Error): void;
+  /** SIMs waiting for or in vending, on every change. */
+  onQueueDepth?(depth: number): void;
+  /** The old certificate is retired once every listener's promise settles (at most rotation.retireAfterMs). */
+  onRotated?(ev: CredentialsRotated): void | Promise<void>;
+  onRevoked?(ev: CredentialsRevoked): void | Promise<void>;
+}
+
+export interface VendorOptions extends VendorHooks {
+  config: VendingConfig;
   db: Db;
   provider: VendingProvider;
   cipher: KeyCipher;
   audit: AuditLog;
   log: Logger;
-  keyAlgorithm: KeyAlgorithm;
-  /** Policy name and the upstream topic templates of a SIM's group. */
+  /** Policy name and the upstream topic templates of a SIM group. */
   policyFor(group: string): { name: string; topicTemplates: string[] };
-  retryDelayMs: number;
-  retryMaxDelayMs: number;
-  onVended?(seconds: number): void;
-  onFailure?(err: Error): void;
+  /** Ask DescribeEndpoint once while vending (the upstream endpoint is not configured). Default true. */
+  needsDataEndpoint?: boolean;
 }
 
-const LEASE_MS = 60_000;
+/** Vending will not happen for this SIM (terminated, unknown, revoked meanwhile). */
+export class VendingRefusedError extends Error {
+  override readonly name = 'VendingRefusedError';
+}
 
-function ownerIsDead(owner: string): boolean {
-  const [host, pid] = owner.split('/');
-  if (host !== hostname() || !pid) return false;
-  try {
-    process.kill(Number(pid), 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
+const DAY_MS = 86_400_000;
+
+function fill(template: string, vars: Record<string, string>): string {
+  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
 }
 
 /**
- * Certificate vending as a state machine recorded in SQLite: each completed step is committed before
- * the next begins, so a restart resumes where it stopped. The private key is sealed and stored before
- * the CSR leaves the process.
+ * Certificate vending for SIMs: a bounded queue of SIMs, each vended by the crash-safe state machine in
+ * steps.ts under a database lease (exactly once across processes sharing the database), every IoT Core
+ * call paced to its quota. Also revocation, rotation before expiry, and the background work that
+ * finishes what a crash interrupted (retirements, orphan certificates).
  */
 export class Vendor {
   private readonly store: CredentialStore;
-  private readonly running = new Map<string, Promise<DeviceCredentials>>();
-  /** host/pid/nonce: lets another process on this host see that a lease holder has died. */
-  private readonly owner = `${hostname()}/${process.pid}/${randomUUID()}`;
+  private readonly sims: SimStore;
+  private readonly gate: ApiGate;
+  private readonly queue: WorkQueue<DeviceCredentials | undefined>;
+  private readonly steps: VendSteps;
+  private readonly retirer: Retirer;
+  private readonly sweeper: OrphanSweeper;
+  private readonly owner = leaseOwnerId();
+  private readonly rotatedHooks = new Set<(ev: CredentialsRotated) => void | Promise<void>>();
+  private readonly revokedHooks = new Set<(ev: CredentialsRevoked) => void | Promise<void>>();
+  private readonly failures: Record<FailureKind, number> = { throttled: 0, server: 0, network: 0, client: 0 };
+  private endpoint: Promise<string> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private cron: { stop(): void } | undefined;
   private stopped = false;
 
   constructor(private readonly opts: VendorOptions) {
+    const c = opts.config;
     this.store = new CredentialStore(opts.db);
+    this.sims = new SimStore(opts.db);
+    this.gate = new ApiGate({
+      rates: c.quotas,
+      burstSeconds: c.burstSeconds,
+      timeoutMs: c.callTimeoutMs,
+      maxAttempts: c.callMaxAttempts,
+      retryDelayMs: c.callRetryDelayMs,
+      retryMaxDelayMs: c.callRetryMaxDelayMs,
+      onAttemptFailed: (api, kind, err) => opts.log.debug({ api, kind, err: (err as Error)?.name }, 'IoT Core call failed'),
+    });
+    this.queue = new WorkQueue({ concurrency: c.concurrency, maxJobs: c.maxQueue, onDepth: opts.onQueueDepth });
+    this.retirer = new Retirer({
+      store: this.store,
+      provider: opts.provider,
+      gate: this.gate,
+      audit: opts.audit,
+      log: opts.log,
+      owner: this.owner,
+      leaseMs: c.leaseMs,
+      orphanGraceMs: c.orphanGraceMs,
+      deleteRetired: c.deleteRevoked,
+      policyOf: (row) => {
+        const sim = this.sims.get(row.imsi);
+        return sim && opts.policyFor(sim.group).name;
+      },
+    });
+    this.sweeper = new OrphanSweeper({
+      store: this.store,
+      provider: opts.provider,
+      gate: this.gate,
+      audit: opts.audit,
+      log: opts.log,
+      marginMs: c.orphanScanMarginMs,
+      deleteStrays: c.deleteRevoked,
+    });
+    this.steps = new VendSteps({
+      store: this.store,
+      provider: opts.provider,
+      gate: this.gate,
+      audit: opts.audit,
+      log: opts.log,
+      policyFor: opts.policyFor,
+      thingAttributes: c.thingAttributes,
+      thingType: c.thingType,
+      thingGroupFor: c.thingGroup ? (group) => fill(c.thingGroup!, { group }) : undefined,
+      orphanGraceMs: c.orphanGraceMs,
+      retireAfterMs: c.rotation.retireAfterMs,
+      disposeUnrecorded: async (cert, imsi) => {
+        await this.gate.call('UpdateCertificate', (s) => opts.provider.setCertificateStatus(cert.certificateId, 'INACTIVE', s));
+        if (c.deleteRevoked) await this.gate.call('DeleteCertificate', (s) => opts.provider.deleteCertificate(cert.certificateId, s));
+        opts.audit.record('orphan_certificate_disposed', imsi, { certificateId: cert.certificateId, was: 'ACTIVE', deleted: c.deleteRevoked });
+      },
+    });
+    if (opts.onRotated) this.rotatedHooks.add(opts.onRotated);
+    if (opts.onRevoked) this.revokedHooks.add(opts.onRevoked);
   }
 
-  /** Credentials of a SIM whose vending completed, else undefined. */
+  /** SIMs waiting for or in vending. */
+  get queueDepth(): number {
+    return this.queue.depth;
+  }
+
+  /** Vending attempts that failed after their API retries, by how the last call failed. */
+  get failureCounts(): Readonly<Record<FailureKind, number>> {
+    return { ...this.failures };
+  }
+
+  /** Registers a "credentials rotated" listener (the upstream session pool reconnects); returns its removal. */
+  onRotated(fn: (ev: CredentialsRotated) => void | Promise<void>): () => void {
+    this.rotatedHooks.add(fn);
+    return () => this.rotatedHooks.delete(fn);
+  }
+
+  onRevoked(fn: (ev: CredentialsRevoked) => void | Promise<void>): () => void {
+    this.revokedHooks.add(fn);
+    return () => this.revokedHooks.delete(fn);
+  }
+
+  /** Resumes what a previous run left unfinished and starts the background work (retirements, orphan sweep, rotation). */
+  start(): void {
+    for (const { imsi, purpose } of this.store.vendingImsis()) this.submit(imsi, purpose, 'background');
+    const c = this.opts.config;
+    const tickMs = Math.min(5_000, Math.max(250, Math.floor(c.orphanGraceMs / 4)));
+    this.timer = setInterval(() => void this.maintain(), tickMs);
+    this.timer.unref();
+    void this.maintain();
+    if (c.rotation.enabled) this.cron = scheduleRotation(c.rotation.schedule, () => this.rotateExpiring(), this.opts.log);
+  }
+
+  /** Stops taking work; pending callers are rejected, running steps end at their next call. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.timer);
+    this.cron?.stop();
+    this.queue.stop(new VendingRefusedError('vending stopped'));
+    this.gate.stop();
+    this.opts.provider.destroy?.();
+  }
+
+  /** Credentials of a SIM whose certificate is in use, else undefined. */
   ready(imsi: string): DeviceCredentials | undefined {
-    const row = this.store.get(imsi);
-    if (!row || row.step !== 'ready') return undefined;
+    const row = this.store.ready(imsi);
+    return row && this.credentialsOf(row);
+  }
+
+  /** The SIM's credentials, vending them first if needed (once, however many callers ask at the same time). */
+  ensure(sim: Sim): Promise<DeviceCredentials> {
+    const done = this.ready(sim.imsi);
+    if (done) return Promise.resolve(done);
+    if (sim.status === 'terminated') return Promise.reject(new VendingRefusedError(`SIM ${sim.imsi} is terminated`));
+    return this.submit(sim.imsi, 'first', 'urgent') as Promise<DeviceCredentials>;
+  }
+
+  /**
+   * Vends a registered SIM ahead of its first contact, behind SIMs whose devices are waiting. With
+   * giveUpAfter, rejects with the last error after that many failed attempts instead of retrying on.
+   */
+  prevend(imsi: string, giveUpAfter = Infinity): Promise<DeviceCredentials> {
+    const done = this.ready(imsi);
+    if (done) return Promise.resolve(done);
+    return this.submit(imsi, 'first', 'background', giveUpAfter) as Promise<DeviceCredentials>;
+  }
+
+  /**
+   * Takes the SIM's certificates out of service (termination, IMEI-lock violation): UpdateCertificate
+   * INACTIVE, detach from policy and thing, delete if vending.deleteRevoked. A vend in progress is
+   * abandoned (a certificate it is creating is deactivated when it arrives). The SIM's next vend, if it
+   * is active again, makes a fresh key and certificate. Rejects if IoT Core could not be told; the
+   * retirement then goes on in the background.
+   */
+  async revoke(imsi: string, reason: string): Promise<{ certificateIds: string[] }> {
+    const rows = this.store.markRetiring(imsi, reason, Date.now());
+    const refused = new VendingRefusedError(`credentials of ${imsi} revoked: ${reason}`);
+    this.queue.cancel(imsi, refused);
+    this.queue.cancel(`rotate:${imsi}`, refused);
+    // A row still being vended here is released by its job at its next step; wait for that (bounded).
+    const deadline = Date.now() + this.opts.config.leaseMs;
+    for (const row of rows) {
+      while (!(await this.retirer.retire(row))) {
+        if (Date.now() > deadline || this.stopped) throw new Error(`revoking ${imsi}: certificate ${row.certId ?? '(being created)'} is still held by a vending process`);
+        await sleep(100);
+      }
+    }
+    const certificateIds = rows.flatMap((r) => (r.certId ? [r.certId] : []));
+    this.opts.audit.record('credentials_revoked', imsi, { reason, certificateIds });
+    const ev: CredentialsRevoked = { imsi, thingName: rows[0]?.thingName ?? this.sims.get(imsi)?.thingName ?? '', reason, certificateIds };
+    await Promise.allSettled([...this.revokedHooks].map(async (fn) => fn(ev)));
+    return { certificateIds };
+  }
+
+  /**
+   * The daily rotation job: queues a re-vend for every active SIM whose certificate expires within
+   * rotation.renewBeforeDays, as background work and as far as the queue has room (the rest waits for the
+   * next run). Resolves with how many were queued.
+   */
+  async rotateExpiring(): Promise<number> {
+    for (let rows = this.store.readyWithoutExpiry(1000); rows.length > 0; rows = this.store.readyWithoutExpiry(1000)) {
+      for (const row of rows) this.store.setNotAfter(row.id, certificateNotAfter(row.certPem!));
+    }
+    const room = this.opts.config.maxQueue - this.queue.depth;
+    if (room <= 0) return 0;
+    const imsis = this.store.expiring(Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS, room);
+    for (const imsi of imsis) void this.submit(imsi, 'rotation', 'background');
+    return imsis.length;
+  }
+
+  /** The IoT Core data endpoint (DescribeEndpoint iot:Data-ATS), asked once. */
+  dataEndpoint(): Promise<string> {
+    if (!this.endpoint) {
+      this.endpoint = this.gate.call('DescribeEndpoint', (s) => this.opts.provider.dataEndpoint(s));
+      this.endpoint.catch(() => (this.endpoint = undefined));
+    }
+    return this.endpoint;
+  }
+
+  /** Runs the orphan sweep now (it also runs periodically after start()). */
+  sweepOrphans(): Promise<number> {
+    return this.sweeper.sweep();
+  }
+
+  /** Retires every certificate that is due now (it also runs periodically after start()). */
+  retireDue(): Promise<number> {
+    return this.retirer.retireDue();
+  }
+
+  private async maintain(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.retirer.retireDue();
+      await this.sweeper.sweep();
+    } catch (err) {
+      if (!this.stopped) this.opts.log.warn({ err: String(err) }, 'vending maintenance failed; will retry');
+    }
+  }
+
+  private submit(imsi: string, purpose: Purpose, priority: 'urgent' | 'background', giveUpAfter = Infinity): Promise<DeviceCredentials | undefined> {
+    const key = purpose === 'first' ? imsi : `rotate:${imsi}`;
+    const job = { started: Date.now(), failures: 0, giveUpAfter };
+    return this.queue.submit(key, priority, () => this.runJob(imsi, purpose, job));
+  }
+
+  private credentialsOf(row: CredentialRow): DeviceCredentials {
     return {
       thingName: row.thingName,
       certificateId: row.certId!,
       certificatePem: row.certPem!,
-      privateKeyPem: this.opts.cipher.decrypt(row.keyEnc, imsi).toString('utf8'),
+      privateKeyPem: this.opts.cipher.decrypt(row.keyEnc, row.imsi).toString('utf8'),
     };
   }
 
-  /** Vends the SIM (once, however many callers ask at the same time), retrying until it succeeds or stop(). */
-  ensure(sim: Sim): Promise<DeviceCredentials> {
-    const done = this.ready(sim.imsi);
-    if (done) return Promise.resolve(done);
-    let p = this.running.get(sim.imsi);
-    if (!p) {
-      p = this.vendWithRetries(sim).finally(() => this.running.delete(sim.imsi));
-      this.running.set(sim.imsi, p);
+  /** One run of a SIM's job: vend or resume its generation, or say when to look again. */
+  private async runJob(
+    imsi: string,
+    purpose: Purpose,
+    job: { started: number; failures: number; giveUpAfter: number },
+  ): Promise<Outcome<DeviceCredentials | undefined>> {
+    const c = this.opts.config;
+    const sim = this.sims.get(imsi);
+    if (!sim) throw new VendingRefusedError(`SIM ${imsi} is not registered`);
+    if (sim.status === 'terminated' && this.store.vending(imsi)) {
+      // Terminated half-way through a vend (found on resume): retire what exists, orphans included.
+      this.store.markRetiring(imsi, 'sim_terminated', Date.now());
+      void this.retirer.retireDue().catch(() => undefined);
     }
-    return p;
-  }
-
-  stop(): void {
-    this.stopped = true;
-  }
-
-  private async vendWithRetries(sim: Sim): Promise<DeviceCredentials> {
-    let delay = this.opts.retryDelayMs;
-    for (;;) {
-      if (this.stopped) throw new Error('vending stopped');
-      try {
-        const started = Date.now();
-        const creds = await this.vend(sim);
-        if (creds) {
-          this.opts.onVended?.((Date.now() - started) / 1000);
-          return creds;
-        }
-        // Another process holds the lease: wait for it to finish.
-      } catch (err) {
-        const message = (err as Error).message ?? String(err);
-        this.store.recordFailure(sim.imsi, message);
-        this.opts.onFailure?.(err as Error);
-        this.opts.log.warn({ thing: sim.thingName, err: message }, 'vending step failed; will retry');
-      }
-      // Full jitter keeps many SIMs retrying after an outage from moving in lockstep.
-      await new Promise((r) => setTimeout(r, Math.random() * delay).unref());
-      delay = Math.min(delay * 2, this.opts.retryMaxDelayMs);
+    if (purpose === 'first') {
+      const done = this.ready(imsi);
+      if (done) return { done };
+      if (sim.status === 'terminated') throw new VendingRefusedError(`SIM ${imsi} is terminated`);
+    } else if (sim.status !== 'active') {
+      return { done: undefined };
     }
-  }
 
-  /** Runs the remaining steps; undefined when another process is vending this SIM. */
-  private async vend(sim: Sim): Promise<DeviceCredentials | undefined> {
-    const { provider, cipher } = this.opts;
-    if (!this.store.get(sim.imsi)) {
-      const { privateKeyPem, csrPem } = await generateKeyAndCsr(sim.thingName, this.opts.keyAlgorithm);
-      const keyEnc = cipher.encrypt(Buffer.from(privateKeyPem), sim.imsi);
-      this.store.createKey({ imsi: sim.imsi, thingName: sim.thingName, keyAlg: this.opts.keyAlgorithm, keyEnc, csrPem }, this.owner, LEASE_MS);
+    let row = this.store.vending(imsi);
+    let lease: Lease | undefined;
+    if (!row) {
+      if (purpose === 'rotation' && !this.needsRotation(imsi)) return { done: undefined };
+      row = await this.newGeneration(sim, purpose);
+      if (row) lease = Lease.held(this.store, row.id, this.owner, c.leaseMs);
+      else row = this.store.vending(imsi); // another process created it just now
+      if (!row) return { retryInMs: 0 }; // ... or even finished it: look again
     }
-    if (!this.store.acquireLease(sim.imsi, this.owner, LEASE_MS, ownerIsDead)) return undefined;
+    if (!row.pubkeySha256) this.store.setPubkeyHash(row.id, csrFingerprint(row.csrPem));
+    lease ??= Lease.acquire(this.store, row.id, this.owner, c.leaseMs);
+    if (!lease) return { retryInMs: Math.min(c.retryDelayMs, 500) }; // another process is vending it
+
     try {
-      for (;;) {
-        const row = this.store.get(sim.imsi)!;
-        const next = VEND_STEPS[VEND_STEPS.indexOf(row.step) + 1] as VendStep | undefined;
-        if (!next) break;
-        this.store.acquireLease(sim.imsi, this.owner, LEASE_MS);
-        switch (next) {
-          case 'certificate': {
-            const cert = await provider.createCertificate(row.csrPem);
-            this.store.completeStep(sim.imsi, 'certificate', { id: cert.certificateId, arn: cert.certificateArn, pem: cert.certificatePem });
-            this.opts.audit.record('certificate_created', sim.imsi, { certificateId: cert.certificateId });
-            break;
-          }
-          case 'thing':
-            await provider.ensureThing(sim.thingName, { imsi: sim.imsi, group: sim.group });
-            this.store.completeStep(sim.imsi, 'thing');
-            break;
-          case 'policy': {
-            const policy = this.opts.policyFor(sim.group);
-            await provider.ensurePolicy(policy.name, policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates }));
-            await provider.attachPolicy(policy.name, row.certArn!);
-            this.store.completeStep(sim.imsi, 'policy');
-            break;
-          }
-          case 'ready':
-            await provider.attachThingPrincipal(sim.thingName, row.certArn!);
-            this.store.completeStep(sim.imsi, 'ready');
-            this.opts.audit.record('vended', sim.imsi, { thing: sim.thingName, certificateId: row.certId });
-            this.opts.log.info({ thing: sim.thingName }, 'device vended');
-            break;
+      const result = await this.steps.run(row.id, sim, lease);
+      if (result) {
+        this.opts.onVended?.((Date.now() - job.started) / 1000);
+        if (result.previous) this.afterRotation(result.promoted, result.previous);
+        // Warm the endpoint cache now, so the device's first upstream session does not wait for it.
+        if (this.opts.needsDataEndpoint !== false) {
+          this.dataEndpoint().catch((err) => this.opts.log.warn({ err: String(err) }, 'DescribeEndpoint failed; will ask again'));
         }
       }
+    } catch (err) {
+      if (err instanceof StaleRowError || this.stopped) return { retryInMs: 0 };
+      const e = err as Error;
+      this.store.recordFailure(row.id, e.message ?? String(e));
+      this.failures[err instanceof ApiError ? err.kind : 'client']++;
+      this.opts.onFailure?.(e);
+      if (++job.failures >= job.giveUpAfter) throw e;
+      this.opts.log.warn({ thing: sim.thingName, err: e.message }, 'vending step failed; will retry');
+      return { retryInMs: backoffMs(row.attempts, c.retryDelayMs, c.retryMaxDelayMs) };
     } finally {
-      this.store.releaseLease(sim.imsi, this.owner);
+      lease.release();
     }
-    return this.ready(sim.imsi);
+    if (purpose === 'rotation') return { done: undefined };
+    const done = this.ready(imsi);
+    return done ? { done } : { retryInMs: 0 };
+  }
+
+  private async newGeneration(sim: Sim, purpose: Purpose): Promise<CredentialRow | undefined> {
+    const alg = this.opts.config.keyAlgorithm;
+    const { privateKeyPem, csrPem, fingerprint } = await generateKeyAndCsr(sim.thingName, alg);
+    const keyEnc = this.opts.cipher.encrypt(Buffer.from(privateKeyPem), sim.imsi);
+    return this.store.createGeneration(
+      { imsi: sim.imsi, thingName: sim.thingName, purpose, keyAlg: alg, keyEnc, csrPem, pubkeySha256: fingerprint },
+      this.owner,
+      this.opts.config.leaseMs,
+    );
+  }
+
+  private needsRotation(imsi: string): boolean {
+    const row = this.store.ready(imsi);
+    const horizon = Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS;
+    return Boolean(row && (row.notAfter ?? certificateNotAfter(row.certPem!)) < horizon);
+  }
+
+  /**
+   * Tells the listeners (the session pool reconnects with the new certificate) and retires the old
+   * certificate once they are done. With no listener, it retires when rotation.retireAfterMs is over.
+   */
+  private afterRotation(promoted: CredentialRow, previous: CredentialRow): void {
+    const ev: CredentialsRotated = {
+      imsi: promoted.imsi,
+      thingName: promoted.thingName,
+      previousCertificateId: previous.certId,
+      credentials: this.credentialsOf(promoted),
+    };
+    this.opts.audit.record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId });
+    if (this.rotatedHooks.size === 0) return;
+    void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async () => {
+      if (this.stopped) return;
+      this.store.retireNow(previous.id);
+      await this.retirer.retireDue().catch(() => undefined); // the periodic pass retries
+    });
   }
 }

@@ -96,10 +96,12 @@ async function serve(
     const { route, params } = found;
     operation = route.operation;
     const body = await readBody(req);
+    let answerDelayMs = 0;
     if (!route.admin) {
       const decision = faults.decide(operation);
       if (decision.delayMs > 0) await new Promise((r) => setTimeout(r, decision.delayMs));
       if (decision.error) throw decision.error;
+      answerDelayMs = decision.answerDelayMs ?? 0;
     }
     const result = await route.handle({
       method: req.method ?? 'GET',
@@ -110,6 +112,7 @@ async function serve(
       body,
       json: () => parseJson(body),
     });
+    if (answerDelayMs > 0) await new Promise((r) => setTimeout(r, answerDelayMs));
     send(res, 200, requestId, result);
   } catch (err) {
     const aws = err instanceof AwsError ? err : internalFailure('An unexpected error has occurred');

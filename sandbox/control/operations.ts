@@ -153,6 +153,31 @@ export function iotRoutes(ctx: OperationsContext): Route[] {
       },
     },
 
+    // ---- thing groups ----
+    {
+      operation: 'CreateThingGroup',
+      method: 'POST',
+      path: '/thing-groups/{thingGroupName}',
+      handle(req) {
+        const body = req.json();
+        if (body.parentGroupName !== undefined || body.thingGroupProperties !== undefined) {
+          throw invalidRequest('thing group hierarchy and properties are not supported by the sandbox');
+        }
+        const g = registry.createThingGroup(req.params.thingGroupName!);
+        return { thingGroupName: g.thingGroupName, thingGroupArn: g.thingGroupArn, thingGroupId: g.thingGroupId };
+      },
+    },
+    {
+      operation: 'AddThingToThingGroup',
+      method: 'PUT',
+      path: '/thing-groups/addThingToThingGroup',
+      handle(req) {
+        const body = req.json();
+        registry.addThingToThingGroup(requiredString(body, 'thingGroupName'), requiredString(body, 'thingName'));
+        return {};
+      },
+    },
+
     // ---- policies ----
     {
       operation: 'CreatePolicy',

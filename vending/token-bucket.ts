@@ -1,0 +1,63 @@
+/**
+ * Paces calls to one API at `rate` per second with bursts of at most `capacity` calls: over any window
+ * of t seconds at most capacity + rate·t calls leave, which the server's bucket (rate, burst ≥ capacity)
+ * always admits. A capacity above 1 keeps a late timer (a busy event loop) from losing turns. Waiters
+ * are served in arrival order, so a SIM queued first is not overtaken.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private at: number;
+  private readonly waiters: Array<() => void> = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly rate: number,
+    private readonly capacity = 1,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.tokens = capacity;
+    this.at = now();
+  }
+
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
+  take(): Promise<void> {
+    this.refill();
+    if (this.waiters.length === 0 && this.tokens >= 1) {
+      this.tokens -= 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.waiters.push(resolve);
+      this.schedule();
+    });
+  }
+
+  /** The server throttled us anyway (another client on the account, a lower quota): skip `tokens` turns. */
+  penalize(tokens: number): void {
+    this.refill();
+    this.tokens = Math.min(this.tokens, 0) - tokens;
+  }
+
+  private refill(): void {
+    const now = this.now();
+    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+  }
+
+  private schedule(): void {
+    if (this.timer) return;
+    const wait = Math.max(0, ((1 - this.tokens) / this.rate) * 1000);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.refill();
+      while (this.waiters.length > 0 && this.tokens >= 1) {
+        this.tokens -= 1;
+        this.waiters.shift()!();
+      }
+      if (this.waiters.length > 0) this.schedule();
+    }, Math.ceil(wait));
+  }
+}
