@@ -21,6 +21,8 @@ export interface AdmissionOptions {
   defaultGroup(): string;
   group(name: string): GroupConfig;
   thingName(imsi: string, group: string): string;
+  /** A SIM showed up in another device than the one it is locked to. */
+  onImeiViolation?(sim: Sim): void;
 }
 
 /**
@@ -54,7 +56,10 @@ export class Admission {
       return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', sim.imsi);
     }
     const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock);
-    if (locked instanceof Refusal) return locked;
+    if (locked instanceof Refusal) {
+      if (locked.reason === 'imei_mismatch') this.opts.onImeiViolation?.(sim);
+      return locked;
+    }
     return { sim: locked, imei: identity.imei, msisdn: identity.msisdn ?? locked.msisdn ?? undefined, source: source.name };
   }
 

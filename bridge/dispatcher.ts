@@ -133,6 +133,11 @@ export class Dispatcher {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
         cursor.lastId = 0;
         if (this.stopped) return;
+        if ((err as Error)?.name === 'VendingRefusedError') {
+          // No certificate will ever come for this SIM (terminated, revoked): its queue cannot be delivered.
+          this.deadLetterAll(imsi, `not delivered: ${(err as Error).message}`);
+          return;
+        }
         this.opts.log.warn({ thing: sim.thingName, err: String((err as Error)?.message ?? err) }, 'upstream delivery failed; will retry');
         if (session) await this.opts.pool.discard(session);
         await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random() / 2)).unref());
@@ -162,6 +167,16 @@ export class Dispatcher {
     this.opts.log.warn({ imsi: cursor.imsi, rows: unit?.rows.length ?? 0, reason }, 'moved to dead letters');
     this.attempts.delete(cursor.suspect);
     cursor.suspect = undefined;
+  }
+
+  private deadLetterAll(imsi: string, reason: string): void {
+    for (let rows = this.opts.outbox.peek(imsi, 0, 500); rows.length; rows = this.opts.outbox.peek(imsi, 0, 500)) {
+      for (const row of rows) {
+        this.opts.outbox.deadLetter(row, reason);
+        this.opts.metrics.deadLetters.inc({ reason: 'sim_refused' });
+        this.opts.onDeadLetter?.(row, reason);
+      }
+    }
   }
 
   /** The next units of a SIM after a row id, by its group's policy. */

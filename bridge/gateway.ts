@@ -86,10 +86,12 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [group(g).upstreamTopic, group(g).batching.topic] }),
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
+    onQueueDepth: (d) => metrics.vendQueueDepth.set(d),
+    needsDataEndpoint: !config.upstream.endpoint,
   });
 
   const pool = new UpstreamPool({
-    endpoint: async () => config.upstream.endpoint ?? (await provider.dataEndpoint(AbortSignal.timeout(config.upstream.connectTimeoutMs))),
+    endpoint: async () => config.upstream.endpoint ?? (await vendor.dataEndpoint()),
     port: config.upstream.port,
     caPem: config.upstream.caFile ? readFileSync(config.upstream.caFile, 'utf8') : undefined,
     keepAliveSeconds: config.upstream.keepAliveSeconds,
@@ -105,6 +107,11 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     metrics,
     log: log.child({ component: 'upstream' }),
   });
+
+  // A rotated certificate: the session moves to it, then the vendor retires the old one.
+  vendor.onRotated((ev) => pool.replace(ev.credentials));
+  // A revoked certificate: its session goes at once (IoT Core would drop it too).
+  vendor.onRevoked((ev) => pool.drop(ev.thingName));
 
   const dispatcher = new Dispatcher({
     outbox,
@@ -129,6 +136,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     defaultGroup: () => config.sims.defaultGroup,
     group,
     thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+    onImeiViolation: (sim) => {
+      if (group(sim.group).revokeOnImeiViolation) void vendor.revoke(sim.imsi, 'imei_lock_violation').catch((err) => log.warn({ err: String(err) }, 'revocation failed'));
+    },
   });
   const connectivity = new Connectivity({ outbox, group, log: log.child({ component: 'connectivity' }) });
   const downlink = new Downlink({

@@ -73,6 +73,7 @@ export function createMetrics(outboxByGroup: () => OutboxByGroup[] = () => []) {
       registers: [registry],
     }),
     vends: new Counter({ name: 'simbridge_vends_total', help: 'vending attempts by result', labelNames: ['result'] as const, registers: [registry] }),
+    vendQueueDepth: new Gauge({ name: 'simbridge_vend_queue_depth', help: 'SIMs waiting for or in vending', registers: [registry] }),
     vendSeconds: new Histogram({ name: 'simbridge_vend_seconds', help: 'time to vend a device', registers: [registry], buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60] }),
     downlink: new Counter({
       name: 'simbridge_downlink_messages_total',

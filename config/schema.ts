@@ -38,6 +38,7 @@ const group = z
       .enum(['reject-new', 'drop-oldest'])
       .default('reject-new')
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
+    revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
   })
   .strict();

@@ -64,8 +64,9 @@ describe('upstream sessions', () => {
       return imsis.every((i) => arrivals.has(`p-${i}`));
     });
     const times = [...arrivals.values()].sort((a, b) => a - b);
-    // A burst of 5, then 10 more at 5/s: at least ~2 s between the first and the last connect.
-    expect(times.at(-1)! - times[0]!).toBeGreaterThanOrEqual(1700);
+    // A burst of 5, then 10 more at 5/s: ~2 s between the first and the last connect (unpaced: ~50 ms).
+    // Vending jitter on a loaded machine can shave the first arrivals' lead, so allow some slack.
+    expect(times.at(-1)! - times[0]!).toBeGreaterThanOrEqual(1200);
   });
 
   it('dead-letters a message IoT Core keeps refusing, and the next one still goes through', async () => {

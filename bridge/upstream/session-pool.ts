@@ -188,6 +188,19 @@ export class UpstreamPool {
     return this.wanted.get(thingName)?.size ?? 0;
   }
 
+  /** Moves a thing to new credentials (rotation): resolves once a session with them is up. */
+  async replace(creds: SessionCredentials): Promise<void> {
+    await this.drop(creds.thingName);
+    await this.session(creds);
+  }
+
+  /** Closes a thing's session, if any (its certificate was revoked). */
+  async drop(thingName: string): Promise<void> {
+    const p = this.sessions.get(thingName);
+    const session = p && (await p.catch(() => undefined));
+    if (session) await this.discard(session);
+  }
+
   /** Drops a session that failed so the next use opens a fresh one. */
   async discard(session: UpstreamSession): Promise<void> {
     this.forget(session);
