@@ -7,7 +7,7 @@
 export class TokenBucket {
   private tokens: number;
   private at: number;
-  private readonly waiters: Array<() => void> = [];
+  private readonly waiters: Array<{ n: number; resolve: () => void }> = [];
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -23,14 +23,16 @@ export class TokenBucket {
     return this.waiters.length;
   }
 
-  take(): Promise<void> {
+  /** Resolves when n tokens (calls, or bytes for a byte-rate bucket) may go; n above the capacity waits for a full bucket. */
+  take(n = 1): Promise<void> {
+    const need = Math.min(n, this.capacity);
     this.refill();
-    if (this.waiters.length === 0 && this.tokens >= 1) {
-      this.tokens -= 1;
+    if (this.waiters.length === 0 && this.tokens >= need) {
+      this.tokens -= need;
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      this.waiters.push(resolve);
+      this.waiters.push({ n: need, resolve });
       this.schedule();
     });
   }
@@ -49,13 +51,14 @@ export class TokenBucket {
 
   private schedule(): void {
     if (this.timer) return;
-    const wait = Math.max(0, ((1 - this.tokens) / this.rate) * 1000);
+    const wait = Math.max(0, ((this.waiters[0]!.n - this.tokens) / this.rate) * 1000);
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.refill();
-      while (this.waiters.length > 0 && this.tokens >= 1) {
-        this.tokens -= 1;
-        this.waiters.shift()!();
+      while (this.waiters.length > 0 && this.tokens >= this.waiters[0]!.n) {
+        const w = this.waiters.shift()!;
+        this.tokens -= w.n;
+        w.resolve();
       }
       if (this.waiters.length > 0) this.schedule();
     }, Math.ceil(wait));

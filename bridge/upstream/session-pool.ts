@@ -1,7 +1,7 @@
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
-import { Pacer } from './pacer.ts';
+import { TokenBucket } from '../../vending/token-bucket.ts';
 
 export interface SessionCredentials {
   thingName: string;
@@ -47,16 +47,16 @@ export class UpstreamSession {
   inflight = 0;
   private closed = false;
   private readonly closeListeners: Array<() => void> = [];
-  private readonly messagePacer: Pacer;
-  private readonly bytePacer: Pacer;
+  private readonly messagePacer: TokenBucket;
+  private readonly bytePacer: TokenBucket;
 
   constructor(
     readonly creds: SessionCredentials,
     private readonly connection: mqtt.MqttClientConnection,
     opts: PoolOptions,
   ) {
-    this.messagePacer = new Pacer(opts.publishesPerSecond);
-    this.bytePacer = new Pacer(opts.bytesPerSecond);
+    this.messagePacer = new TokenBucket(opts.publishesPerSecond, opts.publishesPerSecond);
+    this.bytePacer = new TokenBucket(opts.bytesPerSecond, opts.bytesPerSecond);
   }
 
   get thingName(): string {
@@ -127,12 +127,12 @@ export class UpstreamPool {
   /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
   private readonly wanted = new Map<string, Map<string, { qos: 0 | 1; handler: MessageHandler }>>();
   private readonly lastConnect = new Map<string, number>();
-  private readonly connectPacer: Pacer;
+  private readonly connectPacer: TokenBucket;
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
 
   constructor(private readonly opts: PoolOptions) {
-    this.connectPacer = new Pacer(opts.connectsPerSecond);
+    this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
     this.sweeper.unref();
   }
