@@ -67,6 +67,45 @@ const allSeen = (s: Stream) => (msgs: { payload: Buffer }[]) => {
   return [...s.acked.values()].every((bodies) => bodies.every((b) => seen.has(b)));
 };
 
+interface Upstream {
+  /** Port the gateway's upstream sessions go to. */
+  port: number;
+  /** Where the test watches what reaches the upstream, and the filter to watch. */
+  observerUrl(): string;
+  filter: string;
+  stop(): Promise<unknown>;
+  start(): Promise<unknown>;
+}
+
+/**
+ * Devices stream through the gateway; the upstream broker is stopped for OUTAGE_MS and started again
+ * behind a relay that reopens only once the test's observer is back, so nothing delivered goes unseen.
+ */
+async function outageDrill(dir: string, sandbox: SandboxProcess, upstream: Upstream, imsis: string[], cleanups: Array<() => Promise<unknown>>) {
+  const proxy = await startTcpProxy(upstream.port);
+  const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: proxy.port })).file);
+  cleanups.push(() => gateway.kill(), () => proxy.close());
+  let observer = await Observer.connect(upstream.observerUrl(), upstream.filter);
+  const devices = await stream(`mqtt://127.0.0.1:${gateway.mqttPort}`, imsis, 50);
+  await new Promise((r) => setTimeout(r, 2000));
+
+  proxy.setOpen(false);
+  await upstream.stop();
+  const before = observer.messages;
+  await observer.close();
+  await new Promise((r) => setTimeout(r, OUTAGE_MS));
+  await upstream.start();
+  observer = await Observer.connect(upstream.observerUrl(), upstream.filter);
+  observer.messages.push(...before);
+  proxy.setOpen(true);
+
+  await new Promise((r) => setTimeout(r, 2000));
+  await devices.stop();
+  await observer.waitUntil(allSeen(devices), 60_000);
+  checkDelivery(observer, devices, await failedPublishes(gateway));
+  await observer.close();
+}
+
 describe('the upstream stops for a while mid-stream', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
   afterAll(async () => {
@@ -75,57 +114,31 @@ describe('the upstream stops for a while mid-stream', () => {
 
   it(`sandbox IoT Core down for ${OUTAGE_MS / 1000} s: every message delivered, in order per device`, async () => {
     const dir = tempDir('outage-sandbox');
-    let sandbox: SandboxProcess = await startSandboxProcess(dir);
+    let sandbox = await startSandboxProcess(dir);
     const ports = { controlPort: Number(new URL(sandbox.controlEndpoint).port), dataPort: sandbox.dataPort, observerPort: sandbox.observerPort };
-    const proxy = await startTcpProxy(sandbox.dataPort);
-    const gateway: GatewayProcess = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: proxy.port })).file);
-    cleanups.push(() => gateway.kill(), () => proxy.close(), () => sandbox.process.kill());
-    let observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
-    const devices = await stream(`mqtt://127.0.0.1:${gateway.mqttPort}`, ['001010000000501', '001010000000502'], 50);
-    await new Promise((r) => setTimeout(r, 2000));
-
-    proxy.setOpen(false);
-    await sandbox.process.kill('SIGTERM');
-    const before = observer.messages;
-    await observer.close();
-    await new Promise((r) => setTimeout(r, OUTAGE_MS));
-    sandbox = await startSandboxProcess(dir, ports);
-    observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
-    observer.messages.push(...before);
-    proxy.setOpen(true);
-
-    await new Promise((r) => setTimeout(r, 2000));
-    await devices.stop();
-    await observer.waitUntil(allSeen(devices), 60_000);
-    checkDelivery(observer, devices, await failedPublishes(gateway));
-    await observer.close();
+    cleanups.push(() => sandbox.process.kill());
+    const upstream: Upstream = {
+      port: sandbox.dataPort,
+      observerUrl: () => `mqtt://127.0.0.1:${sandbox.observerPort}`,
+      filter: '#',
+      stop: () => sandbox.process.kill('SIGTERM'),
+      start: async () => (sandbox = await startSandboxProcess(dir, ports)),
+    };
+    await outageDrill(dir, sandbox, upstream, ['001010000000501', '001010000000502'], cleanups);
   }, OUTAGE_MS + 120_000);
 
   it.skipIf(!mosquitto)(`real Mosquitto down for ${OUTAGE_MS / 1000} s: every message delivered, in order per device`, async () => {
     const dir = tempDir('outage-mosquitto');
     const sandbox = await startSandboxProcess(dir);
     const broker = await startMosquitto(mosquitto!, dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
-    const proxy = await startTcpProxy(broker.tlsPort);
-    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: proxy.port })).file);
-    cleanups.push(() => gateway.kill(), () => proxy.close(), () => broker.stop(), () => sandbox.process.kill());
-    let observer = await Observer.connect(`mqtt://127.0.0.1:${broker.plainPort}`, 'devices/#');
-    const devices = await stream(`mqtt://127.0.0.1:${gateway.mqttPort}`, ['001010000000511', '001010000000512'], 50);
-    await new Promise((r) => setTimeout(r, 2000));
-
-    proxy.setOpen(false);
-    await broker.stop();
-    const before = observer.messages;
-    await observer.close();
-    await new Promise((r) => setTimeout(r, OUTAGE_MS));
-    await broker.start();
-    observer = await Observer.connect(`mqtt://127.0.0.1:${broker.plainPort}`, 'devices/#');
-    observer.messages.push(...before);
-    proxy.setOpen(true);
-
-    await new Promise((r) => setTimeout(r, 2000));
-    await devices.stop();
-    await observer.waitUntil(allSeen(devices), 60_000);
-    checkDelivery(observer, devices, await failedPublishes(gateway));
-    await observer.close();
+    cleanups.push(() => sandbox.process.kill(), () => broker.stop());
+    const upstream: Upstream = {
+      port: broker.tlsPort,
+      observerUrl: () => `mqtt://127.0.0.1:${broker.plainPort}`,
+      filter: 'devices/#',
+      stop: () => broker.stop(),
+      start: () => broker.start(),
+    };
+    await outageDrill(dir, sandbox, upstream, ['001010000000511', '001010000000512'], cleanups);
   }, OUTAGE_MS + 120_000);
 });
