@@ -35,6 +35,11 @@ describe('bad input gets its documented refusal and the gateway keeps serving', 
     expect((await connectDevice(url, deviceOptions(GOOD_IMSI, '490154203237517'))).code).toBe(2);
   });
 
+  it('refuses MQTT 5 with CONNACK "unacceptable protocol version": the device broker speaks 3.1.1', async () => {
+    // aedes answers in 3.1.1 form, return code 1 (MQTT-3.1.2-2); mosquitto_pub -V mqttv5 reports it as 0x84.
+    expect((await connectDevice(url, deviceOptions(GOOD_IMSI, IMEI, { protocolVersion: 5 }))).code).toBe(1);
+  });
+
   it('refuses the same over HTTP with 400 and a JSON reason', async () => {
     const res = await fetch(`${http}/topics/t`, { method: 'POST', headers: { 'x-imsi': GOOD_IMSI, 'x-imei': '490154203237517' }, body: 'x' });
     expect(res.status).toBe(400);
