@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
 let ticksPerSecond: number | undefined;
@@ -72,4 +72,77 @@ export function machine(): Machine {
     cpu_model: os.cpus()[0]?.model ?? 'unknown',
     kernel: os.release(),
   };
+}
+
+function machineTicks(): { busy: number; steal: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = f;
+  void idle;
+  void iowait;
+  return { busy: user + nice + system + irq + softirq, steal: steal ?? 0 };
+}
+
+/** CPU ticks used by this process and all its descendants (children that exited count via cutime/cstime). */
+function treeTicks(): number {
+  const procs = new Map<number, { ppid: number; ticks: number }>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      procs.set(Number(d), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]) });
+    } catch {
+      // gone
+    }
+  }
+  const children = new Map<number, number[]>();
+  for (const [pid, p] of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), pid]);
+  let sum = 0;
+  const stack = [process.pid];
+  while (stack.length) {
+    const pid = stack.pop()!;
+    sum += procs.get(pid)?.ticks ?? 0;
+    stack.push(...(children.get(pid) ?? []));
+  }
+  return sum;
+}
+
+export interface Noise {
+  /** CPU used by processes other than the bench and its children, in % of one core (200 = both of 2 cores). */
+  other_cpu_pct: number;
+  /** CPU time the hypervisor took away, % of one core. */
+  steal_pct: number;
+  loadavg_1m: number;
+}
+
+/** Measures how busy the machine was with other work between start and stop(). */
+export function noiseMeter(): { stop(): Noise } {
+  const t0 = Date.now();
+  const m0 = machineTicks();
+  const b0 = treeTicks();
+  return {
+    stop() {
+      const s = Math.max(0.001, (Date.now() - t0) / 1000);
+      const m1 = machineTicks();
+      const b1 = treeTicks();
+      const hz = clockTicks();
+      const other = Math.max(0, m1.busy - m0.busy - (b1 - b0)) / hz / s;
+      return {
+        other_cpu_pct: Math.round(other * 1000) / 10,
+        steal_pct: Math.round(((m1.steal - m0.steal) / hz / s) * 1000) / 10,
+        loadavg_1m: Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
+      };
+    },
+  };
+}
+
+/** Waits (up to maxS) until others use less than thresholdPct of a core over 3 s; returns the seconds waited. */
+export async function waitForQuiet(maxS: number, thresholdPct: number): Promise<number> {
+  const start = Date.now();
+  while ((Date.now() - start) / 1000 < maxS) {
+    const m = noiseMeter();
+    await new Promise((r) => setTimeout(r, 3000));
+    if (m.stop().other_cpu_pct < thresholdPct) break;
+  }
+  return Math.round((Date.now() - start) / 1000);
 }

@@ -19,6 +19,8 @@ export interface ConnectCmd {
   devices: DeviceSpec[];
   /** mqtt.js reconnectPeriod; 0 = no reconnect. */
   reconnectPeriodMs: number;
+  /** TCP_NODELAY on device sockets; undefined = the client library's default (mqtt.js: off, node:http Agent: on). */
+  noDelay?: boolean;
 }
 
 export interface RunCmd {
@@ -43,6 +45,8 @@ export interface RunResult {
   sent: number;
   acked: number;
   errors: number;
+  /** Failures by kind, e.g. {"http 503": 3, "http ECONNRESET": 1}. */
+  errorKinds: Record<string, number>;
   outstanding: number;
   skipped: number;
   startedAt: number;
@@ -50,6 +54,8 @@ export interface RunResult {
   endedAt: number;
   lastAckAt: number;
   ackHist: Hist;
+  /** Acknowledgements per 100 ms since startedAt. */
+  ackTimeline: Uint32Array;
   /** Device idx → acknowledged seqs as a byte map (1 = acked). */
   acked_by_device?: Array<{ dev: number; bits: Uint8Array }>;
   reconnects: number;
@@ -59,7 +65,8 @@ type Cmd = ConnectCmd | RunCmd | { cmd: 'stop' } | { cmd: 'progress' } | { cmd: 
 
 interface Device {
   spec: DeviceSpec;
-  send(body: Buffer, done: (ok: boolean) => void): void;
+  /** done(ok, why): why names a failure (an HTTP status, an error code) for the run's error tally. */
+  send(body: Buffer, done: (ok: boolean, why?: string) => void): void;
   close(): Promise<void>;
 }
 
@@ -69,10 +76,10 @@ let current: RunState | undefined;
 
 // ---- devices ---------------------------------------------------------------------------------------
 
-function mqttDevice(target: Target, spec: DeviceSpec, reconnectPeriod: number): Promise<Device> {
+function mqttDevice(target: Target, spec: DeviceSpec, reconnectPeriod: number, noDelay: boolean | undefined): Promise<Device> {
   return new Promise((resolve, reject) => {
     const client = new MqttClient(
-      () => net.createConnection({ host: target.host, port: target.port, localAddress: spec.localAddress }),
+      () => net.createConnection({ host: target.host, port: target.port, localAddress: spec.localAddress, ...(noDelay === undefined ? {} : { noDelay }) }),
       {
         username: spec.imsi,
         clientId: spec.imei,
@@ -101,7 +108,7 @@ function mqttDevice(target: Target, spec: DeviceSpec, reconnectPeriod: number): 
     const device: Device = {
       spec,
       send(body, done) {
-        client.publish(spec.topic, body, { qos: 1 }, (err) => done(!err));
+        client.publish(spec.topic, body, { qos: 1 }, (err) => done(!err, err ? `mqtt ${err.message}` : undefined));
       },
       close: () => client.endAsync(true).then(() => undefined, () => undefined),
     };
@@ -115,8 +122,8 @@ function mqttDevice(target: Target, spec: DeviceSpec, reconnectPeriod: number): 
   });
 }
 
-function httpDevice(target: Target, spec: DeviceSpec, sockets: number): Device {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: sockets, localAddress: spec.localAddress });
+function httpDevice(target: Target, spec: DeviceSpec, sockets: number, noDelay: boolean | undefined): Device {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: sockets, localAddress: spec.localAddress, ...(noDelay === undefined ? {} : { noDelay }) } as http.AgentOptions);
   const path = `/topics/${spec.topic}?qos=1`;
   return {
     spec,
@@ -132,12 +139,12 @@ function httpDevice(target: Target, spec: DeviceSpec, sockets: number): Device {
         },
         (res) => {
           res.resume();
-          res.on('end', () => done(res.statusCode === 202));
-          res.on('error', () => done(false));
+          res.on('end', () => done(res.statusCode === 202, `http ${res.statusCode}`));
+          res.on('error', (e) => done(false, `http response ${(e as NodeJS.ErrnoException).code ?? e.message}`));
         },
       );
       req.setTimeout(30_000, () => req.destroy(new Error('timeout')));
-      req.on('error', () => done(false));
+      req.on('error', (e) => done(false, `http ${(e as NodeJS.ErrnoException).code ?? e.message}`));
       req.end(body);
     },
     async close() {
@@ -153,7 +160,7 @@ async function connect(c: ConnectCmd): Promise<{ connected: number }> {
     const batch = c.devices.slice(i, i + 20);
     out.push(
       ...(await Promise.all(
-        batch.map((spec) => (c.target.kind === 'mqtt' ? mqttDevice(c.target, spec, c.reconnectPeriodMs) : Promise.resolve(httpDevice(c.target, spec, 64)))),
+        batch.map((spec) => (c.target.kind === 'mqtt' ? mqttDevice(c.target, spec, c.reconnectPeriodMs, c.noDelay) : Promise.resolve(httpDevice(c.target, spec, 64, c.noDelay)))),
       )),
     );
   }
@@ -167,6 +174,7 @@ class RunState {
   sent = 0;
   acked = 0;
   errors = 0;
+  readonly errorKinds: Record<string, number> = {};
   skipped = 0;
   outstanding = 0;
   lastAckAt = 0;
@@ -174,9 +182,11 @@ class RunState {
   readonly startedAt = nowMs();
   sendingEndedAt = 0;
   readonly hist = newHist();
+  readonly timeline: Uint32Array;
   readonly perDevice: Array<{ next: number; outstanding: number; bits: Uint8Array }>;
 
   constructor(readonly cmd: RunCmd) {
+    this.timeline = new Uint32Array(Math.ceil((cmd.durationMs + cmd.tailMs) / 100) + 1);
     this.perDevice = devices.map(() => ({ next: 0, outstanding: 0, bits: new Uint8Array(cmd.returnAcked ? 1024 : 0) }));
   }
 
@@ -193,7 +203,7 @@ class RunState {
     d.outstanding++;
     this.outstanding++;
     this.sent++;
-    devices[i].send(payload(this.cmd.tag, devices[i].spec.idx, seq, this.cmd.payloadBytes), (ok) => {
+    devices[i].send(payload(this.cmd.tag, devices[i].spec.idx, seq, this.cmd.payloadBytes), (ok, why) => {
       d.outstanding--;
       this.outstanding--;
       if (ok) {
@@ -201,6 +211,8 @@ class RunState {
         this.acked++;
         this.lastAckAt = now;
         record(this.hist, now - sentAt);
+        const b = Math.floor((now - this.startedAt) / 100);
+        if (b < this.timeline.length) this.timeline[b]++;
         if (this.cmd.returnAcked) {
           if (seq >= d.bits.length) {
             const grown = new Uint8Array(Math.max(seq + 1, d.bits.length * 2));
@@ -209,7 +221,11 @@ class RunState {
           }
           d.bits[seq] = 1;
         }
-      } else this.errors++;
+      } else {
+        this.errors++;
+        const k = why ?? 'unknown';
+        this.errorKinds[k] = (this.errorKinds[k] ?? 0) + 1;
+      }
       then?.(ok);
     });
     return true;
@@ -268,6 +284,7 @@ async function run(cmd: RunCmd): Promise<RunResult> {
     sent: st.sent,
     acked: st.acked,
     errors: st.errors,
+    errorKinds: st.errorKinds,
     outstanding: st.outstanding,
     skipped: st.skipped,
     startedAt: st.startedAt,
@@ -275,6 +292,7 @@ async function run(cmd: RunCmd): Promise<RunResult> {
     endedAt: nowMs(),
     lastAckAt: st.lastAckAt,
     ackHist: st.hist,
+    ackTimeline: st.timeline,
     acked_by_device: cmd.returnAcked ? st.perDevice.map((d, i) => ({ dev: devices[i].spec.idx, bits: d.bits })) : undefined,
     reconnects,
   };

@@ -1,0 +1,25 @@
+import type { ScenarioResult } from './report.ts';
+
+export interface Ctx {
+  /** BENCH_QUICK=1: shorter runs, one repetition, for smoke testing (about a minute per scenario). */
+  quick: boolean;
+  /** Take a CPU profile of simbridge when a goal is missed (BENCH_PROFILE=0 turns it off, =1 forces it). */
+  profile: 'auto' | 'always' | 'never';
+  log(msg: string): void;
+}
+
+export type Scenario = (ctx: Ctx) => Promise<ScenarioResult>;
+
+/** A numeric knob from the environment (BENCH_<NAME>), else the quick or full default. */
+export function knob(name: string, full: number, quick: number, ctx: Ctx): number {
+  const v = process.env[`BENCH_${name}`];
+  if (v !== undefined && v !== '' && Number.isFinite(Number(v))) return Number(v);
+  return ctx.quick ? quick : full;
+}
+
+/** Same as knob() for a list of numbers, e.g. BENCH_WINDOWS=2,4,8. */
+export function knobList(name: string, full: number[], quick: number[], ctx: Ctx): number[] {
+  const v = process.env[`BENCH_${name}`];
+  if (v) return v.split(',').map(Number).filter(Number.isFinite);
+  return ctx.quick ? quick : full;
+}

@@ -1,0 +1,157 @@
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { machine, type Machine } from './procstat.ts';
+
+export const resultsDir = fileURLToPath(new URL('../results', import.meta.url));
+
+export type Figures = Record<string, number | null>;
+export type Params = Record<string, unknown>;
+
+export interface Goal {
+  text: string;
+  figure: string;
+  op: '>=' | '<=' | '==';
+  target: number;
+}
+
+export interface ScenarioResult {
+  params: Params;
+  figures: Figures;
+  goals?: Goal[];
+  /** Sentences for the markdown report (how it was measured, what is missing, caveats). */
+  notes?: string[];
+  /** Extra markdown appended to the scenario's report (e.g. a per-run table). */
+  extraMd?: string;
+}
+
+export interface ResultFile {
+  scenario: string;
+  date: string;
+  machine: Machine;
+  params: Params;
+  figures: Figures;
+}
+
+export function goalMet(goal: Goal, figures: Figures): boolean | null {
+  const v = figures[goal.figure];
+  if (v === null || v === undefined) return null;
+  return goal.op === '>=' ? v >= goal.target : goal.op === '<=' ? v <= goal.target : v === goal.target;
+}
+
+const fmt = (v: unknown) => (v === null || v === undefined ? 'null' : typeof v === 'number' ? String(v) : typeof v === 'object' ? '`' + JSON.stringify(v) + '`' : String(v));
+
+/** Writes bench/results/<scenario>.json and .md and refreshes bench/results/README.md. */
+export function writeResult(scenario: string, r: ScenarioResult, date = new Date()): ResultFile {
+  mkdirSync(resultsDir, { recursive: true });
+  const file: ResultFile = { scenario, date: date.toISOString(), machine: machine(), params: r.params, figures: r.figures };
+  writeFileSync(join(resultsDir, `${scenario}.json`), JSON.stringify(file, null, 2) + '\n');
+  const m = file.machine;
+  const lines = [
+    `# ${scenario}`,
+    '',
+    `${file.date} · ${m.cores} cores (${m.cpu_model}), ${m.memory_gb} GB, Node ${m.node}, Linux ${m.kernel}`,
+    '',
+    '## Figures',
+    '',
+    '| figure | value |',
+    '|---|---:|',
+    ...Object.entries(r.figures).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`),
+    '',
+  ];
+  if (r.goals?.length) {
+    lines.push('## Goals', '', '| goal | figure | measured | met |', '|---|---|---:|:---:|');
+    for (const g of r.goals) {
+      const met = goalMet(g, r.figures);
+      lines.push(`| ${g.text} | \`${g.figure}\` ${g.op} ${g.target} | ${fmt(r.figures[g.figure])} | ${met === null ? 'n/a' : met ? 'yes' : '**no**'} |`);
+    }
+    lines.push('');
+  }
+  if (r.notes?.length) lines.push('## Notes', '', ...r.notes.map((n) => `- ${n}`), '');
+  if (r.extraMd) lines.push(r.extraMd.trimEnd(), '');
+  lines.push('## Parameters', '', '| param | value |', '|---|---|', ...Object.entries(r.params).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`), '');
+  writeFileSync(join(resultsDir, `${scenario}.md`), lines.join('\n'));
+  writeIndex();
+  return file;
+}
+
+export const SCENARIOS = ['skeleton', 'throughput-mqtt', 'bridge-compare', 'throughput-http', 'faults', 'bad-input'] as const;
+
+export const GOALS: Record<string, Goal[]> = {
+  'throughput-mqtt': [
+    { text: '≥ 15,000 msgs/s with durable acks (synchronous: full)', figure: 'msgs_per_s', op: '>=', target: 15000 },
+    { text: 'ack p99 ≤ 10 ms at half the goal rate (7,500 msgs/s)', figure: 'ack_p99_ms_at_7500_per_s', op: '<=', target: 10 },
+    { text: 'ack p99 ≤ 10 ms at half the saturated rate', figure: 'ack_p99_ms_at_half_rate', op: '<=', target: 10 },
+  ],
+  'bridge-compare': [{ text: 'simbridge / Mosquitto bridge throughput ≥ 0.5', figure: 'ratio', op: '>=', target: 0.5 }],
+  faults: [
+    { text: 'no acknowledged message lost when simbridge is SIGKILLed', figure: 'simbridge_lost_on_kill', op: '==', target: 0 },
+    { text: 'no acknowledged message lost in an upstream outage', figure: 'simbridge_lost_on_outage', op: '==', target: 0 },
+  ],
+  'bad-input': [
+    { text: 'the gateway survives every round', figure: 'crashes', op: '==', target: 0 },
+    { text: 'the well-behaved device loses nothing', figure: 'well_behaved_lost', op: '==', target: 0 },
+  ],
+};
+
+function profiles(): string[] {
+  const files = readdirSync(resultsDir).filter((f) => /^profile-.+\.md$/.test(f)).sort();
+  return files.length ? ['## CPU profiles (goals missed)', '', ...files.map((f) => `- [${f.replace(/\.md$/, '')}](${f})`), ''] : [];
+}
+
+/** Results other benchmarks (not run by bench/run.ts) keep in this folder. */
+function others(): string[] {
+  const mine = new Set<string>([...SCENARIOS, 'README']);
+  const files = readdirSync(resultsDir).filter((f) => f.endsWith('.md') && !f.startsWith('profile-') && !mine.has(f.replace(/\.md$/, ''))).sort();
+  return files.length ? ['## Other benchmarks in this folder', '', ...files.map((f) => `- [${f.replace(/\.md$/, '')}](${f})`), ''] : [];
+}
+
+/** bench/results/README.md: one table over the latest result of every scenario, and the goals. */
+export function writeIndex(): void {
+  const rows: string[] = [];
+  const goals: string[] = [];
+  let machineLine = '';
+  for (const s of SCENARIOS) {
+    const f = join(resultsDir, `${s}.json`);
+    if (!existsSync(f)) {
+      rows.push(`| [${s}](${s}.md) | (not run yet) | | | | |`);
+      continue;
+    }
+    const r = JSON.parse(readFileSync(f, 'utf8')) as ResultFile;
+    machineLine ||= `${r.machine.cores} cores, ${r.machine.memory_gb} GB, Node ${r.machine.node}`;
+    const base = Object.keys(r.figures).filter((k) => !k.endsWith('_min') && !k.endsWith('_max'));
+    base.forEach((k, i) => {
+      const min = r.figures[`${k}_min`];
+      const max = r.figures[`${k}_max`];
+      rows.push(
+        `| ${i === 0 ? `[${s}](${s}.md)` : ''} | ${i === 0 ? r.date.slice(0, 16).replace('T', ' ') + (r.params.quick ? ' (quick)' : '') : ''} | \`${k}\` | ${fmt(r.figures[k])} | ${min === undefined ? '' : fmt(min)} | ${max === undefined ? '' : fmt(max)} |`,
+      );
+    });
+    for (const g of GOALS[s] ?? []) {
+      const met = goalMet(g, r.figures);
+      goals.push(`| ${s} | ${g.text} | ${fmt(r.figures[g.figure])} | ${met === null ? 'n/a' : met ? 'met' : '**missed**'} |`);
+    }
+  }
+  const md = [
+    '# Benchmark results (latest)',
+    '',
+    'Generated by `npm run bench -- <scenario|all>` (see [bench/README.md](../README.md)); each scenario also has its own',
+    'report (`<scenario>.md`) and machine-readable figures (`<scenario>.json`). Figures are medians over repeated runs',
+    'with min and max where a scenario repeats; ratios are measured side by side in the same run.',
+    machineLine ? `\nMachine: ${machineLine}. Everything (devices, simbridge, both Mosquittos, the collector) shares it.` : '',
+    '',
+    '| scenario | date (UTC) | figure | median | min | max |',
+    '|---|---|---|---:|---:|---:|',
+    ...rows,
+    '',
+    '## Goals',
+    '',
+    '| scenario | goal | measured | |',
+    '|---|---|---:|---|',
+    ...goals,
+    '',
+    ...profiles(),
+    ...others(),
+  ];
+  writeFileSync(join(resultsDir, 'README.md'), md.join('\n'));
+}

@@ -1,0 +1,239 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { CliProcess, tempDir, TEST_MASTER_KEY, writeYaml, type SandboxProcess } from '../../test/helpers/processes.ts';
+import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
+import { track } from './cleanup.ts';
+import { Collector } from './collector.ts';
+import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
+
+export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+
+export interface GatewaySource {
+  /** Directory simbridge (and the sandbox) run from. */
+  root: string;
+  /** Commit measured, with "+dirty" when it is the working tree with uncommitted changes to the gateway. */
+  commit: string;
+}
+
+let source: GatewaySource | undefined;
+
+/**
+ * What is measured: the working tree (default), or with BENCH_GATEWAY_REF=<git ref> an exported
+ * snapshot of that commit (other engineers edit the tree while benchmarks run; a snapshot keeps one
+ * run's figures about one version). The snapshot shares the checkout's node_modules.
+ */
+export function gatewaySource(): GatewaySource {
+  if (source) return source;
+  const git = (...args: string[]) => execFileSync('git', ['-C', repoRoot, ...args], { encoding: 'utf8' }).trim();
+  const ref = process.env.BENCH_GATEWAY_REF;
+  if (!ref) {
+    let commit = 'unknown';
+    try {
+      commit = git('rev-parse', '--short=12', 'HEAD');
+      const dirty = git('status', '--porcelain', '--', 'bin', 'bridge', 'config', 'storage', 'vending', 'sandbox', 'admin');
+      if (dirty) commit += '+dirty';
+    } catch {
+      // not a git checkout
+    }
+    return (source = { root: repoRoot, commit });
+  }
+  const sha = git('rev-parse', '--short=12', `${ref}^{commit}`);
+  const root = join(tmpdir(), `simbridge-bench-src-${sha}`);
+  if (!existsSync(join(root, 'bin', 'simbridge.ts'))) {
+    const staging = `${root}.${process.pid}`;
+    rmSync(staging, { recursive: true, force: true });
+    mkdirSync(staging, { recursive: true });
+    execFileSync('sh', ['-c', `git -C "${repoRoot}" archive ${sha} | tar -x -C "${staging}"`]);
+    symlinkSync(join(repoRoot, 'node_modules'), join(staging, 'node_modules'));
+    // Sources git ignores by accident (".gitignore: data/" also matches sandbox/data/) are not in the
+    // archive: take them from the working tree so the snapshot runs.
+    const ignored = git('ls-files', '--others', '--ignored', '--exclude-standard', '--', '*.ts', ':!node_modules', ':!.tmp', ':!bench');
+    for (const file of ignored.split('\n').filter(Boolean)) {
+      if (existsSync(join(staging, file))) continue;
+      mkdirSync(dirname(join(staging, file)), { recursive: true });
+      copyFileSync(join(repoRoot, file), join(staging, file));
+    }
+    rmSync(root, { recursive: true, force: true });
+    renameSync(staging, root);
+  }
+  return (source = { root, commit: sha });
+}
+
+/** Whether the measured gateway's config schema has a top-level key (the schema is strict). */
+function hasConfigKey(key: string): boolean {
+  try {
+    return new RegExp(`^\\s{4}${key}:`, 'm').test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+function spawnSimbridge(args: string[], nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): CliProcess {
+  const child = track(
+    spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'bin/simbridge.ts', ...args], {
+      cwd: gatewaySource().root,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
+  return new CliProcess(child);
+}
+
+/** `simbridge sandbox` on free ports as its own process; the ports are read from its banner. */
+async function startSandbox(dir: string): Promise<SandboxProcess> {
+  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
+  const proc = spawnSimbridge(['sandbox', '--config', config]);
+  await proc.waitFor(/server key .+\n/, 60_000);
+  const value = (label: string) => proc.output.match(new RegExp(`${label}\\s+(\\S+)`))![1];
+  return {
+    process: proc,
+    controlEndpoint: value('control plane'),
+    dataPort: Number(value('data plane').split(':').at(-1)),
+    observerPort: Number(value('observer').split(':').at(-1)),
+    caFile: value('CA'),
+    serverCertFile: value('server cert'),
+    serverKeyFile: value('server key'),
+  };
+}
+
+type Tree = Record<string, unknown>;
+
+function isTree(v: unknown): v is Tree {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+export function deepMerge(base: Tree, over: Tree): Tree {
+  const out: Tree = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = isTree(v) && isTree(out[k]) ? deepMerge(out[k] as Tree, v) : v;
+  return out;
+}
+
+/**
+ * Extra gateway configuration from BENCH_GATEWAY_CONFIG: inline JSON, or a YAML/JSON file. Merged last,
+ * so e.g. a batching policy can be benchmarked without touching the harness:
+ *   BENCH_GATEWAY_CONFIG='{"groups":{"default":{"batching":{...}}}}' npm run bench -- bridge-compare
+ */
+export function gatewayOverrideFromEnv(): Tree {
+  const v = process.env.BENCH_GATEWAY_CONFIG;
+  if (!v) return {};
+  const parsed = v.trim().startsWith('{') ? JSON.parse(v) : parseYaml(readFileSync(v, 'utf8'));
+  if (!isTree(parsed)) throw new Error('BENCH_GATEWAY_CONFIG must be a mapping');
+  return parsed;
+}
+
+export interface GatewayProcess {
+  process: CliProcess;
+  pid: number;
+  mqttPort: number;
+  httpPort: number;
+}
+
+/**
+ * The whole test bed, every part its own process: the sandbox control plane (vending), a real Mosquitto
+ * as the upstream (mutual TLS, sandbox CA), the collector on the upstream's plain listener, simbridge,
+ * and on demand a bridging Mosquitto.
+ */
+export class Stack {
+  gateway?: GatewayProcess;
+  bridge?: { broker: MosquittoProcess; port: number; clientId: string };
+  private gatewayConfig: Tree = {};
+  private readonly configFile: string;
+
+  private constructor(
+    readonly dir: string,
+    readonly sandbox: SandboxProcess,
+    readonly upstream: { broker: MosquittoProcess; tlsPort: number; plainPort: number },
+    readonly collector: Collector,
+    readonly gatewayOverride: Tree,
+  ) {
+    this.configFile = join(dir, 'gateway.yaml');
+  }
+
+  static async start(opts: { gatewayOverride?: Tree } = {}): Promise<Stack> {
+    const dir = tempDir('bench');
+    const sandbox = await startSandbox(dir);
+    const upstream = await upstreamBroker(dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
+    const collector = new Collector(upstream.plainPort);
+    await collector.start();
+    return new Stack(dir, sandbox, upstream, collector, deepMerge(opts.gatewayOverride ?? {}, gatewayOverrideFromEnv()));
+  }
+
+  /** The gateway configuration as written (after overrides). */
+  get gatewayConfigUsed(): Tree {
+    return this.gatewayConfig;
+  }
+
+  /**
+   * Starts simbridge (`node --import tsx bin/simbridge.ts start --config`), one process, so signals
+   * and /proc figures are simbridge's own. A restart keeps the ports and the data directory.
+   */
+  async startGateway(opts: { cpuProfDir?: string; fresh?: boolean } = {}): Promise<GatewayProcess> {
+    if (opts.fresh) rmSync(join(this.dir, 'gateway'), { recursive: true, force: true });
+    const prev = this.gateway;
+    this.gatewayConfig = deepMerge(
+      {
+        mode: 'aws',
+        dataDir: join(this.dir, 'gateway'),
+        listeners: { mqtt: { host: '127.0.0.1', port: prev?.mqttPort ?? 0 }, http: { host: '127.0.0.1', port: prev?.httpPort ?? 0 } },
+        storage: { synchronous: 'full' },
+        vending: { endpoint: this.sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' } },
+        upstream: { endpoint: 'localhost', port: this.upstream.tlsPort, caFile: this.sandbox.caFile },
+        log: { level: 'warn' },
+        // Newer gateways serve an admin API on a fixed port by default: bind a free one instead.
+        ...(hasConfigKey('admin') ? { admin: { host: '127.0.0.1', port: 0 } } : {}),
+      },
+      this.gatewayOverride,
+    );
+    writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
+    const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
+    const proc = spawnSimbridge(['start', '--config', this.configFile], nodeArgs, { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
+    await proc.waitFor(/device HTTP .+\n/, 60_000);
+    const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
+    this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: port('device MQTT'), httpPort: port('device HTTP') };
+    return this.gateway;
+  }
+
+  async stopGateway(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const code = await this.gateway?.process.kill(signal);
+    return code ?? null;
+  }
+
+  get gatewayAlive(): boolean {
+    const c = this.gateway?.process.child;
+    return !!c && c.exitCode === null && c.signalCode === null;
+  }
+
+  /** One certificate for the bridge, vended through the sandbox control plane (key + CSR, as a device would). */
+  async vendBridgeIdentity(thingName = 'bench-bridge'): Promise<TlsFiles & { clientId: string }> {
+    const certFile = join(this.dir, `${thingName}.crt`);
+    const keyFile = join(this.dir, `${thingName}.key`);
+    if (!existsSync(certFile)) {
+      const iot = sandboxIotClient(this.sandbox.controlEndpoint, { maxAttempts: 3 });
+      const vended = await vendThing(iot, thingName);
+      iot.destroy();
+      writeFileSync(certFile, vended.certPem);
+      writeFileSync(keyFile, vended.keyPem, { mode: 0o600 });
+    }
+    return { caFile: this.sandbox.caFile, certFile, keyFile, clientId: thingName };
+  }
+
+  async startBridge(settings: BridgeSettings): Promise<{ broker: MosquittoProcess; port: number; clientId: string }> {
+    const id = await this.vendBridgeIdentity();
+    const b = await bridgeBroker(this.dir, { upstreamTlsPort: this.upstream.tlsPort, tls: id, clientId: id.clientId, settings });
+    this.bridge = { ...b, clientId: id.clientId };
+    return this.bridge;
+  }
+
+  async close(): Promise<void> {
+    await this.stopGateway('SIGTERM').catch(() => undefined);
+    await this.bridge?.broker.stop('SIGTERM').catch(() => undefined);
+    this.collector.close();
+    await this.upstream.broker.stop('SIGTERM').catch(() => undefined);
+    await this.sandbox.process.kill('SIGTERM').catch(() => undefined);
+    if (!process.env.BENCH_KEEP_TMP) rmSync(this.dir, { recursive: true, force: true });
+  }
+}

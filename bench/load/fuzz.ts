@@ -1,0 +1,328 @@
+// Bad-input generator process: bounded rounds of random and mutated MQTT packets over raw TCP, and raw
+// HTTP requests (malformed request lines and headers, huge bodies, bad identities), against simbridge's
+// device ports. Every round has its own deadline; the whole run stops at `rounds` or `durationMs`.
+import net from 'node:net';
+
+export interface FuzzCmd {
+  cmd: 'fuzz';
+  host: string;
+  mqttPort: number;
+  httpPort: number;
+  rounds: number;
+  durationMs: number;
+  concurrency: number;
+  seed: number;
+  /** A few IMSIs the fuzzer may present as valid (bounded vending and sessions upstream). */
+  imsis: string[];
+  imei: string;
+}
+
+export interface FuzzResult {
+  rounds: number;
+  byKind: Record<string, number>;
+  /** HTTP answers by status class, e.g. {"4xx": 812}. */
+  httpStatus: Record<string, number>;
+  /** HTTP 5xx answers, by "METHOD path → status" sample (first few). */
+  serverErrors: string[];
+  /** Connections the gateway refused or reset (it may: what matters is that it stays up). */
+  connectErrors: number;
+  elapsedMs: number;
+}
+
+// ---- deterministic randomness -------------------------------------------------------------------
+
+let state = 1;
+function rand(): number {
+  // mulberry32
+  state = (state + 0x6d2b79f5) | 0;
+  let t = state;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+}
+const int = (n: number) => Math.floor(rand() * n);
+const pick = <T>(a: readonly T[]): T => a[int(a.length)];
+const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => int(256)));
+
+// ---- a minimal MQTT 3.1.1 encoder (we need to write invalid packets too) --------------------------
+
+function varint(n: number): Buffer {
+  const out: number[] = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0 && out.length < 4);
+  return Buffer.from(out);
+}
+const str = (s: string | Buffer) => {
+  const b = Buffer.isBuffer(s) ? s : Buffer.from(s);
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(b.length & 0xffff);
+  return Buffer.concat([len, b]);
+};
+const u16 = (n: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n & 0xffff);
+  return b;
+};
+const packet = (type: number, flags: number, body: Buffer) => Buffer.concat([Buffer.from([(type << 4) | (flags & 15)]), varint(body.length), body]);
+
+function connect(o: { clientId: string | Buffer; username?: string | Buffer; password?: Buffer; level?: number; name?: string; flags?: number; keepalive?: number; will?: boolean }): Buffer {
+  let flags = o.flags ?? 0x02; // clean session
+  if (o.username !== undefined) flags |= 0x80;
+  if (o.password !== undefined) flags |= 0x40;
+  if (o.will) flags |= 0x04 | 0x08; // will, QoS 1
+  const parts = [str(o.name ?? 'MQTT'), Buffer.from([o.level ?? 4, flags]), u16(o.keepalive ?? 30), str(o.clientId)];
+  if (o.will) parts.push(str('will/topic'), str(bytes(int(64))));
+  if (o.username !== undefined) parts.push(str(o.username));
+  if (o.password !== undefined) parts.push(str(o.password));
+  return packet(1, 0, Buffer.concat(parts));
+}
+const publish = (topic: string | Buffer, payload: Buffer, qos: number, id = 1 + int(65535), flags = 0) =>
+  packet(3, (qos << 1) | flags, Buffer.concat([str(topic), qos > 0 ? u16(id) : Buffer.alloc(0), payload]));
+const subscribe = (filters: string[], id = 1 + int(65535)) => packet(8, 2, Buffer.concat([u16(id), ...filters.map((f) => Buffer.concat([str(f), Buffer.from([int(4)])]))]));
+const unsubscribe = (filters: string[]) => packet(10, 2, Buffer.concat([u16(1 + int(65535)), ...filters.map((f) => str(f))]));
+const simple = (type: number, flags = 0) => Buffer.from([(type << 4) | flags, 0]);
+const withId = (type: number, flags = 0) => packet(type, flags, u16(int(65536)));
+
+const weirdTopics = ['#', '+', 'a/+/b', 'a/#', '$SYS/broker', '$aws/things/x/shadow', '', '/', '//', 'a'.repeat(300), 'x/'.repeat(20) + 'y', 't\u0000x', 'ü/€/漢', '../../etc', 'telemetry'];
+
+function anyPacket(): Buffer {
+  switch (int(10)) {
+    case 0:
+      return publish(pick(weirdTopics), bytes(int(300)), int(4));
+    case 1:
+      return publish('telemetry', bytes(int(100)), int(2));
+    case 2:
+      return subscribe([pick(weirdTopics), pick(weirdTopics)]);
+    case 3:
+      return unsubscribe([pick(weirdTopics)]);
+    case 4:
+      return simple(12); // PINGREQ
+    case 5:
+      return withId(pick([4, 5, 6, 7]), int(16)); // PUBACK/PUBREC/PUBREL/PUBCOMP with any flags
+    case 6:
+      return simple(pick([0, 2, 9, 11, 13, 15])); // reserved or server-only types
+    case 7:
+      return connect({ clientId: 'second-connect' }); // a second CONNECT is a protocol violation
+    case 8:
+      return publish('telemetry', bytes(int(50)), 1, 0); // packet id 0
+    default:
+      return simple(14); // DISCONNECT
+  }
+}
+
+/** Flip, insert, delete, truncate, or inflate the remaining length. */
+function mutate(b: Buffer): Buffer {
+  const out = Buffer.from(b);
+  switch (int(6)) {
+    case 0:
+      for (let i = 0, n = 1 + int(8); i < n && out.length; i++) out[int(out.length)] = int(256);
+      return out;
+    case 1:
+      return Buffer.concat([out.subarray(0, int(out.length + 1)), bytes(1 + int(16)), out.subarray(int(out.length + 1))]);
+    case 2:
+      return out.subarray(0, int(out.length));
+    case 3: {
+      const i = int(out.length);
+      return Buffer.concat([out.subarray(0, i), out.subarray(i + 1 + int(8))]);
+    }
+    case 4:
+      // Remaining length claims up to 256 MB.
+      return Buffer.concat([out.subarray(0, 1), Buffer.from([0xff, 0xff, 0xff, 0x7f]), out.subarray(2)]);
+    default:
+      if (out.length > 1) out[1] = int(256);
+      return out;
+  }
+}
+
+// ---- transports ------------------------------------------------------------------------------------
+
+function source(): string {
+  return `127.0.${int(2)}.${2 + int(250)}`;
+}
+
+/** Opens a connection, writes chunks (with small gaps), collects what comes back until close or deadline. */
+function exchange(port: number, chunks: Buffer[], deadlineMs: number, gapMs = 0): Promise<{ reply: Buffer; error?: string }> {
+  return new Promise((resolve) => {
+    const got: Buffer[] = [];
+    let error: string | undefined;
+    const s = net.createConnection({ host: cmd!.host, port, localAddress: source() });
+    const timer = setTimeout(() => s.destroy(), deadlineMs);
+    s.on('data', (d: Buffer) => {
+      if (got.reduce((a, b) => a + b.length, 0) < 65536) got.push(d);
+    });
+    s.on('error', (e) => (error = (e as NodeJS.ErrnoException).code ?? e.message));
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ reply: Buffer.concat(got), error });
+    });
+    s.once('connect', async () => {
+      for (const c of chunks) {
+        if (s.destroyed) break;
+        await new Promise<void>((r) => (s.write(c) ? r() : s.once('drain', () => r())));
+        if (gapMs) await new Promise((r) => setTimeout(r, gapMs));
+      }
+    });
+  });
+}
+
+let cmd: FuzzCmd | undefined;
+const result: FuzzResult = { rounds: 0, byKind: {}, httpStatus: {}, serverErrors: [], connectErrors: 0, elapsedMs: 0 };
+
+function identity(): { imsi: string | Buffer; imei: string | Buffer } {
+  const c = cmd!;
+  switch (int(8)) {
+    case 0:
+      return { imsi: '12ab', imei: c.imei };
+    case 1:
+      return { imsi: pick(c.imsis), imei: '490154203237517' }; // bad Luhn
+    case 2:
+      return { imsi: '9'.repeat(40), imei: '1'.repeat(40) };
+    case 3:
+      return { imsi: bytes(int(20)), imei: bytes(int(20)) };
+    case 4:
+      return { imsi: '', imei: '' };
+    case 5:
+      return { imsi: pick(c.imsis), imei: c.imei.slice(0, 14) + '00' }; // IMEISV
+    default:
+      return { imsi: pick(c.imsis), imei: c.imei };
+  }
+}
+
+// ---- MQTT cases -------------------------------------------------------------------------------------
+
+const mqttCases: Record<string, () => Buffer[]> = {
+  mqtt_random_bytes: () => [bytes(1 + int(2048))],
+  mqtt_mutated_connect: () => {
+    const id = identity();
+    return [mutate(connect({ clientId: id.imei, username: id.imsi, level: pick([3, 4, 5, 4, 4, 255]), will: rand() < 0.3 }))];
+  },
+  mqtt_odd_connect: () => {
+    const id = identity();
+    return [
+      connect({
+        clientId: pick([id.imei, '', 'x'.repeat(200), bytes(30)]),
+        username: rand() < 0.8 ? id.imsi : undefined,
+        password: rand() < 0.3 ? bytes(int(100)) : undefined,
+        name: pick(['MQTT', 'MQIsdp', 'HTTP', '']),
+        level: pick([3, 4, 5, 0]),
+        flags: int(256),
+        keepalive: pick([0, 1, 65535]),
+      }),
+    ];
+  },
+  mqtt_valid_connect_then_mutated: () => {
+    const id = identity();
+    const seq = Array.from({ length: 1 + int(6) }, anyPacket);
+    return [connect({ clientId: id.imei, username: id.imsi }), ...seq.map((p) => (rand() < 0.5 ? mutate(p) : p))];
+  },
+  mqtt_packets_before_connect: () => [anyPacket(), anyPacket()],
+  mqtt_oversize_publish: () => {
+    const id = identity();
+    return [connect({ clientId: id.imei, username: id.imsi }), publish('big', Buffer.alloc(131072 + int(200_000)), 1)];
+  },
+  mqtt_partial_packet: () => {
+    const p = connect({ clientId: cmd!.imei, username: pick(cmd!.imsis) });
+    return [p.subarray(0, 1 + int(p.length - 1))];
+  },
+};
+
+// ---- HTTP cases -------------------------------------------------------------------------------------
+
+function request(method: string, path: string, headers: string[], body: Buffer | string = ''): Buffer {
+  return Buffer.concat([Buffer.from(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers.map((h) => h + '\r\n').join('')}\r\n`), Buffer.from(body)]);
+}
+const idHeaders = () => {
+  const id = identity();
+  return [`X-IMSI: ${id.imsi.toString()}`, `X-IMEI: ${id.imei.toString()}`];
+};
+
+const httpCases: Record<string, () => { chunks: Buffer[]; gapMs?: number }> = {
+  http_random_bytes: () => ({ chunks: [bytes(1 + int(4096))] }),
+  http_bad_request_line: () => ({
+    chunks: [Buffer.from(pick(['GET\r\n\r\n', 'POST /topics/x HTTP/9.9\r\n\r\n', 'POST  /topics/x  HTTP/1.1\r\n\r\n', '\u0000\u0001 / HTTP/1.1\r\n\r\n', 'POST /topics/x\r\n\r\n', `${'A'.repeat(10_000)} / HTTP/1.1\r\n\r\n`, 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n']))],
+  }),
+  http_malformed_headers: () => ({
+    chunks: [
+      request('POST', '/topics/telemetry?qos=1', [
+        ...idHeaders(),
+        pick(['NoColonHeader', 'X-IMSI: 001010000000001\r\nX-IMSI: 001010000000002', 'X-Big: ' + 'b'.repeat(70_000), 'Content-Length: -1', 'Content-Length: abc', 'Content-Length: 5\r\nContent-Length: 7', 'Transfer-Encoding: chunked\r\nContent-Length: 3', ' X-Folded: value', 'X-IMEI: 1\u0000', 'Content-Type: \u00ff\u00fe']),
+      ], 'hello'),
+    ],
+  }),
+  http_bad_chunked: () => ({
+    chunks: [request('POST', '/topics/telemetry?qos=1', [...idHeaders(), 'Transfer-Encoding: chunked'], pick(['zz\r\nabc\r\n0\r\n\r\n', 'ffffffffffff\r\nabc', '3\r\nabcdef\r\n0\r\n\r\n', '-1\r\n\r\n', '5\r\nab']))],
+  }),
+  http_huge_body: () => {
+    const declared = pick([200_000, 10_000_000_000, 1_048_576]);
+    return { chunks: [request('POST', '/topics/telemetry?qos=1', [...idHeaders(), `Content-Length: ${declared}`]), ...Array.from({ length: 4 + int(12) }, () => Buffer.alloc(65536, 0x61))] };
+  },
+  http_huge_chunked_body: () => ({
+    chunks: [request('POST', '/topics/telemetry?qos=1', [...idHeaders(), 'Transfer-Encoding: chunked']), ...Array.from({ length: 6 }, () => Buffer.concat([Buffer.from('8000\r\n'), Buffer.alloc(0x8000, 0x62), Buffer.from('\r\n')]))],
+  }),
+  http_bad_identity: () => ({ chunks: [request('POST', '/topics/telemetry?qos=1', rand() < 0.2 ? [] : idHeaders(), 'x')] }),
+  http_bad_path_or_query: () => ({
+    chunks: [
+      request(
+        pick(['POST', 'GET', 'PUT', 'DELETE', 'OPTIONS', 'BREW']),
+        pick(['/topics/', '/topics/a/+/b?qos=1', '/topics/%23?qos=1', '/topics/%00?qos=1', '/topics/..%2F..%2Fetc?qos=1', '/topics/t?qos=abc', '/topics/t?qos=2', '/topics/t?qos=-1', '/topics/t?qos=1e9', '/topics/t?qos=1&qos=0', `/topics/${'z/'.repeat(20)}`, `/topics/${'y'.repeat(5000)}`, '/topics/%E0%A4%A?qos=1', '/', '*', '/topics/t?' + '&a=1'.repeat(2000)]),
+        idHeaders(),
+        'payload',
+      ),
+    ],
+  }),
+  http_pipelined_mix: () => ({
+    chunks: [Buffer.concat([request('POST', '/topics/t?qos=1', idHeaders(), ''), bytes(int(64)), request('POST', '/topics/t?qos=1', idHeaders(), '')])],
+  }),
+  http_slow_headers: () => ({ chunks: Array.from({ length: 5 }, (_, i) => Buffer.from(i === 0 ? 'POST /topics/t?qos=1 HTTP/1.1\r\n' : `X-H${i}: ${'v'.repeat(10)}\r\n`)), gapMs: 60 }),
+};
+
+async function round(): Promise<void> {
+  const c = cmd!;
+  const useMqtt = rand() < 0.5;
+  const kinds = Object.keys(useMqtt ? mqttCases : httpCases);
+  const kind = pick(kinds);
+  result.byKind[kind] = (result.byKind[kind] ?? 0) + 1;
+  if (useMqtt) {
+    const r = await exchange(c.mqttPort, mqttCases[kind](), 400);
+    if (r.error === 'ECONNREFUSED') result.connectErrors++;
+    return;
+  }
+  const { chunks, gapMs } = httpCases[kind]();
+  const r = await exchange(c.httpPort, chunks, 800, gapMs);
+  if (r.error === 'ECONNREFUSED') result.connectErrors++;
+  for (const m of r.reply.toString('latin1').matchAll(/HTTP\/1\.[01] (\d{3})/g)) {
+    const cls = `${m[1][0]}xx`;
+    result.httpStatus[cls] = (result.httpStatus[cls] ?? 0) + 1;
+    if (m[1][0] === '5' && result.serverErrors.length < 10) result.serverErrors.push(`${kind} → ${m[1]}: ${chunks[0].subarray(0, 80).toString('latin1').replace(/[^\x20-\x7e]/g, '.')}`);
+  }
+}
+
+async function fuzz(c: FuzzCmd): Promise<FuzzResult> {
+  cmd = c;
+  state = c.seed | 0;
+  const started = Date.now();
+  let issued = 0;
+  const lane = async () => {
+    while (issued < c.rounds && Date.now() - started < c.durationMs) {
+      issued++;
+      await round();
+      result.rounds++;
+    }
+  };
+  await Promise.all(Array.from({ length: c.concurrency }, lane));
+  result.elapsedMs = Date.now() - started;
+  return result;
+}
+
+process.on('message', (raw) => {
+  const { id, ...msg } = raw as { id: number } & FuzzCmd;
+  fuzz(msg).then(
+    (r) => process.send!({ id, ok: true, result: r }),
+    (err: Error) => process.send!({ id, ok: false, error: String(err?.stack ?? err) }),
+  );
+});
+process.on('disconnect', () => process.exit(0));

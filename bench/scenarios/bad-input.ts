@@ -1,0 +1,134 @@
+import { knob, type Ctx } from '../lib/context.ts';
+import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
+import { forkWorker, LoadPool } from '../lib/load.ts';
+import { newTag, warmUp } from '../lib/measure.ts';
+import { rssKb } from '../lib/procstat.ts';
+import { GOALS, type ScenarioResult } from '../lib/report.ts';
+import { gatewaySource, Stack } from '../lib/stack.ts';
+import { round, sleep } from '../lib/stats.ts';
+import type { FuzzResult } from '../load/fuzz.ts';
+
+/** The gateway's output around its death: what it printed after the banner, first 60 lines. */
+function crashSummary(out: string): string {
+  const lines = out.split('\n');
+  const fatal = lines.findIndex((l) => /FATAL|Assertion|Error|Segmentation|abort|panic/i.test(l) && !/NodeVersionSupportWarning|FastifyDeprecation/.test(l));
+  const from = fatal >= 0 ? Math.max(0, fatal - 5) : Math.max(0, lines.length - 60);
+  return [lines[0], ...lines.slice(from, from + 60)].join('\n');
+}
+
+/**
+ * Scenario 5: bounded rounds of random and mutated MQTT packets (raw TCP) and raw HTTP requests
+ * (malformed request lines and headers, huge bodies, bad identities) against a running simbridge while
+ * one well-behaved MQTT device keeps publishing. If the gateway dies it is counted and restarted.
+ */
+export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
+  const rounds = knob('ROUNDS', 10_000, 1500, ctx);
+  const durationMs = knob('FUZZ_S', 60, 20, ctx) * 1000;
+  const concurrency = knob('FUZZ_CONCURRENCY', 16, 16, ctx);
+  const seed = knob('SEED', 20261122, 20261122, ctx);
+  const ratePerS = 50;
+  const stack = await Stack.start();
+  let crashes = 0;
+  const crashOutput: string[] = [];
+  let fuzz: FuzzResult | undefined;
+  let lost = 0;
+  let acked = 0;
+  let errors = 0;
+  let duplicates = 0;
+  let rssBefore: number | null = null;
+  let rssAfter: number | null = null;
+  try {
+    let gw = await stack.startGateway();
+    const good = devices(1, 3, SIMBRIDGE_TOPIC);
+    // The fuzzer may present a few valid IMSIs of its own (series 4): bounded vending and sessions.
+    const fuzzIds = devices(5, 4, SIMBRIDGE_TOPIC);
+    const load = await LoadPool.start({ kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, good, { workers: 1, reconnectPeriodMs: 250 });
+    let watching = true;
+    const watch = (async () => {
+      while (watching) {
+        await sleep(100);
+        if (watching && !stack.gatewayAlive) {
+          crashes++;
+          const c = stack.gateway!.process.child;
+          crashOutput.push(`exit ${c.exitCode ?? c.signalCode}\n` + stack.gateway!.process.output.slice(-12_000));
+          ctx.log(`  simbridge died (crash ${crashes}); restarting`);
+          gw = await stack.startGateway();
+        }
+      }
+    })();
+    try {
+      await warmUp(stack.collector, load, 1);
+      rssBefore = rssKb(gw.pid);
+      const tag = newTag('v');
+      const stats = stack.collector.stats(tag);
+      const goodRun = load.run({ tag, mode: 'paced', window: 1000, ratePerS, durationMs: durationMs + 2000, perDeviceMax: 10_000_000, tailMs: 10_000, payloadBytes: 200, returnAcked: true });
+      const fuzzer = forkWorker('fuzz');
+      try {
+        fuzz = await fuzzer.call<FuzzResult>(
+          { cmd: 'fuzz', host: '127.0.0.1', mqttPort: gw.mqttPort, httpPort: gw.httpPort, rounds, durationMs, concurrency, seed, imsis: fuzzIds.map((d) => d.imsi), imei: fuzzIds[0].imei },
+          durationMs + 60_000,
+        );
+      } finally {
+        fuzzer.child.kill('SIGTERM');
+      }
+      // The well-behaved device goes on a little after the last round, then stops.
+      await sleep(2000);
+      await load.stop();
+      const run = await goodRun;
+      await stack.collector.waitUntil(() => stats.compare(run.acked_by_device!).lost === 0, { timeoutMs: 60_000, quietMs: 15_000 });
+      const cmp = stats.compare(run.acked_by_device!);
+      lost = cmp.lost;
+      acked = cmp.acked;
+      errors = run.errors;
+      duplicates = stats.duplicates;
+      rssAfter = rssKb(stack.gateway!.pid);
+      ctx.log(`  ${fuzz.rounds} rounds in ${round(fuzz.elapsedMs / 1000)} s; crashes ${crashes}; well-behaved device: ${acked} acknowledged, ${lost} lost`);
+    } finally {
+      watching = false;
+      await watch;
+      await load.close();
+    }
+  } finally {
+    await stack.close();
+  }
+  const f = fuzz!;
+  const mqttRounds = Object.entries(f.byKind).filter(([k]) => k.startsWith('mqtt')).reduce((a, [, v]) => a + v, 0);
+  return {
+    params: {
+      quick: ctx.quick,
+      gateway_commit: gatewaySource().commit,
+      max_rounds: rounds,
+      max_duration_s: durationMs / 1000,
+      concurrency,
+      seed,
+      well_behaved_device: `1 MQTT device, QoS 1, ${ratePerS} msgs/s, 200-byte payloads`,
+      rounds_by_kind: f.byKind,
+    },
+    figures: {
+      rounds: f.rounds,
+      crashes,
+      well_behaved_lost: lost,
+      well_behaved_acked: acked,
+      well_behaved_errors: errors,
+      well_behaved_duplicates: duplicates,
+      mqtt_rounds: mqttRounds,
+      http_rounds: f.rounds - mqttRounds,
+      http_2xx: f.httpStatus['2xx'] ?? 0,
+      http_4xx: f.httpStatus['4xx'] ?? 0,
+      http_5xx: f.httpStatus['5xx'] ?? 0,
+      refused_connections: f.connectErrors,
+      rss_growth_mb: rssBefore !== null && rssAfter !== null ? round((rssAfter - rssBefore) / 1024) : null,
+    },
+    goals: GOALS['bad-input'],
+    notes: [
+      'Each round opens its own connection from a random loopback source address, writes its bytes and closes after 400 ms (MQTT) or 800 ms (HTTP), or when the gateway closes first. Rounds run 16 at a time, up to `max_rounds` or `max_duration_s`.',
+      'MQTT kinds: random bytes; mutated CONNECT (bit flips, insertions, deletions, truncation, a remaining length of 256 MB); CONNECTs with odd protocol names, levels, flags and client ids; a valid CONNECT followed by a mix of valid and mutated packets (wildcard/`$`/over-long/NUL topics, QoS 2, packet id 0, reserved and server-only packet types, a second CONNECT); packets before CONNECT; publishes over 128 KB; partial packets.',
+      'HTTP kinds: random bytes; bad request lines; malformed, duplicated, conflicting or 70 KB headers (including Content-Length vs Transfer-Encoding); bad chunked encodings; bodies declared or sent beyond 128 KB (up to 10 GB declared, ≤ 1 MB sent); missing and malformed identities; bad paths and queries (wildcards, NUL, traversal, qos values); pipelined mixes; slow headers.',
+      '`http_5xx` counts answers that were server errors (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before.',
+      ...(f.serverErrors.length ? [`Examples of 5xx: ${f.serverErrors.map((e) => '`' + e.replace(/`/g, "'") + '`').join('; ')}`] : []),
+    ],
+    extraMd: crashOutput.length
+      ? ['## Crash output', '', `simbridge died ${crashes} time(s). Its last output before the first death (banner lines removed):`, '', '```', crashSummary(crashOutput[0]), '```', ''].join('\n')
+      : undefined,
+  };
+}

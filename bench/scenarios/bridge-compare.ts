@@ -1,0 +1,116 @@
+import { knob, type Ctx } from '../lib/context.ts';
+import { devices, SIMBRIDGE_TOPIC, UPSTREAM_TOPIC } from '../lib/devices.ts';
+import { LoadPool } from '../lib/load.ts';
+import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
+import { defaultBridgeSettings, mosquittoVersion } from '../lib/mosquitto.ts';
+import { profileScenario } from '../lib/profiling.ts';
+import { goalMet, GOALS, type ScenarioResult } from '../lib/report.ts';
+import { gatewaySource, Stack } from '../lib/stack.ts';
+import { putSummary, round } from '../lib/stats.ts';
+import { runTable } from './throughput.ts';
+
+const PAYLOAD_BYTES = 200;
+
+/**
+ * Scenario 2: the same load through simbridge and through a Mosquitto bridge (a second Mosquitto whose
+ * `connection` carries devices/# to the same upstream over TLS as one vended identity), alternating
+ * runs in one session so each ratio compares neighbours.
+ */
+export async function bridgeCompare(ctx: Ctx): Promise<ScenarioResult> {
+  const n = knob('DEVICES', 100, 100, ctx);
+  const repeats = knob('REPEATS', 3, 1, ctx);
+  const durationMs = knob('DURATION_S', 8, 5, ctx) * 1000;
+  const window = knob('WINDOW', 4, 4, ctx);
+  const stack = await Stack.start();
+  const sim: RunFigures[] = [];
+  const bri: RunFigures[] = [];
+  try {
+    const gw = await stack.startGateway();
+    const bridge = await stack.startBridge(defaultBridgeSettings);
+    const simDevices = devices(n, 1, SIMBRIDGE_TOPIC);
+    // Same IMSIs' shape, own series; a bridge has no vending, the devices publish to the upstream topic directly.
+    const bridgeDevices = devices(n, 2, UPSTREAM_TOPIC, n);
+    const simLoad = await LoadPool.start({ kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, simDevices, { workers: 2 });
+    const bridgeLoad = await LoadPool.start({ kind: 'mqtt', host: '127.0.0.1', port: bridge.port }, bridgeDevices, { workers: 2 });
+    try {
+      await warmUp(stack.collector, simLoad, n);
+      await warmUp(stack.collector, bridgeLoad, n);
+      for (let i = 0; i < repeats; i++) {
+        const s = await measuredRun(stack.collector, simLoad, { tag: newTag('s'), mode: 'closed', window, durationMs, payloadBytes: PAYLOAD_BYTES, pid: gw.pid });
+        const b = await measuredRun(stack.collector, bridgeLoad, {
+          tag: newTag('b'),
+          mode: 'closed',
+          window,
+          durationMs,
+          payloadBytes: PAYLOAD_BYTES,
+          pid: bridge.broker.pid,
+          quietMs: 8000,
+        });
+        sim.push(s);
+        bri.push(b);
+        ctx.log(`  pair ${i + 1}/${repeats}: simbridge ${round(s.msgs_per_s)} msgs/s, bridge ${round(b.msgs_per_s)} msgs/s (${b.undelivered} acknowledged but not delivered), ratio ${round(s.msgs_per_s / b.msgs_per_s)}`);
+      }
+    } finally {
+      await simLoad.close();
+      await bridgeLoad.close();
+    }
+    const batching = Object.keys(stack.gatewayOverride).length > 0;
+    const figures: Record<string, number | null> = {};
+    putSummary(figures, 'simbridge_msgs_per_s', sim.map((r) => r.msgs_per_s));
+    putSummary(figures, 'bridge_msgs_per_s', bri.map((r) => r.msgs_per_s));
+    putSummary(figures, 'ratio', sim.map((r, i) => r.msgs_per_s / bri[i].msgs_per_s));
+    figures.batched_readings_per_billed_unit = batching ? round(sim.reduce((a, r) => a + (r.readings_per_billed_unit ?? 0), 0) / sim.length) : null;
+    putSummary(figures, 'simbridge_readings_per_billed_unit', sim.map((r) => r.readings_per_billed_unit));
+    putSummary(figures, 'bridge_readings_per_billed_unit', bri.map((r) => r.readings_per_billed_unit));
+    putSummary(figures, 'simbridge_ack_p99_ms', sim.map((r) => r.ack_p99_ms));
+    putSummary(figures, 'bridge_ack_p99_ms', bri.map((r) => r.ack_p99_ms));
+    putSummary(figures, 'simbridge_e2e_p99_ms', sim.map((r) => r.e2e_p99_ms));
+    putSummary(figures, 'bridge_e2e_p99_ms', bri.map((r) => r.e2e_p99_ms));
+    putSummary(figures, 'simbridge_cpu_us_per_msg', sim.map((r) => r.cpu_us_per_msg));
+    putSummary(figures, 'bridge_cpu_us_per_msg', bri.map((r) => r.cpu_us_per_msg));
+    figures.simbridge_undelivered = sim.reduce((a, r) => a + r.undelivered, 0);
+    figures.bridge_undelivered = bri.reduce((a, r) => a + r.undelivered, 0);
+
+    const result: ScenarioResult = {
+      params: {
+        quick: ctx.quick,
+        gateway_commit: gatewaySource().commit,
+        devices_each: n,
+        qos: 1,
+        payload_bytes: PAYLOAD_BYTES,
+        window_per_device: window,
+        run_s: durationMs / 1000,
+        repeats,
+        simbridge: 'one upstream session per device, synchronous: full, immediate delivery',
+        bridge: `mosquitto ${mosquittoVersion()} bridge, one TLS connection (one vended certificate), topic devices/# out 1, max_inflight_messages ${defaultBridgeSettings.maxInflight}, max_queued_messages ${defaultBridgeSettings.maxQueued}, persistence on (autosave every ${defaultBridgeSettings.autosaveIntervalS} s)`,
+        gateway_config_override: stack.gatewayOverride,
+      },
+      figures,
+      goals: GOALS['bridge-compare'],
+      notes: [
+        '`ratio` = simbridge_msgs_per_s / bridge_msgs_per_s for each pair of neighbouring runs (same devices count, window and payload), median over pairs.',
+        '`batched_readings_per_billed_unit` is **null**: simbridge does not batch yet (delivery is immediate, one upstream message per reading). Once a batching policy exists, run with it as a config override, e.g. `BENCH_GATEWAY_CONFIG=\'{"groups":{"default":{...}}}\' npm run bench -- bridge-compare`; the collector already finds every reading inside a batched upstream message (by its marker) and counts 5 KB billing units (topic + payload), so the figure is then filled in. `*_readings_per_billed_unit` are the same measure for the unbatched paths (1.0).',
+        'The bridge acknowledges a device as soon as the message is in memory (not durable); simbridge only after the commit (synchronous: full). The bridge sends all devices\' traffic as ONE identity: against real IoT Core that single connection would be throttled to 100 publishes/s (and loses per-device identity and policies), so the bridge figures here are an upper bound.',
+        '`*_undelivered`: acknowledged to a device but not at the upstream when the wait ended (for the bridge: its queue overflowed or it fell behind).',
+        '`*_cpu_us_per_msg`: CPU of the simbridge process and of the bridge Mosquitto process respectively, per delivered message.',
+      ],
+      extraMd: runTable([...sim.map((r, i) => [`simbridge ${i + 1}`, r] as const), ...bri.map((r, i) => [`bridge ${i + 1}`, r] as const)]),
+    };
+    const missed = GOALS['bridge-compare'].filter((g) => goalMet(g, figures) === false);
+    if (ctx.profile === 'always' || (ctx.profile === 'auto' && missed.length)) {
+      const out = await profileScenario(ctx, stack, {
+        scenario: 'bridge-compare',
+        kind: 'mqtt',
+        devices: n,
+        window,
+        durationMs: knob('PROFILE_S', 10, 5, ctx) * 1000,
+        payloadBytes: PAYLOAD_BYTES,
+        why: missed.length ? missed.map((g) => `Goal missed: ${g.text} (\`${g.figure}\` = ${figures[g.figure]}).`) : ['Taken on request (BENCH_PROFILE=1).'],
+      });
+      result.notes!.push(`CPU profile of simbridge under this load: [${out.split('/').pop()}](${out.split('/').pop()}).`);
+    }
+    return result;
+  } finally {
+    await stack.close();
+  }
+}

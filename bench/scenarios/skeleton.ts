@@ -1,0 +1,84 @@
+import { knob, type Ctx } from '../lib/context.ts';
+import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
+import { LoadPool } from '../lib/load.ts';
+import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
+import { rssKb } from '../lib/procstat.ts';
+import type { ScenarioResult } from '../lib/report.ts';
+import { gatewaySource, Stack } from '../lib/stack.ts';
+import { putSummary, round, sleep } from '../lib/stats.ts';
+
+/** RSS once it has stopped moving (two samples 500 ms apart within 1 %), bounded. */
+async function settledRss(pid: number): Promise<number | null> {
+  let prev = rssKb(pid);
+  for (let i = 0; i < 10; i++) {
+    await sleep(500);
+    const now = rssKb(pid);
+    if (now === null || prev === null) return now;
+    if (Math.abs(now - prev) / prev < 0.01) return now;
+    prev = now;
+  }
+  return prev;
+}
+
+/**
+ * Scenario 0: 100 MQTT devices, QoS 1, the whole path. Each repetition starts a fresh simbridge:
+ * RSS when idle, then after every device is connected and has a warm upstream session (its first
+ * message vended it and opened the session), then a closed-loop run for msgs_per_s.
+ */
+export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
+  const n = knob('DEVICES', 100, 100, ctx);
+  const repeats = knob('REPEATS', 3, 1, ctx);
+  const durationMs = knob('DURATION_S', 6, 4, ctx) * 1000;
+  const window = knob('WINDOW', 4, 4, ctx);
+  const perDevice: Array<number | null> = [];
+  const idle: Array<number | null> = [];
+  const runs: RunFigures[] = [];
+  const stack = await Stack.start();
+  try {
+    for (let i = 0; i < repeats; i++) {
+      const gw = await stack.startGateway({ fresh: true });
+      const before = await settledRss(gw.pid);
+      const specs = devices(n, 1, SIMBRIDGE_TOPIC);
+      const load = await LoadPool.start({ kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, specs, { workers: 2 });
+      try {
+        await warmUp(stack.collector, load, n);
+        const after = await settledRss(gw.pid);
+        idle.push(before === null ? null : before / 1024);
+        perDevice.push(before !== null && after !== null ? (after - before) / n : null);
+        const f = await measuredRun(stack.collector, load, { tag: newTag('k'), mode: 'closed', window, durationMs, payloadBytes: 200, pid: gw.pid });
+        runs.push(f);
+        ctx.log(`  run ${i + 1}/${repeats}: RSS ${round(before! / 1024)} → ${round(after! / 1024)} MB (${round(perDevice.at(-1)!)} KB/device), ${round(f.msgs_per_s)} msgs/s`);
+      } finally {
+        await load.close();
+      }
+      await stack.stopGateway('SIGTERM');
+    }
+  } finally {
+    await stack.close();
+  }
+  const figures: Record<string, number | null> = {};
+  putSummary(figures, 'msgs_per_s', runs.map((r) => r.msgs_per_s));
+  putSummary(figures, 'rss_per_device_kb', perDevice);
+  putSummary(figures, 'rss_idle_mb', idle);
+  putSummary(figures, 'ack_p99_ms', runs.map((r) => r.ack_p99_ms));
+  figures.undelivered = runs.reduce((a, r) => a + r.undelivered, 0);
+  return {
+    params: {
+      quick: ctx.quick,
+      gateway_commit: gatewaySource().commit,
+      devices: n,
+      qos: 1,
+      payload_bytes: 200,
+      window_per_device: window,
+      run_s: durationMs / 1000,
+      repeats,
+      storage_synchronous: 'full',
+    },
+    figures,
+    notes: [
+      '`rss_per_device_kb`: simbridge VmRSS (/proc/<pid>/status) once settled after all devices are connected, vended and have delivered one message each (a warm upstream session per device), minus VmRSS of the idle gateway, divided by the number of devices. It includes each device\'s aedes client, socket buffers, aws-crt session (native) and credentials.',
+      '`msgs_per_s`: unique messages arriving at the upstream Mosquitto per second, first send to last arrival, every device keeping `window_per_device` QoS 1 messages in flight.',
+      'Each repetition starts a fresh gateway with an empty data directory, so every run vends its devices again.',
+    ],
+  };
+}
