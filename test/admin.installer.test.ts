@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +13,12 @@ import { deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const chromiumPath = findPeer('chromium', 'chromium');
-const SCREENSHOT = fileURLToPath(new URL('../docs/installer.png', import.meta.url));
+// The committed screenshot is refreshed only on request (SIMBRIDGE_UPDATE_SCREENSHOT=1), so a test run
+// does not rewrite a tracked file; otherwise it goes to a temp directory.
+const SCREENSHOT =
+  process.env.SIMBRIDGE_UPDATE_SCREENSHOT === '1'
+    ? fileURLToPath(new URL('../docs/installer.png', import.meta.url))
+    : join(mkdtempSync(join(tmpdir(), 'simbridge-installer-')), 'installer.png');
 
 const withLuhn = (body: string) => body + luhnDigit(body);
 const SIM = { imsi: '001010000002001', iccid: withLuhn('898821100000200100') };
