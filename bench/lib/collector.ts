@@ -160,13 +160,20 @@ export class Collector {
       return;
     }
     if (!continuation) this.received++;
-    READING.lastIndex = 0;
-    let m: RegExpExecArray | null;
     let first: TagStats | undefined;
-    while ((m = READING.exec(body))) {
-      const s = this.stats(m[1]);
-      first ??= s;
-      s.note(Number(m[2]), Number(m[3]), Number(m[4]), recvMs);
+    const scan = (text: string) => {
+      READING.lastIndex = 0;
+      let m: RegExpExecArray | null;
+      while ((m = READING.exec(text))) {
+        const s = this.stats(m[1]);
+        first ??= s;
+        s.note(Number(m[2]), Number(m[3]), Number(m[4]), recvMs);
+      }
+    };
+    scan(body);
+    // A batch envelope carries non-JSON readings base64-encoded.
+    if (body.includes('"base64"')) {
+      for (const b of body.matchAll(/"encoding":"base64","payload":"([A-Za-z0-9+/=]+)"/g)) scan(Buffer.from(b[1], 'base64').toString('latin1'));
     }
     if (first && !continuation) {
       first.messages++;

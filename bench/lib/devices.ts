@@ -54,12 +54,14 @@ export function nowMs(): number {
 }
 
 /**
- * A reading: `~R<tag>:<device>:<seq>:<sent ms>~` padded with `.` to `size` bytes. The marker survives
- * being wrapped in a JSON batch, so the collector finds readings inside batched upstream messages too.
+ * A reading: a JSON document `{"r":"~R<tag>:<device>:<seq>:<sent ms>~","p":"....."}` padded to `size`
+ * bytes. Being JSON, a batching gateway splices it verbatim into its envelope, so the collector finds the
+ * marker inside batched upstream messages too (base64-wrapped readings are decoded as well).
  */
 export function payload(tag: string, dev: number, seq: number, size: number): Buffer {
-  const head = `~R${tag}:${dev}:${seq}:${nowMs().toFixed(3)}~`;
-  return Buffer.from(head.length >= size ? head : head + '.'.repeat(size - head.length));
+  const head = `{"r":"~R${tag}:${dev}:${seq}:${nowMs().toFixed(3)}~","p":"`;
+  const pad = Math.max(0, size - head.length - 2);
+  return Buffer.from(head + '.'.repeat(pad) + '"}');
 }
 
 export const READING = /~R([A-Za-z0-9]+):(\d+):(\d+):(\d+\.\d+)~/g;

@@ -63,6 +63,15 @@ export function gatewaySource(): GatewaySource {
   return (source = { root, commit: sha });
 }
 
+/** Whether the measured gateway has a batching policy per group (config/batching.ts). */
+export function gatewayHasBatching(): boolean {
+  try {
+    return /batching/.test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 /** Whether the measured gateway's config schema has a top-level key (the schema is strict). */
 function hasConfigKey(key: string): boolean {
   try {
@@ -171,7 +180,7 @@ export class Stack {
    * Starts simbridge (`node --import tsx bin/simbridge.ts start --config`), one process, so signals
    * and /proc figures are simbridge's own. A restart keeps the ports and the data directory.
    */
-  async startGateway(opts: { cpuProfDir?: string; fresh?: boolean } = {}): Promise<GatewayProcess> {
+  async startGateway(opts: { cpuProfDir?: string; fresh?: boolean; override?: Tree } = {}): Promise<GatewayProcess> {
     if (opts.fresh) rmSync(join(this.dir, 'gateway'), { recursive: true, force: true });
     const prev = this.gateway;
     this.gatewayConfig = deepMerge(
@@ -186,7 +195,7 @@ export class Stack {
         // Newer gateways serve an admin API on a fixed port by default: bind a free one instead.
         ...(hasConfigKey('admin') ? { admin: { host: '127.0.0.1', port: 0 } } : {}),
       },
-      this.gatewayOverride,
+      deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
     writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
     const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];

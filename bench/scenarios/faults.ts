@@ -64,7 +64,7 @@ export async function faults(ctx: Ctx): Promise<ScenarioResult> {
   const n = knob('DEVICES', 100, 100, ctx);
   const repeats = knob('REPEATS', 3, 1, ctx);
   const beforeKillMs = knob('BEFORE_KILL_S', 5, 4, ctx) * 1000;
-  const afterRestartMs = knob('AFTER_RESTART_S', 6, 5, ctx) * 1000;
+  const afterRestartMs = knob('AFTER_RESTART_S', 5, 5, ctx) * 1000;
   const outageS = knob('OUTAGE_S', 60, 8, ctx);
   const preOutageMs = knob('PRE_OUTAGE_S', 5, 3, ctx) * 1000;
   const restartDelayMs = knob('RESTART_DELAY_MS', 1000, 1000, ctx);

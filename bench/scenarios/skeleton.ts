@@ -28,7 +28,7 @@ async function settledRss(pid: number): Promise<number | null> {
 export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
   const n = knob('DEVICES', 100, 100, ctx);
   const repeats = knob('REPEATS', 3, 1, ctx);
-  const durationMs = knob('DURATION_S', 6, 4, ctx) * 1000;
+  const durationMs = knob('DURATION_S', 5, 4, ctx) * 1000;
   const window = knob('WINDOW', 4, 4, ctx);
   const perDevice: Array<number | null> = [];
   const idle: Array<number | null> = [];

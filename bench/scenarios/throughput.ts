@@ -22,7 +22,7 @@ const PACED_CAP = 100;
 export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: string): Promise<ScenarioResult> {
   const n = knob('DEVICES', 100, 100, ctx);
   const repeats = knob('REPEATS', 3, 1, ctx);
-  const satMs = knob('DURATION_S', 10, 6, ctx) * 1000;
+  const satMs = knob('DURATION_S', 8, 6, ctx) * 1000;
   const pacedMs = knob('PACED_S', 6, 5, ctx) * 1000;
   const goalRate = 15000;
   const stack = await Stack.start();

@@ -1,0 +1,170 @@
+// A load-generator process for bench/sleepy.ts: battery-powered devices over HTTP. Device k of this
+// process wakes at start + k / wakeRatePerS, sends `readings` JSON readings one after another
+// (POST /topics/{topic}?qos=1 with X-IMSI / X-IMEI, each waiting for its 202) and leaves. Requests go
+// through a few keep-alive agents, each bound to its own loopback source address (devices share them,
+// as behind a carrier's APN). Driven over IPC ({id, cmd} → {id, ok, result}, bench/lib/load.ts#Worker).
+// Every run is bounded in count (devices × readings) and in time (maxDurationMs).
+import http from 'node:http';
+import { nowMs, type DeviceSpec } from '../lib/devices.ts';
+import { newHist, record, type Hist } from '../lib/hist.ts';
+
+export interface SleepyRunCmd {
+  cmd: 'run';
+  target: { host: string; port: number };
+  devices: DeviceSpec[];
+  readings: number;
+  /** Devices waking per second in this process. */
+  wakeRatePerS: number;
+  /** Loopback source addresses, one keep-alive agent each; devices are dealt round-robin. */
+  sources: string[];
+  maxSocketsPerSource: number;
+  payloadBytes: number;
+  tag: string;
+  topic: string;
+  /** Everything, sending and waiting for answers, ends by then. */
+  maxDurationMs: number;
+  /** Start at this epoch ms (so processes start together); now if in the past. */
+  startAt: number;
+}
+
+export interface SleepyRunResult {
+  devices: number;
+  sent: number;
+  acked: number;
+  errors: number;
+  errorKinds: Record<string, number>;
+  startedAt: number;
+  /** When the last device woke (it was due at startedAt + (devices − 1) / rate). */
+  lastWakeAt: number;
+  /** Largest delay between a device's due wake time and when this process woke it (its own lag). */
+  maxWakeLagMs: number;
+  lastAckAt: number;
+  ackHist: Hist;
+  /** Acknowledgements per 100 ms since startedAt. */
+  ackTimeline: Uint32Array;
+  /** Devices that had not finished when the time ran out. */
+  unfinished: number;
+  maxConcurrentDevices: number;
+}
+
+/** A JSON reading of exactly `size` bytes carrying the collector's marker `~R<tag>:<dev>:<seq>:<ms>~`. */
+export function jsonReading(tag: string, dev: number, seq: number, size: number): Buffer {
+  const head = `{"kwh":${(1000 + dev / 7).toFixed(3)},"id":"~R${tag}:${dev}:${seq}:${nowMs().toFixed(3)}~","pad":"`;
+  const tail = '"}';
+  return Buffer.from(head + 'x'.repeat(Math.max(0, size - head.length - tail.length)) + tail);
+}
+
+function post(agent: http.Agent, c: SleepyRunCmd, spec: DeviceSpec, body: Buffer): Promise<string | null> {
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (why: string | null) => {
+      if (!done) {
+        done = true;
+        resolve(why);
+      }
+    };
+    const req = http.request(
+      {
+        host: c.target.host,
+        port: c.target.port,
+        method: 'POST',
+        path: `/topics/${c.topic}?qos=1`,
+        agent,
+        headers: { 'x-imsi': spec.imsi, 'x-imei': spec.imei, 'content-type': 'application/json', 'content-length': body.length },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => finish(res.statusCode === 202 ? null : `http ${res.statusCode}`));
+        res.on('error', (e) => finish(`http response ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+      },
+    );
+    req.setTimeout(30_000, () => req.destroy(new Error('timeout')));
+    req.on('error', (e) => finish(`http ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    req.end(body);
+  });
+}
+
+async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
+  const agents = c.sources.map((localAddress) => new http.Agent({ keepAlive: true, maxSockets: c.maxSocketsPerSource, localAddress } as http.AgentOptions));
+  const wait = c.startAt - Date.now();
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  const startedAt = nowMs();
+  const endBy = startedAt + c.maxDurationMs;
+  const r: SleepyRunResult = {
+    devices: c.devices.length,
+    sent: 0,
+    acked: 0,
+    errors: 0,
+    errorKinds: {},
+    startedAt,
+    lastWakeAt: 0,
+    maxWakeLagMs: 0,
+    lastAckAt: 0,
+    ackHist: newHist(),
+    ackTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
+    unfinished: 0,
+    maxConcurrentDevices: 0,
+  };
+  let active = 0;
+  const device = async (k: number): Promise<void> => {
+    const spec = c.devices[k];
+    const agent = agents[k % agents.length];
+    active++;
+    r.maxConcurrentDevices = Math.max(r.maxConcurrentDevices, active);
+    try {
+      for (let seq = 0; seq < c.readings; seq++) {
+        if (nowMs() > endBy) {
+          r.unfinished++;
+          return;
+        }
+        const t = nowMs();
+        r.sent++;
+        const why = await post(agent, c, spec, jsonReading(c.tag, spec.idx, seq, c.payloadBytes));
+        const now = nowMs();
+        if (why === null) {
+          r.acked++;
+          r.lastAckAt = now;
+          record(r.ackHist, now - t);
+          const b = Math.floor((now - startedAt) / 100);
+          if (b < r.ackTimeline.length) r.ackTimeline[b]++;
+        } else {
+          r.errors++;
+          r.errorKinds[why] = (r.errorKinds[why] ?? 0) + 1;
+        }
+      }
+    } finally {
+      active--;
+    }
+  };
+  const all: Promise<void>[] = [];
+  await new Promise<void>((resolve) => {
+    let next = 0;
+    const tick = () => {
+      const now = nowMs();
+      while (next < c.devices.length) {
+        const due = startedAt + (next * 1000) / c.wakeRatePerS;
+        if (due > now) break;
+        r.maxWakeLagMs = Math.max(r.maxWakeLagMs, now - due);
+        r.lastWakeAt = now;
+        all.push(device(next++));
+      }
+      if (next >= c.devices.length || now > endBy) return resolve();
+      setTimeout(tick, 1);
+    };
+    tick();
+  });
+  // Bounded: every request has its own 30 s timeout, and devices stop starting readings at endBy.
+  await Promise.race([Promise.allSettled(all), new Promise((res) => setTimeout(res, Math.max(0, endBy - nowMs()) + 31_000))]);
+  agents.forEach((a) => a.destroy());
+  return r;
+}
+
+process.on('message', (raw) => {
+  const { id, ...msg } = raw as { id: number } & (SleepyRunCmd | { cmd: 'close' });
+  const p: Promise<unknown> = msg.cmd === 'run' ? run(msg) : Promise.resolve((setTimeout(() => process.exit(0), 100), {}));
+  p.then(
+    (result) => process.send!({ id, ok: true, result }),
+    (err: Error) => process.send!({ id, ok: false, error: String(err?.stack ?? err) }),
+  );
+});
+process.on('disconnect', () => process.exit(0));

@@ -1,0 +1,332 @@
+// Sessions benchmark (issue 5): memory of 10,000 idle local MQTT devices and of 1,000 warm upstream
+// sessions (mutual TLS, each device as itself) against a real Mosquitto, then recovery of those 1,000
+// sessions after an upstream outage, against the pacing minimum (sessions / upstream.connectsPerSecond).
+//
+//   node --import tsx bench/sessions.ts [--devices 10000] [--warm 1000] [--outage-s 15]
+//
+// Every part is its own process on loopback (bench/lib/stack.ts): sandbox (vending), upstream Mosquitto
+// (mutual TLS, sandbox CA), collector (mosquitto_sub), simbridge, and 2 load generators
+// (bench/load/mqtt-fleet.ts) holding the devices, each device on its own source address 127.0.x.y.
+// Results: bench/results/sessions.{json,md}.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { installCleanup } from './lib/cleanup.ts';
+import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from './lib/devices.ts';
+import { quantile, merge, newHist } from './lib/hist.ts';
+import { forkWorker, type Worker } from './lib/load.ts';
+import { newTag } from './lib/measure.ts';
+import { mosquittoVersion } from './lib/mosquitto.ts';
+import { noiseMeter, rssKb } from './lib/procstat.ts';
+import { adminPortFrom, scrape, sum } from './lib/prom.ts';
+import type { Goal } from './lib/report.ts';
+import { gatewaySource, Stack } from './lib/stack.ts';
+import { writeStandalone } from './lib/standalone-report.ts';
+import { round, sleep } from './lib/stats.ts';
+import type { FleetConnectResult, FleetPublishResult } from './load/mqtt-fleet.ts';
+import { openDatabase } from '../storage/db.ts';
+import { SimStore } from '../storage/sims.ts';
+
+installCleanup();
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && Number.isFinite(Number(process.argv[i + 1])) ? Number(process.argv[i + 1]) : fallback;
+}
+
+const DEVICES = arg('devices', 10_000);
+const WARM = Math.min(DEVICES, arg('warm', 1000));
+const OUTAGE_S = arg('outage-s', 15);
+const WORKERS = 2;
+const CONNECTS_PER_S = 100; // simbridge's default upstream.connectsPerSecond, left as it is
+const RETRY_MAX_DELAY_MS = 5000;
+const PAYLOAD_BYTES = 64;
+
+const GOALS: Goal[] = [
+  { text: '≤ 64 KB RSS per idle local MQTT device', figure: 'rss_per_idle_device_kb', op: '<=', target: 64 },
+  { text: '≤ 150 KB RSS per warm upstream session', figure: 'rss_per_warm_session_kb', op: '<=', target: 150 },
+];
+
+const started = Date.now();
+const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
+
+/** RSS once it has stopped moving (two samples 1 s apart within 1 %), bounded to about 15 s. */
+async function settledRss(pid: number): Promise<number | null> {
+  let prev = rssKb(pid);
+  for (let i = 0; i < 15; i++) {
+    await sleep(1000);
+    const now = rssKb(pid);
+    if (now === null || prev === null) return now;
+    if (Math.abs(now - prev) / prev < 0.01) return now;
+    prev = now;
+  }
+  return prev;
+}
+
+// Memory probe (bench/lib/mem-probe.mjs) loaded into simbridge only: SIGUSR2 → two full GCs → memoryUsage().
+const probeDir = mkdtempSync(join(tmpdir(), 'simbridge-memprobe-'));
+const probeModule = fileURLToPath(new URL('./lib/mem-probe.mjs', import.meta.url));
+
+interface MemUsage {
+  rss: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+async function gcProbe(pid: number): Promise<MemUsage | null> {
+  const file = join(probeDir, `${pid}.json`);
+  rmSync(file, { force: true });
+  try {
+    process.kill(pid, 'SIGUSR2');
+  } catch {
+    return null;
+  }
+  for (let i = 0; i < 100; i++) {
+    await sleep(100);
+    if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as MemUsage;
+  }
+  return null;
+}
+
+const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: number) => (a && b && n ? round((b[key] - a[key]) / 1024 / n) : null);
+
+async function publishAll(workers: Worker[], tag: string, toIdx: number, seq: number, timeoutMs: number) {
+  const rs = await Promise.all(
+    workers.map((w) => w.call<FleetPublishResult>({ cmd: 'publish', tag, fromIdx: 0, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
+  );
+  const hist = newHist();
+  rs.forEach((r) => merge(hist, r.ackHist));
+  const errorKinds: Record<string, number> = {};
+  for (const r of rs) for (const [k, v] of Object.entries(r.errorKinds)) errorKinds[k] = (errorKinds[k] ?? 0) + v;
+  return {
+    sent: rs.reduce((a, r) => a + r.sent, 0),
+    acked: rs.reduce((a, r) => a + r.acked, 0),
+    errors: rs.reduce((a, r) => a + r.errors, 0),
+    errorKinds,
+    ackP99: round(quantile(hist, 0.99)),
+    lastAckAt: Math.max(...rs.map((r) => r.lastAckAt)),
+  };
+}
+
+async function status(workers: Worker[]): Promise<{ connected: number; closesAfterConnect: number }> {
+  const rs = await Promise.all(workers.map((w) => w.call<{ connected: number; closesAfterConnect: number }>({ cmd: 'status' }, 10_000)));
+  return { connected: rs.reduce((a, r) => a + r.connected, 0), closesAfterConnect: rs.reduce((a, r) => a + r.closesAfterConnect, 0) };
+}
+
+async function main(): Promise<void> {
+  const noise = noiseMeter();
+  const notes: string[] = [];
+  const figures: Record<string, number | null> = { devices: DEVICES, warm_sessions: WARM };
+  const stack = await Stack.start({
+    gatewayOverride: {
+      upstream: {
+        retryMaxDelayMs: RETRY_MAX_DELAY_MS,
+        maxSessions: 2 * WARM + 100,
+        // The warm sessions must stay open for the whole run (default 300 s is close to it).
+        idleTimeoutMs: 1_800_000,
+        connectsPerSecond: CONNECTS_PER_S,
+      },
+      // The sandbox enforces no quota here; simbridge's own client pacing (AWS defaults, 15/s for
+      // certificates) would make vending the 1,000 warm devices take 67 s: raised, vending is not measured.
+      vending: { quotas: { CreateCertificateFromCsr: 250, AttachPolicy: 250, CreateThing: 250, AttachThingPrincipal: 250 } },
+    },
+  });
+  const workers: Worker[] = [];
+  try {
+    // ---- the registry: all SIMs in one transaction, IMEI bound, so a CONNECT writes nothing ----
+    const specs: DeviceSpec[] = devices(DEVICES, 1, SIMBRIDGE_TOPIC);
+    const t0 = Date.now();
+    const db = openDatabase({ file: join(stack.dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
+    const sims = new SimStore(db);
+    db.transaction(() => {
+      for (const s of specs) sims.register({ imsi: s.imsi, group: 'default', thingName: `sim-${s.imsi}`, boundImei: s.imei });
+    })();
+    db.close();
+    log(`${DEVICES} SIMs registered in ${Date.now() - t0} ms`);
+
+    process.env.NODE_OPTIONS = [process.env.NODE_OPTIONS, '--expose-gc', `--import=${probeModule}`].filter(Boolean).join(' ');
+    process.env.BENCH_MEMPROBE_DIR = probeDir;
+    const gw = await stack.startGateway();
+    delete process.env.NODE_OPTIONS;
+    delete process.env.BENCH_MEMPROBE_DIR;
+    await sleep(500);
+    const adminPort = adminPortFrom(gw.process.output);
+    if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
+    const metrics = () => scrape(adminPort);
+    const rss0 = await settledRss(gw.pid);
+    const mem0 = await gcProbe(gw.pid);
+    // Baseline for the next delta: re-read after the probe's GC, so the probe does not shrink the delta.
+    const rss0b = (await settledRss(gw.pid)) ?? rss0;
+    log(`simbridge up (pid ${gw.pid}), idle RSS ${round(rss0! / 1024)} MB (after a full GC ${mem0 ? round(mem0.rss / 2 ** 20) : '?'} MB)`);
+
+    // ---- 10,000 idle devices over local MQTT ----
+    for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('mqtt-fleet'));
+    const tc = Date.now();
+    const conn = await Promise.all(
+      workers.map((w, k) =>
+        w.call<FleetConnectResult>(
+          { cmd: 'connect', target: { host: '127.0.0.1', port: gw.mqttPort }, devices: specs.filter((_, i) => i % WORKERS === k), concurrency: 50, keepaliveS: 60, timeoutMs: 150_000 },
+          170_000,
+        ),
+      ),
+    );
+    const connected = conn.reduce((a, r) => a + r.connected, 0);
+    const connectS = (Date.now() - tc) / 1000;
+    log(`${connected}/${DEVICES} devices connected in ${connectS.toFixed(1)} s ${JSON.stringify(conn.map((r) => r.errorKinds))}`);
+    if (connected < DEVICES) notes.push(`Only ${connected} of ${DEVICES} devices connected: ${JSON.stringify(conn.map((r) => r.errorKinds))}.`);
+    figures.connected_devices = connected;
+    figures.connect_all_s = round(connectS);
+    const rss1 = await settledRss(gw.pid);
+    const st1 = await status(workers);
+    figures.rss_idle_gateway_mb = round(rss0! / 1024);
+    figures.rss_with_idle_devices_mb = round(rss1! / 1024);
+    figures.rss_per_idle_device_kb = connected ? round((rss1! - rss0b!) / connected) : null;
+    const mem1 = await gcProbe(gw.pid);
+    figures.rss_per_idle_device_kb_after_gc = perKb(mem0, mem1, 'rss', connected);
+    figures.heap_per_idle_device_kb = perKb(mem0, mem1, 'heapUsed', connected);
+    const rss1b = (await settledRss(gw.pid)) ?? rss1;
+    log(`RSS with ${st1.connected} idle devices: ${round(rss1! / 1024)} MB → ${figures.rss_per_idle_device_kb} KB/device`);
+
+    // ---- 1,000 warm upstream sessions: one QoS 1 message each (vending + session) ----
+    const tagW = newTag('w');
+    const statsW = stack.collector.stats(tagW);
+    const tw = nowMs();
+    const warm = await publishAll(workers, tagW, WARM, 0, 60_000);
+    const arrived = await stack.collector.waitUntil(() => statsW.unique >= warm.acked, { timeoutMs: 180_000 });
+    const warmS = ((statsW.lastAt || nowMs()) - tw) / 1000;
+    let m = await metrics();
+    const sessionsOpen = sum(m, 'simbridge_upstream_sessions');
+    log(`warm-up: ${warm.acked}/${WARM} acked (p99 ${warm.ackP99} ms), ${statsW.unique} arrived upstream in ${warmS.toFixed(1)} s; ${sessionsOpen} upstream sessions open`);
+    if (!arrived) notes.push(`Warm-up: only ${statsW.unique} of ${warm.acked} acknowledged messages arrived upstream within 180 s.`);
+    figures.warm_up_s = round(warmS);
+    figures.upstream_sessions_open_warm = sessionsOpen;
+    const rss2 = await settledRss(gw.pid);
+    figures.rss_with_warm_sessions_mb = round(rss2! / 1024);
+    figures.rss_per_warm_session_kb = sessionsOpen ? round((rss2! - rss1b!) / sessionsOpen) : null;
+    const mem2 = await gcProbe(gw.pid);
+    figures.rss_per_warm_session_kb_after_gc = perKb(mem1, mem2, 'rss', sessionsOpen);
+    figures.heap_per_warm_session_kb = perKb(mem1, mem2, 'heapUsed', sessionsOpen);
+    figures.external_per_warm_session_kb = perKb(mem1, mem2, 'external', sessionsOpen);
+    figures.warm_ack_p99_ms = warm.ackP99;
+    log(`after full GCs: idle device ${figures.rss_per_idle_device_kb_after_gc} KB RSS (${figures.heap_per_idle_device_kb} KB JS heap); warm session ${figures.rss_per_warm_session_kb_after_gc} KB RSS (${figures.heap_per_warm_session_kb} KB JS heap, ${figures.external_per_warm_session_kb} KB external)`);
+    log(`RSS with ${sessionsOpen} warm sessions: ${round(rss2! / 1024)} MB → ${figures.rss_per_warm_session_kb} KB/session`);
+    const connectsOk0 = sum(m, 'simbridge_upstream_connects_total', { result: 'ok' });
+    const connectsFailed0 = sum(m, 'simbridge_upstream_connects_total', { result: 'failed' });
+
+    // ---- upstream outage and recovery ----
+    const tStop = Date.now();
+    await stack.upstream.broker.stop('SIGTERM');
+    log('upstream Mosquitto stopped');
+    for (let i = 0; i < 60; i++) {
+      m = await metrics();
+      if (sum(m, 'simbridge_upstream_sessions') === 0) break;
+      await sleep(250);
+    }
+    figures.sessions_open_after_stop = sum(m, 'simbridge_upstream_sessions');
+    const tagO = newTag('o');
+    const statsO = stack.collector.stats(tagO);
+    const out = await publishAll(workers, tagO, WARM, 1, 60_000);
+    log(`during the outage: ${out.acked}/${WARM} acknowledged durably (ack p99 ${out.ackP99} ms), errors ${JSON.stringify(out.errorKinds)}`);
+    figures.outage_acked = out.acked;
+    figures.outage_ack_p99_ms = out.ackP99;
+    const wait = tStop + OUTAGE_S * 1000 - Date.now();
+    if (wait > 0) await sleep(wait);
+    m = await metrics();
+    const failedDuringOutage = sum(m, 'simbridge_upstream_connects_total', { result: 'failed' }) - connectsFailed0;
+    log(`restarting the upstream after ${((Date.now() - tStop) / 1000).toFixed(1)} s; ${failedDuringOutage} failed connects meanwhile`);
+    await stack.upstream.broker.start();
+    const restartAt = nowMs();
+    let sessionsBackAt: number | null = null;
+    let sessionsMax = 0;
+    const deadline = Date.now() + 150_000;
+    while (Date.now() < deadline) {
+      m = await metrics().catch(() => m);
+      const open = sum(m, 'simbridge_upstream_sessions');
+      sessionsMax = Math.max(sessionsMax, open);
+      if (sessionsBackAt === null && open >= WARM) sessionsBackAt = nowMs();
+      if (statsO.unique >= out.acked && sessionsBackAt !== null) break;
+      await sleep(250);
+    }
+    const recovered = statsO.unique >= out.acked;
+    const recoveryS = recovered ? (statsO.lastAt - restartAt) / 1000 : null;
+    const pacingMinS = WARM / CONNECTS_PER_S;
+    figures.outage_s = round((restartAt - tStop) / 1000);
+    figures.recovery_s = round(recoveryS);
+    figures.pacing_min_s = pacingMinS;
+    figures.recovery_ratio_to_pacing_min = recoveryS === null ? null : round(recoveryS / pacingMinS);
+    figures.sessions_back_s = sessionsBackAt === null ? null : round((sessionsBackAt - restartAt) / 1000);
+    figures.outage_messages_arrived = statsO.unique;
+    figures.outage_messages_lost = Math.max(0, out.acked - statsO.unique);
+    figures.duplicates_upstream = statsO.duplicates;
+    figures.upstream_connects_failed_during_outage = failedDuringOutage;
+    figures.upstream_connects_ok_recovery = sum(m, 'simbridge_upstream_connects_total', { result: 'ok' }) - connectsOk0;
+    figures.upstream_connects_failed_after_restart = sum(m, 'simbridge_upstream_connects_total', { result: 'failed' }) - connectsFailed0 - failedDuringOutage;
+    const st2 = await status(workers);
+    figures.local_devices_connected_at_end = st2.connected;
+    log(
+      `recovery: ${statsO.unique}/${out.acked} arrived, last ${recoveryS?.toFixed(1)} s after the restart (pacing minimum ${pacingMinS} s); sessions back to ${WARM} after ${figures.sessions_back_s} s; ${st2.connected} local devices still connected`,
+    );
+    if (!recovered) notes.push(`Recovery: only ${statsO.unique} of ${out.acked} messages acknowledged during the outage arrived within 150 s of the restart.`);
+    const warnLines = gw.process.output.split('\n').filter((l) => /upstream delivery failed/.test(l)).length;
+    figures.gateway_delivery_retry_warnings = warnLines;
+
+    const n = noise.stop();
+    const params = {
+      gateway_commit: gatewaySource().commit,
+      devices: DEVICES,
+      warm_sessions: WARM,
+      load_processes: WORKERS,
+      source_addresses: `${DEVICES} (one per device, 127.0.0.2 … ${specs.at(-1)!.localAddress})`,
+      device_protocol: 'MQTT 3.1.1 (mqtt.js), clean session, keepalive 60 s, claimed identity, QoS 1',
+      sims: 'pre-registered in one transaction (group default, IMEI bound)',
+      payload_bytes: PAYLOAD_BYTES,
+      upstream: `mosquitto ${mosquittoVersion()}, mutual TLS (sandbox CA), require_certificate`,
+      upstream_connects_per_second: CONNECTS_PER_S,
+      upstream_retry_max_delay_ms: RETRY_MAX_DELAY_MS,
+      upstream_max_sessions: 2 * WARM + 100,
+      upstream_idle_timeout_ms: 1_800_000,
+      vending_quotas: 'CreateCertificateFromCsr, AttachPolicy, CreateThing, AttachThingPrincipal raised to 250/s (sandbox unthrottled)',
+      outage_s_target: OUTAGE_S,
+      storage_synchronous: 'full',
+      machine_other_cpu_pct: n.other_cpu_pct,
+      machine_steal_pct: n.steal_pct,
+      loadavg_1m_at_end: n.loadavg_1m,
+      total_runtime_s: Math.round((Date.now() - started) / 1000),
+      gateway_config_override: stack.gatewayOverride,
+    };
+    writeStandalone('sessions', 'Sessions: idle local devices, warm upstream sessions, recovery', {
+      params,
+      figures,
+      goals: GOALS,
+      intro: [
+        `${DEVICES} MQTT devices connect to simbridge and stay idle; then ${WARM} of them publish one QoS 1 message each, so each is vended`,
+        'and holds its own upstream session (mutual TLS, as itself) to a real Mosquitto. Then the upstream is stopped, the same',
+        `${WARM} devices publish once more (acknowledged from disk), and the upstream is started again on the same ports after about ${OUTAGE_S} s.`,
+      ],
+      notes: [
+        '`rss_per_idle_device_kb` = (simbridge VmRSS with every device connected and idle − VmRSS of the started gateway before any device) / devices; each RSS is read once it has settled (two samples 1 s apart within 1 %).',
+        '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned.',
+        `\`recovery_s\`: from the moment the restarted upstream Mosquitto accepts connections until the last of the ${WARM} messages acknowledged during the outage arrived at the collector (mosquitto_sub on the upstream's plain listener, its own arrival timestamps). \`recovery_ratio_to_pacing_min\` divides it by ${WARM} / upstream.connectsPerSecond (${CONNECTS_PER_S}/s) = ${pacingMinS} s. \`sessions_back_s\`: until \`simbridge_upstream_sessions\` (scraped every 250 ms) was back to ${WARM}.`,
+        '`*_after_gc`, `heap_*`, `external_*`: the same deltas from `process.memoryUsage()` inside simbridge right after two forced full GCs (bench/lib/mem-probe.mjs, loaded into the gateway only with NODE_OPTIONS=\"--expose-gc --import=…\", triggered by SIGUSR2 after each settled reading): live memory without uncollected garbage; heap = V8 JS heap, external = memory outside the heap held by JS objects (Buffers); the rest of RSS is native (aws-crt, OpenSSL/s2n, sockets, allocator).',
+        `Bench settings (not defaults): upstream.retryMaxDelayMs ${RETRY_MAX_DELAY_MS} (default 30000) so session retry backoff does not dominate recovery; upstream.maxSessions ${2 * WARM + 100}; upstream.idleTimeoutMs 1800000; vending quotas raised (the sandbox does not throttle here). upstream.connectsPerSecond stays at its default ${CONNECTS_PER_S}.`,
+        `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
+        ...notes,
+      ],
+    });
+    log(`results: bench/results/sessions.{json,md}\n${JSON.stringify(figures)}`);
+  } finally {
+    await Promise.all(workers.map((w) => w.call({ cmd: 'close' }, 10_000).catch(() => undefined)));
+    await stack.close();
+    rmSync(probeDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

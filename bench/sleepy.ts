@@ -1,0 +1,430 @@
+// Sleepy-devices benchmark (issue 6): 5,000 battery-powered devices over HTTP each wake, send a few
+// 200-byte JSON readings (POST /topics/meter?qos=1, each waiting for its 202) and leave, paced at
+// 2,000 requests/s in all, first with the `window` batching policy, then (the same devices waking again,
+// same readings, the group switched to `immediate` by a config reload), against a real Mosquitto upstream (mutual TLS). Measures the
+// IoT Core billing units each policy costs, device-visible ack latency (storage.synchronous: full) and
+// the upstream sessions opened. A last short phase (few devices, many readings each) shows how many
+// readings one billing unit can hold at most.
+//
+//   node --import tsx bench/sleepy.ts [--devices 5000] [--readings 3] [--rate 2000] [--max-delay-ms 3000]
+//
+// Processes (all loopback): sandbox, upstream Mosquitto, collector, simbridge (bench/lib/stack.ts) and
+// 2 load generators (bench/load/http-sleepy.ts), each with 8 keep-alive agents on their own source
+// addresses. Results: bench/results/sleepy.{json,md}.
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
+import { TEST_MASTER_KEY, writeYaml } from '../test/helpers/processes.ts';
+import { installCleanup, track } from './lib/cleanup.ts';
+import { MOSQUITTO_SUB } from './lib/mosquitto.ts';
+import { devices, type DeviceSpec } from './lib/devices.ts';
+import { merge, newHist, quantile } from './lib/hist.ts';
+import { forkWorker, type Worker } from './lib/load.ts';
+import { newTag } from './lib/measure.ts';
+import { mosquittoVersion } from './lib/mosquitto.ts';
+import { noiseMeter } from './lib/procstat.ts';
+import { adminPortFrom, scrape, sum, type Sample } from './lib/prom.ts';
+import type { Goal } from './lib/report.ts';
+import { gatewaySource, Stack } from './lib/stack.ts';
+import { writeStandalone } from './lib/standalone-report.ts';
+import { round, sleep } from './lib/stats.ts';
+import type { SleepyRunResult } from './load/http-sleepy.ts';
+import { openDatabase } from '../storage/db.ts';
+import { SimStore } from '../storage/sims.ts';
+
+installCleanup();
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && Number.isFinite(Number(process.argv[i + 1])) ? Number(process.argv[i + 1]) : fallback;
+}
+
+const DEVICES = arg('devices', 5000);
+const READINGS = arg('readings', 3);
+const RATE = arg('rate', 2000);
+const MAX_DELAY_MS = arg('max-delay-ms', 3000);
+const CEILING_DEVICES = arg('ceiling-devices', 100);
+const CEILING_READINGS = arg('ceiling-readings', 40);
+const PAYLOAD_BYTES = 200;
+const WORKERS = 2;
+const SOURCES_PER_WORKER = 8;
+const MAX_SOCKETS_PER_SOURCE = 64;
+const TOPIC = 'meter';
+const IDLE_TIMEOUT_MS = 20_000;
+const WINDOW = { policy: 'window', maxMessages: 100, maxBytes: 5120, maxDelayMs: MAX_DELAY_MS };
+const VEND_QUOTAS = { CreateCertificateFromCsr: 500, AttachPolicy: 500, CreateThing: 500, AttachThingPrincipal: 500 };
+
+const GOALS: Goal[] = [
+  { text: 'billed units: immediate / window ≥ 20× for the same readings', figure: 'billed_units_reduction', op: '>=', target: 20 },
+  { text: `ack p99 ≤ 10 ms at ${RATE} requests/s (synchronous: full)`, figure: 'ack_p99_ms', op: '<=', target: 10 },
+  { text: `the gateway sustains ${RATE} requests/s`, figure: 'achieved_req_per_s', op: '>=', target: RATE * 0.95 },
+];
+
+/** `--cpu-prof DIR`: diagnostic run, simbridge under node --cpu-prof (the profile is written at shutdown). */
+const CPU_PROF_DIR = (() => {
+  const i = process.argv.indexOf('--cpu-prof');
+  return i > 0 ? process.argv[i + 1] : undefined;
+})();
+
+/**
+ * Watches the upstream's batch topics (plain listener) while it runs: readings (collector markers) and
+ * bytes per batch message, for the largest batch seen. Bounded: killed by stop() or at exit.
+ */
+function batchWatcher(plainPort: number) {
+  const child = track(spawn(MOSQUITTO_SUB, ['-h', '127.0.0.1', '-p', String(plainPort), '-q', '1', '-t', 'devices/+/batch', '-F', '%l %p'], { stdio: ['ignore', 'pipe', 'ignore'] }));
+  let buf = '';
+  const seen = { batches: 0, maxReadings: 0, maxBytes: 0 };
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      const sp = line.indexOf(' ');
+      const readings = (line.match(/~R[A-Za-z0-9]+:\d+:\d+:\d+\.\d+~/g) ?? []).length;
+      seen.batches++;
+      seen.maxReadings = Math.max(seen.maxReadings, readings);
+      seen.maxBytes = Math.max(seen.maxBytes, Number(line.slice(0, sp)));
+    }
+  });
+  return {
+    seen,
+    stop: () => child.kill('SIGTERM'),
+  };
+}
+
+const started = Date.now();
+const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
+
+interface Phase {
+  name: string;
+  group: string;
+  devices: number;
+  readingsPerDevice: number;
+  offeredReqPerS: number;
+  sent: number;
+  acked: number;
+  errors: number;
+  errorKinds: Record<string, number>;
+  achievedReqPerS: number;
+  maxWakeLagMs: number;
+  maxConcurrentDevices: number;
+  ackP50: number | null;
+  ackP99: number | null;
+  ackMax: number | null;
+  delivered: number;
+  duplicates: number;
+  deliverS: number | null;
+  billedUnits: number;
+  billedUnitsCollector: number;
+  upstreamMessagesCollector: number;
+  publishesOk: number;
+  publishesFailed: number;
+  readingsPerPublish: number | null;
+  sessionsOpened: number;
+  connectsFailed: number;
+  outboxLeft: number;
+}
+
+async function main(): Promise<void> {
+  const noise = noiseMeter();
+  const notes: string[] = [];
+  const groups = { default: {}, meters: { batching: WINDOW }, ceiling: { batching: WINDOW } };
+  const stack = await Stack.start({
+    gatewayOverride: {
+      groups,
+      // Sleepy devices: their sessions close soon after they leave (default 300 s), and never hit the cap.
+      upstream: { idleTimeoutMs: IDLE_TIMEOUT_MS, maxSessions: 20_000 },
+      vending: { quotas: VEND_QUOTAS },
+    },
+  });
+  const workers: Worker[] = [];
+  try {
+    // ---- registry: the sleepy devices (group meters) and the ceiling devices (group ceiling), IMEIs bound ----
+    const setW = devices(DEVICES, 3, () => TOPIC);
+    const setC = devices(CEILING_DEVICES, 5, () => TOPIC);
+    const dataDir = join(stack.dir, 'gateway');
+    const db = openDatabase({ file: join(dataDir, 'simbridge.db'), synchronous: 'normal' });
+    const sims = new SimStore(db);
+    db.transaction(() => {
+      for (const [set, group] of [[setW, 'meters'], [setC, 'ceiling']] as const) {
+        for (const s of set) sims.register({ imsi: s.imsi, group, thingName: `sim-${s.imsi}`, boundImei: s.imei });
+      }
+    })();
+    db.close();
+
+    // ---- pre-vending (devices in the field were vended long ago): `simbridge vend` ----
+    const vendConfig = writeYaml(stack.dir, 'vend.yaml', {
+      mode: 'aws',
+      dataDir,
+      groups,
+      vending: { endpoint: stack.sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, quotas: VEND_QUOTAS },
+      log: { level: 'warn' },
+    });
+    const tv = Date.now();
+    const vend = track(
+      spawn(process.execPath, ['--import', 'tsx', 'bin/simbridge.ts', 'vend', '--config', vendConfig, '--json'], {
+        cwd: gatewaySource().root,
+        env: { ...process.env, SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
+    let vendOut = '';
+    vend.stdout!.on('data', (d) => (vendOut += d));
+    vend.stderr!.on('data', (d) => (vendOut += d));
+    const vendCode = await Promise.race([
+      new Promise<number | null>((r) => vend.once('exit', (c) => r(c))),
+      sleep(240_000).then(() => (vend.kill('SIGKILL'), -1)),
+    ]);
+    const vendSummary = vendOut.split('\n').find((l) => l.startsWith('{'));
+    if (vendCode !== 0 || !vendSummary) throw new Error(`simbridge vend failed (exit ${vendCode}):\n${vendOut.slice(-3000)}`);
+    const vendS = (Date.now() - tv) / 1000;
+    log(`${setW.length + setC.length} SIMs registered and pre-vended in ${vendS.toFixed(1)} s: ${vendSummary}`);
+
+    const gw = await stack.startGateway(CPU_PROF_DIR ? { cpuProfDir: CPU_PROF_DIR } : {});
+    await sleep(500);
+    const adminPort = adminPortFrom(gw.process.output);
+    if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
+    log(`simbridge up (pid ${gw.pid})`);
+    for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('http-sleepy'));
+    const sourcesOf = (k: number) => Array.from({ length: SOURCES_PER_WORKER }, (_, j) => `127.0.200.${2 + k * SOURCES_PER_WORKER + j}`);
+
+    const phase = async (name: string, set: DeviceSpec[], group: string, readings: number, reqPerS: number): Promise<Phase> => {
+      const tag = newTag(name.replace(/[^a-z]/g, '').slice(0, 4));
+      const stats = stack.collector.stats(tag);
+      const m0 = await scrape(adminPort);
+      const startAt = Date.now() + 500;
+      const maxDurationMs = Math.ceil((set.length / (reqPerS / readings)) * 1000) + 60_000;
+      const rs = await Promise.all(
+        workers.map((w, k) =>
+          w.call<SleepyRunResult>(
+            {
+              cmd: 'run',
+              target: { host: '127.0.0.1', port: gw.httpPort },
+              devices: set.filter((_, i) => i % WORKERS === k),
+              readings,
+              wakeRatePerS: reqPerS / readings / WORKERS,
+              sources: sourcesOf(k),
+              maxSocketsPerSource: MAX_SOCKETS_PER_SOURCE,
+              payloadBytes: PAYLOAD_BYTES,
+              tag,
+              topic: TOPIC,
+              maxDurationMs,
+              startAt,
+            },
+            maxDurationMs + 60_000,
+          ),
+        ),
+      );
+      const hist = newHist();
+      rs.forEach((r) => merge(hist, r.ackHist));
+      const errorKinds: Record<string, number> = {};
+      for (const r of rs) for (const [k, v] of Object.entries(r.errorKinds)) errorKinds[k] = (errorKinds[k] ?? 0) + v;
+      const acked = rs.reduce((a, r) => a + r.acked, 0);
+      const t0 = Math.min(...rs.map((r) => r.startedAt));
+      const lastAck = Math.max(...rs.map((r) => r.lastAckAt));
+      log(`  ${name}: ${acked} of ${set.length * readings} readings acknowledged; waiting for them upstream`);
+      await stack.collector.waitUntil(() => stats.unique >= acked, { timeoutMs: 240_000, quietMs: 60_000 });
+      // The gateway counts a publish when its PUBACK is back; the collector may see it a moment earlier.
+      let m1: Sample[] = await scrape(adminPort);
+      for (let i = 0; i < 20 && sum(m1, 'simbridge_outbox_messages', { group }) > 0; i++) {
+        await sleep(250);
+        m1 = await scrape(adminPort);
+      }
+      await sleep(500);
+      m1 = await scrape(adminPort);
+      const d = (name: string, labels: Record<string, string> = {}) => sum(m1, name, labels) - sum(m0, name, labels);
+      const publishesOk = d('simbridge_upstream_publishes_total', { group, result: 'ok' });
+      const batchCount = d('simbridge_batch_messages_count', { group });
+      const p: Phase = {
+        name,
+        group,
+        devices: set.length,
+        readingsPerDevice: readings,
+        offeredReqPerS: reqPerS,
+        sent: rs.reduce((a, r) => a + r.sent, 0),
+        acked,
+        errors: rs.reduce((a, r) => a + r.errors, 0),
+        errorKinds,
+        achievedReqPerS: acked / Math.max(0.001, (lastAck - t0) / 1000),
+        maxWakeLagMs: Math.max(...rs.map((r) => r.maxWakeLagMs)),
+        maxConcurrentDevices: rs.reduce((a, r) => a + r.maxConcurrentDevices, 0),
+        ackP50: round(quantile(hist, 0.5)),
+        ackP99: round(quantile(hist, 0.99)),
+        ackMax: round(quantile(hist, 1)),
+        delivered: stats.unique,
+        duplicates: stats.duplicates,
+        deliverS: stats.lastAt ? round((stats.lastAt - t0) / 1000) : null,
+        billedUnits: d('simbridge_upstream_billed_units_total', { group }),
+        billedUnitsCollector: stats.billedUnits,
+        upstreamMessagesCollector: stats.messages,
+        publishesOk,
+        publishesFailed: d('simbridge_upstream_publishes_total', { group, result: 'failed' }),
+        readingsPerPublish: batchCount ? round(d('simbridge_batch_messages_sum', { group }) / batchCount) : null,
+        sessionsOpened: d('simbridge_upstream_connects_total', { result: 'ok' }),
+        connectsFailed: d('simbridge_upstream_connects_total', { result: 'failed' }),
+        outboxLeft: sum(m1, 'simbridge_outbox_messages', { group }),
+      };
+      log(
+        `  ${name}: ${p.achievedReqPerS.toFixed(0)} req/s acknowledged (offered ${reqPerS}), ack p50/p99/max ${p.ackP50}/${p.ackP99}/${p.ackMax} ms, errors ${JSON.stringify(errorKinds)}; ` +
+          `${p.delivered} delivered in ${p.deliverS} s; ${p.publishesOk} publishes, ${p.billedUnits} billed units (collector: ${p.upstreamMessagesCollector} messages, ${p.billedUnitsCollector} units), ${p.readingsPerPublish} readings/publish; ${p.sessionsOpened} sessions opened`,
+      );
+      return p;
+    };
+
+    const waitSessionsClosed = async () => {
+      // The devices' sessions close once idle (upstream.idleTimeoutMs): the next phase finds them asleep.
+      for (let i = 0; i < 120; i++) {
+        if (sum(await scrape(adminPort), 'simbridge_upstream_sessions') === 0) return;
+        await sleep(500);
+      }
+    };
+    /** Switches the meters group's batching policy by rewriting the gateway's config file and SIGHUP (a reload, docs/batching.md). */
+    const setPolicy = async (batching: Record<string, unknown>) => {
+      const file = join(stack.dir, 'gateway.yaml');
+      const cfg = parseYaml(readFileSync(file, 'utf8')) as { groups: Record<string, { batching: unknown }> };
+      cfg.groups.meters.batching = batching;
+      writeFileSync(file, stringifyYaml(cfg));
+      process.kill(gw.pid, 'SIGHUP');
+      await sleep(1500);
+      if (/configuration not reloaded/.test(gw.process.output)) throw new Error(`reload refused:\n${gw.process.output.slice(-2000)}`);
+    };
+
+    log(`window phase: ${DEVICES} devices × ${READINGS} readings at ${RATE} requests/s (group meters, ${JSON.stringify(WINDOW)})`);
+    const W = await phase('window', setW, 'meters', READINGS, RATE);
+    await setPolicy({ policy: 'immediate' });
+    await waitSessionsClosed();
+    log(`immediate phase: the same ${DEVICES} devices wake again, same readings, group meters switched to immediate (SIGHUP reload)`);
+    const I = await phase('immediate', setW, 'meters', READINGS, RATE);
+    let R: Phase | undefined;
+    if (W.achievedReqPerS < RATE * 0.95) {
+      const rate = Math.max(50, Math.floor((W.achievedReqPerS * 0.9) / 50) * 50);
+      // At most about 20 s of waking, so a low rate does not make the run long.
+      const n = Math.min(DEVICES, Math.ceil((rate * 20) / READINGS));
+      await setPolicy(WINDOW);
+      await waitSessionsClosed();
+      log(`not sustained: window policy again, ${n} of the devices waking again at ${rate} requests/s (90 % of the rate reached)`);
+      R = await phase('window-at-reached-rate', setW.slice(0, n), 'meters', READINGS, rate);
+    }
+    log(`ceiling phase: ${CEILING_DEVICES} devices × ${CEILING_READINGS} readings, window policy (group ceiling)`);
+    const watcher = batchWatcher(stack.upstream.plainPort);
+    await sleep(500);
+    const C = await phase('ceiling', setC, 'ceiling', CEILING_READINGS, Math.min(RATE, 1000));
+    watcher.stop();
+    log(`  ceiling: largest batch ${watcher.seen.maxReadings} readings, ${watcher.seen.maxBytes} bytes (of ${watcher.seen.batches} batches seen)`);
+
+    const figures: Record<string, number | null> = {
+      devices: DEVICES,
+      readings_per_device: READINGS,
+      readings: DEVICES * READINGS,
+      billed_units_window: W.billedUnits,
+      billed_units_immediate: I.billedUnits,
+      billed_units_reduction: W.billedUnits ? round(I.billedUnits / W.billedUnits) : null,
+      billed_units_reduction_collector: W.billedUnitsCollector ? round(I.billedUnitsCollector / W.billedUnitsCollector) : null,
+      readings_per_billed_unit: W.billedUnits ? round(W.delivered / W.billedUnits) : null,
+      readings_per_publish_window: W.readingsPerPublish,
+      offered_req_per_s: RATE,
+      achieved_req_per_s: round(W.achievedReqPerS),
+      ack_p50_ms: W.ackP50,
+      ack_p99_ms: W.ackP99,
+      ack_max_ms: W.ackMax,
+      achieved_req_per_s_immediate: round(I.achievedReqPerS),
+      ack_p50_ms_immediate: I.ackP50,
+      ack_p99_ms_immediate: I.ackP99,
+      ...(R
+        ? {
+            reached_rate_req_per_s: R.offeredReqPerS,
+            achieved_req_per_s_at_reached_rate: round(R.achievedReqPerS),
+            ack_p50_ms_at_reached_rate: R.ackP50,
+            ack_p99_ms_at_reached_rate: R.ackP99,
+          }
+        : {}),
+      upstream_sessions_opened: W.sessionsOpened,
+      upstream_sessions_opened_immediate: I.sessionsOpened,
+      upstream_publishes_window: W.publishesOk,
+      upstream_publishes_immediate: I.publishesOk,
+      deliver_all_s_window: W.deliverS,
+      deliver_all_s_immediate: I.deliverS,
+      undelivered: Math.max(0, W.acked - W.delivered) + Math.max(0, I.acked - I.delivered) + (R ? Math.max(0, R.acked - R.delivered) : 0),
+      duplicates_upstream: W.duplicates + I.duplicates + (R?.duplicates ?? 0),
+      device_errors: W.errors + I.errors + (R?.errors ?? 0),
+      ceiling_readings_per_billed_unit: C.billedUnits ? round(C.delivered / C.billedUnits) : null,
+      ceiling_readings_per_publish: C.readingsPerPublish,
+      ceiling_max_readings_per_batch: watcher.seen.maxReadings,
+      ceiling_max_batch_bytes: watcher.seen.maxBytes,
+      prevend_s: round(vendS),
+    };
+    if (Object.keys(W.errorKinds).length || Object.keys(I.errorKinds).length) notes.push(`Device errors: window ${JSON.stringify(W.errorKinds)}, immediate ${JSON.stringify(I.errorKinds)}.`);
+    const n = noise.stop();
+    const phases = [W, I, ...(R ? [R] : []), C];
+    const params = {
+      gateway_commit: gatewaySource().commit,
+      devices: DEVICES,
+      readings_per_device: READINGS,
+      payload_bytes: PAYLOAD_BYTES,
+      payload: 'JSON, {"kwh":…,"id":"~R<tag>:<dev>:<seq>:<ms>~","pad":"xxx…"} (spliced verbatim into the batch envelope)',
+      device_topic: TOPIC,
+      offered_req_per_s: RATE,
+      device_behaviour: `wakes (devices wake evenly at ${round(RATE / READINGS)}/s), sends its readings one after another, each waiting for its 202, leaves`,
+      http_clients: `${WORKERS} processes × ${SOURCES_PER_WORKER} keep-alive agents (source addresses 127.0.200.2–${1 + WORKERS * SOURCES_PER_WORKER}), ≤ ${MAX_SOCKETS_PER_SOURCE} sockets each; devices dealt round-robin`,
+      window_policy: WINDOW,
+      immediate_policy: 'immediate (group meters switched by rewriting the config file + SIGHUP; sessions of the window phase closed first)',
+      sims: 'pre-registered (one transaction, IMEI bound) and pre-vended with `simbridge vend` before the gateway started',
+      vending_quotas: VEND_QUOTAS,
+      storage_synchronous: 'full',
+      upstream: `mosquitto ${mosquittoVersion()}, mutual TLS (sandbox CA)`,
+      upstream_connects_per_second: 100,
+      upstream_idle_timeout_ms: IDLE_TIMEOUT_MS,
+      upstream_max_sessions: 20_000,
+      ceiling_phase: `${CEILING_DEVICES} devices × ${CEILING_READINGS} readings, window policy`,
+      machine_other_cpu_pct: n.other_cpu_pct,
+      machine_steal_pct: n.steal_pct,
+      loadavg_1m_at_end: n.loadavg_1m,
+      total_runtime_s: Math.round((Date.now() - started) / 1000),
+      gateway_config_override: stack.gatewayOverride,
+    };
+    writeStandalone('sleepy', 'Sleepy devices: batching and ack latency over HTTP', {
+      params,
+      figures,
+      goals: GOALS,
+      intro: [
+        `${DEVICES} devices over HTTP each wake, send ${READINGS} JSON readings of ${PAYLOAD_BYTES} bytes one after another and leave, ${RATE} requests/s in all,`,
+        `first in a group batching with \`window\` (${JSON.stringify(WINDOW)}), then the same devices wake again with the same readings after the group`,
+        'was switched to `immediate` (config reload); simbridge (storage.synchronous: full) carries them to a real Mosquitto over mutual TLS, one session per device.',
+      ],
+      notes: [
+        '`billed_units_*`: deltas of `simbridge_upstream_billed_units_total{group}` over each phase, after every acknowledged reading arrived upstream; `billed_units_reduction` = immediate / window. `*_collector`: the same computed from what the upstream collector received (ceil((topic + payload) / 5120) per message).',
+        '`ack_*`: device-visible, from sending the request until the 202 (sent only after the reading is committed, synchronous: full), measured in the load generators; `achieved_req_per_s` = acknowledged requests / (last acknowledgement − first wake).',
+        '`upstream_sessions_opened`: delta of `simbridge_upstream_connects_total{result="ok"}` over the window phase (`_immediate`: over the immediate phase). Sessions close 20 s after their last use (upstream.idleTimeoutMs 20000 in this bench: sleepy devices leave).',
+        '`ceiling_*`: a short extra phase, window policy, few devices with many readings each: the most readings one billing unit carries with these readings and this envelope (`ceiling_max_readings_per_batch`, `ceiling_max_batch_bytes`: the largest batch message seen by a second subscriber on `devices/+/batch`; payload bytes, topic not included).',
+        `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
+        ...notes,
+      ],
+      extraMd: [
+        '## Phases',
+        '',
+        '| phase | group | devices × readings | offered req/s | achieved req/s | ack p50 / p99 / max ms | errors | delivered | deliver all s | publishes | billed units | readings / publish | sessions opened |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        ...phases.map(
+          (p) =>
+            `| ${p.name} | ${p.group} | ${p.devices} × ${p.readingsPerDevice} | ${p.offeredReqPerS} | ${round(p.achievedReqPerS)} | ${p.ackP50} / ${p.ackP99} / ${p.ackMax} | ${p.errors} | ${p.delivered} | ${p.deliverS} | ${p.publishesOk} | ${p.billedUnits} | ${p.readingsPerPublish} | ${p.sessionsOpened} |`,
+        ),
+        '',
+      ].join('\n'),
+    });
+    log(`results: bench/results/sleepy.{json,md}\n${JSON.stringify(figures)}`);
+  } finally {
+    await Promise.all(workers.map((w) => w.call({ cmd: 'close' }, 10_000).catch(() => undefined)));
+    await stack.close();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
