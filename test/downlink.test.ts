@@ -78,6 +78,18 @@ describe('commands down to devices', () => {
     await b.endAsync();
   });
 
+  it('delivers with overlapping subscriptions and stays up', async () => {
+    const a = await mqtt.connectAsync(url, deviceOptions(A, IMEI));
+    await a.subscribeAsync('alerts/#', { qos: 1 });
+    await a.subscribeAsync('alerts/+', { qos: 1 });
+    const got = nextMessage(a);
+    await cloud.publishAsync(`devices/sim-${A}/alerts/fire`, 'hot', { qos: 1 });
+    expect((await got).payload.toString()).toBe('hot');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(gateway.child.exitCode).toBeNull();
+    await a.endAsync();
+  });
+
   it('lets a device reach its own shadow, and only its own', async () => {
     const a = await mqtt.connectAsync(url, deviceOptions(A, IMEI));
     const [g] = await a.subscribeAsync(`$aws/things/sim-${A}/shadow/update/accepted`, { qos: 1 });

@@ -50,11 +50,14 @@ export class UpstreamSession {
   private readonly messagePacer: TokenBucket;
   private readonly bytePacer: TokenBucket;
 
+  private readonly log: Logger;
+
   constructor(
     readonly creds: SessionCredentials,
     private readonly connection: mqtt.MqttClientConnection,
     opts: PoolOptions,
   ) {
+    this.log = opts.log;
     this.messagePacer = new TokenBucket(opts.publishesPerSecond, opts.publishesPerSecond);
     this.bytePacer = new TokenBucket(opts.bytesPerSecond, opts.bytesPerSecond);
   }
@@ -88,7 +91,21 @@ export class UpstreamSession {
     this.lastUsed = Date.now();
     const res = await this.connection.subscribe(filter, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce, (topic, payload, _dup, gotQos) => {
       this.lastUsed = Date.now();
-      handler(topic, Buffer.from(payload), gotQos === mqtt.QoS.AtMostOnce ? 0 : 1);
+      // An exception escaping this callback aborts the process inside aws-crt, so none may escape.
+      // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
+      // later ones find it detached (copying throws): that message is already with the first handler.
+      let bytes: Buffer;
+      try {
+        bytes = Buffer.from(payload);
+      } catch {
+        this.log.debug({ thing: this.thingName, topic }, 'downlink payload already taken by an overlapping subscription');
+        return;
+      }
+      try {
+        handler(topic, bytes, gotQos === mqtt.QoS.AtMostOnce ? 0 : 1);
+      } catch (err) {
+        this.log.warn({ thing: this.thingName, topic, err: String(err) }, 'downlink message not handled');
+      }
     });
     if ((res.qos as number) === 128) throw new Error(`subscription to ${filter} refused upstream`);
     return res.qos === mqtt.QoS.AtMostOnce ? 0 : 1;
