@@ -196,7 +196,7 @@ async function main(): Promise<void> {
       const stats = stack.collector.stats(tag);
       const m0 = await scrape(adminPort);
       const startAt = Date.now() + 500;
-      const maxDurationMs = Math.ceil((set.length / (reqPerS / readings)) * 1000) + 60_000;
+      const maxDurationMs = Math.ceil((set.length / (reqPerS / readings)) * 1000) + 40_000;
       const rs = await Promise.all(
         workers.map((w, k) =>
           w.call<SleepyRunResult>(
@@ -226,7 +226,7 @@ async function main(): Promise<void> {
       const t0 = Math.min(...rs.map((r) => r.startedAt));
       const lastAck = Math.max(...rs.map((r) => r.lastAckAt));
       log(`  ${name}: ${acked} of ${set.length * readings} readings acknowledged; waiting for them upstream`);
-      await stack.collector.waitUntil(() => stats.unique >= acked, { timeoutMs: 240_000, quietMs: 60_000 });
+      await stack.collector.waitUntil(() => stats.unique >= acked, { timeoutMs: 240_000, quietMs: 30_000 });
       // The gateway counts a publish when its PUBACK is back; the collector may see it a moment earlier.
       let m1: Sample[] = await scrape(adminPort);
       for (let i = 0; i < 20 && sum(m1, 'simbridge_outbox_messages', { group }) > 0; i++) {
@@ -276,7 +276,7 @@ async function main(): Promise<void> {
 
     const waitSessionsClosed = async () => {
       // The devices' sessions close once idle (upstream.idleTimeoutMs): the next phase finds them asleep.
-      for (let i = 0; i < 120; i++) {
+      for (let i = 0; i < 50; i++) {
         if (sum(await scrape(adminPort), 'simbridge_upstream_sessions') === 0) return;
         await sleep(500);
       }
@@ -342,6 +342,9 @@ async function main(): Promise<void> {
             achieved_req_per_s_at_reached_rate: round(R.achievedReqPerS),
             ack_p50_ms_at_reached_rate: R.ackP50,
             ack_p99_ms_at_reached_rate: R.ackP99,
+            readings_per_billed_unit_at_reached_rate: R.billedUnits ? round(R.delivered / R.billedUnits) : null,
+            // Immediate costs what the immediate phase measured per reading.
+            billed_units_reduction_at_reached_rate: R.billedUnits && I.delivered ? round(I.billedUnits / I.delivered / (R.billedUnits / R.delivered)) : null,
           }
         : {}),
       upstream_sessions_opened: W.sessionsOpened,
@@ -402,6 +405,8 @@ async function main(): Promise<void> {
         '`ack_*`: device-visible, from sending the request until the 202 (sent only after the reading is committed, synchronous: full), measured in the load generators; `achieved_req_per_s` = acknowledged requests / (last acknowledgement − first wake).',
         '`upstream_sessions_opened`: delta of `simbridge_upstream_connects_total{result="ok"}` over the window phase (`_immediate`: over the immediate phase). Sessions close 20 s after their last use (upstream.idleTimeoutMs 20000 in this bench: sleepy devices leave).',
         '`ceiling_*`: a short extra phase, window policy, few devices with many readings each: the most readings one billing unit carries with these readings and this envelope (`ceiling_max_readings_per_batch`, `ceiling_max_batch_bytes`: the largest batch message seen by a second subscriber on `devices/+/batch`; payload bytes, topic not included).',
+        'Gateway limit behind the ack latencies (diagnostic run, 2,000 devices, `--cpu-prof DIR`): 72.6 s of the 100.9 s the gateway\'s main thread was busy went to aws-crt `TlsContext` (`ClientTlsContext` ← `MqttClient.new_connection` in bridge/upstream/session-pool.ts#openSession), built synchronously for every upstream connect; about 5,300 sessions were opened, so about 13.6 ms of blocked event loop each (8 ms measured alone with a custom CA, 16 ms with the system trust store). At the default 100 connects/s that is more than the whole main thread, so HTTP requests queue behind it; a sleepy device needing a fresh session per wake can be served at only about 50–70 wakes/s.',
+        'Readings per publish in the window phase fall towards 1 when acks take longer than maxDelayMs: a device sends its next reading only after the previous 202, so its window closes before the next reading arrives.',
         `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
         ...notes,
       ],

@@ -3,7 +3,7 @@ import { nowMs } from './devices.ts';
 import type { Collector } from './collector.ts';
 import { quantile } from './hist.ts';
 import type { LoadPool, MergedRun } from './load.ts';
-import { cpuSeconds, rssPeak } from './procstat.ts';
+import { cpuSeconds, listenOverflows, rssPeak } from './procstat.ts';
 
 export function newTag(prefix: string): string {
   return prefix + randomBytes(3).toString('hex');
@@ -30,6 +30,8 @@ export interface RunFigures {
   /** Acknowledged but not delivered when the wait ended (should be 0 in a healthy run). */
   undelivered: number;
   errors: number;
+  /** Machine-wide accept-queue overflows during the run (SYNs dropped: the client retries after 1 s, 3 s, ...). */
+  listen_overflows: number | null;
   /** Readings (device messages) per 5 KB billing unit upstream: 1 without batching. */
   readings_per_billed_unit: number | null;
   run: MergedRun;
@@ -60,6 +62,7 @@ export async function measuredRun(
 ): Promise<RunFigures> {
   const stats = collector.stats(opts.tag);
   const cpu0 = opts.pid ? cpuSeconds(opts.pid) : null;
+  const lo0 = listenOverflows();
   const rss = opts.pid ? rssPeak(opts.pid) : undefined;
   const run = await load.run({
     tag: opts.tag,
@@ -91,6 +94,7 @@ export async function measuredRun(
     duplicates: stats.duplicates,
     undelivered: Math.max(0, run.acked - stats.unique),
     errors: run.errors,
+    listen_overflows: lo0 === null ? null : (listenOverflows() ?? lo0) - lo0,
     readings_per_billed_unit: stats.billedUnits ? stats.unique / stats.billedUnits : null,
     run,
   };

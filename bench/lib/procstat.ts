@@ -146,3 +146,20 @@ export async function waitForQuiet(maxS: number, thresholdPct: number): Promise<
   }
   return Math.round((Date.now() - start) / 1000);
 }
+
+/** Machine-wide TcpExt ListenOverflows (/proc/net/netstat): connections dropped because an accept queue was full. */
+export function listenOverflows(): number | null {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      if (!lines[i].startsWith('TcpExt:')) continue;
+      const names = lines[i].split(/\s+/);
+      const values = lines[i + 1].split(/\s+/);
+      const k = names.indexOf('ListenOverflows');
+      return k >= 0 ? Number(values[k]) : null;
+    }
+  } catch {
+    // not Linux
+  }
+  return null;
+}

@@ -67,6 +67,7 @@ export async function profileScenario(
     );
     md.push(`Raw profile: \`${file}\` (not committed; open it in Chrome DevTools or speedscope).`, '');
   } else md.push('**No profile was written** (simbridge did not exit cleanly).', '');
+  mkdirSync(resultsDir, { recursive: true });
   const out = join(resultsDir, `profile-${opts.scenario}.md`);
   // The hand-written reading of a profile (what in the gateway would fix it) survives regeneration.
   const previous = existsSync(out) ? readFileSync(out, 'utf8') : '';

@@ -95,6 +95,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
     const all = [...sweepRuns, ...runs, ...half, ...atGoalHalf];
     figures.device_errors = all.reduce((a, r) => a + r.errors, 0);
     figures.skipped_at_7500_per_s = atGoalHalf.reduce((a, r) => a + r.run.skipped, 0);
+    figures.listen_overflows = all.reduce((a, r) => a + (r.listen_overflows ?? 0), 0);
     const errorKinds: Record<string, number> = {};
     for (const r of all) for (const [k, v] of Object.entries(r.run.errorKinds)) errorKinds[k] = (errorKinds[k] ?? 0) + v;
 
@@ -127,6 +128,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
         'simbridge paces each upstream session to `upstream.publishesPerSecond` (default 100, IoT Core\'s per-connection limit): with 100 devices delivery upstream cannot exceed 10,000 msgs/s however fast acks are, so 15,000 msgs/s through the whole path needs ≥ 150 devices (or batching).',
         'Devices, simbridge, the upstream Mosquitto and the collector share the machine\'s cores: the figures are for the whole path on this machine, not for simbridge alone.',
         ...(kind === 'http' ? ['Goals are scenario 1\'s (MQTT); they are shown here for comparison.'] : []),
+        '`listen_overflows`: machine-wide TcpExt ListenOverflows during all runs of this scenario (/proc/net/netstat): connection attempts dropped because an accept queue was full; the client\'s SYN is retried after 1 s, then 3 s, which shows up as multi-second ack latencies when connections open in a burst.',
         ...(figures.device_errors ? [`Device-side failures: ${Object.entries(errorKinds).map(([k, v]) => `${k} × ${v}`).join(', ')}.`] : []),
       ],
     };
