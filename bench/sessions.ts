@@ -18,7 +18,7 @@ import { quantile, merge, newHist } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
-import { noiseMeter, rssKb } from './lib/procstat.ts';
+import { waitForQuiet, noiseMeter, rssKb } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum } from './lib/prom.ts';
 import type { Goal } from './lib/report.ts';
 import { gatewaySource, Stack } from './lib/stack.ts';
@@ -116,6 +116,9 @@ async function status(workers: Worker[]): Promise<{ connected: number; closesAft
 }
 
 async function main(): Promise<void> {
+  // --wait-quiet-s N: first wait (at most N s) until other processes use < 30 % of a core (shared machine).
+  const waitedQuietS = arg('wait-quiet-s', 0) > 0 ? await waitForQuiet(arg('wait-quiet-s', 0), 30) : 0;
+  if (waitedQuietS) log(`waited ${waitedQuietS} s for the machine to quieten`);
   const noise = noiseMeter();
   const notes: string[] = [];
   const figures: Record<string, number | null> = { devices: DEVICES, warm_sessions: WARM };
@@ -292,6 +295,7 @@ async function main(): Promise<void> {
       storage_synchronous: 'full',
       machine_other_cpu_pct: n.other_cpu_pct,
       machine_steal_pct: n.steal_pct,
+      waited_for_quiet_s: waitedQuietS,
       loadavg_1m_at_end: n.loadavg_1m,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,

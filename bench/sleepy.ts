@@ -23,7 +23,7 @@ import { merge, newHist, quantile } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
-import { noiseMeter } from './lib/procstat.ts';
+import { waitForQuiet, noiseMeter } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum, type Sample } from './lib/prom.ts';
 import type { Goal } from './lib/report.ts';
 import { gatewaySource, Stack } from './lib/stack.ts';
@@ -129,6 +129,9 @@ interface Phase {
 }
 
 async function main(): Promise<void> {
+  // --wait-quiet-s N: first wait (at most N s) until other processes use < 30 % of a core (shared machine).
+  const waitedQuietS = arg('wait-quiet-s', 0) > 0 ? await waitForQuiet(arg('wait-quiet-s', 0), 30) : 0;
+  if (waitedQuietS) log(`waited ${waitedQuietS} s for the machine to quieten`);
   const noise = noiseMeter();
   const notes: string[] = [];
   const groups = { default: {}, meters: { batching: WINDOW }, ceiling: { batching: WINDOW } };
@@ -176,7 +179,7 @@ async function main(): Promise<void> {
     vend.stderr!.on('data', (d) => (vendOut += d));
     const vendCode = await Promise.race([
       new Promise<number | null>((r) => vend.once('exit', (c) => r(c))),
-      sleep(240_000).then(() => (vend.kill('SIGKILL'), -1)),
+      sleep(420_000).then(() => (vend.kill('SIGKILL'), -1)),
     ]);
     const vendSummary = vendOut.split('\n').find((l) => l.startsWith('{'));
     if (vendCode !== 0 || !vendSummary) throw new Error(`simbridge vend failed (exit ${vendCode}):\n${vendOut.slice(-3000)}`);
@@ -387,6 +390,7 @@ async function main(): Promise<void> {
       ceiling_phase: `${CEILING_DEVICES} devices × ${CEILING_READINGS} readings, window policy`,
       machine_other_cpu_pct: n.other_cpu_pct,
       machine_steal_pct: n.steal_pct,
+      waited_for_quiet_s: waitedQuietS,
       loadavg_1m_at_end: n.loadavg_1m,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,
