@@ -114,6 +114,10 @@ interface Phase {
   ackP50: number | null;
   ackP99: number | null;
   ackMax: number | null;
+  /** p99 over every request, failed ones with the time until they failed. */
+  requestP99: number | null;
+  /** Readings the gateway accepted in the phase (simbridge_ingress_messages_total), including those whose device had given up. */
+  accepted: number;
   delivered: number;
   duplicates: number;
   deliverS: number | null;
@@ -198,6 +202,7 @@ async function main(): Promise<void> {
       const tag = newTag(name.replace(/[^a-z]/g, '').slice(0, 4));
       const stats = stack.collector.stats(tag);
       const m0 = await scrape(adminPort);
+      const d0 = (m: Sample[], metric: string, labels: Record<string, string>) => sum(m, metric, labels) - sum(m0, metric, labels);
       const startAt = Date.now() + 500;
       const maxDurationMs = Math.ceil((set.length / (reqPerS / readings)) * 1000) + 40_000;
       const rs = await Promise.all(
@@ -223,6 +228,8 @@ async function main(): Promise<void> {
       );
       const hist = newHist();
       rs.forEach((r) => merge(hist, r.ackHist));
+      const all = newHist();
+      rs.forEach((r) => (merge(all, r.ackHist), merge(all, r.failHist)));
       const errorKinds: Record<string, number> = {};
       for (const r of rs) for (const [k, v] of Object.entries(r.errorKinds)) errorKinds[k] = (errorKinds[k] ?? 0) + v;
       const acked = rs.reduce((a, r) => a + r.acked, 0);
@@ -230,11 +237,21 @@ async function main(): Promise<void> {
       const lastAck = Math.max(...rs.map((r) => r.lastAckAt));
       log(`  ${name}: ${acked} of ${set.length * readings} readings acknowledged; waiting for them upstream`);
       await stack.collector.waitUntil(() => stats.unique >= acked, { timeoutMs: 240_000, quietMs: 30_000 });
-      // The gateway counts a publish when its PUBACK is back; the collector may see it a moment earlier.
+      // Requests a device gave up on (timeout) may still be taken and delivered later: wait until the gateway
+      // is quiet (no new ingress for 3 s, the group's outbox empty), bounded, so phases do not overlap.
       let m1: Sample[] = await scrape(adminPort);
-      for (let i = 0; i < 20 && sum(m1, 'simbridge_outbox_messages', { group }) > 0; i++) {
-        await sleep(250);
+      const quietUntil = Date.now() + 120_000;
+      let lastIngress = -1;
+      let stableSince = Date.now();
+      while (Date.now() < quietUntil) {
         m1 = await scrape(adminPort);
+        const ingress = sum(m1, 'simbridge_ingress_messages_total');
+        if (ingress !== lastIngress) {
+          lastIngress = ingress;
+          stableSince = Date.now();
+        }
+        if (Date.now() - stableSince >= 3000 && sum(m1, 'simbridge_outbox_messages', { group }) === 0 && stats.unique >= d0(m1, 'simbridge_ingress_messages_total', { group, result: 'accepted' })) break;
+        await sleep(500);
       }
       await sleep(500);
       m1 = await scrape(adminPort);
@@ -257,6 +274,8 @@ async function main(): Promise<void> {
         ackP50: round(quantile(hist, 0.5)),
         ackP99: round(quantile(hist, 0.99)),
         ackMax: round(quantile(hist, 1)),
+        requestP99: round(quantile(all, 0.99)),
+        accepted: d0(m1, 'simbridge_ingress_messages_total', { group, result: 'accepted' }),
         delivered: stats.unique,
         duplicates: stats.duplicates,
         deliverS: stats.lastAt ? round((stats.lastAt - t0) / 1000) : null,
@@ -336,6 +355,8 @@ async function main(): Promise<void> {
       ack_p50_ms: W.ackP50,
       ack_p99_ms: W.ackP99,
       ack_max_ms: W.ackMax,
+      request_p99_ms_incl_failures: W.requestP99,
+      accepted_by_gateway_window: W.accepted,
       achieved_req_per_s_immediate: round(I.achievedReqPerS),
       ack_p50_ms_immediate: I.ackP50,
       ack_p99_ms_immediate: I.ackP99,
@@ -406,7 +427,8 @@ async function main(): Promise<void> {
       ],
       notes: [
         '`billed_units_*`: deltas of `simbridge_upstream_billed_units_total{group}` over each phase, after every acknowledged reading arrived upstream; `billed_units_reduction` = (immediate units / readings delivered) / (window units / readings delivered), i.e. billed units immediate / window for the same readings (per reading, so a phase that lost requests to device timeouts is not favoured). `*_collector`: the same computed from what the upstream collector received (ceil((topic + payload) / 5120) per message).',
-        '`ack_*`: device-visible, from sending the request until the 202 (sent only after the reading is committed, synchronous: full), measured in the load generators; `achieved_req_per_s` = acknowledged requests / (last acknowledgement − first wake).',
+        'Phases are kept apart: after each, the bench waits (bounded, 120 s) until the gateway has taken no request for 3 s and the group\'s outbox is empty, since requests a device gave up on (its 30 s timeout) may still be taken and delivered later; `delivered` counts every reading of the phase that arrived upstream (collector, by the phase\'s tag).',
+        '`ack_*`: device-visible, from sending the request until the 202 (sent only after the reading is committed, synchronous: full), measured in the load generators; `achieved_req_per_s` = acknowledged requests / (last acknowledgement − first wake). The ack percentiles are over acknowledged requests; `request_p99_ms_incl_failures` also counts the failed ones (timeouts at 30 s, resets) with the time until they failed.',
         '`upstream_sessions_opened`: delta of `simbridge_upstream_connects_total{result="ok"}` over the window phase (`_immediate`: over the immediate phase). Sessions close 20 s after their last use (upstream.idleTimeoutMs 20000 in this bench: sleepy devices leave).',
         '`ceiling_*`: a short extra phase, window policy, few devices with many readings each: the most readings one billing unit carries with these readings and this envelope (`ceiling_max_readings_per_batch`, `ceiling_max_batch_bytes`: the largest batch message seen by a second subscriber on `devices/+/batch`; payload bytes, topic not included).',
         'Gateway limit behind the ack latencies (diagnostic run, 2,000 devices, `--cpu-prof DIR`): 72.6 s of the 100.9 s the gateway\'s main thread was busy went to aws-crt `TlsContext` (`ClientTlsContext` ← `MqttClient.new_connection` in bridge/upstream/session-pool.ts#openSession), built synchronously for every upstream connect; about 5,300 sessions were opened, so about 13.6 ms of blocked event loop each (8 ms measured alone with a custom CA, 16 ms with the system trust store). At the default 100 connects/s that is more than the whole main thread, so HTTP requests queue behind it; a sleepy device needing a fresh session per wake can be served at only about 50–70 wakes/s.',
@@ -417,11 +439,11 @@ async function main(): Promise<void> {
       extraMd: [
         '## Phases',
         '',
-        '| phase | group | devices × readings | offered req/s | achieved req/s | ack p50 / p99 / max ms | errors | delivered | deliver all s | publishes | billed units | readings / publish | sessions opened |',
-        '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| phase | group | devices × readings | offered req/s | achieved req/s | ack p50 / p99 / max ms | device errors | accepted by gateway | delivered | deliver all s | publishes | billed units | readings / publish | sessions opened |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
         ...phases.map(
           (p) =>
-            `| ${p.name} | ${p.group} | ${p.devices} × ${p.readingsPerDevice} | ${p.offeredReqPerS} | ${round(p.achievedReqPerS)} | ${p.ackP50} / ${p.ackP99} / ${p.ackMax} | ${p.errors} | ${p.delivered} | ${p.deliverS} | ${p.publishesOk} | ${p.billedUnits} | ${p.readingsPerPublish} | ${p.sessionsOpened} |`,
+            `| ${p.name} | ${p.group} | ${p.devices} × ${p.readingsPerDevice} | ${p.offeredReqPerS} | ${round(p.achievedReqPerS)} | ${p.ackP50} / ${p.ackP99} / ${p.ackMax} | ${p.errors} | ${p.accepted} | ${p.delivered} | ${p.deliverS} | ${p.publishesOk} | ${p.billedUnits} | ${p.readingsPerPublish} | ${p.sessionsOpened} |`,
         ),
         '',
       ].join('\n'),

@@ -40,6 +40,8 @@ export interface SleepyRunResult {
   maxWakeLagMs: number;
   lastAckAt: number;
   ackHist: Hist;
+  /** Time until each failed request failed (timeouts count 30 s): with ackHist, every request a device made. */
+  failHist: Hist;
   /** Acknowledgements per 100 ms since startedAt. */
   ackTimeline: Uint32Array;
   /** Devices that had not finished when the time ran out. */
@@ -101,6 +103,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
     maxWakeLagMs: 0,
     lastAckAt: 0,
     ackHist: newHist(),
+    failHist: newHist(),
     ackTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
     unfinished: 0,
     maxConcurrentDevices: 0,
@@ -128,6 +131,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
           const b = Math.floor((now - startedAt) / 100);
           if (b < r.ackTimeline.length) r.ackTimeline[b]++;
         } else {
+          record(r.failHist, now - t);
           r.errors++;
           r.errorKinds[why] = (r.errorKinds[why] ?? 0) + 1;
         }

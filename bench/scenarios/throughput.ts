@@ -43,7 +43,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
       const fixed = process.env.BENCH_WINDOW ? Number(process.env.BENCH_WINDOW) : undefined;
       if (fixed) window = fixed;
       else {
-        for (const w of knobList('WINDOWS', [2, 4, 8], [4], ctx)) {
+        for (const w of knobList('WINDOWS', [2, 4, 8, 16], [4], ctx)) {
           const f = await measuredRun(stack.collector, load, { tag: newTag('x'), mode: 'closed', window: w, durationMs: 3000, payloadBytes: PAYLOAD_BYTES, pid: gw.pid });
           sweep.push({ window: w, msgs_per_s: round(f.msgs_per_s)!, ack_p99_ms: f.ack_p99_ms });
           sweepRuns.push(f);
