@@ -128,7 +128,9 @@ export class Dispatcher {
         this.judgeSuspect(cursor);
         await this.drain(sim, session, cursor);
         delay = this.opts.retryDelayMs;
-        if (!state.again) break;
+        // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
+        const more = cursor.wakeAt === undefined && this.opts.outbox.peek(imsi, cursor.lastId, 1).length > 0;
+        if (!state.again && !more) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
         cursor.lastId = 0;
@@ -209,15 +211,21 @@ export class Dispatcher {
     const inflight = new Map<number, Promise<void>>();
     let failure: unknown;
     cursor.wakeAt = undefined;
+    // After a read that found the queue empty, read again only once this drain is done: rows committed
+    // meanwhile wake the pump, which drains again (a read per acknowledgement found nothing 9 times in 10).
+    let exhausted = false;
     while (failure === undefined && !this.stopped) {
       // A suspect goes alone, so a refusal is pinned on the right unit.
       const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
       // Refill the window in chunks, not one read per acknowledgement.
-      if (inflight.size > 0 && inflight.size > window / 2) {
+      if (inflight.size > 0 && (exhausted || inflight.size > window / 2)) {
         await Promise.race(inflight.values());
         continue;
       }
-      const { units, waitMs } = this.nextUnits(sim, cursor.lastId, window - inflight.size);
+      if (exhausted) break;
+      const want = window - inflight.size;
+      const { units, waitMs } = this.nextUnits(sim, cursor.lastId, want);
+      if (units.length < want && waitMs === undefined) exhausted = true;
       if (units.length === 0) {
         if (inflight.size === 0) {
           if (waitMs !== undefined) cursor.wakeAt = Date.now() + waitMs;

@@ -10,7 +10,12 @@ export interface HeldMessage {
 
 /** Downlink held for HTTP devices, bounded in count and age per device. */
 export class DownlinkStore {
-  constructor(private readonly db: Db) {}
+  private readonly pendingStmt;
+
+  constructor(private readonly db: Db) {
+    // Read on every HTTP request: prepared once.
+    this.pendingStmt = db.prepare('SELECT id, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE imsi = ? AND expires_at > ? ORDER BY id');
+  }
 
   /** Holds a message; returns the messages pushed out because the device already held maxMessages. */
   hold(imsi: string, msg: Omit<HeldMessage, 'id'>, maxMessages: number, ttlMs: number): HeldMessage[] {
@@ -28,9 +33,7 @@ export class DownlinkStore {
 
   /** Messages waiting for a device, oldest first, not yet expired. */
   pending(imsi: string, now = Date.now()): HeldMessage[] {
-    return this.db
-      .prepare('SELECT id, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE imsi = ? AND expires_at > ? ORDER BY id')
-      .all(imsi, now) as HeldMessage[];
+    return this.pendingStmt.all(imsi, now) as HeldMessage[];
   }
 
   /** Forgets messages once their response reached the device. */

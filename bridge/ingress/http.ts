@@ -26,6 +26,8 @@ function downlinkJson(m: HeldMessage) {
   return { topic: m.topic, payload: isText ? text : m.payload.toString('base64'), encoding: isText ? 'utf8' : 'base64', qos: m.qos, receivedAt: new Date(m.receivedAt).toISOString() };
 }
 
+const LISTEN_BACKLOG = 4096;
+
 /** Seconds a device is told to wait when the gateway cannot take its message now. */
 const RETRY_AFTER_S = 30;
 
@@ -128,7 +130,8 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     }
   });
 
-  await app.listen({ host: opts.host, port: opts.port });
+  // A fleet waking at once arrives as a burst of connections: a short accept queue drops SYNs.
+  await app.listen({ host: opts.host, port: opts.port, backlog: LISTEN_BACKLOG });
   const address = app.server.address();
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
