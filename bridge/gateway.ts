@@ -7,6 +7,7 @@ import { AuditLog } from '../storage/audit.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { SimStore } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
+import { fillName, groupPolicy } from '../vending/policy.ts';
 import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
@@ -51,9 +52,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-function fill(template: string, vars: Record<string, string>): string {
-  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
-}
 
 export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
   const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
@@ -83,7 +81,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     cipher,
     audit,
     log: log.child({ component: 'vending' }),
-    policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [group(g).upstreamTopic, group(g).batching.topic] }),
+    policyFor: (g) => groupPolicy(config, g),
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
     onQueueDepth: (d) => metrics.vendQueueDepth.set(d),
@@ -135,7 +133,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     unknownSims: () => config.sims.unknown,
     defaultGroup: () => config.sims.defaultGroup,
     group,
-    thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+    thingName: (imsi, g) => fillName(config.vending.thingName, { imsi, group: g }),
     onImeiViolation: (sim) => {
       if (group(sim.group).revokeOnImeiViolation) void vendor.revoke(sim.imsi, 'imei_lock_violation').catch((err) => log.warn({ err: String(err) }, 'revocation failed'));
     },
@@ -230,7 +228,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         },
         groups: () => config.groups,
         defaultGroup: () => config.sims.defaultGroup,
-        thingName: (imsi, g) => fill(config.vending.thingName, { imsi, group: g }),
+        thingName: (imsi, g) => fillName(config.vending.thingName, { imsi, group: g }),
         revoke: async (imsi, reason) => {
           await vendor.revoke(imsi, reason);
         },

@@ -34,3 +34,20 @@ export function arnScope(arn: string): { region: string; account: string } {
   if (!region || !account) throw new Error(`not an IoT ARN: ${arn}`);
   return { region, account };
 }
+
+/** Fills a name template such as sim-{imsi} or simbridge-{group}. */
+export function fillName(template: string, vars: Record<string, string>): string {
+  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
+}
+
+/**
+ * The policy a group's certificates get: its name and every topic template its devices use (uplink and
+ * batches). The gateway and `simbridge vend` must agree: a policy is created once and never updated.
+ */
+export function groupPolicy(
+  config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string } }>; sims: { defaultGroup: string } },
+  group: string,
+): { name: string; topicTemplates: string[] } {
+  const g = config.groups[group] ?? config.groups[config.sims.defaultGroup]!;
+  return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic] };
+}

@@ -15,6 +15,7 @@ import { Retirer } from './retire.ts';
 import { backoffMs, sleep, type FailureKind } from './retry.ts';
 import { scheduleRotation } from './rotation.ts';
 import { StaleRowError, VendSteps } from './steps.ts';
+import { fillName } from './policy.ts';
 
 export interface DeviceCredentials {
   thingName: string;
@@ -71,9 +72,6 @@ export class VendingRefusedError extends Error {
 
 const DAY_MS = 86_400_000;
 
-function fill(template: string, vars: Record<string, string>): string {
-  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
-}
 
 /**
  * Certificate vending for SIMs: a bounded queue of SIMs, each vended by the crash-safe state machine in
@@ -145,7 +143,7 @@ export class Vendor {
       policyFor: opts.policyFor,
       thingAttributes: c.thingAttributes,
       thingType: c.thingType,
-      thingGroupFor: c.thingGroup ? (group) => fill(c.thingGroup!, { group }) : undefined,
+      thingGroupFor: c.thingGroup ? (group) => fillName(c.thingGroup!, { group }) : undefined,
       orphanGraceMs: c.orphanGraceMs,
       retireAfterMs: c.rotation.retireAfterMs,
       disposeUnrecorded: async (cert, imsi) => {

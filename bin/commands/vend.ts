@@ -8,6 +8,7 @@ import { openDatabase } from '../../storage/db.ts';
 import { createVending } from '../../vending/index.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../../vending/master-key.ts';
+import { groupPolicy } from '../../vending/policy.ts';
 
 const usage = `usage: simbridge vend [--config FILE] [--json] [--attempts N]
 
@@ -22,10 +23,6 @@ export interface VendSummary {
   vended: number;
   failed: Array<{ imsi: string; reason: string }>;
   seconds: number;
-}
-
-function fill(template: string, vars: Record<string, string>): string {
-  return template.replace(/\{(\w+)\}/g, (m, k: string) => vars[k] ?? m);
 }
 
 /** Draws one line, rewritten in place, while the run lasts (terminals only). */
@@ -70,13 +67,12 @@ export async function vendPending(
       }),
     );
     checkMasterKey(db, cipher);
-    const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup];
     vendor = createVending(config.vending, {
       db,
       cipher,
       audit: new AuditLog(db),
       log,
-      policyFor: (g) => ({ name: fill(config.vending.policyName, { group: g }), topicTemplates: [group(g)?.upstreamTopic ?? 'devices/{thing}/{topic}'] }),
+      policyFor: (g) => groupPolicy(config, g),
       needsDataEndpoint: false,
       background: false,
     }).vendor;
