@@ -1,18 +1,7 @@
 // Simulated device identities and the payload format that lets the collector match what arrives
 // upstream with what a device sent.
 
-function luhn(digits: string): number {
-  let sum = 0;
-  for (let i = 0; i < digits.length; i++) {
-    let d = digits.charCodeAt(digits.length - 1 - i) - 48;
-    if (i % 2 === 0) {
-      d *= 2;
-      if (d > 9) d -= 9;
-    }
-    sum += d;
-  }
-  return (10 - (sum % 10)) % 10;
-}
+import { luhnDigit } from '../../bridge/identity/ids.ts';
 
 export interface DeviceSpec {
   /** Index within the run's device set; also the id embedded in payloads. */
@@ -40,7 +29,7 @@ export function devices(count: number, series: number, topic: (imsi: string) => 
   return Array.from({ length: count }, (_, idx) => {
     const imsi = `00101${series}${String(idx).padStart(9, '0')}`;
     const body = `35${series}00000${String(idx).padStart(6, '0')}`.slice(0, 14);
-    return { idx, imsi, imei: body + String(luhn(body)), localAddress: loopbackAddress(idx + addressOffset), topic: topic(imsi) };
+    return { idx, imsi, imei: body + String(luhnDigit(body)), localAddress: loopbackAddress(idx + addressOffset), topic: topic(imsi) };
   });
 }
 
