@@ -123,8 +123,9 @@ export class Dispatcher {
       if (!sim) return;
       let session: UpstreamSession | undefined;
       try {
-        const creds = await this.opts.credentials(sim);
-        session = await this.opts.pool.session(creds);
+        // A warm session already holds the credentials: read and decrypt the key only to open one.
+        const warm = this.opts.pool.peek(sim.thingName);
+        session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         this.judgeSuspect(cursor);
         await this.drain(sim, session, cursor);
         delay = this.opts.retryDelayMs;
