@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.ts';
@@ -30,6 +29,7 @@ import { startMqttIngress } from './ingress/mqtt.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { Uplink } from './uplink.ts';
 import { UpstreamPool } from './upstream/session-pool.ts';
+import { upstreamTrust } from './upstream/trust.ts';
 
 type IdentitySourceName = z.infer<typeof identitySource>;
 
@@ -91,7 +91,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const pool = new UpstreamPool({
     endpoint: async () => config.upstream.endpoint ?? (await vendor.dataEndpoint()),
     port: config.upstream.port,
-    caPem: config.upstream.caFile ? readFileSync(config.upstream.caFile, 'utf8') : undefined,
+    caPem: upstreamTrust(config.upstream.caFile),
     keepAliveSeconds: config.upstream.keepAliveSeconds,
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     operationTimeoutMs: config.upstream.operationTimeoutMs,

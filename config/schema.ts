@@ -130,7 +130,7 @@ export const configSchema = z
       .object({
         endpoint: z.string().optional().describe('IoT Core data endpoint (host); omit to ask DescribeEndpoint'),
         port: port.default(8883).describe('IoT Core MQTT over TLS port'),
-        caFile: z.string().optional().describe('CA bundle to trust for the upstream; omit for the system roots'),
+        caFile: z.string().optional().describe('CA bundle the upstream must chain to; omit for the Amazon Trust Services roots IoT Core uses'),
         keepAliveSeconds: z.number().int().min(30).max(1200).default(300).describe('MQTT keepalive (IoT Core: 30-1200 s)'),
         connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to establish an upstream session'),
         operationTimeoutMs: z.number().int().positive().default(15_000).describe('time to wait for a PUBACK'),

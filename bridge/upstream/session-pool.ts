@@ -2,6 +2,7 @@ import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import { TokenBucket } from '../../vending/token-bucket.ts';
+import { skipSystemTrustStoreLoad } from './trust.ts';
 
 export interface SessionCredentials {
   thingName: string;
@@ -13,7 +14,8 @@ export interface PoolOptions {
   /** Host of the IoT Core data endpoint, resolved once (config or DescribeEndpoint). */
   endpoint: () => Promise<string>;
   port: number;
-  caPem?: string;
+  /** CA bundle the upstream's server certificate must chain to (see trust.ts). */
+  caPem: string;
   keepAliveSeconds: number;
   connectTimeoutMs: number;
   operationTimeoutMs: number;
@@ -149,6 +151,7 @@ export class UpstreamPool {
   private closing = false;
 
   constructor(private readonly opts: PoolOptions) {
+    skipSystemTrustStoreLoad();
     this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
     this.sweeper.unref();
@@ -259,8 +262,8 @@ export class UpstreamPool {
       .with_clean_session(true)
       .with_keep_alive_seconds(opts.keepAliveSeconds)
       .with_timeout_ms(opts.connectTimeoutMs)
-      .with_protocol_operation_timeout_ms(opts.operationTimeoutMs);
-    if (opts.caPem) builder.with_certificate_authority(opts.caPem);
+      .with_protocol_operation_timeout_ms(opts.operationTimeoutMs)
+      .with_certificate_authority(opts.caPem);
     const connection = this.client.new_connection(builder.build());
     const session = new UpstreamSession(creds, connection, opts);
     connection.on('error', (err) => opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session error'));
