@@ -1,6 +1,8 @@
-// A load-generator process for bench/sleepy.ts: battery-powered devices over HTTP. Device k of this
-// process wakes at start + k / wakeRatePerS, sends `readings` JSON readings one after another
-// (POST /topics/{topic}?qos=1 with X-IMSI / X-IMEI, each waiting for its 202) and leaves. Requests go
+// A load-generator process for bench/sleepy.ts: battery-powered devices over HTTP. Each device wakes
+// `wakes` times, sends `readings` JSON readings one after another (POST /topics/{topic}?qos=1 with
+// X-IMSI / X-IMEI, each waiting for its 202) and leaves; wake n (device n % devices, its wake
+// n / devices) is due at start + n / wakeRatePerS, so every device wakes once per devices / wakeRatePerS
+// seconds and a device still awake from its last wake starts the next one when that ends. Requests go
 // through a few keep-alive agents, each bound to its own loopback source address (devices share them,
 // as behind a carrier's APN). Driven over IPC ({id, cmd} → {id, ok, result}, bench/lib/load.ts#Worker).
 // Every run is bounded in count (devices × readings) and in time (maxDurationMs).
@@ -13,7 +15,9 @@ export interface SleepyRunCmd {
   target: { host: string; port: number };
   devices: DeviceSpec[];
   readings: number;
-  /** Devices waking per second in this process. */
+  /** Times each device wakes. */
+  wakes: number;
+  /** Device wakes per second in this process. */
   wakeRatePerS: number;
   /** Loopback source addresses, one keep-alive agent each; devices are dealt round-robin. */
   sources: string[];
@@ -34,9 +38,9 @@ export interface SleepyRunResult {
   errors: number;
   errorKinds: Record<string, number>;
   startedAt: number;
-  /** When the last device woke (it was due at startedAt + (devices − 1) / rate). */
+  /** When the last wake began (it was due at startedAt + (devices × wakes − 1) / rate). */
   lastWakeAt: number;
-  /** Largest delay between a device's due wake time and when this process woke it (its own lag). */
+  /** Largest delay between a wake's due time and when it began (this process's lag, or the device still awake). */
   maxWakeLagMs: number;
   lastAckAt: number;
   ackHist: Hist;
@@ -109,20 +113,23 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
     maxConcurrentDevices: 0,
   };
   let active = 0;
-  const device = async (k: number): Promise<void> => {
+  const wake = async (k: number, w: number, due: number): Promise<void> => {
     const spec = c.devices[k];
     const agent = agents[k % agents.length];
+    const began = nowMs();
+    r.maxWakeLagMs = Math.max(r.maxWakeLagMs, began - due);
+    r.lastWakeAt = began;
     active++;
     r.maxConcurrentDevices = Math.max(r.maxConcurrentDevices, active);
     try {
-      for (let seq = 0; seq < c.readings; seq++) {
+      for (let i = 0; i < c.readings; i++) {
         if (nowMs() > endBy) {
           r.unfinished++;
           return;
         }
         const t = nowMs();
         r.sent++;
-        const why = await post(agent, c, spec, jsonReading(c.tag, spec.idx, seq, c.payloadBytes));
+        const why = await post(agent, c, spec, jsonReading(c.tag, spec.idx, w * c.readings + i, c.payloadBytes));
         const now = nowMs();
         if (why === null) {
           r.acked++;
@@ -140,25 +147,28 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
       active--;
     }
   };
-  const all: Promise<void>[] = [];
+  // A device's wakes never overlap: each one chains onto the device's previous wake.
+  const awake: Promise<void>[] = c.devices.map(() => Promise.resolve());
+  const total = c.devices.length * c.wakes;
   await new Promise<void>((resolve) => {
     let next = 0;
     const tick = () => {
       const now = nowMs();
-      while (next < c.devices.length) {
+      while (next < total) {
         const due = startedAt + (next * 1000) / c.wakeRatePerS;
         if (due > now) break;
-        r.maxWakeLagMs = Math.max(r.maxWakeLagMs, now - due);
-        r.lastWakeAt = now;
-        all.push(device(next++));
+        const k = next % c.devices.length;
+        const w = Math.floor(next / c.devices.length);
+        awake[k] = awake[k].then(() => wake(k, w, due));
+        next++;
       }
-      if (next >= c.devices.length || now > endBy) return resolve();
+      if (next >= total || now > endBy) return resolve();
       setTimeout(tick, 1);
     };
     tick();
   });
   // Bounded: every request has its own 30 s timeout, and devices stop starting readings at endBy.
-  await Promise.race([Promise.allSettled(all), new Promise((res) => setTimeout(res, Math.max(0, endBy - nowMs()) + 31_000))]);
+  await Promise.race([Promise.allSettled(awake), new Promise((res) => setTimeout(res, Math.max(0, endBy - nowMs()) + 31_000))]);
   agents.forEach((a) => a.destroy());
   return r;
 }
