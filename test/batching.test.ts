@@ -45,6 +45,9 @@ describe('batching for sleepy senders', () => {
     await observer.waitUntil((m) => readings(m, `sim-${imsi}`).length >= 12, 20_000);
     expect(readings(observer.messages, `sim-${imsi}`)).toEqual(sent);
     expect(batchesOf(observer.messages, `sim-${imsi}`).map((b) => b.length)).toEqual([5, 5, 2]);
+    const raw = JSON.parse(observer.messages.find((m) => m.topic === `devices/sim-${imsi}/batch`)!.payload.toString());
+    expect(raw).toMatchObject({ v: 2, imsi, imei: IMEI, thing: `sim-${imsi}`, topics: ['meter'] });
+    expect(raw.m[0]).toEqual([0, 0, { reading: 0 }]);
   });
 
   it('hot reload mid-stream changes the batching without loss or duplicates; a broken file keeps the running config', async () => {

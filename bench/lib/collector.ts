@@ -171,9 +171,9 @@ export class Collector {
       }
     };
     scan(body);
-    // A batch envelope carries non-JSON readings base64-encoded.
+    // A batch envelope (version 2) carries non-JSON readings base64-encoded: [offset, topic, "<base64>", "base64"].
     if (body.includes('"base64"')) {
-      for (const b of body.matchAll(/"encoding":"base64","payload":"([A-Za-z0-9+/=]+)"/g)) scan(Buffer.from(b[1], 'base64').toString('latin1'));
+      for (const b of body.matchAll(/"([A-Za-z0-9+/=]+)","base64"\]/g)) scan(Buffer.from(b[1], 'base64').toString('latin1'));
     }
     if (first && !continuation) {
       first.messages++;

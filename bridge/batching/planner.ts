@@ -1,7 +1,7 @@
 import type { BatchingConfig } from '../../config/batching.ts';
 import type { OutboxMessage } from '../../storage/outbox.ts';
 import type { DeviceTopics } from '../topics.ts';
-import { EnvelopeBuilder, encodeReading, type Identity } from './envelope.ts';
+import { EnvelopeBuilder, prepare, type Identity, type PreparedReading } from './envelope.ts';
 
 /** What goes up in one publish: one message as it is, or a batch envelope of several. */
 export interface Unit {
@@ -40,30 +40,30 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number } {
   const units: Unit[] = [];
   const topicBytes = Buffer.byteLength(input.batchTopic);
   const budget = Math.min(cfg.maxBytes, input.maxMessageBytes) - topicBytes;
+  // A reading that does not fit one batch opens the next: prepared once, it is not encoded again.
+  const prepared: PreparedReading[] = [];
+  const prepareAt = (k: number) => (prepared[k] ??= prepare(rows[k]!));
   let i = 0;
   while (i < rows.length) {
     const first = rows[i]!;
     // Schedule sends only what arrived before the schedule fired; later rows wait for the next run.
     if (cfg.policy === 'schedule' && first.receivedAt > input.releaseBefore) break;
     const builder = new EnvelopeBuilder(input.identity);
-    const firstEncoded = encodeReading(first);
-    if (builder.sizeWith(firstEncoded) > budget) {
+    if (!builder.tryAdd(prepareAt(i), budget)) {
       // Too big for any batch: it goes alone, as it is, on its own topic.
       units.push(single(input, first));
       i++;
       continue;
     }
-    const taken: OutboxMessage[] = [];
+    const taken: OutboxMessage[] = [first];
     let full = false;
-    for (let j = i; j < rows.length; j++) {
+    for (let j = i + 1; j < rows.length; j++) {
       const row = rows[j]!;
       if (cfg.policy === 'schedule' && row.receivedAt > input.releaseBefore) break;
-      const encoded = j === i ? firstEncoded : encodeReading(row);
-      if (taken.length >= cfg.maxMessages || builder.sizeWith(encoded) > budget) {
+      if (taken.length >= cfg.maxMessages || !builder.tryAdd(prepareAt(j), budget)) {
         full = true;
         break;
       }
-      builder.add(encoded);
       taken.push(row);
     }
     if (!full && taken.length >= cfg.maxMessages) full = true;
