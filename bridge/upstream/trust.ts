@@ -20,8 +20,9 @@ export function upstreamTrust(caFile: string | undefined): string {
  * aws-crt's TLS library loads the system trust store (a ~200 KB PEM bundle) into every client TLS
  * context before the pinned bundle replaces it: ~7 ms of blocked event loop per upstream connect,
  * most of the cost of opening a session. Every context here pins its CA, so that load is pointed at an
- * empty file. Only OpenSSL-style loaders read this variable; Node's own TLS keeps its bundled roots.
+ * empty file, whatever the environment set it to. Only OpenSSL-style loaders read this variable;
+ * Node's own TLS (the AWS API clients) keeps its bundled roots.
  */
 export function skipSystemTrustStoreLoad(): void {
-  process.env.SSL_CERT_FILE ??= '/dev/null';
+  process.env.SSL_CERT_FILE = '/dev/null';
 }
