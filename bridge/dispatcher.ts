@@ -121,6 +121,14 @@ export class Dispatcher {
       state.again = false;
       const sim = this.opts.sims.get(imsi);
       if (!sim) return;
+      // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
+      // otherwise open every device's session at once, long before anything is due.
+      const next = this.nextUnits(sim, cursor.lastId, 1);
+      if (next.units.length === 0) {
+        cursor.wakeAt = next.waitMs === undefined ? undefined : Date.now() + next.waitMs;
+        if (state.again) continue;
+        break;
+      }
       let session: UpstreamSession | undefined;
       try {
         // A warm session already holds the credentials: read and decrypt the key only to open one.
