@@ -226,6 +226,12 @@ async function main(): Promise<void> {
       const acked = rs.reduce((a, r) => a + r.acked, 0);
       const t0 = Math.min(...rs.map((r) => r.startedAt));
       const lastAck = Math.max(...rs.map((r) => r.lastAckAt));
+      const mAcked = await scrape(adminPort);
+      // Longest stretch without an acknowledgement (100 ms buckets, processes started together).
+      const timeline = rs[0]!.ackTimeline.map((_, b) => rs.reduce((a, r) => a + (r.ackTimeline[b] ?? 0), 0));
+      const lastBucket = timeline.findLastIndex((n) => n > 0);
+      let gap = 0;
+      for (let b = 0, run = 0; b <= lastBucket; b++) gap = Math.max(gap, (run = timeline[b] ? 0 : run + 1));
       log(`  ${name}: ${acked} of ${set.length * wakes * readings} readings acknowledged; waiting for them upstream`);
       // The last batches of a window go when maxDelayMs since their first reading has passed.
       await stack.collector.waitUntil(() => stats.unique >= acked, { timeoutMs: MAX_DELAY_MS + 240_000, quietMs: 30_000 });
@@ -282,6 +288,7 @@ async function main(): Promise<void> {
         connectsFailed: d('simbridge_upstream_connects_total', { result: 'failed' }),
         outboxLeft: sum(m1, 'simbridge_outbox_messages', { group }),
       };
+      log(`  ${name}: longest stretch without acks ${gap * 100} ms; gateway event loop lag since the phase began: max ${round(sum(mAcked, 'nodejs_eventloop_lag_max_seconds') * 1000)} ms, p99 ${round(sum(mAcked, 'nodejs_eventloop_lag_p99_seconds') * 1000)} ms`);
       log(
         `  ${name}: ${p.achievedReqPerS.toFixed(0)} req/s acknowledged (offered ${reqPerS}), ack p50/p99/max ${p.ackP50}/${p.ackP99}/${p.ackMax} ms, errors ${JSON.stringify(errorKinds)}; ` +
           `${p.delivered} delivered in ${p.deliverS} s; ${p.publishesOk} publishes, ${p.billedUnits} billed units (collector: ${p.upstreamMessagesCollector} messages, ${p.billedUnitsCollector} units), ${p.readingsPerPublish} readings/publish; ${p.sessionsOpened} sessions opened`,

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Outbox depth and age per group, read when scraped. */
 export interface OutboxByGroup {
@@ -11,6 +11,8 @@ export interface OutboxByGroup {
 /** The gateway's Prometheus metrics, one registry per gateway instance. */
 export function createMetrics(outboxByGroup: () => OutboxByGroup[] = () => []) {
   const registry = new Registry();
+  // Process and event-loop figures (nodejs_eventloop_lag_*): a blocked loop delays every acknowledgement.
+  collectDefaultMetrics({ register: registry });
   return {
     outboxMessages: new Gauge({
       name: 'simbridge_outbox_messages',
