@@ -228,8 +228,9 @@ async function main(): Promise<void> {
       const lastAck = Math.max(...rs.map((r) => r.lastAckAt));
       const mAcked = await scrape(adminPort);
       // Longest stretch without an acknowledgement (100 ms buckets, processes started together).
-      const timeline = rs[0]!.ackTimeline.map((_, b) => rs.reduce((a, r) => a + (r.ackTimeline[b] ?? 0), 0));
-      const lastBucket = timeline.findLastIndex((n) => n > 0);
+      const timeline = Array.from(rs[0]!.ackTimeline, (_, b) => rs.reduce((a, r) => a + (r.ackTimeline[b] ?? 0), 0));
+      let lastBucket = timeline.length - 1;
+      while (lastBucket >= 0 && !timeline[lastBucket]) lastBucket--;
       let gap = 0;
       for (let b = 0, run = 0; b <= lastBucket; b++) gap = Math.max(gap, (run = timeline[b] ? 0 : run + 1));
       log(`  ${name}: ${acked} of ${set.length * wakes * readings} readings acknowledged; waiting for them upstream`);

@@ -3,7 +3,7 @@ import type { GroupConfig } from '../config/schema.ts';
 import type { Outbox, OutboxMessage } from '../storage/outbox.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
-import { plan, type Unit } from './batching/planner.ts';
+import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
@@ -42,6 +42,17 @@ interface Cursor {
   wakeAt?: number;
 }
 
+/** A device's open window batch and what it was planned from; reused only while all of that still holds. */
+interface KnownOpenBatch extends OpenBatch {
+  afterId: number;
+  /** Last row read into it: the next plan reads only rows after this one. */
+  lastRowId: number;
+  cfg: GroupConfig['batching'];
+  imei: string | null;
+  thing: string;
+  removals: number;
+}
+
 const BILLING_UNIT = 5120;
 const MAX_PEEK = 5000;
 
@@ -57,6 +68,8 @@ export class Dispatcher {
   private readonly active = new Map<string, { again: boolean; done: Promise<void> }>();
   private readonly attempts = new Map<number, number>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
+  /** Open window batches: a reading joining one costs a read of that reading, not of the whole batch. */
+  private readonly openBatches = new Map<string, KnownOpenBatch>();
   /** Per group: rows received up to this time are due now (a schedule fired). */
   private readonly released = new Map<string, number>();
   /** While flushing (shutdown), every open batch is due. */
@@ -194,14 +207,26 @@ export class Dispatcher {
   private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false): { units: Unit[]; waitMs?: number } {
     const group = this.opts.group(sim.group);
     const cfg = group.batching;
+    const known = this.openBatches.get(sim.imsi);
+    this.openBatches.delete(sim.imsi);
+    const open =
+      known &&
+      known.afterId === afterId &&
+      known.cfg === cfg &&
+      known.imei === sim.boundImei &&
+      known.thing === sim.thingName &&
+      known.removals === this.opts.outbox.removals(sim.imsi)
+        ? known
+        : undefined;
     const limit = cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
-    const rows = this.opts.outbox.peek(sim.imsi, afterId, limit + 1);
+    const rows = this.opts.outbox.peek(sim.imsi, open ? open.lastRowId : afterId, limit + 1);
     const more = rows.length > limit;
     if (more) rows.pop();
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
     const releaseBefore = forceDue || this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const planned = plan({
       rows,
+      open,
       more,
       cfg,
       topics: new DeviceTopics(group.upstreamTopic, vars),
@@ -211,7 +236,20 @@ export class Dispatcher {
       now: Date.now(),
       releaseBefore,
     });
-    return { units: planned.units.slice(0, maxUnits), waitMs: planned.waitMs };
+    const units = planned.units.slice(0, maxUnits);
+    if (planned.open && units.length === planned.units.length) {
+      const unitsEnd = units.at(-1)?.rows.at(-1)!.id ?? afterId;
+      this.openBatches.set(sim.imsi, {
+        ...planned.open,
+        afterId: unitsEnd,
+        lastRowId: planned.open.rows.at(-1)!.id,
+        cfg,
+        imei: sim.boundImei,
+        thing: sim.thingName,
+        removals: this.opts.outbox.removals(sim.imsi),
+      });
+    }
+    return { units, waitMs: planned.waitMs };
   }
 
   /** Publishes the SIM's due units until none are left; throws on the first failed publish. */

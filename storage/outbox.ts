@@ -37,6 +37,8 @@ export class Outbox {
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
+  /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
+  private readonly removedPerSim = new Map<string, number>();
   private flushScheduled = false;
   private readonly insertStmt;
   private readonly peekStmt;
@@ -74,6 +76,15 @@ export class Outbox {
     u.bytes += bytes;
     if (u.rows <= 0) this.perSim.delete(imsi);
     else this.perSim.set(imsi, u);
+  }
+
+  /** Changes whenever a row of the SIM is removed other than by delivery. */
+  removals(imsi: string): number {
+    return this.removedPerSim.get(imsi) ?? 0;
+  }
+
+  private removedUndelivered(imsi: string): void {
+    this.removedPerSim.set(imsi, this.removals(imsi) + 1);
   }
 
   /** Resolves with the row id once the message is committed. */
@@ -171,7 +182,10 @@ export class Outbox {
         .run(msg.imsi, msg.deviceTopic, msg.payload, msg.receivedAt, reason, Date.now());
       return true;
     })();
-    if (moved) this.account(msg.imsi, -1, -msg.payload.length);
+    if (moved) {
+      this.account(msg.imsi, -1, -msg.payload.length);
+      this.removedUndelivered(msg.imsi);
+    }
   }
 
   /** Deletes a SIM's oldest rows until `fits` says there is room; returns what was dropped. */
@@ -185,6 +199,7 @@ export class Outbox {
         after = row.id;
         if (this.deleteStmt.run(row.id).changes === 1) {
           this.account(imsi, -1, -row.payload.length);
+          this.removedUndelivered(imsi);
           dropped.push(row);
         }
       }

@@ -50,6 +50,27 @@ describe('batching for sleepy senders', () => {
     expect(raw.m[0]).toEqual([0, 0, { reading: 0 }]);
   });
 
+  it('window with drop-oldest: readings dropped from an open batch never go up', async () => {
+    const dir = tempDir('batch-window-drop');
+    const sandbox = await startSandboxProcess(dir);
+    const gateway = await startGatewayProcess(
+      (
+        await gatewayConfig(dir, sandbox, {
+          storage: { outbox: { perDeviceMaxRows: 3 } },
+          groups: { default: { overflow: 'drop-oldest', batching: { policy: 'window', maxMessages: 10, maxDelayMs: 2000 } } },
+        })
+      ).file,
+    );
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+    const imsi = '001010000000915';
+    // All five land in one open window; the first two are dropped to keep three.
+    for (let i = 0; i < 5; i++) expect((await post(gateway.httpPort, imsi, 'meter', `d${i}`)).status).toBe(202);
+    await observer.waitUntil((m) => batchesOf(m, `sim-${imsi}`).length >= 1, 15_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(readings(observer.messages, `sim-${imsi}`)).toEqual(['d2', 'd3', 'd4']);
+  });
+
   it('hot reload mid-stream changes the batching without loss or duplicates; a broken file keeps the running config', async () => {
     const dir = tempDir('batch-reload');
     const sandbox = await startSandboxProcess(dir);

@@ -181,6 +181,28 @@ describe('batching policies', () => {
     expect(due.units.map((u) => u.rows.length)).toEqual([2]);
   });
 
+  it('window: an open batch continued reading by reading gives the batches planning all rows at once gives', () => {
+    const cfg = { policy: 'window' as const, maxDelayMs: 600_000, maxBytes: 5120 };
+    // Two topics, so the batch head grows as well; 50 readings make two full batches and an open third.
+    const r = rows(Array.from({ length: 50 }, (_, i) => reading200(i)), T0, (i) => (i % 7 === 3 ? 'raw' : 'meter'));
+    const whole = plan(input(cfg, r, { now: T0 + 60_000 }));
+    let open: PlanInput['open'];
+    const sent: Array<{ ids: number[]; payload: string }> = [];
+    for (let k = 0; k < r.length; k++) {
+      const step = plan(input(cfg, r.slice(k, k + 1), { open, now: T0 + 60_000 }));
+      sent.push(...step.units.map((u) => ({ ids: u.rows.map((x) => x.id), payload: u.payload.toString() })));
+      open = step.open;
+      if (!open) expect(step.units.length).toBeGreaterThan(0);
+    }
+    expect(whole.units.length).toBe(2);
+    expect(sent).toEqual(whole.units.map((u) => ({ ids: u.rows.map((x) => x.id), payload: u.payload.toString() })));
+    expect(open?.rows.map((x) => x.id)).toEqual(r.slice(sent.flatMap((s) => s.ids).length).map((x) => x.id));
+    // Due later: the continued open batch goes as the third, like the whole plan's.
+    const late = plan(input(cfg, [], { open, now: T0 + 700_000 }));
+    expect(late.units.map((u) => u.rows.map((x) => x.id))).toEqual([r.slice(sent.flatMap((s) => s.ids).length).map((x) => x.id)]);
+    expect(late.units[0]!.payload.equals(plan(input(cfg, r, { now: T0 + 700_000 })).units[2]!.payload)).toBe(true);
+  });
+
   it('window: a message larger than maxBytes goes alone, as it is', () => {
     const big = Buffer.alloc(6000, 7);
     const { units } = plan(input({ policy: 'window', maxBytes: 5120 }, rows(['a', big, 'b'])));

@@ -12,9 +12,17 @@ export interface Unit {
   batched: boolean;
 }
 
-export interface PlanInput {
-  /** The device's next rows, in order. */
+/** A window batch not due yet, as the last plan left it: the next plan continues it with newer rows only. */
+export interface OpenBatch {
   rows: OutboxMessage[];
+  builder: EnvelopeBuilder;
+}
+
+export interface PlanInput {
+  /** The device's next rows, in order (after those of `open`, when given). */
+  rows: OutboxMessage[];
+  /** The batch the previous plan left open; it is continued, not rebuilt. */
+  open?: OpenBatch;
   /** More rows exist beyond these. */
   more: boolean;
   cfg: BatchingConfig;
@@ -33,7 +41,7 @@ export interface PlanInput {
  * Turns a device's queued rows into publish units by its group's policy. Order is kept: units cover
  * consecutive rows. Returns how long to wait when the next batch is not due yet.
  */
-export function plan(input: PlanInput): { units: Unit[]; waitMs?: number } {
+export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?: OpenBatch } {
   const { rows, cfg } = input;
   if (cfg.policy === 'immediate') return { units: rows.map((r) => single(input, r)) };
 
@@ -44,20 +52,33 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number } {
   const prepared: PreparedReading[] = [];
   const prepareAt = (k: number) => (prepared[k] ??= prepare(rows[k]!));
   let i = 0;
-  while (i < rows.length) {
-    const first = rows[i]!;
-    // Schedule sends only what arrived before the schedule fired; later rows wait for the next run.
-    if (cfg.policy === 'schedule' && first.receivedAt > input.releaseBefore) break;
-    const builder = new EnvelopeBuilder(input.identity);
-    if (!builder.tryAdd(prepareAt(i), budget)) {
-      // Too big for any batch: it goes alone, as it is, on its own topic.
-      units.push(single(input, first));
-      i++;
-      continue;
+  let open = input.open;
+  while (i < rows.length || open) {
+    let builder: EnvelopeBuilder;
+    let taken: OutboxMessage[];
+    let from: number;
+    if (open) {
+      ({ builder, rows: taken } = open);
+      from = i;
+      open = undefined;
+    } else {
+      const first = rows[i]!;
+      // Schedule sends only what arrived before the schedule fired; later rows wait for the next run.
+      if (cfg.policy === 'schedule' && first.receivedAt > input.releaseBefore) break;
+      builder = new EnvelopeBuilder(input.identity);
+      if (!builder.tryAdd(prepareAt(i), budget)) {
+        // Too big for any batch: it goes alone, as it is, on its own topic.
+        units.push(single(input, first));
+        i++;
+        continue;
+      }
+      taken = [first];
+      from = i + 1;
     }
-    const taken: OutboxMessage[] = [first];
+    const first = taken[0]!;
+    const carried = taken.length - (from - i);
     let full = false;
-    for (let j = i + 1; j < rows.length; j++) {
+    for (let j = from; j < rows.length; j++) {
       const row = rows[j]!;
       if (cfg.policy === 'schedule' && row.receivedAt > input.releaseBefore) break;
       if (taken.length >= cfg.maxMessages || !builder.tryAdd(prepareAt(j), budget)) {
@@ -67,12 +88,13 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number } {
       taken.push(row);
     }
     if (!full && taken.length >= cfg.maxMessages) full = true;
-    const ranOut = i + taken.length >= rows.length;
+    const fromRows = taken.length - carried;
+    const ranOut = i + fromRows >= rows.length;
     if (!full && ranOut && input.more) break; // the rest of this batch is beyond what was read
     const due = full || first.receivedAt <= input.releaseBefore || (cfg.policy === 'window' && input.now - first.receivedAt >= cfg.maxDelayMs);
-    if (!due) return { units, waitMs: Math.max(1, first.receivedAt + cfg.maxDelayMs - input.now) };
+    if (!due) return { units, waitMs: Math.max(1, first.receivedAt + cfg.maxDelayMs - input.now), open: { rows: taken, builder } };
     units.push({ rows: taken, topic: input.batchTopic, payload: builder.build(), qos: 1, batched: true });
-    i += taken.length;
+    i += fromRows;
   }
   return { units };
 }
