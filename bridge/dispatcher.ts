@@ -3,7 +3,7 @@ import type { GroupConfig } from '../config/schema.ts';
 import type { Outbox, OutboxMessage } from '../storage/outbox.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
-import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
+import { plan, type OpenBatch, type PlanInput, type Unit } from './batching/planner.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
@@ -44,10 +44,12 @@ interface Cursor {
 
 /** A device's open window batch and what it was planned from; reused only while all of that still holds. */
 interface KnownOpenBatch extends OpenBatch {
+  plannedWith: Omit<PlanInput, 'rows' | 'open' | 'more' | 'now' | 'releaseBefore'>;
   afterId: number;
   /** Last row read into it: the next plan reads only rows after this one. */
   lastRowId: number;
   cfg: GroupConfig['batching'];
+  group: string;
   imei: string | null;
   thing: string;
   removals: number;
@@ -77,7 +79,7 @@ export class Dispatcher {
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
-    opts.outbox.onCommitted((imsis) => imsis.forEach((imsi) => this.wake(imsi)));
+    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.joinOpenBatch(imsi, rows) || this.wake(imsi)));
   }
 
   /** Resumes delivery of everything left in the outbox (after a restart). */
@@ -224,32 +226,47 @@ export class Dispatcher {
     if (more) rows.pop();
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
     const releaseBefore = forceDue || this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
-    const planned = plan({
-      rows,
-      open,
-      more,
+    const plannedWith = open?.plannedWith ?? {
       cfg,
       topics: new DeviceTopics(group.upstreamTopic, vars),
       identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
       batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
       maxMessageBytes: this.opts.maxMessageBytes,
-      now: Date.now(),
-      releaseBefore,
-    });
+    };
+    const planned = plan({ ...plannedWith, rows, open, more, now: Date.now(), releaseBefore });
     const units = planned.units.slice(0, maxUnits);
     if (planned.open && units.length === planned.units.length) {
       const unitsEnd = units.at(-1)?.rows.at(-1)!.id ?? afterId;
       this.openBatches.set(sim.imsi, {
         ...planned.open,
+        plannedWith,
         afterId: unitsEnd,
         lastRowId: planned.open.rows.at(-1)!.id,
         cfg,
+        group: sim.group,
         imei: sim.boundImei,
         thing: sim.thingName,
         removals: this.opts.outbox.removals(sim.imsi),
       });
     }
     return { units, waitMs: planned.waitMs };
+  }
+
+  /**
+   * Newly committed rows of a SIM whose window batch is open and waiting: they join it here, without a
+   * read or a pump, as long as it stays open. Returns false when the SIM needs a full wake instead
+   * (no such batch, it changed, or it is now due); the wake then plans from the outbox.
+   */
+  private joinOpenBatch(imsi: string, rows: OutboxMessage[]): boolean {
+    const known = this.openBatches.get(imsi);
+    if (!known || this.active.has(imsi) || !this.timers.has(imsi) || this.stopped || this.flushing) return false;
+    this.openBatches.delete(imsi);
+    // The SIM itself (status, group, identity) is checked again by the wake that sends the batch.
+    if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.cfg !== this.opts.group(known.group).batching) return false;
+    const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
+    if (planned.units.length > 0 || !planned.open) return false; // the builder moved on: the wake re-plans
+    this.openBatches.set(imsi, { ...known, ...planned.open, lastRowId: rows.at(-1)!.id });
+    return true;
   }
 
   /** Publishes the SIM's due units until none are left; throws on the first failed publish. */

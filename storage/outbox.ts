@@ -44,7 +44,7 @@ export class Outbox {
   private readonly peekStmt;
   private readonly deleteStmt;
   private readonly seenStmt;
-  private readonly committedListeners: Array<(imsis: Set<string>) => void> = [];
+  private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
 
   constructor(
     private readonly db: Db,
@@ -104,8 +104,8 @@ export class Outbox {
     for (const [imsi, at] of last) this.seenStmt.run(at, imsi);
   }
 
-  /** Called with the SIMs that got new rows, after each commit. */
-  onCommitted(listener: (imsis: Set<string>) => void): void {
+  /** Called after each commit with the new rows, per SIM in order. */
+  onCommitted(listener: (rows: Map<string, OutboxMessage[]>) => void): void {
     this.committedListeners.push(listener);
   }
 
@@ -140,9 +140,15 @@ export class Outbox {
       }
       return;
     }
-    batch.forEach((p, i) => p.resolve(ids[i]));
-    const imsis = new Set(batch.map((p) => p.msg.imsi));
-    for (const listener of this.committedListeners) listener(imsis);
+    const committed = new Map<string, OutboxMessage[]>();
+    batch.forEach(({ msg, resolve }, i) => {
+      resolve(ids[i]);
+      const row = { ...msg, id: ids[i] };
+      const list = committed.get(msg.imsi);
+      if (list) list.push(row);
+      else committed.set(msg.imsi, [row]);
+    });
+    for (const listener of this.committedListeners) listener(committed);
   }
 
   /** The oldest undelivered messages of one SIM after a given id, in order. */
