@@ -4,6 +4,7 @@ import type { Config } from '../config/schema.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { AuditLog } from '../storage/audit.ts';
 import { Outbox } from '../storage/outbox.ts';
+import { workerWriter } from '../storage/outbox-commit.ts';
 import { SimStore } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
 import { fillName, groupPolicy } from '../vending/policy.ts';
@@ -70,7 +71,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
   const sims = new SimStore(db);
   const audit = new AuditLog(db);
-  const outbox = new Outbox(db, config.storage.commitMaxRows);
+  const outbox = new Outbox(db, workerWriter(db.name, config.storage.synchronous), config.storage.commitMaxRows);
   const metrics = createMetrics(() => outbox.byGroup());
   // A SIM whose group was removed from the config falls back to the default group.
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
@@ -265,11 +266,11 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
         downlink.close();
         schedules.stop();
-        outbox.flush();
+        await outbox.settle();
         await dispatcher.flush(config.shutdown.flushDeadlineMs);
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);
-        outbox.flush();
+        await outbox.close();
         await pool.closeAll();
         db.close();
       })();

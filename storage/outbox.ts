@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import type { CommitWriter } from './outbox-commit.ts';
 
 export interface NewMessage {
   imsi: string;
@@ -21,9 +22,9 @@ interface Pending {
 }
 
 /**
- * The durable uplink queue. Writes are group-committed: every enqueue made during one event-loop turn
- * (up to maxRows) shares one transaction, and each promise settles only after that commit, so a device
- * is acknowledged only for what is on disk while synchronous=FULL commits stay few.
+ * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
+ * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
+ * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
  */
 export interface Usage {
   rows: number;
@@ -40,24 +41,21 @@ export class Outbox {
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
   private flushScheduled = false;
-  private readonly insertStmt;
+  /** The commit on its way, if any: the next one starts when it is done. */
+  private committing: Promise<void> | undefined;
   private readonly peekStmt;
   private readonly deleteStmt;
-  private readonly seenStmt;
   private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
 
   constructor(
     private readonly db: Db,
+    private readonly writer: CommitWriter,
     private readonly maxRows = 1000,
   ) {
-    this.insertStmt = db.prepare(
-      'INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, ?, ?, ?)',
-    );
     this.peekStmt = db.prepare(
       'SELECT id, imsi, device_topic, payload, qos, received_at FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
     );
     this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    this.seenStmt = db.prepare('UPDATE sims SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE imsi = ?');
     const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes FROM outbox GROUP BY imsi').all() as Array<{ imsi: string } & Usage>;
     for (const r of rows) this.account(r.imsi, r.rows, r.bytes);
   }
@@ -97,58 +95,64 @@ export class Outbox {
     });
   }
 
-  /** The SIMs' last message time rides in the same transaction as their messages: no extra commit. */
-  private markSeen(batch: Pending[]): void {
-    const last = new Map<string, number>();
-    for (const { msg } of batch) if (!msg.system) last.set(msg.imsi, Math.max(last.get(msg.imsi) ?? 0, msg.receivedAt));
-    for (const [imsi, at] of last) this.seenStmt.run(at, imsi);
-  }
-
   /** Called after each commit with the new rows, per SIM in order. */
   onCommitted(listener: (rows: Map<string, OutboxMessage[]>) => void): void {
     this.committedListeners.push(listener);
   }
 
   /**
-   * Commits what is pending now, new rows and deletes of delivered ones in one transaction: one fsync
-   * per event-loop turn however busy (also used at shutdown).
+   * Commits what is pending, new rows and deletes of delivered ones in one transaction; while a commit
+   * is on its way the next waits for it, gathering whatever arrives meanwhile.
    */
   flush(): void {
     this.flushScheduled = false;
-    const batch = this.pending;
+    if (this.committing || (this.pending.length === 0 && this.delivered.size === 0)) return;
+    const batch = this.pending.splice(0, this.maxRows);
     const delivered = [...this.delivered.values()];
-    if (batch.length === 0 && delivered.length === 0) return;
-    this.pending = [];
-    let ids: number[];
-    let gone: OutboxMessage[] = [];
-    try {
-      ids = this.db.transaction(() => {
-        const inserted = batch.map(({ msg }) =>
-          Number(this.insertStmt.run(msg.imsi, msg.deviceTopic, msg.payload, msg.qos, msg.receivedAt).lastInsertRowid),
-        );
-        this.markSeen(batch);
-        gone = delivered.filter((r) => this.deleteStmt.run(r.id).changes === 1);
-        return inserted;
-      })();
-      for (const r of delivered) this.delivered.delete(r.id);
-      for (const r of gone) this.account(r.imsi, -1, -r.payload.length);
-    } catch (err) {
-      // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
-      for (const p of batch) {
-        this.account(p.msg.imsi, -1, -p.msg.payload.length);
-        p.reject(err as Error);
-      }
-      return;
+    this.committing = this.writer
+      .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id) })
+      .then(
+        ({ ids, deleted }) => {
+          for (const r of delivered) this.delivered.delete(r.id);
+          const gone = new Set(deleted);
+          for (const r of delivered) if (gone.has(r.id)) this.account(r.imsi, -1, -r.payload.length);
+          const committed = new Map<string, OutboxMessage[]>();
+          batch.forEach(({ msg, resolve }, i) => {
+            resolve(ids[i]!);
+            const row = { ...msg, id: ids[i]! };
+            const list = committed.get(msg.imsi);
+            if (list) list.push(row);
+            else committed.set(msg.imsi, [row]);
+          });
+          for (const listener of this.committedListeners) listener(committed);
+        },
+        (err: Error) => {
+          // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
+          for (const p of batch) {
+            this.account(p.msg.imsi, -1, -p.msg.payload.length);
+            p.reject(err);
+          }
+        },
+      )
+      .finally(() => {
+        this.committing = undefined;
+        if (this.pending.length > 0 || this.delivered.size > 0) this.flush();
+      });
+  }
+
+  /** Commits everything pending and waits until it is on disk (shutdown). */
+  async settle(): Promise<void> {
+    for (;;) {
+      this.flush();
+      if (!this.committing) return;
+      await this.committing;
     }
-    const committed = new Map<string, OutboxMessage[]>();
-    batch.forEach(({ msg, resolve }, i) => {
-      resolve(ids[i]);
-      const row = { ...msg, id: ids[i] };
-      const list = committed.get(msg.imsi);
-      if (list) list.push(row);
-      else committed.set(msg.imsi, [row]);
-    });
-    for (const listener of this.committedListeners) listener(committed);
+  }
+
+  /** Settles, then stops the writer. */
+  async close(): Promise<void> {
+    await this.settle();
+    await this.writer.close();
   }
 
   /** The oldest undelivered messages of one SIM after a given id, in order. */

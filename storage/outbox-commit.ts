@@ -1,0 +1,84 @@
+import { Worker } from 'node:worker_threads';
+import type { Db } from './db.ts';
+import type { NewMessage } from './outbox.ts';
+
+/** One group commit: new rows, and rows delivered upstream to delete. */
+export interface CommitRequest {
+  inserts: NewMessage[];
+  deletes: number[];
+}
+
+export interface CommitResult {
+  /** Row ids of the inserts, in order. */
+  ids: number[];
+  /** The deletes that removed a row (a row may have been dropped meanwhile). */
+  deleted: number[];
+}
+
+/** The outbox's write transaction on a connection: inserts, the SIMs' last-seen times, deletes. */
+export function committer(db: Db): (req: CommitRequest) => CommitResult {
+  const insert = db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, ?, ?, ?)');
+  const seen = db.prepare('UPDATE sims SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE imsi = ?');
+  const remove = db.prepare('DELETE FROM outbox WHERE id = ?');
+  return db.transaction(({ inserts, deletes }: CommitRequest): CommitResult => {
+    const ids = inserts.map((m) => Number(insert.run(m.imsi, m.deviceTopic, m.payload, m.qos, m.receivedAt).lastInsertRowid));
+    // The SIMs' last message time rides in the same transaction as their messages: no extra commit.
+    const last = new Map<string, number>();
+    for (const m of inserts) if (!m.system) last.set(m.imsi, Math.max(last.get(m.imsi) ?? 0, m.receivedAt));
+    for (const [imsi, at] of last) seen.run(at, imsi);
+    return { ids, deleted: deletes.filter((id) => remove.run(id).changes === 1) };
+  });
+}
+
+/** Where commits run. */
+export interface CommitWriter {
+  commit(req: CommitRequest): Promise<CommitResult>;
+  close(): Promise<void>;
+}
+
+/**
+ * Commits on a worker thread with its own connection to the database file: with synchronous=FULL a
+ * commit waits for the disk, and the event loop that serves devices does not wait with it. WAL lets the
+ * main connection read (peek) meanwhile.
+ */
+export function workerWriter(file: string, synchronous: 'full' | 'normal'): CommitWriter {
+  let worker: Worker | undefined;
+  let seq = 0;
+  const waiting = new Map<number, { resolve: (r: CommitResult) => void; reject: (e: Error) => void }>();
+  const failAll = (err: Error) => {
+    for (const w of waiting.values()) w.reject(err);
+    waiting.clear();
+    worker = undefined;
+  };
+  const start = () => {
+    // Module loaders are per thread and `--import tsx` does not reach workers: the thread registers tsx
+    // itself, then loads the writer.
+    const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(new URL('./outbox-writer.ts', import.meta.url).href)}); })`;
+    const w = new Worker(boot, { eval: true, workerData: { file, synchronous } });
+    w.on('message', (msg: { seq: number; result?: CommitResult; error?: string }) => {
+      const entry = waiting.get(msg.seq);
+      waiting.delete(msg.seq);
+      if (msg.error !== undefined) entry?.reject(new Error(msg.error));
+      else entry?.resolve(msg.result!);
+    });
+    // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
+    w.on('error', (err) => failAll(err as Error));
+    w.on('exit', (code) => failAll(new Error(`outbox writer exited (${code})`)));
+    return w;
+  };
+  return {
+    commit(req) {
+      worker ??= start();
+      const id = ++seq;
+      return new Promise((resolve, reject) => {
+        waiting.set(id, { resolve, reject });
+        worker!.postMessage({ seq: id, req });
+      });
+    },
+    async close() {
+      const w = worker;
+      worker = undefined;
+      if (w) await w.terminate();
+    },
+  };
+}
