@@ -231,6 +231,9 @@ async function main(): Promise<void> {
       const timeline = Array.from(rs[0]!.ackTimeline, (_, b) => rs.reduce((a, r) => a + (r.ackTimeline[b] ?? 0), 0));
       let lastBucket = timeline.length - 1;
       while (lastBucket >= 0 && !timeline[lastBucket]) lastBucket--;
+      const slowest = Array.from(rs[0]!.slowestTimeline, (_, b) => Math.max(...rs.map((r) => r.slowestTimeline[b] ?? 0)));
+      const slowSeconds = slowest.flatMap((ms, b) => (ms > 50 ? [`${(b / 10).toFixed(1)}s:${Math.round(ms)}`] : []));
+      log(`  ${name}: 100-ms slots whose slowest ack exceeded 50 ms (sent at: ms): ${slowSeconds.length} — ${slowSeconds.slice(0, 40).join(' ')}`);
       let gap = 0;
       for (let b = 0, run = 0; b <= lastBucket; b++) gap = Math.max(gap, (run = timeline[b] ? 0 : run + 1));
       log(`  ${name}: ${acked} of ${set.length * wakes * readings} readings acknowledged; waiting for them upstream`);

@@ -48,6 +48,8 @@ export interface SleepyRunResult {
   failHist: Hist;
   /** Acknowledgements per 100 ms since startedAt. */
   ackTimeline: Uint32Array;
+  /** Slowest acknowledgement (ms) of the requests sent in each 100 ms since startedAt. */
+  slowestTimeline: Float64Array;
   /** Devices that had not finished when the time ran out. */
   unfinished: number;
   maxConcurrentDevices: number;
@@ -109,6 +111,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
     ackHist: newHist(),
     failHist: newHist(),
     ackTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
+    slowestTimeline: new Float64Array(Math.ceil(c.maxDurationMs / 100) + 1),
     unfinished: 0,
     maxConcurrentDevices: 0,
   };
@@ -137,6 +140,8 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
           record(r.ackHist, now - t);
           const b = Math.floor((now - startedAt) / 100);
           if (b < r.ackTimeline.length) r.ackTimeline[b]++;
+          const sentIn = Math.floor((t - startedAt) / 100);
+          if (sentIn < r.slowestTimeline.length) r.slowestTimeline[sentIn] = Math.max(r.slowestTimeline[sentIn]!, now - t);
         } else {
           record(r.failHist, now - t);
           r.errors++;
