@@ -149,8 +149,10 @@ export class Dispatcher {
         // A warm session already holds the credentials: read and decrypt the key only to open one.
         const warm = this.opts.pool.peek(sim.thingName);
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
+        // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
+        const planned = cursor.suspect === undefined ? next.units : undefined;
         this.judgeSuspect(cursor);
-        await this.drain(sim, session, cursor);
+        await this.drain(sim, session, cursor, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
         const more = cursor.wakeAt === undefined && this.opts.outbox.peek(imsi, cursor.lastId, 1).length > 0;
@@ -270,7 +272,7 @@ export class Dispatcher {
   }
 
   /** Publishes the SIM's due units until none are left; throws on the first failed publish. */
-  private async drain(sim: Sim, session: UpstreamSession, cursor: Cursor): Promise<void> {
+  private async drain(sim: Sim, session: UpstreamSession, cursor: Cursor, planned?: Unit[]): Promise<void> {
     const { metrics } = this.opts;
     const inflight = new Map<number, Promise<void>>();
     let failure: unknown;
@@ -288,8 +290,16 @@ export class Dispatcher {
       }
       if (exhausted) break;
       const want = window - inflight.size;
-      const { units, waitMs } = this.nextUnits(sim, cursor.lastId, want);
-      if (units.length < want && waitMs === undefined) exhausted = true;
+      let units: Unit[];
+      let waitMs: number | undefined;
+      if (planned) {
+        // What the pump already planned goes first, without planning it again.
+        units = planned.slice(0, want);
+        planned = undefined;
+      } else {
+        ({ units, waitMs } = this.nextUnits(sim, cursor.lastId, want));
+        if (units.length < want && waitMs === undefined) exhausted = true;
+      }
       if (units.length === 0) {
         if (inflight.size === 0) {
           if (waitMs !== undefined) cursor.wakeAt = Date.now() + waitMs;

@@ -11,14 +11,21 @@ export interface HeldMessage {
 /** Downlink held for HTTP devices, bounded in count and age per device. */
 export class DownlinkStore {
   private readonly pendingStmt;
+  /**
+   * SIMs that may hold messages: every hold adds its SIM, and a read that finds none removes it, so the
+   * request of a device holding nothing (nearly all of them) costs no query.
+   */
+  private readonly mayHold: Set<string>;
 
   constructor(private readonly db: Db) {
     // Read on every HTTP request: prepared once.
     this.pendingStmt = db.prepare('SELECT id, topic, payload, qos, received_at AS receivedAt FROM downlink WHERE imsi = ? AND expires_at > ? ORDER BY id');
+    this.mayHold = new Set(db.prepare('SELECT DISTINCT imsi FROM downlink').pluck().all() as string[]);
   }
 
   /** Holds a message; returns the messages pushed out because the device already held maxMessages. */
   hold(imsi: string, msg: Omit<HeldMessage, 'id'>, maxMessages: number, ttlMs: number): HeldMessage[] {
+    this.mayHold.add(imsi);
     return this.db.transaction(() => {
       this.db
         .prepare('INSERT INTO downlink (imsi, topic, payload, qos, received_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)')
@@ -33,7 +40,10 @@ export class DownlinkStore {
 
   /** Messages waiting for a device, oldest first, not yet expired. */
   pending(imsi: string, now = Date.now()): HeldMessage[] {
-    return this.pendingStmt.all(imsi, now) as HeldMessage[];
+    if (!this.mayHold.has(imsi)) return [];
+    const held = this.pendingStmt.all(imsi, now) as HeldMessage[];
+    if (held.length === 0) this.mayHold.delete(imsi);
+    return held;
   }
 
   /** Forgets messages once their response reached the device. */

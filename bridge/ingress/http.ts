@@ -55,7 +55,8 @@ function header(req: FastifyRequest, name: string): string | undefined {
 /** Plain HTTP for devices: POST /topics/{topic}?qos=1, the path of IoT Core's HTTPS publish. */
 export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; listening(): boolean; close(): Promise<void> }> {
   const { metrics } = opts;
-  const app = Fastify({ loggerInstance: opts.log.child({ component: 'http' }), disableRequestLogging: true, bodyLimit: opts.maxPayloadBytes });
+  // No fastify logger: it would make a child logger per request; failures are logged through opts.log.
+  const app = Fastify({ bodyLimit: opts.maxPayloadBytes });
 
   // The body is the message, byte for byte, whatever its content type.
   app.removeAllContentTypeParsers();
