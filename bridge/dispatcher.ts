@@ -79,7 +79,7 @@ export class Dispatcher {
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
-    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.joinOpenBatch(imsi, rows) || this.wake(imsi)));
+    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.joinOpenBatch(imsi, rows) || this.openBatch(imsi, rows) || this.wake(imsi)));
   }
 
   /** Resumes delivery of everything left in the outbox (after a restart). */
@@ -208,7 +208,7 @@ export class Dispatcher {
   }
 
   /** The next units of a SIM after a row id, by its group's policy. */
-  private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false): { units: Unit[]; waitMs?: number } {
+  private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false, given?: OutboxMessage[]): { units: Unit[]; waitMs?: number } {
     const group = this.opts.group(sim.group);
     const cfg = group.batching;
     const known = this.openBatches.get(sim.imsi);
@@ -223,7 +223,7 @@ export class Dispatcher {
         ? known
         : undefined;
     const limit = cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
-    const rows = this.opts.outbox.peek(sim.imsi, open ? open.lastRowId : afterId, limit + 1);
+    const rows = given ?? this.opts.outbox.peek(sim.imsi, open ? open.lastRowId : afterId, limit + 1);
     const more = rows.length > limit;
     if (more) rows.pop();
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
@@ -268,6 +268,25 @@ export class Dispatcher {
     const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
     if (planned.units.length > 0 || !planned.open) return false; // the builder moved on: the wake re-plans
     this.openBatches.set(imsi, { ...known, ...planned.open, lastRowId: rows.at(-1)!.id });
+    return true;
+  }
+
+  /**
+   * The first rows of a SIM with nothing else queued: when they open a window batch that is not due,
+   * the batch and its timer are set up here, without a read or a pump. Returns false otherwise.
+   */
+  private openBatch(imsi: string, rows: OutboxMessage[]): boolean {
+    if (this.openBatches.has(imsi) || this.active.has(imsi) || this.timers.has(imsi) || this.stopped || this.flushing) return false;
+    // Older rows (queued, or delivered and not yet deleted) mean the pump must plan from the outbox.
+    if (this.opts.outbox.usage(imsi).rows !== rows.length) return false;
+    const sim = this.opts.sims.get(imsi);
+    if (!sim || this.opts.group(sim.group).batching.policy !== 'window') return false;
+    const { units, waitMs } = this.nextUnits(sim, 0, 1, false, rows);
+    if (units.length > 0 || waitMs === undefined) {
+      this.openBatches.delete(imsi);
+      return false;
+    }
+    this.timers.set(imsi, setTimeout(() => this.wake(imsi), waitMs));
     return true;
   }
 
