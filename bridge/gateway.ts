@@ -55,7 +55,7 @@ export interface Gateway {
 
 
 export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
-  const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
+  const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
   try {
     const cipher = new KeyCipher(
       loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
@@ -71,7 +71,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
   const sims = new SimStore(db);
   const audit = new AuditLog(db);
-  const outbox = new Outbox(db, workerWriter(db.name, config.storage.synchronous), config.storage.commitMaxRows);
+  const outbox = new Outbox(db, workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }), config.storage.commitMaxRows);
   const metrics = createMetrics(() => outbox.byGroup());
   // A SIM whose group was removed from the config falls back to the default group.
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.

@@ -104,6 +104,7 @@ export const configSchema = z
       .object({
         synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
         commitMaxRows: z.number().int().positive().default(1000).describe('group commit: most rows in one transaction'),
+        cacheMb: z.number().int().positive().default(64).describe('SQLite page cache per connection, MiB (the outbox index of a busy fleet should fit)'),
         outbox: z
           .object({
             maxRows: z.number().int().positive().default(1_000_000).describe('most messages waiting in the outbox in all'),

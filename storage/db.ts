@@ -11,6 +11,8 @@ export interface OpenOptions {
   file: string;
   /** full survives power loss; normal survives a process crash only */
   synchronous: 'full' | 'normal';
+  /** Page cache of this connection in MiB (SQLite's default is 2). */
+  cacheMb?: number;
 }
 
 /** Opens the database in WAL mode and applies pending migrations (storage/migrations/NNN_name.sql, in order). */
@@ -20,6 +22,7 @@ export function openDatabase(opts: OpenOptions): Db {
   db.pragma('journal_mode = WAL');
   db.pragma(`synchronous = ${opts.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
   db.pragma('foreign_keys = ON');
+  if (opts.cacheMb) db.pragma(`cache_size = ${-Math.round(opts.cacheMb * 1024)}`);
   // Two processes may share one database (vending must not double-vend): wait for locks instead of failing.
   db.pragma('busy_timeout = 5000');
   migrate(db);

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import type { Db } from './db.ts';
+import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
@@ -41,7 +41,7 @@ export interface CommitWriter {
  * commit waits for the disk, and the event loop that serves devices does not wait with it. WAL lets the
  * main connection read (peek) meanwhile.
  */
-export function workerWriter(file: string, synchronous: 'full' | 'normal'): CommitWriter {
+export function workerWriter(db: OpenOptions): CommitWriter {
   let worker: Worker | undefined;
   let seq = 0;
   const waiting = new Map<number, { resolve: (r: CommitResult) => void; reject: (e: Error) => void }>();
@@ -54,7 +54,7 @@ export function workerWriter(file: string, synchronous: 'full' | 'normal'): Comm
     // Module loaders are per thread and `--import tsx` does not reach workers: the thread registers tsx
     // itself, then loads the writer.
     const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(new URL('./outbox-writer.ts', import.meta.url).href)}); })`;
-    const w = new Worker(boot, { eval: true, workerData: { file, synchronous } });
+    const w = new Worker(boot, { eval: true, workerData: db });
     w.on('message', (msg: { seq: number; result?: CommitResult; error?: string }) => {
       const entry = waiting.get(msg.seq);
       waiting.delete(msg.seq);

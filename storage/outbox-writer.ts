@@ -1,11 +1,10 @@
 // The outbox's writer thread (storage/outbox-commit.ts#workerWriter): runs each commit it is sent on a
 // connection of its own and answers with the row ids.
 import { parentPort, workerData } from 'node:worker_threads';
-import { openDatabase } from './db.ts';
+import { openDatabase, type OpenOptions } from './db.ts';
 import { committer, type CommitRequest } from './outbox-commit.ts';
 
-const { file, synchronous } = workerData as { file: string; synchronous: 'full' | 'normal' };
-const commit = committer(openDatabase({ file, synchronous }));
+const commit = committer(openDatabase(workerData as OpenOptions));
 
 parentPort!.on('message', ({ seq, req }: { seq: number; req: CommitRequest }) => {
   // Buffers arrive as plain Uint8Arrays; SQLite binds Buffers as blobs.
