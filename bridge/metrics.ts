@@ -9,8 +9,14 @@ export interface OutboxByGroup {
 }
 
 /** The gateway's Prometheus metrics, one registry per gateway instance. */
-export function createMetrics(outboxByGroup: () => OutboxByGroup[] = () => []) {
+export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => []) {
   const registry = new Registry();
+  // Two gauges read the same scan of the outbox: one scan per scrape.
+  let memo: { at: number; groups: OutboxByGroup[] } | undefined;
+  const outboxByGroup = () => {
+    if (!memo || Date.now() - memo.at > 250) memo = { at: Date.now(), groups: readOutboxByGroup() };
+    return memo.groups;
+  };
   // Process and event-loop figures (nodejs_eventloop_lag_*): a blocked loop delays every acknowledgement.
   collectDefaultMetrics({ register: registry });
   return {
