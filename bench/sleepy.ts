@@ -129,6 +129,8 @@ interface Phase {
   sessionsOpened: number;
   connectsFailed: number;
   outboxLeft: number;
+  /** Per 10 s: 100-ms slots with an ack over 10 ms / slowest ack ms. */
+  slowPer10s: string;
 }
 
 async function main(): Promise<void> {
@@ -296,6 +298,7 @@ async function main(): Promise<void> {
         sessionsOpened: d('simbridge_upstream_connects_total', { result: 'ok' }),
         connectsFailed: d('simbridge_upstream_connects_total', { result: 'failed' }),
         outboxLeft: sum(m1, 'simbridge_outbox_messages', { group }),
+        slowPer10s: perTen.join(' '),
       };
       log(`  ${name}: longest stretch without acks ${gap * 100} ms; gateway event loop lag since the phase began: max ${round(sum(mAcked, 'nodejs_eventloop_lag_max_seconds') * 1000)} ms, p99 ${round(sum(mAcked, 'nodejs_eventloop_lag_p99_seconds') * 1000)} ms`);
       log(
@@ -407,6 +410,9 @@ async function main(): Promise<void> {
         '`upstream_sessions_opened`: delta of `simbridge_upstream_connects_total{result="ok"}` over the window phase (`_immediate`: over the immediate phase). Sessions close 300 s after their last use (the default upstream.idleTimeoutMs), so a device\'s session opened for its first batch is still warm for the next.',
         '`max_readings_per_batch`, `max_batch_bytes`: the largest batch message seen by a second subscriber on `devices/+/batch` during the window phase (payload bytes, topic not included).',
         'The window spans wakes: a device wakes every devices × readings / rate seconds, so a batch of 23 readings (the most 200-byte readings one 5,120-byte envelope v2 holds with this topic) collects over about 8 wakes; `maxDelayMs` sends what is left after the last wake.',
+        `Slow acknowledgements over time, per 10 s of each phase as "start:slots/slowest ms" (slots: 100-ms slots, of 100, in which some acknowledgement took over 10 ms): window ${W.slowPer10s}; immediate ${I.slowPer10s}.`,
+        'The window phase has three stretches: the first seconds (every device\'s first readings, cold code, 1,000 keep-alive connections opening), the minute after the first batches fall due (5,000 upstream sessions opened at the default 100 connects/s, each building its TLS context on the main thread), and the steady part. A CPU profile of the steady part (`--cpu-prof DIR`, 5,000 devices, 16 wakes) has the main thread about 80 % busy: SIM lookups and outbox reads (SQLite discards the main connection\'s page cache whenever the writer thread commits, so each read goes to the file: about 35 µs a lookup), response writes, garbage collection, session TLS contexts, joining readings to open batches.',
+        'The immediate phase is there to price the same readings unbatched; its acknowledgement figures are not a goal: every reading is an upstream publish, and 2,000 of them per second on 5,000 sessions is beyond this machine (issue 8 has the throughput benchmarks).',
         `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
         ...notes,
       ],
