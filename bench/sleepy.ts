@@ -300,6 +300,8 @@ async function main(): Promise<void> {
         outboxLeft: sum(m1, 'simbridge_outbox_messages', { group }),
         slowPer10s: perTen.join(' '),
       };
+      const commits = (le: string) => sum(mAcked, 'simbridge_outbox_commit_seconds_bucket', { le }) - sum(m0, 'simbridge_outbox_commit_seconds_bucket', { le });
+      log(`  ${name}: outbox commits ${commits('+Inf')}, of which over 10 ms ${commits('+Inf') - commits('0.01')}, over 100 ms ${commits('+Inf') - commits('0.1')}, over 1 s ${commits('+Inf') - commits('1')}`);
       log(`  ${name}: longest stretch without acks ${gap * 100} ms; gateway event loop lag since the phase began: max ${round(sum(mAcked, 'nodejs_eventloop_lag_max_seconds') * 1000)} ms, p99 ${round(sum(mAcked, 'nodejs_eventloop_lag_p99_seconds') * 1000)} ms`);
       log(
         `  ${name}: ${p.achievedReqPerS.toFixed(0)} req/s acknowledged (offered ${reqPerS}), ack p50/p99/max ${p.ackP50}/${p.ackP99}/${p.ackMax} ms, errors ${JSON.stringify(errorKinds)}; ` +

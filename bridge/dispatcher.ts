@@ -48,10 +48,7 @@ interface KnownOpenBatch extends OpenBatch {
   afterId: number;
   /** Last row read into it: the next plan reads only rows after this one. */
   lastRowId: number;
-  cfg: GroupConfig['batching'];
   group: string;
-  imei: string | null;
-  thing: string;
   removals: number;
 }
 
@@ -216,9 +213,9 @@ export class Dispatcher {
     const open =
       known &&
       known.afterId === afterId &&
-      known.cfg === cfg &&
-      known.imei === sim.boundImei &&
-      known.thing === sim.thingName &&
+      known.plannedWith.cfg === cfg &&
+      known.plannedWith.identity.imei === sim.boundImei &&
+      known.plannedWith.identity.thing === sim.thingName &&
       known.removals === this.opts.outbox.removals(sim.imsi)
         ? known
         : undefined;
@@ -244,10 +241,7 @@ export class Dispatcher {
         plannedWith,
         afterId: unitsEnd,
         lastRowId: planned.open.rows.at(-1)!.id,
-        cfg,
         group: sim.group,
-        imei: sim.boundImei,
-        thing: sim.thingName,
         removals: this.opts.outbox.removals(sim.imsi),
       });
     }
@@ -264,7 +258,7 @@ export class Dispatcher {
     if (!known || this.active.has(imsi) || !this.timers.has(imsi) || this.stopped || this.flushing) return false;
     this.openBatches.delete(imsi);
     // The SIM itself (status, group, identity) is checked again by the wake that sends the batch.
-    if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.cfg !== this.opts.group(known.group).batching) return false;
+    if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.plannedWith.cfg !== this.opts.group(known.group).batching) return false;
     const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
     if (planned.units.length > 0 || !planned.open) return false; // the builder moved on: the wake re-plans
     this.openBatches.set(imsi, { ...known, ...planned.open, lastRowId: rows.at(-1)!.id });

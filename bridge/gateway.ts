@@ -71,8 +71,9 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
   const sims = new SimStore(db);
   const audit = new AuditLog(db);
-  const outbox = new Outbox(db, workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }), config.storage.commitMaxRows);
   const metrics = createMetrics(() => outbox.byGroup());
+  const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
+  const outbox = new Outbox(db, writer, config.storage.commitMaxRows);
   // A SIM whose group was removed from the config falls back to the default group.
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;

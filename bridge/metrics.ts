@@ -73,6 +73,12 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
       buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500],
       registers: [registry],
     }),
+    outboxCommitSeconds: new Histogram({
+      name: 'simbridge_outbox_commit_seconds',
+      help: 'time of one outbox write transaction on the writer thread (acknowledgements wait for it)',
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
     upstreamSessions: new Gauge({ name: 'simbridge_upstream_sessions', help: 'open upstream sessions', registers: [registry] }),
     upstreamConnects: new Counter({
       name: 'simbridge_upstream_connects_total',

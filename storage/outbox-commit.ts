@@ -13,6 +13,8 @@ export interface CommitResult {
   ids: number[];
   /** The deletes that removed a row (a row may have been dropped meanwhile). */
   deleted: number[];
+  /** How long the transaction took, in seconds. */
+  seconds: number;
 }
 
 /** The outbox's write transaction on a connection: inserts, the SIMs' last-seen times, deletes. */
@@ -20,7 +22,7 @@ export function committer(db: Db): (req: CommitRequest) => CommitResult {
   const insert = db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, ?, ?, ?)');
   const seen = db.prepare('UPDATE sims SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE imsi = ?');
   const remove = db.prepare('DELETE FROM outbox WHERE id = ?');
-  return db.transaction(({ inserts, deletes }: CommitRequest): CommitResult => {
+  const transaction = db.transaction(({ inserts, deletes }: CommitRequest): Omit<CommitResult, 'seconds'> => {
     const ids = inserts.map((m) => Number(insert.run(m.imsi, m.deviceTopic, m.payload, m.qos, m.receivedAt).lastInsertRowid));
     // The SIMs' last message time rides in the same transaction as their messages: no extra commit.
     const last = new Map<string, number>();
@@ -28,6 +30,11 @@ export function committer(db: Db): (req: CommitRequest) => CommitResult {
     for (const [imsi, at] of last) seen.run(at, imsi);
     return { ids, deleted: deletes.filter((id) => remove.run(id).changes === 1) };
   });
+  return (req) => {
+    const started = performance.now();
+    const result = transaction(req);
+    return { ...result, seconds: (performance.now() - started) / 1000 };
+  };
 }
 
 /** Where commits run. */
@@ -41,7 +48,7 @@ export interface CommitWriter {
  * commit waits for the disk, and the event loop that serves devices does not wait with it. WAL lets the
  * main connection read (peek) meanwhile.
  */
-export function workerWriter(db: OpenOptions): CommitWriter {
+export function workerWriter(db: OpenOptions, observe: (seconds: number) => void = () => undefined): CommitWriter {
   let worker: Worker | undefined;
   let seq = 0;
   const waiting = new Map<number, { resolve: (r: CommitResult) => void; reject: (e: Error) => void }>();
@@ -59,7 +66,10 @@ export function workerWriter(db: OpenOptions): CommitWriter {
       const entry = waiting.get(msg.seq);
       waiting.delete(msg.seq);
       if (msg.error !== undefined) entry?.reject(new Error(msg.error));
-      else entry?.resolve(msg.result!);
+      else {
+        observe(msg.result!.seconds);
+        entry?.resolve(msg.result!);
+      }
     });
     // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
     w.on('error', (err) => failAll(err as Error));

@@ -21,16 +21,16 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
-/**
- * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
- * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
- * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
- */
 export interface Usage {
   rows: number;
   bytes: number;
 }
 
+/**
+ * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
+ * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
+ * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
+ */
 export class Outbox {
   private pending: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
