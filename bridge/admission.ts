@@ -65,7 +65,7 @@ export class Admission {
 
   private findOrRegister(identity: NetworkIdentity, source: string, remoteAddress: string): Sim | Refusal {
     const { sims, audit } = this.opts;
-    const sim = sims.get(identity.imsi);
+    const sim = sims.forRouting(identity.imsi);
     if (sim) return sim;
     if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
     const group = this.opts.defaultGroup();

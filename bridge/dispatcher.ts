@@ -131,7 +131,7 @@ export class Dispatcher {
     const cursor: Cursor = { imsi, lastId: 0 };
     while (!this.stopped) {
       state.again = false;
-      const sim = this.opts.sims.get(imsi);
+      const sim = this.opts.sims.forRouting(imsi);
       if (!sim) return;
       // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
       // otherwise open every device's session at once, long before anything is due.
@@ -273,7 +273,7 @@ export class Dispatcher {
     if (this.openBatches.has(imsi) || this.active.has(imsi) || this.timers.has(imsi) || this.stopped || this.flushing) return false;
     // Older rows (queued, or delivered and not yet deleted) mean the pump must plan from the outbox.
     if (this.opts.outbox.usage(imsi).rows !== rows.length) return false;
-    const sim = this.opts.sims.get(imsi);
+    const sim = this.opts.sims.forRouting(imsi);
     if (!sim || this.opts.group(sim.group).batching.policy !== 'window') return false;
     const { units, waitMs } = this.nextUnits(sim, 0, 1, false, rows);
     if (units.length > 0 || waitMs === undefined) {

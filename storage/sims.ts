@@ -105,6 +105,14 @@ function fromRow(r: SimRow): Sim {
   };
 }
 
+/**
+ * SIMs as the per-message path reads them (admission, delivery), per database. Every write through a
+ * SimStore clears it, so a suspended or rebound SIM is seen at once; lastSeenAt in it may be old (the
+ * outbox writer sets that column on another connection).
+ */
+const routingCaches = new WeakMap<Db, Map<string, Sim>>();
+const ROUTING_CACHE_MAX = 100_000;
+
 /** The SIM registry. */
 export class SimStore {
   private readonly getStmt;
@@ -124,6 +132,29 @@ export class SimStore {
   get(imsi: string): Sim | undefined {
     const row = this.getStmt.get(imsi) as SimRow | undefined;
     return row && fromRow(row);
+  }
+
+  /**
+   * The SIM for the per-message path, from memory when possible: a read on every message costs more
+   * than the message (SQLite drops a connection's page cache whenever another connection commits, and
+   * the outbox writer commits all the time). Callers must not modify the record.
+   */
+  forRouting(imsi: string): Sim | undefined {
+    let cache = routingCaches.get(this.db);
+    if (!cache) routingCaches.set(this.db, (cache = new Map()));
+    const hit = cache.get(imsi);
+    if (hit) return hit;
+    const sim = this.get(imsi);
+    if (sim) {
+      if (cache.size >= ROUTING_CACHE_MAX) cache.clear();
+      cache.set(imsi, sim);
+    }
+    return sim;
+  }
+
+  /** Called by every write: cached records may be out of date. */
+  private changed(): void {
+    routingCaches.get(this.db)?.clear();
   }
 
   /** Creates the SIM unless it exists; returns the stored record and whether it was new. */
@@ -151,18 +182,22 @@ export class SimStore {
    */
   bindImei(imsi: string, imei: string | null, onlyIfUnbound = false): boolean {
     const sql = onlyIfUnbound ? 'UPDATE sims SET bound_imei = ? WHERE imsi = ? AND bound_imei IS NULL' : 'UPDATE sims SET bound_imei = ? WHERE imsi = ?';
+    this.changed();
     return this.db.prepare(sql).run(imei, imsi).changes === 1;
   }
 
   setLockMode(imsi: string, mode: string | null): boolean {
+    this.changed();
     return this.db.prepare('UPDATE sims SET lock_mode = ? WHERE imsi = ?').run(mode, imsi).changes === 1;
   }
 
   setSecretHash(imsi: string, hash: string | null): boolean {
+    this.changed();
     return this.db.prepare('UPDATE sims SET secret_hash = ? WHERE imsi = ?').run(hash, imsi).changes === 1;
   }
 
   setStatus(imsi: string, status: SimStatus): boolean {
+    this.changed();
     return this.db.prepare('UPDATE sims SET status = ? WHERE imsi = ?').run(status, imsi).changes === 1;
   }
 
@@ -236,6 +271,7 @@ export class SimStore {
     if (patch.status !== undefined) (sets.push('status = @status'), (args.status = patch.status));
     if (patch.lockMode !== undefined) (sets.push('lock_mode = @lockMode'), (args.lockMode = patch.lockMode));
     if (sets.length) this.db.prepare(`UPDATE sims SET ${sets.join(', ')} WHERE imsi = @imsi`).run(args);
+    this.changed();
     return this.get(imsi);
   }
 
@@ -252,6 +288,7 @@ export class SimStore {
         if (sim.boundImei && sameTac(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
         if (sim.boundImei && !sameTac(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
         this.db.prepare('UPDATE sims SET bound_imei = ? WHERE imsi = ?').run(imei, imsi);
+        this.changed();
         return { outcome: 'bound', sim: { ...sim, boundImei: imei }, previous: sim.boundImei };
       })
       .immediate();
@@ -267,6 +304,7 @@ export class SimStore {
     opts: { force: boolean; dryRun?: boolean; now?: number; onRow?(row: SimImportRow, outcome: ImportOutcome): void },
   ): ImportOutcome[] {
     const now = opts.now ?? Date.now();
+    this.changed();
     const tx = this.db.transaction(() => {
       const outcomes = rows.map((row) => {
         const outcome = this.upsertOne(row, opts.force, now);

@@ -1,0 +1,30 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { openDatabase } from '../storage/db.ts';
+import { SimStore } from '../storage/sims.ts';
+
+describe('SIM records for the per-message path', () => {
+  it('are served from memory, and every write through any SimStore of the database is seen at once', () => {
+    const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-cache-')), 's.db'), synchronous: 'normal' });
+    const gateway = new SimStore(db);
+    const admin = new SimStore(db); // another holder of the same database (e.g. vending)
+    const imsi = '001010000000777';
+    gateway.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    const first = gateway.forRouting(imsi);
+    expect(first?.status).toBe('active');
+    expect(gateway.forRouting(imsi)).toBe(first); // no read: the same record
+
+    admin.setStatus(imsi, 'suspended');
+    expect(gateway.forRouting(imsi)?.status).toBe('suspended');
+    admin.bindImei(imsi, '490154203237518');
+    expect(gateway.forRouting(imsi)?.boundImei).toBe('490154203237518');
+    admin.update(imsi, { group: 'meters', status: 'active' });
+    expect(gateway.forRouting(imsi)).toMatchObject({ group: 'meters', status: 'active' });
+    admin.upsertMany([{ imsi, group: 'trackers', thingName: `sim-${imsi}` }], { force: false });
+    expect(gateway.forRouting(imsi)?.group).toBe('trackers');
+    expect(gateway.forRouting('001010000000778')).toBeUndefined();
+    db.close();
+  });
+});
