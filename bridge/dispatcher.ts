@@ -261,7 +261,9 @@ export class Dispatcher {
     if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.plannedWith.cfg !== this.opts.group(known.group).batching) return false;
     const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
     if (planned.units.length > 0 || !planned.open) return false; // the builder moved on: the wake re-plans
-    this.openBatches.set(imsi, { ...known, ...planned.open, lastRowId: rows.at(-1)!.id });
+    // The planner extended the batch's own rows and builder: only the read position moves.
+    known.lastRowId = rows.at(-1)!.id;
+    this.openBatches.set(imsi, known);
     return true;
   }
 
