@@ -2,6 +2,7 @@
 // HTTP requests (malformed request lines and headers, huge bodies, bad identities), against simbridge's
 // device ports. Every round has its own deadline; the whole run stops at `rounds` or `durationMs`.
 import net from 'node:net';
+import { serveCommands } from '../lib/serve.ts';
 
 export interface FuzzCmd {
   cmd: 'fuzz';
@@ -318,11 +319,4 @@ async function fuzz(c: FuzzCmd): Promise<FuzzResult> {
   return result;
 }
 
-process.on('message', (raw) => {
-  const { id, ...msg } = raw as { id: number } & FuzzCmd;
-  fuzz(msg).then(
-    (r) => process.send!({ id, ok: true, result: r }),
-    (err: Error) => process.send!({ id, ok: false, error: String(err?.stack ?? err) }),
-  );
-});
-process.on('disconnect', () => process.exit(0));
+serveCommands<FuzzCmd>(fuzz);

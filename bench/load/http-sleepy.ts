@@ -9,6 +9,7 @@
 import http from 'node:http';
 import { nowMs, type DeviceSpec } from '../lib/devices.ts';
 import { newHist, record, type Hist } from '../lib/hist.ts';
+import { serveCommands } from '../lib/serve.ts';
 
 export interface SleepyRunCmd {
   cmd: 'run';
@@ -178,12 +179,6 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
   return r;
 }
 
-process.on('message', (raw) => {
-  const { id, ...msg } = raw as { id: number } & (SleepyRunCmd | { cmd: 'close' });
-  const p: Promise<unknown> = msg.cmd === 'run' ? run(msg) : Promise.resolve((setTimeout(() => process.exit(0), 100), {}));
-  p.then(
-    (result) => process.send!({ id, ok: true, result }),
-    (err: Error) => process.send!({ id, ok: false, error: String(err?.stack ?? err) }),
-  );
-});
-process.on('disconnect', () => process.exit(0));
+serveCommands<SleepyRunCmd | { cmd: 'close' }>((msg) =>
+  msg.cmd === 'run' ? run(msg) : Promise.resolve((setTimeout(() => process.exit(0), 100), {})),
+);

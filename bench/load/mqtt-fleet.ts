@@ -6,6 +6,7 @@ import net from 'node:net';
 import { MqttClient } from 'mqtt';
 import { nowMs, payload, type DeviceSpec } from '../lib/devices.ts';
 import { newHist, record, type Hist } from '../lib/hist.ts';
+import { serveCommands } from '../lib/serve.ts';
 
 export interface FleetTarget {
   host: string;
@@ -163,11 +164,4 @@ async function handle(msg: Cmd): Promise<unknown> {
   }
 }
 
-process.on('message', (raw) => {
-  const { id, ...msg } = raw as { id: number } & Cmd;
-  handle(msg as Cmd).then(
-    (result) => process.send!({ id, ok: true, result }),
-    (err: Error) => process.send!({ id, ok: false, error: String(err?.stack ?? err) }),
-  );
-});
-process.on('disconnect', () => process.exit(0));
+serveCommands<Cmd>(handle);
