@@ -4,7 +4,7 @@
 import { installCleanup } from './lib/cleanup.ts';
 import type { Ctx, Scenario } from './lib/context.ts';
 import { SCENARIOS, writeIndex, writeResult } from './lib/report.ts';
-import { noiseMeter, waitForQuiet } from './lib/procstat.ts';
+import { noiseMeter, noiseReport, waitForQuiet } from './lib/procstat.ts';
 import { gatewaySource } from './lib/stack.ts';
 
 installCleanup();
@@ -55,13 +55,10 @@ async function main(args: string[]): Promise<number> {
     const noise = noiseMeter();
     try {
       const result = await (await scenarios[name]())(ctx);
-      const n = noise.stop();
       // How busy the (shared) machine was with other work while this scenario ran.
-      result.params = { ...result.params, machine_other_cpu_pct: n.other_cpu_pct, machine_steal_pct: n.steal_pct, loadavg_1m_at_end: n.loadavg_1m, waited_for_quiet_s: waited };
-      result.notes = [
-        ...(result.notes ?? []),
-        `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %; 1-minute load average ${n.loadavg_1m} at the end): figures from a busier machine are lower.`,
-      ];
+      const busy = noiseReport(noise.stop(), waited);
+      result.params = { ...result.params, ...busy.params };
+      result.notes = [...(result.notes ?? []), busy.note];
       writeResult(name, result);
       ctx.log(`== ${name} done in ${((Date.now() - t) / 1000).toFixed(0)} s: ${JSON.stringify(result.figures)}`);
     } catch (err) {

@@ -18,7 +18,7 @@ import { quantile, merge, newHist } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
-import { waitForQuiet, noiseMeter, rssKb } from './lib/procstat.ts';
+import { waitForQuiet, noiseMeter, noiseReport, rssKb } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum } from './lib/prom.ts';
 import type { Goal } from './lib/report.ts';
 import { gatewaySource, Stack } from './lib/stack.ts';
@@ -275,7 +275,7 @@ async function main(): Promise<void> {
     const warnLines = gw.process.output.split('\n').filter((l) => /upstream delivery failed/.test(l)).length;
     figures.gateway_delivery_retry_warnings = warnLines;
 
-    const n = noise.stop();
+    const busy = noiseReport(noise.stop(), waitedQuietS);
     const params = {
       gateway_commit: gatewaySource().commit,
       devices: DEVICES,
@@ -293,10 +293,7 @@ async function main(): Promise<void> {
       vending_quotas: 'CreateCertificateFromCsr, AttachPolicy, CreateThing, AttachThingPrincipal raised to 250/s (sandbox unthrottled)',
       outage_s_target: OUTAGE_S,
       storage_synchronous: 'full',
-      machine_other_cpu_pct: n.other_cpu_pct,
-      machine_steal_pct: n.steal_pct,
-      waited_for_quiet_s: waitedQuietS,
-      loadavg_1m_at_end: n.loadavg_1m,
+      ...busy.params,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,
     };
@@ -315,8 +312,8 @@ async function main(): Promise<void> {
         `\`recovery_s\`: from the moment the restarted upstream Mosquitto accepts connections until the last of the ${WARM} messages acknowledged during the outage arrived at the collector (mosquitto_sub on the upstream's plain listener, its own arrival timestamps). \`recovery_ratio_to_pacing_min\` divides it by ${WARM} / upstream.connectsPerSecond (${CONNECTS_PER_S}/s) = ${pacingMinS} s. \`sessions_back_s\`: until \`simbridge_upstream_sessions\` (scraped every 250 ms) was back to ${WARM}.`,
         '`*_after_gc`, `heap_*`, `external_*`: the same deltas from `process.memoryUsage()` inside simbridge right after two forced full GCs (bench/lib/mem-probe.mjs, loaded into the gateway only with NODE_OPTIONS=\"--expose-gc --import=…\", triggered by SIGUSR2 after each settled reading): live memory without uncollected garbage; heap = V8 JS heap, external = memory outside the heap held by JS objects (Buffers); the rest of RSS is native (aws-crt, OpenSSL/s2n, sockets, allocator).',
         `Bench settings (not defaults): upstream.retryMaxDelayMs ${RETRY_MAX_DELAY_MS} (default 30000) so session retry backoff does not dominate recovery; upstream.maxSessions ${2 * WARM + 100}; upstream.idleTimeoutMs 1800000; vending quotas raised (the sandbox does not throttle here). upstream.connectsPerSecond stays at its default ${CONNECTS_PER_S}.`,
-        '`outage_ack_p99_ms`, `warm_ack_p99_ms`: PUBACK latency seen by the devices (durable commit) while 1,000 sessions were being opened or retried. A CPU profile of simbridge under the sleepy benchmark (`node --import tsx bench/sleepy.ts --cpu-prof DIR`) puts 72 % of the main thread in aws-crt `ClientTlsContext` construction, one per upstream connect attempt (about 8 ms each with a custom CA, 16 ms with the system trust store, measured alone); failed attempts during an outage pay it too (`upstream_connects_failed_during_outage`).',
-        `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
+        '`outage_ack_p99_ms`, `warm_ack_p99_ms`: PUBACK latency seen by the devices (durable commit) while 1,000 sessions were being opened or retried. A CPU profile of simbridge under the sleepy benchmark (`node --import tsx bench/sleepy.ts --cpu-prof DIR`) put 72 % of the main thread in aws-crt `ClientTlsContext` construction, one per upstream connect attempt (about 8 ms each with a custom CA, 16 ms with the system trust store, measured alone, when these figures were taken; since then the trust store is no longer loaded and a context costs 1.5–2.4 ms, not re-measured here); failed attempts during an outage pay it too (`upstream_connects_failed_during_outage`).',
+        busy.note,
         ...notes,
       ],
     });

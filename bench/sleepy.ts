@@ -22,7 +22,7 @@ import { merge, newHist, quantile } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
-import { waitForQuiet, noiseMeter } from './lib/procstat.ts';
+import { waitForQuiet, noiseMeter, noiseReport } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum, type Sample } from './lib/prom.ts';
 import type { Goal } from './lib/report.ts';
 import { gatewaySource, Stack } from './lib/stack.ts';
@@ -369,7 +369,7 @@ async function main(): Promise<void> {
       prevend_s: round(vendS),
     };
     if (Object.keys(W.errorKinds).length || Object.keys(I.errorKinds).length) notes.push(`Device errors: window ${JSON.stringify(W.errorKinds)}, immediate ${JSON.stringify(I.errorKinds)}.`);
-    const n = noise.stop();
+    const busy = noiseReport(noise.stop(), waitedQuietS);
     const phases = [W, I];
     const params = {
       gateway_commit: gatewaySource().commit,
@@ -389,10 +389,7 @@ async function main(): Promise<void> {
       storage_synchronous: 'full',
       upstream: `mosquitto ${mosquittoVersion()}, mutual TLS (sandbox CA)`,
       upstream_settings: 'defaults: 100 connects/s, sessions idle-close after 300 s, at most 5,000 open',
-      machine_other_cpu_pct: n.other_cpu_pct,
-      machine_steal_pct: n.steal_pct,
-      waited_for_quiet_s: waitedQuietS,
-      loadavg_1m_at_end: n.loadavg_1m,
+      ...busy.params,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,
     };
@@ -415,7 +412,7 @@ async function main(): Promise<void> {
         `Slow acknowledgements over time, per 10 s of each phase as "start:slots/slowest ms" (slots: 100-ms slots, of 100, in which some acknowledgement took over 10 ms): window ${W.slowPer10s}; immediate ${I.slowPer10s}.`,
         'The window phase has three stretches: the first seconds (every device\'s first readings, cold code, 1,000 keep-alive connections opening), the minute after the first batches fall due (5,000 upstream sessions opened at the default 100 connects/s, each building its TLS context on the main thread), and the steady part. A CPU profile of the steady part (`--cpu-prof DIR`, 5,000 devices, 16 wakes, before SIM records were cached) had the main thread about 80 % busy: SIM lookups and outbox reads (SQLite discards the main connection\'s page cache whenever the writer thread commits, so each read went to the file: about 35 µs a lookup; SIM records now come from memory), response writes, garbage collection, session TLS contexts, joining readings to open batches.',
         'The immediate phase is there to price the same readings unbatched; its acknowledgement figures are not a goal: every reading is an upstream publish, and 2,000 of them per second on 5,000 sessions is beyond this machine (issue 8 has the throughput benchmarks).',
-        `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %, 1-minute load ${n.loadavg_1m} at the end).`,
+        busy.note,
         ...notes,
       ],
       extraMd: [

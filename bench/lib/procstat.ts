@@ -115,6 +115,14 @@ export interface Noise {
   loadavg_1m: number;
 }
 
+/** A report's record of how busy the (shared) machine was: params, and the note every report carries. */
+export function noiseReport(n: Noise, waitedQuietS: number): { params: Record<string, number>; note: string } {
+  return {
+    params: { machine_other_cpu_pct: n.other_cpu_pct, machine_steal_pct: n.steal_pct, loadavg_1m_at_end: n.loadavg_1m, waited_for_quiet_s: waitedQuietS },
+    note: `While this ran, other processes on the machine used ${n.other_cpu_pct} % of a core on average (steal ${n.steal_pct} %; 1-minute load average ${n.loadavg_1m} at the end): figures from a busier machine are lower.`,
+  };
+}
+
 /** Measures how busy the machine was with other work between start and stop(). */
 export function noiseMeter(): { stop(): Noise } {
   const t0 = Date.now();
