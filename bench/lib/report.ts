@@ -44,7 +44,20 @@ export function goalMet(goal: Goal, figures: Figures): boolean | null {
   return goal.op === '>=' ? v >= goal.target : goal.op === '<=' ? v <= goal.target : v === goal.target;
 }
 
-const fmt = (v: unknown) => (v === null || v === undefined ? 'null' : typeof v === 'number' ? String(v) : typeof v === 'object' ? '`' + JSON.stringify(v) + '`' : String(v));
+const fmt = (v: unknown) => (v === null || v === undefined ? 'null' : typeof v === 'object' ? '`' + JSON.stringify(v) + '`' : String(v));
+
+/** The markdown tables every result report has: figures, goals (met or missed), parameters. */
+export const figuresMd = (figures: Figures) => ['| figure | value |', '|---|---:|', ...Object.entries(figures).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`)];
+export const goalsMd = (goals: Goal[], figures: Figures) => [
+  '| goal | figure | measured | met |',
+  '|---|---|---:|:---:|',
+  ...goals.map((g) => {
+    const met = goalMet(g, figures);
+    return `| ${g.text} | \`${g.figure}\` ${g.op} ${g.target} | ${fmt(figures[g.figure])} | ${met === null ? 'n/a' : met ? 'met' : '**missed**'} |`;
+  }),
+];
+export const paramsMd = (params: Params) => ['| param | value |', '|---|---|', ...Object.entries(params).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`)];
+export const machineLine = (date: string, m: ResultFile['machine']) => `${date} · ${m.cores} cores (${m.cpu_model}), ${m.memory_gb} GB, Node ${m.node}, Linux ${m.kernel}`;
 
 /** Writes bench/results/<scenario>.json and .md and refreshes bench/results/README.md. */
 export function writeResult(scenario: string, r: ScenarioResult, date = new Date()): ResultFile {
@@ -52,30 +65,11 @@ export function writeResult(scenario: string, r: ScenarioResult, date = new Date
   if (resultsDir.endsWith('/quick') && !existsSync(join(resultsDir, '.gitignore'))) writeFileSync(join(resultsDir, '.gitignore'), '*\n');
   const file: ResultFile = { scenario, date: date.toISOString(), machine: machine(), params: r.params, figures: r.figures };
   writeFileSync(join(resultsDir, `${scenario}.json`), JSON.stringify(file, null, 2) + '\n');
-  const m = file.machine;
-  const lines = [
-    `# ${scenario}`,
-    '',
-    `${file.date} · ${m.cores} cores (${m.cpu_model}), ${m.memory_gb} GB, Node ${m.node}, Linux ${m.kernel}`,
-    '',
-    '## Figures',
-    '',
-    '| figure | value |',
-    '|---|---:|',
-    ...Object.entries(r.figures).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`),
-    '',
-  ];
-  if (r.goals?.length) {
-    lines.push('## Goals', '', '| goal | figure | measured | met |', '|---|---|---:|:---:|');
-    for (const g of r.goals) {
-      const met = goalMet(g, r.figures);
-      lines.push(`| ${g.text} | \`${g.figure}\` ${g.op} ${g.target} | ${fmt(r.figures[g.figure])} | ${met === null ? 'n/a' : met ? 'yes' : '**no**'} |`);
-    }
-    lines.push('');
-  }
+  const lines = [`# ${scenario}`, '', machineLine(file.date, file.machine), '', '## Figures', '', ...figuresMd(r.figures), ''];
+  if (r.goals?.length) lines.push('## Goals', '', ...goalsMd(r.goals, r.figures), '');
   if (r.notes?.length) lines.push('## Notes', '', ...r.notes.map((n) => `- ${n}`), '');
   if (r.extraMd) lines.push(r.extraMd.trimEnd(), '');
-  lines.push('## Parameters', '', '| param | value |', '|---|---|', ...Object.entries(r.params).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`), '');
+  lines.push('## Parameters', '', ...paramsMd(r.params), '');
   writeFileSync(join(resultsDir, `${scenario}.md`), lines.join('\n'));
   writeIndex();
   return file;

@@ -5,9 +5,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { machine } from './procstat.ts';
-import { goalMet, resultsDir, type Figures, type Goal, type Params } from './report.ts';
-
-const fmt = (v: unknown) => (v === null || v === undefined ? 'null' : typeof v === 'object' ? '`' + JSON.stringify(v) + '`' : String(v));
+import { figuresMd, goalsMd, machineLine, paramsMd, resultsDir, type Figures, type Goal, type Params } from './report.ts';
 
 export function writeStandalone(
   scenario: string,
@@ -17,31 +15,23 @@ export function writeStandalone(
   mkdirSync(resultsDir, { recursive: true });
   const file = { scenario, date: new Date().toISOString(), machine: machine(), params: r.params, figures: r.figures };
   writeFileSync(join(resultsDir, `${scenario}.json`), JSON.stringify(file, null, 2) + '\n');
-  const m = file.machine;
   const lines = [
     `# ${title}`,
     '',
-    `${file.date} · ${m.cores} cores (${m.cpu_model}), ${m.memory_gb} GB, Node ${m.node}, Linux ${m.kernel} · other processes used ${fmt(r.params.machine_other_cpu_pct)} % of a core meanwhile`,
+    `${machineLine(file.date, file.machine)} · other processes used ${r.params.machine_other_cpu_pct ?? 'null'} % of a core meanwhile`,
     '',
     ...(r.intro?.length ? [...r.intro, ''] : []),
     '## Goals',
     '',
-    '| goal | figure | measured | met |',
-    '|---|---|---:|:---:|',
-    ...r.goals.map((g) => {
-      const met = goalMet(g, r.figures);
-      return `| ${g.text} | \`${g.figure}\` ${g.op} ${g.target} | ${fmt(r.figures[g.figure])} | ${met === null ? 'n/a' : met ? 'met' : '**missed**'} |`;
-    }),
+    ...goalsMd(r.goals, r.figures),
     '',
     '## Figures',
     '',
-    '| figure | value |',
-    '|---|---:|',
-    ...Object.entries(r.figures).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`),
+    ...figuresMd(r.figures),
     '',
   ];
   if (r.notes?.length) lines.push('## Notes', '', ...r.notes.map((n) => `- ${n}`), '');
   if (r.extraMd) lines.push(r.extraMd.trimEnd(), '');
-  lines.push('## Parameters', '', '| param | value |', '|---|---|', ...Object.entries(r.params).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`), '');
+  lines.push('## Parameters', '', ...paramsMd(r.params), '');
   writeFileSync(join(resultsDir, `${scenario}.md`), lines.join('\n'));
 }
