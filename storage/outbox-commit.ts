@@ -1,6 +1,7 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
+import { tsWorker } from './ts-worker.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {
@@ -58,10 +59,7 @@ export function workerWriter(db: OpenOptions, observe: (seconds: number) => void
     worker = undefined;
   };
   const start = () => {
-    // Module loaders are per thread and `--import tsx` does not reach workers: the thread registers tsx
-    // itself, then loads the writer.
-    const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(new URL('./outbox-writer.ts', import.meta.url).href)}); })`;
-    const w = new Worker(boot, { eval: true, workerData: db });
+    const w = tsWorker(new URL('./outbox-writer.ts', import.meta.url), db);
     w.on('message', (msg: { seq: number; result?: CommitResult; error?: string }) => {
       const entry = waiting.get(msg.seq);
       waiting.delete(msg.seq);

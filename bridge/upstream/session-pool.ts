@@ -1,8 +1,10 @@
-import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import { TokenBucket } from '../../vending/token-bucket.ts';
+import { connectionThread, type MessageHandler, type UpstreamConnection, type UpstreamLink } from './connections.ts';
 import { skipSystemTrustStoreLoad } from './trust.ts';
+
+export type { MessageHandler } from './connections.ts';
 
 export interface SessionCredentials {
   thingName: string;
@@ -36,8 +38,6 @@ export interface PoolOptions {
   log: Logger;
 }
 
-export type MessageHandler = (topic: string, payload: Buffer, qos: 0 | 1) => void;
-
 export class SubscriptionLimitError extends Error {
   override name = 'SubscriptionLimitError';
 }
@@ -56,7 +56,7 @@ export class UpstreamSession {
 
   constructor(
     readonly creds: SessionCredentials,
-    private readonly connection: mqtt.MqttClientConnection,
+    private readonly connection: UpstreamConnection,
     opts: PoolOptions,
   ) {
     this.log = opts.log;
@@ -81,7 +81,7 @@ export class UpstreamSession {
       await this.messagePacer.take(1);
       await this.bytePacer.take(payload.length + Buffer.byteLength(topic));
       if (this.closed) throw new Error('session closed');
-      await this.connection.publish(topic, payload, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
+      await this.connection.publish(topic, payload, qos);
     } finally {
       this.inflight--;
       this.lastUsed = Date.now();
@@ -91,26 +91,16 @@ export class UpstreamSession {
   /** Subscribes on the device's behalf; resolves with the granted QoS, rejects when IoT Core refuses. */
   async subscribe(filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1> {
     this.lastUsed = Date.now();
-    const res = await this.connection.subscribe(filter, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce, (topic, payload, _dup, gotQos) => {
+    const granted = await this.connection.subscribe(filter, qos, (topic, payload, gotQos) => {
       this.lastUsed = Date.now();
-      // An exception escaping this callback aborts the process inside aws-crt, so none may escape.
-      // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
-      // later ones find it detached (copying throws): that message is already with the first handler.
-      let bytes: Buffer;
       try {
-        bytes = Buffer.from(payload);
-      } catch {
-        this.log.debug({ thing: this.thingName, topic }, 'downlink payload already taken by an overlapping subscription');
-        return;
-      }
-      try {
-        handler(topic, bytes, gotQos === mqtt.QoS.AtMostOnce ? 0 : 1);
+        handler(topic, payload, gotQos);
       } catch (err) {
         this.log.warn({ thing: this.thingName, topic, err: String(err) }, 'downlink message not handled');
       }
     });
-    if ((res.qos as number) === 128) throw new Error(`subscription to ${filter} refused upstream`);
-    return res.qos === mqtt.QoS.AtMostOnce ? 0 : 1;
+    if (granted === 128) throw new Error(`subscription to ${filter} refused upstream`);
+    return granted;
   }
 
   async unsubscribe(filter: string): Promise<void> {
@@ -132,15 +122,15 @@ export class UpstreamSession {
 }
 
 /**
- * Holds the upstream sessions, one per device, opened lazily and paced: all share one client bootstrap
- * (a bootstrap per device would cost threads per device); CONNECTs go through an account-wide pacer and
+ * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on a
+ * thread of their own (connections.ts). CONNECTs go through an account-wide pacer and
  * never more than one per second per client id; idle sessions close; at the cap the least recently
  * used idle session makes room. A session whose connection drops is closed and opened again through the
  * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.
  */
 export class UpstreamPool {
-  private readonly bootstrap = new io.ClientBootstrap();
-  private readonly client = new mqtt.MqttClient(this.bootstrap);
+  /** The connections themselves, on their own thread (see connections.ts). */
+  private readonly link: UpstreamLink = connectionThread();
   private readonly sessions = new Map<string, Promise<UpstreamSession>>();
   private readonly open = new Map<string, UpstreamSession>();
   /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
@@ -235,6 +225,7 @@ export class UpstreamPool {
     await Promise.all(all.map((p) => p.then((s) => s.close(), () => undefined)));
     this.open.clear();
     this.opts.metrics.upstreamSessions.set(0);
+    await this.link.close();
   }
 
   private forget(session: UpstreamSession): void {
@@ -255,33 +246,39 @@ export class UpstreamPool {
     if (this.closing) throw new Error('pool closing');
     this.lastConnect.set(creds.thingName, Date.now());
 
-    const builder = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder(creds.certificatePem, creds.privateKeyPem)
-      .with_endpoint(await opts.endpoint())
-      .with_port(opts.port)
-      .with_client_id(creds.thingName)
-      .with_clean_session(true)
-      .with_keep_alive_seconds(opts.keepAliveSeconds)
-      .with_timeout_ms(opts.connectTimeoutMs)
-      .with_protocol_operation_timeout_ms(opts.operationTimeoutMs)
-      .with_certificate_authority(opts.caPem);
-    const connection = this.client.new_connection(builder.build());
-    const session = new UpstreamSession(creds, connection, opts);
-    connection.on('error', (err) => opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session error'));
+    let session: UpstreamSession | undefined;
+    let connection: UpstreamConnection;
     try {
-      await connection.connect();
+      connection = await this.link.connect(
+        {
+          endpoint: await opts.endpoint(),
+          port: opts.port,
+          clientId: creds.thingName,
+          certificatePem: creds.certificatePem,
+          privateKeyPem: creds.privateKeyPem,
+          caPem: opts.caPem,
+          keepAliveSeconds: opts.keepAliveSeconds,
+          connectTimeoutMs: opts.connectTimeoutMs,
+          operationTimeoutMs: opts.operationTimeoutMs,
+        },
+        {
+          error: (err) => opts.log.warn({ thing: creds.thingName, err }, 'upstream session error'),
+          // The SDK would reconnect on its own, unpaced; we close and reopen through the pacer instead.
+          interrupted: (err) => {
+            opts.log.warn({ thing: creds.thingName, err }, 'upstream session interrupted');
+            if (!session) return;
+            this.forget(session);
+            void session.close();
+            if (this.wanted.get(creds.thingName)?.size && !this.closing) this.restore(creds);
+          },
+        },
+      );
     } catch (err) {
       opts.metrics.upstreamConnects.inc({ result: 'failed' });
-      await connection.disconnect().catch(() => undefined);
       throw err;
     }
     opts.metrics.upstreamConnects.inc({ result: 'ok' });
-    // The SDK would reconnect on its own, unpaced; we close and reopen through the pacer instead.
-    connection.on('interrupt', (err) => {
-      opts.log.warn({ thing: creds.thingName, err: String(err) }, 'upstream session interrupted');
-      this.forget(session);
-      void session.close();
-      if (this.wanted.get(creds.thingName)?.size && !this.closing) this.restore(creds);
-    });
+    session = new UpstreamSession(creds, connection, opts);
     this.open.set(creds.thingName, session);
     opts.metrics.upstreamSessions.set(this.open.size);
     for (const [filter, sub] of this.wanted.get(creds.thingName) ?? []) {

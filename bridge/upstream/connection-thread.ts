@@ -1,0 +1,84 @@
+// The upstream connection thread (bridge/upstream/connections.ts#connectionThread): owns the aws-crt MQTT
+// connections, one per device session, and carries out what the main thread asks of them.
+import { parentPort } from 'node:worker_threads';
+import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
+import type { LinkReply, LinkRequest } from './connections.ts';
+
+// One client bootstrap for every connection: a bootstrap per device would cost threads per device.
+const client = new mqtt.MqttClient(new io.ClientBootstrap());
+const connections = new Map<number, mqtt.MqttClientConnection>();
+
+const send = (reply: LinkReply) => parentPort!.postMessage(reply);
+const text = (err: unknown) => String((err as Error)?.message ?? err);
+const crtQos = (qos: 0 | 1) => (qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
+
+function connection(conn: number): mqtt.MqttClientConnection {
+  const c = connections.get(conn);
+  if (!c) throw new Error('session closed');
+  return c;
+}
+
+async function connect(conn: number, s: Extract<LinkRequest, { op: 'connect' }>['settings']): Promise<void> {
+  const config = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder(s.certificatePem, s.privateKeyPem)
+    .with_endpoint(s.endpoint)
+    .with_port(s.port)
+    .with_client_id(s.clientId)
+    .with_clean_session(true)
+    .with_keep_alive_seconds(s.keepAliveSeconds)
+    .with_timeout_ms(s.connectTimeoutMs)
+    .with_protocol_operation_timeout_ms(s.operationTimeoutMs)
+    .with_certificate_authority(s.caPem)
+    .build();
+  const c = client.new_connection(config);
+  c.on('error', (err) => send({ kind: 'error', conn, error: text(err) }));
+  try {
+    await c.connect();
+  } catch (err) {
+    await c.disconnect().catch(() => undefined);
+    throw err;
+  }
+  c.on('interrupt', (err) => {
+    if (connections.get(conn) !== c) return;
+    connections.delete(conn);
+    send({ kind: 'interrupted', conn, error: text(err) });
+    void c.disconnect().catch(() => undefined);
+  });
+  connections.set(conn, c);
+}
+
+async function carryOut(req: LinkRequest): Promise<number | undefined> {
+  switch (req.op) {
+    case 'connect':
+      return void (await connect(req.conn, req.settings));
+    case 'publish':
+      return void (await connection(req.conn).publish(req.topic, req.payload, crtQos(req.qos)));
+    case 'subscribe': {
+      const { conn, sub } = req;
+      const res = await connection(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos) => {
+        // An exception escaping this callback aborts the process inside aws-crt, so none may escape.
+        // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
+        // later ones find it detached (copying throws): that message is already with the first handler.
+        try {
+          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(payload.slice(0)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1 });
+        } catch {
+          // already delivered through an overlapping subscription
+        }
+      });
+      return (res.qos as number) === 128 ? 128 : res.qos === mqtt.QoS.AtMostOnce ? 0 : 1;
+    }
+    case 'unsubscribe':
+      return void (await connections.get(req.conn)?.unsubscribe(req.filter));
+    case 'disconnect': {
+      const c = connections.get(req.conn);
+      connections.delete(req.conn);
+      return void (await c?.disconnect());
+    }
+  }
+}
+
+parentPort!.on('message', (req: LinkRequest) => {
+  carryOut(req).then(
+    (value) => send({ kind: 'done', seq: req.seq, value }),
+    (err) => send({ kind: 'failed', seq: req.seq, error: text(err) }),
+  );
+});
