@@ -51,6 +51,8 @@ export interface SleepyRunResult {
   ackTimeline: Uint32Array;
   /** Slowest acknowledgement (ms) of the requests sent in each 100 ms since startedAt. */
   slowestTimeline: Float64Array;
+  /** Acknowledgements over 10 ms of the requests sent in each 100 ms since startedAt. */
+  slowTimeline: Uint32Array;
   /** Devices that had not finished when the time ran out. */
   unfinished: number;
   maxConcurrentDevices: number;
@@ -113,6 +115,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
     failHist: newHist(),
     ackTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
     slowestTimeline: new Float64Array(Math.ceil(c.maxDurationMs / 100) + 1),
+    slowTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
     unfinished: 0,
     maxConcurrentDevices: 0,
   };
@@ -142,7 +145,10 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
           const b = Math.floor((now - startedAt) / 100);
           if (b < r.ackTimeline.length) r.ackTimeline[b]++;
           const sentIn = Math.floor((t - startedAt) / 100);
-          if (sentIn < r.slowestTimeline.length) r.slowestTimeline[sentIn] = Math.max(r.slowestTimeline[sentIn]!, now - t);
+          if (sentIn < r.slowestTimeline.length) {
+            r.slowestTimeline[sentIn] = Math.max(r.slowestTimeline[sentIn]!, now - t);
+            if (now - t > 10) r.slowTimeline[sentIn]++;
+          }
         } else {
           record(r.failHist, now - t);
           r.errors++;
