@@ -271,8 +271,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         await dispatcher.flush(config.shutdown.flushDeadlineMs);
         vendor.stop();
         await dispatcher.stop(config.shutdown.graceMs);
-        await outbox.close();
+        // Upstream first: aws-crt must let go of its callbacks before any thread of this process stops.
         await pool.closeAll();
+        await outbox.close();
         db.close();
       })();
       return closing;

@@ -1,8 +1,12 @@
 // The upstream connection thread (bridge/upstream/connections.ts#connectionThread): owns the aws-crt MQTT
 // connections, one per device session, and carries out what the main thread asks of them.
 import { parentPort } from 'node:worker_threads';
+import { createRequire } from 'node:module';
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import type { LinkReply, LinkRequest } from './connections.ts';
+
+/** aws-crt's native module: the package does not re-export its `disable_threadsafe_function`. */
+const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js').default as { disable_threadsafe_function(): number };
 
 // One client bootstrap for every connection: a bootstrap per device would cost threads per device.
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
@@ -72,6 +76,16 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
       const c = connections.get(req.conn);
       connections.delete(req.conn);
       return void (await c?.disconnect());
+    }
+    case 'close': {
+      process.stderr.write('DEBUG close op ' + connections.size + '\n');
+      const all = [...connections.values()];
+      connections.clear();
+      await Promise.allSettled(all.map((c) => c.disconnect()));
+      // When a thread stops, Node closes its thread-safe functions before aws-crt's finalizers release
+      // them again, which aborts the process; aws-crt's own switch (meant for Electron's exit) skips that.
+      crtNative.disable_threadsafe_function(); process.stderr.write('DEBUG disabled\n');
+      return undefined;
     }
   }
 }

@@ -45,7 +45,8 @@ export type LinkRequest =
   | { op: 'publish'; seq: number; conn: number; topic: string; payload: Uint8Array; qos: 0 | 1 }
   | { op: 'subscribe'; seq: number; conn: number; sub: number; filter: string; qos: 0 | 1 }
   | { op: 'unsubscribe'; seq: number; conn: number; filter: string }
-  | { op: 'disconnect'; seq: number; conn: number };
+  | { op: 'disconnect'; seq: number; conn: number }
+  | { op: 'close'; seq: number };
 
 /** Connection thread → main thread. */
 export type LinkReply =
@@ -62,6 +63,9 @@ export type LinkReply =
  * Here that walk happens on this thread's loop, which serves nothing but upstream traffic, and the TLS
  * context of each new session is built here too.
  */
+/** How long closing waits for the thread to disconnect what is still open. */
+const CLOSE_GRACE_MS = 5000;
+
 export function connectionThread(): UpstreamLink {
   let worker: Worker | undefined;
   let seq = 0;
@@ -149,10 +153,14 @@ export function connectionThread(): UpstreamLink {
       };
     },
     async close() {
+      process.stderr.write('DEBUG link.close ' + !!worker + '\n');
+      if (!worker) return;
+      // The thread first disconnects and lets go of aws-crt (see connection-thread.ts), then stops.
+      await Promise.race([request((seq) => ({ op: 'close', seq })).catch(() => undefined), new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())]);
       const w = worker;
       worker = undefined;
       live.clear();
-      if (w) await w.terminate();
+      await w?.terminate();
     },
   };
 }
