@@ -52,6 +52,16 @@ interface KnownOpenBatch extends OpenBatch {
   removals: number;
 }
 
+/** What joining rows to an open batch planned when that made it due: its units, and what stays open. */
+interface DuePlan {
+  /** The open batch the rows joined (its plan inputs, read position and removal count). */
+  from: KnownOpenBatch;
+  units: Unit[];
+  open?: OpenBatch;
+  waitMs?: number;
+  lastRowId: number;
+}
+
 const BILLING_UNIT = 5120;
 const MAX_PEEK = 5000;
 
@@ -69,6 +79,10 @@ export class Dispatcher {
   private readonly timers = new Map<string, NodeJS.Timeout>();
   /** Open window batches: a reading joining one costs a read of that reading, not of the whole batch. */
   private readonly openBatches = new Map<string, KnownOpenBatch>();
+  /** A batch that joining rows made due, handed to the wake that follows so it is not read and planned again. */
+  private readonly duePlans = new Map<string, DuePlan>();
+  /** Where a SIM's last pump stopped with everything up to there acknowledged: the next one reads on from there. */
+  private readonly resumeAfter = new Map<string, number>();
   /** Per group: rows received up to this time are due now (a schedule fired). */
   private readonly released = new Map<string, number>();
   /** While flushing (shutdown), every open batch is due. */
@@ -128,7 +142,9 @@ export class Dispatcher {
 
   private async pump(imsi: string, state: { again: boolean }): Promise<void> {
     let delay = this.opts.retryDelayMs;
-    const cursor: Cursor = { imsi, lastId: 0 };
+    // A batch kept open is continued only by a pump that reads on from where it was planned.
+    const cursor: Cursor = { imsi, lastId: this.resumeAfter.get(imsi) ?? 0 };
+    this.resumeAfter.delete(imsi);
     while (!this.stopped) {
       state.again = false;
       const sim = this.opts.sims.forRouting(imsi);
@@ -169,7 +185,9 @@ export class Dispatcher {
         delay = Math.min(delay * 2, this.opts.retryMaxDelayMs);
       }
     }
-    if (cursor.wakeAt !== undefined && !this.stopped) {
+    if (this.stopped) return;
+    this.resumeAfter.set(imsi, cursor.lastId);
+    if (cursor.wakeAt !== undefined) {
       this.timers.set(imsi, setTimeout(() => this.wake(imsi), Math.max(0, cursor.wakeAt - Date.now())));
     }
   }
@@ -208,17 +226,23 @@ export class Dispatcher {
   private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false, given?: OutboxMessage[]): { units: Unit[]; waitMs?: number } {
     const group = this.opts.group(sim.group);
     const cfg = group.batching;
+    const stillHolds = (k: KnownOpenBatch | undefined): k is KnownOpenBatch =>
+      !!k &&
+      k.afterId === afterId &&
+      k.plannedWith.cfg === cfg &&
+      k.plannedWith.identity.imei === sim.boundImei &&
+      k.plannedWith.identity.thing === sim.thingName &&
+      k.removals === this.opts.outbox.removals(sim.imsi);
+    const due = this.duePlans.get(sim.imsi);
+    this.duePlans.delete(sim.imsi);
+    if (due && !given && !forceDue && !this.flushing && due.units.length <= maxUnits && stillHolds(due.from)) {
+      this.openBatches.delete(sim.imsi);
+      this.keepOpen(sim, due.from.plannedWith, due.open, due.units.at(-1)!.rows.at(-1)!.id, due.lastRowId);
+      return { units: due.units, waitMs: due.waitMs };
+    }
     const known = this.openBatches.get(sim.imsi);
     this.openBatches.delete(sim.imsi);
-    const open =
-      known &&
-      known.afterId === afterId &&
-      known.plannedWith.cfg === cfg &&
-      known.plannedWith.identity.imei === sim.boundImei &&
-      known.plannedWith.identity.thing === sim.thingName &&
-      known.removals === this.opts.outbox.removals(sim.imsi)
-        ? known
-        : undefined;
+    const open = stillHolds(known) ? known : undefined;
     const limit = cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
     const rows = given ?? this.opts.outbox.peek(sim.imsi, open ? open.lastRowId : afterId, limit + 1);
     const more = rows.length > limit;
@@ -234,18 +258,16 @@ export class Dispatcher {
     };
     const planned = plan({ ...plannedWith, rows, open, more, now: Date.now(), releaseBefore });
     const units = planned.units.slice(0, maxUnits);
-    if (planned.open && units.length === planned.units.length) {
-      const unitsEnd = units.at(-1)?.rows.at(-1)!.id ?? afterId;
-      this.openBatches.set(sim.imsi, {
-        ...planned.open,
-        plannedWith,
-        afterId: unitsEnd,
-        lastRowId: planned.open.rows.at(-1)!.id,
-        group: sim.group,
-        removals: this.opts.outbox.removals(sim.imsi),
-      });
+    if (units.length === planned.units.length) {
+      this.keepOpen(sim, plannedWith, planned.open, units.at(-1)?.rows.at(-1)!.id ?? afterId, planned.open?.rows.at(-1)!.id ?? 0);
     }
     return { units, waitMs: planned.waitMs };
+  }
+
+  /** Remembers the batch a plan left open after its units, so the next plan continues it. */
+  private keepOpen(sim: Sim, plannedWith: KnownOpenBatch['plannedWith'], open: OpenBatch | undefined, unitsEnd: number, lastRowId: number): void {
+    if (!open) return;
+    this.openBatches.set(sim.imsi, { ...open, plannedWith, afterId: unitsEnd, lastRowId, group: sim.group, removals: this.opts.outbox.removals(sim.imsi) });
   }
 
   /**
@@ -260,7 +282,12 @@ export class Dispatcher {
     // The SIM itself (status, group, identity) is checked again by the wake that sends the batch.
     if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.plannedWith.cfg !== this.opts.group(known.group).batching) return false;
     const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
-    if (planned.units.length > 0 || !planned.open) return false; // the builder moved on: the wake re-plans
+    if (planned.units.length > 0) {
+      // Now due: the wake that follows sends what was planned here (checked again there) and keeps the rest open.
+      this.duePlans.set(imsi, { from: known, units: planned.units, open: planned.open, waitMs: planned.waitMs, lastRowId: rows.at(-1)!.id });
+      return false;
+    }
+    if (!planned.open) return false;
     // The planner extended the batch's own rows and builder: only the read position moves.
     known.lastRowId = rows.at(-1)!.id;
     this.openBatches.set(imsi, known);
@@ -277,7 +304,7 @@ export class Dispatcher {
     if (this.opts.outbox.usage(imsi).rows !== rows.length) return false;
     const sim = this.opts.sims.forRouting(imsi);
     if (!sim || this.opts.group(sim.group).batching.policy !== 'window') return false;
-    const { units, waitMs } = this.nextUnits(sim, 0, 1, false, rows);
+    const { units, waitMs } = this.nextUnits(sim, this.resumeAfter.get(imsi) ?? 0, 1, false, rows);
     if (units.length > 0 || waitMs === undefined) {
       this.openBatches.delete(imsi);
       return false;
