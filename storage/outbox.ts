@@ -38,6 +38,8 @@ export class Outbox {
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
+  /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
+  private readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
   private flushScheduled = false;
@@ -56,8 +58,11 @@ export class Outbox {
       'SELECT id, imsi, device_topic, payload, qos, received_at FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
     );
     this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes FROM outbox GROUP BY imsi').all() as Array<{ imsi: string } & Usage>;
-    for (const r of rows) this.account(r.imsi, r.rows, r.bytes);
+    const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>;
+    for (const r of rows) {
+      this.account(r.imsi, r.rows, r.bytes);
+      this.newestPerSim.set(r.imsi, r.newest);
+    }
   }
 
   /** Messages and payload bytes waiting: for one SIM, or in all. */
@@ -74,6 +79,11 @@ export class Outbox {
     u.bytes += bytes;
     if (u.rows <= 0) this.perSim.delete(imsi);
     else this.perSim.set(imsi, u);
+  }
+
+  /** Whether the SIM may have rows after this id (committed ones; false means a peek would find none). */
+  mayHaveAfter(imsi: string, afterId: number): boolean {
+    return (this.newestPerSim.get(imsi) ?? 0) > afterId;
   }
 
   /** Changes whenever a row of the SIM is removed other than by delivery. */
@@ -120,6 +130,7 @@ export class Outbox {
           batch.forEach(({ msg, resolve }, i) => {
             resolve(ids[i]!);
             const row = { ...msg, id: ids[i]! };
+            this.newestPerSim.set(msg.imsi, row.id);
             const list = committed.get(msg.imsi);
             if (list) list.push(row);
             else committed.set(msg.imsi, [row]);
@@ -157,6 +168,8 @@ export class Outbox {
 
   /** The oldest undelivered messages of one SIM after a given id, in order. */
   peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
+    // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
+    if (!this.mayHaveAfter(imsi, afterId)) return [];
     const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
       id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number;
     }>;
