@@ -104,6 +104,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     publishesPerSecond: config.upstream.publishesPerSecond,
     bytesPerSecond: config.upstream.bytesPerSecond,
     maxSubscriptions: config.upstream.maxSubscriptions,
+    threads: config.upstream.threads,
     metrics,
     log: log.child({ component: 'upstream' }),
   });

@@ -1,4 +1,4 @@
-// The upstream connection thread (bridge/upstream/connections.ts#connectionThread): owns the aws-crt MQTT
+// An upstream connection thread (bridge/upstream/connections.ts#connectionThreads): owns the aws-crt MQTT
 // connections, one per device session, and carries out what the main thread asks of them.
 import { parentPort } from 'node:worker_threads';
 import { createRequire } from 'node:module';
@@ -77,16 +77,18 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
       connections.delete(req.conn);
       return void (await c?.disconnect());
     }
-    case 'close': {
-      process.stderr.write('DEBUG close op ' + connections.size + '\n');
+    case 'disconnectAll': {
       const all = [...connections.values()];
       connections.clear();
       await Promise.allSettled(all.map((c) => c.disconnect()));
-      // When a thread stops, Node closes its thread-safe functions before aws-crt's finalizers release
-      // them again, which aborts the process; aws-crt's own switch (meant for Electron's exit) skips that.
-      crtNative.disable_threadsafe_function(); process.stderr.write('DEBUG disabled\n');
       return undefined;
     }
+    case 'release':
+      // When a thread stops, Node closes its thread-safe functions before aws-crt's finalizers release
+      // them again, which aborts the process; aws-crt's own switch (meant for Electron's exit) skips
+      // that. It is process-wide: sent once every connection thread has disconnected.
+      crtNative.disable_threadsafe_function();
+      return undefined;
   }
 }
 

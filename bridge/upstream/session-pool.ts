@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import { TokenBucket } from '../../vending/token-bucket.ts';
-import { connectionThread, type MessageHandler, type UpstreamConnection, type UpstreamLink } from './connections.ts';
+import { connectionThreads, type MessageHandler, type UpstreamConnection, type UpstreamLink } from './connections.ts';
 import { skipSystemTrustStoreLoad } from './trust.ts';
 
 export type { MessageHandler } from './connections.ts';
@@ -34,6 +34,8 @@ export interface PoolOptions {
   bytesPerSecond: number;
   /** Subscriptions per session (IoT Core: 50). */
   maxSubscriptions: number;
+  /** Threads holding the connections. */
+  threads: number;
   metrics: Metrics;
   log: Logger;
 }
@@ -123,14 +125,14 @@ export class UpstreamSession {
 
 /**
  * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on a
- * thread of their own (connections.ts). CONNECTs go through an account-wide pacer and
+ * few threads of their own (connections.ts). CONNECTs go through an account-wide pacer and
  * never more than one per second per client id; idle sessions close; at the cap the least recently
  * used idle session makes room. A session whose connection drops is closed and opened again through the
  * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.
  */
 export class UpstreamPool {
-  /** The connections themselves, on their own thread (see connections.ts). */
-  private readonly link: UpstreamLink = connectionThread();
+  /** The connections themselves, on threads of their own (see connections.ts). */
+  private readonly link: UpstreamLink;
   private readonly sessions = new Map<string, Promise<UpstreamSession>>();
   private readonly open = new Map<string, UpstreamSession>();
   /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
@@ -141,7 +143,9 @@ export class UpstreamPool {
   private closing = false;
 
   constructor(private readonly opts: PoolOptions) {
+    // Before any connection thread loads aws-crt.
     skipSystemTrustStoreLoad();
+    this.link = connectionThreads(opts.threads);
     this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
     this.sweeper.unref();
