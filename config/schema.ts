@@ -143,7 +143,7 @@ export const configSchema = z
         publishesPerSecond: z.number().positive().max(100).default(100).describe('publishes per second per session (IoT Core: 100)'),
         bytesPerSecond: z.number().int().positive().max(524288).default(524288).describe('bytes per second per session (IoT Core: 512 KiB/s)'),
         maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
-        threads: z.number().int().min(1).max(64).default(4).describe('threads holding the upstream connections, dealt round-robin (each wake-up of one walks all of its sessions\' callbacks)'),
+        threads: z.number().int().min(1).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; more shorten each thread\'s walk of its sessions\' callbacks but cost a core\'s share each (2 cores: 1 is best)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
