@@ -70,6 +70,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 
 async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
   const sims = new SimStore(db);
+  sims.warmRoutingCache();
   const audit = new AuditLog(db);
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));

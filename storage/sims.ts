@@ -152,6 +152,18 @@ export class SimStore {
     return sim;
   }
 
+  /**
+   * Fills the routing cache with active SIMs in one read (at start-up), so a fleet arriving at once is
+   * not looked up one SIM at a time while the gateway is still cold.
+   */
+  warmRoutingCache(): number {
+    let cache = routingCaches.get(this.db);
+    if (!cache) routingCaches.set(this.db, (cache = new Map()));
+    const rows = this.db.prepare("SELECT * FROM sims WHERE status = 'active' LIMIT ?").all(ROUTING_CACHE_MAX - cache.size) as SimRow[];
+    for (const row of rows) if (!cache.has(row.imsi)) cache.set(row.imsi, fromRow(row));
+    return rows.length;
+  }
+
   /** Called by every write: cached records may be out of date. */
   private changed(): void {
     routingCaches.get(this.db)?.clear();

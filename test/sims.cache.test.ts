@@ -27,4 +27,21 @@ describe('SIM records for the per-message path', () => {
     expect(gateway.forRouting('001010000000778')).toBeUndefined();
     db.close();
   });
+
+  it('are read in one go at start-up (active SIMs only), and a later write still clears them', () => {
+    const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-warm-')), 's.db'), synchronous: 'normal' });
+    const admin = new SimStore(db);
+    admin.register({ imsi: '001010000000781', group: 'default', thingName: 'sim-781' });
+    admin.register({ imsi: '001010000000782', group: 'default', thingName: 'sim-782' });
+    admin.setStatus('001010000000782', 'suspended');
+    const gateway = new SimStore(db);
+    expect(gateway.warmRoutingCache()).toBe(1);
+    // Changed behind the cache's back (not through a SimStore): the warmed record is what is served.
+    db.prepare("UPDATE sims SET group_name = 'elsewhere' WHERE imsi = '001010000000781'").run();
+    expect(gateway.forRouting('001010000000781')?.group).toBe('default');
+    expect(gateway.forRouting('001010000000782')?.status).toBe('suspended'); // not warmed: read on demand
+    admin.bindImei('001010000000781', '490154203237518');
+    expect(gateway.forRouting('001010000000781')).toMatchObject({ group: 'elsewhere', boundImei: '490154203237518' });
+    db.close();
+  });
 });
