@@ -28,6 +28,8 @@ export interface SleepyRunCmd {
   topic: string;
   /** Everything, sending and waiting for answers, ends by then. */
   maxDurationMs: number;
+  /** Requests sent in the first this many ms also go to a separate figure without them. */
+  warmupMs: number;
   /** Start at this epoch ms (so processes start together); now if in the past. */
   startAt: number;
 }
@@ -45,6 +47,8 @@ export interface SleepyRunResult {
   maxWakeLagMs: number;
   lastAckAt: number;
   ackHist: Hist;
+  /** Acknowledgements of the requests sent after the first `warmupMs`. */
+  ackHistAfterWarmup: Hist;
   /** Time until each failed request failed (timeouts count 30 s): with ackHist, every request a device made. */
   failHist: Hist;
   /** Acknowledgements per 100 ms since startedAt. */
@@ -112,6 +116,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
     maxWakeLagMs: 0,
     lastAckAt: 0,
     ackHist: newHist(),
+    ackHistAfterWarmup: newHist(),
     failHist: newHist(),
     ackTimeline: new Uint32Array(Math.ceil(c.maxDurationMs / 100) + 1),
     slowestTimeline: new Float64Array(Math.ceil(c.maxDurationMs / 100) + 1),
@@ -142,6 +147,7 @@ async function run(c: SleepyRunCmd): Promise<SleepyRunResult> {
           r.acked++;
           r.lastAckAt = now;
           record(r.ackHist, now - t);
+          if (t - startedAt >= c.warmupMs) record(r.ackHistAfterWarmup, now - t);
           const b = Math.floor((now - startedAt) / 100);
           if (b < r.ackTimeline.length) r.ackTimeline[b]++;
           const sentIn = Math.floor((t - startedAt) / 100);
