@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { connectCloudApp } from './helpers/cloud.ts';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type SandboxProcess } from './helpers/processes.ts';
 
@@ -47,6 +48,30 @@ describe('upstream sessions', () => {
     // Idle sessions without subscriptions close by themselves.
     await new Promise((r) => setTimeout(r, 5000));
     expect(await sandboxConnections(sandbox)).toEqual(['sim-001010000000600']);
+  });
+
+  it('spreads sessions over several connection threads: each device publishes as itself, commands come back, and SIGTERM exits cleanly', async () => {
+    const dir = tempDir('sessions-threads');
+    const sandbox = await startSandboxProcess(dir);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { threads: 3 } })).file);
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close(), () => sandbox.process.kill());
+
+    const imsis = Array.from({ length: 6 }, (_, i) => `00101000000065${i}`);
+    // One device waits for commands: its session is on one of the threads, whichever.
+    const d0 = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions(imsis[0]!, IMEI));
+    cleanups.push(() => d0.endAsync());
+    await d0.subscribeAsync('commands/#', { qos: 1 });
+    const commands: string[] = [];
+    d0.on('message', (topic, payload) => commands.push(`${topic} ${payload.toString()}`));
+    for (const imsi of imsis.slice(1)) await post(gateway.httpPort, imsi, 'm', `t-${imsi}`);
+    await observer.waitUntil((m) => imsis.slice(1).every((i) => m.some((x) => x.topic === `devices/sim-${i}/m` && x.payload.toString() === `t-${i}`)));
+    expect(await sandboxConnections(sandbox)).toEqual(imsis.map((i) => `sim-${i}`));
+    const cloud = await connectCloudApp(sandbox);
+    cleanups.push(() => cloud.endAsync());
+    await cloud.publishAsync(`devices/sim-${imsis[0]}/commands/reboot`, 'now', { qos: 1 });
+    await expect.poll(() => commands, { timeout: 10_000 }).toEqual(['commands/reboot now']);
+    expect(await gateway.kill('SIGTERM')).toBe(0);
   });
 
   it('paces CONNECTs account-wide: 15 new devices at 5 connects/s take about 2 s more than 5 would', async () => {
