@@ -59,7 +59,6 @@ interface DuePlan {
   units: Unit[];
   open?: OpenBatch;
   waitMs?: number;
-  lastRowId: number;
 }
 
 const BILLING_UNIT = 5120;
@@ -237,7 +236,7 @@ export class Dispatcher {
     this.duePlans.delete(sim.imsi);
     if (due && !given && !forceDue && !this.flushing && due.units.length <= maxUnits && stillHolds(due.from)) {
       this.openBatches.delete(sim.imsi);
-      this.keepOpen(sim, due.from.plannedWith, due.open, due.units.at(-1)!.rows.at(-1)!.id, due.lastRowId);
+      this.keepOpen(sim, due.from.plannedWith, due.open, due.units.at(-1)!.rows.at(-1)!.id);
       return { units: due.units, waitMs: due.waitMs };
     }
     const known = this.openBatches.get(sim.imsi);
@@ -259,14 +258,15 @@ export class Dispatcher {
     const planned = plan({ ...plannedWith, rows, open, more, now: Date.now(), releaseBefore });
     const units = planned.units.slice(0, maxUnits);
     if (units.length === planned.units.length) {
-      this.keepOpen(sim, plannedWith, planned.open, units.at(-1)?.rows.at(-1)!.id ?? afterId, planned.open?.rows.at(-1)!.id ?? 0);
+      this.keepOpen(sim, plannedWith, planned.open, units.at(-1)?.rows.at(-1)!.id ?? afterId);
     }
     return { units, waitMs: planned.waitMs };
   }
 
   /** Remembers the batch a plan left open after its units, so the next plan continues it. */
-  private keepOpen(sim: Sim, plannedWith: KnownOpenBatch['plannedWith'], open: OpenBatch | undefined, unitsEnd: number, lastRowId: number): void {
+  private keepOpen(sim: Sim, plannedWith: KnownOpenBatch['plannedWith'], open: OpenBatch | undefined, unitsEnd: number): void {
     if (!open) return;
+    const lastRowId = open.rows.at(-1)!.id;
     this.openBatches.set(sim.imsi, { ...open, plannedWith, afterId: unitsEnd, lastRowId, group: sim.group, removals: this.opts.outbox.removals(sim.imsi) });
   }
 
@@ -284,7 +284,7 @@ export class Dispatcher {
     const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
     if (planned.units.length > 0) {
       // Now due: the wake that follows sends what was planned here (checked again there) and keeps the rest open.
-      this.duePlans.set(imsi, { from: known, units: planned.units, open: planned.open, waitMs: planned.waitMs, lastRowId: rows.at(-1)!.id });
+      this.duePlans.set(imsi, { from: known, units: planned.units, open: planned.open, waitMs: planned.waitMs });
       return false;
     }
     if (!planned.open) return false;
