@@ -1,7 +1,6 @@
-import type { Worker } from 'node:worker_threads';
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
-import { tsWorker } from './ts-worker.ts';
+import { WorkerCalls } from './ts-worker.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {
@@ -50,43 +49,14 @@ export interface CommitWriter {
  * main connection read (peek) meanwhile.
  */
 export function workerWriter(db: OpenOptions, observe: (seconds: number) => void = () => undefined): CommitWriter {
-  let worker: Worker | undefined;
-  let seq = 0;
-  const waiting = new Map<number, { resolve: (r: CommitResult) => void; reject: (e: Error) => void }>();
-  const failAll = (err: Error) => {
-    for (const w of waiting.values()) w.reject(err);
-    waiting.clear();
-    worker = undefined;
-  };
-  const start = () => {
-    const w = tsWorker(new URL('./outbox-writer.ts', import.meta.url), db);
-    w.on('message', (msg: { seq: number; result?: CommitResult; error?: string }) => {
-      const entry = waiting.get(msg.seq);
-      waiting.delete(msg.seq);
-      if (msg.error !== undefined) entry?.reject(new Error(msg.error));
-      else {
-        observe(msg.result!.seconds);
-        entry?.resolve(msg.result!);
-      }
-    });
-    // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
-    w.on('error', (err) => failAll(err as Error));
-    w.on('exit', (code) => failAll(new Error(`outbox writer exited (${code})`)));
-    return w;
-  };
+  // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
+  const calls = new WorkerCalls<CommitRequest>(new URL('./outbox-writer.ts', import.meta.url), { workerData: db, keepAlive: true });
   return {
-    commit(req) {
-      worker ??= start();
-      const id = ++seq;
-      return new Promise((resolve, reject) => {
-        waiting.set(id, { resolve, reject });
-        worker!.postMessage({ seq: id, req });
-      });
+    async commit(req) {
+      const result = await calls.call<CommitResult>(req);
+      observe(result.seconds);
+      return result;
     },
-    async close() {
-      const w = worker;
-      worker = undefined;
-      if (w) await w.terminate();
-    },
+    close: () => calls.stop(),
   };
 }

@@ -1,10 +1,99 @@
-import { Worker } from 'node:worker_threads';
+import { parentPort, Worker } from 'node:worker_threads';
+
+/** Main thread → worker: one call. */
+interface Call<Req> {
+  seq: number;
+  req: Req;
+}
+
+/** Worker → main thread: the answer to one call, or (without `seq`) an event of the worker's own. */
+type Posted<Event> = { seq: number; value?: unknown; error?: string } | { seq?: undefined; event: Event };
+
+export interface WorkerCallsOptions<Event> {
+  workerData?: unknown;
+  onEvent?(event: Event): void;
+  /** The thread died (or was stopped): its open calls have been failed already. */
+  onLost?(err: Error): void;
+  /** Whether a started thread keeps the process alive. */
+  keepAlive?: boolean;
+}
 
 /**
- * A worker thread running a TypeScript module of this project. Module loaders are per thread and
- * `--import tsx` does not reach workers, so the thread registers tsx itself, then loads the module.
+ * Calls into a worker thread running one of the project's TypeScript modules (which answers through
+ * serveCalls). Each call resolves with the thread's answer; the thread starts on first use and again
+ * after it died, and a thread that dies takes its open calls with it (they are rejected).
  */
-export function tsWorker(module: URL, workerData: unknown): Worker {
-  const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(module.href)}); })`;
-  return new Worker(boot, { eval: true, workerData });
+export class WorkerCalls<Req, Event = never> {
+  private worker: Worker | undefined;
+  private seq = 0;
+  private readonly waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
+
+  constructor(
+    private readonly module: URL,
+    private readonly opts: WorkerCallsOptions<Event> = {},
+  ) {}
+
+  get started(): boolean {
+    return this.worker !== undefined;
+  }
+
+  /** Starts the thread now, so the first call does not wait for it to load. */
+  warm(): void {
+    this.worker ??= this.start();
+  }
+
+  call<T>(req: Req): Promise<T> {
+    this.warm();
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(seq, { resolve: resolve as (value: unknown) => void, reject });
+      this.worker!.postMessage({ seq, req } satisfies Call<Req>);
+    });
+  }
+
+  async stop(): Promise<void> {
+    const w = this.worker;
+    if (w) await w.terminate();
+  }
+
+  private start(): Worker {
+    // Module loaders are per thread and `--import tsx` does not reach workers: the thread registers tsx
+    // itself, then loads the module.
+    const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(this.module.href)}); })`;
+    const w = new Worker(boot, { eval: true, workerData: this.opts.workerData });
+    w.on('message', (msg: Posted<Event>) => {
+      if (msg.seq === undefined) return this.opts.onEvent?.(msg.event);
+      const entry = this.waiting.get(msg.seq);
+      this.waiting.delete(msg.seq);
+      if (msg.error !== undefined) entry?.reject(new Error(msg.error));
+      else entry?.resolve(msg.value);
+    });
+    w.on('error', (err) => this.lost(w, err as Error));
+    w.on('exit', (code) => this.lost(w, new Error(`worker thread ${this.module.pathname.split('/').pop()} exited (${code})`)));
+    if (!this.opts.keepAlive) w.unref();
+    return w;
+  }
+
+  private lost(w: Worker, err: Error): void {
+    if (this.worker !== w) return;
+    this.worker = undefined;
+    for (const entry of this.waiting.values()) entry.reject(err);
+    this.waiting.clear();
+    this.opts.onLost?.(err);
+  }
+}
+
+/** The worker's side: answers every call with what the handler returns, or the message of what it throws. */
+export function serveCalls<Req>(handler: (req: Req) => unknown): void {
+  parentPort!.on('message', ({ seq, req }: Call<Req>) => {
+    new Promise((resolve) => resolve(handler(req))).then(
+      (value) => parentPort!.postMessage({ seq, value }),
+      (err) => parentPort!.postMessage({ seq, error: String((err as Error)?.message ?? err) }),
+    );
+  });
+}
+
+/** The worker's side: something that is not the answer to a call. */
+export function postEvent(event: unknown): void {
+  parentPort!.postMessage({ event });
 }

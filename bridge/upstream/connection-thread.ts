@@ -1,9 +1,9 @@
 // An upstream connection thread (bridge/upstream/connections.ts#connectionThreads): owns the aws-crt MQTT
 // connections, one per device session, and carries out what the main thread asks of them.
-import { parentPort } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
-import type { LinkReply, LinkRequest } from './connections.ts';
+import { postEvent, serveCalls } from '../../storage/ts-worker.ts';
+import type { LinkEvent, LinkRequest } from './connections.ts';
 
 /** aws-crt's native module: the package does not re-export its `disable_threadsafe_function`. */
 const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js').default as { disable_threadsafe_function(): number };
@@ -12,7 +12,7 @@ const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
 const connections = new Map<number, mqtt.MqttClientConnection>();
 
-const send = (reply: LinkReply) => parentPort!.postMessage(reply);
+const send: (event: LinkEvent) => void = postEvent;
 const text = (err: unknown) => String((err as Error)?.message ?? err);
 const crtQos = (qos: 0 | 1) => (qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
 
@@ -92,9 +92,4 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
   }
 }
 
-parentPort!.on('message', (req: LinkRequest) => {
-  carryOut(req).then(
-    (value) => send({ kind: 'done', seq: req.seq, value }),
-    (err) => send({ kind: 'failed', seq: req.seq, error: text(err) }),
-  );
-});
+serveCalls<LinkRequest>(carryOut);

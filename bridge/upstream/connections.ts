@@ -1,5 +1,4 @@
-import type { Worker } from 'node:worker_threads';
-import { tsWorker } from '../../storage/ts-worker.ts';
+import { WorkerCalls } from '../../storage/ts-worker.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {
@@ -39,20 +38,18 @@ export interface UpstreamLink {
   close(): Promise<void>;
 }
 
-/** Main thread → connection thread. */
+/** Main thread → connection thread: each answered once (a granted QoS for subscribe, else nothing). */
 export type LinkRequest =
-  | { op: 'connect'; seq: number; conn: number; settings: ConnectSettings }
-  | { op: 'publish'; seq: number; conn: number; topic: string; payload: Uint8Array; qos: 0 | 1 }
-  | { op: 'subscribe'; seq: number; conn: number; sub: number; filter: string; qos: 0 | 1 }
-  | { op: 'unsubscribe'; seq: number; conn: number; filter: string }
-  | { op: 'disconnect'; seq: number; conn: number }
-  | { op: 'disconnectAll'; seq: number }
-  | { op: 'release'; seq: number };
+  | { op: 'connect'; conn: number; settings: ConnectSettings }
+  | { op: 'publish'; conn: number; topic: string; payload: Uint8Array; qos: 0 | 1 }
+  | { op: 'subscribe'; conn: number; sub: number; filter: string; qos: 0 | 1 }
+  | { op: 'unsubscribe'; conn: number; filter: string }
+  | { op: 'disconnect'; conn: number }
+  | { op: 'disconnectAll' }
+  | { op: 'release' };
 
-/** Connection thread → main thread. */
-export type LinkReply =
-  | { kind: 'done'; seq: number; value?: number }
-  | { kind: 'failed'; seq: number; error: string }
+/** Connection thread → main thread, unasked. */
+export type LinkEvent =
   | { kind: 'interrupted' | 'error'; conn: number; error: string }
   | { kind: 'message'; conn: number; sub: number; topic: string; payload: Uint8Array; qos: 0 | 1 };
 
@@ -64,80 +61,44 @@ interface Live {
   handlers: Map<number, { filter: string; handler: MessageHandler }>;
 }
 
-/** One connection thread, started on first use (and again after it died). */
+/** One connection thread and the connections it holds. */
 class ConnectionThread {
-  private worker: Worker | undefined;
-  private seq = 0;
-  private readonly waiting = new Map<number, { resolve: (value: number | undefined) => void; reject: (err: Error) => void }>();
-  /** The connections this thread holds. */
   readonly live = new Map<number, Live>();
+  readonly calls = new WorkerCalls<LinkRequest, LinkEvent>(new URL('./connection-thread.ts', import.meta.url), {
+    onEvent: (e) => this.received(e),
+    // Every connection went with the thread: the pool reopens them (on a new thread).
+    onLost: (err) => {
+      const gone = [...this.live.values()];
+      this.live.clear();
+      for (const c of gone) c.events.interrupted(err.message);
+    },
+  });
 
-  /** Starts the thread now, so the first sessions do not wait for it to load. */
-  warm(): void {
-    this.worker ??= this.start();
-  }
-
-  request(make: (seq: number) => LinkRequest): Promise<number | undefined> {
-    this.warm();
-    const req = make(++this.seq);
-    return new Promise((resolve, reject) => {
-      this.waiting.set(req.seq, { resolve, reject });
-      this.worker!.postMessage(req);
-    });
-  }
-
-  get started(): boolean {
-    return this.worker !== undefined;
+  request(req: LinkRequest): Promise<number | undefined> {
+    return this.calls.call(req);
   }
 
   /** Asks the thread for something at shutdown, waiting a bounded time. */
   async shutdownStep(op: 'disconnectAll' | 'release'): Promise<void> {
-    if (!this.worker) return;
-    const done = this.request((seq) => ({ op, seq })).catch(() => undefined);
+    if (!this.calls.started) return;
+    const done = this.request({ op }).catch(() => undefined);
     await Promise.race([done, new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())]);
   }
 
   async stop(): Promise<void> {
-    const w = this.worker;
-    this.worker = undefined;
     this.live.clear();
-    await w?.terminate();
+    await this.calls.stop();
   }
 
-  private start(): Worker {
-    const w = tsWorker(new URL('./connection-thread.ts', import.meta.url), null);
-    w.on('message', (msg: LinkReply) => this.received(msg));
-    w.on('error', (err) => this.lost(err as Error));
-    w.on('exit', (code) => this.lost(new Error(`upstream connection thread exited (${code})`)));
-    // Sessions are closed explicitly on shutdown; an idle thread must not keep the process alive.
-    w.unref();
-    return w;
-  }
-
-  private received(msg: LinkReply): void {
-    if (msg.kind === 'done' || msg.kind === 'failed') {
-      const entry = this.waiting.get(msg.seq);
-      this.waiting.delete(msg.seq);
-      if (msg.kind === 'done') entry?.resolve(msg.value);
-      else entry?.reject(new Error(msg.error));
-    } else if (msg.kind === 'message') {
-      const payload = Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength);
-      this.live.get(msg.conn)?.handlers.get(msg.sub)?.handler(msg.topic, payload, msg.qos);
+  private received(e: LinkEvent): void {
+    if (e.kind === 'message') {
+      const payload = Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength);
+      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, payload, e.qos);
     } else {
-      const c = this.live.get(msg.conn);
-      if (msg.kind === 'interrupted') this.live.delete(msg.conn);
-      c?.events[msg.kind](msg.error);
+      const c = this.live.get(e.conn);
+      if (e.kind === 'interrupted') this.live.delete(e.conn);
+      c?.events[e.kind](e.error);
     }
-  }
-
-  private lost(err: Error): void {
-    this.worker = undefined;
-    for (const w of this.waiting.values()) w.reject(err);
-    this.waiting.clear();
-    // Every connection went with the thread: the pool reopens them on the next one.
-    const gone = [...this.live.values()];
-    this.live.clear();
-    for (const c of gone) c.events.interrupted(err.message);
   }
 }
 
@@ -152,7 +113,7 @@ class ConnectionThread {
  */
 export function connectionThreads(count: number): UpstreamLink {
   const threads = Array.from({ length: Math.max(1, count) }, () => new ConnectionThread());
-  for (const t of threads) t.warm();
+  for (const t of threads) t.calls.warm();
   let nextConn = 0;
   let nextSub = 0;
   return {
@@ -163,31 +124,31 @@ export function connectionThreads(count: number): UpstreamLink {
       const forget = (filter: string) => state.handlers.forEach((h, sub) => h.filter === filter && state.handlers.delete(sub));
       thread.live.set(conn, state);
       try {
-        await thread.request((seq) => ({ op: 'connect', seq, conn, settings }));
+        await thread.request({ op: 'connect', conn, settings });
       } catch (err) {
         thread.live.delete(conn);
         throw err;
       }
       return {
         publish: async (topic, payload, qos) => {
-          await thread.request((seq) => ({ op: 'publish', seq, conn, topic, payload, qos }));
+          await thread.request({ op: 'publish', conn, topic, payload, qos });
         },
         subscribe: async (filter, qos, handler) => {
           // Subscribing again to a filter replaces its callback upstream, so here too.
           forget(filter);
           const sub = ++nextSub;
           state.handlers.set(sub, { filter, handler });
-          const granted = (await thread.request((seq) => ({ op: 'subscribe', seq, conn, sub, filter, qos }))) as 0 | 1 | 128;
+          const granted = (await thread.request({ op: 'subscribe', conn, sub, filter, qos })) as 0 | 1 | 128;
           if (granted === 128) state.handlers.delete(sub);
           return granted;
         },
         unsubscribe: async (filter) => {
           forget(filter);
-          await thread.request((seq) => ({ op: 'unsubscribe', seq, conn, filter }));
+          await thread.request({ op: 'unsubscribe', conn, filter });
         },
         disconnect: async () => {
           thread.live.delete(conn);
-          await thread.request((seq) => ({ op: 'disconnect', seq, conn }));
+          await thread.request({ op: 'disconnect', conn });
         },
       };
     },
@@ -195,7 +156,7 @@ export function connectionThreads(count: number): UpstreamLink {
       // Every thread disconnects; then aws-crt's callbacks are switched off (process-wide, so once all
       // are disconnected) before any thread stops (see connection-thread.ts).
       await Promise.all(threads.map((t) => t.shutdownStep('disconnectAll')));
-      await threads.find((t) => t.started)?.shutdownStep('release');
+      await threads.find((t) => t.calls.started)?.shutdownStep('release');
       await Promise.all(threads.map((t) => t.stop()));
     },
   };
