@@ -81,11 +81,6 @@ export class Outbox {
     else this.perSim.set(imsi, u);
   }
 
-  /** Whether the SIM may have rows after this id (committed ones; false means a peek would find none). */
-  mayHaveAfter(imsi: string, afterId: number): boolean {
-    return (this.newestPerSim.get(imsi) ?? 0) > afterId;
-  }
-
   /** Changes whenever a row of the SIM is removed other than by delivery. */
   removals(imsi: string): number {
     return this.removedPerSim.get(imsi) ?? 0;
@@ -169,7 +164,7 @@ export class Outbox {
   /** The oldest undelivered messages of one SIM after a given id, in order. */
   peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
     // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
-    if (!this.mayHaveAfter(imsi, afterId)) return [];
+    if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
     const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
       id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number;
     }>;

@@ -140,8 +140,7 @@ export class SimStore {
    * the outbox writer commits all the time). Callers must not modify the record.
    */
   forRouting(imsi: string): Sim | undefined {
-    let cache = routingCaches.get(this.db);
-    if (!cache) routingCaches.set(this.db, (cache = new Map()));
+    const cache = this.routingCache();
     const hit = cache.get(imsi);
     if (hit) return hit;
     const sim = this.get(imsi);
@@ -157,11 +156,16 @@ export class SimStore {
    * not looked up one SIM at a time while the gateway is still cold.
    */
   warmRoutingCache(): number {
-    let cache = routingCaches.get(this.db);
-    if (!cache) routingCaches.set(this.db, (cache = new Map()));
+    const cache = this.routingCache();
     const rows = this.db.prepare("SELECT * FROM sims WHERE status = 'active' LIMIT ?").all(ROUTING_CACHE_MAX - cache.size) as SimRow[];
     for (const row of rows) if (!cache.has(row.imsi)) cache.set(row.imsi, fromRow(row));
     return rows.length;
+  }
+
+  private routingCache(): Map<string, Sim> {
+    let cache = routingCaches.get(this.db);
+    if (!cache) routingCaches.set(this.db, (cache = new Map()));
+    return cache;
   }
 
   /** Called by every write: cached records may be out of date. */

@@ -56,10 +56,11 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
   while (i < rows.length || open) {
     let builder: EnvelopeBuilder;
     let taken: OutboxMessage[];
-    let from: number;
+    /** Rows of `taken` that came with the open batch, not from `rows`. */
+    let carried = 0;
     if (open) {
       ({ builder, rows: taken } = open);
-      from = i;
+      carried = taken.length;
       open = undefined;
     } else {
       const first = rows[i]!;
@@ -73,12 +74,10 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
         continue;
       }
       taken = [first];
-      from = i + 1;
     }
     const first = taken[0]!;
-    const carried = taken.length - (from - i);
     let full = false;
-    for (let j = from; j < rows.length; j++) {
+    for (let j = i + taken.length - carried; j < rows.length; j++) {
       const row = rows[j]!;
       if (cfg.policy === 'schedule' && row.receivedAt > input.releaseBefore) break;
       if (taken.length >= cfg.maxMessages || !builder.tryAdd(prepareAt(j), budget)) {
