@@ -5,8 +5,24 @@ import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import { postEvent, serveCalls } from '../../storage/ts-worker.ts';
 import type { LinkEvent, LinkRequest } from './connections.ts';
 
-/** aws-crt's native module: the package does not re-export its `disable_threadsafe_function`. */
-const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js').default as { disable_threadsafe_function(): number };
+/** aws-crt's native module: the package re-exports neither its `disable_threadsafe_function` nor a way to register fewer callbacks. */
+const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js').default as {
+  disable_threadsafe_function(): number;
+  mqtt_client_connection_new(...args: unknown[]): unknown;
+  mqtt_client_connection_on_message(...args: unknown[]): unknown;
+  mqtt_client_connection_on_closed(...args: unknown[]): unknown;
+};
+
+// Every callback the SDK registers for a connection is a thread-safe function, that is a libuv async
+// handle of this thread, and libuv walks all of a loop's async handles on each wake-up (each PUBACK,
+// each request from the main thread). The SDK registers six per connection; only `interrupt` is used
+// here (connect, publish and subscribe each bring a callback of their own). The native side takes the
+// others as optional, so they are left out: at 5,000 sessions the walk was a third of the gateway's CPU.
+const newConnection = crtNative.mqtt_client_connection_new;
+crtNative.mqtt_client_connection_new = (client, onInterrupted, _onResumed, _onSuccess, _onFailure, ...rest) =>
+  newConnection(client, onInterrupted, undefined, undefined, undefined, ...rest);
+crtNative.mqtt_client_connection_on_message = () => undefined;
+crtNative.mqtt_client_connection_on_closed = () => undefined;
 
 // One client bootstrap for every connection: a bootstrap per device would cost threads per device.
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
