@@ -154,6 +154,10 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     log: log.child({ component: 'downlink' }),
   });
   const uplink = new Uplink({ outbox, limits: config.limits, quota: () => config.storage.outbox, group, audit, metrics });
+  // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
+  // wait for the writer thread to load, and share the cores with both threads' start-up.
+  await Promise.all([writer.ready(), pool.ready()]);
+
   const radius = config.radius.enabled
     ? await startRadiusListener({
         host: config.radius.host,

@@ -40,6 +40,8 @@ export function committer(db: Db): (req: CommitRequest) => CommitResult {
 /** Where commits run. */
 export interface CommitWriter {
   commit(req: CommitRequest): Promise<CommitResult>;
+  /** Resolves once commits can run (the thread has booted). */
+  ready(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export function workerWriter(db: OpenOptions, observe: (seconds: number) => void
       observe(result.seconds);
       return result;
     },
+    ready: () => calls.ready(),
     close: () => calls.stop(),
   };
 }

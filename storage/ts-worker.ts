@@ -6,8 +6,8 @@ interface Call<Req> {
   req: Req;
 }
 
-/** Worker → main thread: the answer to one call, or (without `seq`) an event of the worker's own. */
-type Posted<Event> = { seq: number; value?: unknown; error?: string } | { seq?: undefined; event: Event };
+/** Worker → main thread: the answer to one call, an event of the worker's own, or word that its module has loaded. */
+type Posted<Event> = { seq: number; value?: unknown; error?: string } | { seq?: undefined; event: Event } | { seq?: undefined; ready: true };
 
 export interface WorkerCallsOptions<Event> {
   workerData?: unknown;
@@ -25,6 +25,8 @@ export interface WorkerCallsOptions<Event> {
  */
 export class WorkerCalls<Req, Event = never> {
   private worker: Worker | undefined;
+  /** Settles once the current thread has loaded its module (or died first). */
+  private loaded: Promise<void> = Promise.resolve();
   private seq = 0;
   private readonly waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
 
@@ -40,6 +42,12 @@ export class WorkerCalls<Req, Event = never> {
   /** Starts the thread now, so the first call does not wait for it to load. */
   warm(): void {
     this.worker ??= this.start();
+  }
+
+  /** Starts the thread if needed and resolves once it has loaded its module and takes calls. */
+  ready(): Promise<void> {
+    this.warm();
+    return this.loaded;
   }
 
   call<T>(req: Req): Promise<T> {
@@ -61,15 +69,24 @@ export class WorkerCalls<Req, Event = never> {
     // itself, then loads the module.
     const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(this.module.href)}); })`;
     const w = new Worker(boot, { eval: true, workerData: this.opts.workerData });
+    let loaded!: () => void;
+    let failed!: (err: Error) => void;
+    this.loaded = new Promise<void>((resolve, reject) => ((loaded = resolve), (failed = reject)));
+    // Nobody may be waiting for it: a thread that dies while loading fails its calls instead.
+    this.loaded.catch(() => undefined);
     w.on('message', (msg: Posted<Event>) => {
-      if (msg.seq === undefined) return this.opts.onEvent?.(msg.event);
+      if (msg.seq === undefined) return 'ready' in msg ? loaded() : this.opts.onEvent?.(msg.event);
       const entry = this.waiting.get(msg.seq);
       this.waiting.delete(msg.seq);
       if (msg.error !== undefined) entry?.reject(new Error(msg.error));
       else entry?.resolve(msg.value);
     });
-    w.on('error', (err) => this.lost(w, err as Error));
-    w.on('exit', (code) => this.lost(w, new Error(`worker thread ${this.module.pathname.split('/').pop()} exited (${code})`)));
+    w.on('error', (err) => (failed(err as Error), this.lost(w, err as Error)));
+    w.on('exit', (code) => {
+      const err = new Error(`worker thread ${this.module.pathname.split('/').pop()} exited (${code})`);
+      failed(err);
+      this.lost(w, err);
+    });
     if (!this.opts.keepAlive) w.unref();
     return w;
   }
@@ -91,6 +108,7 @@ export function serveCalls<Req>(handler: (req: Req) => unknown): void {
       (err) => parentPort!.postMessage({ seq, error: String((err as Error)?.message ?? err) }),
     );
   });
+  parentPort!.postMessage({ ready: true });
 }
 
 /** The worker's side: something that is not the answer to a call. */

@@ -34,6 +34,8 @@ export interface UpstreamConnection {
 
 export interface UpstreamLink {
   connect(settings: ConnectSettings, events: ConnectionEvents): Promise<UpstreamConnection>;
+  /** Resolves once every thread has booted (loading aws-crt takes a while). */
+  ready(): Promise<void>;
   /** Disconnects whatever is left and stops the thread. */
   close(): Promise<void>;
 }
@@ -113,7 +115,6 @@ class ConnectionThread {
  */
 export function connectionThreads(count: number): UpstreamLink {
   const threads = Array.from({ length: Math.max(1, count) }, () => new ConnectionThread());
-  for (const t of threads) t.calls.warm();
   let nextConn = 0;
   let nextSub = 0;
   return {
@@ -151,6 +152,9 @@ export function connectionThreads(count: number): UpstreamLink {
           await thread.request({ op: 'disconnect', conn });
         },
       };
+    },
+    async ready() {
+      await Promise.all(threads.map((t) => t.calls.ready()));
     },
     async close() {
       // Every thread disconnects; then aws-crt's callbacks are switched off (process-wide, so once all

@@ -151,6 +151,11 @@ export class UpstreamPool {
     this.sweeper.unref();
   }
 
+  /** Resolves once the connection threads have booted. */
+  ready(): Promise<void> {
+    return this.link.ready();
+  }
+
   /** The device's session, opened on first use. A failed open is forgotten so the next call retries. */
   session(creds: SessionCredentials): Promise<UpstreamSession> {
     let p = this.sessions.get(creds.thingName);
