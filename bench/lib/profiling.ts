@@ -1,5 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Ctx } from './context.ts';
 import { devices, SIMBRIDGE_TOPIC } from './devices.ts';
 import { LoadPool } from './load.ts';
@@ -65,7 +65,7 @@ export async function profileScenario(
       '',
       profileMarkdown(summarise(file, gatewaySource().root, { fromEndMs: exitAt - runStart, toEndMs: exitAt - runEnd })),
     );
-    md.push(`Raw profile: \`${file}\` (not committed; open it in Chrome DevTools or speedscope).`, '');
+    md.push(`Raw profile: \`${basename(file)}\`, in a temporary directory of the run (not committed; open it in Chrome DevTools or speedscope).`, '');
   } else md.push('**No profile was written** (simbridge did not exit cleanly).', '');
   mkdirSync(resultsDir, { recursive: true });
   const out = join(resultsDir, `profile-${opts.scenario}.md`);
