@@ -105,13 +105,14 @@ class ConnectionThread {
 }
 
 /**
- * Upstream connections live on threads of their own, dealt round-robin. aws-crt gives every
- * connection several thread-safe callbacks, each an async handle of the event loop that owns it, and
- * libuv walks all of a loop's async handles on every wake-up: with thousands of sessions on the main
- * thread, each outbox commit and each PUBACK cost milliseconds there (measured: 69 % of the main
- * thread at 5,000 sessions). On these threads the walk serves only upstream traffic, and spreading the
- * sessions over several threads shortens each walk; the TLS context of each new session is built here
- * too.
+ * Upstream connections live on threads of their own, dealt round-robin. aws-crt makes each callback of
+ * a connection (and of each subscription and operation in flight) an async handle of the event loop
+ * that owns it, and libuv walks all of a loop's async handles on every wake-up: with thousands of
+ * sessions on the main thread, each outbox commit and each PUBACK cost milliseconds there (measured:
+ * 69 % of the main thread at 5,000 sessions). On these threads the walk serves only upstream traffic,
+ * it is kept short by registering one callback per connection (connection-thread.ts), and spreading
+ * the sessions over several threads shortens it further; the TLS context of each new session is built
+ * here too.
  */
 export function connectionThreads(count: number): UpstreamLink {
   const threads = Array.from({ length: Math.max(1, count) }, () => new ConnectionThread());
