@@ -1,0 +1,20 @@
+// A worker module for test/worker-calls.test.ts: echoes calls, posts an event when asked, dies when asked.
+import { postEvent, serveCalls } from '../../storage/ts-worker.ts';
+
+export type EchoRequest = { op: 'echo'; value: string } | { op: 'event'; value: string } | { op: 'fail'; message: string } | { op: 'die' };
+
+serveCalls<EchoRequest>(async (req) => {
+  switch (req.op) {
+    case 'echo':
+      return req.value;
+    case 'event':
+      postEvent({ value: req.value });
+      return undefined;
+    case 'fail':
+      throw new Error(req.message);
+    case 'die':
+      // Never answered: the thread is gone first.
+      setImmediate(() => process.exit(3));
+      return new Promise(() => undefined);
+  }
+});
