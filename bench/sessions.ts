@@ -8,17 +8,15 @@
 // (mutual TLS, sandbox CA), collector (mosquitto_sub), simbridge, and 2 load generators
 // (bench/load/mqtt-fleet.ts) holding the devices, each device on its own source address 127.0.x.y.
 // Results: bench/results/sessions.{json,md}.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { installCleanup } from './lib/cleanup.ts';
 import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from './lib/devices.ts';
 import { quantile, merge, newHist } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
+import { MemProbe, settledRss, type MemUsage } from './lib/memory.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
-import { waitForQuiet, noiseMeter, noiseReport, rssKb } from './lib/procstat.ts';
+import { waitForQuiet, noiseMeter, noiseReport } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum } from './lib/prom.ts';
 import type { Goal } from './lib/report.ts';
 import { gatewaySource, Stack } from './lib/stack.ts';
@@ -51,44 +49,7 @@ const GOALS: Goal[] = [
 const started = Date.now();
 const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
 
-/** RSS once it has stopped moving (two samples 1 s apart within 1 %), bounded to about 15 s. */
-async function settledRss(pid: number): Promise<number | null> {
-  let prev = rssKb(pid);
-  for (let i = 0; i < 15; i++) {
-    await sleep(1000);
-    const now = rssKb(pid);
-    if (now === null || prev === null) return now;
-    if (Math.abs(now - prev) / prev < 0.01) return now;
-    prev = now;
-  }
-  return prev;
-}
-
-// Memory probe (bench/lib/mem-probe.mjs) loaded into simbridge only: SIGUSR2 → two full GCs → memoryUsage().
-const probeDir = mkdtempSync(join(tmpdir(), 'simbridge-memprobe-'));
-const probeModule = fileURLToPath(new URL('./lib/mem-probe.mjs', import.meta.url));
-
-interface MemUsage {
-  rss: number;
-  heapUsed: number;
-  external: number;
-  arrayBuffers: number;
-}
-
-async function gcProbe(pid: number): Promise<MemUsage | null> {
-  const file = join(probeDir, `${pid}.json`);
-  rmSync(file, { force: true });
-  try {
-    process.kill(pid, 'SIGUSR2');
-  } catch {
-    return null;
-  }
-  for (let i = 0; i < 100; i++) {
-    await sleep(100);
-    if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as MemUsage;
-  }
-  return null;
-}
+const memProbe = new MemProbe();
 
 const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: number) => (a && b && n ? round((b[key] - a[key]) / 1024 / n) : null);
 
@@ -149,17 +110,13 @@ async function main(): Promise<void> {
     db.close();
     log(`${DEVICES} SIMs registered in ${Date.now() - t0} ms`);
 
-    process.env.NODE_OPTIONS = [process.env.NODE_OPTIONS, '--expose-gc', `--import=${probeModule}`].filter(Boolean).join(' ');
-    process.env.BENCH_MEMPROBE_DIR = probeDir;
-    const gw = await stack.startGateway();
-    delete process.env.NODE_OPTIONS;
-    delete process.env.BENCH_MEMPROBE_DIR;
+    const gw = await memProbe.withProbe(() => stack.startGateway());
     await sleep(500);
     const adminPort = adminPortFrom(gw.process.output);
     if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
     const metrics = () => scrape(adminPort);
     const rss0 = await settledRss(gw.pid);
-    const mem0 = await gcProbe(gw.pid);
+    const mem0 = await memProbe.gc(gw.pid);
     // Baseline for the next delta: re-read after the probe's GC, so the probe does not shrink the delta.
     const rss0b = (await settledRss(gw.pid)) ?? rss0;
     log(`simbridge up (pid ${gw.pid}), idle RSS ${round(rss0! / 1024)} MB (after a full GC ${mem0 ? round(mem0.rss / 2 ** 20) : '?'} MB)`);
@@ -186,7 +143,7 @@ async function main(): Promise<void> {
     figures.rss_idle_gateway_mb = round(rss0! / 1024);
     figures.rss_with_idle_devices_mb = round(rss1! / 1024);
     figures.rss_per_idle_device_kb = connected ? round((rss1! - rss0b!) / connected) : null;
-    const mem1 = await gcProbe(gw.pid);
+    const mem1 = await memProbe.gc(gw.pid);
     figures.rss_per_idle_device_kb_after_gc = perKb(mem0, mem1, 'rss', connected);
     figures.heap_per_idle_device_kb = perKb(mem0, mem1, 'heapUsed', connected);
     const rss1b = (await settledRss(gw.pid)) ?? rss1;
@@ -208,7 +165,7 @@ async function main(): Promise<void> {
     const rss2 = await settledRss(gw.pid);
     figures.rss_with_warm_sessions_mb = round(rss2! / 1024);
     figures.rss_per_warm_session_kb = sessionsOpen ? round((rss2! - rss1b!) / sessionsOpen) : null;
-    const mem2 = await gcProbe(gw.pid);
+    const mem2 = await memProbe.gc(gw.pid);
     figures.rss_per_warm_session_kb_after_gc = perKb(mem1, mem2, 'rss', sessionsOpen);
     figures.heap_per_warm_session_kb = perKb(mem1, mem2, 'heapUsed', sessionsOpen);
     figures.external_per_warm_session_kb = perKb(mem1, mem2, 'external', sessionsOpen);
@@ -322,7 +279,7 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(workers.map((w) => w.call({ cmd: 'close' }, 10_000).catch(() => undefined)));
     await stack.close();
-    rmSync(probeDir, { recursive: true, force: true });
+    memProbe.remove();
   }
 }
 

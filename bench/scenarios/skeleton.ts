@@ -2,23 +2,10 @@ import { knob, type Ctx } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { LoadPool } from '../lib/load.ts';
 import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
-import { rssKb } from '../lib/procstat.ts';
+import { MemProbe, settledRss } from '../lib/memory.ts';
 import type { ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
-import { putSummary, round, sleep } from '../lib/stats.ts';
-
-/** RSS once it has stopped moving (two samples 500 ms apart within 1 %), bounded. */
-async function settledRss(pid: number): Promise<number | null> {
-  let prev = rssKb(pid);
-  for (let i = 0; i < 10; i++) {
-    await sleep(500);
-    const now = rssKb(pid);
-    if (now === null || prev === null) return now;
-    if (Math.abs(now - prev) / prev < 0.01) return now;
-    prev = now;
-  }
-  return prev;
-}
+import { putSummary, round } from '../lib/stats.ts';
 
 /**
  * Scenario 0: 100 MQTT devices, QoS 1, the whole path. Each repetition starts a fresh simbridge:
@@ -34,15 +21,18 @@ export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
   const idle: Array<number | null> = [];
   const runs: RunFigures[] = [];
   const stack = await Stack.start();
+  const memProbe = new MemProbe();
   try {
     for (let i = 0; i < repeats; i++) {
-      const gw = await stack.startGateway({ fresh: true });
-      const before = await settledRss(gw.pid);
+      const gw = await memProbe.withProbe(() => stack.startGateway({ fresh: true }));
+      // Start-up garbage (module loading, schemas) would otherwise be collected while devices connect.
+      await memProbe.gc(gw.pid);
+      const before = await settledRss(gw.pid, 500, 10);
       const specs = devices(n, 1, SIMBRIDGE_TOPIC);
       const load = await LoadPool.start({ kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, specs, { workers: 2 });
       try {
         await warmUp(stack.collector, load, n);
-        const after = await settledRss(gw.pid);
+        const after = await settledRss(gw.pid, 500, 10);
         idle.push(before === null ? null : before / 1024);
         perDevice.push(before !== null && after !== null ? (after - before) / n : null);
         const f = await measuredRun(stack.collector, load, { tag: newTag('k'), mode: 'closed', window, durationMs, payloadBytes: 200, pid: gw.pid });
@@ -55,6 +45,7 @@ export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
     }
   } finally {
     await stack.close();
+    memProbe.remove();
   }
   const figures: Record<string, number | null> = {};
   putSummary(figures, 'msgs_per_s', runs.map((r) => r.msgs_per_s));
@@ -76,7 +67,7 @@ export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
     },
     figures,
     notes: [
-      '`rss_per_device_kb`: simbridge VmRSS (/proc/<pid>/status) once settled after all devices are connected, vended and have delivered one message each (a warm upstream session per device), minus VmRSS of the idle gateway, divided by the number of devices. It includes each device\'s aedes client, socket buffers, aws-crt session (native) and credentials.',
+      '`rss_per_device_kb`: simbridge VmRSS (/proc/<pid>/status) once settled after all devices are connected, vended and have delivered one message each (a warm upstream session per device), minus VmRSS of the idle gateway (read after two full garbage collections of its main thread, so start-up garbage is not counted against the devices; its worker threads are booted by then), divided by the number of devices. It includes each device\'s aedes client, socket buffers, aws-crt session (native) and credentials.',
       '`msgs_per_s`: unique messages arriving at the upstream Mosquitto per second, first send to last arrival, every device keeping `window_per_device` QoS 1 messages in flight.',
       'Each repetition starts a fresh gateway with an empty data directory, so every run vends its devices again.',
     ],
