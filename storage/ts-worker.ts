@@ -39,19 +39,14 @@ export class WorkerCalls<Req, Event = never> {
     return this.worker !== undefined;
   }
 
-  /** Starts the thread now, so the first call does not wait for it to load. */
-  warm(): void {
-    this.worker ??= this.start();
-  }
-
   /** Starts the thread if needed and resolves once it has loaded its module and takes calls. */
   ready(): Promise<void> {
-    this.warm();
+    this.worker ??= this.start();
     return this.loaded;
   }
 
   call<T>(req: Req): Promise<T> {
-    this.warm();
+    this.worker ??= this.start();
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve: resolve as (value: unknown) => void, reject });
