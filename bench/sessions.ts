@@ -14,7 +14,7 @@ import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from './lib/devices.
 import { quantile, merge, newHist } from './lib/hist.ts';
 import { forkWorker, type Worker } from './lib/load.ts';
 import { newTag } from './lib/measure.ts';
-import { MemProbe, settledRss, type MemUsage } from './lib/memory.ts';
+import { idleRss, IDLE_BASELINE_AFTER_MS, MemProbe, settledRss, type MemUsage } from './lib/memory.ts';
 import { mosquittoVersion } from './lib/mosquitto.ts';
 import { waitForQuiet, noiseMeter, noiseReport } from './lib/procstat.ts';
 import { adminPortFrom, scrape, sum } from './lib/prom.ts';
@@ -110,12 +110,13 @@ async function main(): Promise<void> {
     db.close();
     log(`${DEVICES} SIMs registered in ${Date.now() - t0} ms`);
 
+    const startedAt = Date.now();
     const gw = await memProbe.withProbe(() => stack.startGateway());
     await sleep(500);
     const adminPort = adminPortFrom(gw.process.output);
     if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
     const metrics = () => scrape(adminPort);
-    const rss0 = await settledRss(gw.pid);
+    const rss0 = await idleRss(gw.pid, startedAt);
     const mem0 = await memProbe.gc(gw.pid);
     // Baseline for the next delta: re-read after the probe's GC, so the probe does not shrink the delta.
     const rss0b = (await settledRss(gw.pid)) ?? rss0;
@@ -264,7 +265,7 @@ async function main(): Promise<void> {
         `${WARM} devices publish once more (acknowledged from disk), and the upstream is started again on the same ports after about ${OUTAGE_S} s.`,
       ],
       notes: [
-        '`rss_idle_gateway_mb`: the started gateway before any device, its two worker threads included (the outbox writer and one upstream connection thread, each a V8 isolate with its modules; both boot before the device ports open).',
+        '`rss_idle_gateway_mb`: the started gateway before any device, its two worker threads included (the outbox writer and one upstream connection thread, each a V8 isolate with its modules; both boot before the device ports open), read ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start, once V8 has shrunk the heaps of the freshly started process (its memory reducer, about 8 s after start); runs before 2026-11-22 11:00 read it earlier, which made `rss_per_idle_device_kb` too small.',
         '`rss_per_idle_device_kb` = (simbridge VmRSS with every device connected and idle − VmRSS of the started gateway before any device) / devices; each RSS is read once it has settled (two samples 1 s apart within 1 %; the baseline of each delta is read again after the GC probe below, so the probe does not shrink the delta).',
         '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned.',
         `\`recovery_s\`: from the moment the restarted upstream Mosquitto accepts connections until the last of the ${WARM} messages acknowledged during the outage arrived at the collector (mosquitto_sub on the upstream's plain listener, its own arrival timestamps). \`recovery_ratio_to_pacing_min\` divides it by ${WARM} / upstream.connectsPerSecond (${CONNECTS_PER_S}/s) = ${pacingMinS} s. \`sessions_back_s\`: until \`simbridge_upstream_sessions\` (scraped every 250 ms) was back to ${WARM}.`,

@@ -20,6 +20,20 @@ export async function settledRss(pid: number, stepMs = 1000, steps = 15): Promis
   return prev;
 }
 
+/**
+ * How long after start a gateway's RSS is read as its idle baseline. V8 shrinks the heaps of a process
+ * whose allocation has calmed down about 8 s after start (its memory reducer): an idle sandbox gateway
+ * went from 241 to 162 MB between its 8th and 11th second. A baseline read before that makes every
+ * later delta too small.
+ */
+export const IDLE_BASELINE_AFTER_MS = 15_000;
+
+/** The idle gateway's settled RSS (KB), read no earlier than IDLE_BASELINE_AFTER_MS after `startedAt`. */
+export async function idleRss(pid: number, startedAt: number): Promise<number | null> {
+  await sleep(Math.max(0, startedAt + IDLE_BASELINE_AFTER_MS - Date.now()));
+  return settledRss(pid);
+}
+
 export interface MemUsage {
   rss: number;
   heapUsed: number;
