@@ -2,6 +2,7 @@ import { knob, type Ctx } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { forkWorker, LoadPool } from '../lib/load.ts';
 import { newTag, warmUp } from '../lib/measure.ts';
+import { IDLE_BASELINE_AFTER_MS, idleRss } from '../lib/memory.ts';
 import { rssKb } from '../lib/procstat.ts';
 import { GOALS, type ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
@@ -39,6 +40,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
   let rssBefore: number | null = null;
   let rssAfter: number | null = null;
   try {
+    const startedAt = Date.now();
     let gw = await stack.startGateway();
     const good = devices(1, 3, SIMBRIDGE_TOPIC);
     // The fuzzer may present a few valid IMSIs of its own (series 4): bounded vending and sessions.
@@ -59,7 +61,8 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
     })();
     try {
       await warmUp(stack.collector, load, 1);
-      rssBefore = rssKb(gw.pid);
+      // After V8's start-up shrink (bench/lib/memory.ts), which would otherwise hide growth.
+      rssBefore = await idleRss(gw.pid, startedAt);
       const tag = newTag('v');
       const stats = stack.collector.stats(tag);
       const goodRun = load.run({ tag, mode: 'paced', window: 1000, ratePerS, durationMs: durationMs + 2000, perDeviceMax: 10_000_000, tailMs: 10_000, payloadBytes: 200, returnAcked: true });
@@ -125,7 +128,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       'Each round opens its own connection from a random loopback source address, writes its bytes and closes after 400 ms (MQTT) or 800 ms (HTTP), or when the gateway closes first. Rounds run 16 at a time, up to `max_rounds` or `max_duration_s`.',
       'MQTT kinds: random bytes; mutated CONNECT (bit flips, insertions, deletions, truncation, a remaining length of 256 MB); CONNECTs with odd protocol names, levels, flags and client ids; a valid CONNECT followed by a mix of valid and mutated packets (wildcard/`$`/over-long/NUL topics, QoS 2, packet id 0, reserved and server-only packet types, a second CONNECT); packets before CONNECT; publishes over 128 KB; partial packets.',
       'HTTP kinds: random bytes; bad request lines; malformed, duplicated, conflicting or 70 KB headers (including Content-Length vs Transfer-Encoding); bad chunked encodings; bodies declared or sent beyond 128 KB (up to 10 GB declared, ≤ 1 MB sent); missing and malformed identities; bad paths and queries (wildcards, NUL, traversal, qos values); pipelined mixes; slow headers.',
-      '`http_5xx` counts answers that were server errors (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before.',
+      '`http_5xx` counts answers that were server errors (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before (read once settled, at least ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start).',
       ...(f.serverErrors.length ? [`Examples of 5xx: ${f.serverErrors.map((e) => '`' + e.replace(/`/g, "'") + '`').join('; ')}`] : []),
     ],
     extraMd: crashOutput.length
