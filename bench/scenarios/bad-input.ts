@@ -12,7 +12,7 @@ import type { FuzzResult } from '../load/fuzz.ts';
 /** The gateway's output around its death: what it printed after the banner, first 60 lines. */
 function crashSummary(out: string): string {
   // The report is committed: paths of the machine that ran it are not.
-  const lines = out.replaceAll(gatewaySource().root, '<simbridge>').replaceAll(process.cwd(), '<simbridge>').split('\n');
+  const lines = out.replaceAll(gatewaySource().root, '<simbridge>').replaceAll(`${process.cwd()}/`, '<simbridge>/').split('\n');
   const fatal = lines.findIndex((l) => /FATAL|Assertion|Error|Segmentation|abort|panic/i.test(l) && !/NodeVersionSupportWarning|FastifyDeprecation/.test(l));
   const from = fatal >= 0 ? Math.max(0, fatal - 5) : Math.max(0, lines.length - 60);
   return [lines[0], ...lines.slice(from, from + 60)].join('\n');
