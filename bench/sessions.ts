@@ -53,9 +53,10 @@ const memProbe = new MemProbe();
 
 const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: number) => (a && b && n ? round((b[key] - a[key]) / 1024 / n) : null);
 
-async function publishAll(workers: Worker[], tag: string, toIdx: number, seq: number, timeoutMs: number) {
+/** One QoS 1 message from each device in [fromIdx, toIdx). */
+async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx: number, seq: number, timeoutMs: number) {
   const rs = await Promise.all(
-    workers.map((w) => w.call<FleetPublishResult>({ cmd: 'publish', tag, fromIdx: 0, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
+    workers.map((w) => w.call<FleetPublishResult>({ cmd: 'publish', tag, fromIdx, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
   );
   const hist = newHist();
   rs.forEach((r) => merge(hist, r.ackHist));
@@ -67,6 +68,7 @@ async function publishAll(workers: Worker[], tag: string, toIdx: number, seq: nu
     errors: rs.reduce((a, r) => a + r.errors, 0),
     errorKinds,
     ackP99: round(quantile(hist, 0.99)),
+    hist,
     lastAckAt: Math.max(...rs.map((r) => r.lastAckAt)),
   };
 }
@@ -153,10 +155,23 @@ async function main(): Promise<void> {
     // ---- 1,000 warm upstream sessions: one QoS 1 message each (vending + session) ----
     const tagW = newTag('w');
     const statsW = stack.collector.stats(tagW);
+    // In two halves with an RSS reading between them: what the second half adds is what one more warm
+    // session costs once some are open (see the notes).
+    const half = Math.floor(WARM / 2);
     const tw = nowMs();
-    const warm = await publishAll(workers, tagW, WARM, 0, 60_000);
-    const arrived = await stack.collector.waitUntil(() => statsW.unique >= warm.acked, { timeoutMs: 180_000 });
-    const warmS = ((statsW.lastAt || nowMs()) - tw) / 1000;
+    const warmA = await publishAll(workers, tagW, 0, half, 0, 60_000);
+    const arrivedA = await stack.collector.waitUntil(() => statsW.unique >= warmA.acked, { timeoutMs: 180_000 });
+    const warmAS = ((statsW.lastAt || nowMs()) - tw) / 1000;
+    const sessionsHalf = sum(await metrics(), 'simbridge_upstream_sessions');
+    const rssHalf = await settledRss(gw.pid);
+    const tw2 = nowMs();
+    const warmB = await publishAll(workers, tagW, half, WARM, 0, 60_000);
+    const arrived = arrivedA && (await stack.collector.waitUntil(() => statsW.unique >= warmA.acked + warmB.acked, { timeoutMs: 180_000 }));
+    const warmS = warmAS + ((statsW.lastAt || nowMs()) - tw2) / 1000;
+    const warmHist = newHist();
+    merge(warmHist, warmA.hist);
+    merge(warmHist, warmB.hist);
+    const warm = { acked: warmA.acked + warmB.acked, ackP99: round(quantile(warmHist, 0.99)) };
     let m = await metrics();
     const sessionsOpen = sum(m, 'simbridge_upstream_sessions');
     log(`warm-up: ${warm.acked}/${WARM} acked (p99 ${warm.ackP99} ms), ${statsW.unique} arrived upstream in ${warmS.toFixed(1)} s; ${sessionsOpen} upstream sessions open`);
@@ -166,13 +181,15 @@ async function main(): Promise<void> {
     const rss2 = await settledRss(gw.pid);
     figures.rss_with_warm_sessions_mb = round(rss2! / 1024);
     figures.rss_per_warm_session_kb = sessionsOpen ? round((rss2! - rss1b!) / sessionsOpen) : null;
+    figures.upstream_sessions_open_half = sessionsHalf;
+    figures.rss_per_additional_warm_session_kb = sessionsOpen > sessionsHalf && rssHalf !== null ? round((rss2! - rssHalf) / (sessionsOpen - sessionsHalf)) : null;
     const mem2 = await memProbe.gc(gw.pid);
     figures.rss_per_warm_session_kb_after_gc = perKb(mem1, mem2, 'rss', sessionsOpen);
     figures.heap_per_warm_session_kb = perKb(mem1, mem2, 'heapUsed', sessionsOpen);
     figures.external_per_warm_session_kb = perKb(mem1, mem2, 'external', sessionsOpen);
     figures.warm_ack_p99_ms = warm.ackP99;
     log(`after full GCs: idle device ${figures.rss_per_idle_device_kb_after_gc} KB RSS (${figures.heap_per_idle_device_kb} KB JS heap); warm session ${figures.rss_per_warm_session_kb_after_gc} KB RSS (${figures.heap_per_warm_session_kb} KB JS heap, ${figures.external_per_warm_session_kb} KB external)`);
-    log(`RSS with ${sessionsOpen} warm sessions: ${round(rss2! / 1024)} MB → ${figures.rss_per_warm_session_kb} KB/session`);
+    log(`RSS with ${sessionsOpen} warm sessions: ${round(rss2! / 1024)} MB → ${figures.rss_per_warm_session_kb} KB/session; from ${sessionsHalf} to ${sessionsOpen}: ${figures.rss_per_additional_warm_session_kb} KB per additional session`);
     const connectsOk0 = sum(m, 'simbridge_upstream_connects_total', { result: 'ok' });
     const connectsFailed0 = sum(m, 'simbridge_upstream_connects_total', { result: 'failed' });
 
@@ -188,7 +205,7 @@ async function main(): Promise<void> {
     figures.sessions_open_after_stop = sum(m, 'simbridge_upstream_sessions');
     const tagO = newTag('o');
     const statsO = stack.collector.stats(tagO);
-    const out = await publishAll(workers, tagO, WARM, 1, 60_000);
+    const out = await publishAll(workers, tagO, 0, WARM, 1, 60_000);
     log(`during the outage: ${out.acked}/${WARM} acknowledged durably (ack p99 ${out.ackP99} ms), errors ${JSON.stringify(out.errorKinds)}`);
     figures.outage_acked = out.acked;
     figures.outage_ack_p99_ms = out.ackP99;
@@ -267,7 +284,7 @@ async function main(): Promise<void> {
       notes: [
         '`rss_idle_gateway_mb`: the started gateway before any device, its two worker threads included (the outbox writer and one upstream connection thread, each a V8 isolate with its modules; both boot before the device ports open), read ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start, once V8 has shrunk the heaps of the freshly started process (its memory reducer, about 8 s after start); runs before 2026-11-22 11:00 read it earlier, which made `rss_per_idle_device_kb` too small.',
         '`rss_per_idle_device_kb` = (simbridge VmRSS with every device connected and idle − VmRSS of the started gateway before any device) / devices; each RSS is read once it has settled (two samples 1 s apart within 1 %; the baseline of each delta is read again after the GC probe below, so the probe does not shrink the delta).',
-        '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned.',
+        '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned. The sessions open in two halves with an RSS reading between them (the pause is left out of `warm_up_s`): `rss_per_additional_warm_session_kb` = (VmRSS after the warm-up − VmRSS after the first half) / the sessions the second half opened. Per-session RSS is not constant in the session count (measured 2026-11-22, not taken apart): about 190 KB per additional session from 500 to 1,000, but 98 KB per session overall with 3,000 (`--warm 3000`).',
         `\`recovery_s\`: from the moment the restarted upstream Mosquitto accepts connections until the last of the ${WARM} messages acknowledged during the outage arrived at the collector (mosquitto_sub on the upstream's plain listener, its own arrival timestamps). \`recovery_ratio_to_pacing_min\` divides it by ${WARM} / upstream.connectsPerSecond (${CONNECTS_PER_S}/s) = ${pacingMinS} s. \`sessions_back_s\`: until \`simbridge_upstream_sessions\` (scraped every 250 ms) was back to ${WARM}.`,
         '`*_after_gc`, `heap_*`, `external_*`: the same deltas from `process.memoryUsage()` inside simbridge right after two forced full GCs (bench/lib/mem-probe.mjs, loaded into the gateway only with NODE_OPTIONS=\"--expose-gc --import=…\", triggered by SIGUSR2 after each settled reading): live memory without uncollected garbage; heap = V8 JS heap, external = memory outside the heap held by JS objects (Buffers); the rest of RSS is native (aws-crt, OpenSSL/s2n, sockets, allocator).',
         `Bench settings (not defaults): upstream.retryMaxDelayMs ${RETRY_MAX_DELAY_MS} (default 30000) so session retry backoff does not dominate recovery; upstream.maxSessions ${2 * WARM + 100}; upstream.idleTimeoutMs 1800000; vending quotas raised (the sandbox does not throttle here). upstream.connectsPerSecond stays at its default ${CONNECTS_PER_S}.`,
