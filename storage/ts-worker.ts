@@ -106,6 +106,11 @@ export function serveCalls<Req>(handler: (req: Req) => unknown): void {
   parentPort!.postMessage({ ready: true });
 }
 
+/** A Buffer posted to or from a thread arrives as a plain Uint8Array: a Buffer over the same bytes. */
+export function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
 /** The worker's side: something that is not the answer to a call. */
 export function postEvent(event: unknown): void {
   parentPort!.postMessage({ event });

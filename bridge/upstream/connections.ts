@@ -1,4 +1,4 @@
-import { WorkerCalls } from '../../storage/ts-worker.ts';
+import { asBuffer, WorkerCalls } from '../../storage/ts-worker.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {
@@ -94,8 +94,7 @@ class ConnectionThread {
 
   private received(e: LinkEvent): void {
     if (e.kind === 'message') {
-      const payload = Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength);
-      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, payload, e.qos);
+      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, asBuffer(e.payload), e.qos);
     } else {
       const c = this.live.get(e.conn);
       if (e.kind === 'interrupted') this.live.delete(e.conn);
