@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { parse, type CsvError } from 'csv-parse';
-import { isIccid, isImsi, normaliseImei, type ImeiProblem } from '../bridge/identity/ids.ts';
+import { isIccid, isImsi, normaliseImei, type ImeiProblem } from '../lib/ids.ts';
 import type { ImportOutcome, SimImportRow, SimStore } from '../storage/sims.ts';
 import { TAG_KEY_PATTERN } from './schemas.ts';
 

@@ -1,4 +1,4 @@
-import { maskId } from '../bridge/identity/ids.ts';
+import { maskId } from '../lib/ids.ts';
 
 // Keys whose values identify a subscriber or a modem. `bound` and `seen` are the IMEIs of lock refusals.
 const IDENTIFIER_KEYS = new Set(['imsi', 'imei', 'imeisv', 'iccid', 'msisdn', 'boundImei', 'bound', 'seen', 'previous']);

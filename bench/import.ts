@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { startAdmin } from '../admin/index.ts';
-import { luhnDigit } from '../bridge/identity/ids.ts';
+import { luhnDigit } from '../lib/ids.ts';
 import { adminSection } from '../config/admin.ts';
 import { AuditLog } from '../storage/audit.ts';
 import { openDatabase } from '../storage/db.ts';

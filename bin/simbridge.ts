@@ -128,7 +128,7 @@ function watchConfig(file: string, apply: (next: Config) => string[], log: Logge
 async function start(config: Config, configFile?: string): Promise<number> {
   const log = logger(config);
   const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
-  const { startGateway } = await import('../bridge/gateway.ts');
+  const { startGateway } = await import('../app/gateway.ts');
   let gateway;
   try {
     gateway = await startGateway(sandbox ? pointAtSandbox(config, sandbox) : config, log);

@@ -1,7 +1,7 @@
 import type { LockMode } from '../config/schema.ts';
 import type { AuditLog } from '../storage/audit.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
-import { sameDevice } from './identity/ids.ts';
+import { sameDevice } from '../lib/ids.ts';
 import { Refusal } from './identity/source.ts';
 
 /**

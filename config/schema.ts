@@ -5,7 +5,7 @@ import { identitySource, radiusSection, staticIdentitySection } from './identity
 import { vendingSection } from './vending.ts';
 
 // Every limit, threshold, timeout and port lives here with its default and a one-line description.
-// AWS IoT Core quotas follow the table in design.md; accounts differ, so all are overridable.
+// AWS IoT Core quotas follow the AWS IoT Core quotas page; accounts differ, so all are overridable.
 
 const port = z.number().int().min(0).max(65535);
 const host = z.string().min(1);

@@ -5,7 +5,7 @@ const rate = (dflt: number, what: string) => z.number().positive().default(dflt)
 
 /**
  * Requests per second simbridge allows itself per IoT Core API. Defaults are the AWS account quotas
- * (design.md); accounts differ, so each one can be set.
+ * (the AWS IoT Core quotas page); accounts differ, so each one can be set.
  */
 const quotas = z
   .object({

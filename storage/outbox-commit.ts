@@ -1,6 +1,6 @@
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
-import { WorkerCalls } from './ts-worker.ts';
+import { WorkerCalls } from '../lib/worker-calls.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {

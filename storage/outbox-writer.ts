@@ -3,7 +3,7 @@
 import { workerData } from 'node:worker_threads';
 import { openDatabase, type OpenOptions } from './db.ts';
 import { committer, type CommitRequest } from './outbox-commit.ts';
-import { asBuffer, serveCalls } from './ts-worker.ts';
+import { asBuffer, serveCalls } from '../lib/worker-calls.ts';
 
 const commit = committer(openDatabase(workerData as OpenOptions));
 

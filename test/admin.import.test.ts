@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { luhnDigit } from '../bridge/identity/ids.ts';
+import { luhnDigit } from '../lib/ids.ts';
 import { runCli } from './helpers/cli.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { luhnDigit } from '../bridge/identity/ids.ts';
+import { luhnDigit } from '../lib/ids.ts';
 import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { deviceOptions } from './helpers/mqtt.ts';

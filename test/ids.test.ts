@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isIccid, isImsi, luhnDigit, maskId, normaliseImei, sameDevice } from '../bridge/identity/ids.ts';
+import { isIccid, isImsi, luhnDigit, maskId, normaliseImei, sameDevice } from '../lib/ids.ts';
 
 describe('identifier rules', () => {
   it('computes the Luhn check digit of a known IMEI', () => {

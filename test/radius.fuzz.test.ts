@@ -1,7 +1,7 @@
 import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isImsi, luhnDigit } from '../bridge/identity/ids.ts';
+import { isImsi, luhnDigit } from '../lib/ids.ts';
 import { parseAccountingRequest } from '../bridge/radius/accounting.ts';
 import { signAccountingRequest } from '../bridge/radius/authenticator.ts';
 import { decodePacket, encodePacket, encodeVendorSpecific, type Attribute } from '../bridge/radius/codec.ts';

@@ -13,7 +13,7 @@ import { checkMasterKey, loadMasterKey, MasterKeyError } from '../vending/master
 import { QueueFullError, WorkQueue } from '../vending/queue.ts';
 import { backoffMs, classify } from '../vending/retry.ts';
 import { scheduleRotation } from '../vending/rotation.ts';
-import { TokenBucket } from '../vending/token-bucket.ts';
+import { TokenBucket } from '../lib/token-bucket.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'simbridge-vending-units-'));
 

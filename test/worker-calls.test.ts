@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { WorkerCalls } from '../storage/ts-worker.ts';
+import { WorkerCalls } from '../lib/worker-calls.ts';
 import type { EchoRequest } from './helpers/worker-echo.ts';
 
 const echo = new URL('./helpers/worker-echo.ts', import.meta.url);

@@ -1,5 +1,5 @@
 import { backoffMs, classify, isRetryable, mayHaveApplied, sleep, type FailureKind } from './retry.ts';
-import { TokenBucket } from './token-bucket.ts';
+import { TokenBucket } from '../lib/token-bucket.ts';
 
 export interface ApiGateOptions {
   /** Requests per second per API name; an API without an entry is not paced. */

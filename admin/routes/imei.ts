@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { normaliseImei, type ImeiProblem } from '../../bridge/identity/ids.ts';
+import { normaliseImei, type ImeiProblem } from '../../lib/ids.ts';
 import { actor, type AdminContext } from '../context.ts';
 import { authErrors, errorRef, imsiParams, simRef } from '../schemas.ts';
 import { simJson } from '../sim-json.ts';

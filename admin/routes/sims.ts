@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { isIccid, normaliseImei } from '../../bridge/identity/ids.ts';
+import { isIccid, normaliseImei } from '../../lib/ids.ts';
 import type { SimStatus } from '../../storage/sims.ts';
 import { actor, type AdminContext } from '../context.ts';
 import { deviceView, deviceViewSchema } from '../device-view.ts';

@@ -1,7 +1,7 @@
 // Simulated device identities and the payload format that lets the collector match what arrives
 // upstream with what a device sent.
 
-import { luhnDigit } from '../../bridge/identity/ids.ts';
+import { luhnDigit } from '../../lib/ids.ts';
 
 export interface DeviceSpec {
   /** Index within the run's device set; also the id embedded in payloads. */

@@ -1,4 +1,4 @@
-import { isImsi, normaliseImei } from './ids.ts';
+import { isImsi, normaliseImei } from '../../lib/ids.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './source.ts';
 
 /** The device states its own IMSI and IMEI. Only for labs or a public APN over VPN, where configured. */

@@ -1,4 +1,4 @@
-import { normaliseImei, sameDevice } from './ids.ts';
+import { normaliseImei, sameDevice } from '../../lib/ids.ts';
 import { Refusal, type DeviceClaim } from './source.ts';
 
 /**

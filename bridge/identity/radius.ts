@@ -1,5 +1,5 @@
 import type { NetworkSessions } from '../../storage/network-sessions.ts';
-import { normaliseAddress } from '../net/address-table.ts';
+import { normaliseAddress } from '../../lib/address-table.ts';
 import { checkClaimAgainstNetwork } from './network-claim.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './source.ts';
 

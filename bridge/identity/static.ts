@@ -1,4 +1,4 @@
-import { AddressTable, normaliseAddress } from '../net/address-table.ts';
+import { AddressTable, normaliseAddress } from '../../lib/address-table.ts';
 import { checkClaimAgainstNetwork } from './network-claim.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './source.ts';
 

@@ -6,7 +6,7 @@ import { Refusal, type IdentitySource } from '../identity/source.ts';
 import type { Connectivity } from '../connectivity.ts';
 import { DownlinkRefusal, type Deliver, type Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
-import { normaliseAddress } from '../net/address-table.ts';
+import { normaliseAddress } from '../../lib/address-table.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 
 /** Device uplink is renamed into this private space once stored, so the local broker can never route it to a device. */

@@ -1,6 +1,6 @@
 // Turns a decoded Accounting-Request into the one change it asks of the session table.
 
-import { isImsi, normaliseImei } from '../identity/ids.ts';
+import { isImsi, normaliseImei } from '../../lib/ids.ts';
 import type { SessionReport } from '../../storage/network-sessions.ts';
 import { decodeVendorSpecific, readIpv4, readText, readU32, type Attribute, type Packet } from './codec.ts';
 import { Attr, Attr3gpp, StatusType, VENDOR_3GPP } from './dictionary.ts';

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { isIPv6 } from 'node:net';
 import type { Db } from '../../storage/db.ts';
 import { NetworkSessions, type EndedSession, type NetworkSession, type SessionEndCause } from '../../storage/network-sessions.ts';
-import { maskId } from '../identity/ids.ts';
+import { maskId } from '../../lib/ids.ts';
 import { parseAccountingRequest, type AccountingRecord } from './accounting.ts';
 import { applyRecord, type Applied, type SessionStartCause } from './apply.ts';
 import { signAccountingResponse, verifyAccountingRequest } from './authenticator.ts';

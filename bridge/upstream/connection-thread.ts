@@ -2,7 +2,7 @@
 // connections, one per device session, and carries out what the main thread asks of them.
 import { createRequire } from 'node:module';
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
-import { postEvent, serveCalls } from '../../storage/ts-worker.ts';
+import { postEvent, serveCalls } from '../../lib/worker-calls.ts';
 import type { LinkEvent, LinkRequest } from './connections.ts';
 
 /** aws-crt's native module: the package re-exports neither its `disable_threadsafe_function` nor a way to register fewer callbacks. */

@@ -1,4 +1,4 @@
-import { asBuffer, WorkerCalls } from '../../storage/ts-worker.ts';
+import { asBuffer, WorkerCalls } from '../../lib/worker-calls.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {

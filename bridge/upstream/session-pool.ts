@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
-import { TokenBucket } from '../../vending/token-bucket.ts';
+import { TokenBucket } from '../../lib/token-bucket.ts';
 import { connectionThreads, type MessageHandler, type UpstreamConnection, type UpstreamLink } from './connections.ts';
 import { skipSystemTrustStoreLoad } from './trust.ts';
 

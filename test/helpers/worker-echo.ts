@@ -1,5 +1,5 @@
 // A worker module for test/worker-calls.test.ts: echoes calls, posts an event when asked, dies when asked.
-import { postEvent, serveCalls } from '../../storage/ts-worker.ts';
+import { postEvent, serveCalls } from '../../lib/worker-calls.ts';
 
 export type EchoRequest = { op: 'echo'; value: string } | { op: 'event'; value: string } | { op: 'fail'; message: string } | { op: 'die' };
 
