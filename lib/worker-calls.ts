@@ -9,6 +9,14 @@ interface Call<Req> {
 /** Worker → main thread: the answer to one call, an event of the worker's own, or word that its module has loaded. */
 type Posted<Event> = { seq: number; value?: unknown; error?: string } | { seq?: undefined; event: Event } | { seq?: undefined; ready: true };
 
+/**
+ * The URL of a thread module beside the caller, as the caller itself runs: `name.ts` from the sources,
+ * `name.js` from the build (the compiler rewrites import specifiers, not URLs built at run time).
+ */
+export function siblingModule(callerUrl: string, name: string): URL {
+  return new URL(`./${name}${callerUrl.endsWith('.ts') ? '.ts' : '.js'}`, callerUrl);
+}
+
 export interface WorkerCallsOptions<Event> {
   workerData?: unknown;
   onEvent?(event: Event): void;
@@ -60,9 +68,12 @@ export class WorkerCalls<Req, Event = never> {
   }
 
   private start(): Worker {
-    // Module loaders are per thread and `--import tsx` does not reach workers: the thread registers tsx
-    // itself, then loads the module.
-    const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return import(${JSON.stringify(this.module.href)}); })`;
+    // Module loaders are per thread and `--import tsx` does not reach workers: a TypeScript module's
+    // thread registers tsx itself, then loads the module; the built JavaScript needs no loader.
+    const load = `import(${JSON.stringify(this.module.href)})`;
+    const boot = this.module.pathname.endsWith('.ts')
+      ? `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return ${load}; })`
+      : load;
     const w = new Worker(boot, { eval: true, workerData: this.opts.workerData });
     let loaded!: () => void;
     let failed!: (err: Error) => void;

@@ -1,6 +1,6 @@
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
-import { WorkerCalls } from '../lib/worker-calls.ts';
+import { WorkerCalls, siblingModule } from '../lib/worker-calls.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {
@@ -52,7 +52,7 @@ export interface CommitWriter {
  */
 export function workerWriter(db: OpenOptions, observe: (seconds: number) => void = () => undefined): CommitWriter {
   // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
-  const calls = new WorkerCalls<CommitRequest>(new URL('./outbox-writer.ts', import.meta.url), { workerData: db, keepAlive: true });
+  const calls = new WorkerCalls<CommitRequest>(siblingModule(import.meta.url, 'outbox-writer'), { workerData: db, keepAlive: true });
   return {
     async commit(req) {
       const result = await calls.call<CommitResult>(req);

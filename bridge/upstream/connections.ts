@@ -1,4 +1,4 @@
-import { asBuffer, WorkerCalls } from '../../lib/worker-calls.ts';
+import { asBuffer, WorkerCalls, siblingModule } from '../../lib/worker-calls.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {
@@ -66,7 +66,7 @@ interface Live {
 /** One connection thread and the connections it holds. */
 class ConnectionThread {
   readonly live = new Map<number, Live>();
-  readonly calls = new WorkerCalls<LinkRequest, LinkEvent>(new URL('./connection-thread.ts', import.meta.url), {
+  readonly calls = new WorkerCalls<LinkRequest, LinkEvent>(siblingModule(import.meta.url, 'connection-thread'), {
     onEvent: (e) => this.received(e),
     // Every connection went with the thread: the pool reopens them (on a new thread).
     onLost: (err) => {
