@@ -14,6 +14,7 @@ commands:
   start [--config FILE]        run the gateway (no config file: the sandbox defaults)
   config check FILE            validate a configuration file and exit
   sandbox [--config FILE]      run only the local IoT Core stand-in
+  doctor [--config FILE]       check the host, the AWS account and its permissions
   sims | tokens | stats | vend operator commands (run one with --help)
 
 The config file may also be given as SIMBRIDGE_CONFIG.`;
@@ -28,7 +29,7 @@ const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
 
 /** Operator commands, one per file in bin/commands/, each parsing its own arguments. */
-const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend']);
+const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend', 'doctor']);
 
 export interface OperatorCommand {
   /** argv after the command name; loadConfig reads --config / SIMBRIDGE_CONFIG. Resolves with the exit code. */

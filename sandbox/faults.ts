@@ -4,7 +4,7 @@
 // fail", added latency, and answers held back after the change is made (a
 // caller that dies then never learns of it). Everything defaults off.
 import { z } from 'zod';
-import { type AwsError, internalFailure, throttled } from './errors.ts';
+import { accessDenied, type AwsError, internalFailure, throttled } from './errors.ts';
 
 const opCounts = z.record(z.string(), z.number().int().min(0));
 
@@ -26,6 +26,8 @@ export const faultConfigSchema = z
     throttleNext: opCounts,
     /** The next N calls of an operation fail with InternalFailureException. */
     failNext: opCounts,
+    /** Operations the caller's IAM policy does not grant: answered AccessDeniedException before anything else. */
+    denied: z.array(z.string()),
   })
   .strict();
 
@@ -56,6 +58,7 @@ const defaults = (): FaultConfig => ({
   tps: {},
   throttleNext: {},
   failNext: {},
+  denied: [],
 });
 
 interface Bucket {
@@ -111,6 +114,11 @@ export class FaultInjector {
     const targeted = this.cfg.operations === null || this.cfg.operations.includes(operation);
     const delayMs = targeted ? this.cfg.latencyMs : 0;
     const answerDelayMs = targeted && this.cfg.answerDelayMs > 0 ? this.cfg.answerDelayMs : undefined;
+
+    // IAM authorizes a request before IoT Core looks at it.
+    if (this.cfg.denied.includes(operation)) {
+      return { delayMs, error: accessDenied(`User: arn:aws:iam::000000000000:user/sandbox is not authorized to perform: iot:${operation}`) };
+    }
 
     if (!this.takeToken(operation) || this.scripted(this.cfg.throttleNext, operation) || (targeted && this.roll(this.cfg.throttleRate))) {
       bump(this.counters.throttled, operation);
