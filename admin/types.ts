@@ -27,7 +27,7 @@ export interface AdminDeps {
   metrics: Registry;
   log: Logger;
   /** True when the database is open and every listener is up. */
-  ready(): { ok: boolean; checks: Record<string, boolean> };
+  ready(): { ok: boolean; checks: Record<string, boolean>; reasons?: Record<string, string> };
   /** The configured SIM groups and their IMEI lock mode (functions: the configuration may reload). */
   groups(): Record<string, { lock: LockMode }>;
   /** Group of SIMs imported or created without one. */

@@ -31,6 +31,7 @@ import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { Uplink } from '../bridge/uplink.ts';
 import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
 import { upstreamTrust } from '../bridge/upstream/trust.ts';
+import { UpstreamHealth, watchControlPlane } from '../bridge/upstream/health.ts';
 
 type IdentitySourceName = z.infer<typeof identitySource>;
 
@@ -42,6 +43,8 @@ export interface Gateway {
   httpPort: number;
   radiusPort?: number;
   adminPort?: number;
+  /** Set when IoT Core could not be reached at start: the banner says so. */
+  upstreamWarning?: string;
   db: Db;
   metrics: Metrics;
   /**
@@ -91,8 +94,10 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     needsDataEndpoint: !config.upstream.endpoint,
   });
 
+  const health = new UpstreamHealth();
   const pool = new UpstreamPool({
     endpoint: async () => config.upstream.endpoint ?? (await vendor.dataEndpoint()),
+    onConnect: (ok, detail) => health.record('upstream', ok, detail),
     port: config.upstream.port,
     caPem: upstreamTrust(config.upstream.caFile),
     keepAliveSeconds: config.upstream.keepAliveSeconds,
@@ -220,6 +225,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     radius.on('session-end', onNetwork(false));
   }
   dispatcher.start();
+  // Asked at start so that an operator learns now, not at the first device, that AWS cannot be reached.
+  const controlPlane = watchControlPlane({ health, dataEndpoint: (signal) => provider.dataEndpoint(signal), waitMs: config.upstream.startupCheckMs, retryMs: config.upstream.healthRetryMs });
+  const controlPlaneAtStart = await controlPlane.first;
   const schedules = new BatchSchedules((g) => dispatcher.release(g));
   schedules.apply(config.groups);
 
@@ -231,8 +239,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         metrics: metrics.registry,
         log: log.child({ component: 'admin' }),
         ready: () => {
-          const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
-          return { ok: Object.values(checks).every(Boolean), checks };
+          const upstream = health.checks();
+          const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
+          return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons };
         },
         groups: () => config.groups,
         defaultGroup: () => config.sims.defaultGroup,
@@ -255,6 +264,12 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     httpPort: http.port,
     radiusPort: radius?.port,
     adminPort: admin?.port,
+    upstreamWarning:
+      controlPlaneAtStart === undefined
+        ? `IoT Core's control plane has not answered DescribeEndpoint within ${config.upstream.startupCheckMs} ms: no device can be vended until it does`
+        : controlPlaneAtStart.ok
+          ? undefined
+          : `${controlPlaneAtStart.detail}: no device can be vended or delivered until this is fixed (simbridge doctor tells why)`,
     db,
     metrics,
     reload(next: Config) {
@@ -270,6 +285,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     },
     close() {
       closing ??= (async () => {
+        controlPlane.stop();
         await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
         downlink.close();
         schedules.stop();

@@ -163,7 +163,7 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number }, sandbox?: Sandbox): void {
+function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number; upstreamWarning?: string }, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
@@ -185,6 +185,7 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
     );
   }
   console.log(lines.join('\n'));
+  if (gateway.upstreamWarning) console.warn(`WARNING: ${gateway.upstreamWarning}`);
 }
 
 /** Resolves with the exit code after SIGTERM/SIGINT and a clean shutdown; a second signal exits at once. */

@@ -147,6 +147,8 @@ export const configSchema = z
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
+        startupCheckMs: z.number().int().positive().default(5_000).describe('how long start waits for IoT Core to answer DescribeEndpoint before warning'),
+        healthRetryMs: z.number().int().positive().default(30_000).describe('while IoT Core does not answer, how often it is asked again (readiness)'),
       })
       .strict()
       .prefault({}),

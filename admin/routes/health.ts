@@ -1,6 +1,15 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { AdminContext } from '../context.ts';
 
+const readiness = {
+  type: 'object',
+  properties: {
+    status: { type: 'string' },
+    checks: { type: 'object', additionalProperties: { type: 'boolean' } },
+    reasons: { type: 'object', description: 'why each failed check failed', additionalProperties: { type: 'string' } },
+  },
+} as const;
+
 /** Liveness, readiness and Prometheus metrics: public, for probes and scrapers on the admin address. */
 export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
   return async (app) => {
@@ -22,16 +31,16 @@ export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
         config: { access: 'public' },
         schema: {
           tags: ['operations'],
-          summary: 'readiness: the database is open and every listener is up',
+          summary: 'readiness: the database is open, every listener is up, IoT Core answers (DescribeEndpoint) and the last upstream CONNECT worked',
           response: {
-            '2xx': { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
-            503: { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
+            '2xx': readiness,
+            503: readiness,
           },
         },
       },
       async (_req, reply) => {
         const r = ctx.deps.ready();
-        return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks });
+        return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks, reasons: r.reasons ?? {} });
       },
     );
     app.get(

@@ -15,6 +15,8 @@ export interface SessionCredentials {
 export interface PoolOptions {
   /** Host of the IoT Core data endpoint, resolved once (config or DescribeEndpoint). */
   endpoint: () => Promise<string>;
+  /** Told the outcome of every CONNECT attempt (for readiness). */
+  onConnect?(ok: boolean, detail: string): void;
   port: number;
   /** CA bundle the upstream's server certificate must chain to (see trust.ts). */
   caPem: string;
@@ -284,9 +286,11 @@ export class UpstreamPool {
       );
     } catch (err) {
       opts.metrics.upstreamConnects.inc({ result: 'failed' });
+      opts.onConnect?.(false, `CONNECT of ${creds.thingName} failed: ${(err as Error).message ?? String(err)}`);
       throw err;
     }
     opts.metrics.upstreamConnects.inc({ result: 'ok' });
+    opts.onConnect?.(true, `${creds.thingName} connected`);
     session = new UpstreamSession(creds, connection, opts);
     this.open.set(creds.thingName, session);
     opts.metrics.upstreamSessions.set(this.open.size);
