@@ -1,5 +1,6 @@
-import type { Db } from './db.ts';
 import type Database from 'better-sqlite3';
+import { deviceSent } from './activity.ts';
+import type { Db } from './db.ts';
 
 export type SimStatus = 'active' | 'suspended' | 'terminated';
 
@@ -82,11 +83,10 @@ export type BindOutcome =
 const sameTac = (a: string, b: string) => a.slice(0, 14) === b.slice(0, 14);
 
 // Online = the network holds a session for the SIM, or it sent something recently. Messages still in the
-// outbox count too, so a device is seen as online before last_seen_at is written; rows on $-topics are the
-// gateway's own (shadow updates), not the device's.
+// outbox count too, so a device is seen as online before last_seen_at is written (only those it sent itself).
 const ONLINE_SQL = `(EXISTS (SELECT 1 FROM network_sessions n WHERE n.imsi = s.imsi)
   OR coalesce(s.last_seen_at, 0) >= @onlineSince
-  OR EXISTS (SELECT 1 FROM outbox o WHERE o.imsi = s.imsi AND o.received_at >= @onlineSince AND o.device_topic NOT LIKE '$%'))`;
+  OR EXISTS (SELECT 1 FROM outbox o WHERE o.imsi = s.imsi AND o.received_at >= @onlineSince AND ${deviceSent('o')}))`;
 
 function fromRow(r: SimRow): Sim {
   return {

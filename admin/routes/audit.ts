@@ -1,5 +1,4 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { queryAudit } from '../audit-query.ts';
 import type { AdminContext } from '../context.ts';
 import { auditEventRef, authErrors, IMSI_PATTERN, iso } from '../schemas.ts';
 
@@ -46,7 +45,7 @@ export function auditRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req) => {
         const q = req.query;
-        const page = queryAudit(ctx.deps.db, {
+        const page = ctx.deps.audit.query({
           imsi: q.imsi,
           kinds: q.kind?.split(','),
           since: q.since ? Date.parse(q.since) : undefined,

@@ -1,0 +1,127 @@
+// The stores' own rules, against SQLite in a temp directory.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { certificateState } from '../storage/credentials.ts';
+import { openDatabase, type Db } from '../storage/db.ts';
+import { sqliteStores, type Stores } from '../storage/index.ts';
+
+const DAY = 86_400_000;
+let open: Db[] = [];
+
+function fresh(): { db: Db; stores: Stores } {
+  const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'simbridge-stores-')), 's.db'), synchronous: 'normal' });
+  open.push(db);
+  return { db, stores: sqliteStores(db) };
+}
+
+afterEach(() => {
+  for (const db of open) db.close();
+  open = [];
+});
+
+const IMSI = '001010000000901';
+const OTHER = '001010000000902';
+
+function queue(db: Db, imsi: string, topic: string, receivedAt: number): void {
+  db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, ?, 1, ?)').run(imsi, topic, Buffer.from('x'), receivedAt);
+}
+
+describe('audit log queries', () => {
+  it('filters by SIM, several kinds and a time range, newest first, and pages on with nextBefore', () => {
+    const { stores } = fresh();
+    for (let i = 0; i < 5; i++) stores.audit.record('imei_bound', IMSI, { i });
+    stores.audit.record('sim_created', IMSI);
+    stores.audit.record('imei_bound', OTHER);
+    stores.audit.record('admin_auth_failed', null);
+
+    const first = stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4 });
+    expect(first.items.map((e) => e.kind)).toEqual(['sim_created', 'imei_bound', 'imei_bound', 'imei_bound']);
+    expect(first.items[1]!.detail).toEqual({ i: 4 });
+    expect(first.nextBefore).toBe(first.items[3]!.id);
+    const second = stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4, before: first.nextBefore! });
+    expect(second.items.map((e) => e.detail)).toEqual([{ i: 1 }, { i: 0 }]);
+    expect(second.nextBefore).toBeNull();
+
+    expect(stores.audit.query({ kinds: ['admin_auth_failed'] }).items).toMatchObject([{ imsi: null }]);
+    expect(stores.audit.query({ since: Date.now() + 1000 }).items).toEqual([]);
+    expect(stores.audit.query({ until: 1 }).items).toEqual([]);
+    expect(stores.audit.query().items).toHaveLength(8);
+  });
+});
+
+describe('outbox figures for the admin surface', () => {
+  it('sums the queue, tells a SIM\'s own messages from the gateway\'s, and counts recent dead letters', () => {
+    const { db, stores } = fresh();
+    expect(stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null });
+    queue(db, IMSI, 'telemetry', 1000);
+    queue(db, IMSI, '$aws/things/sim-901/shadow/update', 3000);
+    queue(db, OTHER, 'telemetry', 2000);
+    expect(stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000 });
+    expect(stores.outboxStats.ofSim(IMSI)).toEqual({ depth: 2, oldestReceivedAt: 1000, newestFromDevice: 1000 });
+    expect(stores.outboxStats.ofSim('001010000000999')).toEqual({ depth: 0, oldestReceivedAt: null, newestFromDevice: null });
+
+    const dead = db.prepare("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', x'00', 0, 'r', ?)");
+    dead.run(IMSI, Date.now() - 2 * DAY);
+    dead.run(IMSI, Date.now());
+    expect(stores.outboxStats.deadLetters(Date.now() - DAY)).toEqual({ total: 2, recent: 1 });
+  });
+});
+
+describe('credential figures', () => {
+  it('count SIMs with a certificate in use and SIMs being vended, and name each step\'s state once', () => {
+    const { db, stores } = fresh();
+    for (const imsi of [IMSI, OTHER]) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    const row = db.prepare(
+      "INSERT INTO credentials (imsi, thing_name, step, key_alg, key_enc, csr_pem, created_at, updated_at) VALUES (?, 't', ?, 'ec', x'00', 'csr', 0, 0)",
+    );
+    row.run(IMSI, 'ready');
+    row.run(IMSI, 'csr_sent'); // rotating
+    row.run(OTHER, 'retired');
+    expect(stores.credentials.countByState()).toEqual({ ready: 1, vending: 1 });
+    expect(stores.credentials.history(IMSI).map((r) => r.step)).toEqual(['ready', 'csr_sent']);
+    expect(['key', 'policy', 'ready', 'retiring', 'retired'].map((s) => certificateState(s as never))).toEqual(['vending', 'vending', 'ready', 'retired', 'retired']);
+  });
+});
+
+describe('retention', () => {
+  it('deletes at most a chunk of rows past their age, and leaves a target without an age column alone', () => {
+    const { db, stores } = fresh();
+    const insert = db.prepare("INSERT INTO audit (at, imsi, kind, detail) VALUES (?, NULL, 'k', '{}')");
+    for (let i = 0; i < 5; i++) insert.run(Date.now() - 40 * DAY);
+    insert.run(Date.now());
+    const cutoff = Date.now() - 30 * DAY;
+    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(3);
+    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(2);
+    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(0);
+    expect(stores.audit.query().items).toHaveLength(1);
+    // network_sessions has no ended_at here: live sessions are never aged out.
+    stores.networkSessions.start({ ip: '10.0.0.1', imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: 'a' });
+    expect(stores.retention.purgeBefore('networkSessions', Date.now() + DAY, 10)).toBe(0);
+    expect(stores.networkSessions.count()).toBe(1);
+  });
+});
+
+describe('meta', () => {
+  it('keeps the first value written under a key', () => {
+    const { stores } = fresh();
+    expect(stores.meta.get('k')).toBeUndefined();
+    stores.meta.putIfAbsent('k', Buffer.from('one'));
+    stores.meta.putIfAbsent('k', Buffer.from('two'));
+    expect(stores.meta.get('k')?.toString()).toBe('one');
+  });
+});
+
+describe('network sessions in one transaction', () => {
+  it('apply a batch, keeping a record that failed from taking the others down', () => {
+    const { stores } = fresh();
+    const outcomes = stores.networkSessions.applyAll(['10.0.0.1', 'bad', '10.0.0.2'], (ip) => {
+      if (ip === 'bad') throw new Error('refused');
+      return stores.networkSessions.start({ ip, imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: ip }).created;
+    });
+    expect(outcomes.map((o) => (o instanceof Error ? o.message : o))).toEqual([true, 'refused', true]);
+    // One commit for the batch: the others hold.
+    expect(stores.networkSessions.list().map((s) => s.ip)).toEqual(['10.0.0.1', '10.0.0.2']);
+  });
+});
