@@ -57,7 +57,7 @@ export const deviceViewSchema = {
       properties: { depth: { type: 'integer' }, oldestReceivedAt: nullableTime },
     },
     connected: { type: ['boolean', 'null'], description: 'holds a device connection now; null when the gateway does not say' },
-    online: { type: 'boolean', description: 'a network session, a connection, or a message within admin.onlineWindowSeconds' },
+    online: { type: 'boolean', description: 'a network session, or a message from the device within admin.onlineWindowSeconds (as in the fleet listing)' },
     lastMessageAt: nullableTime,
     recentEvents: { type: 'array', items: auditEventRef },
   },
@@ -82,7 +82,8 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
   const connected = deps.connected ? deps.connected(imsi) : null;
   // last_seen_at is the gateway's word; a message still queued proves contact even before that is written.
   const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newestFromDevice ?? 0) || null;
-  const online = connected === true || sessions.length > 0 || (lastMessageAt !== null && lastMessageAt >= Date.now() - deps.onlineWindowMs);
+  // The fleet listing's rule, so the two views never disagree about a SIM; a connection is reported apart.
+  const online = stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
 
   return {
     sim: simJson(sim),

@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import { deviceSent } from './activity.ts';
+import { onlineSql } from './activity.ts';
 import type { Db } from './db.ts';
 
 export type SimStatus = 'active' | 'suspended' | 'terminated';
@@ -82,11 +82,7 @@ export type BindOutcome =
 
 const sameTac = (a: string, b: string) => a.slice(0, 14) === b.slice(0, 14);
 
-// Online = the network holds a session for the SIM, or it sent something recently. Messages still in the
-// outbox count too, so a device is seen as online before last_seen_at is written (only those it sent itself).
-const ONLINE_SQL = `(EXISTS (SELECT 1 FROM network_sessions n WHERE n.imsi = s.imsi)
-  OR coalesce(s.last_seen_at, 0) >= @onlineSince
-  OR EXISTS (SELECT 1 FROM outbox o WHERE o.imsi = s.imsi AND o.received_at >= @onlineSince AND ${deviceSent('o')}))`;
+const ONLINE_SQL = onlineSql('s');
 
 function fromRow(r: SimRow): Sim {
   return {
@@ -258,7 +254,7 @@ export class SimStore {
       .all({ onlineSince }) as Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }>;
   }
 
-  /** Whether a SIM counts as online (see list). */
+  /** Whether a SIM counts as online (storage/activity.ts onlineSql: the one rule). */
   isOnline(imsi: string, onlineSince: number): boolean {
     return this.db.prepare(`SELECT ${ONLINE_SQL} FROM sims s WHERE s.imsi = @imsi`).pluck().get({ imsi, onlineSince }) === 1;
   }

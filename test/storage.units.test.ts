@@ -125,3 +125,34 @@ describe('network sessions in one transaction', () => {
     expect(stores.networkSessions.list().map((s) => s.ip)).toEqual(['10.0.0.1', '10.0.0.2']);
   });
 });
+
+describe('online', () => {
+  it('is one rule: the listing, the counts and the single-SIM answer agree for every kind of activity', () => {
+    const { db, stores } = fresh();
+    const now = Date.now();
+    const since = now - 900_000;
+    const sims = {
+      session: '001010000000911', // a network session, nothing sent
+      seen: '001010000000912', // last_seen_at within the window
+      queued: '001010000000913', // a message still in the outbox, last_seen_at not written yet
+      gatewayOnly: '001010000000914', // only the gateway's own shadow update queued
+      stale: '001010000000915', // sent something long ago
+    };
+    for (const imsi of Object.values(sims)) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    stores.networkSessions.start({ ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' });
+    stores.sims.markSeen(sims.seen, now - 1000);
+    queue(db, sims.queued, 'telemetry', now - 1000);
+    queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000);
+    stores.sims.markSeen(sims.stale, now - 3_600_000);
+
+    const expected = { session: true, seen: true, queued: true, gatewayOnly: false, stale: false };
+    const listed = new Map(stores.sims.list({}, { limit: 100, onlineSince: since }).items.map((s) => [s.imsi, s.online]));
+    for (const [name, imsi] of Object.entries(sims)) {
+      const want = expected[name as keyof typeof expected];
+      expect([name, listed.get(imsi), stores.sims.isOnline(imsi, since)]).toEqual([name, want, want]);
+    }
+    const online = stores.sims.list({ online: true }, { limit: 100, onlineSince: since }).items.map((s) => s.imsi);
+    expect(online).toEqual([sims.session, sims.seen, sims.queued]);
+    expect(stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
+  });
+});
