@@ -1,10 +1,55 @@
 import type { Db } from './db.ts';
 
+/** Every kind of audit event, one list for every writer and reader. */
+export const AUDIT_KINDS = [
+  // A device refused at admission, under the refusal's reason (bridge/identity/source.ts RefusalReason).
+  'invalid_imsi',
+  'invalid_imei',
+  'unidentified',
+  'unknown_sim',
+  'sim_suspended',
+  'sim_terminated',
+  'imei_mismatch',
+  'imei_not_bound',
+  'imei_unknown',
+  'bad_secret',
+  'claim_mismatch',
+  // The registry and the IMEI lock.
+  'sim_registered',
+  'sim_created',
+  'sim_updated',
+  'sim_status_changed',
+  'sims_imported',
+  'imei_bound',
+  'imei_unbound',
+  // Messages that will never be delivered.
+  'message_dropped',
+  'dead_letter',
+  'downlink_dropped',
+  // Certificates.
+  'certificate_created',
+  'vended',
+  'credentials_rotated',
+  'credentials_revoked',
+  'certificate_retired',
+  'orphan_certificate_disposed',
+  'revoke_failed',
+  'revoke_unavailable',
+  // The admin API.
+  'admin_auth_failed',
+  'admin_auth_throttled',
+] as const;
+
+export type AuditKind = (typeof AUDIT_KINDS)[number];
+
+const knownKinds: ReadonlySet<string> = new Set(AUDIT_KINDS);
+export const isAuditKind = (s: string): s is AuditKind => knownKinds.has(s);
+
 export interface AuditEvent {
   id: number;
   at: number;
   imsi: string | null;
-  kind: string;
+  kind: AuditKind;
   detail: Record<string, unknown>;
 }
 
@@ -12,7 +57,7 @@ export interface AuditEvent {
 export interface AuditFilter {
   imsi?: string;
   /** One kind or several. */
-  kinds?: string[];
+  kinds?: AuditKind[];
   /** ms since epoch, inclusive */
   since?: number;
   /** ms since epoch, exclusive */
@@ -37,7 +82,7 @@ export class AuditLog {
     this.insertStmt = db.prepare('INSERT INTO audit (at, imsi, kind, detail) VALUES (?, ?, ?, ?)');
   }
 
-  record(kind: string, imsi: string | null, detail: Record<string, unknown> = {}): void {
+  record(kind: AuditKind, imsi: string | null, detail: Record<string, unknown> = {}): void {
     this.insertStmt.run(Date.now(), imsi, kind, JSON.stringify(detail));
   }
 

@@ -3,6 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { AUDIT_KINDS, isAuditKind } from '../storage/audit.ts';
 import { certificateState } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores, type Stores } from '../storage/index.ts';
@@ -48,6 +49,14 @@ describe('audit log queries', () => {
     expect(stores.audit.query({ since: Date.now() + 1000 }).items).toEqual([]);
     expect(stores.audit.query({ until: 1 }).items).toEqual([]);
     expect(stores.audit.query().items).toHaveLength(8);
+  });
+});
+
+describe('audit kinds', () => {
+  it('are one list without repeats, which tells a known kind from a typo', () => {
+    expect(new Set(AUDIT_KINDS).size).toBe(AUDIT_KINDS.length);
+    expect(isAuditKind('imei_bound')).toBe(true);
+    expect(isAuditKind('imei_bond')).toBe(false);
   });
 });
 
