@@ -1,8 +1,8 @@
 // What counts as a device's own activity, in one place for every query that asks (fleet listing,
 // counts, the device view).
 
-/** An outbox row the device itself sent; rows on $-topics are the gateway's own (shadow updates). */
-export const deviceSent = (outbox: string) => `${outbox}.device_topic NOT LIKE '$%'`;
+/** An outbox row the device itself sent, not one the gateway queued for it (NewMessage.system). */
+export const deviceSent = (outbox: string) => `${outbox}.system = 0`;
 
 /**
  * Whether the SIM aliased `s` is online: the network holds a session for it, or it sent something

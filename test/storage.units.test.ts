@@ -1,14 +1,19 @@
 // The stores' own rules, against SQLite in a temp directory.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AUDIT_KINDS, isAuditKind } from '../storage/audit.ts';
 import { certificateState } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores, type Stores } from '../storage/index.ts';
+import { Outbox } from '../storage/outbox.ts';
+import { committer, type CommitWriter } from '../storage/outbox-commit.ts';
 
 const DAY = 86_400_000;
+const migrations = fileURLToPath(new URL('../storage/migrations/', import.meta.url));
 let open: Db[] = [];
 
 function fresh(): { db: Db; stores: Stores } {
@@ -25,8 +30,9 @@ afterEach(() => {
 const IMSI = '001010000000901';
 const OTHER = '001010000000902';
 
-function queue(db: Db, imsi: string, topic: string, receivedAt: number): void {
-  db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, ?, 1, ?)').run(imsi, topic, Buffer.from('x'), receivedAt);
+/** Queues a message as the outbox writer does (in this thread): the device's, or the gateway's own. */
+function queue(db: Db, imsi: string, topic: string, receivedAt: number, system = false): void {
+  committer(db)({ inserts: [{ imsi, deviceTopic: topic, payload: Buffer.from('x'), qos: 1, receivedAt, system }], deletes: [] });
 }
 
 describe('audit log queries', () => {
@@ -65,7 +71,7 @@ describe('outbox figures for the admin surface', () => {
     const { db, stores } = fresh();
     expect(stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null });
     queue(db, IMSI, 'telemetry', 1000);
-    queue(db, IMSI, '$aws/things/sim-901/shadow/update', 3000);
+    queue(db, IMSI, '$aws/things/sim-901/shadow/update', 3000, true);
     queue(db, OTHER, 'telemetry', 2000);
     expect(stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000 });
     expect(stores.outboxStats.ofSim(IMSI)).toEqual({ depth: 2, oldestReceivedAt: 1000, newestFromDevice: 1000 });
@@ -151,7 +157,7 @@ describe('online', () => {
     stores.networkSessions.start({ ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' });
     stores.sims.markSeen(sims.seen, now - 1000);
     queue(db, sims.queued, 'telemetry', now - 1000);
-    queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000);
+    queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000, true);
     stores.sims.markSeen(sims.stale, now - 3_600_000);
 
     const expected = { session: true, seen: true, queued: true, gatewayOnly: false, stale: false };
@@ -163,5 +169,49 @@ describe('online', () => {
     const online = stores.sims.list({ online: true }, { limit: 100, onlineSince: since }).items.map((s) => s.imsi);
     expect(online).toEqual([sims.session, sims.seen, sims.queued]);
     expect(stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
+  });
+});
+
+describe('outbox rows the gateway queued itself', () => {
+  it('keep their system flag through the commit and back out of peek, and are no sign of the device', async () => {
+    const { db, stores } = fresh();
+    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901' });
+    const commit = committer(db);
+    // The real commit transaction, run in this thread instead of on the writer thread.
+    const writer: CommitWriter = { commit: async (req) => commit(req), ready: async () => undefined, close: async () => undefined };
+    const outbox = new Outbox(db, writer);
+    const shadow = { imsi: IMSI, deviceTopic: '$aws/things/sim-901/shadow/update', payload: Buffer.from('{}'), qos: 1 as const };
+    await outbox.enqueue({ ...shadow, receivedAt: 5000, system: true });
+    // A device may write its own shadow too: the topic does not make it the gateway's.
+    await outbox.enqueue({ ...shadow, receivedAt: 4000 });
+    const rows = outbox.peek(IMSI, 0, 10);
+    expect(rows.map((r) => [r.receivedAt, r.system])).toEqual([
+      [5000, true],
+      [4000, false],
+    ]);
+    expect(stores.sims.get(IMSI)?.lastSeenAt).toBe(4000);
+    expect(stores.outboxStats.ofSim(IMSI).newestFromDevice).toBe(4000);
+  });
+
+  it('are told apart in a database from before the column, by their $-topic', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'simbridge-migrate-'));
+    const file = join(dir, 's.db');
+    const old = new Database(file);
+    // The schema as the first five migrations left it, with one row of each kind queued.
+    old.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
+    for (const f of readdirSync(migrations).filter((f) => /^00[1-5]_/.test(f)).sort()) {
+      old.exec(readFileSync(join(migrations, f), 'utf8'));
+      old.prepare('INSERT INTO schema_migrations VALUES (?, ?, 0)').run(Number(f.slice(0, 3)), f);
+    }
+    const insert = old.prepare("INSERT INTO outbox (imsi, device_topic, payload, qos, received_at) VALUES (?, ?, x'00', 1, 0)");
+    insert.run(IMSI, 'telemetry');
+    insert.run(IMSI, '$aws/things/sim-901/shadow/update');
+    old.close();
+    const db = openDatabase({ file, synchronous: 'normal' });
+    open.push(db);
+    expect(db.prepare('SELECT device_topic, system FROM outbox ORDER BY id').all()).toEqual([
+      { device_topic: 'telemetry', system: 0 },
+      { device_topic: '$aws/things/sim-901/shadow/update', system: 1 },
+    ]);
   });
 });
