@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import { sameDevice } from '../lib/ids.ts';
 import { onlineSql } from './activity.ts';
 import type { Db } from './db.ts';
 
@@ -79,8 +80,6 @@ export type BindOutcome =
   | { outcome: 'bound' | 'unchanged'; sim: Sim; previous: string | null }
   | { outcome: 'conflict' | 'terminated'; sim: Sim }
   | { outcome: 'not_found' };
-
-const sameTac = (a: string, b: string) => a.slice(0, 14) === b.slice(0, 14);
 
 const ONLINE_SQL = onlineSql('s');
 
@@ -297,8 +296,8 @@ export class SimStore {
         const sim = this.get(imsi);
         if (!sim) return { outcome: 'not_found' };
         if (sim.status === 'terminated') return { outcome: 'terminated', sim };
-        if (sim.boundImei && sameTac(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
-        if (sim.boundImei && !sameTac(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
+        if (sim.boundImei && sameDevice(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
+        if (sim.boundImei && !sameDevice(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
         this.db.prepare('UPDATE sims SET bound_imei = ? WHERE imsi = ?').run(imei, imsi);
         this.changed();
         return { outcome: 'bound', sim: { ...sim, boundImei: imei }, previous: sim.boundImei };
@@ -351,7 +350,7 @@ export class SimStore {
       return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined };
     }
     const cur = fromRow(existing);
-    if (row.imei && cur.boundImei && !sameTac(cur.boundImei, row.imei)) {
+    if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
       if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
       if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
     }
@@ -360,7 +359,7 @@ export class SimStore {
       msisdn: row.msisdn ?? cur.msisdn,
       group: row.group,
       // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
-      imei: row.imei && !(cur.boundImei && sameTac(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
+      imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
       tags: JSON.stringify(row.tags ?? cur.tags),
     };
     if (next.iccid === cur.iccid && next.msisdn === cur.msisdn && next.group === cur.group && next.imei === cur.boundImei && next.tags === existing.tags) {

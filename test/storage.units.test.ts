@@ -215,3 +215,15 @@ describe('outbox rows the gateway queued itself', () => {
     ]);
   });
 });
+
+describe('binding an IMEI', () => {
+  it('treats another spelling of the bound device (IMEISV digits, spare 0) as the same device, and another device as a conflict', () => {
+    const { stores } = fresh();
+    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901', boundImei: '490154203237518' });
+    expect(stores.sims.bindImeiChecked(IMSI, '490154203237510', false)).toMatchObject({ outcome: 'unchanged', previous: '490154203237518' });
+    expect(stores.sims.bindImeiChecked(IMSI, '356938035643809', false)).toMatchObject({ outcome: 'conflict' });
+    const imported = stores.sims.upsertMany([{ imsi: IMSI, group: 'default', thingName: 'sim-901', imei: '490154203237510' }], { force: false });
+    expect(imported).toEqual([{ result: 'unchanged' }]);
+    expect(stores.sims.get(IMSI)?.boundImei).toBe('490154203237518');
+  });
+});
