@@ -100,16 +100,19 @@ function fromRow(r: SimRow): Sim {
   };
 }
 
-/**
- * SIMs as the per-message path reads them (admission, delivery), per database. Every write through a
- * SimStore clears it, so a suspended or rebound SIM is seen at once; lastSeenAt in it may be old (the
- * outbox writer sets that column on another connection).
- */
-const routingCaches = new WeakMap<Db, Map<string, Sim>>();
 const ROUTING_CACHE_MAX = 100_000;
 
-/** The SIM registry. */
+/**
+ * The SIM registry. Build one per process and share it (the composition root does): its routing cache
+ * is cleared by every write through it, so a suspended or rebound SIM is seen at once by the
+ * per-message path, which another SimStore's writes would not do.
+ */
 export class SimStore {
+  /**
+   * SIMs as the per-message path reads them (admission, delivery). lastSeenAt in it may be old (the
+   * outbox writer sets that column on another connection).
+   */
+  private readonly routing = new Map<string, Sim>();
   private readonly getStmt;
   private readonly insertStmt;
   private readonly seenStmt;
@@ -135,7 +138,7 @@ export class SimStore {
    * the outbox writer commits all the time). Callers must not modify the record.
    */
   forRouting(imsi: string): Sim | undefined {
-    const cache = this.routingCache();
+    const cache = this.routing;
     const hit = cache.get(imsi);
     if (hit) return hit;
     const sim = this.get(imsi);
@@ -151,21 +154,15 @@ export class SimStore {
    * not looked up one SIM at a time while the gateway is still cold.
    */
   warmRoutingCache(): number {
-    const cache = this.routingCache();
+    const cache = this.routing;
     const rows = this.db.prepare("SELECT * FROM sims WHERE status = 'active' LIMIT ?").all(ROUTING_CACHE_MAX - cache.size) as SimRow[];
     for (const row of rows) if (!cache.has(row.imsi)) cache.set(row.imsi, fromRow(row));
     return rows.length;
   }
 
-  private routingCache(): Map<string, Sim> {
-    let cache = routingCaches.get(this.db);
-    if (!cache) routingCaches.set(this.db, (cache = new Map()));
-    return cache;
-  }
-
   /** Called by every write: cached records may be out of date. */
   private changed(): void {
-    routingCaches.get(this.db)?.clear();
+    this.routing.clear();
   }
 
   /** Creates the SIM unless it exists; returns the stored record and whether it was new. */
