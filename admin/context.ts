@@ -3,12 +3,13 @@ import type { Logger } from 'pino';
 import type { TokenStore } from '../storage/tokens.ts';
 import type { RouteAccess } from './auth/guard.ts';
 import type { RetentionJob } from './retention.ts';
-import type { AdminConfig, AdminDeps } from './types.ts';
+import type { AdminConfig, AdminDeps, AdminStores } from './types.ts';
 
 /** What every route module receives. */
 export interface AdminContext {
   deps: AdminDeps;
   config: AdminConfig;
+  stores: AdminStores;
   tokens: TokenStore;
   /** Routes as registered, with the access each needs. */
   routes: RouteAccess[];

@@ -1,11 +1,8 @@
 import { RatType } from '../bridge/radius/dictionary.ts';
-import type { AuditLog } from '../storage/audit.ts';
-import type { Db } from '../storage/db.ts';
-import { NetworkSessions } from '../storage/network-sessions.ts';
-import type { SimStore } from '../storage/sims.ts';
+import { certificateState } from '../storage/credentials.ts';
 import { auditEventRef, iso, simRef } from './schemas.ts';
 import { simJson } from './sim-json.ts';
-import type { AdminDeps } from './types.ts';
+import type { AdminDeps, AdminStores } from './types.ts';
 
 const nullableTime = { type: ['string', 'null'], format: 'date-time' } as const;
 
@@ -60,54 +57,33 @@ export const deviceViewSchema = {
       properties: { depth: { type: 'integer' }, oldestReceivedAt: nullableTime },
     },
     connected: { type: ['boolean', 'null'], description: 'holds a device connection now; null when the gateway does not say' },
-    online: { type: 'boolean', description: 'a network session, a connection, or a message within admin.onlineWindowSeconds' },
+    online: { type: 'boolean', description: 'a network session, or a message from the device within admin.onlineWindowSeconds (as in the fleet listing)' },
     lastMessageAt: nullableTime,
     recentEvents: { type: 'array', items: auditEventRef },
   },
 } as const;
 
-interface CredentialRaw {
-  step: string;
-  cert_id: string | null;
-  last_error: string | null;
-  attempts: number;
-  updated_at: number;
-  not_after?: number | null;
-}
-
 export interface DeviceViewDeps extends Pick<AdminDeps, 'groups' | 'upstreamState' | 'connected'> {
-  db: Db;
-  sims: SimStore;
-  audit: AuditLog;
+  stores: AdminStores;
   onlineWindowMs: number;
 }
 
 /** Everything known about one device, read fresh: identity, lock, network, certificate, upstream, queue. */
 export function deviceView(imsi: string, deps: DeviceViewDeps) {
-  const sim = deps.sims.get(imsi);
+  const { stores } = deps;
+  const sim = stores.sims.get(imsi);
   if (!sim) return undefined;
-  const { db } = deps;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
-  const sessions = new NetworkSessions(db).byImsi(imsi);
-  // Rows on $-topics are the gateway's own (shadow updates): they are queued, but the device sent nothing.
-  const outbox = db
-    .prepare(
-      `SELECT count(*) AS depth, min(received_at) AS oldest, max(CASE WHEN device_topic NOT LIKE '$%' THEN received_at END) AS newest
-       FROM outbox WHERE imsi = ?`,
-    )
-    .get(imsi) as {
-    depth: number;
-    oldest: number | null;
-    newest: number | null;
-  };
-  // rowid order works across credential table versions (one row per SIM, or one per certificate).
-  const creds = db.prepare('SELECT * FROM credentials WHERE imsi = ? ORDER BY rowid DESC').all(imsi) as CredentialRaw[];
+  const sessions = stores.networkSessions.byImsi(imsi);
+  const outbox = stores.outboxStats.ofSim(imsi);
+  const creds = stores.credentials.history(imsi).reverse();
   const current = creds.find((c) => c.step === 'ready') ?? creds[0];
   const upstream = deps.upstreamState?.(sim.thingName);
   const connected = deps.connected ? deps.connected(imsi) : null;
   // last_seen_at is the gateway's word; a message still queued proves contact even before that is written.
-  const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newest ?? 0) || null;
-  const online = connected === true || sessions.length > 0 || (lastMessageAt !== null && lastMessageAt >= Date.now() - deps.onlineWindowMs);
+  const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newestFromDevice ?? 0) || null;
+  // The fleet listing's rule, so the two views never disagree about a SIM; a connection is reported apart.
+  const online = stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
 
   return {
     sim: simJson(sim),
@@ -122,21 +98,21 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
     })),
     certificate: current
       ? {
-          state: current.step === 'ready' ? 'ready' : current.step.startsWith('retir') ? 'retired' : 'vending',
+          state: certificateState(current.step),
           step: current.step,
-          certificateId: current.cert_id,
-          notAfter: iso(current.not_after),
-          lastError: current.last_error,
+          certificateId: current.certId,
+          notAfter: iso(current.notAfter),
+          lastError: current.lastError,
           attempts: current.attempts,
-          updatedAt: iso(current.updated_at),
+          updatedAt: iso(current.updatedAt),
           generations: creds.length,
         }
       : { state: 'none', step: null, certificateId: null, notAfter: null, lastError: null, attempts: 0, updatedAt: null, generations: 0 },
     upstream: upstream ? { state: upstream.state, since: iso(upstream.since), detail: upstream.detail ?? null } : { state: 'unknown', since: null, detail: null },
-    outbox: { depth: outbox.depth, oldestReceivedAt: iso(outbox.oldest) },
+    outbox: { depth: outbox.depth, oldestReceivedAt: iso(outbox.oldestReceivedAt) },
     connected,
     online,
     lastMessageAt: iso(lastMessageAt),
-    recentEvents: deps.audit.query({ imsi, limit: 20 }).map((e) => ({ ...e, at: iso(e.at)! })),
+    recentEvents: stores.audit.query({ imsi, limit: 20 }).items.map((e) => ({ ...e, at: iso(e.at)! })),
   };
 }

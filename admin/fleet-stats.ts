@@ -1,6 +1,5 @@
-import type { Db } from '../storage/db.ts';
-import type { SimStore } from '../storage/sims.ts';
 import { iso } from './schemas.ts';
+import type { AdminStores } from './types.ts';
 
 const count = { type: 'integer' } as const;
 
@@ -23,10 +22,10 @@ export const fleetStatsSchema = {
 } as const;
 
 /** The fleet at a glance, for `simbridge stats` and dashboards. */
-export function fleetStats(db: Db, sims: SimStore, onlineSince: number) {
+export function fleetStats(stores: AdminStores, onlineSince: number) {
   const totals = { total: 0, active: 0, suspended: 0, terminated: 0, bound: 0, online: 0 };
   const groups = new Map<string, { group: string; total: number; active: number; bound: number; online: number }>();
-  for (const c of sims.counts(onlineSince)) {
+  for (const c of stores.sims.counts(onlineSince)) {
     totals.total += c.total;
     totals[c.status] += c.total;
     totals.bound += c.bound;
@@ -38,24 +37,14 @@ export function fleetStats(db: Db, sims: SimStore, onlineSince: number) {
     g.online += c.online;
     groups.set(c.group, g);
   }
-  const outbox = db.prepare('SELECT count(*) AS depth, count(DISTINCT imsi) AS sims, min(received_at) AS oldest FROM outbox').get() as { depth: number; sims: number; oldest: number | null };
-  const certs = db
-    .prepare(
-      `SELECT count(DISTINCT CASE WHEN step = 'ready' THEN imsi END) AS ready,
-              count(DISTINCT CASE WHEN step NOT IN ('ready', 'retiring', 'retired') THEN imsi END) AS vending
-       FROM credentials`,
-    )
-    .get() as { ready: number; vending: number };
-  const dead = db.prepare('SELECT count(*) AS total, count(CASE WHEN failed_at >= ? THEN 1 END) AS last24h FROM dead_letters').get(Date.now() - 86_400_000) as {
-    total: number;
-    last24h: number;
-  };
+  const outbox = stores.outboxStats.summary();
+  const dead = stores.outboxStats.deadLetters(Date.now() - 86_400_000);
   return {
     sims: totals,
     groups: [...groups.values()],
-    certificates: certs,
-    outbox: { depth: outbox.depth, sims: outbox.sims, oldestReceivedAt: iso(outbox.oldest) },
-    deadLetters: dead,
-    networkSessions: db.prepare('SELECT count(*) FROM network_sessions').pluck().get() as number,
+    certificates: stores.credentials.countByState(),
+    outbox: { depth: outbox.depth, sims: outbox.sims, oldestReceivedAt: iso(outbox.oldestReceivedAt) },
+    deadLetters: { total: dead.total, last24h: dead.recent },
+    networkSessions: stores.networkSessions.count(),
   };
 }

@@ -1,7 +1,7 @@
 import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError } from 'fastify';
 import { Counter } from 'prom-client';
-import { TokenStore } from '../storage/tokens.ts';
+import { sqliteStores } from '../storage/index.ts';
 import { FailureLimiter } from './auth/failure-limiter.ts';
 import { installGuard } from './auth/guard.ts';
 import type { AdminContext } from './context.ts';
@@ -18,9 +18,9 @@ import { retentionRoutes } from './routes/retention.ts';
 import { simRoutes } from './routes/sims.ts';
 import { statsRoutes } from './routes/stats.ts';
 import { sharedSchemas } from './schemas.ts';
-import type { AdminConfig, AdminDeps } from './types.ts';
+import type { AdminConfig, AdminDeps, AdminStores } from './types.ts';
 
-export type { AdminConfig, AdminDeps, UpstreamState } from './types.ts';
+export type { AdminConfig, AdminDeps, AdminStores, UpstreamState } from './types.ts';
 
 export interface AdminServer {
   port: number;
@@ -50,7 +50,10 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
   });
   for (const s of sharedSchemas) app.addSchema(s);
 
-  const tokens = deps.tokens ?? new TokenStore(deps.db);
+  const others = deps.stores ?? (deps.db ? sqliteStores(deps.db) : undefined);
+  if (!others) throw new Error('admin: give stores or db');
+  const stores: AdminStores = { ...others, sims: deps.sims, audit: deps.audit, tokens: deps.tokens ?? others.tokens };
+  const { tokens } = stores;
   const authFailures = new Counter({
     name: 'simbridge_admin_auth_failures_total',
     help: 'admin API requests refused for a missing or wrong token or too low a role',
@@ -69,8 +72,8 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
     limiter: new FailureLimiter(config.auth.maxFailures, config.auth.failureWindowSeconds * 1000),
     failures: authFailures,
   });
-  const retention = startRetention(deps.db, config.retention, log.child({ job: 'retention' }), (table, n) => retentionDeleted.inc({ table }, n));
-  const ctx: AdminContext = { deps, config, tokens, routes, retention, log };
+  const retention = startRetention(stores.retention, config.retention, log.child({ job: 'retention' }), (table, n) => retentionDeleted.inc({ table }, n));
+  const ctx: AdminContext = { deps, config, stores, tokens, routes, retention, log };
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) return reply.code(400).send({ error: 'invalid_request', message: err.message });

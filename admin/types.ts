@@ -5,6 +5,7 @@ import type { adminSection } from '../config/admin.ts';
 import type { LockMode } from '../config/schema.ts';
 import type { AuditLog } from '../storage/audit.ts';
 import type { Db } from '../storage/db.ts';
+import type { Stores } from '../storage/index.ts';
 import type { SimStore } from '../storage/sims.ts';
 import type { TokenStore } from '../storage/tokens.ts';
 
@@ -20,10 +21,16 @@ export interface UpstreamState {
 }
 
 /** What the admin surface reads from and acts on in the running gateway. */
+/** The stores the admin surface reads and changes. */
+export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
+
 export interface AdminDeps {
-  db: Db;
   sims: SimStore;
   audit: AuditLog;
+  /** The gateway's other stores (fleet figures, device view, retention, tokens). */
+  stores?: Omit<AdminStores, 'sims' | 'audit'>;
+  /** Without `stores`: the database to open SQLite stores over (a standalone admin server). */
+  db?: Db;
   metrics: Registry;
   log: Logger;
   /** True when the database is open and every listener is up. */
@@ -34,7 +41,7 @@ export interface AdminDeps {
   defaultGroup(): string;
   /** Thing name of a new SIM (config vending.thingName). */
   thingName(imsi: string, group: string): string;
-  /** Tokens; defaults to a TokenStore over db. */
+  /** Tokens; defaults to the one in stores. */
   tokens?: TokenStore;
   /** Revokes the SIM's certificate (deactivates it in IoT Core); called when a SIM is terminated. */
   revoke?(imsi: string, reason: string): Promise<void>;

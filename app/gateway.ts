@@ -2,10 +2,9 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
-import { AuditLog } from '../storage/audit.ts';
+import { sqliteStores, type Stores } from '../storage/index.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
-import { SimStore } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
 import { fillName, groupPolicy } from '../vending/policy.ts';
 import { startAdmin } from '../admin/index.ts';
@@ -16,7 +15,6 @@ import { Connectivity } from '../bridge/connectivity.ts';
 import { BatchSchedules } from '../bridge/batching/schedules.ts';
 import { Dispatcher } from '../bridge/dispatcher.ts';
 import { Downlink } from '../bridge/downlink.ts';
-import { DownlinkStore } from '../storage/downlink.ts';
 import type { NetworkSession } from '../storage/network-sessions.ts';
 import type { identitySource } from '../config/identity.ts';
 import type { z } from 'zod';
@@ -63,18 +61,18 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
     const cipher = new KeyCipher(
       loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
     );
-    checkMasterKey(db, cipher);
-    return await assemble(config, log, db, cipher);
+    const stores = sqliteStores(db);
+    checkMasterKey(stores, cipher);
+    return await assemble(config, log, db, stores, cipher);
   } catch (err) {
     db.close();
     throw err;
   }
 }
 
-async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher): Promise<Gateway> {
-  const sims = new SimStore(db);
+async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cipher: KeyCipher): Promise<Gateway> {
+  const { sims, audit } = stores;
   sims.warmRoutingCache();
-  const audit = new AuditLog(db);
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
   const outbox = new Outbox(db, writer, config.storage.commitMaxRows);
@@ -83,7 +81,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
 
   const { vendor, provider } = createVending(config.vending, {
-    db,
+    sims,
+    credentials: stores.credentials,
     cipher,
     audit,
     log: log.child({ component: 'vending' }),
@@ -153,7 +152,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     credentials: (sim) => vendor.ensure(sim),
     group,
     limits: config.limits,
-    store: new DownlinkStore(db),
+    store: stores.downlink,
     audit,
     metrics,
     log: log.child({ component: 'downlink' }),
@@ -168,7 +167,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         host: config.radius.host,
         port: config.radius.port,
         clients: config.radius.clients,
-        db,
+        sessions: stores.networkSessions,
         replyCacheMs: config.radius.replyCacheMs,
         sessionTimeoutMs: config.radius.sessionTimeoutMs,
         logger: log.child({ component: 'radius' }),
@@ -233,9 +232,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
 
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
-        db,
         sims,
         audit,
+        stores,
         metrics: metrics.registry,
         log: log.child({ component: 'admin' }),
         ready: () => {

@@ -6,7 +6,15 @@ export type VendingStep = (typeof VENDING_STEPS)[number];
 export type Step = VendingStep | 'ready' | 'retiring' | 'retired';
 export type Purpose = 'first' | 'rotation';
 
-const VENDING_IN = `('key', 'csr_sent', 'certificate', 'thing', 'policy')`;
+const VENDING_IN = `(${VENDING_STEPS.map((s) => `'${s}'`).join(', ')})`;
+
+/** Where a generation stands, as operators see it. */
+export type CertificateState = 'vending' | 'ready' | 'retired';
+
+export function certificateState(step: Step): CertificateState {
+  if (step === 'ready') return 'ready';
+  return (VENDING_STEPS as readonly Step[]).includes(step) ? 'vending' : 'retired';
+}
 
 /** One certificate generation of a SIM and where its vending or retirement stands. */
 export interface CredentialRow {
@@ -100,6 +108,18 @@ export class CredentialStore {
     return r && fromRaw(r);
   }
 
+  /** SIMs with a certificate in use, and SIMs with one being vended (a SIM rotating counts in both). */
+  countByState(): { ready: number; vending: number } {
+    return this.db
+      .prepare(
+        `SELECT count(DISTINCT CASE WHEN step = 'ready' THEN imsi END) AS ready,
+                count(DISTINCT CASE WHEN step IN ${VENDING_IN} THEN imsi END) AS vending
+         FROM credentials`,
+      )
+      .get() as { ready: number; vending: number };
+  }
+
+  /** Every generation of the SIM, oldest first. */
   history(imsi: string): CredentialRow[] {
     return this.db.prepare<[string], Raw>('SELECT * FROM credentials WHERE imsi = ? ORDER BY id').all(imsi).map(fromRaw);
   }

@@ -184,6 +184,26 @@ export class NetworkSessions {
     return this.db.transaction(() => ended(this.deleteStale.all(this.now() - olderThanMs), 'expired')).immediate();
   }
 
+  /**
+   * Applies many accounting records in one transaction (one commit for a burst from the network), each
+   * in its own savepoint so that one failing record does not take the others down. An error that rolls
+   * back the whole transaction (such as SQLITE_FULL) is thrown: then nothing of the batch holds.
+   */
+  applyAll<T, R>(items: T[], apply: (item: T) => R): Array<R | Error> {
+    return this.db
+      .transaction(() =>
+        items.map((item) => {
+          try {
+            return apply(item);
+          } catch (err) {
+            if (!this.db.inTransaction) throw err;
+            return err as Error;
+          }
+        }),
+      )
+      .immediate();
+  }
+
   byIp(ip: string): NetworkSession | undefined {
     const row = this.getByIp.get(ip);
     return row && fromRow(row);

@@ -55,7 +55,7 @@ export class Outbox {
     private readonly maxRows = 1000,
   ) {
     this.peekStmt = db.prepare(
-      'SELECT id, imsi, device_topic, payload, qos, received_at FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
+      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
     );
     this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
     const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>;
@@ -166,12 +166,12 @@ export class Outbox {
     // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
     if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
     const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
-      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number;
+      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number; system: 0 | 1;
     }>;
     return rows
       .filter((r) => !this.delivered.has(r.id))
       .slice(0, limit)
-      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at }));
+      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 }));
   }
 
   /**

@@ -1,5 +1,7 @@
-import type { Db } from './db.ts';
 import type Database from 'better-sqlite3';
+import { sameDevice } from '../lib/ids.ts';
+import { onlineSql } from './activity.ts';
+import type { Db } from './db.ts';
 
 export type SimStatus = 'active' | 'suspended' | 'terminated';
 
@@ -79,14 +81,7 @@ export type BindOutcome =
   | { outcome: 'conflict' | 'terminated'; sim: Sim }
   | { outcome: 'not_found' };
 
-const sameTac = (a: string, b: string) => a.slice(0, 14) === b.slice(0, 14);
-
-// Online = the network holds a session for the SIM, or it sent something recently. Messages still in the
-// outbox count too, so a device is seen as online before last_seen_at is written; rows on $-topics are the
-// gateway's own (shadow updates), not the device's.
-const ONLINE_SQL = `(EXISTS (SELECT 1 FROM network_sessions n WHERE n.imsi = s.imsi)
-  OR coalesce(s.last_seen_at, 0) >= @onlineSince
-  OR EXISTS (SELECT 1 FROM outbox o WHERE o.imsi = s.imsi AND o.received_at >= @onlineSince AND o.device_topic NOT LIKE '$%'))`;
+const ONLINE_SQL = onlineSql('s');
 
 function fromRow(r: SimRow): Sim {
   return {
@@ -105,16 +100,19 @@ function fromRow(r: SimRow): Sim {
   };
 }
 
-/**
- * SIMs as the per-message path reads them (admission, delivery), per database. Every write through a
- * SimStore clears it, so a suspended or rebound SIM is seen at once; lastSeenAt in it may be old (the
- * outbox writer sets that column on another connection).
- */
-const routingCaches = new WeakMap<Db, Map<string, Sim>>();
 const ROUTING_CACHE_MAX = 100_000;
 
-/** The SIM registry. */
+/**
+ * The SIM registry. Build one per process and share it (the composition root does): its routing cache
+ * is cleared by every write through it, so a suspended or rebound SIM is seen at once by the
+ * per-message path, which another SimStore's writes would not do.
+ */
 export class SimStore {
+  /**
+   * SIMs as the per-message path reads them (admission, delivery). lastSeenAt in it may be old (the
+   * outbox writer sets that column on another connection).
+   */
+  private readonly routing = new Map<string, Sim>();
   private readonly getStmt;
   private readonly insertStmt;
   private readonly seenStmt;
@@ -140,7 +138,7 @@ export class SimStore {
    * the outbox writer commits all the time). Callers must not modify the record.
    */
   forRouting(imsi: string): Sim | undefined {
-    const cache = this.routingCache();
+    const cache = this.routing;
     const hit = cache.get(imsi);
     if (hit) return hit;
     const sim = this.get(imsi);
@@ -156,21 +154,15 @@ export class SimStore {
    * not looked up one SIM at a time while the gateway is still cold.
    */
   warmRoutingCache(): number {
-    const cache = this.routingCache();
+    const cache = this.routing;
     const rows = this.db.prepare("SELECT * FROM sims WHERE status = 'active' LIMIT ?").all(ROUTING_CACHE_MAX - cache.size) as SimRow[];
     for (const row of rows) if (!cache.has(row.imsi)) cache.set(row.imsi, fromRow(row));
     return rows.length;
   }
 
-  private routingCache(): Map<string, Sim> {
-    let cache = routingCaches.get(this.db);
-    if (!cache) routingCaches.set(this.db, (cache = new Map()));
-    return cache;
-  }
-
   /** Called by every write: cached records may be out of date. */
   private changed(): void {
-    routingCaches.get(this.db)?.clear();
+    this.routing.clear();
   }
 
   /** Creates the SIM unless it exists; returns the stored record and whether it was new. */
@@ -258,7 +250,7 @@ export class SimStore {
       .all({ onlineSince }) as Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }>;
   }
 
-  /** Whether a SIM counts as online (see list). */
+  /** Whether a SIM counts as online (storage/activity.ts onlineSql: the one rule). */
   isOnline(imsi: string, onlineSince: number): boolean {
     return this.db.prepare(`SELECT ${ONLINE_SQL} FROM sims s WHERE s.imsi = @imsi`).pluck().get({ imsi, onlineSince }) === 1;
   }
@@ -301,8 +293,8 @@ export class SimStore {
         const sim = this.get(imsi);
         if (!sim) return { outcome: 'not_found' };
         if (sim.status === 'terminated') return { outcome: 'terminated', sim };
-        if (sim.boundImei && sameTac(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
-        if (sim.boundImei && !sameTac(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
+        if (sim.boundImei && sameDevice(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
+        if (sim.boundImei && !sameDevice(sim.boundImei, imei) && !force) return { outcome: 'conflict', sim };
         this.db.prepare('UPDATE sims SET bound_imei = ? WHERE imsi = ?').run(imei, imsi);
         this.changed();
         return { outcome: 'bound', sim: { ...sim, boundImei: imei }, previous: sim.boundImei };
@@ -355,7 +347,7 @@ export class SimStore {
       return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined };
     }
     const cur = fromRow(existing);
-    if (row.imei && cur.boundImei && !sameTac(cur.boundImei, row.imei)) {
+    if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
       if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
       if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
     }
@@ -364,7 +356,7 @@ export class SimStore {
       msisdn: row.msisdn ?? cur.msisdn,
       group: row.group,
       // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
-      imei: row.imei && !(cur.boundImei && sameTac(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
+      imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
       tags: JSON.stringify(row.tags ?? cur.tags),
     };
     if (next.iccid === cur.iccid && next.msisdn === cur.msisdn && next.group === cur.group && next.imei === cur.boundImei && next.tags === existing.tags) {

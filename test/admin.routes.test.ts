@@ -126,6 +126,9 @@ describe('admin API access control', () => {
     expect(bind).toBeUndefined(); // installers may bind: never refused for role there
     const onSim = res.body.items.find((e: { imsi: string | null }) => e.imsi === IMSI);
     expect(onSim.detail.ip).toMatch(/^127\.0\.1\.\d+$/);
+    const unknown = await call('127.0.0.1', 'GET', '/v1/audit?kind=admin_auth_failed,admin_auth_faild', operator);
+    expect(unknown.status).toBe(400);
+    expect(unknown.body).toMatchObject({ error: 'unknown_kind', message: expect.stringContaining('"admin_auth_faild"') });
   });
 
   it('throttles an address after repeated failures, even for a right token, and leaves other addresses alone', async () => {

@@ -3,44 +3,45 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { openDatabase } from '../storage/db.ts';
+import { sqliteStores } from '../storage/index.ts';
 import { SimStore } from '../storage/sims.ts';
 
 describe('SIM records for the per-message path', () => {
-  it('are served from memory, and every write through any SimStore of the database is seen at once', () => {
+  it('are served from memory, and every write through the shared SimStore is seen at once', () => {
     const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-cache-')), 's.db'), synchronous: 'normal' });
-    const gateway = new SimStore(db);
-    const admin = new SimStore(db); // another holder of the same database (e.g. vending)
+    // One store per process, shared by admission, delivery, admin and vending (built in app/sims.ts).
+    const sims = sqliteStores(db).sims;
     const imsi = '001010000000777';
-    gateway.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
-    const first = gateway.forRouting(imsi);
+    sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    const first = sims.forRouting(imsi);
     expect(first?.status).toBe('active');
-    expect(gateway.forRouting(imsi)).toBe(first); // no read: the same record
+    expect(sims.forRouting(imsi)).toBe(first); // no read: the same record
 
-    admin.setStatus(imsi, 'suspended');
-    expect(gateway.forRouting(imsi)?.status).toBe('suspended');
-    admin.bindImei(imsi, '490154203237518');
-    expect(gateway.forRouting(imsi)?.boundImei).toBe('490154203237518');
-    admin.update(imsi, { group: 'meters', status: 'active' });
-    expect(gateway.forRouting(imsi)).toMatchObject({ group: 'meters', status: 'active' });
-    admin.upsertMany([{ imsi, group: 'trackers', thingName: `sim-${imsi}` }], { force: false });
-    expect(gateway.forRouting(imsi)?.group).toBe('trackers');
-    expect(gateway.forRouting('001010000000778')).toBeUndefined();
+    sims.setStatus(imsi, 'suspended');
+    expect(sims.forRouting(imsi)?.status).toBe('suspended');
+    sims.bindImei(imsi, '490154203237518');
+    expect(sims.forRouting(imsi)?.boundImei).toBe('490154203237518');
+    sims.update(imsi, { group: 'meters', status: 'active' });
+    expect(sims.forRouting(imsi)).toMatchObject({ group: 'meters', status: 'active' });
+    sims.upsertMany([{ imsi, group: 'trackers', thingName: `sim-${imsi}` }], { force: false });
+    expect(sims.forRouting(imsi)?.group).toBe('trackers');
+    expect(sims.forRouting('001010000000778')).toBeUndefined();
     db.close();
   });
 
   it('are read in one go at start-up (active SIMs only), and a later write still clears them', () => {
     const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-warm-')), 's.db'), synchronous: 'normal' });
-    const admin = new SimStore(db);
-    admin.register({ imsi: '001010000000781', group: 'default', thingName: 'sim-781' });
-    admin.register({ imsi: '001010000000782', group: 'default', thingName: 'sim-782' });
-    admin.setStatus('001010000000782', 'suspended');
+    const setup = new SimStore(db);
+    setup.register({ imsi: '001010000000781', group: 'default', thingName: 'sim-781' });
+    setup.register({ imsi: '001010000000782', group: 'default', thingName: 'sim-782' });
+    setup.setStatus('001010000000782', 'suspended');
     const gateway = new SimStore(db);
     expect(gateway.warmRoutingCache()).toBe(1);
     // Changed behind the cache's back (not through a SimStore): the warmed record is what is served.
     db.prepare("UPDATE sims SET group_name = 'elsewhere' WHERE imsi = '001010000000781'").run();
     expect(gateway.forRouting('001010000000781')?.group).toBe('default');
     expect(gateway.forRouting('001010000000782')?.status).toBe('suspended'); // not warmed: read on demand
-    admin.bindImei('001010000000781', '490154203237518');
+    gateway.bindImei('001010000000781', '490154203237518');
     expect(gateway.forRouting('001010000000781')).toMatchObject({ group: 'elsewhere', boundImei: '490154203237518' });
     db.close();
   });

@@ -55,7 +55,8 @@ function vendor(db: Db, overrides: Record<string, unknown> = {}, hooks: VendorHo
     ...overrides,
   });
   const v = createVending(config, {
-    db,
+    sims: new SimStore(db),
+    credentials: new CredentialStore(db),
     cipher,
     audit: new AuditLog(db),
     log: silent,
@@ -245,7 +246,7 @@ describe('vending against the sandbox', () => {
     expect((await mine()).length).toBe(2);
     await until(async () => (await mine()).length === 1);
     expect((await mine())[0]).toMatchObject({ certificateId: creds.certificateId, status: 'ACTIVE' });
-    const audit = new AuditLog(db).query({ imsi: sim.imsi, kind: 'orphan_certificate_disposed' });
+    const audit = new AuditLog(db).query({ imsi: sim.imsi, kinds: ['orphan_certificate_disposed'] }).items;
     expect(audit).toHaveLength(1);
   });
 

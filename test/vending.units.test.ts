@@ -9,6 +9,7 @@ import { vendingSection } from '../config/vending.ts';
 import { openDatabase } from '../storage/db.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { certificateFingerprint, csrFingerprint, generateKeyAndCsr } from '../vending/keys.ts';
+import { sqliteStores } from '../storage/index.ts';
 import { checkMasterKey, loadMasterKey, MasterKeyError } from '../vending/master-key.ts';
 import { QueueFullError, WorkQueue } from '../vending/queue.ts';
 import { backoffMs, classify } from '../vending/retry.ts';
@@ -158,14 +159,15 @@ describe('master key', () => {
     const db = openDatabase({ file: join(dir, 'mk.db'), synchronous: 'normal' });
     const right = new KeyCipher(Buffer.alloc(32, 1));
     const wrong = new KeyCipher(Buffer.alloc(32, 2));
+    const stores = sqliteStores(db);
     db.prepare("INSERT INTO sims (imsi, group_name, thing_name, created_at) VALUES ('001010000000001', 'default', 'sim-001010000000001', 0)").run();
     db.prepare(
       "INSERT INTO credentials (imsi, thing_name, step, key_alg, key_enc, csr_pem, created_at, updated_at) VALUES ('001010000000001', 'sim-001010000000001', 'key', 'ec-p256', ?, 'csr', 0, 0)",
     ).run(right.encrypt(Buffer.from('key'), '001010000000001'));
-    expect(() => checkMasterKey(db, wrong)).toThrow(/does not match the one this database was created with/);
-    checkMasterKey(db, right); // writes the check value
-    expect(() => checkMasterKey(db, wrong)).toThrow(MasterKeyError);
-    checkMasterKey(db, right);
+    expect(() => checkMasterKey(stores, wrong)).toThrow(/does not match the one this database was created with/);
+    checkMasterKey(stores, right); // writes the check value
+    expect(() => checkMasterKey(stores, wrong)).toThrow(MasterKeyError);
+    checkMasterKey(stores, right);
     db.close();
   });
 });

@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
 import type { AuditLog } from '../storage/audit.ts';
-import type { Db } from '../storage/db.ts';
+import type { CredentialStore } from '../storage/credentials.ts';
+import type { SimStore } from '../storage/sims.ts';
 import { AwsIotProvider } from './aws-iot-provider.ts';
 import type { KeyCipher } from './key-cipher.ts';
 import type { VendingProvider } from './provider.ts';
@@ -10,7 +11,8 @@ import { Vendor, type VendorHooks } from './vendor.ts';
 export type { VendingConfig } from '../config/vending.ts';
 
 export interface VendingDeps extends VendorHooks {
-  db: Db;
+  sims: SimStore;
+  credentials: CredentialStore;
   cipher: KeyCipher;
   audit: AuditLog;
   log: Logger;

@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
-import { CredentialStore } from '../storage/credentials.ts';
-import type { Db } from '../storage/db.ts';
+import type { CredentialStore } from '../storage/credentials.ts';
+import type { MetaStore } from '../storage/meta.ts';
 import type { KeyCipher } from './key-cipher.ts';
 
 export class MasterKeyError extends Error {
@@ -79,13 +79,13 @@ function opens(cipher: KeyCipher, sealed: Buffer, owner: string, expected?: Buff
  * instead of at the first device. A database from before the check value existed is judged by one of
  * its stored keys before the check value is written.
  */
-export function checkMasterKey(db: Db, cipher: KeyCipher): void {
-  const row = db.prepare('SELECT value FROM meta WHERE key = ?').get(CHECK_KEY) as { value: Buffer } | undefined;
-  if (row) {
-    if (!opens(cipher, row.value, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
+export function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): void {
+  const check = stores.meta.get(CHECK_KEY);
+  if (check) {
+    if (!opens(cipher, check, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
     return;
   }
-  const sample = new CredentialStore(db).anySealedKey();
+  const sample = stores.credentials.anySealedKey();
   if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
-  db.prepare('INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)').run(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
 }

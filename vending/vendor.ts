@@ -1,9 +1,8 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
 import type { AuditLog } from '../storage/audit.ts';
-import { CredentialStore, type CredentialRow, type Purpose } from '../storage/credentials.ts';
-import type { Db } from '../storage/db.ts';
-import { SimStore, type Sim } from '../storage/sims.ts';
+import type { CredentialRow, CredentialStore, Purpose } from '../storage/credentials.ts';
+import type { Sim, SimStore } from '../storage/sims.ts';
 import { ApiGate, ApiError } from './api-gate.ts';
 import type { KeyCipher } from './key-cipher.ts';
 import { certificateNotAfter, csrFingerprint, generateKeyAndCsr } from './keys.ts';
@@ -54,7 +53,8 @@ export interface VendorHooks {
 
 export interface VendorOptions extends VendorHooks {
   config: VendingConfig;
-  db: Db;
+  sims: SimStore;
+  credentials: CredentialStore;
   provider: VendingProvider;
   cipher: KeyCipher;
   audit: AuditLog;
@@ -98,8 +98,8 @@ export class Vendor {
 
   constructor(private readonly opts: VendorOptions) {
     const c = opts.config;
-    this.store = new CredentialStore(opts.db);
-    this.sims = new SimStore(opts.db);
+    this.store = opts.credentials;
+    this.sims = opts.sims;
     this.gate = new ApiGate({
       rates: c.quotas,
       burstSeconds: c.burstSeconds,

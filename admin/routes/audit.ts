@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { queryAudit } from '../audit-query.ts';
+import { AUDIT_KINDS, isAuditKind } from '../../storage/audit.ts';
 import type { AdminContext } from '../context.ts';
-import { auditEventRef, authErrors, IMSI_PATTERN, iso } from '../schemas.ts';
+import { auditEventRef, authErrors, errorRef, IMSI_PATTERN, iso } from '../schemas.ts';
 
 interface Query {
   imsi?: string;
@@ -28,7 +28,7 @@ export function auditRoutes(ctx: AdminContext): FastifyPluginAsync {
             additionalProperties: false,
             properties: {
               imsi: { type: 'string', pattern: IMSI_PATTERN },
-              kind: { type: 'string', pattern: '^[a-z0-9_]+(,[a-z0-9_]+)*$', description: 'one kind, or several separated by commas' },
+              kind: { type: 'string', pattern: '^[a-z0-9_]+(,[a-z0-9_]+)*$', description: `one kind, or several separated by commas: ${AUDIT_KINDS.join(', ')}` },
               since: { type: 'string', format: 'date-time', description: 'inclusive' },
               until: { type: 'string', format: 'date-time', description: 'exclusive' },
               before: { type: 'integer', minimum: 1, description: 'event id: older events only' },
@@ -36,6 +36,7 @@ export function auditRoutes(ctx: AdminContext): FastifyPluginAsync {
             },
           },
           response: {
+            400: errorRef,
             200: {
               type: 'object',
               properties: { items: { type: 'array', items: auditEventRef }, nextBefore: { type: ['integer', 'null'] } },
@@ -44,11 +45,14 @@ export function auditRoutes(ctx: AdminContext): FastifyPluginAsync {
           },
         },
       },
-      async (req) => {
+      async (req, reply) => {
         const q = req.query;
-        const page = queryAudit(ctx.deps.db, {
+        const kinds = q.kind?.split(',');
+        const unknown = kinds?.find((k) => !isAuditKind(k));
+        if (unknown) return reply.code(400).send({ error: 'unknown_kind', message: `no audit kind "${unknown}"; kinds are ${AUDIT_KINDS.join(', ')}` });
+        const page = ctx.deps.audit.query({
           imsi: q.imsi,
-          kinds: q.kind?.split(','),
+          kinds: kinds?.filter(isAuditKind),
           since: q.since ? Date.parse(q.since) : undefined,
           until: q.until ? Date.parse(q.until) : undefined,
           before: q.before,

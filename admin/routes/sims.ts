@@ -160,9 +160,7 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const view = deviceView(req.params.imsi, {
-          db: deps.db,
-          sims: deps.sims,
-          audit: deps.audit,
+          stores: ctx.stores,
           groups: deps.groups,
           upstreamState: deps.upstreamState,
           connected: deps.connected,

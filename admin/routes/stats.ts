@@ -17,7 +17,7 @@ export function statsRoutes(ctx: AdminContext): FastifyPluginAsync {
           response: { 200: fleetStatsSchema, ...authErrors },
         },
       },
-      async () => fleetStats(ctx.deps.db, ctx.deps.sims, Date.now() - ctx.config.onlineWindowSeconds * 1000),
+      async () => fleetStats(ctx.stores, Date.now() - ctx.config.onlineWindowSeconds * 1000),
     );
   };
 }

@@ -2,9 +2,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import type { Config } from '../../config/schema.ts';
-import { AuditLog } from '../../storage/audit.ts';
-import { CredentialStore } from '../../storage/credentials.ts';
 import { openDatabase } from '../../storage/db.ts';
+import { sqliteStores } from '../../storage/index.ts';
 import { createVending } from '../../vending/index.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../../vending/master-key.ts';
@@ -66,18 +65,20 @@ export async function vendPending(
         generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined,
       }),
     );
-    checkMasterKey(db, cipher);
+    const stores = sqliteStores(db);
+    checkMasterKey(stores, cipher);
     vendor = createVending(config.vending, {
-      db,
+      sims: stores.sims,
+      credentials: stores.credentials,
       cipher,
-      audit: new AuditLog(db),
+      audit: stores.audit,
       log,
       policyFor: (g) => groupPolicy(config, g),
       needsDataEndpoint: false,
       background: false,
     }).vendor;
 
-    const pending = new CredentialStore(db).simsWithoutCredentials();
+    const pending = stores.credentials.simsWithoutCredentials();
     const summary = await vendAll(vendor, pending, opts.attempts ?? 5, Math.min(config.vending.maxQueue, config.vending.concurrency * 4), opts.json || !out.isTTY ? undefined : progressBar(out, pending.length));
     if (opts.json) out.write(JSON.stringify(summary) + '\n');
     else {

@@ -30,7 +30,10 @@ export interface RadiusListenerOptions {
   /** Default 1813 (RFC 2866 §3); 0 picks a free port. */
   port?: number;
   clients: RadiusClientConfig[];
-  db: Db;
+  /** The session table to feed. */
+  sessions?: NetworkSessions;
+  /** Without `sessions`: the database to keep a session table in. */
+  db?: Db;
   /** How long a reply is kept for retransmissions of its request. Default 30 s. */
   replyCacheMs?: number;
   /** Sessions with no Start/Interim-Update for this long are ended ('expired'). Default 0: never. */
@@ -94,13 +97,13 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   /** Use startRadiusListener(). */
   constructor(
     private readonly socket: Socket,
-    private readonly db: Db,
     opts: RadiusListenerOptions,
   ) {
     super();
     const now = opts.now ?? Date.now;
     this.clients = new ClientTable(opts.clients);
-    this.sessions = new NetworkSessions(db, now);
+    if (!opts.sessions && !opts.db) throw new Error('radius listener: give sessions or db');
+    this.sessions = opts.sessions ?? new NetworkSessions(opts.db!, now);
     this.cache = new ReplyCache(opts.replyCacheMs ?? 30_000, 100_000, now);
     this.log = opts.logger ?? silent;
     this.groupCommit = opts.groupCommit ?? true;
@@ -206,25 +209,12 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     const batch = this.pending;
     if (batch.length === 0) return;
     this.pending = [];
-    const outcomes: Array<Applied | Error> = [];
+    let outcomes: Array<Applied | Error>;
     try {
-      this.db
-        .transaction(() => {
-          for (const p of batch) {
-            try {
-              outcomes.push(applyRecord(this.sessions, p.record));
-            } catch (err) {
-              // Errors such as SQLITE_FULL roll back the whole transaction: nothing of this batch holds.
-              if (!this.db.inTransaction) throw err;
-              outcomes.push(err as Error);
-            }
-          }
-        })
-        .immediate();
+      outcomes = this.sessions.applyAll(batch, (p) => applyRecord(this.sessions, p.record));
       this.counters.commits++;
     } catch (err) {
-      outcomes.length = 0;
-      for (let i = 0; i < batch.length; i++) outcomes.push(err as Error);
+      outcomes = batch.map(() => err as Error);
     }
     batch.forEach((p, i) => this.settle(p, outcomes[i]!));
   }
@@ -285,7 +275,7 @@ export async function startRadiusListener(opts: RadiusListenerOptions): Promise<
   const socket = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4' });
   let listener: RadiusListener;
   try {
-    listener = new RadiusListener(socket, opts.db, opts);
+    listener = new RadiusListener(socket, opts);
   } catch (err) {
     socket.close();
     throw err;

@@ -1,0 +1,48 @@
+import { deviceSent } from './activity.ts';
+import type { Db } from './db.ts';
+
+export interface QueueSummary {
+  /** Messages waiting. */
+  depth: number;
+  /** SIMs with messages waiting. */
+  sims: number;
+  oldestReceivedAt: number | null;
+}
+
+export interface SimQueue {
+  depth: number;
+  oldestReceivedAt: number | null;
+  /** Newest waiting message the device sent itself (not one the gateway queued for it). */
+  newestFromDevice: number | null;
+}
+
+export interface DeadLetterSummary {
+  total: number;
+  /** Dead-lettered at or after the `since` asked for. */
+  recent: number;
+}
+
+/** Read-only figures about the outbox and the dead letters, for the admin surface (never the hot path). */
+export class OutboxStats {
+  constructor(private readonly db: Db) {}
+
+  summary(): QueueSummary {
+    const r = this.db.prepare('SELECT count(*) AS depth, count(DISTINCT imsi) AS sims, min(received_at) AS oldest FROM outbox').get() as {
+      depth: number;
+      sims: number;
+      oldest: number | null;
+    };
+    return { depth: r.depth, sims: r.sims, oldestReceivedAt: r.oldest };
+  }
+
+  ofSim(imsi: string): SimQueue {
+    const r = this.db
+      .prepare(`SELECT count(*) AS depth, min(received_at) AS oldest, max(CASE WHEN ${deviceSent('o')} THEN received_at END) AS newest FROM outbox o WHERE imsi = ?`)
+      .get(imsi) as { depth: number; oldest: number | null; newest: number | null };
+    return { depth: r.depth, oldestReceivedAt: r.oldest, newestFromDevice: r.newest };
+  }
+
+  deadLetters(since: number): DeadLetterSummary {
+    return this.db.prepare('SELECT count(*) AS total, count(CASE WHEN failed_at >= ? THEN 1 END) AS recent FROM dead_letters').get(since) as DeadLetterSummary;
+  }
+}
