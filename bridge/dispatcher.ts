@@ -327,6 +327,8 @@ export class Dispatcher {
   private async drain(lane: Lane, sim: Sim, session: UpstreamSession, planned?: Unit[]): Promise<number | undefined> {
     const { metrics } = this.opts;
     const inflight = new Map<number, Promise<void>>();
+    /** Units published and not acknowledged yet (a unit stays in flight while its rows are removed). */
+    const unacked = new Set<number>();
     let failure: unknown;
     let wakeAt: number | undefined;
     // After a read that found the queue empty, read again only once this drain is done: rows committed
@@ -372,6 +374,7 @@ export class Dispatcher {
           .publish(unit.topic, unit.payload, unit.qos)
           .then(
             () => {
+              unacked.delete(first);
               // Rows leave the outbox only now, on the PUBACK of the publish that carried them.
               const removed = this.opts.outbox.remove(unit.rows);
               if (!isPromise(removed)) return acked(unit, inDoubt);
@@ -382,7 +385,7 @@ export class Dispatcher {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
-                const oldest = Math.min(...inflight.keys());
+                const oldest = Math.min(...unacked);
                 const again = lane.suspect?.first === oldest ? lane.suspect : undefined;
                 lane.suspect = { first: oldest, failures: again?.failures ?? 0, uncounted: true, error: String((err as Error)?.message ?? err) };
               }
@@ -390,6 +393,7 @@ export class Dispatcher {
           )
           .finally(() => inflight.delete(first));
         inflight.set(first, p);
+        unacked.add(first);
       }
       if (inflight.size >= window) await Promise.race(inflight.values());
     }
