@@ -1,15 +1,16 @@
 import type { Logger } from 'pino';
 import type { GroupConfig } from '../config/schema.ts';
-import type { Outbox, OutboxMessage } from '../storage/outbox.ts';
+import type { DeliveryOutbox, MaybePromise, OutboxMessage } from '../storage/outbox.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
-import type { DeviceCredentials } from '../vending/vendor.ts';
-import { plan, type OpenBatch, type PlanInput, type Unit } from './batching/planner.ts';
+import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
+import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
+import { Lane, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
 
 export interface DispatcherOptions {
-  outbox: Outbox;
+  outbox: DeliveryOutbox;
   sims: SimStore;
   /** Credentials of a SIM, vending it first when needed. */
   credentials(sim: Sim): Promise<DeviceCredentials>;
@@ -28,36 +29,9 @@ export interface DispatcherOptions {
   onDeadLetter?(msg: OutboxMessage, reason: string): void;
 }
 
-/** Where one SIM's delivery stands between drains. */
-interface Cursor {
-  imsi: string;
-  /** Rows up to here are acknowledged or in flight; their deletes may still be pending. */
-  lastId: number;
-  /** The first row of the oldest unacknowledged unit when a publish failed: refused for good, or an outage? */
-  suspect?: number;
-  suspectError?: string;
-  /** The failure is counted against the suspect only once a reconnect succeeds (an outage is not its fault). */
-  suspectUncounted?: boolean;
-  /** When the device's open batch is due. */
-  wakeAt?: number;
-}
-
-/** A device's open window batch and what it was planned from; reused only while all of that still holds. */
-interface KnownOpenBatch extends OpenBatch {
-  plannedWith: Omit<PlanInput, 'rows' | 'open' | 'more' | 'now' | 'releaseBefore'>;
-  afterId: number;
-  /** Last row read into it: the next plan reads only rows after this one. */
-  lastRowId: number;
-  group: string;
-  removals: number;
-}
-
-/** What joining rows to an open batch planned when that made it due: its units, and what stays open. */
-interface DuePlan {
-  /** The open batch the rows joined (its plan inputs, read position and removal count). */
-  from: KnownOpenBatch;
+/** What planning found due: units to send now, or how long until the open batch falls due. */
+interface Due {
   units: Unit[];
-  open?: OpenBatch;
   waitMs?: number;
 }
 
@@ -71,17 +45,12 @@ const MAX_PEEK = 5000;
  * oldest, so delivery is at-least-once and FIFO per device. IoT Core closes the connection on a publish
  * it refuses (MQTT 3.1.1); a unit that keeps doing that is sent alone, and after maxDeliveryAttempts its
  * rows go to the dead letters so they cannot block their device.
+ *
+ * Each device has one lane (delivery-lane.ts) holding all of its state; the pump of a lane is the only
+ * code that publishes its rows, so order per device needs no lock.
  */
 export class Dispatcher {
-  private readonly active = new Map<string, { again: boolean; done: Promise<void> }>();
-  private readonly attempts = new Map<number, number>();
-  private readonly timers = new Map<string, NodeJS.Timeout>();
-  /** Open window batches: a reading joining one costs a read of that reading, not of the whole batch. */
-  private readonly openBatches = new Map<string, KnownOpenBatch>();
-  /** A batch that joining rows made due, handed to the wake that follows so it is not read and planned again. */
-  private readonly duePlans = new Map<string, DuePlan>();
-  /** Where a SIM's last pump stopped with everything up to there acknowledged: the next one reads on from there. */
-  private readonly resumeAfter = new Map<string, number>();
+  private readonly lanes = new Map<string, Lane>();
   /** Per group: rows received up to this time are due now (a schedule fired). */
   private readonly released = new Map<string, number>();
   /** While flushing (shutdown), every open batch is due. */
@@ -89,37 +58,24 @@ export class Dispatcher {
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
-    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.joinOpenBatch(imsi, rows) || this.openBatch(imsi, rows) || this.wake(imsi)));
+    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.arrived(this.lane(imsi), rows)));
   }
 
-  /** Resumes delivery of everything left in the outbox (after a restart). */
+  /** Resumes delivery of everything left in the outbox (after a restart, a reload). */
   start(): void {
-    for (const imsi of this.opts.outbox.simsWithMessages()) this.wake(imsi);
+    this.eachSimWithMessages((imsi) => this.wake(imsi));
   }
 
   /** A group's schedule fired: what its devices hold now is due. */
   release(group: string, at = Date.now()): void {
     this.released.set(group, at);
-    for (const imsi of this.opts.outbox.simsWithMessages()) {
+    this.eachSimWithMessages((imsi) => {
       if (this.opts.sims.get(imsi)?.group === group) this.wake(imsi);
-    }
+    });
   }
 
   wake(imsi: string): void {
-    if (this.stopped) return;
-    clearTimeout(this.timers.get(imsi));
-    this.timers.delete(imsi);
-    const running = this.active.get(imsi);
-    if (running) {
-      running.again = true;
-      return;
-    }
-    const state = { again: false, done: Promise.resolve() };
-    state.done = this.pump(imsi, state).finally(() => {
-      this.active.delete(imsi);
-      if (state.again && !this.stopped) this.wake(imsi);
-    });
-    this.active.set(imsi, state);
+    this.wakeLane(this.lane(imsi));
   }
 
   /** Sends every open batch now and waits until the outbox is empty or the deadline passes. */
@@ -133,49 +89,88 @@ export class Dispatcher {
   /** Stops starting new publishes and waits (bounded) for those in flight. */
   async stop(graceMs: number): Promise<void> {
     this.stopped = true;
-    this.timers.forEach((t) => clearTimeout(t));
-    this.timers.clear();
-    const all = Promise.allSettled([...this.active.values()].map((s) => s.done));
+    for (const lane of this.lanes.values()) lane.stopTimer();
+    const all = Promise.allSettled([...this.lanes.values()].flatMap((lane) => (lane.pump ? [lane.pump.done] : [])));
     await Promise.race([all, new Promise((r) => setTimeout(r, graceMs).unref())]);
   }
 
-  private async pump(imsi: string, state: { again: boolean }): Promise<void> {
+  private lane(imsi: string): Lane {
+    let lane = this.lanes.get(imsi);
+    if (!lane) this.lanes.set(imsi, (lane = new Lane(imsi)));
+    return lane;
+  }
+
+  private eachSimWithMessages(each: (imsi: string) => void): void {
+    const sims = this.opts.outbox.simsWithMessages();
+    if (Array.isArray(sims)) sims.forEach(each);
+    else sims.then((list) => list.forEach(each), (err) => this.opts.log.error({ err: String(err) }, 'outbox not readable; delivery not resumed'));
+  }
+
+  private wakeLane(lane: Lane): void {
+    if (this.stopped) return;
+    lane.stopTimer();
+    if (lane.pump) {
+      lane.pump.again = true;
+      return;
+    }
+    const pump = { again: false, done: Promise.resolve() };
+    pump.done = this.pump(lane, pump).finally(() => {
+      lane.pump = undefined;
+      if (pump.again && !this.stopped) this.wakeLane(lane);
+    });
+    lane.pump = pump;
+  }
+
+  /**
+   * A commit brought new rows for a device. A device waiting on an open window batch has them join it,
+   * and one with nothing queued before opens its first batch, both without a read or a pump while the
+   * batch is not due; everything else wakes the device's pump.
+   */
+  private arrived(lane: Lane, rows: OutboxMessage[]): void {
+    const idle = !lane.pump && !this.stopped && !this.flushing;
+    if (idle && lane.timer && lane.holding === 'open' && this.joinOpenBatch(lane, rows)) return;
+    if (idle && !lane.timer && !lane.holding && this.openFirstBatch(lane, rows)) return;
+    this.wakeLane(lane);
+  }
+
+  private async pump(lane: Lane, state: { again: boolean }): Promise<void> {
     let delay = this.opts.retryDelayMs;
-    // A batch kept open is continued only by a pump that reads on from where it was planned.
-    const cursor: Cursor = { imsi, lastId: this.resumeAfter.get(imsi) ?? 0 };
-    this.resumeAfter.delete(imsi);
+    let wakeAt: number | undefined;
     while (!this.stopped) {
       state.again = false;
-      const sim = this.opts.sims.forRouting(imsi);
-      if (!sim) return;
-      // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
-      // otherwise open every device's session at once, long before anything is due.
-      const next = this.nextUnits(sim, cursor.lastId, 1);
-      if (next.units.length === 0) {
-        cursor.wakeAt = next.waitMs === undefined ? undefined : Date.now() + next.waitMs;
-        if (state.again) continue;
-        break;
+      const sim = this.opts.sims.forRouting(lane.imsi);
+      if (!sim) {
+        lane.cursor = 0;
+        return;
       }
       let session: UpstreamSession | undefined;
       try {
+        // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
+        // otherwise open every device's session at once, long before anything is due.
+        const next = await this.dueUnits(lane, sim, 1);
+        if (next.units.length === 0) {
+          wakeAt = next.waitMs === undefined ? undefined : Date.now() + next.waitMs;
+          if (state.again) continue;
+          break;
+        }
         // A warm session already holds the credentials: read and decrypt the key only to open one.
         const warm = this.opts.pool.peek(sim.thingName);
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
-        const planned = cursor.suspect === undefined ? next.units : undefined;
-        this.judgeSuspect(cursor);
-        await this.drain(sim, session, cursor, planned);
+        const planned = lane.suspect === undefined ? next.units : undefined;
+        await this.judgeSuspect(lane, sim);
+        wakeAt = await this.drain(lane, sim, session, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
-        const more = cursor.wakeAt === undefined && this.opts.outbox.peek(imsi, cursor.lastId, 1).length > 0;
+        const more = wakeAt === undefined && (await this.opts.outbox.peek(lane.imsi, lane.cursor, 1)).length > 0;
         if (!state.again && !more) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
-        cursor.lastId = 0;
+        lane.cursor = 0;
         if (this.stopped) return;
-        if ((err as Error)?.name === 'VendingRefusedError') {
+        if (err instanceof VendingRefusedError) {
           // No certificate will ever come for this SIM (terminated, revoked): its queue cannot be delivered.
-          this.deadLetterAll(imsi, `not delivered: ${(err as Error).message}`);
+          await this.deadLetterAll(lane, `not delivered: ${err.message}`);
           return;
         }
         this.opts.log.warn({ thing: sim.thingName, err: String((err as Error)?.message ?? err) }, 'upstream delivery failed; will retry');
@@ -185,146 +180,168 @@ export class Dispatcher {
       }
     }
     if (this.stopped) return;
-    this.resumeAfter.set(imsi, cursor.lastId);
-    if (cursor.wakeAt !== undefined) {
-      this.timers.set(imsi, setTimeout(() => this.wake(imsi), Math.max(0, cursor.wakeAt - Date.now())));
-    }
+    if (wakeAt !== undefined) lane.wakeIn(wakeAt - Date.now(), () => this.wakeLane(lane));
   }
 
   /** After a reconnect: count the failure against the suspect unit, and dead-letter it past the limit. */
-  private judgeSuspect(cursor: Cursor): void {
-    if (cursor.suspect === undefined || !cursor.suspectUncounted) return;
-    cursor.suspectUncounted = false;
-    const n = (this.attempts.get(cursor.suspect) ?? 0) + 1;
-    this.attempts.set(cursor.suspect, n);
-    if (n < this.opts.maxDeliveryAttempts) return;
-    const sim = this.opts.sims.get(cursor.imsi);
-    const unit = sim && this.nextUnits(sim, cursor.suspect - 1, 1, true).units[0];
-    const reason = `refused upstream ${n} times (${cursor.suspectError ?? 'connection closed on publish'})`;
+  private async judgeSuspect(lane: Lane, sim: Sim): Promise<void> {
+    const suspect = lane.suspect;
+    if (!suspect?.uncounted) return;
+    suspect.uncounted = false;
+    suspect.failures++;
+    if (suspect.failures < this.opts.maxDeliveryAttempts) return;
+    const unit = await this.unitStartingAt(lane, sim, suspect.first);
+    const reason = `refused upstream ${suspect.failures} times (${suspect.error})`;
     for (const row of unit?.rows ?? []) {
-      this.opts.outbox.deadLetter(row, reason);
+      await this.opts.outbox.deadLetter(row, reason);
       this.opts.metrics.deadLetters.inc({ reason: 'refused_upstream' });
       this.opts.onDeadLetter?.(row, reason);
     }
-    this.opts.log.warn({ imsi: cursor.imsi, rows: unit?.rows.length ?? 0, reason }, 'moved to dead letters');
-    this.attempts.delete(cursor.suspect);
-    cursor.suspect = undefined;
+    this.opts.log.warn({ imsi: lane.imsi, rows: unit?.rows.length ?? 0, reason }, 'moved to dead letters');
+    lane.suspect = undefined;
   }
 
-  private deadLetterAll(imsi: string, reason: string): void {
-    for (let rows = this.opts.outbox.peek(imsi, 0, 500); rows.length; rows = this.opts.outbox.peek(imsi, 0, 500)) {
+  private async deadLetterAll(lane: Lane, reason: string): Promise<void> {
+    lane.suspect = undefined;
+    for (let rows = await this.opts.outbox.peek(lane.imsi, 0, 500); rows.length; rows = await this.opts.outbox.peek(lane.imsi, 0, 500)) {
       for (const row of rows) {
-        this.opts.outbox.deadLetter(row, reason);
+        await this.opts.outbox.deadLetter(row, reason);
         this.opts.metrics.deadLetters.inc({ reason: 'sim_refused' });
         this.opts.onDeadLetter?.(row, reason);
       }
     }
   }
 
-  /** The next units of a SIM after a row id, by its group's policy. */
-  private nextUnits(sim: Sim, afterId: number, maxUnits: number, forceDue = false, given?: OutboxMessage[]): { units: Unit[]; waitMs?: number } {
+  /** What a plan made for this SIM now, at the lane's cursor, is stamped with (see stillHolds). */
+  private stamp(lane: Lane, sim: Sim): PlanStamp {
+    return { group: sim.group, cfg: this.opts.group(sim.group).batching, imei: sim.boundImei, thing: sim.thingName, cursor: lane.cursor, removals: this.opts.outbox.removals(lane.imsi) };
+  }
+
+  /** The planner's inputs for a SIM in its group. */
+  private basis(sim: Sim): PlanBasis {
     const group = this.opts.group(sim.group);
     const cfg = group.batching;
-    const stillHolds = (k: KnownOpenBatch | undefined): k is KnownOpenBatch =>
-      !!k &&
-      k.afterId === afterId &&
-      k.plannedWith.cfg === cfg &&
-      k.plannedWith.identity.imei === sim.boundImei &&
-      k.plannedWith.identity.thing === sim.thingName &&
-      k.removals === this.opts.outbox.removals(sim.imsi);
-    const due = this.duePlans.get(sim.imsi);
-    this.duePlans.delete(sim.imsi);
-    if (due && !given && !forceDue && !this.flushing && due.units.length <= maxUnits && stillHolds(due.from)) {
-      this.openBatches.delete(sim.imsi);
-      this.keepOpen(sim, due.from.plannedWith, due.open, due.units.at(-1)!.rows.at(-1)!.id);
-      return { units: due.units, waitMs: due.waitMs };
-    }
-    const known = this.openBatches.get(sim.imsi);
-    this.openBatches.delete(sim.imsi);
-    const open = stillHolds(known) ? known : undefined;
-    const limit = cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
-    const rows = given ?? this.opts.outbox.peek(sim.imsi, open ? open.lastRowId : afterId, limit + 1);
-    const more = rows.length > limit;
-    if (more) rows.pop();
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
-    const releaseBefore = forceDue || this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
-    const plannedWith = open?.plannedWith ?? {
+    return {
       cfg,
       topics: new DeviceTopics(group.upstreamTopic, vars),
       identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
       batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
       maxMessageBytes: this.opts.maxMessageBytes,
     };
-    const planned = plan({ ...plannedWith, rows, open, more, now: Date.now(), releaseBefore });
+  }
+
+  /** How many rows to read for up to maxUnits units: one per unit sent as is, a batch's worth (and one) per batch. */
+  private readLimit(basis: PlanBasis, maxUnits: number): number {
+    return basis.cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (basis.cfg.maxMessages + 1) * maxUnits);
+  }
+
+  /** Reads up to limit rows after a row id; `more` tells whether rows were left beyond them. */
+  private async read(imsi: string, afterId: number, limit: number): Promise<{ rows: OutboxMessage[]; more: boolean }> {
+    const rows = await this.opts.outbox.peek(imsi, afterId, limit + 1);
+    const more = rows.length > limit;
+    if (more) rows.pop();
+    return { rows, more };
+  }
+
+  /**
+   * The units of a device due now after its lane's cursor, at most maxUnits, by its group's policy;
+   * what the lane holds from its last plan is continued when it still holds, else the rows are read
+   * again. What a plan leaves open stays with the lane.
+   */
+  private async dueUnits(lane: Lane, sim: Sim, maxUnits: number): Promise<Due> {
+    const stamp = this.stamp(lane, sim);
+    const held = lane.take(stamp);
+    if (held && 'due' in held && !this.flushing && held.due.units.length <= maxUnits) {
+      const { units, open, waitMs } = held.due;
+      this.keepOpen(lane, { ...stamp, cursor: units.at(-1)!.rows.at(-1)!.id }, held.basis, open);
+      return { units, waitMs };
+    }
+    const open = held && 'open' in held ? held : undefined;
+    const basis = open?.basis ?? this.basis(sim);
+    const { rows, more } = await this.read(lane.imsi, open ? open.lastRowId : stamp.cursor, this.readLimit(basis, maxUnits));
+    const releaseBefore = this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
+    const planned = plan({ ...basis, rows, open: open?.open, more, now: Date.now(), releaseBefore });
     const units = planned.units.slice(0, maxUnits);
     if (units.length === planned.units.length) {
-      this.keepOpen(sim, plannedWith, planned.open, units.at(-1)?.rows.at(-1)!.id ?? afterId);
+      this.keepOpen(lane, { ...stamp, cursor: units.at(-1)?.rows.at(-1)!.id ?? stamp.cursor }, basis, planned.open);
     }
     return { units, waitMs: planned.waitMs };
   }
 
-  /** Remembers the batch a plan left open after its units, so the next plan continues it. */
-  private keepOpen(sim: Sim, plannedWith: KnownOpenBatch['plannedWith'], open: OpenBatch | undefined, unitsEnd: number): void {
-    if (!open) return;
-    const lastRowId = open.rows.at(-1)!.id;
-    this.openBatches.set(sim.imsi, { ...open, plannedWith, afterId: unitsEnd, lastRowId, group: sim.group, removals: this.opts.outbox.removals(sim.imsi) });
+  /** The unit that starts at a row, as it would go now whatever its batch's timing (a suspect to dead-letter). */
+  private async unitStartingAt(lane: Lane, sim: Sim, firstRowId: number): Promise<Unit | undefined> {
+    // Dead-lettering changes what the lane's plan was made from.
+    lane.forget();
+    const basis = this.basis(sim);
+    const { rows, more } = await this.read(lane.imsi, firstRowId - 1, this.readLimit(basis, 1));
+    return plan({ ...basis, rows, more, now: Date.now(), releaseBefore: Infinity }).units[0];
+  }
+
+  /** Leaves the batch a plan left open after its units with the lane, so the next plan continues it. */
+  private keepOpen(lane: Lane, stamp: PlanStamp, basis: PlanBasis, open: OpenBatch | undefined): void {
+    if (open) lane.hold({ stamp, basis, open, lastRowId: open.rows.at(-1)!.id });
   }
 
   /**
-   * Newly committed rows of a SIM whose window batch is open and waiting: they join it here, without a
-   * read or a pump, as long as it stays open. Returns false when the SIM needs a full wake instead
-   * (no such batch, it changed, or it is now due); the wake then plans from the outbox.
+   * Newly committed rows of a device whose window batch is open and waiting: they join it here, as long
+   * as it stays open. Returns false when the device needs a wake instead (what the lane held no longer
+   * holds, or the batch is now due: the wake then sends what was planned here).
    */
-  private joinOpenBatch(imsi: string, rows: OutboxMessage[]): boolean {
-    const known = this.openBatches.get(imsi);
-    if (!known || this.active.has(imsi) || !this.timers.has(imsi) || this.stopped || this.flushing) return false;
-    this.openBatches.delete(imsi);
-    // The SIM itself (status, group, identity) is checked again by the wake that sends the batch.
-    if (rows[0]!.id <= known.lastRowId || known.removals !== this.opts.outbox.removals(imsi) || known.plannedWith.cfg !== this.opts.group(known.group).batching) return false;
-    const planned = plan({ ...known.plannedWith, rows, open: known, more: false, now: Date.now(), releaseBefore: this.released.get(known.group) ?? -Infinity });
+  private joinOpenBatch(lane: Lane, rows: OutboxMessage[]): boolean {
+    const sim = this.opts.sims.forRouting(lane.imsi);
+    const held = sim && lane.take(this.stamp(lane, sim));
+    if (!held || !('open' in held) || rows[0]!.id <= held.lastRowId) return false;
+    const planned = plan({ ...held.basis, rows, open: held.open, more: false, now: Date.now(), releaseBefore: this.released.get(held.stamp.group) ?? -Infinity });
     if (planned.units.length > 0) {
-      // Now due: the wake that follows sends what was planned here (checked again there) and keeps the rest open.
-      this.duePlans.set(imsi, { from: known, units: planned.units, open: planned.open, waitMs: planned.waitMs });
+      lane.hold({ stamp: held.stamp, basis: held.basis, due: { units: planned.units, open: planned.open, waitMs: planned.waitMs } });
       return false;
     }
     if (!planned.open) return false;
     // The planner extended the batch's own rows and builder: only the read position moves.
-    known.lastRowId = rows.at(-1)!.id;
-    this.openBatches.set(imsi, known);
+    lane.hold({ ...held, lastRowId: rows.at(-1)!.id });
     return true;
   }
 
   /**
-   * The first rows of a SIM with nothing else queued: when they open a window batch that is not due,
-   * the batch and its timer are set up here, without a read or a pump. Returns false otherwise.
+   * The first rows of a device with nothing else queued: when they open a window batch that is not
+   * due, the lane holds it with a timer, planned from the rows as they arrived. Returns false otherwise.
    */
-  private openBatch(imsi: string, rows: OutboxMessage[]): boolean {
-    if (this.openBatches.has(imsi) || this.active.has(imsi) || this.timers.has(imsi) || this.stopped || this.flushing) return false;
+  private openFirstBatch(lane: Lane, rows: OutboxMessage[]): boolean {
     // Older rows (queued, or delivered and not yet deleted) mean the pump must plan from the outbox.
-    if (this.opts.outbox.usage(imsi).rows !== rows.length) return false;
-    const sim = this.opts.sims.forRouting(imsi);
+    if (this.opts.outbox.usage(lane.imsi).rows !== rows.length) return false;
+    const sim = this.opts.sims.forRouting(lane.imsi);
     if (!sim || this.opts.group(sim.group).batching.policy !== 'window') return false;
-    const { units, waitMs } = this.nextUnits(sim, this.resumeAfter.get(imsi) ?? 0, 1, false, rows);
-    if (units.length > 0 || waitMs === undefined) {
-      this.openBatches.delete(imsi);
-      return false;
-    }
-    this.timers.set(imsi, setTimeout(() => this.wake(imsi), waitMs));
+    const basis = this.basis(sim);
+    const planned = plan({ ...basis, rows, more: false, now: Date.now(), releaseBefore: this.released.get(sim.group) ?? -Infinity });
+    if (planned.units.length > 0 || planned.waitMs === undefined || !planned.open) return false;
+    this.keepOpen(lane, this.stamp(lane, sim), basis, planned.open);
+    lane.wakeIn(planned.waitMs, () => this.wakeLane(lane));
     return true;
   }
 
-  /** Publishes the SIM's due units until none are left; throws on the first failed publish. */
-  private async drain(sim: Sim, session: UpstreamSession, cursor: Cursor, planned?: Unit[]): Promise<void> {
+  /**
+   * Publishes the device's due units until none are left; throws on the first failed publish. Returns
+   * when the batch left open falls due, if one is.
+   */
+  private async drain(lane: Lane, sim: Sim, session: UpstreamSession, planned?: Unit[]): Promise<number | undefined> {
     const { metrics } = this.opts;
     const inflight = new Map<number, Promise<void>>();
+    /** Units published and not acknowledged yet (a unit stays in flight while its rows are removed). */
+    const unacked = new Set<number>();
     let failure: unknown;
-    cursor.wakeAt = undefined;
+    let wakeAt: number | undefined;
     // After a read that found the queue empty, read again only once this drain is done: rows committed
     // meanwhile wake the pump, which drains again (a read per acknowledgement found nothing 9 times in 10).
     let exhausted = false;
+    const acked = (unit: Unit, inDoubt: Suspect | undefined) => {
+      this.count(sim, unit);
+      // A suspect goes alone and first: once that unit is acknowledged, the doubt is gone.
+      if (inDoubt && lane.suspect === inDoubt) lane.suspect = undefined;
+    };
     while (failure === undefined && !this.stopped) {
       // A suspect goes alone, so a refusal is pinned on the right unit.
-      const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
+      const window = lane.suspect !== undefined ? 1 : this.opts.maxInflight;
       // Refill the window in chunks, not one read per acknowledgement.
       if (inflight.size > 0 && (exhausted || inflight.size > window / 2)) {
         await Promise.race(inflight.values());
@@ -332,55 +349,57 @@ export class Dispatcher {
       }
       if (exhausted) break;
       const want = window - inflight.size;
-      let units: Unit[];
-      let waitMs: number | undefined;
+      let due: Due;
       if (planned) {
         // What the pump already planned goes first, without planning it again.
-        units = planned.slice(0, want);
+        due = { units: planned.slice(0, want) };
         planned = undefined;
       } else {
-        ({ units, waitMs } = this.nextUnits(sim, cursor.lastId, want));
-        if (units.length < want && waitMs === undefined) exhausted = true;
+        due = await this.dueUnits(lane, sim, want);
+        if (due.units.length < want && due.waitMs === undefined) exhausted = true;
       }
-      if (units.length === 0) {
+      if (due.units.length === 0) {
         if (inflight.size === 0) {
-          if (waitMs !== undefined) cursor.wakeAt = Date.now() + waitMs;
+          if (due.waitMs !== undefined) wakeAt = Date.now() + due.waitMs;
           break;
         }
         await Promise.race(inflight.values());
         continue;
       }
-      for (const unit of units) {
+      for (const unit of due.units) {
         const first = unit.rows[0]!.id;
-        cursor.lastId = unit.rows.at(-1)!.id;
+        const inDoubt = lane.suspect;
+        lane.cursor = unit.rows.at(-1)!.id;
         const p: Promise<void> = session
           .publish(unit.topic, unit.payload, unit.qos)
           .then(
             () => {
-              this.count(sim, unit);
-              this.opts.outbox.remove(unit.rows);
-              if (cursor.suspect === first) {
-                cursor.suspect = undefined;
-                this.attempts.delete(first);
-              }
+              unacked.delete(first);
+              // Rows leave the outbox only now, on the PUBACK of the publish that carried them.
+              const removed = this.opts.outbox.remove(unit.rows);
+              if (!isPromise(removed)) return acked(unit, inDoubt);
+              // A delete that fails leaves the rows queued: they are sent again (at-least-once).
+              return removed.then(() => acked(unit, inDoubt), (err: unknown) => void (failure ??= err));
             },
             (err: unknown) => {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
-                cursor.suspect = Math.min(...inflight.keys());
-                cursor.suspectError = String((err as Error)?.message ?? err);
-                cursor.suspectUncounted = true;
+                const oldest = Math.min(...unacked);
+                const again = lane.suspect?.first === oldest ? lane.suspect : undefined;
+                lane.suspect = { first: oldest, failures: again?.failures ?? 0, uncounted: true, error: String((err as Error)?.message ?? err) };
               }
             },
           )
           .finally(() => inflight.delete(first));
         inflight.set(first, p);
+        unacked.add(first);
       }
       if (inflight.size >= window) await Promise.race(inflight.values());
     }
     await Promise.allSettled(inflight.values());
     if (failure !== undefined) throw failure;
+    return wakeAt;
   }
 
   private count(sim: Sim, unit: Unit): void {
@@ -390,4 +409,8 @@ export class Dispatcher {
     metrics.billedUnits.inc({ group: sim.group }, Math.ceil((unit.payload.length + Buffer.byteLength(unit.topic)) / BILLING_UNIT));
     metrics.batchSize.observe({ group: sim.group }, unit.rows.length);
   }
+}
+
+function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {
+  return typeof (value as Promise<T> | undefined)?.then === 'function';
 }

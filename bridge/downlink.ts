@@ -7,7 +7,7 @@ import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics, type TopicLimits, type TopicProblem } from './topics.ts';
-import type { UpstreamPool } from './upstream/session-pool.ts';
+import { SubscriptionLimitError, type UpstreamPool } from './upstream/session-pool.ts';
 
 export interface DownlinkOptions {
   pool: UpstreamPool;
@@ -61,7 +61,7 @@ export class Downlink {
         deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1);
       });
     } catch (err) {
-      const reason = (err as Error).name === 'SubscriptionLimitError' ? 'subscription_limit' : 'upstream_refused';
+      const reason = err instanceof SubscriptionLimitError ? 'subscription_limit' : 'upstream_refused';
       throw new DownlinkRefusal(reason, (err as Error).message);
     }
   }

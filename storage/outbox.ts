@@ -26,12 +26,37 @@ export interface Usage {
   bytes: number;
 }
 
+/** An answer now, or later: the SQLite outbox answers at once, one over the network (PostgreSQL) later. */
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * The outbox as its dispatcher sees it: each SIM's queued rows in order, news of newly committed ones,
+ * and the two ways a row leaves (delivered, or dead-lettered). Reads and removals may answer later;
+ * callers await them. The counters (usage, removals) are kept in memory and answer at once.
+ */
+export interface DeliveryOutbox {
+  /** Called after each commit with the new rows, per SIM in order. */
+  onCommitted(listener: (rows: Map<string, OutboxMessage[]>) => void): void;
+  /** The oldest undelivered rows of one SIM after a row id, in order. */
+  peek(imsi: string, afterId: number, limit: number): MaybePromise<OutboxMessage[]>;
+  /** Rows acknowledged upstream (PUBACK): they leave the outbox and are never read again. */
+  remove(rows: OutboxMessage[]): MaybePromise<void>;
+  /** Moves a row to the dead letters with the reason it can never be delivered. */
+  deadLetter(msg: OutboxMessage, reason: string): MaybePromise<void>;
+  /** SIMs that have rows queued. */
+  simsWithMessages(): MaybePromise<string[]>;
+  /** Rows and payload bytes waiting: for one SIM, or in all. */
+  usage(imsi?: string): Usage;
+  /** Changes whenever a row of the SIM leaves other than by delivery: a batch planned before may hold it. */
+  removals(imsi: string): number;
+}
+
 /**
  * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
  * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
  * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
  */
-export class Outbox {
+export class Outbox implements DeliveryOutbox {
   private pending: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
   private delivered = new Map<number, OutboxMessage>();

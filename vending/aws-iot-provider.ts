@@ -13,6 +13,8 @@ import {
   DetachThingPrincipalCommand,
   IoTClient,
   ListCertificatesCommand,
+  ResourceAlreadyExistsException,
+  ResourceNotFoundException,
   UpdateCertificateCommand,
 } from '@aws-sdk/client-iot';
 import type { CertificateDescription, IssuedCertificate, VendingProvider } from './provider.ts';
@@ -27,15 +29,13 @@ export interface AwsIotProviderOptions {
   requestTimeoutMs: number;
 }
 
-const is = (err: unknown, name: string) => (err as Error)?.name === name;
-
 /** Absorbs the error a repeated create / delete answers, so each method is safe to run twice. */
-async function tolerate(p: Promise<unknown>, name: string): Promise<boolean> {
+async function tolerate(p: Promise<unknown>, expected: typeof ResourceAlreadyExistsException | typeof ResourceNotFoundException): Promise<boolean> {
   try {
     await p;
     return true;
   } catch (err) {
-    if (is(err, name)) return false;
+    if (err instanceof expected) return false;
     throw err;
   }
 }
@@ -67,11 +67,11 @@ export class AwsIotProvider implements VendingProvider {
 
   async ensureThing(thingName: string, attributes: Record<string, string>, thingTypeName: string | undefined, abortSignal: AbortSignal) {
     // Identical input is idempotent; a thing that exists with other attributes (group changed) is still ours.
-    await tolerate(this.client.send(new CreateThingCommand({ thingName, thingTypeName, attributePayload: { attributes } }), { abortSignal }), 'ResourceAlreadyExistsException');
+    await tolerate(this.client.send(new CreateThingCommand({ thingName, thingTypeName, attributePayload: { attributes } }), { abortSignal }), ResourceAlreadyExistsException);
   }
 
   async ensureThingGroup(thingGroupName: string, abortSignal: AbortSignal) {
-    await tolerate(this.client.send(new CreateThingGroupCommand({ thingGroupName }), { abortSignal }), 'ResourceAlreadyExistsException');
+    await tolerate(this.client.send(new CreateThingGroupCommand({ thingGroupName }), { abortSignal }), ResourceAlreadyExistsException);
   }
 
   async addThingToGroup(thingName: string, thingGroupName: string, abortSignal: AbortSignal) {
@@ -79,7 +79,7 @@ export class AwsIotProvider implements VendingProvider {
   }
 
   async ensurePolicy(policyName: string, policyDocument: string, abortSignal: AbortSignal) {
-    await tolerate(this.client.send(new CreatePolicyCommand({ policyName, policyDocument }), { abortSignal }), 'ResourceAlreadyExistsException');
+    await tolerate(this.client.send(new CreatePolicyCommand({ policyName, policyDocument }), { abortSignal }), ResourceAlreadyExistsException);
   }
 
   async attachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {
@@ -97,20 +97,20 @@ export class AwsIotProvider implements VendingProvider {
   }
 
   setCertificateStatus(certificateId: string, newStatus: 'ACTIVE' | 'INACTIVE', abortSignal: AbortSignal): Promise<boolean> {
-    return tolerate(this.client.send(new UpdateCertificateCommand({ certificateId, newStatus }), { abortSignal }), 'ResourceNotFoundException');
+    return tolerate(this.client.send(new UpdateCertificateCommand({ certificateId, newStatus }), { abortSignal }), ResourceNotFoundException);
   }
 
   async detachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {
-    await tolerate(this.client.send(new DetachPolicyCommand({ policyName, target }), { abortSignal }), 'ResourceNotFoundException');
+    await tolerate(this.client.send(new DetachPolicyCommand({ policyName, target }), { abortSignal }), ResourceNotFoundException);
   }
 
   async detachThingPrincipal(thingName: string, principal: string, abortSignal: AbortSignal) {
-    await tolerate(this.client.send(new DetachThingPrincipalCommand({ thingName, principal }), { abortSignal }), 'ResourceNotFoundException');
+    await tolerate(this.client.send(new DetachThingPrincipalCommand({ thingName, principal }), { abortSignal }), ResourceNotFoundException);
   }
 
   async deleteCertificate(certificateId: string, abortSignal: AbortSignal) {
     // forceDelete also removes policy attachments we may not know about (attached by an operator).
-    await tolerate(this.client.send(new DeleteCertificateCommand({ certificateId, forceDelete: true }), { abortSignal }), 'ResourceNotFoundException');
+    await tolerate(this.client.send(new DeleteCertificateCommand({ certificateId, forceDelete: true }), { abortSignal }), ResourceNotFoundException);
   }
 
   async listCertificates(marker: string | undefined, abortSignal: AbortSignal) {
@@ -133,7 +133,7 @@ export class AwsIotProvider implements VendingProvider {
       if (!d?.certificatePem) return undefined;
       return { certificateId, certificateArn: d.certificateArn!, status: d.status ?? 'UNKNOWN', createdAt: d.creationDate?.getTime() ?? 0, certificatePem: d.certificatePem };
     } catch (err) {
-      if (is(err, 'ResourceNotFoundException')) return undefined;
+      if (err instanceof ResourceNotFoundException) return undefined;
       throw err;
     }
   }

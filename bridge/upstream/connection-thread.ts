@@ -1,28 +1,12 @@
 // An upstream connection thread (bridge/upstream/connections.ts#connectionThreads): owns the aws-crt MQTT
 // connections, one per device session, and carries out what the main thread asks of them.
-import { createRequire } from 'node:module';
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import { postEvent, serveCalls } from '../../lib/worker-calls.ts';
 import type { LinkEvent, LinkRequest } from './connections.ts';
+import { patchCrtCallbacks } from './crt-patch.ts';
 
-/** aws-crt's native module: the package re-exports neither its `disable_threadsafe_function` nor a way to register fewer callbacks. */
-const crtNative = createRequire(import.meta.url)('aws-crt/dist/native/binding.js').default as {
-  disable_threadsafe_function(): number;
-  mqtt_client_connection_new(...args: unknown[]): unknown;
-  mqtt_client_connection_on_message(...args: unknown[]): unknown;
-  mqtt_client_connection_on_closed(...args: unknown[]): unknown;
-};
-
-// Every callback the SDK registers for a connection is a thread-safe function, that is a libuv async
-// handle of this thread, and libuv walks all of a loop's async handles on each wake-up (each PUBACK,
-// each request from the main thread). The SDK registers six per connection; only `interrupt` is used
-// here (connect, publish and subscribe each bring a callback of their own). The native side takes the
-// others as optional, so they are left out: at 5,000 sessions the walk was a third of the gateway's CPU.
-const newConnection = crtNative.mqtt_client_connection_new;
-crtNative.mqtt_client_connection_new = (client, onInterrupted, _onResumed, _onSuccess, _onFailure, ...rest) =>
-  newConnection(client, onInterrupted, undefined, undefined, undefined, ...rest);
-crtNative.mqtt_client_connection_on_message = () => undefined;
-crtNative.mqtt_client_connection_on_closed = () => undefined;
+// Before the first connection: one callback per connection instead of six (see crt-patch.ts).
+const crt = patchCrtCallbacks();
 
 // One client bootstrap for every connection: a bootstrap per device would cost threads per device.
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
@@ -103,7 +87,7 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
       // When a thread stops, Node closes its thread-safe functions before aws-crt's finalizers release
       // them again, which aborts the process; aws-crt's own switch (meant for Electron's exit) skips
       // that. It is process-wide: sent once every connection thread has disconnected.
-      crtNative.disable_threadsafe_function();
+      crt.disableThreadsafeFunctions();
       return undefined;
   }
 }

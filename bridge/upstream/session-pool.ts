@@ -38,6 +38,8 @@ export interface PoolOptions {
   maxSubscriptions: number;
   /** Threads holding the connections. */
   threads: number;
+  /** Where the connections are opened instead of those threads (a stand-in link in unit tests). */
+  link?: UpstreamLink;
   metrics: Metrics;
   log: Logger;
 }
@@ -147,7 +149,7 @@ export class UpstreamPool {
   constructor(private readonly opts: PoolOptions) {
     // Before any connection thread loads aws-crt.
     skipSystemTrustStoreLoad();
-    this.link = connectionThreads(opts.threads);
+    this.link = opts.link ?? connectionThreads(opts.threads);
     this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
     this.sweeper.unref();
