@@ -6,6 +6,7 @@ import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
+import { EXIT } from '../admin/cli/exit-codes.ts';
 import { maskingLoggerOptions } from '../admin/mask.ts';
 
 const usage = `usage: simbridge <command> [options]
@@ -17,12 +18,6 @@ commands:
   sims | tokens | stats | vend operator commands (run one with --help)
 
 The config file may also be given as SIMBRIDGE_CONFIG.`;
-
-// Exit codes scripts can rely on.
-const EXIT_OK = 0;
-const EXIT_USAGE = 64;
-const EXIT_CONFIG = 78;
-const EXIT_FAILURE = 1;
 
 const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
@@ -48,7 +43,7 @@ async function main(argv: string[]): Promise<number> {
   const [command, sub, arg] = positionals;
   if (values.help || !command) {
     console.log(usage);
-    return command ? EXIT_OK : EXIT_USAGE;
+    return command ? EXIT.ok : EXIT.usage;
   }
   const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
   switch (command) {
@@ -60,10 +55,10 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'check' || !(arg ?? configFile)) break;
       loadConfig(arg ?? configFile);
       console.log(`${arg ?? configFile}: ok`);
-      return EXIT_OK;
+      return EXIT.ok;
   }
   console.error(usage);
-  return EXIT_USAGE;
+  return EXIT.usage;
 }
 
 function logger(config: Config): Logger {
@@ -190,14 +185,14 @@ function waitForSignal(shutdown: () => Promise<void>, log: Logger): Promise<numb
   return new Promise((resolveExit) => {
     let stopping = false;
     const onSignal = (signal: string) => {
-      if (stopping) process.exit(EXIT_FAILURE);
+      if (stopping) process.exit(EXIT.failure);
       stopping = true;
       log.info({ signal }, 'shutting down');
       shutdown().then(
-        () => resolveExit(EXIT_OK),
+        () => resolveExit(EXIT.ok),
         (err) => {
           log.error({ err: String(err) }, 'shutdown failed');
-          resolveExit(EXIT_FAILURE);
+          resolveExit(EXIT.failure);
         },
       );
     };
@@ -211,9 +206,9 @@ main(process.argv.slice(2)).then(
   (err) => {
     if (err instanceof ConfigError) {
       console.error(err.message);
-      process.exit(EXIT_CONFIG);
+      process.exit(EXIT.config);
     }
     console.error(`simbridge: ${(err as Error).message ?? err}`);
-    process.exit(EXIT_FAILURE);
+    process.exit(EXIT.failure);
   },
 );
