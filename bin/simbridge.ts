@@ -17,6 +17,9 @@ commands:
   sandbox [--config FILE]      run only the local IoT Core stand-in
   sims | tokens | stats | vend operator commands (run one with --help)
 
+options of start and sandbox:
+  --ready-json                 once listening, print one JSON line with every bound port instead of the banner
+
 The config file may also be given as SIMBRIDGE_CONFIG.`;
 
 const DEMO_IMSI = '001010000000001';
@@ -38,7 +41,7 @@ async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, 'ready-json': { type: 'boolean' } },
   });
   const [command, sub, arg] = positionals;
   if (values.help || !command) {
@@ -46,11 +49,12 @@ async function main(argv: string[]): Promise<number> {
     return command ? EXIT.ok : EXIT.usage;
   }
   const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
+  const readyJson = values['ready-json'] ?? false;
   switch (command) {
     case 'start':
-      return start(loadConfig(configFile), configFile);
+      return start(loadConfig(configFile), configFile, readyJson);
     case 'sandbox':
-      return runSandboxOnly(loadConfig(configFile));
+      return runSandboxOnly(loadConfig(configFile), readyJson);
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
       loadConfig(arg ?? configFile);
@@ -120,7 +124,7 @@ function watchConfig(file: string, apply: (next: Config) => string[], log: Logge
   }).unref();
 }
 
-async function start(config: Config, configFile?: string): Promise<number> {
+async function start(config: Config, configFile: string | undefined, readyJson: boolean): Promise<number> {
   const log = logger(config);
   const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
   const { startGateway } = await import('../app/gateway.ts');
@@ -131,7 +135,8 @@ async function start(config: Config, configFile?: string): Promise<number> {
     await sandbox?.close();
     throw err;
   }
-  printBanner(config, gateway, sandbox);
+  if (readyJson) printReady('gateway', gateway, sandbox);
+  else printBanner(config, gateway, sandbox);
   if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
@@ -139,10 +144,11 @@ async function start(config: Config, configFile?: string): Promise<number> {
   }, log);
 }
 
-async function runSandboxOnly(config: Config): Promise<number> {
+async function runSandboxOnly(config: Config, readyJson: boolean): Promise<number> {
   const log = logger(config);
   const sandbox = await sandboxFor(config, log);
-  console.log(
+  if (readyJson) printReady('sandbox', undefined, sandbox);
+  else console.log(
     [
       'simbridge sandbox (IoT Core stand-in) is running',
       `  control plane  ${sandbox.controlEndpoint}`,
@@ -156,7 +162,33 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number }, sandbox?: Sandbox): void {
+type BoundPorts = { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number };
+
+/**
+ * The machine-readable ready signal (`--ready-json`): one JSON line on stdout, printed once every
+ * listener is bound, with the ports actually bound (a port configured as 0 is the one the OS chose).
+ * Ports of listeners that are off are left out; `sandbox` is there when the sandbox runs in-process.
+ */
+function printReady(what: 'gateway' | 'sandbox', gateway?: BoundPorts, sandbox?: Sandbox): void {
+  const ports = {
+    mqtt: gateway?.mqttPort,
+    http: gateway?.httpPort,
+    radius: gateway?.radiusPort,
+    admin: gateway?.adminPort,
+    sandboxControl: sandbox ? Number(new URL(sandbox.controlEndpoint).port) : undefined,
+    sandboxData: sandbox?.dataPort,
+    sandboxObserver: sandbox?.observerPort,
+  };
+  const files = sandbox && {
+    controlEndpoint: sandbox.controlEndpoint,
+    caFile: resolve(sandbox.caFile),
+    serverCertFile: resolve(sandbox.serverCertFile),
+    serverKeyFile: resolve(sandbox.serverKeyFile),
+  };
+  console.log(JSON.stringify({ ready: what, pid: process.pid, ports, sandbox: files }));
+}
+
+function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,

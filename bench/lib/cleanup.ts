@@ -1,33 +1,13 @@
-import type { ChildProcess } from 'node:child_process';
+import { killAll } from '../../test/helpers/processes.ts';
 
-// Every process the bench starts is tracked here and ended (by its own pid) when the bench exits,
-// however it exits, so no broker or gateway outlives a failed run.
-const children = new Set<ChildProcess>();
-
-export function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-
-export function killAll(): void {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  }
-  children.clear();
-}
+// Every process the bench starts is tracked by the shared harness (test/helpers/processes.ts#track) and
+// killed when the bench exits; on Ctrl-C or SIGTERM too.
+export { track } from '../../test/helpers/processes.ts';
 
 let installed = false;
 export function installCleanup(): void {
   if (installed) return;
   installed = true;
-  process.on('exit', killAll);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.on(sig, () => {
       killAll();

@@ -3,7 +3,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { CliProcess, freePort } from '../../test/helpers/processes.ts';
-import { track } from './cleanup.ts';
 
 export const MOSQUITTO = process.env.BENCH_MOSQUITTO ?? '/usr/sbin/mosquitto';
 export const MOSQUITTO_SUB = process.env.BENCH_MOSQUITTO_SUB ?? 'mosquitto_sub';
@@ -35,7 +34,7 @@ export class MosquittoProcess {
 
   async start(): Promise<void> {
     // No -v: it would log every PUBLISH (log_type all) and the logging would be what is measured.
-    this.process = new CliProcess(track(spawn(MOSQUITTO, ['-c', this.conf], { stdio: ['ignore', 'pipe', 'pipe'] })));
+    this.process = new CliProcess(spawn(MOSQUITTO, ['-c', this.conf], { stdio: ['ignore', 'pipe', 'pipe'] }));
     const deadline = Date.now() + 15_000;
     for (const port of this.ports) {
       while (!(await canConnect(port))) {

@@ -1,4 +1,4 @@
-import { knob, type Ctx } from '../lib/context.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { LoadPool } from '../lib/load.ts';
 import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
@@ -70,3 +70,5 @@ export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
     ],
   };
 }
+
+export const scenario: Scenario = { title: '100 MQTT devices through the whole path: RSS per device and msgs/s', run: skeleton };
