@@ -62,24 +62,6 @@ export function gatewaySource(): GatewaySource {
   return (source = { root, commit: sha });
 }
 
-/** Whether the measured gateway has a batching policy per group (config/batching.ts). */
-export function gatewayHasBatching(): boolean {
-  try {
-    return /batching/.test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-/** Whether the measured gateway's config schema has a top-level key (the schema is strict). */
-function hasConfigKey(key: string): boolean {
-  try {
-    return new RegExp(`^\\s{4}${key}:`, 'm').test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 /** How the bench starts simbridge processes (the shared test harness): from the measured checkout, a minute to be ready. */
 export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, timeoutMs: 60_000, ...opts });
 
@@ -167,8 +149,7 @@ export class Stack {
         vending: { endpoint: this.sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' } },
         upstream: { endpoint: 'localhost', port: this.upstream.tlsPort, caFile: this.sandbox.caFile },
         log: { level: 'warn' },
-        // Newer gateways serve an admin API on a fixed port by default: bind a free one instead.
-        ...(hasConfigKey('admin') ? { admin: { host: '127.0.0.1', port: 0 } } : {}),
+        admin: { host: '127.0.0.1', port: 0 },
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );

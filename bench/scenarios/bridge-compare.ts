@@ -5,7 +5,7 @@ import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts'
 import { defaultBridgeSettings, mosquittoVersion } from '../lib/mosquitto.ts';
 import { profileScenario } from '../lib/profile.ts';
 import { goalMet, type Goal, type ScenarioResult } from '../lib/report.ts';
-import { gatewayHasBatching, gatewaySource, Stack } from '../lib/stack.ts';
+import { gatewaySource, Stack } from '../lib/stack.ts';
 import { putSummary, round } from '../lib/stats.ts';
 import { runTable } from './throughput.ts';
 
@@ -29,7 +29,7 @@ export async function bridgeCompare(ctx: Ctx): Promise<ScenarioResult> {
   const bri: RunFigures[] = [];
   let batched: RunFigures | undefined;
   const userOverride = Object.keys(stack.gatewayOverride).length > 0;
-  const batchedPass = !userOverride && gatewayHasBatching() && knob('BATCHED', 1, 1, ctx) === 1;
+  const batchedPass = !userOverride && knob('BATCHED', 1, 1, ctx) === 1;
   try {
     const gw = await stack.startGateway();
     const bridge = await stack.startBridge(defaultBridgeSettings);
