@@ -1,7 +1,6 @@
 // npm run bench -- <scenario|all> [more scenarios] | index | cpuprofile FILE [root] [top]
 // Environment: BENCH_QUICK=1 (about a minute per scenario), BENCH_PROFILE=0|1, BENCH_GATEWAY_REF=<git ref>,
 // BENCH_GATEWAY_CONFIG=<json|file>, BENCH_OUTAGE_S, BENCH_WINDOW, BENCH_REPEATS, ... (see bench/README.md).
-import { installCleanup } from './lib/cleanup.ts';
 import type { Ctx } from './lib/context.ts';
 import { profileMarkdown, summarise } from './lib/profile.ts';
 import { writeIndex, writeResult } from './lib/report.ts';
@@ -9,7 +8,9 @@ import { noiseMeter, noiseReport, waitForQuiet } from './lib/procstat.ts';
 import { gatewaySource } from './lib/stack.ts';
 import { SCENARIOS } from './scenarios/index.ts';
 
-installCleanup();
+// Every process a scenario starts is tracked by the shared harness and killed when the bench exits
+// (test/helpers/processes.ts#track): exit on Ctrl-C or SIGTERM too.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130));
 
 const usage = `usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [...]
        npm run bench -- index                          rebuild bench/results/README.md from the JSON files
