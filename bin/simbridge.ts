@@ -162,7 +162,7 @@ async function runSandboxOnly(config: Config, readyJson: boolean): Promise<numbe
   return waitForSignal(() => sandbox.close(), log);
 }
 
-type BoundPorts = { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number };
+type BoundPorts = { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; radiusPort?: number; adminPort?: number };
 
 /**
  * The machine-readable ready signal (`--ready-json`): one JSON line on stdout, printed once every
@@ -173,6 +173,8 @@ function printReady(what: 'gateway' | 'sandbox', gateway?: BoundPorts, sandbox?:
   const ports = {
     mqtt: gateway?.mqttPort,
     http: gateway?.httpPort,
+    coap: gateway?.coapPort,
+    udp: gateway?.udpPort,
     radius: gateway?.radiusPort,
     admin: gateway?.adminPort,
     sandboxControl: sandbox ? Number(new URL(sandbox.controlEndpoint).port) : undefined,

@@ -61,7 +61,7 @@ export function writeYaml(dir: string, name: string, value: unknown): string {
 export interface ReadySignal {
   ready: 'gateway' | 'sandbox';
   pid: number;
-  ports: { mqtt?: number; http?: number; radius?: number; admin?: number; sandboxControl?: number; sandboxData?: number; sandboxObserver?: number };
+  ports: { mqtt?: number; http?: number; coap?: number; udp?: number; radius?: number; admin?: number; sandboxControl?: number; sandboxData?: number; sandboxObserver?: number };
   sandbox?: { controlEndpoint: string; caFile: string; serverCertFile: string; serverKeyFile: string };
 }
 
@@ -201,6 +201,8 @@ export async function gatewayConfig(
 }
 
 export interface GatewayProcess extends CliProcess, GatewayPorts {
+  coapPort?: number;
+  udpPort?: number;
   radiusPort?: number;
   adminPort?: number;
 }
@@ -209,5 +211,5 @@ export interface GatewayProcess extends CliProcess, GatewayPorts {
 export async function startGatewayProcess(configFile: string, opts: SpawnOptions = {}): Promise<GatewayProcess> {
   const proc = spawnCli(['start', '--config', configFile, '--ready-json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY, ...opts.env }, opts);
   const { ports } = await proc.ready(opts.timeoutMs);
-  return Object.assign(proc, { mqttPort: ports.mqtt!, httpPort: ports.http!, radiusPort: ports.radius, adminPort: ports.admin });
+  return Object.assign(proc, { mqttPort: ports.mqtt!, httpPort: ports.http!, coapPort: ports.coap, udpPort: ports.udp, radiusPort: ports.radius, adminPort: ports.admin });
 }
