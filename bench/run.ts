@@ -1,24 +1,20 @@
-// npm run bench -- <scenario|all> [more scenarios]
+// npm run bench -- <scenario|all> [more scenarios] | index | cpuprofile FILE [root] [top]
 // Environment: BENCH_QUICK=1 (about a minute per scenario), BENCH_PROFILE=0|1, BENCH_GATEWAY_REF=<git ref>,
 // BENCH_GATEWAY_CONFIG=<json|file>, BENCH_OUTAGE_S, BENCH_WINDOW, BENCH_REPEATS, ... (see bench/README.md).
-import { installCleanup } from './lib/cleanup.ts';
-import type { Ctx, Scenario } from './lib/context.ts';
-import { SCENARIOS, writeIndex, writeResult } from './lib/report.ts';
+import type { Ctx } from './lib/context.ts';
+import { profileMarkdown, summarise } from './lib/profile.ts';
+import { writeIndex, writeResult } from './lib/report.ts';
 import { noiseMeter, noiseReport, waitForQuiet } from './lib/procstat.ts';
 import { gatewaySource } from './lib/stack.ts';
+import { SCENARIOS } from './scenarios/index.ts';
 
-installCleanup();
+// Every process a scenario starts is tracked by the shared harness and killed when the bench exits
+// (test/helpers/processes.ts#track): exit on Ctrl-C or SIGTERM too.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130));
 
-const scenarios: Record<(typeof SCENARIOS)[number], () => Promise<Scenario>> = {
-  skeleton: async () => (await import('./scenarios/skeleton.ts')).skeleton,
-  'throughput-mqtt': async () => (await import('./scenarios/throughput-mqtt.ts')).throughputMqtt,
-  'bridge-compare': async () => (await import('./scenarios/bridge-compare.ts')).bridgeCompare,
-  'throughput-http': async () => (await import('./scenarios/throughput-http.ts')).throughputHttp,
-  faults: async () => (await import('./scenarios/faults.ts')).faults,
-  'bad-input': async () => (await import('./scenarios/bad-input.ts')).badInput,
-};
-
-const usage = `usage: npm run bench -- <${[...SCENARIOS, 'all', 'index'].join('|')}> [...]
+const usage = `usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [...]
+       npm run bench -- index                          rebuild bench/results/README.md from the JSON files
+       npm run bench -- cpuprofile FILE [root] [top]   summarise any .cpuprofile (node --cpu-prof) as markdown
   BENCH_QUICK=1   short runs (smoke test, about a minute per scenario)
   BENCH_PROFILE=0 never profile; =1 always profile (default: profile simbridge when a goal is missed)`;
 
@@ -27,12 +23,18 @@ async function main(args: string[]): Promise<number> {
     console.log(usage);
     return args.length ? 0 : 64;
   }
-  if (args.includes('index')) {
-    writeIndex();
+  if (args[0] === 'index') {
+    writeIndex(SCENARIOS);
     return 0;
   }
-  const names = args.includes('all') ? [...SCENARIOS] : args;
-  const unknown = names.filter((n) => !(n in scenarios));
+  if (args[0] === 'cpuprofile') {
+    const [file, root = process.cwd(), top = '25'] = args.slice(1);
+    if (!file) return (console.error(usage), 64);
+    console.log(profileMarkdown(summarise(file, root), Number(top)));
+    return 0;
+  }
+  const names = args.includes('all') ? Object.keys(SCENARIOS) : args;
+  const unknown = names.filter((n) => !(n in SCENARIOS));
   if (unknown.length) {
     console.error(`unknown scenario: ${unknown.join(', ')}\n${usage}`);
     return 64;
@@ -46,20 +48,22 @@ async function main(args: string[]): Promise<number> {
   };
   ctx.log(`simbridge ${gatewaySource().commit} from ${gatewaySource().root}${ctx.quick ? ' (quick mode)' : ''}`);
   let failed = 0;
-  for (const name of names as Array<keyof typeof scenarios>) {
-    ctx.log(`== ${name}`);
+  for (const name of names) {
+    const scenario = SCENARIOS[name]!;
+    ctx.log(`== ${name}: ${scenario.title}`);
     const waitS = Number(process.env.BENCH_WAIT_QUIET_S ?? 0);
     const waited = waitS > 0 ? await waitForQuiet(waitS, Number(process.env.BENCH_QUIET_PCT ?? 30)) : 0;
     if (waited) ctx.log(`waited ${waited} s for the machine to quieten`);
     const t = Date.now();
     const noise = noiseMeter();
     try {
-      const result = await (await scenarios[name]())(ctx);
+      const result = await scenario.run(ctx);
       // How busy the (shared) machine was with other work while this scenario ran.
       const busy = noiseReport(noise.stop(), waited);
       result.params = { ...result.params, ...busy.params };
       result.notes = [...(result.notes ?? []), busy.note];
-      writeResult(name, result);
+      writeResult(name, scenario, result);
+      writeIndex(SCENARIOS);
       ctx.log(`== ${name} done in ${((Date.now() - t) / 1000).toFixed(0)} s: ${JSON.stringify(result.figures)}`);
     } catch (err) {
       failed++;

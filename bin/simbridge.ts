@@ -6,6 +6,7 @@ import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
+import { EXIT } from '../admin/cli/exit-codes.ts';
 import { maskingLoggerOptions } from '../admin/mask.ts';
 
 const usage = `usage: simbridge <command> [options]
@@ -18,13 +19,10 @@ commands:
   backup --out FILE            copy the database while the gateway runs
   sims | tokens | stats | vend operator commands (run one with --help)
 
-The config file may also be given as SIMBRIDGE_CONFIG.`;
+options of start and sandbox:
+  --ready-json                 once listening, print one JSON line with every bound port instead of the banner
 
-// Exit codes scripts can rely on.
-const EXIT_OK = 0;
-const EXIT_USAGE = 64;
-const EXIT_CONFIG = 78;
-const EXIT_FAILURE = 1;
+The config file may also be given as SIMBRIDGE_CONFIG.`;
 
 const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
@@ -45,27 +43,28 @@ async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, 'ready-json': { type: 'boolean' } },
   });
   const [command, sub, arg] = positionals;
   if (values.help || !command) {
     console.log(usage);
-    return command ? EXIT_OK : EXIT_USAGE;
+    return command ? EXIT.ok : EXIT.usage;
   }
   const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
+  const readyJson = values['ready-json'] ?? false;
   switch (command) {
     case 'start':
-      return start(loadConfig(configFile), configFile);
+      return start(loadConfig(configFile), configFile, readyJson);
     case 'sandbox':
-      return runSandboxOnly(loadConfig(configFile));
+      return runSandboxOnly(loadConfig(configFile), readyJson);
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
       loadConfig(arg ?? configFile);
       console.log(`${arg ?? configFile}: ok`);
-      return EXIT_OK;
+      return EXIT.ok;
   }
   console.error(usage);
-  return EXIT_USAGE;
+  return EXIT.usage;
 }
 
 function logger(config: Config): Logger {
@@ -127,7 +126,7 @@ function watchConfig(file: string, apply: (next: Config) => string[], log: Logge
   }).unref();
 }
 
-async function start(config: Config, configFile?: string): Promise<number> {
+async function start(config: Config, configFile: string | undefined, readyJson: boolean): Promise<number> {
   const log = logger(config);
   const sandbox = config.mode === 'sandbox' ? await sandboxFor(config, log) : undefined;
   const { startGateway } = await import('../app/gateway.ts');
@@ -138,7 +137,10 @@ async function start(config: Config, configFile?: string): Promise<number> {
     await sandbox?.close();
     throw err;
   }
-  printBanner(config, gateway, sandbox);
+  if (readyJson) printReady('gateway', gateway, sandbox);
+  else printBanner(config, gateway, sandbox);
+  // On stderr in both forms: a script reading the ready line still sees it.
+  if (gateway.upstreamWarning) console.warn(`WARNING: ${gateway.upstreamWarning}`);
   if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
@@ -146,10 +148,11 @@ async function start(config: Config, configFile?: string): Promise<number> {
   }, log);
 }
 
-async function runSandboxOnly(config: Config): Promise<number> {
+async function runSandboxOnly(config: Config, readyJson: boolean): Promise<number> {
   const log = logger(config);
   const sandbox = await sandboxFor(config, log);
-  console.log(
+  if (readyJson) printReady('sandbox', undefined, sandbox);
+  else console.log(
     [
       'simbridge sandbox (IoT Core stand-in) is running',
       `  control plane  ${sandbox.controlEndpoint}`,
@@ -163,7 +166,35 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number; upstreamWarning?: string }, sandbox?: Sandbox): void {
+type BoundPorts = { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; radiusPort?: number; adminPort?: number; upstreamWarning?: string };
+
+/**
+ * The machine-readable ready signal (`--ready-json`): one JSON line on stdout, printed once every
+ * listener is bound, with the ports actually bound (a port configured as 0 is the one the OS chose).
+ * Ports of listeners that are off are left out; `sandbox` is there when the sandbox runs in-process.
+ */
+function printReady(what: 'gateway' | 'sandbox', gateway?: BoundPorts, sandbox?: Sandbox): void {
+  const ports = {
+    mqtt: gateway?.mqttPort,
+    http: gateway?.httpPort,
+    coap: gateway?.coapPort,
+    udp: gateway?.udpPort,
+    radius: gateway?.radiusPort,
+    admin: gateway?.adminPort,
+    sandboxControl: sandbox ? Number(new URL(sandbox.controlEndpoint).port) : undefined,
+    sandboxData: sandbox?.dataPort,
+    sandboxObserver: sandbox?.observerPort,
+  };
+  const files = sandbox && {
+    controlEndpoint: sandbox.controlEndpoint,
+    caFile: resolve(sandbox.caFile),
+    serverCertFile: resolve(sandbox.serverCertFile),
+    serverKeyFile: resolve(sandbox.serverKeyFile),
+  };
+  console.log(JSON.stringify({ ready: what, pid: process.pid, ports, sandbox: files }));
+}
+
+function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
@@ -185,7 +216,6 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
     );
   }
   console.log(lines.join('\n'));
-  if (gateway.upstreamWarning) console.warn(`WARNING: ${gateway.upstreamWarning}`);
 }
 
 /** Resolves with the exit code after SIGTERM/SIGINT and a clean shutdown; a second signal exits at once. */
@@ -193,14 +223,14 @@ function waitForSignal(shutdown: () => Promise<void>, log: Logger): Promise<numb
   return new Promise((resolveExit) => {
     let stopping = false;
     const onSignal = (signal: string) => {
-      if (stopping) process.exit(EXIT_FAILURE);
+      if (stopping) process.exit(EXIT.failure);
       stopping = true;
       log.info({ signal }, 'shutting down');
       shutdown().then(
-        () => resolveExit(EXIT_OK),
+        () => resolveExit(EXIT.ok),
         (err) => {
           log.error({ err: String(err) }, 'shutdown failed');
-          resolveExit(EXIT_FAILURE);
+          resolveExit(EXIT.failure);
         },
       );
     };
@@ -214,9 +244,9 @@ main(process.argv.slice(2)).then(
   (err) => {
     if (err instanceof ConfigError) {
       console.error(err.message);
-      process.exit(EXIT_CONFIG);
+      process.exit(EXIT.config);
     }
     console.error(`simbridge: ${(err as Error).message ?? err}`);
-    process.exit(EXIT_FAILURE);
+    process.exit(EXIT.failure);
   },
 );

@@ -1,4 +1,4 @@
-/** Exit codes of the operator commands, for scripts (sysexits.h where one fits). */
+/** Exit codes of every `simbridge` command, for scripts (sysexits.h where one fits). */
 export const EXIT = {
   ok: 0,
   failure: 1,
@@ -6,6 +6,8 @@ export const EXIT = {
   usage: 64,
   /** EX_NOPERM: no token, a wrong one, too low a role, or sign-ins throttled. */
   auth: 77,
+  /** EX_CONFIG: the configuration file does not validate. */
+  config: 78,
 } as const;
 
 /** A command ending with a message and an exit code. */

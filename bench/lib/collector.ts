@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { READING } from './devices.ts';
 import { newHist, record, type Hist } from './hist.ts';
-import { track } from './cleanup.ts';
+import { track } from '../../test/helpers/processes.ts';
 import { MOSQUITTO_SUB } from './mosquitto.ts';
 import { sleep } from './stats.ts';
 

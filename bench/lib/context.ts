@@ -1,4 +1,4 @@
-import type { ScenarioResult } from './report.ts';
+import type { Goal, ScenarioResult } from './report.ts';
 
 export interface Ctx {
   /** BENCH_QUICK=1: shorter runs, one repetition, for smoke testing (about a minute per scenario). */
@@ -8,7 +8,18 @@ export interface Ctx {
   log(msg: string): void;
 }
 
-export type Scenario = (ctx: Ctx) => Promise<ScenarioResult>;
+/**
+ * One benchmark scenario, run by `npm run bench -- <name>` (bench/run.ts) and listed by name in
+ * bench/scenarios/index.ts. `run` starts what it needs, measures, stops everything it started and returns
+ * its figures; the runner writes the report (bench/lib/report.ts#writeResult). See bench/README.md.
+ */
+export interface Scenario {
+  /** One line: what it measures (the heading of its report). */
+  title: string;
+  /** What its figures are checked against, in its report and in results/README.md (a result may refine them). */
+  goals?: Goal[];
+  run(ctx: Ctx): Promise<ScenarioResult>;
+}
 
 /** A numeric knob from the environment (BENCH_<NAME>), else the quick or full default. */
 export function knob(name: string, full: number, quick: number, ctx: Ctx): number {

@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { DeviceSpec } from './devices.ts';
 import { merge, newHist, type Hist } from './hist.ts';
-import { track } from './cleanup.ts';
+import { track } from '../../test/helpers/processes.ts';
 import type { RunCmd, RunResult, Target } from '../load/worker.ts';
 
 

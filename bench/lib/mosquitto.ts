@@ -1,9 +1,10 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
-import { CliProcess, freePort } from '../../test/helpers/processes.ts';
-import { track } from './cleanup.ts';
+import { MosquittoProcess } from '../../test/helpers/mosquitto.ts';
+import { freePort } from '../../test/helpers/processes.ts';
+
+export { MosquittoProcess };
 
 export const MOSQUITTO = process.env.BENCH_MOSQUITTO ?? '/usr/sbin/mosquitto';
 export const MOSQUITTO_SUB = process.env.BENCH_MOSQUITTO_SUB ?? 'mosquitto_sub';
@@ -17,47 +18,6 @@ export function mosquittoVersion(): string {
     out = String((err as { stdout?: string }).stdout ?? '');
   }
   return out.match(/mosquitto version (\S+)/)?.[1] ?? 'unknown';
-}
-
-/** A Mosquitto process with a fixed config file and fixed ports, so it can be killed and started again. */
-export class MosquittoProcess {
-  process?: CliProcess;
-
-  constructor(
-    readonly name: string,
-    readonly conf: string,
-    readonly ports: number[],
-  ) {}
-
-  get pid(): number | undefined {
-    return this.process?.child.pid;
-  }
-
-  async start(): Promise<void> {
-    // No -v: it would log every PUBLISH (log_type all) and the logging would be what is measured.
-    this.process = new CliProcess(track(spawn(MOSQUITTO, ['-c', this.conf], { stdio: ['ignore', 'pipe', 'pipe'] })));
-    const deadline = Date.now() + 15_000;
-    for (const port of this.ports) {
-      while (!(await canConnect(port))) {
-        if (this.process.child.exitCode !== null) throw new Error(`${this.name} exited:\n${this.process.output}`);
-        if (Date.now() > deadline) throw new Error(`${this.name}: port ${port} not open after 15 s:\n${this.process.output}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-  }
-
-  /** SIGTERM (Mosquitto saves its persistence file) or SIGKILL (nothing is saved). */
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-    await this.process?.kill(signal);
-  }
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection({ host: '127.0.0.1', port });
-    s.once('connect', () => (s.destroy(), resolve(true)));
-    s.once('error', () => resolve(false));
-  });
 }
 
 const common = (dir: string) => [
@@ -109,7 +69,7 @@ export async function upstreamBroker(dir: string, tls: TlsFiles): Promise<{ brok
       '',
     ].join('\n'),
   );
-  const broker = new MosquittoProcess('upstream mosquitto', conf, [tlsPort, plainPort]);
+  const broker = new MosquittoProcess('upstream mosquitto', MOSQUITTO, conf, [tlsPort, plainPort]);
   await broker.start();
   return { broker, tlsPort, plainPort };
 }
@@ -163,7 +123,7 @@ export async function bridgeBroker(
       '',
     ].join('\n'),
   );
-  const broker = new MosquittoProcess('bridge mosquitto', conf, [port]);
+  const broker = new MosquittoProcess('bridge mosquitto', MOSQUITTO, conf, [port]);
   await broker.start();
   return { broker, port };
 }

@@ -1,16 +1,9 @@
-// Reads simbridge's /metrics (Prometheus text) from its admin port, for the standalone benchmarks
-// (bench/sessions.ts, bench/sleepy.ts).
+// Reads simbridge's /metrics (Prometheus text) from its admin port (the `admin` port of its ready signal).
 
 export interface Sample {
   name: string;
   labels: Record<string, string>;
   value: number;
-}
-
-/** The admin port from simbridge's start banner ("admin  http://127.0.0.1:PORT"); null without one. */
-export function adminPortFrom(output: string): number | null {
-  const m = output.match(/admin\s+http:\/\/[^:\s]+:(\d+)/);
-  return m ? Number(m[1]) : null;
 }
 
 export function parseMetrics(text: string): Sample[] {

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Scenario } from './context.ts';
 import { machine, type Machine } from './procstat.ts';
 
 /**
@@ -23,7 +24,10 @@ export interface Goal {
 export interface ScenarioResult {
   params: Params;
   figures: Figures;
+  /** Goals as measured in this run (e.g. at a rate given by a knob); default: the scenario's. */
   goals?: Goal[];
+  /** Sentences at the top of the markdown report: what the scenario does. */
+  intro?: string[];
   /** Sentences for the markdown report (how it was measured, what is missing, caveats). */
   notes?: string[];
   /** Extra markdown appended to the scenario's report (e.g. a per-run table). */
@@ -59,62 +63,39 @@ export const goalsMd = (goals: Goal[], figures: Figures) => [
 export const paramsMd = (params: Params) => ['| param | value |', '|---|---|', ...Object.entries(params).map(([k, v]) => `| \`${k}\` | ${fmt(v)} |`)];
 export const machineLine = (date: string, m: ResultFile['machine']) => `${date} · ${m.cores} cores (${m.cpu_model}), ${m.memory_gb} GB, Node ${m.node}, Linux ${m.kernel}`;
 
-/** Writes bench/results/<scenario>.json and .md and refreshes bench/results/README.md. */
-export function writeResult(scenario: string, r: ScenarioResult, date = new Date()): ResultFile {
+/**
+ * The one report writer: bench/results/<name>.json (design.md's format: scenario, date, machine, params,
+ * flat figures) and <name>.md (title, intro, goals, figures, notes, extra tables, parameters).
+ */
+export function writeResult(name: string, scenario: Scenario, r: ScenarioResult, date = new Date()): ResultFile {
   mkdirSync(resultsDir, { recursive: true });
   if (resultsDir.endsWith('/quick') && !existsSync(join(resultsDir, '.gitignore'))) writeFileSync(join(resultsDir, '.gitignore'), '*\n');
-  const file: ResultFile = { scenario, date: date.toISOString(), machine: machine(), params: r.params, figures: r.figures };
-  writeFileSync(join(resultsDir, `${scenario}.json`), JSON.stringify(file, null, 2) + '\n');
-  const lines = [`# ${scenario}`, '', machineLine(file.date, file.machine), '', '## Figures', '', ...figuresMd(r.figures), ''];
-  if (r.goals?.length) lines.push('## Goals', '', ...goalsMd(r.goals, r.figures), '');
+  const file: ResultFile = { scenario: name, date: date.toISOString(), machine: machine(), params: r.params, figures: r.figures };
+  writeFileSync(join(resultsDir, `${name}.json`), JSON.stringify(file, null, 2) + '\n');
+  const goals = r.goals ?? scenario.goals ?? [];
+  const busy = typeof r.params.machine_other_cpu_pct === 'number' ? ` · other processes used ${r.params.machine_other_cpu_pct} % of a core meanwhile` : '';
+  const lines = [`# ${name}: ${scenario.title}`, '', machineLine(file.date, file.machine) + busy, ''];
+  if (r.intro?.length) lines.push(...r.intro, '');
+  if (goals.length) lines.push('## Goals', '', ...goalsMd(goals, r.figures), '');
+  lines.push('## Figures', '', ...figuresMd(r.figures), '');
   if (r.notes?.length) lines.push('## Notes', '', ...r.notes.map((n) => `- ${n}`), '');
   if (r.extraMd) lines.push(r.extraMd.trimEnd(), '');
   lines.push('## Parameters', '', ...paramsMd(r.params), '');
-  writeFileSync(join(resultsDir, `${scenario}.md`), lines.join('\n'));
-  writeIndex();
+  writeFileSync(join(resultsDir, `${name}.md`), lines.join('\n'));
   return file;
 }
-
-export const SCENARIOS = ['skeleton', 'throughput-mqtt', 'bridge-compare', 'throughput-http', 'faults', 'bad-input'] as const;
-
-export const GOALS: Record<string, Goal[]> = {
-  'throughput-mqtt': [
-    { text: '≥ 15,000 msgs/s with durable acks (synchronous: full)', figure: 'msgs_per_s', op: '>=', target: 15000 },
-    { text: 'ack p99 ≤ 10 ms at half the goal rate (7,500 msgs/s)', figure: 'ack_p99_ms_at_7500_per_s', op: '<=', target: 10 },
-    { text: 'ack p99 ≤ 10 ms at half the saturated rate', figure: 'ack_p99_ms_at_half_rate', op: '<=', target: 10 },
-  ],
-  'bridge-compare': [{ text: 'simbridge / Mosquitto bridge throughput ≥ 0.5', figure: 'ratio', op: '>=', target: 0.5 }],
-  faults: [
-    { text: 'no acknowledged message lost when simbridge is SIGKILLed', figure: 'simbridge_lost_on_kill', op: '==', target: 0 },
-    { text: 'no acknowledged message lost in an upstream outage', figure: 'simbridge_lost_on_outage', op: '==', target: 0 },
-  ],
-  'bad-input': [
-    { text: 'the gateway survives every round', figure: 'crashes', op: '==', target: 0 },
-    { text: 'the well-behaved device loses nothing', figure: 'well_behaved_lost', op: '==', target: 0 },
-  ],
-};
 
 function profiles(): string[] {
   const files = readdirSync(resultsDir).filter((f) => /^profile-.+\.md$/.test(f)).sort();
   return files.length ? ['## CPU profiles (goals missed)', '', ...files.map((f) => `- [${f.replace(/\.md$/, '')}](${f})`), ''] : [];
 }
 
-/** Results other benchmarks (not run by bench/run.ts) keep in this folder. */
-function others(): string[] {
-  const mine = new Set<string>([...SCENARIOS, 'README']);
-  const files = readdirSync(resultsDir, { withFileTypes: true })
-    .filter((f) => f.isFile() && f.name.endsWith('.md') && !f.name.startsWith('profile-') && !mine.has(f.name.replace(/\.md$/, '')))
-    .map((f) => f.name)
-    .sort();
-  return files.length ? ['## Other benchmarks in this folder', '', ...files.map((f) => `- [${f.replace(/\.md$/, '')}](${f})`), ''] : [];
-}
-
-/** bench/results/README.md: one table over the latest result of every scenario, and the goals. */
-export function writeIndex(): void {
+/** bench/results/README.md, regenerated from the JSON files: one table over the latest result of every scenario, and the goals. */
+export function writeIndex(scenarios: Record<string, Scenario>): void {
   const rows: string[] = [];
   const goals: string[] = [];
   let machineLine = '';
-  for (const s of SCENARIOS) {
+  for (const s of Object.keys(scenarios)) {
     const f = join(resultsDir, `${s}.json`);
     if (!existsSync(f)) {
       rows.push(`| [${s}](${s}.md) | (not run yet) | | | | |`);
@@ -130,7 +111,7 @@ export function writeIndex(): void {
         `| ${i === 0 ? `[${s}](${s}.md)` : ''} | ${i === 0 ? r.date.slice(0, 16).replace('T', ' ') + (r.params.quick ? ' (quick)' : '') + (typeof r.params.machine_other_cpu_pct === 'number' ? `; others used ${r.params.machine_other_cpu_pct} % CPU` : '') : ''} | \`${k}\` | ${fmt(r.figures[k])} | ${min === undefined ? '' : fmt(min)} | ${max === undefined ? '' : fmt(max)} |`,
       );
     });
-    for (const g of GOALS[s] ?? []) {
+    for (const g of scenarios[s]!.goals ?? []) {
       const met = goalMet(g, r.figures);
       goals.push(`| ${s} | ${g.text} | ${fmt(r.figures[g.figure])} | ${met === null ? 'n/a' : met ? 'met' : '**missed**'} |`);
     }
@@ -156,7 +137,6 @@ export function writeIndex(): void {
     ...goals,
     '',
     ...profiles(),
-    ...others(),
   ];
   writeFileSync(join(resultsDir, 'README.md'), md.join('\n'));
 }

@@ -1,12 +1,11 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { CliProcess, tempDir, TEST_MASTER_KEY, writeYaml, type SandboxProcess } from '../../test/helpers/processes.ts';
+import { startGatewayProcess, startSandboxProcess, tempDir, writeYaml, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
-import { track } from './cleanup.ts';
 import { Collector } from './collector.ts';
 import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
 
@@ -63,51 +62,8 @@ export function gatewaySource(): GatewaySource {
   return (source = { root, commit: sha });
 }
 
-/** Whether the measured gateway has a batching policy per group (config/batching.ts). */
-export function gatewayHasBatching(): boolean {
-  try {
-    return /batching/.test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-/** Whether the measured gateway's config schema has a top-level key (the schema is strict). */
-function hasConfigKey(key: string): boolean {
-  try {
-    return new RegExp(`^\\s{4}${key}:`, 'm').test(readFileSync(join(gatewaySource().root, 'config', 'schema.ts'), 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-function spawnSimbridge(args: string[], nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): CliProcess {
-  const child = track(
-    spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'bin/simbridge.ts', ...args], {
-      cwd: gatewaySource().root,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }),
-  );
-  return new CliProcess(child);
-}
-
-/** `simbridge sandbox` on free ports as its own process; the ports are read from its banner. */
-async function startSandbox(dir: string): Promise<SandboxProcess> {
-  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
-  const proc = spawnSimbridge(['sandbox', '--config', config]);
-  await proc.waitFor(/server key .+\n/, 60_000);
-  const value = (label: string) => proc.output.match(new RegExp(`${label}\\s+(\\S+)`))![1];
-  return {
-    process: proc,
-    controlEndpoint: value('control plane'),
-    dataPort: Number(value('data plane').split(':').at(-1)),
-    observerPort: Number(value('observer').split(':').at(-1)),
-    caFile: value('CA'),
-    serverCertFile: value('server cert'),
-    serverKeyFile: value('server key'),
-  };
-}
+/** How the bench starts simbridge processes (the shared test harness): from the measured checkout, a minute to be ready. */
+export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, timeoutMs: 60_000, ...opts });
 
 type Tree = Record<string, unknown>;
 
@@ -139,6 +95,7 @@ export interface GatewayProcess {
   pid: number;
   mqttPort: number;
   httpPort: number;
+  adminPort?: number;
 }
 
 /**
@@ -164,7 +121,7 @@ export class Stack {
 
   static async start(opts: { gatewayOverride?: Tree } = {}): Promise<Stack> {
     const dir = tempDir('bench');
-    const sandbox = await startSandbox(dir);
+    const sandbox = await startSandboxProcess(dir, undefined, simbridgeSpawn());
     const upstream = await upstreamBroker(dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
     const collector = new Collector(upstream.plainPort);
     await collector.start();
@@ -192,17 +149,14 @@ export class Stack {
         vending: { endpoint: this.sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' } },
         upstream: { endpoint: 'localhost', port: this.upstream.tlsPort, caFile: this.sandbox.caFile },
         log: { level: 'warn' },
-        // Newer gateways serve an admin API on a fixed port by default: bind a free one instead.
-        ...(hasConfigKey('admin') ? { admin: { host: '127.0.0.1', port: 0 } } : {}),
+        admin: { host: '127.0.0.1', port: 0 },
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
     writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
     const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
-    const proc = spawnSimbridge(['start', '--config', this.configFile], nodeArgs, { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
-    await proc.waitFor(/device HTTP .+\n/, 60_000);
-    const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-    this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: port('device MQTT'), httpPort: port('device HTTP') };
+    const proc = await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
+    this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: proc.mqttPort, httpPort: proc.httpPort, adminPort: proc.adminPort };
     return this.gateway;
   }
 

@@ -1,4 +1,4 @@
-// A load-generator process for bench/sleepy.ts: battery-powered devices over HTTP. Each device wakes
+// A load-generator process for the sleepy scenario (bench/scenarios/sleepy.ts): battery-powered devices over HTTP. Each device wakes
 // `wakes` times, sends `readings` JSON readings one after another (POST /topics/{topic}?qos=1 with
 // X-IMSI / X-IMEI, each waiting for its 202) and leaves; wake n (device n % devices, its wake
 // n / devices) is due at start + n / wakeRatePerS, so every device wakes once per devices / wakeRatePerS

@@ -1,4 +1,4 @@
-// A load-generator process for bench/sessions.ts: thousands of mostly idle MQTT 3.1.1 devices (mqtt.js),
+// A load-generator process for the sessions scenario (bench/scenarios/sessions.ts): thousands of mostly idle MQTT 3.1.1 devices (mqtt.js),
 // each bound to its own loopback source address, driven over IPC ({id, cmd} → {id, ok, result}, the
 // protocol of bench/lib/load.ts#Worker). A chosen range of them publishes one QoS 1 message on request.
 // Every operation is bounded in count and time; the process exits when the orchestrator goes away.

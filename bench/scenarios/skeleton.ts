@@ -1,4 +1,4 @@
-import { knob, type Ctx } from '../lib/context.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { LoadPool } from '../lib/load.ts';
 import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
@@ -64,9 +64,11 @@ export async function skeleton(ctx: Ctx): Promise<ScenarioResult> {
     },
     figures,
     notes: [
-      '`rss_per_device_kb`: simbridge VmRSS (/proc/<pid>/status) once settled after all devices are connected, vended and have delivered one message each (a warm upstream session per device), minus VmRSS of the idle gateway, divided by the number of devices. It includes each device\'s aedes client, socket buffers, aws-crt session (native) and credentials. The idle reading is taken ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start, once V8 has shrunk the heaps of the freshly started process (its memory reducer, about 8 s after start: an idle sandbox gateway went from 241 to 162 MB); earlier runs read it before that, and their figures are too small (negative in runs of 2026-11-22, once the worker threads booted before the ports opened; before that the outbox writer thread\'s start, after the idle reading, made up for it). At 100 devices the figure is mostly the working set a busy gateway grows back (its threads\' heaps, SQLite\'s page cache), not a cost of each device: bench/sessions.ts measures that with 10,000 idle devices and 1,000 warm sessions.',
+      '`rss_per_device_kb`: simbridge VmRSS (/proc/<pid>/status) once settled after all devices are connected, vended and have delivered one message each (a warm upstream session per device), minus VmRSS of the idle gateway, divided by the number of devices. It includes each device\'s aedes client, socket buffers, aws-crt session (native) and credentials. The idle reading is taken ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start, once V8 has shrunk the heaps of the freshly started process (its memory reducer, about 8 s after start: an idle sandbox gateway went from 241 to 162 MB); earlier runs read it before that, and their figures are too small (negative in runs of 2026-11-22, once the worker threads booted before the ports opened; before that the outbox writer thread\'s start, after the idle reading, made up for it). At 100 devices the figure is mostly the working set a busy gateway grows back (its threads\' heaps, SQLite\'s page cache), not a cost of each device: the sessions scenario measures that with 10,000 idle devices and 1,000 warm sessions.',
       '`msgs_per_s`: unique messages arriving at the upstream Mosquitto per second, first send to last arrival, every device keeping `window_per_device` QoS 1 messages in flight.',
       'Each repetition starts a fresh gateway with an empty data directory, so every run vends its devices again.',
     ],
   };
 }
+
+export const scenario: Scenario = { title: '100 MQTT devices through the whole path: RSS per device and msgs/s', run: skeleton };

@@ -1,5 +1,9 @@
-import type { Ctx } from '../lib/context.ts';
-import { throughput } from './throughput.ts';
+import type { Scenario } from '../lib/context.ts';
+import { throughput, THROUGHPUT_GOALS } from './throughput.ts';
 
 /** Scenario 3: scenario 1 over HTTP POST /topics/{topic}?qos=1 with keep-alive connections. */
-export const throughputHttp = (ctx: Ctx) => throughput(ctx, 'http', 'throughput-http');
+export const scenario: Scenario = {
+  title: 'HTTP keep-alive uplink throughput and ack latency, 100 devices',
+  goals: THROUGHPUT_GOALS,
+  run: (ctx) => throughput(ctx, 'http', 'throughput-http'),
+};

@@ -1,5 +1,9 @@
-import type { Ctx } from '../lib/context.ts';
-import { throughput } from './throughput.ts';
+import type { Scenario } from '../lib/context.ts';
+import { throughput, THROUGHPUT_GOALS } from './throughput.ts';
 
 /** Scenario 1: MQTT QoS 1 uplink through the whole path. */
-export const throughputMqtt = (ctx: Ctx) => throughput(ctx, 'mqtt', 'throughput-mqtt');
+export const scenario: Scenario = {
+  title: 'MQTT QoS 1 uplink throughput and ack latency, 100 devices',
+  goals: THROUGHPUT_GOALS,
+  run: (ctx) => throughput(ctx, 'mqtt', 'throughput-mqtt'),
+};

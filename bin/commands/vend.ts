@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
+import { EXIT } from '../../admin/cli/exit-codes.ts';
 import type { Config } from '../../config/schema.ts';
 import { openDatabase } from '../../storage/db.ts';
 import { sqliteStores } from '../../storage/index.ts';
@@ -51,7 +52,7 @@ export async function vendPending(
   const { out } = opts;
   if (config.mode === 'sandbox' && !config.vending.endpoint) {
     out.write('simbridge vend: in sandbox mode, set vending.endpoint to the running sandbox control plane (see `simbridge sandbox`)\n');
-    return 1;
+    return EXIT.failure;
   }
   // Logs go to stderr, below warnings unless asked for: stdout carries the progress and the summary.
   const log = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level, base: undefined }, pino.destination(2));
@@ -85,7 +86,7 @@ export async function vendPending(
       out.write(`vended ${summary.vended} of ${summary.total} SIMs in ${summary.seconds.toFixed(1)} s; ${summary.failed.length} failed\n`);
       for (const f of summary.failed) out.write(`  ${f.imsi}: ${f.reason}\n`);
     }
-    return summary.failed.length === 0 ? 0 : 1;
+    return summary.failed.length === 0 ? EXIT.ok : EXIT.failure;
   } finally {
     vendor?.stop();
     db.close();
@@ -129,12 +130,12 @@ export async function run(args: string[], loadConfig: (file?: string) => Config)
   });
   if (values.help) {
     console.log(usage);
-    return 0;
+    return EXIT.ok;
   }
   const attempts = values.attempts === undefined ? undefined : Number(values.attempts);
   if (attempts !== undefined && !(Number.isInteger(attempts) && attempts > 0)) {
     console.error(usage);
-    return 64;
+    return EXIT.usage;
   }
   return vendPending(loadConfig(values.config), { json: values.json ?? false, out: process.stdout, attempts });
 }

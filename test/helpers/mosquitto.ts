@@ -1,15 +1,53 @@
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { CliProcess, freePort } from './processes.ts';
 
-export interface MosquittoBroker {
-  tlsPort: number;
-  plainPort: number;
-  process: CliProcess;
-  stop(): Promise<void>;
-  start(): Promise<void>;
+/** A Mosquitto process with a fixed config file and fixed ports, so it can be stopped and started again. */
+export class MosquittoProcess {
+  process?: CliProcess;
+
+  constructor(
+    readonly name: string,
+    readonly binary: string,
+    readonly conf: string,
+    readonly ports: number[],
+  ) {}
+
+  get pid(): number | undefined {
+    return this.process?.child.pid;
+  }
+
+  /** Resolves once every port accepts connections. */
+  async start(): Promise<void> {
+    // No -v: it would log every PUBLISH (log_type all) and the logging would be what a benchmark measures.
+    this.process = new CliProcess(spawn(this.binary, ['-c', this.conf], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const deadline = Date.now() + 15_000;
+    for (const port of this.ports) {
+      while (!(await canConnect(port))) {
+        if (this.process.child.exitCode !== null) throw new Error(`${this.name} exited:\n${this.process.output}`);
+        if (Date.now() > deadline) throw new Error(`${this.name}: port ${port} not open after 15 s:\n${this.process.output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  /** SIGTERM (Mosquitto saves its persistence file) or SIGKILL (nothing is saved). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.process?.kill(signal);
+  }
 }
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createConnection({ host: '127.0.0.1', port });
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+}
+
+export type MosquittoBroker = MosquittoProcess & { tlsPort: number; plainPort: number };
 
 /**
  * A real Mosquitto as the upstream: mutual TLS (require_certificate, the certificate CN as the username,
@@ -44,18 +82,7 @@ export async function startMosquitto(
       '',
     ].join('\n'),
   );
-  const broker: MosquittoBroker = {
-    tlsPort,
-    plainPort,
-    process: undefined as unknown as CliProcess,
-    async start() {
-      broker.process = new CliProcess(spawn(binary, ['-c', conf, '-v'], { stdio: ['ignore', 'pipe', 'pipe'] }));
-      await broker.process.waitFor(`port ${plainPort}`, 10_000);
-    },
-    async stop() {
-      await broker.process.kill('SIGTERM');
-    },
-  };
+  const broker = Object.assign(new MosquittoProcess('mosquitto', binary, conf, [tlsPort, plainPort]), { tlsPort, plainPort });
   await broker.start();
   return broker;
 }

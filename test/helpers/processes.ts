@@ -8,6 +8,30 @@ import { stringify } from 'yaml';
 // One process (node with the tsx loader), so a signal reaches simbridge itself, not a wrapper.
 const runtime = [process.execPath, '--import', 'tsx'];
 
+// Every child started through this harness is killed (by its own pid) when this process exits,
+// however it exits, so no broker or gateway outlives a failed test or bench run.
+const children = new Set<ChildProcess>();
+process.on('exit', killAll);
+
+export function track<C extends ChildProcess>(child: C): C {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+export function killAll(): void {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  children.clear();
+}
+
 export function tempDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), `simbridge-${prefix}-`));
 }
@@ -30,26 +54,47 @@ export function writeYaml(dir: string, name: string, value: unknown): string {
   return file;
 }
 
-/** A child process of the simbridge CLI whose output is collected. */
+/**
+ * The line `simbridge start --ready-json` and `simbridge sandbox --ready-json` print on stdout once every
+ * listener is bound (README, "Ready signal"). Ports of listeners that are off are absent.
+ */
+export interface ReadySignal {
+  ready: 'gateway' | 'sandbox';
+  pid: number;
+  ports: { mqtt?: number; http?: number; coap?: number; udp?: number; radius?: number; admin?: number; sandboxControl?: number; sandboxData?: number; sandboxObserver?: number };
+  sandbox?: { controlEndpoint: string; caFile: string; serverCertFile: string; serverKeyFile: string };
+}
+
+/** A child process (the simbridge CLI, a broker) whose output is collected. */
 export class CliProcess {
+  /** stdout and stderr, interleaved. */
   output = '';
+  stdout = '';
   readonly exited: Promise<number | null>;
 
   constructor(readonly child: ChildProcess) {
-    child.stdout!.on('data', (d) => (this.output += d));
+    track(child);
+    child.stdout!.on('data', (d) => ((this.output += d), (this.stdout += d)));
     child.stderr!.on('data', (d) => (this.output += d));
     this.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
   }
 
-  /** Resolves when the output contains text; rejects if the process exits or time runs out. */
-  waitFor(text: string | RegExp, timeoutMs = 30_000): Promise<void> {
-    const found = () => (typeof text === 'string' ? this.output.includes(text) : text.test(this.output));
+  /** Waits for the ready signal (started with --ready-json) and returns it. */
+  async ready(timeoutMs = 30_000): Promise<ReadySignal> {
+    const line = /^\{"ready":.*\n/m;
+    await this.waitFor(() => line.test(this.stdout), timeoutMs, 'the ready signal');
+    return JSON.parse(this.stdout.match(line)![0]) as ReadySignal;
+  }
+
+  /** Resolves when the output contains text (or `text()` holds); rejects if the process exits or time runs out. */
+  waitFor(text: string | RegExp | (() => boolean), timeoutMs = 30_000, what: string = String(text)): Promise<void> {
+    const found = () => (typeof text === 'function' ? text() : typeof text === 'string' ? this.output.includes(text) : text.test(this.output));
     return new Promise((resolve, reject) => {
       const timer = setInterval(() => {
         if (found()) return done(resolve);
-        if (this.child.exitCode !== null || this.child.signalCode !== null) done(() => reject(new Error(`process exited before "${text}":\n${this.output}`)));
+        if (this.child.exitCode !== null || this.child.signalCode !== null) done(() => reject(new Error(`process exited before "${what}":\n${this.output}`)));
       }, 25);
-      const deadline = setTimeout(() => done(() => reject(new Error(`timed out waiting for "${text}":\n${this.output}`))), timeoutMs);
+      const deadline = setTimeout(() => done(() => reject(new Error(`timed out waiting for "${what}":\n${this.output}`))), timeoutMs);
       function done(fn: () => void) {
         clearInterval(timer);
         clearTimeout(deadline);
@@ -64,8 +109,20 @@ export class CliProcess {
   }
 }
 
-export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  return new CliProcess(spawn(runtime[0], [...runtime.slice(1), 'bin/simbridge.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }));
+export interface SpawnOptions {
+  env?: NodeJS.ProcessEnv;
+  /** The checkout to run (default: this one); the bench may measure an exported commit. */
+  cwd?: string;
+  /** Options for node itself, e.g. --cpu-prof. */
+  nodeArgs?: string[];
+  /** How long to wait for the ready signal. */
+  timeoutMs?: number;
+}
+
+export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}, opts: SpawnOptions = {}): CliProcess {
+  return new CliProcess(
+    spawn(runtime[0], [...(opts.nodeArgs ?? []), ...runtime.slice(1), 'bin/simbridge.ts', ...args], { cwd: opts.cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }),
+  );
 }
 
 export interface SandboxProcess {
@@ -79,22 +136,13 @@ export interface SandboxProcess {
 }
 
 /** Runs `simbridge sandbox` on free ports, as its own process (so the gateway can be killed on its own). */
-export async function startSandboxProcess(dir: string, ports?: { controlPort: number; dataPort: number; observerPort: number }): Promise<SandboxProcess> {
-  // Port 0 everywhere: the sandbox binds what is free and prints it, so parallel tests never collide.
+export async function startSandboxProcess(dir: string, ports?: { controlPort: number; dataPort: number; observerPort: number }, opts: SpawnOptions = {}): Promise<SandboxProcess> {
+  // Port 0 everywhere: the sandbox binds what is free and says which, so parallel tests never collide.
   // A restart passes the ports it had, so the gateway finds it where it was.
   const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: ports ?? { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
-  const proc = spawnCli(['sandbox', '--config', config]);
-  await proc.waitFor(/server key .+\n/);
-  const file = (label: string) => proc.output.match(new RegExp(`${label}\\s+(\\S+)`))![1];
-  return {
-    process: proc,
-    controlEndpoint: file('control plane'),
-    dataPort: Number(file('data plane').split(':').at(-1)),
-    observerPort: Number(file('observer').split(':').at(-1)),
-    caFile: file('CA'),
-    serverCertFile: file('server cert'),
-    serverKeyFile: file('server key'),
-  };
+  const proc = spawnCli(['sandbox', '--config', config, '--ready-json'], opts.env, opts);
+  const { ports: bound, sandbox } = await proc.ready(opts.timeoutMs);
+  return { process: proc, dataPort: bound.sandboxData!, observerPort: bound.sandboxObserver!, ...sandbox! };
 }
 
 export const TEST_MASTER_KEY = '11'.repeat(32);
@@ -153,23 +201,15 @@ export async function gatewayConfig(
 }
 
 export interface GatewayProcess extends CliProcess, GatewayPorts {
+  coapPort?: number;
+  udpPort?: number;
   radiusPort?: number;
   adminPort?: number;
 }
 
-/** Starts `simbridge start` and reads the ports it bound from its banner. */
-export async function startGatewayProcess(configFile: string): Promise<GatewayProcess> {
-  const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
-  await proc.waitFor(/device HTTP .+\n/);
-  const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-  const optional = (re: RegExp) => {
-    const m = proc.output.match(re);
-    return m ? Number(m[1]) : undefined;
-  };
-  return Object.assign(proc, {
-    mqttPort: port('device MQTT'),
-    httpPort: port('device HTTP'),
-    radiusPort: optional(/RADIUS acct\s+\S+:(\d+)\/udp/),
-    adminPort: optional(/admin\s+http:\/\/\S+:(\d+)/),
-  });
+/** Starts `simbridge start` and takes the ports it bound from its ready signal. */
+export async function startGatewayProcess(configFile: string, opts: SpawnOptions = {}): Promise<GatewayProcess> {
+  const proc = spawnCli(['start', '--config', configFile, '--ready-json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY, ...opts.env }, opts);
+  const { ports } = await proc.ready(opts.timeoutMs);
+  return Object.assign(proc, { mqttPort: ports.mqtt!, httpPort: ports.http!, coapPort: ports.coap, udpPort: ports.udp, radiusPort: ports.radius, adminPort: ports.admin });
 }

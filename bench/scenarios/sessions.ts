@@ -1,41 +1,27 @@
 // Sessions benchmark (issue 5): memory of 10,000 idle local MQTT devices and of 1,000 warm upstream
 // sessions (mutual TLS, each device as itself) against a real Mosquitto, then recovery of those 1,000
 // sessions after an upstream outage, against the pacing minimum (sessions / upstream.connectsPerSecond).
-//
-//   node --import tsx bench/sessions.ts [--devices 10000] [--warm 1000] [--outage-s 15]
+// Knobs: BENCH_DEVICES (10,000), BENCH_WARM (1,000), BENCH_OUTAGE_S (15).
 //
 // Every part is its own process on loopback (bench/lib/stack.ts): sandbox (vending), upstream Mosquitto
 // (mutual TLS, sandbox CA), collector (mosquitto_sub), simbridge, and 2 load generators
 // (bench/load/mqtt-fleet.ts) holding the devices, each device on its own source address 127.0.x.y.
-// Results: bench/results/sessions.{json,md}.
 import { join } from 'node:path';
-import { installCleanup } from './lib/cleanup.ts';
-import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from './lib/devices.ts';
-import { quantile, merge, newHist } from './lib/hist.ts';
-import { forkWorker, type Worker } from './lib/load.ts';
-import { newTag } from './lib/measure.ts';
-import { idleRss, IDLE_BASELINE_AFTER_MS, MemProbe, settledRss, type MemUsage } from './lib/memory.ts';
-import { mosquittoVersion } from './lib/mosquitto.ts';
-import { waitForQuiet, noiseMeter, noiseReport } from './lib/procstat.ts';
-import { adminPortFrom, scrape, sum } from './lib/prom.ts';
-import type { Goal } from './lib/report.ts';
-import { gatewaySource, Stack } from './lib/stack.ts';
-import { writeStandalone } from './lib/standalone-report.ts';
-import { round, sleep } from './lib/stats.ts';
-import type { FleetConnectResult, FleetPublishResult } from './load/mqtt-fleet.ts';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
+import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from '../lib/devices.ts';
+import { quantile, merge, newHist } from '../lib/hist.ts';
+import { forkWorker, type Worker } from '../lib/load.ts';
+import { newTag } from '../lib/measure.ts';
+import { idleRss, IDLE_BASELINE_AFTER_MS, MemProbe, settledRss, type MemUsage } from '../lib/memory.ts';
+import { mosquittoVersion } from '../lib/mosquitto.ts';
+import { scrape, sum } from '../lib/prom.ts';
+import type { Goal, ScenarioResult } from '../lib/report.ts';
+import { gatewaySource, Stack } from '../lib/stack.ts';
+import { round, sleep } from '../lib/stats.ts';
+import type { FleetConnectResult, FleetPublishResult } from '../load/mqtt-fleet.ts';
+import { openDatabase } from '../../storage/db.ts';
+import { SimStore } from '../../storage/sims.ts';
 
-installCleanup();
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && Number.isFinite(Number(process.argv[i + 1])) ? Number(process.argv[i + 1]) : fallback;
-}
-
-const DEVICES = arg('devices', 10_000);
-const WARM = Math.min(DEVICES, arg('warm', 1000));
-const OUTAGE_S = arg('outage-s', 15);
 const WORKERS = 2;
 const CONNECTS_PER_S = 100; // simbridge's default upstream.connectsPerSecond, left as it is
 const RETRY_MAX_DELAY_MS = 5000;
@@ -45,11 +31,6 @@ const GOALS: Goal[] = [
   { text: '≤ 64 KB RSS per idle local MQTT device', figure: 'rss_per_idle_device_kb', op: '<=', target: 64 },
   { text: '≤ 150 KB RSS per warm upstream session', figure: 'rss_per_warm_session_kb', op: '<=', target: 150 },
 ];
-
-const started = Date.now();
-const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
-
-const memProbe = new MemProbe();
 
 const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: number) => (a && b && n ? round((b[key] - a[key]) / 1024 / n) : null);
 
@@ -78,11 +59,13 @@ async function status(workers: Worker[]): Promise<{ connected: number; closesAft
   return { connected: rs.reduce((a, r) => a + r.connected, 0), closesAfterConnect: rs.reduce((a, r) => a + r.closesAfterConnect, 0) };
 }
 
-async function main(): Promise<void> {
-  // --wait-quiet-s N: first wait (at most N s) until other processes use < 30 % of a core (shared machine).
-  const waitedQuietS = arg('wait-quiet-s', 0) > 0 ? await waitForQuiet(arg('wait-quiet-s', 0), 30) : 0;
-  if (waitedQuietS) log(`waited ${waitedQuietS} s for the machine to quieten`);
-  const noise = noiseMeter();
+async function sessions(ctx: Ctx): Promise<ScenarioResult> {
+  const DEVICES = knob('DEVICES', 10_000, 1000, ctx);
+  const WARM = Math.min(DEVICES, knob('WARM', 1000, 200, ctx));
+  const OUTAGE_S = knob('OUTAGE_S', 15, 5, ctx);
+  const started = Date.now();
+  const log = (msg: string) => ctx.log(`  ${msg}`);
+  const memProbe = new MemProbe();
   const notes: string[] = [];
   const figures: Record<string, number | null> = { devices: DEVICES, warm_sessions: WARM };
   const stack = await Stack.start({
@@ -115,8 +98,8 @@ async function main(): Promise<void> {
     const startedAt = Date.now();
     const gw = await memProbe.withProbe(() => stack.startGateway());
     await sleep(500);
-    const adminPort = adminPortFrom(gw.process.output);
-    if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
+    const adminPort = gw.adminPort;
+    if (!adminPort) throw new Error('simbridge serves no admin API (its ready signal has no admin port)');
     const metrics = () => scrape(adminPort);
     const rss0 = await idleRss(gw.pid, startedAt);
     const mem0 = await memProbe.gc(gw.pid);
@@ -250,7 +233,6 @@ async function main(): Promise<void> {
     const warnLines = gw.process.output.split('\n').filter((l) => /upstream delivery failed/.test(l)).length;
     figures.gateway_delivery_retry_warnings = warnLines;
 
-    const busy = noiseReport(noise.stop(), waitedQuietS);
     const params = {
       gateway_commit: gatewaySource().commit,
       devices: DEVICES,
@@ -268,11 +250,10 @@ async function main(): Promise<void> {
       vending_quotas: 'CreateCertificateFromCsr, AttachPolicy, CreateThing, AttachThingPrincipal raised to 250/s (sandbox unthrottled)',
       outage_s_target: OUTAGE_S,
       storage_synchronous: 'full',
-      ...busy.params,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,
     };
-    writeStandalone('sessions', 'Sessions: idle local devices, warm upstream sessions, recovery', {
+    return {
       params,
       figures,
       goals: GOALS,
@@ -284,16 +265,14 @@ async function main(): Promise<void> {
       notes: [
         '`rss_idle_gateway_mb`: the started gateway before any device, its two worker threads included (the outbox writer and one upstream connection thread, each a V8 isolate with its modules; both boot before the device ports open), read ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start, once V8 has shrunk the heaps of the freshly started process (its memory reducer, about 8 s after start); runs before 2026-11-22 11:00 read it earlier, which made `rss_per_idle_device_kb` too small.',
         '`rss_per_idle_device_kb` = (simbridge VmRSS with every device connected and idle − VmRSS of the started gateway before any device) / devices; each RSS is read once it has settled (two samples 1 s apart within 1 %; the baseline of each delta is read again after the GC probe below, so the probe does not shrink the delta).',
-        '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned. The sessions open in two halves with an RSS reading between them (the pause is left out of `warm_up_s`): `rss_per_additional_warm_session_kb` = (VmRSS after the warm-up − VmRSS after the first half) / the sessions the second half opened. Per-session RSS is not constant in the session count (measured 2026-11-22, not taken apart): about 190 KB per additional session from 500 to 1,000, but 98 KB per session overall with 3,000 (`--warm 3000`).',
+        '`rss_per_warm_session_kb` = (VmRSS after the warm-up − VmRSS with idle devices) / upstream sessions open (`simbridge_upstream_sessions`). It includes everything the first message brings: vending (key, certificate, cached credentials), the aws-crt MQTT connection and TLS state (native memory), the message path and whatever garbage the V8 heap has not returned. The sessions open in two halves with an RSS reading between them (the pause is left out of `warm_up_s`): `rss_per_additional_warm_session_kb` = (VmRSS after the warm-up − VmRSS after the first half) / the sessions the second half opened. Per-session RSS is not constant in the session count (measured 2026-11-22, not taken apart): about 190 KB per additional session from 500 to 1,000, but 98 KB per session overall with 3,000 (`BENCH_WARM=3000`).',
         `\`recovery_s\`: from the moment the restarted upstream Mosquitto accepts connections until the last of the ${WARM} messages acknowledged during the outage arrived at the collector (mosquitto_sub on the upstream's plain listener, its own arrival timestamps). \`recovery_ratio_to_pacing_min\` divides it by ${WARM} / upstream.connectsPerSecond (${CONNECTS_PER_S}/s) = ${pacingMinS} s. \`sessions_back_s\`: until \`simbridge_upstream_sessions\` (scraped every 250 ms) was back to ${WARM}.`,
         '`*_after_gc`, `heap_*`, `external_*`: the same deltas from `process.memoryUsage()` inside simbridge right after two forced full GCs (bench/lib/mem-probe.mjs, loaded into the gateway only with NODE_OPTIONS=\"--expose-gc --import=…\", triggered by SIGUSR2 after each settled reading): live memory without uncollected garbage; heap = V8 JS heap, external = memory outside the heap held by JS objects (Buffers); the rest of RSS is native (aws-crt, OpenSSL/s2n, sockets, allocator).',
         `Bench settings (not defaults): upstream.retryMaxDelayMs ${RETRY_MAX_DELAY_MS} (default 30000) so session retry backoff does not dominate recovery; upstream.maxSessions ${2 * WARM + 100}; upstream.idleTimeoutMs 1800000; vending quotas raised (the sandbox does not throttle here). upstream.connectsPerSecond stays at its default ${CONNECTS_PER_S}.`,
         '`outage_ack_p99_ms`, `warm_ack_p99_ms`: PUBACK latency seen by the devices (durable commit) while 1,000 sessions were being opened or retried. The upstream connections and their TLS contexts (1.5–2.4 ms each, measured alone) live on a connection thread (`upstream.threads`), not on the main thread that acknowledges devices; failed attempts during an outage still cost that thread a context each (`upstream_connects_failed_during_outage`).',
-        busy.note,
         ...notes,
       ],
-    });
-    log(`results: bench/results/sessions.{json,md}\n${JSON.stringify(figures)}`);
+    };
   } finally {
     await Promise.all(workers.map((w) => w.call({ cmd: 'close' }, 10_000).catch(() => undefined)));
     await stack.close();
@@ -301,10 +280,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+export const scenario: Scenario = { title: 'idle local devices, warm upstream sessions, recovery after an outage', goals: GOALS, run: sessions };

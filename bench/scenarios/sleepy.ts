@@ -4,8 +4,8 @@
 // once more after the group was switched to `immediate` by a config reload. Upstream is a real
 // Mosquitto (mutual TLS). Measures the IoT Core billing units each policy costs per reading,
 // device-visible ack latency (storage.synchronous: full) and the upstream sessions opened.
-//
-//   node --import tsx bench/sleepy.ts [--devices 5000] [--readings 3] [--wakes 23] [--rate 2000] [--max-delay-ms 120000]
+// Knobs: BENCH_DEVICES (5,000), BENCH_READINGS (3), BENCH_WAKES (23), BENCH_RATE (2,000),
+// BENCH_MAX_DELAY_MS (120,000); BENCH_CPU_PROF_DIR=DIR runs simbridge under node --cpu-prof (diagnostic).
 //
 // Processes (all loopback): sandbox, upstream Mosquitto, collector, simbridge (bench/lib/stack.ts) and
 // 2 load generators (bench/load/http-sleepy.ts), each with 8 keep-alive agents on their own source
@@ -14,37 +14,22 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { TEST_MASTER_KEY, writeYaml } from '../test/helpers/processes.ts';
-import { installCleanup, track } from './lib/cleanup.ts';
-import { MOSQUITTO_SUB } from './lib/mosquitto.ts';
-import { devices, type DeviceSpec } from './lib/devices.ts';
-import { merge, newHist, quantile } from './lib/hist.ts';
-import { forkWorker, type Worker } from './lib/load.ts';
-import { newTag } from './lib/measure.ts';
-import { mosquittoVersion } from './lib/mosquitto.ts';
-import { waitForQuiet, noiseMeter, noiseReport } from './lib/procstat.ts';
-import { adminPortFrom, scrape, sum, type Sample } from './lib/prom.ts';
-import type { Goal } from './lib/report.ts';
-import { gatewaySource, Stack } from './lib/stack.ts';
-import { writeStandalone } from './lib/standalone-report.ts';
-import { round, sleep } from './lib/stats.ts';
-import type { SleepyRunResult } from './load/http-sleepy.ts';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
+import { spawnCli, TEST_MASTER_KEY, track, writeYaml } from '../../test/helpers/processes.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
+import { MOSQUITTO_SUB } from '../lib/mosquitto.ts';
+import { devices, type DeviceSpec } from '../lib/devices.ts';
+import { merge, newHist, quantile } from '../lib/hist.ts';
+import { forkWorker, type Worker } from '../lib/load.ts';
+import { newTag } from '../lib/measure.ts';
+import { mosquittoVersion } from '../lib/mosquitto.ts';
+import { scrape, sum, type Sample } from '../lib/prom.ts';
+import type { Goal, ScenarioResult } from '../lib/report.ts';
+import { gatewaySource, simbridgeSpawn, Stack } from '../lib/stack.ts';
+import { round, sleep } from '../lib/stats.ts';
+import type { SleepyRunResult } from '../load/http-sleepy.ts';
+import { openDatabase } from '../../storage/db.ts';
+import { SimStore } from '../../storage/sims.ts';
 
-installCleanup();
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && Number.isFinite(Number(process.argv[i + 1])) ? Number(process.argv[i + 1]) : fallback;
-}
-
-const DEVICES = arg('devices', 5000);
-const READINGS = arg('readings', 3);
-// A device's window spans several wakes: 23 wakes × 3 readings fill three 5 KB batches per device.
-const WAKES = arg('wakes', 23);
-const RATE = arg('rate', 2000);
-const MAX_DELAY_MS = arg('max-delay-ms', 120_000);
 const PAYLOAD_BYTES = 200;
 /** The start of a phase left out of `ack_p99_ms_after_warmup` (the goal figure keeps it). */
 const WARMUP_MS = 10_000;
@@ -52,20 +37,13 @@ const WORKERS = 2;
 const SOURCES_PER_WORKER = 8;
 const MAX_SOCKETS_PER_SOURCE = 64;
 const TOPIC = 'meter';
-const WINDOW = { policy: 'window', maxMessages: 100, maxBytes: 5120, maxDelayMs: MAX_DELAY_MS };
 const VEND_QUOTAS = { CreateCertificateFromCsr: 500, AttachPolicy: 500, CreateThing: 500, AttachThingPrincipal: 500 };
 
-const GOALS: Goal[] = [
+const goals = (rate: number): Goal[] => [
   { text: 'billed units: immediate / window ≥ 20× for the same readings', figure: 'billed_units_reduction', op: '>=', target: 20 },
-  { text: `ack p99 ≤ 10 ms at ${RATE} requests/s (synchronous: full)`, figure: 'ack_p99_ms', op: '<=', target: 10 },
-  { text: `the gateway sustains ${RATE} requests/s`, figure: 'achieved_req_per_s', op: '>=', target: RATE * 0.95 },
+  { text: `ack p99 ≤ 10 ms at ${rate} requests/s (synchronous: full)`, figure: 'ack_p99_ms', op: '<=', target: 10 },
+  { text: `the gateway sustains ${rate} requests/s`, figure: 'achieved_req_per_s', op: '>=', target: rate * 0.95 },
 ];
-
-/** `--cpu-prof DIR`: diagnostic run, simbridge under node --cpu-prof (the profile is written at shutdown). */
-const CPU_PROF_DIR = (() => {
-  const i = process.argv.indexOf('--cpu-prof');
-  return i > 0 ? process.argv[i + 1] : undefined;
-})();
 
 /**
  * Watches the upstream's batch topics (plain listener) while it runs: readings (collector markers) and
@@ -94,9 +72,6 @@ function batchWatcher(plainPort: number) {
     stop: () => child.kill('SIGTERM'),
   };
 }
-
-const started = Date.now();
-const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
 
 interface Phase {
   name: string;
@@ -137,11 +112,18 @@ interface Phase {
   slowPer10s: string;
 }
 
-async function main(): Promise<void> {
-  // --wait-quiet-s N: first wait (at most N s) until other processes use < 30 % of a core (shared machine).
-  const waitedQuietS = arg('wait-quiet-s', 0) > 0 ? await waitForQuiet(arg('wait-quiet-s', 0), 30) : 0;
-  if (waitedQuietS) log(`waited ${waitedQuietS} s for the machine to quieten`);
-  const noise = noiseMeter();
+async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
+  const DEVICES = knob('DEVICES', 5000, 500, ctx);
+  const READINGS = knob('READINGS', 3, 3, ctx);
+  // A device's window spans several wakes: 23 wakes × 3 readings fill three 5 KB batches per device.
+  const WAKES = knob('WAKES', 23, 5, ctx);
+  const RATE = knob('RATE', 2000, 500, ctx);
+  const MAX_DELAY_MS = knob('MAX_DELAY_MS', 120_000, 10_000, ctx);
+  const WINDOW = { policy: 'window', maxMessages: 100, maxBytes: 5120, maxDelayMs: MAX_DELAY_MS };
+  /** Diagnostic run: simbridge under node --cpu-prof (the profile is written at shutdown). */
+  const CPU_PROF_DIR = process.env.BENCH_CPU_PROF_DIR || undefined;
+  const started = Date.now();
+  const log = (msg: string) => ctx.log(`  ${msg}`);
   const notes: string[] = [];
   const groups = { default: {}, meters: { batching: WINDOW } };
   // Upstream settings are the defaults (sessions idle-close after 300 s, at most 5,000 open).
@@ -167,20 +149,9 @@ async function main(): Promise<void> {
       log: { level: 'warn' },
     });
     const tv = Date.now();
-    const vend = track(
-      spawn(process.execPath, ['--import', 'tsx', 'bin/simbridge.ts', 'vend', '--config', vendConfig, '--json'], {
-        cwd: gatewaySource().root,
-        env: { ...process.env, SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      }),
-    );
-    let vendOut = '';
-    vend.stdout!.on('data', (d) => (vendOut += d));
-    vend.stderr!.on('data', (d) => (vendOut += d));
-    const vendCode = await Promise.race([
-      new Promise<number | null>((r) => vend.once('exit', (c) => r(c))),
-      sleep(420_000).then(() => (vend.kill('SIGKILL'), -1)),
-    ]);
+    const vend = spawnCli(['vend', '--config', vendConfig, '--json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }, simbridgeSpawn());
+    const vendCode = await Promise.race([vend.exited, sleep(420_000).then(() => (vend.child.kill('SIGKILL'), -1))]);
+    const vendOut = vend.output;
     const vendSummary = vendOut.split('\n').find((l) => l.startsWith('{'));
     if (vendCode !== 0 || !vendSummary) throw new Error(`simbridge vend failed (exit ${vendCode}):\n${vendOut.slice(-3000)}`);
     const vendS = (Date.now() - tv) / 1000;
@@ -188,8 +159,8 @@ async function main(): Promise<void> {
 
     const gw = await stack.startGateway(CPU_PROF_DIR ? { cpuProfDir: CPU_PROF_DIR } : {});
     await sleep(500);
-    const adminPort = adminPortFrom(gw.process.output);
-    if (!adminPort) throw new Error(`no admin port in the banner:\n${gw.process.output}`);
+    const adminPort = gw.adminPort;
+    if (!adminPort) throw new Error('simbridge serves no admin API (its ready signal has no admin port)');
     log(`simbridge up (pid ${gw.pid})`);
     for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('http-sleepy'));
     const sourcesOf = (k: number) => Array.from({ length: SOURCES_PER_WORKER }, (_, j) => `127.0.200.${2 + k * SOURCES_PER_WORKER + j}`);
@@ -378,7 +349,6 @@ async function main(): Promise<void> {
       prevend_s: round(vendS),
     };
     if (Object.keys(W.errorKinds).length || Object.keys(I.errorKinds).length) notes.push(`Device errors: window ${JSON.stringify(W.errorKinds)}, immediate ${JSON.stringify(I.errorKinds)}.`);
-    const busy = noiseReport(noise.stop(), waitedQuietS);
     const phases = [W, I];
     const params = {
       gateway_commit: gatewaySource().commit,
@@ -398,14 +368,13 @@ async function main(): Promise<void> {
       storage_synchronous: 'full',
       upstream: `mosquitto ${mosquittoVersion()}, mutual TLS (sandbox CA)`,
       upstream_settings: 'defaults: 100 connects/s, sessions idle-close after 300 s, at most 5,000 open',
-      ...busy.params,
       total_runtime_s: Math.round((Date.now() - started) / 1000),
       gateway_config_override: stack.gatewayOverride,
     };
-    writeStandalone('sleepy', 'Sleepy devices: batching and ack latency over HTTP', {
+    return {
       params,
       figures,
-      goals: GOALS,
+      goals: goals(RATE),
       intro: [
         `${DEVICES} devices over HTTP each wake ${WAKES} times, each time sending ${READINGS} JSON readings of ${PAYLOAD_BYTES} bytes one after another and leaving, ${RATE} requests/s in all,`,
         `in a group batching with \`window\` (${JSON.stringify(WINDOW)}); then the same devices wake once more after the group`,
@@ -422,7 +391,6 @@ async function main(): Promise<void> {
         'The window phase has four stretches: the first seconds (every device\'s first readings, the load generators\' 1,024 keep-alive connections opening, cold code: the difference between `ack_p99_ms` and `ack_p99_ms_after_warmup`); the 50 s after the first batches fall due, while 5,000 upstream sessions open at the default 100 connects/s (TLS handshakes in aws-crt\'s event loop and Mosquitto, on the same 2 cores as everything else); the rounds in which every device\'s batch falls due within one wake cycle (7.5 s; about 670 publishes/s instead of the average 83/s); and the steady part in between. Per-thread CPU (from /proc, share of a core): main thread about 0.41 throughout, outbox writer about 0.25, upstream connection thread 0.11 while sessions open and 0.22 in a batch round, aws-crt\'s event loop 0.2 while sessions open, Mosquitto 0.19 then, the two load generators about 0.3 together.',
         'What made the difference (each measured with this bench): upstream connections on a thread of their own (aws-crt registers each callback of a connection as a libuv async handle, and libuv walks all of a loop\'s async handles on every wake-up: `perf` found 69 % of the main thread in `uv__async_io` at 5,000 sessions); registering only the one connection callback simbridge uses instead of six (the walk was still 34-37 % of the gateway\'s CPU, the connection thread 0.5 of a core, in the session-opening stretch and the batch rounds); and listening only once the worker threads have booted (the outbox writer used to start on the first commit: about 1,700 of the acknowledgements over 10 ms fell in the first 2 s).',
         'The immediate phase is there to price the same readings unbatched; its acknowledgement figures are not a goal: every reading is an upstream publish, 2,000 per second on 5,000 sessions (issue 8 has the throughput benchmarks).',
-        busy.note,
         ...notes,
       ],
       extraMd: [
@@ -436,18 +404,11 @@ async function main(): Promise<void> {
         ),
         '',
       ].join('\n'),
-    });
-    log(`results: bench/results/sleepy.{json,md}\n${JSON.stringify(figures)}`);
+    };
   } finally {
     await Promise.all(workers.map((w) => w.call({ cmd: 'close' }, 10_000).catch(() => undefined)));
     await stack.close();
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+export const scenario: Scenario = { title: 'sleepy HTTP devices: batching and ack latency', goals: goals(2000), run: sleepy };

@@ -5,75 +5,35 @@
 // and throttling that got past the API retries into the vending state.
 // Side by side, as many registered SIMs are then pre-vended in bulk by `simbridge vend` (no devices, no
 // upstream sessions): vending alone, against the same quotas.
-// The sandbox and simbridge are separate processes on loopback.
-//
-//   node --import tsx bench/vending.ts [--sims N]
+// The sandbox and simbridge are separate processes on loopback. Knob: BENCH_SIMS (1,000).
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { mkdirSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { stringify } from 'yaml';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
+import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, writeYaml, type CliProcess } from '../../test/helpers/processes.ts';
+import { openDatabase } from '../../storage/db.ts';
+import { SimStore } from '../../storage/sims.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
+import type { ScenarioResult } from '../lib/report.ts';
+import { simbridgeSpawn } from '../lib/stack.ts';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const resultsDir = join(root, 'bench', 'results');
-const MASTER_KEY = '42'.repeat(32);
 const IMEI = '490154203237518';
 const QUOTAS = { CreateCertificateFromCsr: 15, AttachPolicy: 15, CreateThing: 100, AttachThingPrincipal: 100, UpdateCertificate: 10, CreatePolicy: 10, DescribeEndpoint: 10 };
 
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-}
-
 const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;
 
-interface Cli {
-  child: ChildProcess;
-  output(): string;
-  waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
-  exited: Promise<number | null>;
-}
-
-/** A simbridge CLI child process whose output is collected. */
-function cli(args: string[], env: NodeJS.ProcessEnv = {}): Cli {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bin/simbridge.ts'), ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return {
-    child,
-    exited,
-    output: () => out,
-    async waitFor(re, ms = 60_000) {
-      const end = Date.now() + ms;
-      for (;;) {
-        const m = out.match(re);
-        if (m) return m;
-        if (child.exitCode !== null || Date.now() > end) throw new Error(`no ${re} from simbridge ${args[0]}:\n${out}`);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    },
-  };
-}
-
-async function main(): Promise<void> {
-  const sims = arg('sims', 1000);
+async function vending(ctx: Ctx): Promise<ScenarioResult> {
+  const sims = knob('SIMS', 1000, 150, ctx);
   const quotaMinS = sims / QUOTAS.CreateCertificateFromCsr;
-  const dir = mkdtempSync(join(tmpdir(), 'simbridge-bench-vending-'));
-  const yaml = (name: string, v: unknown) => (writeFileSync(join(dir, name), stringify(v)), join(dir, name));
-  const procs: ChildProcess[] = [];
+  const dir = tempDir('bench-vending');
+  const yaml = (name: string, v: unknown) => writeYaml(dir, name, v);
+  const procs: CliProcess[] = [];
   try {
-    const sandbox = cli(['sandbox', '--config', yaml('sandbox.yaml', { dataDir: join(dir, 'sb'), sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } })]);
-    procs.push(sandbox.child);
-    const control = (await sandbox.waitFor(/control plane\s+(\S+)/))[1]!;
-    const dataPort = Number((await sandbox.waitFor(/data plane\s+\S+:(\d+)/))[1]);
-    const caFile = (await sandbox.waitFor(/CA\s+(\S+)\n/))[1]!;
+    mkdirSync(join(dir, 'sb'));
+    const sandbox = await startSandboxProcess(join(dir, 'sb'), undefined, simbridgeSpawn());
+    procs.push(sandbox.process);
+    const { controlEndpoint: control, dataPort, caFile } = sandbox;
     const enforceQuotas = async () => {
       await fetch(`${control}/_sandbox/faults`, { method: 'DELETE' });
       const res = await fetch(`${control}/_sandbox/faults`, { method: 'POST', body: JSON.stringify({ tps: QUOTAS }) });
@@ -95,10 +55,10 @@ async function main(): Promise<void> {
     });
 
     // ---- first contact through the gateway ----
-    const gateway = cli(['start', '--config', config], { SIMBRIDGE_MASTER_KEY: MASTER_KEY });
-    procs.push(gateway.child);
-    const httpPort = Number((await gateway.waitFor(/device HTTP\s+\S+:(\d+)/))[1]);
-    console.log(`${sims} SIMs make first contact; the sandbox enforces ${JSON.stringify(QUOTAS)}`);
+    const gateway = await startGatewayProcess(config, simbridgeSpawn());
+    procs.push(gateway);
+    const httpPort = gateway.httpPort;
+    ctx.log(`  ${sims} SIMs make first contact; the sandbox enforces ${JSON.stringify(QUOTAS)}`);
     const imsis = Array.from({ length: sims }, (_, i) => `00101${String(100_000 + i).padStart(10, '0')}`);
     const t0 = performance.now();
     const statuses = new Map<number, number>();
@@ -114,7 +74,7 @@ async function main(): Promise<void> {
       }),
     );
     const acceptedS = (performance.now() - t0) / 1000;
-    console.log(`all ${sims} publishes answered in ${acceptedS.toFixed(2)} s: ${JSON.stringify(Object.fromEntries(statuses))}`);
+    ctx.log(`  all ${sims} publishes answered in ${acceptedS.toFixed(2)} s: ${JSON.stringify(Object.fromEntries(statuses))}`);
 
     const db = new Database(join(dataDir, 'simbridge.db'), { readonly: true });
     const count = (sql: string) => db.prepare(sql).pluck().get() as number;
@@ -123,7 +83,7 @@ async function main(): Promise<void> {
       if (performance.now() - t0 > 600_000) throw new Error(`only ${ready} of ${sims} vended after 600 s`);
       if (performance.now() - lastLog > 10_000) {
         lastLog = performance.now();
-        console.log(`  ${((lastLog - t0) / 1000).toFixed(0)} s: ${ready} vended`);
+        ctx.log(`    ${((lastLog - t0) / 1000).toFixed(0)} s: ${ready} vended`);
       }
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -132,9 +92,8 @@ async function main(): Promise<void> {
     const throttledIntoState = count("SELECT count(*) FROM credentials WHERE last_error LIKE '%Throttl%'");
     db.close();
     const contactStats = await sandboxStats();
-    gateway.child.kill('SIGTERM');
-    await gateway.exited;
-    console.log(`first contact: ${sims} vended in ${wallS.toFixed(1)} s`);
+    await gateway.kill('SIGTERM');
+    ctx.log(`  first contact: ${sims} vended in ${wallS.toFixed(1)} s`);
 
     // ---- bulk pre-vending of registered SIMs, same quotas ----
     await enforceQuotas();
@@ -147,14 +106,14 @@ async function main(): Promise<void> {
       }
     })();
     registry.close();
-    const bulk = cli(['vend', '--config', config, '--json'], { SIMBRIDGE_MASTER_KEY: MASTER_KEY });
-    procs.push(bulk.child);
+    const bulk = spawnCli(['vend', '--config', config, '--json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }, simbridgeSpawn());
+    procs.push(bulk);
     const bulkCode = await bulk.exited;
-    const summaryLine = bulk.output().split('\n').find((l) => l.startsWith('{'));
-    if (!summaryLine) throw new Error(`simbridge vend printed no summary (exit ${bulkCode}):\n${bulk.output()}`);
+    const summaryLine = bulk.stdout.split('\n').find((l) => l.startsWith('{'));
+    if (!summaryLine) throw new Error(`simbridge vend printed no summary (exit ${bulkCode}):\n${bulk.output}`);
     const summary = JSON.parse(summaryLine) as { total: number; vended: number; failed: unknown[]; seconds: number };
     const bulkStats = await sandboxStats();
-    console.log(`bulk: ${summary.vended} of ${summary.total} vended in ${summary.seconds.toFixed(1)} s (exit ${bulkCode})`);
+    ctx.log(`  bulk: ${summary.vended} of ${summary.total} vended in ${summary.seconds.toFixed(1)} s (exit ${bulkCode})`);
 
     const non2xx = [...statuses].filter(([s]) => s < 200 || s >= 300).reduce((a, [, n]) => a + n, 0);
     const figures = {
@@ -175,10 +134,7 @@ async function main(): Promise<void> {
       bulk_failed_count: summary.failed.length,
       bulk_sandbox_throttled_count: bulkStats.totals.throttled,
     };
-    const result = {
-      scenario: 'vending',
-      date: new Date().toISOString(),
-      machine: { cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version },
+    return {
       params: {
         sims,
         quotas_enforced_by_sandbox: QUOTAS,
@@ -188,22 +144,16 @@ async function main(): Promise<void> {
         transport: 'loopback; sandbox and simbridge in separate processes',
       },
       figures,
-    };
-    mkdirSync(resultsDir, { recursive: true });
-    writeFileSync(join(resultsDir, 'vending.json'), JSON.stringify(result, null, 2) + '\n');
-    writeFileSync(
-      join(resultsDir, 'vending.md'),
-      [
-        '# Certificate vending at the AWS quota',
-        '',
-        `${result.date} · ${result.machine.cores} cores, ${result.machine.memory_gb} GB, Node ${result.machine.node}`,
-        '',
+      intro: [
         `The sandbox IoT Core enforces the default quotas with token buckets (CreateCertificateFromCsr and`,
         'AttachPolicy 15/s, CreateThing and AttachThingPrincipal 100/s) and answers ThrottlingException (429)',
         `beyond them. **First contact**: ${sims} new SIMs publish once each over HTTP (answered 202 in`,
         `${figures.publishes_accepted_s} s, their messages waiting in the outbox); wall time runs from the first`,
         'publish until every SIM has a certificate in use. **Bulk**: as many registered SIMs pre-vended by',
         '`simbridge vend`, side by side on the same sandbox.',
+      ],
+      extraMd: [
+        '## First contact and bulk',
         '',
         '| | first contact (gateway) | bulk (`simbridge vend`) |',
         '|---|---:|---:|',
@@ -220,19 +170,11 @@ async function main(): Promise<void> {
         'mTLS sessions, outbox commits): publishes are answered late, so SIMs reach vending late.',
         '',
       ].join('\n'),
-    );
-    console.log(JSON.stringify(figures));
+    };
   } finally {
-    for (const p of procs.reverse()) if (p.exitCode === null) p.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 500));
+    for (const p of procs.reverse()) await p.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+export const scenario: Scenario = { title: 'certificate vending at the AWS quota: first contact and bulk', run: vending };

@@ -3,27 +3,23 @@
 // transactions into SQLite (WAL, synchronous=FULL). Runs the batched import, the re-import of the same
 // file (idempotent: every row unchanged), and one transaction per row, side by side, and reports their ratio.
 // The batched runs are repeated on fresh databases and the median is reported.
-//
-//   npx tsx bench/import.ts [--rows N]
+// Knobs: BENCH_ROWS (10,000), BENCH_REPEATS (3).
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
-import { startAdmin } from '../admin/index.ts';
-import { luhnDigit } from '../lib/ids.ts';
-import { adminSection } from '../config/admin.ts';
-import { AuditLog } from '../storage/audit.ts';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
-import { TokenStore } from '../storage/tokens.ts';
+import { startAdmin } from '../../admin/index.ts';
+import { luhnDigit } from '../../lib/ids.ts';
+import { adminSection } from '../../config/admin.ts';
+import { AuditLog } from '../../storage/audit.ts';
+import { openDatabase } from '../../storage/db.ts';
+import { SimStore } from '../../storage/sims.ts';
+import { TokenStore } from '../../storage/tokens.ts';
+import { knob, type Ctx, type Scenario } from '../lib/context.ts';
+import type { ScenarioResult } from '../lib/report.ts';
 
-const rows = (() => {
-  const i = process.argv.indexOf('--rows');
-  return i > 0 ? Number(process.argv[i + 1]) : 10_000;
-})();
 const BATCH = 1000;
 
 function csv(n: number): string {
@@ -79,9 +75,10 @@ async function importRuns(body: string, batchRows: number, times: number): Promi
 }
 
 const round = (n: number, d = 3) => Math.round(n * 10 ** d) / 10 ** d;
-const REPEATS = 3;
 
-async function main(): Promise<void> {
+async function simImport(ctx: Ctx): Promise<ScenarioResult> {
+  const rows = knob('ROWS', 10_000, 2000, ctx);
+  const REPEATS = knob('REPEATS', 3, 1, ctx);
   const body = csv(rows);
   // The machine is shared: repeat the quick runs, each on a fresh database, and keep the median one.
   const pairs: Run[][] = [];
@@ -99,22 +96,14 @@ async function main(): Promise<void> {
     created_count: first!.report.created,
     reimport_unchanged_count: again!.report.unchanged,
   };
-  const result = {
-    scenario: 'import',
-    date: new Date().toISOString(),
-    machine: { cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version },
-    params: { rows, batch_rows: BATCH, repeats: REPEATS, csv_bytes: Buffer.byteLength(body), synchronous: 'full', transport: 'HTTP loopback, CSV streamed to the admin API in this process' },
+  const params = { rows, batch_rows: BATCH, repeats: REPEATS, csv_bytes: Buffer.byteLength(body), synchronous: 'full', transport: 'HTTP loopback, CSV streamed to the admin API in this process' };
+  ctx.log(`  ${figures.rows_per_s} rows/s batched, ${figures.rows_per_s_one_txn_per_row} rows/s with one transaction per row`);
+  return {
+    params,
     figures,
-  };
-  const out = join(dirname(fileURLToPath(import.meta.url)), 'results');
-  mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, 'import.json'), JSON.stringify(result, null, 2) + '\n');
-  writeFileSync(
-    join(out, 'import.md'),
-    [
-      `# SIM import (${result.date.slice(0, 10)})`,
-      '',
-      `${rows} CSV rows streamed over loopback HTTP to the admin API; SQLite WAL, synchronous=FULL; ${result.machine.cores} cores, Node ${result.machine.node}.`,
+    intro: [`${rows} CSV rows streamed over loopback HTTP to the admin API; SQLite WAL, synchronous=FULL.`],
+    extraMd: [
+      '## Runs',
       '',
       '| run | wall s | rows/s |',
       '|---|---|---|',
@@ -125,11 +114,7 @@ async function main(): Promise<void> {
       `Batching is ${figures.batch_speedup_ratio}× faster than a commit per row.`,
       '',
     ].join('\n'),
-  );
-  console.log(JSON.stringify(result, null, 2));
+  };
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+export const scenario: Scenario = { title: 'CSV import of SIMs through the admin API', run: simImport };
