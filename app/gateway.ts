@@ -27,6 +27,7 @@ import { StaticIdentity } from '../bridge/identity/static.ts';
 import { startRadiusListener } from '../bridge/radius/listener.ts';
 import { startHttpIngress } from '../bridge/ingress/http.ts';
 import { startMqttIngress } from '../bridge/ingress/mqtt.ts';
+import { startLowpowerIngress } from './lowpower.ts';
 import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { Uplink } from '../bridge/uplink.ts';
 import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
@@ -40,6 +41,8 @@ const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', '
 export interface Gateway {
   mqttPort: number;
   httpPort: number;
+  coapPort?: number;
+  udpPort?: number;
   radiusPort?: number;
   adminPort?: number;
   db: Db;
@@ -203,6 +206,11 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     await radius?.close();
     throw err;
   });
+  const source = (name: IdentitySourceName) => sources[name]();
+  const lowpower = await startLowpowerIngress(config, { admission, uplink, downlink, metrics, sims, group, source, log }).catch(async (err) => {
+    await Promise.all([mqtt.close(), http.close(), radius?.close()]);
+    throw err;
+  });
   // A device identified by its network session loses its connection when that session ends.
   if (radius && config.listeners.mqtt.identity === 'radius') {
     radius.on('session-end', (session, cause) => {
@@ -253,6 +261,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   return {
     mqttPort: mqtt.port,
     httpPort: http.port,
+    coapPort: lowpower.coap?.port,
+    udpPort: lowpower.udp?.port,
     radiusPort: radius?.port,
     adminPort: admin?.port,
     db,
@@ -270,7 +280,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     },
     close() {
       closing ??= (async () => {
-        await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
+        await Promise.all([mqtt.close(), http.close(), lowpower.close(), radius?.close(), admin?.close()]);
         downlink.close();
         schedules.stop();
         await outbox.settle();

@@ -161,12 +161,14 @@ async function runSandboxOnly(config: Config): Promise<number> {
   return waitForSignal(() => sandbox.close(), log);
 }
 
-function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; radiusPort?: number; adminPort?: number }, sandbox?: Sandbox): void {
+function printBanner(config: Config, gateway: { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; radiusPort?: number; adminPort?: number }, sandbox?: Sandbox): void {
   const lines = [
     `simbridge is running${sandbox ? ' on the sandbox (a local stand-in for AWS IoT Core)' : ''}`,
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
     `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}  (identity: ${config.listeners.http.identity})`,
   ];
+  if (gateway.coapPort !== undefined) lines.push(`  device CoAP  ${config.listeners.coap.host}:${gateway.coapPort}/udp  (identity: ${config.listeners.coap.identity})`);
+  if (gateway.udpPort !== undefined) lines.push(`  device UDP   ${config.listeners.udp.host}:${gateway.udpPort}/udp  (identity: ${config.listeners.udp.identity})`);
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
   if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
   if (sandbox) {
@@ -179,6 +181,9 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
       `  mosquitto_pub -h 127.0.0.1 -p ${gateway.mqttPort} -u ${DEMO_IMSI} -i ${DEMO_IMEI} -q 1 -t telemetry -m '{"temp":21.5}'`,
       'and over HTTP:',
       `  curl -X POST -H 'X-IMSI: ${DEMO_IMSI}' -H 'X-IMEI: ${DEMO_IMEI}' --data '{"temp":21.5}' 'http://127.0.0.1:${gateway.httpPort}/topics/telemetry?qos=1'`,
+      ...(gateway.coapPort !== undefined
+        ? ['and over CoAP (libcoap3-bin):', `  coap-client-notls -m post -e '{"temp":21.5}' 'coap://127.0.0.1:${gateway.coapPort}/topics/telemetry?imsi=${DEMO_IMSI}&imei=${DEMO_IMEI}'`]
+        : []),
       '',
     );
   }

@@ -250,7 +250,7 @@ export class Dispatcher {
     const releaseBefore = forceDue || this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const plannedWith = open?.plannedWith ?? {
       cfg,
-      topics: new DeviceTopics(group.upstreamTopic, vars),
+      topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic),
       identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
       batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
       maxMessageBytes: this.opts.maxMessageBytes,

@@ -118,7 +118,7 @@ export async function gatewayConfig(
     storage?: Record<string, unknown>;
     shutdown?: Record<string, unknown>;
     groups?: Record<string, unknown>;
-    listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown> };
+    listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown>; coap?: Record<string, unknown>; udp?: Record<string, unknown> };
     radius?: Record<string, unknown>;
     identity?: Record<string, unknown>;
   } = {},
@@ -129,6 +129,8 @@ export async function gatewayConfig(
     listeners: {
       mqtt: { host: '127.0.0.1', port: 0, ...extra.listeners?.mqtt },
       http: { host: '127.0.0.1', port: 0, ...extra.listeners?.http },
+      ...(extra.listeners?.coap ? { coap: { host: '127.0.0.1', port: 0, enabled: true, ...extra.listeners.coap } } : {}),
+      ...(extra.listeners?.udp ? { udp: { host: '127.0.0.1', port: 0, enabled: true, ...extra.listeners.udp } } : {}),
     },
     ...(extra.sims ? { sims: extra.sims } : {}),
     ...(extra.limits ? { limits: extra.limits } : {}),
@@ -153,6 +155,8 @@ export async function gatewayConfig(
 }
 
 export interface GatewayProcess extends CliProcess, GatewayPorts {
+  coapPort?: number;
+  udpPort?: number;
   radiusPort?: number;
   adminPort?: number;
 }
@@ -169,6 +173,8 @@ export async function startGatewayProcess(configFile: string): Promise<GatewayPr
   return Object.assign(proc, {
     mqttPort: port('device MQTT'),
     httpPort: port('device HTTP'),
+    coapPort: optional(/device CoAP\s+\S+:(\d+)\/udp/),
+    udpPort: optional(/device UDP\s+\S+:(\d+)\/udp/),
     radiusPort: optional(/RADIUS acct\s+\S+:(\d+)\/udp/),
     adminPort: optional(/admin\s+http:\/\/\S+:(\d+)/),
   });
