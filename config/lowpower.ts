@@ -27,6 +27,8 @@ export const coapListenerSection = z
     maxDatagramBytes: z.number().int().min(64).max(65507).default(1280).describe('largest CoAP datagram accepted; bigger payloads use block-wise transfer (RFC 7959)'),
     maxPending: z.number().int().positive().default(10_000).describe('requests waiting for their commit at once; past it new ones get 5.03'),
     retryAfterSeconds: z.number().int().positive().default(30).describe('Max-Age of a 5.03 (outbox full): how long the device should wait'),
+    maxBlockTransfers: z.number().int().positive().default(256).describe('block-wise request bodies being received at once (each up to limits.maxPayloadBytes); past it a new one gets 5.03'),
+    blockTimeoutMs: z.number().int().positive().default(60_000).describe('a block-wise body with no new block for this long is forgotten'),
     responseCacheBytes: z.number().int().positive().default(8 * 1024 ** 2).describe('bytes of sent responses kept to answer retransmitted requests for the exchange lifetime (247 s)'),
     ...floodGuard,
   })

@@ -22,6 +22,8 @@ export interface CoapIngressOptions {
   maxPending: number;
   retryAfterSeconds: number;
   responseCacheBytes: number;
+  maxBlockTransfers: number;
+  blockTimeoutMs: number;
   perAddressPerSecond: number;
   perAddressBurst: number;
   maxAddresses: number;
@@ -54,11 +56,18 @@ const refusalCode: Record<string, string> = {
   outbox_full: '5.03',
   storage_unavailable: '5.03',
   busy: '5.03',
+  not_found: '4.04',
 };
 
 /** Critical options (odd numbers, RFC 7252 §5.4.1) this server understands; any other critical one gets 4.02. */
 const understoodCritical = new Set(['Uri-Host', 'Uri-Port', 'Uri-Path', 'Uri-Query', 'Accept', 'Block1', 'Block2']);
 const unsupportedCritical = new Set(['If-Match', 'If-None-Match', 'OSCORE', 'Q-Block1', 'Q-Block2', 'Proxy-Uri', 'Proxy-Scheme']);
+
+/** Request-Tag (RFC 9175): names one block-wise body when the client changes tokens between blocks. */
+const REQUEST_TAG = 292;
+
+/** EXCHANGE_LIFETIME (RFC 7252 §4.8.2): how long a retransmission of a request can arrive. */
+const EXCHANGE_LIFETIME_MS = 247_000;
 
 /** setTimeout's longest delay: "never" for the library's separate-ACK timer. */
 const NEVER_MS = 2 ** 31 - 1;
@@ -89,6 +98,9 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   const guard = new DatagramGuard(opts);
   /** Requests between arrival and their response, by endpoint and message id. */
   const pending = new Set<string>();
+  const blocks = new Block1Assembler(opts);
+  /** Block1 option of the last block of a reassembled request, echoed in its answer (RFC 7959 §2.3). */
+  const finalBlock1 = new Map<string, Buffer>();
   let closing = false;
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
@@ -141,7 +153,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       messageId: packet.confirmable ? packet.messageId : nextMessageId,
       token: packet.token,
       options: options as never,
-      payload: Buffer.from(reason),
+      payload: reason ? Buffer.from(reason) : undefined,
     });
     sock.send(reply, rinfo.port, rinfo.address);
   }
@@ -192,19 +204,30 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
         return false;
       }
     }
-    const block1 = packet.options.find((o) => o.name === 'Block1')?.value;
     const size1 = packet.options.find((o) => o.name === 'Size1')?.value;
-    if (block1) {
-      const v = optionUint(block1);
-      const szx = v & 7;
-      if (szx === 7 || block1.length > 3) return count('bad_option'), answer(rinfo, packet, '4.00', 'bad_block1'), false;
-      if ((v >> 4) * 2 ** (szx + 4) + packet.payload.length > opts.maxPayloadBytes) return tooLarge(rinfo, packet), false;
-    }
     if (size1 && optionUint(size1) > opts.maxPayloadBytes) return tooLarge(rinfo, packet), false;
-    return true;
+    const block1 = packet.options.find((o) => o.name === 'Block1')?.value;
+    if (!block1) return true;
+    // A retransmitted last block: the library's cache holds its answer.
+    if (blocks.answered(keyOf(rinfo, packet.messageId))) return true;
+    const whole = blocks.add(rinfo, packet, block1);
+    if (typeof whole === 'string') {
+      if (whole === 'continue') answer(rinfo, packet, '2.31', '', [{ name: 'Block1', value: block1 }]);
+      else if (whole === 'payload_too_large') tooLarge(rinfo, packet);
+      else count(whole), answer(rinfo, packet, whole === 'block_incomplete' ? '4.08' : whole === 'busy' ? '5.03' : '4.00', whole);
+      return false;
+    }
+    // The whole body goes to the library as one request with the last block's message id and token,
+    // so its answer (and the library's retransmission cache) is that of the last block.
+    finalBlock1.set(keyOf(rinfo, packet.messageId), block1);
+    blocks.finished(keyOf(rinfo, packet.messageId));
+    const options = packet.options.filter((o) => o.name !== 'Block1' && o.name !== 'Size1' && o.name !== REQUEST_TAG);
+    libraryHandler(generate({ ...packet, options: options as never, payload: whole }, whole.length + 2048), rinfo);
+    return false;
   }
 
   function tooLarge(rinfo: RemoteInfo, packet: ParsedPacket) {
+    blocks.forget(rinfo, packet);
     count('payload_too_large');
     const max = Buffer.alloc(4);
     max.writeUInt32BE(opts.maxPayloadBytes);
@@ -223,6 +246,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       reply(res, '5.00', Buffer.from('internal_error'));
     } finally {
       pending.delete(key);
+      finalBlock1.delete(key);
     }
   }
 
@@ -304,8 +328,8 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       throw err;
     }
     // The last block of a block-wise request is answered with its Block1 option (RFC 7959 §2.3).
-    const block1 = req._packet.options?.find((o) => o.name === 'Block1')?.value;
-    if (Buffer.isBuffer(block1)) res.setOption('Block1', block1);
+    const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
+    if (block1) res.setOption('Block1', block1);
     answerWithDownlink(req, res, device, '2.04', { id }, false);
   }
 
@@ -318,7 +342,86 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       const deadline = Date.now() + 5000;
       while (pending.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       server.close();
+      blocks.close();
       await new Promise<void>((resolve) => sock.close(() => resolve()));
     },
   };
+}
+
+/**
+ * Block-wise requests (RFC 7959 §2.5), reassembled here rather than by the library: a client may change
+ * the token from block to block (§2.3; libcoap does, naming the body with a Request-Tag, RFC 9175), and
+ * the library keys its reassembly by token. A body is keyed by endpoint, URI and Request-Tag; block 0
+ * starts it afresh, a repeated block is acknowledged again, a gap is 4.08. Bounded in count, size and age.
+ */
+class Block1Assembler {
+  private readonly bodies = new Map<string, { chunks: Buffer[]; bytes: number; touched: number }>();
+  /** Last blocks already passed on (endpoint/message id → when), for the exchange lifetime. */
+  private readonly done = new Map<string, number>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(private readonly opts: { maxPayloadBytes: number; maxBlockTransfers: number; blockTimeoutMs: number }) {
+    this.sweeper = setInterval(() => {
+      const old = Date.now() - opts.blockTimeoutMs;
+      for (const [k, b] of this.bodies) if (b.touched < old) this.bodies.delete(k);
+      const lifetime = Date.now() - EXCHANGE_LIFETIME_MS;
+      for (const [k, at] of this.done) if (at < lifetime) this.done.delete(k);
+    }, Math.min(opts.blockTimeoutMs, 10_000)).unref();
+  }
+
+  private key(rinfo: RemoteInfo, packet: ParsedPacket): string {
+    const uri = packet.options.filter((o) => o.name === 'Uri-Path' || o.name === 'Uri-Query').map((o) => `${String(o.name)}=${o.value.toString('hex')}`);
+    const tag = packet.options.find((o) => o.name === REQUEST_TAG)?.value.toString('hex') ?? '';
+    return `${rinfo.address}:${rinfo.port}|${packet.code}|${uri.join('&')}|${tag}`;
+  }
+
+  finished(exchange: string): void {
+    if (this.done.size >= this.opts.maxBlockTransfers * 64) this.done.delete(this.done.keys().next().value!);
+    this.done.set(exchange, Date.now());
+  }
+
+  answered(exchange: string): boolean {
+    return this.done.has(exchange);
+  }
+
+  forget(rinfo: RemoteInfo, packet: ParsedPacket): void {
+    this.bodies.delete(this.key(rinfo, packet));
+  }
+
+  /** The whole body once the last block is in, or what to answer this block with. */
+  add(rinfo: RemoteInfo, packet: ParsedPacket, option: Buffer): Buffer | 'continue' | 'bad_block1' | 'block_incomplete' | 'payload_too_large' | 'busy' {
+    if (option.length > 3) return 'bad_block1';
+    const v = optionUint(option);
+    const szx = v & 7;
+    const more = (v & 8) !== 0;
+    const num = v >> 4;
+    if (szx === 7) return 'bad_block1';
+    const size = 2 ** (szx + 4);
+    const offset = num * size;
+    const payload = packet.payload;
+    if (more && payload.length !== size) return 'bad_block1';
+    if (offset + payload.length > this.opts.maxPayloadBytes) return 'payload_too_large';
+    const key = this.key(rinfo, packet);
+    let body = this.bodies.get(key);
+    if (num === 0) {
+      if (!body && this.bodies.size >= this.opts.maxBlockTransfers) return 'busy';
+      body = { chunks: [], bytes: 0, touched: 0 };
+      this.bodies.set(key, body);
+    }
+    if (!body) return 'block_incomplete';
+    body.touched = Date.now();
+    if (offset < body.bytes) return more ? 'continue' : 'block_incomplete'; // a retransmitted block
+    if (offset > body.bytes) return 'block_incomplete';
+    body.chunks.push(payload);
+    body.bytes += payload.length;
+    if (more) return 'continue';
+    this.bodies.delete(key);
+    return Buffer.concat(body.chunks);
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    this.bodies.clear();
+    this.done.clear();
+  }
 }
