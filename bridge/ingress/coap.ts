@@ -64,7 +64,7 @@ const understoodCritical = new Set(['Uri-Host', 'Uri-Port', 'Uri-Path', 'Uri-Que
 const unsupportedCritical = new Set(['If-Match', 'If-None-Match', 'OSCORE', 'Q-Block1', 'Q-Block2', 'Proxy-Uri', 'Proxy-Scheme']);
 
 /** Request-Tag (RFC 9175): names one block-wise body when the client changes tokens between blocks. */
-const REQUEST_TAG = 292;
+const REQUEST_TAG = '292';
 
 /** EXCHANGE_LIFETIME (RFC 7252 §4.8.2): how long a retransmission of a request can arrive. */
 const EXCHANGE_LIFETIME_MS = 247_000;
@@ -197,7 +197,8 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     }
     for (const o of packet.options) {
       const name = String(o.name);
-      const critical = typeof o.name === 'number' ? o.name % 2 === 1 : unsupportedCritical.has(name);
+      // coap-packet names the options it knows and gives the others as their number.
+      const critical = /^\d+$/.test(name) ? Number(name) % 2 === 1 : unsupportedCritical.has(name);
       if (critical && !understoodCritical.has(name)) {
         count('bad_option');
         answer(rinfo, packet, '4.02', `bad_option ${name}`);
@@ -221,7 +222,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     // so its answer (and the library's retransmission cache) is that of the last block.
     finalBlock1.set(keyOf(rinfo, packet.messageId), block1);
     blocks.finished(keyOf(rinfo, packet.messageId));
-    const options = packet.options.filter((o) => o.name !== 'Block1' && o.name !== 'Size1' && o.name !== REQUEST_TAG);
+    const options = packet.options.filter((o) => o.name !== 'Block1' && o.name !== 'Size1' && String(o.name) !== REQUEST_TAG);
     libraryHandler(generate({ ...packet, options: options as never, payload: whole }, whole.length + 2048), rinfo);
     return false;
   }
@@ -371,7 +372,7 @@ class Block1Assembler {
 
   private key(rinfo: RemoteInfo, packet: ParsedPacket): string {
     const uri = packet.options.filter((o) => o.name === 'Uri-Path' || o.name === 'Uri-Query').map((o) => `${String(o.name)}=${o.value.toString('hex')}`);
-    const tag = packet.options.find((o) => o.name === REQUEST_TAG)?.value.toString('hex') ?? '';
+    const tag = packet.options.find((o) => String(o.name) === REQUEST_TAG)?.value.toString('hex') ?? '';
     return `${rinfo.address}:${rinfo.port}|${packet.code}|${uri.join('&')}|${tag}`;
   }
 
