@@ -16,6 +16,7 @@ const scenarios: Record<(typeof SCENARIOS)[number], () => Promise<Scenario>> = {
   'throughput-http': async () => (await import('./scenarios/throughput-http.ts')).throughputHttp,
   faults: async () => (await import('./scenarios/faults.ts')).faults,
   'bad-input': async () => (await import('./scenarios/bad-input.ts')).badInput,
+  lowpower: async () => (await import('./scenarios/lowpower.ts')).lowpower,
 };
 
 const usage = `usage: npm run bench -- <${[...SCENARIOS, 'all', 'index'].join('|')}> [...]

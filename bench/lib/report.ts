@@ -75,7 +75,7 @@ export function writeResult(scenario: string, r: ScenarioResult, date = new Date
   return file;
 }
 
-export const SCENARIOS = ['skeleton', 'throughput-mqtt', 'bridge-compare', 'throughput-http', 'faults', 'bad-input'] as const;
+export const SCENARIOS = ['skeleton', 'throughput-mqtt', 'bridge-compare', 'throughput-http', 'faults', 'bad-input', 'lowpower'] as const;
 
 export const GOALS: Record<string, Goal[]> = {
   'throughput-mqtt': [
@@ -87,6 +87,11 @@ export const GOALS: Record<string, Goal[]> = {
   faults: [
     { text: 'no acknowledged message lost when simbridge is SIGKILLed', figure: 'simbridge_lost_on_kill', op: '==', target: 0 },
     { text: 'no acknowledged message lost in an upstream outage', figure: 'simbridge_lost_on_outage', op: '==', target: 0 },
+  ],
+  lowpower: [
+    { text: 'CoAP CON wake ≤ 0.35 × the bytes of an MQTT 3.1.1 wake', figure: 'coap_vs_mqtt_bytes_ratio', op: '<=', target: 0.35 },
+    { text: 'CoAP ack p99 ≤ 10 ms at 2,000 requests/s offered (synchronous: full)', figure: 'coap_ack_p99_ms', op: '<=', target: 10 },
+    { text: 'no acknowledged CoAP request lost when simbridge is SIGKILLed', figure: 'coap_lost_on_kill', op: '==', target: 0 },
   ],
   'bad-input': [
     { text: 'the gateway survives every round', figure: 'crashes', op: '==', target: 0 },
