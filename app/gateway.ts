@@ -25,6 +25,7 @@ import { StaticIdentity } from '../bridge/identity/static.ts';
 import { startRadiusListener } from '../bridge/radius/listener.ts';
 import { startHttpIngress } from '../bridge/ingress/http.ts';
 import { startMqttIngress } from '../bridge/ingress/mqtt.ts';
+import { startLowpowerIngress } from './lowpower.ts';
 import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { Uplink } from '../bridge/uplink.ts';
 import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
@@ -39,6 +40,8 @@ const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', '
 export interface Gateway {
   mqttPort: number;
   httpPort: number;
+  coapPort?: number;
+  udpPort?: number;
   radiusPort?: number;
   adminPort?: number;
   /** Set when IoT Core could not be reached at start: the banner says so. */
@@ -207,6 +210,11 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     await radius?.close();
     throw err;
   });
+  const source = (name: IdentitySourceName) => sources[name]();
+  const lowpower = await startLowpowerIngress(config, { admission, uplink, downlink, metrics, sims, group, source, log }).catch(async (err) => {
+    await Promise.all([mqtt.close(), http.close(), radius?.close()]);
+    throw err;
+  });
   // A device identified by its network session loses its connection when that session ends.
   if (radius && config.listeners.mqtt.identity === 'radius') {
     radius.on('session-end', (session, cause) => {
@@ -261,6 +269,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   return {
     mqttPort: mqtt.port,
     httpPort: http.port,
+    coapPort: lowpower.coap?.port,
+    udpPort: lowpower.udp?.port,
     radiusPort: radius?.port,
     adminPort: admin?.port,
     upstreamWarning:
@@ -285,7 +295,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     close() {
       closing ??= (async () => {
         controlPlane.stop();
-        await Promise.all([mqtt.close(), http.close(), radius?.close(), admin?.close()]);
+        await Promise.all([mqtt.close(), http.close(), lowpower.close(), radius?.close(), admin?.close()]);
         downlink.close();
         schedules.stop();
         await outbox.settle();

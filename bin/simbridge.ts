@@ -200,6 +200,8 @@ function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): vo
     `  device MQTT  ${config.listeners.mqtt.host}:${gateway.mqttPort}  (identity: ${config.listeners.mqtt.identity})`,
     `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}  (identity: ${config.listeners.http.identity})`,
   ];
+  if (gateway.coapPort !== undefined) lines.push(`  device CoAP  ${config.listeners.coap.host}:${gateway.coapPort}/udp  (identity: ${config.listeners.coap.identity})`);
+  if (gateway.udpPort !== undefined) lines.push(`  device UDP   ${config.listeners.udp.host}:${gateway.udpPort}/udp  (identity: ${config.listeners.udp.identity})`);
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
   if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
   if (sandbox) {
@@ -212,6 +214,9 @@ function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): vo
       `  mosquitto_pub -h 127.0.0.1 -p ${gateway.mqttPort} -u ${DEMO_IMSI} -i ${DEMO_IMEI} -q 1 -t telemetry -m '{"temp":21.5}'`,
       'and over HTTP:',
       `  curl -X POST -H 'X-IMSI: ${DEMO_IMSI}' -H 'X-IMEI: ${DEMO_IMEI}' --data '{"temp":21.5}' 'http://127.0.0.1:${gateway.httpPort}/topics/telemetry?qos=1'`,
+      ...(gateway.coapPort !== undefined
+        ? ['and over CoAP (libcoap3-bin):', `  coap-client-notls -m post -e '{"temp":21.5}' 'coap://127.0.0.1:${gateway.coapPort}/topics/telemetry?imsi=${DEMO_IMSI}&imei=${DEMO_IMEI}'`]
+        : []),
       '',
     );
   }

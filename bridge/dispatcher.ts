@@ -224,7 +224,7 @@ export class Dispatcher {
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
     return {
       cfg,
-      topics: new DeviceTopics(group.upstreamTopic, vars),
+      topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic),
       identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
       batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
       maxMessageBytes: this.opts.maxMessageBytes,

@@ -101,6 +101,12 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
       labelNames: ['group', 'reason'] as const,
       registers: [registry],
     }),
+    datagramDuplicates: new Counter({
+      name: 'simbridge_datagram_duplicates_total',
+      help: 'retransmitted CoAP requests answered without being processed again, by protocol',
+      labelNames: ['protocol'] as const,
+      registers: [registry],
+    }),
     deadLetters: new Counter({ name: 'simbridge_dead_letters_total', help: 'messages moved to the dead letters', labelNames: ['reason'] as const, registers: [registry] }),
   };
 }

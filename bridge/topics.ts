@@ -19,16 +19,26 @@ export type TopicProblem = 'topic_empty' | 'topic_wildcard' | 'topic_invalid' | 
 
 const shadowPrefix = (thing: string) => `$aws/things/${thing}/shadow/`;
 
+/**
+ * Device topic under which a raw UDP datagram is stored: a `$` topic no device can publish to (MQTT and
+ * HTTP refuse `$` topics), mapped upstream through the group's `udpTopic` instead of its template.
+ */
+export const UDP_DEVICE_TOPIC = '$udp';
+
 /** A group template bound to one device: devices/{thing}/{topic} with the device's own values filled in. */
 export class DeviceTopics {
   private readonly prefix: string;
   private readonly suffix: string;
+  private readonly udpTopic: string | undefined;
 
   constructor(
     template: string,
     private readonly vars: DeviceVars,
+    udpTemplate?: string,
   ) {
-    const filled = template.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
+    const fill = (t: string) => t.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
+    const filled = fill(template);
+    this.udpTopic = udpTemplate === undefined ? undefined : fill(udpTemplate);
     const at = filled.indexOf('{topic}');
     this.prefix = at < 0 ? filled : filled.slice(0, at);
     this.suffix = at < 0 ? '' : filled.slice(at + '{topic}'.length);
@@ -41,6 +51,7 @@ export class DeviceTopics {
 
   /** Upstream topic (or filter) for a device topic (or filter). */
   toUpstream(deviceTopic: string): string {
+    if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.udpTopic;
     return this.isOwnShadow(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
   }
 
@@ -58,6 +69,7 @@ export class DeviceTopics {
    */
   checkPublish(deviceTopic: string, limits: TopicLimits): TopicProblem | undefined {
     if (deviceTopic.length === 0) return 'topic_empty';
+    if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.checkSize(this.udpTopic, limits);
     if (/[#+]/.test(deviceTopic)) return 'topic_wildcard';
     if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnShadow(deviceTopic))) return 'topic_invalid';
     return this.checkSize(this.toUpstream(deviceTopic), limits);

@@ -3,7 +3,9 @@ import type { AuditLog } from '../storage/audit.ts';
 import type { Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
-import { DeviceTopics, type TopicLimits } from './topics.ts';
+import { DeviceTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
+
+export type IngressProtocol = 'mqtt' | 'http' | 'coap' | 'udp';
 
 export type UplinkRefusalReason =
   | 'qos_not_supported'
@@ -50,10 +52,10 @@ export interface UplinkOptions {
 export class Uplink {
   constructor(private readonly opts: UplinkOptions) {}
 
-  async accept(protocol: 'mqtt' | 'http', device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): Promise<number> {
+  async accept(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): Promise<number> {
     const group = device.sim.group;
     try {
-      this.check(device, deviceTopic, payload, qos);
+      this.check(protocol, device, deviceTopic, payload, qos);
       this.makeRoom(device, payload.length);
       let id: number;
       try {
@@ -102,18 +104,21 @@ export class Uplink {
     throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
   }
 
-  private check(device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {
+  private check(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {
     const { limits } = this.opts;
     // IoT Core has no QoS 2; we refuse it rather than silently downgrade.
     if (qos !== 0 && qos !== 1) throw new UplinkRefusal('qos_not_supported', 'QoS 2 is not supported; use QoS 0 or 1');
     if (payload.length > limits.maxPayloadBytes) {
       throw new UplinkRefusal('payload_too_large', `payload of ${payload.length} bytes exceeds ${limits.maxPayloadBytes}`);
     }
-    const topics = new DeviceTopics(this.opts.group(device.sim.group).upstreamTopic, {
-      thing: device.sim.thingName,
-      imsi: device.sim.imsi,
-      imei: device.imei ?? device.sim.boundImei ?? '',
-    });
+    // Only the raw UDP listener may use the datagram topic.
+    if (deviceTopic === UDP_DEVICE_TOPIC && protocol !== 'udp') throw new UplinkRefusal('topic_invalid', topicMessages.topic_invalid!);
+    const group = this.opts.group(device.sim.group);
+    const topics = new DeviceTopics(
+      group.upstreamTopic,
+      { thing: device.sim.thingName, imsi: device.sim.imsi, imei: device.imei ?? device.sim.boundImei ?? '' },
+      group.udpTopic,
+    );
     const problem = topics.checkPublish(deviceTopic, limits);
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
   }

@@ -20,6 +20,8 @@ export const envOverrides: Record<string, string[]> = {
   SIMBRIDGE_MODE: ['mode'],
   SIMBRIDGE_MQTT_PORT: ['listeners', 'mqtt', 'port'],
   SIMBRIDGE_HTTP_PORT: ['listeners', 'http', 'port'],
+  SIMBRIDGE_COAP_PORT: ['listeners', 'coap', 'port'],
+  SIMBRIDGE_UDP_PORT: ['listeners', 'udp', 'port'],
   SIMBRIDGE_OBSERVER_PORT: ['sandbox', 'observerPort'],
   SIMBRIDGE_SANDBOX_CONTROL_PORT: ['sandbox', 'controlPort'],
   SIMBRIDGE_SANDBOX_DATA_PORT: ['sandbox', 'dataPort'],

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
 import { identitySource, radiusSection, staticIdentitySection } from './identity.ts';
+import { coapEnabled, coapListenerSection, udpGroupKeys, udpListenerSection } from './lowpower.ts';
 import { vendingSection } from './vending.ts';
 
 // Every limit, threshold, timeout and port lives here with its default and a one-line description.
@@ -40,6 +41,7 @@ const group = z
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
+    ...udpGroupKeys,
   })
   .strict();
 
@@ -69,6 +71,8 @@ export const configSchema = z
           })
           .strict()
           .prefault({}),
+        coap: coapListenerSection,
+        udp: udpListenerSection,
       })
       .strict()
       .prefault({}),
@@ -182,8 +186,9 @@ export const configSchema = z
     if (!c.groups[c.sims.defaultGroup]) {
       ctx.addIssue({ code: 'custom', path: ['sims', 'defaultGroup'], message: `group "${c.sims.defaultGroup}" is not defined under groups` });
     }
-    for (const listener of ['mqtt', 'http'] as const) {
-      if (c.listeners[listener].identity === 'radius' && !c.radius.enabled) {
+    const listening = { mqtt: true, http: true, coap: coapEnabled(c), udp: c.listeners.udp.enabled };
+    for (const listener of ['mqtt', 'http', 'coap', 'udp'] as const) {
+      if (listening[listener] && c.listeners[listener].identity === 'radius' && !c.radius.enabled) {
         ctx.addIssue({ code: 'custom', path: ['listeners', listener, 'identity'], message: 'radius identity needs radius.enabled: true' });
       }
     }

@@ -45,9 +45,13 @@ export function fillName(template: string, vars: Record<string, string>): string
  * batches). The gateway and `simbridge vend` must agree: a policy is created once and never updated.
  */
 export function groupPolicy(
-  config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string } }>; sims: { defaultGroup: string } },
+  config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string }; udpTopic?: string }>; sims: { defaultGroup: string } },
   group: string,
 ): { name: string; topicTemplates: string[] } {
   const g = config.groups[group] ?? config.groups[config.sims.defaultGroup]!;
-  return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic] };
+  // Raw UDP datagrams go to udpTopic; listed only when the uplink template's wildcard does not cover it already.
+  const at = g.upstreamTopic.indexOf('{topic}');
+  const covered = (t: string) => at >= 0 && at === g.upstreamTopic.length - '{topic}'.length && t.startsWith(g.upstreamTopic.slice(0, at));
+  const udp = g.udpTopic && !covered(g.udpTopic) ? [g.udpTopic] : [];
+  return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic, ...udp] };
 }

@@ -20,7 +20,7 @@ export interface HttpIngressOptions {
 }
 
 /** A held downlink message as JSON: text stays text, anything else is base64. */
-function downlinkJson(m: HeldMessage) {
+export function downlinkJson(m: HeldMessage) {
   const text = m.payload.toString('utf8');
   const isText = Buffer.from(text, 'utf8').equals(m.payload);
   return { topic: m.topic, payload: isText ? text : m.payload.toString('base64'), encoding: isText ? 'utf8' : 'base64', qos: m.qos, receivedAt: new Date(m.receivedAt).toISOString() };

@@ -166,7 +166,7 @@ export async function gatewayConfig(
     storage?: Record<string, unknown>;
     shutdown?: Record<string, unknown>;
     groups?: Record<string, unknown>;
-    listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown> };
+    listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown>; coap?: Record<string, unknown>; udp?: Record<string, unknown> };
     radius?: Record<string, unknown>;
     identity?: Record<string, unknown>;
   } = {},
@@ -177,6 +177,8 @@ export async function gatewayConfig(
     listeners: {
       mqtt: { host: '127.0.0.1', port: 0, ...extra.listeners?.mqtt },
       http: { host: '127.0.0.1', port: 0, ...extra.listeners?.http },
+      ...(extra.listeners?.coap ? { coap: { host: '127.0.0.1', port: 0, enabled: true, ...extra.listeners.coap } } : {}),
+      ...(extra.listeners?.udp ? { udp: { host: '127.0.0.1', port: 0, enabled: true, ...extra.listeners.udp } } : {}),
     },
     ...(extra.sims ? { sims: extra.sims } : {}),
     ...(extra.limits ? { limits: extra.limits } : {}),
