@@ -55,7 +55,9 @@ export class Admission {
     if (source.name === 'claimed' && group.requireSecret && !(await this.secretMatches(sim, claim.secret))) {
       return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', sim.imsi);
     }
-    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock);
+    // A device's own word is no ground for locking a SIM to it: whoever claims the SIM first would own it.
+    const mayBind = source.name !== 'claimed' || group.bindClaimedImei;
+    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock, mayBind);
     if (locked instanceof Refusal) {
       if (locked.reason === 'imei_mismatch') this.opts.onImeiViolation?.(sim);
       return locked;

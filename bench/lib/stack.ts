@@ -81,6 +81,14 @@ function hasConfigKey(key: string): boolean {
   }
 }
 
+function sourceMentions(file: string, word: string): boolean {
+  try {
+    return readFileSync(join(gatewaySource().root, file), 'utf8').includes(word);
+  } catch {
+    return false;
+  }
+}
+
 function spawnSimbridge(args: string[], nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): CliProcess {
   const child = track(
     spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'bin/simbridge.ts', ...args], {
@@ -194,6 +202,8 @@ export class Stack {
         log: { level: 'warn' },
         // Newer gateways serve an admin API on a fixed port by default: bind a free one instead.
         ...(hasConfigKey('admin') ? { admin: { host: '127.0.0.1', port: 0 } } : {}),
+        // Bench devices claim their identity without secrets: a lab, which newer gateways need told.
+        ...(sourceMentions('config/identity.ts', 'allowInsecureClaims') ? { identity: { allowInsecureClaims: true } } : {}),
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
