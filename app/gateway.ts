@@ -18,7 +18,7 @@ import { Dispatcher } from '../bridge/dispatcher.ts';
 import { Downlink } from '../bridge/downlink.ts';
 import { DownlinkStore } from '../storage/downlink.ts';
 import type { NetworkSession } from '../storage/network-sessions.ts';
-import type { identitySource } from '../config/identity.ts';
+import { describeFinding, identityFindings, type identitySource } from '../config/identity.ts';
 import type { z } from 'zod';
 import { ClaimedIdentity } from '../bridge/identity/claimed.ts';
 import { RadiusIdentity } from '../bridge/identity/radius.ts';
@@ -232,7 +232,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         log: log.child({ component: 'admin' }),
         ready: () => {
           const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
-          return { ok: Object.values(checks).every(Boolean), checks };
+          const warnings = identityFindings(config).filter((f) => f.severity === 'insecure').map(describeFinding);
+          return { ok: Object.values(checks).every(Boolean), checks, warnings };
         },
         groups: () => config.groups,
         defaultGroup: () => config.sims.defaultGroup,

@@ -3,6 +3,7 @@ import { watch } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
+import { describeFinding, identityFindings } from '../config/identity.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
@@ -58,8 +59,8 @@ async function main(argv: string[]): Promise<number> {
       return runSandboxOnly(loadConfig(configFile));
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
-      loadConfig(arg ?? configFile);
-      console.log(`${arg ?? configFile}: ok`);
+      // Refusals end in a ConfigError (exit 78); what is allowed but unsafe is listed under "ok".
+      console.log([`${arg ?? configFile}: ok`, ...identityFindings(loadConfig(arg ?? configFile)).map((f) => `  ${describeFinding(f)}`)].join('\n'));
       return EXIT_OK;
   }
   console.error(usage);
@@ -137,6 +138,7 @@ async function start(config: Config, configFile?: string): Promise<number> {
     throw err;
   }
   printBanner(config, gateway, sandbox);
+  for (const f of identityFindings(config)) if (f.severity === 'insecure') log.warn({ key: f.path.join('.') }, f.message);
   if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
@@ -169,6 +171,9 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
   ];
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
   if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
+  const findings = identityFindings(config);
+  if (findings.some((f) => f.severity === 'insecure')) lines.push('', '  !! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):');
+  for (const f of findings) lines.push(`  ${f.severity === 'insecure' ? '!! ' : ''}${describeFinding(f)}`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,

@@ -72,10 +72,14 @@ export interface IdentityFinding {
   message: string;
 }
 
+/** One line for the banner, `config check` and /readyz: severity, key path, what is wrong. */
+export const describeFinding = (f: IdentityFinding): string => `${f.severity.toUpperCase()} ${f.path.join('.')}: ${f.message}`;
+
 export function identityFindings(c: IdentityView): IdentityFinding[] {
   const findings: IdentityFinding[] = [];
   const severity = c.mode === 'sandbox' ? 'note' : c.identity.allowInsecureClaims ? 'insecure' : 'refused';
-  const optIn = severity === 'refused' ? '; give every group requireSecret: true, or set identity.allowInsecureClaims: true for a lab' : '';
+  const optIn =
+    severity === 'refused' ? '; give every group requireSecret: true, or set identity.allowInsecureClaims: true for a lab' : severity === 'note' ? ' (allowed in the sandbox; mode: aws refuses it)' : '';
   const listeners = (['mqtt', 'http'] as const).map((name) => ({ name, identity: c.listeners[name].identity }));
   const network = listeners.find((l) => l.identity !== 'claimed');
   const groups = Object.entries(c.groups);
@@ -94,7 +98,7 @@ export function identityFindings(c: IdentityView): IdentityFinding[] {
       findings.push({
         path,
         severity,
-        message: `claimed beside ${network.identity} identity on listeners.${network.name}: devices can go around the network identity through this port${severity === 'refused' ? '; use one identity on both listeners, or set identity.allowInsecureClaims: true' : ''}`,
+        message: `claimed beside ${network.identity} identity on listeners.${network.name}: devices can go around the network identity through this port${severity === 'refused' ? '; use one identity on both listeners, or set identity.allowInsecureClaims: true' : severity === 'note' ? ' (allowed in the sandbox; mode: aws refuses it)' : ''}`,
       });
     }
   }

@@ -1,6 +1,8 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { AdminContext } from '../context.ts';
 
+const warnings = { type: 'array', items: { type: 'string' }, description: 'ready, but unsafe: e.g. devices may claim any SIM (identity.allowInsecureClaims)' } as const;
+
 /** Liveness, readiness and Prometheus metrics: public, for probes and scrapers on the admin address. */
 export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
   return async (app) => {
@@ -24,14 +26,14 @@ export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
           tags: ['operations'],
           summary: 'readiness: the database is open and every listener is up',
           response: {
-            '2xx': { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
-            503: { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
+            '2xx': { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } }, warnings } },
+            503: { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } }, warnings } },
           },
         },
       },
       async (_req, reply) => {
         const r = ctx.deps.ready();
-        return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks });
+        return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks, ...(r.warnings?.length ? { warnings: r.warnings } : {}) });
       },
     );
     app.get(
