@@ -68,6 +68,14 @@ describe('import tags', () => {
     expect(parseTags('a=1;a=2')).toMatch(/twice/);
     expect(parseTags('bad key=1')).toMatch(/tag key/);
   });
+
+  it('takes the names of Object.prototype members as plain keys', () => {
+    const tags = parseTags('constructor=a;toString=b;__proto__=c;hasOwnProperty=d');
+    expect(tags).toEqual({ constructor: 'a', toString: 'b', ['__proto__']: 'c', hasOwnProperty: 'd' });
+    expect(Object.keys(tags)).toEqual(['constructor', 'toString', '__proto__', 'hasOwnProperty']);
+    expect(JSON.parse(JSON.stringify(tags))).toHaveProperty(['__proto__'], 'c');
+    expect(parseTags('__proto__=1;__proto__=2')).toMatch(/"__proto__" is given twice/);
+  });
 });
 
 describe('retention', () => {
