@@ -171,9 +171,6 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
   ];
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
   if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
-  const findings = identityFindings(config);
-  if (findings.some((f) => f.severity === 'insecure')) lines.push('', '  !! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):');
-  for (const f of findings) lines.push(`  ${f.severity === 'insecure' ? '!! ' : ''}${describeFinding(f)}`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,
@@ -187,6 +184,10 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
       '',
     );
   }
+  // Identity weaknesses last, where they are read: notes in the sandbox, shouted when opted into outside it.
+  const findings = identityFindings(config);
+  if (findings.some((f) => f.severity === 'insecure')) lines.push('', '  !! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):');
+  for (const f of findings) lines.push(`  ${f.severity === 'insecure' ? '!! ' : ''}${describeFinding(f)}`);
   console.log(lines.join('\n'));
 }
 
