@@ -13,7 +13,7 @@ const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
  * parser, after skipping such a record, drops the rest of the chunk it was reading: thousands of rows.)
  * Blank lines are skipped.
  */
-export async function* csvLines(input: AsyncIterable<Buffer | string>, maxLineBytes: number): AsyncGenerator<CsvLine> {
+export async function* csvLines(input: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, maxLineBytes: number): AsyncGenerator<CsvLine> {
   let parts: Buffer[] = [];
   let size = 0;
   let tooLong = false;
