@@ -134,19 +134,24 @@ function readHeader(record: string[]): Map<Column, number> {
   return columns;
 }
 
+// Hashes computed at once: scrypt runs on libuv's thread pool (4 threads by default), which device
+// secret checks and file I/O share; an import must leave them room.
+const HASHING_LANES = 2;
+
 /**
- * Secrets are stored as slow hashes (tens of ms each, on the thread pool, a batch at a time). One that
- * still matches the stored hash is left alone, so a re-import changes nothing.
+ * Secrets are stored as slow hashes (tens of ms each). One that still matches the stored hash is left
+ * alone, so a re-import changes nothing.
  */
 async function hashSecrets(rows: CheckedRow[], sims: SimStore): Promise<void> {
-  await Promise.all(
-    rows.map(async (row) => {
-      if (row.secret === undefined) return;
+  const pending = rows.filter((r) => r.secret !== undefined);
+  const lane = async () => {
+    for (let row = pending.shift(); row; row = pending.shift()) {
       const stored = sims.get(row.imsi)?.secretHash;
-      if (!stored || !(await verifySecret(row.secret, stored))) row.secretHash = await hashSecret(row.secret);
+      if (!stored || !(await verifySecret(row.secret!, stored))) row.secretHash = await hashSecret(row.secret!);
       delete row.secret;
-    }),
-  );
+    }
+  };
+  await Promise.all(Array.from({ length: HASHING_LANES }, lane));
 }
 
 function checkRow(record: string[], columns: Map<Column, number>, opts: ImportOptions): CheckedRow | Omit<RowError, 'line'> {

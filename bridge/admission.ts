@@ -71,6 +71,11 @@ export class Admission {
     if (sim) return sim;
     if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
     const group = this.opts.defaultGroup();
+    // A claimed SIM registered now would have no secret to pass: registering it would only let anyone
+    // fill the registry. Answered as a wrong secret, so a guesser cannot tell which IMSIs exist.
+    if (source === 'claimed' && this.opts.group(group).requireSecret) {
+      return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', identity.imsi);
+    }
     const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
     if (reg.created) audit.record('sim_registered', identity.imsi, { remoteAddress, source });
     return reg.sim;

@@ -118,6 +118,14 @@ describe.skipIf(!mosquittoPub)('claimed identity outside the sandbox', () => {
     expect((await auditKinds(VICTIM)).filter((e) => e.kind === 'bad_secret')).toHaveLength(2);
     // Nothing was bound by the attempt.
     expect((await api('GET', `/v1/sims/${VICTIM}`)).body.sim.boundImei).toBeNull();
+    // An IMSI nobody registered is answered the same way, and not added to the registry (it could
+    // never pass: it has no secret).
+    const stranger = '001010000000599';
+    const s = await pub(stranger, ATTACKER_IMEI);
+    expect(s.code).not.toBe(0);
+    expect(s.output).toMatch(/bad user name or password|not authori[sz]ed/i);
+    expect((await post(stranger, ATTACKER_IMEI)).status).toBe(401);
+    expect((await api('GET', `/v1/sims/${stranger}`)).status).toBe(404);
   });
 
   it('`simbridge sims secret IMSI` prints a generated secret once; with it the device gets in', async () => {
