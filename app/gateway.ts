@@ -232,7 +232,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         log: log.child({ component: 'admin' }),
         ready: () => {
           const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
-          const warnings = identityFindings(config).filter((f) => f.severity === 'insecure').map(describeFinding);
+          // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
+          const warnings = identityFindings(config).filter((f) => f.severity !== 'note').map(describeFinding);
           return { ok: Object.values(checks).every(Boolean), checks, warnings };
         },
         groups: () => config.groups,
