@@ -1,10 +1,12 @@
 import type { Readable } from 'node:stream';
-import { parse, type CsvError } from 'csv-parse';
 import { isIccid, isImsi, normaliseImei, type ImeiProblem } from '../lib/ids.ts';
+import { hashSecret, verifySecret } from '../storage/secret-hash.ts';
 import type { ImportOutcome, SimImportRow, SimStore } from '../storage/sims.ts';
+import { csvLines } from './csv-lines.ts';
 import { TAG_KEY_PATTERN } from './schemas.ts';
+import { secretProblem } from './sim-secret.ts';
 
-export const CSV_COLUMNS = ['imsi', 'iccid', 'msisdn', 'group', 'imei', 'tags'] as const;
+export const CSV_COLUMNS = ['imsi', 'iccid', 'msisdn', 'group', 'imei', 'tags', 'secret'] as const;
 type Column = (typeof CSV_COLUMNS)[number];
 
 export interface RowError {
@@ -38,13 +40,20 @@ export interface ImportOptions {
   thingName(imsi: string, group: string): string;
   batchRows: number;
   maxReportedErrors: number;
+  /** A longer line is one failed row. */
+  maxLineBytes: number;
   /** Replace an IMEI binding to another device instead of refusing the row. */
   force: boolean;
   /** Validate and apply in transactions that are rolled back. */
   dryRun: boolean;
   /** Called inside the row's transaction when the import binds an IMEI (to audit it atomically). */
   onImeiBound?(imsi: string, imei: string, previous: string | null): void;
+  /** Called inside the row's transaction when the import sets a SIM's secret. */
+  onSecretSet?(imsi: string): void;
 }
+
+/** A checked row; its secret (plain text) is hashed just before the batch is written. */
+type CheckedRow = SimImportRow & { secret?: string };
 
 const imeiMessages: Record<ImeiProblem, string> = {
   not_digits: 'IMEI must contain digits only',
@@ -54,10 +63,10 @@ const imeiMessages: Record<ImeiProblem, string> = {
 const tagKey = new RegExp(TAG_KEY_PATTERN);
 
 /**
- * Streams a SIM list (`imsi,iccid,msisdn,group,imei,tags`, header first, any column order, tags as
- * `k=v;k2=v2`) into the registry: each row validated on its own, valid rows upserted in batches of
- * batchRows per transaction, invalid ones reported with their line number. Importing the same file
- * again changes nothing.
+ * Streams a SIM list (`imsi,iccid,msisdn,group,imei,tags,secret`, header first, any column order, tags
+ * as `k=v;k2=v2`, one SIM per line, UTF-8) into the registry: each row validated on its own, valid rows
+ * upserted in batches of batchRows per transaction, every other row reported with its line number.
+ * Importing the same file again changes nothing (a secret that still matches its stored hash is kept).
  */
 export async function importSimsCsv(input: Readable, opts: ImportOptions): Promise<ImportReport> {
   const started = performance.now();
@@ -68,19 +77,11 @@ export async function importSimsCsv(input: Readable, opts: ImportOptions): Promi
     else report.errorsTruncated = true;
   };
 
-  const parser = parse({ bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, info: true, skip_records_with_error: true, max_record_size: 65_536 });
-  // A malformed record (an unclosed quote...) is one bad row, not a failed import.
-  parser.on('skip', (err: CsvError) => {
-    report.rows++;
-    addError({ line: (err as CsvError & { lines?: number }).lines ?? 0, message: `unreadable CSV: ${err.message}` });
-  });
-  input.on('error', (err) => parser.destroy(err));
-  input.pipe(parser);
-
   let columns: Map<Column, number> | undefined;
-  let batch: Array<{ row: SimImportRow; line: number }> = [];
-  const flush = () => {
+  let batch: Array<{ row: CheckedRow; line: number }> = [];
+  const flush = async () => {
     if (!batch.length) return;
+    await hashSecrets(batch.map((b) => b.row), opts.sims);
     const outcomes = opts.sims.upsertMany(
       batch.map((b) => b.row),
       { force: opts.force, dryRun: opts.dryRun, onRow: (row, outcome) => bound(row, outcome) },
@@ -92,22 +93,29 @@ export async function importSimsCsv(input: Readable, opts: ImportOptions): Promi
     batch = [];
   };
   const bound = (row: SimImportRow, o: ImportOutcome) => {
-    if (o.result !== 'failed' && o.imeiBound) opts.onImeiBound?.(row.imsi, o.imeiBound.imei, o.imeiBound.previous);
+    if (o.result === 'failed') return;
+    if (o.imeiBound) opts.onImeiBound?.(row.imsi, o.imeiBound.imei, o.imeiBound.previous);
+    if (o.secretSet) opts.onSecretSet?.(row.imsi);
   };
 
-  for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+  for await (const read of csvLines(input, opts.maxLineBytes)) {
     if (!columns) {
-      columns = readHeader(record);
+      if ('problem' in read) throw new ImportFileError(`line ${read.line}: ${read.problem}`);
+      columns = readHeader(read.fields);
       continue;
     }
     report.rows++;
-    const checked = checkRow(record, columns, opts);
-    if ('message' in checked) addError({ ...checked, line: info.lines });
-    else batch.push({ row: checked, line: info.lines });
-    if (batch.length >= opts.batchRows) flush();
+    if ('problem' in read) {
+      addError({ line: read.line, message: read.problem });
+      continue;
+    }
+    const checked = checkRow(read.fields, columns, opts);
+    if ('message' in checked) addError({ ...checked, line: read.line });
+    else batch.push({ row: checked, line: read.line });
+    if (batch.length >= opts.batchRows) await flush();
   }
   if (!columns) throw new ImportFileError(`the file is empty: its first line must be the header ${CSV_COLUMNS.join(',')}`);
-  flush();
+  await flush();
   report.seconds = Math.round(performance.now() - started) / 1000;
   return report;
 }
@@ -126,7 +134,27 @@ function readHeader(record: string[]): Map<Column, number> {
   return columns;
 }
 
-function checkRow(record: string[], columns: Map<Column, number>, opts: ImportOptions): SimImportRow | Omit<RowError, 'line'> {
+// Hashes computed at once: scrypt runs on libuv's thread pool (4 threads by default), which device
+// secret checks and file I/O share; an import must leave them room.
+const HASHING_LANES = 2;
+
+/**
+ * Secrets are stored as slow hashes (tens of ms each). One that still matches the stored hash is left
+ * alone, so a re-import changes nothing.
+ */
+async function hashSecrets(rows: CheckedRow[], sims: SimStore): Promise<void> {
+  const pending = rows.filter((r) => r.secret !== undefined);
+  const lane = async () => {
+    for (let row = pending.shift(); row; row = pending.shift()) {
+      const stored = sims.get(row.imsi)?.secretHash;
+      if (!stored || !(await verifySecret(row.secret!, stored))) row.secretHash = await hashSecret(row.secret!);
+      delete row.secret;
+    }
+  };
+  await Promise.all(Array.from({ length: HASHING_LANES }, lane));
+}
+
+function checkRow(record: string[], columns: Map<Column, number>, opts: ImportOptions): CheckedRow | Omit<RowError, 'line'> {
   const get = (c: Column) => {
     const i = columns.get(c);
     return i === undefined ? '' : (record[i] ?? '');
@@ -160,12 +188,17 @@ function checkRow(record: string[], columns: Map<Column, number>, opts: ImportOp
     if (typeof parsed === 'string') return bad('tags', parsed);
     tags = parsed;
   }
-  return { imsi, group, thingName: opts.thingName(imsi, group), iccid: iccid || undefined, msisdn: msisdn || undefined, imei, tags };
+
+  const secret = get('secret');
+  const weak = secret ? secretProblem(secret) : undefined;
+  if (weak) return bad('secret', weak);
+  return { imsi, group, thingName: opts.thingName(imsi, group), iccid: iccid || undefined, msisdn: msisdn || undefined, imei, tags, secret: secret || undefined };
 }
 
 /** `k=v;k2=v2` → { k: 'v', k2: 'v2' }, or what is wrong with it. */
 export function parseTags(text: string): Record<string, string> | string {
-  const tags: Record<string, string> = {};
+  // A Map, not an object: `constructor`, `toString` and `__proto__` are tag keys like any other.
+  const tags = new Map<string, string>();
   for (const part of text.split(';')) {
     if (!part.trim()) continue;
     const eq = part.indexOf('=');
@@ -174,8 +207,9 @@ export function parseTags(text: string): Record<string, string> | string {
     const value = part.slice(eq + 1).trim();
     if (!tagKey.test(key)) return `tag key "${key}" must be 1-64 letters, digits or _ . : -`;
     if (value.length > 256) return `tag "${key}" is longer than 256 characters`;
-    if (key in tags) return `tag "${key}" is given twice`;
-    tags[key] = value;
+    if (tags.has(key)) return `tag "${key}" is given twice`;
+    tags.set(key, value);
   }
-  return tags;
+  // fromEntries defines own properties, so even "__proto__" stays a plain key.
+  return Object.fromEntries(tags);
 }

@@ -15,6 +15,7 @@ import { installerRoutes } from './routes/installer.ts';
 import { lookupRoutes } from './routes/lookup.ts';
 import { metaRoutes } from './routes/meta.ts';
 import { retentionRoutes } from './routes/retention.ts';
+import { secretRoutes } from './routes/secret.ts';
 import { simRoutes } from './routes/sims.ts';
 import { statsRoutes } from './routes/stats.ts';
 import { sharedSchemas } from './schemas.ts';
@@ -89,6 +90,7 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
     installerRoutes(),
     simRoutes(ctx),
     imeiRoutes(ctx),
+    secretRoutes(ctx),
     lookupRoutes(ctx),
     importRoutes(ctx),
     auditRoutes(ctx),

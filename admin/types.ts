@@ -34,7 +34,8 @@ export interface AdminDeps {
   metrics: Registry;
   log: Logger;
   /** True when the database is open and every listener is up. */
-  ready(): { ok: boolean; checks: Record<string, boolean>; reasons?: Record<string, string> };
+  /** reasons: why each failed check failed; warnings: what runs but is unsafe (e.g. identity.allowInsecureClaims in effect). */
+  ready(): { ok: boolean; checks: Record<string, boolean>; reasons?: Record<string, string>; warnings?: string[] };
   /** The configured SIM groups and their IMEI lock mode (functions: the configuration may reload). */
   groups(): Record<string, { lock: LockMode }>;
   /** Group of SIMs imported or created without one. */

@@ -16,7 +16,7 @@ import { BatchSchedules } from '../bridge/batching/schedules.ts';
 import { Dispatcher } from '../bridge/dispatcher.ts';
 import { Downlink } from '../bridge/downlink.ts';
 import type { NetworkSession } from '../storage/network-sessions.ts';
-import type { identitySource } from '../config/identity.ts';
+import { describeFinding, identityFindings, type identitySource } from '../config/identity.ts';
 import type { z } from 'zod';
 import { ClaimedIdentity } from '../bridge/identity/claimed.ts';
 import { RadiusIdentity } from '../bridge/identity/radius.ts';
@@ -248,7 +248,9 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         ready: () => {
           const upstream = health.checks();
           const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
-          return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons };
+          // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
+          const warnings = identityFindings(config).filter((f) => f.severity !== 'note').map(describeFinding);
+          return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons, warnings };
         },
         groups: () => config.groups,
         defaultGroup: () => config.sims.defaultGroup,

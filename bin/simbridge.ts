@@ -3,6 +3,7 @@ import { watch } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
+import { describeFinding, identityFindings } from '../config/identity.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
@@ -59,8 +60,8 @@ async function main(argv: string[]): Promise<number> {
       return runSandboxOnly(loadConfig(configFile), readyJson);
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
-      loadConfig(arg ?? configFile);
-      console.log(`${arg ?? configFile}: ok`);
+      // Refusals end in a ConfigError (exit 78); what is allowed but unsafe is listed under "ok".
+      console.log([`${arg ?? configFile}: ok`, ...identityFindings(loadConfig(arg ?? configFile)).map((f) => `  ${describeFinding(f)}`)].join('\n'));
       return EXIT.ok;
   }
   console.error(usage);
@@ -141,6 +142,7 @@ async function start(config: Config, configFile: string | undefined, readyJson: 
   else printBanner(config, gateway, sandbox);
   // On stderr in both forms: a script reading the ready line still sees it.
   if (gateway.upstreamWarning) console.warn(`WARNING: ${gateway.upstreamWarning}`);
+  for (const f of identityFindings(config)) if (f.severity === 'insecure') log.warn({ key: f.path.join('.') }, f.message);
   if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
@@ -220,6 +222,10 @@ function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): vo
       '',
     );
   }
+  // Identity weaknesses last, where they are read: notes in the sandbox, shouted when opted into outside it.
+  const findings = identityFindings(config);
+  if (findings.some((f) => f.severity === 'insecure')) lines.push('', '  !! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):');
+  for (const f of findings) lines.push(`  ${f.severity === 'insecure' ? '!! ' : ''}${describeFinding(f)}`);
   console.log(lines.join('\n'));
 }
 

@@ -55,7 +55,9 @@ export class Admission {
     if (source.name === 'claimed' && group.requireSecret && !(await this.secretMatches(sim, claim.secret))) {
       return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', sim.imsi);
     }
-    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock);
+    // A device's own word is no ground for locking a SIM to it: whoever claims the SIM first would own it.
+    const mayBind = source.name !== 'claimed' || group.bindClaimedImei;
+    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock, mayBind);
     if (locked instanceof Refusal) {
       if (locked.reason === 'imei_mismatch') this.opts.onImeiViolation?.(sim);
       return locked;
@@ -69,6 +71,11 @@ export class Admission {
     if (sim) return sim;
     if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
     const group = this.opts.defaultGroup();
+    // A claimed SIM registered now would have no secret to pass: registering it would only let anyone
+    // fill the registry. Answered as a wrong secret, so a guesser cannot tell which IMSIs exist.
+    if (source === 'claimed' && this.opts.group(group).requireSecret) {
+      return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', identity.imsi);
+    }
     const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
     if (reg.created) audit.record('sim_registered', identity.imsi, { remoteAddress, source });
     return reg.sim;

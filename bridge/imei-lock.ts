@@ -7,13 +7,14 @@ import { Refusal } from './identity/source.ts';
 /**
  * The IMEI lock: a SIM works only in the device it is bound to, so a stolen SIM is useless elsewhere.
  * IMEIs are compared on TAC+SNR. Returns the SIM (re-read after a first-contact bind) or a refusal.
+ * Without mayBind (an IMEI only the device vouches for), first contact admits but does not bind.
  */
-export function checkImeiLock(sims: SimStore, audit: AuditLog, sim: Sim, imei: string | undefined, groupMode: LockMode): Sim | Refusal {
+export function checkImeiLock(sims: SimStore, audit: AuditLog, sim: Sim, imei: string | undefined, groupMode: LockMode, mayBind = true): Sim | Refusal {
   const mode = (sim.lockMode as LockMode | null) ?? groupMode;
   if (mode === 'any') return sim;
   if (!sim.boundImei) {
     if (mode === 'locked') return new Refusal('imei_not_bound', 'SIM is locked and not yet bound to a device; an installer must bind it', sim.imsi, { seen: imei ?? null });
-    if (!imei) return sim; // first-contact, but nothing to bind yet
+    if (!imei || !mayBind) return sim; // first-contact, but nothing (trustworthy) to bind yet
     if (sims.bindImei(sim.imsi, imei, true)) {
       audit.record('imei_bound', sim.imsi, { imei, by: 'first-contact' });
       return { ...sim, boundImei: imei };

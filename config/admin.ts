@@ -58,6 +58,7 @@ export const adminSection = z
       .object({
         batchRows: z.number().int().positive().max(50_000).default(1000).describe('SIM import rows committed per transaction'),
         maxReportedErrors: z.number().int().positive().default(1000).describe('row errors listed in an import report (all are counted)'),
+        maxLineBytes: z.number().int().positive().default(65_536).describe('longest line of an import file; a longer one is reported as a failed row and skipped'),
       })
       .strict()
       .prefault({}),

@@ -40,3 +40,78 @@ export const radiusSection = z
   })
   .strict()
   .prefault({});
+
+/** How a listener may learn identity, and whether device claims may stand in for the network. */
+export const identitySection = z
+  .object({
+    static: staticIdentitySection,
+    allowInsecureClaims: z
+      .boolean()
+      .default(false)
+      .describe('outside the sandbox, allow claimed identity without per-SIM secrets, or beside a radius/static listener (labs only; reported at start and in /readyz)'),
+  })
+  .strict()
+  .prefault({});
+
+/** What the identity findings look at (a slice of Config, kept structural to avoid an import cycle). */
+interface IdentityView {
+  mode: 'sandbox' | 'aws';
+  listeners: Record<'mqtt' | 'http', { identity: z.infer<typeof identitySource> }>;
+  groups: Record<string, { requireSecret: boolean; bindClaimedImei: boolean }>;
+  identity: { allowInsecureClaims: boolean };
+}
+
+/**
+ * A weakness in who-is-who: `refused` stops the configuration (outside the sandbox, not opted in);
+ * `insecure` runs because identity.allowInsecureClaims (or a group) says so, and is shouted about;
+ * `note` is the sandbox, where claims are the point.
+ */
+export interface IdentityFinding {
+  path: string[];
+  severity: 'refused' | 'insecure' | 'note';
+  message: string;
+}
+
+/** One line for the banner, `config check` and /readyz: severity, key path, what is wrong. */
+export const describeFinding = (f: IdentityFinding): string => `${f.severity.toUpperCase()} ${f.path.join('.')}: ${f.message}`;
+
+export function identityFindings(c: IdentityView): IdentityFinding[] {
+  const findings: IdentityFinding[] = [];
+  const severity = c.mode === 'sandbox' ? 'note' : c.identity.allowInsecureClaims ? 'insecure' : 'refused';
+  const optIn =
+    severity === 'refused' ? '; give every group requireSecret: true, or set identity.allowInsecureClaims: true for a lab' : severity === 'note' ? ' (allowed in the sandbox; mode: aws refuses it)' : '';
+  const listeners = (['mqtt', 'http'] as const).map((name) => ({ name, identity: c.listeners[name].identity }));
+  const network = listeners.find((l) => l.identity !== 'claimed');
+  const groups = Object.entries(c.groups);
+  const open = groups.filter(([, g]) => !g.requireSecret).map(([name]) => name);
+  for (const { name, identity } of listeners) {
+    if (identity !== 'claimed') continue;
+    const path = ['listeners', name, 'identity'];
+    if (open.length) {
+      findings.push({
+        path,
+        severity,
+        message: `claimed identity without per-SIM secrets (requireSecret is off in ${open.length > 1 ? 'groups' : 'group'} ${open.join(', ')}): anyone who reaches this port can act as any of their SIMs${optIn}`,
+      });
+    }
+    if (network) {
+      findings.push({
+        path,
+        severity,
+        message: `claimed beside ${network.identity} identity on listeners.${network.name}: devices can go around the network identity through this port${severity === 'refused' ? '; use one identity on both listeners, or set identity.allowInsecureClaims: true' : severity === 'note' ? ' (allowed in the sandbox; mode: aws refuses it)' : ''}`,
+      });
+    }
+  }
+  if (listeners.some((l) => l.identity === 'claimed')) {
+    for (const [name, g] of groups) {
+      if (g.bindClaimedImei) {
+        findings.push({
+          path: ['groups', name, 'bindClaimedImei'],
+          severity: c.mode === 'sandbox' || g.requireSecret ? 'note' : 'insecure',
+          message: 'a claimed IMEI binds the SIM on first contact: whoever claims the SIM first locks its real device out',
+        });
+      }
+    }
+  }
+  return findings;
+}

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
-import { identitySource, radiusSection, staticIdentitySection } from './identity.ts';
+import { identityFindings, identitySection, identitySource, radiusSection } from './identity.ts';
 import { coapEnabled, coapListenerSection, udpGroupKeys, udpListenerSection } from './lowpower.ts';
 import { vendingSection } from './vending.ts';
 
@@ -25,6 +25,7 @@ const group = z
       .default('first-contact')
       .describe('IMEI lock: locked = must match the bound IMEI; first-contact = bind the first IMEI seen; any = no lock'),
     requireSecret: z.boolean().default(false).describe('claimed identity must present the SIM\'s secret (MQTT password / HTTP bearer)'),
+    bindClaimedImei: z.boolean().default(false).describe('first-contact lock: an IMEI the device only claims (claimed identity) may bind the SIM; off, an installer, an import or the network binds it'),
     httpDownlink: z
       .object({
         topics: z.array(z.string()).default([]).describe('device topic filters subscribed for HTTP devices (e.g. commands/#); messages wait for their next request'),
@@ -90,10 +91,7 @@ export const configSchema = z
       .record(z.string(), group)
       .default({ default: group.parse({}) })
       .describe('SIM groups and their settings'),
-    identity: z
-      .object({ static: staticIdentitySection })
-      .strict()
-      .prefault({}),
+    identity: identitySection,
     radius: radiusSection,
     limits: z
       .object({
@@ -192,6 +190,7 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['listeners', listener, 'identity'], message: 'radius identity needs radius.enabled: true' });
       }
     }
+    for (const f of identityFindings(c)) if (f.severity === 'refused') ctx.addIssue({ code: 'custom', path: f.path, message: f.message });
   });
 
 export type Config = z.infer<typeof configSchema>;

@@ -22,6 +22,8 @@ export const AUDIT_KINDS = [
   'sims_imported',
   'imei_bound',
   'imei_unbound',
+  'secret_set',
+  'secret_cleared',
   // Messages that will never be delivered.
   'message_dropped',
   'dead_letter',

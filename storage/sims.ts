@@ -70,10 +70,12 @@ export interface SimImportRow {
   msisdn?: string;
   imei?: string;
   tags?: Record<string, string>;
+  /** Hash of a new secret (storage/secret-hash.ts); absent keeps the stored one. */
+  secretHash?: string;
 }
 
 export type ImportOutcome =
-  | { result: 'created' | 'updated' | 'unchanged'; imeiBound?: { imei: string; previous: string | null } }
+  | { result: 'created' | 'updated' | 'unchanged'; imeiBound?: { imei: string; previous: string | null }; secretSet?: boolean }
   | { result: 'failed'; field: string; message: string };
 
 export type BindOutcome =
@@ -340,11 +342,11 @@ export class SimStore {
     const existing = st.get.get(row.imsi) as SimRow | undefined;
     if (!existing) {
       try {
-        st.insert.run(row.imsi, row.iccid ?? null, row.msisdn ?? null, row.group, row.imei ?? null, row.thingName, JSON.stringify(row.tags ?? {}), now);
+        st.insert.run(row.imsi, row.iccid ?? null, row.msisdn ?? null, row.group, row.imei ?? null, row.thingName, JSON.stringify(row.tags ?? {}), row.secretHash ?? null, now);
       } catch (err) {
         return { result: 'failed', field: 'imsi', message: constraintMessage(err) };
       }
-      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined };
+      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined, secretSet: row.secretHash !== undefined };
     }
     const cur = fromRow(existing);
     if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
@@ -358,16 +360,28 @@ export class SimStore {
       // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
       imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
       tags: JSON.stringify(row.tags ?? cur.tags),
+      secretHash: row.secretHash ?? cur.secretHash,
     };
-    if (next.iccid === cur.iccid && next.msisdn === cur.msisdn && next.group === cur.group && next.imei === cur.boundImei && next.tags === existing.tags) {
+    if (
+      next.iccid === cur.iccid &&
+      next.msisdn === cur.msisdn &&
+      next.group === cur.group &&
+      next.imei === cur.boundImei &&
+      next.tags === existing.tags &&
+      next.secretHash === cur.secretHash
+    ) {
       return { result: 'unchanged' };
     }
     try {
-      st.update.run(next.iccid, next.msisdn, next.group, next.imei, next.tags, row.imsi);
+      st.update.run(next.iccid, next.msisdn, next.group, next.imei, next.tags, next.secretHash, row.imsi);
     } catch (err) {
       return { result: 'failed', field: 'iccid', message: constraintMessage(err) };
     }
-    return { result: 'updated', imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined };
+    return {
+      result: 'updated',
+      imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined,
+      secretSet: next.secretHash !== cur.secretHash,
+    };
   }
 
   private imports?: { get: Database.Statement; byIccid: Database.Statement; insert: Database.Statement; update: Database.Statement };
@@ -378,9 +392,9 @@ export class SimStore {
       get: this.db.prepare('SELECT * FROM sims WHERE imsi = ?'),
       byIccid: this.db.prepare('SELECT imsi FROM sims WHERE iccid = ?').pluck(),
       insert: this.db.prepare(
-        `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, created_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?)`,
+        `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, secret_hash, created_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)`,
       ),
-      update: this.db.prepare('UPDATE sims SET iccid = ?, msisdn = ?, group_name = ?, bound_imei = ?, tags = ? WHERE imsi = ?'),
+      update: this.db.prepare('UPDATE sims SET iccid = ?, msisdn = ?, group_name = ?, bound_imei = ?, tags = ?, secret_hash = ? WHERE imsi = ?'),
     });
   }
 }

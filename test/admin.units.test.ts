@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { FailureLimiter } from '../admin/auth/failure-limiter.ts';
 import { parseTags } from '../admin/csv-import.ts';
+import { csvLines, type CsvLine } from '../admin/csv-lines.ts';
 import { maskIdentifiers, maskingLoggerOptions, maskPath } from '../admin/mask.ts';
 import { startRetention } from '../admin/retention.ts';
 import { retentionSection } from '../config/admin.ts';
@@ -68,6 +69,46 @@ describe('import tags', () => {
     expect(parseTags('novalue')).toMatch(/no "="/);
     expect(parseTags('a=1;a=2')).toMatch(/twice/);
     expect(parseTags('bad key=1')).toMatch(/tag key/);
+  });
+
+  it('takes the names of Object.prototype members as plain keys', () => {
+    const tags = parseTags('constructor=a;toString=b;__proto__=c;hasOwnProperty=d');
+    expect(tags).toEqual({ constructor: 'a', toString: 'b', ['__proto__']: 'c', hasOwnProperty: 'd' });
+    expect(Object.keys(tags)).toEqual(['constructor', 'toString', '__proto__', 'hasOwnProperty']);
+    expect(JSON.parse(JSON.stringify(tags))).toHaveProperty(['__proto__'], 'c');
+    expect(parseTags('__proto__=1;__proto__=2')).toMatch(/"__proto__" is given twice/);
+  });
+});
+
+describe('import lines', () => {
+  const read = async (chunks: Buffer[], max = 64) => {
+    const out: CsvLine[] = [];
+    for await (const l of csvLines(chunks, max)) out.push(l);
+    return out;
+  };
+  const file = Buffer.concat([
+    Buffer.from([0xef, 0xbb, 0xbf]),
+    Buffer.from('imsi,tags\r\n\r\n001,city=Z\u00fcrich\n'),
+    Buffer.from(`002,${'x'.repeat(80)}\n`),
+    Buffer.from('003,caf\xe9\n', 'latin1'),
+    Buffer.from(' "004" , "a=1,b" \n005,"x"y\n006'),
+  ]);
+  const expected: CsvLine[] = [
+    { line: 1, fields: ['imsi', 'tags'] },
+    { line: 3, fields: ['001', 'city=Z\u00fcrich'] },
+    { line: 4, problem: 'line is longer than 64 bytes; not read' },
+    { line: 5, problem: 'line is not valid UTF-8: save the file as UTF-8 and import it again' },
+    { line: 6, fields: ['004', 'a=1,b'] },
+    { line: 7, problem: expect.stringMatching(/^unreadable CSV: /) as unknown as string },
+    { line: 8, fields: ['006'] },
+  ];
+
+  it('numbers lines as an editor does and reports each bad one on its own', async () => {
+    expect(await read([file])).toEqual(expected);
+  });
+
+  it('reads the same whatever the chunks (a UTF-8 character or CRLF split between two)', async () => {
+    expect(await read([...file].map((b) => Buffer.from([b])))).toEqual(expected);
   });
 });
 

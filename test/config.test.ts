@@ -71,7 +71,9 @@ describe('configuration', () => {
 
   it('validates every example config', () => {
     for (const name of ['sandbox.yaml', 'aws-iot.yaml', 'radius.yaml']) {
-      expect(() => loadConfig(join('config/examples', name), { AWS_REGION: 'eu-west-1', SIMBRIDGE_MASTER_KEY_FILE: '/etc/simbridge/master.key' })).not.toThrow();
+      expect(() =>
+        loadConfig(join('config/examples', name), { AWS_REGION: 'eu-west-1', SIMBRIDGE_MASTER_KEY_FILE: '/etc/simbridge/master.key', SIMBRIDGE_RADIUS_SECRET: 'pgw' }),
+      ).not.toThrow();
     }
   });
 
@@ -81,5 +83,51 @@ describe('configuration', () => {
     expect(bad.output).toContain('upstream.port: expected a number, got "abc"');
     const good = await runCli(['config', 'check', 'config/examples/sandbox.yaml']);
     expect(good.code).toBe(0);
+  });
+
+  describe('identity outside the sandbox', () => {
+    const aws = (yaml: string) => file(`id-${Math.random().toString(36).slice(2)}.yaml`, `mode: aws\n${yaml}`);
+    const radius = 'radius:\n  enabled: true\n  clients: [{ address: 10.0.0.1, secret: s }]\n';
+
+    it('refuses claimed identity without per-SIM secrets, naming each listener', () => {
+      const found = problems(() => loadConfig(aws(''), {}));
+      expect(found).toHaveLength(2);
+      expect(found[0]).toMatch(/^listeners\.mqtt\.identity: claimed identity without per-SIM secrets \(requireSecret is off in group default\).*identity\.allowInsecureClaims: true/);
+      expect(found[1]).toMatch(/^listeners\.http\.identity: claimed identity without per-SIM secrets/);
+      // Only the groups still open are named.
+      expect(problems(() => loadConfig(aws('groups:\n  default: { requireSecret: true }\n  lab: {}\n'), {}))[0]).toContain('requireSecret is off in group lab)');
+    });
+
+    it('accepts claimed identity when every group requires the SIM\'s secret', () => {
+      expect(loadConfig(aws('groups:\n  default: { requireSecret: true }\n'), {}).listeners.mqtt.identity).toBe('claimed');
+    });
+
+    it('refuses a claimed listener beside a radius one, even with secrets', () => {
+      const p = aws(`listeners:\n  mqtt: { identity: radius }\n${radius}groups:\n  default: { requireSecret: true }\n`);
+      expect(problems(() => loadConfig(p, {}))).toEqual([
+        'listeners.http.identity: claimed beside radius identity on listeners.mqtt: devices can go around the network identity through this port; use one identity on both listeners, or set identity.allowInsecureClaims: true',
+      ]);
+      expect(loadConfig(aws(`listeners:\n  mqtt: { identity: radius }\n  http: { identity: radius }\n${radius}`), {}).listeners.http.identity).toBe('radius');
+    });
+
+    it('runs with identity.allowInsecureClaims: true, and `config check` shouts about it', async () => {
+      const p = aws(`listeners:\n  mqtt: { identity: radius }\n${radius}identity:\n  allowInsecureClaims: true\ngroups:\n  default: { bindClaimedImei: true }\n`);
+      const r = await runCli(['config', 'check', p]);
+      expect(r.code).toBe(0);
+      expect(r.output).toContain(`${p}: ok`);
+      expect(r.output).toMatch(/INSECURE listeners\.http\.identity: claimed identity without per-SIM secrets/);
+      expect(r.output).toMatch(/INSECURE listeners\.http\.identity: claimed beside radius identity on listeners\.mqtt/);
+      expect(r.output).toMatch(/INSECURE groups\.default\.bindClaimedImei: a claimed IMEI binds the SIM on first contact/);
+      const refused = await runCli(['config', 'check', aws('')]);
+      expect(refused.code).toBe(78);
+      expect(refused.output).toContain('listeners.mqtt.identity: claimed identity without per-SIM secrets');
+    });
+
+    it('leaves the sandbox open to claims (the demo), and says so', async () => {
+      expect(loadConfig(undefined, {}).identity.allowInsecureClaims).toBe(false);
+      const r = await runCli(['config', 'check', 'config/examples/sandbox.yaml']);
+      expect(r.code).toBe(0);
+      expect(r.output).toMatch(/NOTE listeners\.mqtt\.identity: claimed identity without per-SIM secrets .*allowed in the sandbox/);
+    });
   });
 });

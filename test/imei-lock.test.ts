@@ -21,6 +21,7 @@ const SIMS = {
   terminated: '001010000000306',
   override: '001010000000307',
   secret: '001010000000308',
+  claims: '001010000000309',
 };
 
 describe('the IMEI lock', () => {
@@ -51,7 +52,9 @@ describe('the IMEI lock', () => {
     sandbox = await startSandboxProcess(dir);
     const cfg = await gatewayConfig(dir, sandbox, {
       groups: {
-        default: { lock: 'first-contact' },
+        // Claims are all these devices have (a lab): this group lets a claimed IMEI bind on first contact.
+        default: { lock: 'first-contact', bindClaimedImei: true },
+        claims: { lock: 'first-contact' },
         fleet: { lock: 'locked' },
         lab: { lock: 'any' },
         secured: { lock: 'any', requireSecret: true },
@@ -68,6 +71,7 @@ describe('the IMEI lock', () => {
     add(SIMS.terminated, 'lab');
     add(SIMS.override, 'fleet', X);
     add(SIMS.secret, 'secured');
+    add(SIMS.claims, 'claims');
     sims.setStatus(SIMS.suspended, 'suspended');
     sims.setStatus(SIMS.terminated, 'terminated');
     sims.setLockMode(SIMS.override, 'any');
@@ -94,6 +98,17 @@ describe('the IMEI lock', () => {
     expect(rows.find((r) => r.kind === 'imei_bound')).toMatchObject({ imei: X });
     expect(rows.filter((r) => r.kind === 'imei_mismatch')).toHaveLength(2);
     expect(rows.find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
+  });
+
+  it('first contact over claimed identity binds nothing unless the group says so: the first claimer cannot lock the real device out', async () => {
+    expect(await connect(SIMS.claims, Y)).toBe(0);
+    expect((await post(SIMS.claims, Y)).status).toBe(202);
+    // The real device still gets in; nothing was bound and nothing refused.
+    expect(await connect(SIMS.claims, X)).toBe(0);
+    expect((await post(SIMS.claims, X)).status).toBe(202);
+    const kinds = audit(SIMS.claims).map((r) => r.kind);
+    expect(kinds).not.toContain('imei_bound');
+    expect(kinds).not.toContain('imei_mismatch');
   });
 
   it('locked admits only the bound device', async () => {

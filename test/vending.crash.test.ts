@@ -56,6 +56,7 @@ describe('vending survives SIGKILL at every step', () => {
       mode: 'aws',
       dataDir: join(dir, 'gateway'),
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+      identity: { allowInsecureClaims: true }, // devices claim their identity: a lab
       vending: {
         endpoint: sandbox.controlEndpoint,
         credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' },

@@ -28,6 +28,7 @@ describe('vending with simbridge and the sandbox as processes', () => {
       mode: 'aws',
       dataDir,
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+      identity: { allowInsecureClaims: true }, // devices claim their identity: a lab
       vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...vending },
       upstream: { endpoint: 'localhost', port: sandbox.dataPort, caFile: sandbox.caFile, retryDelayMs: 200, retryMaxDelayMs: 1000 },
       admin: { port: 0 },

@@ -7,6 +7,7 @@ const readiness = {
     status: { type: 'string' },
     checks: { type: 'object', additionalProperties: { type: 'boolean' } },
     reasons: { type: 'object', description: 'why each failed check failed', additionalProperties: { type: 'string' } },
+    warnings: { type: 'array', items: { type: 'string' }, description: 'ready, but unsafe: e.g. devices may claim any SIM (identity.allowInsecureClaims)' },
   },
 } as const;
 
@@ -40,7 +41,9 @@ export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (_req, reply) => {
         const r = ctx.deps.ready();
-        return reply.code(r.ok ? 200 : 503).send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks, reasons: r.reasons ?? {} });
+        return reply
+          .code(r.ok ? 200 : 503)
+          .send({ status: r.ok ? 'ready' : 'not ready', checks: r.checks, reasons: r.reasons ?? {}, ...(r.warnings?.length ? { warnings: r.warnings } : {}) });
       },
     );
     app.get(

@@ -39,7 +39,7 @@ export function importRoutes(ctx: AdminContext): FastifyPluginAsync {
         config: { access: 'operator' },
         schema: {
           tags: ['sims'],
-          summary: `import SIMs from CSV (${CSV_COLUMNS.join(',')}; tags as k=v;k2=v2): upserts valid rows, reports bad ones by line`,
+          summary: `import SIMs from CSV (${CSV_COLUMNS.join(',')}; tags as k=v;k2=v2; secret stored hashed): upserts valid rows, reports every other by line`,
           security: [{ bearer: [] }],
           querystring: {
             type: 'object',
@@ -67,9 +67,11 @@ export function importRoutes(ctx: AdminContext): FastifyPluginAsync {
             thingName: deps.thingName,
             batchRows: ctx.config.import.batchRows,
             maxReportedErrors: ctx.config.import.maxReportedErrors,
+            maxLineBytes: ctx.config.import.maxLineBytes,
             force: req.query.force,
             dryRun: req.query.dryRun,
             onImeiBound: (imsi, imei, previous) => deps.audit.record('imei_bound', imsi, { imei, previous, via: 'import', ...who }),
+            onSecretSet: (imsi) => deps.audit.record('secret_set', imsi, { via: 'import', ...who }),
           });
           if (!result.dryRun) {
             const { errors: _errors, ...counts } = result;

@@ -150,6 +150,8 @@ export class Stack {
         upstream: { endpoint: 'localhost', port: this.upstream.tlsPort, caFile: this.sandbox.caFile },
         log: { level: 'warn' },
         admin: { host: '127.0.0.1', port: 0 },
+        // Bench devices claim their identity without secrets: a lab, which the gateway must be told.
+        identity: { allowInsecureClaims: true },
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );

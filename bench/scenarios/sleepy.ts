@@ -145,6 +145,7 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
       mode: 'aws',
       dataDir,
       groups,
+      identity: { allowInsecureClaims: true }, // bench devices claim their identity (a lab)
       vending: { endpoint: stack.sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, quotas: VEND_QUOTAS },
       log: { level: 'warn' },
     });

@@ -48,6 +48,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
       mode: 'aws',
       dataDir,
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+      identity: { allowInsecureClaims: true }, // bench devices claim their identity (a lab)
       vending: { endpoint: control, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' } },
       upstream: { endpoint: 'localhost', port: dataPort, caFile },
       admin: { port: 0 },

@@ -10,13 +10,14 @@ import type { Config } from '../../config/schema.ts';
 const help = `usage: simbridge sims <command> [options]
 
 commands:
-  import FILE [--force] [--dry-run]   load SIMs from CSV (imsi,iccid,msisdn,group,imei,tags); re-import is safe
+  import FILE [--force] [--dry-run]   load SIMs from CSV (imsi,iccid,msisdn,group,imei,tags,secret); re-import is safe
   list [filters] [--all]              list SIMs: --group G --status S --online|--offline --bound|--unbound
                                       --tag k=v --q DIGITS --limit N --cursor IMSI
   show IMSI                           the device view: lock, network, certificate, upstream, queue, events
   bind IMSI IMEI [--force]            bind the SIM to a device (--force replaces another binding)
   unbind IMSI                         remove the IMEI binding
   terminate IMSI                      terminate the SIM for good and revoke its certificate
+  secret IMSI [--clear]               generate the SIM's secret (claimed identity) and print it, once; --clear removes it
 
 ${clientHelp}`;
 
@@ -35,6 +36,7 @@ const options = {
   limit: { type: 'string' },
   cursor: { type: 'string' },
   all: { type: 'boolean' },
+  clear: { type: 'boolean' },
 } as const;
 
 interface SimJson {
@@ -121,6 +123,18 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
         need(1, 'one IMSI');
         const r = await client().json<{ sim: SimJson; previous: string | null }>('DELETE', `/v1/sims/${encodeURIComponent(rest[0]!)}/imei`);
         out(r, () => (r.previous ? `${r.sim.imsi} unbound (was ${r.previous})` : `${r.sim.imsi} was not bound`));
+        return EXIT.ok;
+      }
+      case 'secret': {
+        need(1, 'one IMSI');
+        const path = `/v1/sims/${encodeURIComponent(rest[0]!)}/secret`;
+        if (values.clear) {
+          const r = await client().json<{ sim: SimJson }>('DELETE', path);
+          out(r, () => `${r.sim.imsi}: secret removed`);
+          return EXIT.ok;
+        }
+        const r = await client().json<{ sim: SimJson; secret: string }>('PUT', path, {});
+        out(r, () => `${r.sim.imsi} secret: ${r.secret}\n(shown this once, stored only as a hash: put it in the device as MQTT password / HTTP bearer token)`);
         return EXIT.ok;
       }
       case 'terminate': {

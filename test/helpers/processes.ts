@@ -184,7 +184,8 @@ export async function gatewayConfig(
     ...(extra.limits ? { limits: extra.limits } : {}),
     ...(extra.groups ? { groups: extra.groups } : {}),
     ...(extra.radius ? { radius: { host: '127.0.0.1', port: 0, ...extra.radius } } : {}),
-    ...(extra.identity ? { identity: extra.identity } : {}),
+    // Test devices claim their identity on loopback without secrets: a lab, opted into as an operator must.
+    identity: { allowInsecureClaims: true, ...extra.identity },
     ...(extra.storage ? { storage: extra.storage } : {}),
     ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },
