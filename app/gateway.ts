@@ -176,9 +176,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   };
 
   const mqtt = await startMqttIngress({
-    host: config.listeners.mqtt.host,
-    port: config.listeners.mqtt.port,
-    connectTimeoutMs: config.listeners.mqtt.connectTimeoutMs,
+    ...config.listeners.mqtt,
     maxClientIdBytes: config.limits.maxClientIdBytes,
     identity: sources[config.listeners.mqtt.identity](),
     admission,
@@ -186,11 +184,11 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     downlink,
     connectivity,
     metrics,
+    audit,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({
-    host: config.listeners.http.host,
-    port: config.listeners.http.port,
+    ...config.listeners.http,
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
     admission,

@@ -58,6 +58,10 @@ export const configSchema = z
             port: port.default(1883).describe('device MQTT port (plain)'),
             identity: identitySource.default('claimed'),
             connectTimeoutMs: z.number().int().positive().default(30_000).describe('time a device has to send CONNECT'),
+            maxConnectionsPerAddress: z.number().int().positive().default(64).describe('most open connections from one source address; past it CONNACK 3 (server unavailable)'),
+            maxConnectionsPerSim: z.number().int().positive().default(4).describe('most connections one SIM holds (a reconnect with the same client id replaces its old one); past it CONNACK 3'),
+            maxKeepAliveSeconds: z.number().int().positive().max(65535).default(1200).describe('longest keepalive honoured; a longer one is cut to this (the connection closes after 1.5 x this of silence)'),
+            keepAliveZero: z.enum(['limit', 'refuse']).default('limit').describe('keepalive 0 (never time out): limit = treat as maxKeepAliveSeconds; refuse = CONNACK 5'),
           })
           .strict()
           .prefault({}),
@@ -66,6 +70,10 @@ export const configSchema = z
             host: host.default('0.0.0.0').describe('address devices reach over HTTP'),
             port: port.default(8080).describe('device HTTP port (plain)'),
             identity: identitySource.default('claimed'),
+            maxConnectionsPerAddress: z.number().int().positive().default(256).describe('most open connections from one source address; past it 503'),
+            headersTimeoutMs: z.number().int().positive().default(20_000).describe('time a request has to send its headers'),
+            requestTimeoutMs: z.number().int().positive().default(60_000).describe('time a request has to arrive whole, body included (raise for large bodies over slow links); then 408'),
+            idleTimeoutMs: z.number().int().positive().default(15_000).describe('longest silence inside a request (a stalled body); then 408'),
           })
           .strict()
           .prefault({}),
@@ -184,6 +192,9 @@ export const configSchema = z
       if (c.listeners[listener].identity === 'radius' && !c.radius.enabled) {
         ctx.addIssue({ code: 'custom', path: ['listeners', listener, 'identity'], message: 'radius identity needs radius.enabled: true' });
       }
+    }
+    if (c.listeners.http.headersTimeoutMs > c.listeners.http.requestTimeoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['listeners', 'http', 'headersTimeoutMs'], message: 'must not exceed listeners.http.requestTimeoutMs' });
     }
   });
 
