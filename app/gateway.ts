@@ -169,6 +169,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         logger: log.child({ component: 'radius' }),
       })
     : undefined;
+  if (radius) metrics.watchRadius(() => radius.counters);
   const sources: Record<IdentitySourceName, () => IdentitySource> = {
     claimed: () => new ClaimedIdentity(),
     static: () => new StaticIdentity(config.identity.static),

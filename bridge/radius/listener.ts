@@ -53,7 +53,7 @@ export interface RadiusListenerOptions {
 
 export interface RadiusCounters {
   received: number;
-  /** Applied and answered. */
+  /** Answered after their commit (ignored ones included). */
   accepted: number;
   /** Retransmissions answered from the reply cache. */
   duplicates: number;
