@@ -182,7 +182,8 @@ const result: FuzzResult = { rounds: 0, byKind: {}, httpStatus: {}, serverErrors
 // Floods come from one address each, as from one SIM's IP: the per-address caps are what should hold.
 const MQTT_FLOOD_SOURCE = '127.0.3.3';
 const HTTP_FLOOD_SOURCE = '127.0.3.4';
-const FLOOD_CONNECTIONS = 100;
+// Over each listener's default cap per address (MQTT 64, HTTP 256).
+const FLOOD_CONNECTIONS = { mqtt: 100, http: 300 };
 const FLOOD_HOLD_MS = 1500;
 /** Stalled bodies still open; the run waits for the gateway to close them (its idle timeout), up to this long. */
 const stalled = new Set<net.Socket>();
@@ -208,8 +209,8 @@ function countHttp(kind: string, reply: Buffer, first: Buffer): void {
 }
 
 /** Many connections at once from one address, each held FLOOD_HOLD_MS (or until the gateway closes it). */
-async function flood(port: number, from: string, first: () => Buffer): Promise<Buffer[]> {
-  const rounds = Array.from({ length: FLOOD_CONNECTIONS }, () => exchange(port, [first()], FLOOD_HOLD_MS, 0, from));
+async function flood(port: number, from: string, count: number, first: () => Buffer): Promise<Buffer[]> {
+  const rounds = Array.from({ length: count }, () => exchange(port, [first()], FLOOD_HOLD_MS, 0, from));
   const replies = await Promise.all(rounds);
   for (const r of replies) if (r.error === 'ECONNREFUSED') result.connectErrors++;
   return replies.map((r) => r.reply);
@@ -361,12 +362,12 @@ async function round(): Promise<void> {
   const kind = pick(kinds);
   result.byKind[kind] = (result.byKind[kind] ?? 0) + 1;
   if (kind === 'mqtt_connection_flood') {
-    for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, () => connect({ clientId: `flood-${int(1e9)}`, username: pick(c.imsis), keepalive: 0 }))) countConnacks(reply);
+    for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, FLOOD_CONNECTIONS.mqtt, () => connect({ clientId: `flood-${int(1e9)}`, username: pick(c.imsis), keepalive: 0 }))) countConnacks(reply);
     return;
   }
   if (kind === 'http_connection_flood') {
     const first = () => request('GET', '/v1/self', idHeaders());
-    for (const reply of await flood(c.httpPort, HTTP_FLOOD_SOURCE, first)) countHttp(kind, reply, first());
+    for (const reply of await flood(c.httpPort, HTTP_FLOOD_SOURCE, FLOOD_CONNECTIONS.http, first)) countHttp(kind, reply, first());
     return;
   }
   if (kind === 'http_stalled_body') return stallBody(c.httpPort);

@@ -108,10 +108,11 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
       writeRefusal(socket, reason, reason === 'request_timeout' ? `the request did not arrive whole within ${opts.requestTimeoutMs} ms` : err.message);
     },
   });
-  // Silence inside a request: answered 408. An idle keep-alive connection is just closed.
-  app.server.on('timeout', (socket: Socket & { parser?: { incoming?: { complete: boolean } } }) => {
+  // Silence inside a request: answered 408. An idle keep-alive connection is just closed; one whose request
+  // arrived whole and waits for its answer (a slow commit) is left to get it.
+  app.server.on('timeout', (socket: Socket & { parser?: { incoming?: { complete: boolean } }; _httpMessage?: { writableEnded: boolean } }) => {
     const inRequest = socket.parser?.incoming && !socket.parser.incoming.complete;
-    if (!inRequest) return socket.destroy();
+    if (!inRequest) return socket._httpMessage && !socket._httpMessage.writableEnded ? undefined : socket.destroy();
     metrics.refusals.inc({ protocol: 'http', reason: 'request_timeout' });
     writeRefusal(socket, 'request_timeout', `the request was silent for ${opts.idleTimeoutMs} ms`);
   });
