@@ -22,7 +22,7 @@ import { ClaimedIdentity } from '../bridge/identity/claimed.ts';
 import { RadiusIdentity } from '../bridge/identity/radius.ts';
 import type { IdentitySource } from '../bridge/identity/source.ts';
 import { StaticIdentity } from '../bridge/identity/static.ts';
-import { startRadiusListener } from '../bridge/radius/listener.ts';
+import { replayWindow, startRadiusListener } from '../bridge/radius/listener.ts';
 import { startHttpIngress } from '../bridge/ingress/http.ts';
 import { startMqttIngress } from '../bridge/ingress/mqtt.ts';
 import { startLowpowerIngress } from './lowpower.ts';
@@ -64,7 +64,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
     const cipher = new KeyCipher(
       loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
     );
-    const stores = sqliteStores(db);
+    const stores = sqliteStores(db, Date.now, { replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
     checkMasterKey(stores, cipher);
     return await assemble(config, log, db, stores, cipher);
   } catch (err) {
@@ -176,6 +176,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         logger: log.child({ component: 'radius' }),
       })
     : undefined;
+  if (radius) metrics.watchRadius(() => radius.counters);
   const sources: Record<IdentitySourceName, () => IdentitySource> = {
     claimed: () => new ClaimedIdentity(),
     static: () => new StaticIdentity(config.identity.static),
@@ -183,9 +184,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   };
 
   const mqtt = await startMqttIngress({
-    host: config.listeners.mqtt.host,
-    port: config.listeners.mqtt.port,
-    connectTimeoutMs: config.listeners.mqtt.connectTimeoutMs,
+    ...config.listeners.mqtt,
     maxClientIdBytes: config.limits.maxClientIdBytes,
     identity: sources[config.listeners.mqtt.identity](),
     admission,
@@ -193,11 +192,11 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     downlink,
     connectivity,
     metrics,
+    audit,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({
-    host: config.listeners.http.host,
-    port: config.listeners.http.port,
+    ...config.listeners.http,
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
     admission,

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RadiusCounters } from './radius/listener.ts';
 
 /** Outbox depth and age per group, read when scraped. */
 export interface OutboxByGroup {
@@ -17,6 +18,8 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
     if (!memo || Date.now() - memo.at > 250) memo = { at: Date.now(), groups: readOutboxByGroup() };
     return memo.groups;
   };
+  // The RADIUS listener keeps its own counters (tests read them); they are copied out when scraped.
+  let radius: (() => RadiusCounters) | undefined;
   // Process and event-loop figures (nodejs_eventloop_lag_*): a blocked loop delays every acknowledgement.
   collectDefaultMetrics({ register: registry });
   return {
@@ -108,6 +111,36 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
       registers: [registry],
     }),
     deadLetters: new Counter({ name: 'simbridge_dead_letters_total', help: 'messages moved to the dead letters', labelNames: ['reason'] as const, registers: [registry] }),
+    radiusPackets: new Counter({
+      name: 'simbridge_radius_packets_total',
+      help: 'RADIUS accounting packets by result (received, accepted, duplicate, dropped, ignored, send_failed) and reason',
+      labelNames: ['result', 'reason'] as const,
+      registers: [registry],
+      collect() {
+        const c = radius?.();
+        if (!c) return;
+        this.reset();
+        this.inc({ result: 'received', reason: '' }, c.received);
+        this.inc({ result: 'accepted', reason: '' }, c.accepted);
+        this.inc({ result: 'duplicate', reason: '' }, c.duplicates);
+        this.inc({ result: 'send_failed', reason: '' }, c.sendFailed);
+        for (const [reason, n] of Object.entries(c.dropped)) this.inc({ result: 'dropped', reason }, n);
+        for (const [reason, n] of Object.entries(c.ignored)) this.inc({ result: 'ignored', reason }, n);
+      },
+    }),
+    radiusCommits: new Counter({
+      name: 'simbridge_radius_commits_total',
+      help: 'RADIUS accounting transactions committed (accepted / commits = records per group commit)',
+      registers: [registry],
+      collect() {
+        const c = radius?.();
+        if (c) (this.reset(), this.inc(c.commits));
+      },
+    }),
+    /** Makes the RADIUS listener's counters part of every scrape. */
+    watchRadius(read: () => RadiusCounters) {
+      radius = read;
+    },
   };
 }
 

@@ -35,7 +35,7 @@ export const radiusSection = z
       )
       .default([])
       .describe('NAS clients allowed to send accounting; packets from anyone else are dropped'),
-    sessionTimeoutMs: z.number().int().min(0).default(4 * 3600_000).describe('a session with no Start/Interim for this long expires (0 = never)'),
+    sessionTimeoutMs: z.number().int().min(0).default(4 * 3600_000).describe('a session with no Start/Interim for this long expires (0 = never); also how long a stopped session is remembered against replays (a day when 0)'),
     replyCacheMs: z.number().int().positive().default(30_000).describe('how long a reply is kept to answer retransmissions'),
   })
   .strict()

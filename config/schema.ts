@@ -61,6 +61,10 @@ export const configSchema = z
             port: port.default(1883).describe('device MQTT port (plain)'),
             identity: identitySource.default('claimed'),
             connectTimeoutMs: z.number().int().positive().default(30_000).describe('time a device has to send CONNECT'),
+            maxConnectionsPerAddress: z.number().int().positive().default(64).describe('most open connections from one source address; past it CONNACK 3 (server unavailable)'),
+            maxConnectionsPerSim: z.number().int().positive().default(4).describe('most connections one SIM holds (a reconnect with the same client id replaces its old one); past it CONNACK 3'),
+            maxKeepAliveSeconds: z.number().int().positive().max(65535).default(1200).describe('longest keepalive honoured; a longer one is cut to this (the connection closes after 1.5 x this of silence)'),
+            keepAliveZero: z.enum(['limit', 'refuse']).default('limit').describe('keepalive 0 (never time out): limit = treat as maxKeepAliveSeconds; refuse = CONNACK 5'),
           })
           .strict()
           .prefault({}),
@@ -69,6 +73,10 @@ export const configSchema = z
             host: host.default('0.0.0.0').describe('address devices reach over HTTP'),
             port: port.default(8080).describe('device HTTP port (plain)'),
             identity: identitySource.default('claimed'),
+            maxConnectionsPerAddress: z.number().int().positive().default(256).describe('most open connections from one source address; past it 503'),
+            headersTimeoutMs: z.number().int().positive().default(20_000).describe('time a request has to send its headers'),
+            requestTimeoutMs: z.number().int().positive().default(60_000).describe('time a request has to arrive whole, body included (raise for large bodies over slow links); then 408'),
+            idleTimeoutMs: z.number().int().positive().default(15_000).describe('longest silence inside a request (a stalled body); then 408'),
           })
           .strict()
           .prefault({}),
@@ -191,6 +199,9 @@ export const configSchema = z
       }
     }
     for (const f of identityFindings(c)) if (f.severity === 'refused') ctx.addIssue({ code: 'custom', path: f.path, message: f.message });
+    if (c.listeners.http.headersTimeoutMs > c.listeners.http.requestTimeoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['listeners', 'http', 'headersTimeoutMs'], message: 'must not exceed listeners.http.requestTimeoutMs' });
+    }
   });
 
 export type Config = z.infer<typeof configSchema>;

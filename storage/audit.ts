@@ -14,6 +14,9 @@ export const AUDIT_KINDS = [
   'imei_unknown',
   'bad_secret',
   'claim_mismatch',
+  // A device held to the gateway's limits.
+  'sim_connection_limit',
+  'retain_not_supported',
   // The registry and the IMEI lock.
   'sim_registered',
   'sim_created',

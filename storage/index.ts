@@ -26,14 +26,14 @@ export interface Stores {
   meta: MetaStore;
 }
 
-/** The SQLite stores over an open database. */
-export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
+/** The SQLite stores over an open database; replayWindowMs: how long stopped RADIUS sessions are remembered. */
+export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {
   return {
     sims: new SimStore(db),
     audit: new AuditLog(db),
     credentials: new CredentialStore(db, now),
     downlink: new DownlinkStore(db),
-    networkSessions: new NetworkSessions(db, now),
+    networkSessions: new NetworkSessions(db, now, opts.replayWindowMs),
     outboxStats: new OutboxStats(db),
     retention: new RetentionStore(db),
     tokens: new TokenStore(db),

@@ -29,7 +29,12 @@ export interface SessionReport {
   nasIdentifier?: string | null;
   acctSessionId: string;
   chargingId?: number | null;
+  /** When the network says the event happened (Event-Timestamp, RFC 2869 §5.3), ms since epoch. */
+  eventTime?: number | null;
 }
+
+/** Why an authentic record was not applied: a replay of a stopped session, or news older than what we hold. */
+export type IgnoredReason = 'stopped_session' | 'stale_event';
 
 export type SessionEndCause = 'stop' | 'evicted' | 'nas_on' | 'nas_off' | 'expired';
 
@@ -44,6 +49,8 @@ export interface RecordResult {
   created: boolean;
   /** The session this one displaced from the IP, if any. */
   ended: EndedSession[];
+  /** Set when the record changed nothing, and why. */
+  ignored?: IgnoredReason;
 }
 
 interface Row {
@@ -59,6 +66,7 @@ interface Row {
   started_at: number;
   updated_at: number;
   updates: number;
+  opened_event_at: number | null;
 }
 
 function fromRow(r: Row): NetworkSession {
@@ -96,18 +104,26 @@ export class NetworkSessions {
   private readonly deleteStale;
   private readonly countStmt;
   private readonly listStmt;
+  private readonly rememberStop;
+  private readonly wasStopped;
+  private readonly forgetStops;
   private readonly recordTx;
 
+  /**
+   * replayWindowMs: how long a stopped Acct-Session-Id is remembered, and how old an Event-Timestamp may be,
+   * before a Start or Interim-Update that carries it is ignored as a replay.
+   */
   constructor(
     private readonly db: Db,
     private readonly now: () => number = Date.now,
+    private readonly replayWindowMs = 24 * 3600_000,
   ) {
     this.getByIp = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE ip = ?');
     this.getByImsi = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC, ip');
     // Positional parameters throughout: better-sqlite3 binds an object of named ones several times slower.
-    this.insertStmt = db.prepare<[string, string, string | null, string | null, number | null, string, string | null, string, number | null, number, number]>(
-      `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`,
+    this.insertStmt = db.prepare<[string, string, string | null, string | null, number | null, string, string | null, string, number | null, number, number, number | null]>(
+      `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates, opened_event_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)`,
     );
     // Same session (IP, Acct-Session-Id and SIM) only. An Interim-Update may omit what the Start carried:
     // keep what we knew rather than forget it. (No RETURNING: SQLite's is markedly slower on this hot path.)
@@ -128,6 +144,9 @@ export class NetworkSessions {
     this.deleteStale = db.prepare<[number], Row>('DELETE FROM network_sessions WHERE updated_at < ? RETURNING *');
     this.countStmt = db.prepare('SELECT count(*) FROM network_sessions').pluck();
     this.listStmt = db.prepare<[], Row>('SELECT * FROM network_sessions ORDER BY ip');
+    this.rememberStop = db.prepare<[string, string, number]>('INSERT OR REPLACE INTO stopped_sessions (nas_ip, acct_session_id, stopped_at) VALUES (?, ?, ?)');
+    this.wasStopped = db.prepare<[string, string, number]>('SELECT 1 FROM stopped_sessions WHERE nas_ip = ? AND acct_session_id = ? AND stopped_at >= ?').pluck();
+    this.forgetStops = db.prepare<[number]>('DELETE FROM stopped_sessions WHERE stopped_at < ?');
     this.recordTx = db.transaction((r: SessionReport): RecordResult => {
       const now = this.now();
       const f = {
@@ -141,14 +160,30 @@ export class NetworkSessions {
         acctSessionId: r.acctSessionId,
         chargingId: r.chargingId ?? null,
       };
+      const ignored = this.replayed(r, now);
+      if (ignored) return { session: { ...f, startedAt: now, updatedAt: now, updates: 0 }, created: false, ended: [], ignored };
       const refreshed = this.refreshStmt.run(f.imei, f.msisdn, f.ratType, f.nasIdentifier, f.chargingId, now, f.ip, f.acctSessionId, f.imsi);
       if (refreshed.changes === 1) return { session: fromRow(this.getByIp.get(f.ip)!), created: false, ended: [] };
       // Anything else on this IP is over: the network has handed the address on, and whoever used it
       // under the old identity must not keep it.
       const evicted = ended(this.deleteIp.all(f.ip), 'evicted');
-      this.insertStmt.run(f.ip, f.imsi, f.imei, f.msisdn, f.ratType, f.nasIp, f.nasIdentifier, f.acctSessionId, f.chargingId, now, now);
+      this.insertStmt.run(f.ip, f.imsi, f.imei, f.msisdn, f.ratType, f.nasIp, f.nasIdentifier, f.acctSessionId, f.chargingId, now, now, r.eventTime ?? null);
       return { session: { ...f, startedAt: now, updatedAt: now, updates: 1 }, created: true, ended: evicted };
     });
+  }
+
+  /**
+   * A stopped session does not come back, and news older than the replay window or than the session now
+   * holding the IP does not displace it. Runs before each Start / Interim-Update (one indexed lookup).
+   */
+  private replayed(r: SessionReport, now: number): IgnoredReason | undefined {
+    if (this.wasStopped.get(r.nasIp, r.acctSessionId, now - this.replayWindowMs)) return 'stopped_session';
+    if (r.eventTime == null) return undefined;
+    if (r.eventTime < now - this.replayWindowMs) return 'stale_event';
+    const holder = this.getByIp.get(r.ip);
+    // Both stamps come from the network's clock, so the gateway's own clock skew does not enter.
+    if (holder?.opened_event_at != null && holder.acct_session_id !== r.acctSessionId && holder.opened_event_at > r.eventTime) return 'stale_event';
+    return undefined;
   }
 
   /** Accounting Start: creates the session, evicting another session that held the IP. */
@@ -164,9 +199,22 @@ export class NetworkSessions {
     return this.recordTx.immediate(report);
   }
 
-  /** Accounting Stop: removes the session only if the IP is still held by that Acct-Session-Id. */
-  stop(ip: string, acctSessionId: string): EndedSession[] {
-    return this.db.transaction(() => ended(this.deleteMatching.all(ip, acctSessionId), 'stop')).immediate();
+  /**
+   * Accounting Stop: removes the session only if the IP is still held by that Acct-Session-Id, and remembers
+   * the id (whether or not it was held) so that a replay of its Start cannot re-open it.
+   */
+  stop(ip: string, acctSessionId: string, nasIp: string): EndedSession[] {
+    return this.db
+      .transaction(() => {
+        this.rememberStop.run(nasIp, acctSessionId, this.now());
+        return ended(this.deleteMatching.all(ip, acctSessionId), 'stop');
+      })
+      .immediate();
+  }
+
+  /** Forgets stopped sessions older than the replay window; returns how many. */
+  forgetOldStops(): number {
+    return this.forgetStops.run(this.now() - this.replayWindowMs).changes;
   }
 
   /**

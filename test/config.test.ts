@@ -38,6 +38,14 @@ describe('configuration', () => {
     expect(problems(() => loadConfig(p, {}))).toEqual(['upstream.port: expected a number, got "abc"']);
   });
 
+  it('has device limits by default, and refuses a header timeout longer than the request timeout', () => {
+    const c = loadConfig(undefined, {});
+    expect(c.listeners.mqtt).toMatchObject({ maxConnectionsPerAddress: 64, maxConnectionsPerSim: 4, maxKeepAliveSeconds: 1200, keepAliveZero: 'limit' });
+    expect(c.listeners.http).toMatchObject({ maxConnectionsPerAddress: 256, headersTimeoutMs: 20_000, requestTimeoutMs: 60_000, idleTimeoutMs: 15_000 });
+    const p = file('timeouts.yaml', 'listeners:\n  http:\n    headersTimeoutMs: 90000\n');
+    expect(problems(() => loadConfig(p, {}))).toEqual(['listeners.http.headersTimeoutMs: must not exceed listeners.http.requestTimeoutMs (got 90000)']);
+  });
+
   it('reports unknown keys and bad enum values', () => {
     const p = file('bad2.yaml', 'mode: cloud\nlisteners:\n  mqtt:\n    prot: 1\n');
     expect(problems(() => loadConfig(p, {})).sort()).toEqual([

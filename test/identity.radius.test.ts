@@ -123,4 +123,15 @@ describe.skipIf(!radclient)('identity from RADIUS accounting (radclient as the P
     const self = await httpFrom(B.ip, gateway.httpPort, 'GET', '/v1/self');
     expect(self.body).toMatchObject({ imsi: '001010000000203' });
   });
+
+  it('does not let a replayed Start of a stopped session identify anyone again, and counts RADIUS packets on /metrics', async () => {
+    // acct-a was stopped above; this is its Start once more, signed as the PGW signed it.
+    const run = await accounting(record('Start', A.ip, 'acct-a', A.imsi, A.imeisv));
+    expect(run.code, run.out).toBe(0);
+    expect((await connectFrom(A.ip, gateway.mqttPort, { clientId: 'a' })).code).toBe(5);
+    const text = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const count = (labels: string) => Number(text.match(new RegExp(`simbridge_radius_packets_total\\{${labels}\\} (\\d+)`))?.[1] ?? NaN);
+    expect(count('result="accepted",reason=""')).toBe(5);
+    expect(count('result="ignored",reason="stopped_session"')).toBe(1);
+  });
 });

@@ -179,10 +179,41 @@ describe('network session table', () => {
   it('removes on Stop only the session with that id', () => {
     const { s } = setup();
     s.start(report('10.0.0.1', 'a'));
-    expect(s.stop('10.0.0.1', 'old')).toEqual([]);
-    expect(s.stop('10.0.0.2', 'a')).toEqual([]);
-    expect(s.stop('10.0.0.1', 'a').map((e) => e.cause)).toEqual(['stop']);
+    expect(s.stop('10.0.0.1', 'old', '192.0.2.1')).toEqual([]);
+    expect(s.stop('10.0.0.2', 'a', '192.0.2.1')).toEqual([]);
+    expect(s.stop('10.0.0.1', 'a', '192.0.2.1').map((e) => e.cause)).toEqual(['stop']);
     expect(s.byIp('10.0.0.1')).toBeUndefined();
+  });
+
+  it('does not re-open a stopped session from a replayed Start or Interim-Update within the replay window', () => {
+    let now = 1_000;
+    const db = openDatabase({ file: ':memory:', synchronous: 'full' });
+    const s = new NetworkSessions(db, () => now, 10_000);
+    s.start(report('10.0.0.1', 'a'));
+    s.stop('10.0.0.1', 'a', '192.0.2.1');
+    now += 9_000;
+    expect(s.start(report('10.0.0.1', 'a')).ignored).toBe('stopped_session');
+    expect(s.interim(report('10.0.0.1', 'a')).ignored).toBe('stopped_session');
+    expect(s.byIp('10.0.0.1')).toBeUndefined();
+    // Another NAS may reuse the id; a new id on the same IP is a new session.
+    expect(s.start(report('10.0.0.1', 'a', IMSI, '192.0.2.2')).created).toBe(true);
+    expect(s.start(report('10.0.0.1', 'b')).created).toBe(true);
+    now += 2_000;
+    expect(s.forgetOldStops()).toBe(1);
+  });
+
+  it('honours Event-Timestamp: news older than the replay window or than the session holding the IP changes nothing', () => {
+    let now = 100_000;
+    const db = openDatabase({ file: ':memory:', synchronous: 'full' });
+    const s = new NetworkSessions(db, () => now, 10_000);
+    expect(s.start({ ...report('10.0.0.1', 'a'), eventTime: now - 20_000 }).ignored).toBe('stale_event');
+    expect(s.start({ ...report('10.0.0.1', 'b', '001010000000002'), eventTime: now - 1_000 }).created).toBe(true);
+    now += 5_000;
+    // A Start from before b began (delayed or replayed) does not evict b.
+    expect(s.start({ ...report('10.0.0.1', 'c'), eventTime: now - 8_000 }).ignored).toBe('stale_event');
+    expect(s.byIp('10.0.0.1')?.acctSessionId).toBe('b');
+    expect(s.interim({ ...report('10.0.0.1', 'b', '001010000000002'), eventTime: now - 8_000 }).created).toBe(false);
+    expect(s.start({ ...report('10.0.0.1', 'd'), eventTime: now }).created).toBe(true);
   });
 
   it('refreshes on Interim-Update, keeping what the update omits, and creates when the Start was missed', () => {

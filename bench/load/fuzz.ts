@@ -27,6 +27,12 @@ export interface FuzzResult {
   serverErrors: string[];
   /** Connections the gateway refused or reset (it may: what matters is that it stays up). */
   connectErrors: number;
+  /** CONNACK return codes seen, e.g. {"0": 120, "3": 800}. */
+  connack: Record<string, number>;
+  /** HTTP answers by status, e.g. {"408": 12, "503": 40}. */
+  httpCodes: Record<string, number>;
+  /** Stalled request bodies left open by the fuzzer: how many the gateway closed by the end, how many with a 408. */
+  stalledBodies: { opened: number; closedByGateway: number; answered408: number };
   elapsedMs: number;
 }
 
@@ -146,11 +152,11 @@ function source(): string {
 }
 
 /** Opens a connection, writes chunks (with small gaps), collects what comes back until close or deadline. */
-function exchange(port: number, chunks: Buffer[], deadlineMs: number, gapMs = 0): Promise<{ reply: Buffer; error?: string }> {
+function exchange(port: number, chunks: Buffer[], deadlineMs: number, gapMs = 0, from = source()): Promise<{ reply: Buffer; error?: string }> {
   return new Promise((resolve) => {
     const got: Buffer[] = [];
     let error: string | undefined;
-    const s = net.createConnection({ host: cmd!.host, port, localAddress: source() });
+    const s = net.createConnection({ host: cmd!.host, port, localAddress: from });
     const timer = setTimeout(() => s.destroy(), deadlineMs);
     s.on('data', (d: Buffer) => {
       if (got.reduce((a, b) => a + b.length, 0) < 65536) got.push(d);
@@ -171,7 +177,69 @@ function exchange(port: number, chunks: Buffer[], deadlineMs: number, gapMs = 0)
 }
 
 let cmd: FuzzCmd | undefined;
-const result: FuzzResult = { rounds: 0, byKind: {}, httpStatus: {}, serverErrors: [], connectErrors: 0, elapsedMs: 0 };
+const result: FuzzResult = { rounds: 0, byKind: {}, httpStatus: {}, serverErrors: [], connectErrors: 0, connack: {}, httpCodes: {}, stalledBodies: { opened: 0, closedByGateway: 0, answered408: 0 }, elapsedMs: 0 };
+
+// Floods come from one address each, as from one SIM's IP: the per-address caps are what should hold.
+const MQTT_FLOOD_SOURCE = '127.0.3.3';
+const HTTP_FLOOD_SOURCE = '127.0.3.4';
+// Over each listener's default cap per address (MQTT 64, HTTP 256).
+const FLOOD_CONNECTIONS = { mqtt: 100, http: 300 };
+const FLOOD_HOLD_MS = 1500;
+/** Stalled bodies still open; the run waits for the gateway to close them (its idle timeout), up to this long. */
+const stalled = new Set<net.Socket>();
+const STALLED_WAIT_MS = 25_000;
+
+function countConnacks(reply: Buffer): void {
+  for (let i = 0; i + 3 < reply.length; i++) {
+    if (reply[i] === 0x20 && reply[i + 1] === 2) {
+      const rc = String(reply[i + 3]);
+      result.connack[rc] = (result.connack[rc] ?? 0) + 1;
+      i += 3;
+    }
+  }
+}
+
+function countHttp(kind: string, reply: Buffer, first: Buffer): void {
+  for (const m of reply.toString('latin1').matchAll(/HTTP\/1\.[01] (\d{3})/g)) {
+    const cls = `${m[1][0]}xx`;
+    result.httpStatus[cls] = (result.httpStatus[cls] ?? 0) + 1;
+    result.httpCodes[m[1]] = (result.httpCodes[m[1]] ?? 0) + 1;
+    if (m[1][0] === '5' && m[1] !== '503' && result.serverErrors.length < 10) result.serverErrors.push(`${kind} → ${m[1]}: ${first.subarray(0, 80).toString('latin1').replace(/[^\x20-\x7e]/g, '.')}`);
+  }
+}
+
+/** Many connections at once from one address, each held FLOOD_HOLD_MS (or until the gateway closes it). */
+async function flood(port: number, from: string, count: number, first: () => Buffer): Promise<Buffer[]> {
+  const rounds = Array.from({ length: count }, () => exchange(port, [first()], FLOOD_HOLD_MS, 0, from));
+  const replies = await Promise.all(rounds);
+  for (const r of replies) if (r.error === 'ECONNREFUSED') result.connectErrors++;
+  return replies.map((r) => r.reply);
+}
+
+/** A request whose body stops after a few bytes; the fuzzer never closes it: the gateway must. */
+function stallBody(port: number): Promise<void> {
+  return new Promise((resolve) => {
+    const s = net.createConnection({ host: cmd!.host, port, localAddress: source() });
+    let reply = '';
+    result.stalledBodies.opened++;
+    stalled.add(s);
+    s.on('data', (d: Buffer) => (reply += d.toString('latin1')));
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      if (!stalled.delete(s)) return; // closed by us at the end
+      result.stalledBodies.closedByGateway++;
+      if (/^HTTP\/1\.1 408 /.test(reply)) result.stalledBodies.answered408++;
+    });
+    s.once('connect', async () => {
+      s.write(request('POST', '/topics/telemetry?qos=1', [...idHeaders(), `Content-Length: ${1000 + int(100_000)}`]));
+      for (let i = 0; i < 3 && !s.destroyed; i++) {
+        await new Promise((r) => setTimeout(r, 150));
+        s.write(bytes(1 + int(8)));
+      }
+      resolve();
+    });
+  });
+}
 
 function identity(): { imsi: string | Buffer; imei: string | Buffer } {
   const c = cmd!;
@@ -224,6 +292,12 @@ const mqttCases: Record<string, () => Buffer[]> = {
   mqtt_oversize_publish: () => {
     const id = identity();
     return [connect({ clientId: id.imei, username: id.imsi }), publish('big', Buffer.alloc(131072 + int(200_000)), 1)];
+  },
+  // Distinct retained topics of up to 100 KB each: a broker that kept them would grow without bound.
+  mqtt_retained_flood: () => {
+    const id = identity();
+    const retained = Array.from({ length: 2 + int(4) }, () => publish(`state/${int(1e9)}`, Buffer.alloc(50_000 + int(50_000), 0x72), int(2), undefined, 1));
+    return [connect({ clientId: id.imei, username: id.imsi }), ...retained];
   },
   mqtt_partial_packet: () => {
     const p = connect({ clientId: cmd!.imei, username: pick(cmd!.imsis) });
@@ -284,22 +358,29 @@ const httpCases: Record<string, () => { chunks: Buffer[]; gapMs?: number }> = {
 async function round(): Promise<void> {
   const c = cmd!;
   const useMqtt = rand() < 0.5;
-  const kinds = Object.keys(useMqtt ? mqttCases : httpCases);
+  const kinds = useMqtt ? [...Object.keys(mqttCases), 'mqtt_connection_flood'] : [...Object.keys(httpCases), 'http_connection_flood', 'http_stalled_body'];
   const kind = pick(kinds);
   result.byKind[kind] = (result.byKind[kind] ?? 0) + 1;
+  if (kind === 'mqtt_connection_flood') {
+    for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, FLOOD_CONNECTIONS.mqtt, () => connect({ clientId: `flood-${int(1e9)}`, username: pick(c.imsis), keepalive: 0 }))) countConnacks(reply);
+    return;
+  }
+  if (kind === 'http_connection_flood') {
+    const first = () => request('GET', '/v1/self', idHeaders());
+    for (const reply of await flood(c.httpPort, HTTP_FLOOD_SOURCE, FLOOD_CONNECTIONS.http, first)) countHttp(kind, reply, first());
+    return;
+  }
+  if (kind === 'http_stalled_body') return stallBody(c.httpPort);
   if (useMqtt) {
     const r = await exchange(c.mqttPort, mqttCases[kind](), 400);
     if (r.error === 'ECONNREFUSED') result.connectErrors++;
+    countConnacks(r.reply);
     return;
   }
   const { chunks, gapMs } = httpCases[kind]();
   const r = await exchange(c.httpPort, chunks, 800, gapMs);
   if (r.error === 'ECONNREFUSED') result.connectErrors++;
-  for (const m of r.reply.toString('latin1').matchAll(/HTTP\/1\.[01] (\d{3})/g)) {
-    const cls = `${m[1][0]}xx`;
-    result.httpStatus[cls] = (result.httpStatus[cls] ?? 0) + 1;
-    if (m[1][0] === '5' && result.serverErrors.length < 10) result.serverErrors.push(`${kind} → ${m[1]}: ${chunks[0].subarray(0, 80).toString('latin1').replace(/[^\x20-\x7e]/g, '.')}`);
-  }
+  countHttp(kind, r.reply, chunks[0]);
 }
 
 async function fuzz(c: FuzzCmd): Promise<FuzzResult> {
@@ -316,6 +397,10 @@ async function fuzz(c: FuzzCmd): Promise<FuzzResult> {
   };
   await Promise.all(Array.from({ length: c.concurrency }, lane));
   result.elapsedMs = Date.now() - started;
+  // Stalled bodies are the gateway's to close (its request and idle timeouts); give it the time to.
+  const waitUntil = Date.now() + STALLED_WAIT_MS;
+  while (stalled.size && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 250));
+  for (const s of [...stalled]) (stalled.delete(s), s.destroy());
   return result;
 }
 

@@ -119,7 +119,13 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       http_rounds: f.rounds - mqttRounds,
       http_2xx: f.httpStatus['2xx'] ?? 0,
       http_4xx: f.httpStatus['4xx'] ?? 0,
-      http_5xx: f.httpStatus['5xx'] ?? 0,
+      http_5xx: (f.httpStatus['5xx'] ?? 0) - (f.httpCodes['503'] ?? 0),
+      http_408: f.httpCodes['408'] ?? 0,
+      http_503: f.httpCodes['503'] ?? 0,
+      mqtt_connack_3: f.connack['3'] ?? 0,
+      stalled_bodies: f.stalledBodies.opened,
+      stalled_bodies_closed_by_gateway: f.stalledBodies.closedByGateway,
+      stalled_bodies_answered_408: f.stalledBodies.answered408,
       refused_connections: f.connectErrors,
       rss_growth_mb: rssBefore !== null && rssAfter !== null ? round((rssAfter - rssBefore) / 1024) : null,
     },
@@ -128,7 +134,8 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       'Each round opens its own connection from a random loopback source address, writes its bytes and closes after 400 ms (MQTT) or 800 ms (HTTP), or when the gateway closes first. Rounds run 16 at a time, up to `max_rounds` or `max_duration_s`.',
       'MQTT kinds: random bytes; mutated CONNECT (bit flips, insertions, deletions, truncation, a remaining length of 256 MB); CONNECTs with odd protocol names, levels, flags and client ids; a valid CONNECT followed by a mix of valid and mutated packets (wildcard/`$`/over-long/NUL topics, QoS 2, packet id 0, reserved and server-only packet types, a second CONNECT); packets before CONNECT; publishes over 128 KB; partial packets.',
       'HTTP kinds: random bytes; bad request lines; malformed, duplicated, conflicting or 70 KB headers (including Content-Length vs Transfer-Encoding); bad chunked encodings; bodies declared or sent beyond 128 KB (up to 10 GB declared, ≤ 1 MB sent); missing and malformed identities; bad paths and queries (wildcards, NUL, traversal, qos values); pipelined mixes; slow headers.',
-      '`http_5xx` counts answers that were server errors (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before (read once settled, at least ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start).',
+      'Floods: retained publishes of 50-100 KB on distinct topics after a valid CONNECT (`mqtt_retained_flood`); 100 MQTT / 300 HTTP connections at once from one address, each held 1.5 s (`mqtt_connection_flood` with keepalive 0 from 127.0.3.3, `http_connection_flood` from 127.0.3.4): past the per-address cap they get CONNACK 3 (`mqtt_connack_3`) or 503 (`http_503`); request bodies that stop after a few bytes and are never closed by the fuzzer (`http_stalled_body`): the gateway must close them (`stalled_bodies_closed_by_gateway`, with a 408: `stalled_bodies_answered_408`); the fuzzer waits up to 25 s after the last round for that.',
+      '`http_5xx` counts answers that were server errors other than the 503 of a connection cap (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before (read once settled, at least ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start).',
       ...(f.serverErrors.length ? [`Examples of 5xx: ${f.serverErrors.map((e) => '`' + e.replace(/`/g, "'") + '`').join('; ')}`] : []),
     ],
     extraMd: crashOutput.length
@@ -140,6 +147,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
 const GOALS: Goal[] = [
   { text: 'the gateway survives every round', figure: 'crashes', op: '==', target: 0 },
   { text: 'the well-behaved device loses nothing', figure: 'well_behaved_lost', op: '==', target: 0 },
+  { text: 'memory stays bounded under retained, slow-body and connection floods (≤ 20 MB)', figure: 'rss_growth_mb', op: '<=', target: 20 },
 ];
 
 export const scenario: Scenario = { title: 'malformed MQTT and HTTP input beside a well-behaved device', goals: GOALS, run: badInput };

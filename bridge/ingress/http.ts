@@ -1,16 +1,23 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
-import { Refusal, type IdentitySource } from '../identity/source.ts';
+import { Refusal, type IdentitySource, type RefusalReason } from '../identity/source.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import type { Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
-import { UplinkRefusal, type Uplink } from '../uplink.ts';
+import { UplinkRefusal, type Uplink, type UplinkRefusalReason } from '../uplink.ts';
+import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
 
 export interface HttpIngressOptions {
   host: string;
   port: number;
   maxPayloadBytes: number;
+  maxConnectionsPerAddress: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
@@ -31,21 +38,52 @@ const LISTEN_BACKLOG = 4096;
 /** Seconds a device is told to wait when the gateway cannot take its message now. */
 const RETRY_AFTER_S = 30;
 
-// Identity refusals not listed here are 403.
-const refusalStatus: Record<string, number> = {
+/** Refusals the HTTP layer itself makes (malformed requests, unknown routes). */
+type HttpProtocolReason = 'bad_request' | 'header_overflow' | 'not_found' | 'internal_error';
+type HttpRefusalReason = RefusalReason | UplinkRefusalReason | IngressLimitReason | HttpProtocolReason;
+
+// Every reason has its status: a new reason without one does not compile.
+const refusalStatus: Record<HttpRefusalReason, number> = {
   invalid_imsi: 400,
   invalid_imei: 400,
   bad_secret: 401,
+  unidentified: 403,
+  unknown_sim: 403,
+  sim_suspended: 403,
+  sim_terminated: 403,
+  imei_mismatch: 403,
+  imei_not_bound: 403,
+  imei_unknown: 403,
+  claim_mismatch: 403,
   qos_not_supported: 400,
   topic_empty: 400,
   topic_wildcard: 400,
   topic_invalid: 400,
   topic_too_long: 400,
   topic_too_deep: 400,
+  filter_invalid: 400,
   payload_too_large: 413,
   outbox_full: 503,
   storage_unavailable: 503,
+  address_connection_limit: 503,
+  sim_connection_limit: 503,
+  keepalive_refused: 400,
+  request_timeout: 408,
+  bad_request: 400,
+  header_overflow: 431,
+  not_found: 404,
+  internal_error: 500,
 };
+
+/** A refusal written straight to the socket, for requests that never reach a route (HTTP/1.1, then closed). */
+function writeRefusal(socket: Socket, reason: HttpRefusalReason, message: string): void {
+  const status = refusalStatus[reason];
+  const body = JSON.stringify({ error: reason, message });
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}
 
 function header(req: FastifyRequest, name: string): string | undefined {
   const v = req.headers[name];
@@ -56,7 +94,40 @@ function header(req: FastifyRequest, name: string): string | undefined {
 export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; listening(): boolean; close(): Promise<void> }> {
   const { metrics } = opts;
   // No fastify logger: it would make a child logger per request; failures are logged through opts.log.
-  const app = Fastify({ bodyLimit: opts.maxPayloadBytes });
+  const app = Fastify({
+    bodyLimit: opts.maxPayloadBytes,
+    // A request must arrive whole within requestTimeoutMs and never fall silent for idleTimeoutMs: a body
+    // trickled a byte at a time would otherwise hold its socket and buffers for good.
+    requestTimeout: opts.requestTimeoutMs,
+    connectionTimeout: opts.idleTimeoutMs,
+    http: { headersTimeout: opts.headersTimeoutMs, requestTimeout: opts.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs) },
+    clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket) {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const reason = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : err.code === 'HPE_HEADER_OVERFLOW' ? 'header_overflow' : 'bad_request';
+      metrics.refusals.inc({ protocol: 'http', reason });
+      writeRefusal(socket, reason, reason === 'request_timeout' ? `the request did not arrive whole within ${opts.requestTimeoutMs} ms` : err.message);
+    },
+  });
+  // Silence inside a request: answered 408. An idle keep-alive connection is just closed; one whose request
+  // arrived whole and waits for its answer (a slow commit) is left to get it.
+  app.server.on('timeout', (socket: Socket & { parser?: { incoming?: { complete: boolean } }; _httpMessage?: { writableEnded: boolean } }) => {
+    const inRequest = socket.parser?.incoming && !socket.parser.incoming.complete;
+    if (!inRequest) return socket._httpMessage && !socket._httpMessage.writableEnded ? undefined : socket.destroy();
+    metrics.refusals.inc({ protocol: 'http', reason: 'request_timeout' });
+    writeRefusal(socket, 'request_timeout', `the request was silent for ${opts.idleTimeoutMs} ms`);
+  });
+  // Past the cap, an address's requests are answered 503 (the connection is still parsed, within headersTimeoutMs).
+  const perAddress = new AddressConnections(opts.maxConnectionsPerAddress);
+  const overCap = new WeakSet<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    if (!perAddress.admit(socket)) overCap.add(socket);
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    if (!overCap.has(req.raw.socket)) return;
+    metrics.refusals.inc({ protocol: 'http', reason: 'address_connection_limit' });
+    reply.header('retry-after', String(RETRY_AFTER_S)).header('connection', 'close');
+    return reply.code(refusalStatus.address_connection_limit).send({ error: 'address_connection_limit', message: `more than ${opts.maxConnectionsPerAddress} connections from this address` });
+  });
 
   // The body is the message, byte for byte, whatever its content type.
   app.removeAllContentTypeParsers();
@@ -87,7 +158,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
   function refuse(reply: FastifyReply, refusal: Refusal) {
     metrics.refusals.inc({ protocol: 'http', reason: refusal.reason });
     if (refusal.reason === 'bad_secret') reply.header('www-authenticate', 'Bearer');
-    return reply.code(refusalStatus[refusal.reason] ?? 403).send({ error: refusal.reason, message: refusal.detail });
+    return reply.code(refusalStatus[refusal.reason]).send({ error: refusal.reason, message: refusal.detail });
   }
 
   /**
@@ -127,7 +198,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
       if (refusalStatus[err.reason] === 503) reply.header('retry-after', String(RETRY_AFTER_S));
-      return reply.code(refusalStatus[err.reason] ?? 400).send({ error: err.reason, message: err.message });
+      return reply.code(refusalStatus[err.reason]).send({ error: err.reason, message: err.message });
     }
   });
 

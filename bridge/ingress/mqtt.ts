@@ -7,7 +7,9 @@ import type { Connectivity } from '../connectivity.ts';
 import { DownlinkRefusal, type Deliver, type Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { normaliseAddress } from '../../lib/address-table.ts';
+import type { AuditLog } from '../../storage/audit.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
+import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
 
 /** Device uplink is renamed into this private space once stored, so the local broker can never route it to a device. */
 const UPLINK_SPACE = '$simbridge/uplink/';
@@ -17,17 +19,23 @@ export interface MqttIngressOptions {
   port: number;
   connectTimeoutMs: number;
   maxClientIdBytes: number;
+  maxConnectionsPerAddress: number;
+  maxConnectionsPerSim: number;
+  maxKeepAliveSeconds: number;
+  keepAliveZero: 'limit' | 'refuse';
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
   connectivity: Connectivity;
   metrics: Metrics;
+  audit: AuditLog;
   log: Logger;
 }
 
 // MQTT 3.1.1 CONNACK return codes (MQTT-3.2.2.3).
 const IDENTIFIER_REJECTED = 2;
+const SERVER_UNAVAILABLE = 3;
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
 
@@ -61,15 +69,30 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   const devices = new WeakMap<Client, AdmittedDevice>();
   const filters = new WeakMap<Client, Set<string>>();
   const byAddress = new Map<string, Set<Client>>();
-  const connectionsPerSim = new Map<string, number>();
+  const bySim = new Map<string, Set<Client>>();
+  const keepAliveRefused = new WeakSet<Client>();
   const { metrics, log } = opts;
+  const refuse = (reason: IngressLimitReason, returnCode: number, detail: string) => {
+    metrics.refusals.inc({ protocol: 'mqtt', reason });
+    return Object.assign(new Error(detail), { returnCode }) as never;
+  };
 
   const broker = await Aedes.createBroker({
     connectTimeout: opts.connectTimeoutMs,
     maxClientsIdLength: opts.maxClientIdBytes,
 
+    // MQTT-3.1.2-24: the server closes a connection silent for 1.5 x its keepalive. 3.1.1 cannot tell
+    // the device another value, so one over the limit (or 0, "never") is held to the limit here.
+    preConnect(client, packet, done) {
+      const k = packet.keepalive ?? 0;
+      if (k === 0 && opts.keepAliveZero === 'refuse') keepAliveRefused.add(client);
+      else if (k === 0 || k > opts.maxKeepAliveSeconds) packet.keepalive = opts.maxKeepAliveSeconds;
+      done(null, true);
+    },
+
     authenticate(client, username, password, done) {
       const remote = remoteAddressOf(client);
+      if (keepAliveRefused.has(client)) return done(refuse('keepalive_refused', NOT_AUTHORIZED, 'keepalive 0 is not accepted'), false);
       const claim = { imsi: username, imei: client.id, secret: password?.toString('utf8') };
       opts.admission.admit(opts.identity, remote, claim).then(
         (result) => {
@@ -79,11 +102,24 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
             const err = Object.assign(new Error(result.detail), { returnCode: connackCode(result) });
             return done(err as never, false);
           }
-          devices.set(client, result);
           // Client ids are namespaced by SIM: a device reconnecting takes over its own old connection
           // (MQTT-3.1.4-2), but two SIMs using the same client id never knock each other off.
-          client.id = `${result.sim.imsi}/${client.id}`;
-          connectionsPerSim.set(result.sim.imsi, (connectionsPerSim.get(result.sim.imsi) ?? 0) + 1);
+          const id = `${result.sim.imsi}/${client.id}`;
+          let mine = bySim.get(result.sim.imsi);
+          if (mine && mine.size >= opts.maxConnectionsPerSim && ![...mine].some((c) => c.id === id)) {
+            const detail = `the SIM already holds ${mine.size} connections`;
+            opts.audit.record('sim_connection_limit', result.sim.imsi, { remoteAddress: remote, clientId: client.id, detail });
+            log.info({ thing: result.sim.thingName, remote }, 'MQTT connection refused: SIM connection limit');
+            return done(refuse('sim_connection_limit', SERVER_UNAVAILABLE, detail), false);
+          }
+          devices.set(client, result);
+          client.id = id;
+          if (!mine) bySim.set(result.sim.imsi, (mine = new Set()));
+          mine.add(client);
+          client.conn.once('close', () => {
+            mine.delete(client);
+            if (mine.size === 0 && bySim.get(result.sim.imsi) === mine) bySim.delete(result.sim.imsi);
+          });
           let set = byAddress.get(remote);
           if (!set) byAddress.set(remote, (set = new Set()));
           set.add(client);
@@ -101,6 +137,14 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
       if (!client) return done(null); // the broker's own publishes
       const device = devices.get(client);
       if (!device) return done(new Error('not authenticated'));
+      // The local broker would keep a retained message in memory for good; IoT Core would refuse it (the
+      // device policy has no iot:RetainPublish) and a batch cannot be retained. Refused like QoS 2.
+      if (packet.retain) {
+        metrics.refusals.inc({ protocol: 'mqtt', reason: 'retain_not_supported' });
+        opts.audit.record('retain_not_supported', device.sim.imsi, { topic: packet.topic, bytes: packet.payload.length });
+        log.info({ thing: device.sim.thingName, reason: 'retain_not_supported' }, 'MQTT publish refused');
+        return done(new Error('retained messages are not supported'));
+      }
       opts.uplink.accept('mqtt', device, packet.topic, packet.payload as Buffer, packet.qos).then(
         () => {
           packet.topic = UPLINK_SPACE + packet.topic;
@@ -156,9 +200,6 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     if (set?.size === 0) byAddress.delete(remote);
     const device = devices.get(client);
     if (!device) return;
-    const left = (connectionsPerSim.get(device.sim.imsi) ?? 1) - 1;
-    if (left > 0) connectionsPerSim.set(device.sim.imsi, left);
-    else connectionsPerSim.delete(device.sim.imsi);
     for (const filter of filters.get(client) ?? []) void opts.downlink.unsubscribe(device, filter);
     filters.delete(client);
     opts.connectivity.report(device.sim, { online: false, ip: remote, via: 'mqtt' });
@@ -172,7 +213,15 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     });
   }
 
-  const server: Server = createServer(broker.handle);
+  // Past the cap an address gets CONNACK 3 to its CONNECT without a broker client being made for it.
+  const perAddress = new AddressConnections(opts.maxConnectionsPerAddress);
+  const server: Server = createServer((socket) => {
+    if (perAddress.admit(socket)) return broker.handle(socket);
+    metrics.refusals.inc({ protocol: 'mqtt', reason: 'address_connection_limit' satisfies IngressLimitReason });
+    socket.on('error', () => undefined);
+    socket.setTimeout(opts.connectTimeoutMs, () => socket.destroy());
+    socket.once('data', () => socket.end(Buffer.from([0x20, 2, 0, SERVER_UNAVAILABLE])));
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => resolve());
@@ -181,7 +230,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   return {
     port: typeof address === 'object' && address ? address.port : opts.port,
     listening: () => server.listening,
-    isConnected: (imsi: string) => connectionsPerSim.has(imsi),
+    isConnected: (imsi: string) => bySim.has(imsi),
     disconnectAddress(ip: string) {
       const set = byAddress.get(normaliseAddress(ip));
       if (!set) return 0;

@@ -8,7 +8,7 @@ import { decodeImeisv } from './threegpp.ts';
 
 export type AccountingRecord =
   | { kind: 'start' | 'interim'; report: SessionReport; imeiProblem?: string }
-  | { kind: 'stop'; ip: string; acctSessionId: string; imsi?: string }
+  | { kind: 'stop'; ip: string; acctSessionId: string; nasIp: string; imsi?: string }
   | { kind: 'nas_on' | 'nas_off'; nasIp: string; nasIdentifier: string | null };
 
 export type AccountingReason = 'bad_attribute' | 'missing_attribute' | 'invalid_attribute' | 'unsupported_status_type';
@@ -76,7 +76,7 @@ export function parseAccountingRequest(packet: Packet, sourceIp: string): Parsed
   const imsiRaw = gpp.get(Attr3gpp.Imsi);
   const imsi = imsiRaw ? readText(imsiRaw) : undefined;
   if (imsi !== undefined && !isImsi(imsi)) return fail('invalid_attribute', '3GPP-IMSI');
-  if (kind === 'stop') return { ok: true, value: { kind, ip, acctSessionId, imsi } };
+  if (kind === 'stop') return { ok: true, value: { kind, ip, acctSessionId, nasIp, imsi } };
   // Without the IMSI a session identifies no one: nothing to record.
   if (!imsi) return fail('missing_attribute', '3GPP-IMSI');
 
@@ -103,6 +103,10 @@ export function parseAccountingRequest(packet: Packet, sourceIp: string): Parsed
     if ('imei' in normal) imei = normal.imei;
     else imeiProblem = normal.problem;
   }
+  // RFC 2869 §5.3: when the event happened, in seconds since the epoch (replays carry their old one).
+  const eventRaw = top.get(Attr.EventTimestamp);
+  const eventSeconds = eventRaw ? readU32(eventRaw) : undefined;
+  if (eventRaw && eventSeconds === undefined) return fail('invalid_attribute', 'Event-Timestamp length');
   const msisdnRaw = top.get(Attr.CallingStationId);
   const report: SessionReport = {
     ip,
@@ -114,6 +118,7 @@ export function parseAccountingRequest(packet: Packet, sourceIp: string): Parsed
     nasIdentifier,
     acctSessionId,
     chargingId,
+    eventTime: eventSeconds === undefined ? null : eventSeconds * 1000,
   };
   return { ok: true, value: { kind, report, ...(imeiProblem ? { imeiProblem } : {}) } };
 }

@@ -17,6 +17,7 @@ export const Attr = {
   ProxyState: 33, // RFC 2865 §5.33: copied unmodified into the reply
   AcctStatusType: 40, // RFC 2866 §5.1
   AcctSessionId: 44, // RFC 2866 §5.5
+  EventTimestamp: 55, // RFC 2869 §5.3
 } as const;
 
 /** Acct-Status-Type values (RFC 2866 §5.1). */

@@ -11,7 +11,8 @@ import { maskId } from '../../lib/ids.ts';
 import { parseAccountingRequest, type AccountingRecord } from './accounting.ts';
 import { applyRecord, type Applied, type SessionStartCause } from './apply.ts';
 import { signAccountingResponse, verifyAccountingRequest } from './authenticator.ts';
-import { ClientTable, normaliseAddress, type RadiusClientConfig } from './clients.ts';
+import { normaliseAddress } from '../../lib/address-table.ts';
+import { ClientTable, type RadiusClientConfig } from './clients.ts';
 import { decodePacket, encodePacket, type Packet } from './codec.ts';
 import { Attr, Code } from './dictionary.ts';
 import { ReplyCache } from './reply-cache.ts';
@@ -36,7 +37,10 @@ export interface RadiusListenerOptions {
   db?: Db;
   /** How long a reply is kept for retransmissions of its request. Default 30 s. */
   replyCacheMs?: number;
-  /** Sessions with no Start/Interim-Update for this long are ended ('expired'). Default 0: never. */
+  /**
+   * Sessions with no Start/Interim-Update for this long are ended ('expired'). Default 0: never. It is
+   * also how long a stopped session is remembered against replays (a day when sessions never expire).
+   */
   sessionTimeoutMs?: number;
   /** How often to look for expired sessions. Default a quarter of sessionTimeoutMs, at most 60 s. */
   expiryIntervalMs?: number;
@@ -52,7 +56,7 @@ export interface RadiusListenerOptions {
 
 export interface RadiusCounters {
   received: number;
-  /** Applied and answered. */
+  /** Answered after their commit (ignored ones included). */
   accepted: number;
   /** Retransmissions answered from the reply cache. */
   duplicates: number;
@@ -62,6 +66,8 @@ export interface RadiusCounters {
   commits: number;
   /** Dropped without a reply, by reason. */
   dropped: Record<string, number>;
+  /** Authentic, answered, but not applied (replays of stopped sessions, stale Event-Timestamps), by reason. */
+  ignored: Record<string, number>;
 }
 
 export interface RadiusListenerEvents {
@@ -79,8 +85,11 @@ interface Pending {
 
 const silent: RadiusLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
+/** How long a stopped Acct-Session-Id is remembered against replays: the session timeout, else a day. */
+export const replayWindow = (sessionTimeoutMs: number): number => sessionTimeoutMs || 24 * 3600_000;
+
 export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
-  readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, commits: 0, dropped: {} };
+  readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, commits: 0, dropped: {}, ignored: {} };
   readonly sessions: NetworkSessions;
   private readonly clients: ClientTable;
   private readonly cache: ReplyCache;
@@ -102,14 +111,15 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     super();
     const now = opts.now ?? Date.now;
     this.clients = new ClientTable(opts.clients);
+    this.sessionTimeoutMs = opts.sessionTimeoutMs ?? 0;
+    const replayWindowMs = replayWindow(this.sessionTimeoutMs);
     if (!opts.sessions && !opts.db) throw new Error('radius listener: give sessions or db');
-    this.sessions = opts.sessions ?? new NetworkSessions(opts.db!, now);
+    this.sessions = opts.sessions ?? new NetworkSessions(opts.db!, now, replayWindowMs);
     this.cache = new ReplyCache(opts.replyCacheMs ?? 30_000, 100_000, now);
     this.log = opts.logger ?? silent;
     this.groupCommit = opts.groupCommit ?? true;
     this.maxBatch = Math.max(1, opts.maxBatch ?? 512);
-    this.sessionTimeoutMs = opts.sessionTimeoutMs ?? 0;
-    this.expiryIntervalMs = opts.expiryIntervalMs ?? Math.min(60_000, Math.max(1_000, this.sessionTimeoutMs / 4));
+    this.expiryIntervalMs = opts.expiryIntervalMs ?? Math.min(60_000, Math.max(1_000, replayWindowMs / 4));
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     // A UDP socket error (e.g. ICMP unreachable surfacing on send) is not a reason to stop listening.
     socket.on('error', (err) => this.log.error({ err }, 'radius socket error'));
@@ -117,7 +127,7 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
 
   /** Called once the socket is bound. */
   startExpiry(): void {
-    if (this.sessionTimeoutMs > 0 && !this.expiryTimer && !this.closed) {
+    if (!this.expiryTimer && !this.closed) {
       this.expiryTimer = setInterval(() => this.expireNow(), this.expiryIntervalMs).unref();
     }
   }
@@ -128,9 +138,10 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
 
   /** Ends sessions idle for longer than sessionTimeoutMs now (the timer calls this too). */
   expireNow(): EndedSession[] {
-    if (this.sessionTimeoutMs <= 0) return [];
     let ended: EndedSession[];
     try {
+      this.sessions.forgetOldStops();
+      if (this.sessionTimeoutMs <= 0) return [];
       ended = this.sessions.expire(this.sessionTimeoutMs);
     } catch (err) {
       this.log.error({ err }, 'radius session expiry failed');
@@ -230,6 +241,11 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     this.cache.fulfil(p.key, reply);
     this.counters.accepted++;
     this.send(reply, p.rinfo);
+    if (outcome.ignored) {
+      this.counters.ignored[outcome.ignored] = (this.counters.ignored[outcome.ignored] ?? 0) + 1;
+      const r = p.record.kind === 'start' || p.record.kind === 'interim' ? p.record.report : undefined;
+      this.log.warn({ reason: outcome.ignored, ip: r?.ip, imsi: r && maskId(r.imsi), source: p.rinfo.address }, 'radius record ignored (replayed or stale)');
+    }
     for (const e of outcome.ended) {
       this.log.info({ ip: e.session.ip, imsi: maskId(e.session.imsi), cause: e.cause }, 'radius session ended');
       this.emitSafe('session-end', e.session, e.cause);

@@ -1,0 +1,80 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import mqtt from 'mqtt';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Admission, AdmittedDevice } from '../bridge/admission.ts';
+import type { Connectivity } from '../bridge/connectivity.ts';
+import type { Downlink } from '../bridge/downlink.ts';
+import type { IdentitySource } from '../bridge/identity/source.ts';
+import { startMqttIngress, type MqttIngress, type MqttIngressOptions } from '../bridge/ingress/mqtt.ts';
+import { createMetrics } from '../bridge/metrics.ts';
+import type { Uplink } from '../bridge/uplink.ts';
+import type { AuditLog } from '../storage/audit.ts';
+import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
+
+// The device MQTT ingress over real sockets, with small fakes for what stands behind it (admission lets
+// every device in, uplink takes every message): what is checked here is the ingress's own work.
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+function fakes(overrides: Partial<MqttIngressOptions> = {}): MqttIngressOptions {
+  const device = { sim: { imsi: '001010000000001', thingName: 'sim-001010000000001', group: 'default' }, source: 'claimed' } as unknown as AdmittedDevice;
+  return {
+    host: '127.0.0.1',
+    port: 0,
+    connectTimeoutMs: 5000,
+    maxClientIdBytes: 128,
+    maxConnectionsPerAddress: 1000,
+    maxConnectionsPerSim: 1000,
+    maxKeepAliveSeconds: 1200,
+    keepAliveZero: 'limit',
+    identity: { name: 'claimed', identify: () => ({ imsi: device.sim.imsi, source: 'claimed' }) } as IdentitySource,
+    admission: { admit: async () => device } as unknown as Admission,
+    uplink: { accept: async () => 1 } as unknown as Uplink,
+    downlink: { subscribe: async () => 0, unsubscribe: async () => undefined } as unknown as Downlink,
+    connectivity: { report: () => undefined } as unknown as Connectivity,
+    metrics: createMetrics(),
+    audit: { record: () => undefined } as unknown as AuditLog,
+    log: pino({ level: 'silent' }),
+    ...overrides,
+  };
+}
+
+describe('device MQTT ingress', () => {
+  let ingress: MqttIngress | undefined;
+  afterEach(async () => {
+    await ingress?.close();
+    ingress = undefined;
+  });
+
+  it('keeps nothing retained in the local broker: 300 retained publishes of 100 KB leave no memory behind', async () => {
+    ingress = await startMqttIngress(fakes());
+    const url = `mqtt://127.0.0.1:${ingress.port}`;
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    for (let i = 0; i < 300; i++) {
+      // Each on its own connection: the refusal closes it, as any refused publish does in MQTT 3.1.1.
+      const client = await mqtt.connectAsync(url, deviceOptions('001010000000001', '490154203237518'));
+      await new Promise<void>((resolve) => {
+        client.once('close', () => resolve());
+        client.publish(`state/${i}`, Buffer.alloc(100_000, i % 256), { qos: 1, retain: true }, () => resolve());
+      });
+      client.end(true);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    gc();
+    const grownMb = (process.memoryUsage().arrayBuffers - before) / 1024 ** 2;
+    // Kept, they would hold 30 MB (what the old ingress did).
+    expect(grownMb).toBeLessThan(5);
+  }, 60_000);
+
+  it('refuses keepalive 0 with CONNACK 5 when so configured, and takes a bounded keepalive', async () => {
+    ingress = await startMqttIngress(fakes({ keepAliveZero: 'refuse' }));
+    const url = `mqtt://127.0.0.1:${ingress.port}`;
+    expect((await connectDevice(url, deviceOptions('001010000000001', '490154203237518', { keepalive: 0 }))).code).toBe(5);
+    const ok = await connectDevice(url, deviceOptions('001010000000001', '490154203237518', { keepalive: 60 }));
+    expect(ok.code).toBe(0);
+    ok.client.end(true);
+  });
+});
