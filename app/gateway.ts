@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
+import { assertPrivateDirectory, freeBytes } from '../storage/files.ts';
 import { AuditLog } from '../storage/audit.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
@@ -55,6 +56,8 @@ export interface Gateway {
 
 
 export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
+  // Outside the sandbox the data directory holds real payloads and identifiers: it must be private.
+  if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
   const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
   try {
     const cipher = new KeyCipher(
@@ -223,6 +226,13 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   const schedules = new BatchSchedules((g) => dispatcher.release(g));
   schedules.apply(config.groups);
 
+  const diskHasRoom = () => {
+    try {
+      return freeBytes(config.dataDir) >= config.storage.minFreeMb * 1024 * 1024;
+    } catch {
+      return false;
+    }
+  };
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
         db,
@@ -231,7 +241,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
         metrics: metrics.registry,
         log: log.child({ component: 'admin' }),
         ready: () => {
-          const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening() };
+          // A full disk makes every commit fail (503 to devices): a balancer should send them elsewhere.
+          const checks = { database: db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening() };
           return { ok: Object.values(checks).every(Boolean), checks };
         },
         groups: () => config.groups,

@@ -1,7 +1,8 @@
 import Database from 'better-sqlite3';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prepareDatabaseFile, StorageError } from './files.ts';
 
 export type Db = Database.Database;
 
@@ -15,11 +16,25 @@ export interface OpenOptions {
   cacheMb?: number;
 }
 
-/** Opens the database in WAL mode and applies pending migrations (storage/migrations/NNN_name.sql, in order). */
+/**
+ * Opens the database in WAL mode (files private to this user: storage/files.ts) and applies pending
+ * migrations (storage/migrations/NNN_name.sql, in order).
+ */
 export function openDatabase(opts: OpenOptions): Db {
-  if (opts.file !== ':memory:') mkdirSync(dirname(opts.file), { recursive: true });
-  const db = new Database(opts.file);
-  db.pragma('journal_mode = WAL');
+  if (opts.file !== ':memory:') prepareDatabaseFile(opts.file);
+  const failed = (err: unknown) => new StorageError(`cannot open the database ${opts.file}: ${(err as Error).message}`);
+  let db: Db;
+  try {
+    db = new Database(opts.file);
+  } catch (err) {
+    throw failed(err);
+  }
+  try {
+    db.pragma('journal_mode = WAL');
+  } catch (err) {
+    db.close();
+    throw failed(err);
+  }
   db.pragma(`synchronous = ${opts.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
   db.pragma('foreign_keys = ON');
   if (opts.cacheMb) db.pragma(`cache_size = ${-Math.round(opts.cacheMb * 1024)}`);
