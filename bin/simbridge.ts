@@ -168,7 +168,7 @@ function printBanner(config: Config, gateway: { mqttPort: number; httpPort: numb
     `  device HTTP  ${config.listeners.http.host}:${gateway.httpPort}  (identity: ${config.listeners.http.identity})`,
   ];
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
-  if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
+  if (gateway.adminPort !== undefined) lines.push(`  admin        ${config.admin.tls ? 'https' : 'http'}://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,

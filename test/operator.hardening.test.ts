@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { parse, stringify } from 'yaml';
@@ -112,6 +113,25 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
       expect(await res.json()).toMatchObject({ status: 'not ready', checks: { database: true, disk: false } });
     } finally {
       await full.kill();
+    }
+  });
+
+  it('serves the admin API over HTTPS with admin.tls', async () => {
+    const sub = tempDir('operator-tls');
+    const file = (await gatewayConfig(sub, sandbox)).file;
+    // The sandbox's server certificate names localhost and 127.0.0.1: good enough for an admin server.
+    patchConfig(file, (cfg) => (cfg.admin = { port: 0, tls: { certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile } }));
+    const tls = await startGatewayProcess(file);
+    try {
+      expect(tls.output).toMatch(/admin\s+https:\/\/127\.0\.0\.1:\d+/);
+      const status = await new Promise<number>((resolve, reject) =>
+        httpsGet({ host: '127.0.0.1', port: tls.adminPort, path: '/healthz', ca: readFileSync(sandbox.caFile) }, (res) => (res.resume(), resolve(res.statusCode ?? 0))).on('error', reject),
+      );
+      expect(status).toBe(200);
+      // Plain HTTP on the same port gets no answer it could mistake for the API.
+      await expect(fetch(`http://127.0.0.1:${tls.adminPort}/healthz`).then((r) => r.status)).rejects.toThrow();
+    } finally {
+      await tls.kill();
     }
   });
 

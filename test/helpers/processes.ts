@@ -170,6 +170,6 @@ export async function startGatewayProcess(configFile: string): Promise<GatewayPr
     mqttPort: port('device MQTT'),
     httpPort: port('device HTTP'),
     radiusPort: optional(/RADIUS acct\s+\S+:(\d+)\/udp/),
-    adminPort: optional(/admin\s+http:\/\/\S+:(\d+)/),
+    adminPort: optional(/admin\s+https?:\/\/\S+:(\d+)/),
   });
 }
