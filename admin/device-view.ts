@@ -62,6 +62,7 @@ export const deviceViewSchema = {
     connected: { type: ['boolean', 'null'], description: 'holds a device connection now; null when the gateway does not say' },
     online: { type: 'boolean', description: 'a network session, a connection, or a message within admin.onlineWindowSeconds' },
     lastMessageAt: nullableTime,
+    deliveredAt: { ...nullableTime, description: 'when a message the device sent first reached IoT Core since its IMEI was last bound; null while none has' },
     recentEvents: { type: 'array', items: auditEventRef },
   },
 } as const;
@@ -137,6 +138,7 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
     connected,
     online,
     lastMessageAt: iso(lastMessageAt),
+    deliveredAt: iso(sim.deliveredAt),
     recentEvents: deps.audit.query({ imsi, limit: 20 }).map((e) => ({ ...e, at: iso(e.at)! })),
   };
 }

@@ -322,6 +322,8 @@ export class Dispatcher {
     // After a read that found the queue empty, read again only once this drain is done: rows committed
     // meanwhile wake the pump, which drains again (a read per acknowledgement found nothing 9 times in 10).
     let exhausted = false;
+    // The first delivery of a device's own message since its binding is noted once (the installer's "Done").
+    let deliveryNoted = sim.deliveredAt !== null;
     while (failure === undefined && !this.stopped) {
       // A suspect goes alone, so a refusal is pinned on the right unit.
       const window = cursor.suspect !== undefined ? 1 : this.opts.maxInflight;
@@ -359,6 +361,11 @@ export class Dispatcher {
             () => {
               this.count(sim, unit);
               this.opts.outbox.remove(unit.rows);
+              // Rows on $-topics are the gateway's own (shadow reports), not the device's.
+              if (!deliveryNoted && unit.rows.some((r) => !r.deviceTopic.startsWith('$'))) {
+                deliveryNoted = true;
+                this.opts.sims.markDelivered(sim.imsi);
+              }
               if (cursor.suspect === first) {
                 cursor.suspect = undefined;
                 this.attempts.delete(first);
