@@ -48,6 +48,7 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
   };
   const text = (selector: string) => page.locator(selector).innerText();
 
+  // A sandbox, three CLI runs, the gateway and Chromium start here: more than the default hook time on a busy machine.
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
     control = await startTcpProxy(Number(new URL(sandbox.controlEndpoint).port));
@@ -83,7 +84,7 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
     });
     const context = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: 'en-GB' });
     page = await context.newPage();
-  });
+  }, 180_000);
 
   afterAll(async () => {
     await browser?.close();

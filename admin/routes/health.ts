@@ -22,7 +22,7 @@ export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
         config: { access: 'public' },
         schema: {
           tags: ['operations'],
-          summary: 'readiness: the database is open and every listener is up',
+          summary: 'readiness: the database is open, its disk has room (storage.minFreeMb) and every listener is up',
           response: {
             '2xx': { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
             503: { type: 'object', properties: { status: { type: 'string' }, checks: { type: 'object', additionalProperties: { type: 'boolean' } } } },
