@@ -15,10 +15,10 @@ import { startTcpProxy } from './helpers/tcp-proxy.ts';
 const chromiumPath = findPeer('chromium', 'chromium');
 // The committed screenshot is refreshed only on request (SIMBRIDGE_UPDATE_SCREENSHOT=1), so a test run
 // does not rewrite a tracked file; otherwise it goes to a temp directory.
-const SCREENSHOT =
-  process.env.SIMBRIDGE_UPDATE_SCREENSHOT === '1'
-    ? fileURLToPath(new URL('../docs/installer.png', import.meta.url))
-    : join(mkdtempSync(join(tmpdir(), 'simbridge-installer-')), 'installer.png');
+const screenshot = (name: string) =>
+  process.env.SIMBRIDGE_UPDATE_SCREENSHOT === '1' ? fileURLToPath(new URL(`../docs/${name}`, import.meta.url)) : join(mkdtempSync(join(tmpdir(), 'simbridge-installer-')), name);
+const SCREENSHOT = screenshot('installer.png');
+const SCREENSHOT_WAITING = screenshot('installer-waiting.png');
 
 const withLuhn = (body: string) => body + luhnDigit(body);
 const SIM = { imsi: '001010000002001', iccid: withLuhn('898821100000200100') };
@@ -158,6 +158,8 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
     expect(await text('#chk-delivered')).toContain('Not delivered to IoT Core yet');
     expect(await text('#chk-cert')).toContain('Certificate not issued yet');
     expect(await text('#status-msg')).not.toContain('Done');
+    mkdirSync(dirname(SCREENSHOT_WAITING), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT_WAITING, fullPage: true });
 
     // The backhaul comes back: the certificate is issued and the message delivered.
     control.setOpen(true);
