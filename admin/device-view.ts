@@ -59,6 +59,7 @@ export const deviceViewSchema = {
     connected: { type: ['boolean', 'null'], description: 'holds a device connection now; null when the gateway does not say' },
     online: { type: 'boolean', description: 'a network session, or a message from the device within admin.onlineWindowSeconds (as in the fleet listing)' },
     lastMessageAt: nullableTime,
+    deliveredAt: { ...nullableTime, description: 'when a message the device sent first reached IoT Core since its IMEI was last bound; null while none has' },
     recentEvents: { type: 'array', items: auditEventRef },
   },
 } as const;
@@ -113,6 +114,7 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
     connected,
     online,
     lastMessageAt: iso(lastMessageAt),
+    deliveredAt: iso(sim.deliveredAt),
     recentEvents: stores.audit.query({ imsi, limit: 20 }).items.map((e) => ({ ...e, at: iso(e.at)! })),
   };
 }

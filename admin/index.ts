@@ -1,6 +1,8 @@
+import { readFileSync } from 'node:fs';
 import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError } from 'fastify';
 import { Counter } from 'prom-client';
+import { AddressTable } from '../lib/address-table.ts';
 import { sqliteStores } from '../storage/index.ts';
 import { FailureLimiter } from './auth/failure-limiter.ts';
 import { installGuard } from './auth/guard.ts';
@@ -34,7 +36,12 @@ export interface AdminServer {
  */
 export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<AdminServer> {
   const log = deps.maskIdentifiers === false ? deps.log : deps.log.child({}, maskingLoggerOptions(true));
+  const trusted = new AddressTable<true>();
+  for (const proxy of config.trustProxy) trusted.add(proxy, true);
   const app = Fastify({
+    // Only listed proxies may say who the client is (X-Forwarded-For); anyone else is its own socket address.
+    trustProxy: trusted.size ? (address: string) => trusted.lookup(address) === true : false,
+    ...(config.tls ? { https: { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } } : {}),
     // pino's Logger and fastify's base logger type differ only in generics; the instance is the same.
     loggerInstance: log as FastifyBaseLogger,
     // Request lines would carry IMSIs in URLs; failures are audited and errors logged (masked) instead.

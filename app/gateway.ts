@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores, type Stores } from '../storage/index.ts';
+import { assertPrivateDirectory, freeBytes } from '../storage/files.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
 import { createVending } from '../vending/index.ts';
@@ -59,6 +60,8 @@ export interface Gateway {
 
 
 export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
+  // Outside the sandbox the data directory holds real payloads and identifiers: it must be private.
+  if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
   const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
   try {
     const cipher = new KeyCipher(
@@ -237,6 +240,13 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   const schedules = new BatchSchedules((g) => dispatcher.release(g));
   schedules.apply(config.groups);
 
+  const diskHasRoom = () => {
+    try {
+      return freeBytes(config.dataDir) >= config.storage.minFreeMb * 1024 * 1024;
+    } catch {
+      return false;
+    }
+  };
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
         sims,
@@ -246,7 +256,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         log: log.child({ component: 'admin' }),
         ready: () => {
           const upstream = health.checks();
-          const checks = { database: db.open, mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
+          // A full disk makes every commit fail (503 to devices): a balancer should send them elsewhere.
+          const checks = { database: db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
           // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
           const warnings = identityFindings(config).filter((f) => f.severity !== 'note').map(describeFinding);
           return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons, warnings };

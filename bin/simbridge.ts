@@ -205,7 +205,7 @@ function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): vo
   if (gateway.coapPort !== undefined) lines.push(`  device CoAP  ${config.listeners.coap.host}:${gateway.coapPort}/udp  (identity: ${config.listeners.coap.identity})`);
   if (gateway.udpPort !== undefined) lines.push(`  device UDP   ${config.listeners.udp.host}:${gateway.udpPort}/udp  (identity: ${config.listeners.udp.identity})`);
   if (gateway.radiusPort !== undefined) lines.push(`  RADIUS acct  ${config.radius.host}:${gateway.radiusPort}/udp`);
-  if (gateway.adminPort !== undefined) lines.push(`  admin        http://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
+  if (gateway.adminPort !== undefined) lines.push(`  admin        ${config.admin.tls ? 'https' : 'http'}://${config.admin.host}:${gateway.adminPort}  (/metrics, /healthz, /readyz)`);
   if (sandbox) {
     lines.push(
       `  sandbox      control ${sandbox.controlEndpoint}, data mqtts://${sandbox.dataHost}:${sandbox.dataPort}, observer mqtt://127.0.0.1:${sandbox.observerPort}`,

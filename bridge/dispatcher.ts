@@ -334,8 +334,15 @@ export class Dispatcher {
     // After a read that found the queue empty, read again only once this drain is done: rows committed
     // meanwhile wake the pump, which drains again (a read per acknowledgement found nothing 9 times in 10).
     let exhausted = false;
+    // The first delivery of a device's own message since its binding is noted once (the installer's "Done").
+    let deliveryNoted = sim.deliveredAt !== null;
     const acked = (unit: Unit, inDoubt: Suspect | undefined) => {
       this.count(sim, unit);
+      // Rows on $-topics are the gateway's own (shadow reports), not the device's.
+      if (!deliveryNoted && unit.rows.some((r) => !r.deviceTopic.startsWith('$'))) {
+        deliveryNoted = true;
+        this.opts.sims.markDelivered(sim.imsi);
+      }
       // A suspect goes alone and first: once that unit is acknowledged, the doubt is gone.
       if (inDoubt && lane.suspect === inDoubt) lane.suspect = undefined;
     };

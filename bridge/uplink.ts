@@ -107,7 +107,7 @@ export class Uplink {
   private check(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {
     const { limits } = this.opts;
     // IoT Core has no QoS 2; we refuse it rather than silently downgrade.
-    if (qos !== 0 && qos !== 1) throw new UplinkRefusal('qos_not_supported', 'QoS 2 is not supported; use QoS 0 or 1');
+    if (qos !== 0 && qos !== 1) throw new UplinkRefusal('qos_not_supported', `QoS ${qos} is not supported; use QoS 0 or 1`);
     if (payload.length > limits.maxPayloadBytes) {
       throw new UplinkRefusal('payload_too_large', `payload of ${payload.length} bytes exceeds ${limits.maxPayloadBytes}`);
     }

@@ -1,5 +1,7 @@
+import { BlockList, isIP } from 'node:net';
 import { validate as validCron } from 'node-cron';
 import { z } from 'zod';
+import { AddressTable } from '../lib/address-table.ts';
 
 const days = (dflt: number, what: string) => z.number().int().min(0).default(dflt).describe(`${what}; 0 keeps them forever`);
 
@@ -30,12 +32,48 @@ export const privacySection = z
   .strict()
   .prefault({});
 
+const loopback = new BlockList();
+loopback.addSubnet('127.0.0.0', 8, 'ipv4');
+loopback.addAddress('::1', 'ipv6');
+
+/** True for an address only this host can reach (127.0.0.0/8, ::1, localhost). */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  const family = isIP(host);
+  return family !== 0 && loopback.check(host, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/** An address or CIDR block, checked the way lib/address-table.ts reads it. */
+const addressOrBlock = z.string().superRefine((s, ctx) => {
+  try {
+    new AddressTable<true>().add(s, true);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+  }
+});
+
 /** The admin API, installer page, metrics and health endpoints. */
 export const adminSection = z
   .object({
     enabled: z.boolean().default(true).describe('serve the admin API, installer page, /metrics and health'),
-    host: z.string().default('127.0.0.1').describe('address the admin server binds (never the device ports)'),
+    host: z.string().default('127.0.0.1').describe('address the admin server binds (never the device ports); other than loopback it needs admin.tls or admin.allowPlainHttp'),
     port: z.number().int().min(0).max(65535).default(9090).describe('admin server port'),
+    tls: z
+      .object({
+        certFile: z.string().min(1).describe('PEM certificate chain the admin server presents'),
+        keyFile: z.string().min(1).describe('PEM private key of that certificate'),
+      })
+      .strict()
+      .optional()
+      .describe('serve the admin API over HTTPS (tokens are bearer headers: never send them in clear across a network)'),
+    allowPlainHttp: z
+      .boolean()
+      .default(false)
+      .describe('accept plain HTTP on an admin.host other than loopback: tokens then cross the network in clear'),
+    trustProxy: z
+      .array(addressOrBlock)
+      .default([])
+      .describe('addresses or CIDR blocks of reverse proxies in front of the admin server; their X-Forwarded-For names the client, which failed sign-ins are then counted against'),
     onlineWindowSeconds: z
       .number()
       .int()
@@ -44,13 +82,13 @@ export const adminSection = z
       .describe('a SIM without a network session counts as online this long after its last message'),
     auth: z
       .object({
-        maxFailures: z.number().int().positive().default(10).describe('failed sign-ins allowed per source address within the window'),
+        maxFailures: z.number().int().positive().default(10).describe('failed sign-ins allowed per client address, and per token prefix, within the window'),
         failureWindowSeconds: z
           .number()
           .int()
           .positive()
           .default(300)
-          .describe('window of the failure count; an address over the limit is refused until its window ends'),
+          .describe('window of the failure count; a client address or token prefix over the limit gets 429 for invalid tokens until its window ends (a valid token is never refused)'),
       })
       .strict()
       .prefault({}),
@@ -65,4 +103,14 @@ export const adminSection = z
     retention: retentionSection,
   })
   .strict()
+  .superRefine((a, ctx) => {
+    // Bearer tokens in clear on a network anyone can sniff hand over the fleet: refuse it unless asked for.
+    if (a.enabled && !isLoopback(a.host) && !a.tls && !a.allowPlainHttp) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['host'],
+        message: `${a.host} is not a loopback address and the admin server has no TLS: set admin.tls, or bind 127.0.0.1 behind a TLS proxy, or set admin.allowPlainHttp: true to accept tokens in clear`,
+      });
+    }
+  })
   .prefault({});

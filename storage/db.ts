@@ -1,7 +1,8 @@
 import Database from 'better-sqlite3';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prepareDatabaseFile, StorageError } from './files.ts';
 
 export type Db = Database.Database;
 
@@ -15,11 +16,25 @@ export interface OpenOptions {
   cacheMb?: number;
 }
 
-/** Opens the database in WAL mode and applies pending migrations (storage/migrations/NNN_name.sql, in order). */
+/**
+ * Opens the database in WAL mode (files private to this user: storage/files.ts) and applies pending
+ * migrations (storage/migrations/NNN_name.sql, in order).
+ */
 export function openDatabase(opts: OpenOptions): Db {
-  if (opts.file !== ':memory:') mkdirSync(dirname(opts.file), { recursive: true });
-  const db = new Database(opts.file);
-  db.pragma('journal_mode = WAL');
+  if (opts.file !== ':memory:') prepareDatabaseFile(opts.file);
+  const failed = (err: unknown) => new StorageError(`cannot open the database ${opts.file}: ${(err as Error).message}`);
+  let db: Db;
+  try {
+    db = new Database(opts.file);
+  } catch (err) {
+    throw failed(err);
+  }
+  try {
+    db.pragma('journal_mode = WAL');
+  } catch (err) {
+    db.close();
+    throw failed(err);
+  }
   db.pragma(`synchronous = ${opts.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
   db.pragma('foreign_keys = ON');
   if (opts.cacheMb) db.pragma(`cache_size = ${-Math.round(opts.cacheMb * 1024)}`);
@@ -33,6 +48,10 @@ function migrate(db: Db): void {
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
   const applied = new Set(db.prepare('SELECT version FROM schema_migrations').pluck().all() as number[]);
   const files = readdirSync(migrationsDir).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
+  // Two files with one version: the second would be skipped silently as already applied.
+  const versions = files.map((f) => Number(f.split('_')[0]));
+  const twice = versions.find((v, i) => versions.indexOf(v) !== i);
+  if (twice !== undefined) throw new Error(`storage/migrations: two migrations are numbered ${twice}`);
   for (const file of files) {
     const version = Number(file.split('_')[0]);
     if (applied.has(version)) continue;

@@ -19,6 +19,8 @@ export interface Sim {
   secretHash: string | null;
   createdAt: number;
   lastSeenAt: number | null;
+  /** First delivery upstream of a message the device sent, since its IMEI was last bound. */
+  deliveredAt: number | null;
 }
 
 interface SimRow {
@@ -34,6 +36,7 @@ interface SimRow {
   secret_hash: string | null;
   created_at: number;
   last_seen_at: number | null;
+  delivered_at: number | null;
 }
 
 /** Fleet listing filters; every one given must hold. */
@@ -99,6 +102,7 @@ function fromRow(r: SimRow): Sim {
     secretHash: r.secret_hash,
     createdAt: r.created_at,
     lastSeenAt: r.last_seen_at,
+    deliveredAt: r.delivered_at ?? null,
   };
 }
 
@@ -118,6 +122,7 @@ export class SimStore {
   private readonly getStmt;
   private readonly insertStmt;
   private readonly seenStmt;
+  private readonly deliveredStmt;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare('SELECT * FROM sims WHERE imsi = ?');
@@ -127,6 +132,7 @@ export class SimStore {
        ON CONFLICT (imsi) DO NOTHING`,
     );
     this.seenStmt = db.prepare('UPDATE sims SET last_seen_at = ? WHERE imsi = ?');
+    this.deliveredStmt = db.prepare('UPDATE sims SET delivered_at = ? WHERE imsi = ? AND delivered_at IS NULL');
   }
 
   get(imsi: string): Sim | undefined {
@@ -184,6 +190,17 @@ export class SimStore {
 
   markSeen(imsi: string, at = Date.now()): void {
     this.seenStmt.run(at, imsi);
+  }
+
+  /**
+   * Notes that a message of the SIM reached IoT Core, once per binding (a rebind clears it: migration
+   * 008). Only this SIM's cached record changes: clearing the whole routing cache on every first delivery
+   * would make a first-contact wave read every SIM again.
+   */
+  markDelivered(imsi: string, at = Date.now()): void {
+    if (this.deliveredStmt.run(at, imsi).changes === 0) return;
+    const cached = this.routing.get(imsi);
+    if (cached) this.routing.set(imsi, { ...cached, deliveredAt: at });
   }
 
   /**

@@ -1,6 +1,5 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
@@ -10,15 +9,16 @@ import { luhnDigit } from '../lib/ids.ts';
 import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { deviceOptions } from './helpers/mqtt.ts';
-import { gatewayConfig, startGatewayProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const chromiumPath = findPeer('chromium', 'chromium');
 // The committed screenshot is refreshed only on request (SIMBRIDGE_UPDATE_SCREENSHOT=1), so a test run
 // does not rewrite a tracked file; otherwise it goes to a temp directory.
-const SCREENSHOT =
-  process.env.SIMBRIDGE_UPDATE_SCREENSHOT === '1'
-    ? fileURLToPath(new URL('../docs/installer.png', import.meta.url))
-    : join(mkdtempSync(join(tmpdir(), 'simbridge-installer-')), 'installer.png');
+const screenshot = (name: string) =>
+  process.env.SIMBRIDGE_UPDATE_SCREENSHOT === '1' ? fileURLToPath(new URL(`../docs/${name}`, import.meta.url)) : join(mkdtempSync(join(tmpdir(), 'simbridge-installer-')), name);
+const SCREENSHOT = screenshot('installer.png');
+const SCREENSHOT_WAITING = screenshot('installer-waiting.png');
 
 const withLuhn = (body: string) => body + luhnDigit(body);
 const SIM = { imsi: '001010000002001', iccid: withLuhn('898821100000200100') };
@@ -28,30 +28,13 @@ const IMEI = withLuhn('35345678000071');
 const OTHER_IMEI = withLuhn('35345678000072');
 const WRONG_LUHN = IMEI.slice(0, -1) + ((Number(IMEI.at(-1)) + 5) % 10);
 
-/**
- * A control plane and data plane that accept connections and never answer: IoT Core out of reach. The
- * device's first message then waits, durable, in the outbox, which is what an installer sees on a site
- * whose backhaul is slow, and it keeps the test independent of how fast vending is.
- */
-function unreachableCloud(): Promise<{ port: number; close(): void }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((s) => (sockets.add(s), s.on('close', () => sockets.delete(s))));
-  return new Promise((resolve) =>
-    server.listen(0, '127.0.0.1', () =>
-      resolve({
-        port: (server.address() as { port: number }).port,
-        close: () => {
-          for (const s of sockets) s.destroy();
-          server.close();
-        },
-      }),
-    ),
-  );
-}
-
 describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
   const dir = tempDir('admin-installer');
-  let cloud: { port: number; close(): void };
+  let sandbox: SandboxProcess;
+  // IoT Core (the sandbox) behind relays that start closed: the site's backhaul is down, so the device's
+  // first message waits, durable, on the gateway until they open.
+  let control: Awaited<ReturnType<typeof startTcpProxy>>;
+  let data: Awaited<ReturnType<typeof startTcpProxy>>;
   let gateway: GatewayProcess;
   let browser: Browser;
   let page: Page;
@@ -65,12 +48,19 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
   };
   const text = (selector: string) => page.locator(selector).innerText();
 
+  // A sandbox, three CLI runs, the gateway and Chromium start here: more than the default hook time on a busy machine.
   beforeAll(async () => {
-    cloud = await unreachableCloud();
-    const caFile = join(dir, 'unused-ca.pem');
-    writeFileSync(caFile, '');
-    const cloudEndpoint = { controlEndpoint: `http://127.0.0.1:${cloud.port}`, dataPort: cloud.port, caFile } as SandboxProcess;
-    const { file } = await gatewayConfig(dir, cloudEndpoint, { groups: { default: { lock: 'first-contact' }, fleet: { lock: 'locked' } } });
+    sandbox = await startSandboxProcess(dir);
+    control = await startTcpProxy(Number(new URL(sandbox.controlEndpoint).port));
+    data = await startTcpProxy(sandbox.dataPort);
+    control.setOpen(false);
+    data.setOpen(false);
+    const endpoint = new URL(sandbox.controlEndpoint);
+    const cloud = { ...sandbox, controlEndpoint: `${endpoint.protocol}//${endpoint.hostname}:${control.port}`, dataPort: data.port };
+    const { file } = await gatewayConfig(dir, cloud, {
+      groups: { default: { lock: 'first-contact' }, fleet: { lock: 'locked' } },
+      vending: { retryDelayMs: 200, retryMaxDelayMs: 1000 },
+    });
     const operator = await token(file, 'operator', 'ops');
     installer = await token(file, 'installer', 'Ana');
     gateway = await startGatewayProcess(file);
@@ -94,12 +84,14 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
     });
     const context = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: 'en-GB' });
     page = await context.newPage();
-  });
+  }, 180_000);
 
   afterAll(async () => {
     await browser?.close();
     await gateway?.kill('SIGKILL');
-    cloud?.close();
+    await control?.close();
+    await data?.close();
+    await sandbox?.process.kill();
   });
 
   it('refuses a wrong token, then signs in with an installer token', async () => {
@@ -138,7 +130,7 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
     expect(await page.isVisible('#force')).toBe(true);
   });
 
-  it('finds a SIM by the last digits of its ICCID, rejects a wrong IMEI check digit, binds, and shows the device coming online', async () => {
+  it('finds a SIM by the last digits of its ICCID, rejects a wrong IMEI check digit, binds, and says "Done" only once IoT Core has the first message', async () => {
     await page.fill('#q', SIM.iccid.slice(-6));
     await page.click('#find-form button');
     await expect.poll(() => text('#sim-facts')).toContain(SIM.imsi);
@@ -161,7 +153,20 @@ describe.skipIf(!chromiumPath)('the installer page in a phone browser', () => {
     await device.endAsync();
     await expect.poll(() => text('#chk-message'), { timeout: 15_000, interval: 500 }).toContain('First message received');
     await expect.poll(() => text('#chk-online')).toContain('Device online');
-    await expect.poll(() => text('#status-msg')).toContain('Done: the device is online and sending');
+    // Received and stored, but IoT Core is out of reach: the certificate cannot be issued yet.
+    await expect.poll(() => text('#status-msg'), { timeout: 15_000, interval: 500 }).toContain("Waiting for the device's certificate");
+    expect(await text('#chk-delivered')).toContain('Not delivered to IoT Core yet');
+    expect(await text('#chk-cert')).toContain('Certificate not issued yet');
+    expect(await text('#status-msg')).not.toContain('Done');
+    mkdirSync(dirname(SCREENSHOT_WAITING), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT_WAITING, fullPage: true });
+
+    // The backhaul comes back: the certificate is issued and the message delivered.
+    control.setOpen(true);
+    data.setOpen(true);
+    await expect.poll(() => text('#status-msg'), { timeout: 45_000, interval: 500 }).toContain('Done: the device is working. Its first message reached IoT Core.');
+    expect(await text('#chk-cert')).toContain('Certificate issued');
+    expect(await text('#chk-delivered')).toContain('Delivered to IoT Core');
 
     mkdirSync(dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });

@@ -23,6 +23,8 @@ const PUBLIC = new Set([
 
 const IMSI = '001010000000701';
 const MAX_FAILURES = 5;
+// Source addresses the gateway treats as its reverse proxies (admin.trustProxy).
+const PROXIES = '127.0.4.0/24';
 
 interface Route {
   method: string;
@@ -49,6 +51,11 @@ describe('admin API access control', () => {
   let nextAddress = 1;
   const freshAddress = () => `127.0.1.${nextAddress++}`;
 
+  const writeYamlFile = (name: string, value: unknown) => {
+    const file = join(dir, name);
+    writeFileSync(file, stringify(value));
+    return file;
+  };
   const call = (from: string, method: string, path: string, token?: string, body?: unknown) =>
     httpFrom(from, gateway.adminPort!, method, path, {
       headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
@@ -59,7 +66,7 @@ describe('admin API access control', () => {
     sandbox = await startSandboxProcess(dir);
     configFile = (await gatewayConfig(dir, sandbox)).file;
     const cfg = parse(readFileSync(configFile, 'utf8'));
-    cfg.admin = { port: 0, auth: { maxFailures: MAX_FAILURES, failureWindowSeconds: 60 } };
+    cfg.admin = { port: 0, auth: { maxFailures: MAX_FAILURES, failureWindowSeconds: 60 }, trustProxy: [PROXIES] };
     writeFileSync(configFile, stringify(cfg));
     operator = (await createToken(configFile, 'operator')).token;
     installer = (await createToken(configFile, 'installer')).token;
@@ -87,7 +94,8 @@ describe('admin API access control', () => {
   });
 
   it('refuses a missing token, a wrong token and too low a role on every protected route', async () => {
-    const wrong = `sbt_${randomBytes(32).toString('base64url')}`;
+    // A fresh wrong token per route: failures also count per token prefix.
+    const wrong = () => `sbt_${randomBytes(32).toString('base64url')}`;
     const problems: string[] = [];
     const protectedRoutes = routes.filter((r) => r.access !== 'public');
     expect(protectedRoutes.length).toBeGreaterThan(10);
@@ -97,8 +105,8 @@ describe('admin API access control', () => {
       const from = freshAddress();
       const cases: Array<{ what: string; token?: string; want: number }> = [
         { what: 'no token', want: 401 },
-        { what: 'a wrong token', token: wrong, want: 401 },
-        { what: 'a malformed header', token: 'not-a-token', want: 401 },
+        { what: 'a wrong token', token: wrong(), want: 401 },
+        { what: 'a malformed header', token: `${randomBytes(6).toString('hex')}-not-a-token`, want: 401 },
       ];
       if (route.access === 'operator') cases.push({ what: 'an installer token', token: installer, want: 403 });
       for (const c of cases) {
@@ -131,15 +139,70 @@ describe('admin API access control', () => {
     expect(unknown.body).toMatchObject({ error: 'unknown_kind', message: expect.stringContaining('"admin_auth_faild"') });
   });
 
-  it('throttles an address after repeated failures, even for a right token, and leaves other addresses alone', async () => {
+  it('throttles invalid tokens from an address after repeated failures, never a valid token, and leaves other addresses alone', async () => {
     const attacker = '127.0.2.1';
     for (let i = 0; i < MAX_FAILURES; i++) expect((await call(attacker, 'GET', '/v1/stats', 'sbt_guess' + i)).status).toBe(401);
-    const blocked = await call(attacker, 'GET', '/v1/stats', operator);
+    const blocked = await call(attacker, 'GET', '/v1/stats', 'sbt_guess-next');
     expect(blocked.status).toBe(429);
     expect(Number(blocked.headers['retry-after'])).toBeGreaterThan(0);
+    expect((await call(attacker, 'GET', '/v1/stats')).status).toBe(429);
+    // An operator sharing that address (a NAT, a proxy) is not locked out by someone else's guesses.
+    expect((await call(attacker, 'GET', '/v1/stats', operator)).status).toBe(200);
+    expect((await call(attacker, 'GET', '/v1/whoami', installer)).status).toBe(200);
+    expect((await call('127.0.2.2', 'GET', '/v1/stats', 'sbt_other')).status).toBe(401);
     expect((await call('127.0.2.2', 'GET', '/v1/stats', operator)).status).toBe(200);
     const audit = await call('127.0.0.1', 'GET', '/v1/audit?kind=admin_auth_throttled', operator);
     expect(audit.body.items.map((e: { detail: { ip: string } }) => e.detail.ip)).toContain(attacker);
+  });
+
+  it('counts failures per token prefix, so guesses around a leaked prefix are stopped from any address', async () => {
+    const prefix = operator.slice(0, 12);
+    const guess = () => prefix + randomBytes(24).toString('base64url');
+    for (let i = 0; i < MAX_FAILURES; i++) expect((await call(`127.0.6.${i + 1}`, 'GET', '/v1/stats', guess())).status).toBe(401);
+    const fresh = '127.0.6.100';
+    expect((await call(fresh, 'GET', '/v1/stats', guess())).status).toBe(429);
+    expect((await call(fresh, 'GET', '/v1/stats', `sbt_${randomBytes(32).toString('base64url')}`)).status).toBe(401);
+    // The token those guesses were aimed at still works, from anywhere.
+    expect((await call(fresh, 'GET', '/v1/stats', operator)).status).toBe(200);
+    const audit = await call('127.0.0.1', 'GET', '/v1/audit?kind=admin_auth_throttled', operator);
+    expect(audit.body.items.map((e: { detail: { tokenPrefix?: string } }) => e.detail.tokenPrefix)).toContain(prefix);
+  });
+
+  it('behind a trusted proxy counts failures per client it names, and ignores X-Forwarded-For from anyone else', async () => {
+    const proxy = '127.0.4.1';
+    const via = (client: string, token?: string) =>
+      httpFrom(proxy, gateway.adminPort!, 'GET', '/v1/stats', { headers: { 'x-forwarded-for': client, ...(token ? { authorization: `Bearer ${token}` } : {}) } });
+    for (let i = 0; i < MAX_FAILURES; i++) expect((await via('203.0.113.7', `sbt_proxied${i}`)).status).toBe(401);
+    expect((await via('203.0.113.7', 'sbt_proxied-next')).status).toBe(429);
+    // Another client behind the same proxy is not locked out, nor is a valid token from the first one.
+    expect((await via('203.0.113.8', 'sbt_proxied-other')).status).toBe(401);
+    expect((await via('203.0.113.8', operator)).status).toBe(200);
+    expect((await via('203.0.113.7', operator)).status).toBe(200);
+    const audit = await call('127.0.0.1', 'GET', '/v1/audit?kind=admin_auth_failed&limit=1000', operator);
+    const proxied = audit.body.items.find((e: { detail: { ip: string } }) => e.detail.ip === '203.0.113.7');
+    expect(proxied.detail.via).toBe(proxy);
+
+    // A host that is not a trusted proxy cannot pick a fresh identity per request with the header.
+    const spoofer = '127.0.5.1';
+    for (let i = 0; i < MAX_FAILURES; i++) {
+      const res = await httpFrom(spoofer, gateway.adminPort!, 'GET', '/v1/stats', { headers: { 'x-forwarded-for': `198.51.100.${i}`, authorization: `Bearer sbt_spoof${i}` } });
+      expect(res.status).toBe(401);
+    }
+    const spoofed = await httpFrom(spoofer, gateway.adminPort!, 'GET', '/v1/stats', { headers: { 'x-forwarded-for': '198.51.100.99', authorization: 'Bearer sbt_spoof-next' } });
+    expect(spoofed.status).toBe(429);
+  });
+
+  it('refuses an admin.host other than loopback without TLS, unless plain HTTP is allowed explicitly', async () => {
+    const check = (admin: unknown) => runCli(['config', 'check', writeYamlFile(`admin-${Math.random()}.yaml`, { admin })]);
+    const open = await check({ host: '0.0.0.0' });
+    expect(open.code).toBe(78);
+    expect(open.output).toContain('admin.host: 0.0.0.0 is not a loopback address and the admin server has no TLS');
+    expect((await check({ host: '0.0.0.0', allowPlainHttp: true })).code).toBe(0);
+    expect((await check({ host: '0.0.0.0', tls: { certFile: 'cert.pem', keyFile: 'key.pem' } })).code).toBe(0);
+    expect((await check({ host: '::1' })).code).toBe(0);
+    const badProxy = await check({ trustProxy: ['10.0.0.0/33'] });
+    expect(badProxy.code).toBe(78);
+    expect(badProxy.output).toContain('admin.trustProxy.0');
   });
 
   it('refuses a revoked token; the tokens command lists, revokes and checks its arguments', async () => {

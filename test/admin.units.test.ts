@@ -43,6 +43,22 @@ describe('identifier masking for logs', () => {
     expect(lines[0]).not.toContain('001010000000001');
     expect(lines[1]).toContain('"imsi":"001010000000001"');
   });
+
+  it('masks thing names and topics wherever they appear: filters, topics, error strings and Error objects', () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (c, _e, done) => (lines.push(String(c)), done()) });
+    const log = pino({ base: undefined, ...maskingLoggerOptions(true) }, sink);
+    const filter = '$aws/things/sim-999990000000001/shadow/#';
+    log.info({ filter, err: `cannot subscribe to ${filter}` }, 'refused');
+    log.warn({ topic: 'devices/sim-999990000000001/t', err: new Error('publish of 131073 bytes to devices/sim-999990000000001/t refused (IMSI 999990000000001)') }, 'failed');
+    log.child({ filter: 'a/999990000000001/#' }).info({ detail: { reason: 'bound to 490154203237518' } }, 'nested');
+    expect(lines.join('')).not.toMatch(/999990000000001|490154203237518/);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ filter: '$aws/things/sim-99999********01/shadow/#', err: 'cannot subscribe to $aws/things/sim-99999********01/shadow/#' });
+    const err = JSON.parse(lines[1]!).err;
+    expect(err).toMatchObject({ type: 'Error', message: 'publish of 131073 bytes to devices/sim-99999********01/t refused (IMSI 99999********01)' });
+    expect(err.stack).toContain('sim-99999********01');
+    expect(JSON.parse(lines[2]!)).toMatchObject({ filter: 'a/99999********01/#', detail: { reason: 'bound to 49015********18' } });
+  });
 });
 
 describe('failed sign-in limiter', () => {

@@ -45,4 +45,23 @@ describe('SIM records for the per-message path', () => {
     expect(gateway.forRouting('001010000000781')).toMatchObject({ group: 'elsewhere', boundImei: '490154203237518' });
     db.close();
   });
+
+  it('note the first delivery upstream once per binding: a new IMEI starts the wait again', () => {
+    const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-delivered-')), 's.db'), synchronous: 'normal' });
+    const sims = new SimStore(db);
+    const imsi = '001010000000791';
+    sims.register({ imsi, group: 'default', thingName: `sim-${imsi}`, boundImei: '490154203237518' });
+    expect(sims.forRouting(imsi)?.deliveredAt).toBeNull();
+    sims.markDelivered(imsi, 1000);
+    sims.markDelivered(imsi, 2000); // only the first counts
+    expect(sims.forRouting(imsi)?.deliveredAt).toBe(1000);
+    expect(sims.get(imsi)?.deliveredAt).toBe(1000);
+    sims.bindImei(imsi, '490154203237518'); // the same device again
+    expect(sims.get(imsi)?.deliveredAt).toBe(1000);
+    sims.bindImei(imsi, '353456780000011'); // a device swap
+    expect(sims.forRouting(imsi)?.deliveredAt).toBeNull();
+    sims.markDelivered(imsi, 3000);
+    expect(sims.get(imsi)?.deliveredAt).toBe(3000);
+    db.close();
+  });
 });

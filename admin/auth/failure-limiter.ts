@@ -1,7 +1,7 @@
 /**
- * Counts failed sign-ins per source address in fixed windows. An address that reaches the limit is
- * refused outright until its window ends, whether or not its next token is right: otherwise a guesser
- * could keep guessing and learn from the one answer that differs.
+ * Counts failed sign-ins per key (a client address, a token prefix: admin/auth/guard.ts) in fixed
+ * windows. A key that reaches the limit is blocked until its window ends; the guard then answers its
+ * invalid attempts with 429 without counting them further.
  */
 export class FailureLimiter {
   private readonly windows = new Map<string, { count: number; until: number }>();
@@ -12,7 +12,7 @@ export class FailureLimiter {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Milliseconds the address must wait, or 0 if it may try. */
+  /** Milliseconds the key must wait, or 0 if it may try. */
   blockedFor(address: string): number {
     const w = this.windows.get(address);
     if (!w) return 0;
@@ -24,7 +24,7 @@ export class FailureLimiter {
     return w.count >= this.maxFailures ? left : 0;
   }
 
-  /** Records a failure; true when this one reached the limit (the address is blocked from now on). */
+  /** Records a failure; true when this one reached the limit (the key is blocked from now on). */
   fail(address: string): boolean {
     const now = this.now();
     let w = this.windows.get(address);

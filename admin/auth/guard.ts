@@ -59,33 +59,56 @@ export function installGuard(app: FastifyInstance, opts: GuardOptions): RouteAcc
     if (access === 'public') return;
     if (!access) return deny(reply, 403, 'forbidden', 'route has no access rule'); // unreachable: onRoute refuses such routes
 
-    const wait = opts.limiter.blockedFor(req.ip);
-    if (wait > 0) {
-      reply.header('retry-after', Math.ceil(wait / 1000));
-      return deny(reply, 429, 'too_many_failures', 'too many failed sign-ins from this address; try again later');
-    }
     const presented = bearer(req);
     const token = presented ? opts.tokens.verify(presented) : undefined;
-    if (!token) {
-      fail(req, presented ? 'unknown_token' : 'missing_token');
-      reply.header('www-authenticate', presented ? 'Bearer error="invalid_token"' : 'Bearer');
-      return deny(reply, 401, 'unauthorized', presented ? 'the token is not valid' : 'a bearer token is required');
+    if (token) {
+      // A valid token is never throttled: others' failures from its address (a shared proxy, a NAT, an
+      // attacker next door) must not lock its holder out. Tokens are 256 random bits, so a guesser who
+      // sees this answer differ from a 429 has still never guessed one.
+      if (!allows(token.role, access)) {
+        refused(req, 'insufficient_role', token.id);
+        return deny(reply, 403, 'forbidden', `this needs the ${access} role`);
+      }
+      req.principal = { tokenId: token.id, name: token.name, role: token.role };
+      return;
     }
-    if (!allows(token.role, access)) {
-      fail(req, 'insufficient_role', token.id);
-      return deny(reply, 403, 'forbidden', `this needs the ${access} role`);
+    const keys = throttleKeys(req.ip, presented);
+    const wait = Math.max(...keys.map((k) => opts.limiter.blockedFor(k)));
+    if (wait > 0) {
+      reply.header('retry-after', Math.ceil(wait / 1000));
+      return deny(reply, 429, 'too_many_failures', 'too many failed sign-ins from this address or with this token; try again later');
     }
-    req.principal = { tokenId: token.id, name: token.name, role: token.role };
+    refused(req, presented ? 'unknown_token' : 'missing_token');
+    for (const key of keys) if (opts.limiter.fail(key)) opts.audit.record('admin_auth_throttled', null, throttledDetail(req, key));
+    reply.header('www-authenticate', presented ? 'Bearer error="invalid_token"' : 'Bearer');
+    return deny(reply, 401, 'unauthorized', presented ? 'the token is not valid' : 'a bearer token is required');
   });
 
-  function fail(req: FastifyRequest, reason: string, tokenId?: string): void {
+  /** Counts and audits a refused request (the client address is the one the trusted proxies name). */
+  function refused(req: FastifyRequest, reason: string, tokenId?: string): void {
     opts.failures.inc({ reason });
     const imsi = (req.params as { imsi?: string } | undefined)?.imsi;
-    const detail = { ip: req.ip, method: req.method, route: req.routeOptions.url, reason, ...(tokenId ? { token: tokenId } : {}) };
+    const via = req.socket.remoteAddress !== undefined && req.socket.remoteAddress !== req.ip ? { via: req.socket.remoteAddress } : {};
+    const detail = { ip: req.ip, ...via, method: req.method, route: req.routeOptions.url, reason, ...(tokenId ? { token: tokenId } : {}) };
     opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
-    if (opts.limiter.fail(req.ip)) opts.audit.record('admin_auth_throttled', null, { ip: req.ip });
   }
   return table;
+}
+
+// Long enough to tell tokens apart (sbt_ + 48 bits), short enough that guesses around one leaked in part
+// (a photo of a screen, a cut log line) share it, from whatever address they come.
+const TOKEN_PREFIX_CHARS = 12;
+
+/**
+ * What a failure is counted against: the client address, and the prefix of the token presented, so a
+ * guesser spread over many addresses is stopped as well as one address hammering many tokens.
+ */
+function throttleKeys(ip: string, presented: string | undefined): string[] {
+  return presented ? [`ip:${ip}`, `token:${presented.slice(0, TOKEN_PREFIX_CHARS)}`] : [`ip:${ip}`];
+}
+
+function throttledDetail(req: FastifyRequest, key: string): Record<string, string> {
+  return key.startsWith('ip:') ? { ip: req.ip } : { ip: req.ip, tokenPrefix: key.slice('token:'.length) };
 }
 
 function bearer(req: FastifyRequest): string | undefined {

@@ -298,15 +298,32 @@ function render(view) {
   if (view.lastMessageAt && !state.firstMessageAt) state.firstMessageAt = view.lastMessageAt;
   check('chk-message', Boolean(state.firstMessageAt), state.firstMessageAt ? 'First message received' : 'No message yet', state.firstMessageAt ? `last message ${ago(view.lastMessageAt || state.firstMessageAt)}` : 'waiting for the device to send');
   const cert = view.certificate;
-  check('chk-cert', cert.state === 'ready' ? true : cert.lastError ? 'bad' : false, cert.state === 'ready' ? 'Certificate issued' : 'Certificate not issued yet', cert.lastError ? `retrying: ${cert.lastError}` : cert.state === 'vending' ? 'being issued' : 'issued after the first message');
+  check('chk-cert', cert.state === 'ready' ? true : cert.lastError ? 'bad' : false, cert.state === 'ready' ? 'Certificate issued' : 'Certificate not issued yet', cert.state === 'ready' ? (cert.notAfter ? `valid until ${new Date(cert.notAfter).toLocaleDateString()}` : 'ready') : cert.lastError ? `retrying: ${cert.lastError}` : cert.state === 'vending' ? 'being issued' : 'issued after the first message');
+
+  // "Done" only once a message of the device reached IoT Core: received and stored is not yet working.
+  const delivered = Boolean(view.deliveredAt);
+  check('chk-delivered', delivered, delivered ? 'Delivered to IoT Core' : 'Not delivered to IoT Core yet', delivered ? `first message accepted ${ago(view.deliveredAt)}` : `${view.outbox.depth} message(s) waiting upstream`);
 
   // A device presenting another IMEI after the bind means the wrong number was bound.
   const mismatch = view.recentEvents.find((e) => e.kind === 'imei_mismatch' && Date.parse(e.at) >= state.boundAt - 1000);
   if (mismatch) say('status-msg', `The device reported IMEI ${mismatch.detail.seen}, not the bound ${mismatch.detail.bound}. Check the IMEI and bind again.`, 'error');
   else if (sim.status !== 'active') say('status-msg', `The SIM is ${sim.status}: the device cannot connect.`, 'error');
-  else if (state.firstMessageAt && view.online) say('status-msg', 'Done: the device is online and sending.', 'ok');
-  else say('status-msg', '');
+  else if (delivered) say('status-msg', 'Done: the device is working. Its first message reached IoT Core.', 'ok');
+  else say('status-msg', waitingFor(view), 'info');
   $('status-detail').textContent = `Updated ${new Date().toLocaleTimeString()} · ${view.outbox.depth} message(s) waiting upstream`;
+}
+
+/** What the page still waits for before "Done", in the order it happens. */
+function waitingFor(view) {
+  const cert = view.certificate;
+  if (!state.firstMessageAt) return view.online ? 'Waiting for the device to send its first message.' : 'Waiting for the device to come online and send its first message.';
+  if (cert.state !== 'ready') {
+    return cert.lastError
+      ? `Waiting for the device's certificate: issuing it failed (${cert.lastError}) and is being retried. The message is stored on the gateway.`
+      : 'Waiting for the device\'s certificate to be issued. The message is stored on the gateway.';
+  }
+  const session = view.upstream.state === 'connected' ? '' : ` (connection to IoT Core: ${view.upstream.state})`;
+  return `Waiting for IoT Core to accept the first message${session}. Do not leave yet.`;
 }
 
 // ---- scanning (where the browser has BarcodeDetector) ----

@@ -32,7 +32,7 @@ export function healthRoutes(ctx: AdminContext): FastifyPluginAsync {
         config: { access: 'public' },
         schema: {
           tags: ['operations'],
-          summary: 'readiness: the database is open, every listener is up, IoT Core answers (DescribeEndpoint) and the last upstream CONNECT worked',
+          summary: 'readiness: the database is open, its disk has room (storage.minFreeMb), every listener is up, IoT Core answers (DescribeEndpoint) and the last upstream CONNECT worked',
           response: {
             '2xx': readiness,
             503: readiness,

@@ -90,6 +90,12 @@ function header(req: FastifyRequest, name: string): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
+/** `?qos=` as a number: absent means 1; anything but one digit is undefined (not a QoS at all). */
+function parseQos(raw: string | undefined): number | undefined {
+  if (raw === undefined) return 1;
+  return /^\d$/.test(raw) ? Number(raw) : undefined;
+}
+
 /** Plain HTTP for devices: POST /topics/{topic}?qos=1, the path of IoT Core's HTTPS publish. */
 export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port: number; listening(): boolean; close(): Promise<void> }> {
   const { metrics } = opts;
@@ -189,7 +195,11 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
   app.post<{ Params: { '*': string }; Querystring: { qos?: string } }>('/topics/*', async (req, reply) => {
     const device = await admit(req);
     if (device instanceof Refusal) return refuse(reply, device);
-    const qos = req.query.qos === undefined ? 1 : Number(req.query.qos);
+    const qos = parseQos(req.query.qos);
+    if (qos === undefined) {
+      metrics.refusals.inc({ protocol: 'http', reason: 'qos_invalid' });
+      return reply.code(400).send({ error: 'qos_invalid', message: `qos must be 0 or 1 (or absent, meaning 1); got ${JSON.stringify(req.query.qos)}` });
+    }
     const topic = req.params['*'];
     const payload = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     try {
