@@ -10,7 +10,7 @@ import { createVending } from '../vending/index.ts';
 import { fillName, groupPolicy } from '../vending/policy.ts';
 import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
-import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
+import { checkMasterKey, loadMasterKey, loadPreviousMasterKeys } from '../vending/master-key.ts';
 import { Admission } from '../bridge/admission.ts';
 import { Connectivity } from '../bridge/connectivity.ts';
 import { BatchSchedules } from '../bridge/batching/schedules.ts';
@@ -64,19 +64,23 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
   if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
   const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
   try {
-    const cipher = new KeyCipher(
-      loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
-    );
+    const cipher = new KeyCipher(...masterKeys(config, env));
     const stores = sqliteStores(db, Date.now, { replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
     checkMasterKey(stores, cipher);
-    return await assemble(config, log, db, stores, cipher);
+    return await assemble(config, log, db, stores, cipher, env);
   } catch (err) {
     db.close();
     throw err;
   }
 }
 
-async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cipher: KeyCipher): Promise<Gateway> {
+/** The current master key and, during a rotation, the previous ones. */
+function masterKeys(config: Config, env: NodeJS.ProcessEnv): [Buffer, Buffer[]] {
+  const current = loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined });
+  return [current, loadPreviousMasterKeys({ env, files: config.security.previousMasterKeyFiles })];
+}
+
+async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cipher: KeyCipher, env: NodeJS.ProcessEnv): Promise<Gateway> {
   const { sims, audit } = stores;
   sims.warmRoutingCache();
   const metrics = createMetrics(() => outbox.byGroup());
@@ -296,6 +300,18 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     reload(next: Config) {
       // Outbox quotas are read per message and apply live; the rest of `storage` is bound to the open database.
       const comparable = (c: Config) => ({ ...c, storage: { ...c.storage, outbox: undefined } });
+      // A new key ring (a master-key rotation) applies at once, once it opens this database's keys.
+      if (JSON.stringify(next.security) !== JSON.stringify(config.security)) {
+        try {
+          const ring = new KeyCipher(...masterKeys(next, env));
+          checkMasterKey(stores, ring);
+          cipher.setKeys(...masterKeys(next, env));
+          config = { ...config, security: next.security };
+          log.info({ previousKeys: next.security.previousMasterKeyFiles.length }, 'master keys reloaded');
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'new master keys refused; the running ones stay');
+        }
+      }
       const needRestart = restartOnlyKeys.filter((k) => JSON.stringify(comparable(next)[k]) !== JSON.stringify(comparable(config)[k]));
       const kept = Object.fromEntries(restartOnlyKeys.map((k) => [k, config[k]]));
       config = { ...next, ...kept, storage: { ...config.storage, outbox: next.storage.outbox } } as Config;

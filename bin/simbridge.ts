@@ -18,6 +18,7 @@ commands:
   sandbox [--config FILE]      run only the local IoT Core stand-in
   doctor [--config FILE]       check the host, the AWS account and its permissions
   backup --out FILE            copy the database while the gateway runs
+  rotate-master-key            re-seal private keys under a new master key, while the gateway runs
   sims | tokens | stats | vend operator commands (run one with --help)
 
 options of start and sandbox:
@@ -29,7 +30,7 @@ const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
 
 /** Operator commands, one per file in bin/commands/, each parsing its own arguments. */
-const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend', 'doctor', 'backup']);
+const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend', 'doctor', 'backup', 'rotate-master-key']);
 
 export interface OperatorCommand {
   /** argv after the command name; loadConfig reads --config / SIMBRIDGE_CONFIG. Resolves with the exit code. */

@@ -134,6 +134,10 @@ export const configSchema = z
           .string()
           .optional()
           .describe('file holding the 32-byte key that encrypts private keys (hex or base64); SIMBRIDGE_MASTER_KEY wins'),
+        previousMasterKeyFiles: z
+          .array(z.string())
+          .default([])
+          .describe('while rotating the master key: the files of keys private keys may still be sealed under (docs/deploy.md)'),
       })
       .strict()
       .prefault({}),

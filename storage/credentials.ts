@@ -355,6 +355,19 @@ export class CredentialStore {
   }
 
   /** Any stored private key, to tell whether a master key opens this database's keys. */
+  /** Stored private keys by id, after `afterId` (a master-key rotation walks them in batches). */
+  sealedKeys(afterId: number, limit: number): Array<{ id: number; imsi: string; keyEnc: Buffer }> {
+    return this.db
+      .prepare<[number, number], { id: number; imsi: string; key_enc: Buffer }>('SELECT id, imsi, key_enc FROM credentials WHERE id > ? AND length(key_enc) > 0 ORDER BY id LIMIT ?')
+      .all(afterId, limit)
+      .map((r) => ({ id: r.id, imsi: r.imsi, keyEnc: r.key_enc }));
+  }
+
+  /** Replaces a sealed key only if it is still `was`; false when it changed meanwhile. */
+  replaceSealedKey(id: number, was: Buffer, sealed: Buffer): boolean {
+    return this.db.prepare('UPDATE credentials SET key_enc = ? WHERE id = ? AND key_enc = ?').run(sealed, id, was).changes === 1;
+  }
+
   anySealedKey(): { imsi: string; keyEnc: Buffer } | undefined {
     const r = this.db
       .prepare<[], { imsi: string; key_enc: Buffer }>('SELECT imsi, key_enc FROM credentials WHERE length(key_enc) > 0 LIMIT 1')

@@ -9,6 +9,11 @@ export class MetaStore {
     return row?.value;
   }
 
+  /** Stores the value, replacing what the key held. */
+  put(key: string, value: Buffer): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
   /** Stores the value unless the key already has one (another process may have written it first). */
   putIfAbsent(key: string, value: Buffer): void {
     this.db.prepare('INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)').run(key, value);

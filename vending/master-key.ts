@@ -59,6 +59,16 @@ export function loadMasterKey(opts: { env: NodeJS.ProcessEnv; file?: string; gen
   return key;
 }
 
+/**
+ * The previous master keys of a rotation: SIMBRIDGE_PREVIOUS_MASTER_KEYS (comma-separated) or
+ * security.previousMasterKeyFiles (each refused when group or others can read it, as the current one).
+ */
+export function loadPreviousMasterKeys(opts: { env: NodeJS.ProcessEnv; files: string[] }): Buffer[] {
+  const fromEnv = opts.env.SIMBRIDGE_PREVIOUS_MASTER_KEYS;
+  if (fromEnv) return fromEnv.split(',').filter(Boolean).map((k, i) => parseKey(k, `SIMBRIDGE_PREVIOUS_MASTER_KEYS[${i}]`));
+  return opts.files.map(readKeyFile);
+}
+
 const CHECK_KEY = 'master_key_check';
 const CHECK_PLAIN = Buffer.from('simbridge master key check');
 const MISMATCH =
@@ -82,10 +92,47 @@ function opens(cipher: KeyCipher, sealed: Buffer, owner: string, expected?: Buff
 export function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): void {
   const check = stores.meta.get(CHECK_KEY);
   if (check) {
+    // Any key of the ring: the check value moves to the new key only once a rotation has finished.
     if (!opens(cipher, check, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
     return;
   }
   const sample = stores.credentials.anySealedKey();
   if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
   stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+}
+
+/**
+ * Re-seals every stored private key that is not under the current key yet, then the check value, while
+ * the gateway may run: each key is replaced only if nobody changed it meanwhile. Keys that no key of the
+ * ring opens are counted, never touched.
+ */
+export function rotateSealedKeys(
+  stores: { meta: MetaStore; credentials: CredentialStore },
+  cipher: KeyCipher,
+  batch = 500,
+): { resealed: number; current: number; unreadable: number } {
+  const counts = { resealed: 0, current: 0, unreadable: 0 };
+  for (let after = 0; ; ) {
+    const rows = stores.credentials.sealedKeys(after, batch);
+    if (rows.length === 0) break;
+    for (const row of rows) {
+      after = row.id;
+      if (cipher.isCurrent(row.keyEnc, row.imsi)) {
+        counts.current++;
+        continue;
+      }
+      let plain: Buffer;
+      try {
+        plain = cipher.decrypt(row.keyEnc, row.imsi);
+      } catch {
+        counts.unreadable++;
+        continue;
+      }
+      if (stores.credentials.replaceSealedKey(row.id, row.keyEnc, cipher.encrypt(plain, row.imsi))) counts.resealed++;
+      else counts.current++; // changed meanwhile: whoever changed it sealed it under the current key
+      plain.fill(0);
+    }
+  }
+  if (counts.unreadable === 0) stores.meta.put(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  return counts;
 }
