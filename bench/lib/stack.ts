@@ -62,8 +62,8 @@ export function gatewaySource(): GatewaySource {
   return (source = { root, commit: sha });
 }
 
-/** How the bench starts simbridge processes (the shared test harness): from the measured checkout, a minute to be ready. */
-export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, timeoutMs: 60_000, ...opts });
+/** How the bench starts simbridge processes (the shared test harness): from the measured checkout. */
+export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, ...opts });
 
 type Tree = Record<string, unknown>;
 

@@ -79,8 +79,8 @@ export class CliProcess {
     this.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
   }
 
-  /** Waits for the ready signal (started with --ready-json) and returns it. */
-  async ready(timeoutMs = 30_000): Promise<ReadySignal> {
+  /** Waits for the ready signal (started with --ready-json) and returns it; a minute, since the machine may be shared. */
+  async ready(timeoutMs = 60_000): Promise<ReadySignal> {
     const line = /^\{"ready":.*\n/m;
     await this.waitFor(() => line.test(this.stdout), timeoutMs, 'the ready signal');
     return JSON.parse(this.stdout.match(line)![0]) as ReadySignal;
@@ -115,7 +115,7 @@ export interface SpawnOptions {
   cwd?: string;
   /** Options for node itself, e.g. --cpu-prof. */
   nodeArgs?: string[];
-  /** How long to wait for the ready signal. */
+  /** How long to wait for the ready signal (default a minute). */
   timeoutMs?: number;
 }
 
