@@ -160,10 +160,11 @@ export class NetworkSessions {
         acctSessionId: r.acctSessionId,
         chargingId: r.chargingId ?? null,
       };
-      const ignored = this.replayed(r, now);
-      if (ignored) return { session: { ...f, startedAt: now, updatedAt: now, updates: 0 }, created: false, ended: [], ignored };
       const refreshed = this.refreshStmt.run(f.imei, f.msisdn, f.ratType, f.nasIdentifier, f.chargingId, now, f.ip, f.acctSessionId, f.imsi);
       if (refreshed.changes === 1) return { session: fromRow(this.getByIp.get(f.ip)!), created: false, ended: [] };
+      // Only a record that would open a session can re-open a stopped one or evict a newer holder.
+      const ignored = this.replayed(r, now);
+      if (ignored) return { session: { ...f, startedAt: now, updatedAt: now, updates: 0 }, created: false, ended: [], ignored };
       // Anything else on this IP is over: the network has handed the address on, and whoever used it
       // under the old identity must not keep it.
       const evicted = ended(this.deleteIp.all(f.ip), 'evicted');
@@ -174,7 +175,7 @@ export class NetworkSessions {
 
   /**
    * A stopped session does not come back, and news older than the replay window or than the session now
-   * holding the IP does not displace it. Runs before each Start / Interim-Update (one indexed lookup).
+   * holding the IP does not displace it. Runs when a record would open a session (one or two indexed lookups).
    */
   private replayed(r: SessionReport, now: number): IgnoredReason | undefined {
     if (this.wasStopped.get(r.nasIp, r.acctSessionId, now - this.replayWindowMs)) return 'stopped_session';

@@ -184,7 +184,7 @@ const MQTT_FLOOD_SOURCE = '127.0.3.3';
 const HTTP_FLOOD_SOURCE = '127.0.3.4';
 // Over each listener's default cap per address (MQTT 64, HTTP 256).
 const FLOOD_CONNECTIONS = { mqtt: 100, http: 300 };
-const FLOOD_HOLD_MS = 1500;
+const FLOOD_HOLD_MS = 3000;
 /** Stalled bodies still open; the run waits for the gateway to close them (its idle timeout), up to this long. */
 const stalled = new Set<net.Socket>();
 const STALLED_WAIT_MS = 25_000;
@@ -358,15 +358,21 @@ const httpCases: Record<string, () => { chunks: Buffer[]; gapMs?: number }> = {
 async function round(): Promise<void> {
   const c = cmd!;
   const useMqtt = rand() < 0.5;
-  const kinds = useMqtt ? [...Object.keys(mqttCases), 'mqtt_connection_flood'] : [...Object.keys(httpCases), 'http_connection_flood', 'http_stalled_body'];
-  const kind = pick(kinds);
+  // A flood is hundreds of sockets: drawn at a quarter of the rate of each other kind.
+  const common = useMqtt ? Object.keys(mqttCases) : [...Object.keys(httpCases), 'http_stalled_body'];
+  const kind = rand() < 1 / (4 * common.length + 1) ? (useMqtt ? 'mqtt_connection_flood' : 'http_connection_flood') : pick(common);
   result.byKind[kind] = (result.byKind[kind] ?? 0) + 1;
   if (kind === 'mqtt_connection_flood') {
-    for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, FLOOD_CONNECTIONS.mqtt, () => connect({ clientId: `flood-${int(1e9)}`, username: pick(c.imsis), keepalive: 0 }))) countConnacks(reply);
+    // Half stay silent after the TCP handshake (each holds a place until the CONNECT timeout); half CONNECT
+    // as one SIM under IMEISV variants, as a device that reconnects under a new client id each time would.
+    const imsi = pick(c.imsis);
+    const first = () => (rand() < 0.5 ? Buffer.alloc(0) : connect({ clientId: c.imei.slice(0, 14) + String(int(100)).padStart(2, '0'), username: imsi, keepalive: 0 }));
+    for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, FLOOD_CONNECTIONS.mqtt, first)) countConnacks(reply);
     return;
   }
   if (kind === 'http_connection_flood') {
-    const first = () => request('GET', '/v1/self', idHeaders());
+    // No identity: the answer (400, or 503 past the cap) needs no lookup, so the flood measures the cap.
+    const first = () => request('GET', '/v1/self', []);
     for (const reply of await flood(c.httpPort, HTTP_FLOOD_SOURCE, FLOOD_CONNECTIONS.http, first)) countHttp(kind, reply, first());
     return;
   }

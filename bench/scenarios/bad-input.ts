@@ -107,6 +107,8 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       seed,
       well_behaved_device: `1 MQTT device, QoS 1, ${ratePerS} msgs/s, 200-byte payloads`,
       rounds_by_kind: f.byKind,
+      connack_codes: f.connack,
+      http_codes: f.httpCodes,
     },
     figures: {
       rounds: f.rounds,
@@ -134,7 +136,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       'Each round opens its own connection from a random loopback source address, writes its bytes and closes after 400 ms (MQTT) or 800 ms (HTTP), or when the gateway closes first. Rounds run 16 at a time, up to `max_rounds` or `max_duration_s`.',
       'MQTT kinds: random bytes; mutated CONNECT (bit flips, insertions, deletions, truncation, a remaining length of 256 MB); CONNECTs with odd protocol names, levels, flags and client ids; a valid CONNECT followed by a mix of valid and mutated packets (wildcard/`$`/over-long/NUL topics, QoS 2, packet id 0, reserved and server-only packet types, a second CONNECT); packets before CONNECT; publishes over 128 KB; partial packets.',
       'HTTP kinds: random bytes; bad request lines; malformed, duplicated, conflicting or 70 KB headers (including Content-Length vs Transfer-Encoding); bad chunked encodings; bodies declared or sent beyond 128 KB (up to 10 GB declared, ≤ 1 MB sent); missing and malformed identities; bad paths and queries (wildcards, NUL, traversal, qos values); pipelined mixes; slow headers.',
-      'Floods: retained publishes of 50-100 KB on distinct topics after a valid CONNECT (`mqtt_retained_flood`); 100 MQTT / 300 HTTP connections at once from one address, each held 1.5 s (`mqtt_connection_flood` with keepalive 0 from 127.0.3.3, `http_connection_flood` from 127.0.3.4): past the per-address cap they get CONNACK 3 (`mqtt_connack_3`) or 503 (`http_503`); request bodies that stop after a few bytes and are never closed by the fuzzer (`http_stalled_body`): the gateway must close them (`stalled_bodies_closed_by_gateway`, with a 408: `stalled_bodies_answered_408`); the fuzzer waits up to 25 s after the last round for that.',
+      'Floods: retained publishes of 50-100 KB on distinct topics after a valid CONNECT (`mqtt_retained_flood`); 100 MQTT / 300 HTTP connections at once from one address, each held 3 s and drawn at a quarter of the rate of the other kinds (`mqtt_connection_flood` from 127.0.3.3: half silent after the handshake, half CONNECT as one SIM under IMEISV variants with keepalive 0; `http_connection_flood` from 127.0.3.4: requests without identity): past the per-address cap they get CONNACK 3 (`mqtt_connack_3`) or 503 (`http_503`); request bodies that stop after a few bytes and are never closed by the fuzzer (`http_stalled_body`): the gateway must close them (`stalled_bodies_closed_by_gateway`, with a 408: `stalled_bodies_answered_408`); the fuzzer waits up to 25 s after the last round for that.',
       '`http_5xx` counts answers that were server errors other than the 503 of a connection cap (an unhandled case); 4xx answers and closed connections are the expected refusals. `crashes`: times the gateway process died (it is then restarted so the run can go on). `rss_growth_mb`: simbridge RSS after the rounds minus before (read once settled, at least ' + IDLE_BASELINE_AFTER_MS / 1000 + ' s after start).',
       ...(f.serverErrors.length ? [`Examples of 5xx: ${f.serverErrors.map((e) => '`' + e.replace(/`/g, "'") + '`').join('; ')}`] : []),
     ],
