@@ -119,6 +119,13 @@ export class CredentialStore {
       .get() as { ready: number; vending: number };
   }
 
+  /** Failed vending attempts in all, and generations whose last failure was IoT Core throttling (the vending bench). */
+  failureTally(): { attempts: number; throttled: number } {
+    return this.db
+      .prepare("SELECT coalesce(sum(attempts), 0) AS attempts, count(CASE WHEN last_error LIKE '%Throttl%' THEN 1 END) AS throttled FROM credentials")
+      .get() as { attempts: number; throttled: number };
+  }
+
   /** Every generation of the SIM, oldest first. */
   history(imsi: string): CredentialRow[] {
     return this.db.prepare<[string], Raw>('SELECT * FROM credentials WHERE imsi = ? ORDER BY id').all(imsi).map(fromRaw);

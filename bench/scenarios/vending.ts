@@ -12,6 +12,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, writeYaml, type CliProcess } from '../../test/helpers/processes.ts';
+import { CredentialStore } from '../../storage/credentials.ts';
 import { openDatabase } from '../../storage/db.ts';
 import { SimStore } from '../../storage/sims.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
@@ -78,9 +79,9 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
     ctx.log(`  all ${sims} publishes answered in ${acceptedS.toFixed(2)} s: ${JSON.stringify(Object.fromEntries(statuses))}`);
 
     const db = new Database(join(dataDir, 'simbridge.db'), { readonly: true });
-    const count = (sql: string) => db.prepare(sql).pluck().get() as number;
+    const credentials = new CredentialStore(db);
     let lastLog = performance.now();
-    for (let ready = 0; (ready = count("SELECT count(*) FROM credentials WHERE step = 'ready'")) < sims; ) {
+    for (let ready = 0; (ready = credentials.countByState().ready) < sims; ) {
       if (performance.now() - t0 > 600_000) throw new Error(`only ${ready} of ${sims} vended after 600 s`);
       if (performance.now() - lastLog > 10_000) {
         lastLog = performance.now();
@@ -89,8 +90,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
       await new Promise((r) => setTimeout(r, 50));
     }
     const wallS = (performance.now() - t0) / 1000;
-    const failedAttempts = count('SELECT coalesce(sum(attempts), 0) FROM credentials');
-    const throttledIntoState = count("SELECT count(*) FROM credentials WHERE last_error LIKE '%Throttl%'");
+    const { attempts: failedAttempts, throttled: throttledIntoState } = credentials.failureTally();
     db.close();
     const contactStats = await sandboxStats();
     await gateway.kill('SIGTERM');
