@@ -69,13 +69,13 @@ export interface DeviceViewDeps extends Pick<AdminDeps, 'groups' | 'upstreamStat
 }
 
 /** Everything known about one device, read fresh: identity, lock, network, certificate, upstream, queue. */
-export function deviceView(imsi: string, deps: DeviceViewDeps) {
+export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   const { stores } = deps;
   const sim = stores.sims.get(imsi);
   if (!sim) return undefined;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
   const sessions = stores.networkSessions.byImsi(imsi);
-  const outbox = stores.outboxStats.ofSim(imsi);
+  const [outbox, events] = await Promise.all([stores.outboxStats.ofSim(imsi), stores.audit.query({ imsi, limit: 20 })]);
   const creds = stores.credentials.history(imsi).reverse();
   const current = creds.find((c) => c.step === 'ready') ?? creds[0];
   const upstream = deps.upstreamState?.(sim.thingName);
@@ -113,6 +113,6 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
     connected,
     online,
     lastMessageAt: iso(lastMessageAt),
-    recentEvents: stores.audit.query({ imsi, limit: 20 }).items.map((e) => ({ ...e, at: iso(e.at)! })),
+    recentEvents: events.items.map((e) => ({ ...e, at: iso(e.at)! })),
   };
 }

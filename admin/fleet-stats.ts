@@ -22,7 +22,7 @@ export const fleetStatsSchema = {
 } as const;
 
 /** The fleet at a glance, for `simbridge stats` and dashboards. */
-export function fleetStats(stores: AdminStores, onlineSince: number) {
+export async function fleetStats(stores: AdminStores, onlineSince: number) {
   const totals = { total: 0, active: 0, suspended: 0, terminated: 0, bound: 0, online: 0 };
   const groups = new Map<string, { group: string; total: number; active: number; bound: number; online: number }>();
   for (const c of stores.sims.counts(onlineSince)) {
@@ -37,8 +37,7 @@ export function fleetStats(stores: AdminStores, onlineSince: number) {
     g.online += c.online;
     groups.set(c.group, g);
   }
-  const outbox = stores.outboxStats.summary();
-  const dead = stores.outboxStats.deadLetters(Date.now() - 86_400_000);
+  const [outbox, dead] = await Promise.all([stores.outboxStats.summary(), stores.outboxStats.deadLetters(Date.now() - 86_400_000)]);
   return {
     sims: totals,
     groups: [...groups.values()],

@@ -59,7 +59,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
       loadMasterKey({ env, file: config.security.masterKeyFile, generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined }),
     );
     const stores = sqliteStores(db);
-    checkMasterKey(stores, cipher);
+    await checkMasterKey(stores, cipher);
     return await assemble(config, log, db, stores, cipher);
   } catch (err) {
     db.close();
@@ -123,7 +123,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     maxMessageBytes: config.limits.maxPayloadBytes,
     maxInflight: config.upstream.maxInflight,
     maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
-    onDeadLetter: (msg, reason) => audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }),
+    onDeadLetter: (msg, reason) =>
+      void audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }).catch((err) => log.error({ err: String(err) }, 'dead letter not audited')),
     retryDelayMs: config.upstream.retryDelayMs,
     retryMaxDelayMs: config.upstream.retryMaxDelayMs,
     metrics,
@@ -224,8 +225,6 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
 
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
-        sims,
-        audit,
         stores,
         metrics: metrics.registry,
         log: log.child({ component: 'admin' }),

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { GroupConfig } from '../config/schema.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { DownlinkStore, HeldMessage } from '../storage/downlink.ts';
 import type { Sim } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
@@ -15,7 +15,7 @@ export interface DownlinkOptions {
   group(name: string): GroupConfig;
   limits: TopicLimits;
   store: DownlinkStore;
-  audit: AuditLog;
+  audit: AuditStore;
   metrics: Metrics;
   log: Logger;
 }
@@ -118,7 +118,9 @@ export class Downlink {
     this.opts.metrics.downlink.inc({ protocol: 'http', result: 'held' });
     for (const d of dropped) {
       this.opts.metrics.downlink.inc({ protocol: 'http', result: 'dropped' });
-      this.opts.audit.record('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason: `more than ${cfg.maxMessages} held` });
+      this.opts.audit
+        .record('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason: `more than ${cfg.maxMessages} held` })
+        .catch((err) => this.opts.log.warn({ imsi, err: String(err) }, 'dropped downlink not audited'));
     }
   }
 

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialStore } from '../storage/credentials.ts';
 import type { SimStore } from '../storage/sims.ts';
 import { AwsIotProvider } from './aws-iot-provider.ts';
@@ -14,7 +14,7 @@ export interface VendingDeps extends VendorHooks {
   sims: SimStore;
   credentials: CredentialStore;
   cipher: KeyCipher;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   /** Policy name and upstream topic templates of a SIM group. */
   policyFor(group: string): { name: string; topicTemplates: string[] };

@@ -79,13 +79,13 @@ function opens(cipher: KeyCipher, sealed: Buffer, owner: string, expected?: Buff
  * instead of at the first device. A database from before the check value existed is judged by one of
  * its stored keys before the check value is written.
  */
-export function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): void {
-  const check = stores.meta.get(CHECK_KEY);
+export async function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): Promise<void> {
+  const check = await stores.meta.get(CHECK_KEY);
   if (check) {
     if (!opens(cipher, check, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
     return;
   }
   const sample = stores.credentials.anySealedKey();
   if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
-  stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  await stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
 }

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { ApiGate } from './api-gate.ts';
 import { Lease } from './lease.ts';
@@ -9,7 +9,7 @@ export interface RetirerOptions {
   store: CredentialStore;
   provider: VendingProvider;
   gate: ApiGate;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   owner: string;
   leaseMs: number;
@@ -72,7 +72,7 @@ export class Retirer {
         store.flagOrphanCheck(fresh.id, Date.now() + this.o.orphanGraceMs);
       }
       if (!store.markRetired(fresh.id, lease.owner)) return false;
-      this.o.audit.record('certificate_retired', fresh.imsi, {
+      await this.o.audit.record('certificate_retired', fresh.imsi, {
         certificateId: fresh.certId,
         reason: fresh.retireReason,
         deleted: Boolean(fresh.certId) && this.o.deleteRetired,

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore, Purpose } from '../storage/credentials.ts';
 import type { Sim, SimStore } from '../storage/sims.ts';
 import { ApiGate, ApiError } from './api-gate.ts';
@@ -57,7 +57,7 @@ export interface VendorOptions extends VendorHooks {
   credentials: CredentialStore;
   provider: VendingProvider;
   cipher: KeyCipher;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   /** Policy name and the upstream topic templates of a SIM group. */
   policyFor(group: string): { name: string; topicTemplates: string[] };
@@ -149,7 +149,7 @@ export class Vendor {
       disposeUnrecorded: async (cert, imsi) => {
         await this.gate.call('UpdateCertificate', (s) => opts.provider.setCertificateStatus(cert.certificateId, 'INACTIVE', s));
         if (c.deleteRevoked) await this.gate.call('DeleteCertificate', (s) => opts.provider.deleteCertificate(cert.certificateId, s));
-        opts.audit.record('orphan_certificate_disposed', imsi, { certificateId: cert.certificateId, was: 'ACTIVE', deleted: c.deleteRevoked });
+        await opts.audit.record('orphan_certificate_disposed', imsi, { certificateId: cert.certificateId, was: 'ACTIVE', deleted: c.deleteRevoked });
       },
     });
     if (opts.onRotated) this.rotatedHooks.add(opts.onRotated);
@@ -244,7 +244,7 @@ export class Vendor {
       }
     }
     const certificateIds = rows.flatMap((r) => (r.certId ? [r.certId] : []));
-    this.opts.audit.record('credentials_revoked', imsi, { reason, certificateIds });
+    await this.opts.audit.record('credentials_revoked', imsi, { reason, certificateIds });
     const ev: CredentialsRevoked = { imsi, thingName: rows[0]?.thingName ?? this.sims.get(imsi)?.thingName ?? '', reason, certificateIds };
     await Promise.allSettled([...this.revokedHooks].map(async (fn) => fn(ev)));
     return { certificateIds };
@@ -400,7 +400,9 @@ export class Vendor {
       previousCertificateId: previous.certId,
       credentials: this.credentialsOf(promoted),
     };
-    this.opts.audit.record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId });
+    this.opts.audit
+      .record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId })
+      .catch((err) => this.opts.log.warn({ imsi: promoted.imsi, err: String(err) }, 'rotation not audited'));
     if (this.rotatedHooks.size === 0) return;
     void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async () => {
       if (this.stopped) return;

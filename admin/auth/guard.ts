@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Counter } from 'prom-client';
-import type { AuditLog } from '../../storage/audit.ts';
-import type { Role, TokenStore } from '../../storage/tokens.ts';
+import type { AuditStore } from '../../storage/audit.ts';
+import type { AdminTokenStore, Role } from '../../storage/tokens.ts';
 import type { FailureLimiter } from './failure-limiter.ts';
 
 /** Who may call a route: anyone (health, the installer page's files), or a token of at least this role. */
@@ -33,8 +33,8 @@ const rank: Record<Role, number> = { installer: 1, operator: 2 };
 export const allows = (have: Role, need: Role) => rank[have] >= rank[need];
 
 export interface GuardOptions {
-  tokens: TokenStore;
-  audit: AuditLog;
+  tokens: AdminTokenStore;
+  audit: AuditStore;
   limiter: FailureLimiter;
   failures: Counter<'reason'>;
 }
@@ -65,25 +65,25 @@ export function installGuard(app: FastifyInstance, opts: GuardOptions): RouteAcc
       return deny(reply, 429, 'too_many_failures', 'too many failed sign-ins from this address; try again later');
     }
     const presented = bearer(req);
-    const token = presented ? opts.tokens.verify(presented) : undefined;
+    const token = presented ? await opts.tokens.verify(presented) : undefined;
     if (!token) {
-      fail(req, presented ? 'unknown_token' : 'missing_token');
+      await fail(req, presented ? 'unknown_token' : 'missing_token');
       reply.header('www-authenticate', presented ? 'Bearer error="invalid_token"' : 'Bearer');
       return deny(reply, 401, 'unauthorized', presented ? 'the token is not valid' : 'a bearer token is required');
     }
     if (!allows(token.role, access)) {
-      fail(req, 'insufficient_role', token.id);
+      await fail(req, 'insufficient_role', token.id);
       return deny(reply, 403, 'forbidden', `this needs the ${access} role`);
     }
     req.principal = { tokenId: token.id, name: token.name, role: token.role };
   });
 
-  function fail(req: FastifyRequest, reason: string, tokenId?: string): void {
+  async function fail(req: FastifyRequest, reason: string, tokenId?: string): Promise<void> {
     opts.failures.inc({ reason });
     const imsi = (req.params as { imsi?: string } | undefined)?.imsi;
     const detail = { ip: req.ip, method: req.method, route: req.routeOptions.url, reason, ...(tokenId ? { token: tokenId } : {}) };
-    opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
-    if (opts.limiter.fail(req.ip)) opts.audit.record('admin_auth_throttled', null, { ip: req.ip });
+    await opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
+    if (opts.limiter.fail(req.ip)) await opts.audit.record('admin_auth_throttled', null, { ip: req.ip });
   }
   return table;
 }
