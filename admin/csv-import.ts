@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { parse, type CsvError } from 'csv-parse';
 import { isIccid, isImsi, normaliseImei, type ImeiProblem } from '../lib/ids.ts';
-import type { ImportOutcome, SimImportRow, SimStore } from '../storage/sims.ts';
+import type { ImportOutcome, SimImportRow, SimRegistry } from '../storage/sims.ts';
 import { TAG_KEY_PATTERN } from './schemas.ts';
 
 export const CSV_COLUMNS = ['imsi', 'iccid', 'msisdn', 'group', 'imei', 'tags'] as const;
@@ -32,7 +32,7 @@ export interface ImportReport {
 export class ImportFileError extends Error {}
 
 export interface ImportOptions {
-  sims: SimStore;
+  sims: SimRegistry;
   isGroup(name: string): boolean;
   defaultGroup: string;
   thingName(imsi: string, group: string): string;
@@ -79,9 +79,9 @@ export async function importSimsCsv(input: Readable, opts: ImportOptions): Promi
 
   let columns: Map<Column, number> | undefined;
   let batch: Array<{ row: SimImportRow; line: number }> = [];
-  const flush = () => {
+  const flush = async () => {
     if (!batch.length) return;
-    const outcomes = opts.sims.upsertMany(
+    const outcomes = await opts.sims.upsertMany(
       batch.map((b) => b.row),
       { force: opts.force, dryRun: opts.dryRun, onRow: (row, outcome) => bound(row, outcome) },
     );
@@ -104,10 +104,10 @@ export async function importSimsCsv(input: Readable, opts: ImportOptions): Promi
     const checked = checkRow(record, columns, opts);
     if ('message' in checked) addError({ ...checked, line: info.lines });
     else batch.push({ row: checked, line: info.lines });
-    if (batch.length >= opts.batchRows) flush();
+    if (batch.length >= opts.batchRows) await flush();
   }
   if (!columns) throw new ImportFileError(`the file is empty: its first line must be the header ${CSV_COLUMNS.join(',')}`);
-  flush();
+  await flush();
   report.seconds = Math.round(performance.now() - started) / 1000;
   return report;
 }

@@ -71,7 +71,7 @@ export interface DeviceViewDeps extends Pick<AdminDeps, 'groups' | 'upstreamStat
 /** Everything known about one device, read fresh: identity, lock, network, certificate, upstream, queue. */
 export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   const { stores } = deps;
-  const sim = stores.sims.get(imsi);
+  const sim = await stores.sims.get(imsi);
   if (!sim) return undefined;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
   const sessions = stores.networkSessions.byImsi(imsi);
@@ -83,7 +83,7 @@ export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   // last_seen_at is the gateway's word; a message still queued proves contact even before that is written.
   const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newestFromDevice ?? 0) || null;
   // The fleet listing's rule, so the two views never disagree about a SIM; a connection is reported apart.
-  const online = stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
+  const online = await stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
 
   return {
     sim: simJson(sim),

@@ -25,7 +25,7 @@ export const fleetStatsSchema = {
 export async function fleetStats(stores: AdminStores, onlineSince: number) {
   const totals = { total: 0, active: 0, suspended: 0, terminated: 0, bound: 0, online: 0 };
   const groups = new Map<string, { group: string; total: number; active: number; bound: number; online: number }>();
-  for (const c of stores.sims.counts(onlineSince)) {
+  for (const c of await stores.sims.counts(onlineSince)) {
     totals.total += c.total;
     totals[c.status] += c.total;
     totals.bound += c.bound;

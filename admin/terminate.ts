@@ -16,8 +16,8 @@ export async function terminate(
   who: Record<string, string>,
   reason = 'sim terminated',
 ): Promise<Revocation> {
-  const before = stores.sims.get(imsi)?.status;
-  stores.sims.setStatus(imsi, 'terminated');
+  const before = (await stores.sims.get(imsi))?.status;
+  await stores.sims.setStatus(imsi, 'terminated');
   await stores.audit.record('sim_status_changed', imsi, { from: before, to: 'terminated', ...who });
   if (!revoke) {
     await stores.audit.record('revoke_unavailable', imsi, { ...who });

@@ -68,7 +68,9 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
 }
 
 async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cipher: KeyCipher): Promise<Gateway> {
-  const { sims, audit } = stores;
+  const { audit } = stores;
+  // The per-message path (admission, delivery) reads SIMs from this store's memory.
+  const sims = stores.simRouting;
   sims.warmRoutingCache();
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
@@ -78,7 +80,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
 
   const { vendor, provider } = createVending(config.vending, {
-    sims,
+    sims: stores.sims,
     credentials: stores.credentials,
     cipher,
     audit,
@@ -132,7 +134,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   });
 
   const admission = new Admission({
-    sims,
+    routing: sims,
+    sims: stores.sims,
     audit,
     unknownSims: () => config.sims.unknown,
     defaultGroup: () => config.sims.defaultGroup,
@@ -212,10 +215,11 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   }
   // A sleeping device is online while its network session lives, not only while it talks to us.
   if (radius) {
-    const onNetwork = (online: boolean) => (session: NetworkSession) => {
-      const sim = sims.get(session.imsi);
-      if (sim) connectivity.report(sim, { online, ip: session.ip, rat: session.ratType, via: 'radius' });
-    };
+    const onNetwork = (online: boolean) => (session: NetworkSession) =>
+      void stores.sims.get(session.imsi).then(
+        (sim) => sim && connectivity.report(sim, { online, ip: session.ip, rat: session.ratType, via: 'radius' }),
+        (err) => log.warn({ err: String(err) }, 'connectivity not reported'),
+      );
     radius.on('session-start', onNetwork(true));
     radius.on('session-end', onNetwork(false));
   }

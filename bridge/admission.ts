@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
 import { verifySecret } from '../storage/secret-hash.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { Sim, SimRegistry, SimRouting } from '../storage/sims.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './identity/source.ts';
 import { checkImeiLock } from './imei-lock.ts';
 
@@ -15,7 +15,10 @@ export interface AdmittedDevice {
 }
 
 export interface AdmissionOptions {
-  sims: SimStore;
+  /** SIM records as every message reads them, from memory. */
+  routing: SimRouting;
+  /** The registry, for first contacts (registration, IMEI binding). */
+  sims: SimRegistry;
   audit: AuditStore;
   unknownSims(): 'register' | 'reject';
   defaultGroup(): string;
@@ -47,7 +50,7 @@ export class Admission {
   private async check(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): Promise<AdmittedDevice | Refusal> {
     const identity = source.identify(remoteAddress, claim);
     if (identity instanceof Refusal) return identity;
-    const sim = this.opts.sims.forRouting(identity.imsi) ?? (await this.register(identity, source.name, remoteAddress));
+    const sim = this.opts.routing.forRouting(identity.imsi) ?? (await this.register(identity, source.name, remoteAddress));
     if (sim instanceof Refusal) return sim;
     if (sim.status === 'suspended') return new Refusal('sim_suspended', 'SIM is suspended', sim.imsi);
     if (sim.status === 'terminated') return new Refusal('sim_terminated', 'SIM is terminated', sim.imsi);
@@ -68,7 +71,7 @@ export class Admission {
     const { sims, audit } = this.opts;
     if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
     const group = this.opts.defaultGroup();
-    const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
+    const reg = await sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
     if (reg.created) await audit.record('sim_registered', identity.imsi, { remoteAddress, source });
     return reg.sim;
   }

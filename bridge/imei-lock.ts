@@ -1,6 +1,6 @@
 import type { LockMode } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { Sim, SimRegistry } from '../storage/sims.ts';
 import { sameDevice } from '../lib/ids.ts';
 import { Refusal } from './identity/source.ts';
 
@@ -8,18 +8,18 @@ import { Refusal } from './identity/source.ts';
  * The IMEI lock: a SIM works only in the device it is bound to, so a stolen SIM is useless elsewhere.
  * IMEIs are compared on TAC+SNR. Returns the SIM (re-read after a first-contact bind) or a refusal.
  */
-export async function checkImeiLock(sims: SimStore, audit: AuditStore, sim: Sim, imei: string | undefined, groupMode: LockMode): Promise<Sim | Refusal> {
+export async function checkImeiLock(sims: SimRegistry, audit: AuditStore, sim: Sim, imei: string | undefined, groupMode: LockMode): Promise<Sim | Refusal> {
   const mode = (sim.lockMode as LockMode | null) ?? groupMode;
   if (mode === 'any') return sim;
   if (!sim.boundImei) {
     if (mode === 'locked') return new Refusal('imei_not_bound', 'SIM is locked and not yet bound to a device; an installer must bind it', sim.imsi, { seen: imei ?? null });
     if (!imei) return sim; // first-contact, but nothing to bind yet
-    if (sims.bindImei(sim.imsi, imei, true)) {
+    if (await sims.bindImei(sim.imsi, imei, true)) {
       await audit.record('imei_bound', sim.imsi, { imei, by: 'first-contact' });
       return { ...sim, boundImei: imei };
     }
     // Another connection bound it a moment ago: judge against what it bound.
-    const now = sims.get(sim.imsi);
+    const now = await sims.get(sim.imsi);
     if (!now?.boundImei) return sim;
     sim = now;
   }

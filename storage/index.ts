@@ -7,7 +7,7 @@ import { NetworkSessions } from './network-sessions.ts';
 import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
 import { promised } from './promised.ts';
 import { SqliteRetentionStore, type RetentionStore } from './retention.ts';
-import { SimStore } from './sims.ts';
+import { SIM_REGISTRY_METHODS, SimStore, type SimRegistry } from './sims.ts';
 import { TokenStore, type AdminTokenStore } from './tokens.ts';
 
 /**
@@ -17,7 +17,12 @@ import { TokenStore, type AdminTokenStore } from './tokens.ts';
  * needs its writer thread.
  */
 export interface Stores {
-  sims: SimStore;
+  sims: SimRegistry;
+  /**
+   * The same registry, synchronous, for the per-message path: its routing cache, and the delivery loop
+   * (bridge/dispatcher.ts) until that reads through the cache alone.
+   */
+  simRouting: SimStore;
   audit: AuditStore;
   credentials: CredentialStore;
   downlink: DownlinkStore;
@@ -30,8 +35,10 @@ export interface Stores {
 
 /** The SQLite stores over an open database. */
 export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
+  const sims = new SimStore(db);
   return {
-    sims: new SimStore(db),
+    sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
+    simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials: new CredentialStore(db, now),
     downlink: new DownlinkStore(db),
@@ -42,3 +49,4 @@ export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
     meta: promised(new SqliteMetaStore(db), ['get', 'putIfAbsent']) satisfies MetaStore,
   };
 }
+

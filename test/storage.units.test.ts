@@ -88,7 +88,7 @@ describe('outbox figures for the admin surface', () => {
 describe('credential figures', () => {
   it('count SIMs with a certificate in use and SIMs being vended, and name each step\'s state once', async () => {
     const { db, stores } = fresh();
-    for (const imsi of [IMSI, OTHER]) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    for (const imsi of [IMSI, OTHER]) await stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
     const row = db.prepare(
       "INSERT INTO credentials (imsi, thing_name, step, key_alg, key_enc, csr_pem, created_at, updated_at) VALUES (?, 't', ?, 'ec', x'00', 'csr', 0, 0)",
     );
@@ -154,29 +154,29 @@ describe('online', () => {
       gatewayOnly: '001010000000914', // only the gateway's own shadow update queued
       stale: '001010000000915', // sent something long ago
     };
-    for (const imsi of Object.values(sims)) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    for (const imsi of Object.values(sims)) await stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
     stores.networkSessions.start({ ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' });
-    stores.sims.markSeen(sims.seen, now - 1000);
+    stores.simRouting.markSeen(sims.seen, now - 1000);
     queue(db, sims.queued, 'telemetry', now - 1000);
     queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000, true);
-    stores.sims.markSeen(sims.stale, now - 3_600_000);
+    stores.simRouting.markSeen(sims.stale, now - 3_600_000);
 
     const expected = { session: true, seen: true, queued: true, gatewayOnly: false, stale: false };
-    const listed = new Map(stores.sims.list({}, { limit: 100, onlineSince: since }).items.map((s) => [s.imsi, s.online]));
+    const listed = new Map((await stores.sims.list({}, { limit: 100, onlineSince: since })).items.map((s) => [s.imsi, s.online]));
     for (const [name, imsi] of Object.entries(sims)) {
       const want = expected[name as keyof typeof expected];
-      expect([name, listed.get(imsi), stores.sims.isOnline(imsi, since)]).toEqual([name, want, want]);
+      expect([name, listed.get(imsi), await stores.sims.isOnline(imsi, since)]).toEqual([name, want, want]);
     }
-    const online = stores.sims.list({ online: true }, { limit: 100, onlineSince: since }).items.map((s) => s.imsi);
+    const online = (await stores.sims.list({ online: true }, { limit: 100, onlineSince: since })).items.map((s) => s.imsi);
     expect(online).toEqual([sims.session, sims.seen, sims.queued]);
-    expect(stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
+    expect(await stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
   });
 });
 
 describe('outbox rows the gateway queued itself', () => {
   it('keep their system flag through the commit and back out of peek, and are no sign of the device', async () => {
     const { db, stores } = fresh();
-    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901' });
+    await stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901' });
     const commit = committer(db);
     // The real commit transaction, run in this thread instead of on the writer thread.
     const writer: CommitWriter = { commit: async (req) => commit(req), ready: async () => undefined, close: async () => undefined };
@@ -190,7 +190,7 @@ describe('outbox rows the gateway queued itself', () => {
       [5000, true],
       [4000, false],
     ]);
-    expect(stores.sims.get(IMSI)?.lastSeenAt).toBe(4000);
+    expect((await stores.sims.get(IMSI))?.lastSeenAt).toBe(4000);
     expect((await stores.outboxStats.ofSim(IMSI)).newestFromDevice).toBe(4000);
   });
 
@@ -220,12 +220,12 @@ describe('outbox rows the gateway queued itself', () => {
 describe('binding an IMEI', () => {
   it('treats another spelling of the bound device (IMEISV digits, spare 0) as the same device, and another device as a conflict', async () => {
     const { stores } = fresh();
-    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901', boundImei: '490154203237518' });
-    expect(stores.sims.bindImeiChecked(IMSI, '490154203237510', false)).toMatchObject({ outcome: 'unchanged', previous: '490154203237518' });
-    expect(stores.sims.bindImeiChecked(IMSI, '356938035643809', false)).toMatchObject({ outcome: 'conflict' });
-    const imported = stores.sims.upsertMany([{ imsi: IMSI, group: 'default', thingName: 'sim-901', imei: '490154203237510' }], { force: false });
+    await stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901', boundImei: '490154203237518' });
+    expect(await stores.sims.bindImeiChecked(IMSI, '490154203237510', false)).toMatchObject({ outcome: 'unchanged', previous: '490154203237518' });
+    expect(await stores.sims.bindImeiChecked(IMSI, '356938035643809', false)).toMatchObject({ outcome: 'conflict' });
+    const imported = await stores.sims.upsertMany([{ imsi: IMSI, group: 'default', thingName: 'sim-901', imei: '490154203237510' }], { force: false });
     expect(imported).toEqual([{ result: 'unchanged' }]);
-    expect(stores.sims.get(IMSI)?.boundImei).toBe('490154203237518');
+    expect((await stores.sims.get(IMSI))?.boundImei).toBe('490154203237518');
   });
 });
 

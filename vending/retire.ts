@@ -16,7 +16,7 @@ export interface RetirerOptions {
   orphanGraceMs: number;
   deleteRetired: boolean;
   /** Policy a row's certificate had when the row did not record it (rows from before it was recorded). */
-  policyOf(row: CredentialRow): string | undefined;
+  policyOf(row: CredentialRow): Promise<string | undefined>;
 }
 
 const BATCH = 100;
@@ -62,7 +62,7 @@ export class Retirer {
       if (fresh.certId && fresh.certArn) {
         const { certId, certArn } = fresh;
         await gate.call('UpdateCertificate', (s) => provider.setCertificateStatus(certId, 'INACTIVE', s));
-        const policy = fresh.policyName ?? this.o.policyOf(fresh);
+        const policy = fresh.policyName ?? (await this.o.policyOf(fresh));
         if (policy) await gate.call('DetachPolicy', (s) => provider.detachPolicy(policy, certArn, s));
         await gate.call('DetachThingPrincipal', (s) => provider.detachThingPrincipal(fresh.thingName, certArn, s));
         if (this.o.deleteRetired) await gate.call('DeleteCertificate', (s) => provider.deleteCertificate(certId, s));

@@ -57,7 +57,7 @@ export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
         const { imsi } = req.params;
         const n = normaliseImei(req.body.imei.trim());
         if ('problem' in n) return reply.code(400).send({ error: 'invalid_imei', message: imeiProblems[n.problem] });
-        const r = stores.sims.bindImeiChecked(imsi, n.imei, req.body.force ?? false);
+        const r = await stores.sims.bindImeiChecked(imsi, n.imei, req.body.force ?? false);
         switch (r.outcome) {
           case 'not_found':
             return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
@@ -89,10 +89,10 @@ export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const { imsi } = req.params;
-        const sim = stores.sims.get(imsi);
+        const sim = await stores.sims.get(imsi);
         if (!sim) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
         if (sim.boundImei) {
-          stores.sims.bindImei(imsi, null);
+          await stores.sims.bindImei(imsi, null);
           await stores.audit.record('imei_unbound', imsi, { previous: sim.boundImei, ...actor(req) });
         }
         return { sim: simJson({ ...sim, boundImei: null }), previous: sim.boundImei };
