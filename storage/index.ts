@@ -1,7 +1,7 @@
 import { AuditLog, type AuditStore } from './audit.ts';
 import { CredentialStore } from './credentials.ts';
 import type { Db } from './db.ts';
-import { DownlinkStore } from './downlink.ts';
+import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
 import { NetworkSessions } from './network-sessions.ts';
 import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
@@ -25,7 +25,7 @@ export interface Stores {
   simRouting: SimStore;
   audit: AuditStore;
   credentials: CredentialStore;
-  downlink: DownlinkStore;
+  downlink: HeldDownlinkStore;
   networkSessions: NetworkSessions;
   outboxStats: OutboxStats;
   retention: RetentionStore;
@@ -41,7 +41,7 @@ export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
     simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials: new CredentialStore(db, now),
-    downlink: new DownlinkStore(db),
+    downlink: downlinkView(new DownlinkStore(db)),
     networkSessions: new NetworkSessions(db, now),
     outboxStats: promised(new SqliteOutboxStats(db), ['summary', 'ofSim', 'deadLetters']) satisfies OutboxStats,
     retention: promised(new SqliteRetentionStore(db), ['purgeBefore']) satisfies RetentionStore,
@@ -50,3 +50,6 @@ export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
   };
 }
 
+function downlinkView(store: DownlinkStore): HeldDownlinkStore {
+  return { ...promised(store, ['hold', 'remove', 'expire']), pending: (imsi, now) => store.pending(imsi, now) } satisfies HeldDownlinkStore;
+}

@@ -247,3 +247,20 @@ describe('promise-shaped views of the SQLite stores', () => {
     expect('hidden' in view).toBe(false);
   });
 });
+
+describe('held downlink', () => {
+  it('holds at most maxMessages per device (pushing out the oldest), serves them until removed, and lets expired ones go', async () => {
+    const { stores } = fresh();
+    const msg = (n: number) => ({ topic: `cmd/${n}`, payload: Buffer.from(String(n)), qos: 1 as const, receivedAt: 1000 + n });
+    expect(await stores.downlink.hold(IMSI, msg(1), 2, 60_000)).toEqual([]);
+    await stores.downlink.hold(IMSI, msg(2), 2, 60_000);
+    const pushed = await stores.downlink.hold(IMSI, msg(3), 2, 60_000);
+    expect(pushed.map((m) => m.topic)).toEqual(['cmd/1']);
+    const held = stores.downlink.pending(IMSI, 2000);
+    expect(held.map((m) => m.topic)).toEqual(['cmd/2', 'cmd/3']);
+    await stores.downlink.remove([held[0]!.id]);
+    expect(stores.downlink.pending(IMSI, 2000).map((m) => m.topic)).toEqual(['cmd/3']);
+    expect(stores.downlink.pending(IMSI, 1003 + 60_000)).toEqual([]); // past its age
+    expect((await stores.downlink.expire(1003 + 60_000)).map((m) => [m.imsi, m.topic])).toEqual([[IMSI, 'cmd/3']]);
+  });
+});
