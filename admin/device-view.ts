@@ -74,8 +74,11 @@ export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   const sim = await stores.sims.get(imsi);
   if (!sim) return undefined;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
-  const sessions = stores.networkSessions.byImsi(imsi);
-  const [outbox, events] = await Promise.all([stores.outboxStats.ofSim(imsi), stores.audit.query({ imsi, limit: 20 })]);
+  const [sessions, outbox, events] = await Promise.all([
+    stores.networkSessions.byImsi(imsi),
+    stores.outboxStats.ofSim(imsi),
+    stores.audit.query({ imsi, limit: 20 }),
+  ]);
   const creds = stores.credentials.history(imsi).reverse();
   const current = creds.find((c) => c.step === 'ready') ?? creds[0];
   const upstream = deps.upstreamState?.(sim.thingName);

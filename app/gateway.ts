@@ -166,7 +166,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         host: config.radius.host,
         port: config.radius.port,
         clients: config.radius.clients,
-        sessions: stores.networkSessions,
+        sessions: { store: stores.networkSessions, lookup: stores.sessionLookup },
         replyCacheMs: config.radius.replyCacheMs,
         sessionTimeoutMs: config.radius.sessionTimeoutMs,
         logger: log.child({ component: 'radius' }),

@@ -3,7 +3,7 @@ import { CredentialStore } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
-import { NetworkSessions } from './network-sessions.ts';
+import { NetworkSessions, type NetworkSessionStore, type SessionLookup } from './network-sessions.ts';
 import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
 import { promised } from './promised.ts';
 import { SqliteRetentionStore, type RetentionStore } from './retention.ts';
@@ -26,7 +26,9 @@ export interface Stores {
   audit: AuditStore;
   credentials: CredentialStore;
   downlink: HeldDownlinkStore;
-  networkSessions: NetworkSessions;
+  networkSessions: NetworkSessionStore;
+  /** The same table, synchronous, for identifying devices by their address. */
+  sessionLookup: SessionLookup;
   outboxStats: OutboxStats;
   retention: RetentionStore;
   tokens: AdminTokenStore;
@@ -36,13 +38,15 @@ export interface Stores {
 /** The SQLite stores over an open database. */
 export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
   const sims = new SimStore(db);
+  const networkSessions = new NetworkSessions(db, now);
   return {
     sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
     simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials: new CredentialStore(db, now),
     downlink: downlinkView(new DownlinkStore(db)),
-    networkSessions: new NetworkSessions(db, now),
+    networkSessions: promised(networkSessions, ['applyAll', 'expire', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
+    sessionLookup: networkSessions,
     outboxStats: promised(new SqliteOutboxStats(db), ['summary', 'ofSim', 'deadLetters']) satisfies OutboxStats,
     retention: promised(new SqliteRetentionStore(db), ['purgeBefore']) satisfies RetentionStore,
     tokens: promised(new TokenStore(db), ['create', 'verify', 'list', 'revoke']) satisfies AdminTokenStore,

@@ -113,9 +113,9 @@ describe('retention', () => {
     expect(await stores.retention.purgeBefore('audit', cutoff, 3)).toBe(0);
     expect((await stores.audit.query()).items).toHaveLength(1);
     // network_sessions has no ended_at here: live sessions are never aged out.
-    stores.networkSessions.start({ ip: '10.0.0.1', imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: 'a' });
+    await stores.networkSessions.applyAll([{ kind: 'start', report: { ip: '10.0.0.1', imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: 'a' } }]);
     expect(await stores.retention.purgeBefore('networkSessions', Date.now() + DAY, 10)).toBe(0);
-    expect(stores.networkSessions.count()).toBe(1);
+    expect(await stores.networkSessions.count()).toBe(1);
   });
 });
 
@@ -130,15 +130,26 @@ describe('meta', () => {
 });
 
 describe('network sessions in one transaction', () => {
-  it('apply a batch, keeping a record that failed from taking the others down', async () => {
+  it('apply a batch of changes, keeping one that failed from taking the others down', async () => {
     const { stores } = fresh();
-    const outcomes = stores.networkSessions.applyAll(['10.0.0.1', 'bad', '10.0.0.2'], (ip) => {
-      if (ip === 'bad') throw new Error('refused');
-      return stores.networkSessions.start({ ip, imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: ip }).created;
-    });
-    expect(outcomes.map((o) => (o instanceof Error ? o.message : o))).toEqual([true, 'refused', true]);
-    // One commit for the batch: the others hold.
-    expect(stores.networkSessions.list().map((s) => s.ip)).toEqual(['10.0.0.1', '10.0.0.2']);
+    const nasIp = '10.9.9.9';
+    const outcomes = await stores.networkSessions.applyAll([
+      { kind: 'start', report: { ip: '10.0.0.1', imsi: IMSI, nasIp, acctSessionId: 'a' } },
+      { kind: 'start', report: { ip: '10.0.0.9', imsi: null as unknown as string, nasIp, acctSessionId: 'bad' } },
+      { kind: 'start', report: { ip: '10.0.0.2', imsi: OTHER, nasIp, acctSessionId: 'b' } },
+      { kind: 'stop', ip: '10.0.0.1', acctSessionId: 'a' },
+    ]);
+    expect(outcomes.map((o) => (o instanceof Error ? 'error' : [o.started?.session.ip ?? null, o.ended.map((e) => e.cause)]))).toEqual([
+      ['10.0.0.1', []],
+      'error',
+      ['10.0.0.2', []],
+      [null, ['stop']],
+    ]);
+    // One commit for the batch: the others hold, and devices are identified from them at once.
+    expect((await stores.networkSessions.list()).map((s) => s.ip)).toEqual(['10.0.0.2']);
+    expect(stores.sessionLookup.byIp('10.0.0.2')?.imsi).toBe(OTHER);
+    expect([stores.sessionLookup.count(), await stores.networkSessions.count()]).toEqual([1, 1]);
+    expect((await stores.networkSessions.byImsi(OTHER)).map((s) => s.ip)).toEqual(['10.0.0.2']);
   });
 });
 
@@ -155,7 +166,7 @@ describe('online', () => {
       stale: '001010000000915', // sent something long ago
     };
     for (const imsi of Object.values(sims)) await stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
-    stores.networkSessions.start({ ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' });
+    await stores.networkSessions.applyAll([{ kind: 'start', report: { ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' } }]);
     stores.simRouting.markSeen(sims.seen, now - 1000);
     queue(db, sims.queued, 'telemetry', now - 1000);
     queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000, true);

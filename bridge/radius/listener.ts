@@ -6,10 +6,18 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { isIPv6 } from 'node:net';
 import type { Db } from '../../storage/db.ts';
-import { NetworkSessions, type EndedSession, type NetworkSession, type SessionEndCause } from '../../storage/network-sessions.ts';
+import {
+  NetworkSessions,
+  type ChangeResult,
+  type EndedSession,
+  type NetworkSession,
+  type NetworkSessionStore,
+  type SessionEndCause,
+  type SessionLookup,
+} from '../../storage/network-sessions.ts';
+import { promised } from '../../storage/promised.ts';
 import { maskId } from '../../lib/ids.ts';
 import { parseAccountingRequest, type AccountingRecord } from './accounting.ts';
-import { applyRecord, type Applied, type SessionStartCause } from './apply.ts';
 import { signAccountingResponse, verifyAccountingRequest } from './authenticator.ts';
 import { ClientTable, normaliseAddress, type RadiusClientConfig } from './clients.ts';
 import { decodePacket, encodePacket, type Packet } from './codec.ts';
@@ -30,8 +38,8 @@ export interface RadiusListenerOptions {
   /** Default 1813 (RFC 2866 §3); 0 picks a free port. */
   port?: number;
   clients: RadiusClientConfig[];
-  /** The session table to feed. */
-  sessions?: NetworkSessions;
+  /** The session table to feed, and the same table read by address. */
+  sessions?: { store: NetworkSessionStore; lookup: SessionLookup };
   /** Without `sessions`: the database to keep a session table in. */
   db?: Db;
   /** How long a reply is kept for retransmissions of its request. Default 30 s. */
@@ -64,6 +72,8 @@ export interface RadiusCounters {
   dropped: Record<string, number>;
 }
 
+export type SessionStartCause = 'start' | 'interim';
+
 export interface RadiusListenerEvents {
   'session-start': [session: NetworkSession, cause: SessionStartCause];
   'session-end': [session: NetworkSession, cause: SessionEndCause];
@@ -81,7 +91,10 @@ const silent: RadiusLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, commits: 0, dropped: {} };
-  readonly sessions: NetworkSessions;
+  /** Who holds which IP now (for identifying devices). */
+  readonly sessions: SessionLookup;
+  /** The session table the listener writes. */
+  readonly store: NetworkSessionStore;
   private readonly clients: ClientTable;
   private readonly cache: ReplyCache;
   private readonly log: RadiusLogger;
@@ -93,6 +106,8 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   private flushScheduled: NodeJS.Immediate | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Commits on their way (close waits for them). */
+  private flushing: Promise<void> = Promise.resolve();
 
   /** Use startRadiusListener(). */
   constructor(
@@ -103,7 +118,9 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     const now = opts.now ?? Date.now;
     this.clients = new ClientTable(opts.clients);
     if (!opts.sessions && !opts.db) throw new Error('radius listener: give sessions or db');
-    this.sessions = opts.sessions ?? new NetworkSessions(opts.db!, now);
+    const own = opts.sessions ? undefined : new NetworkSessions(opts.db!, now);
+    this.sessions = opts.sessions?.lookup ?? own!;
+    this.store = opts.sessions?.store ?? promised(own!, ['applyAll', 'expire', 'byImsi', 'count', 'list']);
     this.cache = new ReplyCache(opts.replyCacheMs ?? 30_000, 100_000, now);
     this.log = opts.logger ?? silent;
     this.groupCommit = opts.groupCommit ?? true;
@@ -127,11 +144,11 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   }
 
   /** Ends sessions idle for longer than sessionTimeoutMs now (the timer calls this too). */
-  expireNow(): EndedSession[] {
+  async expireNow(): Promise<EndedSession[]> {
     if (this.sessionTimeoutMs <= 0) return [];
     let ended: EndedSession[];
     try {
-      ended = this.sessions.expire(this.sessionTimeoutMs);
+      ended = await this.store.expire(this.sessionTimeoutMs);
     } catch (err) {
       this.log.error({ err }, 'radius session expiry failed');
       return [];
@@ -147,6 +164,7 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     this.closed = true;
     clearInterval(this.expiryTimer);
     this.flush();
+    await this.flushing;
     await new Promise<void>((resolve) => this.socket.close(() => resolve()));
   }
 
@@ -209,17 +227,17 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     const batch = this.pending;
     if (batch.length === 0) return;
     this.pending = [];
-    let outcomes: Array<Applied | Error>;
-    try {
-      outcomes = this.sessions.applyAll(batch, (p) => applyRecord(this.sessions, p.record));
-      this.counters.commits++;
-    } catch (err) {
-      outcomes = batch.map(() => err as Error);
-    }
-    batch.forEach((p, i) => this.settle(p, outcomes[i]!));
+    const flushed = this.store.applyAll(batch.map((p) => p.record)).then(
+      (outcomes) => {
+        this.counters.commits++;
+        batch.forEach((p, i) => this.settle(p, outcomes[i]!));
+      },
+      (err: Error) => batch.forEach((p) => this.settle(p, err)),
+    );
+    this.flushing = Promise.all([this.flushing, flushed]).then(() => undefined);
   }
 
-  private settle(p: Pending, outcome: Applied | Error): void {
+  private settle(p: Pending, outcome: ChangeResult | Error): void {
     if (outcome instanceof Error) {
       this.cache.forget(p.key);
       this.drop('store_failed', p.rinfo, outcome.message);
