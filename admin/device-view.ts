@@ -74,12 +74,13 @@ export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   const sim = await stores.sims.get(imsi);
   if (!sim) return undefined;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
-  const [sessions, outbox, events] = await Promise.all([
+  const [sessions, outbox, events, history] = await Promise.all([
     stores.networkSessions.byImsi(imsi),
     stores.outboxStats.ofSim(imsi),
     stores.audit.query({ imsi, limit: 20 }),
+    stores.credentialReads.history(imsi),
   ]);
-  const creds = stores.credentials.history(imsi).reverse();
+  const creds = history.reverse();
   const current = creds.find((c) => c.step === 'ready') ?? creds[0];
   const upstream = deps.upstreamState?.(sim.thingName);
   const connected = deps.connected ? deps.connected(imsi) : null;

@@ -37,15 +37,16 @@ export async function fleetStats(stores: AdminStores, onlineSince: number) {
     g.online += c.online;
     groups.set(c.group, g);
   }
-  const [outbox, dead, networkSessions] = await Promise.all([
+  const [outbox, dead, networkSessions, certificates] = await Promise.all([
     stores.outboxStats.summary(),
     stores.outboxStats.deadLetters(Date.now() - 86_400_000),
     stores.networkSessions.count(),
+    stores.credentialReads.countByState(),
   ]);
   return {
     sims: totals,
     groups: [...groups.values()],
-    certificates: stores.credentials.countByState(),
+    certificates,
     outbox: { depth: outbox.depth, sims: outbox.sims, oldestReceivedAt: iso(outbox.oldestReceivedAt) },
     deadLetters: { total: dead.total, last24h: dead.recent },
     networkSessions,

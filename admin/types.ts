@@ -20,7 +20,7 @@ export interface UpstreamState {
 }
 
 /** The stores the admin surface reads and changes. */
-export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
+export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentialReads' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
 
 /** What the admin surface reads from and acts on in the running gateway. */
 export interface AdminDeps {

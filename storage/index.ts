@@ -1,5 +1,5 @@
 import { AuditLog, type AuditStore } from './audit.ts';
-import { CredentialStore } from './credentials.ts';
+import { CredentialStore, type CredentialReads } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
@@ -24,7 +24,13 @@ export interface Stores {
    */
   simRouting: SimStore;
   audit: AuditStore;
+  /**
+   * Synchronous still (the SQLite class): vending composes its calls inside SQLite transactions (a step
+   * and its audit row in one commit), which a promise-shaped store must offer another way first.
+   */
   credentials: CredentialStore;
+  /** The same table as the admin surface reads it. */
+  credentialReads: CredentialReads;
   downlink: HeldDownlinkStore;
   networkSessions: NetworkSessionStore;
   /** The same table, synchronous, for identifying devices by their address. */
@@ -39,11 +45,13 @@ export interface Stores {
 export function sqliteStores(db: Db, now: () => number = Date.now): Stores {
   const sims = new SimStore(db);
   const networkSessions = new NetworkSessions(db, now);
+  const credentials = new CredentialStore(db, now);
   return {
     sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
     simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
-    credentials: new CredentialStore(db, now),
+    credentials,
+    credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
     downlink: downlinkView(new DownlinkStore(db)),
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
     sessionLookup: networkSessions,

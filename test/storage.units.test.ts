@@ -95,8 +95,8 @@ describe('credential figures', () => {
     row.run(IMSI, 'ready');
     row.run(IMSI, 'csr_sent'); // rotating
     row.run(OTHER, 'retired');
-    expect(stores.credentials.countByState()).toEqual({ ready: 1, vending: 1 });
-    expect(stores.credentials.history(IMSI).map((r) => r.step)).toEqual(['ready', 'csr_sent']);
+    expect(await stores.credentialReads.countByState()).toEqual({ ready: 1, vending: 1 });
+    expect((await stores.credentialReads.history(IMSI)).map((r) => r.step)).toEqual(['ready', 'csr_sent']);
     expect(['key', 'policy', 'ready', 'retiring', 'retired'].map((s) => certificateState(s as never))).toEqual(['vending', 'vending', 'ready', 'retired', 'retired']);
   });
 });
