@@ -20,7 +20,7 @@ const security = [{ bearer: [] }];
 
 /** Binding a SIM to its device's IMEI, and undoing it: what an installer does in the field. */
 export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
-  const { deps, stores } = ctx;
+  const { stores } = ctx;
   return async (app) => {
     app.put<{ Params: { imsi: string }; Body: { imei: string; force?: boolean } }>(
       '/v1/sims/:imsi/imei',
