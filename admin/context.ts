@@ -1,6 +1,5 @@
 import type { FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import type { TokenStore } from '../storage/tokens.ts';
 import type { RouteAccess } from './auth/guard.ts';
 import type { RetentionJob } from './retention.ts';
 import type { AdminConfig, AdminDeps, AdminStores } from './types.ts';
@@ -10,7 +9,6 @@ export interface AdminContext {
   deps: AdminDeps;
   config: AdminConfig;
   stores: AdminStores;
-  tokens: TokenStore;
   /** Routes as registered, with the access each needs. */
   routes: RouteAccess[];
   retention: RetentionJob;

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { isIccid, isImsi, normaliseImei, type ImeiProblem } from '../lib/ids.ts';
 import { hashSecret, verifySecret } from '../storage/secret-hash.ts';
-import type { ImportOutcome, SimImportRow, SimStore } from '../storage/sims.ts';
+import type { ImportOutcome, SimImportRow, SimRegistry } from '../storage/sims.ts';
 import { csvLines } from './csv-lines.ts';
 import { TAG_KEY_PATTERN } from './schemas.ts';
 import { secretProblem } from './sim-secret.ts';
@@ -34,7 +34,7 @@ export interface ImportReport {
 export class ImportFileError extends Error {}
 
 export interface ImportOptions {
-  sims: SimStore;
+  sims: SimRegistry;
   isGroup(name: string): boolean;
   defaultGroup: string;
   thingName(imsi: string, group: string): string;
@@ -82,7 +82,7 @@ export async function importSimsCsv(input: Readable, opts: ImportOptions): Promi
   const flush = async () => {
     if (!batch.length) return;
     await hashSecrets(batch.map((b) => b.row), opts.sims);
-    const outcomes = opts.sims.upsertMany(
+    const outcomes = await opts.sims.upsertMany(
       batch.map((b) => b.row),
       { force: opts.force, dryRun: opts.dryRun, onRow: (row, outcome) => bound(row, outcome) },
     );
@@ -142,11 +142,11 @@ const HASHING_LANES = 2;
  * Secrets are stored as slow hashes (tens of ms each). One that still matches the stored hash is left
  * alone, so a re-import changes nothing.
  */
-async function hashSecrets(rows: CheckedRow[], sims: SimStore): Promise<void> {
+async function hashSecrets(rows: CheckedRow[], sims: SimRegistry): Promise<void> {
   const pending = rows.filter((r) => r.secret !== undefined);
   const lane = async () => {
     for (let row = pending.shift(); row; row = pending.shift()) {
-      const stored = sims.get(row.imsi)?.secretHash;
+      const stored = (await sims.get(row.imsi))?.secretHash;
       if (!stored || !(await verifySecret(row.secret!, stored))) row.secretHash = await hashSecret(row.secret!);
       delete row.secret;
     }

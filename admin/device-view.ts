@@ -70,21 +70,25 @@ export interface DeviceViewDeps extends Pick<AdminDeps, 'groups' | 'upstreamStat
 }
 
 /** Everything known about one device, read fresh: identity, lock, network, certificate, upstream, queue. */
-export function deviceView(imsi: string, deps: DeviceViewDeps) {
+export async function deviceView(imsi: string, deps: DeviceViewDeps) {
   const { stores } = deps;
-  const sim = stores.sims.get(imsi);
+  const sim = await stores.sims.get(imsi);
   if (!sim) return undefined;
   const groupLock = deps.groups()[sim.group]?.lock ?? 'first-contact';
-  const sessions = stores.networkSessions.byImsi(imsi);
-  const outbox = stores.outboxStats.ofSim(imsi);
-  const creds = stores.credentials.history(imsi).reverse();
+  const [sessions, outbox, events, history] = await Promise.all([
+    stores.networkSessions.byImsi(imsi),
+    stores.outboxStats.ofSim(imsi),
+    stores.audit.query({ imsi, limit: 20 }),
+    stores.credentialReads.history(imsi),
+  ]);
+  const creds = history.reverse();
   const current = creds.find((c) => c.step === 'ready') ?? creds[0];
   const upstream = deps.upstreamState?.(sim.thingName);
   const connected = deps.connected ? deps.connected(imsi) : null;
   // last_seen_at is the gateway's word; a message still queued proves contact even before that is written.
   const lastMessageAt = Math.max(sim.lastSeenAt ?? 0, outbox.newestFromDevice ?? 0) || null;
   // The fleet listing's rule, so the two views never disagree about a SIM; a connection is reported apart.
-  const online = stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
+  const online = await stores.sims.isOnline(imsi, Date.now() - deps.onlineWindowMs);
 
   return {
     sim: simJson(sim),
@@ -115,6 +119,6 @@ export function deviceView(imsi: string, deps: DeviceViewDeps) {
     online,
     lastMessageAt: iso(lastMessageAt),
     deliveredAt: iso(sim.deliveredAt),
-    recentEvents: stores.audit.query({ imsi, limit: 20 }).items.map((e) => ({ ...e, at: iso(e.at)! })),
+    recentEvents: events.items.map((e) => ({ ...e, at: iso(e.at)! })),
   };
 }

@@ -22,10 +22,10 @@ export const fleetStatsSchema = {
 } as const;
 
 /** The fleet at a glance, for `simbridge stats` and dashboards. */
-export function fleetStats(stores: AdminStores, onlineSince: number) {
+export async function fleetStats(stores: AdminStores, onlineSince: number) {
   const totals = { total: 0, active: 0, suspended: 0, terminated: 0, bound: 0, online: 0 };
   const groups = new Map<string, { group: string; total: number; active: number; bound: number; online: number }>();
-  for (const c of stores.sims.counts(onlineSince)) {
+  for (const c of await stores.sims.counts(onlineSince)) {
     totals.total += c.total;
     totals[c.status] += c.total;
     totals.bound += c.bound;
@@ -37,14 +37,18 @@ export function fleetStats(stores: AdminStores, onlineSince: number) {
     g.online += c.online;
     groups.set(c.group, g);
   }
-  const outbox = stores.outboxStats.summary();
-  const dead = stores.outboxStats.deadLetters(Date.now() - 86_400_000);
+  const [outbox, dead, networkSessions, certificates] = await Promise.all([
+    stores.outboxStats.summary(),
+    stores.outboxStats.deadLetters(Date.now() - 86_400_000),
+    stores.networkSessions.count(),
+    stores.credentialReads.countByState(),
+  ]);
   return {
     sims: totals,
     groups: [...groups.values()],
-    certificates: stores.credentials.countByState(),
+    certificates,
     outbox: { depth: outbox.depth, sims: outbox.sims, oldestReceivedAt: iso(outbox.oldestReceivedAt) },
     deadLetters: { total: dead.total, last24h: dead.recent },
-    networkSessions: stores.networkSessions.count(),
+    networkSessions,
   };
 }

@@ -58,10 +58,8 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
   });
   for (const s of sharedSchemas) app.addSchema(s);
 
-  const others = deps.stores ?? (deps.db ? sqliteStores(deps.db) : undefined);
-  if (!others) throw new Error('admin: give stores or db');
-  const stores: AdminStores = { ...others, sims: deps.sims, audit: deps.audit, tokens: deps.tokens ?? others.tokens };
-  const { tokens } = stores;
+  const stores: AdminStores | undefined = deps.stores ?? (deps.db ? sqliteStores(deps.db) : undefined);
+  if (!stores) throw new Error('admin: give stores or db');
   const authFailures = new Counter({
     name: 'simbridge_admin_auth_failures_total',
     help: 'admin API requests refused for a missing or wrong token or too low a role',
@@ -75,13 +73,13 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
     registers: [deps.metrics],
   });
   const routes = installGuard(app, {
-    tokens,
-    audit: deps.audit,
+    tokens: stores.tokens,
+    audit: stores.audit,
     limiter: new FailureLimiter(config.auth.maxFailures, config.auth.failureWindowSeconds * 1000),
     failures: authFailures,
   });
   const retention = startRetention(stores.retention, config.retention, log.child({ job: 'retention' }), (table, n) => retentionDeleted.inc({ table }, n));
-  const ctx: AdminContext = { deps, config, stores, tokens, routes, retention, log };
+  const ctx: AdminContext = { deps, config, stores, routes, retention, log };
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) return reply.code(400).send({ error: 'invalid_request', message: err.message });

@@ -2,7 +2,7 @@ import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import type { retentionSection } from '../config/admin.ts';
-import { RetentionStore, type RetentionTarget } from '../storage/retention.ts';
+import { retentionTable, type RetentionStore, type RetentionTarget } from '../storage/retention.ts';
 
 export type RetentionConfig = z.infer<typeof retentionSection>;
 
@@ -48,12 +48,12 @@ async function sweep(store: RetentionStore, config: RetentionConfig, onDeleted?:
     if (days === 0) continue;
     const cutoff = Date.now() - days * DAY_MS;
     for (;;) {
-      const n = store.purgeBefore(target, cutoff, CHUNK);
+      const n = await store.purgeBefore(target, cutoff, CHUNK);
       result[target] += n;
       if (n < CHUNK) break;
       await new Promise((r) => setImmediate(r)); // let device traffic through between chunks
     }
-    if (result[target]) onDeleted?.(RetentionStore.table(target), result[target]);
+    if (result[target]) onDeleted?.(retentionTable(target), result[target]);
   }
   return result;
 }

@@ -1,4 +1,4 @@
-import type { AdminDeps } from './types.ts';
+import type { AdminDeps, AdminStores } from './types.ts';
 
 export interface Revocation {
   state: 'revoked' | 'failed' | 'unavailable';
@@ -9,20 +9,26 @@ export interface Revocation {
  * Terminates a SIM: the status changes first (admission refuses the SIM from then on, whatever happens
  * to the certificate), then the certificate is revoked through the gateway's vending service.
  */
-export async function terminate(deps: AdminDeps, imsi: string, who: Record<string, string>, reason = 'sim terminated'): Promise<Revocation> {
-  const before = deps.sims.get(imsi)?.status;
-  deps.sims.setStatus(imsi, 'terminated');
-  deps.audit.record('sim_status_changed', imsi, { from: before, to: 'terminated', ...who });
-  if (!deps.revoke) {
-    deps.audit.record('revoke_unavailable', imsi, { ...who });
+export async function terminate(
+  stores: Pick<AdminStores, 'sims' | 'audit'>,
+  revoke: AdminDeps['revoke'],
+  imsi: string,
+  who: Record<string, string>,
+  reason = 'sim terminated',
+): Promise<Revocation> {
+  const before = (await stores.sims.get(imsi))?.status;
+  await stores.sims.setStatus(imsi, 'terminated');
+  await stores.audit.record('sim_status_changed', imsi, { from: before, to: 'terminated', ...who });
+  if (!revoke) {
+    await stores.audit.record('revoke_unavailable', imsi, { ...who });
     return { state: 'unavailable', message: 'this gateway has no certificate revoker: the certificate was not revoked' };
   }
   try {
-    await deps.revoke(imsi, reason);
+    await revoke(imsi, reason);
     return { state: 'revoked' };
   } catch (err) {
     const message = (err as Error).message ?? String(err);
-    deps.audit.record('revoke_failed', imsi, { error: message, ...who });
+    await stores.audit.record('revoke_failed', imsi, { error: message, ...who });
     return { state: 'failed', message };
   }
 }

@@ -7,7 +7,6 @@ import type { AuditLog } from '../storage/audit.ts';
 import type { Db } from '../storage/db.ts';
 import type { Stores } from '../storage/index.ts';
 import type { SimStore } from '../storage/sims.ts';
-import type { TokenStore } from '../storage/tokens.ts';
 
 export type AdminConfig = z.infer<typeof adminSection>;
 
@@ -20,17 +19,18 @@ export interface UpstreamState {
   detail?: string;
 }
 
-/** What the admin surface reads from and acts on in the running gateway. */
 /** The stores the admin surface reads and changes. */
-export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
+export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentialReads' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
 
+/** What the admin surface reads from and acts on in the running gateway. */
 export interface AdminDeps {
-  sims: SimStore;
-  audit: AuditLog;
-  /** The gateway's other stores (fleet figures, device view, retention, tokens). */
-  stores?: Omit<AdminStores, 'sims' | 'audit'>;
-  /** Without `stores`: the database to open SQLite stores over (a standalone admin server). */
+  /** The gateway's stores. */
+  stores?: AdminStores;
+  /** Without `stores`, a standalone admin server: SQLite stores are built over this database. */
   db?: Db;
+  /** Not read: stores (or db) supply the registry and the audit log. Kept so older callers still compile. */
+  sims?: SimStore;
+  audit?: AuditLog;
   metrics: Registry;
   log: Logger;
   /** True when the database is open and every listener is up. */
@@ -42,8 +42,6 @@ export interface AdminDeps {
   defaultGroup(): string;
   /** Thing name of a new SIM (config vending.thingName). */
   thingName(imsi: string, group: string): string;
-  /** Tokens; defaults to the one in stores. */
-  tokens?: TokenStore;
   /** Revokes the SIM's certificate (deactivates it in IoT Core); called when a SIM is terminated. */
   revoke?(imsi: string, reason: string): Promise<void>;
   /** The device's upstream session, by thing name. */

@@ -36,7 +36,7 @@ import { UpstreamHealth, watchControlPlane } from '../bridge/upstream/health.ts'
 type IdentitySourceName = z.infer<typeof identitySource>;
 
 /** Sections bound at start (sockets, files, sessions): a reload reports them instead of applying them. */
-const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', 'storage', 'security', 'vending', 'upstream', 'admin', 'sandbox', 'limits'] as const;
+const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', 'storage', 'vending', 'upstream', 'admin', 'sandbox', 'limits'] as const;
 
 export interface Gateway {
   mqttPort: number;
@@ -66,7 +66,7 @@ export async function startGateway(config: Config, log: Logger, env: NodeJS.Proc
   try {
     const cipher = new KeyCipher(...masterKeys(config, env));
     const stores = sqliteStores(db, Date.now, { replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
-    checkMasterKey(stores, cipher);
+    await checkMasterKey(stores, cipher);
     return await assemble(config, log, db, stores, cipher, env);
   } catch (err) {
     db.close();
@@ -81,7 +81,9 @@ function masterKeys(config: Config, env: NodeJS.ProcessEnv): [Buffer, Buffer[]] 
 }
 
 async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cipher: KeyCipher, env: NodeJS.ProcessEnv): Promise<Gateway> {
-  const { sims, audit } = stores;
+  const { audit } = stores;
+  // The per-message path (admission, delivery) reads SIMs from this store's memory.
+  const sims = stores.simRouting;
   sims.warmRoutingCache();
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
@@ -91,7 +93,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
 
   const { vendor, provider } = createVending(config.vending, {
-    sims,
+    sims: stores.sims,
     credentials: stores.credentials,
     cipher,
     audit,
@@ -138,7 +140,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     maxMessageBytes: config.limits.maxPayloadBytes,
     maxInflight: config.upstream.maxInflight,
     maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
-    onDeadLetter: (msg, reason) => audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }),
+    onDeadLetter: (msg, reason) =>
+      void audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }).catch((err) => log.error({ err: String(err) }, 'dead letter not audited')),
     retryDelayMs: config.upstream.retryDelayMs,
     retryMaxDelayMs: config.upstream.retryMaxDelayMs,
     metrics,
@@ -146,7 +149,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   });
 
   const admission = new Admission({
-    sims,
+    routing: sims,
+    sims: stores.sims,
     audit,
     unknownSims: () => config.sims.unknown,
     defaultGroup: () => config.sims.defaultGroup,
@@ -177,7 +181,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         host: config.radius.host,
         port: config.radius.port,
         clients: config.radius.clients,
-        sessions: stores.networkSessions,
+        sessions: { store: stores.networkSessions, lookup: stores.sessionLookup },
         replyCacheMs: config.radius.replyCacheMs,
         sessionTimeoutMs: config.radius.sessionTimeoutMs,
         logger: log.child({ component: 'radius' }),
@@ -230,10 +234,11 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   }
   // A sleeping device is online while its network session lives, not only while it talks to us.
   if (radius) {
-    const onNetwork = (online: boolean) => (session: NetworkSession) => {
-      const sim = sims.get(session.imsi);
-      if (sim) connectivity.report(sim, { online, ip: session.ip, rat: session.ratType, via: 'radius' });
-    };
+    const onNetwork = (online: boolean) => (session: NetworkSession) =>
+      void stores.sims.get(session.imsi).then(
+        (sim) => sim && connectivity.report(sim, { online, ip: session.ip, rat: session.ratType, via: 'radius' }),
+        (err) => log.warn({ err: String(err) }, 'connectivity not reported'),
+      );
     radius.on('session-start', onNetwork(true));
     radius.on('session-end', onNetwork(false));
   }
@@ -253,8 +258,6 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   };
   const admin = config.admin.enabled
     ? await startAdmin(config.admin, {
-        sims,
-        audit,
         stores,
         metrics: metrics.registry,
         log: log.child({ component: 'admin' }),
@@ -281,6 +284,17 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
       })
     : undefined;
 
+  const reloadKeys = async (next: Config) => {
+    try {
+      const keys = masterKeys(next, env);
+      await checkMasterKey(stores, new KeyCipher(...keys));
+      cipher.setKeys(...keys);
+      log.info({ previousKeys: keys[1].length }, 'master keys reloaded');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'new master keys refused; the running ones stay');
+    }
+  };
+
   let closing: Promise<void> | undefined;
   return {
     mqttPort: mqtt.port,
@@ -300,18 +314,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     reload(next: Config) {
       // Outbox quotas are read per message and apply live; the rest of `storage` is bound to the open database.
       const comparable = (c: Config) => ({ ...c, storage: { ...c.storage, outbox: undefined } });
-      // A new key ring (a master-key rotation) applies at once, once it opens this database's keys.
-      if (JSON.stringify(next.security) !== JSON.stringify(config.security)) {
-        try {
-          const ring = new KeyCipher(...masterKeys(next, env));
-          checkMasterKey(stores, ring);
-          cipher.setKeys(...masterKeys(next, env));
-          config = { ...config, security: next.security };
-          log.info({ previousKeys: next.security.previousMasterKeyFiles.length }, 'master keys reloaded');
-        } catch (err) {
-          log.error({ err: (err as Error).message }, 'new master keys refused; the running ones stay');
-        }
-      }
+      // A new key ring (a master-key rotation) applies once it opens this database's keys.
+      if (JSON.stringify(next.security) !== JSON.stringify(config.security)) void reloadKeys(next);
       const needRestart = restartOnlyKeys.filter((k) => JSON.stringify(comparable(next)[k]) !== JSON.stringify(comparable(config)[k]));
       const kept = Object.fromEntries(restartOnlyKeys.map((k) => [k, config[k]]));
       config = { ...next, ...kept, storage: { ...config.storage, outbox: next.storage.outbox } } as Config;

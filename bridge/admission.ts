@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { GroupConfig } from '../config/schema.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import { verifySecret } from '../storage/secret-hash.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { Sim, SimRegistry, SimRouting } from '../storage/sims.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './identity/source.ts';
 import { checkImeiLock } from './imei-lock.ts';
 
@@ -15,8 +15,11 @@ export interface AdmittedDevice {
 }
 
 export interface AdmissionOptions {
-  sims: SimStore;
-  audit: AuditLog;
+  /** SIM records as every message reads them, from memory. */
+  routing: SimRouting;
+  /** The registry, for first contacts (registration, IMEI binding). */
+  sims: SimRegistry;
+  audit: AuditStore;
   unknownSims(): 'register' | 'reject';
   defaultGroup(): string;
   group(name: string): GroupConfig;
@@ -39,7 +42,7 @@ export class Admission {
   async admit(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): Promise<AdmittedDevice | Refusal> {
     const result = await this.check(source, remoteAddress, claim);
     if (result instanceof Refusal && result.imsi) {
-      this.opts.audit.record(result.reason, result.imsi, { remoteAddress, source: source.name, detail: result.detail, ...result.facts });
+      await this.opts.audit.record(result.reason, result.imsi, { remoteAddress, source: source.name, detail: result.detail, ...result.facts });
     }
     return result;
   }
@@ -47,7 +50,7 @@ export class Admission {
   private async check(source: IdentitySource, remoteAddress: string, claim: DeviceClaim): Promise<AdmittedDevice | Refusal> {
     const identity = source.identify(remoteAddress, claim);
     if (identity instanceof Refusal) return identity;
-    const sim = this.findOrRegister(identity, source.name, remoteAddress);
+    const sim = this.opts.routing.forRouting(identity.imsi) ?? (await this.register(identity, source.name, remoteAddress));
     if (sim instanceof Refusal) return sim;
     if (sim.status === 'suspended') return new Refusal('sim_suspended', 'SIM is suspended', sim.imsi);
     if (sim.status === 'terminated') return new Refusal('sim_terminated', 'SIM is terminated', sim.imsi);
@@ -57,7 +60,7 @@ export class Admission {
     }
     // A device's own word is no ground for locking a SIM to it: whoever claims the SIM first would own it.
     const mayBind = source.name !== 'claimed' || group.bindClaimedImei;
-    const locked = checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock, mayBind);
+    const locked = await checkImeiLock(this.opts.sims, this.opts.audit, sim, identity.imei, group.lock, mayBind);
     if (locked instanceof Refusal) {
       if (locked.reason === 'imei_mismatch') this.opts.onImeiViolation?.(sim);
       return locked;
@@ -65,10 +68,9 @@ export class Admission {
     return { sim: locked, imei: identity.imei, msisdn: identity.msisdn ?? locked.msisdn ?? undefined, source: source.name };
   }
 
-  private findOrRegister(identity: NetworkIdentity, source: string, remoteAddress: string): Sim | Refusal {
+  /** A SIM seen for the first time: registered, or refused where unknown SIMs are. */
+  private async register(identity: NetworkIdentity, source: string, remoteAddress: string): Promise<Sim | Refusal> {
     const { sims, audit } = this.opts;
-    const sim = sims.forRouting(identity.imsi);
-    if (sim) return sim;
     if (this.opts.unknownSims() === 'reject') return new Refusal('unknown_sim', 'SIM is not registered', identity.imsi);
     const group = this.opts.defaultGroup();
     // A claimed SIM registered now would have no secret to pass: registering it would only let anyone
@@ -76,8 +78,8 @@ export class Admission {
     if (source === 'claimed' && this.opts.group(group).requireSecret) {
       return new Refusal('bad_secret', 'the SIM\'s secret is missing or wrong', identity.imsi);
     }
-    const reg = sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
-    if (reg.created) audit.record('sim_registered', identity.imsi, { remoteAddress, source });
+    const reg = await sims.register({ imsi: identity.imsi, group, thingName: this.opts.thingName(identity.imsi, group), msisdn: identity.msisdn });
+    if (reg.created) await audit.record('sim_registered', identity.imsi, { remoteAddress, source });
     return reg.sim;
   }
 

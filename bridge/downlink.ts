@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { GroupConfig } from '../config/schema.ts';
-import type { AuditLog } from '../storage/audit.ts';
-import type { DownlinkStore, HeldMessage } from '../storage/downlink.ts';
+import type { AuditStore } from '../storage/audit.ts';
+import type { HeldDownlinkStore, HeldMessage } from '../storage/downlink.ts';
 import type { Sim } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { AdmittedDevice } from './admission.ts';
@@ -14,8 +14,8 @@ export interface DownlinkOptions {
   credentials(sim: Sim): Promise<DeviceCredentials>;
   group(name: string): GroupConfig;
   limits: TopicLimits;
-  store: DownlinkStore;
-  audit: AuditLog;
+  store: HeldDownlinkStore;
+  audit: AuditStore;
   metrics: Metrics;
   log: Logger;
 }
@@ -89,7 +89,10 @@ export class Downlink {
           .then((creds) =>
             this.opts.pool.subscribe(creds, topics.toUpstream(filter), 1, (topic, payload, qos) => {
               const deviceTopic = topics.toDevice(topic);
-              if (deviceTopic !== undefined) this.hold(imsi, { topic: deviceTopic, payload, qos, receivedAt: Date.now() }, cfg);
+              if (deviceTopic === undefined) return;
+              this.hold(imsi, { topic: deviceTopic, payload, qos, receivedAt: Date.now() }, cfg).catch((err) =>
+                this.opts.log.error({ imsi, topic: deviceTopic, err: String(err) }, 'downlink not held'),
+              );
             }),
           )
           .catch((err) => this.opts.log.warn({ thing: device.sim.thingName, filter, err: String(err) }, 'HTTP downlink subscription failed'));
@@ -104,7 +107,7 @@ export class Downlink {
 
   /** The response carrying these messages reached the device: they are not returned again. */
   delivered(ids: number[]): void {
-    this.opts.store.remove(ids);
+    this.opts.store.remove(ids).catch((err) => this.opts.log.warn({ err: String(err) }, 'delivered downlink not removed; it may be sent again'));
     if (ids.length) this.opts.metrics.downlink.inc({ protocol: 'http', result: 'delivered' }, ids.length);
   }
 
@@ -113,12 +116,14 @@ export class Downlink {
     this.httpHolds.clear();
   }
 
-  private hold(imsi: string, msg: Omit<HeldMessage, 'id'>, cfg: GroupConfig['httpDownlink']): void {
-    const dropped = this.opts.store.hold(imsi, msg, cfg.maxMessages, cfg.ttlMs);
+  private async hold(imsi: string, msg: Omit<HeldMessage, 'id'>, cfg: GroupConfig['httpDownlink']): Promise<void> {
+    const dropped = await this.opts.store.hold(imsi, msg, cfg.maxMessages, cfg.ttlMs);
     this.opts.metrics.downlink.inc({ protocol: 'http', result: 'held' });
     for (const d of dropped) {
       this.opts.metrics.downlink.inc({ protocol: 'http', result: 'dropped' });
-      this.opts.audit.record('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason: `more than ${cfg.maxMessages} held` });
+      this.opts.audit
+        .record('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason: `more than ${cfg.maxMessages} held` })
+        .catch((err) => this.opts.log.warn({ imsi, err: String(err) }, 'dropped downlink not audited'));
     }
   }
 

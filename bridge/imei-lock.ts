@@ -1,6 +1,6 @@
 import type { LockMode } from '../config/schema.ts';
-import type { AuditLog } from '../storage/audit.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { AuditStore } from '../storage/audit.ts';
+import type { Sim, SimRegistry } from '../storage/sims.ts';
 import { sameDevice } from '../lib/ids.ts';
 import { Refusal } from './identity/source.ts';
 
@@ -9,18 +9,18 @@ import { Refusal } from './identity/source.ts';
  * IMEIs are compared on TAC+SNR. Returns the SIM (re-read after a first-contact bind) or a refusal.
  * Without mayBind (an IMEI only the device vouches for), first contact admits but does not bind.
  */
-export function checkImeiLock(sims: SimStore, audit: AuditLog, sim: Sim, imei: string | undefined, groupMode: LockMode, mayBind = true): Sim | Refusal {
+export async function checkImeiLock(sims: SimRegistry, audit: AuditStore, sim: Sim, imei: string | undefined, groupMode: LockMode, mayBind = true): Promise<Sim | Refusal> {
   const mode = (sim.lockMode as LockMode | null) ?? groupMode;
   if (mode === 'any') return sim;
   if (!sim.boundImei) {
     if (mode === 'locked') return new Refusal('imei_not_bound', 'SIM is locked and not yet bound to a device; an installer must bind it', sim.imsi, { seen: imei ?? null });
     if (!imei || !mayBind) return sim; // first-contact, but nothing (trustworthy) to bind yet
-    if (sims.bindImei(sim.imsi, imei, true)) {
-      audit.record('imei_bound', sim.imsi, { imei, by: 'first-contact' });
+    if (await sims.bindImei(sim.imsi, imei, true)) {
+      await audit.record('imei_bound', sim.imsi, { imei, by: 'first-contact' });
       return { ...sim, boundImei: imei };
     }
     // Another connection bound it a moment ago: judge against what it bound.
-    const now = sims.get(sim.imsi);
+    const now = await sims.get(sim.imsi);
     if (!now?.boundImei) return sim;
     sim = now;
   }

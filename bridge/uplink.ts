@@ -1,5 +1,5 @@
 import type { GroupConfig } from '../config/schema.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
@@ -41,7 +41,7 @@ export interface UplinkOptions {
   limits: TopicLimits & { maxPayloadBytes: number };
   quota: () => OutboxQuota;
   group(name: string): GroupConfig;
-  audit: AuditLog;
+  audit: AuditStore;
   metrics: Metrics;
 }
 
@@ -56,13 +56,17 @@ export class Uplink {
     const group = device.sim.group;
     try {
       this.check(protocol, device, deviceTopic, payload, qos);
-      this.makeRoom(device, payload.length);
+      const dropsAudited = Promise.all(this.makeRoom(device, payload.length));
+      // Enqueued before anything is awaited: a device's messages keep their order.
+      const committed = this.opts.outbox.enqueue({ imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() });
       let id: number;
       try {
-        id = await this.opts.outbox.enqueue({ imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() });
+        id = await committed;
       } catch (err) {
+        void dropsAudited.catch(() => undefined); // the storage failure is what the device hears
         throw new UplinkRefusal('storage_unavailable', `message not stored: ${(err as Error).message}`);
       }
+      await dropsAudited;
       this.opts.metrics.ingress.inc({ protocol, group, result: 'accepted' });
       return id;
     } catch (err) {
@@ -78,7 +82,7 @@ export class Uplink {
    * Keeps the outbox within its quotas: a full device or outbox refuses the new message (reject-new) or
    * drops the device's oldest to make room (drop-oldest), each drop audited and counted. Never silent.
    */
-  private makeRoom(device: AdmittedDevice, bytes: number): void {
+  private makeRoom(device: AdmittedDevice, bytes: number): Promise<void>[] {
     const q = this.opts.quota();
     const { outbox } = this.opts;
     const { imsi } = device.sim;
@@ -92,14 +96,15 @@ export class Uplink {
         all.bytes + bytes <= q.maxBytes
       );
     };
-    if (fits()) return;
+    if (fits()) return [];
     if (this.opts.group(device.sim.group).overflow === 'drop-oldest') {
       const dropped = outbox.dropOldest(imsi, fits);
-      for (const row of dropped) {
+      const audited = dropped.map((row) => {
         this.opts.metrics.dropped.inc({ group: device.sim.group, reason: 'outbox_full' });
-        this.opts.audit.record('message_dropped', imsi, { id: row.id, topic: row.deviceTopic, receivedAt: row.receivedAt, bytes: row.payload.length, reason: 'outbox full (drop-oldest)' });
-      }
-      if (fits()) return;
+        return this.opts.audit.record('message_dropped', imsi, { id: row.id, topic: row.deviceTopic, receivedAt: row.receivedAt, bytes: row.payload.length, reason: 'outbox full (drop-oldest)' });
+      });
+      if (fits()) return audited;
+      void Promise.allSettled(audited);
     }
     throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
   }

@@ -80,6 +80,13 @@ export interface AuditPage {
 }
 
 /** Append-only log of events that concern a SIM (refusals, registrations, vending, lock changes). */
+export interface AuditStore {
+  record(kind: AuditKind, imsi: string | null, detail?: Record<string, unknown>): Promise<void>;
+  /** Events newest first, by SIM, kind and time range; nextBefore pages on. */
+  query(filter?: AuditFilter): Promise<AuditPage>;
+}
+
+/** The SQLite audit log (synchronous; the rest of the code sees it as an AuditStore). */
 export class AuditLog {
   private readonly insertStmt;
 

@@ -72,6 +72,14 @@ export interface NewKey {
   pubkeySha256: string;
 }
 
+/** What the admin surface reads about certificates: promise-shaped, like every store admin sees. */
+export interface CredentialReads {
+  /** SIMs with a certificate in use, and SIMs with one being vended (a SIM rotating counts in both). */
+  countByState(): Promise<{ ready: number; vending: number }>;
+  /** Every generation of the SIM, oldest first. */
+  history(imsi: string): Promise<CredentialRow[]>;
+}
+
 /**
  * Device credentials, one row per certificate generation. Every change made while vending is a
  * compare-and-set on the step and the lease owner, so a process that lost its lease, or a row revoked

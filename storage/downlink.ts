@@ -9,6 +9,21 @@ export interface HeldMessage {
 }
 
 /** Downlink held for HTTP devices, bounded in count and age per device. */
+export interface HeldDownlinkStore {
+  /** Holds a message; resolves with the messages pushed out because the device already held maxMessages. */
+  hold(imsi: string, msg: Omit<HeldMessage, 'id'>, maxMessages: number, ttlMs: number): Promise<HeldMessage[]>;
+  /**
+   * Messages waiting for a device, oldest first, not yet expired. Synchronous: the HTTP ingress reads it
+   * on every request and answers at once; an asynchronous store needs that ingress to await it first.
+   */
+  pending(imsi: string, now?: number): HeldMessage[];
+  /** Forgets messages once their response reached the device. */
+  remove(ids: number[]): Promise<void>;
+  /** Deletes expired messages; resolves with them so each can be accounted for. */
+  expire(now?: number): Promise<Array<HeldMessage & { imsi: string }>>;
+}
+
+/** The SQLite downlink table (synchronous; the rest of the code sees it as a HeldDownlinkStore). */
 export class DownlinkStore {
   private readonly pendingStmt;
   /**

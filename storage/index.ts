@@ -1,42 +1,67 @@
-import { AuditLog } from './audit.ts';
-import { CredentialStore } from './credentials.ts';
+import { AuditLog, type AuditStore } from './audit.ts';
+import { CredentialStore, type CredentialReads } from './credentials.ts';
 import type { Db } from './db.ts';
-import { DownlinkStore } from './downlink.ts';
-import { MetaStore } from './meta.ts';
-import { NetworkSessions } from './network-sessions.ts';
-import { OutboxStats } from './outbox-stats.ts';
-import { RetentionStore } from './retention.ts';
-import { SimStore } from './sims.ts';
-import { TokenStore } from './tokens.ts';
+import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
+import { SqliteMetaStore, type MetaStore } from './meta.ts';
+import { NetworkSessions, type NetworkSessionStore, type SessionLookup } from './network-sessions.ts';
+import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
+import { promised } from './promised.ts';
+import { SqliteRetentionStore, type RetentionStore } from './retention.ts';
+import { SIM_REGISTRY_METHODS, SimStore, type SimRegistry } from './sims.ts';
+import { TokenStore, type AdminTokenStore } from './tokens.ts';
 
 /**
  * Every store over one database, built once by the composition root and handed to whoever needs one:
- * one SimStore (and so one routing cache) per process. The outbox is built beside them, as it needs
- * its writer thread.
+ * one SimStore (and so one routing cache) per process. Callers see the promise-shaped interfaces, so
+ * a PostgreSQL implementation can stand beside the SQLite one; the outbox is built beside them, as it
+ * needs its writer thread.
  */
 export interface Stores {
-  sims: SimStore;
-  audit: AuditLog;
+  sims: SimRegistry;
+  /**
+   * The same registry, synchronous, for the per-message path: its routing cache, and the delivery loop
+   * (bridge/dispatcher.ts) until that reads through the cache alone.
+   */
+  simRouting: SimStore;
+  audit: AuditStore;
+  /**
+   * Synchronous still (the SQLite class): vending composes its calls inside SQLite transactions (a step
+   * and its audit row in one commit), which a promise-shaped store must offer another way first.
+   */
   credentials: CredentialStore;
-  downlink: DownlinkStore;
-  networkSessions: NetworkSessions;
+  /** The same table as the admin surface reads it. */
+  credentialReads: CredentialReads;
+  downlink: HeldDownlinkStore;
+  networkSessions: NetworkSessionStore;
+  /** The same table, synchronous, for identifying devices by their address. */
+  sessionLookup: SessionLookup;
   outboxStats: OutboxStats;
   retention: RetentionStore;
-  tokens: TokenStore;
+  tokens: AdminTokenStore;
   meta: MetaStore;
 }
 
 /** The SQLite stores over an open database; replayWindowMs: how long stopped RADIUS sessions are remembered. */
 export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {
+  const sims = new SimStore(db);
+  const networkSessions = new NetworkSessions(db, now, opts.replayWindowMs);
+  const credentials = new CredentialStore(db, now);
   return {
-    sims: new SimStore(db),
-    audit: new AuditLog(db),
-    credentials: new CredentialStore(db, now),
-    downlink: new DownlinkStore(db),
-    networkSessions: new NetworkSessions(db, now, opts.replayWindowMs),
-    outboxStats: new OutboxStats(db),
-    retention: new RetentionStore(db),
-    tokens: new TokenStore(db),
-    meta: new MetaStore(db),
+    sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
+    simRouting: sims,
+    audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
+    credentials,
+    credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
+    downlink: downlinkView(new DownlinkStore(db)),
+    networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
+    sessionLookup: networkSessions,
+    outboxStats: promised(new SqliteOutboxStats(db), ['summary', 'ofSim', 'deadLetters']) satisfies OutboxStats,
+    retention: promised(new SqliteRetentionStore(db), ['purgeBefore']) satisfies RetentionStore,
+    tokens: promised(new TokenStore(db), ['create', 'verify', 'list', 'revoke']) satisfies AdminTokenStore,
+    meta: promised(new SqliteMetaStore(db), ['get', 'putIfAbsent', 'put']) satisfies MetaStore,
   };
+}
+
+function downlinkView(store: DownlinkStore): HeldDownlinkStore {
+  return { ...promised(store, ['hold', 'remove', 'expire']), pending: (imsi, now) => store.pending(imsi, now) } satisfies HeldDownlinkStore;
 }

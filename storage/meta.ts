@@ -1,7 +1,15 @@
 import type { Db } from './db.ts';
 
 /** Small facts about this database, by key (such as the master-key check value). */
-export class MetaStore {
+export interface MetaStore {
+  get(key: string): Promise<Buffer | undefined>;
+  /** Stores the value unless the key already has one (another process may have written it first). */
+  putIfAbsent(key: string, value: Buffer): Promise<void>;
+  /** Stores the value, replacing what the key held. */
+  put(key: string, value: Buffer): Promise<void>;
+}
+
+export class SqliteMetaStore {
   constructor(private readonly db: Db) {}
 
   get(key: string): Buffer | undefined {

@@ -53,6 +53,50 @@ export interface RecordResult {
   ignored?: IgnoredReason;
 }
 
+/** One change the network reports (RADIUS accounting, RFC 2866): what an Accounting-Request asks for. */
+export type SessionChange =
+  | { kind: 'start' | 'interim'; report: SessionReport }
+  | { kind: 'stop'; ip: string; acctSessionId: string; nasIp: string }
+  | { kind: 'nas_on' | 'nas_off'; nasIp: string; nasIdentifier: string | null };
+
+/** What a change did: the session it began, if any, and those it ended. */
+export interface ChangeResult {
+  started?: { session: NetworkSession; cause: 'start' | 'interim' };
+  ended: EndedSession[];
+  /** Authentic but not applied (answered all the same, so the NAS stops retransmitting). */
+  ignored?: IgnoredReason;
+}
+
+/**
+ * The IP → identity table as the RADIUS listener and the admin surface see it: promise-shaped, so a
+ * PostgreSQL store can stand beside the SQLite one. Identifying a device reads SessionLookup instead.
+ */
+export interface NetworkSessionStore {
+  /**
+   * Applies the changes in one transaction (one commit for a burst from the network); resolves with each
+   * one's result or error, in order, and rejects when the transaction as a whole failed (nothing holds).
+   */
+  applyAll(changes: SessionChange[]): Promise<Array<ChangeResult | Error>>;
+  /** Removes sessions without a Start or Interim-Update for olderThanMs (their Stop was lost). */
+  expire(olderThanMs: number): Promise<EndedSession[]>;
+  /** Forgets stopped session ids older than the replay window. */
+  forgetOldStops(): Promise<number>;
+  /** A SIM's sessions (one per APN / PDN connection), the most recently updated first. */
+  byImsi(imsi: string): Promise<NetworkSession[]>;
+  count(): Promise<number>;
+  list(): Promise<NetworkSession[]>;
+}
+
+/**
+ * Who holds an IP now, synchronously: read when a device connects or sends, so a store must be able to
+ * answer it from memory (a cluster node keeps the table it is told about).
+ */
+export interface SessionLookup {
+  byIp(ip: string): NetworkSession | undefined;
+  /** Sessions live now. */
+  count(): number;
+}
+
 interface Row {
   ip: string;
   imsi: string;
@@ -93,7 +137,7 @@ const ended = (rows: Row[], cause: SessionEndCause): EndedSession[] => rows.map(
  * when the caller already holds one, as the listener's group commit does) and returns the sessions it
  * ended, so the caller can disconnect whatever was using them.
  */
-export class NetworkSessions {
+export class NetworkSessions implements SessionLookup {
   private readonly getByIp;
   private readonly getByImsi;
   private readonly insertStmt;
@@ -233,17 +277,34 @@ export class NetworkSessions {
     return this.db.transaction(() => ended(this.deleteStale.all(this.now() - olderThanMs), 'expired')).immediate();
   }
 
+  /** One change, in its own transaction (a savepoint inside applyAll's). */
+  apply(change: SessionChange): ChangeResult {
+    switch (change.kind) {
+      case 'start':
+      case 'interim': {
+        const r = change.kind === 'start' ? this.start(change.report) : this.interim(change.report);
+        if (r.ignored) return { ended: [], ignored: r.ignored };
+        return { ended: r.ended, ...(r.created ? { started: { session: r.session, cause: change.kind } } : {}) };
+      }
+      case 'stop':
+        return { ended: this.stop(change.ip, change.acctSessionId, change.nasIp) };
+      case 'nas_on':
+      case 'nas_off':
+        return { ended: this.clearNas(change.nasIp, change.nasIdentifier, change.kind) };
+    }
+  }
+
   /**
-   * Applies many accounting records in one transaction (one commit for a burst from the network), each
-   * in its own savepoint so that one failing record does not take the others down. An error that rolls
-   * back the whole transaction (such as SQLITE_FULL) is thrown: then nothing of the batch holds.
+   * Applies many changes in one transaction (one commit for a burst from the network), each in its own
+   * savepoint so that one failing change does not take the others down. An error that rolls back the
+   * whole transaction (such as SQLITE_FULL) is thrown: then nothing of the batch holds.
    */
-  applyAll<T, R>(items: T[], apply: (item: T) => R): Array<R | Error> {
+  applyAll(changes: SessionChange[]): Array<ChangeResult | Error> {
     return this.db
       .transaction(() =>
-        items.map((item) => {
+        changes.map((change) => {
           try {
-            return apply(item);
+            return this.apply(change);
           } catch (err) {
             if (!this.db.inTransaction) throw err;
             return err as Error;

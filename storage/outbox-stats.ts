@@ -23,7 +23,14 @@ export interface DeadLetterSummary {
 }
 
 /** Read-only figures about the outbox and the dead letters, for the admin surface (never the hot path). */
-export class OutboxStats {
+export interface OutboxStats {
+  summary(): Promise<QueueSummary>;
+  ofSim(imsi: string): Promise<SimQueue>;
+  /** Dead letters in all, and those since the given time (ms since epoch). */
+  deadLetters(since: number): Promise<DeadLetterSummary>;
+}
+
+export class SqliteOutboxStats {
   constructor(private readonly db: Db) {}
 
   summary(): QueueSummary {

@@ -19,17 +19,20 @@ const RULES: Record<RetentionTarget, Rule> = {
   networkSessions: { table: 'network_sessions', key: 'ip', column: 'ended_at' },
 };
 
+/** Table name of a target, for metrics and logs. */
+export const retentionTable = (target: RetentionTarget): string => RULES[target].table;
+
 /** Deletes rows past their age, a bounded chunk at a time (the caller paces the chunks). */
-export class RetentionStore {
+export interface RetentionStore {
+  /** Deletes at most `limit` rows of the target that became eligible before `cutoff`; resolves with how many. */
+  purgeBefore(target: RetentionTarget, cutoff: number, limit: number): Promise<number>;
+}
+
+export class SqliteRetentionStore {
   /** Prepared per target on first use; null when the schema has no such column (nothing to age out). */
   private readonly deletes = new Map<RetentionTarget, { run(cutoff: number, limit: number): { changes: number } } | null>();
 
   constructor(private readonly db: Db) {}
-
-  /** Table name of a target, for metrics and logs. */
-  static table(target: RetentionTarget): string {
-    return RULES[target].table;
-  }
 
   /** Deletes at most `limit` rows of the target that became eligible before `cutoff`; returns how many. */
   purgeBefore(target: RetentionTarget, cutoff: number, limit: number): number {

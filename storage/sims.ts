@@ -108,12 +108,75 @@ function fromRow(r: SimRow): Sim {
 
 const ROUTING_CACHE_MAX = 100_000;
 
+/** A SIM to create; absent optional fields stay empty. */
+export interface NewSim {
+  imsi: string;
+  group: string;
+  thingName: string;
+  iccid?: string;
+  msisdn?: string;
+  boundImei?: string;
+  tags?: Record<string, string>;
+}
+
+/**
+ * The SIM registry as admin, vending, the CLI and admission's writes see it: promise-shaped, so a
+ * PostgreSQL store can stand beside the SQLite one. The per-message path reads SimRouting instead.
+ */
+export interface SimRegistry {
+  get(imsi: string): Promise<Sim | undefined>;
+  /** Creates the SIM unless it exists; the stored record and whether it was new. */
+  register(sim: NewSim): Promise<{ sim: Sim; created: boolean }>;
+  /** Binds (or with null unbinds) an IMEI; with onlyIfUnbound only when none is bound yet. False when nothing changed. */
+  bindImei(imsi: string, imei: string | null, onlyIfUnbound?: boolean): Promise<boolean>;
+  /** Binds unless bound to another device (compared on TAC+SNR) without force, or terminated. */
+  bindImeiChecked(imsi: string, imei: string, force: boolean): Promise<BindOutcome>;
+  setLockMode(imsi: string, mode: string | null): Promise<boolean>;
+  setSecretHash(imsi: string, hash: string | null): Promise<boolean>;
+  setStatus(imsi: string, status: SimStatus): Promise<boolean>;
+  /** Applies a patch; the SIM as stored afterwards, or undefined if there is none. */
+  update(imsi: string, patch: SimPatch): Promise<Sim | undefined>;
+  /** Creates or updates many SIMs in one transaction; onRow runs inside it, once per row. */
+  upsertMany(
+    rows: SimImportRow[],
+    opts: { force: boolean; dryRun?: boolean; now?: number; onRow?(row: SimImportRow, outcome: ImportOutcome): void },
+  ): Promise<ImportOutcome[]>;
+  /** One page in IMSI order, keyset-paged by `after`; `onlineSince` is the oldest activity that counts. */
+  list(filter: SimFilter, page: { limit: number; after?: string; onlineSince: number }): Promise<{ items: SimListItem[]; total: number; next: string | null }>;
+  /** Per group and status: how many, bound and online. */
+  counts(onlineSince: number): Promise<Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }>>;
+  isOnline(imsi: string, onlineSince: number): Promise<boolean>;
+  /** From what an installer reads off a card: a whole IMSI or ICCID, or the last digits of IMSI, ICCID or MSISDN. */
+  search(digits: string, limit?: number): Promise<Sim[]>;
+}
+
+/** The SIM as the per-message path reads it: from memory, synchronously; callers must not modify it. */
+export interface SimRouting {
+  forRouting(imsi: string): Sim | undefined;
+}
+
+export const SIM_REGISTRY_METHODS = [
+  'get',
+  'register',
+  'bindImei',
+  'bindImeiChecked',
+  'setLockMode',
+  'setSecretHash',
+  'setStatus',
+  'update',
+  'upsertMany',
+  'list',
+  'counts',
+  'isOnline',
+  'search',
+] as const satisfies ReadonlyArray<keyof SimRegistry>;
+
 /**
  * The SIM registry. Build one per process and share it (the composition root does): its routing cache
  * is cleared by every write through it, so a suspended or rebound SIM is seen at once by the
  * per-message path, which another SimStore's writes would not do.
  */
-export class SimStore {
+export class SimStore implements SimRouting {
   /**
    * SIMs as the per-message path reads them (admission, delivery). lastSeenAt in it may be old (the
    * outbox writer sets that column on another connection).
@@ -174,7 +237,7 @@ export class SimStore {
   }
 
   /** Creates the SIM unless it exists; returns the stored record and whether it was new. */
-  register(sim: { imsi: string; group: string; thingName: string; iccid?: string; msisdn?: string; boundImei?: string; tags?: Record<string, string> }): { sim: Sim; created: boolean } {
+  register(sim: NewSim): { sim: Sim; created: boolean } {
     const info = this.insertStmt.run({
       imsi: sim.imsi,
       iccid: sim.iccid ?? null,

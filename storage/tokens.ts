@@ -34,6 +34,16 @@ export function hashToken(token: string): string {
 }
 
 /** Admin API bearer tokens; the token itself is shown once at creation and never stored. */
+export interface AdminTokenStore {
+  create(role: Role, name: string): Promise<{ token: string; record: AdminToken }>;
+  /** The live token matching a presented bearer string, if any. */
+  verify(presented: string): Promise<AdminToken | undefined>;
+  list(): Promise<AdminToken[]>;
+  /** False when there is no live token with that id. */
+  revoke(id: string): Promise<boolean>;
+}
+
+/** The SQLite token table (synchronous; the rest of the code sees it as an AdminTokenStore). */
 export class TokenStore {
   private readonly byHash;
   private readonly touchStmt;

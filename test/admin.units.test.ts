@@ -8,7 +8,7 @@ import { maskIdentifiers, maskingLoggerOptions, maskPath } from '../admin/mask.t
 import { startRetention } from '../admin/retention.ts';
 import { retentionSection } from '../config/admin.ts';
 import { openDatabase } from '../storage/db.ts';
-import { RetentionStore } from '../storage/retention.ts';
+import { sqliteStores } from '../storage/index.ts';
 
 describe('identifier masking for logs', () => {
   it('masks IMSI, IMEI, ICCID and MSISDN values at any depth, and thing names, and leaves the rest', () => {
@@ -136,9 +136,9 @@ describe('retention', () => {
     for (let i = 0; i < 12_000; i++) insert.run(Date.now() - 40 * day);
     insert.run(Date.now() - 5 * day);
     const log = pino({ level: 'silent' });
-    const keep = startRetention(new RetentionStore(db), retentionSection.parse({ enabled: false, auditDays: 0 }), log);
+    const keep = startRetention(sqliteStores(db).retention, retentionSection.parse({ enabled: false, auditDays: 0 }), log);
     expect(await keep.runOnce()).toEqual({ audit: 0, deadLetters: 0, networkSessions: 0 });
-    const job = startRetention(new RetentionStore(db), retentionSection.parse({ enabled: false, auditDays: 30 }), log);
+    const job = startRetention(sqliteStores(db).retention, retentionSection.parse({ enabled: false, auditDays: 30 }), log);
     expect((await job.runOnce()).audit).toBe(12_000);
     expect(db.prepare('SELECT count(*) FROM audit').pluck().get()).toBe(1);
     db.close();

@@ -10,7 +10,7 @@ import type { IdentitySource } from '../bridge/identity/source.ts';
 import { startMqttIngress, type MqttIngress, type MqttIngressOptions } from '../bridge/ingress/mqtt.ts';
 import { createMetrics } from '../bridge/metrics.ts';
 import type { Uplink } from '../bridge/uplink.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 
 // The device MQTT ingress over real sockets, with small fakes for what stands behind it (admission lets
@@ -35,7 +35,7 @@ function fakes(overrides: Partial<MqttIngressOptions> = {}): MqttIngressOptions 
     downlink: { subscribe: async () => 0, unsubscribe: async () => undefined } as unknown as Downlink,
     connectivity: { report: () => undefined } as unknown as Connectivity,
     metrics: createMetrics(),
-    audit: { record: () => undefined } as unknown as AuditLog,
+    audit: { record: async () => undefined } as unknown as AuditStore,
     log: pino({ level: 'silent' }),
     ...overrides,
   };

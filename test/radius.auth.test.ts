@@ -67,7 +67,7 @@ describe('RADIUS listener: authenticity, duplicates, drops (raw UDP)', () => {
   });
 
   it('ignores a packet signed with another secret, and one whose authenticator was altered', async () => {
-    const before = JSON.stringify(listener.sessions.list());
+    const before = JSON.stringify(await listener.store.list());
     const bad = dropped('bad_authenticator');
     const wrongSecret = buildAccountingRequest(start({ framedIp: '10.1.0.1', acctSessionId: 'hijack', imsi: '001019999999999' }), 'guessed');
     expect(await nas.request(wrongSecret, QUIET_MS)).toBeUndefined();
@@ -77,7 +77,7 @@ describe('RADIUS listener: authenticity, duplicates, drops (raw UDP)', () => {
       expect(await nas.request(altered, QUIET_MS)).toBeUndefined();
     }
     expect(dropped('bad_authenticator')).toBe(bad + 4);
-    expect(JSON.stringify(listener.sessions.list())).toBe(before);
+    expect(JSON.stringify(await listener.store.list())).toBe(before);
   });
 
   it('answers a retransmitted Start with the byte-identical reply without applying it again', async () => {
@@ -182,9 +182,9 @@ describe('RADIUS listener: authenticity, duplicates, drops (raw UDP)', () => {
     const client = await AccountingClient.open({ host: '127.0.0.1', port: short.port, secret: SECRET });
     expect(await client.request(buildAccountingRequest(start({ framedIp: '10.1.0.1', acctSessionId: 's-1', status: 'InterimUpdate' }), SECRET))).toBeDefined();
     clock += 31_000;
-    short.expireNow();
+    await short.expireNow();
     expect(ended.sort()).toEqual(['10.1.0.2 expired', '10.1.0.5 expired', '10.1.0.6 expired']);
-    expect(short.sessions.list().map((s) => s.ip)).toEqual(['10.1.0.1']);
+    expect((await short.store.list()).map((s) => s.ip)).toEqual(['10.1.0.1']);
     await client.close();
     await short.close();
   });

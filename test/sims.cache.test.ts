@@ -7,25 +7,28 @@ import { sqliteStores } from '../storage/index.ts';
 import { SimStore } from '../storage/sims.ts';
 
 describe('SIM records for the per-message path', () => {
-  it('are served from memory, and every write through the shared SimStore is seen at once', () => {
+  it('are served from memory, and every write through the shared registry is seen at once', async () => {
     const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-cache-')), 's.db'), synchronous: 'normal' });
-    // One store per process, shared by admission, delivery, admin and vending (built in app/sims.ts).
-    const sims = sqliteStores(db).sims;
+    // One store per process, shared by admission, delivery, admin and vending (built in app/gateway.ts):
+    // admin and vending write through its promise-shaped registry, messages read its routing cache.
+    const { sims, simRouting: routing } = sqliteStores(db);
     const imsi = '001010000000777';
-    sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
-    const first = sims.forRouting(imsi);
+    await sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    const first = routing.forRouting(imsi);
     expect(first?.status).toBe('active');
-    expect(sims.forRouting(imsi)).toBe(first); // no read: the same record
+    expect(routing.forRouting(imsi)).toBe(first); // no read: the same record
 
-    sims.setStatus(imsi, 'suspended');
-    expect(sims.forRouting(imsi)?.status).toBe('suspended');
-    sims.bindImei(imsi, '490154203237518');
-    expect(sims.forRouting(imsi)?.boundImei).toBe('490154203237518');
-    sims.update(imsi, { group: 'meters', status: 'active' });
-    expect(sims.forRouting(imsi)).toMatchObject({ group: 'meters', status: 'active' });
-    sims.upsertMany([{ imsi, group: 'trackers', thingName: `sim-${imsi}` }], { force: false });
-    expect(sims.forRouting(imsi)?.group).toBe('trackers');
-    expect(sims.forRouting('001010000000778')).toBeUndefined();
+    await sims.setStatus(imsi, 'suspended');
+    expect(routing.forRouting(imsi)?.status).toBe('suspended');
+    await sims.bindImei(imsi, '490154203237518');
+    expect(routing.forRouting(imsi)?.boundImei).toBe('490154203237518');
+    await sims.update(imsi, { group: 'meters', status: 'active' });
+    expect(routing.forRouting(imsi)).toMatchObject({ group: 'meters', status: 'active' });
+    await sims.upsertMany([{ imsi, group: 'trackers', thingName: `sim-${imsi}` }], { force: false });
+    expect(routing.forRouting(imsi)?.group).toBe('trackers');
+    await sims.bindImeiChecked(imsi, '356938035643809', true);
+    expect(routing.forRouting(imsi)?.boundImei).toBe('356938035643809');
+    expect(routing.forRouting('001010000000778')).toBeUndefined();
     db.close();
   });
 

@@ -11,6 +11,7 @@ import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores, type Stores } from '../storage/index.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { committer, type CommitWriter } from '../storage/outbox-commit.ts';
+import { promised } from '../storage/promised.ts';
 
 const DAY = 86_400_000;
 const migrations = fileURLToPath(new URL('../storage/migrations/', import.meta.url));
@@ -36,30 +37,30 @@ function queue(db: Db, imsi: string, topic: string, receivedAt: number, system =
 }
 
 describe('audit log queries', () => {
-  it('filters by SIM, several kinds and a time range, newest first, and pages on with nextBefore', () => {
+  it('filters by SIM, several kinds and a time range, newest first, and pages on with nextBefore', async () => {
     const { stores } = fresh();
-    for (let i = 0; i < 5; i++) stores.audit.record('imei_bound', IMSI, { i });
-    stores.audit.record('sim_created', IMSI);
-    stores.audit.record('imei_bound', OTHER);
-    stores.audit.record('admin_auth_failed', null);
+    for (let i = 0; i < 5; i++) await stores.audit.record('imei_bound', IMSI, { i });
+    await stores.audit.record('sim_created', IMSI);
+    await stores.audit.record('imei_bound', OTHER);
+    await stores.audit.record('admin_auth_failed', null);
 
-    const first = stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4 });
+    const first = await stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4 });
     expect(first.items.map((e) => e.kind)).toEqual(['sim_created', 'imei_bound', 'imei_bound', 'imei_bound']);
     expect(first.items[1]!.detail).toEqual({ i: 4 });
     expect(first.nextBefore).toBe(first.items[3]!.id);
-    const second = stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4, before: first.nextBefore! });
+    const second = await stores.audit.query({ imsi: IMSI, kinds: ['imei_bound', 'sim_created'], limit: 4, before: first.nextBefore! });
     expect(second.items.map((e) => e.detail)).toEqual([{ i: 1 }, { i: 0 }]);
     expect(second.nextBefore).toBeNull();
 
-    expect(stores.audit.query({ kinds: ['admin_auth_failed'] }).items).toMatchObject([{ imsi: null }]);
-    expect(stores.audit.query({ since: Date.now() + 1000 }).items).toEqual([]);
-    expect(stores.audit.query({ until: 1 }).items).toEqual([]);
-    expect(stores.audit.query().items).toHaveLength(8);
+    expect((await stores.audit.query({ kinds: ['admin_auth_failed'] })).items).toMatchObject([{ imsi: null }]);
+    expect((await stores.audit.query({ since: Date.now() + 1000 })).items).toEqual([]);
+    expect((await stores.audit.query({ until: 1 })).items).toEqual([]);
+    expect((await stores.audit.query()).items).toHaveLength(8);
   });
 });
 
 describe('audit kinds', () => {
-  it('are one list without repeats, which tells a known kind from a typo', () => {
+  it('are one list without repeats, which tells a known kind from a typo', async () => {
     expect(new Set(AUDIT_KINDS).size).toBe(AUDIT_KINDS.length);
     expect(isAuditKind('imei_bound')).toBe(true);
     expect(isAuditKind('imei_bond')).toBe(false);
@@ -67,82 +68,93 @@ describe('audit kinds', () => {
 });
 
 describe('outbox figures for the admin surface', () => {
-  it('sums the queue, tells a SIM\'s own messages from the gateway\'s, and counts recent dead letters', () => {
+  it('sums the queue, tells a SIM\'s own messages from the gateway\'s, and counts recent dead letters', async () => {
     const { db, stores } = fresh();
-    expect(stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null });
+    expect(await stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null });
     queue(db, IMSI, 'telemetry', 1000);
     queue(db, IMSI, '$aws/things/sim-901/shadow/update', 3000, true);
     queue(db, OTHER, 'telemetry', 2000);
-    expect(stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000 });
-    expect(stores.outboxStats.ofSim(IMSI)).toEqual({ depth: 2, oldestReceivedAt: 1000, newestFromDevice: 1000 });
-    expect(stores.outboxStats.ofSim('001010000000999')).toEqual({ depth: 0, oldestReceivedAt: null, newestFromDevice: null });
+    expect(await stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000 });
+    expect(await stores.outboxStats.ofSim(IMSI)).toEqual({ depth: 2, oldestReceivedAt: 1000, newestFromDevice: 1000 });
+    expect(await stores.outboxStats.ofSim('001010000000999')).toEqual({ depth: 0, oldestReceivedAt: null, newestFromDevice: null });
 
     const dead = db.prepare("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', x'00', 0, 'r', ?)");
     dead.run(IMSI, Date.now() - 2 * DAY);
     dead.run(IMSI, Date.now());
-    expect(stores.outboxStats.deadLetters(Date.now() - DAY)).toEqual({ total: 2, recent: 1 });
+    expect(await stores.outboxStats.deadLetters(Date.now() - DAY)).toEqual({ total: 2, recent: 1 });
   });
 });
 
 describe('credential figures', () => {
-  it('count SIMs with a certificate in use and SIMs being vended, and name each step\'s state once', () => {
+  it('count SIMs with a certificate in use and SIMs being vended, and name each step\'s state once', async () => {
     const { db, stores } = fresh();
-    for (const imsi of [IMSI, OTHER]) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    for (const imsi of [IMSI, OTHER]) await stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
     const row = db.prepare(
       "INSERT INTO credentials (imsi, thing_name, step, key_alg, key_enc, csr_pem, created_at, updated_at) VALUES (?, 't', ?, 'ec', x'00', 'csr', 0, 0)",
     );
     row.run(IMSI, 'ready');
     row.run(IMSI, 'csr_sent'); // rotating
     row.run(OTHER, 'retired');
-    expect(stores.credentials.countByState()).toEqual({ ready: 1, vending: 1 });
-    expect(stores.credentials.history(IMSI).map((r) => r.step)).toEqual(['ready', 'csr_sent']);
+    expect(await stores.credentialReads.countByState()).toEqual({ ready: 1, vending: 1 });
+    expect((await stores.credentialReads.history(IMSI)).map((r) => r.step)).toEqual(['ready', 'csr_sent']);
     expect(['key', 'policy', 'ready', 'retiring', 'retired'].map((s) => certificateState(s as never))).toEqual(['vending', 'vending', 'ready', 'retired', 'retired']);
   });
 });
 
 describe('retention', () => {
-  it('deletes at most a chunk of rows past their age, and leaves a target without an age column alone', () => {
+  it('deletes at most a chunk of rows past their age, and leaves a target without an age column alone', async () => {
     const { db, stores } = fresh();
     const insert = db.prepare("INSERT INTO audit (at, imsi, kind, detail) VALUES (?, NULL, 'k', '{}')");
     for (let i = 0; i < 5; i++) insert.run(Date.now() - 40 * DAY);
     insert.run(Date.now());
     const cutoff = Date.now() - 30 * DAY;
-    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(3);
-    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(2);
-    expect(stores.retention.purgeBefore('audit', cutoff, 3)).toBe(0);
-    expect(stores.audit.query().items).toHaveLength(1);
+    expect(await stores.retention.purgeBefore('audit', cutoff, 3)).toBe(3);
+    expect(await stores.retention.purgeBefore('audit', cutoff, 3)).toBe(2);
+    expect(await stores.retention.purgeBefore('audit', cutoff, 3)).toBe(0);
+    expect((await stores.audit.query()).items).toHaveLength(1);
     // network_sessions has no ended_at here: live sessions are never aged out.
-    stores.networkSessions.start({ ip: '10.0.0.1', imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: 'a' });
-    expect(stores.retention.purgeBefore('networkSessions', Date.now() + DAY, 10)).toBe(0);
-    expect(stores.networkSessions.count()).toBe(1);
+    await stores.networkSessions.applyAll([{ kind: 'start', report: { ip: '10.0.0.1', imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: 'a' } }]);
+    expect(await stores.retention.purgeBefore('networkSessions', Date.now() + DAY, 10)).toBe(0);
+    expect(await stores.networkSessions.count()).toBe(1);
   });
 });
 
 describe('meta', () => {
-  it('keeps the first value written under a key', () => {
+  it('keeps the first value written under a key', async () => {
     const { stores } = fresh();
-    expect(stores.meta.get('k')).toBeUndefined();
-    stores.meta.putIfAbsent('k', Buffer.from('one'));
-    stores.meta.putIfAbsent('k', Buffer.from('two'));
-    expect(stores.meta.get('k')?.toString()).toBe('one');
+    expect(await stores.meta.get('k')).toBeUndefined();
+    await stores.meta.putIfAbsent('k', Buffer.from('one'));
+    await stores.meta.putIfAbsent('k', Buffer.from('two'));
+    expect((await stores.meta.get('k'))?.toString()).toBe('one');
   });
 });
 
 describe('network sessions in one transaction', () => {
-  it('apply a batch, keeping a record that failed from taking the others down', () => {
+  it('apply a batch of changes, keeping one that failed from taking the others down', async () => {
     const { stores } = fresh();
-    const outcomes = stores.networkSessions.applyAll(['10.0.0.1', 'bad', '10.0.0.2'], (ip) => {
-      if (ip === 'bad') throw new Error('refused');
-      return stores.networkSessions.start({ ip, imsi: IMSI, nasIp: '10.9.9.9', acctSessionId: ip }).created;
-    });
-    expect(outcomes.map((o) => (o instanceof Error ? o.message : o))).toEqual([true, 'refused', true]);
-    // One commit for the batch: the others hold.
-    expect(stores.networkSessions.list().map((s) => s.ip)).toEqual(['10.0.0.1', '10.0.0.2']);
+    const nasIp = '10.9.9.9';
+    const outcomes = await stores.networkSessions.applyAll([
+      { kind: 'start', report: { ip: '10.0.0.1', imsi: IMSI, nasIp, acctSessionId: 'a' } },
+      { kind: 'start', report: { ip: '10.0.0.9', imsi: null as unknown as string, nasIp, acctSessionId: 'bad' } },
+      { kind: 'start', report: { ip: '10.0.0.2', imsi: OTHER, nasIp, acctSessionId: 'b' } },
+      { kind: 'stop', ip: '10.0.0.1', acctSessionId: 'a', nasIp: '10.9.9.9' },
+    ]);
+    expect(outcomes.map((o) => (o instanceof Error ? 'error' : [o.started?.session.ip ?? null, o.ended.map((e) => e.cause)]))).toEqual([
+      ['10.0.0.1', []],
+      'error',
+      ['10.0.0.2', []],
+      [null, ['stop']],
+    ]);
+    // One commit for the batch: the others hold, and devices are identified from them at once.
+    expect((await stores.networkSessions.list()).map((s) => s.ip)).toEqual(['10.0.0.2']);
+    expect(stores.sessionLookup.byIp('10.0.0.2')?.imsi).toBe(OTHER);
+    expect([stores.sessionLookup.count(), await stores.networkSessions.count()]).toEqual([1, 1]);
+    expect((await stores.networkSessions.byImsi(OTHER)).map((s) => s.ip)).toEqual(['10.0.0.2']);
   });
 });
 
 describe('online', () => {
-  it('is one rule: the listing, the counts and the single-SIM answer agree for every kind of activity', () => {
+  it('is one rule: the listing, the counts and the single-SIM answer agree for every kind of activity', async () => {
     const { db, stores } = fresh();
     const now = Date.now();
     const since = now - 900_000;
@@ -153,29 +165,29 @@ describe('online', () => {
       gatewayOnly: '001010000000914', // only the gateway's own shadow update queued
       stale: '001010000000915', // sent something long ago
     };
-    for (const imsi of Object.values(sims)) stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
-    stores.networkSessions.start({ ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' });
-    stores.sims.markSeen(sims.seen, now - 1000);
+    for (const imsi of Object.values(sims)) await stores.sims.register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+    await stores.networkSessions.applyAll([{ kind: 'start', report: { ip: '10.0.0.11', imsi: sims.session, nasIp: '10.9.9.9', acctSessionId: 's' } }]);
+    stores.simRouting.markSeen(sims.seen, now - 1000);
     queue(db, sims.queued, 'telemetry', now - 1000);
     queue(db, sims.gatewayOnly, '$aws/things/sim-914/shadow/update', now - 1000, true);
-    stores.sims.markSeen(sims.stale, now - 3_600_000);
+    stores.simRouting.markSeen(sims.stale, now - 3_600_000);
 
     const expected = { session: true, seen: true, queued: true, gatewayOnly: false, stale: false };
-    const listed = new Map(stores.sims.list({}, { limit: 100, onlineSince: since }).items.map((s) => [s.imsi, s.online]));
+    const listed = new Map((await stores.sims.list({}, { limit: 100, onlineSince: since })).items.map((s) => [s.imsi, s.online]));
     for (const [name, imsi] of Object.entries(sims)) {
       const want = expected[name as keyof typeof expected];
-      expect([name, listed.get(imsi), stores.sims.isOnline(imsi, since)]).toEqual([name, want, want]);
+      expect([name, listed.get(imsi), await stores.sims.isOnline(imsi, since)]).toEqual([name, want, want]);
     }
-    const online = stores.sims.list({ online: true }, { limit: 100, onlineSince: since }).items.map((s) => s.imsi);
+    const online = (await stores.sims.list({ online: true }, { limit: 100, onlineSince: since })).items.map((s) => s.imsi);
     expect(online).toEqual([sims.session, sims.seen, sims.queued]);
-    expect(stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
+    expect(await stores.sims.counts(since)).toMatchObject([{ group: 'default', total: 5, online: 3 }]);
   });
 });
 
 describe('outbox rows the gateway queued itself', () => {
   it('keep their system flag through the commit and back out of peek, and are no sign of the device', async () => {
     const { db, stores } = fresh();
-    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901' });
+    await stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901' });
     const commit = committer(db);
     // The real commit transaction, run in this thread instead of on the writer thread.
     const writer: CommitWriter = { commit: async (req) => commit(req), ready: async () => undefined, close: async () => undefined };
@@ -189,11 +201,11 @@ describe('outbox rows the gateway queued itself', () => {
       [5000, true],
       [4000, false],
     ]);
-    expect(stores.sims.get(IMSI)?.lastSeenAt).toBe(4000);
-    expect(stores.outboxStats.ofSim(IMSI).newestFromDevice).toBe(4000);
+    expect((await stores.sims.get(IMSI))?.lastSeenAt).toBe(4000);
+    expect((await stores.outboxStats.ofSim(IMSI)).newestFromDevice).toBe(4000);
   });
 
-  it('are told apart in a database from before the column, by their $-topic', () => {
+  it('are told apart in a database from before the column, by their $-topic', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'simbridge-migrate-'));
     const file = join(dir, 's.db');
     const old = new Database(file);
@@ -217,13 +229,49 @@ describe('outbox rows the gateway queued itself', () => {
 });
 
 describe('binding an IMEI', () => {
-  it('treats another spelling of the bound device (IMEISV digits, spare 0) as the same device, and another device as a conflict', () => {
+  it('treats another spelling of the bound device (IMEISV digits, spare 0) as the same device, and another device as a conflict', async () => {
     const { stores } = fresh();
-    stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901', boundImei: '490154203237518' });
-    expect(stores.sims.bindImeiChecked(IMSI, '490154203237510', false)).toMatchObject({ outcome: 'unchanged', previous: '490154203237518' });
-    expect(stores.sims.bindImeiChecked(IMSI, '356938035643809', false)).toMatchObject({ outcome: 'conflict' });
-    const imported = stores.sims.upsertMany([{ imsi: IMSI, group: 'default', thingName: 'sim-901', imei: '490154203237510' }], { force: false });
+    await stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-901', boundImei: '490154203237518' });
+    expect(await stores.sims.bindImeiChecked(IMSI, '490154203237510', false)).toMatchObject({ outcome: 'unchanged', previous: '490154203237518' });
+    expect(await stores.sims.bindImeiChecked(IMSI, '356938035643809', false)).toMatchObject({ outcome: 'conflict' });
+    const imported = await stores.sims.upsertMany([{ imsi: IMSI, group: 'default', thingName: 'sim-901', imei: '490154203237510' }], { force: false });
     expect(imported).toEqual([{ result: 'unchanged' }]);
-    expect(stores.sims.get(IMSI)?.boundImei).toBe('490154203237518');
+    expect((await stores.sims.get(IMSI))?.boundImei).toBe('490154203237518');
+  });
+});
+
+describe('promise-shaped views of the SQLite stores', () => {
+  it('run each call at once (inside a caller\'s transaction) and turn a throw into a rejection', async () => {
+    const calls: string[] = [];
+    const impl = {
+      hello: (name: string) => (calls.push(name), `hi ${name}`),
+      fail: (): number => {
+        throw new Error('disk full');
+      },
+      hidden: () => 'not in the view',
+    };
+    const view = promised(impl, ['hello', 'fail']);
+    const answer = view.hello('a');
+    expect(calls).toEqual(['a']); // ran before anything was awaited
+    expect(await answer).toBe('hi a');
+    await expect(view.fail()).rejects.toThrow('disk full');
+    expect('hidden' in view).toBe(false);
+  });
+});
+
+describe('held downlink', () => {
+  it('holds at most maxMessages per device (pushing out the oldest), serves them until removed, and lets expired ones go', async () => {
+    const { stores } = fresh();
+    const msg = (n: number) => ({ topic: `cmd/${n}`, payload: Buffer.from(String(n)), qos: 1 as const, receivedAt: 1000 + n });
+    expect(await stores.downlink.hold(IMSI, msg(1), 2, 60_000)).toEqual([]);
+    await stores.downlink.hold(IMSI, msg(2), 2, 60_000);
+    const pushed = await stores.downlink.hold(IMSI, msg(3), 2, 60_000);
+    expect(pushed.map((m) => m.topic)).toEqual(['cmd/1']);
+    const held = stores.downlink.pending(IMSI, 2000);
+    expect(held.map((m) => m.topic)).toEqual(['cmd/2', 'cmd/3']);
+    await stores.downlink.remove([held[0]!.id]);
+    expect(stores.downlink.pending(IMSI, 2000).map((m) => m.topic)).toEqual(['cmd/3']);
+    expect(stores.downlink.pending(IMSI, 1003 + 60_000)).toEqual([]); // past its age
+    expect((await stores.downlink.expire(1003 + 60_000)).map((m) => [m.imsi, m.topic])).toEqual([[IMSI, 'cmd/3']]);
   });
 });

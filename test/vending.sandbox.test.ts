@@ -12,6 +12,7 @@ import { startSandbox, type Sandbox } from '../sandbox/index.ts';
 import { AuditLog } from '../storage/audit.ts';
 import { CredentialStore } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
+import { sqliteStores } from '../storage/index.ts';
 import { SimStore, type Sim } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
@@ -54,11 +55,12 @@ function vendor(db: Db, overrides: Record<string, unknown> = {}, hooks: VendorHo
     rotation: { enabled: false },
     ...overrides,
   });
+  const stores = sqliteStores(db);
   const v = createVending(config, {
-    sims: new SimStore(db),
-    credentials: new CredentialStore(db),
+    sims: stores.sims,
+    credentials: stores.credentials,
     cipher,
-    audit: new AuditLog(db),
+    audit: stores.audit,
     log: silent,
     policyFor: (g) => ({ name: `simbridge-test-${g}`, topicTemplates: ['devices/{thing}/{topic}'] }),
     ...hooks,

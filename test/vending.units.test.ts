@@ -155,7 +155,7 @@ describe('master key', () => {
     expect(loadMasterKey({ env: {}, generateAt: at })).toEqual(first);
   });
 
-  it('is a clear startup error when it does not open this database, also before a check value existed', () => {
+  it('is a clear startup error when it does not open this database, also before a check value existed', async () => {
     const db = openDatabase({ file: join(dir, 'mk.db'), synchronous: 'normal' });
     const right = new KeyCipher(Buffer.alloc(32, 1));
     const wrong = new KeyCipher(Buffer.alloc(32, 2));
@@ -164,10 +164,10 @@ describe('master key', () => {
     db.prepare(
       "INSERT INTO credentials (imsi, thing_name, step, key_alg, key_enc, csr_pem, created_at, updated_at) VALUES ('001010000000001', 'sim-001010000000001', 'key', 'ec-p256', ?, 'csr', 0, 0)",
     ).run(right.encrypt(Buffer.from('key'), '001010000000001'));
-    expect(() => checkMasterKey(stores, wrong)).toThrow(/does not match the one this database was created with/);
-    checkMasterKey(stores, right); // writes the check value
-    expect(() => checkMasterKey(stores, wrong)).toThrow(MasterKeyError);
-    checkMasterKey(stores, right);
+    await expect(checkMasterKey(stores, wrong)).rejects.toThrow(/does not match the one this database was created with/);
+    await checkMasterKey(stores, right); // writes the check value
+    await expect(checkMasterKey(stores, wrong)).rejects.toThrow(MasterKeyError);
+    await checkMasterKey(stores, right);
     db.close();
   });
 });

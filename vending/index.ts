@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialStore } from '../storage/credentials.ts';
-import type { SimStore } from '../storage/sims.ts';
+import type { SimRegistry } from '../storage/sims.ts';
 import { AwsIotProvider } from './aws-iot-provider.ts';
 import type { KeyCipher } from './key-cipher.ts';
 import type { VendingProvider } from './provider.ts';
@@ -11,10 +11,10 @@ import { Vendor, type VendorHooks } from './vendor.ts';
 export type { VendingConfig } from '../config/vending.ts';
 
 export interface VendingDeps extends VendorHooks {
-  sims: SimStore;
+  sims: SimRegistry;
   credentials: CredentialStore;
   cipher: KeyCipher;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   /** Policy name and upstream topic templates of a SIM group. */
   policyFor(group: string): { name: string; topicTemplates: string[] };

@@ -89,8 +89,8 @@ function opens(cipher: KeyCipher, sealed: Buffer, owner: string, expected?: Buff
  * instead of at the first device. A database from before the check value existed is judged by one of
  * its stored keys before the check value is written.
  */
-export function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): void {
-  const check = stores.meta.get(CHECK_KEY);
+export async function checkMasterKey(stores: { meta: MetaStore; credentials: CredentialStore }, cipher: KeyCipher): Promise<void> {
+  const check = await stores.meta.get(CHECK_KEY);
   if (check) {
     // Any key of the ring: the check value moves to the new key only once a rotation has finished.
     if (!opens(cipher, check, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
@@ -98,7 +98,7 @@ export function checkMasterKey(stores: { meta: MetaStore; credentials: Credentia
   }
   const sample = stores.credentials.anySealedKey();
   if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
-  stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  await stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
 }
 
 /**
@@ -106,11 +106,11 @@ export function checkMasterKey(stores: { meta: MetaStore; credentials: Credentia
  * the gateway may run: each key is replaced only if nobody changed it meanwhile. Keys that no key of the
  * ring opens are counted, never touched.
  */
-export function rotateSealedKeys(
+export async function rotateSealedKeys(
   stores: { meta: MetaStore; credentials: CredentialStore },
   cipher: KeyCipher,
   batch = 500,
-): { resealed: number; current: number; unreadable: number } {
+): Promise<{ resealed: number; current: number; unreadable: number }> {
   const counts = { resealed: 0, current: 0, unreadable: 0 };
   for (let after = 0; ; ) {
     const rows = stores.credentials.sealedKeys(after, batch);
@@ -133,6 +133,6 @@ export function rotateSealedKeys(
       plain.fill(0);
     }
   }
-  if (counts.unreadable === 0) stores.meta.put(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
+  if (counts.unreadable === 0) await stores.meta.put(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
   return counts;
 }

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { ApiGate } from './api-gate.ts';
 import { certificateFingerprint, csrFingerprint } from './keys.ts';
@@ -9,7 +9,7 @@ export interface OrphanSweeperOptions {
   store: CredentialStore;
   provider: VendingProvider;
   gate: ApiGate;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   /** How far before the first send the scan reaches (clock difference with the CA). */
   marginMs: number;
@@ -101,7 +101,7 @@ export class OrphanSweeper {
     const { gate, provider } = this.o;
     if (c.status === 'ACTIVE') await gate.call('UpdateCertificate', (s) => provider.setCertificateStatus(c.certificateId, 'INACTIVE', s));
     if (this.o.deleteStrays) await gate.call('DeleteCertificate', (s) => provider.deleteCertificate(c.certificateId, s));
-    this.o.audit.record('orphan_certificate_disposed', row.imsi, {
+    await this.o.audit.record('orphan_certificate_disposed', row.imsi, {
       certificateId: c.certificateId,
       was: c.status,
       deleted: this.o.deleteStrays,

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { ApiGate } from './api-gate.ts';
 import { Lease } from './lease.ts';
@@ -9,14 +9,14 @@ export interface RetirerOptions {
   store: CredentialStore;
   provider: VendingProvider;
   gate: ApiGate;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   owner: string;
   leaseMs: number;
   orphanGraceMs: number;
   deleteRetired: boolean;
   /** Policy a row's certificate had when the row did not record it (rows from before it was recorded). */
-  policyOf(row: CredentialRow): string | undefined;
+  policyOf(row: CredentialRow): Promise<string | undefined>;
 }
 
 const BATCH = 100;
@@ -62,7 +62,7 @@ export class Retirer {
       if (fresh.certId && fresh.certArn) {
         const { certId, certArn } = fresh;
         await gate.call('UpdateCertificate', (s) => provider.setCertificateStatus(certId, 'INACTIVE', s));
-        const policy = fresh.policyName ?? this.o.policyOf(fresh);
+        const policy = fresh.policyName ?? (await this.o.policyOf(fresh));
         if (policy) await gate.call('DetachPolicy', (s) => provider.detachPolicy(policy, certArn, s));
         await gate.call('DetachThingPrincipal', (s) => provider.detachThingPrincipal(fresh.thingName, certArn, s));
         if (this.o.deleteRetired) await gate.call('DeleteCertificate', (s) => provider.deleteCertificate(certId, s));
@@ -72,7 +72,7 @@ export class Retirer {
         store.flagOrphanCheck(fresh.id, Date.now() + this.o.orphanGraceMs);
       }
       if (!store.markRetired(fresh.id, lease.owner)) return false;
-      this.o.audit.record('certificate_retired', fresh.imsi, {
+      await this.o.audit.record('certificate_retired', fresh.imsi, {
         certificateId: fresh.certId,
         reason: fresh.retireReason,
         deleted: Boolean(fresh.certId) && this.o.deleteRetired,

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { Sim } from '../storage/sims.ts';
 import type { ApiGate } from './api-gate.ts';
@@ -14,7 +14,7 @@ export interface StepsOptions {
   store: CredentialStore;
   provider: VendingProvider;
   gate: ApiGate;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   policyFor(group: string): { name: string; topicTemplates: string[] };
   thingAttributes: ThingAttribute[];
@@ -96,6 +96,8 @@ export class VendSteps {
       onUncertain: () => store.flagOrphanCheck(row.id, Date.now() + orphanGraceMs),
     });
     let recorded = false;
+    // Written with the step (in its SQLite transaction); awaited once the step is recorded.
+    let audited: Promise<void> | undefined;
     try {
       const facts = certificateFacts(cert.certificatePem);
       recorded =
@@ -107,9 +109,10 @@ export class VendSteps {
             certPem: cert.certificatePem,
             notAfter: facts.notAfter,
           });
-          if (ok) this.o.audit.record('certificate_created', row.imsi, { certificateId: cert.certificateId, generation: row.id });
+          if (ok) audited = this.o.audit.record('certificate_created', row.imsi, { certificateId: cert.certificateId, generation: row.id });
           return ok;
         });
+      await audited;
     } catch (err) {
       this.o.log.error({ err: String(err), certificateId: cert.certificateId }, 'could not record a new certificate');
     }
@@ -145,11 +148,13 @@ export class VendSteps {
   private async attach(row: CredentialRow, lease: Lease): Promise<{ promoted: CredentialRow; previous?: CredentialRow }> {
     const { gate, provider, store } = this.o;
     await gate.call('AttachThingPrincipal', (s) => provider.attachThingPrincipal(row.thingName, row.certArn!, s));
+    let audited: Promise<void> | undefined;
     const { ok, previous } = store.transaction(() => {
       const r = store.promote(row.id, lease.owner, Date.now() + this.o.retireAfterMs);
-      if (r.ok) this.o.audit.record('vended', row.imsi, { thing: row.thingName, certificateId: row.certId, generation: row.id, replaces: r.previous?.certId ?? undefined });
+      if (r.ok) audited = this.o.audit.record('vended', row.imsi, { thing: row.thingName, certificateId: row.certId, generation: row.id, replaces: r.previous?.certId ?? undefined });
       return r;
     });
+    await audited;
     if (!ok) throw new StaleRowError('row changed during AttachThingPrincipal');
     this.o.log.info({ thing: row.thingName, certificateId: row.certId, rotation: Boolean(previous) }, 'device vended');
     return { promoted: store.byId(row.id)!, previous };

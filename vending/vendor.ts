@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { VendingConfig } from '../config/vending.ts';
-import type { AuditLog } from '../storage/audit.ts';
+import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore, Purpose } from '../storage/credentials.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { Sim, SimRegistry } from '../storage/sims.ts';
 import { ApiGate, ApiError } from './api-gate.ts';
 import type { KeyCipher } from './key-cipher.ts';
 import { certificateNotAfter, csrFingerprint, generateKeyAndCsr } from './keys.ts';
@@ -53,11 +53,11 @@ export interface VendorHooks {
 
 export interface VendorOptions extends VendorHooks {
   config: VendingConfig;
-  sims: SimStore;
+  sims: SimRegistry;
   credentials: CredentialStore;
   provider: VendingProvider;
   cipher: KeyCipher;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
   /** Policy name and the upstream topic templates of a SIM group. */
   policyFor(group: string): { name: string; topicTemplates: string[] };
@@ -81,7 +81,7 @@ const DAY_MS = 86_400_000;
  */
 export class Vendor {
   private readonly store: CredentialStore;
-  private readonly sims: SimStore;
+  private readonly sims: SimRegistry;
   private readonly gate: ApiGate;
   private readonly queue: WorkQueue<DeviceCredentials | undefined>;
   private readonly steps: VendSteps;
@@ -120,8 +120,8 @@ export class Vendor {
       leaseMs: c.leaseMs,
       orphanGraceMs: c.orphanGraceMs,
       deleteRetired: c.deleteRevoked,
-      policyOf: (row) => {
-        const sim = this.sims.get(row.imsi);
+      policyOf: async (row) => {
+        const sim = await this.sims.get(row.imsi);
         return sim && opts.policyFor(sim.group).name;
       },
     });
@@ -149,7 +149,7 @@ export class Vendor {
       disposeUnrecorded: async (cert, imsi) => {
         await this.gate.call('UpdateCertificate', (s) => opts.provider.setCertificateStatus(cert.certificateId, 'INACTIVE', s));
         if (c.deleteRevoked) await this.gate.call('DeleteCertificate', (s) => opts.provider.deleteCertificate(cert.certificateId, s));
-        opts.audit.record('orphan_certificate_disposed', imsi, { certificateId: cert.certificateId, was: 'ACTIVE', deleted: c.deleteRevoked });
+        await opts.audit.record('orphan_certificate_disposed', imsi, { certificateId: cert.certificateId, was: 'ACTIVE', deleted: c.deleteRevoked });
       },
     });
     if (opts.onRotated) this.rotatedHooks.add(opts.onRotated);
@@ -244,8 +244,8 @@ export class Vendor {
       }
     }
     const certificateIds = rows.flatMap((r) => (r.certId ? [r.certId] : []));
-    this.opts.audit.record('credentials_revoked', imsi, { reason, certificateIds });
-    const ev: CredentialsRevoked = { imsi, thingName: rows[0]?.thingName ?? this.sims.get(imsi)?.thingName ?? '', reason, certificateIds };
+    await this.opts.audit.record('credentials_revoked', imsi, { reason, certificateIds });
+    const ev: CredentialsRevoked = { imsi, thingName: rows[0]?.thingName ?? (await this.sims.get(imsi))?.thingName ?? '', reason, certificateIds };
     await Promise.allSettled([...this.revokedHooks].map(async (fn) => fn(ev)));
     return { certificateIds };
   }
@@ -317,7 +317,7 @@ export class Vendor {
     job: { started: number; failures: number; giveUpAfter: number },
   ): Promise<Outcome<DeviceCredentials | undefined>> {
     const c = this.opts.config;
-    const sim = this.sims.get(imsi);
+    const sim = await this.sims.get(imsi);
     if (!sim) throw new VendingRefusedError(`SIM ${imsi} is not registered`);
     if (sim.status === 'terminated' && this.store.vending(imsi)) {
       // Terminated half-way through a vend (found on resume): retire what exists, orphans included.
@@ -400,7 +400,9 @@ export class Vendor {
       previousCertificateId: previous.certId,
       credentials: this.credentialsOf(promoted),
     };
-    this.opts.audit.record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId });
+    this.opts.audit
+      .record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId })
+      .catch((err) => this.opts.log.warn({ imsi: promoted.imsi, err: String(err) }, 'rotation not audited'));
     if (this.rotatedHooks.size === 0) return;
     void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async () => {
       if (this.stopped) return;

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Counter } from 'prom-client';
-import type { AuditLog } from '../../storage/audit.ts';
-import type { Role, TokenStore } from '../../storage/tokens.ts';
+import type { AuditStore } from '../../storage/audit.ts';
+import type { AdminTokenStore, Role } from '../../storage/tokens.ts';
 import type { FailureLimiter } from './failure-limiter.ts';
 
 /** Who may call a route: anyone (health, the installer page's files), or a token of at least this role. */
@@ -33,8 +33,8 @@ const rank: Record<Role, number> = { installer: 1, operator: 2 };
 export const allows = (have: Role, need: Role) => rank[have] >= rank[need];
 
 export interface GuardOptions {
-  tokens: TokenStore;
-  audit: AuditLog;
+  tokens: AdminTokenStore;
+  audit: AuditStore;
   limiter: FailureLimiter;
   failures: Counter<'reason'>;
 }
@@ -60,13 +60,13 @@ export function installGuard(app: FastifyInstance, opts: GuardOptions): RouteAcc
     if (!access) return deny(reply, 403, 'forbidden', 'route has no access rule'); // unreachable: onRoute refuses such routes
 
     const presented = bearer(req);
-    const token = presented ? opts.tokens.verify(presented) : undefined;
+    const token = presented ? await opts.tokens.verify(presented) : undefined;
     if (token) {
       // A valid token is never throttled: others' failures from its address (a shared proxy, a NAT, an
       // attacker next door) must not lock its holder out. Tokens are 256 random bits, so a guesser who
       // sees this answer differ from a 429 has still never guessed one.
       if (!allows(token.role, access)) {
-        refused(req, 'insufficient_role', token.id);
+        await refused(req, 'insufficient_role', token.id);
         return deny(reply, 403, 'forbidden', `this needs the ${access} role`);
       }
       req.principal = { tokenId: token.id, name: token.name, role: token.role };
@@ -78,19 +78,19 @@ export function installGuard(app: FastifyInstance, opts: GuardOptions): RouteAcc
       reply.header('retry-after', Math.ceil(wait / 1000));
       return deny(reply, 429, 'too_many_failures', 'too many failed sign-ins from this address or with this token; try again later');
     }
-    refused(req, presented ? 'unknown_token' : 'missing_token');
-    for (const key of keys) if (opts.limiter.fail(key)) opts.audit.record('admin_auth_throttled', null, throttledDetail(req, key));
+    await refused(req, presented ? 'unknown_token' : 'missing_token');
+    for (const key of keys) if (opts.limiter.fail(key)) await opts.audit.record('admin_auth_throttled', null, throttledDetail(req, key));
     reply.header('www-authenticate', presented ? 'Bearer error="invalid_token"' : 'Bearer');
     return deny(reply, 401, 'unauthorized', presented ? 'the token is not valid' : 'a bearer token is required');
   });
 
   /** Counts and audits a refused request (the client address is the one the trusted proxies name). */
-  function refused(req: FastifyRequest, reason: string, tokenId?: string): void {
+  async function refused(req: FastifyRequest, reason: string, tokenId?: string): Promise<void> {
     opts.failures.inc({ reason });
     const imsi = (req.params as { imsi?: string } | undefined)?.imsi;
     const via = req.socket.remoteAddress !== undefined && req.socket.remoteAddress !== req.ip ? { via: req.socket.remoteAddress } : {};
     const detail = { ip: req.ip, ...via, method: req.method, route: req.routeOptions.url, reason, ...(tokenId ? { token: tokenId } : {}) };
-    opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
+    await opts.audit.record('admin_auth_failed', imsi && /^\d{6,15}$/.test(imsi) ? imsi : null, detail);
   }
   return table;
 }

@@ -50,7 +50,7 @@ export function auditRoutes(ctx: AdminContext): FastifyPluginAsync {
         const kinds = q.kind?.split(',');
         const unknown = kinds?.find((k) => !isAuditKind(k));
         if (unknown) return reply.code(400).send({ error: 'unknown_kind', message: `no audit kind "${unknown}"; kinds are ${AUDIT_KINDS.join(', ')}` });
-        const page = ctx.deps.audit.query({
+        const page = await ctx.stores.audit.query({
           imsi: q.imsi,
           kinds: kinds?.filter(isAuditKind),
           since: q.since ? Date.parse(q.since) : undefined,

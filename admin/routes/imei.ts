@@ -20,7 +20,7 @@ const security = [{ bearer: [] }];
 
 /** Binding a SIM to its device's IMEI, and undoing it: what an installer does in the field. */
 export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
-  const { deps } = ctx;
+  const { stores } = ctx;
   return async (app) => {
     app.put<{ Params: { imsi: string }; Body: { imei: string; force?: boolean } }>(
       '/v1/sims/:imsi/imei',
@@ -57,7 +57,7 @@ export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
         const { imsi } = req.params;
         const n = normaliseImei(req.body.imei.trim());
         if ('problem' in n) return reply.code(400).send({ error: 'invalid_imei', message: imeiProblems[n.problem] });
-        const r = deps.sims.bindImeiChecked(imsi, n.imei, req.body.force ?? false);
+        const r = await stores.sims.bindImeiChecked(imsi, n.imei, req.body.force ?? false);
         switch (r.outcome) {
           case 'not_found':
             return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
@@ -70,7 +70,7 @@ export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
               boundImei: r.sim.boundImei,
             });
         }
-        if (r.outcome === 'bound') deps.audit.record('imei_bound', imsi, { imei: n.imei, previous: r.previous, forced: r.previous !== null, ...actor(req) });
+        if (r.outcome === 'bound') await stores.audit.record('imei_bound', imsi, { imei: n.imei, previous: r.previous, forced: r.previous !== null, ...actor(req) });
         return { sim: simJson(r.sim), outcome: r.outcome, previous: r.previous };
       },
     );
@@ -89,11 +89,11 @@ export function imeiRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const { imsi } = req.params;
-        const sim = deps.sims.get(imsi);
+        const sim = await stores.sims.get(imsi);
         if (!sim) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
         if (sim.boundImei) {
-          deps.sims.bindImei(imsi, null);
-          deps.audit.record('imei_unbound', imsi, { previous: sim.boundImei, ...actor(req) });
+          await stores.sims.bindImei(imsi, null);
+          await stores.audit.record('imei_unbound', imsi, { previous: sim.boundImei, ...actor(req) });
         }
         return { sim: simJson({ ...sim, boundImei: null }), previous: sim.boundImei };
       },

@@ -28,7 +28,7 @@ const report = {
 
 /** Bulk SIM import from CSV, streamed: the body is never held whole in memory. */
 export function importRoutes(ctx: AdminContext): FastifyPluginAsync {
-  const { deps } = ctx;
+  const { deps, stores } = ctx;
   return async (app) => {
     // Hand the request stream to the route as is; the importer parses it as it arrives.
     app.addContentTypeParser(['text/csv', 'text/plain'], (_req, payload, done) => done(null, payload));
@@ -59,9 +59,11 @@ export function importRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const who = actor(req);
+        // The audit rows of IMEIs the import binds, written as each row is (in its batch's SQLite transaction).
+        const bindings: Promise<void>[] = [];
         try {
           const result = await importSimsCsv(req.body as IncomingMessage, {
-            sims: deps.sims,
+            sims: stores.sims,
             isGroup: (g) => Boolean(deps.groups()[g]),
             defaultGroup: deps.defaultGroup(),
             thingName: deps.thingName,
@@ -70,15 +72,17 @@ export function importRoutes(ctx: AdminContext): FastifyPluginAsync {
             maxLineBytes: ctx.config.import.maxLineBytes,
             force: req.query.force,
             dryRun: req.query.dryRun,
-            onImeiBound: (imsi, imei, previous) => deps.audit.record('imei_bound', imsi, { imei, previous, via: 'import', ...who }),
-            onSecretSet: (imsi) => deps.audit.record('secret_set', imsi, { via: 'import', ...who }),
+            onImeiBound: (imsi, imei, previous) => void bindings.push(stores.audit.record('imei_bound', imsi, { imei, previous, via: 'import', ...who })),
+            onSecretSet: (imsi) => void bindings.push(stores.audit.record('secret_set', imsi, { via: 'import', ...who })),
           });
+          await Promise.all(bindings);
           if (!result.dryRun) {
             const { errors: _errors, ...counts } = result;
-            deps.audit.record('sims_imported', null, { ...counts, ...who });
+            await stores.audit.record('sims_imported', null, { ...counts, ...who });
           }
           return result;
         } catch (err) {
+          await Promise.allSettled(bindings);
           if (err instanceof ImportFileError) return reply.code(400).send({ error: 'invalid_csv', message: err.message });
           throw err;
         }

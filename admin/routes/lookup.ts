@@ -23,7 +23,7 @@ export function lookupRoutes(ctx: AdminContext): FastifyPluginAsync {
           response: { 200: { type: 'object', properties: { items: { type: 'array', items: simRef } } }, ...authErrors },
         },
       },
-      async (req) => ({ items: ctx.deps.sims.search(req.query.q, 10).map((s) => simJson(s)) }),
+      async (req) => ({ items: (await ctx.stores.sims.search(req.query.q, 10)).map((s) => simJson(s)) }),
     );
   };
 }

@@ -12,7 +12,7 @@ const security = [{ bearer: [] }];
  * given) or cleared. Only its hash is stored; a generated secret is in this one answer and nowhere else.
  */
 export function secretRoutes(ctx: AdminContext): FastifyPluginAsync {
-  const { deps } = ctx;
+  const { stores } = ctx;
   return async (app) => {
     app.put<{ Params: { imsi: string }; Body: { secret?: string } | undefined }>(
       '/v1/sims/:imsi/secret',
@@ -42,12 +42,12 @@ export function secretRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const { imsi } = req.params;
-        if (!deps.sims.get(imsi)) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
+        if (!(await stores.sims.get(imsi))) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
         const given = req.body?.secret;
         const secret = given ?? generateSecret();
-        deps.sims.setSecretHash(imsi, await hashSecret(secret));
-        deps.audit.record('secret_set', imsi, { generated: given === undefined, ...actor(req) });
-        return { sim: simJson(deps.sims.get(imsi)!), ...(given === undefined ? { secret } : {}) };
+        await stores.sims.setSecretHash(imsi, await hashSecret(secret));
+        await stores.audit.record('secret_set', imsi, { generated: given === undefined, ...actor(req) });
+        return { sim: simJson((await stores.sims.get(imsi))!), ...(given === undefined ? { secret } : {}) };
       },
     );
 
@@ -65,9 +65,9 @@ export function secretRoutes(ctx: AdminContext): FastifyPluginAsync {
       },
       async (req, reply) => {
         const { imsi } = req.params;
-        if (!deps.sims.setSecretHash(imsi, null)) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
-        deps.audit.record('secret_cleared', imsi, actor(req));
-        return { sim: simJson(deps.sims.get(imsi)!) };
+        if (!await stores.sims.setSecretHash(imsi, null)) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
+        await stores.audit.record('secret_cleared', imsi, actor(req));
+        return { sim: simJson((await stores.sims.get(imsi))!) };
       },
     );
   };

@@ -39,7 +39,7 @@ const security = [{ bearer: [] }];
 
 /** The SIM registry: list with filters, create, the device view, and updates (terminating revokes). */
 export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
-  const { deps } = ctx;
+  const { deps, stores } = ctx;
   const onlineSince = () => Date.now() - ctx.config.onlineWindowSeconds * 1000;
 
   return async (app) => {
@@ -82,7 +82,7 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
       async (req) => {
         const q = req.query;
         const eq = q.tag?.indexOf('=') ?? -1;
-        const page = deps.sims.list(
+        const page = await stores.sims.list(
           {
             group: q.group,
             status: q.status,
@@ -133,16 +133,16 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
           if ('problem' in n) return reply.code(400).send({ error: 'invalid_imei', message: `IMEI is not valid (${n.problem})` });
           imei = n.imei;
         }
-        if (deps.sims.get(b.imsi)) return reply.code(409).send({ error: 'sim_exists', message: `SIM ${b.imsi} is already registered` });
-        const outcome = deps.sims.upsertMany([{ imsi: b.imsi, group, thingName: deps.thingName(b.imsi, group), iccid: b.iccid, msisdn: b.msisdn, imei, tags: b.tags }], {
+        if (await stores.sims.get(b.imsi)) return reply.code(409).send({ error: 'sim_exists', message: `SIM ${b.imsi} is already registered` });
+        const [outcome] = await stores.sims.upsertMany([{ imsi: b.imsi, group, thingName: deps.thingName(b.imsi, group), iccid: b.iccid, msisdn: b.msisdn, imei, tags: b.tags }], {
           force: false,
-        })[0]!;
-        if (outcome.result === 'failed') return reply.code(409).send({ error: `${outcome.field}_conflict`, message: outcome.message });
-        if (b.lockMode !== undefined) deps.sims.update(b.imsi, { lockMode: b.lockMode });
+        });
+        if (outcome!.result === 'failed') return reply.code(409).send({ error: `${outcome.field}_conflict`, message: outcome.message });
+        if (b.lockMode !== undefined) await stores.sims.update(b.imsi, { lockMode: b.lockMode });
         const who = actor(req);
-        deps.audit.record('sim_created', b.imsi, { ...who, group });
-        if (imei) deps.audit.record('imei_bound', b.imsi, { imei, previous: null, ...who });
-        return reply.code(201).send(simJson(deps.sims.get(b.imsi)!));
+        await stores.audit.record('sim_created', b.imsi, { ...who, group });
+        if (imei) await stores.audit.record('imei_bound', b.imsi, { imei, previous: null, ...who });
+        return reply.code(201).send(simJson((await stores.sims.get(b.imsi))!));
       },
     );
 
@@ -159,7 +159,7 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
         },
       },
       async (req, reply) => {
-        const view = deviceView(req.params.imsi, {
+        const view = await deviceView(req.params.imsi, {
           stores: ctx.stores,
           groups: deps.groups,
           upstreamState: deps.upstreamState,
@@ -208,7 +208,7 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
       async (req, reply) => {
         const { imsi } = req.params;
         const b = req.body;
-        const before = deps.sims.get(imsi);
+        const before = await stores.sims.get(imsi);
         if (!before) return reply.code(404).send({ error: 'not_found', message: `no SIM ${imsi}` });
         if (b.group !== undefined && !deps.groups()[b.group]) return reply.code(400).send({ error: 'unknown_group', message: `group "${b.group}" is not in the configuration` });
         if (before.status === 'terminated' && b.status && b.status !== 'terminated') {
@@ -216,17 +216,17 @@ export function simRoutes(ctx: AdminContext): FastifyPluginAsync {
         }
         const who = actor(req);
         const { status, ...rest } = b;
-        let sim = deps.sims.update(imsi, rest)!;
+        let sim = (await stores.sims.update(imsi, rest))!;
         const changed = Object.fromEntries(Object.keys(rest).map((k) => [k, { from: before[k as keyof typeof rest], to: sim[k as keyof typeof rest] }]));
-        if (Object.keys(changed).length) deps.audit.record('sim_updated', imsi, { ...who, changed });
+        if (Object.keys(changed).length) await stores.audit.record('sim_updated', imsi, { ...who, changed });
         let revocation: { state: 'revoked' | 'failed' | 'unavailable'; message?: string } | undefined;
         if (status && status !== before.status) {
-          if (status === 'terminated') revocation = await terminate(deps, imsi, who);
+          if (status === 'terminated') revocation = await terminate(stores, deps.revoke, imsi, who);
           else {
-            deps.sims.setStatus(imsi, status);
-            deps.audit.record('sim_status_changed', imsi, { from: before.status, to: status, ...who });
+            await stores.sims.setStatus(imsi, status);
+            await stores.audit.record('sim_status_changed', imsi, { from: before.status, to: status, ...who });
           }
-          sim = deps.sims.get(imsi)!;
+          sim = (await stores.sims.get(imsi))!;
         }
         return { sim: simJson(sim), ...(revocation ? { revocation } : {}) };
       },

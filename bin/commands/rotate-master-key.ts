@@ -33,8 +33,8 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
     try {
       const stores = sqliteStores(db);
-      checkMasterKey(stores, cipher);
-      const r = rotateSealedKeys(stores, cipher);
+      await checkMasterKey(stores, cipher);
+      const r = await rotateSealedKeys(stores, cipher);
       console.log(`re-sealed ${r.resealed} private key(s); ${r.current} already under the current key`);
       if (r.unreadable > 0) {
         throw new CommandError(`${r.unreadable} key(s) open with no configured key: list the key they were sealed under in previousMasterKeyFiles and run again`, EXIT.failure);

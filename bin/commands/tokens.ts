@@ -4,7 +4,8 @@ import { parse, runCommand } from '../../admin/cli/run.ts';
 import { table, when } from '../../admin/cli/table.ts';
 import type { Config } from '../../config/schema.ts';
 import { openDatabase } from '../../storage/db.ts';
-import { ROLES, TokenStore, type Role } from '../../storage/tokens.ts';
+import { sqliteStores } from '../../storage/index.ts';
+import { ROLES, type Role } from '../../storage/tokens.ts';
 
 const help = `usage: simbridge tokens <command> [options]
 
@@ -44,11 +45,11 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     const config = loadConfig(values.config);
     const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
     try {
-      const tokens = new TokenStore(db);
+      const { tokens } = sqliteStores(db);
       switch (command) {
         case 'create': {
           const name = values.name ?? `${values.role} token`;
-          const { token, record } = tokens.create(values.role as Role, name);
+          const { token, record } = await tokens.create(values.role as Role, name);
           if (values.json) console.log(JSON.stringify({ ...record, token }, null, 2));
           else {
             console.error(`created ${record.role} token ${record.id} ("${record.name}"); it is shown only now, store it safely:`);
@@ -57,7 +58,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
           return EXIT.ok;
         }
         case 'list': {
-          const list = tokens.list();
+          const list = await tokens.list();
           if (values.json) console.log(JSON.stringify(list, null, 2));
           else {
             const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -66,7 +67,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
           return EXIT.ok;
         }
         default: {
-          if (!tokens.revoke(rest[0]!)) throw new CommandError(`no live token ${rest[0]}`, EXIT.notFound);
+          if (!(await tokens.revoke(rest[0]!))) throw new CommandError(`no live token ${rest[0]}`, EXIT.notFound);
           console.log(values.json ? JSON.stringify({ revoked: rest[0] }) : `token ${rest[0]} revoked`);
           return EXIT.ok;
         }

@@ -67,7 +67,7 @@ export async function vendPending(
       }),
     );
     const stores = sqliteStores(db);
-    checkMasterKey(stores, cipher);
+    await checkMasterKey(stores, cipher);
     vendor = createVending(config.vending, {
       sims: stores.sims,
       credentials: stores.credentials,

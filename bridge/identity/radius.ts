@@ -1,4 +1,4 @@
-import type { NetworkSessions } from '../../storage/network-sessions.ts';
+import type { SessionLookup } from '../../storage/network-sessions.ts';
 import { normaliseAddress } from '../../lib/address-table.ts';
 import { checkClaimAgainstNetwork } from './network-claim.ts';
 import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } from './source.ts';
@@ -7,7 +7,7 @@ import { Refusal, type DeviceClaim, type IdentitySource, type NetworkIdentity } 
 export class RadiusIdentity implements IdentitySource {
   readonly name = 'radius';
 
-  constructor(private readonly sessions: NetworkSessions) {}
+  constructor(private readonly sessions: SessionLookup) {}
 
   identify(remoteAddress: string, claim: DeviceClaim): NetworkIdentity | Refusal {
     const ip = normaliseAddress(remoteAddress);

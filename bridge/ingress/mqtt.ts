@@ -7,7 +7,7 @@ import type { Connectivity } from '../connectivity.ts';
 import { DownlinkRefusal, type Deliver, type Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { normaliseAddress } from '../../lib/address-table.ts';
-import type { AuditLog } from '../../storage/audit.ts';
+import type { AuditStore } from '../../storage/audit.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
 
@@ -29,7 +29,7 @@ export interface MqttIngressOptions {
   downlink: Downlink;
   connectivity: Connectivity;
   metrics: Metrics;
-  audit: AuditLog;
+  audit: AuditStore;
   log: Logger;
 }
 
@@ -108,7 +108,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
           let mine = bySim.get(result.sim.imsi);
           if (mine && mine.size >= opts.maxConnectionsPerSim && ![...mine].some((c) => c.id === id)) {
             const detail = `the SIM already holds ${mine.size} connections`;
-            opts.audit.record('sim_connection_limit', result.sim.imsi, { remoteAddress: remote, clientId: client.id, detail });
+            opts.audit.record('sim_connection_limit', result.sim.imsi, { remoteAddress: remote, clientId: client.id, detail }).catch((err) => opts.log.warn({ err: String(err) }, 'audit not written'));
             log.info({ thing: result.sim.thingName, remote }, 'MQTT connection refused: SIM connection limit');
             return done(refuse('sim_connection_limit', SERVER_UNAVAILABLE, detail), false);
           }
@@ -141,7 +141,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
       // device policy has no iot:RetainPublish) and a batch cannot be retained. Refused like QoS 2.
       if (packet.retain) {
         metrics.refusals.inc({ protocol: 'mqtt', reason: 'retain_not_supported' });
-        opts.audit.record('retain_not_supported', device.sim.imsi, { topic: packet.topic, bytes: packet.payload.length });
+        opts.audit.record('retain_not_supported', device.sim.imsi, { topic: packet.topic, bytes: packet.payload.length }).catch((err) => opts.log.warn({ err: String(err) }, 'audit not written'));
         log.info({ thing: device.sim.thingName, reason: 'retain_not_supported' }, 'MQTT publish refused');
         return done(new Error('retained messages are not supported'));
       }

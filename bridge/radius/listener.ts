@@ -6,10 +6,18 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { isIPv6 } from 'node:net';
 import type { Db } from '../../storage/db.ts';
-import { NetworkSessions, type EndedSession, type NetworkSession, type SessionEndCause } from '../../storage/network-sessions.ts';
+import {
+  NetworkSessions,
+  type ChangeResult,
+  type EndedSession,
+  type NetworkSession,
+  type NetworkSessionStore,
+  type SessionEndCause,
+  type SessionLookup,
+} from '../../storage/network-sessions.ts';
+import { promised } from '../../storage/promised.ts';
 import { maskId } from '../../lib/ids.ts';
 import { parseAccountingRequest, type AccountingRecord } from './accounting.ts';
-import { applyRecord, type Applied, type SessionStartCause } from './apply.ts';
 import { signAccountingResponse, verifyAccountingRequest } from './authenticator.ts';
 import { normaliseAddress } from '../../lib/address-table.ts';
 import { ClientTable, type RadiusClientConfig } from './clients.ts';
@@ -31,8 +39,8 @@ export interface RadiusListenerOptions {
   /** Default 1813 (RFC 2866 §3); 0 picks a free port. */
   port?: number;
   clients: RadiusClientConfig[];
-  /** The session table to feed. */
-  sessions?: NetworkSessions;
+  /** The session table to feed, and the same table read by address. */
+  sessions?: { store: NetworkSessionStore; lookup: SessionLookup };
   /** Without `sessions`: the database to keep a session table in. */
   db?: Db;
   /** How long a reply is kept for retransmissions of its request. Default 30 s. */
@@ -70,6 +78,8 @@ export interface RadiusCounters {
   ignored: Record<string, number>;
 }
 
+export type SessionStartCause = 'start' | 'interim';
+
 export interface RadiusListenerEvents {
   'session-start': [session: NetworkSession, cause: SessionStartCause];
   'session-end': [session: NetworkSession, cause: SessionEndCause];
@@ -90,7 +100,10 @@ export const replayWindow = (sessionTimeoutMs: number): number => sessionTimeout
 
 export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   readonly counters: RadiusCounters = { received: 0, accepted: 0, duplicates: 0, sendFailed: 0, commits: 0, dropped: {}, ignored: {} };
-  readonly sessions: NetworkSessions;
+  /** Who holds which IP now (for identifying devices). */
+  readonly sessions: SessionLookup;
+  /** The session table the listener writes. */
+  readonly store: NetworkSessionStore;
   private readonly clients: ClientTable;
   private readonly cache: ReplyCache;
   private readonly log: RadiusLogger;
@@ -102,6 +115,8 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   private flushScheduled: NodeJS.Immediate | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Commits on their way (close waits for them). */
+  private flushing: Promise<void> = Promise.resolve();
 
   /** Use startRadiusListener(). */
   constructor(
@@ -114,7 +129,9 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     this.sessionTimeoutMs = opts.sessionTimeoutMs ?? 0;
     const replayWindowMs = replayWindow(this.sessionTimeoutMs);
     if (!opts.sessions && !opts.db) throw new Error('radius listener: give sessions or db');
-    this.sessions = opts.sessions ?? new NetworkSessions(opts.db!, now, replayWindowMs);
+    const own = opts.sessions ? undefined : new NetworkSessions(opts.db!, now, replayWindowMs);
+    this.sessions = opts.sessions?.lookup ?? own!;
+    this.store = opts.sessions?.store ?? promised(own!, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']);
     this.cache = new ReplyCache(opts.replyCacheMs ?? 30_000, 100_000, now);
     this.log = opts.logger ?? silent;
     this.groupCommit = opts.groupCommit ?? true;
@@ -137,12 +154,12 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
   }
 
   /** Ends sessions idle for longer than sessionTimeoutMs now (the timer calls this too). */
-  expireNow(): EndedSession[] {
+  async expireNow(): Promise<EndedSession[]> {
     let ended: EndedSession[];
     try {
-      this.sessions.forgetOldStops();
+      await this.store.forgetOldStops();
       if (this.sessionTimeoutMs <= 0) return [];
-      ended = this.sessions.expire(this.sessionTimeoutMs);
+      ended = await this.store.expire(this.sessionTimeoutMs);
     } catch (err) {
       this.log.error({ err }, 'radius session expiry failed');
       return [];
@@ -158,6 +175,7 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     this.closed = true;
     clearInterval(this.expiryTimer);
     this.flush();
+    await this.flushing;
     await new Promise<void>((resolve) => this.socket.close(() => resolve()));
   }
 
@@ -220,17 +238,17 @@ export class RadiusListener extends EventEmitter<RadiusListenerEvents> {
     const batch = this.pending;
     if (batch.length === 0) return;
     this.pending = [];
-    let outcomes: Array<Applied | Error>;
-    try {
-      outcomes = this.sessions.applyAll(batch, (p) => applyRecord(this.sessions, p.record));
-      this.counters.commits++;
-    } catch (err) {
-      outcomes = batch.map(() => err as Error);
-    }
-    batch.forEach((p, i) => this.settle(p, outcomes[i]!));
+    const flushed = this.store.applyAll(batch.map((p) => p.record)).then(
+      (outcomes) => {
+        this.counters.commits++;
+        batch.forEach((p, i) => this.settle(p, outcomes[i]!));
+      },
+      (err: Error) => batch.forEach((p) => this.settle(p, err)),
+    );
+    this.flushing = Promise.all([this.flushing, flushed]).then(() => undefined);
   }
 
-  private settle(p: Pending, outcome: Applied | Error): void {
+  private settle(p: Pending, outcome: ChangeResult | Error): void {
     if (outcome instanceof Error) {
       this.cache.forget(p.key);
       this.drop('store_failed', p.rinfo, outcome.message);
