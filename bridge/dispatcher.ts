@@ -114,10 +114,14 @@ export class Dispatcher {
       return;
     }
     const pump = { again: false, done: Promise.resolve() };
-    pump.done = this.pump(lane, pump).finally(() => {
-      lane.pump = undefined;
-      if (pump.again && !this.stopped) this.wakeLane(lane);
-    });
+    pump.done = this.pump(lane, pump)
+      // Only a store failing outside the retry loop (reading the SIM, dead-lettering a refused SIM's
+      // queue) ends up here: the rows stay queued for the next wake.
+      .catch((err: unknown) => this.opts.log.error({ imsi: lane.imsi, err: String((err as Error)?.message ?? err) }, 'delivery stopped'))
+      .finally(() => {
+        lane.pump = undefined;
+        if (pump.again && !this.stopped) this.wakeLane(lane);
+      });
     lane.pump = pump;
   }
 

@@ -14,8 +14,8 @@ import { decodeBatch } from '../docs/examples/decode-batch.mjs';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { Outbox, type DeliveryOutbox, type OutboxMessage } from '../storage/outbox.ts';
 import { committer, type CommitWriter } from '../storage/outbox-commit.ts';
-import { SimStore } from '../storage/sims.ts';
-import { VendingRefusedError } from '../vending/vendor.ts';
+import { SimStore, type Sim } from '../storage/sims.ts';
+import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
 import { FakeUpstreamLink, type FakePublish } from './helpers/fake-upstream.ts';
 
 const A = '001010000000101';
@@ -39,6 +39,20 @@ function answeringLater(outbox: Outbox): DeliveryOutbox {
     simsWithMessages: () => later(() => outbox.simsWithMessages()),
     usage: (imsi) => outbox.usage(imsi),
     removals: (imsi) => outbox.removals(imsi),
+  };
+}
+
+/** The outbox as the dispatcher sees it, with some of its answers replaced. */
+function replacing(o: DeliveryOutbox, answers: Partial<DeliveryOutbox>): DeliveryOutbox {
+  return {
+    onCommitted: (listener) => o.onCommitted(listener),
+    peek: (imsi, afterId, limit) => o.peek(imsi, afterId, limit),
+    remove: (rows) => o.remove(rows),
+    deadLetter: (msg, reason) => o.deadLetter(msg, reason),
+    simsWithMessages: () => o.simsWithMessages(),
+    usage: (imsi) => o.usage(imsi),
+    removals: (imsi) => o.removals(imsi),
+    ...answers,
   };
 }
 
@@ -68,7 +82,9 @@ interface RigOptions {
   groups?: Record<string, unknown>;
   maxDeliveryAttempts?: number;
   maxInflight?: number;
-  credentials?: () => Promise<never>;
+  credentials?: (sim: Sim) => Promise<DeviceCredentials>;
+  /** Changes what the dispatcher sees of the outbox. */
+  wrap?: (outbox: DeliveryOutbox) => DeliveryOutbox;
   /** Rows already queued before the dispatcher is built (a restart). */
   before?: (outbox: Outbox, sims: SimStore) => Promise<void>;
 }
@@ -106,7 +122,7 @@ async function rig(opts: RigOptions): Promise<Rig> {
   });
   const deadLetters: Rig['deadLetters'] = [];
   const dispatcher = new Dispatcher({
-    outbox: opts.later ? answeringLater(outbox) : outbox,
+    outbox: (opts.wrap ?? ((o) => o))(opts.later ? answeringLater(outbox) : outbox),
     sims,
     credentials: opts.credentials ?? (async (sim) => ({ thingName: sim.thingName, certificateId: 'c', certificatePem: '', privateKeyPem: '' })),
     pool,
@@ -339,5 +355,27 @@ describe.each([
     const [reading] = decodeBatch(r.link.acked[0]!.payload) as Array<{ imei: string }>;
     expect(reading!.imei).toBe('490154203237518');
     expect(batches(r.link.acked, C)).toEqual([[0, 1, 2]]);
+  });
+});
+
+describe('the dispatcher when the outbox fails', () => {
+  it('keeps a queue it could not dead-letter, and delivers it once the SIM can be served again', async () => {
+    let refuse = true;
+    const r = await rig({
+      later: false,
+      credentials: async (sim) => {
+        if (refuse) throw new VendingRefusedError('SIM is terminated');
+        return { thingName: sim.thingName, certificateId: 'c', certificatePem: '', privateKeyPem: '' };
+      },
+      wrap: (o) => replacing(o, { deadLetter: () => Promise.reject(new Error('database unavailable')) }),
+    });
+    await Promise.all([0, 1, 2].map((i) => r.send(A, i)));
+    await sleep(50);
+    expect(r.onDisk(A)).toBe(3);
+    expect(r.deadLetters).toHaveLength(0);
+    refuse = false;
+    await r.send(A, 3);
+    await until('delivered', () => r.link.acked.length === 4);
+    expect(readings(r.link.acked, A)).toEqual([0, 1, 2, 3]);
   });
 });

@@ -109,7 +109,7 @@ class ConnectionThread {
  * that owns it, and libuv walks all of a loop's async handles on every wake-up: with thousands of
  * sessions on the main thread, each outbox commit and each PUBACK cost milliseconds there (measured:
  * 69 % of the main thread at 5,000 sessions). On these threads the walk serves only upstream traffic,
- * it is kept short by registering one callback per connection (connection-thread.ts), and spreading
+ * it is kept short by registering one callback per connection (crt-patch.ts), and spreading
  * the sessions over several threads shortens it further; the TLS context of each new session is built
  * here too.
  */

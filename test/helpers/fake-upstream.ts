@@ -27,6 +27,9 @@ export class FakeUpstreamLink implements UpstreamLink {
   /** Which publishes IoT Core refuses. */
   refuse: (p: FakePublish) => boolean = () => false;
   holdAcks = false;
+  /** Subscriptions IoT Core refuses (granted QoS 128). */
+  refuseFilter: (filter: string) => boolean = () => false;
+  readonly subscribed: Array<{ thing: string; filter: string }> = [];
   private readonly held: Waiting[] = [];
 
   async connect(settings: ConnectSettings, events: ConnectionEvents): Promise<UpstreamConnection> {
@@ -64,7 +67,11 @@ export class FakeUpstreamLink implements UpstreamLink {
         });
         this.acked.push(p);
       },
-      subscribe: async () => 1,
+      subscribe: async (filter) => {
+        if (this.refuseFilter(filter)) return 128;
+        this.subscribed.push({ thing: settings.clientId, filter });
+        return 1;
+      },
       unsubscribe: async () => undefined,
       disconnect: async () => {
         open = false;
