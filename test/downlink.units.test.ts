@@ -9,9 +9,8 @@ import { Downlink, DownlinkRefusal } from '../bridge/downlink.ts';
 import { createMetrics } from '../bridge/metrics.ts';
 import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
 import { configSchema } from '../config/schema.ts';
-import { AuditLog } from '../storage/audit.ts';
 import { openDatabase } from '../storage/db.ts';
-import { DownlinkStore } from '../storage/downlink.ts';
+import { sqliteStores } from '../storage/index.ts';
 import { SimStore } from '../storage/sims.ts';
 import { FakeUpstreamLink } from './helpers/fake-upstream.ts';
 
@@ -53,8 +52,8 @@ function setup(maxSubscriptions: number) {
     credentials: async (s) => ({ thingName: s.thingName, certificateId: 'c', certificatePem: '', privateKeyPem: '' }),
     group: () => config.groups.default!,
     limits: config.limits,
-    store: new DownlinkStore(db),
-    audit: new AuditLog(db),
+    store: sqliteStores(db).downlink,
+    audit: sqliteStores(db).audit,
     metrics,
     log,
   });
