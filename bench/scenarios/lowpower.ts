@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { Agent, request } from 'node:http';
+import { createConnection } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { generate, parse } from 'coap-packet';
 import mqtt from 'mqtt';
@@ -86,7 +87,11 @@ const body = (i: number) => payload('wake', 0, i, READING_BYTES);
 
 // One wake each: connect (if any), 3 readings of 200 B each acknowledged, disconnect.
 async function mqttWake(d: Device, port: number): Promise<void> {
-  const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: 'm', protocolVersion: 4, clean: true, keepalive: 300, reconnectPeriod: 0, localAddress: d.ip } as never);
+  const client = new mqtt.MqttClient(() => createConnection({ host: '127.0.0.1', port, localAddress: d.ip }), { clientId: 'm', protocolVersion: 4, clean: true, keepalive: 300, reconnectPeriod: 0 });
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
   for (let i = 0; i < READINGS_PER_WAKE; i++) await client.publishAsync(TOPIC, body(i), { qos: 1 });
   await client.endAsync();
 }
