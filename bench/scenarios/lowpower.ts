@@ -184,6 +184,7 @@ export async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
     }
     await sleep(300);
     const counted = await cap.stop();
+    figures.capture_dropped_packets = (counted as unknown as { dropped_by_capture: number }).dropped_by_capture;
     for (const [name, port] of Object.entries(ports)) {
       figures[`bytes_per_wake_${name}`] = round(counted[port]!.bytes / wakes);
       figures[`packets_per_wake_${name}`] = round(counted[port]!.packets / wakes);
