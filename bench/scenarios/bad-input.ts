@@ -117,6 +117,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
   }
   const f = fuzz!;
   const mqttRounds = Object.entries(f.byKind).filter(([k]) => k.startsWith('mqtt')).reduce((a, [, v]) => a + v, 0);
+  const datagramRounds = (prefix: string) => Object.entries(f.byKind).filter(([k]) => k.startsWith(`${prefix}_`)).reduce((a, [, v]) => a + v, 0);
   return {
     params: {
       quick: ctx.quick,
@@ -136,7 +137,13 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       well_behaved_errors: errors,
       well_behaved_duplicates: duplicates,
       mqtt_rounds: mqttRounds,
-      http_rounds: f.rounds - mqttRounds,
+      http_rounds: f.rounds - mqttRounds - datagramRounds('coap') - datagramRounds('udp'),
+      coap_rounds: datagramRounds('coap'),
+      udp_rounds: datagramRounds('udp'),
+      coap_answers_2xx: f.datagramAnswers?.['2.xx'] ?? 0,
+      coap_answers_4xx: f.datagramAnswers?.['4.xx'] ?? 0,
+      coap_answers_5xx: f.datagramAnswers?.['5.xx'] ?? 0,
+      coap_resets: f.datagramAnswers?.RST ?? 0,
       http_2xx: f.httpStatus['2xx'] ?? 0,
       http_4xx: f.httpStatus['4xx'] ?? 0,
       http_5xx: f.httpStatus['5xx'] ?? 0,
