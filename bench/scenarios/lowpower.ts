@@ -260,8 +260,53 @@ export async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
     };
     let nextMid = 1;
     const metricsUrl = `http://127.0.0.1:${out().match(/admin\s+http:\/\/\S+:(\d+)/)?.[1]}/metrics`;
+    const runHttpLoad = async () => {
+      // The same devices over HTTP at the quarter rate, side by side: what this machine gives the gateway's
+      // HTTP path right now, against which the CoAP figures can be read.
+      const agents = load.map((d) => new Agent({ keepAlive: true, maxSockets: 8, localAddress: d.ip }));
+      const httpHist = newHist();
+      let httpAcked = 0;
+      let httpOther = 0;
+      let httpSent = 0;
+      const httpStarted = performance.now();
+      const inflight: Array<Promise<void>> = [];
+      const httpTag = newTag('lph');
+      while (performance.now() - httpStarted < loadS * 1000) {
+        const due = Math.floor(((performance.now() - httpStarted) * (offered / 4)) / 1000);
+        for (; httpSent < due; httpSent++) {
+          const dev = httpSent % load.length;
+          const t = performance.now();
+          inflight.push(
+            new Promise<void>((resolve) => {
+              const req = request({ host: '127.0.0.1', port: ports.http, method: 'POST', path: `/topics/${TOPIC}`, agent: agents[dev] }, (res) => {
+                res.resume();
+                res.on('end', () => {
+                  if (res.statusCode === 202) (httpAcked++, record(httpHist, performance.now() - t));
+                  else httpOther++;
+                  resolve();
+                });
+              });
+              req.on('error', () => (httpOther++, resolve()));
+              req.end(payload(httpTag, dev, Math.floor(httpSent / load.length), READING_BYTES));
+            }),
+          );
+        }
+        await sleep(2);
+      }
+      const httpElapsedS = (performance.now() - httpStarted) / 1000;
+      const httpAckedInTime = httpAcked;
+      await Promise.race([Promise.all(inflight), sleep(30_000)]);
+      agents.forEach((a) => a.destroy());
+      figures[`http_msgs_per_s_at_${offered / 4}_per_s`] = round(httpAckedInTime / httpElapsedS);
+      figures[`http_ack_p50_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.5));
+      figures[`http_ack_p99_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.99));
+      figures[`http_failed_at_${offered / 4}_per_s`] = httpOther;
+      ctx.log(`  HTTP at ${offered / 4}/s: ${httpAcked} acked, p99 ${figures[`http_ack_p99_ms_at_${offered / 4}_per_s`]} ms`);
+    };
     for (const rate of [offered / 4, offered]) {
       const r = await runLoad(rate, loadS);
+      // HTTP after the quarter rate, before the full rate can leave a backlog behind it.
+      if (rate !== offered) await runHttpLoad();
       const suffix = rate === offered ? '' : `_at_${rate}_per_s`;
       figures[`coap_offered_per_s${suffix}`] = r.offered;
       figures[`coap_msgs_per_s${suffix}`] = r.msgsPerS;
@@ -271,48 +316,6 @@ export async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       figures[`coap_refused${suffix}`] = r.refused;
       ctx.log(`  load at ${rate}/s: ${JSON.stringify(r)}`);
     }
-    // The same devices over HTTP at the quarter rate, side by side: what this machine gives the gateway's
-    // HTTP path right now, against which the CoAP figures can be read.
-    const agents = load.map((d) => new Agent({ keepAlive: true, maxSockets: 8, localAddress: d.ip }));
-    const httpHist = newHist();
-    let httpAcked = 0;
-    let httpOther = 0;
-    let httpSent = 0;
-    const httpStarted = performance.now();
-    const inflight: Array<Promise<void>> = [];
-    const httpTag = newTag('lph');
-    while (performance.now() - httpStarted < loadS * 1000) {
-      const due = Math.floor(((performance.now() - httpStarted) * (offered / 4)) / 1000);
-      for (; httpSent < due; httpSent++) {
-        const dev = httpSent % load.length;
-        const t = performance.now();
-        inflight.push(
-          new Promise<void>((resolve) => {
-            const req = request({ host: '127.0.0.1', port: ports.http, method: 'POST', path: `/topics/${TOPIC}`, agent: agents[dev] }, (res) => {
-              res.resume();
-              res.on('end', () => {
-                if (res.statusCode === 202) (httpAcked++, record(httpHist, performance.now() - t));
-                else httpOther++;
-                resolve();
-              });
-            });
-            req.on('error', () => (httpOther++, resolve()));
-            req.end(payload(httpTag, dev, Math.floor(httpSent / load.length), READING_BYTES));
-          }),
-        );
-      }
-      await sleep(2);
-    }
-    const httpElapsedS = (performance.now() - httpStarted) / 1000;
-    const httpAckedInTime = httpAcked;
-    await Promise.race([Promise.all(inflight), sleep(30_000)]);
-    agents.forEach((a) => a.destroy());
-    figures[`http_msgs_per_s_at_${offered / 4}_per_s`] = round(httpAckedInTime / httpElapsedS);
-    figures[`http_ack_p50_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.5));
-    figures[`http_ack_p99_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.99));
-    figures[`http_failed_at_${offered / 4}_per_s`] = httpOther;
-    ctx.log(`  HTTP at ${offered / 4}/s: ${httpAcked} acked, p99 ${figures[`http_ack_p99_ms_at_${offered / 4}_per_s`]} ms`);
-
     // What the acknowledgements waited for: the disk (commit time on the writer thread) and the event loop.
     const prom = await fetch(metricsUrl).then((r) => r.text(), () => '');
     figures.outbox_commit_p99_ms = histogramQuantile(prom, 'simbridge_outbox_commit_seconds', 0.99);
@@ -353,7 +356,7 @@ export async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       `Bytes are counted by a packet capture on loopback (AF_PACKET, each packet once, IP header included, link layer not): every IPv4 packet to or from the listener's port during ${wakes} wakes per protocol, divided by ${wakes}. That includes TCP's handshake (SYN, SYN-ACK, ACK), its ACKs and FIN exchange, and the UDP/IP headers; Linux's TCP options (timestamps, SACK, window scale) are on, as on a real modem's stack they may not be.`,
       `A wake is ${READINGS_PER_WAKE} readings of ${READING_BYTES} B, each waiting for its acknowledgement, then sleep. MQTT 3.1.1: CONNECT (client id "m", clean session) → 3 QoS 1 PUBLISH/PUBACK → DISCONNECT. HTTP: one keep-alive connection, 3 × POST /topics/${TOPIC} (the most favourable case for HTTP; a connection per reading costs more). CoAP: 3 × CON POST /topics/${TOPIC} with a 1-byte token, each answered by a piggybacked 2.04 with no body. UDP: 3 datagrams, each answered by the 1-byte acknowledgement (udpAck: commit). Every device is identified by its source address (static table), so no protocol carries identity bytes.`,
       `The 200-byte payloads alone are 600 B per wake each way they travel, which bounds coap_vs_mqtt_bytes_ratio from below: 0.35 is reached only if an MQTT wake costs ≥ 1,714 B. Sending the three readings in one CoAP request (one datagram) would cut CoAP further.`,
-      `CoAP load: ${loadDevices} devices (one socket and loopback address each), every SIM vended first, send Confirmable POSTs of ${READING_BYTES} B round-robin at a fixed schedule (open loop, no retransmissions) for ${loadS} s, at ${offered / 4}/s and then at ${offered}/s; the ack time is from send to the piggybacked 2.04, measured in the same process; msgs_per_s counts the answers that came within the sending time. Then the same devices send HTTP POSTs (keep-alive, open loop) at ${offered / 4}/s for ${loadS} s, side by side, so the CoAP figures can be read against what the machine gave the HTTP path at that moment. outbox_commit_p99_ms (writer-thread transaction time, the disk's share of an ack) and event_loop_lag_p99_ms come from the gateway's /metrics after all three runs. storage.synchronous: full. The machine is shared with other work while this runs (see the noise note): the latency figures are what this run got, not the gateway's best.`,
+      `CoAP load: ${loadDevices} devices (one socket and loopback address each), every SIM vended first, send Confirmable POSTs of ${READING_BYTES} B round-robin at a fixed schedule (open loop, no retransmissions) for ${loadS} s, at ${offered / 4}/s and later at ${offered}/s; the ack time is from send to the piggybacked 2.04, measured in the same process; msgs_per_s counts the answers that came within the sending time. Between the two, the same devices send HTTP POSTs (keep-alive, open loop) at ${offered / 4}/s for ${loadS} s, side by side, so the CoAP figures can be read against what the machine gave the HTTP path at that moment. outbox_commit_p99_ms (writer-thread transaction time, the disk's share of an ack) and event_loop_lag_p99_ms come from the gateway's /metrics after all three runs. storage.synchronous: full. The machine is shared with other work while this runs (see the noise note): the latency figures are what this run got, not the gateway's best.`,
       `Kill: 20 devices send Confirmable POSTs one after another; after ${killAfterAcks} acknowledgements simbridge gets SIGKILL, is restarted on the same data, and every acknowledged reading is looked for upstream.`,
     );
     return {
