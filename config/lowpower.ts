@@ -10,6 +10,12 @@ const floodGuard = {
   perAddressPerSecond: z.number().positive().default(50).describe('datagrams per second one source address may send; more are dropped and counted'),
   perAddressBurst: z.number().int().positive().default(100).describe('datagrams one source address may send in a burst above its rate'),
   maxAddresses: z.number().int().positive().default(100_000).describe('source addresses whose flood state is tracked; the least recently seen is forgotten past it'),
+  receiveBufferBytes: z
+    .number()
+    .int()
+    .min(65_536)
+    .default(4 * 1024 ** 2)
+    .describe('kernel receive buffer of the socket (SO_RCVBUF, capped by net.core.rmem_max): datagrams arriving while the event loop is busy wait here instead of being dropped'),
 };
 
 export const coapListenerSection = z

@@ -1,6 +1,7 @@
 // Bad-input generator process: bounded rounds of random and mutated MQTT packets over raw TCP, and raw
 // HTTP requests (malformed request lines and headers, huge bodies, bad identities), against simbridge's
 // device ports. Every round has its own deadline; the whole run stops at `rounds` or `durationMs`.
+import { createSocket } from 'node:dgram';
 import net from 'node:net';
 import { serveCommands } from '../lib/serve.ts';
 
@@ -16,6 +17,9 @@ export interface FuzzCmd {
   /** A few IMSIs the fuzzer may present as valid (bounded vending and sessions upstream). */
   imsis: string[];
   imei: string;
+  /** CoAP and raw UDP ports, when the gateway listens on them: their rounds join the others. */
+  coapPort?: number;
+  udpPort?: number;
 }
 
 export interface FuzzResult {
@@ -33,6 +37,8 @@ export interface FuzzResult {
   httpCodes: Record<string, number>;
   /** Stalled request bodies left open by the fuzzer: how many the gateway closed by the end, how many with a 408. */
   stalledBodies: { opened: number; closedByGateway: number; answered408: number };
+  /** Answers to CoAP rounds by code class ("2.xx", "4.xx", "5.xx", "RST"), and to UDP rounds by first byte. */
+  datagramAnswers?: Record<string, number>;
   elapsedMs: number;
 }
 
@@ -355,8 +361,96 @@ const httpCases: Record<string, () => { chunks: Buffer[]; gapMs?: number }> = {
   http_slow_headers: () => ({ chunks: Array.from({ length: 5 }, (_, i) => Buffer.from(i === 0 ? 'POST /topics/t?qos=1 HTTP/1.1\r\n' : `X-H${i}: ${'v'.repeat(10)}\r\n`)), gapMs: 60 }),
 };
 
+// ---- CoAP and raw UDP: datagrams -------------------------------------------------------------------
+
+/** Sends datagrams from one source address and collects the answers for a short while. */
+function datagramExchange(port: number, datagrams: Buffer[], waitMs = 300): Promise<Buffer[]> {
+  return new Promise((resolve) => {
+    const sock = createSocket('udp4');
+    const got: Buffer[] = [];
+    sock.on('error', () => undefined);
+    sock.on('message', (m) => got.push(m));
+    sock.bind(0, source(), () => {
+      for (const d of datagrams) sock.send(d, port, cmd!.host);
+      setTimeout(() => (sock.close(), resolve(got)), waitMs);
+    });
+  });
+}
+
+/** A CoAP request header and options, written by hand so that invalid ones can be written too. */
+function coap(o: { type?: number; code?: number; id?: number; token?: Buffer; options?: Array<[number, Buffer]>; payload?: Buffer; version?: number }): Buffer {
+  const token = o.token ?? bytes(int(9));
+  const head = Buffer.from([((o.version ?? 1) << 6) | ((o.type ?? 0) << 4) | (token.length & 15), o.code ?? 2, 0, 0]);
+  head.writeUInt16BE(o.id ?? int(65536), 2);
+  let last = 0;
+  const opts: Buffer[] = [];
+  for (const [num, value] of (o.options ?? []).sort((a, b) => a[0] - b[0])) {
+    const delta = num - last;
+    last = num;
+    const ext = (n: number) => (n < 13 ? [n, Buffer.alloc(0)] : n < 269 ? [13, Buffer.from([n - 13])] : [14, u16(n - 269)]) as [number, Buffer];
+    const [d, dx] = ext(delta);
+    const [l, lx] = ext(value.length);
+    opts.push(Buffer.from([(d << 4) | l]), dx, lx, value);
+  }
+  const body = o.payload?.length ? [Buffer.from([0xff]), o.payload] : [];
+  return Buffer.concat([head, token, ...opts, ...body]);
+}
+const uri = (path: string, query: string[] = []): Array<[number, Buffer]> => [
+  ...path.split('/').map((p) => [11, Buffer.from(p)] as [number, Buffer]),
+  ...query.map((q) => [15, Buffer.from(q)] as [number, Buffer]),
+];
+const claimQuery = () => [`imsi=${pick(cmd!.imsis)}`, `imei=${cmd!.imei}`];
+const block1 = (num: number, more: boolean, szx: number) => {
+  const v = (num << 4) | (more ? 8 : 0) | szx;
+  return v < 256 ? Buffer.from([v]) : v < 65536 ? u16(v) : Buffer.from([v >> 16, (v >> 8) & 255, v & 255]);
+};
+const goodCoap = () => coap({ options: uri('topics/telemetry', claimQuery()), payload: bytes(50) });
+
+const coapCases: Record<string, () => Buffer[]> = {
+  coap_random: () => [bytes(1 + int(300))],
+  coap_mutated: () => [mutate(goodCoap())],
+  coap_truncated: () => [goodCoap().subarray(0, int(40))],
+  coap_bad_version: () => [coap({ version: pick([0, 2, 3]), options: uri('topics/t') })],
+  coap_bad_type_or_code: () => [coap({ type: int(4), code: int(256), options: uri(pick(['topics/t', 'self', 'downlink', 'x'])), payload: bytes(int(40)) })],
+  coap_unknown_critical: () => [coap({ options: [...uri('topics/t', claimQuery()), [pick([1, 5, 9, 35, 39, 2049, 65001]), bytes(int(20))]], payload: bytes(10) })],
+  coap_weird_topic: () => [coap({ options: uri(`topics/${pick(weirdTopics)}`, claimQuery()), payload: bytes(10) })],
+  coap_bad_identity: () => [coap({ options: uri('topics/t', [`imsi=${pick(['', '12', 'x'.repeat(20), '0010100000000001234'])}`, `imei=${pick(['', '1', '490154203237519'])}`]) })],
+  coap_block_gap: () => [coap({ options: [...uri('topics/t', claimQuery()), [27, block1(1 + int(50), true, 6)]], payload: bytes(1024) })],
+  coap_block_huge: () => [coap({ options: [...uri('topics/t', claimQuery()), [27, block1(100_000 + int(900_000), true, 6)], [60, Buffer.from([0x7f, 0xff, 0xff, 0xff])]], payload: bytes(1024) })],
+  coap_block_bad_size: () => [coap({ options: [...uri('topics/t', claimQuery()), [27, block1(0, true, int(8))]], payload: bytes(int(100)) })],
+  coap_oversize: () => [Buffer.concat([Buffer.from([0x40, 0x02, int(256), int(256)]), bytes(2000 + int(8000))])],
+  coap_flood: () => Array.from({ length: 150 }, () => goodCoap()),
+  coap_ping: () => [coap({ code: 0, token: Buffer.alloc(0) })],
+  coap_valid: () => [goodCoap()],
+};
+
+const udpCases: Record<string, () => Buffer[]> = {
+  udp_random: () => [bytes(1 + int(500))],
+  udp_oversize: () => [bytes(1500 + int(8000))],
+  udp_empty: () => [Buffer.alloc(0)],
+  udp_flood: () => Array.from({ length: 150 }, () => bytes(20)),
+};
+
+async function datagramRound(kind: string): Promise<void> {
+  const c = cmd!;
+  const isCoap = kind.startsWith('coap');
+  const answers = await datagramExchange(isCoap ? c.coapPort! : c.udpPort!, (isCoap ? coapCases : udpCases)[kind]());
+  const counts = (result.datagramAnswers ??= {});
+  for (const a of answers) {
+    const cls = isCoap ? (((a[0] ?? 0) >> 4) & 3) === 3 ? 'RST' : `${(a[1] ?? 0) >> 5}.xx` : `udp 0x0${a[0] ?? 0}`;
+    counts[cls] = (counts[cls] ?? 0) + 1;
+  }
+}
+
 async function round(): Promise<void> {
   const c = cmd!;
+  // A quarter of the rounds go to the datagram listeners when the gateway has them.
+  if ((c.coapPort || c.udpPort) && rand() < 0.25) {
+    const kinds = [...(c.coapPort ? Object.keys(coapCases) : []), ...(c.udpPort ? Object.keys(udpCases) : [])];
+    const kind = pick(kinds);
+    result.byKind[kind] = (result.byKind[kind] ?? 0) + 1;
+    return datagramRound(kind);
+  }
   const useMqtt = rand() < 0.5;
   // A flood is hundreds of sockets: drawn at a quarter of the rate of each other kind.
   const common = useMqtt ? Object.keys(mqttCases) : [...Object.keys(httpCases), 'http_stalled_body'];

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { forkWorker, LoadPool } from '../lib/load.ts';
@@ -18,6 +20,14 @@ function crashSummary(out: string): string {
   return [lines[0], ...lines.slice(from, from + 60)].join('\n');
 }
 
+/** The CoAP and raw UDP ports from the gateway's banner, when it has them. */
+function datagramPorts(out: string): { coapPort?: number; udpPort?: number } {
+  const port = (label: string) => out.match(new RegExp(`${label}\\s+\\S+:(\\d+)/udp`))?.[1];
+  const coapPort = port('device CoAP');
+  const udpPort = port('device UDP');
+  return { ...(coapPort ? { coapPort: Number(coapPort) } : {}), ...(udpPort ? { udpPort: Number(udpPort) } : {}) };
+}
+
 /**
  * Scenario 5: bounded rounds of random and mutated MQTT packets (raw TCP) and raw HTTP requests
  * (malformed request lines and headers, huge bodies, bad identities) against a running simbridge while
@@ -29,7 +39,17 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
   const concurrency = knob('FUZZ_CONCURRENCY', 16, 16, ctx);
   const seed = knob('SEED', 20261122, 20261122, ctx);
   const ratePerS = 50;
-  const stack = await Stack.start();
+  // CoAP (claimed identity) and raw UDP (one static /24 of fuzzing addresses) get their rounds too, when
+  // the measured gateway has them.
+  const datagrams = existsSync(join(gatewaySource().root, 'config', 'lowpower.ts'));
+  const stack = await Stack.start({
+    gatewayOverride: datagrams
+      ? {
+          listeners: { coap: { enabled: true, host: '127.0.0.1', port: 0, identity: 'claimed' }, udp: { enabled: true, host: '127.0.0.1', port: 0, identity: 'static' } },
+          identity: { static: [{ address: '127.0.1.0/24', imsi: devices(1, 4, SIMBRIDGE_TOPIC)[0]!.imsi }] },
+        }
+      : {},
+  });
   let crashes = 0;
   const crashOutput: string[] = [];
   let fuzz: FuzzResult | undefined;
@@ -69,7 +89,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       const fuzzer = forkWorker('fuzz');
       try {
         fuzz = await fuzzer.call<FuzzResult>(
-          { cmd: 'fuzz', host: '127.0.0.1', mqttPort: gw.mqttPort, httpPort: gw.httpPort, rounds, durationMs, concurrency, seed, imsis: fuzzIds.map((d) => d.imsi), imei: fuzzIds[0].imei },
+          { cmd: 'fuzz', host: '127.0.0.1', mqttPort: gw.mqttPort, httpPort: gw.httpPort, rounds, durationMs, concurrency, seed, imsis: fuzzIds.map((d) => d.imsi), imei: fuzzIds[0].imei, ...datagramPorts(gw.process.output) },
           durationMs + 60_000,
         );
       } finally {
@@ -97,6 +117,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
   }
   const f = fuzz!;
   const mqttRounds = Object.entries(f.byKind).filter(([k]) => k.startsWith('mqtt')).reduce((a, [, v]) => a + v, 0);
+  const datagramRounds = (prefix: string) => Object.entries(f.byKind).filter(([k]) => k.startsWith(`${prefix}_`)).reduce((a, [, v]) => a + v, 0);
   return {
     params: {
       quick: ctx.quick,
@@ -118,7 +139,13 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       well_behaved_errors: errors,
       well_behaved_duplicates: duplicates,
       mqtt_rounds: mqttRounds,
-      http_rounds: f.rounds - mqttRounds,
+      http_rounds: f.rounds - mqttRounds - datagramRounds('coap') - datagramRounds('udp'),
+      coap_rounds: datagramRounds('coap'),
+      udp_rounds: datagramRounds('udp'),
+      coap_answers_2xx: f.datagramAnswers?.['2.xx'] ?? 0,
+      coap_answers_4xx: f.datagramAnswers?.['4.xx'] ?? 0,
+      coap_answers_5xx: f.datagramAnswers?.['5.xx'] ?? 0,
+      coap_resets: f.datagramAnswers?.RST ?? 0,
       http_2xx: f.httpStatus['2xx'] ?? 0,
       http_4xx: f.httpStatus['4xx'] ?? 0,
       http_5xx: (f.httpStatus['5xx'] ?? 0) - (f.httpCodes['503'] ?? 0),

@@ -7,6 +7,8 @@ import json, select, socket, struct, sys
 PACKET_OUTGOING = 4
 ports = {int(p): {"packets": 0, "bytes": 0} for p in sys.argv[1:]}
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+# A large buffer: the capture sees all loopback traffic of a busy machine and must not drop ours.
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024 * 1024)
 sock.bind(("lo", 0))
 sock.setblocking(False)
 print("ready", flush=True)
@@ -34,4 +36,6 @@ while True:
                 ports[p]["packets"] += 1
                 ports[p]["bytes"] += total
                 break
+stats = sock.getsockopt(263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS: packets, drops
+ports["dropped_by_capture"] = struct.unpack("II", stats)[1]
 print(json.dumps(ports), flush=True)

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { Agent, request } from 'node:http';
+import { createConnection } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { generate, parse } from 'coap-packet';
 import mqtt from 'mqtt';
@@ -76,7 +77,8 @@ function coapExchange(sock: Socket, port: number, body: Buffer, messageId: numbe
 }
 
 async function boundSocket(ip: string): Promise<Socket> {
-  const sock = createSocket('udp4');
+  // The load generator shares the loaded machine too: answers wait in a large buffer rather than being dropped.
+  const sock = createSocket({ type: 'udp4', recvBufferSize: 1024 ** 2 });
   sock.on('error', () => undefined);
   await new Promise<void>((resolve) => sock.bind(0, ip, () => resolve()));
   return sock;
@@ -86,7 +88,11 @@ const body = (i: number) => payload('wake', 0, i, READING_BYTES);
 
 // One wake each: connect (if any), 3 readings of 200 B each acknowledged, disconnect.
 async function mqttWake(d: Device, port: number): Promise<void> {
-  const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: 'm', protocolVersion: 4, clean: true, keepalive: 300, reconnectPeriod: 0, localAddress: d.ip } as never);
+  const client = new mqtt.MqttClient(() => createConnection({ host: '127.0.0.1', port, localAddress: d.ip }), { clientId: 'm', protocolVersion: 4, clean: true, keepalive: 300, reconnectPeriod: 0 });
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
   for (let i = 0; i < READINGS_PER_WAKE; i++) await client.publishAsync(TOPIC, body(i), { qos: 1 });
   await client.endAsync();
 }
@@ -184,6 +190,7 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
     }
     await sleep(300);
     const counted = await cap.stop();
+    figures.capture_dropped_packets = (counted as unknown as { dropped_by_capture: number }).dropped_by_capture;
     for (const [name, port] of Object.entries(ports)) {
       figures[`bytes_per_wake_${name}`] = round(counted[port]!.bytes / wakes);
       figures[`packets_per_wake_${name}`] = round(counted[port]!.packets / wakes);
@@ -195,60 +202,132 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
     // 2. CoAP at `offered` requests/s, open loop over the load fleet, after every SIM is vended.
     const load = fleet.slice(4);
     const socks = await Promise.all(load.map((d) => boundSocket(d.ip)));
-    await Promise.all(socks.map((s, i) => coapExchange(s, ports.coap, payload('lpw', i, 0, READING_BYTES), 60_000, 120_000).catch(() => undefined)));
-    const hist = newHist();
-    const sentAt = new Map<string, number>();
-    let acked = 0;
-    let refused = 0;
-    socks.forEach((s, i) =>
-      s.on('message', (m) => {
-        const p = parse(m);
-        const key = `${i}/${p.messageId}`;
-        const t = sentAt.get(key);
-        if (t === undefined) return;
-        sentAt.delete(key);
-        if (p.code === '2.04') {
-          acked++;
-          record(hist, performance.now() - t);
-        } else refused++;
-      }),
-    );
-    const tag = newTag('lpl');
-    const intervalMs = 1000 / offered;
-    const started = performance.now();
-    let sent = 0;
-    while (performance.now() - started < loadS * 1000) {
-      const due = Math.floor((performance.now() - started) / intervalMs);
-      for (; sent < due; sent++) {
-        const dev = sent % load.length;
-        const seq = Math.floor(sent / load.length);
-        const mid = (seq + 1) & 0xffff;
-        sentAt.set(`${dev}/${mid}`, performance.now());
-        const req = generate({
-          code: 'POST',
-          confirmable: true,
-          messageId: mid,
-          token: Buffer.from([mid & 0xff, mid >> 8]),
-          options: [
-            { name: 'Uri-Path', value: Buffer.from('topics') },
-            { name: 'Uri-Path', value: Buffer.from(TOPIC) },
-          ],
-          payload: payload(tag, dev, seq, READING_BYTES),
-        });
-        socks[dev]!.send(req, ports.coap, '127.0.0.1');
-      }
-      await sleep(2);
-    }
-    const elapsedS = (performance.now() - started) / 1000;
+    // Warm-up: every SIM vended and its upstream session open (vending works on the main thread and
+    // would otherwise share it with the measured requests), as the other throughput scenarios do.
+    const warmTag = newTag('lpw');
+    await Promise.all(socks.map((s, i) => coapExchange(s, ports.coap, payload(warmTag, i, 0, READING_BYTES), 60_000, 120_000).catch(() => undefined)));
+    const warm = stack.collector.stats(warmTag);
+    if (!(await stack.collector.waitUntil(() => warm.unique >= load.length, { timeoutMs: 300_000 }))) notes.push(`Warm-up incomplete: ${warm.unique} of ${load.length} devices had reached the upstream.`);
     await sleep(2000);
+    const runLoad = async (rate: number, seconds: number) => {
+      const hist = newHist();
+      const sentAt = new Map<string, number>();
+      let acked = 0;
+      let refused = 0;
+      const listeners = socks.map((s, i) => {
+        const on = (m: Buffer) => {
+          const p = parse(m);
+          const key = `${i}/${p.messageId}`;
+          const t = sentAt.get(key);
+          if (t === undefined) return;
+          sentAt.delete(key);
+          if (p.code === '2.04') {
+            acked++;
+            record(hist, performance.now() - t);
+          } else refused++;
+        };
+        s.on('message', on);
+        return on;
+      });
+      const tag = newTag('lpl');
+      const intervalMs = 1000 / rate;
+      const started = performance.now();
+      let sent = 0;
+      while (performance.now() - started < seconds * 1000) {
+        const due = Math.floor((performance.now() - started) / intervalMs);
+        for (; sent < due; sent++) {
+          const dev = sent % load.length;
+          const seq = Math.floor(sent / load.length);
+          const mid = (nextMid + seq) & 0xffff;
+          sentAt.set(`${dev}/${mid}`, performance.now());
+          const req = generate({
+            code: 'POST',
+            confirmable: true,
+            messageId: mid,
+            token: Buffer.from([mid & 0xff, mid >> 8]),
+            options: [
+              { name: 'Uri-Path', value: Buffer.from('topics') },
+              { name: 'Uri-Path', value: Buffer.from(TOPIC) },
+            ],
+            payload: payload(tag, dev, seq, READING_BYTES),
+          });
+          socks[dev]!.send(req, ports.coap, '127.0.0.1');
+        }
+        await sleep(2);
+      }
+      const elapsedS = (performance.now() - started) / 1000;
+      nextMid += Math.ceil(sent / load.length) + 1;
+      // Answers still coming count in the latency, not in the rate.
+      const ackedInTime = acked;
+      const drainUntil = Date.now() + 30_000;
+      while (sentAt.size > 0 && Date.now() < drainUntil) await sleep(100);
+      socks.forEach((s, i) => s.off('message', listeners[i]!));
+      return { offered: round(sent / elapsedS), msgsPerS: round(ackedInTime / elapsedS), p50: round(quantile(hist, 0.5)), p99: round(quantile(hist, 0.99)), unanswered: sentAt.size, refused };
+    };
+    let nextMid = 1;
+    const metricsUrl = `http://127.0.0.1:${out().match(/admin\s+http:\/\/\S+:(\d+)/)?.[1]}/metrics`;
+    const runHttpLoad = async () => {
+      // The same devices over HTTP at the quarter rate, side by side: what this machine gives the gateway's
+      // HTTP path right now, against which the CoAP figures can be read.
+      const agents = load.map((d) => new Agent({ keepAlive: true, maxSockets: 8, localAddress: d.ip }));
+      const httpHist = newHist();
+      let httpAcked = 0;
+      let httpOther = 0;
+      let httpSent = 0;
+      const httpStarted = performance.now();
+      const inflight: Array<Promise<void>> = [];
+      const httpTag = newTag('lph');
+      while (performance.now() - httpStarted < loadS * 1000) {
+        const due = Math.floor(((performance.now() - httpStarted) * (offered / 4)) / 1000);
+        for (; httpSent < due; httpSent++) {
+          const dev = httpSent % load.length;
+          const t = performance.now();
+          inflight.push(
+            new Promise<void>((resolve) => {
+              const req = request({ host: '127.0.0.1', port: ports.http, method: 'POST', path: `/topics/${TOPIC}`, agent: agents[dev] }, (res) => {
+                res.resume();
+                res.on('end', () => {
+                  if (res.statusCode === 202) (httpAcked++, record(httpHist, performance.now() - t));
+                  else httpOther++;
+                  resolve();
+                });
+              });
+              req.on('error', () => (httpOther++, resolve()));
+              req.end(payload(httpTag, dev, Math.floor(httpSent / load.length), READING_BYTES));
+            }),
+          );
+        }
+        await sleep(2);
+      }
+      const httpElapsedS = (performance.now() - httpStarted) / 1000;
+      const httpAckedInTime = httpAcked;
+      await Promise.race([Promise.all(inflight), sleep(30_000)]);
+      agents.forEach((a) => a.destroy());
+      figures[`http_msgs_per_s_at_${offered / 4}_per_s`] = round(httpAckedInTime / httpElapsedS);
+      figures[`http_ack_p50_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.5));
+      figures[`http_ack_p99_ms_at_${offered / 4}_per_s`] = round(quantile(httpHist, 0.99));
+      figures[`http_failed_at_${offered / 4}_per_s`] = httpOther;
+      ctx.log(`  HTTP at ${offered / 4}/s: ${httpAcked} acked, p99 ${figures[`http_ack_p99_ms_at_${offered / 4}_per_s`]} ms`);
+    };
+    for (const rate of [offered / 4, offered]) {
+      const r = await runLoad(rate, loadS);
+      // HTTP after the quarter rate, before the full rate can leave a backlog behind it.
+      if (rate !== offered) await runHttpLoad();
+      const suffix = rate === offered ? '' : `_at_${rate}_per_s`;
+      figures[`coap_offered_per_s${suffix}`] = r.offered;
+      figures[`coap_msgs_per_s${suffix}`] = r.msgsPerS;
+      figures[`coap_ack_p50_ms${suffix}`] = r.p50;
+      figures[`coap_ack_p99_ms${suffix}`] = r.p99;
+      figures[`coap_unanswered${suffix}`] = r.unanswered;
+      figures[`coap_refused${suffix}`] = r.refused;
+      ctx.log(`  load at ${rate}/s: ${JSON.stringify(r)}`);
+    }
+    // What the acknowledgements waited for: the disk (commit time on the writer thread) and the event loop.
+    const prom = await fetch(metricsUrl).then((r) => r.text(), () => '');
+    figures.outbox_commit_p99_ms = histogramQuantile(prom, 'simbridge_outbox_commit_seconds', 0.99);
+    const lag = prom.match(/^nodejs_eventloop_lag_p99_seconds (\S+)/m);
+    figures.event_loop_lag_p99_ms = lag ? round(Number(lag[1]) * 1000) : null;
     socks.forEach((s) => s.close());
-    figures.coap_offered_per_s = round(sent / elapsedS);
-    figures.coap_msgs_per_s = round(acked / elapsedS);
-    figures.coap_ack_p50_ms = round(quantile(hist, 0.5));
-    figures.coap_ack_p99_ms = round(quantile(hist, 0.99));
-    figures.coap_unanswered = sentAt.size;
-    figures.coap_refused = refused;
-    ctx.log(`  load: ${sent} sent, ${acked} acked, p99 ${figures.coap_ack_p99_ms} ms`);
 
     // 3. SIGKILL right after CoAP acknowledgements: every acknowledged request must arrive upstream.
     const killTag = newTag('lpk');
@@ -283,7 +362,7 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       `Bytes are counted by a packet capture on loopback (AF_PACKET, each packet once, IP header included, link layer not): every IPv4 packet to or from the listener's port during ${wakes} wakes per protocol, divided by ${wakes}. That includes TCP's handshake (SYN, SYN-ACK, ACK), its ACKs and FIN exchange, and the UDP/IP headers; Linux's TCP options (timestamps, SACK, window scale) are on, as on a real modem's stack they may not be.`,
       `A wake is ${READINGS_PER_WAKE} readings of ${READING_BYTES} B, each waiting for its acknowledgement, then sleep. MQTT 3.1.1: CONNECT (client id "m", clean session) → 3 QoS 1 PUBLISH/PUBACK → DISCONNECT. HTTP: one keep-alive connection, 3 × POST /topics/${TOPIC} (the most favourable case for HTTP; a connection per reading costs more). CoAP: 3 × CON POST /topics/${TOPIC} with a 1-byte token, each answered by a piggybacked 2.04 with no body. UDP: 3 datagrams, each answered by the 1-byte acknowledgement (udpAck: commit). Every device is identified by its source address (static table), so no protocol carries identity bytes.`,
       `The 200-byte payloads alone are 600 B per wake each way they travel, which bounds coap_vs_mqtt_bytes_ratio from below: 0.35 is reached only if an MQTT wake costs ≥ 1,714 B. Sending the three readings in one CoAP request (one datagram) would cut CoAP further.`,
-      `CoAP load: ${loadDevices} devices (one socket and loopback address each) send Confirmable POSTs of ${READING_BYTES} B round-robin at a fixed schedule (open loop, no retransmissions) for ${loadS} s; the ack time is from send to the piggybacked 2.04, measured in the same process. storage.synchronous: full. The machine is shared with other work while this runs (see the noise note): the latency figures are what this run got, not the gateway's best.`,
+      `CoAP load: ${loadDevices} devices (one socket and loopback address each), every SIM vended first, send Confirmable POSTs of ${READING_BYTES} B round-robin at a fixed schedule (open loop, no retransmissions) for ${loadS} s, at ${offered / 4}/s and later at ${offered}/s; the ack time is from send to the piggybacked 2.04, measured in the same process; msgs_per_s counts the answers that came within the sending time. Between the two, the same devices send HTTP POSTs (keep-alive, open loop) at ${offered / 4}/s for ${loadS} s, side by side, so the CoAP figures can be read against what the machine gave the HTTP path at that moment. outbox_commit_p99_ms (writer-thread transaction time, the disk's share of an ack) and event_loop_lag_p99_ms come from the gateway's /metrics after all three runs. storage.synchronous: full. The machine is shared with other work while this runs (see the noise note): the latency figures are what this run got, not the gateway's best.`,
       `Kill: 20 devices send Confirmable POSTs one after another; after ${killAfterAcks} acknowledgements simbridge gets SIGKILL, is restarted on the same data, and every acknowledged reading is looked for upstream.`,
     );
     return {
@@ -295,6 +374,15 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
   } finally {
     await stack.close();
   }
+}
+
+/** A quantile (ms) of a Prometheus histogram in seconds, from its cumulative buckets (upper bound of the bucket). */
+function histogramQuantile(text: string, name: string, q: number): number | null {
+  const buckets = [...text.matchAll(new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\S+)`, 'gm'))].map((m) => ({ le: Number(m[1] === '+Inf' ? Infinity : m[1]), n: Number(m[2]) }));
+  const total = buckets.at(-1)?.n ?? 0;
+  if (!total) return null;
+  const hit = buckets.find((b) => b.n >= q * total);
+  return hit && Number.isFinite(hit.le) ? round(hit.le * 1000) : null;
 }
 
 export const scenario: Scenario = { title: 'low-power ingress: bytes on the wire per wake by protocol, CoAP under load and across a SIGKILL', goals: GOALS, run: lowpower };

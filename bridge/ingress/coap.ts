@@ -27,6 +27,7 @@ export interface CoapIngressOptions {
   perAddressPerSecond: number;
   perAddressBurst: number;
   maxAddresses: number;
+  receiveBufferBytes: number;
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
@@ -104,7 +105,8 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   let closing = false;
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4' });
+  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
+  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
   await new Promise<void>((resolve, reject) => {
     sock.once('error', reject);
     sock.bind(opts.port, opts.host, () => {

@@ -18,6 +18,7 @@ export interface UdpIngressOptions {
   perAddressPerSecond: number;
   perAddressBurst: number;
   maxAddresses: number;
+  receiveBufferBytes: number;
   identity: IdentitySource;
   admission: Admission;
   uplink: Uplink;
@@ -56,7 +57,8 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
   let pending = 0;
   let closing = false;
 
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4' });
+  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
+  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
   await new Promise<void>((resolve, reject) => {
     sock.once('error', reject);
     sock.bind(opts.port, opts.host, () => {
