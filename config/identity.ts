@@ -53,10 +53,18 @@ export const identitySection = z
   .strict()
   .prefault({});
 
+/** Whether the CoAP listener runs: on by default in the sandbox only. */
+export function coapEnabled(c: { mode: string; listeners: { coap: { enabled?: boolean } } }): boolean {
+  return c.listeners.coap.enabled ?? c.mode === 'sandbox';
+}
+
 /** What the identity findings look at (a slice of Config, kept structural to avoid an import cycle). */
 interface IdentityView {
   mode: 'sandbox' | 'aws';
-  listeners: Record<'mqtt' | 'http', { identity: z.infer<typeof identitySource> }>;
+  listeners: Record<'mqtt' | 'http', { identity: z.infer<typeof identitySource> }> & {
+    coap: { enabled?: boolean; identity: z.infer<typeof identitySource> };
+    udp: { enabled: boolean; identity: string };
+  };
   groups: Record<string, { requireSecret: boolean; bindClaimedImei: boolean }>;
   identity: { allowInsecureClaims: boolean };
 }
@@ -80,7 +88,12 @@ export function identityFindings(c: IdentityView): IdentityFinding[] {
   const severity = c.mode === 'sandbox' ? 'note' : c.identity.allowInsecureClaims ? 'insecure' : 'refused';
   const optIn =
     severity === 'refused' ? '; give every group requireSecret: true, or set identity.allowInsecureClaims: true for a lab' : severity === 'note' ? ' (allowed in the sandbox; mode: aws refuses it)' : '';
-  const listeners = (['mqtt', 'http'] as const).map((name) => ({ name, identity: c.listeners[name].identity }));
+  // Every listener that runs: a claimed one anywhere is a way around the network identity of the others.
+  const listeners = [
+    ...(['mqtt', 'http'] as const).map((name) => ({ name, identity: c.listeners[name].identity as string })),
+    ...(coapEnabled(c) ? [{ name: 'coap', identity: c.listeners.coap.identity as string }] : []),
+    ...(c.listeners.udp.enabled ? [{ name: 'udp', identity: c.listeners.udp.identity }] : []),
+  ];
   const network = listeners.find((l) => l.identity !== 'claimed');
   const groups = Object.entries(c.groups);
   const open = groups.filter(([, g]) => !g.requireSecret).map(([name]) => name);

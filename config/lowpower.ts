@@ -66,7 +66,5 @@ export const udpGroupKeys = {
     .describe('raw UDP: none = no answer; commit = a short acknowledgement datagram after the commit, carrying any held downlink'),
 };
 
-/** Whether the CoAP listener runs: on by default in the sandbox only. */
-export function coapEnabled(c: { mode: string; listeners: { coap: { enabled?: boolean } } }): boolean {
-  return c.listeners.coap.enabled ?? c.mode === 'sandbox';
-}
+// Whether the CoAP listener runs lives beside the identity rules, which must know it (config/identity.ts).
+export { coapEnabled } from './identity.ts';

@@ -110,6 +110,15 @@ describe('configuration', () => {
       expect(loadConfig(aws('groups:\n  default: { requireSecret: true }\n'), {}).listeners.mqtt.identity).toBe('claimed');
     });
 
+    it('counts a claimed CoAP listener like the others: beside radius it is refused', () => {
+      const p = aws(`listeners:\n  mqtt: { identity: radius }\n  http: { identity: radius }\n  coap: { enabled: true, identity: claimed }\n${radius}groups:\n  default: { requireSecret: true }\n`);
+      expect(problems(() => loadConfig(p, {}))).toEqual([
+        'listeners.coap.identity: claimed beside radius identity on listeners.mqtt: devices can go around the network identity through this port; use one identity on both listeners, or set identity.allowInsecureClaims: true (got "claimed")',
+      ]);
+      // Off (the default outside the sandbox), it opens nothing.
+      expect(loadConfig(aws(`listeners:\n  mqtt: { identity: radius }\n  http: { identity: radius }\n${radius}`), {}).listeners.coap.identity).toBe('claimed');
+    });
+
     it('refuses a claimed listener beside a radius one, even with secrets', () => {
       const p = aws(`listeners:\n  mqtt: { identity: radius }\n${radius}groups:\n  default: { requireSecret: true }\n`);
       expect(problems(() => loadConfig(p, {}))).toEqual([
