@@ -141,9 +141,11 @@ async function start(config: Config, configFile: string | undefined, readyJson: 
   }
   if (readyJson) printReady('gateway', gateway, sandbox);
   else printBanner(config, gateway, sandbox);
-  // On stderr in both forms: a script reading the ready line still sees it.
+  // Warnings on stderr in both forms: a script reading the ready line sees them as well as a person.
+  const insecure = identityFindings(config).filter((f) => f.severity === 'insecure');
+  if (insecure.length) console.warn(['!! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):', ...insecure.map((f) => `!! ${describeFinding(f)}`)].join('\n'));
+  for (const f of insecure) log.warn({ key: f.path.join('.') }, f.message);
   if (gateway.upstreamWarning) console.warn(`WARNING: ${gateway.upstreamWarning}`);
-  for (const f of identityFindings(config)) if (f.severity === 'insecure') log.warn({ key: f.path.join('.') }, f.message);
   if (configFile) watchConfig(configFile, (next) => gateway.reload(next), log);
   return waitForSignal(async () => {
     await gateway.close();
@@ -223,10 +225,9 @@ function printBanner(config: Config, gateway: BoundPorts, sandbox?: Sandbox): vo
       '',
     );
   }
-  // Identity weaknesses last, where they are read: notes in the sandbox, shouted when opted into outside it.
-  const findings = identityFindings(config);
-  if (findings.some((f) => f.severity === 'insecure')) lines.push('', '  !! devices can pass for SIMs they are not (identity.allowInsecureClaims: true):');
-  for (const f of findings) lines.push(`  ${f.severity === 'insecure' ? '!! ' : ''}${describeFinding(f)}`);
+  // Identity notes last, where they are read (the sandbox allows what aws mode refuses); what runs
+  // insecurely by opt-in is shouted on stderr by start().
+  for (const f of identityFindings(config)) if (f.severity === 'note') lines.push(`  ${describeFinding(f)}`);
   console.log(lines.join('\n'));
 }
 

@@ -123,7 +123,6 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
     patchConfig(file, (cfg) => (cfg.admin = { port: 0, tls: { certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile } }));
     const tls = await startGatewayProcess(file);
     try {
-      expect(tls.output).toMatch(/admin\s+https:\/\/127\.0\.0\.1:\d+/);
       const status = await new Promise<number>((resolve, reject) =>
         httpsGet({ host: '127.0.0.1', port: tls.adminPort, path: '/healthz', ca: readFileSync(sandbox.caFile) }, (res) => (res.resume(), resolve(res.statusCode ?? 0))).on('error', reject),
       );
