@@ -7,7 +7,8 @@ import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
 import { SimStore } from '../storage/sims.ts';
 import { createVending } from '../vending/index.ts';
-import { fillName, groupPolicy } from '../vending/policy.ts';
+import { fillName, groupPolicy, policyAllowsSubscribe } from '../vending/policy.ts';
+import { thingAttributes } from '../vending/steps.ts';
 import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../vending/master-key.ts';
@@ -149,6 +150,11 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     group,
     limits: config.limits,
     store: new DownlinkStore(db),
+    policyAllows: (sim, filter) =>
+      policyAllowsSubscribe(groupPolicy(config, sim.group).topicTemplates, filter, {
+        name: sim.thingName,
+        attributes: thingAttributes(sim, config.vending.thingAttributes),
+      }),
     audit,
     metrics,
     log: log.child({ component: 'downlink' }),

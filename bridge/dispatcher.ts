@@ -368,6 +368,8 @@ export class Dispatcher {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
+                // IoT Core closed the connection to refuse a subscription: no message is to blame.
+                if ((err as { subscriptionRefused?: boolean })?.subscriptionRefused) return;
                 cursor.suspect = Math.min(...inflight.keys());
                 cursor.suspectError = String((err as Error)?.message ?? err);
                 cursor.suspectUncounted = true;

@@ -38,6 +38,11 @@ export interface SandboxOptions {
   accountId?: string;
   /** Validity of certificates from CreateCertificateFromCsr. Default 365 days. */
   certValidityDays?: number;
+  /**
+   * IoT Core closes the connection on a refused SUBSCRIBE (MQTT 3.1.1): 'close'. 'suback' answers
+   * 0x80 and keeps the connection, the kinder behaviour of older sandboxes. Default 'close'.
+   */
+  refusedSubscribe?: 'close' | 'suback';
   logger?: Logger;
 }
 
@@ -91,6 +96,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       tls: { key: server.keyPem, cert: server.certPem, ca: ca.certPem },
       registry,
       logger,
+      refusedSubscribe: opts.refusedSubscribe ?? 'close',
       onMessage: (msg) => observer.publish(msg),
     });
     closers.push(() => data.close());

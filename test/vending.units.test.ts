@@ -13,6 +13,7 @@ import { checkMasterKey, loadMasterKey, MasterKeyError } from '../vending/master
 import { QueueFullError, WorkQueue } from '../vending/queue.ts';
 import { backoffMs, classify } from '../vending/retry.ts';
 import { scheduleRotation } from '../vending/rotation.ts';
+import { policyAllowsSubscribe } from '../vending/policy.ts';
 import { TokenBucket } from '../lib/token-bucket.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'simbridge-vending-units-'));
@@ -192,5 +193,21 @@ describe('vending config', () => {
     expect(vendingSection.parse({ thingType: 'sim', thingAttributes: ['imsi', 'group', 'imei', 'iccid'] }).thingAttributes).toHaveLength(4);
     expect(() => vendingSection.parse({ callTimeoutMs: 5000, orphanGraceMs: 4000 })).toThrow(/longer than callTimeoutMs/);
     expect(() => vendingSection.parse({ rotation: { schedule: 'every day' } })).toThrow(/cron/);
+  });
+});
+
+describe('policy pre-check of a subscription', () => {
+  const thing = { name: 'sim-001010000000001', attributes: { imsi: '001010000000001' } };
+  it('allows filters under the group\'s templates and the thing\'s own shadow, nothing else', () => {
+    const templates = ['devices/{thing}/{topic}', 'batches/{imsi}'];
+    expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000001/commands/#', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/shadow/update/+', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, 'batches/001010000000001', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000002/commands/#', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/jobs/notify', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, 'batches/#', thing)).toBe(false);
+  });
+  it('refuses a template whose policy variable the thing cannot resolve (an attribute it does not carry)', () => {
+    expect(policyAllowsSubscribe(['devices/{imei}/{topic}'], 'devices/490154203237518/x', thing)).toBe(false);
   });
 });

@@ -5,7 +5,7 @@
  */
 export function policyDocument(opts: { region: string; account: string; topicTemplates: string[] }): string {
   const arn = (kind: string, name: string) => `arn:aws:iot:${opts.region}:${opts.account}:${kind}/${name}`;
-  const ownTopics = [...opts.topicTemplates.map(toPolicyPattern), '$aws/things/${iot:Connection.Thing.ThingName}/shadow/*'];
+  const ownTopics = ownTopicPatterns(opts.topicTemplates);
   const statement = [
     {
       Effect: 'Allow',
@@ -17,6 +17,41 @@ export function policyDocument(opts: { region: string; account: string; topicTem
     { Effect: 'Allow', Action: 'iot:Subscribe', Resource: ownTopics.map((t) => arn('topicfilter', t)) },
   ];
   return JSON.stringify({ Version: '2012-10-17', Statement: statement });
+}
+
+const THING_VAR = '${iot:Connection.Thing.ThingName}';
+
+/** The topic patterns the policy grants: the group's templates and the thing's own shadow. */
+function ownTopicPatterns(topicTemplates: string[]): string[] {
+  return [...topicTemplates.map(toPolicyPattern), `$aws/things/${THING_VAR}/shadow/*`];
+}
+
+/**
+ * Whether the group's policy lets a thing subscribe to an upstream filter, evaluated the way IoT Core
+ * does (policy variables from the thing's name and attributes, `*` and `?` as wildcards, MQTT `+` and
+ * `#` literal). IoT Core answers a refused SUBSCRIBE by closing the connection, which a device's
+ * subscription would take its uplink down with: a filter the policy refuses is never sent.
+ */
+export function policyAllowsSubscribe(topicTemplates: string[], filter: string, thing: { name: string; attributes: Record<string, string> }): boolean {
+  return ownTopicPatterns(topicTemplates).some((pattern) => {
+    let unresolved = false;
+    const filled = pattern.replace(/\$\{iot:Connection\.Thing\.(ThingName|Attributes\[([^\]]+)\])\}/g, (_m, _k, attr?: string) => {
+      const v = attr === undefined ? thing.name : thing.attributes[attr];
+      if (v === undefined) unresolved = true;
+      // A substituted value is literal: its * and ? are not wildcards.
+      return (v ?? '').replace(/[*?]/g, (c) => `\u0000${c}`);
+    });
+    if (unresolved) return false;
+    const re = filled
+      .split('')
+      .map((c, i, all) => (all[i - 1] === '\u0000' ? escapeRegExp(c) : c === '\u0000' ? '' : c === '*' ? '.*' : c === '?' ? '.' : escapeRegExp(c)))
+      .join('');
+    return new RegExp(`^${re}$`, 's').test(filter);
+  });
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
 
 /** devices/{thing}/{topic} → devices/${iot:Connection.Thing.ThingName}/* */

@@ -2,7 +2,9 @@
 // TLS admits only certificates signed by the sandbox CA; aedes hooks then
 // apply the registry and policies to each CONNECT, PUBLISH, SUBSCRIBE and
 // delivery. Refusals follow IoT Core: CONNACK 5 on connect, connection closed
-// on a refused publish, SUBACK 0x80 on a refused subscription.
+// on a refused publish and on a refused subscription (IoT Core speaks MQTT
+// 3.1.1 there and drops the connection; `refusedSubscribe: 'suback'` keeps
+// the older, kinder SUBACK 0x80).
 import type { EventEmitter } from 'node:events';
 import { createServer, type TLSSocket } from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
@@ -18,6 +20,8 @@ export interface DataPlaneOptions {
   tls: { key: string; cert: string; ca: string };
   registry: Registry;
   logger: Logger;
+  /** What a refused SUBSCRIBE gets: the connection closed (IoT Core) or SUBACK 0x80. */
+  refusedSubscribe: 'close' | 'suback';
   /** Called for every message the data plane accepted (device publishes and wills). */
   onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
 }
@@ -91,6 +95,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
           : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
       if (reason) {
         refuse(client, reason);
+        if (opts.refusedSubscribe === 'close') return done(new Error(reason), null); // aedes closes the connection
         return done(null, null); // SUBACK 0x80 for this filter
       }
       // IoT Core has no QoS 2: grant at most 1.

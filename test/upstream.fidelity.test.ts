@@ -1,0 +1,110 @@
+// simbridge against a sandbox that behaves as IoT Core documents (docs/fidelity.md): each test here
+// failed against the gateway before it learned to cope with that behaviour.
+import { join } from 'node:path';
+import { AttachPolicyCommand, CreatePolicyCommand, UpdateCertificateCommand } from '@aws-sdk/client-iot';
+import Database from 'better-sqlite3';
+import mqtt, { type MqttClient } from 'mqtt';
+import { afterAll, describe, expect, it } from 'vitest';
+import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { connectCloudApp } from './helpers/cloud.ts';
+import { deviceOptions, Observer, subscribeCodes } from './helpers/mqtt.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type SandboxProcess } from './helpers/processes.ts';
+
+const IMEI = '490154203237518';
+const cleanups: Array<() => Promise<unknown>> = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+});
+
+interface SandboxState {
+  certificates: Array<{ certificateId: string; certificateArn: string; status: string; things: string[]; policies: string[] }>;
+  connections: Array<{ clientId: string; certificateId: string }>;
+}
+
+async function sandboxState(sandbox: SandboxProcess): Promise<SandboxState> {
+  return (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as SandboxState;
+}
+
+function nextMessage(client: MqttClient, timeoutMs = 10_000): Promise<{ topic: string; payload: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('no message')), timeoutMs);
+    client.once('message', (topic, payload) => {
+      clearTimeout(t);
+      resolve({ topic, payload: Buffer.from(payload) });
+    });
+  });
+}
+
+function gatewayDb(dir: string) {
+  return new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+}
+
+describe('a refused SUBSCRIBE closes the connection on IoT Core', () => {
+  it('drops only the refused filter, answers the device 0x80 and audits it; uplink and the other subscription carry on', async () => {
+    const dir = tempDir('fidelity-sub');
+    const sandbox = await startSandboxProcess(dir);
+    cleanups.push(() => sandbox.process.kill());
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any' } }, upstream: { minConnectIntervalMs: 100, maxDeliveryAttempts: 1 } })).file);
+    cleanups.push(() => gateway.kill());
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close());
+    const cloud = await connectCloudApp(sandbox);
+    cleanups.push(() => cloud.endAsync());
+
+    const imsi = '001010000000901';
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions(imsi, IMEI));
+    cleanups.push(() => device.endAsync());
+    expect(await subscribeCodes(device, ['commands/#'], 1)).toEqual([1]);
+    await device.publishAsync('telemetry', 'vended', { qos: 1 });
+    await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'vended'));
+
+    // An operator guards secret topics with a policy of their own: the gateway cannot know it.
+    const iot = sandboxIotClient(sandbox.controlEndpoint);
+    const deny = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Deny', Action: 'iot:Subscribe', Resource: 'arn:aws:iot:us-east-1:123456789012:topicfilter/devices/*/secret/*' }],
+    });
+    await iot.send(new CreatePolicyCommand({ policyName: 'operator-guard', policyDocument: deny }));
+    const cert = (await sandboxState(sandbox)).certificates.find((c) => c.things.includes(`sim-${imsi}`))!;
+    await iot.send(new AttachPolicyCommand({ policyName: 'operator-guard', target: cert.certificateArn }));
+
+    // Readings in flight while IoT Core closes the session to refuse the filter.
+    const sent = Array.from({ length: 20 }, (_, i) => device.publishAsync('telemetry', `reading-${i}`, { qos: 1 }));
+    expect(await subscribeCodes(device, ['secret/#'], 1)).toEqual([128]);
+    await Promise.all(sent);
+    for (let i = 20; i < 30; i++) await device.publishAsync('telemetry', `reading-${i}`, { qos: 1 });
+    await observer.waitUntil((m) => Array.from({ length: 30 }, (_, i) => `reading-${i}`).every((p) => m.some((x) => x.payload.toString() === p)), 30_000);
+
+    // The session is up again without the refused filter, and the other subscription still delivers.
+    const got = nextMessage(device);
+    await new Promise((r) => setTimeout(r, 500));
+    await cloud.publishAsync(`devices/sim-${imsi}/commands/reboot`, 'now', { qos: 1 });
+    expect((await got).payload.toString()).toBe('now');
+    const state = await sandboxState(sandbox);
+    expect(state.connections.filter((c) => c.clientId === `sim-${imsi}`)).toHaveLength(1);
+
+    // A filter IoT Core accepted once and refuses after a reconnect (the policy changed meanwhile): the
+    // resubscribe drops the session, so the filter goes and the session comes back without it.
+    expect(await subscribeCodes(device, ['alerts/#'], 1)).toEqual([1]);
+    const denyAlerts = deny.replace('/secret/', '/alerts/');
+    await iot.send(new CreatePolicyCommand({ policyName: 'operator-guard-2', policyDocument: denyAlerts }));
+    await iot.send(new AttachPolicyCommand({ policyName: 'operator-guard-2', target: cert.certificateArn }));
+    await iot.send(new UpdateCertificateCommand({ certificateId: cert.certificateId, newStatus: 'INACTIVE' }));
+    await iot.send(new UpdateCertificateCommand({ certificateId: cert.certificateId, newStatus: 'ACTIVE' }));
+    iot.destroy();
+    for (let i = 30; i < 40; i++) await device.publishAsync('telemetry', `reading-${i}`, { qos: 1 });
+    await observer.waitUntil((m) => Array.from({ length: 10 }, (_, i) => `reading-${30 + i}`).every((p) => m.some((x) => x.payload.toString() === p)), 30_000);
+    const again = nextMessage(device);
+    await cloud.publishAsync(`devices/sim-${imsi}/commands/reboot`, 'again', { qos: 1 });
+    expect((await again).payload.toString()).toBe('again');
+
+    const db = gatewayDb(dir);
+    const dead = db.prepare('SELECT COUNT(*) FROM dead_letters').pluck().get();
+    const refused = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'subscription_refused'").pluck().all(imsi) as string[];
+    db.close();
+    expect(dead).toBe(0);
+    expect(refused).toHaveLength(2);
+    expect(refused[0]).toContain(`devices/sim-${imsi}/secret/#`);
+    expect(refused[1]).toContain(`devices/sim-${imsi}/alerts/#`);
+  }, 120_000);
+});
