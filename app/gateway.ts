@@ -105,6 +105,9 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     minConnectIntervalMs: config.upstream.minConnectIntervalMs,
     publishesPerSecond: config.upstream.publishesPerSecond,
     bytesPerSecond: config.upstream.bytesPerSecond,
+    publishBurst: config.upstream.publishBurst,
+    // The largest message (payload and topic) must fit in one burst.
+    byteBurst: config.limits.maxPayloadBytes + config.limits.maxTopicBytes,
     maxSubscriptions: config.upstream.maxSubscriptions,
     threads: config.upstream.threads,
     metrics,

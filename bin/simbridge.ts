@@ -80,6 +80,8 @@ async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
     controlPort: config.sandbox.controlPort,
     dataPort: config.sandbox.dataPort,
     observerPort: config.sandbox.observerPort,
+    refusedSubscribe: config.sandbox.refusedSubscribe,
+    publishQuota: config.sandbox.publishQuota,
     region: config.vending.region,
     logger: log.child({ component: 'sandbox' }),
   });

@@ -142,6 +142,12 @@ export const configSchema = z
         minConnectIntervalMs: z.number().int().min(0).default(1000).describe('least time between connects of one client id (IoT Core: 1 per second)'),
         publishesPerSecond: z.number().positive().max(100).default(100).describe('publishes per second per session (IoT Core: 100)'),
         bytesPerSecond: z.number().int().positive().max(524288).default(524288).describe('bytes per second per session (IoT Core: 512 KiB/s)'),
+        publishBurst: z
+          .number()
+          .int()
+          .positive()
+          .default(5)
+          .describe('publishes a session may send at once; the rest follow at publishesPerSecond less this and a tenth, so no second exceeds the quota'),
         maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
         threads: z.number().int().min(1).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; more shorten each thread\'s walk of its sessions\' callbacks but cost a core\'s share each (2 cores: 1 is best)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
@@ -158,6 +164,19 @@ export const configSchema = z
         controlPort: port.default(4443).describe('sandbox control plane (AWS IoT REST API) port'),
         dataPort: port.default(8883).describe('sandbox data plane (MQTT over mutual TLS) port'),
         observerPort: port.default(1884).describe('sandbox observer port: plain MQTT, read-only, shows every message'),
+        refusedSubscribe: z
+          .enum(['close', 'suback'])
+          .default('close')
+          .describe('a refused SUBSCRIBE: close the connection (IoT Core over MQTT 3.1.1) or answer SUBACK 0x80 (lenient)'),
+        publishQuota: z
+          .object({
+            perSecond: z.number().int().positive().default(100).describe('publishes per connection in any second (IoT Core: 100)'),
+            bytesPerSecond: z.number().int().positive().default(524288).describe('bytes per connection in any second (IoT Core: 512 KiB)'),
+          })
+          .strict()
+          .nullable()
+          .prefault({})
+          .describe('per-connection inbound quota; the excess is dropped without PUBACK, as on IoT Core; null = none'),
       })
       .strict()
       .prefault({}),

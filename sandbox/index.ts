@@ -11,7 +11,7 @@ import { CertificateAuthority } from './ca.ts';
 import { adminRoutes } from './control/admin.ts';
 import { startControlServer } from './control/http.ts';
 import { iotRoutes } from './control/operations.ts';
-import { startDataPlane } from './data/plane.ts';
+import { type PublishQuota, startDataPlane } from './data/plane.ts';
 import { FaultInjector } from './faults.ts';
 import { type Logger, silentLogger } from './log.ts';
 import { startObserver } from './observer.ts';
@@ -20,6 +20,7 @@ import { Registry } from './registry.ts';
 export { FaultInjector } from './faults.ts';
 export type { FaultConfig, FaultConfigPatch, FaultStats } from './faults.ts';
 export type { Logger } from './log.ts';
+export type { PublishQuota } from './data/plane.ts';
 
 export interface SandboxOptions {
   /** Persists the CA, the server certificate and the registry across restarts. */
@@ -43,6 +44,11 @@ export interface SandboxOptions {
    * 0x80 and keeps the connection, the kinder behaviour of older sandboxes. Default 'close'.
    */
   refusedSubscribe?: 'close' | 'suback';
+  /**
+   * Per-connection inbound publish quota over any one-second window, as IoT Core enforces it: the
+   * excess is dropped without PUBACK. Default 100 publishes and 512 KiB per second; null = none.
+   */
+  publishQuota?: PublishQuota | null;
   logger?: Logger;
 }
 
@@ -97,6 +103,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       registry,
       logger,
       refusedSubscribe: opts.refusedSubscribe ?? 'close',
+      publishQuota: opts.publishQuota === undefined ? { perSecond: 100, bytesPerSecond: 512 * 1024 } : opts.publishQuota,
       onMessage: (msg) => observer.publish(msg),
     });
     closers.push(() => data.close());

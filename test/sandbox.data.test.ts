@@ -141,6 +141,29 @@ describe('data plane', () => {
     await again.publishAsync('things/thing-a/telemetry', 'back again', { qos: 1 });
   });
 
+  it('drops publishes beyond 100 per second per connection without PUBACK, and keeps the connection', async () => {
+    const observer = await connectObserver();
+    const device = await connectDevice(thingB, 'thing-b');
+    let acked = 0;
+    for (let i = 0; i < 150; i++) device.publish('things/thing-b/burst', `b${i}`, { qos: 1 }, (err) => void (err || acked++));
+    await sleep(700);
+    expect(acked).toBe(100);
+    expect(device.connected).toBe(true);
+    expect(observer.messages.filter((m) => m.topic === 'things/thing-b/burst')).toHaveLength(100);
+    // A second later the quota has room again.
+    await sleep(400);
+    await device.publishAsync('things/thing-b/burst', 'later', { qos: 1 });
+  });
+
+  it('drops publishes beyond 512 KiB per second per connection without PUBACK', async () => {
+    const device = await connectDevice(thingB, 'thing-b');
+    let acked = 0;
+    for (let i = 0; i < 6; i++) device.publish('things/thing-b/big', Buffer.alloc(100 * 1024), { qos: 1 }, (err) => void (err || acked++));
+    await sleep(700);
+    expect(acked).toBe(5);
+    expect(device.connected).toBe(true);
+  });
+
   it('disconnects on QoS 2 and on payloads above 128 KB', async () => {
     const d1 = await connectDevice(thingA, 'thing-a');
     const c1 = whenClosed(d1);

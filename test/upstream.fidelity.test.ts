@@ -108,3 +108,30 @@ describe('a refused SUBSCRIBE closes the connection on IoT Core', () => {
     expect(refused[1]).toContain(`devices/sim-${imsi}/alerts/#`);
   }, 120_000);
 });
+
+describe('publishes above 100/s per connection are dropped without PUBACK', () => {
+  it('drains a backlog of one device within the quota: every message arrives, none fails upstream', async () => {
+    const T0 = Date.now();
+    const dir = tempDir('fidelity-rate');
+    const sandbox = await startSandboxProcess(dir);
+    cleanups.push(() => sandbox.process.kill());
+    // A short operation timeout, so a publish IoT Core dropped shows up as a failure within the test.
+    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any' } }, upstream: { operationTimeoutMs: 2000 }, storage: { synchronous: 'normal' } });
+    const gateway = await startGatewayProcess(cfg.file);
+    cleanups.push(() => gateway.kill());
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close());
+
+    // The backlog builds while the SIM is vended, then drains at once.
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions('001010000000902', IMEI));
+    cleanups.push(() => device.endAsync());
+    await Promise.all(Array.from({ length: 400 }, (_, i) => device.publishAsync('telemetry', `m${i}`, { qos: 1 })));
+    const started = Date.now();
+    await observer.waitUntil((m) => m.length >= 400, 30_000);
+    const seen = new Set(observer.messages.map((m) => m.payload.toString()));
+    expect(seen.size).toBe(400);
+    expect(gateway.output).not.toMatch(/upstream delivery failed/);
+    // Within the quota, but not far below it: 400 messages at 85/s after a burst of 5.
+    expect(Date.now() - started).toBeLessThan(8000);
+  }, 60_000);
+});

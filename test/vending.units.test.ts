@@ -46,6 +46,24 @@ describe('token bucket', () => {
   });
 });
 
+describe('pacing within a per-second quota', () => {
+  it('never lets more than the quota through in any one-second window, even from a full bucket', async () => {
+    const bucket = TokenBucket.withinQuota(50, 5);
+    const at: number[] = [];
+    for (let i = 0; i < 120; i++) void bucket.take(1).then(() => at.push(performance.now()));
+    await new Promise((r) => setTimeout(r, 2600));
+    expect(at).toHaveLength(120);
+    for (let i = 0; i < at.length; i++) expect(at.filter((t) => t >= at[i]! && t < at[i]! + 1000).length).toBeLessThanOrEqual(50);
+    // A bucket whose capacity equals its rate (what sessions used) lets twice the quota through.
+    const loose = new TokenBucket(50, 50);
+    const early: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < 120; i++) void loose.take(1).then(() => early.push(performance.now() - t0));
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(early.filter((t) => t < 1000).length).toBeGreaterThan(50);
+  });
+});
+
 describe('retry classification', () => {
   const sdk = (name: string, status?: number, fault?: 'client' | 'server') => Object.assign(new Error(name), { name, $fault: fault, $metadata: { httpStatusCode: status } });
   it('tells throttling, server, network and client failures apart', () => {

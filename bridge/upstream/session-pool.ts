@@ -32,6 +32,9 @@ export interface PoolOptions {
   /** Per-session publish pacing (IoT Core: 100 publishes/s and 512 KiB/s per connection). */
   publishesPerSecond: number;
   bytesPerSecond: number;
+  /** Publishes / bytes a session may send at once; the rest is paced so no second exceeds the quota. */
+  publishBurst: number;
+  byteBurst: number;
   /** Subscriptions per session (IoT Core: 50). */
   maxSubscriptions: number;
   /** Threads holding the connections. */
@@ -98,8 +101,9 @@ export class UpstreamSession {
     opts: PoolOptions,
   ) {
     this.log = opts.log;
-    this.messagePacer = new TokenBucket(opts.publishesPerSecond, opts.publishesPerSecond);
-    this.bytePacer = new TokenBucket(opts.bytesPerSecond, opts.bytesPerSecond);
+    // IoT Core drops publishes beyond its per-connection quota without a PUBACK: never exceed it in any second.
+    this.messagePacer = TokenBucket.withinQuota(opts.publishesPerSecond, opts.publishBurst);
+    this.bytePacer = TokenBucket.withinQuota(opts.bytesPerSecond, opts.byteBurst);
   }
 
   get thingName(): string {

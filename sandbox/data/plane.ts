@@ -22,8 +22,15 @@ export interface DataPlaneOptions {
   logger: Logger;
   /** What a refused SUBSCRIBE gets: the connection closed (IoT Core) or SUBACK 0x80. */
   refusedSubscribe: 'close' | 'suback';
+  /** Per-connection inbound quota over any one-second window; the excess is dropped without PUBACK. Null = none. */
+  publishQuota: PublishQuota | null;
   /** Called for every message the data plane accepted (device publishes and wills). */
   onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
+}
+
+export interface PublishQuota {
+  perSecond: number;
+  bytesPerSecond: number;
 }
 
 export interface DataPlane {
@@ -63,6 +70,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       if (!auth.canConnect(id.session)) return fail(NOT_AUTHORIZED, `policies of ${id.session.certificateId} do not allow iot:Connect as ${client.id}`);
       track(client, id.session);
       capSubscribeQos(client);
+      if (opts.publishQuota) enforcePublishQuota(client, opts.publishQuota, (reason) => refuse(client, reason));
       done(null, true);
     },
 
@@ -183,6 +191,34 @@ function capSubscribeQos(client: Client): void {
   parser?.prependListener('packet', (packet: { cmd: string; subscriptions?: { qos: number }[] }) => {
     if (packet.cmd !== 'subscribe') return;
     for (const sub of packet.subscriptions ?? []) if (sub.qos > 1) sub.qos = 1;
+  });
+}
+
+/**
+ * IoT Core's per-connection quotas (100 publishes and 512 KiB per second): a publish beyond them is
+ * dropped without PUBACK and the connection stays, so the sender's operation times out. Counted over
+ * the last second of arrivals, ahead of aedes (its parser's private `_parser`, as capSubscribeQos).
+ */
+function enforcePublishQuota(client: Client, quota: PublishQuota, onDrop: (reason: string) => void): void {
+  const parser = (client as unknown as { _parser?: EventEmitter })._parser;
+  if (!parser) return;
+  const recent: { at: number; bytes: number }[] = [];
+  let bytes = 0;
+  const listeners = parser.listeners('packet') as ((packet: unknown) => void)[];
+  parser.removeAllListeners('packet');
+  parser.on('packet', (packet: { cmd: string; topic?: string; payload?: Buffer | string }) => {
+    if (packet.cmd === 'publish') {
+      const now = performance.now();
+      while (recent.length > 0 && recent[0]!.at <= now - 1000) bytes -= recent.shift()!.bytes;
+      const size = Buffer.byteLength(packet.payload ?? '') + Buffer.byteLength(packet.topic ?? '');
+      if (recent.length >= quota.perSecond || bytes + size > quota.bytesPerSecond) {
+        onDrop(recent.length >= quota.perSecond ? `more than ${quota.perSecond} publishes in a second: dropped without PUBACK` : `more than ${quota.bytesPerSecond} bytes in a second: dropped without PUBACK`);
+        return;
+      }
+      recent.push({ at: now, bytes: size });
+      bytes += size;
+    }
+    for (const l of listeners) l.call(parser, packet);
   });
 }
 
