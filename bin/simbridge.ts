@@ -53,17 +53,26 @@ async function main(argv: string[]): Promise<number> {
   const configFile = values.config ?? process.env.SIMBRIDGE_CONFIG;
   switch (command) {
     case 'start':
-      return start(loadConfig(configFile), configFile);
+      return start(await checkedConfig(configFile), configFile);
     case 'sandbox':
       return runSandboxOnly(loadConfig(configFile));
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
-      loadConfig(arg ?? configFile);
+      await checkedConfig(arg ?? configFile);
       console.log(`${arg ?? configFile}: ok`);
       return EXIT_OK;
   }
   console.error(usage);
   return EXIT_USAGE;
+}
+
+/** The configuration, also checked against limits IoT Core would refuse only later (a policy's size). */
+async function checkedConfig(file: string | undefined): Promise<Config> {
+  const config = loadConfig(file);
+  const { policySizeProblems } = await import('../vending/policy.ts');
+  const problems = policySizeProblems(config);
+  if (problems.length > 0) throw new ConfigError(file ?? '(defaults)', problems);
+  return config;
 }
 
 function logger(config: Config): Logger {

@@ -25,6 +25,7 @@ export const certificateState = (message: string) => new AwsError('CertificateSt
 export const deleteConflict = (message: string) => new AwsError('DeleteConflictException', 409, message);
 export const malformedPolicy = (message: string) => new AwsError('MalformedPolicyException', 400, message);
 export const limitExceeded = (message: string) => new AwsError('LimitExceededException', 410, message);
+export const versionsLimitExceeded = (message: string) => new AwsError('VersionsLimitExceededException', 409, message);
 export const versionConflict = (message: string) => new AwsError('VersionConflictException', 409, message);
 // The IoT model says 400 for ThrottlingException; we answer 429 so plain HTTP
 // clients and retry layers that look only at the status also see "throttled".

@@ -15,6 +15,7 @@ import {
   malformedPolicy,
   notFound,
   versionConflict,
+  versionsLimitExceeded,
 } from './errors.ts';
 import { Journal } from './journal.ts';
 import { type ParsedPolicy, PolicyError, parsePolicy } from './policy.ts';
@@ -52,18 +53,31 @@ export interface ThingGroupRecord {
   creationDate: number;
 }
 
+export interface PolicyVersionRecord {
+  versionId: string;
+  policyDocument: string;
+  createDate: number;
+}
+
 export interface PolicyRecord {
   policyName: string;
   policyArn: string;
+  /** The default version's document: the one in force. */
   policyDocument: string;
   defaultVersionId: string;
   creationDate: number;
   lastModifiedDate: number;
   generationId: string;
+  /** Every version kept (absent in journals from before versions: then only version 1). */
+  versions?: PolicyVersionRecord[];
+  lastVersionId?: number;
 }
 
 // IoT Core quotas and name patterns that a gateway could get wrong.
 const MAX_POLICIES_PER_TARGET = 10;
+// "Maximum length of 2048, excluding whitespace" (CreatePolicy, CreatePolicyVersion); "up to five versions".
+const MAX_POLICY_CHARS = 2048;
+const MAX_POLICY_VERSIONS = 5;
 const MAX_ATTRIBUTES_WITHOUT_TYPE = 3;
 const THING_NAME = /^[a-zA-Z0-9:_-]{1,128}$/;
 const POLICY_NAME = /^[\w+=,.@-]{1,128}$/;
@@ -310,13 +324,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     checkPolicyName(policyName);
     const existing = this.policies.get(policyName);
     if (existing) throw alreadyExists(`Policy cannot be created - name already exists (name=${policyName})`, policyName, existing.policyArn);
-    let parsed: ParsedPolicy;
-    try {
-      parsed = parsePolicy(policyDocument);
-    } catch (err) {
-      if (err instanceof PolicyError) throw malformedPolicy(err.message);
-      throw err;
-    }
+    const parsed = checkPolicyDocument(policyDocument);
     const now = Date.now();
     const rec: PolicyRecord = {
       policyName,
@@ -326,10 +334,57 @@ export class Registry extends EventEmitter<RegistryEvents> {
       creationDate: now,
       lastModifiedDate: now,
       generationId: randomUUID(),
+      versions: [{ versionId: '1', policyDocument, createDate: now }],
+      lastVersionId: 1,
     };
     this.parsed.set(policyName, parsed);
     this.journal.put(POLICY, policyName, rec);
     return rec;
+  }
+
+  policyVersions(policyName: string): PolicyVersionRecord[] {
+    const p = this.policy(policyName);
+    return p.versions ?? [{ versionId: p.defaultVersionId, policyDocument: p.policyDocument, createDate: p.creationDate }];
+  }
+
+  policyVersion(policyName: string, versionId: string): PolicyVersionRecord {
+    const v = this.policyVersions(policyName).find((x) => x.versionId === versionId);
+    if (!v) throw notFound(`Policy version not found (name=${policyName}, versionId=${versionId})`);
+    return v;
+  }
+
+  /** CreatePolicyVersion: at most five versions; setAsDefault puts the new one in force. */
+  createPolicyVersion(policyName: string, policyDocument: string, setAsDefault: boolean): PolicyVersionRecord {
+    const p = this.policy(policyName);
+    const versions = this.policyVersions(policyName);
+    const parsed = checkPolicyDocument(policyDocument);
+    if (versions.length >= MAX_POLICY_VERSIONS) {
+      throw versionsLimitExceeded(`The policy ${policyName} already has the maximum number of versions (${MAX_POLICY_VERSIONS})`);
+    }
+    const now = Date.now();
+    const lastVersionId = (p.lastVersionId ?? Math.max(...versions.map((v) => Number(v.versionId)))) + 1;
+    const version: PolicyVersionRecord = { versionId: String(lastVersionId), policyDocument, createDate: now };
+    const rec: PolicyRecord = { ...p, versions: [...versions, version], lastVersionId, lastModifiedDate: now, generationId: randomUUID() };
+    this.journal.put(POLICY, policyName, setAsDefault ? this.withDefault(rec, version, parsed) : rec);
+    return version;
+  }
+
+  setDefaultPolicyVersion(policyName: string, versionId: string): void {
+    const version = this.policyVersion(policyName, versionId);
+    const p = this.policy(policyName);
+    this.journal.put(POLICY, policyName, this.withDefault({ ...p, versions: this.policyVersions(policyName), lastModifiedDate: Date.now() }, version, parsePolicy(version.policyDocument)));
+  }
+
+  deletePolicyVersion(policyName: string, versionId: string): void {
+    this.policyVersion(policyName, versionId);
+    const p = this.policy(policyName);
+    if (p.defaultVersionId === versionId) throw deleteConflict(`Cannot delete the default version ${versionId} of policy ${policyName}`);
+    this.journal.put(POLICY, policyName, { ...p, versions: this.policyVersions(policyName).filter((v) => v.versionId !== versionId) });
+  }
+
+  private withDefault(rec: PolicyRecord, version: PolicyVersionRecord, parsed: ParsedPolicy): PolicyRecord {
+    this.parsed.set(rec.policyName, parsed);
+    return { ...rec, policyDocument: version.policyDocument, defaultVersionId: version.versionId };
   }
 
   policy(policyName: string): PolicyRecord {
@@ -348,6 +403,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.policy(policyName);
     if (this.policyTargets.rightsOf(policyName).length > 0) {
       throw deleteConflict(`The policy cannot be deleted as the policy is attached to one or more principals (name=${policyName})`);
+    }
+    if (this.policyVersions(policyName).length > 1) {
+      throw deleteConflict(`Cannot delete the policy ${policyName} while it has non-default versions; delete them first`);
     }
     this.parsed.delete(policyName);
     this.journal.put(POLICY, policyName, undefined);
@@ -471,6 +529,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
 function checkThingName(name: string): void {
   if (!THING_NAME.test(name)) throw invalidRequest(`Invalid thing name ${JSON.stringify(name)}: must match [a-zA-Z0-9:_-]{1,128}`);
+}
+
+/** Parses a policy document and checks IoT Core's size limit: 2,048 characters, whitespace not counted. */
+function checkPolicyDocument(document: string): ParsedPolicy {
+  const chars = document.replace(/\s/g, '').length;
+  if (chars > MAX_POLICY_CHARS) throw malformedPolicy(`Policy document is ${chars} characters long excluding whitespace; the maximum is ${MAX_POLICY_CHARS}`);
+  try {
+    return parsePolicy(document);
+  } catch (err) {
+    if (err instanceof PolicyError) throw malformedPolicy(err.message);
+    throw err;
+  }
 }
 
 function checkPolicyName(name: string): void {

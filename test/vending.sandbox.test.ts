@@ -17,6 +17,9 @@ import { createVending } from '../vending/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { certificateFingerprint, generateKeyAndCsr } from '../vending/keys.ts';
 import { QueueFullError } from '../vending/queue.ts';
+import { policyDocument, samePolicy } from '../vending/policy.ts';
+import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { CreatePolicyCommand, CreatePolicyVersionCommand, GetPolicyCommand, ListPolicyVersionsCommand } from '@aws-sdk/client-iot';
 import type { CredentialsRotated, Vendor, VendorHooks } from '../vending/vendor.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'simbridge-vending-'));
@@ -148,6 +151,35 @@ describe('vending against the sandbox', () => {
     expect(s.thingGroups.find((g) => g.thingGroupName === 'simbridge-default')!.things).toContain(sim.thingName);
     expect(s.things.find((t) => t.thingName === sim.thingName)!.attributes).toEqual({ imsi: sim.imsi, group: 'default', imei: '490154203237518' });
     await (await connectAs(creds)).publishAsync(`devices/${sim.thingName}/rsa`, 'ok', { qos: 1 });
+  });
+
+  it('replaces a policy written for an older topic template with a new default version, dropping the oldest non-default at five', async () => {
+    const iot = sandboxIotClient(sb.controlEndpoint);
+    const arn = 'arn:aws:iot:us-east-1:123456789012';
+    const old = (n: number) =>
+      JSON.stringify({
+        Version: '2012-10-17',
+        Statement: [
+          { Effect: 'Allow', Action: 'iot:Connect', Resource: `${arn}:client/\${iot:Connection.Thing.ThingName}` },
+          { Effect: 'Allow', Action: 'iot:Publish', Resource: `${arn}:topic/old/${n}/*` },
+        ],
+      });
+    await iot.send(new CreatePolicyCommand({ policyName: 'simbridge-test-lifecycle', policyDocument: old(1) }));
+    for (let n = 2; n <= 5; n++) await iot.send(new CreatePolicyVersionCommand({ policyName: 'simbridge-test-lifecycle', policyDocument: old(n) }));
+    const db = database();
+    const v = vendor(db, {}, { policyFor: () => ({ name: 'simbridge-test-lifecycle', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+    const sim = newSim(db);
+    const creds = await v.ensure(sim);
+    const versions = await iot.send(new ListPolicyVersionsCommand({ policyName: 'simbridge-test-lifecycle' }));
+    expect(versions.policyVersions!.map((x) => [x.versionId, x.isDefaultVersion])).toEqual([['1', false], ['3', false], ['4', false], ['5', false], ['6', true]]);
+    const current = await iot.send(new GetPolicyCommand({ policyName: 'simbridge-test-lifecycle' }));
+    expect(samePolicy(current.policyDocument!, policyDocument({ region: 'us-east-1', account: '123456789012', topicTemplates: ['devices/{thing}/{topic}'] }))).toBe(true);
+    await (await connectAs(creds)).publishAsync(`devices/${sim.thingName}/now-allowed`, 'ok', { qos: 1 });
+    // The same document again changes nothing.
+    const again = vendor(database(), {}, { policyFor: () => ({ name: 'simbridge-test-lifecycle', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+    await again.ensure(newSim(dbs.at(-1)!));
+    expect((await iot.send(new ListPolicyVersionsCommand({ policyName: 'simbridge-test-lifecycle' }))).policyVersions).toHaveLength(5);
+    iot.destroy();
   });
 
   it('absorbs throttling and 5xx at the quota: every SIM vended, no failure reaches the vending state machine', async () => {

@@ -63,6 +63,26 @@ function toPolicyPattern(template: string): string {
     .replaceAll('{topic}', '*');
 }
 
+/** Two policy documents mean the same (whitespace and key order aside). */
+export function samePolicy(a: string, b: string): boolean {
+  try {
+    return canonical(JSON.parse(a)) === canonical(JSON.parse(b));
+  } catch {
+    return a === b;
+  }
+}
+
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
 /** Region and account of an IoT ARN (arn:aws:iot:REGION:ACCOUNT:...). */
 export function arnScope(arn: string): { region: string; account: string } {
   const [, , , region, account] = arn.split(':');
@@ -77,7 +97,8 @@ export function fillName(template: string, vars: Record<string, string>): string
 
 /**
  * The policy a group's certificates get: its name and every topic template its devices use (uplink and
- * batches). The gateway and `simbridge vend` must agree: a policy is created once and never updated.
+ * batches). The gateway and `simbridge vend` must agree: a policy that exists with another document
+ * gets this one as a new default version.
  */
 export function groupPolicy(
   config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string } }>; sims: { defaultGroup: string } },
@@ -85,4 +106,22 @@ export function groupPolicy(
 ): { name: string; topicTemplates: string[] } {
   const g = config.groups[group] ?? config.groups[config.sims.defaultGroup]!;
   return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic] };
+}
+
+/** IoT Core's limit on a policy document: 2,048 characters, whitespace not counted. */
+export const MAX_POLICY_CHARS = 2048;
+
+/**
+ * The groups whose policy IoT Core would refuse as too long (MalformedPolicyException at the first
+ * vend), as `config check` problems. Account ids are always 12 digits, so a placeholder measures true.
+ */
+export function policySizeProblems(config: Parameters<typeof groupPolicy>[0] & { vending: { region: string } }): string[] {
+  return Object.keys(config.groups).flatMap((group) => {
+    const policy = groupPolicy(config, group);
+    const document = policyDocument({ region: config.vending.region, account: '000000000000', topicTemplates: policy.topicTemplates });
+    const chars = document.replace(/\s/g, '').length;
+    return chars > MAX_POLICY_CHARS
+      ? [`groups.${group}: its policy ${policy.name} would be ${chars} characters (IoT Core allows ${MAX_POLICY_CHARS}, whitespace excluded): shorten upstreamTopic or batching.topic`]
+      : [];
+  });
 }
