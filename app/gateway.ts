@@ -80,6 +80,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
 
+  // When each group policy last got a new version: IoT Core applies it minutes later.
+  const policyUpdatedAt = new Map<string, number>();
   const { vendor, provider } = createVending(config.vending, {
     db,
     cipher,
@@ -89,6 +91,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
     onQueueDepth: (d) => metrics.vendQueueDepth.set(d),
+    onPolicyUpdated: (name) => policyUpdatedAt.set(name, Date.now()),
     needsDataEndpoint: !config.upstream.endpoint,
   });
 
@@ -115,7 +118,7 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
   });
 
   // A rotated certificate: the session moves to it, then the vendor retires the old one.
-  vendor.onRotated((ev) => pool.replace(ev.credentials));
+  vendor.onRotated((ev) => pool.replace(ev.credentials, config.vending.rotation.retireAfterMs));
   // A revoked certificate: its session goes at once (IoT Core would drop it too).
   vendor.onRevoked((ev) => pool.drop(ev.thingName));
 
@@ -128,6 +131,8 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
     maxMessageBytes: config.limits.maxPayloadBytes,
     maxInflight: config.upstream.maxInflight,
     maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
+    changedRecently: (sim, issuedAt) =>
+      Date.now() - Math.max(issuedAt ?? 0, policyUpdatedAt.get(groupPolicy(config, sim.group).name) ?? 0) < config.upstream.propagationGraceMs,
     onDeadLetter: (msg, reason) => audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }),
     retryDelayMs: config.upstream.retryDelayMs,
     retryMaxDelayMs: config.upstream.retryMaxDelayMs,

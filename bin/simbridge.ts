@@ -91,6 +91,7 @@ async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
     observerPort: config.sandbox.observerPort,
     refusedSubscribe: config.sandbox.refusedSubscribe,
     publishQuota: config.sandbox.publishQuota,
+    propagation: config.sandbox.propagation,
     region: config.vending.region,
     logger: log.child({ component: 'sandbox' }),
   });

@@ -21,6 +21,8 @@ export interface DispatcherOptions {
   maxInflight: number;
   /** Failed deliveries of one message, each followed by a successful reconnect, before it is dead-lettered. */
   maxDeliveryAttempts: number;
+  /** A refusal now may be IoT Core still propagating the SIM's new certificate or its group's new policy: not counted. */
+  changedRecently?(sim: Sim, certificateIssuedAt: number | undefined): boolean;
   retryDelayMs: number;
   retryMaxDelayMs: number;
   metrics: Metrics;
@@ -163,7 +165,7 @@ export class Dispatcher {
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
         const planned = cursor.suspect === undefined ? next.units : undefined;
-        this.judgeSuspect(cursor);
+        this.judgeSuspect(cursor, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
         await this.drain(sim, session, cursor, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
@@ -192,9 +194,10 @@ export class Dispatcher {
   }
 
   /** After a reconnect: count the failure against the suspect unit, and dead-letter it past the limit. */
-  private judgeSuspect(cursor: Cursor): void {
+  private judgeSuspect(cursor: Cursor, changedRecently: boolean): void {
     if (cursor.suspect === undefined || !cursor.suspectUncounted) return;
     cursor.suspectUncounted = false;
+    if (changedRecently) return;
     const n = (this.attempts.get(cursor.suspect) ?? 0) + 1;
     this.attempts.set(cursor.suspect, n);
     if (n < this.opts.maxDeliveryAttempts) return;

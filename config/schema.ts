@@ -151,6 +151,12 @@ export const configSchema = z
         maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
         threads: z.number().int().min(1).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; more shorten each thread\'s walk of its sessions\' callbacks but cost a core\'s share each (2 cores: 1 is best)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
+        propagationGraceMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(600_000)
+          .describe('refusals this soon after a SIM was vended or its group\'s policy changed do not count toward maxDeliveryAttempts (IoT Core takes minutes to apply such changes)'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
       })
@@ -177,6 +183,15 @@ export const configSchema = z
           .nullable()
           .prefault({})
           .describe('per-connection inbound quota; the excess is dropped without PUBACK, as on IoT Core; null = none'),
+        propagation: z
+          .object({
+            certificatesMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a certificate created, activated, deactivated or deleted (IoT Core: up to minutes)'),
+            attachmentsMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a policy or thing attached or detached (IoT Core: seconds)'),
+            policyVersionsMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a new default policy version (IoT Core: 6-8 minutes)'),
+          })
+          .strict()
+          .prefault({})
+          .describe('how late the sandbox data plane learns of control-plane changes, as IoT Core does; 0 = at once'),
       })
       .strict()
       .prefault({}),

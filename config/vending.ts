@@ -97,6 +97,12 @@ export const vendingSection = z
       .default(60_000)
       .describe('how far before the request the orphan scan looks (clock difference with AWS)'),
     deleteRevoked: z.boolean().default(true).describe('delete revoked and retired certificates after deactivating and detaching them'),
+    propagationWaitMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(60_000)
+      .describe('how long DeleteCertificate is retried while IoT Core still sees the certificate attached (detaching propagates in seconds)'),
     rotation,
   })
   .strict()

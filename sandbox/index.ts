@@ -15,12 +15,13 @@ import { type PublishQuota, startDataPlane } from './data/plane.ts';
 import { FaultInjector } from './faults.ts';
 import { type Logger, silentLogger } from './log.ts';
 import { startObserver } from './observer.ts';
-import { Registry } from './registry.ts';
+import { type Propagation, Registry } from './registry.ts';
 
 export { FaultInjector } from './faults.ts';
 export type { FaultConfig, FaultConfigPatch, FaultStats } from './faults.ts';
 export type { Logger } from './log.ts';
 export type { PublishQuota } from './data/plane.ts';
+export type { Propagation } from './registry.ts';
 
 export interface SandboxOptions {
   /** Persists the CA, the server certificate and the registry across restarts. */
@@ -49,6 +50,11 @@ export interface SandboxOptions {
    * excess is dropped without PUBACK. Default 100 publishes and 512 KiB per second; null = none.
    */
   publishQuota?: PublishQuota | null;
+  /**
+   * How long the data plane takes to see a control-plane change, per kind (certificate status,
+   * attachments and detachments, policy versions), as IoT Core takes seconds to minutes. Default 0: at once.
+   */
+  propagation?: Partial<Propagation>;
   logger?: Logger;
 }
 
@@ -84,7 +90,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const ips = ['127.0.0.1', ...(isIP(host) !== 0 && host !== '127.0.0.1' && !UNSPECIFIED.has(host) ? [host] : [])];
   const server = await ca.serverIdentity(opts.dataDir, dnsNames, ips);
 
-  const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account);
+  const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account, opts.propagation);
   const faults = new FaultInjector();
   const closers: (() => Promise<void>)[] = [];
   const closeAll = async () => {

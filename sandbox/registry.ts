@@ -18,6 +18,7 @@ import {
   versionsLimitExceeded,
 } from './errors.ts';
 import { Journal } from './journal.ts';
+import { Lagged } from './propagation.ts';
 import { type ParsedPolicy, PolicyError, parsePolicy } from './policy.ts';
 
 export type CertificateStatus = 'ACTIVE' | 'INACTIVE' | 'REVOKED';
@@ -116,6 +117,16 @@ class Links {
   }
 }
 
+/** How long the data plane takes to see each kind of change (propagation.ts). */
+export interface Propagation {
+  /** Certificate status: a new certificate, activation, deactivation, deletion. */
+  certificatesMs: number;
+  /** Policy ↔ certificate and thing ↔ certificate attachments and detachments. */
+  attachmentsMs: number;
+  /** A policy's default version. */
+  policyVersionsMs: number;
+}
+
 export interface RegistryEvents {
   /** A certificate stopped being ACTIVE (or was deleted): its live connections must go. */
   certificateDisabled: [certificateId: string];
@@ -136,9 +147,21 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** thingGroupName ↔ thingName */
   private readonly groupMembers = new Links();
 
-  constructor(file: string, account: Account) {
+  /** What the data plane sees, `propagationDelayMs` behind the control plane (propagation.ts). */
+  private readonly seenStatus: Lagged<CertificateStatus | undefined>;
+  private readonly seenPolicyLinks: Lagged<boolean>;
+  private readonly seenThingLinks: Lagged<boolean>;
+  private readonly seenDocuments: Lagged<ParsedPolicy | undefined>;
+  private readonly propagation: Propagation;
+
+  constructor(file: string, account: Account, propagation: Partial<Propagation> = {}) {
     super();
     this.account = account;
+    this.propagation = { certificatesMs: 0, attachmentsMs: 0, policyVersionsMs: 0, ...propagation };
+    this.seenStatus = new Lagged(this.propagation.certificatesMs);
+    this.seenPolicyLinks = new Lagged(this.propagation.attachmentsMs);
+    this.seenThingLinks = new Lagged(this.propagation.attachmentsMs);
+    this.seenDocuments = new Lagged(this.propagation.policyVersionsMs);
     this.journal = new Journal(file);
     this.certs = this.journal.table(CERT) as Map<string, CertificateRecord>;
     this.things = this.journal.table(THING) as Map<string, ThingRecord>;
@@ -180,8 +203,14 @@ export class Registry extends EventEmitter<RegistryEvents> {
       customerVersion: 1,
       generationId: randomUUID(),
     };
+    this.seenStatus.changing(rec.certificateId, undefined);
     this.journal.put(CERT, rec.certificateId, rec);
     return rec;
+  }
+
+  /** The certificate's status as the data plane sees it (undefined: unknown there). */
+  dataPlaneStatus(certificateId: string): CertificateStatus | undefined {
+    return this.seenStatus.view(certificateId, this.certs.get(certificateId)?.status);
   }
 
   findCertificate(certificateId: string): CertificateRecord | undefined {
@@ -215,8 +244,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
       customerVersion: rec.customerVersion + 1,
       generationId: randomUUID(),
     };
+    this.seenStatus.changing(certificateId, rec.status);
     this.journal.put(CERT, certificateId, updated);
-    if (updated.status !== 'ACTIVE') this.emit('certificateDisabled', certificateId);
+    if (updated.status !== 'ACTIVE') this.disabledLater(certificateId);
   }
 
   deleteCertificate(certificateId: string, forceDelete: boolean): void {
@@ -224,7 +254,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (rec.status === 'ACTIVE') {
       throw certificateState(`Certificate ${certificateId} is ACTIVE; deactivate it before deletion`);
     }
-    if (this.thingPrincipals.leftsOf(rec.certificateArn).length > 0) {
+    // A detachment still propagating counts as attached: IoT Core answers DeleteConflictException then too.
+    const things = this.thingPrincipals.leftsOf(rec.certificateArn).length > 0 || this.seenThingLinks.keys().some((k) => k.endsWith(`\n${rec.certificateArn}`) && this.isThingAttached(k.slice(0, k.indexOf('\n')), rec.certificateArn));
+    if (things) {
       throw deleteConflict(`Things must be detached before deletion (arn: ${rec.certificateArn})`);
     }
     const policies = this.policyTargets.leftsOf(rec.certificateArn);
@@ -232,8 +264,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
       throw deleteConflict(`Certificate policies must be detached before deletion (arn: ${rec.certificateArn})`);
     }
     for (const p of policies) this.unlinkPolicy(p, rec.certificateArn);
+    this.seenStatus.changing(certificateId, rec.status);
     this.journal.put(CERT, certificateId, undefined);
-    this.emit('certificateDisabled', certificateId);
+    this.disabledLater(certificateId);
+  }
+
+  /** The data plane drops a certificate's connections once it learns the certificate is no longer ACTIVE. */
+  private disabledLater(certificateId: string): void {
+    const delay = this.propagation.certificatesMs;
+    if (delay <= 0) return void this.emit('certificateDisabled', certificateId);
+    setTimeout(() => {
+      if (this.dataPlaneStatus(certificateId) !== 'ACTIVE') this.emit('certificateDisabled', certificateId);
+    }, delay + 1).unref();
   }
 
   // ---- things ----
@@ -383,6 +425,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   private withDefault(rec: PolicyRecord, version: PolicyVersionRecord, parsed: ParsedPolicy): PolicyRecord {
+    this.seenDocuments.changing(rec.policyName, this.parsed.get(rec.policyName));
     this.parsed.set(rec.policyName, parsed);
     return { ...rec, policyDocument: version.policyDocument, defaultVersionId: version.versionId };
   }
@@ -418,6 +461,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.policyTargets.leftsOf(target).length >= MAX_POLICIES_PER_TARGET) {
       throw limitExceeded(`A target can have at most ${MAX_POLICIES_PER_TARGET} policies attached`);
     }
+    this.seenPolicyLinks.changing(`${policyName}\n${target}`, false);
     this.policyTargets.add(policyName, target);
     this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, { policyName, target });
   }
@@ -439,13 +483,19 @@ export class Registry extends EventEmitter<RegistryEvents> {
       .map((name) => this.policies.get(name)!);
   }
 
-  /** The parsed documents of every policy attached to target, for the data plane. */
+  /** The parsed documents of every policy attached to target, as the data plane sees them. */
   parsedPoliciesFor(target: string): ParsedPolicy[] {
-    return this.policyTargets.leftsOf(target).map((name) => this.parsed.get(name)!);
+    const names = new Set(this.policyTargets.leftsOf(target));
+    for (const k of this.seenPolicyLinks.keys()) if (k.endsWith(`\n${target}`)) names.add(k.slice(0, k.indexOf('\n')));
+    return [...names]
+      .filter((name) => this.seenPolicyLinks.view(`${name}\n${target}`, this.policyTargets.has(name, target)))
+      .map((name) => this.seenDocuments.view(name, this.parsed.get(name)))
+      .filter((p): p is ParsedPolicy => p !== undefined);
   }
 
   private unlinkPolicy(policyName: string, target: string): void {
     if (!this.policyTargets.has(policyName, target)) return;
+    this.seenPolicyLinks.changing(`${policyName}\n${target}`, true);
     this.policyTargets.remove(policyName, target);
     this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, undefined);
   }
@@ -456,6 +506,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.thing(thingName);
     this.certificateForPrincipal(principal);
     if (this.thingPrincipals.has(thingName, principal)) return;
+    this.seenThingLinks.changing(`${thingName}\n${principal}`, false);
     this.thingPrincipals.add(thingName, principal);
     this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, { thingName, principal });
   }
@@ -463,6 +514,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   detachThingPrincipal(thingName: string, principal: string): void {
     this.thing(thingName);
     if (!this.thingPrincipals.has(thingName, principal)) return;
+    this.seenThingLinks.changing(`${thingName}\n${principal}`, true);
     this.thingPrincipals.remove(thingName, principal);
     this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, undefined);
   }
@@ -477,8 +529,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.thingPrincipals.leftsOf(principal).sort();
   }
 
+  /** Whether the thing is attached to the principal, as the data plane sees it. */
   isThingAttached(thingName: string, principal: string): boolean {
-    return this.thingPrincipals.has(thingName, principal);
+    return this.seenThingLinks.view(`${thingName}\n${principal}`, this.thingPrincipals.has(thingName, principal));
   }
 
   /** Principals the sandbox knows are certificate ARNs of its own account. */

@@ -135,3 +135,41 @@ describe('publishes above 100/s per connection are dropped without PUBACK', () =
     expect(Date.now() - started).toBeLessThan(8000);
   }, 60_000);
 });
+
+describe('changes take time to propagate on IoT Core', () => {
+  it('does not count refusals while a new policy version propagates: the message waits, then goes through', async () => {
+    const dir = tempDir('fidelity-propagation');
+    const sandbox = await startSandboxProcess(dir, undefined, { sandbox: { propagation: { policyVersionsMs: 5000 } } });
+    cleanups.push(() => sandbox.process.kill());
+    // The group's policy exists from before its topic template changed: only devices/<thing>/old/* may publish.
+    const arn = 'arn:aws:iot:us-east-1:123456789012';
+    const old = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 'iot:Connect', Resource: `${arn}:client/\${iot:Connection.Thing.ThingName}` },
+        { Effect: 'Allow', Action: 'iot:Publish', Resource: `${arn}:topic/devices/\${iot:Connection.Thing.ThingName}/old/*` },
+      ],
+    });
+    const iot = sandboxIotClient(sandbox.controlEndpoint);
+    await iot.send(new CreatePolicyCommand({ policyName: 'simbridge-default', policyDocument: old }));
+    iot.destroy();
+    const gateway = await startGatewayProcess(
+      (await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any' } }, upstream: { maxDeliveryAttempts: 1, minConnectIntervalMs: 100 } })).file,
+    );
+    cleanups.push(() => gateway.kill());
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+    cleanups.push(() => observer.close());
+
+    const imsi = '001010000000903';
+    const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/topics/data/1?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body: 'after-propagation' });
+    expect(res.status).toBe(202);
+    await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'after-propagation'), 45_000);
+    const db = gatewayDb(dir);
+    const dead = db.prepare('SELECT COUNT(*) FROM dead_letters').pluck().get();
+    db.close();
+    expect(dead).toBe(0);
+    // It was refused at first (the old version was still in force), so the grace is what kept it.
+    expect(gateway.output).toMatch(/policy updated to a new default version/);
+    expect(gateway.output).toMatch(/upstream delivery failed/);
+  }, 90_000);
+});

@@ -97,7 +97,7 @@ describe('upstream sessions', () => {
   it('dead-letters a message IoT Core keeps refusing, and the next one still goes through', async () => {
     const dir = tempDir('sessions-dead');
     const sandbox = await startSandboxProcess(dir);
-    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { maxDeliveryAttempts: 2, minConnectIntervalMs: 100 } })).file);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { maxDeliveryAttempts: 2, minConnectIntervalMs: 100, propagationGraceMs: 0 } })).file);
     const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
     cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
 

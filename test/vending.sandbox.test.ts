@@ -228,6 +228,27 @@ describe('vending against the sandbox', () => {
     expect(s.things.find((t) => t.thingName === sim.thingName)!.principals).toEqual([s.certificates.find((c) => c.certificateId === fresh.certificateId)!.certificateArn]);
   });
 
+  it('deletes a revoked certificate once IoT Core has propagated the detachment (DeleteConflictException until then)', async () => {
+    const slow = await startSandbox({ dataDir: join(dir, 'sandbox-slow'), controlPort: 0, dataPort: 0, observerPort: 0, propagation: { attachmentsMs: 2500 } });
+    try {
+      const db = database();
+      const v = vendor(db, { endpoint: slow.controlEndpoint, propagationWaitMs: 15_000 });
+      const sim = newSim(db);
+      const creds = await v.ensure(sim);
+      await new Promise((r) => setTimeout(r, 2700)); // in service: the attachments have propagated
+      new SimStore(db).setStatus(sim.imsi, 'terminated');
+      const started = Date.now();
+      expect(await v.revoke(sim.imsi, 'sim_terminated')).toEqual({ certificateIds: [creds.certificateId] });
+      const slowState = async () => (await (await fetch(`${slow.controlEndpoint}/_sandbox/state`)).json()) as SandboxState;
+      await until(async () => !(await slowState()).certificates.some((c) => c.certificateId === creds.certificateId), 20_000);
+      // Deleted only after the detachment had propagated, by retrying the conflict.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+      expect(new CredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired']);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('keeps a revoked certificate INACTIVE and detached when deleteRevoked is off', async () => {
     const db = database();
     const v = vendor(db, { deleteRevoked: false });

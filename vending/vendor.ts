@@ -22,6 +22,8 @@ export interface DeviceCredentials {
   certificateId: string;
   certificatePem: string;
   privateKeyPem: string;
+  /** When this certificate was vended (ms): IoT Core may still be propagating it for a while. */
+  issuedAt?: number;
 }
 
 /** A SIM's certificate was replaced (rotation). Its upstream session should reconnect with `credentials`. */
@@ -50,6 +52,8 @@ export interface VendorHooks {
   /** The old certificate is retired once every listener's promise settles (at most rotation.retireAfterMs). */
   onRotated?(ev: CredentialsRotated): void | Promise<void>;
   onRevoked?(ev: CredentialsRevoked): void | Promise<void>;
+  /** A group's policy got a new default version in IoT Core (it takes minutes to apply there). */
+  onPolicyUpdated?(policyName: string): void;
 }
 
 export interface VendorOptions extends VendorHooks {
@@ -120,6 +124,7 @@ export class Vendor {
       leaseMs: c.leaseMs,
       orphanGraceMs: c.orphanGraceMs,
       deleteRetired: c.deleteRevoked,
+      propagationWaitMs: c.propagationWaitMs,
       policyOf: (row) => {
         const sim = this.sims.get(row.imsi);
         return sim && opts.policyFor(sim.group).name;
@@ -146,6 +151,7 @@ export class Vendor {
       thingGroupFor: c.thingGroup ? (group) => fillName(c.thingGroup!, { group }) : undefined,
       orphanGraceMs: c.orphanGraceMs,
       retireAfterMs: c.rotation.retireAfterMs,
+      onPolicyUpdated: opts.onPolicyUpdated,
       disposeUnrecorded: async (cert, imsi) => {
         await this.gate.call('UpdateCertificate', (s) => opts.provider.setCertificateStatus(cert.certificateId, 'INACTIVE', s));
         if (c.deleteRevoked) await this.gate.call('DeleteCertificate', (s) => opts.provider.deleteCertificate(cert.certificateId, s));
@@ -307,6 +313,7 @@ export class Vendor {
       certificateId: row.certId!,
       certificatePem: row.certPem!,
       privateKeyPem: this.opts.cipher.decrypt(row.keyEnc, row.imsi).toString('utf8'),
+      issuedAt: row.updatedAt,
     };
   }
 
@@ -391,7 +398,8 @@ export class Vendor {
 
   /**
    * Tells the listeners (the session pool reconnects with the new certificate) and retires the old
-   * certificate once they are done. With no listener, it retires when rotation.retireAfterMs is over.
+   * certificate once they are done. With no listener, or one that failed (the new certificate did not
+   * connect: IoT Core may still be propagating it), it retires when rotation.retireAfterMs is over.
    */
   private afterRotation(promoted: CredentialRow, previous: CredentialRow): void {
     const ev: CredentialsRotated = {
@@ -402,8 +410,9 @@ export class Vendor {
     };
     this.opts.audit.record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId });
     if (this.rotatedHooks.size === 0) return;
-    void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async () => {
-      if (this.stopped) return;
+    void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async (results) => {
+      // Only once the new certificate has connected: otherwise the old one stays until retireAfterMs.
+      if (this.stopped || results.some((r) => r.status === 'rejected')) return;
       this.store.retireNow(previous.id);
       await this.retirer.retireDue().catch(() => undefined); // the periodic pass retries
     });

@@ -10,6 +10,8 @@ export interface SessionCredentials {
   thingName: string;
   certificatePem: string;
   privateKeyPem: string;
+  /** When the certificate was vended (ms), if known. */
+  issuedAt?: number;
 }
 
 export interface PoolOptions {
@@ -314,10 +316,22 @@ export class UpstreamPool {
     return this.wanted.get(thingName)?.size ?? 0;
   }
 
-  /** Moves a thing to new credentials (rotation): resolves once a session with them is up. */
-  async replace(creds: SessionCredentials): Promise<void> {
+  /**
+   * Moves a thing to new credentials (rotation): resolves once a session with them is up, trying again
+   * (IoT Core may not know a new certificate for a while) until withinMs has passed, then rejects.
+   */
+  async replace(creds: SessionCredentials, withinMs = 0): Promise<void> {
     await this.drop(creds.thingName);
-    await this.session(creds);
+    const deadline = Date.now() + withinMs;
+    for (let delay = this.opts.minConnectIntervalMs || 1000; ; delay = Math.min(delay * 2, 30_000)) {
+      try {
+        await this.session(creds);
+        return;
+      } catch (err) {
+        if (this.closing || Date.now() + delay > deadline) throw err;
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
+    }
   }
 
   /** Closes a thing's session, if any (its certificate was revoked). */
