@@ -83,6 +83,7 @@ function logger(config: Config): Logger {
 // The gateway and the sandbox load on demand: `config check` should not pay for TLS stacks and SDKs.
 async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
   const { startSandbox } = await import('../sandbox/index.ts');
+  const { partitionOf } = await import('../vending/policy.ts');
   return startSandbox({
     dataDir: join(config.dataDir, 'sandbox'),
     host: config.sandbox.host,
@@ -93,6 +94,7 @@ async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
     publishQuota: config.sandbox.publishQuota,
     propagation: config.sandbox.propagation,
     region: config.vending.region,
+    partition: config.sandbox.partition ?? partitionOf(config.vending.region),
     logger: log.child({ component: 'sandbox' }),
   });
 }

@@ -170,6 +170,10 @@ export const configSchema = z
         controlPort: port.default(4443).describe('sandbox control plane (AWS IoT REST API) port'),
         dataPort: port.default(8883).describe('sandbox data plane (MQTT over mutual TLS) port'),
         observerPort: port.default(1884).describe('sandbox observer port: plain MQTT, read-only, shows every message'),
+        partition: z
+          .enum(['aws', 'aws-cn', 'aws-us-gov'])
+          .optional()
+          .describe('ARN partition the sandbox plays; omit to follow vending.region (cn-* = aws-cn, us-gov-* = aws-us-gov)'),
         refusedSubscribe: z
           .enum(['close', 'suback'])
           .default('close')

@@ -36,6 +36,8 @@ export interface SandboxOptions {
   observerPort: number;
   /** Default 'us-east-1'. */
   region?: string;
+  /** ARN partition: 'aws' (default), 'aws-cn' for China regions, 'aws-us-gov' for GovCloud. */
+  partition?: string;
   /** Default '123456789012'. */
   accountId?: string;
   /** Validity of certificates from CreateCertificateFromCsr. Default 365 days. */
@@ -79,7 +81,7 @@ const UNSPECIFIED = new Set(['0.0.0.0', '::']);
 
 export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const host = opts.host ?? '127.0.0.1';
-  const account = { region: opts.region ?? 'us-east-1', accountId: opts.accountId ?? '123456789012' };
+  const account = { partition: opts.partition ?? 'aws', region: opts.region ?? 'us-east-1', accountId: opts.accountId ?? '123456789012' };
   const logger = opts.logger ?? silentLogger;
   // Clients reach a loopback or wildcard listener as 'localhost', like a DNS name on AWS.
   const dataHost = host === '127.0.0.1' || host === 'localhost' || UNSPECIFIED.has(host) ? 'localhost' : host;

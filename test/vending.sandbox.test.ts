@@ -228,6 +228,27 @@ describe('vending against the sandbox', () => {
     expect(s.things.find((t) => t.thingName === sim.thingName)!.principals).toEqual([s.certificates.find((c) => c.certificateId === fresh.certificateId)!.certificateArn]);
   });
 
+  it('vends in the aws-cn partition: the policy takes its ARNs from the certificate, so the device connects and publishes', async () => {
+    const cn = await startSandbox({ dataDir: join(dir, 'sandbox-cn'), controlPort: 0, dataPort: 0, observerPort: 0, region: 'cn-north-1', partition: 'aws-cn' });
+    try {
+      const db = database();
+      const v = vendor(db, { endpoint: cn.controlEndpoint, region: 'cn-north-1' }, { policyFor: () => ({ name: 'simbridge-cn', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+      const sim = newSim(db);
+      const creds = await v.ensure(sim);
+      const cnState = (await (await fetch(`${cn.controlEndpoint}/_sandbox/state`)).json()) as SandboxState & { policies: Array<{ policyName: string; policyDocument: string }> };
+      expect(cnState.certificates.find((c) => c.certificateId === creds.certificateId)!.certificateArn).toMatch(/^arn:aws-cn:iot:cn-north-1:/);
+      expect(cnState.policies.find((p) => p.policyName === 'simbridge-cn')!.policyDocument).toContain('arn:aws-cn:iot:cn-north-1:');
+      const device = await mqtt.connectAsync({
+        protocol: 'mqtts', host: cn.dataHost, port: cn.dataPort, ca: cn.caPem, cert: creds.certificatePem, key: creds.privateKeyPem,
+        clientId: creds.thingName, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000,
+      });
+      clients.push(device);
+      await device.publishAsync(`devices/${sim.thingName}/hello`, 'ni hao', { qos: 1 });
+    } finally {
+      await cn.close();
+    }
+  });
+
   it('deletes a revoked certificate once IoT Core has propagated the detachment (DeleteConflictException until then)', async () => {
     const slow = await startSandbox({ dataDir: join(dir, 'sandbox-slow'), controlPort: 0, dataPort: 0, observerPort: 0, propagation: { attachmentsMs: 2500 } });
     try {

@@ -3,8 +3,9 @@
  * certificate is attached to it), publish / subscribe / receive only on their own topics and their own
  * shadow. Policy variables make one policy serve every thing of the group.
  */
-export function policyDocument(opts: { region: string; account: string; topicTemplates: string[] }): string {
-  const arn = (kind: string, name: string) => `arn:aws:iot:${opts.region}:${opts.account}:${kind}/${name}`;
+export function policyDocument(opts: { partition?: string; region: string; account: string; topicTemplates: string[] }): string {
+  // The partition comes from the certificate's ARN: aws-cn and aws-us-gov refuse arn:aws resources.
+  const arn = (kind: string, name: string) => `arn:${opts.partition ?? 'aws'}:iot:${opts.region}:${opts.account}:${kind}/${name}`;
   const ownTopics = ownTopicPatterns(opts.topicTemplates);
   const statement = [
     {
@@ -83,11 +84,16 @@ function canonical(v: unknown): string {
   return JSON.stringify(v);
 }
 
-/** Region and account of an IoT ARN (arn:aws:iot:REGION:ACCOUNT:...). */
-export function arnScope(arn: string): { region: string; account: string } {
-  const [, , , region, account] = arn.split(':');
-  if (!region || !account) throw new Error(`not an IoT ARN: ${arn}`);
-  return { region, account };
+/** Partition, region and account of an IoT ARN (arn:aws:iot:REGION:ACCOUNT:...). */
+export function arnScope(arn: string): { partition: string; region: string; account: string } {
+  const [, partition, , region, account] = arn.split(':');
+  if (!partition || !region || !account) throw new Error(`not an IoT ARN: ${arn}`);
+  return { partition, region, account };
+}
+
+/** The ARN partition of a region: cn-* → aws-cn, us-gov-* → aws-us-gov, else aws. */
+export function partitionOf(region: string): string {
+  return region.startsWith('cn-') ? 'aws-cn' : region.startsWith('us-gov-') ? 'aws-us-gov' : 'aws';
 }
 
 /** Fills a name template such as sim-{imsi} or simbridge-{group}. */
@@ -118,7 +124,8 @@ export const MAX_POLICY_CHARS = 2048;
 export function policySizeProblems(config: Parameters<typeof groupPolicy>[0] & { vending: { region: string } }): string[] {
   return Object.keys(config.groups).flatMap((group) => {
     const policy = groupPolicy(config, group);
-    const document = policyDocument({ region: config.vending.region, account: '000000000000', topicTemplates: policy.topicTemplates });
+    const { region } = config.vending;
+    const document = policyDocument({ partition: partitionOf(region), region, account: '000000000000', topicTemplates: policy.topicTemplates });
     const chars = document.replace(/\s/g, '').length;
     return chars > MAX_POLICY_CHARS
       ? [`groups.${group}: its policy ${policy.name} would be ${chars} characters (IoT Core allows ${MAX_POLICY_CHARS}, whitespace excluded): shorten upstreamTopic or batching.topic`]
