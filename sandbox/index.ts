@@ -40,7 +40,10 @@ export interface SandboxOptions {
   partition?: string;
   /** Default '123456789012'. */
   accountId?: string;
-  /** Validity of certificates from CreateCertificateFromCsr. Default 365 days. */
+  /**
+   * Validity of certificates from CreateCertificateFromCsr. Default: until 2049-12-31 23:59:59 UTC,
+   * as IoT Core issues them (so rotation cannot wait for expiry).
+   */
   certValidityDays?: number;
   /**
    * IoT Core closes the connection on a refused SUBSCRIBE (MQTT 3.1.1): 'close'. 'suback' answers
@@ -78,6 +81,8 @@ export interface Sandbox {
 }
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
+/** Certificates IoT Core signs from a CSR are valid until the end of 2049. */
+const IOT_CORE_NOT_AFTER = new Date(Date.UTC(2049, 11, 31, 23, 59, 59));
 
 export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const host = opts.host ?? '127.0.0.1';
@@ -123,7 +128,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       logger,
       routes: [
         ...adminRoutes({ registry, faults, connections: () => data.connections() }),
-        ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? 365 }),
+        ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? IOT_CORE_NOT_AFTER }),
       ],
     });
     closers.push(() => control.close());

@@ -281,13 +281,16 @@ describe('vending against the sandbox', () => {
     await expect(connectAs(creds)).rejects.toThrow();
   });
 
-  it('rotates a certificate that expires soon, tells the session, then retires the old one', async () => {
+  it('rotates a certificate by age, tells the session, then retires the old one', async () => {
     const db = database();
     const events: CredentialsRotated[] = [];
-    // Sandbox certificates last 365 days: with a 400-day horizon every one is due.
-    const v = vendor(db, { rotation: { enabled: false, renewBeforeDays: 400 } }, { onRotated: async (ev) => void events.push(ev) });
+    // Like IoT Core's, sandbox certificates are valid until 2049: expiry never makes them due, age does.
+    const v = vendor(db, { rotation: { enabled: false, maxAgeDays: 0 } }, { onRotated: async (ev) => void events.push(ev) });
     const sim = newSim(db);
     const old = await v.ensure(sim);
+    const described = (await state()).certificates.find((c) => c.certificateId === old.certificateId) as { notAfter?: string } | undefined;
+    expect(described?.notAfter).toBe('2049-12-31T23:59:59.000Z');
+    expect(await vendor(db, { rotation: { enabled: false, renewBeforeDays: 400 } }).rotateExpiring()).toBe(0);
     const session = await connectAs(old);
     const dropped = new Promise<void>((r) => session.once('close', () => r()));
     expect(await v.rotateExpiring()).toBeGreaterThanOrEqual(1);

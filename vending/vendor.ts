@@ -258,7 +258,7 @@ export class Vendor {
 
   /**
    * The daily rotation job: queues a re-vend for every active SIM whose certificate expires within
-   * rotation.renewBeforeDays, as background work and as far as the queue has room (the rest waits for the
+   * rotation.renewBeforeDays or is older than rotation.maxAgeDays, as background work and as far as the queue has room (the rest waits for the
    * next run). Resolves with how many were queued.
    */
   async rotateExpiring(): Promise<number> {
@@ -267,7 +267,8 @@ export class Vendor {
     }
     const room = this.opts.config.maxQueue - this.queue.depth;
     if (room <= 0) return 0;
-    const imsis = this.store.expiring(Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS, room);
+    const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
+    const imsis = this.store.expiring(Date.now() + renewBeforeDays * DAY_MS, room, Date.now() - maxAgeDays * DAY_MS);
     for (const imsi of imsis) void this.submit(imsi, 'rotation', 'background');
     return imsis.length;
   }
@@ -392,8 +393,10 @@ export class Vendor {
 
   private needsRotation(imsi: string): boolean {
     const row = this.store.ready(imsi);
-    const horizon = Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS;
-    return Boolean(row && (row.notAfter ?? certificateNotAfter(row.certPem!)) < horizon);
+    const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
+    const horizon = Date.now() + renewBeforeDays * DAY_MS;
+    // IoT Core's certificates from a CSR are valid until 2049: their age is what makes them due.
+    return Boolean(row && ((row.notAfter ?? certificateNotAfter(row.certPem!)) < horizon || row.createdAt < Date.now() - maxAgeDays * DAY_MS));
   }
 
   /**

@@ -14,7 +14,8 @@ export interface OperationsContext {
   ca: CertificateAuthority;
   /** What DescribeEndpoint answers: the data plane's host, without port, as on AWS. */
   endpointAddress: string;
-  certValidityDays: number;
+  /** Days, or IoT Core's fixed end date for certificates from CreateCertificateFromCsr. */
+  certValidityDays: number | Date;
 }
 
 const seconds = (ms: number) => ms / 1000;
