@@ -50,6 +50,8 @@ export interface SandboxOptions {
    * 0x80 and keeps the connection, the kinder behaviour of older sandboxes. Default 'close'.
    */
   refusedSubscribe?: 'close' | 'suback';
+  /** IoT Core closes the socket of an unauthorized CONNECT without a CONNACK: 'close' (default); 'connack' answers CONNACK 5. */
+  refusedConnect?: 'close' | 'connack';
   /**
    * Per-connection inbound publish quota over any one-second window, as IoT Core enforces it: the
    * excess is dropped without PUBACK. Default 100 publishes and 512 KiB per second; null = none.
@@ -116,6 +118,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       registry,
       logger,
       refusedSubscribe: opts.refusedSubscribe ?? 'close',
+      refusedConnect: opts.refusedConnect ?? 'close',
       publishQuota: opts.publishQuota === undefined ? { perSecond: 100, bytesPerSecond: 512 * 1024 } : opts.publishQuota,
       onMessage: (msg) => observer.publish(msg),
     });

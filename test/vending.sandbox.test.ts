@@ -83,11 +83,9 @@ async function until(cond: () => boolean | Promise<boolean>, ms = 10_000): Promi
 }
 
 function connectAs(creds: { thingName: string; certificatePem: string; privateKeyPem: string }): Promise<MqttClient> {
+  // No retries: IoT Core refuses a CONNECT by closing the socket, which must reject here.
   return mqtt
-    .connectAsync({
-      protocol: 'mqtts',
-      host: sb.dataHost,
-      port: sb.dataPort,
+    .connectAsync(`mqtts://${sb.dataHost}:${sb.dataPort}`, {
       ca: sb.caPem,
       cert: creds.certificatePem,
       key: creds.privateKeyPem,
@@ -95,7 +93,7 @@ function connectAs(creds: { thingName: string; certificatePem: string; privateKe
       protocolVersion: 4,
       reconnectPeriod: 0,
       connectTimeout: 5_000,
-    })
+    }, false)
     .then((c) => (clients.push(c), c));
 }
 

@@ -20,6 +20,8 @@ export interface DataPlaneOptions {
   tls: { key: string; cert: string; ca: string };
   registry: Registry;
   logger: Logger;
+  /** What a refused CONNECT gets: the socket closed without CONNACK (IoT Core) or CONNACK 5. */
+  refusedConnect: 'close' | 'connack';
   /** What a refused SUBSCRIBE gets: the connection closed (IoT Core) or SUBACK 0x80. */
   refusedSubscribe: 'close' | 'suback';
   /** Per-connection inbound quota over any one-second window; the excess is dropped without PUBACK. Null = none. */
@@ -40,6 +42,8 @@ export interface DataPlane {
 }
 
 const NOT_AUTHORIZED = 5;
+const MIN_KEEPALIVE_S = 30;
+const MAX_KEEPALIVE_S = 1200;
 const IDENTIFIER_REJECTED = 2;
 
 export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane> {
@@ -54,11 +58,25 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     // IoT Core accepts client ids up to 128 bytes; aedes' default is 23.
     maxClientsIdLength: MAX_CLIENT_ID_BYTES,
 
+    // IoT Core raises a keepalive below 30 s to 30 and refuses one above 1,200 s (closing the connection).
+    preConnect(client, packet, done) {
+      const keepalive = packet.keepalive ?? 0;
+      if (keepalive > MAX_KEEPALIVE_S) {
+        refuse(client, `keepalive ${keepalive} s is above ${MAX_KEEPALIVE_S}`);
+        return done(new Error('keepalive above 1200 s'), false);
+      }
+      if (keepalive > 0 && keepalive < MIN_KEEPALIVE_S) packet.keepalive = MIN_KEEPALIVE_S;
+      done(null, true);
+    },
+
     authenticate(client, _username, _password, done) {
       const fail = (code: number, reason: string) => {
         refuse(client, reason);
         const err = new Error(reason) as AuthenticateError;
         err.returnCode = code;
+        // IoT Core answers an unauthorized CONNECT by closing the socket, without a CONNACK (aedes then
+        // skips its CONNACK for a closed client); `refusedConnect: 'connack'` keeps the older answer.
+        if (opts.refusedConnect === 'close') client.close();
         done(err, null);
       };
       if (Buffer.byteLength(client.id) > MAX_CLIENT_ID_BYTES) return fail(IDENTIFIER_REJECTED, 'client id longer than 128 bytes');
@@ -113,6 +131,9 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     authorizeForward(client, packet) {
       const s = sessions.get(client);
       if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
+      // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
+      const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
+      if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
       return packet;
     },
 
@@ -220,6 +241,17 @@ function enforcePublishQuota(client: Client, quota: PublishQuota, onDrop: (reaso
     }
     for (const l of listeners) l.call(parser, packet);
   });
+}
+
+/** A topic filter matching a topic as IoT Core matches it: `+` one level, `#` one or more trailing levels (never the parent alone). */
+export function iotCoreMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return t.length > i;
+    if (i >= t.length || (f[i] !== '+' && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
 }
 
 function toBuffer(packet: AedesPublishPacket | PublishPacket): Buffer {
