@@ -173,6 +173,26 @@ describe('data plane', () => {
     await gone;
   });
 
+  it('serves the shadow: an update is answered on /accepted and /delta, a document over 8 KB or bad JSON on /rejected', async () => {
+    const all = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'iot:*', Resource: '*' }] });
+    const cloud = await vendThing(iot, 'shadow-app', { policyName: 'fidelity-shadow-all', policyDocument: all });
+    const app = await connectDevice(cloud, 'shadow-app');
+    const got: { topic: string; body: Record<string, unknown> }[] = [];
+    app.on('message', (topic, payload) => got.push({ topic: topic.split('/').slice(-2).join('/'), body: JSON.parse(payload.toString()) }));
+    await app.subscribeAsync('$aws/things/shadow-app/shadow/update/#', { qos: 1 });
+    const update = (body: string | Buffer) => app.publishAsync('$aws/things/shadow-app/shadow/update', body, { qos: 1 });
+    await update(JSON.stringify({ state: { desired: { led: 'on' }, reported: { led: 'off' } }, clientToken: 't1' }));
+    await until(() => got.length >= 2);
+    expect(got.map((m) => m.topic).sort()).toEqual(['update/accepted', 'update/delta']);
+    expect(got.find((m) => m.topic === 'update/delta')!.body.state).toEqual({ led: 'on' });
+    expect(got.find((m) => m.topic === 'update/accepted')!.body.clientToken).toBe('t1');
+    got.length = 0;
+    await update(JSON.stringify({ state: { reported: { blob: 'x'.repeat(9000) } } }));
+    await update('not json');
+    await until(() => got.length >= 2);
+    expect(got.map((m) => [m.topic, m.body.code])).toEqual([['update/rejected', 413], ['update/rejected', 400]]);
+  });
+
   it('drops publishes beyond 100 per second per connection without PUBACK, and keeps the connection', async () => {
     const observer = await connectObserver();
     const device = await connectDevice(thingB, 'thing-b');

@@ -12,6 +12,7 @@ import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, ty
 import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
+import { ShadowService } from './shadow.ts';
 import { MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
 export interface DataPlaneOptions {
@@ -51,6 +52,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
   const auth = new Authorizer(registry);
   const sessions = new WeakMap<Client, Session>();
   const byCertificate = new Map<string, Set<Client>>();
+  const shadows = new ShadowService();
 
   const refuse = (client: Client, reason: string) => logger.info({ clientId: client.id, reason }, 'sandbox data plane: refused');
 
@@ -140,6 +142,10 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     published(packet, client, done) {
       if (client && !packet.topic.startsWith('$SYS/')) {
         opts.onMessage({ topic: packet.topic, payload: toBuffer(packet), qos: packet.qos === 0 ? 0 : 1 });
+        // The shadow service answers an update on its own topics (to subscribers the policy lets receive them).
+        for (const a of shadows.handle(packet.topic, toBuffer(packet)) ?? []) {
+          broker.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: 1, retain: false, dup: false }, () => undefined);
+        }
       }
       done(null);
     },
