@@ -151,7 +151,18 @@ async function assemble(config: Config, log: Logger, db: Db, cipher: KeyCipher):
       if (group(sim.group).revokeOnImeiViolation) void vendor.revoke(sim.imsi, 'imei_lock_violation').catch((err) => log.warn({ err: String(err) }, 'revocation failed'));
     },
   });
-  const connectivity = new Connectivity({ outbox, group, log: log.child({ component: 'connectivity' }) });
+  const connectivity = new Connectivity({
+    outbox,
+    group,
+    audit,
+    answerWaitMs: config.upstream.shadowAnswerWaitMs,
+    listenRejected: async (sim, onRejected) => {
+      const topic = `$aws/things/${sim.thingName}/shadow/update/rejected`;
+      await pool.subscribe(await vendor.ensure(sim), topic, 0, (_t, payload) => onRejected(payload));
+      return () => pool.unsubscribe(sim.thingName, topic);
+    },
+    log: log.child({ component: 'connectivity' }),
+  });
   const downlink = new Downlink({
     pool,
     credentials: (sim) => vendor.ensure(sim),

@@ -157,6 +157,12 @@ export const configSchema = z
           .min(0)
           .default(600_000)
           .describe('refusals this soon after a SIM was vended or its group\'s policy changed do not count toward maxDeliveryAttempts (IoT Core takes minutes to apply such changes)'),
+        shadowAnswerWaitMs: z
+          .number()
+          .int()
+          .positive()
+          .default(30_000)
+          .describe('how long a device\'s session listens for the shadow service refusing a connectivity update'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
       })

@@ -173,3 +173,34 @@ describe('changes take time to propagate on IoT Core', () => {
     expect(gateway.output).toMatch(/upstream delivery failed/);
   }, 90_000);
 });
+
+describe('the shadow service answers on /accepted, /rejected and /delta', () => {
+  it('audits a connectivity report the shadow service rejects (the document would exceed 8 KB)', async () => {
+    const dir = tempDir('fidelity-shadow');
+    const sandbox = await startSandboxProcess(dir);
+    cleanups.push(() => sandbox.process.kill());
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any', connectivity: true } } })).file);
+    cleanups.push(() => gateway.kill());
+    const imsi = '001010000000904';
+    // The cloud side already keeps nearly 8 KB in the thing's shadow.
+    const cloud = await connectCloudApp(sandbox, 'shadow-cloud');
+    cleanups.push(() => cloud.endAsync());
+    const accepted = nextMessage(cloud);
+    await cloud.subscribeAsync(`$aws/things/sim-${imsi}/shadow/update/accepted`, { qos: 1 });
+    await cloud.publishAsync(`$aws/things/sim-${imsi}/shadow/update`, JSON.stringify({ state: { reported: { notes: 'x'.repeat(8150) } } }), { qos: 1 });
+    await accepted;
+
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, deviceOptions(imsi, IMEI));
+    cleanups.push(() => device.endAsync());
+    const deadline = Date.now() + 45_000;
+    let rejected: string[] = [];
+    while (rejected.length === 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      const db = gatewayDb(dir);
+      rejected = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'shadow_update_rejected'").pluck().all(imsi) as string[];
+      db.close();
+    }
+    expect(rejected).toHaveLength(1);
+    expect(JSON.parse(rejected[0]!)).toMatchObject({ code: 413 });
+  }, 90_000);
+});
