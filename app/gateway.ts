@@ -7,7 +7,8 @@ import { assertPrivateDirectory, freeBytes } from '../storage/files.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
 import { createVending } from '../vending/index.ts';
-import { fillName, groupPolicy } from '../vending/policy.ts';
+import { fillName, groupPolicy, policyAllowsSubscribe } from '../vending/policy.ts';
+import { thingAttributes } from '../vending/steps.ts';
 import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey, loadPreviousMasterKeys } from '../vending/master-key.ts';
@@ -92,6 +93,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;
 
+  // When each group policy last got a new version: IoT Core applies it minutes later.
+  const policyUpdatedAt = new Map<string, number>();
   const { vendor, provider } = createVending(config.vending, {
     sims: stores.sims,
     credentials: stores.credentials,
@@ -102,6 +105,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
     onQueueDepth: (d) => metrics.vendQueueDepth.set(d),
+    onPolicyUpdated: (name) => policyUpdatedAt.set(name, Date.now()),
     needsDataEndpoint: !config.upstream.endpoint,
   });
 
@@ -120,6 +124,9 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     minConnectIntervalMs: config.upstream.minConnectIntervalMs,
     publishesPerSecond: config.upstream.publishesPerSecond,
     bytesPerSecond: config.upstream.bytesPerSecond,
+    publishBurst: config.upstream.publishBurst,
+    // The largest message (payload and topic) must fit in one burst.
+    byteBurst: config.limits.maxPayloadBytes + config.limits.maxTopicBytes,
     maxSubscriptions: config.upstream.maxSubscriptions,
     threads: config.upstream.threads,
     metrics,
@@ -127,7 +134,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   });
 
   // A rotated certificate: the session moves to it, then the vendor retires the old one.
-  vendor.onRotated((ev) => pool.replace(ev.credentials));
+  vendor.onRotated((ev) => pool.replace(ev.credentials, config.vending.rotation.retireAfterMs));
   // A revoked certificate: its session goes at once (IoT Core would drop it too).
   vendor.onRevoked((ev) => pool.drop(ev.thingName));
 
@@ -140,6 +147,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     maxMessageBytes: config.limits.maxPayloadBytes,
     maxInflight: config.upstream.maxInflight,
     maxDeliveryAttempts: config.upstream.maxDeliveryAttempts,
+    changedRecently: (sim, issuedAt) =>
+      Date.now() - Math.max(issuedAt ?? 0, policyUpdatedAt.get(groupPolicy(config, sim.group).name) ?? 0) < config.upstream.propagationGraceMs,
     onDeadLetter: (msg, reason) =>
       void audit.record('dead_letter', msg.imsi, { id: msg.id, topic: msg.deviceTopic, reason }).catch((err) => log.error({ err: String(err) }, 'dead letter not audited')),
     retryDelayMs: config.upstream.retryDelayMs,
@@ -160,13 +169,29 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
       if (group(sim.group).revokeOnImeiViolation) void vendor.revoke(sim.imsi, 'imei_lock_violation').catch((err) => log.warn({ err: String(err) }, 'revocation failed'));
     },
   });
-  const connectivity = new Connectivity({ outbox, group, log: log.child({ component: 'connectivity' }) });
+  const connectivity = new Connectivity({
+    outbox,
+    group,
+    audit,
+    answerWaitMs: config.upstream.shadowAnswerWaitMs,
+    listenRejected: async (sim, onRejected) => {
+      const topic = `$aws/things/${sim.thingName}/shadow/update/rejected`;
+      await pool.subscribe(await vendor.ensure(sim), topic, 0, (_t, payload) => onRejected(payload));
+      return () => pool.unsubscribe(sim.thingName, topic);
+    },
+    log: log.child({ component: 'connectivity' }),
+  });
   const downlink = new Downlink({
     pool,
     credentials: (sim) => vendor.ensure(sim),
     group,
     limits: config.limits,
     store: stores.downlink,
+    policyAllows: (sim, filter) =>
+      policyAllowsSubscribe(groupPolicy(config, sim.group).topicTemplates, filter, {
+        name: sim.thingName,
+        attributes: thingAttributes(sim, config.vending.thingAttributes),
+      }),
     audit,
     metrics,
     log: log.child({ component: 'downlink' }),

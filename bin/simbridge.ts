@@ -56,17 +56,26 @@ async function main(argv: string[]): Promise<number> {
   const readyJson = values['ready-json'] ?? false;
   switch (command) {
     case 'start':
-      return start(loadConfig(configFile), configFile, readyJson);
+      return start(await checkedConfig(configFile), configFile, readyJson);
     case 'sandbox':
       return runSandboxOnly(loadConfig(configFile), readyJson);
     case 'config':
       if (sub !== 'check' || !(arg ?? configFile)) break;
       // Refusals end in a ConfigError (exit 78); what is allowed but unsafe is listed under "ok".
-      console.log([`${arg ?? configFile}: ok`, ...identityFindings(loadConfig(arg ?? configFile)).map((f) => `  ${describeFinding(f)}`)].join('\n'));
+      console.log([`${arg ?? configFile}: ok`, ...identityFindings(await checkedConfig(arg ?? configFile)).map((f) => `  ${describeFinding(f)}`)].join('\n'));
       return EXIT.ok;
   }
   console.error(usage);
   return EXIT.usage;
+}
+
+/** The configuration, also checked against limits IoT Core would refuse only later (a policy's size). */
+async function checkedConfig(file: string | undefined): Promise<Config> {
+  const config = loadConfig(file);
+  const { policySizeProblems } = await import('../vending/policy.ts');
+  const problems = policySizeProblems(config);
+  if (problems.length > 0) throw new ConfigError(file ?? '(defaults)', problems);
+  return config;
 }
 
 function logger(config: Config): Logger {
@@ -77,13 +86,18 @@ function logger(config: Config): Logger {
 // The gateway and the sandbox load on demand: `config check` should not pay for TLS stacks and SDKs.
 async function sandboxFor(config: Config, log: Logger): Promise<Sandbox> {
   const { startSandbox } = await import('../sandbox/index.ts');
+  const { partitionOf } = await import('../vending/policy.ts');
   return startSandbox({
     dataDir: join(config.dataDir, 'sandbox'),
     host: config.sandbox.host,
     controlPort: config.sandbox.controlPort,
     dataPort: config.sandbox.dataPort,
     observerPort: config.sandbox.observerPort,
+    refusedSubscribe: config.sandbox.refusedSubscribe,
+    publishQuota: config.sandbox.publishQuota,
+    propagation: config.sandbox.propagation,
     region: config.vending.region,
+    partition: config.sandbox.partition ?? partitionOf(config.vending.region),
     logger: log.child({ component: 'sandbox' }),
   });
 }

@@ -22,6 +22,8 @@ export interface DispatcherOptions {
   maxInflight: number;
   /** Failed deliveries of one message, each followed by a successful reconnect, before it is dead-lettered. */
   maxDeliveryAttempts: number;
+  /** A refusal now may be IoT Core still propagating the SIM's new certificate or its group's new policy: not counted. */
+  changedRecently?(sim: Sim, certificateIssuedAt: number | undefined): boolean;
   retryDelayMs: number;
   retryMaxDelayMs: number;
   metrics: Metrics;
@@ -162,7 +164,7 @@ export class Dispatcher {
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
         const planned = lane.suspect === undefined ? next.units : undefined;
-        await this.judgeSuspect(lane, sim);
+        await this.judgeSuspect(lane, sim, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
         wakeAt = await this.drain(lane, sim, session, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
@@ -188,10 +190,12 @@ export class Dispatcher {
   }
 
   /** After a reconnect: count the failure against the suspect unit, and dead-letter it past the limit. */
-  private async judgeSuspect(lane: Lane, sim: Sim): Promise<void> {
+  private async judgeSuspect(lane: Lane, sim: Sim, changedRecently: boolean): Promise<void> {
     const suspect = lane.suspect;
     if (!suspect?.uncounted) return;
     suspect.uncounted = false;
+    // Refused soon after a vend or a policy change: IoT Core may not apply it yet (propagation).
+    if (changedRecently) return;
     suspect.failures++;
     if (suspect.failures < this.opts.maxDeliveryAttempts) return;
     const unit = await this.unitStartingAt(lane, sim, suspect.first);
@@ -396,6 +400,8 @@ export class Dispatcher {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
+                // IoT Core closed the connection to refuse a subscription: no message is to blame.
+                if ((err as { subscriptionRefused?: boolean })?.subscriptionRefused) return;
                 const oldest = Math.min(...unacked);
                 const again = lane.suspect?.first === oldest ? lane.suspect : undefined;
                 lane.suspect = { first: oldest, failures: again?.failures ?? 0, uncounted: true, error: String((err as Error)?.message ?? err) };

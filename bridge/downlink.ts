@@ -7,7 +7,7 @@ import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics, type TopicLimits, type TopicProblem } from './topics.ts';
-import { SubscriptionLimitError, type UpstreamPool } from './upstream/session-pool.ts';
+import { SubscriptionLimitError, SubscriptionRefusedError, type UpstreamPool } from './upstream/session-pool.ts';
 
 export interface DownlinkOptions {
   pool: UpstreamPool;
@@ -15,6 +15,8 @@ export interface DownlinkOptions {
   group(name: string): GroupConfig;
   limits: TopicLimits;
   store: HeldDownlinkStore;
+  /** Whether the SIM's policy in IoT Core allows subscribing to this upstream filter (vending/policy.ts). */
+  policyAllows(sim: Sim, upstreamFilter: string): boolean;
   audit: AuditStore;
   metrics: Metrics;
   log: Logger;
@@ -22,7 +24,7 @@ export interface DownlinkOptions {
 
 export class DownlinkRefusal extends Error {
   constructor(
-    readonly reason: TopicProblem | 'subscription_limit' | 'upstream_refused',
+    readonly reason: TopicProblem | 'subscription_limit' | 'not_in_policy' | 'upstream_refused',
     message: string,
   ) {
     super(message);
@@ -51,19 +53,46 @@ export class Downlink {
     const topics = this.topicsFor(device.sim, device.imei);
     const problem = topics.checkSubscribe(filter, this.opts.limits);
     if (problem) throw new DownlinkRefusal(problem, `cannot subscribe to ${filter}`);
+    const upstream = topics.toUpstream(filter);
+    this.checkPolicy(device.sim, upstream);
     const creds = await this.opts.credentials(device.sim);
     const wanted: 0 | 1 = qos >= 1 ? 1 : 0;
     try {
-      return await this.opts.pool.subscribe(creds, topics.toUpstream(filter), wanted, (topic, payload, gotQos) => {
-        const deviceTopic = topics.toDevice(topic);
-        if (deviceTopic === undefined) return; // cannot happen under a correct policy; never leak it
-        this.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
-        deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1);
-      });
+      return await this.opts.pool.subscribe(
+        creds,
+        upstream,
+        wanted,
+        (topic, payload, gotQos) => {
+          const deviceTopic = topics.toDevice(topic);
+          if (deviceTopic === undefined) return; // cannot happen under a correct policy; never leak it
+          this.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
+          deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1);
+        },
+        (reason) => this.refusedLater(device.sim, upstream, reason),
+      );
     } catch (err) {
-      const reason = err instanceof SubscriptionLimitError ? 'subscription_limit' : 'upstream_refused';
-      throw new DownlinkRefusal(reason, (err as Error).message);
+      if (err instanceof SubscriptionLimitError) throw new DownlinkRefusal('subscription_limit', err.message);
+      if (err instanceof SubscriptionRefusedError) this.auditRefusal(device.sim, upstream, err.message);
+      throw new DownlinkRefusal('upstream_refused', (err as Error).message);
     }
+  }
+
+  /** A filter the SIM's policy refuses is never sent upstream: IoT Core would close the session it shares with uplink. */
+  private checkPolicy(sim: Sim, upstreamFilter: string): void {
+    if (this.opts.policyAllows(sim, upstreamFilter)) return;
+    const reason = `the policy of ${sim.thingName} does not allow iot:Subscribe to ${upstreamFilter}`;
+    this.auditRefusal(sim, upstreamFilter, reason);
+    throw new DownlinkRefusal('not_in_policy', reason);
+  }
+
+  /** IoT Core refused a filter on a later resubscribe: the pool dropped it; the device hears no more on it. */
+  private refusedLater(sim: Sim, upstreamFilter: string, reason: string): void {
+    this.opts.metrics.refusals.inc({ protocol: 'mqtt', reason: 'upstream_refused' });
+    this.auditRefusal(sim, upstreamFilter, reason);
+  }
+
+  private auditRefusal(sim: Sim, upstreamFilter: string, reason: string): void {
+    this.opts.audit.record('subscription_refused', sim.imsi, { filter: upstreamFilter, reason }).catch((err) => this.opts.log.error({ err: String(err) }, 'subscription refusal not audited'));
   }
 
   async unsubscribe(device: AdmittedDevice, filter: string): Promise<void> {
@@ -84,18 +113,29 @@ export class Downlink {
       const topics = this.topicsFor(device.sim, device.imei);
       this.httpHolds.set(imsi, setTimeout(() => this.releaseHttp(device, cfg.topics), cfg.holdMs).unref());
       for (const filter of cfg.topics) {
-        this.opts
-          .credentials(device.sim)
+        const upstream = topics.toUpstream(filter);
+        Promise.resolve()
+          .then(() => this.checkPolicy(device.sim, upstream))
+          .then(() => this.opts.credentials(device.sim))
           .then((creds) =>
-            this.opts.pool.subscribe(creds, topics.toUpstream(filter), 1, (topic, payload, qos) => {
-              const deviceTopic = topics.toDevice(topic);
-              if (deviceTopic === undefined) return;
-              this.hold(imsi, { topic: deviceTopic, payload, qos, receivedAt: Date.now() }, cfg).catch((err) =>
-                this.opts.log.error({ imsi, topic: deviceTopic, err: String(err) }, 'downlink not held'),
-              );
-            }),
+            this.opts.pool.subscribe(
+              creds,
+              upstream,
+              1,
+              (topic, payload, qos) => {
+                const deviceTopic = topics.toDevice(topic);
+                if (deviceTopic === undefined) return;
+                this.hold(imsi, { topic: deviceTopic, payload, qos, receivedAt: Date.now() }, cfg).catch((err) =>
+                  this.opts.log.error({ imsi, topic: deviceTopic, err: String(err) }, 'downlink not held'),
+                );
+              },
+              (reason) => this.refusedLater(device.sim, upstream, reason),
+            ),
           )
-          .catch((err) => this.opts.log.warn({ thing: device.sim.thingName, filter, err: String(err) }, 'HTTP downlink subscription failed'));
+          .catch((err) => {
+            if (err instanceof SubscriptionRefusedError) this.auditRefusal(device.sim, upstream, err.message);
+            this.opts.log.warn({ thing: device.sim.thingName, filter, err: String(err) }, 'HTTP downlink subscription failed');
+          });
       }
     }
   }

@@ -157,9 +157,27 @@ export const configSchema = z
         minConnectIntervalMs: z.number().int().min(0).default(1000).describe('least time between connects of one client id (IoT Core: 1 per second)'),
         publishesPerSecond: z.number().positive().max(100).default(100).describe('publishes per second per session (IoT Core: 100)'),
         bytesPerSecond: z.number().int().positive().max(524288).default(524288).describe('bytes per second per session (IoT Core: 512 KiB/s)'),
+        publishBurst: z
+          .number()
+          .int()
+          .positive()
+          .default(5)
+          .describe('publishes a session may send at once; the rest follow at publishesPerSecond less this and a tenth, so no second exceeds the quota'),
         maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
         threads: z.number().int().min(1).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; more shorten each thread\'s walk of its sessions\' callbacks but cost a core\'s share each (2 cores: 1 is best)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
+        propagationGraceMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(600_000)
+          .describe('refusals this soon after a SIM was vended or its group\'s policy changed do not count toward maxDeliveryAttempts (IoT Core takes minutes to apply such changes)'),
+        shadowAnswerWaitMs: z
+          .number()
+          .int()
+          .positive()
+          .default(30_000)
+          .describe('how long a device\'s session listens for the shadow service refusing a connectivity update'),
         retryDelayMs: z.number().int().positive().default(1000).describe('first delay before retrying a failed session'),
         retryMaxDelayMs: z.number().int().positive().default(30_000).describe('longest delay between session retries'),
         startupCheckMs: z.number().int().positive().default(5_000).describe('how long start waits for IoT Core to answer DescribeEndpoint before warning'),
@@ -175,6 +193,32 @@ export const configSchema = z
         controlPort: port.default(4443).describe('sandbox control plane (AWS IoT REST API) port'),
         dataPort: port.default(8883).describe('sandbox data plane (MQTT over mutual TLS) port'),
         observerPort: port.default(1884).describe('sandbox observer port: plain MQTT, read-only, shows every message'),
+        partition: z
+          .enum(['aws', 'aws-cn', 'aws-us-gov'])
+          .optional()
+          .describe('ARN partition the sandbox plays; omit to follow vending.region (cn-* = aws-cn, us-gov-* = aws-us-gov)'),
+        refusedSubscribe: z
+          .enum(['close', 'suback'])
+          .default('close')
+          .describe('a refused SUBSCRIBE: close the connection (IoT Core over MQTT 3.1.1) or answer SUBACK 0x80 (lenient)'),
+        publishQuota: z
+          .object({
+            perSecond: z.number().int().positive().default(100).describe('publishes per connection in any second (IoT Core: 100)'),
+            bytesPerSecond: z.number().int().positive().default(524288).describe('bytes per connection in any second (IoT Core: 512 KiB)'),
+          })
+          .strict()
+          .nullable()
+          .prefault({})
+          .describe('per-connection inbound quota; the excess is dropped without PUBACK, as on IoT Core; null = none'),
+        propagation: z
+          .object({
+            certificatesMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a certificate created, activated, deactivated or deleted (IoT Core: up to minutes)'),
+            attachmentsMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a policy or thing attached or detached (IoT Core: seconds)'),
+            policyVersionsMs: z.number().int().min(0).default(0).describe('delay before the data plane sees a new default policy version (IoT Core: 6-8 minutes)'),
+          })
+          .strict()
+          .prefault({})
+          .describe('how late the sandbox data plane learns of control-plane changes, as IoT Core does; 0 = at once'),
       })
       .strict()
       .prefault({}),

@@ -36,6 +36,12 @@ const rotation = z
       .default('17 3 * * *')
       .describe('when the rotation job runs (cron, local time); default daily at 03:17'),
     renewBeforeDays: z.number().int().positive().default(30).describe('re-vend certificates that expire within this many days'),
+    maxAgeDays: z
+      .number()
+      .int()
+      .min(0)
+      .default(365)
+      .describe('re-vend certificates older than this many days (IoT Core certificates from a CSR are valid until 2049, so expiry alone never triggers)'),
     retireAfterMs: z
       .number()
       .int()
@@ -97,6 +103,12 @@ export const vendingSection = z
       .default(60_000)
       .describe('how far before the request the orphan scan looks (clock difference with AWS)'),
     deleteRevoked: z.boolean().default(true).describe('delete revoked and retired certificates after deactivating and detaching them'),
+    propagationWaitMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(60_000)
+      .describe('how long DeleteCertificate is retried while IoT Core still sees the certificate attached (detaching propagates in seconds)'),
     rotation,
   })
   .strict()

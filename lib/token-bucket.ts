@@ -19,6 +19,19 @@ export class TokenBucket {
     this.at = now();
   }
 
+  /**
+   * Paces to a quota counted over any one-second window (IoT Core's per-connection publish and byte
+   * quotas, where the excess is dropped without an answer): a burst of `burst`, then a rate of
+   * perSecond − burst − slack. Over any second at most burst + rate leave, `slack` below the quota,
+   * which absorbs the timing differences between sender and receiver (a late timer here, packets that
+   * arrive together there) of up to slack / rate seconds. A bucket whose capacity equals its rate
+   * would let twice the quota through in the first second of a backlog.
+   */
+  static withinQuota(perSecond: number, burst: number, slack = perSecond / 10): TokenBucket {
+    const capacity = Math.max(1, Math.min(burst, perSecond / 2));
+    return new TokenBucket(Math.max(perSecond - capacity - slack, perSecond / 10), capacity);
+  }
+
   get waiting(): number {
     return this.waiters.length;
   }

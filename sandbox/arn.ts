@@ -2,11 +2,13 @@
 // AWS work unchanged against the sandbox.
 
 export interface Account {
+  /** aws, aws-cn (China regions), aws-us-gov (GovCloud): the second field of every ARN. */
+  partition: string;
   region: string;
   accountId: string;
 }
 
-const base = (a: Account) => `arn:aws:iot:${a.region}:${a.accountId}`;
+const base = (a: Account) => `arn:${a.partition}:iot:${a.region}:${a.accountId}`;
 
 export const certArn = (a: Account, certificateId: string) => `${base(a)}:cert/${certificateId}`;
 export const thingArn = (a: Account, thingName: string) => `${base(a)}:thing/${thingName}`;

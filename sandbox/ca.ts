@@ -88,7 +88,8 @@ export class CertificateAuthority {
    * from the CSR, everything else from the CA. Throws CsrError when the CSR
    * cannot be parsed or its self-signature does not verify.
    */
-  async signCsr(csrPem: string, validityDays: number): Promise<IssuedCertificate> {
+  /** Signs a CSR, valid for validityDays, or until a fixed date (IoT Core: 2049-12-31 23:59:59 UTC). */
+  async signCsr(csrPem: string, validityDays: number | Date): Promise<IssuedCertificate> {
     let csr: x509.Pkcs10CertificateRequest;
     try {
       csr = new x509.Pkcs10CertificateRequest(csrPem);
@@ -105,7 +106,7 @@ export class CertificateAuthority {
 
     const now = Date.now();
     const notBefore = new Date(now - BACKDATE_MS);
-    const notAfter = new Date(now + validityDays * DAY_MS);
+    const notAfter = validityDays instanceof Date ? validityDays : new Date(now + validityDays * DAY_MS);
     const cert = await x509.X509CertificateGenerator.create(
       {
         serialNumber: randomSerial(),

@@ -27,6 +27,7 @@ export const malformedPolicy = (message: string) => new AwsError('MalformedPolic
 export const limitExceeded = (message: string) => new AwsError('LimitExceededException', 410, message);
 // IAM's refusal, answered before the operation runs (the same for every AWS REST service).
 export const accessDenied = (message: string) => new AwsError('AccessDeniedException', 403, message);
+export const versionsLimitExceeded = (message: string) => new AwsError('VersionsLimitExceededException', 409, message);
 export const versionConflict = (message: string) => new AwsError('VersionConflictException', 409, message);
 // The IoT model says 400 for ThrottlingException; we answer 429 so plain HTTP
 // clients and retry layers that look only at the status also see "throttled".

@@ -11,15 +11,17 @@ import { CertificateAuthority } from './ca.ts';
 import { adminRoutes } from './control/admin.ts';
 import { startControlServer } from './control/http.ts';
 import { iotRoutes } from './control/operations.ts';
-import { startDataPlane } from './data/plane.ts';
+import { type PublishQuota, startDataPlane } from './data/plane.ts';
 import { FaultInjector } from './faults.ts';
 import { type Logger, silentLogger } from './log.ts';
 import { startObserver } from './observer.ts';
-import { Registry } from './registry.ts';
+import { type Propagation, Registry } from './registry.ts';
 
 export { FaultInjector } from './faults.ts';
 export type { FaultConfig, FaultConfigPatch, FaultStats } from './faults.ts';
 export type { Logger } from './log.ts';
+export type { PublishQuota } from './data/plane.ts';
+export type { Propagation } from './registry.ts';
 
 export interface SandboxOptions {
   /** Persists the CA, the server certificate and the registry across restarts. */
@@ -34,10 +36,32 @@ export interface SandboxOptions {
   observerPort: number;
   /** Default 'us-east-1'. */
   region?: string;
+  /** ARN partition: 'aws' (default), 'aws-cn' for China regions, 'aws-us-gov' for GovCloud. */
+  partition?: string;
   /** Default '123456789012'. */
   accountId?: string;
-  /** Validity of certificates from CreateCertificateFromCsr. Default 365 days. */
+  /**
+   * Validity of certificates from CreateCertificateFromCsr. Default: until 2049-12-31 23:59:59 UTC,
+   * as IoT Core issues them (so rotation cannot wait for expiry).
+   */
   certValidityDays?: number;
+  /**
+   * IoT Core closes the connection on a refused SUBSCRIBE (MQTT 3.1.1): 'close'. 'suback' answers
+   * 0x80 and keeps the connection, the kinder behaviour of older sandboxes. Default 'close'.
+   */
+  refusedSubscribe?: 'close' | 'suback';
+  /** IoT Core closes the socket of an unauthorized CONNECT without a CONNACK: 'close' (default); 'connack' answers CONNACK 5. */
+  refusedConnect?: 'close' | 'connack';
+  /**
+   * Per-connection inbound publish quota over any one-second window, as IoT Core enforces it: the
+   * excess is dropped without PUBACK. Default 100 publishes and 512 KiB per second; null = none.
+   */
+  publishQuota?: PublishQuota | null;
+  /**
+   * How long the data plane takes to see a control-plane change, per kind (certificate status,
+   * attachments and detachments, policy versions), as IoT Core takes seconds to minutes. Default 0: at once.
+   */
+  propagation?: Partial<Propagation>;
   logger?: Logger;
 }
 
@@ -59,10 +83,12 @@ export interface Sandbox {
 }
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
+/** Certificates IoT Core signs from a CSR are valid until the end of 2049. */
+const IOT_CORE_NOT_AFTER = new Date(Date.UTC(2049, 11, 31, 23, 59, 59));
 
 export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const host = opts.host ?? '127.0.0.1';
-  const account = { region: opts.region ?? 'us-east-1', accountId: opts.accountId ?? '123456789012' };
+  const account = { partition: opts.partition ?? 'aws', region: opts.region ?? 'us-east-1', accountId: opts.accountId ?? '123456789012' };
   const logger = opts.logger ?? silentLogger;
   // Clients reach a loopback or wildcard listener as 'localhost', like a DNS name on AWS.
   const dataHost = host === '127.0.0.1' || host === 'localhost' || UNSPECIFIED.has(host) ? 'localhost' : host;
@@ -73,7 +99,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const ips = ['127.0.0.1', ...(isIP(host) !== 0 && host !== '127.0.0.1' && !UNSPECIFIED.has(host) ? [host] : [])];
   const server = await ca.serverIdentity(opts.dataDir, dnsNames, ips);
 
-  const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account);
+  const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account, opts.propagation);
   const faults = new FaultInjector();
   const closers: (() => Promise<void>)[] = [];
   const closeAll = async () => {
@@ -91,6 +117,9 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       tls: { key: server.keyPem, cert: server.certPem, ca: ca.certPem },
       registry,
       logger,
+      refusedSubscribe: opts.refusedSubscribe ?? 'close',
+      refusedConnect: opts.refusedConnect ?? 'close',
+      publishQuota: opts.publishQuota === undefined ? { perSecond: 100, bytesPerSecond: 512 * 1024 } : opts.publishQuota,
       onMessage: (msg) => observer.publish(msg),
     });
     closers.push(() => data.close());
@@ -102,7 +131,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       logger,
       routes: [
         ...adminRoutes({ registry, faults, connections: () => data.connections() }),
-        ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? 365 }),
+        ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? IOT_CORE_NOT_AFTER }),
       ],
     });
     closers.push(() => control.close());

@@ -15,8 +15,10 @@ import {
   malformedPolicy,
   notFound,
   versionConflict,
+  versionsLimitExceeded,
 } from './errors.ts';
 import { Journal } from './journal.ts';
+import { Lagged } from './propagation.ts';
 import { type ParsedPolicy, PolicyError, parsePolicy } from './policy.ts';
 
 export type CertificateStatus = 'ACTIVE' | 'INACTIVE' | 'REVOKED';
@@ -52,18 +54,31 @@ export interface ThingGroupRecord {
   creationDate: number;
 }
 
+export interface PolicyVersionRecord {
+  versionId: string;
+  policyDocument: string;
+  createDate: number;
+}
+
 export interface PolicyRecord {
   policyName: string;
   policyArn: string;
+  /** The default version's document: the one in force. */
   policyDocument: string;
   defaultVersionId: string;
   creationDate: number;
   lastModifiedDate: number;
   generationId: string;
+  /** Every version kept (absent in journals from before versions: then only version 1). */
+  versions?: PolicyVersionRecord[];
+  lastVersionId?: number;
 }
 
 // IoT Core quotas and name patterns that a gateway could get wrong.
 const MAX_POLICIES_PER_TARGET = 10;
+// "Maximum length of 2048, excluding whitespace" (CreatePolicy, CreatePolicyVersion); "up to five versions".
+const MAX_POLICY_CHARS = 2048;
+const MAX_POLICY_VERSIONS = 5;
 const MAX_ATTRIBUTES_WITHOUT_TYPE = 3;
 const THING_NAME = /^[a-zA-Z0-9:_-]{1,128}$/;
 const POLICY_NAME = /^[\w+=,.@-]{1,128}$/;
@@ -102,6 +117,16 @@ class Links {
   }
 }
 
+/** How long the data plane takes to see each kind of change (propagation.ts). */
+export interface Propagation {
+  /** Certificate status: a new certificate, activation, deactivation, deletion. */
+  certificatesMs: number;
+  /** Policy ↔ certificate and thing ↔ certificate attachments and detachments. */
+  attachmentsMs: number;
+  /** A policy's default version. */
+  policyVersionsMs: number;
+}
+
 export interface RegistryEvents {
   /** A certificate stopped being ACTIVE (or was deleted): its live connections must go. */
   certificateDisabled: [certificateId: string];
@@ -122,9 +147,21 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** thingGroupName ↔ thingName */
   private readonly groupMembers = new Links();
 
-  constructor(file: string, account: Account) {
+  /** What the data plane sees, `propagationDelayMs` behind the control plane (propagation.ts). */
+  private readonly seenStatus: Lagged<CertificateStatus | undefined>;
+  private readonly seenPolicyLinks: Lagged<boolean>;
+  private readonly seenThingLinks: Lagged<boolean>;
+  private readonly seenDocuments: Lagged<ParsedPolicy | undefined>;
+  private readonly propagation: Propagation;
+
+  constructor(file: string, account: Account, propagation: Partial<Propagation> = {}) {
     super();
     this.account = account;
+    this.propagation = { certificatesMs: 0, attachmentsMs: 0, policyVersionsMs: 0, ...propagation };
+    this.seenStatus = new Lagged(this.propagation.certificatesMs);
+    this.seenPolicyLinks = new Lagged(this.propagation.attachmentsMs);
+    this.seenThingLinks = new Lagged(this.propagation.attachmentsMs);
+    this.seenDocuments = new Lagged(this.propagation.policyVersionsMs);
     this.journal = new Journal(file);
     this.certs = this.journal.table(CERT) as Map<string, CertificateRecord>;
     this.things = this.journal.table(THING) as Map<string, ThingRecord>;
@@ -166,8 +203,14 @@ export class Registry extends EventEmitter<RegistryEvents> {
       customerVersion: 1,
       generationId: randomUUID(),
     };
+    this.seenStatus.changing(rec.certificateId, undefined);
     this.journal.put(CERT, rec.certificateId, rec);
     return rec;
+  }
+
+  /** The certificate's status as the data plane sees it (undefined: unknown there). */
+  dataPlaneStatus(certificateId: string): CertificateStatus | undefined {
+    return this.seenStatus.view(certificateId, this.certs.get(certificateId)?.status);
   }
 
   findCertificate(certificateId: string): CertificateRecord | undefined {
@@ -201,8 +244,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
       customerVersion: rec.customerVersion + 1,
       generationId: randomUUID(),
     };
+    this.seenStatus.changing(certificateId, rec.status);
     this.journal.put(CERT, certificateId, updated);
-    if (updated.status !== 'ACTIVE') this.emit('certificateDisabled', certificateId);
+    if (updated.status !== 'ACTIVE') this.disabledLater(certificateId);
   }
 
   deleteCertificate(certificateId: string, forceDelete: boolean): void {
@@ -210,7 +254,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (rec.status === 'ACTIVE') {
       throw certificateState(`Certificate ${certificateId} is ACTIVE; deactivate it before deletion`);
     }
-    if (this.thingPrincipals.leftsOf(rec.certificateArn).length > 0) {
+    // A detachment still propagating counts as attached: IoT Core answers DeleteConflictException then too.
+    const things = this.thingPrincipals.leftsOf(rec.certificateArn).length > 0 || this.seenThingLinks.keys().some((k) => k.endsWith(`\n${rec.certificateArn}`) && this.isThingAttached(k.slice(0, k.indexOf('\n')), rec.certificateArn));
+    if (things) {
       throw deleteConflict(`Things must be detached before deletion (arn: ${rec.certificateArn})`);
     }
     const policies = this.policyTargets.leftsOf(rec.certificateArn);
@@ -218,8 +264,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
       throw deleteConflict(`Certificate policies must be detached before deletion (arn: ${rec.certificateArn})`);
     }
     for (const p of policies) this.unlinkPolicy(p, rec.certificateArn);
+    this.seenStatus.changing(certificateId, rec.status);
     this.journal.put(CERT, certificateId, undefined);
-    this.emit('certificateDisabled', certificateId);
+    this.disabledLater(certificateId);
+  }
+
+  /** The data plane drops a certificate's connections once it learns the certificate is no longer ACTIVE. */
+  private disabledLater(certificateId: string): void {
+    const delay = this.propagation.certificatesMs;
+    if (delay <= 0) return void this.emit('certificateDisabled', certificateId);
+    setTimeout(() => {
+      if (this.dataPlaneStatus(certificateId) !== 'ACTIVE') this.emit('certificateDisabled', certificateId);
+    }, delay + 1).unref();
   }
 
   // ---- things ----
@@ -310,13 +366,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     checkPolicyName(policyName);
     const existing = this.policies.get(policyName);
     if (existing) throw alreadyExists(`Policy cannot be created - name already exists (name=${policyName})`, policyName, existing.policyArn);
-    let parsed: ParsedPolicy;
-    try {
-      parsed = parsePolicy(policyDocument);
-    } catch (err) {
-      if (err instanceof PolicyError) throw malformedPolicy(err.message);
-      throw err;
-    }
+    const parsed = checkPolicyDocument(policyDocument);
     const now = Date.now();
     const rec: PolicyRecord = {
       policyName,
@@ -326,10 +376,58 @@ export class Registry extends EventEmitter<RegistryEvents> {
       creationDate: now,
       lastModifiedDate: now,
       generationId: randomUUID(),
+      versions: [{ versionId: '1', policyDocument, createDate: now }],
+      lastVersionId: 1,
     };
     this.parsed.set(policyName, parsed);
     this.journal.put(POLICY, policyName, rec);
     return rec;
+  }
+
+  policyVersions(policyName: string): PolicyVersionRecord[] {
+    const p = this.policy(policyName);
+    return p.versions ?? [{ versionId: p.defaultVersionId, policyDocument: p.policyDocument, createDate: p.creationDate }];
+  }
+
+  policyVersion(policyName: string, versionId: string): PolicyVersionRecord {
+    const v = this.policyVersions(policyName).find((x) => x.versionId === versionId);
+    if (!v) throw notFound(`Policy version not found (name=${policyName}, versionId=${versionId})`);
+    return v;
+  }
+
+  /** CreatePolicyVersion: at most five versions; setAsDefault puts the new one in force. */
+  createPolicyVersion(policyName: string, policyDocument: string, setAsDefault: boolean): PolicyVersionRecord {
+    const p = this.policy(policyName);
+    const versions = this.policyVersions(policyName);
+    const parsed = checkPolicyDocument(policyDocument);
+    if (versions.length >= MAX_POLICY_VERSIONS) {
+      throw versionsLimitExceeded(`The policy ${policyName} already has the maximum number of versions (${MAX_POLICY_VERSIONS})`);
+    }
+    const now = Date.now();
+    const lastVersionId = (p.lastVersionId ?? Math.max(...versions.map((v) => Number(v.versionId)))) + 1;
+    const version: PolicyVersionRecord = { versionId: String(lastVersionId), policyDocument, createDate: now };
+    const rec: PolicyRecord = { ...p, versions: [...versions, version], lastVersionId, lastModifiedDate: now, generationId: randomUUID() };
+    this.journal.put(POLICY, policyName, setAsDefault ? this.withDefault(rec, version, parsed) : rec);
+    return version;
+  }
+
+  setDefaultPolicyVersion(policyName: string, versionId: string): void {
+    const version = this.policyVersion(policyName, versionId);
+    const p = this.policy(policyName);
+    this.journal.put(POLICY, policyName, this.withDefault({ ...p, versions: this.policyVersions(policyName), lastModifiedDate: Date.now() }, version, parsePolicy(version.policyDocument)));
+  }
+
+  deletePolicyVersion(policyName: string, versionId: string): void {
+    this.policyVersion(policyName, versionId);
+    const p = this.policy(policyName);
+    if (p.defaultVersionId === versionId) throw deleteConflict(`Cannot delete the default version ${versionId} of policy ${policyName}`);
+    this.journal.put(POLICY, policyName, { ...p, versions: this.policyVersions(policyName).filter((v) => v.versionId !== versionId) });
+  }
+
+  private withDefault(rec: PolicyRecord, version: PolicyVersionRecord, parsed: ParsedPolicy): PolicyRecord {
+    this.seenDocuments.changing(rec.policyName, this.parsed.get(rec.policyName));
+    this.parsed.set(rec.policyName, parsed);
+    return { ...rec, policyDocument: version.policyDocument, defaultVersionId: version.versionId };
   }
 
   policy(policyName: string): PolicyRecord {
@@ -349,6 +447,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.policyTargets.rightsOf(policyName).length > 0) {
       throw deleteConflict(`The policy cannot be deleted as the policy is attached to one or more principals (name=${policyName})`);
     }
+    if (this.policyVersions(policyName).length > 1) {
+      throw deleteConflict(`Cannot delete the policy ${policyName} while it has non-default versions; delete them first`);
+    }
     this.parsed.delete(policyName);
     this.journal.put(POLICY, policyName, undefined);
   }
@@ -360,6 +461,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.policyTargets.leftsOf(target).length >= MAX_POLICIES_PER_TARGET) {
       throw limitExceeded(`A target can have at most ${MAX_POLICIES_PER_TARGET} policies attached`);
     }
+    this.seenPolicyLinks.changing(`${policyName}\n${target}`, false);
     this.policyTargets.add(policyName, target);
     this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, { policyName, target });
   }
@@ -381,13 +483,19 @@ export class Registry extends EventEmitter<RegistryEvents> {
       .map((name) => this.policies.get(name)!);
   }
 
-  /** The parsed documents of every policy attached to target, for the data plane. */
+  /** The parsed documents of every policy attached to target, as the data plane sees them. */
   parsedPoliciesFor(target: string): ParsedPolicy[] {
-    return this.policyTargets.leftsOf(target).map((name) => this.parsed.get(name)!);
+    const names = new Set(this.policyTargets.leftsOf(target));
+    for (const k of this.seenPolicyLinks.keys()) if (k.endsWith(`\n${target}`)) names.add(k.slice(0, k.indexOf('\n')));
+    return [...names]
+      .filter((name) => this.seenPolicyLinks.view(`${name}\n${target}`, this.policyTargets.has(name, target)))
+      .map((name) => this.seenDocuments.view(name, this.parsed.get(name)))
+      .filter((p): p is ParsedPolicy => p !== undefined);
   }
 
   private unlinkPolicy(policyName: string, target: string): void {
     if (!this.policyTargets.has(policyName, target)) return;
+    this.seenPolicyLinks.changing(`${policyName}\n${target}`, true);
     this.policyTargets.remove(policyName, target);
     this.journal.put(POLICY_TARGET, `${policyName}\n${target}`, undefined);
   }
@@ -398,6 +506,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.thing(thingName);
     this.certificateForPrincipal(principal);
     if (this.thingPrincipals.has(thingName, principal)) return;
+    this.seenThingLinks.changing(`${thingName}\n${principal}`, false);
     this.thingPrincipals.add(thingName, principal);
     this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, { thingName, principal });
   }
@@ -405,6 +514,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   detachThingPrincipal(thingName: string, principal: string): void {
     this.thing(thingName);
     if (!this.thingPrincipals.has(thingName, principal)) return;
+    this.seenThingLinks.changing(`${thingName}\n${principal}`, true);
     this.thingPrincipals.remove(thingName, principal);
     this.journal.put(THING_PRINCIPAL, `${thingName}\n${principal}`, undefined);
   }
@@ -419,8 +529,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.thingPrincipals.leftsOf(principal).sort();
   }
 
+  /** Whether the thing is attached to the principal, as the data plane sees it. */
   isThingAttached(thingName: string, principal: string): boolean {
-    return this.thingPrincipals.has(thingName, principal);
+    return this.seenThingLinks.view(`${thingName}\n${principal}`, this.thingPrincipals.has(thingName, principal));
   }
 
   /** Principals the sandbox knows are certificate ARNs of its own account. */
@@ -471,6 +582,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
 function checkThingName(name: string): void {
   if (!THING_NAME.test(name)) throw invalidRequest(`Invalid thing name ${JSON.stringify(name)}: must match [a-zA-Z0-9:_-]{1,128}`);
+}
+
+/** Parses a policy document and checks IoT Core's size limit: 2,048 characters, whitespace not counted. */
+function checkPolicyDocument(document: string): ParsedPolicy {
+  const chars = document.replace(/\s/g, '').length;
+  if (chars > MAX_POLICY_CHARS) throw malformedPolicy(`Policy document is ${chars} characters long excluding whitespace; the maximum is ${MAX_POLICY_CHARS}`);
+  try {
+    return parsePolicy(document);
+  } catch (err) {
+    if (err instanceof PolicyError) throw malformedPolicy(err.message);
+    throw err;
+  }
 }
 
 function checkPolicyName(name: string): void {

@@ -36,8 +36,8 @@ export async function makeDeviceCsr(commonName: string): Promise<DeviceKey> {
  * A thing may connect only as itself, only with a certificate attached to it,
  * and publish / subscribe / receive only under `things/<thing>/...`.
  */
-export function thingPolicy(region: string, accountId: string): string {
-  const arn = `arn:aws:iot:${region}:${accountId}`;
+export function thingPolicy(region: string, accountId: string, partition = 'aws'): string {
+  const arn = `arn:${partition}:iot:${region}:${accountId}`;
   const thing = '${iot:Connection.Thing.ThingName}';
   return JSON.stringify({
     Version: '2012-10-17',

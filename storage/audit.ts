@@ -27,6 +27,9 @@ export const AUDIT_KINDS = [
   'imei_unbound',
   'secret_set',
   'secret_cleared',
+  // What IoT Core refused: a device's subscription (its policy), a shadow report.
+  'subscription_refused',
+  'shadow_update_rejected',
   // Messages that will never be delivered.
   'message_dropped',
   'dead_letter',

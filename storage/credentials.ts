@@ -341,16 +341,16 @@ export class CredentialStore {
   }
 
   /** IMSIs of active SIMs whose certificate in use expires before `before` and that are not being re-vended. */
-  expiring(before: number, limit: number): string[] {
+  expiring(before: number, limit: number, createdBefore = 0): string[] {
     return this.db
-      .prepare<[number, number], string>(
+      .prepare<[number, number, number], string>(
         `SELECT c.imsi FROM credentials c JOIN sims s ON s.imsi = c.imsi
-         WHERE c.step = 'ready' AND c.not_after < ? AND s.status = 'active'
+         WHERE c.step = 'ready' AND (c.not_after < ? OR c.created_at < ?) AND s.status = 'active'
            AND NOT EXISTS (SELECT 1 FROM credentials v WHERE v.imsi = c.imsi AND v.step IN ${VENDING_IN})
          ORDER BY c.not_after LIMIT ?`,
       )
       .pluck()
-      .all(before, limit);
+      .all(before, createdBefore, limit);
   }
 
   /** IMSIs with a generation being vended (to resume after a restart). */

@@ -147,4 +147,13 @@ describe('configuration', () => {
       expect(r.output).toMatch(/NOTE listeners\.mqtt\.identity: claimed identity without per-SIM secrets .*allowed in the sandbox/);
     });
   });
+
+  it('`simbridge config check` refuses a group whose IoT policy would exceed 2,048 characters (whitespace excluded)', async () => {
+    const long = `devices/{thing}/${'x'.repeat(700)}/{topic}`;
+    const bad = await runCli(['config', 'check', file('policy.yaml', `groups:\n  default:\n    upstreamTopic: "${long}"\n`)]);
+    expect(bad.code).toBe(78);
+    expect(bad.output).toMatch(/groups\.default: its policy simbridge-default would be \d+ characters \(IoT Core allows 2048/);
+    const fits = await runCli(['config', 'check', file('policy-ok.yaml', `groups:\n  default:\n    upstreamTopic: "devices/{thing}/${'x'.repeat(200)}/{topic}"\n`)]);
+    expect(fits.code).toBe(0);
+  });
 });

@@ -113,6 +113,8 @@ async function rig(opts: RigOptions): Promise<Rig> {
     connectsPerSecond: 10_000,
     minConnectIntervalMs: 0,
     publishesPerSecond: 100_000,
+    publishBurst: 100_000,
+    byteBurst: 1e9,
     bytesPerSecond: 1e9,
     maxSubscriptions: 50,
     threads: 1,

@@ -5,6 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
+  CreatePolicyVersionCommand,
+  DeletePolicyVersionCommand,
+  ListPolicyVersionsCommand,
+  SetDefaultPolicyVersionCommand,
   AttachPolicyCommand,
   AttachThingPrincipalCommand,
   CreateCertificateFromCsrCommand,
@@ -164,6 +168,43 @@ describe('vending flow', () => {
     // forceDelete detaches policies, but things must still be detached first.
     await iot.send(new DetachThingPrincipalCommand({ thingName: 'lifecycle-2', principal: rev.certificateArn }));
     await iot.send(new DeleteCertificateCommand({ certificateId: rev.certificateId, forceDelete: true }));
+  });
+});
+
+describe('policy life cycle', () => {
+  const doc = (topic: string) =>
+    JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'iot:Publish', Resource: `arn:aws:iot:us-east-1:123456789012:topic/${topic}` }] });
+
+  it('keeps at most five versions, puts a default version in force, and never deletes the default', async () => {
+    await iot.send(new CreatePolicyCommand({ policyName: 'versions-1', policyDocument: doc('v1') }));
+    for (let i = 2; i <= 5; i++) {
+      const v = await iot.send(new CreatePolicyVersionCommand({ policyName: 'versions-1', policyDocument: doc(`v${i}`), setAsDefault: i === 3 }));
+      expect(v.policyVersionId).toBe(String(i));
+      expect(v.isDefaultVersion).toBe(i === 3);
+    }
+    const sixth = await failure(iot.send(new CreatePolicyVersionCommand({ policyName: 'versions-1', policyDocument: doc('v6') })));
+    expect(sixth.name).toBe('VersionsLimitExceededException');
+    expect(sixth.$metadata?.httpStatusCode).toBe(409);
+    expect((await iot.send(new GetPolicyCommand({ policyName: 'versions-1' }))).policyDocument).toBe(doc('v3'));
+    expect((await failure(iot.send(new DeletePolicyVersionCommand({ policyName: 'versions-1', policyVersionId: '3' })))).name).toBe('DeleteConflictException');
+    await iot.send(new DeletePolicyVersionCommand({ policyName: 'versions-1', policyVersionId: '1' }));
+    await iot.send(new SetDefaultPolicyVersionCommand({ policyName: 'versions-1', policyVersionId: '5' }));
+    const listed = await iot.send(new ListPolicyVersionsCommand({ policyName: 'versions-1' }));
+    expect(listed.policyVersions!.map((v) => [v.versionId, v.isDefaultVersion])).toEqual([['2', false], ['3', false], ['4', false], ['5', true]]);
+    const next = await iot.send(new CreatePolicyVersionCommand({ policyName: 'versions-1', policyDocument: doc('v6'), setAsDefault: true }));
+    expect(next.policyVersionId).toBe('6');
+  });
+
+  it('refuses a policy document over 2,048 characters, whitespace not counted', async () => {
+    const long = (chars: number, pad: string) => {
+      const base = doc('x');
+      return base.replace('topic/x', `topic/${'a'.repeat(chars - base.length + 1)}`) + pad;
+    };
+    expect(long(2048, '').length).toBe(2048);
+    await iot.send(new CreatePolicyCommand({ policyName: 'size-ok', policyDocument: long(2048, ' '.repeat(500)) }));
+    const over = await failure(iot.send(new CreatePolicyCommand({ policyName: 'size-over', policyDocument: long(2049, '') })));
+    expect(over.name).toBe('MalformedPolicyException');
+    expect((await failure(iot.send(new CreatePolicyVersionCommand({ policyName: 'size-ok', policyDocument: long(2049, '') })))).name).toBe('MalformedPolicyException');
   });
 });
 

@@ -17,19 +17,21 @@ let thingA: VendedThing;
 let thingB: VendedThing;
 const clients: MqttClient[] = [];
 
-function connectDevice(dev: { certPem: string; keyPem: string }, clientId: string): Promise<MqttClient> {
-  const p = mqtt.connectAsync({
-    protocol: 'mqtts',
-    host: sb.dataHost,
-    port: sb.dataPort,
-    ca: sb.caPem,
-    cert: dev.certPem,
-    key: dev.keyPem,
-    clientId,
-    protocolVersion: 4,
-    reconnectPeriod: 0,
-    connectTimeout: 5_000,
-  });
+function connectDevice(dev: { certPem: string; keyPem: string }, clientId: string, extra: Partial<mqtt.IClientOptions> = {}): Promise<MqttClient> {
+  const p = mqtt.connectAsync(
+    `mqtts://${sb.dataHost}:${sb.dataPort}`,
+    {
+      ca: sb.caPem,
+      cert: dev.certPem,
+      key: dev.keyPem,
+      clientId,
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      connectTimeout: 5_000,
+      ...extra,
+    },
+    false,
+  );
   return p.then((c) => (clients.push(c), c));
 }
 
@@ -50,12 +52,12 @@ async function until(cond: () => boolean, ms = 3_000): Promise<void> {
   }
 }
 
-/** Resolves with the connack return code when the broker refuses the connection. */
-async function refusedCode(p: Promise<MqttClient>): Promise<number | undefined> {
+/** How the broker refused the connection: its CONNACK return code, or 'closed' for a socket closed without one (IoT Core). */
+async function refusedCode(p: Promise<MqttClient>): Promise<number | 'closed' | undefined> {
   try {
     await p;
   } catch (err) {
-    return (err as { code?: number }).code;
+    return (err as { code?: number }).code ?? ((err as Error).message === "Couldn't connect to server" ? 'closed' : undefined);
   }
   throw new Error('expected the connection to be refused');
 }
@@ -105,20 +107,20 @@ describe('data plane', () => {
     expect(state.connections).toContainEqual({ clientId: 'thing-a', certificateId: thingA.certificateId });
   });
 
-  it('refuses CONNECT with another client id (CONNACK 5)', async () => {
-    expect(await refusedCode(connectDevice(thingA, 'thing-b'))).toBe(5);
+  it('refuses CONNECT with another client id by closing the socket, without CONNACK', async () => {
+    expect(await refusedCode(connectDevice(thingA, 'thing-b'))).toBe('closed');
   });
 
   it('refuses a certificate with no thing attached (IsAttached condition)', async () => {
     const loose = await vendThing(iot, 'thing-loose', { attachThing: false });
-    expect(await refusedCode(connectDevice(loose, 'thing-loose'))).toBe(5);
+    expect(await refusedCode(connectDevice(loose, 'thing-loose'))).toBe('closed');
   });
 
   it('refuses a CA-signed certificate that is not registered', async () => {
     const ca = await CertificateAuthority.open(dataDir);
     const { keyPem, csrPem } = await makeDeviceCsr('thing-a');
     const rogue = await ca.signCsr(csrPem, 1);
-    expect(await refusedCode(connectDevice({ certPem: rogue.pem, keyPem }, 'thing-a'))).toBe(5);
+    expect(await refusedCode(connectDevice({ certPem: rogue.pem, keyPem }, 'thing-a'))).toBe('closed');
   });
 
   it("closes the connection on a publish to another thing's topic; nothing is forwarded", async () => {
@@ -131,12 +133,87 @@ describe('data plane', () => {
     expect(observer.messages.filter((m) => m.topic === 'things/thing-b/telemetry')).toEqual([]);
   });
 
-  it("answers SUBACK 0x80 for another thing's topic filter and keeps the connection", async () => {
+  it("closes the connection on a SUBSCRIBE to another thing's topic filter, as IoT Core does", async () => {
     const device = await connectDevice(thingA, 'thing-a');
-    const err = (await device.subscribeAsync('things/thing-b/#', { qos: 1 }).catch((e: unknown) => e)) as { packet?: { granted: number[] } };
-    expect(err.packet?.granted).toEqual([128]);
+    const gone = whenClosed(device);
+    device.subscribe('things/thing-b/#', { qos: 1 });
+    await gone;
+    expect(device.connected).toBe(false);
+    const again = await connectDevice(thingA, 'thing-a');
+    await again.publishAsync('things/thing-a/telemetry', 'back again', { qos: 1 });
+  });
+
+  it('raises a keepalive below 30 s to 30 and refuses one above 1,200 s', async () => {
+    const short = await connectDevice(thingA, 'thing-a', { keepalive: 5 });
+    // A client silent for 10 s (twice its own keepalive) is still connected: the server counts 30 s.
+    const pings = short as unknown as { _destroyKeepaliveManager(): void; keepaliveManager: unknown };
+    pings._destroyKeepaliveManager();
+    expect(pings.keepaliveManager).toBeNull();
+    await sleep(10_000);
+    expect(short.connected).toBe(true);
+    await short.publishAsync('things/thing-a/telemetry', 'alive', { qos: 1 });
+    expect(await refusedCode(connectDevice(thingA, 'thing-a', { keepalive: 1201 }))).toBe('closed');
+  }, 20_000);
+
+  it("matches '#' only below its level, never the parent topic itself, and wants iot:RetainPublish for a retained publish", async () => {
+    const cloud = await vendThing(iot, 'fidelity-cloud', { policyName: 'fidelity-all', policyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'iot:*', Resource: '*' }] }) });
+    const app = await connectDevice(cloud, 'fidelity-cloud');
+    const device = await connectDevice(thingA, 'thing-a');
+    const got: string[] = [];
+    device.on('message', (topic) => got.push(topic));
+    await device.subscribeAsync('things/thing-a/cmd/#', { qos: 1 });
+    await app.publishAsync('things/thing-a/cmd', 'parent', { qos: 1 });
+    await app.publishAsync('things/thing-a/cmd/reboot', 'child', { qos: 1 });
+    await until(() => got.length >= 1);
+    await sleep(200);
+    expect(got).toEqual(['things/thing-a/cmd/reboot']);
+    // The thing's policy allows iot:Publish but not iot:RetainPublish.
+    const gone = whenClosed(device);
+    device.publish('things/thing-a/telemetry', 'kept', { qos: 1, retain: true });
+    await gone;
+  });
+
+  it('serves the shadow: an update is answered on /accepted and /delta, a document over 8 KB or bad JSON on /rejected', async () => {
+    const all = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'iot:*', Resource: '*' }] });
+    const cloud = await vendThing(iot, 'shadow-app', { policyName: 'fidelity-shadow-all', policyDocument: all });
+    const app = await connectDevice(cloud, 'shadow-app');
+    const got: { topic: string; body: Record<string, unknown> }[] = [];
+    app.on('message', (topic, payload) => got.push({ topic: topic.split('/').slice(-2).join('/'), body: JSON.parse(payload.toString()) }));
+    await app.subscribeAsync('$aws/things/shadow-app/shadow/update/#', { qos: 1 });
+    const update = (body: string | Buffer) => app.publishAsync('$aws/things/shadow-app/shadow/update', body, { qos: 1 });
+    await update(JSON.stringify({ state: { desired: { led: 'on' }, reported: { led: 'off' } }, clientToken: 't1' }));
+    await until(() => got.length >= 2);
+    expect(got.map((m) => m.topic).sort()).toEqual(['update/accepted', 'update/delta']);
+    expect(got.find((m) => m.topic === 'update/delta')!.body.state).toEqual({ led: 'on' });
+    expect(got.find((m) => m.topic === 'update/accepted')!.body.clientToken).toBe('t1');
+    got.length = 0;
+    await update(JSON.stringify({ state: { reported: { blob: 'x'.repeat(9000) } } }));
+    await update('not json');
+    await until(() => got.length >= 2);
+    expect(got.map((m) => [m.topic, m.body.code])).toEqual([['update/rejected', 413], ['update/rejected', 400]]);
+  });
+
+  it('drops publishes beyond 100 per second per connection without PUBACK, and keeps the connection', async () => {
+    const observer = await connectObserver();
+    const device = await connectDevice(thingB, 'thing-b');
+    let acked = 0;
+    for (let i = 0; i < 150; i++) device.publish('things/thing-b/burst', `b${i}`, { qos: 1 }, (err) => void (err || acked++));
+    await sleep(700);
+    expect(acked).toBe(100);
     expect(device.connected).toBe(true);
-    await device.publishAsync('things/thing-a/telemetry', 'still here', { qos: 1 });
+    expect(observer.messages.filter((m) => m.topic === 'things/thing-b/burst')).toHaveLength(100);
+    // A second later the quota has room again.
+    await sleep(400);
+    await device.publishAsync('things/thing-b/burst', 'later', { qos: 1 });
+  });
+
+  it('drops publishes beyond 512 KiB per second per connection without PUBACK', async () => {
+    const device = await connectDevice(thingB, 'thing-b');
+    let acked = 0;
+    for (let i = 0; i < 6; i++) device.publish('things/thing-b/big', Buffer.alloc(100 * 1024), { qos: 1 }, (err) => void (err || acked++));
+    await sleep(700);
+    expect(acked).toBe(5);
+    expect(device.connected).toBe(true);
   });
 
   it('disconnects on QoS 2 and on payloads above 128 KB', async () => {
@@ -157,7 +234,7 @@ describe('data plane', () => {
     const gone = whenClosed(device);
     await iot.send(new UpdateCertificateCommand({ certificateId: dev.certificateId, newStatus: 'INACTIVE' }));
     await gone;
-    expect(await refusedCode(connectDevice(dev, 'thing-c'))).toBe(5);
+    expect(await refusedCode(connectDevice(dev, 'thing-c'))).toBe('closed');
 
     await iot.send(new UpdateCertificateCommand({ certificateId: dev.certificateId, newStatus: 'ACTIVE' }));
     const back = await connectDevice(dev, 'thing-c');
@@ -168,7 +245,7 @@ describe('data plane', () => {
     const { keyPem, csrPem } = await makeDeviceCsr('thing-a');
     const cert = await iot.send(new CreateCertificateFromCsrCommand({ certificateSigningRequest: csrPem }));
     await iot.send(new AttachPolicyCommand({ policyName: 'sandbox-thing-policy', target: cert.certificateArn }));
-    expect(await refusedCode(connectDevice({ certPem: cert.certificatePem!, keyPem }, 'thing-a'))).toBe(5);
+    expect(await refusedCode(connectDevice({ certPem: cert.certificatePem!, keyPem }, 'thing-a'))).toBe('closed');
   });
 });
 

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { CreatePolicyCommand } from '@aws-sdk/client-iot';
+import { AttachPolicyCommand, CreatePolicyCommand } from '@aws-sdk/client-iot';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -97,29 +97,24 @@ describe('upstream sessions', () => {
   it('dead-letters a message IoT Core keeps refusing, and the next one still goes through', async () => {
     const dir = tempDir('sessions-dead');
     const sandbox = await startSandboxProcess(dir);
-    // The group's policy exists already and allows only devices/<thing>/ok/*: vending leaves it as it is.
-    const arn = (kind: string, name: string) => `arn:aws:iot:us-east-1:123456789012:${kind}/${name}`;
-    const strict = JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Effect: 'Allow', Action: 'iot:Connect', Resource: arn('client', '${iot:Connection.Thing.ThingName}') },
-        { Effect: 'Allow', Action: 'iot:Publish', Resource: arn('topic', 'devices/${iot:Connection.Thing.ThingName}/ok/*') },
-      ],
-    });
-    await sandboxIotClient(sandbox.controlEndpoint).send(new CreatePolicyCommand({ policyName: 'simbridge-strict', policyDocument: strict }));
-    const gateway = await startGatewayProcess(
-      (
-        await gatewayConfig(dir, sandbox, {
-          sims: { defaultGroup: 'strict' },
-          groups: { strict: {} },
-          upstream: { maxDeliveryAttempts: 2, minConnectIntervalMs: 100 },
-        })
-      ).file,
-    );
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { maxDeliveryAttempts: 2, minConnectIntervalMs: 100, propagationGraceMs: 0 } })).file);
     const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
     cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
 
     const imsi = '001010000000801';
+    await post(gateway.httpPort, imsi, 'ok/1', 'vended');
+    await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'vended'), 30_000);
+    // An operator's policy of their own denies one topic: the gateway's group policy cannot know it.
+    const iot = sandboxIotClient(sandbox.controlEndpoint);
+    const deny = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Deny', Action: 'iot:Publish', Resource: 'arn:aws:iot:us-east-1:123456789012:topic/devices/*/denied/*' }],
+    });
+    await iot.send(new CreatePolicyCommand({ policyName: 'operator-deny', policyDocument: deny }));
+    const st = (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { certificates: Array<{ certificateArn: string; things: string[] }> };
+    await iot.send(new AttachPolicyCommand({ policyName: 'operator-deny', target: st.certificates.find((c) => c.things.includes(`sim-${imsi}`))!.certificateArn }));
+    iot.destroy();
+
     await post(gateway.httpPort, imsi, 'denied/1', 'refused-for-good');
     await post(gateway.httpPort, imsi, 'ok/2', 'goes-through');
     await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'goes-through'), 30_000);

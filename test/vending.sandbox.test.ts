@@ -18,6 +18,9 @@ import { createVending } from '../vending/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
 import { certificateFingerprint, generateKeyAndCsr } from '../vending/keys.ts';
 import { QueueFullError } from '../vending/queue.ts';
+import { policyDocument, samePolicy } from '../vending/policy.ts';
+import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { CreatePolicyCommand, CreatePolicyVersionCommand, GetPolicyCommand, ListPolicyVersionsCommand } from '@aws-sdk/client-iot';
 import type { CredentialsRotated, Vendor, VendorHooks } from '../vending/vendor.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'simbridge-vending-'));
@@ -83,11 +86,9 @@ async function until(cond: () => boolean | Promise<boolean>, ms = 10_000): Promi
 }
 
 function connectAs(creds: { thingName: string; certificatePem: string; privateKeyPem: string }): Promise<MqttClient> {
+  // No retries: IoT Core refuses a CONNECT by closing the socket, which must reject here.
   return mqtt
-    .connectAsync({
-      protocol: 'mqtts',
-      host: sb.dataHost,
-      port: sb.dataPort,
+    .connectAsync(`mqtts://${sb.dataHost}:${sb.dataPort}`, {
       ca: sb.caPem,
       cert: creds.certificatePem,
       key: creds.privateKeyPem,
@@ -95,7 +96,7 @@ function connectAs(creds: { thingName: string; certificatePem: string; privateKe
       protocolVersion: 4,
       reconnectPeriod: 0,
       connectTimeout: 5_000,
-    })
+    }, false)
     .then((c) => (clients.push(c), c));
 }
 
@@ -153,6 +154,35 @@ describe('vending against the sandbox', () => {
     await (await connectAs(creds)).publishAsync(`devices/${sim.thingName}/rsa`, 'ok', { qos: 1 });
   });
 
+  it('replaces a policy written for an older topic template with a new default version, dropping the oldest non-default at five', async () => {
+    const iot = sandboxIotClient(sb.controlEndpoint);
+    const arn = 'arn:aws:iot:us-east-1:123456789012';
+    const old = (n: number) =>
+      JSON.stringify({
+        Version: '2012-10-17',
+        Statement: [
+          { Effect: 'Allow', Action: 'iot:Connect', Resource: `${arn}:client/\${iot:Connection.Thing.ThingName}` },
+          { Effect: 'Allow', Action: 'iot:Publish', Resource: `${arn}:topic/old/${n}/*` },
+        ],
+      });
+    await iot.send(new CreatePolicyCommand({ policyName: 'simbridge-test-lifecycle', policyDocument: old(1) }));
+    for (let n = 2; n <= 5; n++) await iot.send(new CreatePolicyVersionCommand({ policyName: 'simbridge-test-lifecycle', policyDocument: old(n) }));
+    const db = database();
+    const v = vendor(db, {}, { policyFor: () => ({ name: 'simbridge-test-lifecycle', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+    const sim = newSim(db);
+    const creds = await v.ensure(sim);
+    const versions = await iot.send(new ListPolicyVersionsCommand({ policyName: 'simbridge-test-lifecycle' }));
+    expect(versions.policyVersions!.map((x) => [x.versionId, x.isDefaultVersion])).toEqual([['1', false], ['3', false], ['4', false], ['5', false], ['6', true]]);
+    const current = await iot.send(new GetPolicyCommand({ policyName: 'simbridge-test-lifecycle' }));
+    expect(samePolicy(current.policyDocument!, policyDocument({ region: 'us-east-1', account: '123456789012', topicTemplates: ['devices/{thing}/{topic}'] }))).toBe(true);
+    await (await connectAs(creds)).publishAsync(`devices/${sim.thingName}/now-allowed`, 'ok', { qos: 1 });
+    // The same document again changes nothing.
+    const again = vendor(database(), {}, { policyFor: () => ({ name: 'simbridge-test-lifecycle', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+    await again.ensure(newSim(dbs.at(-1)!));
+    expect((await iot.send(new ListPolicyVersionsCommand({ policyName: 'simbridge-test-lifecycle' }))).policyVersions).toHaveLength(5);
+    iot.destroy();
+  });
+
   it('absorbs throttling and 5xx at the quota: every SIM vended, no failure reaches the vending state machine', async () => {
     const db = database();
     const failures: Error[] = [];
@@ -199,6 +229,48 @@ describe('vending against the sandbox', () => {
     expect(s.things.find((t) => t.thingName === sim.thingName)!.principals).toEqual([s.certificates.find((c) => c.certificateId === fresh.certificateId)!.certificateArn]);
   });
 
+  it('vends in the aws-cn partition: the policy takes its ARNs from the certificate, so the device connects and publishes', async () => {
+    const cn = await startSandbox({ dataDir: join(dir, 'sandbox-cn'), controlPort: 0, dataPort: 0, observerPort: 0, region: 'cn-north-1', partition: 'aws-cn' });
+    try {
+      const db = database();
+      const v = vendor(db, { endpoint: cn.controlEndpoint, region: 'cn-north-1' }, { policyFor: () => ({ name: 'simbridge-cn', topicTemplates: ['devices/{thing}/{topic}'] }) } as VendorHooks);
+      const sim = newSim(db);
+      const creds = await v.ensure(sim);
+      const cnState = (await (await fetch(`${cn.controlEndpoint}/_sandbox/state`)).json()) as SandboxState & { policies: Array<{ policyName: string; policyDocument: string }> };
+      expect(cnState.certificates.find((c) => c.certificateId === creds.certificateId)!.certificateArn).toMatch(/^arn:aws-cn:iot:cn-north-1:/);
+      expect(cnState.policies.find((p) => p.policyName === 'simbridge-cn')!.policyDocument).toContain('arn:aws-cn:iot:cn-north-1:');
+      const device = await mqtt.connectAsync({
+        protocol: 'mqtts', host: cn.dataHost, port: cn.dataPort, ca: cn.caPem, cert: creds.certificatePem, key: creds.privateKeyPem,
+        clientId: creds.thingName, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000,
+      });
+      clients.push(device);
+      await device.publishAsync(`devices/${sim.thingName}/hello`, 'ni hao', { qos: 1 });
+    } finally {
+      await cn.close();
+    }
+  });
+
+  it('deletes a revoked certificate once IoT Core has propagated the detachment (DeleteConflictException until then)', async () => {
+    const slow = await startSandbox({ dataDir: join(dir, 'sandbox-slow'), controlPort: 0, dataPort: 0, observerPort: 0, propagation: { attachmentsMs: 2500 } });
+    try {
+      const db = database();
+      const v = vendor(db, { endpoint: slow.controlEndpoint, propagationWaitMs: 15_000 });
+      const sim = newSim(db);
+      const creds = await v.ensure(sim);
+      await new Promise((r) => setTimeout(r, 2700)); // in service: the attachments have propagated
+      new SimStore(db).setStatus(sim.imsi, 'terminated');
+      const started = Date.now();
+      expect(await v.revoke(sim.imsi, 'sim_terminated')).toEqual({ certificateIds: [creds.certificateId] });
+      const slowState = async () => (await (await fetch(`${slow.controlEndpoint}/_sandbox/state`)).json()) as SandboxState;
+      await until(async () => !(await slowState()).certificates.some((c) => c.certificateId === creds.certificateId), 20_000);
+      // Deleted only after the detachment had propagated, by retrying the conflict.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+      expect(new CredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired']);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('keeps a revoked certificate INACTIVE and detached when deleteRevoked is off', async () => {
     const db = database();
     const v = vendor(db, { deleteRevoked: false });
@@ -210,13 +282,16 @@ describe('vending against the sandbox', () => {
     await expect(connectAs(creds)).rejects.toThrow();
   });
 
-  it('rotates a certificate that expires soon, tells the session, then retires the old one', async () => {
+  it('rotates a certificate by age, tells the session, then retires the old one', async () => {
     const db = database();
     const events: CredentialsRotated[] = [];
-    // Sandbox certificates last 365 days: with a 400-day horizon every one is due.
-    const v = vendor(db, { rotation: { enabled: false, renewBeforeDays: 400 } }, { onRotated: async (ev) => void events.push(ev) });
+    // Like IoT Core's, sandbox certificates are valid until 2049: expiry never makes them due, age does.
+    const v = vendor(db, { rotation: { enabled: false, maxAgeDays: 0 } }, { onRotated: async (ev) => void events.push(ev) });
     const sim = newSim(db);
     const old = await v.ensure(sim);
+    const described = (await state()).certificates.find((c) => c.certificateId === old.certificateId) as { notAfter?: string } | undefined;
+    expect(described?.notAfter).toBe('2049-12-31T23:59:59.000Z');
+    expect(await vendor(db, { rotation: { enabled: false, renewBeforeDays: 400 } }).rotateExpiring()).toBe(0);
     const session = await connectAs(old);
     const dropped = new Promise<void>((r) => session.once('close', () => r()));
     expect(await v.rotateExpiring()).toBeGreaterThanOrEqual(1);

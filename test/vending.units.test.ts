@@ -14,6 +14,7 @@ import { checkMasterKey, loadMasterKey, MasterKeyError } from '../vending/master
 import { QueueFullError, WorkQueue } from '../vending/queue.ts';
 import { backoffMs, classify } from '../vending/retry.ts';
 import { scheduleRotation } from '../vending/rotation.ts';
+import { policyAllowsSubscribe } from '../vending/policy.ts';
 import { TokenBucket } from '../lib/token-bucket.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'simbridge-vending-units-'));
@@ -43,6 +44,23 @@ describe('token bucket', () => {
     now += 100;
     await new Promise((r) => setTimeout(r, 320));
     expect(got).toBe(true);
+  });
+});
+
+describe('pacing within a per-second quota', () => {
+  it('never lets more than the quota through in any one-second window, even from a full bucket', async () => {
+    const bucket = TokenBucket.withinQuota(50, 5);
+    const at: number[] = [];
+    await Promise.all(Array.from({ length: 120 }, () => bucket.take(1).then(() => at.push(performance.now()))));
+    expect(at).toHaveLength(120);
+    for (let i = 0; i < at.length; i++) expect(at.filter((t) => t >= at[i]! && t < at[i]! + 1000).length).toBeLessThanOrEqual(50);
+    // A bucket whose capacity equals its rate (what sessions used) lets twice the quota through.
+    const loose = new TokenBucket(50, 50);
+    const early: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < 120; i++) void loose.take(1).then(() => early.push(performance.now() - t0));
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(early.filter((t) => t < 1000).length).toBeGreaterThan(50);
   });
 });
 
@@ -194,5 +212,21 @@ describe('vending config', () => {
     expect(vendingSection.parse({ thingType: 'sim', thingAttributes: ['imsi', 'group', 'imei', 'iccid'] }).thingAttributes).toHaveLength(4);
     expect(() => vendingSection.parse({ callTimeoutMs: 5000, orphanGraceMs: 4000 })).toThrow(/longer than callTimeoutMs/);
     expect(() => vendingSection.parse({ rotation: { schedule: 'every day' } })).toThrow(/cron/);
+  });
+});
+
+describe('policy pre-check of a subscription', () => {
+  const thing = { name: 'sim-001010000000001', attributes: { imsi: '001010000000001' } };
+  it('allows filters under the group\'s templates and the thing\'s own shadow, nothing else', () => {
+    const templates = ['devices/{thing}/{topic}', 'batches/{imsi}'];
+    expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000001/commands/#', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/shadow/update/+', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, 'batches/001010000000001', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000002/commands/#', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/jobs/notify', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, 'batches/#', thing)).toBe(false);
+  });
+  it('refuses a template whose policy variable the thing cannot resolve (an attribute it does not carry)', () => {
+    expect(policyAllowsSubscribe(['devices/{imei}/{topic}'], 'devices/490154203237518/x', thing)).toBe(false);
   });
 });

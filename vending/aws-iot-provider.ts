@@ -4,6 +4,10 @@ import {
   AttachThingPrincipalCommand,
   CreateCertificateFromCsrCommand,
   CreatePolicyCommand,
+  CreatePolicyVersionCommand,
+  DeletePolicyVersionCommand,
+  GetPolicyCommand,
+  ListPolicyVersionsCommand,
   CreateThingCommand,
   CreateThingGroupCommand,
   DeleteCertificateCommand,
@@ -17,7 +21,8 @@ import {
   ResourceNotFoundException,
   UpdateCertificateCommand,
 } from '@aws-sdk/client-iot';
-import type { CertificateDescription, IssuedCertificate, VendingProvider } from './provider.ts';
+import { samePolicy } from './policy.ts';
+import type { CertificateDescription, IssuedCertificate, PolicyOutcome, VendingProvider } from './provider.ts';
 
 export interface AwsIotProviderOptions {
   region: string;
@@ -28,6 +33,9 @@ export interface AwsIotProviderOptions {
   /** Socket-level timeout of one request (ApiGate also aborts the call). */
   requestTimeoutMs: number;
 }
+
+/** IoT Core keeps at most five versions of a policy. */
+const MAX_POLICY_VERSIONS = 5;
 
 /** Absorbs the error a repeated create / delete answers, so each method is safe to run twice. */
 async function tolerate(p: Promise<unknown>, expected: typeof ResourceAlreadyExistsException | typeof ResourceNotFoundException): Promise<boolean> {
@@ -78,8 +86,25 @@ export class AwsIotProvider implements VendingProvider {
     await this.client.send(new AddThingToThingGroupCommand({ thingName, thingGroupName }), { abortSignal });
   }
 
-  async ensurePolicy(policyName: string, policyDocument: string, abortSignal: AbortSignal) {
-    await tolerate(this.client.send(new CreatePolicyCommand({ policyName, policyDocument }), { abortSignal }), ResourceAlreadyExistsException);
+  /**
+   * A policy that exists with another document (written before a topic template changed) gets the new
+   * one as its default version; IoT Core keeps five versions, so the oldest non-default one goes first.
+   */
+  async ensurePolicy(policyName: string, policyDocument: string, abortSignal: AbortSignal): Promise<PolicyOutcome> {
+    if (await tolerate(this.client.send(new CreatePolicyCommand({ policyName, policyDocument }), { abortSignal }), ResourceAlreadyExistsException)) return 'created';
+    const current = await this.client.send(new GetPolicyCommand({ policyName }), { abortSignal });
+    if (current.policyDocument !== undefined && samePolicy(current.policyDocument, policyDocument)) return 'unchanged';
+    const { policyVersions = [] } = await this.client.send(new ListPolicyVersionsCommand({ policyName }), { abortSignal });
+    if (policyVersions.length >= MAX_POLICY_VERSIONS) {
+      const oldest = policyVersions
+        .filter((v) => !v.isDefaultVersion)
+        .sort((a, b) => (a.createDate?.getTime() ?? 0) - (b.createDate?.getTime() ?? 0) || Number(a.versionId) - Number(b.versionId))[0];
+      if (oldest?.versionId) {
+        await tolerate(this.client.send(new DeletePolicyVersionCommand({ policyName, policyVersionId: oldest.versionId }), { abortSignal }), ResourceNotFoundException);
+      }
+    }
+    await this.client.send(new CreatePolicyVersionCommand({ policyName, policyDocument, setAsDefault: true }), { abortSignal });
+    return 'updated';
   }
 
   async attachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {

@@ -3,9 +3,10 @@
  * certificate is attached to it), publish / subscribe / receive only on their own topics and their own
  * shadow. Policy variables make one policy serve every thing of the group.
  */
-export function policyDocument(opts: { region: string; account: string; topicTemplates: string[] }): string {
-  const arn = (kind: string, name: string) => `arn:aws:iot:${opts.region}:${opts.account}:${kind}/${name}`;
-  const ownTopics = [...opts.topicTemplates.map(toPolicyPattern), '$aws/things/${iot:Connection.Thing.ThingName}/shadow/*'];
+export function policyDocument(opts: { partition?: string; region: string; account: string; topicTemplates: string[] }): string {
+  // The partition comes from the certificate's ARN: aws-cn and aws-us-gov refuse arn:aws resources.
+  const arn = (kind: string, name: string) => `arn:${opts.partition ?? 'aws'}:iot:${opts.region}:${opts.account}:${kind}/${name}`;
+  const ownTopics = ownTopicPatterns(opts.topicTemplates);
   const statement = [
     {
       Effect: 'Allow',
@@ -19,6 +20,41 @@ export function policyDocument(opts: { region: string; account: string; topicTem
   return JSON.stringify({ Version: '2012-10-17', Statement: statement });
 }
 
+const THING_VAR = '${iot:Connection.Thing.ThingName}';
+
+/** The topic patterns the policy grants: the group's templates and the thing's own shadow. */
+function ownTopicPatterns(topicTemplates: string[]): string[] {
+  return [...topicTemplates.map(toPolicyPattern), `$aws/things/${THING_VAR}/shadow/*`];
+}
+
+/**
+ * Whether the group's policy lets a thing subscribe to an upstream filter, evaluated the way IoT Core
+ * does (policy variables from the thing's name and attributes, `*` and `?` as wildcards, MQTT `+` and
+ * `#` literal). IoT Core answers a refused SUBSCRIBE by closing the connection, which a device's
+ * subscription would take its uplink down with: a filter the policy refuses is never sent.
+ */
+export function policyAllowsSubscribe(topicTemplates: string[], filter: string, thing: { name: string; attributes: Record<string, string> }): boolean {
+  return ownTopicPatterns(topicTemplates).some((pattern) => {
+    let unresolved = false;
+    const filled = pattern.replace(/\$\{iot:Connection\.Thing\.(ThingName|Attributes\[([^\]]+)\])\}/g, (_m, _k, attr?: string) => {
+      const v = attr === undefined ? thing.name : thing.attributes[attr];
+      if (v === undefined) unresolved = true;
+      // A substituted value is literal: its * and ? are not wildcards.
+      return (v ?? '').replace(/[*?]/g, (c) => `\u0000${c}`);
+    });
+    if (unresolved) return false;
+    const re = filled
+      .split('')
+      .map((c, i, all) => (all[i - 1] === '\u0000' ? escapeRegExp(c) : c === '\u0000' ? '' : c === '*' ? '.*' : c === '?' ? '.' : escapeRegExp(c)))
+      .join('');
+    return new RegExp(`^${re}$`, 's').test(filter);
+  });
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+}
+
 /** devices/{thing}/{topic} → devices/${iot:Connection.Thing.ThingName}/* */
 function toPolicyPattern(template: string): string {
   return template
@@ -28,11 +64,36 @@ function toPolicyPattern(template: string): string {
     .replaceAll('{topic}', '*');
 }
 
-/** Region and account of an IoT ARN (arn:aws:iot:REGION:ACCOUNT:...). */
-export function arnScope(arn: string): { region: string; account: string } {
-  const [, , , region, account] = arn.split(':');
-  if (!region || !account) throw new Error(`not an IoT ARN: ${arn}`);
-  return { region, account };
+/** Two policy documents mean the same (whitespace and key order aside). */
+export function samePolicy(a: string, b: string): boolean {
+  try {
+    return canonical(JSON.parse(a)) === canonical(JSON.parse(b));
+  } catch {
+    return a === b;
+  }
+}
+
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** Partition, region and account of an IoT ARN (arn:aws:iot:REGION:ACCOUNT:...). */
+export function arnScope(arn: string): { partition: string; region: string; account: string } {
+  const [, partition, , region, account] = arn.split(':');
+  if (!partition || !region || !account) throw new Error(`not an IoT ARN: ${arn}`);
+  return { partition, region, account };
+}
+
+/** The ARN partition of a region: cn-* → aws-cn, us-gov-* → aws-us-gov, else aws. */
+export function partitionOf(region: string): string {
+  return region.startsWith('cn-') ? 'aws-cn' : region.startsWith('us-gov-') ? 'aws-us-gov' : 'aws';
 }
 
 /** Fills a name template such as sim-{imsi} or simbridge-{group}. */
@@ -42,7 +103,8 @@ export function fillName(template: string, vars: Record<string, string>): string
 
 /**
  * The policy a group's certificates get: its name and every topic template its devices use (uplink and
- * batches). The gateway and `simbridge vend` must agree: a policy is created once and never updated.
+ * batches). The gateway and `simbridge vend` must agree: a policy that exists with another document
+ * gets this one as a new default version.
  */
 export function groupPolicy(
   config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string }; udpTopic?: string }>; sims: { defaultGroup: string } },
@@ -54,4 +116,23 @@ export function groupPolicy(
   const covered = (t: string) => at >= 0 && at === g.upstreamTopic.length - '{topic}'.length && t.startsWith(g.upstreamTopic.slice(0, at));
   const udp = g.udpTopic && !covered(g.udpTopic) ? [g.udpTopic] : [];
   return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic, ...udp] };
+}
+
+/** IoT Core's limit on a policy document: 2,048 characters, whitespace not counted. */
+export const MAX_POLICY_CHARS = 2048;
+
+/**
+ * The groups whose policy IoT Core would refuse as too long (MalformedPolicyException at the first
+ * vend), as `config check` problems. Account ids are always 12 digits, so a placeholder measures true.
+ */
+export function policySizeProblems(config: Parameters<typeof groupPolicy>[0] & { vending: { region: string } }): string[] {
+  return Object.keys(config.groups).flatMap((group) => {
+    const policy = groupPolicy(config, group);
+    const { region } = config.vending;
+    const document = policyDocument({ partition: partitionOf(region), region, account: '000000000000', topicTemplates: policy.topicTemplates });
+    const chars = document.replace(/\s/g, '').length;
+    return chars > MAX_POLICY_CHARS
+      ? [`groups.${group}: its policy ${policy.name} would be ${chars} characters (IoT Core allows ${MAX_POLICY_CHARS}, whitespace excluded): shorten upstreamTopic or batching.topic`]
+      : [];
+  });
 }

@@ -13,8 +13,11 @@ export interface VendingProvider {
   ensureThingGroup(groupName: string, signal: AbortSignal): Promise<void>;
   /** AddThingToThingGroup (idempotent). */
   addThingToGroup(thingName: string, groupName: string, signal: AbortSignal): Promise<void>;
-  /** CreatePolicy: creates the policy once; an existing one is left as it is. */
-  ensurePolicy(policyName: string, document: string, signal: AbortSignal): Promise<void>;
+  /**
+   * CreatePolicy; when the policy exists with another document: GetPolicy, ListPolicyVersions,
+   * DeletePolicyVersion (the oldest non-default, at five versions) and CreatePolicyVersion as default.
+   */
+  ensurePolicy(policyName: string, document: string, signal: AbortSignal): Promise<PolicyOutcome>;
   /** AttachPolicy (idempotent). */
   attachPolicy(policyName: string, certificateArn: string, signal: AbortSignal): Promise<void>;
   /** AttachThingPrincipal (idempotent). */
@@ -36,6 +39,9 @@ export interface VendingProvider {
   /** Releases connections. */
   destroy?(): void;
 }
+
+/** What ensurePolicy did: devices see an updated policy only once IoT Core has propagated it (minutes). */
+export type PolicyOutcome = 'created' | 'unchanged' | 'updated';
 
 export interface IssuedCertificate {
   certificateId: string;

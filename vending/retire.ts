@@ -3,6 +3,7 @@ import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { ApiGate } from './api-gate.ts';
 import { Lease } from './lease.ts';
+import { untilPropagated } from './retry.ts';
 import type { VendingProvider } from './provider.ts';
 
 export interface RetirerOptions {
@@ -15,11 +16,14 @@ export interface RetirerOptions {
   leaseMs: number;
   orphanGraceMs: number;
   deleteRetired: boolean;
+  /** Longest wait for a detachment to propagate before DeleteCertificate gives up (this pass). */
+  propagationWaitMs: number;
   /** Policy a row's certificate had when the row did not record it (rows from before it was recorded). */
   policyOf(row: CredentialRow): Promise<string | undefined>;
 }
 
 const BATCH = 100;
+const PROPAGATION_STEP_MS = 2000;
 
 /**
  * Takes certificates out of service in IoT Core: UpdateCertificate INACTIVE first (the data plane
@@ -65,7 +69,10 @@ export class Retirer {
         const policy = fresh.policyName ?? (await this.o.policyOf(fresh));
         if (policy) await gate.call('DetachPolicy', (s) => provider.detachPolicy(policy, certArn, s));
         await gate.call('DetachThingPrincipal', (s) => provider.detachThingPrincipal(fresh.thingName, certArn, s));
-        if (this.o.deleteRetired) await gate.call('DeleteCertificate', (s) => provider.deleteCertificate(certId, s));
+        if (this.o.deleteRetired) {
+          // Right after the detach, IoT Core may still see the thing attached (DeleteConflictException).
+          await untilPropagated(() => gate.call('DeleteCertificate', (s) => provider.deleteCertificate(certId, s)), this.o.propagationWaitMs, PROPAGATION_STEP_MS);
+        }
       }
       if (fresh.csrSentAt !== null && !fresh.certId) {
         // Retired while its CreateCertificateFromCsr may still be on its way: let the orphan sweep find it.

@@ -44,3 +44,22 @@ export function backoffMs(attempt: number, baseMs: number, maxMs: number, random
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * IoT Core applies some changes asynchronously: DetachThingPrincipal "might take several seconds to
+ * propagate", and DeleteCertificate before then answers DeleteConflictException (409). Such a call is
+ * tried again every stepMs until it works or waitMs has passed.
+ */
+export async function untilPropagated<T>(fn: () => Promise<T>, waitMs: number, stepMs: number): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isConflict(err) || Date.now() + stepMs > deadline) throw err;
+      await sleep(stepMs);
+    }
+  }
+}
+
+const isConflict = (err: unknown) => [(err as Error)?.name, ((err as { cause?: Error })?.cause as Error | undefined)?.name].includes('DeleteConflictException');

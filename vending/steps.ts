@@ -24,6 +24,8 @@ export interface StepsOptions {
   orphanGraceMs: number;
   /** How long the certificate a rotation replaces may stay in use. */
   retireAfterMs: number;
+  /** A policy got a new default version: refusals for a while after are not the messages' fault. */
+  onPolicyUpdated?(policyName: string): void;
   /** Disposes of a certificate we created but could not record (deactivate, maybe delete). */
   disposeUnrecorded(cert: IssuedCertificate, imsi: string): Promise<void>;
 }
@@ -139,8 +141,13 @@ export class VendSteps {
     const { gate, provider } = this.o;
     const policy = this.o.policyFor(sim.group);
     const document = policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates });
-    // CreatePolicy has a low quota (10/s): once per policy per process, not once per device.
-    await once(this.policies, policy.name, () => gate.call('CreatePolicy', (s) => provider.ensurePolicy(policy.name, document, s)));
+    // CreatePolicy has a low quota (10/s): once per policy document per process, not once per device.
+    await once(this.policies, `${policy.name}\n${document}`, async () => {
+      const outcome = await gate.call('CreatePolicy', (s) => provider.ensurePolicy(policy.name, document, s));
+      if (outcome !== 'updated') return;
+      this.o.log.warn({ policy: policy.name }, 'policy updated to a new default version; devices see it only once IoT Core has propagated it (minutes)');
+      this.o.onPolicyUpdated?.(policy.name);
+    });
     await gate.call('AttachPolicy', (s) => provider.attachPolicy(policy.name, row.certArn!, s));
     if (!this.o.store.advance(row.id, lease.owner, 'thing', 'policy', { policyName: policy.name })) throw new StaleRowError('row changed during AttachPolicy');
   }

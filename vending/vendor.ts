@@ -21,6 +21,8 @@ export interface DeviceCredentials {
   certificateId: string;
   certificatePem: string;
   privateKeyPem: string;
+  /** When this certificate was vended (ms): IoT Core may still be propagating it for a while. */
+  issuedAt?: number;
 }
 
 /** A SIM's certificate was replaced (rotation). Its upstream session should reconnect with `credentials`. */
@@ -49,6 +51,8 @@ export interface VendorHooks {
   /** The old certificate is retired once every listener's promise settles (at most rotation.retireAfterMs). */
   onRotated?(ev: CredentialsRotated): void | Promise<void>;
   onRevoked?(ev: CredentialsRevoked): void | Promise<void>;
+  /** A group's policy got a new default version in IoT Core (it takes minutes to apply there). */
+  onPolicyUpdated?(policyName: string): void;
 }
 
 export interface VendorOptions extends VendorHooks {
@@ -120,6 +124,7 @@ export class Vendor {
       leaseMs: c.leaseMs,
       orphanGraceMs: c.orphanGraceMs,
       deleteRetired: c.deleteRevoked,
+      propagationWaitMs: c.propagationWaitMs,
       policyOf: async (row) => {
         const sim = await this.sims.get(row.imsi);
         return sim && opts.policyFor(sim.group).name;
@@ -146,6 +151,7 @@ export class Vendor {
       thingGroupFor: c.thingGroup ? (group) => fillName(c.thingGroup!, { group }) : undefined,
       orphanGraceMs: c.orphanGraceMs,
       retireAfterMs: c.rotation.retireAfterMs,
+      onPolicyUpdated: opts.onPolicyUpdated,
       disposeUnrecorded: async (cert, imsi) => {
         await this.gate.call('UpdateCertificate', (s) => opts.provider.setCertificateStatus(cert.certificateId, 'INACTIVE', s));
         if (c.deleteRevoked) await this.gate.call('DeleteCertificate', (s) => opts.provider.deleteCertificate(cert.certificateId, s));
@@ -252,7 +258,7 @@ export class Vendor {
 
   /**
    * The daily rotation job: queues a re-vend for every active SIM whose certificate expires within
-   * rotation.renewBeforeDays, as background work and as far as the queue has room (the rest waits for the
+   * rotation.renewBeforeDays or is older than rotation.maxAgeDays, as background work and as far as the queue has room (the rest waits for the
    * next run). Resolves with how many were queued.
    */
   async rotateExpiring(): Promise<number> {
@@ -261,7 +267,8 @@ export class Vendor {
     }
     const room = this.opts.config.maxQueue - this.queue.depth;
     if (room <= 0) return 0;
-    const imsis = this.store.expiring(Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS, room);
+    const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
+    const imsis = this.store.expiring(Date.now() + renewBeforeDays * DAY_MS, room, Date.now() - maxAgeDays * DAY_MS);
     for (const imsi of imsis) void this.submit(imsi, 'rotation', 'background');
     return imsis.length;
   }
@@ -307,6 +314,7 @@ export class Vendor {
       certificateId: row.certId!,
       certificatePem: row.certPem!,
       privateKeyPem: this.opts.cipher.decrypt(row.keyEnc, row.imsi).toString('utf8'),
+      issuedAt: row.updatedAt,
     };
   }
 
@@ -385,13 +393,16 @@ export class Vendor {
 
   private needsRotation(imsi: string): boolean {
     const row = this.store.ready(imsi);
-    const horizon = Date.now() + this.opts.config.rotation.renewBeforeDays * DAY_MS;
-    return Boolean(row && (row.notAfter ?? certificateNotAfter(row.certPem!)) < horizon);
+    const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
+    const horizon = Date.now() + renewBeforeDays * DAY_MS;
+    // IoT Core's certificates from a CSR are valid until 2049: their age is what makes them due.
+    return Boolean(row && ((row.notAfter ?? certificateNotAfter(row.certPem!)) < horizon || row.createdAt < Date.now() - maxAgeDays * DAY_MS));
   }
 
   /**
    * Tells the listeners (the session pool reconnects with the new certificate) and retires the old
-   * certificate once they are done. With no listener, it retires when rotation.retireAfterMs is over.
+   * certificate once they are done. With no listener, or one that failed (the new certificate did not
+   * connect: IoT Core may still be propagating it), it retires when rotation.retireAfterMs is over.
    */
   private afterRotation(promoted: CredentialRow, previous: CredentialRow): void {
     const ev: CredentialsRotated = {
@@ -404,8 +415,9 @@ export class Vendor {
       .record('credentials_rotated', promoted.imsi, { certificateId: promoted.certId, previousCertificateId: previous.certId })
       .catch((err) => this.opts.log.warn({ imsi: promoted.imsi, err: String(err) }, 'rotation not audited'));
     if (this.rotatedHooks.size === 0) return;
-    void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async () => {
-      if (this.stopped) return;
+    void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async (results) => {
+      // Only once the new certificate has connected: otherwise the old one stays until retireAfterMs.
+      if (this.stopped || results.some((r) => r.status === 'rejected')) return;
       this.store.retireNow(previous.id);
       await this.retirer.retireDue().catch(() => undefined); // the periodic pass retries
     });

@@ -121,7 +121,7 @@ export class Stack {
 
   static async start(opts: { gatewayOverride?: Tree } = {}): Promise<Stack> {
     const dir = tempDir('bench');
-    const sandbox = await startSandboxProcess(dir, undefined, simbridgeSpawn());
+    const sandbox = await startSandboxProcess(dir, undefined, {}, simbridgeSpawn());
     const upstream = await upstreamBroker(dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
     const collector = new Collector(upstream.plainPort);
     await collector.start();

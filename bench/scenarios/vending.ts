@@ -32,7 +32,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
   const procs: CliProcess[] = [];
   try {
     mkdirSync(join(dir, 'sb'));
-    const sandbox = await startSandboxProcess(join(dir, 'sb'), undefined, simbridgeSpawn());
+    const sandbox = await startSandboxProcess(join(dir, 'sb'), undefined, {}, simbridgeSpawn());
     procs.push(sandbox.process);
     const { controlEndpoint: control, dataPort, caFile } = sandbox;
     const enforceQuotas = async () => {

@@ -10,6 +10,8 @@ export interface SessionCredentials {
   thingName: string;
   certificatePem: string;
   privateKeyPem: string;
+  /** When the certificate was vended (ms), if known. */
+  issuedAt?: number;
 }
 
 export interface PoolOptions {
@@ -34,6 +36,9 @@ export interface PoolOptions {
   /** Per-session publish pacing (IoT Core: 100 publishes/s and 512 KiB/s per connection). */
   publishesPerSecond: number;
   bytesPerSecond: number;
+  /** Publishes / bytes a session may send at once; the rest is paced so no second exceeds the quota. */
+  publishBurst: number;
+  byteBurst: number;
   /** Subscriptions per session (IoT Core: 50). */
   maxSubscriptions: number;
   /** Threads holding the connections. */
@@ -44,9 +49,37 @@ export interface PoolOptions {
   log: Logger;
 }
 
+/** Longest wait for the news that a connection closed after one of its operations failed. */
+const SETTLE_MS = 1000;
+
 export class SubscriptionLimitError extends Error {
   override name = 'SubscriptionLimitError';
 }
+
+/**
+ * IoT Core refused a subscription. Over MQTT 3.1.1 it does so by closing the connection, so a
+ * connection that closes while a SUBACK is pending is read as a refusal of that filter.
+ */
+export class SubscriptionRefusedError extends Error {
+  override name = 'SubscriptionRefusedError';
+}
+
+/**
+ * A publish lost because its connection closed. `subscriptionRefused`: the close answered a SUBSCRIBE
+ * (see SubscriptionRefusedError), so the message itself was not refused and must not be blamed for it.
+ */
+export class SessionDroppedError extends Error {
+  override name = 'SessionDroppedError';
+  constructor(
+    message: string,
+    readonly subscriptionRefused: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/** Told when IoT Core refused a filter the device had (e.g. on a resubscribe after a reconnect). */
+export type RefusalHandler = (reason: string) => void;
 
 /** One device's MQTT-over-mutual-TLS session to IoT Core, as that device (client id = thing name). */
 export class UpstreamSession {
@@ -54,6 +87,14 @@ export class UpstreamSession {
   lastUsed = Date.now();
   inflight = 0;
   private closed = false;
+  /** Set when the connection closed under us with a SUBSCRIBE pending (IoT Core's way to refuse it). */
+  private subscriptionRefused = false;
+  /** Operations waiting for their answer: failed at once when the connection drops. */
+  private readonly pendingSubscribes = new Map<string, (err: Error) => void>();
+  private readonly pendingPublishes = new Set<(err: Error) => void>();
+  private readonly refusedFilters = new Set<string>();
+  private markClosed!: () => void;
+  private readonly closedSignal = new Promise<void>((r) => (this.markClosed = r));
   private readonly closeListeners: Array<() => void> = [];
   private readonly messagePacer: TokenBucket;
   private readonly bytePacer: TokenBucket;
@@ -66,8 +107,9 @@ export class UpstreamSession {
     opts: PoolOptions,
   ) {
     this.log = opts.log;
-    this.messagePacer = new TokenBucket(opts.publishesPerSecond, opts.publishesPerSecond);
-    this.bytePacer = new TokenBucket(opts.bytesPerSecond, opts.bytesPerSecond);
+    // IoT Core drops publishes beyond its per-connection quota without a PUBACK: never exceed it in any second.
+    this.messagePacer = TokenBucket.withinQuota(opts.publishesPerSecond, opts.publishBurst);
+    this.bytePacer = TokenBucket.withinQuota(opts.bytesPerSecond, opts.byteBurst);
   }
 
   get thingName(): string {
@@ -80,14 +122,17 @@ export class UpstreamSession {
 
   /** Resolves on PUBACK (QoS 1) or once written (QoS 0), after waiting for the session's publish pacing. */
   async publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
-    if (this.closed) throw new Error('session closed');
+    if (this.closed) throw this.droppedError();
     this.inflight++;
     this.lastUsed = Date.now();
     try {
       await this.messagePacer.take(1);
       await this.bytePacer.take(payload.length + Buffer.byteLength(topic));
-      if (this.closed) throw new Error('session closed');
-      await this.connection.publish(topic, payload, qos);
+      if (this.closed) throw this.droppedError();
+      await this.untilDropped(this.connection.publish(topic, payload, qos), this.pendingPublishes);
+    } catch (err) {
+      if (!(err instanceof SessionDroppedError)) await this.settle();
+      throw this.subscriptionRefused ? this.droppedError() : err;
     } finally {
       this.inflight--;
       this.lastUsed = Date.now();
@@ -97,7 +142,11 @@ export class UpstreamSession {
   /** Subscribes on the device's behalf; resolves with the granted QoS, rejects when IoT Core refuses. */
   async subscribe(filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1> {
     this.lastUsed = Date.now();
-    const granted = await this.connection.subscribe(filter, qos, (topic, payload, gotQos) => {
+    if (this.closed) throw new Error('session closed');
+    let reject!: (err: Error) => void;
+    const dropped = new Promise<never>((_, r) => (reject = r));
+    this.pendingSubscribes.set(filter, reject);
+    const subscribed = this.connection.subscribe(filter, qos, (topic, payload, gotQos) => {
       this.lastUsed = Date.now();
       try {
         handler(topic, payload, gotQos);
@@ -105,8 +154,63 @@ export class UpstreamSession {
         this.log.warn({ thing: this.thingName, topic, err: String(err) }, 'downlink message not handled');
       }
     });
-    if (granted === 128) throw new Error(`subscription to ${filter} refused upstream`);
+    let granted: 0 | 1 | 128;
+    try {
+      granted = await Promise.race([subscribed, dropped]);
+    } catch (err) {
+      if (err instanceof SubscriptionRefusedError) throw err;
+      await this.settle();
+      if (this.refusedFilters.has(filter)) throw new SubscriptionRefusedError(`connection closed while the SUBACK for ${filter} was pending: IoT Core refused it`);
+      throw err;
+    } finally {
+      this.pendingSubscribes.delete(filter);
+    }
+    if (granted === 128) throw new SubscriptionRefusedError(`subscription to ${filter} refused upstream (SUBACK 0x80)`);
     return granted;
+  }
+
+  /**
+   * The connection dropped under us. A SUBSCRIBE still waiting for its SUBACK is what IoT Core refused
+   * (it closes the connection instead of answering 0x80): its filters are returned, and the publishes
+   * lost with the connection are marked as not their fault.
+   */
+  dropped(): string[] {
+    const refused = [...this.pendingSubscribes.keys()];
+    if (refused.length > 0) this.subscriptionRefused = true;
+    for (const f of refused) this.refusedFilters.add(f);
+    this.markClosed();
+    for (const [filter, reject] of this.pendingSubscribes) {
+      reject(new SubscriptionRefusedError(`connection closed while the SUBACK for ${filter} was pending: IoT Core refused it`));
+    }
+    this.pendingSubscribes.clear();
+    for (const reject of this.pendingPublishes) reject(this.droppedError());
+    this.pendingPublishes.clear();
+    return refused;
+  }
+
+  /**
+   * aws-crt fails the operations of a connection that closed (CANCELLED_FOR_CLEAN_SESSION) a moment
+   * before it reports the close itself: wait for that news before telling why an operation failed.
+   */
+  private settle(): Promise<void> {
+    return Promise.race([this.closedSignal, new Promise<void>((r) => setTimeout(r, SETTLE_MS).unref())]);
+  }
+
+  private droppedError(): SessionDroppedError {
+    return this.subscriptionRefused
+      ? new SessionDroppedError('connection closed by IoT Core refusing a subscription', true)
+      : new SessionDroppedError('session closed', false);
+  }
+
+  private async untilDropped<T>(op: Promise<T>, pending: Set<(err: Error) => void>): Promise<T> {
+    let reject!: (err: Error) => void;
+    const dropped = new Promise<never>((_, r) => (reject = r));
+    pending.add(reject);
+    try {
+      return await Promise.race([op, dropped]);
+    } finally {
+      pending.delete(reject);
+    }
   }
 
   async unsubscribe(filter: string): Promise<void> {
@@ -122,6 +226,7 @@ export class UpstreamSession {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.markClosed();
     this.closeListeners.splice(0).forEach((l) => l());
     await this.connection.disconnect().catch(() => undefined);
   }
@@ -140,7 +245,7 @@ export class UpstreamPool {
   private readonly sessions = new Map<string, Promise<UpstreamSession>>();
   private readonly open = new Map<string, UpstreamSession>();
   /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
-  private readonly wanted = new Map<string, Map<string, { qos: 0 | 1; handler: MessageHandler }>>();
+  private readonly wanted = new Map<string, Map<string, { qos: 0 | 1; handler: MessageHandler; onRefused?: RefusalHandler }>>();
   private readonly lastConnect = new Map<string, number>();
   private readonly connectPacer: TokenBucket;
   private readonly sweeper: NodeJS.Timeout;
@@ -183,16 +288,20 @@ export class UpstreamPool {
   }
 
   /** Subscribes a thing's session to a filter, now and after every reconnect. */
-  async subscribe(creds: SessionCredentials, filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1> {
+  async subscribe(creds: SessionCredentials, filter: string, qos: 0 | 1, handler: MessageHandler, onRefused?: RefusalHandler): Promise<0 | 1> {
     let subs = this.wanted.get(creds.thingName);
     if (!subs) this.wanted.set(creds.thingName, (subs = new Map()));
     if (!subs.has(filter) && subs.size >= this.opts.maxSubscriptions) {
       throw new SubscriptionLimitError(`at most ${this.opts.maxSubscriptions} subscriptions per device`);
     }
-    subs.set(filter, { qos, handler });
+    // Until this first SUBSCRIBE is answered, a refusal is reported to the caller, not to onRefused.
+    const entry = { qos, handler, onRefused: undefined as RefusalHandler | undefined };
+    subs.set(filter, entry);
     try {
       const session = await this.session(creds);
-      return await session.subscribe(filter, qos, handler);
+      const granted = await session.subscribe(filter, qos, handler);
+      entry.onRefused = onRefused;
+      return granted;
     } catch (err) {
       subs.delete(filter);
       if (subs.size === 0) this.wanted.delete(creds.thingName);
@@ -211,10 +320,22 @@ export class UpstreamPool {
     return this.wanted.get(thingName)?.size ?? 0;
   }
 
-  /** Moves a thing to new credentials (rotation): resolves once a session with them is up. */
-  async replace(creds: SessionCredentials): Promise<void> {
+  /**
+   * Moves a thing to new credentials (rotation): resolves once a session with them is up, trying again
+   * (IoT Core may not know a new certificate for a while) until withinMs has passed, then rejects.
+   */
+  async replace(creds: SessionCredentials, withinMs = 0): Promise<void> {
     await this.drop(creds.thingName);
-    await this.session(creds);
+    const deadline = Date.now() + withinMs;
+    for (let delay = this.opts.minConnectIntervalMs || 1000; ; delay = Math.min(delay * 2, 30_000)) {
+      try {
+        await this.session(creds);
+        return;
+      } catch (err) {
+        if (this.closing || Date.now() + delay > deadline) throw err;
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
+    }
   }
 
   /** Closes a thing's session, if any (its certificate was revoked). */
@@ -281,6 +402,8 @@ export class UpstreamPool {
             opts.log.warn({ thing: creds.thingName, err }, 'upstream session interrupted');
             if (!session) return;
             this.forget(session);
+            // A filter IoT Core refused is not wanted any more: resubscribing it would drop every new session.
+            for (const filter of session.dropped()) this.refused(creds.thingName, filter, 'connection closed while its SUBACK was pending');
             void session.close();
             if (this.wanted.get(creds.thingName)?.size && !this.closing) this.restore(creds);
           },
@@ -297,9 +420,23 @@ export class UpstreamPool {
     this.open.set(creds.thingName, session);
     opts.metrics.upstreamSessions.set(this.open.size);
     for (const [filter, sub] of this.wanted.get(creds.thingName) ?? []) {
-      await session.subscribe(filter, sub.qos, sub.handler).catch((err) => opts.log.warn({ thing: creds.thingName, filter, err: String(err) }, 'resubscribe failed'));
+      await session.subscribe(filter, sub.qos, sub.handler).catch((err) => {
+        if (err instanceof SubscriptionRefusedError) this.refused(creds.thingName, filter, err.message);
+        else opts.log.warn({ thing: creds.thingName, filter, err: String(err) }, 'resubscribe failed');
+      });
     }
     return session;
+  }
+
+  /** IoT Core refused a filter of a thing: it is dropped for good and its owner told. */
+  private refused(thingName: string, filter: string, reason: string): void {
+    const subs = this.wanted.get(thingName);
+    const sub = subs?.get(filter);
+    if (!sub) return;
+    subs!.delete(filter);
+    if (subs!.size === 0) this.wanted.delete(thingName);
+    this.opts.log.warn({ thing: thingName, filter, reason }, 'subscription refused upstream; dropped');
+    sub.onRefused?.(reason);
   }
 
   /** Reopens a session that holds subscriptions after it dropped, with backoff until it works. */

@@ -25,7 +25,7 @@ export interface ControlRequest {
 export interface Route {
   /** AWS operation name, used for fault injection and logs. */
   operation: string;
-  method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE' | 'PATCH';
   /** Path template, e.g. `/certificates/{certificateId}`. */
   path: string;
   /** Sandbox admin routes bypass fault injection. */

@@ -14,7 +14,8 @@ export interface OperationsContext {
   ca: CertificateAuthority;
   /** What DescribeEndpoint answers: the data plane's host, without port, as on AWS. */
   endpointAddress: string;
-  certValidityDays: number;
+  /** Days, or IoT Core's fixed end date for certificates from CreateCertificateFromCsr. */
+  certValidityDays: number | Date;
 }
 
 const seconds = (ms: number) => ms / 1000;
@@ -204,6 +205,67 @@ export function iotRoutes(ctx: OperationsContext): Route[] {
           lastModifiedDate: seconds(p.lastModifiedDate),
           generationId: p.generationId,
         };
+      },
+    },
+    {
+      operation: 'CreatePolicyVersion',
+      method: 'POST',
+      path: '/policies/{policyName}/version',
+      handle(req) {
+        const name = req.params.policyName!;
+        const v = registry.createPolicyVersion(name, requiredString(req.json(), 'policyDocument'), queryBool(req, 'setAsDefault'));
+        const p = registry.policy(name);
+        return { policyArn: p.policyArn, policyDocument: v.policyDocument, policyVersionId: v.versionId, isDefaultVersion: p.defaultVersionId === v.versionId };
+      },
+    },
+    {
+      operation: 'ListPolicyVersions',
+      method: 'GET',
+      path: '/policies/{policyName}/version',
+      handle(req) {
+        const p = registry.policy(req.params.policyName!);
+        return {
+          policyVersions: registry
+            .policyVersions(p.policyName)
+            .map((v) => ({ versionId: v.versionId, isDefaultVersion: v.versionId === p.defaultVersionId, createDate: seconds(v.createDate) })),
+        };
+      },
+    },
+    {
+      operation: 'GetPolicyVersion',
+      method: 'GET',
+      path: '/policies/{policyName}/version/{policyVersionId}',
+      handle(req) {
+        const p = registry.policy(req.params.policyName!);
+        const v = registry.policyVersion(p.policyName, req.params.policyVersionId!);
+        return {
+          policyArn: p.policyArn,
+          policyName: p.policyName,
+          policyDocument: v.policyDocument,
+          policyVersionId: v.versionId,
+          isDefaultVersion: v.versionId === p.defaultVersionId,
+          creationDate: seconds(v.createDate),
+          lastModifiedDate: seconds(v.createDate),
+          generationId: p.generationId,
+        };
+      },
+    },
+    {
+      operation: 'SetDefaultPolicyVersion',
+      method: 'PATCH',
+      path: '/policies/{policyName}/version/{policyVersionId}',
+      handle(req) {
+        registry.setDefaultPolicyVersion(req.params.policyName!, req.params.policyVersionId!);
+        return undefined;
+      },
+    },
+    {
+      operation: 'DeletePolicyVersion',
+      method: 'DELETE',
+      path: '/policies/{policyName}/version/{policyVersionId}',
+      handle(req) {
+        registry.deletePolicyVersion(req.params.policyName!, req.params.policyVersionId!);
+        return undefined;
       },
     },
     {

@@ -1,8 +1,8 @@
 // Who a data-plane connection is and what its certificate's policies let it
 // do, decided the way IoT Core does: the client certificate must be registered
 // and ACTIVE, and every CONNECT, PUBLISH, SUBSCRIBE and delivery is evaluated
-// against the policies attached to that certificate at that moment (so a
-// detach or deactivation takes effect on the next packet).
+// against the policies attached to that certificate as the data plane sees
+// them: changes arrive after the registry's propagation delay (0 = at once).
 import { type Account, certArn, clientArn, topicArn, topicFilterArn } from '../arn.ts';
 import { certificateIdOf } from '../ca.ts';
 import { isAllowed, type PolicyContext } from '../policy.ts';
@@ -29,14 +29,14 @@ export class Authorizer {
   /** Maps the TLS client certificate to a registered, ACTIVE certificate. */
   identify(certDer: Buffer, clientId: string, commonName: string | undefined): Identification {
     const certificateId = certificateIdOf(certDer);
-    const rec = this.registry.findCertificate(certificateId);
-    if (!rec) return { ok: false, reason: `certificate ${certificateId} is not registered` };
-    if (rec.status !== 'ACTIVE') return { ok: false, reason: `certificate ${certificateId} is ${rec.status}` };
+    const status = this.registry.dataPlaneStatus(certificateId);
+    if (!status) return { ok: false, reason: `certificate ${certificateId} is not registered (or not yet propagated)` };
+    if (status !== 'ACTIVE') return { ok: false, reason: `certificate ${certificateId} is ${status}` };
     return { ok: true, session: { certificateId, certificateArn: certArn(this.account, certificateId), clientId, commonName } };
   }
 
   isActive(s: Session): boolean {
-    return this.registry.findCertificate(s.certificateId)?.status === 'ACTIVE';
+    return this.registry.dataPlaneStatus(s.certificateId) === 'ACTIVE';
   }
 
   canConnect(s: Session): boolean {

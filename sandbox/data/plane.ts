@@ -2,7 +2,9 @@
 // TLS admits only certificates signed by the sandbox CA; aedes hooks then
 // apply the registry and policies to each CONNECT, PUBLISH, SUBSCRIBE and
 // delivery. Refusals follow IoT Core: CONNACK 5 on connect, connection closed
-// on a refused publish, SUBACK 0x80 on a refused subscription.
+// on a refused publish and on a refused subscription (IoT Core speaks MQTT
+// 3.1.1 there and drops the connection; `refusedSubscribe: 'suback'` keeps
+// the older, kinder SUBACK 0x80).
 import type { EventEmitter } from 'node:events';
 import { createServer, type TLSSocket } from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
@@ -10,6 +12,7 @@ import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, ty
 import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
+import { ShadowService } from './shadow.ts';
 import { MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
 export interface DataPlaneOptions {
@@ -18,8 +21,19 @@ export interface DataPlaneOptions {
   tls: { key: string; cert: string; ca: string };
   registry: Registry;
   logger: Logger;
+  /** What a refused CONNECT gets: the socket closed without CONNACK (IoT Core) or CONNACK 5. */
+  refusedConnect: 'close' | 'connack';
+  /** What a refused SUBSCRIBE gets: the connection closed (IoT Core) or SUBACK 0x80. */
+  refusedSubscribe: 'close' | 'suback';
+  /** Per-connection inbound quota over any one-second window; the excess is dropped without PUBACK. Null = none. */
+  publishQuota: PublishQuota | null;
   /** Called for every message the data plane accepted (device publishes and wills). */
   onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
+}
+
+export interface PublishQuota {
+  perSecond: number;
+  bytesPerSecond: number;
 }
 
 export interface DataPlane {
@@ -29,6 +43,8 @@ export interface DataPlane {
 }
 
 const NOT_AUTHORIZED = 5;
+const MIN_KEEPALIVE_S = 30;
+const MAX_KEEPALIVE_S = 1200;
 const IDENTIFIER_REJECTED = 2;
 
 export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane> {
@@ -36,6 +52,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
   const auth = new Authorizer(registry);
   const sessions = new WeakMap<Client, Session>();
   const byCertificate = new Map<string, Set<Client>>();
+  const shadows = new ShadowService();
 
   const refuse = (client: Client, reason: string) => logger.info({ clientId: client.id, reason }, 'sandbox data plane: refused');
 
@@ -43,11 +60,25 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     // IoT Core accepts client ids up to 128 bytes; aedes' default is 23.
     maxClientsIdLength: MAX_CLIENT_ID_BYTES,
 
+    // IoT Core raises a keepalive below 30 s to 30 and refuses one above 1,200 s (closing the connection).
+    preConnect(client, packet, done) {
+      const keepalive = packet.keepalive ?? 0;
+      if (keepalive > MAX_KEEPALIVE_S) {
+        refuse(client, `keepalive ${keepalive} s is above ${MAX_KEEPALIVE_S}`);
+        return done(new Error('keepalive above 1200 s'), false);
+      }
+      if (keepalive > 0 && keepalive < MIN_KEEPALIVE_S) packet.keepalive = MIN_KEEPALIVE_S;
+      done(null, true);
+    },
+
     authenticate(client, _username, _password, done) {
       const fail = (code: number, reason: string) => {
         refuse(client, reason);
         const err = new Error(reason) as AuthenticateError;
         err.returnCode = code;
+        // IoT Core answers an unauthorized CONNECT by closing the socket, without a CONNACK (aedes then
+        // skips its CONNACK for a closed client); `refusedConnect: 'connack'` keeps the older answer.
+        if (opts.refusedConnect === 'close') client.close();
         done(err, null);
       };
       if (Buffer.byteLength(client.id) > MAX_CLIENT_ID_BYTES) return fail(IDENTIFIER_REJECTED, 'client id longer than 128 bytes');
@@ -59,6 +90,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       if (!auth.canConnect(id.session)) return fail(NOT_AUTHORIZED, `policies of ${id.session.certificateId} do not allow iot:Connect as ${client.id}`);
       track(client, id.session);
       capSubscribeQos(client);
+      if (opts.publishQuota) enforcePublishQuota(client, opts.publishQuota, (reason) => refuse(client, reason));
       done(null, true);
     },
 
@@ -91,6 +123,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
           : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
       if (reason) {
         refuse(client, reason);
+        if (opts.refusedSubscribe === 'close') return done(new Error(reason), null); // aedes closes the connection
         return done(null, null); // SUBACK 0x80 for this filter
       }
       // IoT Core has no QoS 2: grant at most 1.
@@ -100,12 +133,19 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     authorizeForward(client, packet) {
       const s = sessions.get(client);
       if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
+      // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
+      const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
+      if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
       return packet;
     },
 
     published(packet, client, done) {
       if (client && !packet.topic.startsWith('$SYS/')) {
         opts.onMessage({ topic: packet.topic, payload: toBuffer(packet), qos: packet.qos === 0 ? 0 : 1 });
+        // The shadow service answers an update on its own topics (to subscribers the policy lets receive them).
+        for (const a of shadows.handle(packet.topic, toBuffer(packet)) ?? []) {
+          broker.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: 1, retain: false, dup: false }, () => undefined);
+        }
       }
       done(null);
     },
@@ -179,6 +219,45 @@ function capSubscribeQos(client: Client): void {
     if (packet.cmd !== 'subscribe') return;
     for (const sub of packet.subscriptions ?? []) if (sub.qos > 1) sub.qos = 1;
   });
+}
+
+/**
+ * IoT Core's per-connection quotas (100 publishes and 512 KiB per second): a publish beyond them is
+ * dropped without PUBACK and the connection stays, so the sender's operation times out. Counted over
+ * the last second of arrivals, ahead of aedes (its parser's private `_parser`, as capSubscribeQos).
+ */
+function enforcePublishQuota(client: Client, quota: PublishQuota, onDrop: (reason: string) => void): void {
+  const parser = (client as unknown as { _parser?: EventEmitter })._parser;
+  if (!parser) return;
+  const recent: { at: number; bytes: number }[] = [];
+  let bytes = 0;
+  const listeners = parser.listeners('packet') as ((packet: unknown) => void)[];
+  parser.removeAllListeners('packet');
+  parser.on('packet', (packet: { cmd: string; topic?: string; payload?: Buffer | string }) => {
+    if (packet.cmd === 'publish') {
+      const now = performance.now();
+      while (recent.length > 0 && recent[0]!.at <= now - 1000) bytes -= recent.shift()!.bytes;
+      const size = Buffer.byteLength(packet.payload ?? '') + Buffer.byteLength(packet.topic ?? '');
+      if (recent.length >= quota.perSecond || bytes + size > quota.bytesPerSecond) {
+        onDrop(recent.length >= quota.perSecond ? `more than ${quota.perSecond} publishes in a second: dropped without PUBACK` : `more than ${quota.bytesPerSecond} bytes in a second: dropped without PUBACK`);
+        return;
+      }
+      recent.push({ at: now, bytes: size });
+      bytes += size;
+    }
+    for (const l of listeners) l.call(parser, packet);
+  });
+}
+
+/** A topic filter matching a topic as IoT Core matches it: `+` one level, `#` one or more trailing levels (never the parent alone). */
+export function iotCoreMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return t.length > i;
+    if (i >= t.length || (f[i] !== '+' && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
 }
 
 function toBuffer(packet: AedesPublishPacket | PublishPacket): Buffer {

@@ -136,10 +136,21 @@ export interface SandboxProcess {
 }
 
 /** Runs `simbridge sandbox` on free ports, as its own process (so the gateway can be killed on its own). */
-export async function startSandboxProcess(dir: string, ports?: { controlPort: number; dataPort: number; observerPort: number }, opts: SpawnOptions = {}): Promise<SandboxProcess> {
+export async function startSandboxProcess(
+  dir: string,
+  ports?: { controlPort: number; dataPort: number; observerPort: number },
+  /** More of the config's `sandbox` section (fidelity switches), and its `vending` section (region). */
+  options: { sandbox?: Record<string, unknown>; vending?: Record<string, unknown> } = {},
+  opts: SpawnOptions = {},
+): Promise<SandboxProcess> {
   // Port 0 everywhere: the sandbox binds what is free and says which, so parallel tests never collide.
   // A restart passes the ports it had, so the gateway finds it where it was.
-  const config = writeYaml(dir, 'sandbox.yaml', { dataDir: dir, sandbox: ports ?? { controlPort: 0, dataPort: 0, observerPort: 0 }, log: { level: 'warn' } });
+  const config = writeYaml(dir, 'sandbox.yaml', {
+    dataDir: dir,
+    sandbox: { ...(ports ?? { controlPort: 0, dataPort: 0, observerPort: 0 }), ...options.sandbox },
+    ...(options.vending ? { vending: options.vending } : {}),
+    log: { level: 'warn' },
+  });
   const proc = spawnCli(['sandbox', '--config', config, '--ready-json'], opts.env, opts);
   const { ports: bound, sandbox } = await proc.ready(opts.timeoutMs);
   return { process: proc, dataPort: bound.sandboxData!, observerPort: bound.sandboxObserver!, ...sandbox! };
