@@ -62,7 +62,7 @@ describe('simbridge backup', () => {
 
     await first.kill();
     const restoredDir = tempDir('backup-restored');
-    mkdirSync(join(restoredDir, 'gateway'), { recursive: true });
+    mkdirSync(join(restoredDir, 'gateway'), { recursive: true, mode: 0o700 });
     copyFileSync(out, join(restoredDir, 'gateway', 'simbridge.db'));
     const restored = await startGatewayProcess((await gatewayConfig(restoredDir, sandbox)).file);
     gateways.push(restored);
