@@ -36,9 +36,10 @@ describe('batching for sleepy senders', () => {
   it('window: packs readings into batches of maxMessages, the rest after maxDelay, in order', async () => {
     const dir = tempDir('batch-window');
     const sandbox = await startSandboxProcess(dir);
-    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { groups: { default: { batching: { policy: 'window', maxMessages: 5, maxDelayMs: 1500 } } } })).file);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { groups: { default: { bindClaimedImei: true, batching: { policy: 'window', maxMessages: 5, maxDelayMs: 1500 } } } })).file);
     const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
     cleanups.push(() => observer.close(), () => gateway.kill(), () => sandbox.process.kill());
+    // The envelope names the IMEI bound to the SIM; a claimed one binds only where the group trusts claims.
     const imsi = '001010000000911';
     const sent = Array.from({ length: 12 }, (_, i) => JSON.stringify({ reading: i }));
     for (const body of sent) expect((await post(gateway.httpPort, imsi, 'meter', body)).status).toBe(202);
