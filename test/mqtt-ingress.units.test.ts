@@ -65,8 +65,9 @@ describe('device MQTT ingress', () => {
     await new Promise((r) => setTimeout(r, 200));
     gc();
     const grownMb = (process.memoryUsage().arrayBuffers - before) / 1024 ** 2;
-    // Kept, they would hold 30 MB (what the old ingress did).
-    expect(grownMb).toBeLessThan(5);
+    // Kept, they would hold 30 MB (the old ingress kept 29 MB). The bound leaves room for socket buffers
+    // not yet released when other test files share the machine (9 MB seen under load), not for the leak.
+    expect(grownMb).toBeLessThan(15);
   }, 60_000);
 
   it('refuses keepalive 0 with CONNACK 5 when so configured, and takes a bounded keepalive', async () => {
