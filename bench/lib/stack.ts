@@ -95,6 +95,8 @@ export interface GatewayProcess {
   pid: number;
   mqttPort: number;
   httpPort: number;
+  coapPort?: number;
+  udpPort?: number;
   adminPort?: number;
 }
 
@@ -158,7 +160,7 @@ export class Stack {
     writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
     const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
     const proc = await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
-    this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: proc.mqttPort, httpPort: proc.httpPort, adminPort: proc.adminPort };
+    this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: proc.mqttPort, httpPort: proc.httpPort, coapPort: proc.coapPort, udpPort: proc.udpPort, adminPort: proc.adminPort };
     return this.gateway;
   }
 

@@ -174,9 +174,8 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
         storage: { synchronous: 'full' },
       },
     });
-    const out = () => stack.gateway!.process.output;
-    const portOf = (label: string) => Number(out().match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-    const ports = { mqtt: stack.gateway!.mqttPort, http: stack.gateway!.httpPort, coap: portOf('device CoAP'), udp: portOf('device UDP') };
+    const g = stack.gateway!;
+    const ports = { mqtt: g.mqttPort, http: g.httpPort, coap: g.coapPort!, udp: g.udpPort! };
 
     // 1. Bytes per wake. A first wake each vends the SIM (not measured: it is the same for all four).
     const [dm, dh, dc, du] = fleet;
@@ -265,7 +264,7 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       return { offered: round(sent / elapsedS), msgsPerS: round(ackedInTime / elapsedS), p50: round(quantile(hist, 0.5)), p99: round(quantile(hist, 0.99)), unanswered: sentAt.size, refused };
     };
     let nextMid = 1;
-    const metricsUrl = `http://127.0.0.1:${out().match(/admin\s+http:\/\/\S+:(\d+)/)?.[1]}/metrics`;
+    const metricsUrl = `http://127.0.0.1:${stack.gateway!.adminPort}/metrics`;
     const runHttpLoad = async () => {
       // The same devices over HTTP at the quarter rate, side by side: what this machine gives the gateway's
       // HTTP path right now, against which the CoAP figures can be read.
