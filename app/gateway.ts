@@ -229,6 +229,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     connectivity,
     metrics,
     audit,
+    sessions: stores.mqttSessions,
+    group,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({

@@ -35,6 +35,14 @@ const group = z
       })
       .strict()
       .prefault({}),
+    mqttSessions: z
+      .object({
+        maxExpirySeconds: z.number().int().min(0).default(86_400).describe('longest an MQTT session outlives its connection (3.1.1 cleanSession=0 gets this; MQTT 5 session expiry is cut to it); 0 = no persistent sessions'),
+        maxMessages: z.number().int().positive().default(20).describe('most QoS 1 commands kept per sleeping MQTT session; the oldest is dropped (audited) past it'),
+        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a kept command waits for its device'),
+      })
+      .strict()
+      .prefault({}),
     batching: batchingSection,
     overflow: z
       .enum(['reject-new', 'drop-oldest'])
@@ -65,6 +73,9 @@ export const configSchema = z
             maxConnectionsPerSim: z.number().int().positive().default(4).describe('most connections one SIM holds (a reconnect with the same client id replaces its old one); past it CONNACK 3'),
             maxKeepAliveSeconds: z.number().int().positive().max(65535).default(1200).describe('longest keepalive honoured; a longer one is cut to this (the connection closes after 1.5 x this of silence)'),
             keepAliveZero: z.enum(['limit', 'refuse']).default('limit').describe('keepalive 0 (never time out): limit = treat as maxKeepAliveSeconds; refuse = CONNACK 5'),
+            maxPacketBytes: z.number().int().min(1024).max(268_435_455).default(133_120).describe('largest MQTT packet a device may send (advertised to MQTT 5 devices as Maximum Packet Size); a larger one closes the connection (MQTT 5: DISCONNECT 0x95)'),
+            receiveMaximum: z.number().int().min(1).max(65_535).default(100).describe('QoS 1 publishes a device may have waiting for their PUBACK (advertised as Receive Maximum); 3.1.1 devices past it wait, MQTT 5 devices get DISCONNECT 0x93'),
+            topicAliasMaximum: z.number().int().min(0).max(65_535).default(16).describe('topic aliases an MQTT 5 device may set on its connection (0: none); alias 0 or above it gets DISCONNECT 0x94'),
           })
           .strict()
           .prefault({}),

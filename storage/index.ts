@@ -3,6 +3,7 @@ import { CredentialStore, type CredentialReads } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
+import { SqliteMqttSessions, type MqttSessionStore } from './mqtt-sessions.ts';
 import { NetworkSessions, type NetworkSessionStore, type SessionLookup } from './network-sessions.ts';
 import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
 import { promised } from './promised.ts';
@@ -32,6 +33,8 @@ export interface Stores {
   /** The same table as the admin surface reads it. */
   credentialReads: CredentialReads;
   downlink: HeldDownlinkStore;
+  /** Persistent MQTT sessions and the commands kept for them. */
+  mqttSessions: MqttSessionStore;
   networkSessions: NetworkSessionStore;
   /** The same table, synchronous, for identifying devices by their address. */
   sessionLookup: SessionLookup;
@@ -53,6 +56,7 @@ export function sqliteStores(db: Db, now: () => number = Date.now, opts: { repla
     credentials,
     credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
     downlink: downlinkView(new DownlinkStore(db)),
+    mqttSessions: promised(new SqliteMqttSessions(db), ['load', 'save', 'remove', 'keep', 'pending', 'delivered', 'expire']) satisfies MqttSessionStore,
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
     sessionLookup: networkSessions,
     outboxStats: promised(new SqliteOutboxStats(db), ['summary', 'ofSim', 'deadLetters']) satisfies OutboxStats,

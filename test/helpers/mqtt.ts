@@ -91,3 +91,21 @@ export function subscribeCodes(client: MqttClient, filters: string[], qos: 0 | 1
     client.subscribe(filters, { qos }, () => undefined);
   });
 }
+
+/** Sends raw bytes to an MQTT port and resolves with everything read until the server closes. */
+export function rawExchange(port: number, bytes: Buffer, timeoutMs = 5000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection({ host: '127.0.0.1', port }, () => socket.write(bytes));
+    const chunks: Buffer[] = [];
+    const t = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the server did not close within ${timeoutMs} ms (read ${Buffer.concat(chunks).toString('hex')})`));
+    }, timeoutMs);
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(t);
+      resolve(Buffer.concat(chunks));
+    });
+  });
+}

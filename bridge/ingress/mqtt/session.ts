@@ -1,0 +1,208 @@
+import type { KeptMessage, MqttSessionStore, SessionKey } from '../../../storage/mqtt-sessions.ts';
+import type { AdmittedDevice } from '../../admission.ts';
+import type { DeviceConnection, Outgoing } from './connection.ts';
+import type { Endpoint } from './context.ts';
+
+/** While connected, a persistent session's row does not expire; its expiry is set when the device leaves. */
+const WHILE_CONNECTED = Number.MAX_SAFE_INTEGER;
+
+/**
+ * One device's MQTT session: its subscriptions (each one on its upstream session) and, while its device
+ * is away, where commands go. It outlives its connection only when it asked to (expirySeconds > 0).
+ */
+export class DeviceSession {
+  readonly filters = new Map<string, 0 | 1>();
+  conn?: DeviceConnection;
+  expirySeconds = 0;
+  /** Commands in flight on a connection that was taken over, sent again on the new one. */
+  handedOver?: Outgoing[];
+
+  constructor(
+    readonly id: string,
+    readonly key: SessionKey,
+    public device: AdmittedDevice,
+    private readonly sessions: Sessions,
+  ) {}
+
+  /** Downlink from the upstream subscription: to the device, or kept for it while it sleeps. */
+  readonly deliver = (topic: string, payload: Buffer, qos: 0 | 1): void => {
+    if (this.conn?.state === 'open') this.conn.deliver({ topic, payload, qos });
+    else this.sessions.keep(this, { topic, payload, qos });
+  };
+}
+
+/** Every session of the endpoint: connected ones, and persistent ones whose device is away. */
+export class Sessions {
+  private readonly byId = new Map<string, DeviceSession>();
+
+  constructor(
+    private readonly ep: Endpoint,
+    private readonly store: MqttSessionStore | undefined,
+  ) {}
+
+  /** Longest session expiry the device's group allows (0 without a store: sessions end with their connection). */
+  private maxExpirySeconds(device: AdmittedDevice): number {
+    if (!this.store || !this.ep.opts.group) return 0;
+    return this.ep.opts.group(device.sim.group).mqttSessions.maxExpirySeconds;
+  }
+
+  /**
+   * Finds or makes the session of a connecting device. A clean start discards what was kept
+   * (MQTT-3.1.2-4); otherwise the session in memory, or the one stored, is resumed (MQTT-3.1.2-5).
+   */
+  async attach(conn: DeviceConnection, device: AdmittedDevice, cleanStart: boolean, expiryAsked: number): Promise<{ session: DeviceSession; present: boolean; expirySeconds: number }> {
+    const key = { imsi: device.sim.imsi, clientId: conn.clientId };
+    const id = `${key.imsi}/${key.clientId}`;
+    const expirySeconds = Math.min(expiryAsked, this.maxExpirySeconds(device));
+    let session = this.byId.get(id);
+    let present = false;
+    if (session && cleanStart) {
+      this.end(session, 'clean start');
+      session = undefined;
+    } else if (!session && cleanStart && this.store && this.maxExpirySeconds(device) > 0) {
+      this.accountFor(key.imsi, await this.store.remove(key), 'clean start');
+    }
+    if (session) {
+      present = true;
+      const before = session.conn;
+      session.conn = undefined;
+      // Commands in flight on the connection taken over go to the new one.
+      if (before) session.handedOver = before.unacknowledged();
+    } else {
+      session = new DeviceSession(id, key, device, this);
+      const stored = !cleanStart && this.store && this.maxExpirySeconds(device) > 0 ? await this.store.load(key) : undefined;
+      if (stored) {
+        present = true;
+        for (const [filter, qos] of stored.filters) {
+          await this.subscribe(session, filter, qos).catch((err: Error) => this.ep.opts.log.warn({ thing: device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored'));
+        }
+      }
+      this.byId.set(id, session);
+    }
+    session.device = device;
+    session.expirySeconds = expirySeconds;
+    session.conn = conn;
+    conn.session = session;
+    if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expiresAt: WHILE_CONNECTED });
+    return { session, present, expirySeconds };
+  }
+
+  /** After CONNACK: what was kept for the device goes out (oldest first; removed once acknowledged). */
+  resume(session: DeviceSession, conn: DeviceConnection): void {
+    const handedOver = session.handedOver;
+    session.handedOver = undefined;
+    for (const m of handedOver ?? []) if (m.keptId === undefined) conn.deliver(m);
+    if (!this.store || session.expirySeconds === 0) return;
+    this.store.pending(session.key).then(
+      (kept: KeptMessage[]) => {
+        for (const m of kept) {
+          if (session.conn !== conn || conn.state !== 'open') return;
+          conn.deliver({ topic: m.topic, payload: m.payload, qos: m.qos, keptId: m.id, expiresAt: m.expiresAt });
+        }
+      },
+      (err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'kept MQTT downlink not read'),
+    );
+  }
+
+  /** A connection ended: its session sleeps (persistent) or ends. Commands it had in flight are kept. */
+  detach(conn: DeviceConnection, _clean: boolean): void {
+    const session = conn.session;
+    if (!session || session.conn !== conn) return;
+    session.conn = undefined;
+    if (session.expirySeconds === 0 || !this.store) return this.end(session, 'connection closed');
+    for (const m of conn.unacknowledged()) if (m.keptId === undefined) this.keep(session, m);
+    this.store
+      .save(session.key, { filters: [...session.filters], expiresAt: Date.now() + session.expirySeconds * 1000 })
+      .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
+  }
+
+  /** Subscribes the session's device upstream; resolves with the granted QoS. */
+  async subscribe(session: DeviceSession, filter: string, qos: number): Promise<0 | 1> {
+    const granted = await this.ep.opts.downlink.subscribe(session.device, filter, qos, session.deliver);
+    session.filters.set(filter, granted);
+    return granted;
+  }
+
+  /** Unsubscribes; false when the session held no such filter. */
+  unsubscribe(session: DeviceSession, filter: string): boolean {
+    if (!session.filters.delete(filter)) return false;
+    void this.ep.opts.downlink.unsubscribe(session.device, filter);
+    return true;
+  }
+
+  /** The session's subscriptions changed: a persistent one writes them down. */
+  saved(session: DeviceSession): void {
+    if (!this.store || session.expirySeconds === 0) return;
+    this.store
+      .save(session.key, { filters: [...session.filters], expiresAt: WHILE_CONNECTED })
+      .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
+  }
+
+  /** Keeps a command for a sleeping device (QoS 1 only, bounded per group; QoS 0 is not kept, MQTT-3.1.2-5). */
+  keep(session: DeviceSession, msg: Outgoing): void {
+    const { metrics, log, group } = this.ep.opts;
+    if (msg.qos === 0 || !this.store || session.expirySeconds === 0 || !group) {
+      metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' });
+      return;
+    }
+    const cfg = group(session.device.sim.group).mqttSessions;
+    const receivedAt = Date.now();
+    const expiresAt = Math.min(msg.expiresAt ?? Infinity, receivedAt + cfg.ttlMs);
+    this.store.keep(session.key, { topic: msg.topic, payload: msg.payload, qos: 1, receivedAt }, cfg.maxMessages, expiresAt).then(
+      (dropped) => {
+        metrics.downlink.inc({ protocol: 'mqtt', result: 'held' });
+        this.accountFor(session.key.imsi, dropped, `more than ${cfg.maxMessages} kept`);
+      },
+      (err: unknown) => {
+        metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' });
+        log.error({ thing: session.device.sim.thingName, topic: msg.topic, err: String(err) }, 'MQTT downlink not kept');
+      },
+    );
+  }
+
+  /** The device acknowledged a kept command: it is not sent again. */
+  delivered(msg: Outgoing): void {
+    this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
+    if (msg.keptId === undefined || !this.store) return;
+    this.store.delivered([msg.keptId]).catch((err: unknown) => this.ep.opts.log.warn({ err: String(err) }, 'delivered MQTT downlink not removed; it may be sent again'));
+  }
+
+  /** Ends a session: its upstream subscriptions go, and whatever it kept is dropped (audited). */
+  end(session: DeviceSession, why: string): void {
+    if (this.byId.get(session.id) === session) this.byId.delete(session.id);
+    for (const filter of session.filters.keys()) void this.ep.opts.downlink.unsubscribe(session.device, filter);
+    session.filters.clear();
+    if (!this.store || session.expirySeconds === 0) return;
+    this.store.remove(session.key).then(
+      (dropped) => this.accountFor(session.key.imsi, dropped, why),
+      (err: unknown) => this.ep.opts.log.error({ err: String(err) }, 'MQTT session not removed'),
+    );
+  }
+
+  /** Expired sessions end (unless their device came back) and expired commands go, each accounted for. */
+  async sweep(now = Date.now()): Promise<void> {
+    if (!this.store) return;
+    const { sessions, messages } = await this.store.expire(now);
+    for (const key of sessions) {
+      const session = this.byId.get(`${key.imsi}/${key.clientId}`);
+      if (session && !session.conn) {
+        session.expirySeconds = 0; // already removed from the store
+        this.end(session, 'session expired');
+      }
+    }
+    for (const m of messages) this.accountFor(m.imsi, [m], m.expiresAt <= now ? 'expired before its device came back' : 'session expired');
+  }
+
+  /** Every dropped command is counted and audited: nothing disappears without a trace. */
+  private accountFor(imsi: string, dropped: KeptMessage[], reason: string): void {
+    for (const d of dropped) {
+      this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' });
+      this.ep.audit('downlink_dropped', imsi, { topic: d.topic, receivedAt: d.receivedAt, reason, via: 'mqtt' });
+    }
+  }
+
+  /** Sessions in memory (connected or asleep). */
+  get size(): number {
+    return this.byId.size;
+  }
+}

@@ -1,0 +1,102 @@
+import type { Db } from './db.ts';
+import type { HeldMessage } from './downlink.ts';
+
+/** One persistent MQTT session: a SIM and the client id its device connects with. */
+export interface SessionKey {
+  imsi: string;
+  clientId: string;
+}
+
+export interface StoredSession {
+  filters: Array<[filter: string, qos: 0 | 1]>;
+  expiresAt: number;
+}
+
+export type KeptMessage = HeldMessage & { expiresAt: number };
+export type DroppedMessage = KeptMessage & SessionKey;
+
+/** Persistent MQTT sessions and the commands kept for them, bounded in count and age per session. */
+export interface MqttSessionStore {
+  /** The session, unless it has none or it expired. */
+  load(key: SessionKey, now?: number): Promise<StoredSession | undefined>;
+  save(key: SessionKey, session: StoredSession): Promise<void>;
+  /** Ends a session; resolves with the commands it still held, so each can be accounted for. */
+  remove(key: SessionKey): Promise<KeptMessage[]>;
+  /** Keeps a command; resolves with those pushed out because the session already held maxMessages. */
+  keep(key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number): Promise<KeptMessage[]>;
+  /** Commands waiting for a session, oldest first, not yet expired. */
+  pending(key: SessionKey, now?: number): Promise<KeptMessage[]>;
+  /** Forgets commands the device acknowledged. */
+  delivered(ids: number[]): Promise<void>;
+  /** Deletes expired commands and sessions; resolves with the sessions ended and the commands dropped. */
+  expire(now?: number): Promise<{ sessions: SessionKey[]; messages: DroppedMessage[] }>;
+}
+
+const COLUMNS = 'id, topic, payload, qos, received_at AS receivedAt, expires_at AS expiresAt';
+
+/** The SQLite tables (synchronous; the rest of the code sees them as an MqttSessionStore). */
+export class SqliteMqttSessions {
+  constructor(private readonly db: Db) {}
+
+  load(key: SessionKey, now = Date.now()): StoredSession | undefined {
+    const row = this.db.prepare('SELECT filters, expires_at AS expiresAt FROM mqtt_sessions WHERE imsi = ? AND client_id = ? AND expires_at > ?').get(key.imsi, key.clientId, now) as
+      | { filters: string; expiresAt: number }
+      | undefined;
+    return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expiresAt: row.expiresAt };
+  }
+
+  save(key: SessionKey, session: StoredSession): void {
+    this.db
+      .prepare('INSERT INTO mqtt_sessions (imsi, client_id, filters, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT (imsi, client_id) DO UPDATE SET filters = excluded.filters, expires_at = excluded.expires_at')
+      .run(key.imsi, key.clientId, JSON.stringify(session.filters), session.expiresAt);
+  }
+
+  remove(key: SessionKey): KeptMessage[] {
+    return this.db.transaction(() => {
+      const held = this.db.prepare(`SELECT ${COLUMNS} FROM mqtt_session_messages WHERE imsi = ? AND client_id = ? ORDER BY id`).all(key.imsi, key.clientId) as KeptMessage[];
+      this.db.prepare('DELETE FROM mqtt_session_messages WHERE imsi = ? AND client_id = ?').run(key.imsi, key.clientId);
+      this.db.prepare('DELETE FROM mqtt_sessions WHERE imsi = ? AND client_id = ?').run(key.imsi, key.clientId);
+      return held;
+    })();
+  }
+
+  keep(key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number): KeptMessage[] {
+    return this.db.transaction(() => {
+      this.db
+        .prepare('INSERT INTO mqtt_session_messages (imsi, client_id, topic, payload, qos, received_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(key.imsi, key.clientId, msg.topic, msg.payload, msg.qos, msg.receivedAt, expiresAt);
+      const over = this.db
+        .prepare(`SELECT ${COLUMNS} FROM mqtt_session_messages WHERE imsi = ? AND client_id = ? ORDER BY id DESC LIMIT -1 OFFSET ?`)
+        .all(key.imsi, key.clientId, maxMessages) as KeptMessage[];
+      const del = this.db.prepare('DELETE FROM mqtt_session_messages WHERE id = ?');
+      for (const m of over) del.run(m.id);
+      return over.reverse();
+    })();
+  }
+
+  pending(key: SessionKey, now = Date.now()): KeptMessage[] {
+    return this.db.prepare(`SELECT ${COLUMNS} FROM mqtt_session_messages WHERE imsi = ? AND client_id = ? AND expires_at > ? ORDER BY id`).all(key.imsi, key.clientId, now) as KeptMessage[];
+  }
+
+  delivered(ids: number[]): void {
+    if (ids.length === 0) return;
+    const del = this.db.prepare('DELETE FROM mqtt_session_messages WHERE id = ?');
+    this.db.transaction(() => ids.forEach((id) => del.run(id)))();
+  }
+
+  expire(now = Date.now()): { sessions: SessionKey[]; messages: DroppedMessage[] } {
+    return this.db.transaction(() => {
+      const sessions = this.db.prepare('SELECT imsi, client_id AS clientId FROM mqtt_sessions WHERE expires_at <= ?').all(now) as SessionKey[];
+      const messages = this.db
+        .prepare(
+          `SELECT m.id, m.imsi, m.client_id AS clientId, m.topic, m.payload, m.qos, m.received_at AS receivedAt, m.expires_at AS expiresAt FROM mqtt_session_messages m
+           WHERE m.expires_at <= ? OR EXISTS (SELECT 1 FROM mqtt_sessions s WHERE s.imsi = m.imsi AND s.client_id = m.client_id AND s.expires_at <= ?) ORDER BY m.id`,
+        )
+        .all(now, now) as DroppedMessage[];
+      const del = this.db.prepare('DELETE FROM mqtt_session_messages WHERE id = ?');
+      for (const m of messages) del.run(m.id);
+      this.db.prepare('DELETE FROM mqtt_sessions WHERE expires_at <= ?').run(now);
+      return { sessions, messages };
+    })();
+  }
+}
