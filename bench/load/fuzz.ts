@@ -201,6 +201,11 @@ function countConnacks(reply: Buffer): void {
       const rc = String(reply[i + 3]);
       result.connack[rc] = (result.connack[rc] ?? 0) + 1;
       i += 3;
+    } else if (reply[i] === 0x20 && reply[i + 1]! > 2 && reply[i + 1]! < 0x80 && reply[i + 2]! <= 1) {
+      // MQTT 5 form: flags, reason code, properties; counted as "v5:0x87".
+      const rc = `v5:0x${reply[i + 3]!.toString(16).padStart(2, '0')}`;
+      result.connack[rc] = (result.connack[rc] ?? 0) + 1;
+      i += 1 + reply[i + 1]!;
     }
   }
 }
@@ -310,6 +315,88 @@ const mqttCases: Record<string, () => Buffer[]> = {
     return [p.subarray(0, 1 + int(p.length - 1))];
   },
 };
+
+// ---- MQTT 5 cases: properties, topic aliases, flow control -----------------------------------------
+
+/** MQTT 5 properties: [identifier, value bytes] pairs, behind their varint length. */
+const props = (pairs: Array<[number, Buffer]>) => {
+  const body = Buffer.concat(pairs.map(([id, v]) => Buffer.concat([Buffer.from([id]), v])));
+  return Buffer.concat([varint(body.length), body]);
+};
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+};
+function connect5(o: { clientId: string | Buffer; username?: string | Buffer; properties?: Buffer; flags?: number }): Buffer {
+  let flags = o.flags ?? 0x02;
+  if (o.username !== undefined) flags |= 0x80;
+  const parts = [str('MQTT'), Buffer.from([5, flags]), u16(30), o.properties ?? props([]), str(o.clientId)];
+  if (o.username !== undefined) parts.push(str(o.username));
+  return packet(1, 0, Buffer.concat(parts));
+}
+const publish5 = (topic: string, payload: Buffer, qos: number, properties: Buffer, id = 1 + int(65535)) =>
+  packet(3, qos << 1, Buffer.concat([str(topic), qos > 0 ? u16(id) : Buffer.alloc(0), properties, payload]));
+const alias = (n: number) => props([[0x23, u16(n)]]);
+const userProperty = () => [0x26, Buffer.concat([str(`k${int(10)}`), str(bytes(int(20)))])] as [number, Buffer];
+
+function anyPacket5(): Buffer {
+  switch (int(9)) {
+    case 0:
+      return publish5(pick(['', 't']), bytes(int(50)), int(2), alias(pick([0, 1, 17, 65535]))); // alias 0, unset, above the maximum
+    case 1:
+      return publish5('telemetry', bytes(int(50)), 1, props([userProperty(), userProperty()]));
+    case 2:
+      return publish5('telemetry', bytes(int(50)), int(2), props([[0x02, u32(int(100))], [0x01, Buffer.from([int(2)])]])); // expiry, payload format
+    case 3:
+      return publish5('telemetry', bytes(int(50)), 1, Buffer.concat([varint(40), bytes(40)])); // property bytes that mean nothing
+    case 4:
+      return packet(15, 0, Buffer.from([0x18, 0])); // AUTH (continue authentication), never offered
+    case 5:
+      return packet(14, 0, Buffer.from([pick([0x00, 0x04, 0x80, 0xff]), 0])); // DISCONNECT with a reason code
+    case 6:
+      return withId(4); // PUBACK for an id never sent
+    default:
+      return anyPacket();
+  }
+}
+
+const mqtt5Cases: Record<string, () => Buffer[]> = {
+  mqtt5_odd_connect: () => {
+    const id = identity();
+    const candidates: Array<[number, Buffer]> = [
+      [0x11, u32(pick([0, 60, 0xffffffff]))], // session expiry
+      [0x21, u16(pick([0, 1, 65535]))], // receive maximum (0 is a protocol error)
+      [0x27, u32(pick([0, 10, 1 << 20]))], // maximum packet size (0 is a protocol error)
+      [0x22, u16(int(65536))], // topic alias maximum
+      [0x15, str('SCRAM-SHA-1')], // authentication method, never offered
+      userProperty(),
+    ];
+    const properties = props(candidates.filter(() => rand() < 0.5));
+    return [connect5({ clientId: id.imei, username: id.imsi, properties, flags: pick([0x00, 0x02, 0x03]) })];
+  },
+  mqtt5_mutated_connect: () => {
+    const id = identity();
+    return [mutate(connect5({ clientId: id.imei, username: id.imsi, properties: props([userProperty()]) }))];
+  },
+  mqtt5_valid_connect_then_packets: () => {
+    const id = identity();
+    const seq = Array.from({ length: 1 + int(6) }, anyPacket5);
+    return [connect5({ clientId: id.imei, username: id.imsi }), ...seq.map((p) => (rand() < 0.3 ? mutate(p) : p))];
+  },
+  // More unanswered QoS 1 publishes than the advertised Receive Maximum, in one write.
+  mqtt5_receive_maximum_flood: () => {
+    const id = identity();
+    const burst = Buffer.concat(Array.from({ length: 200 + int(200) }, (_, i) => publish5('telemetry', bytes(int(20)), 1, props([]), i + 1)));
+    return [connect5({ clientId: id.imei, username: id.imsi }), burst];
+  },
+  // A remaining length announcing far more than the Maximum Packet Size, then a trickle.
+  mqtt5_oversized_remaining_length: () => {
+    const id = identity();
+    return [connect5({ clientId: id.imei, username: id.imsi }), Buffer.from([0x32, 0xff, 0xff, 0xff, 0x7f]), bytes(1000)];
+  },
+};
+Object.assign(mqttCases, mqtt5Cases);
 
 // ---- HTTP cases -------------------------------------------------------------------------------------
 
@@ -460,7 +547,8 @@ async function round(): Promise<void> {
     // Half stay silent after the TCP handshake (each holds a place until the CONNECT timeout); half CONNECT
     // as one SIM under IMEISV variants, as a device that reconnects under a new client id each time would.
     const imsi = pick(c.imsis);
-    const first = () => (rand() < 0.5 ? Buffer.alloc(0) : connect({ clientId: c.imei.slice(0, 14) + String(int(100)).padStart(2, '0'), username: imsi, keepalive: 0 }));
+    const clientId = () => c.imei.slice(0, 14) + String(int(100)).padStart(2, '0');
+    const first = () => (rand() < 0.5 ? Buffer.alloc(0) : rand() < 0.5 ? connect({ clientId: clientId(), username: imsi, keepalive: 0 }) : connect5({ clientId: clientId(), username: imsi }));
     for (const reply of await flood(c.mqttPort, MQTT_FLOOD_SOURCE, FLOOD_CONNECTIONS.mqtt, first)) countConnacks(reply);
     return;
   }

@@ -44,6 +44,11 @@ function checkConnect(ep: Endpoint, conn: DeviceConnection, packet: IConnectPack
   if (Buffer.byteLength(packet.clientId) > opts.maxClientIdBytes) return ['client_id_invalid', `client id longer than ${opts.maxClientIdBytes} bytes`];
   // MQTT-3.1.3-8: a 3.1.1 device without a client id must ask for a clean session.
   if (packet.clientId === '' && conn.level !== 5 && packet.clean === false) return ['client_id_invalid', 'an empty client id needs a clean session'];
+  const props = packet.properties;
+  // MQTT-3.1.2-21 (MQTT 5): Receive Maximum and Maximum Packet Size of 0 are protocol errors.
+  if (props?.receiveMaximum === 0 || props?.maximumPacketSize === 0) return ['protocol_error', 'Receive Maximum and Maximum Packet Size may not be 0'];
+  // MQTT 5 enhanced authentication (AUTH exchanges) is not offered: identity comes from the network.
+  if (props?.authenticationMethod !== undefined) return ['auth_method_not_supported', `authentication method ${props.authenticationMethod} is not supported`];
   if (packet.keepalive === 0 && opts.keepAliveZero === 'refuse') return ['keepalive_refused', 'keepalive 0 is not accepted'];
   // Nothing is retained, here or in IoT Core; QoS 2 does not exist upstream (MQTT-3.2.2-11, -12 in MQTT 5).
   if (packet.will?.retain) return ['retain_not_supported', 'a retained will message is not supported'];

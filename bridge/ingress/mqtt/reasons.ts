@@ -20,7 +20,8 @@ export type MqttProtocolReason =
   | 'session_taken_over'
   | 'server_unavailable'
   | 'server_shutting_down'
-  | 'network_session_ended';
+  | 'network_session_ended'
+  | 'auth_method_not_supported';
 
 export type MqttRefusalReason = RefusalReason | IngressLimitReason | UplinkRefusalReason | DownlinkRefusal['reason'] | MqttProtocolReason;
 
@@ -41,6 +42,7 @@ export const RC = {
   unsupportedProtocolVersion: 0x84,
   clientIdNotValid: 0x85,
   badUserNameOrPassword: 0x86,
+  badAuthenticationMethod: 0x8c,
   notAuthorized: 0x87,
   serverUnavailable: 0x88,
   serverShuttingDown: 0x8b,
@@ -79,6 +81,7 @@ export const REASON_CODES: Record<MqttRefusalReason, ReasonCodes> = {
   client_id_invalid: { v5: RC.clientIdNotValid, v3: 2 },
   unsupported_protocol_version: { v5: RC.unsupportedProtocolVersion, v3: 1 },
   server_unavailable: { v5: RC.serverUnavailable, v3: 3 },
+  auth_method_not_supported: { v5: RC.badAuthenticationMethod, v3: 4 }, // MQTT 5 only: enhanced authentication is not offered
   // publishes (PUBACK where MQTT 5 allows the code there, else DISCONNECT)
   qos_not_supported: { v5: RC.qosNotSupported, v3: 5 },
   retain_not_supported: { v5: RC.retainNotSupported, v3: 5 },
