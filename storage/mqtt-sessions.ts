@@ -9,8 +9,14 @@ export interface SessionKey {
 
 export interface StoredSession {
   filters: Array<[filter: string, qos: 0 | 1]>;
+  /** How long the session outlives its connection. */
+  expirySeconds: number;
+  /** When it ends; WHILE_CONNECTED while its device is connected. */
   expiresAt: number;
 }
+
+/** The expiry of a session whose device is connected: it starts counting when the device leaves. */
+export const WHILE_CONNECTED = Number.MAX_SAFE_INTEGER;
 
 export type KeptMessage = HeldMessage & { expiresAt: number };
 export type DroppedMessage = KeptMessage & SessionKey;
@@ -28,6 +34,11 @@ export interface MqttSessionStore {
   pending(key: SessionKey, now?: number): Promise<KeptMessage[]>;
   /** Forgets commands the device acknowledged. */
   delivered(ids: number[]): Promise<void>;
+  /**
+   * At start-up: sessions left connected by a previous run (it stopped without seeing them leave)
+   * start their expiry now.
+   */
+  settle(now?: number): Promise<number>;
   /** Deletes expired commands and sessions; resolves with the sessions ended and the commands dropped. */
   expire(now?: number): Promise<{ sessions: SessionKey[]; messages: DroppedMessage[] }>;
 }
@@ -39,16 +50,22 @@ export class SqliteMqttSessions {
   constructor(private readonly db: Db) {}
 
   load(key: SessionKey, now = Date.now()): StoredSession | undefined {
-    const row = this.db.prepare('SELECT filters, expires_at AS expiresAt FROM mqtt_sessions WHERE imsi = ? AND client_id = ? AND expires_at > ?').get(key.imsi, key.clientId, now) as
-      | { filters: string; expiresAt: number }
-      | undefined;
-    return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expiresAt: row.expiresAt };
+    const row = this.db
+      .prepare('SELECT filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions WHERE imsi = ? AND client_id = ? AND expires_at > ?')
+      .get(key.imsi, key.clientId, now) as { filters: string; expirySeconds: number; expiresAt: number } | undefined;
+    return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expirySeconds: row.expirySeconds, expiresAt: row.expiresAt };
   }
 
   save(key: SessionKey, session: StoredSession): void {
     this.db
-      .prepare('INSERT INTO mqtt_sessions (imsi, client_id, filters, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT (imsi, client_id) DO UPDATE SET filters = excluded.filters, expires_at = excluded.expires_at')
-      .run(key.imsi, key.clientId, JSON.stringify(session.filters), session.expiresAt);
+      .prepare(
+        'INSERT INTO mqtt_sessions (imsi, client_id, filters, expiry_s, expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (imsi, client_id) DO UPDATE SET filters = excluded.filters, expiry_s = excluded.expiry_s, expires_at = excluded.expires_at',
+      )
+      .run(key.imsi, key.clientId, JSON.stringify(session.filters), session.expirySeconds, session.expiresAt);
+  }
+
+  settle(now = Date.now()): number {
+    return this.db.prepare('UPDATE mqtt_sessions SET expires_at = ? + expiry_s * 1000 WHERE expires_at = ?').run(now, WHILE_CONNECTED).changes;
   }
 
   remove(key: SessionKey): KeptMessage[] {

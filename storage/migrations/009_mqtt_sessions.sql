@@ -4,6 +4,7 @@ CREATE TABLE mqtt_sessions (
   imsi        TEXT NOT NULL,
   client_id   TEXT NOT NULL,      -- as the device sent it
   filters     TEXT NOT NULL,      -- JSON [[filter, qos], ...]
+  expiry_s    INTEGER NOT NULL,   -- how long the session outlives its connection
   expires_at  INTEGER NOT NULL,   -- far future while connected
   PRIMARY KEY (imsi, client_id)
 );

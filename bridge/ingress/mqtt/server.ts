@@ -49,12 +49,15 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     },
   };
   (ep as { sessions: Sessions }).sessions = new Sessions(ep, opts.sessions);
+  await ep.sessions.settle();
 
   const sweep = setInterval(() => {
     ep.clock = Date.now();
     for (const conn of ep.all) {
       if (conn.state !== 'closed' && ep.clock - conn.lastHeard > conn.silenceMs) {
-        conn.refuse(conn.state === 'awaiting_connect' ? 'protocol_error' : 'keepalive_timeout', 'no packet within 1.5 x the keepalive', null);
+        // MQTT-3.1.2-24; before CONNECT, the connect timeout (a connection that never spoke MQTT).
+        const reason = conn.state === 'awaiting_connect' ? 'protocol_error' : 'keepalive_timeout';
+        conn.refuse(reason, 'no packet within 1.5 x the keepalive', reason);
         conn.socket.destroy();
       }
     }

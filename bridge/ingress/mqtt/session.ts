@@ -1,10 +1,7 @@
-import type { KeptMessage, MqttSessionStore, SessionKey } from '../../../storage/mqtt-sessions.ts';
+import { WHILE_CONNECTED, type KeptMessage, type MqttSessionStore, type SessionKey } from '../../../storage/mqtt-sessions.ts';
 import type { AdmittedDevice } from '../../admission.ts';
 import type { DeviceConnection, Outgoing } from './connection.ts';
 import type { Endpoint } from './context.ts';
-
-/** While connected, a persistent session's row does not expire; its expiry is set when the device leaves. */
-const WHILE_CONNECTED = Number.MAX_SAFE_INTEGER;
 
 /**
  * One device's MQTT session: its subscriptions (each one on its upstream session) and, while its device
@@ -83,7 +80,7 @@ export class Sessions {
     session.expirySeconds = expirySeconds;
     session.conn = conn;
     conn.session = session;
-    if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expiresAt: WHILE_CONNECTED });
+    if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expirySeconds, expiresAt: WHILE_CONNECTED });
     return { session, present, expirySeconds };
   }
 
@@ -109,10 +106,15 @@ export class Sessions {
     const session = conn.session;
     if (!session || session.conn !== conn) return;
     session.conn = undefined;
-    if (session.expirySeconds === 0 || !this.store) return this.end(session, 'connection closed');
+    if (session.expirySeconds === 0 || !this.store) {
+      // QoS 1 downlink the device never acknowledged goes with a session that ends here: counted.
+      const lost = conn.unacknowledged().length;
+      if (lost) this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' }, lost);
+      return this.end(session, 'connection closed');
+    }
     for (const m of conn.unacknowledged()) if (m.keptId === undefined) this.keep(session, m);
     this.store
-      .save(session.key, { filters: [...session.filters], expiresAt: Date.now() + session.expirySeconds * 1000 })
+      .save(session.key, { filters: [...session.filters], expirySeconds: session.expirySeconds, expiresAt: Date.now() + session.expirySeconds * 1000 })
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
@@ -134,7 +136,7 @@ export class Sessions {
   saved(session: DeviceSession): void {
     if (!this.store || session.expirySeconds === 0) return;
     this.store
-      .save(session.key, { filters: [...session.filters], expiresAt: WHILE_CONNECTED })
+      .save(session.key, { filters: [...session.filters], expirySeconds: session.expirySeconds, expiresAt: WHILE_CONNECTED })
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
@@ -177,6 +179,11 @@ export class Sessions {
       (dropped) => this.accountFor(session.key.imsi, dropped, why),
       (err: unknown) => this.ep.opts.log.error({ err: String(err) }, 'MQTT session not removed'),
     );
+  }
+
+  /** At start-up: sessions a previous run left connected start their expiry now. */
+  async settle(): Promise<void> {
+    if (this.store) await this.store.settle();
   }
 
   /** Expired sessions end (unless their device came back) and expired commands go, each accounted for. */
