@@ -84,7 +84,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     const cfg = await gatewayConfig(dir, sandbox, {
       listeners: { mqtt: { topicAliasMaximum: 4, receiveMaximum: 20, maxPacketBytes: 140_000 } },
       storage: { outbox: { perDeviceMaxBytes: 60_000 } },
-      groups: { default: { lock: 'first-contact', bindClaimedImei: true } },
+      groups: { default: { lock: 'first-contact', bindClaimedImei: true, mqttSessions: { maxMessages: 2 } } },
     });
     gateway = await startGatewayProcess(cfg.file);
     url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
@@ -306,6 +306,51 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
       expect((await nextPacket<mqttPacket.IConnackPacket>(clean, 'connack')).sessionPresent).toBe(false);
       await clean.endAsync();
     }, 60_000);
+  });
+
+  it('keeps at most mqttSessions.maxMessages commands for a sleeping device, the oldest dropped with an audit row', async () => {
+    const imsi = '001010000000522';
+    const opts = () => v5(imsi, IMEI, { clean: false, properties: { sessionExpiryInterval: 600 } });
+    const first = await mqtt.connectAsync(url, opts());
+    await first.subscribeAsync('commands/#', { qos: 1 });
+    await first.endAsync();
+    await new Promise((r) => setTimeout(r, 300));
+    for (const n of [1, 2, 3]) await cloud.publishAsync(`devices/sim-${imsi}/commands/n`, `bounded-${n}`, { qos: 1 });
+    const audited = () => {
+      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+      const rows = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'").pluck().all(imsi) as string[];
+      db.close();
+      return rows;
+    };
+    const deadline = Date.now() + 10_000;
+    while (audited().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(audited()).toHaveLength(1);
+    expect(JSON.parse(audited()[0]!)).toMatchObject({ topic: 'commands/n', reason: 'more than 2 kept' });
+
+    const received: string[] = [];
+    const again = mqtt.connect(url, opts());
+    again.on('message', (_t, payload) => received.push(payload.toString()));
+    await nextPacket(again, 'connack');
+    const until = Date.now() + 10_000;
+    while (received.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(received).toEqual(['bounded-2', 'bounded-3']);
+    await again.endAsync();
+  }, 30_000);
+
+  it('forgets a session once its expiry has passed: no session present, no subscription left', async () => {
+    const imsi = '001010000000523';
+    const first = await mqtt.connectAsync(url, v5(imsi, IMEI, { clean: false, properties: { sessionExpiryInterval: 1 } }));
+    await first.subscribeAsync('commands/#', { qos: 1 });
+    await first.endAsync();
+    await new Promise((r) => setTimeout(r, 1500));
+    const again = mqtt.connect(url, v5(imsi, IMEI, { clean: false, properties: { sessionExpiryInterval: 1 } }));
+    expect((await nextPacket<mqttPacket.IConnackPacket>(again, 'connack')).sessionPresent).toBe(false);
+    const heard: string[] = [];
+    again.on('message', (_t, payload) => heard.push(payload.toString()));
+    await cloud.publishAsync(`devices/sim-${imsi}/commands/x`, 'after-expiry', { qos: 1 });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(heard).toEqual([]);
+    await again.endAsync();
   });
 
   describe.skipIf(!mosquittoPub || !mosquittoSub)('Mosquitto clients', () => {

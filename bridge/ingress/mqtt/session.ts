@@ -13,6 +13,8 @@ export class DeviceSession {
   expirySeconds = 0;
   /** Commands in flight on a connection that was taken over, sent again on the new one. */
   handedOver?: Outgoing[];
+  /** While its device is away: when the session ends (ms). */
+  endsAt = Infinity;
 
   constructor(
     readonly id: string,
@@ -53,6 +55,11 @@ export class Sessions {
     const expirySeconds = Math.min(expiryAsked, this.maxExpirySeconds(device));
     let session = this.byId.get(id);
     let present = false;
+    // MQTT-3.1.2-23 (MQTT 5): a session past its expiry is gone, whether or not the sweep has run yet.
+    if (session && !session.conn && session.endsAt <= Date.now()) {
+      this.end(session, 'session expired');
+      session = undefined;
+    }
     if (session && cleanStart) {
       this.end(session, 'clean start');
       session = undefined;
@@ -78,6 +85,7 @@ export class Sessions {
     }
     session.device = device;
     session.expirySeconds = expirySeconds;
+    session.endsAt = Infinity;
     session.conn = conn;
     conn.session = session;
     if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expirySeconds, expiresAt: WHILE_CONNECTED });
@@ -113,6 +121,7 @@ export class Sessions {
       return this.end(session, 'connection closed');
     }
     for (const m of conn.unacknowledged()) if (m.keptId === undefined) this.keep(session, m);
+    session.endsAt = Date.now() + session.expirySeconds * 1000;
     this.store
       .save(session.key, { filters: [...session.filters], expirySeconds: session.expirySeconds, expiresAt: Date.now() + session.expirySeconds * 1000 })
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
