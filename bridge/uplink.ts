@@ -1,6 +1,6 @@
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
-import type { Outbox } from '../storage/outbox.ts';
+import type { NewMessage, Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
 import { DeviceTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
@@ -52,13 +52,16 @@ export interface UplinkOptions {
 export class Uplink {
   constructor(private readonly opts: UplinkOptions) {}
 
-  async accept(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): Promise<number> {
+  /** userProperties: MQTT 5 user properties as JSON text of an object, kept with the message for its batch envelope. */
+  async accept(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number, userProperties?: string): Promise<number> {
     const group = device.sim.group;
     try {
       this.check(protocol, device, deviceTopic, payload, qos);
       const dropsAudited = Promise.all(this.makeRoom(device, payload.length));
       // Enqueued before anything is awaited: a device's messages keep their order.
-      const committed = this.opts.outbox.enqueue({ imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() });
+      const msg: NewMessage = { imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() };
+      if (userProperties !== undefined) msg.userProperties = userProperties;
+      const committed = this.opts.outbox.enqueue(msg);
       let id: number;
       try {
         id = await committed;

@@ -19,11 +19,11 @@ export interface CommitResult {
 
 /** The outbox's write transaction on a connection: inserts, the SIMs' last-seen times, deletes. */
 export function committer(db: Db): (req: CommitRequest) => CommitResult {
-  const insert = db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system) VALUES (?, ?, ?, ?, ?, ?)');
+  const insert = db.prepare('INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system, user_properties) VALUES (?, ?, ?, ?, ?, ?, ?)');
   const seen = db.prepare('UPDATE sims SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE imsi = ?');
   const remove = db.prepare('DELETE FROM outbox WHERE id = ?');
   const transaction = db.transaction(({ inserts, deletes }: CommitRequest): Omit<CommitResult, 'seconds'> => {
-    const ids = inserts.map((m) => Number(insert.run(m.imsi, m.deviceTopic, m.payload, m.qos, m.receivedAt, m.system ? 1 : 0).lastInsertRowid));
+    const ids = inserts.map((m) => Number(insert.run(m.imsi, m.deviceTopic, m.payload, m.qos, m.receivedAt, m.system ? 1 : 0, m.userProperties ?? null).lastInsertRowid));
     // The SIMs' last message time rides in the same transaction as their messages: no extra commit.
     const last = new Map<string, number>();
     for (const m of inserts) if (!m.system) last.set(m.imsi, Math.max(last.get(m.imsi) ?? 0, m.receivedAt));

@@ -383,3 +383,41 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     }, 30_000);
   });
 });
+
+describe('MQTT 5 user properties in the batch envelope', () => {
+  const dir = tempDir('mqtt5-props');
+  let sandbox: SandboxProcess;
+  let gateway: GatewayProcess;
+  let observer: Observer;
+
+  beforeAll(async () => {
+    sandbox = await startSandboxProcess(dir);
+    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any', batching: { policy: 'window', maxMessages: 3, maxDelayMs: 1000 } } } });
+    gateway = await startGatewayProcess(cfg.file);
+    observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
+  });
+
+  afterAll(async () => {
+    await observer?.close();
+    await gateway?.kill();
+    await sandbox?.process.kill();
+  });
+
+  it('keeps each reading\'s user properties, and the decoder returns them', async () => {
+    const imsi = '001010000000540';
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${gateway.mqttPort}`, v5(imsi));
+    await device.publishAsync('meter', '{"kwh":1}', { qos: 1, properties: { userProperties: { unit: 'kWh', tag: ['a', 'b'] } } });
+    await device.publishAsync('raw', Buffer.from([0, 1, 255]), { qos: 1, properties: { userProperties: { unit: 'bytes' } } });
+    await device.publishAsync('meter', '{"kwh":2}', { qos: 1 });
+    await device.endAsync();
+    await observer.waitUntil((m) => m.some((x) => x.topic === `devices/sim-${imsi}/batch`));
+    const { decodeBatch } = await import('../docs/examples/decode-batch.mjs');
+    const readings = decodeBatch(observer.messages.find((x) => x.topic === `devices/sim-${imsi}/batch`)!.payload);
+    expect(readings.map((r) => [r.topic, r.userProperties])).toEqual([
+      ['meter', { unit: 'kWh', tag: ['a', 'b'] }],
+      ['raw', { unit: 'bytes' }],
+      ['meter', undefined],
+    ]);
+    expect(readings[1]!.payload).toEqual(Buffer.from([0, 1, 255]));
+  });
+});

@@ -17,6 +17,8 @@ export interface Reading {
   receivedAt: number;
   deviceTopic: string;
   payload: Buffer;
+  /** MQTT 5 user properties, JSON text of an object: a fifth element of the reading. */
+  userProperties?: string;
 }
 
 export interface Identity {
@@ -38,8 +40,15 @@ export interface PreparedReading {
 export function prepare(r: Reading): PreparedReading {
   const json = asJsonText(r.payload);
   // JSON text was decoded from exactly these bytes, and base64 is ASCII: no byteLength needed.
-  const body = json ?? `"${r.payload.toString('base64')}","base64"`;
-  return { receivedAt: r.receivedAt, deviceTopic: r.deviceTopic, body, bodyBytes: json !== undefined ? r.payload.length : body.length };
+  let body = json ?? `"${r.payload.toString('base64')}","base64"`;
+  let bodyBytes = json !== undefined ? r.payload.length : body.length;
+  // User properties follow the encoding, which is then written even for JSON: [offset, topic, payload, "json", {…}].
+  if (r.userProperties !== undefined) {
+    const tail = `${json !== undefined ? ',"json"' : ''},${r.userProperties}`;
+    body += tail;
+    bodyBytes += Buffer.byteLength(tail);
+  }
+  return { receivedAt: r.receivedAt, deviceTopic: r.deviceTopic, body, bodyBytes };
 }
 
 /** The payload's text when it is exactly a UTF-8 JSON document, else undefined. */

@@ -20,3 +20,6 @@ CREATE TABLE mqtt_session_messages (
 );
 CREATE INDEX mqtt_session_messages_by_session ON mqtt_session_messages (imsi, client_id, id);
 CREATE INDEX mqtt_session_messages_by_expiry ON mqtt_session_messages (expires_at);
+
+-- MQTT 5 user properties of a device publish (a JSON object), carried into the batch envelope.
+ALTER TABLE outbox ADD COLUMN user_properties TEXT;

@@ -31,7 +31,9 @@ export function handlePublish(ep: Endpoint, conn: DeviceConnection, packet: IPub
     if (conn.unanswered >= ep.receiveMaximum) conn.holdBack();
   }
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
-  ep.opts.uplink.accept('mqtt', device, topic, payload, qos).then(
+  // MQTT 5 user properties travel with the message into its batch envelope (docs/batching.md).
+  const userProperties = packet.properties?.userProperties;
+  ep.opts.uplink.accept('mqtt', device, topic, payload, qos, userProperties ? JSON.stringify(userProperties) : undefined).then(
     () => {
       if (qos !== 1) return;
       conn.answered();
