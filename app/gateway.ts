@@ -231,6 +231,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     audit,
     sessions: stores.mqttSessions,
     group,
+    simOf: (imsi) => sims.forRouting(imsi),
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({

@@ -56,7 +56,7 @@ export function sqliteStores(db: Db, now: () => number = Date.now, opts: { repla
     credentials,
     credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
     downlink: downlinkView(new DownlinkStore(db)),
-    mqttSessions: promised(new SqliteMqttSessions(db), ['load', 'save', 'remove', 'keep', 'pending', 'delivered', 'settle', 'expire']) satisfies MqttSessionStore,
+    mqttSessions: promised(new SqliteMqttSessions(db), ['load', 'save', 'list', 'remove', 'keep', 'pending', 'delivered', 'settle', 'expire']) satisfies MqttSessionStore,
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
     sessionLookup: networkSessions,
     outboxStats: promised(new SqliteOutboxStats(db), ['summary', 'ofSim', 'deadLetters']) satisfies OutboxStats,

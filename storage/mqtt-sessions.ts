@@ -26,6 +26,8 @@ export interface MqttSessionStore {
   /** The session, unless it has none or it expired. */
   load(key: SessionKey, now?: number): Promise<StoredSession | undefined>;
   save(key: SessionKey, session: StoredSession): Promise<void>;
+  /** Every session not yet expired (at start-up, to take up their subscriptions again). */
+  list(now?: number): Promise<Array<SessionKey & StoredSession>>;
   /** Ends a session; resolves with the commands it still held, so each can be accounted for. */
   remove(key: SessionKey): Promise<KeptMessage[]>;
   /** Keeps a command; resolves with those pushed out because the session already held maxMessages. */
@@ -54,6 +56,13 @@ export class SqliteMqttSessions {
       .prepare('SELECT filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions WHERE imsi = ? AND client_id = ? AND expires_at > ?')
       .get(key.imsi, key.clientId, now) as { filters: string; expirySeconds: number; expiresAt: number } | undefined;
     return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expirySeconds: row.expirySeconds, expiresAt: row.expiresAt };
+  }
+
+  list(now = Date.now()): Array<SessionKey & StoredSession> {
+    const rows = this.db
+      .prepare('SELECT imsi, client_id AS clientId, filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions WHERE expires_at > ? ORDER BY imsi, client_id')
+      .all(now) as Array<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>;
+    return rows.map((r) => ({ ...r, filters: JSON.parse(r.filters) as StoredSession['filters'] }));
   }
 
   save(key: SessionKey, session: StoredSession): void {

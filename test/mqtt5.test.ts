@@ -78,6 +78,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
   let observer: Observer;
   let cloud: MqttClient;
   let url: string;
+  let configFile: string;
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
@@ -86,6 +87,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
       storage: { outbox: { perDeviceMaxBytes: 60_000 } },
       groups: { default: { lock: 'first-contact', bindClaimedImei: true, mqttSessions: { maxMessages: 2 } } },
     });
+    configFile = cfg.file;
     gateway = await startGatewayProcess(cfg.file);
     url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
     observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
@@ -352,6 +354,39 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     expect(heard).toEqual([]);
     await again.endAsync();
   });
+
+  it('takes up a stored session\'s subscriptions when the gateway starts again, before its device is back', async () => {
+    const imsi = '001010000000524';
+    const opts = () => v5(imsi, IMEI, { clean: false, properties: { sessionExpiryInterval: 3600 } });
+    const first = await mqtt.connectAsync(url, opts());
+    await first.subscribeAsync('commands/#', { qos: 1 });
+    await first.endAsync();
+    await gateway.kill();
+    gateway = await startGatewayProcess(configFile);
+    url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
+    const kept = () => {
+      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+      const n = db.prepare('SELECT COUNT(*) FROM mqtt_session_messages WHERE imsi = ?').pluck().get(imsi) as number;
+      db.close();
+      return n;
+    };
+    // The upstream subscription comes back in the background: the command is sent once it is in place.
+    const deadline = Date.now() + 20_000;
+    let n = 0;
+    while (kept() === 0 && Date.now() < deadline) {
+      await cloud.publishAsync(`devices/sim-${imsi}/commands/after-restart`, `restart-${n++}`, { qos: 1 });
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(kept()).toBeGreaterThan(0);
+    const received: string[] = [];
+    const again = mqtt.connect(url, opts());
+    again.on('message', (_t, payload) => received.push(payload.toString()));
+    expect((await nextPacket<mqttPacket.IConnackPacket>(again, 'connack')).sessionPresent).toBe(true);
+    const until = Date.now() + 10_000;
+    while (received.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(received[0]).toMatch(/^restart-/);
+    await again.endAsync();
+  }, 60_000);
 
   describe.skipIf(!mosquittoPub || !mosquittoSub)('Mosquitto clients', () => {
     it.each(['mqttv5', 'mqttv311'])('carries a mosquitto_pub -V %s message upstream', async (version) => {

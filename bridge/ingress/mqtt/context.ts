@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { GroupConfig } from '../../../config/schema.ts';
 import type { AuditKind, AuditStore } from '../../../storage/audit.ts';
 import type { MqttSessionStore } from '../../../storage/mqtt-sessions.ts';
+import type { Sim } from '../../../storage/sims.ts';
 import type { Admission } from '../../admission.ts';
 import type { Connectivity } from '../../connectivity.ts';
 import type { Downlink } from '../../downlink.ts';
@@ -38,6 +39,8 @@ export interface MqttIngressOptions {
   sessions?: MqttSessionStore;
   /** The group's settings (mqttSessions bounds); needed with sessions. */
   group?(name: string): GroupConfig;
+  /** A SIM's record, to take up stored sessions' subscriptions again at start-up. */
+  simOf?(imsi: string): Sim | undefined;
 }
 
 /** What every handler of the endpoint shares: the options and the tables of open connections. */

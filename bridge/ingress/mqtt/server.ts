@@ -49,7 +49,8 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     },
   };
   (ep as { sessions: Sessions }).sessions = new Sessions(ep, opts.sessions);
-  await ep.sessions.settle();
+  const restored = await ep.sessions.restore();
+  if (restored) opts.log.info({ sessions: restored }, 'persistent MQTT sessions restored');
 
   const sweep = setInterval(() => {
     ep.clock = Date.now();

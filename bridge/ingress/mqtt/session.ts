@@ -190,9 +190,35 @@ export class Sessions {
     );
   }
 
-  /** At start-up: sessions a previous run left connected start their expiry now. */
-  async settle(): Promise<void> {
-    if (this.store) await this.store.settle();
+  /**
+   * At start-up: sessions a previous run left connected start their expiry now, and every stored session
+   * of an active SIM subscribes upstream again, so commands sent before its device reconnects are kept.
+   * Each is in the table at once (a device reconnecting meanwhile resumes it); the subscriptions follow.
+   */
+  async restore(): Promise<number> {
+    const { simOf, log } = this.ep.opts;
+    if (!this.store) return 0;
+    await this.store.settle();
+    if (!simOf) return 0;
+    let restored = 0;
+    for (const stored of await this.store.list()) {
+      const sim = simOf(stored.imsi);
+      if (!sim || sim.status !== 'active') continue; // left to expire
+      const key = { imsi: stored.imsi, clientId: stored.clientId };
+      const session = new DeviceSession(`${key.imsi}/${key.clientId}`, key, { sim, imei: sim.boundImei ?? undefined, source: 'stored-session' }, this);
+      session.expirySeconds = stored.expirySeconds;
+      session.endsAt = stored.expiresAt;
+      for (const [filter, qos] of stored.filters) session.filters.set(filter, qos);
+      this.byId.set(session.id, session);
+      restored++;
+      for (const [filter, qos] of stored.filters) {
+        this.subscribe(session, filter, qos).catch((err: Error) => {
+          session.filters.delete(filter);
+          log.warn({ thing: sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored');
+        });
+      }
+    }
+    return restored;
   }
 
   /** Expired sessions end (unless their device came back) and expired commands go, each accounted for. */
