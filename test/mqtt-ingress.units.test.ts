@@ -81,4 +81,28 @@ describe('device MQTT ingress', () => {
     expect(ok.code).toBe(0);
     ok.client.end(true);
   });
+
+  it('reads a 3.1.1 device no further while receiveMaximum of its QoS 1 publishes wait for their commit', async () => {
+    const waiting: Array<() => void> = [];
+    let accepted = 0;
+    const uplink = { accept: () => new Promise<number>((resolve) => (accepted++, waiting.push(() => resolve(1)))) } as unknown as Uplink;
+    ingress = await startMqttIngress(fakes({ uplink, receiveMaximum: 3 }));
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${ingress.port}`, deviceOptions('001010000000001', '490154203237518'));
+    const acked: Promise<unknown>[] = [];
+    for (let i = 0; i < 8; i++) {
+      acked.push(client.publishAsync('t', String(i), { qos: 1 }));
+      await new Promise((r) => setTimeout(r, 30)); // one publish per TCP segment
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(accepted).toBe(3);
+    // Commits release the device: every publish is read and acknowledged in the end.
+    for (let round = 0; round < 20 && accepted < 8; round++) {
+      waiting.splice(0).forEach((release) => release());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    waiting.splice(0).forEach((release) => release());
+    await Promise.all(acked);
+    expect(accepted).toBe(8);
+    client.end(true);
+  });
 });
