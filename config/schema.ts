@@ -74,6 +74,7 @@ export const configSchema = z
             maxKeepAliveSeconds: z.number().int().positive().max(65535).default(1200).describe('longest keepalive honoured; a longer one is cut to this (the connection closes after 1.5 x this of silence)'),
             keepAliveZero: z.enum(['limit', 'refuse']).default('limit').describe('keepalive 0 (never time out): limit = treat as maxKeepAliveSeconds; refuse = CONNACK 5'),
             maxPacketBytes: z.number().int().min(1024).max(268_435_455).default(133_120).describe('largest MQTT packet a device may send (advertised to MQTT 5 devices as Maximum Packet Size); a larger one closes the connection (MQTT 5: DISCONNECT 0x95)'),
+            maxConnectsPerAddressPerSecond: z.number().min(0).default(50).describe('new connections one source address may open per second (bursts of twice that); past it CONNACK 3 (MQTT 5: 0x9F); 0 = no limit'),
             receiveMaximum: z.number().int().min(1).max(65_535).default(100).describe('QoS 1 publishes a device may have waiting for their PUBACK (advertised as Receive Maximum); 3.1.1 devices past it wait, MQTT 5 devices get DISCONNECT 0x93'),
             topicAliasMaximum: z.number().int().min(0).max(65_535).default(16).describe('topic aliases an MQTT 5 device may set on its connection (0: none); alias 0 or above it gets DISCONNECT 0x94'),
           })

@@ -419,7 +419,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
   });
 });
 
-describe('MQTT 5 user properties in the batch envelope', () => {
+describe('MQTT 5 user properties in the batch envelope; a flood of CONNECTs', () => {
   const dir = tempDir('mqtt5-props');
   let sandbox: SandboxProcess;
   let gateway: GatewayProcess;
@@ -427,7 +427,10 @@ describe('MQTT 5 user properties in the batch envelope', () => {
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
-    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any', batching: { policy: 'window', maxMessages: 3, maxDelayMs: 1000 } } } });
+    const cfg = await gatewayConfig(dir, sandbox, {
+      listeners: { mqtt: { maxConnectsPerAddressPerSecond: 2 } },
+      groups: { default: { lock: 'any', batching: { policy: 'window', maxMessages: 3, maxDelayMs: 1000 } } },
+    });
     gateway = await startGatewayProcess(cfg.file);
     observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
   });
@@ -454,5 +457,21 @@ describe('MQTT 5 user properties in the batch envelope', () => {
       ['meter', undefined],
     ]);
     expect(readings[1]!.payload).toEqual(Buffer.from([0, 1, 255]));
+  });
+
+  it('answers a flood of CONNECTs from one address with 0x9F (MQTT 5) and 3 (3.1.1) past the rate, and takes the address again after a pause', async () => {
+    await new Promise((r) => setTimeout(r, 2500)); // the bucket is full again
+    const url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
+    const codes = await Promise.all(Array.from({ length: 10 }, (_, i) => connectDevice(url, v5(`00101000000055${i}`))));
+    codes.forEach((c) => c.client.end(true));
+    const accepted = codes.filter((c) => c.code === 0).length;
+    expect(accepted).toBeGreaterThanOrEqual(1);
+    expect(accepted).toBeLessThanOrEqual(5); // a burst of 4, and what refills meanwhile
+    expect(codes.filter((c) => c.code !== 0).every((c) => c.code === 0x9f)).toBe(true);
+    expect((await connectDevice(url, deviceOptions('001010000000541', IMEI))).code).toBe(3);
+    await new Promise((r) => setTimeout(r, 1500));
+    const again = await connectDevice(url, v5('001010000000541'));
+    expect(again.code).toBe(0);
+    again.client.end(true);
   });
 });

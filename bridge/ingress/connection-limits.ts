@@ -27,3 +27,38 @@ export class AddressConnections {
     return true;
   }
 }
+
+/**
+ * New connections per source address and second, with bursts of twice that: a device reconnecting in a
+ * loop (or a guesser trying secrets, each costing a hash) cannot keep the gateway busy. 0 turns it off.
+ */
+export class AddressConnectRate {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly burst: number;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.burst = perSecond * 2;
+  }
+
+  /** Takes a turn for the address; false when it has none left. */
+  admit(address: string): boolean {
+    if (this.perSecond <= 0) return true;
+    const now = this.now();
+    let b = this.buckets.get(address);
+    if (!b) this.buckets.set(address, (b = { tokens: this.burst, at: now }));
+    b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * this.perSecond);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  /** Forgets addresses whose bucket is full again (called now and then, so the table stays small). */
+  prune(): void {
+    const now = this.now();
+    for (const [address, b] of this.buckets) if (b.tokens + ((now - b.at) / 1000) * this.perSecond >= this.burst) this.buckets.delete(address);
+  }
+}

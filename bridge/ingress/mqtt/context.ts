@@ -21,6 +21,8 @@ export interface MqttIngressOptions {
   maxConnectionsPerSim: number;
   maxKeepAliveSeconds: number;
   keepAliveZero: 'limit' | 'refuse';
+  /** New connections per source address and second (0: no limit). */
+  maxConnectsPerAddressPerSecond?: number;
   /** Largest packet a device may send; advertised to MQTT 5 devices. */
   maxPacketBytes?: number;
   /** QoS 1 publishes a device may have waiting for their PUBACK; advertised to MQTT 5 devices. */

@@ -21,7 +21,8 @@ export type MqttProtocolReason =
   | 'server_unavailable'
   | 'server_shutting_down'
   | 'network_session_ended'
-  | 'auth_method_not_supported';
+  | 'auth_method_not_supported'
+  | 'connect_rate_limit';
 
 export type MqttRefusalReason = RefusalReason | IngressLimitReason | UplinkRefusalReason | DownlinkRefusal['reason'] | MqttProtocolReason;
 
@@ -56,6 +57,7 @@ export const RC = {
   quotaExceeded: 0x97,
   retainNotSupported: 0x9a,
   qosNotSupported: 0x9b,
+  connectionRateExceeded: 0x9f,
   administrativeAction: 0x98,
 } as const;
 
@@ -77,6 +79,7 @@ export const REASON_CODES: Record<MqttRefusalReason, ReasonCodes> = {
   keepalive_refused: notAuthorized,
   address_connection_limit: { v5: RC.quotaExceeded, v3: 3 },
   sim_connection_limit: { v5: RC.quotaExceeded, v3: 3 },
+  connect_rate_limit: { v5: RC.connectionRateExceeded, v3: 3 },
   request_timeout: { v5: RC.keepAliveTimeout, v3: 3 }, // HTTP's; listed for totality
   client_id_invalid: { v5: RC.clientIdNotValid, v3: 2 },
   unsupported_protocol_version: { v5: RC.unsupportedProtocolVersion, v3: 1 },

@@ -1,7 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { normaliseAddress } from '../../../lib/address-table.ts';
-import { AddressConnections, type IngressLimitReason } from '../connection-limits.ts';
+import { AddressConnectRate, AddressConnections, type IngressLimitReason } from '../connection-limits.ts';
 import { handleConnect } from './connect.ts';
 import { DeviceConnection } from './connection.ts';
 import type { Endpoint, MqttIngressOptions } from './context.ts';
@@ -54,6 +54,7 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
 
   const sweep = setInterval(() => {
     ep.clock = Date.now();
+    if (ep.clock % 60_000 < SWEEP_MS) connectRate.prune();
     for (const conn of ep.all) {
       if (conn.state !== 'closed' && ep.clock - conn.lastHeard > conn.silenceMs) {
         // MQTT-3.1.2-24; before CONNECT, the connect timeout (a connection that never spoke MQTT).
@@ -68,15 +69,14 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
   }, SESSION_SWEEP_MS).unref();
   void ep.sessions.sweep().catch(() => undefined);
 
-  // Past the cap an address gets its refusal to its CONNECT, in the form of the level it asked for.
+  // Past a cap an address gets its refusal to its CONNECT, in the form of the level it asked for.
   const perAddress = new AddressConnections(opts.maxConnectionsPerAddress);
+  const connectRate = new AddressConnectRate(opts.maxConnectsPerAddressPerSecond ?? 0);
   const server: Server = createServer((socket) => {
-    if (perAddress.admit(socket)) {
-      ep.all.add(new DeviceConnection(socket, normaliseAddress(socket.remoteAddress ?? ''), ep, dispatch, closed));
-      return;
-    }
-    opts.metrics.refusals.inc({ protocol: 'mqtt', reason: 'address_connection_limit' satisfies IngressLimitReason });
-    refuseAtCapacity(socket, opts.connectTimeoutMs);
+    const remote = normaliseAddress(socket.remoteAddress ?? '');
+    if (!connectRate.admit(remote)) return refuseAtCapacity(socket, opts, 'connect_rate_limit', 'too many new connections from this address');
+    if (!perAddress.admit(socket)) return refuseAtCapacity(socket, opts, 'address_connection_limit', 'too many connections from this address');
+    ep.all.add(new DeviceConnection(socket, remote, ep, dispatch, closed));
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -152,17 +152,18 @@ function dispatch(conn: DeviceConnection, packet: Packet): void {
   }
 }
 
-/** One CONNECT read, answered "server unavailable" (3.1.1) or "quota exceeded" (MQTT 5), and closed. */
-function refuseAtCapacity(socket: Socket, timeoutMs: number): void {
+/** One CONNECT read, answered in the form of its level (3.1.1: 3, server unavailable; MQTT 5: its code), and closed. */
+function refuseAtCapacity(socket: Socket, opts: MqttIngressOptions, reason: IngressLimitReason | 'connect_rate_limit', detail: string): void {
+  opts.metrics.refusals.inc({ protocol: 'mqtt', reason });
   socket.on('error', () => undefined);
-  socket.setTimeout(timeoutMs, () => socket.destroy());
+  socket.setTimeout(opts.connectTimeoutMs, () => socket.destroy());
   const parser = mqttPacket.parser();
   parser.on('error', () => socket.destroy());
   parser.once('packet', (packet: Packet) => {
-    const codes = REASON_CODES.address_connection_limit;
+    const codes = REASON_CODES[reason];
     const v5 = packet.cmd === 'connect' && packet.protocolVersion === 5;
     const connack = v5
-      ? mqttPacket.generate({ cmd: 'connack', sessionPresent: false, reasonCode: codes.v5, properties: { reasonString: 'too many connections from this address' } }, { protocolVersion: 5 })
+      ? mqttPacket.generate({ cmd: 'connack', sessionPresent: false, reasonCode: codes.v5, properties: { reasonString: detail } }, { protocolVersion: 5 })
       : Buffer.from([0x20, 2, 0, codes.v3]);
     socket.end(connack as Buffer);
   });
