@@ -248,6 +248,23 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     killed.end(true);
   });
 
+  it('waits out a Will Delay Interval: no will when the device is back in time, the will once it is not', async () => {
+    const imsi = '001010000000515';
+    const opts = (payload: string) => v5(imsi, IMEI, { clean: false, properties: { sessionExpiryInterval: 60 }, will: { topic: 'status', payload: Buffer.from(payload), qos: 1, retain: false, properties: { willDelayInterval: 2 } } });
+    const first = await mqtt.connectAsync(url, opts('will-delayed-back'));
+    first.stream.destroy();
+    await new Promise((r) => setTimeout(r, 500));
+    const back = await mqtt.connectAsync(url, opts('will-delayed-gone'));
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(observer.messages.some((x) => x.payload.toString() === 'will-delayed-back')).toBe(false);
+    const killedAt = Date.now();
+    back.stream.destroy();
+    await seen('will-delayed-gone');
+    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(1500);
+    first.end(true);
+    back.end(true);
+  }, 30_000);
+
   it('takes over the older connection of the same client id and tells it so (0x8E)', async () => {
     const imsi = '001010000000513';
     const old = await mqtt.connectAsync(url, v5(imsi));

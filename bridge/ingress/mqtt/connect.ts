@@ -93,7 +93,7 @@ async function accept(ep: Endpoint, conn: DeviceConnection, packet: IConnectPack
   const asked = packet.keepalive ?? 0;
   const keepalive = asked === 0 || asked > opts.maxKeepAliveSeconds ? opts.maxKeepAliveSeconds : asked;
   conn.silenceMs = keepalive * 1500;
-  if (packet.will) conn.will = { topic: packet.will.topic, payload: Buffer.from(packet.will.payload), qos: packet.will.qos ?? 0 };
+  if (packet.will) conn.will = { topic: packet.will.topic, payload: Buffer.from(packet.will.payload), qos: packet.will.qos ?? 0, delaySeconds: packet.will.properties?.willDelayInterval ?? 0 };
 
   const props = packet.properties;
   if (conn.level === 5) {

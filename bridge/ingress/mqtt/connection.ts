@@ -23,6 +23,8 @@ export interface Will {
   topic: string;
   payload: Buffer;
   qos: number;
+  /** MQTT 5 Will Delay Interval, seconds. */
+  delaySeconds: number;
 }
 
 const PINGRESP = Buffer.from([0xd0, 0]);

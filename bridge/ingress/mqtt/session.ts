@@ -15,6 +15,8 @@ export class DeviceSession {
   handedOver?: Outgoing[];
   /** While its device is away: when the session ends (ms). */
   endsAt = Infinity;
+  /** A will waiting out its MQTT 5 Will Delay Interval: published when it runs out or the session ends, dropped if the device is back first. */
+  pendingWill?: { timer: NodeJS.Timeout; publish: () => void };
 
   constructor(
     readonly id: string,
@@ -86,6 +88,10 @@ export class Sessions {
     session.device = device;
     session.expirySeconds = expirySeconds;
     session.endsAt = Infinity;
+    if (session.pendingWill) {
+      clearTimeout(session.pendingWill.timer); // MQTT-3.1.3-9: the device came back within the delay
+      session.pendingWill = undefined;
+    }
     session.conn = conn;
     conn.session = session;
     if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expirySeconds, expiresAt: WHILE_CONNECTED });
@@ -181,6 +187,11 @@ export class Sessions {
   /** Ends a session: its upstream subscriptions go, and whatever it kept is dropped (audited). */
   end(session: DeviceSession, why: string): void {
     if (this.byId.get(session.id) === session) this.byId.delete(session.id);
+    if (session.pendingWill) {
+      clearTimeout(session.pendingWill.timer);
+      session.pendingWill.publish(); // the session ends before the delay does: the will goes now
+      session.pendingWill = undefined;
+    }
     for (const filter of session.filters.keys()) void this.ep.opts.downlink.unsubscribe(session.device, filter);
     session.filters.clear();
     if (!this.store || session.expirySeconds === 0) return;
