@@ -52,38 +52,34 @@ export interface DeliveryOutbox {
 }
 
 /**
- * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
- * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
- * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
+ * The durable uplink queue's group commit, whatever the database. Writes are group-committed: everything
+ * enqueued while the previous commit was on its way (up to maxRows) shares the next transaction, and each
+ * promise settles only after that commit, so a device is acknowledged only for what is on disk while
+ * durable commits stay few. A dialect adds reading (peek) and the removals other than delivery.
  */
-export class Outbox implements DeliveryOutbox {
+export abstract class GroupCommitOutbox {
   private pending: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
-  private delivered = new Map<number, OutboxMessage>();
+  protected delivered = new Map<number, OutboxMessage>();
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
   /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
-  private readonly newestPerSim = new Map<string, number>();
+  protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
   private flushScheduled = false;
   /** The commit on its way, if any: the next one starts when it is done. */
   private committing: Promise<void> | undefined;
-  private readonly peekStmt;
-  private readonly deleteStmt;
   private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
 
   constructor(
-    private readonly db: Db,
     private readonly writer: CommitWriter,
     private readonly maxRows = 1000,
-  ) {
-    this.peekStmt = db.prepare(
-      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
-    );
-    this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>;
+  ) {}
+
+  /** What the database holds at start: rows, bytes and the newest row id per SIM. */
+  protected loaded(rows: Array<{ imsi: string; rows: number; bytes: number; newest: number }>): void {
     for (const r of rows) {
       this.account(r.imsi, r.rows, r.bytes);
       this.newestPerSim.set(r.imsi, r.newest);
@@ -96,7 +92,7 @@ export class Outbox implements DeliveryOutbox {
     return { ...(this.perSim.get(imsi) ?? { rows: 0, bytes: 0 }) };
   }
 
-  private account(imsi: string, rows: number, bytes: number): void {
+  protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
     const u = this.perSim.get(imsi) ?? { rows: 0, bytes: 0 };
@@ -111,7 +107,7 @@ export class Outbox implements DeliveryOutbox {
     return this.removedPerSim.get(imsi) ?? 0;
   }
 
-  private removedUndelivered(imsi: string): void {
+  protected removedUndelivered(imsi: string): void {
     this.removedPerSim.set(imsi, this.removals(imsi) + 1);
   }
 
@@ -186,19 +182,6 @@ export class Outbox implements DeliveryOutbox {
     await this.writer.close();
   }
 
-  /** The oldest undelivered messages of one SIM after a given id, in order. */
-  peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
-    // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
-    if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
-    const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
-      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number; system: 0 | 1;
-    }>;
-    return rows
-      .filter((r) => !this.delivered.has(r.id))
-      .slice(0, limit)
-      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 }));
-  }
-
   /**
    * Marks rows delivered: they are deleted with the next commit and never peeked again. A row already
    * gone (dropped meanwhile) is skipped.
@@ -214,6 +197,43 @@ export class Outbox implements DeliveryOutbox {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
     }
+  }
+
+  /** SIMs that have queued messages (used at start-up to resume delivery). */
+  simsWithMessages(): string[] {
+    return [...this.perSim.keys()];
+  }
+}
+
+/** The outbox on SQLite: reads on the main connection while the writer thread commits (WAL). */
+export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
+  private readonly peekStmt;
+  private readonly deleteStmt;
+
+  constructor(
+    private readonly db: Db,
+    writer: CommitWriter,
+    maxRows = 1000,
+  ) {
+    super(writer, maxRows);
+    this.peekStmt = db.prepare(
+      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
+    );
+    this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
+    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>);
+  }
+
+  /** The oldest undelivered messages of one SIM after a given id, in order. */
+  peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
+    // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
+    if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
+    const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
+      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number; system: 0 | 1;
+    }>;
+    return rows
+      .filter((r) => !this.delivered.has(r.id))
+      .slice(0, limit)
+      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 }));
   }
 
   /** Moves a row to the dead letters with the reason it can never be delivered. */
@@ -248,11 +268,6 @@ export class Outbox implements DeliveryOutbox {
       }
     })();
     return dropped;
-  }
-
-  /** SIMs that have queued messages (used at start-up to resume delivery). */
-  simsWithMessages(): string[] {
-    return [...this.perSim.keys()];
   }
 
   /** Depth, bytes and oldest message per SIM group. */
