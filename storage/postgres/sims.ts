@@ -89,26 +89,30 @@ export class PgSimStore implements SimRegistry {
   }
 
   async list(filter: SimFilter, page: { limit: number; after?: string; onlineSince: number }): Promise<{ items: SimListItem[]; total: number; next: string | null }> {
-    const p = new Params();
-    const online = onlineSql('s', p.add(page.onlineSince));
-    const where: string[] = [];
-    if (filter.group !== undefined) where.push(`s.group_name = ${p.add(filter.group)}`);
-    if (filter.status !== undefined) where.push(`s.status = ${p.add(filter.status)}`);
-    if (filter.bound !== undefined) where.push(filter.bound ? 's.bound_imei IS NOT NULL' : 's.bound_imei IS NULL');
-    if (filter.online !== undefined) where.push(filter.online ? online : `NOT ${online}`);
-    if (filter.tag) where.push(`(s.tags::jsonb ->> ${p.add(filter.tag.key)}) = ${p.add(filter.tag.value)}`);
-    if (filter.q) {
-      const q = p.add(filter.q);
-      where.push(`(strpos(s.imsi, ${q}) > 0 OR strpos(coalesce(s.iccid, ''), ${q}) > 0 OR strpos(coalesce(s.msisdn, ''), ${q}) > 0)`);
-    }
-    const clause = () => (where.length ? 'WHERE ' + where.join(' AND ') : '');
-    // The count ignores `after` but shares the other parameters: $n numbering stays valid for both.
-    const total = (await this.pool.query<{ n: number }>(`SELECT count(*) AS n FROM sims s ${clause()}`, p.values)).rows[0]!.n;
-    if (page.after !== undefined) where.push(`s.imsi > ${p.add(page.after)}`);
-    const { rows } = await this.pool.query<SimRow & { online: boolean }>(
-      `SELECT ${COLUMNS}, ${online} AS online FROM sims s ${clause()} ORDER BY s.imsi LIMIT ${p.add(page.limit + 1)}`,
-      p.values,
-    );
+    // Built twice: the count ignores `after` and the limit.
+    const build = (paged: boolean) => {
+      const p = new Params();
+      // Added on first use: PostgreSQL refuses a parameter its query does not use.
+      let since: string | undefined;
+      const online = () => onlineSql('s', (since ??= p.add(page.onlineSince)));
+      const where: string[] = [];
+      if (filter.group !== undefined) where.push(`s.group_name = ${p.add(filter.group)}`);
+      if (filter.status !== undefined) where.push(`s.status = ${p.add(filter.status)}`);
+      if (filter.bound !== undefined) where.push(filter.bound ? 's.bound_imei IS NOT NULL' : 's.bound_imei IS NULL');
+      if (filter.online !== undefined) where.push(filter.online ? online() : `NOT ${online()}`);
+      if (filter.tag) where.push(`(s.tags::jsonb ->> ${p.add(filter.tag.key)}::text) = ${p.add(filter.tag.value)}::text`);
+      if (filter.q) {
+        const q = p.add(filter.q);
+        where.push(`(strpos(s.imsi, ${q}::text) > 0 OR strpos(coalesce(s.iccid, ''), ${q}::text) > 0 OR strpos(coalesce(s.msisdn, ''), ${q}::text) > 0)`);
+      }
+      if (paged && page.after !== undefined) where.push(`s.imsi > ${p.add(page.after)}`);
+      const clause = where.length ? 'WHERE ' + where.join(' AND ') : '';
+      return paged
+        ? { text: `SELECT ${COLUMNS}, ${online()} AS online FROM sims s ${clause} ORDER BY s.imsi LIMIT ${p.add(page.limit + 1)}`, values: p.values }
+        : { text: `SELECT count(*) AS n FROM sims s ${clause}`, values: p.values };
+    };
+    const total = (await this.pool.query<{ n: number }>(build(false))).rows[0]!.n;
+    const { rows } = await this.pool.query<SimRow & { online: boolean }>(build(true));
     const more = rows.length > page.limit;
     const items = rows.slice(0, page.limit).map((r) => ({ ...fromRow(r), online: r.online }));
     return { items, total, next: more ? items.at(-1)!.imsi : null };
