@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { StorageError } from '../files.ts';
+import { StorageError, StorageUnavailableError } from '../files.ts';
 import { migrationFiles } from '../migration-files.ts';
 
 export type Pool = pg.Pool;
@@ -50,11 +50,20 @@ export async function openPostgres(opts: PostgresOptions): Promise<Pool> {
   });
   // An idle connection the server drops (restart, network) is replaced on next use, not a crash.
   pool.on('error', () => undefined);
+  const server = describeServer(opts.url);
+  const fail = async (Kind: typeof StorageError, err: unknown) => {
+    await pool.end().catch(() => undefined);
+    return new Kind(`cannot open PostgreSQL at ${server}: ${(err as Error).message || (err as NodeJS.ErrnoException).code || String(err)}`);
+  };
+  try {
+    (await pool.connect()).release();
+  } catch (err) {
+    throw await fail(StorageUnavailableError, err);
+  }
   try {
     await migrate(pool);
   } catch (err) {
-    await pool.end().catch(() => undefined);
-    throw new StorageError(`cannot open PostgreSQL at ${describeServer(opts.url)}: ${(err as Error).message}`);
+    throw await fail(StorageError, err);
   }
   return pool;
 }
