@@ -14,6 +14,8 @@ import { openPostgres, transaction, type Pool } from '../../storage/postgres/con
 import { postgresStores } from '../../storage/postgres/index.ts';
 import { commitOnPostgres, PgOutbox } from '../../storage/postgres/outbox.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
+import { CredentialStore } from '../../storage/credentials.ts';
+import { promised, type Promised } from '../../storage/promised.ts';
 import { findPostgres, PostgresServer } from './postgres.ts';
 
 /** What a test reaches in either dialect. */
@@ -31,6 +33,8 @@ export interface StoreFixture {
   /** The outbox's real commit transaction, run in this thread. */
   commit(req: CommitRequest): Promise<CommitResult>;
   markSeen(imsi: string, at: number): Promise<void>;
+  /** The credential store, every method answering with a promise (vending's view once it runs on both). */
+  credentials: Promised<Omit<CredentialStore, 'transaction'>>;
   /** An outbox on this database behind the given writer (a restart is a second one). */
   outbox(writer: CommitWriter, maxRows?: number): Promise<OutboxUnderTest>;
 }
@@ -41,6 +45,10 @@ export type OutboxUnderTest = Pick<Outbox, 'enqueue' | 'onCommitted' | 'settle' 
   deadLetter(msg: OutboxMessage, reason: string): void | Promise<void>;
   dropOldest(imsi: string, fits: () => boolean): OutboxMessage[] | Promise<OutboxMessage[]>;
 };
+
+const CREDENTIAL_METHODS = Object.getOwnPropertyNames(CredentialStore.prototype).filter(
+  (m) => m !== 'constructor' && m !== 'transaction',
+) as Array<Exclude<keyof CredentialStore, 'transaction'>>;
 
 export interface StoreDialect {
   name: 'sqlite' | 'postgres';
@@ -68,6 +76,7 @@ const sqliteDialect = (): StoreDialect => {
         },
         commit: async (req) => commit(req),
         markSeen: async (imsi, at) => stores.simRouting.markSeen(imsi, at),
+        credentials: promised(stores.credentials, CREDENTIAL_METHODS),
         outbox: async (writer, maxRows) => new Outbox(db, writer, maxRows),
       };
     },
@@ -100,6 +109,7 @@ const postgresDialect = (bin: string): StoreDialect => {
           return { ...r, seconds: (performance.now() - started) / 1000 };
         },
         markSeen: (imsi, at) => stores.sims.markSeen(imsi, at),
+        credentials: stores.credentials satisfies Promised<Omit<CredentialStore, 'transaction'>>,
         outbox: (writer, maxRows) => PgOutbox.open(pool, writer, maxRows),
       };
     },
