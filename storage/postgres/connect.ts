@@ -88,6 +88,10 @@ async function migrate(pool: Pool): Promise<void> {
 export async function transaction<T>(pool: Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   let broken: Error | undefined;
+  // A checked-out connection whose server goes away emits 'error' (node-postgres): without a listener that
+  // would be an uncaught exception. The query waiting on it fails as well, and the connection is dropped.
+  const lost = (err: Error) => (broken = err);
+  client.on('error', lost);
   try {
     await client.query('BEGIN');
     const result = await fn(client);
@@ -98,6 +102,7 @@ export async function transaction<T>(pool: Pool, fn: (client: pg.PoolClient) => 
     await client.query('ROLLBACK').catch((e: Error) => (broken = e));
     throw err;
   } finally {
+    client.off('error', lost);
     client.release(broken);
   }
 }
