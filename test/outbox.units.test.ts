@@ -43,10 +43,10 @@ const until = async (done: () => boolean) => {
 };
 
 describe.each(storeDialects())('the outbox on $name', (dialect) => {
-  async function setup(maxRows = 1000) {
+  async function setup(maxRows = 1000, maxTailBytes?: number) {
     const f: StoreFixture = await dialect.fresh();
     const writer = new TestWriter((req) => f.commit(req));
-    const outbox = await f.outbox(writer, maxRows);
+    const outbox = await f.outbox(writer, maxRows, maxTailBytes);
     /** What a restart would find: a new outbox on the same database. */
     const reopened = () => f.outbox(new TestWriter((req) => f.commit(req)));
     return { f, writer, outbox, reopened };
@@ -121,6 +121,30 @@ describe.each(storeDialects())('the outbox on $name', (dialect) => {
     expect(outbox.usage(A)).toEqual({ rows: 2, bytes: 4 });
     expect(outbox.removals(A)).toBe(0);
     expect(outbox.simsWithMessages().sort()).toEqual([A, B]);
+  });
+
+  it.each([
+    ['from the tail of committed rows', undefined],
+    ['from disk, the tail held to 5 bytes', 5],
+  ])('skips a delivered row between undelivered ones and reads on past it, %s', async (_how, maxTailBytes) => {
+    const { outbox, reopened } = await setup(1000, maxTailBytes);
+    const ids = await Promise.all(['m0', 'm1', 'm2', 'm3'].map((t) => outbox.enqueue(msg(A, t))));
+    outbox.remove(await outbox.peek(A, ids[0]!, 2));
+    expect(texts(await outbox.peek(A, 0, 2))).toEqual(['m0', 'm3']);
+    expect(texts(await outbox.peek(A, ids[0]!, 1))).toEqual(['m3']);
+    expect(texts(await outbox.peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    await outbox.settle();
+    expect(texts(await outbox.peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    expect(texts(await (await reopened()).peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    // Rows committed after a restart's backlog follow it.
+    const later = await outbox.enqueue(msg(A, 'm4'));
+    expect(texts(await outbox.peek(A, 0, 10))).toEqual(['m0', 'm3', 'm4']);
+    expect(texts(await outbox.peek(A, ids[3]!, 10))).toEqual(['m4']);
+    outbox.remove(await outbox.peek(A, 0, 10));
+    expect(await outbox.peek(A, 0, 10)).toEqual([]);
+    await outbox.settle();
+    expect((await reopened()).usage(A).rows).toBe(0);
+    expect(later).toBeGreaterThan(ids[3]!);
   });
 
   it('moves a row to the dead letters once, with its reason, and counts it as a removal', async () => {

@@ -1,4 +1,4 @@
-import { GroupCommitOutbox, type DeliveryOutbox, type OutboxMessage } from '../outbox.ts';
+import { GroupCommitOutbox, toMessage, type DeliveryOutbox, type OutboxMessage, type OutboxRow } from '../outbox.ts';
 import type { CommitRequest, CommitResult, CommitWriter } from '../outbox-commit.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 
@@ -74,25 +74,7 @@ export function postgresWriter(pool: Pool, observe: (seconds: number) => void = 
   };
 }
 
-interface Row {
-  id: number;
-  imsi: string;
-  device_topic: string;
-  payload: Buffer;
-  qos: 0 | 1;
-  received_at: number;
-  system: number;
-}
-
-const fromRow = (r: Row): OutboxMessage => ({
-  id: r.id,
-  imsi: r.imsi,
-  deviceTopic: r.device_topic,
-  payload: r.payload,
-  qos: r.qos,
-  receivedAt: r.received_at,
-  system: r.system === 1,
-});
+const COLUMNS = 'id, imsi, device_topic, payload, qos, received_at, system';
 
 /** The outbox on PostgreSQL: the same group commit and counters, reads and removals over the pool. */
 export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
@@ -100,13 +82,18 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     private readonly pool: Pool,
     writer: CommitWriter,
     maxRows: number,
+    maxTailBytes: number,
   ) {
-    super(writer, maxRows);
+    super(writer, maxRows, maxTailBytes);
   }
 
-  /** Opens the outbox on what the database holds (rows, bytes and newest id per SIM). */
-  static async open(pool: Pool, writer: CommitWriter, maxRows = 1000): Promise<PgOutbox> {
-    const outbox = new PgOutbox(pool, writer, maxRows);
+  /**
+   * Opens the outbox on what the database holds (rows, bytes and newest id per SIM). The tails of just
+   * committed rows (GroupCommitOutbox) hold while this node is the only one inserting for a SIM: the
+   * cluster must end a SIM's tail when another node may commit for it.
+   */
+  static async open(pool: Pool, writer: CommitWriter, maxRows = 1000, maxTailBytes = 32 * 1024 * 1024): Promise<PgOutbox> {
+    const outbox = new PgOutbox(pool, writer, maxRows, maxTailBytes);
     const { rows } = await pool.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
       'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox GROUP BY imsi',
     );
@@ -114,13 +101,20 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     return outbox;
   }
 
+  /** As the SQLite outbox: from memory when it knows, else just what is asked, reading on past delivered rows. */
   async peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> {
-    if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
-    const { rows } = await this.pool.query<Row>(
-      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = $1 AND id > $2 ORDER BY id LIMIT $3',
-      [imsi, afterId, limit + this.delivered.size],
-    );
-    return rows.filter((r) => !this.delivered.has(r.id)).slice(0, limit).map(fromRow);
+    const known = this.fromMemory(imsi, afterId, limit);
+    if (known) return known;
+    const found: OutboxMessage[] = [];
+    for (let after = afterId; ; ) {
+      const want = limit - found.length;
+      const { rows } = await this.pool.query<OutboxRow>(`SELECT ${COLUMNS} FROM outbox WHERE imsi = $1 AND id > $2 ORDER BY id LIMIT $3`, [imsi, after, want]);
+      for (const r of rows) {
+        after = r.id;
+        if (!this.delivered.has(r.id)) found.push(toMessage(r));
+      }
+      if (rows.length < want || found.length >= limit) return found;
+    }
   }
 
   async deadLetter(msg: OutboxMessage, reason: string): Promise<void> {
@@ -133,6 +127,7 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       return true;
     });
     if (moved) {
+      this.leaveTail(msg);
       this.account(msg.imsi, -1, -msg.payload.length);
       this.removedUndelivered(msg.imsi);
     }
@@ -149,9 +144,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       await transaction(this.pool, async (c) => {
         let after = 0;
         while (!fits()) {
-          const { rows } = await c.query<Row>(
+          const { rows } = await c.query<OutboxRow>(
             `DELETE FROM outbox WHERE id = (SELECT id FROM outbox WHERE imsi = $1 AND id > $2 AND id <> ALL($3::bigint[]) ORDER BY id LIMIT 1)
-             RETURNING id, imsi, device_topic, payload, qos, received_at, system`,
+             RETURNING ${COLUMNS}`,
             [imsi, after, delivered],
           );
           const row = rows[0];
@@ -159,14 +154,17 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
           after = row.id;
           // Counted at once so `fits` sees it; given back below if the transaction fails.
           this.account(imsi, -1, -row.payload.length);
-          dropped.push(fromRow(row));
+          dropped.push(toMessage(row));
         }
       });
     } catch (err) {
       for (const r of dropped) this.account(imsi, 1, r.payload.length);
       throw err;
     }
-    for (const _ of dropped) this.removedUndelivered(imsi);
+    for (const r of dropped) {
+      this.leaveTail(r);
+      this.removedUndelivered(imsi);
+    }
     return dropped;
   }
 

@@ -36,7 +36,7 @@ export interface StoreFixture {
   /** The credential store, every method answering with a promise (vending's view once it runs on both). */
   credentials: Promised<Omit<CredentialStore, 'transaction'>>;
   /** An outbox on this database behind the given writer (a restart is a second one). */
-  outbox(writer: CommitWriter, maxRows?: number): Promise<OutboxUnderTest>;
+  outbox(writer: CommitWriter, maxRows?: number, maxTailBytes?: number): Promise<OutboxUnderTest>;
 }
 
 /** The outbox surface both dialects share (reads and removals awaited). */
@@ -77,7 +77,7 @@ const sqliteDialect = (): StoreDialect => {
         commit: async (req) => commit(req),
         markSeen: async (imsi, at) => stores.simRouting.markSeen(imsi, at),
         credentials: promised(stores.credentials, CREDENTIAL_METHODS),
-        outbox: async (writer, maxRows) => new Outbox(db, writer, maxRows),
+        outbox: async (writer, maxRows, maxTailBytes) => new Outbox(db, writer, maxRows, maxTailBytes),
       };
     },
   };
@@ -110,7 +110,7 @@ const postgresDialect = (bin: string): StoreDialect => {
         },
         markSeen: (imsi, at) => stores.sims.markSeen(imsi, at),
         credentials: stores.credentials satisfies Promised<Omit<CredentialStore, 'transaction'>>,
-        outbox: (writer, maxRows) => PgOutbox.open(pool, writer, maxRows),
+        outbox: (writer, maxRows, maxTailBytes) => PgOutbox.open(pool, writer, maxRows, maxTailBytes),
       };
     },
   };
