@@ -15,6 +15,8 @@ import { postgresStores } from '../../storage/postgres/index.ts';
 import { commitOnPostgres, PgOutbox } from '../../storage/postgres/outbox.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { CredentialStore } from '../../storage/credentials.ts';
+import { NetworkSessions, type NetworkSessionStore } from '../../storage/network-sessions.ts';
+import { PgNetworkSessions } from '../../storage/postgres/network-sessions.ts';
 import { promised, type Promised } from '../../storage/promised.ts';
 import { findPostgres, PostgresServer } from './postgres.ts';
 
@@ -35,6 +37,8 @@ export interface StoreFixture {
   markSeen(imsi: string, at: number): Promise<void>;
   /** The credential store, every method answering with a promise (vending's view once it runs on both). */
   credentials: Promised<Omit<CredentialStore, 'transaction'>>;
+  /** The network session table on this database with its own clock and replay window. */
+  networkSessions(now: () => number, replayWindowMs?: number): NetworkSessionStore;
   /** An outbox on this database behind the given writer (a restart is a second one). */
   outbox(writer: CommitWriter, maxRows?: number, maxTailBytes?: number): Promise<OutboxUnderTest>;
 }
@@ -77,6 +81,8 @@ const sqliteDialect = (): StoreDialect => {
         commit: async (req) => commit(req),
         markSeen: async (imsi, at) => stores.simRouting.markSeen(imsi, at),
         credentials: promised(stores.credentials, CREDENTIAL_METHODS),
+        networkSessions: (now, window) =>
+          promised(new NetworkSessions(db, now, window), ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']),
         outbox: async (writer, maxRows, maxTailBytes) => new Outbox(db, writer, maxRows, maxTailBytes),
       };
     },
@@ -110,6 +116,7 @@ const postgresDialect = (bin: string): StoreDialect => {
         },
         markSeen: (imsi, at) => stores.sims.markSeen(imsi, at),
         credentials: stores.credentials satisfies Promised<Omit<CredentialStore, 'transaction'>>,
+        networkSessions: (now, window) => new PgNetworkSessions(pool, now, window),
         outbox: (writer, maxRows, maxTailBytes) => PgOutbox.open(pool, writer, maxRows, maxTailBytes),
       };
     },
