@@ -21,7 +21,7 @@ export interface PostgresOptions {
   url: string;
   /** Connections in the pool. */
   maxConnections?: number;
-  /** How long to wait for a connection at start, ms. */
+  /** How long to wait for a connection (at start, and after the server was lost), ms. */
   connectTimeoutMs?: number;
 }
 
@@ -38,7 +38,8 @@ export function describeServer(url: string): string {
 /**
  * Opens a pool on the database and applies pending migrations (storage/migrations/postgres). Every
  * connection commits with synchronous_commit on, whatever the server's default: a device is acknowledged
- * only for what is on disk. Throws a StorageError naming the server when it cannot be reached.
+ * only for what is on disk. Throws, in one line naming the server, a StorageUnavailableError when it cannot
+be reached and a StorageError when the migrations fail.
  */
 export async function openPostgres(opts: PostgresOptions): Promise<Pool> {
   const pool = new pg.Pool({
@@ -53,7 +54,8 @@ export async function openPostgres(opts: PostgresOptions): Promise<Pool> {
   const server = describeServer(opts.url);
   const fail = async (Kind: typeof StorageError, err: unknown) => {
     await pool.end().catch(() => undefined);
-    return new Kind(`cannot open PostgreSQL at ${server}: ${(err as Error).message || (err as NodeJS.ErrnoException).code || String(err)}`);
+    const why = (err as Error).message || (err as NodeJS.ErrnoException).code || String(err);
+    return new Kind(`cannot open PostgreSQL at ${server}: ${why.replace(/\s+/g, ' ')}`);
   };
   try {
     (await pool.connect()).release();
