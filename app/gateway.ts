@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.ts';
-import { openDatabase, type Db } from '../storage/db.ts';
-import { sqliteStores, type Stores } from '../storage/index.ts';
+import type { Db } from '../storage/db.ts';
+import type { Stores } from '../storage/index.ts';
 import { assertPrivateDirectory, freeBytes } from '../storage/files.ts';
+import { openStores } from '../storage/open.ts';
 import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
 import { createVending } from '../vending/index.ts';
@@ -63,10 +64,15 @@ export interface Gateway {
 export async function startGateway(config: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Gateway> {
   // Outside the sandbox the data directory holds real payloads and identifiers: it must be private.
   if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
-  const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
+  const opened = await openStores({ dataDir: config.dataDir, ...config.storage, replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
+  // storage.url is refused at config load until the gateway runs on PostgreSQL (docs/storage.md).
+  if (opened.dialect !== 'sqlite') {
+    await opened.close();
+    throw new Error('the gateway does not run on PostgreSQL storage yet');
+  }
+  const { db, stores } = opened;
   try {
     const cipher = new KeyCipher(...masterKeys(config, env));
-    const stores = sqliteStores(db, Date.now, { replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
     await checkMasterKey(stores, cipher);
     return await assemble(config, log, db, stores, cipher, env);
   } catch (err) {
