@@ -1,8 +1,8 @@
 import { join } from 'node:path';
 import { openDatabase, type Db } from './db.ts';
 import { sqliteStores, type Stores } from './index.ts';
-import { openPostgres, type Pool } from './postgres/connect.ts';
-import { postgresStores, type PostgresStores } from './postgres/index.ts';
+import type { Pool } from './postgres/connect.ts';
+import type { PostgresStores } from './postgres/index.ts';
 
 /** Where state lives: the `storage` section of the configuration, and the data directory. */
 export interface StorageOptions {
@@ -28,6 +28,8 @@ export type OpenedStores =
  */
 export async function openStores(opts: StorageOptions): Promise<OpenedStores> {
   if (opts.url) {
+    // Loaded only when asked for: a node on SQLite does not load the PostgreSQL client.
+    const [{ openPostgres }, { postgresStores }] = await Promise.all([import('./postgres/connect.ts'), import('./postgres/index.ts')]);
     const pool = await openPostgres({ url: opts.url, maxConnections: opts.maxConnections, connectTimeoutMs: opts.connectTimeoutMs });
     return { dialect: 'postgres', pool, stores: postgresStores(pool, Date.now, { replayWindowMs: opts.replayWindowMs }), close: () => pool.end() };
   }
