@@ -12,7 +12,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, writeYaml, type CliProcess } from '../../test/helpers/processes.ts';
-import { CredentialStore } from '../../storage/credentials.ts';
+import { SqliteCredentialStore } from '../../storage/credentials.ts';
 import { openDatabase } from '../../storage/db.ts';
 import { SimStore } from '../../storage/sims.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
@@ -79,7 +79,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
     ctx.log(`  all ${sims} publishes answered in ${acceptedS.toFixed(2)} s: ${JSON.stringify(Object.fromEntries(statuses))}`);
 
     const db = new Database(join(dataDir, 'simbridge.db'), { readonly: true });
-    const credentials = new CredentialStore(db);
+    const credentials = new SqliteCredentialStore(db);
     let lastLog = performance.now();
     for (let ready = 0; (ready = credentials.countByState().ready) < sims; ) {
       if (performance.now() - t0 > 600_000) throw new Error(`only ${ready} of ${sims} vended after 600 s`);
