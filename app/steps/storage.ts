@@ -39,6 +39,6 @@ export async function openStores(config: Config, db: Db, env: NodeJS.ProcessEnv)
 export function openOutbox(config: Config, db: Db): { outbox: Outbox; writer: CommitWriter; metrics: Metrics } {
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
-  const outbox = new Outbox(db, writer, config.storage.commitMaxRows);
+  const outbox = new Outbox(db, writer, config.storage.commitMaxRows, config.storage.deliveryCacheMb * 1024 * 1024);
   return { outbox, writer, metrics };
 }
