@@ -46,26 +46,22 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
     radius: () => new RadiusIdentity(radius!.sessions),
   };
 
+  // What every device listener is built from.
+  const common = { admission, uplink, downlink, metrics };
   const mqtt = await startMqttIngress({
     ...config.listeners.mqtt,
+    ...common,
     maxClientIdBytes: config.limits.maxClientIdBytes,
     identity: sources[config.listeners.mqtt.identity](),
-    admission,
-    uplink,
-    downlink,
     connectivity,
-    metrics,
     audit: deps.stores.audit,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({
     ...config.listeners.http,
+    ...common,
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
-    admission,
-    uplink,
-    downlink,
-    metrics,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
     await mqtt.close();
@@ -74,7 +70,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
   });
   const source = (name: IdentitySourceName) => sources[name]();
   const sims = deps.stores.simRouting;
-  const lowpower = await startLowpowerIngress(config, { admission, uplink, downlink, metrics, sims, group: groupOf(live), source, log }).catch(async (err) => {
+  const lowpower = await startLowpowerIngress(config, { ...common, sims, group: groupOf(live), source, log }).catch(async (err) => {
     await Promise.all([mqtt.close(), http.close(), radius?.close()]);
     throw err;
   });
