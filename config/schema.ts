@@ -42,6 +42,16 @@ const group = z
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
+    basicIngest: z
+      .object({
+        rule: z
+          .string()
+          .regex(/^[a-zA-Z0-9_]{1,128}$/, 'an IoT rule name: letters, digits and _, at most 128')
+          .describe('the IoT rule the group\'s uplink and batches go to, as $aws/rules/{rule}/<topic> (Basic Ingest: no messaging charge)'),
+      })
+      .strict()
+      .optional()
+      .describe('Basic Ingest: publish this group\'s uplink straight to one IoT rule; no device or rule can subscribe to it'),
     ...udpGroupKeys,
   })
   .strict();

@@ -99,5 +99,5 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
 }
 
 function single(input: PlanInput, row: OutboxMessage): Unit {
-  return { rows: [row], topic: input.topics.toUpstream(row.deviceTopic), payload: row.payload, qos: row.qos, batched: false };
+  return { rows: [row], topic: input.topics.publishTopic(row.deviceTopic), payload: row.payload, qos: row.qos, batched: false };
 }

@@ -13,7 +13,7 @@ import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
 import { ShadowService } from './shadow.ts';
-import { MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
+import { BASIC_INGEST, MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
 export interface DataPlaneOptions {
   host: string;
@@ -120,7 +120,9 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       const reason =
         count >= MAX_SUBSCRIPTIONS_PER_CONNECTION
           ? `more than ${MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions`
-          : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
+          : BASIC_INGEST.test(sub.topic)
+            ? 'Basic Ingest topics ($aws/rules/...) cannot be subscribed to'
+            : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
       if (reason) {
         refuse(client, reason);
         if (opts.refusedSubscribe === 'close') return done(new Error(reason), null); // aedes closes the connection
@@ -131,6 +133,8 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     },
 
     authorizeForward(client, packet) {
+      // Basic Ingest goes to its rule only, never to a subscriber (the observer still sees it).
+      if (BASIC_INGEST.test(packet.topic)) return null;
       const s = sessions.get(client);
       if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
       // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
