@@ -20,6 +20,13 @@ export interface DeviceVars {
 export type TopicProblem = 'topic_empty' | 'topic_wildcard' | 'topic_invalid' | 'topic_too_long' | 'topic_too_deep' | 'filter_invalid';
 
 const shadowPrefix = (thing: string) => `$aws/things/${thing}/shadow/`;
+const jobsPrefix = (thing: string) => `$aws/things/${thing}/jobs/`;
+
+/**
+ * The Jobs requests a device may publish (Jobs device MQTT API): get, start-next, {jobId}/get,
+ * {jobId}/update. The answers and notify topics are IoT Core's to publish; devices subscribe to them.
+ */
+const JOBS_REQUEST = /^(get|start-next|[a-zA-Z0-9_-]{1,64}\/(get|update)|\$next\/get)$/;
 
 /** IoT Core's rule names: letters, digits and underscores, at most 128 (CreateTopicRule). */
 export const RULE_NAME = /^[a-zA-Z0-9_]{1,128}$/;
@@ -84,15 +91,21 @@ export class DeviceTopics {
     this.suffix = at < 0 ? '' : filled.slice(at + '{topic}'.length);
   }
 
-  /** The device's own shadow topics pass through as they are. */
-  isOwnShadow(topic: string): boolean {
-    return topic.startsWith(shadowPrefix(this.vars.thing));
+  /** The device's own shadow and Jobs topics pass through as they are (the thing's reserved topics). */
+  isOwnReserved(topic: string): boolean {
+    return topic.startsWith(shadowPrefix(this.vars.thing)) || topic.startsWith(jobsPrefix(this.vars.thing));
+  }
+
+  /** A topic of the thing's own Jobs that only IoT Core publishes (answers, notify): devices may not. */
+  private isJobsAnswer(topic: string): boolean {
+    const prefix = jobsPrefix(this.vars.thing);
+    return topic.startsWith(prefix) && !JOBS_REQUEST.test(topic.slice(prefix.length));
   }
 
   /** Upstream topic (or filter) for a device topic (or filter), as subscriptions see it. */
   toUpstream(deviceTopic: string): string {
     if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.udpTopic;
-    return this.isOwnShadow(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
+    return this.isOwnReserved(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
   }
 
   /**
@@ -101,12 +114,12 @@ export class DeviceTopics {
    */
   publishTopic(deviceTopic: string): string {
     const upstream = this.toUpstream(deviceTopic);
-    return this.ingestPrefix && !this.isOwnShadow(deviceTopic) ? this.ingestPrefix + upstream : upstream;
+    return this.ingestPrefix && !this.isOwnReserved(deviceTopic) ? this.ingestPrefix + upstream : upstream;
   }
 
   /** Device topic for an upstream topic, or undefined when it is not in the device's namespace. */
   toDevice(upstreamTopic: string): string | undefined {
-    if (this.isOwnShadow(upstreamTopic)) return upstreamTopic;
+    if (this.isOwnReserved(upstreamTopic)) return upstreamTopic;
     if (!upstreamTopic.startsWith(this.prefix) || !upstreamTopic.endsWith(this.suffix)) return undefined;
     const inner = upstreamTopic.slice(this.prefix.length, upstreamTopic.length - this.suffix.length);
     return inner.length > 0 ? inner : undefined;
@@ -114,27 +127,29 @@ export class DeviceTopics {
 
   /**
    * Checks a topic a device publishes to, and the upstream topic it maps to, against IoT Core's rules
-   * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics but its own shadow).
+   * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics but its own shadow
+   * and its own Jobs requests).
    */
   checkPublish(deviceTopic: string, limits: TopicLimits): TopicProblem | undefined {
     if (deviceTopic.length === 0) return 'topic_empty';
     if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.checkSize(this.publishTopic(deviceTopic), limits);
     if (/[#+]/.test(deviceTopic)) return 'topic_wildcard';
-    if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnShadow(deviceTopic))) return 'topic_invalid';
+    if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnReserved(deviceTopic))) return 'topic_invalid';
+    if (this.isJobsAnswer(deviceTopic)) return 'topic_invalid';
     return this.checkSize(this.publishTopic(deviceTopic), limits);
   }
 
   /** Checks a filter a device subscribes to: wildcards only as whole levels, '#' last, nothing outside its namespace. */
   checkSubscribe(filter: string, limits: TopicLimits): TopicProblem | undefined {
     if (filter.length === 0) return 'topic_empty';
-    if (filter.includes('\u0000') || (filter.startsWith('$') && !this.isOwnShadow(filter))) return 'topic_invalid';
+    if (filter.includes('\u0000') || (filter.startsWith('$') && !this.isOwnReserved(filter))) return 'topic_invalid';
     const levels = filter.split('/');
     for (const [i, level] of levels.entries()) {
       if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return 'filter_invalid';
       if (level.includes('+') && level !== '+') return 'filter_invalid';
     }
     // A '#' followed by a suffix would reach beyond the device's namespace.
-    if (filter.endsWith('#') && this.suffix && !this.isOwnShadow(filter)) return 'filter_invalid';
+    if (filter.endsWith('#') && this.suffix && !this.isOwnReserved(filter)) return 'filter_invalid';
     return this.checkSize(this.toUpstream(filter), limits);
   }
 

@@ -128,7 +128,7 @@ export class Uplink {
 const topicMessages: Record<string, string> = {
   topic_empty: 'topic is empty',
   topic_wildcard: 'wildcards (+, #) are not allowed in a publish topic',
-  topic_invalid: 'topic may not contain NUL or start with $ (except the device\'s own shadow)',
+  topic_invalid: 'topic may not contain NUL or start with $ (except the device\'s own shadow and Jobs requests)',
   topic_too_long: 'topic exceeds 256 bytes upstream',
   topic_too_deep: 'topic exceeds 8 levels upstream',
 };

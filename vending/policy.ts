@@ -1,7 +1,7 @@
 /**
  * The least-privilege policy a group's devices get: connect only as their own thing (and only while the
- * certificate is attached to it), publish / subscribe / receive only on their own topics and their own
- * shadow. Policy variables make one policy serve every thing of the group. With Basic Ingest the
+ * certificate is attached to it), publish / subscribe / receive only on their own topics, their own
+ * shadow and their own Jobs. Policy variables make one policy serve every thing of the group. With Basic Ingest the
  * group's topics are published only under that one rule's prefix (`$aws/rules/{rule}/...`) and still
  * received and subscribed to as they are (downlink).
  */
@@ -32,9 +32,9 @@ export function policyDocument(opts: { partition?: string; region: string; accou
 
 const THING_VAR = '${iot:Connection.Thing.ThingName}';
 
-/** The thing's own reserved topics the policy grants: its shadow. */
+/** The thing's own reserved topics the policy grants: its shadow and its Jobs. */
 function reservedTopicPatterns(): string[] {
-  return [`$aws/things/${THING_VAR}/shadow/*`];
+  return [`$aws/things/${THING_VAR}/shadow/*`, `$aws/things/${THING_VAR}/jobs/*`];
 }
 
 /** The topic patterns the policy grants: the group's templates and the thing's own reserved topics. */
