@@ -17,6 +17,7 @@ import { Connectivity } from '../bridge/connectivity.ts';
 import { BatchSchedules } from '../bridge/batching/schedules.ts';
 import { Dispatcher } from '../bridge/dispatcher.ts';
 import { Downlink } from '../bridge/downlink.ts';
+import { DeviceJobs } from '../bridge/jobs.ts';
 import type { NetworkSession } from '../storage/network-sessions.ts';
 import { describeFinding, identityFindings, type identitySource } from '../config/identity.ts';
 import type { z } from 'zod';
@@ -196,6 +197,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     metrics,
     log: log.child({ component: 'downlink' }),
   });
+  const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits: config.limits, quota: () => config.storage.outbox, group, audit, metrics });
   // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
   // wait for the writer thread to load, and share the cores with both threads' start-up.
@@ -238,6 +240,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
     admission,
     uplink,
     downlink,
+    jobs,
     metrics,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
@@ -354,6 +357,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         controlPlane.stop();
         await Promise.all([mqtt.close(), http.close(), lowpower.close(), radius?.close(), admin?.close()]);
         downlink.close();
+        jobs.close();
         schedules.stop();
         await outbox.settle();
         await dispatcher.flush(config.shutdown.flushDeadlineMs);

@@ -1,5 +1,12 @@
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { plan } from '../bridge/batching/planner.ts';
+import { DeviceJobs, type DeviceJobsOptions } from '../bridge/jobs.ts';
+import { createMetrics } from '../bridge/metrics.ts';
+import type { GroupConfig } from '../config/schema.ts';
+import type { AuditStore } from '../storage/audit.ts';
+import type { Sim } from '../storage/sims.ts';
+import type { DeviceCredentials } from '../vending/vendor.ts';
 import { groupTopics } from '../bridge/topics.ts';
 import { batchingSection } from '../config/batching.ts';
 import type { OutboxMessage } from '../storage/outbox.ts';
@@ -49,5 +56,49 @@ describe('batching leaves service requests alone', () => {
     expect(out.units[1]!.batched).toBe(false);
     // The reading after it opens the next batch, which waits for its window.
     expect(out.open?.rows.map((r) => r.id)).toEqual([4]);
+  });
+});
+
+describe('jobs for HTTP devices when IoT Core does not answer', () => {
+  const sim = { imsi: vars.imsi, thingName: vars.thing, group: 'default' } as Sim;
+  const audited: string[] = [];
+  const make = (pool: Partial<DeviceJobsOptions['pool']>, credentials: DeviceJobsOptions['credentials'] = async () => ({}) as DeviceCredentials) =>
+    new DeviceJobs({
+      pool: pool as DeviceJobsOptions['pool'],
+      credentials,
+      group: () => ({ httpJobs: true }) as GroupConfig,
+      settings: () => ({ answerTimeoutMs: 100, responseWaitMs: 50, holdMs: 60_000 }),
+      audit: { record: async (kind: string) => void audited.push(kind) } as unknown as AuditStore,
+      metrics: createMetrics(),
+      log: pino({ level: 'silent' }),
+    });
+  // A session that takes every request and never answers.
+  const silent = { subscribe: async () => 1 as const, unsubscribe: async () => undefined, session: async () => ({ publish: async () => undefined }) as never };
+
+  it('answers upstream_timeout when no answer comes, and upstream_unavailable when the session cannot open', async () => {
+    const jobs = make(silent);
+    expect(await jobs.update(sim, 'fw-1', { status: 'SUCCEEDED' })).toMatchObject({ ok: false, reason: 'upstream_timeout' });
+    const down = make(silent, async () => Promise.reject(new Error('vending failed')));
+    expect(await down.update(sim, 'fw-1', { status: 'SUCCEEDED' })).toMatchObject({ ok: false, reason: 'upstream_unavailable', message: expect.stringContaining('vending failed') });
+    jobs.close();
+    down.close();
+  });
+
+  it('refuses a malformed report before asking IoT Core, and audits it', async () => {
+    const jobs = make({ ...silent, session: async () => Promise.reject(new Error('must not be asked')) });
+    for (const body of [{ status: 'DONE' }, { status: 'SUCCEEDED', expectedVersion: 'x' }, { status: 'SUCCEEDED', statusDetails: { a: 1 } }, { status: 'SUCCEEDED', extra: 1 }, 'text']) {
+      expect(await jobs.update(sim, 'fw-1', body)).toMatchObject({ ok: false, reason: 'job_update_invalid' });
+    }
+    expect(await jobs.update(sim, 'bad id', { status: 'SUCCEEDED' })).toMatchObject({ ok: false, reason: 'job_update_invalid' });
+    expect(audited.filter((k) => k === 'job_update_refused').length).toBeGreaterThanOrEqual(6);
+    jobs.close();
+  });
+
+  it('lets the 202 go after responseWaitMs with the last list known', async () => {
+    const jobs = make(silent);
+    const started = Date.now();
+    expect(await jobs.forResponse(sim)!.settle()).toEqual([]);
+    expect(Date.now() - started).toBeLessThan(1000);
+    jobs.close();
   });
 });

@@ -148,11 +148,14 @@ describe('jobs on the data plane', () => {
     const a = await connect(await vendThing(iot, 'iso-a', { policyName: 'jobs-policy', policyDocument: jobsPolicy() }));
     const b = await connect(await vendThing(iot, 'iso-b', { policyName: 'jobs-policy', policyDocument: jobsPolicy() }));
     await b.client.subscribeAsync('$aws/things/iso-b/jobs/#', { qos: 1 });
+    await a.client.subscribeAsync('$aws/things/iso-a/jobs/#', { qos: 1 });
     await iot.send(new CreateJobCommand({ jobId: 'iso-1', targets: [arn('iso-a')], document: '{}' }));
     await a.client.publishAsync('$aws/things/iso-a/jobs/get', '{}', { qos: 1 });
     await until(() => a.got.some((m) => m.topic.endsWith('/get/accepted')));
     await new Promise((r) => setTimeout(r, 200));
     expect(b.got).toEqual([]);
+    // The answer comes once, and the request itself goes to the Jobs service only.
+    expect(a.got.filter((m) => m.topic.startsWith('$aws/things/iso-a/jobs/get')).map((m) => m.topic)).toEqual(['$aws/things/iso-a/jobs/get/accepted']);
     const closed = new Promise<void>((resolve) => a.client.once('close', () => resolve()));
     a.client.publish('$aws/things/iso-a/jobs/notify', '{}', { qos: 1 });
     await closed;

@@ -29,6 +29,11 @@ export function jobsPublishViolation(topic: string): string | undefined {
   return request ? undefined : `${topic} is a reserved Jobs topic devices only subscribe to`;
 }
 
+/** A Jobs request topic (get, start-next, {jobId}/get, {jobId}/update): the Jobs service's, never forwarded to subscribers. */
+export function isJobsRequest(topic: string): boolean {
+  return jobsTopic(topic) !== undefined && jobsPublishViolation(topic) === undefined;
+}
+
 /** A Jobs answer topic (…/accepted, …/rejected): delivered to the asking client only. */
 export function isJobsAnswer(topic: string): boolean {
   return jobsTopic(topic) !== undefined && /\/(accepted|rejected)$/.test(topic);

@@ -13,7 +13,7 @@ import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
 import type { JobStore } from '../jobs.ts';
-import { isJobsAnswer, jobsPublishViolation, JobsTopics } from './jobs.ts';
+import { isJobsAnswer, isJobsRequest, jobsPublishViolation, JobsTopics } from './jobs.ts';
 import { ShadowService } from './shadow.ts';
 import { BASIC_INGEST, MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
@@ -143,8 +143,10 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       if (BASIC_INGEST.test(packet.topic)) return null;
       const s = sessions.get(client);
       if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
-      // A Jobs answer is handed to the client that asked, subscribed or not (it never goes to others).
+      // A Jobs answer is handed to the client that asked, subscribed or not (it never goes to others);
+      // a Jobs request goes to the Jobs service only.
       if (isJobsAnswer(packet.topic)) return packet;
+      if (isJobsRequest(packet.topic)) return null;
       // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
       const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
       if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
