@@ -15,6 +15,20 @@ export interface OutboxMessage extends NewMessage {
   id: number;
 }
 
+interface OutboxRow {
+  id: number;
+  imsi: string;
+  device_topic: string;
+  payload: Buffer;
+  qos: 0 | 1;
+  received_at: number;
+  system: 0 | 1;
+}
+
+function toMessage(r: OutboxRow): OutboxMessage {
+  return { id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 };
+}
+
 interface Pending {
   msg: NewMessage;
   resolve: (id: number) => void;
@@ -139,6 +153,7 @@ export class Outbox implements DeliveryOutbox {
     if (this.committing || (this.pending.length === 0 && this.delivered.size === 0)) return;
     const batch = this.pending.splice(0, this.maxRows);
     const delivered = [...this.delivered.values()];
+    let failed = false;
     this.committing = this.writer
       .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id) })
       .then(
@@ -158,6 +173,7 @@ export class Outbox implements DeliveryOutbox {
           for (const listener of this.committedListeners) listener(committed);
         },
         (err: Error) => {
+          failed = true;
           // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
@@ -167,7 +183,11 @@ export class Outbox implements DeliveryOutbox {
       )
       .finally(() => {
         this.committing = undefined;
-        if (this.pending.length > 0 || this.delivered.size > 0) this.flush();
+        if (this.pending.length === 0 && this.delivered.size === 0) return;
+        // After a failure the retry waits for the event loop: retried in the same tick, a database that
+        // keeps failing would spin here and starve everything else.
+        if (failed) this.scheduleFlush();
+        else this.flush();
       });
   }
 
@@ -190,13 +210,19 @@ export class Outbox implements DeliveryOutbox {
   peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
     // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
     if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
-    const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
-      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number; system: 0 | 1;
-    }>;
-    return rows
-      .filter((r) => !this.delivered.has(r.id))
-      .slice(0, limit)
-      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 }));
+    // Rows delivered but not yet deleted are skipped. They are rarely past the reader's cursor, so read
+    // just what is asked and read on only when some were skipped: widening every read by the number of
+    // delivered rows would copy a device's whole backlog (payloads included) on each read.
+    const found: OutboxMessage[] = [];
+    for (let after = afterId; ; ) {
+      const want = limit - found.length;
+      const rows = this.peekStmt.all(imsi, after, want) as OutboxRow[];
+      for (const r of rows) {
+        after = r.id;
+        if (!this.delivered.has(r.id)) found.push(toMessage(r));
+      }
+      if (rows.length < want || found.length >= limit) return found;
+    }
   }
 
   /**

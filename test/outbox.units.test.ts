@@ -137,6 +137,17 @@ describe('the outbox', () => {
     expect(outbox.simsWithMessages().sort()).toEqual([A, B]);
   });
 
+  it('skips a delivered row between undelivered ones and reads on past it', async () => {
+    const { outbox } = setup();
+    const ids = await Promise.all(['m0', 'm1', 'm2', 'm3'].map((t) => outbox.enqueue(msg(A, t))));
+    outbox.remove(outbox.peek(A, ids[0]!, 2));
+    expect(texts(outbox.peek(A, 0, 2))).toEqual(['m0', 'm3']);
+    expect(texts(outbox.peek(A, ids[0]!, 1))).toEqual(['m3']);
+    expect(texts(outbox.peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    outbox.remove(outbox.peek(A, 0, 10));
+    expect(outbox.peek(A, 0, 10)).toEqual([]);
+  });
+
   it('moves a row to the dead letters once, with its reason, and counts it as a removal', async () => {
     const { outbox, db, reopened } = setup();
     await Promise.all(['d0', 'd1'].map((t) => outbox.enqueue(msg(A, t))));
