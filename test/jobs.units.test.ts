@@ -57,6 +57,14 @@ describe('batching leaves service requests alone', () => {
     // The reading after it opens the next batch, which waits for its window.
     expect(out.open?.rows.map((r) => r.id)).toEqual([4]);
   });
+
+  it('sends a shadow report (connectivity) to the shadow, not inside a batch', () => {
+    const topics = groupTopics({ upstreamTopic: 'devices/{thing}/{topic}', batching: { topic: 'devices/{thing}/batch' } }, vars);
+    const shadow = '$aws/things/sim-001010000000001/shadow/update';
+    const cfg = batchingSection.parse({ policy: 'schedule' });
+    const out = plan({ rows: [row(1, shadow, T0)], more: false, cfg, topics, identity: { imsi: vars.imsi, imei: vars.imei, thing: vars.thing }, batchTopic: 'devices/sim-001010000000001/batch', maxMessageBytes: 131072, now: T0 + 10, releaseBefore: -Infinity });
+    expect(out.units.map((u) => [u.topic, u.batched])).toEqual([[shadow, false]]);
+  });
 });
 
 describe('jobs for HTTP devices when IoT Core does not answer', () => {
