@@ -37,7 +37,7 @@ interface IngressDeps {
 /** The RADIUS listener and the device listeners (MQTT, HTTP, CoAP, UDP), each with its identity source. */
 export async function startIngress(live: Live, deps: IngressDeps): Promise<IngressParts> {
   const config = live.config;
-  const { admission, uplink, downlink, connectivity } = deps.delivery;
+  const { admission, uplink, downlink, connectivity, jobs } = deps.delivery;
   const { metrics, log } = deps;
   const radius = await startRadius(config, deps);
   const sources: Record<IdentitySourceName, () => IdentitySource> = {
@@ -62,6 +62,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
     ...common,
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
+    jobs,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
     await mqtt.close();
