@@ -250,9 +250,13 @@ export abstract class GroupCommitOutbox {
   protected leaveTail(row: OutboxMessage): void {
     const tail = this.tails.get(row.imsi);
     if (!tail) return;
-    const i = tail.rows[0]?.id === row.id ? 0 : tail.rows.findIndex((r) => r.id === row.id);
-    if (i < 0) return;
-    tail.rows.splice(i, 1);
+    // Rows leave in the order they were delivered: from the head, which shift() drops without copying.
+    if (tail.rows[0]?.id === row.id) tail.rows.shift();
+    else {
+      const i = tail.rows.findIndex((r) => r.id === row.id);
+      if (i < 0) return;
+      tail.rows.splice(i, 1);
+    }
     tail.bytes -= row.payload.length;
     this.tailBytes -= row.payload.length;
     if (tail.rows.length === 0) this.dropTail(row.imsi);

@@ -1,89 +1,86 @@
-// The credential store's compare-and-set rules, against SQLite and PostgreSQL alike: a process that lost
-// its lease, or a row retired under it, records nothing; a SIM never has two generations being vended
-// nor zero or two certificates in use.
-import { describe, expect, it } from 'vitest';
-import type { NewKey } from '../storage/credentials.ts';
-import { storeDialects } from './helpers/store-dialects.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { openDatabase, type Db } from '../storage/db.ts';
+import { sqliteStores } from '../storage/index.ts';
+import { SimStore } from '../storage/sims.ts';
 
-const IMSI = '001010000000401';
-const MIN = 60_000;
-
-const key = (purpose: NewKey['purpose'] = 'first', sealed = 'sealed-1'): NewKey => ({
-  imsi: IMSI,
-  thingName: 'sim-401',
-  purpose,
-  keyAlg: 'ec-p256',
-  keyEnc: Buffer.from(sealed),
-  csrPem: 'csr',
-  pubkeySha256: 'ab'.repeat(32),
+const dirs: string[] = [];
+const dbs: Db[] = [];
+afterEach(() => {
+  for (const db of dbs.splice(0)) db.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-describe.each(storeDialects())('credentials on $name', (dialect) => {
-  async function setup() {
-    const f = await dialect.fresh();
-    await f.stores.sims.register({ imsi: IMSI, group: 'default', thingName: 'sim-401' });
-    return f.credentials;
-  }
+function setup() {
+  const dir = mkdtempSync(join(tmpdir(), 'credentials-'));
+  dirs.push(dir);
+  const db = openDatabase({ file: join(dir, 's.db'), synchronous: 'normal' });
+  dbs.push(db);
+  const imsi = '001010000000901';
+  new SimStore(db).register({ imsi, group: 'default', thingName: `sim-${imsi}` });
+  return { stores: sqliteStores(db), imsi };
+}
 
-  it('vend one generation at a time, step by step, only under the lease, and promote it', async () => {
-    const c = await setup();
-    const gen = (await c.createGeneration(key(), 'node-a', MIN))!;
-    expect(gen).toMatchObject({ step: 'key', leaseOwner: 'node-a', keyEnc: Buffer.from('sealed-1') });
-    expect(await c.createGeneration(key(), 'node-b', MIN)).toBeUndefined(); // one being vended already
-    expect(await c.acquireLease(gen.id, 'node-b', MIN)).toBe(false);
-    expect(await c.acquireLease(gen.id, 'node-b', MIN, (holder) => holder === 'node-a')).toBe(true); // a dead holder is taken over
-    expect(await c.markCsrSent(gen.id, 'node-a', 0)).toBe(false); // lost its lease: records nothing
-    expect(await c.markCsrSent(gen.id, 'node-b', 0)).toBe(true);
-    expect(await c.markCsrSent(gen.id, 'node-b', 5000)).toBe(true); // a second send: flagged for an orphan check
-    expect((await c.byId(gen.id))?.orphanCheckAt).toBe(5000);
-    expect(await c.advance(gen.id, 'node-b', 'csr_sent', 'certificate', { certId: 'c1', certPem: 'pem', notAfter: 9e12 })).toBe(true);
-    expect(await c.advance(gen.id, 'node-b', 'csr_sent', 'certificate')).toBe(false); // not from that step any more
-    for (const [from, to] of [['certificate', 'thing'], ['thing', 'policy']] as const) expect(await c.advance(gen.id, 'node-b', from, to)).toBe(true);
-    expect(await c.promote(gen.id, 'node-a', 0)).toEqual({ ok: false });
-    expect(await c.promote(gen.id, 'node-b', 0)).toEqual({ ok: true, previous: undefined });
-    expect(await c.ready(IMSI)).toMatchObject({ id: gen.id, certId: 'c1', leaseOwner: null });
-    expect(await c.createGeneration(key(), 'node-a', MIN)).toBeUndefined(); // a first vend of a SIM that has a certificate
-    expect(await c.knownCertificateIds(['c1', 'c2'])).toEqual(new Set(['c1']));
-    expect(await c.countByState()).toEqual({ ready: 1, vending: 0 });
+const key = (imsi: string, purpose: 'first' | 'rotation' = 'first') => ({
+  imsi,
+  thingName: `sim-${imsi}`,
+  purpose,
+  keyAlg: 'ec-p256',
+  keyEnc: Buffer.from('sealed'),
+  csrPem: 'csr',
+  pubkeySha256: 'fp',
+});
+
+/** Walks a generation to the policy step, the way vending does. */
+async function toPolicy(stores: ReturnType<typeof sqliteStores>, imsi: string, purpose: 'first' | 'rotation', certId: string) {
+  const row = (await stores.credentials.createGeneration(key(imsi, purpose), 'me', 60_000))!;
+  expect(await stores.credentials.markCsrSent(row.id, 'me', Date.now() + 60_000)).toBe(true);
+  expect(await stores.credentials.advance(row.id, 'me', 'csr_sent', 'certificate', { certId, certArn: `arn:${certId}` })).toBe(true);
+  expect(await stores.credentials.advance(row.id, 'me', 'certificate', 'thing')).toBe(true);
+  expect(await stores.credentials.advance(row.id, 'me', 'thing', 'policy', { policyName: 'p' })).toBe(true);
+  return row;
+}
+
+describe('the credential store seen by vending (promise-shaped)', () => {
+  it('writes a step and its audit event together, and neither when the step is fenced off', async () => {
+    const { stores, imsi } = setup();
+    const row = (await stores.credentials.createGeneration(key(imsi), 'me', 60_000))!;
+    await stores.credentials.markCsrSent(row.id, 'me', Date.now() + 60_000);
+    const entry = { kind: 'certificate_created' as const, imsi, detail: { certificateId: 'c1' } };
+
+    // Another owner: the compare-and-set refuses, and no audit row claims a certificate was recorded.
+    expect(await stores.credentials.advance(row.id, 'someone-else', 'csr_sent', 'certificate', { certId: 'c1' }, entry)).toBe(false);
+    expect((await stores.audit.query({ imsi, kinds: ['certificate_created'] })).items).toHaveLength(0);
+
+    expect(await stores.credentials.advance(row.id, 'me', 'csr_sent', 'certificate', { certId: 'c1' }, entry)).toBe(true);
+    const events = (await stores.audit.query({ imsi, kinds: ['certificate_created'] })).items;
+    expect(events.map((e) => e.detail)).toEqual([{ certificateId: 'c1' }]);
+    expect((await stores.credentials.byId(row.id))!.certId).toBe('c1');
   });
 
-  it('rotate: the new certificate goes in use and the old one retires, its key wiped once retired', async () => {
-    const c = await setup();
-    const first = (await c.createGeneration(key(), 'n', MIN))!;
-    for (const [from, to] of [['key', 'certificate'], ['certificate', 'thing'], ['thing', 'policy']] as const) await c.advance(first.id, 'n', from, to, { certId: `cert-${to}` });
-    await c.promote(first.id, 'n', 0);
-    const next = (await c.createGeneration(key('rotation', 'sealed-2'), 'n', MIN))!;
-    expect(await c.vending(IMSI)).toMatchObject({ id: next.id, purpose: 'rotation' });
-    expect(await c.expiring(Number.MAX_SAFE_INTEGER, 10)).toEqual([]); // being re-vended already
-    await c.advance(next.id, 'n', 'key', 'policy');
-    const promoted = await c.promote(next.id, 'n', 1234);
-    expect(promoted.previous).toMatchObject({ id: first.id, step: 'retiring', retireReason: 'rotated', retireAfter: 1234 });
-    expect((await c.dueRetirements(10)).map((r) => r.id)).toEqual([first.id]);
-    await c.acquireLease(first.id, 'n', MIN);
-    expect(await c.markRetired(first.id, 'n')).toBe(true);
-    expect((await c.byId(first.id))?.keyEnc.length).toBe(0);
-    expect((await c.sealedKeys(0, 10)).map((k) => k.keyEnc.toString())).toEqual(['sealed-2']);
-    expect(await c.replaceSealedKey(next.id, Buffer.from('stale'), Buffer.from('sealed-3'))).toBe(false);
-    expect(await c.replaceSealedKey(next.id, Buffer.from('sealed-2'), Buffer.from('sealed-3'))).toBe(true);
-    expect((await c.anySealedKey())?.keyEnc.toString()).toBe('sealed-3');
-    expect((await c.history(IMSI)).map((r) => r.step)).toEqual(['retired', 'ready']);
+  it('promotes a rotation with one audit event naming the certificate it replaces', async () => {
+    const { stores, imsi } = setup();
+    const first = await toPolicy(stores, imsi, 'first', 'old');
+    expect((await stores.credentials.promote(first.id, 'me', Date.now() + 1000)).ok).toBe(true);
+    const next = await toPolicy(stores, imsi, 'rotation', 'new');
+
+    const r = await stores.credentials.promote(next.id, 'me', Date.now() + 1000, (replaced) => ({ kind: 'vended', imsi, detail: { replaces: replaced?.certId } }));
+    expect(r.ok).toBe(true);
+    expect(r.previous).toMatchObject({ certId: 'old', step: 'retiring', retireReason: 'rotated' });
+    const vended = (await stores.audit.query({ imsi, kinds: ['vended'] })).items;
+    expect(vended.map((e) => e.detail)).toEqual([{ replaces: 'old' }]);
+    expect((await stores.credentials.ready(imsi))!.certId).toBe('new');
+    expect(await stores.credentials.countByState()).toEqual({ ready: 1, vending: 0 });
   });
 
-  it('revoke: every live generation retires; orphan checks wait until the certificate request is over', async () => {
-    const c = await setup();
-    const gen = (await c.createGeneration(key(), 'n', MIN))!;
-    await c.flagOrphanCheck(gen.id, 100);
-    await c.flagOrphanCheck(gen.id, 50); // an earlier flag does not move it back
-    expect(await c.dueOrphanChecks(10)).toEqual([]); // no certificate recorded yet: an answer may be on its way
-    expect((await c.markRetiring(IMSI, 'revoked', 0)).map((r) => [r.id, r.step, r.retireReason])).toEqual([[gen.id, 'retiring', 'revoked']]);
-    expect((await c.dueOrphanChecks(10)).map((r) => r.orphanCheckAt)).toEqual([100]);
-    await c.clearOrphanCheck(gen.id, 99); // flagged again meanwhile: kept
-    expect(await c.dueOrphanChecks(10)).toHaveLength(1);
-    await c.clearOrphanCheck(gen.id, 100);
-    expect(await c.dueOrphanChecks(10)).toEqual([]);
-    await c.recordFailure(gen.id, 'ThrottlingException');
-    expect(await c.failureTally()).toEqual({ attempts: 1, throttled: 1 });
-    expect(await c.simsWithoutCredentials()).toEqual([IMSI]);
-    expect(await c.vendingImsis()).toEqual([]);
+  it('answers with rejections, not throws, when the database is gone', async () => {
+    const { stores } = setup();
+    dbs[0]!.close();
+    dbs.length = 0;
+    const call = stores.credentials.byId(1);
+    expect(call).toBeInstanceOf(Promise);
+    await expect(call).rejects.toThrow();
   });
 });

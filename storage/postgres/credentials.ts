@@ -1,5 +1,14 @@
-import type pg from 'pg';
-import { VENDING_STEPS, type CredentialReads, type CredentialRow, type NewKey, type Purpose, type Step, type VendingStep } from '../credentials.ts';
+import {
+  VENDING_STEPS,
+  type AuditEntry,
+  type CredentialRow,
+  type CredentialStore,
+  type NewKey,
+  type Purpose,
+  type Step,
+  type StepFields,
+  type VendingStep,
+} from '../credentials.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed } from './params.ts';
 
@@ -24,22 +33,24 @@ function fromRaw(r: Raw): CredentialRow {
 }
 
 /**
- * Device credentials on PostgreSQL, with the rules of storage/credentials.ts (CredentialStore): every
- * change while vending is a compare-and-set on the step and the lease owner. Every method answers with a
- * promise; `transaction(fn)` hands fn a store bound to one transaction (a step and its audit row in one
- * commit). Vending composes the synchronous SQLite store today, so it cannot run on this one yet.
+ * Device credentials on PostgreSQL, with the rules of storage/credentials.ts: every change while vending
+ * is a compare-and-set on the step and the lease owner, and a step's audit event commits with it.
  */
-export class PgCredentialStore implements CredentialReads {
+export class PgCredentialStore implements CredentialStore {
   constructor(
-    private readonly db: Queryable,
+    private readonly pool: Pool,
     private readonly now: () => number = Date.now,
-    private readonly pool?: Pool,
+    /** The connection of the transaction this store is bound to; the pool when none. */
+    private readonly db: Queryable = pool,
   ) {}
 
-  /** Runs fn with a store whose every call is part of one transaction. */
-  async transaction<T>(fn: (tx: PgCredentialStore, client: pg.PoolClient) => Promise<T>): Promise<T> {
-    if (!this.pool) throw new Error('already inside a transaction');
-    return transaction(this.pool, (c) => fn(new PgCredentialStore(c, this.now), c));
+  /** fn with a store bound to one transaction. */
+  private inTransaction<T>(fn: (tx: PgCredentialStore) => Promise<T>): Promise<T> {
+    return transaction(this.pool, (c) => fn(new PgCredentialStore(this.pool, this.now, c)));
+  }
+
+  private async record(entry: AuditEntry): Promise<void> {
+    await this.db.query('INSERT INTO audit (at, imsi, kind, detail) VALUES ($1, $2, $3, $4)', [Date.now(), entry.imsi, entry.kind, JSON.stringify(entry.detail)]);
   }
 
   private async one(sql: string, args: unknown[]): Promise<CredentialRow | undefined> {
@@ -137,13 +148,15 @@ export class PgCredentialStore implements CredentialReads {
     await this.run('UPDATE credentials SET orphan_check_at = greatest(coalesce(orphan_check_at, 0), $1) WHERE id = $2', [at, id]);
   }
 
-  advance(
-    id: number,
-    owner: string,
-    from: VendingStep,
-    to: VendingStep,
-    fields: { certId?: string; certArn?: string; certPem?: string; notAfter?: number; policyName?: string } = {},
-  ): Promise<boolean> {
+  /** Moves the row from step `from` to `to`, only while owner holds it; `audit` commits with it. */
+  async advance(id: number, owner: string, from: VendingStep, to: VendingStep, fields: StepFields = {}, audit?: AuditEntry): Promise<boolean> {
+    if (audit) {
+      return this.inTransaction(async (tx) => {
+        const ok = await tx.advance(id, owner, from, to, fields);
+        if (ok) await tx.record(audit);
+        return ok;
+      });
+    }
     return this.run(
       `UPDATE credentials SET step = $1, cert_id = coalesce($2, cert_id), cert_arn = coalesce($3, cert_arn), cert_pem = coalesce($4, cert_pem),
          not_after = coalesce($5, not_after), policy_name = coalesce($6, policy_name), last_error = NULL, updated_at = $7
@@ -152,8 +165,13 @@ export class PgCredentialStore implements CredentialReads {
     );
   }
 
-  /** Puts the finished generation in use and retires the one it replaces, in one transaction. */
-  async promote(id: number, owner: string, retireAfter: number): Promise<{ ok: boolean; previous?: CredentialRow }> {
+  /** Puts the finished generation in use and retires the one it replaces, with `audit`'s event, in one transaction. */
+  async promote(
+    id: number,
+    owner: string,
+    retireAfter: number,
+    audit?: (previous: CredentialRow | undefined) => AuditEntry,
+  ): Promise<{ ok: boolean; previous?: CredentialRow }> {
     const now = this.now();
     return this.inTransaction(async (tx) => {
       const row = await tx.one('SELECT * FROM credentials WHERE id = $1 FOR UPDATE', [id]);
@@ -163,6 +181,7 @@ export class PgCredentialStore implements CredentialReads {
         await tx.run("UPDATE credentials SET step = 'retiring', retire_reason = 'rotated', retire_after = $1, updated_at = $2 WHERE id = $3", [retireAfter, now, previous.id]);
       }
       await tx.run("UPDATE credentials SET step = 'ready', last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2", [now, id]);
+      if (audit) await tx.record(audit(previous));
       return { ok: true, previous: previous && (await tx.byId(previous.id)) };
     });
   }
@@ -262,10 +281,5 @@ export class PgCredentialStore implements CredentialReads {
   async anySealedKey(): Promise<{ imsi: string; keyEnc: Buffer } | undefined> {
     const r = (await this.db.query<{ imsi: string; key_enc: Buffer }>('SELECT imsi, key_enc FROM credentials WHERE octet_length(key_enc) > 0 LIMIT 1')).rows[0];
     return r && { imsi: r.imsi, keyEnc: r.key_enc };
-  }
-
-  /** fn in a transaction: this one's when already inside one, else a new one. */
-  private inTransaction<T>(fn: (tx: PgCredentialStore) => Promise<T>): Promise<T> {
-    return this.pool ? this.transaction((tx) => fn(tx)) : fn(this);
   }
 }

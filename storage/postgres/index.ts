@@ -17,10 +17,9 @@ import { PgTokenStore } from './tokens.ts';
 
 /**
  * Every store over one PostgreSQL pool. What admin, the RADIUS listener and the CLI use has the same
- * promise-shaped interfaces as on SQLite (SharedStores). Three differ, because their SQLite stores are
- * still read synchronously on the per-message path or composed in SQLite transactions: the SIM routing
- * cache, the session lookup by IP, and held downlink's pending() (here they answer with promises), and
- * the credentials (vending's compare-and-set steps, here as promises with transaction(fn)).
+ * promise-shaped interfaces as on SQLite (SharedStores), vending's credential store included. Three
+ * differ, because their SQLite stores are still read synchronously on the per-message path: the SIM
+ * routing cache, the session lookup by IP, and held downlink's pending() (here they answer with promises).
  */
 export interface PostgresStores extends SharedStores {
   sims: PgSimStore;
@@ -30,7 +29,7 @@ export interface PostgresStores extends SharedStores {
 }
 
 export function postgresStores(pool: Pool, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): PostgresStores {
-  const credentials = new PgCredentialStore(pool, now, pool);
+  const credentials = new PgCredentialStore(pool, now);
   return {
     sims: new PgSimStore(pool),
     audit: new PgAuditLog(pool) satisfies AuditStore,

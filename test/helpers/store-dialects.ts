@@ -6,7 +6,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
-import { CredentialStore } from '../../storage/credentials.ts';
+import type { CredentialStore } from '../../storage/credentials.ts';
 import { openDatabase, type Db } from '../../storage/db.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { sqliteStores, type SharedStores } from '../../storage/index.ts';
@@ -17,7 +17,7 @@ import { openPostgres, transaction, type Pool } from '../../storage/postgres/con
 import { postgresStores } from '../../storage/postgres/index.ts';
 import { PgNetworkSessions } from '../../storage/postgres/network-sessions.ts';
 import { commitOnPostgres, PgOutbox } from '../../storage/postgres/outbox.ts';
-import { promised, type Promised } from '../../storage/promised.ts';
+import { promised } from '../../storage/promised.ts';
 import { findPostgres, PostgresServer } from './postgres.ts';
 
 /** What a test reaches in either dialect. */
@@ -35,8 +35,8 @@ export interface StoreFixture {
   /** The outbox's real commit transaction, run in this thread. */
   commit(req: CommitRequest): Promise<CommitResult>;
   markSeen(imsi: string, at: number): Promise<void>;
-  /** The credential store, every method answering with a promise (vending's view once it runs on both). */
-  credentials: Promised<Omit<CredentialStore, 'transaction'>>;
+  /** The credential store as vending sees it. */
+  credentials: CredentialStore;
   /** The network session table on this database with its own clock and replay window. */
   networkSessions(now: () => number, replayWindowMs?: number): NetworkSessionStore;
   /** An outbox on this database behind the given writer (a restart is a second one). */
@@ -49,10 +49,6 @@ export type OutboxUnderTest = Pick<Outbox, 'enqueue' | 'onCommitted' | 'settle' 
   deadLetter(msg: OutboxMessage, reason: string): void | Promise<void>;
   dropOldest(imsi: string, fits: () => boolean): OutboxMessage[] | Promise<OutboxMessage[]>;
 };
-
-const CREDENTIAL_METHODS = Object.getOwnPropertyNames(CredentialStore.prototype).filter(
-  (m) => m !== 'constructor' && m !== 'transaction',
-) as Array<Exclude<keyof CredentialStore, 'transaction'>>;
 
 export interface StoreDialect {
   name: 'sqlite' | 'postgres';
@@ -80,7 +76,7 @@ const sqliteDialect = (): StoreDialect => {
         },
         commit: async (req) => commit(req),
         markSeen: async (imsi, at) => stores.simRouting.markSeen(imsi, at),
-        credentials: promised(stores.credentials, CREDENTIAL_METHODS),
+        credentials: stores.credentials,
         networkSessions: (now, window) =>
           promised(new NetworkSessions(db, now, window), ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']),
         outbox: async (writer, maxRows, maxTailBytes) => new Outbox(db, writer, maxRows, maxTailBytes),
@@ -115,7 +111,7 @@ const postgresDialect = (bin: string): StoreDialect => {
           return { ...r, seconds: (performance.now() - started) / 1000 };
         },
         markSeen: (imsi, at) => stores.sims.markSeen(imsi, at),
-        credentials: stores.credentials satisfies Promised<Omit<CredentialStore, 'transaction'>>,
+        credentials: stores.credentials,
         networkSessions: (now, window) => new PgNetworkSessions(pool, now, window),
         outbox: (writer, maxRows, maxTailBytes) => PgOutbox.open(pool, writer, maxRows, maxTailBytes),
       };
