@@ -1,5 +1,5 @@
 import { AuditLog, type AuditStore } from './audit.ts';
-import { CredentialStore, type CredentialReads } from './credentials.ts';
+import { CREDENTIAL_STORE_METHODS, SqliteCredentialStore, type CredentialReads, type CredentialStore } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
@@ -25,10 +25,7 @@ export interface Stores {
    */
   simRouting: SimStore;
   audit: AuditStore;
-  /**
-   * Synchronous still (the SQLite class): vending composes its calls inside SQLite transactions (a step
-   * and its audit row in one commit), which a promise-shaped store must offer another way first.
-   */
+  /** Certificate generations; a vending step and its audit row are one call (one commit). */
   credentials: CredentialStore;
   /** The same table as the admin surface reads it. */
   credentialReads: CredentialReads;
@@ -44,17 +41,23 @@ export interface Stores {
   meta: MetaStore;
 }
 
+/**
+ * The stores both dialects offer with the same promise-shaped interfaces (storage/postgres/index.ts
+ * builds them over PostgreSQL).
+ */
+export type SharedStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'credentialReads' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens' | 'meta'>;
+
 /** The SQLite stores over an open database; replayWindowMs: how long stopped RADIUS sessions are remembered. */
 export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {
   const sims = new SimStore(db);
   const networkSessions = new NetworkSessions(db, now, opts.replayWindowMs);
-  const credentials = new CredentialStore(db, now);
+  const credentials = promised(new SqliteCredentialStore(db, now), CREDENTIAL_STORE_METHODS) satisfies CredentialStore;
   return {
     sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
     simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials,
-    credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
+    credentialReads: credentials satisfies CredentialReads,
     downlink: downlinkView(new DownlinkStore(db)),
     mqttSessions: promised(new SqliteMqttSessions(db), ['load', 'save', 'list', 'remove', 'keep', 'pending', 'delivered', 'settle', 'expire']) satisfies MqttSessionStore,
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,

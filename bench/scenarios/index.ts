@@ -3,6 +3,7 @@ import { scenario as badInput } from './bad-input.ts';
 import { scenario as bridgeCompare } from './bridge-compare.ts';
 import { scenario as faults } from './faults.ts';
 import { scenario as lowpower } from './lowpower.ts';
+import { scenario as outboxCommit } from './outbox-commit.ts';
 import { scenario as simImport } from './import.ts';
 import { scenario as radius } from './radius.ts';
 import { scenario as sessions } from './sessions.ts';
@@ -29,4 +30,5 @@ export const SCENARIOS: Record<string, Scenario> = {
   vending,
   sessions,
   sleepy,
+  'outbox-commit': outboxCommit,
 };

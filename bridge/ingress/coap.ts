@@ -1,5 +1,4 @@
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
+import type { RemoteInfo } from 'node:dgram';
 import { encode as cbor } from 'cbor-x';
 import { createServer, type IncomingMessage, type OutgoingMessage } from 'coap';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
@@ -11,6 +10,7 @@ import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
+import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
 
 export interface CoapIngressOptions {
@@ -105,16 +105,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   let closing = false;
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
-  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(opts.port, opts.host, () => {
-      sock.off('error', reject);
-      resolve();
-    });
-  });
-  sock.on('error', (err) => log.warn({ err: err.message }, 'CoAP socket error'));
+  const sock = await bindDatagramSocket(opts, log, 'CoAP');
 
   const server = createServer({
     // A Confirmable request is answered by its piggybacked response after the commit, not by an
@@ -284,13 +275,12 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
   /** Held downlink rides in the answer; it counts as delivered once sent (a lost answer is resent from the library's cache on retransmission). */
   function answerWithDownlink(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, code: string, body: Record<string, unknown>, always: boolean) {
-    opts.downlink.touchHttp(device);
-    const held = opts.downlink.pending(device.sim.imsi);
-    // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
-    if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
-    const { payload, format } = encode(req, body, held);
-    reply(res, code, payload, format);
-    if (held.length) opts.downlink.delivered(held.map((m) => m.id));
+    answerWithHeld(opts.downlink, device, (held) => {
+      // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
+      if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
+      const { payload, format } = encode(req, body, held);
+      reply(res, code, payload, format);
+    });
   }
 
   async function route(req: IncomingMessage, res: OutgoingMessage) {
@@ -322,14 +312,9 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
     const topic = path.slice(1).join('/');
     const qos = query.has('qos') ? Number(query.get('qos')) : 1;
-    let id: number;
-    try {
-      id = await opts.uplink.accept('coap', device, topic, Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0), qos);
-    } catch (err) {
-      // Uplink counts its own refusals.
-      if (err instanceof UplinkRefusal) return refuse(res, err.reason, err.message, true);
-      throw err;
-    }
+    const id = await commit(opts.uplink, 'coap', device, topic, Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0), qos);
+    // Uplink counts its own refusals.
+    if (id instanceof UplinkRefusal) return refuse(res, id.reason, id.message, true);
     // The last block of a block-wise request is answered with its Block1 option (RFC 7959 §2.3).
     const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
     if (block1) res.setOption('Block1', block1);
@@ -342,8 +327,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     async close() {
       closing = true;
       // Requests being committed get their answers first (bounded).
-      const deadline = Date.now() + 5000;
-      while (pending.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await drainPending(() => pending.size);
       server.close();
       blocks.close();
       await new Promise<void>((resolve) => sock.close(() => resolve()));

@@ -1,5 +1,4 @@
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
+import type { RemoteInfo } from 'node:dgram';
 import type { Logger } from 'pino';
 import type { Admission } from '../admission.ts';
 import type { Downlink } from '../downlink.ts';
@@ -8,6 +7,7 @@ import type { Metrics } from '../metrics.ts';
 import { UDP_DEVICE_TOPIC } from '../topics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
+import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
 
 export interface UdpIngressOptions {
@@ -57,16 +57,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
   let pending = 0;
   let closing = false;
 
-  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(opts.port, opts.host, () => {
-      sock.off('error', reject);
-      resolve();
-    });
-  });
-  sock.on('error', (err) => log.warn({ err: err.message }, 'UDP socket error'));
+  const sock = await bindDatagramSocket(opts, log, 'UDP');
   sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
     if (closing) return;
     const problem = guard.check(rinfo.address, msg.length);
@@ -90,17 +81,12 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
       const device = await opts.admission.admit(opts.identity, rinfo.address, {});
       if (device instanceof Refusal) return refuse(rinfo, device.imsi, device.reason);
       if (pending > opts.maxPending) return refuse(rinfo, device.sim.imsi, 'busy');
-      try {
-        await opts.uplink.accept('udp', device, UDP_DEVICE_TOPIC, msg, 1);
-      } catch (err) {
-        if (err instanceof UplinkRefusal) return refuse(rinfo, device.sim.imsi, err.reason, true);
-        throw err;
-      }
+      const id = await commit(opts.uplink, 'udp', device, UDP_DEVICE_TOPIC, msg, 1);
+      if (id instanceof UplinkRefusal) return refuse(rinfo, device.sim.imsi, id.reason, true);
       if (opts.udpAck(device.sim.imsi) !== 'commit') return;
-      opts.downlink.touchHttp(device);
-      const held = opts.downlink.pending(device.sim.imsi);
-      send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined);
-      if (held.length) opts.downlink.delivered(held.map((m) => m.id));
+      answerWithHeld(opts.downlink, device, (held) =>
+        send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined),
+      );
     } catch (err) {
       metrics.refusals.inc({ protocol: 'udp', reason: 'internal_error' });
       log.error({ err: (err as Error).message }, 'UDP datagram failed');
@@ -112,8 +98,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
     listening: () => !closing,
     async close() {
       closing = true;
-      const deadline = Date.now() + 5000;
-      while (pending > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await drainPending(() => pending);
       await new Promise<void>((resolve) => sock.close(() => resolve()));
     },
   };
