@@ -17,10 +17,10 @@ export async function commitOnPostgres(db: Queryable, { inserts, deletes }: Comm
   if (inserts.length) {
     // Identity values are drawn in the order the rows are produced (by ordinality): sorted, they match the inputs.
     const { rows } = await db.query<{ id: number }>(
-      `INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system)
-       SELECT imsi, device_topic, payload, qos, received_at, system
-       FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::bigint[], $6::int[])
-         WITH ORDINALITY AS m(imsi, device_topic, payload, qos, received_at, system, n)
+      `INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system, user_properties)
+       SELECT imsi, device_topic, payload, qos, received_at, system, user_properties
+       FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::bigint[], $6::int[], $7::text[])
+         WITH ORDINALITY AS m(imsi, device_topic, payload, qos, received_at, system, user_properties, n)
        ORDER BY n RETURNING id`,
       [
         inserts.map((m) => m.imsi),
@@ -29,6 +29,7 @@ export async function commitOnPostgres(db: Queryable, { inserts, deletes }: Comm
         inserts.map((m) => m.qos),
         inserts.map((m) => m.receivedAt),
         inserts.map((m) => (m.system ? 1 : 0)),
+        inserts.map((m) => m.userProperties ?? null),
       ],
     );
     ids = rows.map((r) => r.id).sort((a, b) => a - b);
@@ -74,7 +75,7 @@ export function postgresWriter(pool: Pool, observe: (seconds: number) => void = 
   };
 }
 
-const COLUMNS = 'id, imsi, device_topic, payload, qos, received_at, system';
+const COLUMNS = 'id, imsi, device_topic, payload, qos, received_at, system, user_properties';
 
 /** The outbox on PostgreSQL: the same group commit and counters, reads and removals over the pool. */
 export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
