@@ -152,6 +152,8 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       http_408: f.httpCodes['408'] ?? 0,
       http_503: f.httpCodes['503'] ?? 0,
       mqtt_connack_3: f.connack['3'] ?? 0,
+      // MQTT 5 CONNECTs refused with a reason code (any but 0x00), e.g. 0x85, 0x86, 0x97, 0x9F.
+      mqtt5_connack_refused: Object.entries(f.connack).reduce((n, [code, count]) => n + (code.startsWith('v5:') && code !== 'v5:0x00' ? count : 0), 0),
       stalled_bodies: f.stalledBodies.opened,
       stalled_bodies_closed_by_gateway: f.stalledBodies.closedByGateway,
       stalled_bodies_answered_408: f.stalledBodies.answered408,
