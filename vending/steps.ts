@@ -14,7 +14,7 @@ export interface StepsOptions {
   provider: VendingProvider;
   gate: ApiGate;
   log: Logger;
-  policyFor(group: string): { name: string; topicTemplates: string[] };
+  policyFor(group: string): { name: string; topicTemplates: string[]; basicIngestRule?: string };
   thingAttributes: ThingAttribute[];
   thingType?: string;
   /** Thing group name of a SIM group, if things join one. */
@@ -134,7 +134,7 @@ export class VendSteps {
   private async policy(row: CredentialRow, sim: Sim, lease: Lease): Promise<void> {
     const { gate, provider } = this.o;
     const policy = this.o.policyFor(sim.group);
-    const document = policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates });
+    const document = policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates, basicIngestRule: policy.basicIngestRule });
     // CreatePolicy has a low quota (10/s): once per policy document per process, not once per device.
     await once(this.policies, `${policy.name}\n${document}`, async () => {
       const outcome = await gate.call('CreatePolicy', (s) => provider.ensurePolicy(policy.name, document, s));

@@ -4,6 +4,7 @@ import { BatchSchedules } from '../../bridge/batching/schedules.ts';
 import { Connectivity } from '../../bridge/connectivity.ts';
 import { Dispatcher } from '../../bridge/dispatcher.ts';
 import { Downlink } from '../../bridge/downlink.ts';
+import { DeviceJobs } from '../../bridge/jobs.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
 import type { Stores } from '../../storage/index.ts';
@@ -26,6 +27,8 @@ export interface DeliveryParts {
   downlink: Downlink;
   /** Online/offline reports to the device shadow. */
   connectivity: Connectivity;
+  /** IoT Jobs asked and reported on behalf of sleeping HTTP devices. */
+  jobs: DeviceJobs;
 }
 
 export function buildDelivery(
@@ -101,8 +104,9 @@ export function buildDelivery(
     log: log.child({ component: 'downlink' }),
   });
 
+  const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits, quota: () => live.config.storage.outbox, group, audit, metrics });
-  return { admission, uplink, dispatcher, downlink, connectivity };
+  return { admission, uplink, dispatcher, downlink, connectivity, jobs };
 }
 
 /** Each group's batch schedule, releasing its batches when due; a reload applies the new groups. */

@@ -37,7 +37,7 @@ interface IngressDeps {
 /** The RADIUS listener and the device listeners (MQTT, HTTP, CoAP, UDP), each with its identity source. */
 export async function startIngress(live: Live, deps: IngressDeps): Promise<IngressParts> {
   const config = live.config;
-  const { admission, uplink, downlink, connectivity } = deps.delivery;
+  const { admission, uplink, downlink, connectivity, jobs } = deps.delivery;
   const { metrics, log } = deps;
   const radius = await startRadius(config, deps);
   const sources: Record<IdentitySourceName, () => IdentitySource> = {
@@ -46,26 +46,23 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
     radius: () => new RadiusIdentity(radius!.sessions),
   };
 
+  // What every device listener is built from.
+  const common = { admission, uplink, downlink, metrics };
   const mqtt = await startMqttIngress({
     ...config.listeners.mqtt,
+    ...common,
     maxClientIdBytes: config.limits.maxClientIdBytes,
     identity: sources[config.listeners.mqtt.identity](),
-    admission,
-    uplink,
-    downlink,
     connectivity,
-    metrics,
     audit: deps.stores.audit,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({
     ...config.listeners.http,
+    ...common,
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
-    admission,
-    uplink,
-    downlink,
-    metrics,
+    jobs,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
     await mqtt.close();
@@ -74,7 +71,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
   });
   const source = (name: IdentitySourceName) => sources[name]();
   const sims = deps.stores.simRouting;
-  const lowpower = await startLowpowerIngress(config, { admission, uplink, downlink, metrics, sims, group: groupOf(live), source, log }).catch(async (err) => {
+  const lowpower = await startLowpowerIngress(config, { ...common, sims, group: groupOf(live), source, log }).catch(async (err) => {
     await Promise.all([mqtt.close(), http.close(), radius?.close()]);
     throw err;
   });

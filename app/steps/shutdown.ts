@@ -26,12 +26,13 @@ interface ShutdownDeps {
  */
 export function shutdown(live: Live, deps: ShutdownDeps): () => Promise<void> {
   let closing: Promise<void> | undefined;
-  const { dispatcher, downlink } = deps.delivery;
+  const { dispatcher, downlink, jobs } = deps.delivery;
   return () => {
     closing ??= (async () => {
       deps.controlPlane.stop();
       await Promise.all([deps.ingress.close(), deps.admin?.close()]);
       downlink.close();
+      jobs.close();
       deps.schedules.stop();
       await deps.outbox.settle();
       await dispatcher.flush(live.config.shutdown.flushDeadlineMs);

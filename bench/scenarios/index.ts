@@ -4,6 +4,7 @@ import { scenario as bridgeCompare } from './bridge-compare.ts';
 import { scenario as faults } from './faults.ts';
 import { scenario as growth } from './growth.ts';
 import { scenario as lowpower } from './lowpower.ts';
+import { scenario as outboxCommit } from './outbox-commit.ts';
 import { scenario as simImport } from './import.ts';
 import { scenario as radius } from './radius.ts';
 import { scenario as sessions } from './sessions.ts';
@@ -31,4 +32,5 @@ export const SCENARIOS: Record<string, Scenario> = {
   sessions,
   growth,
   sleepy,
+  'outbox-commit': outboxCommit,
 };
