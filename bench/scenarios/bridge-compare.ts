@@ -201,4 +201,4 @@ export async function bridgeCompare(ctx: Ctx): Promise<ScenarioResult> {
   }
 }
 
-export const scenario: Scenario = { title: 'simbridge side by side with a Mosquitto bridge, same load', goals: GOALS, run: bridgeCompare };
+export const scenario: Scenario = { title: 'simbridge side by side with a Mosquitto bridge, unthrottled and held to IoT Core\'s per-connection limits, same load', goals: GOALS, run: bridgeCompare };
