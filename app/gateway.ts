@@ -8,6 +8,7 @@ import { Outbox } from '../storage/outbox.ts';
 import { workerWriter } from '../storage/outbox-commit.ts';
 import { createVending } from '../vending/index.ts';
 import { fillName, groupPolicy, policyAllowsSubscribe } from '../vending/policy.ts';
+import { changedGroups } from '../vending/policy-sync.ts';
 import { thingAttributes } from '../vending/steps.ts';
 import { startAdmin } from '../admin/index.ts';
 import { KeyCipher } from '../vending/key-cipher.ts';
@@ -271,6 +272,8 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   // Asked at start so that an operator learns now, not at the first device, that AWS cannot be reached.
   const controlPlane = watchControlPlane({ health, dataEndpoint: (signal) => provider.dataEndpoint(signal), waitMs: config.upstream.startupCheckMs, retryMs: config.upstream.healthRetryMs });
   const controlPlaneAtStart = await controlPlane.first;
+  // A topic template changed while the gateway was down reaches devices vended before, not only new ones.
+  void vendor.syncPolicies(Object.keys(config.groups));
   const schedules = new BatchSchedules((g) => dispatcher.release(g));
   schedules.apply(config.groups);
 
@@ -343,8 +346,10 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
       if (JSON.stringify(next.security) !== JSON.stringify(config.security)) void reloadKeys(next);
       const needRestart = restartOnlyKeys.filter((k) => JSON.stringify(comparable(next)[k]) !== JSON.stringify(comparable(config)[k]));
       const kept = Object.fromEntries(restartOnlyKeys.map((k) => [k, config[k]]));
+      const previous = config;
       config = { ...next, ...kept, storage: { ...config.storage, outbox: next.storage.outbox } } as Config;
       schedules.apply(config.groups);
+      void vendor.syncPolicies(changedGroups(Object.keys(config.groups), (g) => groupPolicy(previous, g), (g) => groupPolicy(config, g)));
       // New thresholds may make open batches due now.
       dispatcher.start();
       return needRestart;
