@@ -1,5 +1,4 @@
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
+import type { RemoteInfo } from 'node:dgram';
 import { encode as cbor } from 'cbor-x';
 import { createServer, type IncomingMessage, type OutgoingMessage } from 'coap';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
@@ -12,6 +11,7 @@ import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
 import { downlinkJson } from './http.ts';
+import { ThreadedDatagramSocket } from './threaded-socket.ts';
 
 export interface CoapIngressOptions {
   host: string;
@@ -105,14 +105,13 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   let closing = false;
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
-  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(opts.port, opts.host, () => {
-      sock.off('error', reject);
-      resolve();
-    });
+  // A burst of a waking fleet must fit in the kernel's buffer (Linux's default is about 200 datagrams);
+  // the socket is read on a thread of its own so that a busy event loop here does not cap the intake.
+  const sock = await ThreadedDatagramSocket.bind({
+    host: opts.host,
+    port: opts.port,
+    recvBufferSize: opts.receiveBufferBytes,
+    onLost: (err) => log.error({ err: err.message }, 'CoAP receiving thread stopped; the listener is down'),
   });
   sock.on('error', (err) => log.warn({ err: err.message }, 'CoAP socket error'));
 
@@ -290,7 +289,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
     const { payload, format } = encode(req, body, held);
     reply(res, code, payload, format);
-    if (held.length) opts.downlink.delivered(held.map((m) => m.id));
+    if (held.length) opts.downlink.delivered(held.map((m) => m.id), 'coap');
   }
 
   async function route(req: IncomingMessage, res: OutgoingMessage) {
@@ -338,7 +337,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
   return {
     port: sock.address().port,
-    listening: () => !closing,
+    listening: () => !closing && sock.isOpen,
     async close() {
       closing = true;
       // Requests being committed get their answers first (bounded).

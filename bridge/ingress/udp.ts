@@ -1,5 +1,4 @@
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
+import type { RemoteInfo } from 'node:dgram';
 import type { Logger } from 'pino';
 import type { Admission } from '../admission.ts';
 import type { Downlink } from '../downlink.ts';
@@ -9,6 +8,7 @@ import { UDP_DEVICE_TOPIC } from '../topics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
 import { downlinkJson } from './http.ts';
+import { ThreadedDatagramSocket } from './threaded-socket.ts';
 
 export interface UdpIngressOptions {
   host: string;
@@ -57,14 +57,13 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
   let pending = 0;
   let closing = false;
 
-  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
-  const sock: Socket = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(opts.port, opts.host, () => {
-      sock.off('error', reject);
-      resolve();
-    });
+  // A burst of a waking fleet must fit in the kernel's buffer (Linux's default is about 200 datagrams);
+  // the socket is read on a thread of its own so that a busy event loop here does not cap the intake.
+  const sock = await ThreadedDatagramSocket.bind({
+    host: opts.host,
+    port: opts.port,
+    recvBufferSize: opts.receiveBufferBytes,
+    onLost: (err) => log.error({ err: err.message }, 'UDP receiving thread stopped; the listener is down'),
   });
   sock.on('error', (err) => log.warn({ err: err.message }, 'UDP socket error'));
   sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
@@ -77,7 +76,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
 
   function send(rinfo: RemoteInfo, status: number, body?: Buffer) {
     const datagram = body ? Buffer.concat([Buffer.from([status]), body]) : Buffer.from([status]);
-    sock.send(datagram, rinfo.port, rinfo.address, (err) => err && log.debug({ err: err.message }, 'UDP acknowledgement not sent'));
+    sock.send(datagram, rinfo.port, rinfo.address, (err: Error | null) => err && log.debug({ err: err.message }, 'UDP acknowledgement not sent'));
   }
 
   function refuse(rinfo: RemoteInfo, imsi: string | undefined, reason: string, counted = false) {
@@ -100,7 +99,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
       opts.downlink.touchHttp(device);
       const held = opts.downlink.pending(device.sim.imsi);
       send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined);
-      if (held.length) opts.downlink.delivered(held.map((m) => m.id));
+      if (held.length) opts.downlink.delivered(held.map((m) => m.id), 'udp');
     } catch (err) {
       metrics.refusals.inc({ protocol: 'udp', reason: 'internal_error' });
       log.error({ err: (err as Error).message }, 'UDP datagram failed');
@@ -109,7 +108,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
 
   return {
     port: sock.address().port,
-    listening: () => !closing,
+    listening: () => !closing && sock.isOpen,
     async close() {
       closing = true;
       const deadline = Date.now() + 5000;
