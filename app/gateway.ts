@@ -28,7 +28,7 @@ import { StaticIdentity } from '../bridge/identity/static.ts';
 import { replayWindow, startRadiusListener } from '../bridge/radius/listener.ts';
 import { startHttpIngress } from '../bridge/ingress/http.ts';
 import { startMqttIngress } from '../bridge/ingress/mqtt.ts';
-import { startLowpowerIngress } from './lowpower.ts';
+import { lowpowerChecks, startLowpowerIngress } from './lowpower.ts';
 import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { Uplink } from '../bridge/uplink.ts';
 import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
@@ -292,7 +292,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
         ready: () => {
           const upstream = health.checks();
           // A full disk makes every commit fail (503 to devices): a balancer should send them elsewhere.
-          const checks = { database: db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
+          const checks = { database: db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...lowpowerChecks(lowpower), ...upstream.checks };
           // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
           const warnings = identityFindings(config).filter((f) => f.severity !== 'note').map(describeFinding);
           return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons, warnings };
