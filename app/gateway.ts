@@ -89,7 +89,7 @@ async function assemble(config: Config, log: Logger, db: Db, stores: Stores, cip
   sims.warmRoutingCache();
   const metrics = createMetrics(() => outbox.byGroup());
   const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
-  const outbox = new Outbox(db, writer, config.storage.commitMaxRows);
+  const outbox = new Outbox(db, writer, config.storage.commitMaxRows, config.storage.deliveryCacheMb * 1024 * 1024);
   // A SIM whose group was removed from the config falls back to the default group.
   // Closures below read `config` when called, so a reload (which replaces it) applies to what comes next.
   const group = (name: string) => config.groups[name] ?? config.groups[config.sims.defaultGroup]!;

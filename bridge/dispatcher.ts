@@ -334,11 +334,16 @@ export class Dispatcher {
    */
   private async drain(lane: Lane, sim: Sim, session: UpstreamSession, planned?: Unit[]): Promise<number | undefined> {
     const { metrics } = this.opts;
-    const inflight = new Map<number, Promise<void>>();
+    /** Units published and not settled yet, by their first row id. */
+    const inflight = new Set<number>();
     /** Units published and not acknowledged yet (a unit stays in flight while its rows are removed). */
     const unacked = new Set<number>();
     let failure: unknown;
     let wakeAt: number | undefined;
+    // Waiting for any one publish to settle: one resolver the next settling publish calls, rather than
+    // Promise.race, which would add a reaction to every publish in flight at each wait.
+    let settled: (() => void) | undefined;
+    const oneSettles = () => new Promise<void>((resolve) => (settled = resolve));
     // After a read that found the queue empty, read again only once this drain is done: rows committed
     // meanwhile wake the pump, which drains again (a read per acknowledgement found nothing 9 times in 10).
     let exhausted = false;
@@ -359,7 +364,7 @@ export class Dispatcher {
       const window = lane.suspect !== undefined ? 1 : this.opts.maxInflight;
       // Refill the window in chunks, not one read per acknowledgement.
       if (inflight.size > 0 && (exhausted || inflight.size > window / 2)) {
-        await Promise.race(inflight.values());
+        await oneSettles();
         continue;
       }
       if (exhausted) break;
@@ -378,14 +383,14 @@ export class Dispatcher {
           if (due.waitMs !== undefined) wakeAt = Date.now() + due.waitMs;
           break;
         }
-        await Promise.race(inflight.values());
+        await oneSettles();
         continue;
       }
       for (const unit of due.units) {
         const first = unit.rows[0]!.id;
         const inDoubt = lane.suspect;
         lane.cursor = unit.rows.at(-1)!.id;
-        const p: Promise<void> = session
+        void session
           .publish(unit.topic, unit.payload, unit.qos)
           .then(
             () => {
@@ -408,13 +413,17 @@ export class Dispatcher {
               }
             },
           )
-          .finally(() => inflight.delete(first));
-        inflight.set(first, p);
+          .finally(() => {
+            inflight.delete(first);
+            settled?.();
+            settled = undefined;
+          });
+        inflight.add(first);
         unacked.add(first);
       }
-      if (inflight.size >= window) await Promise.race(inflight.values());
+      if (inflight.size >= window) await oneSettles();
     }
-    await Promise.allSettled(inflight.values());
+    while (inflight.size > 0) await oneSettles();
     if (failure !== undefined) throw failure;
     return wakeAt;
   }

@@ -115,6 +115,7 @@ export const configSchema = z
         synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
         commitMaxRows: z.number().int().positive().default(1000).describe('group commit: most rows in one transaction'),
         cacheMb: z.number().int().positive().default(64).describe('SQLite page cache per connection, MiB (the outbox index of a busy fleet should fit)'),
+        deliveryCacheMb: z.number().int().min(0).default(32).describe('payload of just-committed outbox rows kept in memory so delivery need not read them back from disk, MiB'),
         minFreeMb: z.number().int().min(0).default(128).describe('/readyz reports not ready while the data directory\'s file system has less free space than this, MiB'),
         outbox: z
           .object({

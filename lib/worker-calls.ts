@@ -6,8 +6,19 @@ interface Call<Req> {
   req: Req;
 }
 
-/** Worker → main thread: the answer to one call, an event of the worker's own, or word that its module has loaded. */
-type Posted<Event> = { seq: number; value?: unknown; error?: string } | { seq?: undefined; event: Event } | { seq?: undefined; ready: true };
+/** Worker → main thread: the answer to one call. */
+interface Answer {
+  seq: number;
+  value?: unknown;
+  error?: string;
+}
+
+/**
+ * Worker → main thread: answers (in order), an event of the worker's own, or word that its module has
+ * loaded. Calls made in one turn of the event loop travel as one message, and so do the answers given
+ * in one turn: a message costs a structured clone and a wake-up of the other thread, whatever it holds.
+ */
+type Posted<Event> = { answers: Answer[] } | { event: Event } | { ready: true };
 
 /**
  * The URL of a thread module beside the caller, as the caller itself runs: `name.ts` from the sources,
@@ -36,6 +47,8 @@ export class WorkerCalls<Req, Event = never> {
   /** Settles once the current thread has loaded its module (or died first). */
   private loaded: Promise<void> = Promise.resolve();
   private seq = 0;
+  /** Calls made this turn, posted together at its end. */
+  private outgoing: Array<Call<Req>> = [];
   private readonly waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
 
   constructor(
@@ -58,8 +71,15 @@ export class WorkerCalls<Req, Event = never> {
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve: resolve as (value: unknown) => void, reject });
-      this.worker!.postMessage({ seq, req } satisfies Call<Req>);
+      if (this.outgoing.push({ seq, req }) === 1) queueMicrotask(() => this.post());
     });
+  }
+
+  private post(): void {
+    const calls = this.outgoing;
+    this.outgoing = [];
+    // A thread lost meanwhile has failed these calls already (they were waiting).
+    if (this.worker && calls.length > 0) this.worker.postMessage(calls);
   }
 
   async stop(): Promise<void> {
@@ -81,11 +101,14 @@ export class WorkerCalls<Req, Event = never> {
     // Nobody may be waiting for it: a thread that dies while loading fails its calls instead.
     this.loaded.catch(() => undefined);
     w.on('message', (msg: Posted<Event>) => {
-      if (msg.seq === undefined) return 'ready' in msg ? loaded() : this.opts.onEvent?.(msg.event);
-      const entry = this.waiting.get(msg.seq);
-      this.waiting.delete(msg.seq);
-      if (msg.error !== undefined) entry?.reject(new Error(msg.error));
-      else entry?.resolve(msg.value);
+      if ('ready' in msg) return loaded();
+      if ('event' in msg) return this.opts.onEvent?.(msg.event);
+      for (const answer of msg.answers) {
+        const entry = this.waiting.get(answer.seq);
+        this.waiting.delete(answer.seq);
+        if (answer.error !== undefined) entry?.reject(new Error(answer.error));
+        else entry?.resolve(answer.value);
+      }
     });
     w.on('error', (err) => (failed(err as Error), this.lost(w, err as Error)));
     w.on('exit', (code) => {
@@ -106,13 +129,28 @@ export class WorkerCalls<Req, Event = never> {
   }
 }
 
+/** The worker's side: answers given this turn, posted together at its end (or before an event). */
+let answers: Answer[] = [];
+
+function postAnswers(): void {
+  if (answers.length === 0) return;
+  const posted = answers;
+  answers = [];
+  parentPort!.postMessage({ answers: posted });
+}
+
 /** The worker's side: answers every call with what the handler returns, or the message of what it throws. */
 export function serveCalls<Req>(handler: (req: Req) => unknown): void {
-  parentPort!.on('message', ({ seq, req }: Call<Req>) => {
-    new Promise((resolve) => resolve(handler(req))).then(
-      (value) => parentPort!.postMessage({ seq, value }),
-      (err) => parentPort!.postMessage({ seq, error: String((err as Error)?.message ?? err) }),
-    );
+  const answer = (a: Answer) => {
+    if (answers.push(a) === 1) queueMicrotask(postAnswers);
+  };
+  parentPort!.on('message', (calls: Array<Call<Req>>) => {
+    for (const { seq, req } of calls) {
+      new Promise((resolve) => resolve(handler(req))).then(
+        (value) => answer({ seq, value }),
+        (err) => answer({ seq, error: String((err as Error)?.message ?? err) }),
+      );
+    }
   });
   parentPort!.postMessage({ ready: true });
 }
@@ -124,5 +162,7 @@ export function asBuffer(bytes: Uint8Array): Buffer {
 
 /** The worker's side: something that is not the answer to a call. */
 export function postEvent(event: unknown): void {
+  // Answers given before the event arrive before it, as they were given.
+  postAnswers();
   parentPort!.postMessage({ event });
 }

@@ -15,6 +15,20 @@ export interface OutboxMessage extends NewMessage {
   id: number;
 }
 
+interface OutboxRow {
+  id: number;
+  imsi: string;
+  device_topic: string;
+  payload: Buffer;
+  qos: 0 | 1;
+  received_at: number;
+  system: 0 | 1;
+}
+
+function toMessage(r: OutboxRow): OutboxMessage {
+  return { id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 };
+}
+
 interface Pending {
   msg: NewMessage;
   resolve: (id: number) => void;
@@ -73,11 +87,20 @@ export class Outbox implements DeliveryOutbox {
   private readonly peekStmt;
   private readonly deleteStmt;
   private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
+  /**
+   * Per SIM, the rows committed since the tail began, in order: every row of the SIM after `after` that
+   * is still on disk is in `rows`. The dispatcher reads what was just committed from here instead of
+   * from disk, which was most of a message's cost on the delivery side.
+   */
+  private readonly tails = new Map<string, { after: number; rows: OutboxMessage[]; bytes: number }>();
+  private tailBytes = 0;
 
   constructor(
     private readonly db: Db,
     private readonly writer: CommitWriter,
     private readonly maxRows = 1000,
+    /** Payload bytes the tails may hold in all; a SIM whose tail would pass it is read from disk again. */
+    private readonly maxTailBytes = 32 * 1024 * 1024,
   ) {
     this.peekStmt = db.prepare(
       'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
@@ -139,6 +162,7 @@ export class Outbox implements DeliveryOutbox {
     if (this.committing || (this.pending.length === 0 && this.delivered.size === 0)) return;
     const batch = this.pending.splice(0, this.maxRows);
     const delivered = [...this.delivered.values()];
+    let failed = false;
     this.committing = this.writer
       .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id) })
       .then(
@@ -146,10 +170,12 @@ export class Outbox implements DeliveryOutbox {
           for (const r of delivered) this.delivered.delete(r.id);
           const gone = new Set(deleted);
           for (const r of delivered) if (gone.has(r.id)) this.account(r.imsi, -1, -r.payload.length);
+          for (const r of delivered) if (gone.has(r.id)) this.leaveTail(r);
           const committed = new Map<string, OutboxMessage[]>();
           batch.forEach(({ msg, resolve }, i) => {
             resolve(ids[i]!);
-            const row = { ...msg, id: ids[i]! };
+            const row = { ...msg, system: msg.system === true, id: ids[i]! };
+            this.joinTail(row);
             this.newestPerSim.set(msg.imsi, row.id);
             const list = committed.get(msg.imsi);
             if (list) list.push(row);
@@ -158,6 +184,7 @@ export class Outbox implements DeliveryOutbox {
           for (const listener of this.committedListeners) listener(committed);
         },
         (err: Error) => {
+          failed = true;
           // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
@@ -167,7 +194,11 @@ export class Outbox implements DeliveryOutbox {
       )
       .finally(() => {
         this.committing = undefined;
-        if (this.pending.length > 0 || this.delivered.size > 0) this.flush();
+        if (this.pending.length === 0 && this.delivered.size === 0) return;
+        // After a failure the retry waits for the event loop: retried in the same tick, a database that
+        // keeps failing would spin here and starve everything else.
+        if (failed) this.scheduleFlush();
+        else this.flush();
       });
   }
 
@@ -190,13 +221,64 @@ export class Outbox implements DeliveryOutbox {
   peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
     // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
     if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
-    const rows = this.peekStmt.all(imsi, afterId, limit + this.delivered.size) as Array<{
-      id: number; imsi: string; device_topic: string; payload: Buffer; qos: 0 | 1; received_at: number; system: 0 | 1;
-    }>;
-    return rows
-      .filter((r) => !this.delivered.has(r.id))
-      .slice(0, limit)
-      .map((r) => ({ id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 }));
+    const tail = this.tails.get(imsi);
+    if (tail && afterId >= tail.after) return this.peekTail(tail.rows, afterId, limit);
+    // Rows delivered but not yet deleted are skipped. They are rarely past the reader's cursor, so read
+    // just what is asked and read on only when some were skipped: widening every read by the number of
+    // delivered rows would copy a device's whole backlog (payloads included) on each read.
+    const found: OutboxMessage[] = [];
+    for (let after = afterId; ; ) {
+      const want = limit - found.length;
+      const rows = this.peekStmt.all(imsi, after, want) as OutboxRow[];
+      for (const r of rows) {
+        after = r.id;
+        if (!this.delivered.has(r.id)) found.push(toMessage(r));
+      }
+      if (rows.length < want || found.length >= limit) return found;
+    }
+  }
+
+  private peekTail(rows: OutboxMessage[], afterId: number, limit: number): OutboxMessage[] {
+    const found: OutboxMessage[] = [];
+    // The reader's cursor is almost always at the head (delivered rows leave the tail on their commit).
+    let i = 0;
+    while (i < rows.length && rows[i]!.id <= afterId) i++;
+    for (; i < rows.length && found.length < limit; i++) if (!this.delivered.has(rows[i]!.id)) found.push(rows[i]!);
+    return found;
+  }
+
+  /** A committed row joins its SIM's tail; a tail begins at the SIM's newest row before it. */
+  private joinTail(row: OutboxMessage): void {
+    let tail = this.tails.get(row.imsi);
+    if (!tail) this.tails.set(row.imsi, (tail = { after: this.newestPerSim.get(row.imsi) ?? 0, rows: [], bytes: 0 }));
+    tail.rows.push(row);
+    tail.bytes += row.payload.length;
+    this.tailBytes += row.payload.length;
+    // Over budget, the SIM that passed it is read from disk: its tail ends, and begins anew at its next commit.
+    if (this.tailBytes > this.maxTailBytes) this.dropTail(row.imsi);
+  }
+
+  /** A row left the outbox (delivered and deleted, dead-lettered, dropped): it leaves its tail too. */
+  private leaveTail(row: OutboxMessage): void {
+    const tail = this.tails.get(row.imsi);
+    if (!tail) return;
+    // Rows leave in the order they were delivered: from the head, which shift() drops without copying.
+    if (tail.rows[0]?.id === row.id) tail.rows.shift();
+    else {
+      const i = tail.rows.findIndex((r) => r.id === row.id);
+      if (i < 0) return;
+      tail.rows.splice(i, 1);
+    }
+    tail.bytes -= row.payload.length;
+    this.tailBytes -= row.payload.length;
+    if (tail.rows.length === 0) this.dropTail(row.imsi);
+  }
+
+  private dropTail(imsi: string): void {
+    const tail = this.tails.get(imsi);
+    if (!tail) return;
+    this.tailBytes -= tail.bytes;
+    this.tails.delete(imsi);
   }
 
   /**
@@ -226,6 +308,7 @@ export class Outbox implements DeliveryOutbox {
       return true;
     })();
     if (moved) {
+      this.leaveTail(msg);
       this.account(msg.imsi, -1, -msg.payload.length);
       this.removedUndelivered(msg.imsi);
     }
@@ -241,6 +324,7 @@ export class Outbox implements DeliveryOutbox {
         if (!row) break;
         after = row.id;
         if (this.deleteStmt.run(row.id).changes === 1) {
+          this.leaveTail(row);
           this.account(imsi, -1, -row.payload.length);
           this.removedUndelivered(imsi);
           dropped.push(row);

@@ -47,11 +47,11 @@ class TestWriter implements CommitWriter {
 const cleanups: Array<() => void> = [];
 afterEach(() => cleanups.splice(0).forEach((c) => c()));
 
-function setup(maxRows = 1000) {
+function setup(maxRows = 1000, maxTailBytes?: number) {
   const dir = mkdtempSync(join(tmpdir(), 'simbridge-outbox-'));
   const db = openDatabase({ file: join(dir, 'simbridge.db'), synchronous: 'normal' });
   const writer = new TestWriter(db);
-  const outbox = new Outbox(db, writer, maxRows);
+  const outbox = new Outbox(db, writer, maxRows, maxTailBytes);
   cleanups.push(() => {
     db.close();
     rmSync(dir, { recursive: true, force: true });
@@ -135,6 +135,30 @@ describe('the outbox', () => {
     expect(outbox.usage(A)).toEqual({ rows: 2, bytes: 4 });
     expect(outbox.removals(A)).toBe(0);
     expect(outbox.simsWithMessages().sort()).toEqual([A, B]);
+  });
+
+  it.each([
+    ['from the tail of committed rows', undefined],
+    ['from disk, the tail held to 5 bytes', 5],
+  ])('skips a delivered row between undelivered ones and reads on past it, %s', async (_how, maxTailBytes) => {
+    const { outbox, reopened } = setup(1000, maxTailBytes);
+    const ids = await Promise.all(['m0', 'm1', 'm2', 'm3'].map((t) => outbox.enqueue(msg(A, t))));
+    outbox.remove(outbox.peek(A, ids[0]!, 2));
+    expect(texts(outbox.peek(A, 0, 2))).toEqual(['m0', 'm3']);
+    expect(texts(outbox.peek(A, ids[0]!, 1))).toEqual(['m3']);
+    expect(texts(outbox.peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    await outbox.settle();
+    expect(texts(outbox.peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    expect(texts(reopened().peek(A, 0, 10))).toEqual(['m0', 'm3']);
+    // Rows committed after a restart's backlog follow it.
+    const later = await outbox.enqueue(msg(A, 'm4'));
+    expect(texts(outbox.peek(A, 0, 10))).toEqual(['m0', 'm3', 'm4']);
+    expect(texts(outbox.peek(A, ids[3]!, 10))).toEqual(['m4']);
+    outbox.remove(outbox.peek(A, 0, 10));
+    expect(outbox.peek(A, 0, 10)).toEqual([]);
+    await outbox.settle();
+    expect(reopened().usage(A).rows).toBe(0);
+    expect(later).toBeGreaterThan(ids[3]!);
   });
 
   it('moves a row to the dead letters once, with its reason, and counts it as a removal', async () => {
