@@ -1,6 +1,7 @@
 // The CoAP and raw UDP listeners read their socket on a thread of its own (bridge/ingress/threaded-socket.ts):
 // libuv reads at most 32 datagrams per wake-up of the loop that owns a socket, so on a busy main loop
 // the intake was capped (about 1,500 datagrams/s under the lowpower bench) and the rest waited in the kernel.
+import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ThreadedDatagramSocket } from '../bridge/ingress/threaded-socket.ts';
@@ -57,4 +58,30 @@ describe('ThreadedDatagramSocket', () => {
     const failed = await new Promise<Error | null>((r) => sock.send(Buffer.alloc(70_000), 9, '127.0.0.1', (err: Error | null) => r(err)));
     expect(failed).toBeInstanceOf(Error);
   });
+});
+
+describe('ThreadedDatagramSocket under a flood', () => {
+  it('holds no more than its receive buffer while this thread is blocked, and reports what it dropped', async () => {
+    const sock = await ThreadedDatagramSocket.bind({ host: '127.0.0.1', port: 0, recvBufferSize: 64 * 1024, onLost: () => undefined });
+    opened.push(sock);
+    let received = 0;
+    let dropped = 0;
+    sock.on('message', () => received++);
+    sock.on('overflow', (n: number) => (dropped += n));
+    // 4,000 datagrams of 200 B (800 KB) from another process while this thread is blocked for a second.
+    const sender = spawn(process.execPath, ['-e', `
+      const s = require('node:dgram').createSocket('udp4'); const b = Buffer.alloc(200, 1); let n = 0;
+      const tick = () => { for (let i = 0; i < 200 && n < 4000; i++, n++) s.send(b, ${sock.address().port}, '127.0.0.1'); if (n < 4000) setTimeout(tick, 5); else setTimeout(() => process.exit(0), 100); };
+      process.stdout.write('go\\n', tick);`]);
+    await new Promise((r) => sender.stdout!.once('data', r));
+    const t = performance.now();
+    while (performance.now() - t < 1000);
+    await new Promise((r) => sender.once('exit', r));
+    for (let i = 0; i < 50 && dropped === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(dropped).toBeGreaterThan(0);
+    // What waited for this thread fit in 64 KB (about 330 datagrams of 200 B), plus what came after it woke.
+    expect(received + dropped).toBeLessThanOrEqual(4000);
+    expect(received).toBeLessThanOrEqual(500);
+  }, 20_000);
 });

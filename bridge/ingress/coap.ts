@@ -114,6 +114,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     onLost: (err) => log.error({ err: err.message }, 'CoAP receiving thread stopped; the listener is down'),
   });
   sock.on('error', (err) => log.warn({ err: err.message }, 'CoAP socket error'));
+  sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'coap', reason: 'receive_queue_full' }, n));
 
   const server = createServer({
     // A Confirmable request is answered by its piggybacked response after the commit, not by an

@@ -1,6 +1,7 @@
 // The receiving thread of a datagram listener (threaded-socket.ts): owns the UDP socket, reads it on an
 // event loop that does nothing else, and passes what arrives to the main thread in batches.
 import { createSocket, type Socket } from 'node:dgram';
+import { workerData } from 'node:worker_threads';
 import { asBuffer, postEvent, serveCalls } from '../../lib/worker-calls.ts';
 
 export type DatagramRequest =
@@ -9,19 +10,27 @@ export type DatagramRequest =
   | { op: 'close' };
 
 export type DatagramEvent =
-  | { kind: 'datagrams'; batch: Array<[payload: Uint8Array, address: string, port: number, family: string]> }
+  | { kind: 'datagrams'; batch: Array<[payload: Uint8Array, address: string, port: number, family: string]>; dropped: number }
   | { kind: 'error'; error: string };
 
+/** Bytes posted to the main thread and not yet taken by it ([0]), shared with threaded-socket.ts. */
+const queued = new Int32Array(workerData.queued as SharedArrayBuffer);
 let sock: Socket | undefined;
 let batch: Array<[Uint8Array, string, number, string]> = [];
+let batchBytes = 0;
+/** Datagrams dropped since the last batch because the main thread was that far behind. */
+let dropped = 0;
 
 // libuv reads at most 32 datagrams per wake-up of a socket's loop: on the gateway's busy main loop that
 // capped intake near 1,500 datagrams/s and left the rest waiting in the kernel for seconds. Here the
 // loop is idle, every datagram is read at once, and the main thread takes them a batch per wake-up.
 function flush(): void {
   const out = batch;
+  Atomics.add(queued, 0, batchBytes);
   batch = [];
-  postEvent({ kind: 'datagrams', batch: out } satisfies DatagramEvent);
+  batchBytes = 0;
+  postEvent({ kind: 'datagrams', batch: out, dropped } satisfies DatagramEvent);
+  dropped = 0;
 }
 
 function bind(req: Extract<DatagramRequest, { op: 'bind' }>): Promise<{ port: number; address: string; family: string }> {
@@ -32,8 +41,11 @@ function bind(req: Extract<DatagramRequest, { op: 'bind' }>): Promise<{ port: nu
       s.off('error', reject);
       s.on('error', (err) => postEvent({ kind: 'error', error: err.message } satisfies DatagramEvent));
       s.on('message', (msg, rinfo) => {
+        // No more waiting here than the kernel's buffer would have held: a flood costs datagrams, not memory.
+        if (Atomics.load(queued, 0) + batchBytes + msg.length > req.recvBufferSize) return void dropped++;
         if (batch.length === 0) setImmediate(flush);
         batch.push([msg, rinfo.address, rinfo.port, rinfo.family]);
+        batchBytes += msg.length;
       });
       sock = s;
       resolve(s.address());

@@ -17,6 +17,8 @@ export class ThreadedDatagramSocket extends Socket {
   private bound: AddressInfo | undefined;
   private outgoing: Array<{ item: [Uint8Array, number, string]; cb?: SendCallback }> = [];
   private closed = false;
+  /** Bytes the receiving thread has passed on and this thread not yet taken ([0]). */
+  private readonly queued = new Int32Array(new SharedArrayBuffer(4));
 
   private constructor(type: 'udp4' | 'udp6', onLost: (err: Error) => void) {
     // @types/node leaves the constructor's options out; node:dgram needs the type to make its (unused) handle.
@@ -24,6 +26,7 @@ export class ThreadedDatagramSocket extends Socket {
     super({ type });
     this.calls = new WorkerCalls(siblingModule(import.meta.url, 'datagram-thread'), {
       keepAlive: true,
+      workerData: { queued: this.queued.buffer },
       onEvent: (e) => this.received(e),
       onLost: (err) => {
         if (this.closed) return;
@@ -110,6 +113,9 @@ export class ThreadedDatagramSocket extends Socket {
 
   private received(e: DatagramEvent): void {
     if (e.kind === 'error') return void this.emit('error', new Error(e.error));
+    Atomics.sub(this.queued, 0, e.batch.reduce((n, [payload]) => n + payload.byteLength, 0));
+    // 'overflow': datagrams the receiving thread dropped while this thread was behind by a receive buffer.
+    if (e.dropped > 0) this.emit('overflow', e.dropped);
     if (this.closed) return;
     for (const [payload, address, port, family] of e.batch) {
       const rinfo: RemoteInfo = { address, port, family: family as RemoteInfo['family'], size: payload.byteLength };

@@ -66,6 +66,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
     onLost: (err) => log.error({ err: err.message }, 'UDP receiving thread stopped; the listener is down'),
   });
   sock.on('error', (err) => log.warn({ err: err.message }, 'UDP socket error'));
+  sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'udp', reason: 'receive_queue_full' }, n));
   sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
     if (closing) return;
     const problem = guard.check(rinfo.address, msg.length);
