@@ -6,7 +6,7 @@ import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.t
 import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
 import { Lane, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
 import type { Metrics } from './metrics.ts';
-import { DeviceTopics } from './topics.ts';
+import { groupBatchTopic, groupTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
 
 export interface DispatcherOptions {
@@ -232,9 +232,9 @@ export class Dispatcher {
     const vars = { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' };
     return {
       cfg,
-      topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic),
+      topics: groupTopics(group, vars),
       identity: { imsi: sim.imsi, imei: sim.boundImei, thing: sim.thingName },
-      batchTopic: cfg.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof typeof vars) => vars[k]),
+      batchTopic: groupBatchTopic(group, vars),
       maxMessageBytes: this.opts.maxMessageBytes,
     };
   }
@@ -431,8 +431,8 @@ export class Dispatcher {
   private count(sim: Sim, unit: Unit): void {
     const { metrics } = this.opts;
     metrics.upstreamPublishes.inc({ group: sim.group, result: 'ok' });
-    // IoT Core bills messages in 5 KB units of payload and topic.
-    metrics.billedUnits.inc({ group: sim.group }, Math.ceil((unit.payload.length + Buffer.byteLength(unit.topic)) / BILLING_UNIT));
+    // IoT Core bills messages in 5 KB units of payload and topic; Basic Ingest has no messaging charge.
+    if (!unit.topic.startsWith('$aws/rules/')) metrics.billedUnits.inc({ group: sim.group }, Math.ceil((unit.payload.length + Buffer.byteLength(unit.topic)) / BILLING_UNIT));
     metrics.batchSize.observe({ group: sim.group }, unit.rows.length);
   }
 }

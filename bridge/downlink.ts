@@ -6,7 +6,7 @@ import type { Sim } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
-import { DeviceTopics, type TopicLimits, type TopicProblem } from './topics.ts';
+import { type DeviceTopics, groupTopics, type TopicLimits, type TopicProblem } from './topics.ts';
 import { SubscriptionLimitError, SubscriptionRefusedError, type UpstreamPool } from './upstream/session-pool.ts';
 
 export interface DownlinkOptions {
@@ -45,7 +45,7 @@ export class Downlink {
   constructor(private readonly opts: DownlinkOptions) {}
 
   topicsFor(sim: Sim, imei?: string): DeviceTopics {
-    return new DeviceTopics(this.opts.group(sim.group).upstreamTopic, { thing: sim.thingName, imsi: sim.imsi, imei: imei ?? sim.boundImei ?? '' });
+    return groupTopics(this.opts.group(sim.group), { thing: sim.thingName, imsi: sim.imsi, imei: imei ?? sim.boundImei ?? '' });
   }
 
   /** Subscribes an MQTT device; resolves with the granted QoS. */

@@ -98,6 +98,12 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
       labelNames: ['protocol', 'result'] as const,
       registers: [registry],
     }),
+    jobRequests: new Counter({
+      name: 'simbridge_job_requests_total',
+      help: 'IoT Jobs requests made for HTTP devices, by kind (pending, update) and result (accepted, rejected code, timeout, unavailable)',
+      labelNames: ['kind', 'result'] as const,
+      registers: [registry],
+    }),
     dropped: new Counter({
       name: 'simbridge_messages_dropped_total',
       help: 'queued messages dropped to make room (drop-oldest), by group and reason',

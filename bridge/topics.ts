@@ -1,7 +1,9 @@
 /**
  * Device topics and their mapping to upstream topics through a group's template, both ways.
  * A device writes and reads only inside its own namespace (the template puts its thing, IMSI or IMEI
- * around its topic) and its own thing's shadow; the upstream session's policy enforces the same again.
+ * around its topic), its own thing's shadow and its own thing's Jobs topics; the upstream session's
+ * policy enforces the same again. A group with Basic Ingest publishes its uplink under
+ * `$aws/rules/{rule}/` (no messaging charge in IoT Core); what devices subscribe to keeps the template.
  */
 
 export interface TopicLimits {
@@ -18,6 +20,47 @@ export interface DeviceVars {
 export type TopicProblem = 'topic_empty' | 'topic_wildcard' | 'topic_invalid' | 'topic_too_long' | 'topic_too_deep' | 'filter_invalid';
 
 const shadowPrefix = (thing: string) => `$aws/things/${thing}/shadow/`;
+const jobsPrefix = (thing: string) => `$aws/things/${thing}/jobs/`;
+
+/**
+ * The Jobs requests a device may publish (Jobs device MQTT API): get, start-next, {jobId}/get,
+ * {jobId}/update. The answers and notify topics are IoT Core's to publish; devices subscribe to them.
+ */
+const JOBS_REQUEST = /^(get|start-next|[a-zA-Z0-9_-]{1,64}\/(get|update)|\$next\/get)$/;
+
+/** IoT Core's rule names: letters, digits and underscores, at most 128 (CreateTopicRule). */
+export const RULE_NAME = /^[a-zA-Z0-9_]{1,128}$/;
+
+/** The Basic Ingest prefix of a rule: a publish under it goes to that rule only, never to subscribers. */
+export const basicIngestPrefix = (rule: string) => `$aws/rules/${rule}/`;
+
+/**
+ * IoT Core leaves the `$aws/rules/{rule}/` prefix out when it counts a topic's bytes and levels
+ * (AWS IoT Core quotas, "Topic size" and "Maximum number of slashes"): what is left is checked.
+ */
+export function withoutBasicIngestPrefix(topic: string): string {
+  const m = /^\$aws\/rules\/[a-zA-Z0-9_]+\//.exec(topic);
+  return m ? topic.slice(m[0].length) : topic;
+}
+
+/** What a group says about its topics: its template, raw UDP topic and Basic Ingest rule. */
+export interface GroupTopicConfig {
+  upstreamTopic: string;
+  udpTopic?: string | undefined;
+  basicIngest?: { rule: string } | undefined;
+  batching: { topic: string };
+}
+
+/** A group's topics bound to one device. */
+export function groupTopics(group: GroupTopicConfig, vars: DeviceVars): DeviceTopics {
+  return new DeviceTopics(group.upstreamTopic, vars, group.udpTopic, group.basicIngest?.rule);
+}
+
+/** The group's batch topic filled for one device, under the group's Basic Ingest prefix when it has one. */
+export function groupBatchTopic(group: GroupTopicConfig, vars: DeviceVars): string {
+  const filled = group.batching.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
+  return group.basicIngest ? basicIngestPrefix(group.basicIngest.rule) + filled : filled;
+}
 
 /**
  * Device topic under which a raw UDP datagram is stored: a `$` topic no device can publish to (MQTT and
@@ -30,12 +73,16 @@ export class DeviceTopics {
   private readonly prefix: string;
   private readonly suffix: string;
   private readonly udpTopic: string | undefined;
+  /** `$aws/rules/{rule}/` when the group uses Basic Ingest, else ''. */
+  private readonly ingestPrefix: string;
 
   constructor(
     template: string,
     private readonly vars: DeviceVars,
     udpTemplate?: string,
+    basicIngestRule?: string,
   ) {
+    this.ingestPrefix = basicIngestRule === undefined ? '' : basicIngestPrefix(basicIngestRule);
     const fill = (t: string) => t.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
     const filled = fill(template);
     this.udpTopic = udpTemplate === undefined ? undefined : fill(udpTemplate);
@@ -44,20 +91,35 @@ export class DeviceTopics {
     this.suffix = at < 0 ? '' : filled.slice(at + '{topic}'.length);
   }
 
-  /** The device's own shadow topics pass through as they are. */
-  isOwnShadow(topic: string): boolean {
-    return topic.startsWith(shadowPrefix(this.vars.thing));
+  /** The device's own shadow and Jobs topics pass through as they are (the thing's reserved topics). */
+  isOwnReserved(topic: string): boolean {
+    return topic.startsWith(shadowPrefix(this.vars.thing)) || topic.startsWith(jobsPrefix(this.vars.thing));
   }
 
-  /** Upstream topic (or filter) for a device topic (or filter). */
+  /** A topic of the thing's own Jobs that only IoT Core publishes (answers, notify): devices may not. */
+  private isJobsAnswer(topic: string): boolean {
+    const prefix = jobsPrefix(this.vars.thing);
+    return topic.startsWith(prefix) && !JOBS_REQUEST.test(topic.slice(prefix.length));
+  }
+
+  /** Upstream topic (or filter) for a device topic (or filter), as subscriptions see it. */
   toUpstream(deviceTopic: string): string {
     if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.udpTopic;
-    return this.isOwnShadow(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
+    return this.isOwnReserved(deviceTopic) ? deviceTopic : this.prefix + deviceTopic + this.suffix;
+  }
+
+  /**
+   * Upstream topic a device's message is published to: toUpstream, under the group's Basic Ingest
+   * prefix when it has one. The thing's own reserved topics (shadow) are services, not rules: never prefixed.
+   */
+  publishTopic(deviceTopic: string): string {
+    const upstream = this.toUpstream(deviceTopic);
+    return this.ingestPrefix && !this.isOwnReserved(deviceTopic) ? this.ingestPrefix + upstream : upstream;
   }
 
   /** Device topic for an upstream topic, or undefined when it is not in the device's namespace. */
   toDevice(upstreamTopic: string): string | undefined {
-    if (this.isOwnShadow(upstreamTopic)) return upstreamTopic;
+    if (this.isOwnReserved(upstreamTopic)) return upstreamTopic;
     if (!upstreamTopic.startsWith(this.prefix) || !upstreamTopic.endsWith(this.suffix)) return undefined;
     const inner = upstreamTopic.slice(this.prefix.length, upstreamTopic.length - this.suffix.length);
     return inner.length > 0 ? inner : undefined;
@@ -65,33 +127,36 @@ export class DeviceTopics {
 
   /**
    * Checks a topic a device publishes to, and the upstream topic it maps to, against IoT Core's rules
-   * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics but its own shadow).
+   * (at most 256 bytes and 8 levels, no wildcards in a publish, no reserved $ topics but its own shadow
+   * and its own Jobs requests).
    */
   checkPublish(deviceTopic: string, limits: TopicLimits): TopicProblem | undefined {
     if (deviceTopic.length === 0) return 'topic_empty';
-    if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.checkSize(this.udpTopic, limits);
+    if (deviceTopic === UDP_DEVICE_TOPIC && this.udpTopic !== undefined) return this.checkSize(this.publishTopic(deviceTopic), limits);
     if (/[#+]/.test(deviceTopic)) return 'topic_wildcard';
-    if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnShadow(deviceTopic))) return 'topic_invalid';
-    return this.checkSize(this.toUpstream(deviceTopic), limits);
+    if (deviceTopic.includes('\u0000') || (deviceTopic.startsWith('$') && !this.isOwnReserved(deviceTopic))) return 'topic_invalid';
+    if (this.isJobsAnswer(deviceTopic)) return 'topic_invalid';
+    return this.checkSize(this.publishTopic(deviceTopic), limits);
   }
 
   /** Checks a filter a device subscribes to: wildcards only as whole levels, '#' last, nothing outside its namespace. */
   checkSubscribe(filter: string, limits: TopicLimits): TopicProblem | undefined {
     if (filter.length === 0) return 'topic_empty';
-    if (filter.includes('\u0000') || (filter.startsWith('$') && !this.isOwnShadow(filter))) return 'topic_invalid';
+    if (filter.includes('\u0000') || (filter.startsWith('$') && !this.isOwnReserved(filter))) return 'topic_invalid';
     const levels = filter.split('/');
     for (const [i, level] of levels.entries()) {
       if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return 'filter_invalid';
       if (level.includes('+') && level !== '+') return 'filter_invalid';
     }
     // A '#' followed by a suffix would reach beyond the device's namespace.
-    if (filter.endsWith('#') && this.suffix && !this.isOwnShadow(filter)) return 'filter_invalid';
+    if (filter.endsWith('#') && this.suffix && !this.isOwnReserved(filter)) return 'filter_invalid';
     return this.checkSize(this.toUpstream(filter), limits);
   }
 
   private checkSize(upstream: string, limits: TopicLimits): TopicProblem | undefined {
-    if (Buffer.byteLength(upstream) > limits.maxTopicBytes) return 'topic_too_long';
-    if (upstream.split('/').length > limits.maxTopicLevels) return 'topic_too_deep';
+    const counted = withoutBasicIngestPrefix(upstream);
+    if (Buffer.byteLength(counted) > limits.maxTopicBytes) return 'topic_too_long';
+    if (counted.split('/').length > limits.maxTopicLevels) return 'topic_too_deep';
     return undefined;
   }
 }

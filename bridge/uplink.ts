@@ -3,7 +3,7 @@ import type { AuditStore } from '../storage/audit.ts';
 import type { Outbox } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
-import { DeviceTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
+import { groupTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
 
 export type IngressProtocol = 'mqtt' | 'http' | 'coap' | 'udp';
 
@@ -119,11 +119,7 @@ export class Uplink {
     // Only the raw UDP listener may use the datagram topic.
     if (deviceTopic === UDP_DEVICE_TOPIC && protocol !== 'udp') throw new UplinkRefusal('topic_invalid', topicMessages.topic_invalid!);
     const group = this.opts.group(device.sim.group);
-    const topics = new DeviceTopics(
-      group.upstreamTopic,
-      { thing: device.sim.thingName, imsi: device.sim.imsi, imei: device.imei ?? device.sim.boundImei ?? '' },
-      group.udpTopic,
-    );
+    const topics = groupTopics(group, { thing: device.sim.thingName, imsi: device.sim.imsi, imei: device.imei ?? device.sim.boundImei ?? '' });
     const problem = topics.checkPublish(deviceTopic, limits);
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
   }
@@ -132,7 +128,7 @@ export class Uplink {
 const topicMessages: Record<string, string> = {
   topic_empty: 'topic is empty',
   topic_wildcard: 'wildcards (+, #) are not allowed in a publish topic',
-  topic_invalid: 'topic may not contain NUL or start with $ (except the device\'s own shadow)',
+  topic_invalid: 'topic may not contain NUL or start with $ (except the device\'s own shadow and Jobs requests)',
   topic_too_long: 'topic exceeds 256 bytes upstream',
   topic_too_deep: 'topic exceeds 8 levels upstream',
 };

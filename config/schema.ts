@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
+import { jobsSection } from './jobs.ts';
 import { identityFindings, identitySection, identitySource, radiusSection } from './identity.ts';
 import { coapEnabled, coapListenerSection, udpGroupKeys, udpListenerSection } from './lowpower.ts';
 import { vendingSection } from './vending.ts';
@@ -42,6 +43,20 @@ const group = z
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
+    httpJobs: z
+      .boolean()
+      .default(false)
+      .describe('HTTP devices get their pending IoT Jobs in the 202 and report with POST /v1/jobs/{jobId} (each fetch is a few billed messages on the device\'s session)'),
+    basicIngest: z
+      .object({
+        rule: z
+          .string()
+          .regex(/^[a-zA-Z0-9_]{1,128}$/, 'an IoT rule name: letters, digits and _, at most 128')
+          .describe('the IoT rule the group\'s uplink and batches go to, as $aws/rules/{rule}/<topic> (Basic Ingest: no messaging charge)'),
+      })
+      .strict()
+      .optional()
+      .describe('Basic Ingest: publish this group\'s uplink straight to one IoT rule; no device or rule can subscribe to it'),
     ...udpGroupKeys,
   })
   .strict();
@@ -101,6 +116,7 @@ export const configSchema = z
       .describe('SIM groups and their settings'),
     identity: identitySection,
     radius: radiusSection,
+    jobs: jobsSection,
     limits: z
       .object({
         maxPayloadBytes: z.number().int().positive().max(131072).default(131072).describe('largest device payload (IoT Core: 128 KB)'),

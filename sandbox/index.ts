@@ -10,9 +10,11 @@ import { join } from 'node:path';
 import { CertificateAuthority } from './ca.ts';
 import { adminRoutes } from './control/admin.ts';
 import { startControlServer } from './control/http.ts';
+import { jobRoutes } from './control/jobs.ts';
 import { iotRoutes } from './control/operations.ts';
 import { type PublishQuota, startDataPlane } from './data/plane.ts';
 import { FaultInjector } from './faults.ts';
+import { JobStore } from './jobs.ts';
 import { type Logger, silentLogger } from './log.ts';
 import { startObserver } from './observer.ts';
 import { type Propagation, Registry } from './registry.ts';
@@ -101,6 +103,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
 
   const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account, opts.propagation);
   const faults = new FaultInjector();
+  const jobs = new JobStore(account, (thingName) => registry.findThing(thingName) !== undefined);
   const closers: (() => Promise<void>)[] = [];
   const closeAll = async () => {
     await Promise.allSettled(closers.splice(0).reverse().map((c) => c()));
@@ -120,6 +123,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       refusedSubscribe: opts.refusedSubscribe ?? 'close',
       refusedConnect: opts.refusedConnect ?? 'close',
       publishQuota: opts.publishQuota === undefined ? { perSecond: 100, bytesPerSecond: 512 * 1024 } : opts.publishQuota,
+      jobs,
       onMessage: (msg) => observer.publish(msg),
     });
     closers.push(() => data.close());
@@ -132,6 +136,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       routes: [
         ...adminRoutes({ registry, faults, connections: () => data.connections() }),
         ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? IOT_CORE_NOT_AFTER }),
+        ...jobRoutes(jobs),
       ],
     });
     closers.push(() => control.close());

@@ -4,7 +4,10 @@
 // its connection closed, and nothing flows from here to the data plane.
 //
 // MQTT rule [MQTT-4.7.2-1]: `#` does not match topics starting with `$`, so
-// subscribe to `$aws/#` as well to see reserved topics (shadows).
+// subscribe to `$aws/#` as well to see reserved topics (shadows, jobs).
+// Basic Ingest messages (`$aws/rules/{rule}/...`) go to a rule on IoT Core,
+// where nothing can subscribe to them; the observer is where a test sees them:
+// subscribe to `$aws/rules/#`.
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { Aedes, type AuthenticateError } from 'aedes';
 import type { Logger } from './log.ts';

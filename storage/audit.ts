@@ -30,6 +30,7 @@ export const AUDIT_KINDS = [
   // What IoT Core refused: a device's subscription (its policy), a shadow report.
   'subscription_refused',
   'shadow_update_rejected',
+  'job_update_refused',
   // Messages that will never be delivered.
   'message_dropped',
   'dead_letter',

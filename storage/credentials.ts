@@ -1,3 +1,4 @@
+import { AuditLog, type AuditKind } from './audit.ts';
 import type { Db } from './db.ts';
 
 /** Vending steps in order; a row's `step` is the last one completed. */
@@ -80,23 +81,112 @@ export interface CredentialReads {
   history(imsi: string): Promise<CredentialRow[]>;
 }
 
+/** An audit event written in the same commit as the change it describes. */
+export interface AuditEntry {
+  kind: AuditKind;
+  imsi: string;
+  detail: Record<string, unknown>;
+}
+
+/** Columns a vending step records with its completion. */
+export interface StepFields {
+  certId?: string;
+  certArn?: string;
+  certPem?: string;
+  notAfter?: number;
+  policyName?: string;
+}
+
 /**
- * Device credentials, one row per certificate generation. Every change made while vending is a
- * compare-and-set on the step and the lease owner, so a process that lost its lease, or a row revoked
- * under it, cannot record anything.
+ * Device credentials, one row per certificate generation, as vending and the commands see them. Every
+ * change made while vending is a compare-and-set on the step and the lease owner, so a process that
+ * lost its lease, or a row revoked under it, cannot record anything. Promise-shaped, so a PostgreSQL
+ * implementation can stand beside the SQLite one; a step and its audit event are one store call, which
+ * each implementation commits together.
  */
-export class CredentialStore {
+export interface CredentialStore {
+  byId(id: number): Promise<CredentialRow | undefined>;
+  /** The SIM's certificate in use, if any. */
+  ready(imsi: string): Promise<CredentialRow | undefined>;
+  /** The SIM's generation being vended, if any. */
+  vending(imsi: string): Promise<CredentialRow | undefined>;
+  /** SIMs with a certificate in use, and SIMs with one being vended (a SIM rotating counts in both). */
+  countByState(): Promise<{ ready: number; vending: number }>;
+  /** Failed vending attempts in all, and generations whose last failure was IoT Core throttling. */
+  failureTally(): Promise<{ attempts: number; throttled: number }>;
+  /** Every generation of the SIM, oldest first. */
+  history(imsi: string): Promise<CredentialRow[]>;
+  /**
+   * Stores a fresh sealed key and CSR as a new generation, leased to owner, unless the SIM already has
+   * one being vended; a first vend is also refused when the SIM has a certificate in use. The new row, or undefined.
+   */
+  createGeneration(key: NewKey, owner: string, leaseMs: number): Promise<CredentialRow | undefined>;
+  /** Takes the row's lease when free, expired, already owner's, or held by a process isDead says is gone. */
+  acquireLease(id: number, owner: string, leaseMs: number, isDead?: (holder: string) => boolean): Promise<boolean>;
+  /** Extends owner's lease; false when owner no longer holds it. */
+  renewLease(id: number, owner: string, leaseMs: number): Promise<boolean>;
+  releaseLease(id: number, owner: string): Promise<void>;
+  /** Records that CreateCertificateFromCsr is about to be sent (a repeat send flags an orphan check at checkAt). */
+  markCsrSent(id: number, owner: string, checkAt: number): Promise<boolean>;
+  /** A certificate may exist in IoT Core for this row that was never recorded: look for it at `at`. */
+  flagOrphanCheck(id: number, at: number): Promise<void>;
+  /** Moves the row from step `from` to `to` with these column values, only while owner holds it; `audit` is written with it. */
+  advance(id: number, owner: string, from: VendingStep, to: VendingStep, fields?: StepFields, audit?: AuditEntry): Promise<boolean>;
+  /**
+   * Puts the finished generation in use, releases its lease and sets the certificate it replaces (if
+   * any) to retire at retireAfter, in one commit with the audit event `audit` describes.
+   */
+  promote(id: number, owner: string, retireAfter: number, audit?: (previous: CredentialRow | undefined) => AuditEntry): Promise<{ ok: boolean; previous?: CredentialRow }>;
+  recordFailure(id: number, error: string): Promise<void>;
+  /** Sends every live generation of the SIM (in use or being vended) to retirement. */
+  markRetiring(imsi: string, reason: string, retireAfter: number): Promise<CredentialRow[]>;
+  /** Lets a retirement go ahead now. */
+  retireNow(id: number): Promise<void>;
+  dueRetirements(limit: number): Promise<CredentialRow[]>;
+  /** Done: the certificate is deactivated and detached in IoT Core; the private key is wiped. */
+  markRetired(id: number, owner: string): Promise<boolean>;
+  /** Rows whose orphan check is due and whose own certificate request is over. */
+  dueOrphanChecks(limit: number): Promise<CredentialRow[]>;
+  /** Clears a check, unless it was flagged again (later) meanwhile. */
+  clearOrphanCheck(id: number, flaggedAt: number): Promise<void>;
+  /** Which of these certificate ids simbridge has recorded (in any generation of any SIM). */
+  knownCertificateIds(ids: string[]): Promise<Set<string>>;
+  setPubkeyHash(id: number, hash: string): Promise<void>;
+  setNotAfter(id: number, notAfter: number): Promise<void>;
+  /** Certificates in use whose expiry is not known yet. */
+  readyWithoutExpiry(limit: number): Promise<CredentialRow[]>;
+  /** IMSIs of active SIMs whose certificate in use expires before `before` and that are not being re-vended. */
+  expiring(before: number, limit: number, createdBefore?: number): Promise<string[]>;
+  /** IMSIs with a generation being vended (to resume after a restart). */
+  vendingImsis(): Promise<Array<{ imsi: string; purpose: Purpose }>>;
+  /** Active SIMs without a certificate in use, for bulk pre-vending. */
+  simsWithoutCredentials(): Promise<string[]>;
+  /** Stored private keys by id, after `afterId` (a master-key rotation walks them in batches). */
+  sealedKeys(afterId: number, limit: number): Promise<Array<{ id: number; imsi: string; keyEnc: Buffer }>>;
+  /** Replaces a sealed key only if it is still `was`; false when it changed meanwhile. */
+  replaceSealedKey(id: number, was: Buffer, sealed: Buffer): Promise<boolean>;
+  /** Any stored private key, to tell whether a master key opens this database's keys. */
+  anySealedKey(): Promise<{ imsi: string; keyEnc: Buffer } | undefined>;
+}
+
+export const CREDENTIAL_STORE_METHODS = [
+  'byId', 'ready', 'vending', 'countByState', 'failureTally', 'history', 'createGeneration', 'acquireLease', 'renewLease',
+  'releaseLease', 'markCsrSent', 'flagOrphanCheck', 'advance', 'promote', 'recordFailure', 'markRetiring', 'retireNow',
+  'dueRetirements', 'markRetired', 'dueOrphanChecks', 'clearOrphanCheck', 'knownCertificateIds', 'setPubkeyHash',
+  'setNotAfter', 'readyWithoutExpiry', 'expiring', 'vendingImsis', 'simsWithoutCredentials', 'sealedKeys',
+  'replaceSealedKey', 'anySealedKey',
+] as const satisfies ReadonlyArray<keyof CredentialStore>;
+
+/** The SQLite credentials table (synchronous; the rest of the code sees it as a CredentialStore). */
+export class SqliteCredentialStore {
   private readonly byIdStmt;
   private readonly readyStmt;
+  private readonly audit: AuditLog;
 
   constructor(private readonly db: Db, private readonly now: () => number = Date.now) {
     this.byIdStmt = db.prepare<[number], Raw>('SELECT * FROM credentials WHERE id = ?');
     this.readyStmt = db.prepare<[string], Raw>("SELECT * FROM credentials WHERE imsi = ? AND step = 'ready'");
-  }
-
-  /** Runs fn in one write transaction (one commit, one fsync, for a step and its audit row). */
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    this.audit = new AuditLog(db);
   }
 
   byId(id: number): CredentialRow | undefined {
@@ -212,15 +302,9 @@ export class CredentialStore {
     this.db.prepare('UPDATE credentials SET orphan_check_at = max(coalesce(orphan_check_at, 0), ?) WHERE id = ?').run(at, id);
   }
 
-  /** Moves the row from step `from` to `to` with the given column values, only while owner holds it. */
-  advance(
-    id: number,
-    owner: string,
-    from: VendingStep,
-    to: VendingStep,
-    fields: { certId?: string; certArn?: string; certPem?: string; notAfter?: number; policyName?: string } = {},
-  ): boolean {
-    return (
+  /** Moves the row from step `from` to `to` with the given column values, only while owner holds it; `audit` in the same commit. */
+  advance(id: number, owner: string, from: VendingStep, to: VendingStep, fields: StepFields = {}, audit?: AuditEntry): boolean {
+    const move = () =>
       this.db
         .prepare(
           `UPDATE credentials SET step = ?, cert_id = coalesce(?, cert_id), cert_arn = coalesce(?, cert_arn), cert_pem = coalesce(?, cert_pem),
@@ -228,8 +312,16 @@ export class CredentialStore {
            WHERE id = ? AND step = ? AND lease_owner = ?`,
         )
         .run(to, fields.certId ?? null, fields.certArn ?? null, fields.certPem ?? null, fields.notAfter ?? null, fields.policyName ?? null, this.now(), id, from, owner)
-        .changes === 1
-    );
+        .changes === 1;
+    if (!audit) return move();
+    // One commit (one fsync) for the step and its audit row.
+    return this.db
+      .transaction(() => {
+        const ok = move();
+        if (ok) this.audit.record(audit.kind, audit.imsi, audit.detail);
+        return ok;
+      })
+      .immediate();
   }
 
   /**
@@ -237,7 +329,7 @@ export class CredentialStore {
    * rotation), is set to retire at retireAfter. One transaction: the SIM never has zero or two
    * certificates in use.
    */
-  promote(id: number, owner: string, retireAfter: number): { ok: boolean; previous?: CredentialRow } {
+  promote(id: number, owner: string, retireAfter: number, audit?: (previous: CredentialRow | undefined) => AuditEntry): { ok: boolean; previous?: CredentialRow } {
     const now = this.now();
     return this.db.transaction(() => {
       const row = this.byId(id);
@@ -251,6 +343,10 @@ export class CredentialStore {
       this.db
         .prepare("UPDATE credentials SET step = 'ready', last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
         .run(now, id);
+      if (audit) {
+        const entry = audit(previous);
+        this.audit.record(entry.kind, entry.imsi, entry.detail);
+      }
       return { ok: true, previous: previous && this.byId(previous.id) };
     }).immediate();
   }
@@ -369,7 +465,6 @@ export class CredentialStore {
       .all();
   }
 
-  /** Any stored private key, to tell whether a master key opens this database's keys. */
   /** Stored private keys by id, after `afterId` (a master-key rotation walks them in batches). */
   sealedKeys(afterId: number, limit: number): Array<{ id: number; imsi: string; keyEnc: Buffer }> {
     return this.db
@@ -383,6 +478,7 @@ export class CredentialStore {
     return this.db.prepare('UPDATE credentials SET key_enc = ? WHERE id = ? AND key_enc = ?').run(sealed, id, was).changes === 1;
   }
 
+  /** Any stored private key, to tell whether a master key opens this database's keys. */
   anySealedKey(): { imsi: string; keyEnc: Buffer } | undefined {
     const r = this.db
       .prepare<[], { imsi: string; key_enc: Buffer }>('SELECT imsi, key_enc FROM credentials WHERE length(key_enc) > 0 LIMIT 1')

@@ -1,5 +1,5 @@
 import { AuditLog, type AuditStore } from './audit.ts';
-import { CredentialStore, type CredentialReads } from './credentials.ts';
+import { CREDENTIAL_STORE_METHODS, SqliteCredentialStore, type CredentialReads, type CredentialStore } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
@@ -24,10 +24,7 @@ export interface Stores {
    */
   simRouting: SimStore;
   audit: AuditStore;
-  /**
-   * Synchronous still (the SQLite class): vending composes its calls inside SQLite transactions (a step
-   * and its audit row in one commit), which a promise-shaped store must offer another way first.
-   */
+  /** Certificate generations; a vending step and its audit row are one call (one commit). */
   credentials: CredentialStore;
   /** The same table as the admin surface reads it. */
   credentialReads: CredentialReads;
@@ -45,13 +42,13 @@ export interface Stores {
 export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {
   const sims = new SimStore(db);
   const networkSessions = new NetworkSessions(db, now, opts.replayWindowMs);
-  const credentials = new CredentialStore(db, now);
+  const credentials = promised(new SqliteCredentialStore(db, now), CREDENTIAL_STORE_METHODS) satisfies CredentialStore;
   return {
     sims: promised(sims, SIM_REGISTRY_METHODS) satisfies SimRegistry,
     simRouting: sims,
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials,
-    credentialReads: promised(credentials, ['countByState', 'history']) satisfies CredentialReads,
+    credentialReads: credentials satisfies CredentialReads,
     downlink: downlinkView(new DownlinkStore(db)),
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,
     sessionLookup: networkSessions,

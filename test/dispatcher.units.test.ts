@@ -8,7 +8,6 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../bridge/dispatcher.ts';
 import { createMetrics } from '../bridge/metrics.ts';
-import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
 import { configSchema, type Config } from '../config/schema.ts';
 import { decodeBatch } from '../docs/examples/decode-batch.mjs';
 import { openDatabase, type Db } from '../storage/db.ts';
@@ -16,7 +15,8 @@ import { Outbox, type DeliveryOutbox, type OutboxMessage } from '../storage/outb
 import { committer, type CommitWriter } from '../storage/outbox-commit.ts';
 import { SimStore, type Sim } from '../storage/sims.ts';
 import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
-import { FakeUpstreamLink, type FakePublish } from './helpers/fake-upstream.ts';
+import { fakeUpstreamPool } from './helpers/fake-pool.ts';
+import type { FakePublish, FakeUpstreamLink } from './helpers/fake-upstream.ts';
 
 const A = '001010000000101';
 const B = '001010000000102';
@@ -100,28 +100,7 @@ async function rig(opts: RigOptions): Promise<Rig> {
   const config = configSchema.parse({ groups: opts.groups ?? { default: {} } });
   const metrics = createMetrics();
   const log = pino({ level: 'silent' });
-  const link = new FakeUpstreamLink();
-  const pool = new UpstreamPool({
-    endpoint: async () => 'iot.invalid',
-    port: 8883,
-    caPem: '',
-    keepAliveSeconds: 30,
-    connectTimeoutMs: 2000,
-    operationTimeoutMs: 2000,
-    maxSessions: 100,
-    idleTimeoutMs: 60_000,
-    connectsPerSecond: 10_000,
-    minConnectIntervalMs: 0,
-    publishesPerSecond: 100_000,
-    publishBurst: 100_000,
-    byteBurst: 1e9,
-    bytesPerSecond: 1e9,
-    maxSubscriptions: 50,
-    threads: 1,
-    link,
-    metrics,
-    log,
-  });
+  const { pool, link } = fakeUpstreamPool({ metrics, log });
   const deadLetters: Rig['deadLetters'] = [];
   const dispatcher = new Dispatcher({
     outbox: (opts.wrap ?? ((o) => o))(opts.later ? answeringLater(outbox) : outbox),

@@ -7,12 +7,11 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Downlink, DownlinkRefusal } from '../bridge/downlink.ts';
 import { createMetrics } from '../bridge/metrics.ts';
-import { UpstreamPool } from '../bridge/upstream/session-pool.ts';
 import { configSchema } from '../config/schema.ts';
 import { openDatabase } from '../storage/db.ts';
 import { sqliteStores } from '../storage/index.ts';
 import { SimStore } from '../storage/sims.ts';
-import { FakeUpstreamLink } from './helpers/fake-upstream.ts';
+import { fakeUpstreamPool } from './helpers/fake-pool.ts';
 
 const IMSI = '001010000000301';
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -27,28 +26,7 @@ function setup(maxSubscriptions: number) {
   const config = configSchema.parse({ groups: { default: {} } });
   const metrics = createMetrics();
   const log = pino({ level: 'silent' });
-  const link = new FakeUpstreamLink();
-  const pool = new UpstreamPool({
-    endpoint: async () => 'iot.invalid',
-    port: 8883,
-    caPem: '',
-    keepAliveSeconds: 30,
-    connectTimeoutMs: 2000,
-    operationTimeoutMs: 2000,
-    maxSessions: 10,
-    idleTimeoutMs: 60_000,
-    connectsPerSecond: 1000,
-    minConnectIntervalMs: 0,
-    publishesPerSecond: 1000,
-    publishBurst: 1000,
-    byteBurst: 1e9,
-    bytesPerSecond: 1e9,
-    maxSubscriptions,
-    threads: 1,
-    link,
-    metrics,
-    log,
-  });
+  const { pool, link } = fakeUpstreamPool({ metrics, log }, { maxSubscriptions });
   const downlink = new Downlink({
     pool,
     credentials: async (s) => ({ thingName: s.thingName, certificateId: 'c', certificatePem: '', privateKeyPem: '' }),

@@ -9,7 +9,7 @@ import { SimStore } from '../storage/sims.ts';
 describe('SIM records for the per-message path', () => {
   it('are served from memory, and every write through the shared registry is seen at once', async () => {
     const db = openDatabase({ file: join(mkdtempSync(join(tmpdir(), 'sims-cache-')), 's.db'), synchronous: 'normal' });
-    // One store per process, shared by admission, delivery, admin and vending (built in app/gateway.ts):
+    // One store per process, shared by admission, delivery, admin and vending (built in app/steps/storage.ts):
     // admin and vending write through its promise-shaped registry, messages read its routing cache.
     const { sims, simRouting: routing } = sqliteStores(db);
     const imsi = '001010000000777';

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { vendingSection } from '../config/vending.ts';
 import { startSandbox, type Sandbox } from '../sandbox/index.ts';
 import { AuditLog } from '../storage/audit.ts';
-import { CredentialStore } from '../storage/credentials.ts';
+import { SqliteCredentialStore } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores } from '../storage/index.ts';
 import { SimStore, type Sim } from '../storage/sims.ts';
@@ -131,7 +131,7 @@ describe('vending against the sandbox', () => {
     const cert = s.certificates.find((c) => c.certificateArn === thing.principals[0])!;
     expect(cert).toMatchObject({ certificateId: all[0]!.certificateId, status: 'ACTIVE', subject: `CN=${sim.thingName}`, policies: ['simbridge-test-default'] });
 
-    const row = new CredentialStore(db).ready(sim.imsi)!;
+    const row = new SqliteCredentialStore(db).ready(sim.imsi)!;
     expect(row.keyEnc.toString('latin1')).not.toContain('PRIVATE KEY');
     expect(() => new KeyCipher(Buffer.alloc(32, 6)).decrypt(row.keyEnc, sim.imsi)).toThrow();
     const { createPublicKey } = await import('node:crypto');
@@ -216,9 +216,9 @@ describe('vending against the sandbox', () => {
     let s = await state();
     expect(s.certificates.find((c) => c.certificateId === creds.certificateId)).toBeUndefined();
     expect(s.things.find((t) => t.thingName === sim.thingName)!.principals).toEqual([]);
-    expect(v.ready(sim.imsi)).toBeUndefined();
+    expect(await v.ready(sim.imsi)).toBeUndefined();
     await expect(v.ensure(sims.get(sim.imsi)!)).rejects.toThrow(/terminated/);
-    expect(new CredentialStore(db).history(sim.imsi).map((r) => [r.step, r.keyEnc.length])).toEqual([['retired', 0]]);
+    expect(new SqliteCredentialStore(db).history(sim.imsi).map((r) => [r.step, r.keyEnc.length])).toEqual([['retired', 0]]);
 
     sims.setStatus(sim.imsi, 'active');
     const fresh = await v.ensure(sims.get(sim.imsi)!);
@@ -265,7 +265,7 @@ describe('vending against the sandbox', () => {
       await until(async () => !(await slowState()).certificates.some((c) => c.certificateId === creds.certificateId), 20_000);
       // Deleted only after the detachment had propagated, by retrying the conflict.
       expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
-      expect(new CredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired']);
+      expect(new SqliteCredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired']);
     } finally {
       await slow.close();
     }
@@ -299,14 +299,14 @@ describe('vending against the sandbox', () => {
     const ev = events.find((e) => e.imsi === sim.imsi)!;
     expect(ev.previousCertificateId).toBe(old.certificateId);
     expect(ev.credentials.certificateId).not.toBe(old.certificateId);
-    expect(v.ready(sim.imsi)!.certificateId).toBe(ev.credentials.certificateId);
+    expect((await v.ready(sim.imsi))!.certificateId).toBe(ev.credentials.certificateId);
     await dropped; // the old certificate was retired after the hook
     await until(async () => !(await state()).certificates.some((c) => c.certificateId === old.certificateId));
     const s = await state();
     const newArn = s.certificates.find((c) => c.certificateId === ev.credentials.certificateId)!.certificateArn;
     expect(s.things.find((t) => t.thingName === sim.thingName)!.principals).toEqual([newArn]);
     await (await connectAs(ev.credentials)).publishAsync(`devices/${sim.thingName}/rotated`, 'ok', { qos: 1 });
-    expect(new CredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired', 'ready']);
+    expect(new SqliteCredentialStore(db).history(sim.imsi).map((r) => r.step)).toEqual(['retired', 'ready']);
   });
 
   it('deactivates a certificate whose answer was lost (timeout), keeping the one recorded', async () => {
@@ -345,7 +345,7 @@ describe('vending against the sandbox', () => {
 
   it('takes over at once from a holder that died on this host, and after expiry from another host', async () => {
     const db = database();
-    const store = new CredentialStore(db);
+    const store = new SqliteCredentialStore(db);
     const deadPid = spawnSync(process.execPath, ['-e', '0']).pid;
     const holders = [`${hostname()}/${deadPid}/crashed`, 'another-host/1/gone'];
     const sims = holders.map(() => newSim(db));

@@ -217,13 +217,15 @@ describe('vending config', () => {
 
 describe('policy pre-check of a subscription', () => {
   const thing = { name: 'sim-001010000000001', attributes: { imsi: '001010000000001' } };
-  it('allows filters under the group\'s templates and the thing\'s own shadow, nothing else', () => {
+  it('allows filters under the group\'s templates and the thing\'s own shadow and Jobs, nothing else', () => {
     const templates = ['devices/{thing}/{topic}', 'batches/{imsi}'];
     expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000001/commands/#', thing)).toBe(true);
     expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/shadow/update/+', thing)).toBe(true);
     expect(policyAllowsSubscribe(templates, 'batches/001010000000001', thing)).toBe(true);
     expect(policyAllowsSubscribe(templates, 'devices/sim-001010000000002/commands/#', thing)).toBe(false);
-    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/jobs/notify', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/jobs/notify', thing)).toBe(true);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000002/jobs/notify', thing)).toBe(false);
+    expect(policyAllowsSubscribe(templates, '$aws/things/sim-001010000000001/tunnels/notify', thing)).toBe(false);
     expect(policyAllowsSubscribe(templates, 'batches/#', thing)).toBe(false);
   });
   it('refuses a template whose policy variable the thing cannot resolve (an attribute it does not carry)', () => {

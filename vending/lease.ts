@@ -35,12 +35,12 @@ export class Lease {
     readonly owner: string,
     private readonly ms: number,
   ) {
-    this.timer = setInterval(() => this.renew(), Math.max(50, Math.floor(ms / 3)));
+    this.timer = setInterval(() => void this.renew(), Math.max(50, Math.floor(ms / 3)));
     this.timer.unref();
   }
 
-  static acquire(store: CredentialStore, rowId: number, owner: string, ms: number): Lease | undefined {
-    return store.acquireLease(rowId, owner, ms, holderIsDead) ? new Lease(store, rowId, owner, ms) : undefined;
+  static async acquire(store: CredentialStore, rowId: number, owner: string, ms: number): Promise<Lease | undefined> {
+    return (await store.acquireLease(rowId, owner, ms, holderIsDead)) ? new Lease(store, rowId, owner, ms) : undefined;
   }
 
   /** A lease the row was created with (the insert took it): nothing to write. */
@@ -53,19 +53,20 @@ export class Lease {
   }
 
   /** Renews now; false once the lease is gone. */
-  renew(): boolean {
+  async renew(): Promise<boolean> {
     try {
-      if (!this.isLost && !this.store.renewLease(this.rowId, this.owner, this.ms)) this.isLost = true;
+      if (!this.isLost && !(await this.store.renewLease(this.rowId, this.owner, this.ms))) this.isLost = true;
     } catch {
       // The database is closing (shutdown) or busy: the next renewal or the fenced write decides.
     }
     return !this.isLost;
   }
 
-  release(): void {
+  /** Stops renewing and gives the row back; never rejects. */
+  async release(): Promise<void> {
     clearInterval(this.timer);
     try {
-      if (!this.isLost) this.store.releaseLease(this.rowId, this.owner);
+      if (!this.isLost) await this.store.releaseLease(this.rowId, this.owner);
     } catch {
       // Closed database: the lease expires on its own, or the next process sees this one is dead.
     }

@@ -96,7 +96,7 @@ export async function checkMasterKey(stores: { meta: MetaStore; credentials: Cre
     if (!opens(cipher, check, CHECK_KEY, CHECK_PLAIN)) throw new MasterKeyError(MISMATCH);
     return;
   }
-  const sample = stores.credentials.anySealedKey();
+  const sample = await stores.credentials.anySealedKey();
   if (sample && !opens(cipher, sample.keyEnc, sample.imsi)) throw new MasterKeyError(MISMATCH);
   await stores.meta.putIfAbsent(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
 }
@@ -113,7 +113,7 @@ export async function rotateSealedKeys(
 ): Promise<{ resealed: number; current: number; unreadable: number }> {
   const counts = { resealed: 0, current: 0, unreadable: 0 };
   for (let after = 0; ; ) {
-    const rows = stores.credentials.sealedKeys(after, batch);
+    const rows = await stores.credentials.sealedKeys(after, batch);
     if (rows.length === 0) break;
     for (const row of rows) {
       after = row.id;
@@ -128,7 +128,7 @@ export async function rotateSealedKeys(
         counts.unreadable++;
         continue;
       }
-      if (stores.credentials.replaceSealedKey(row.id, row.keyEnc, cipher.encrypt(plain, row.imsi))) counts.resealed++;
+      if (await stores.credentials.replaceSealedKey(row.id, row.keyEnc, cipher.encrypt(plain, row.imsi))) counts.resealed++;
       else counts.current++; // changed meanwhile: whoever changed it sealed it under the current key
       plain.fill(0);
     }

@@ -41,14 +41,14 @@ export class OrphanSweeper {
   }
 
   private async run(): Promise<number> {
-    const due = this.o.store.dueOrphanChecks(BATCH);
+    const due = await this.o.store.dueOrphanChecks(BATCH);
     if (due.length === 0) return 0;
     const wanted = new Map<string, CredentialRow>();
-    for (const row of due) wanted.set(this.rowFingerprint(row), row);
+    for (const row of due) wanted.set(await this.rowFingerprint(row), row);
     const since = Math.min(...due.map((r) => r.csrSentAt ?? r.createdAt)) - this.o.marginMs;
 
     const recent = await this.listSince(since);
-    const known = this.o.store.knownCertificateIds(recent.map((c) => c.certificateId));
+    const known = await this.o.store.knownCertificateIds(recent.map((c) => c.certificateId));
     let disposed = 0;
     for (const c of recent) {
       if (known.has(c.certificateId)) continue;
@@ -58,14 +58,14 @@ export class OrphanSweeper {
       await this.dispose(c, row);
       disposed++;
     }
-    for (const row of due) this.o.store.clearOrphanCheck(row.id, row.orphanCheckAt!);
+    for (const row of due) await this.o.store.clearOrphanCheck(row.id, row.orphanCheckAt!);
     return disposed;
   }
 
-  private rowFingerprint(row: CredentialRow): string {
+  private async rowFingerprint(row: CredentialRow): Promise<string> {
     if (row.pubkeySha256) return row.pubkeySha256;
     const fp = csrFingerprint(row.csrPem);
-    this.o.store.setPubkeyHash(row.id, fp);
+    await this.o.store.setPubkeyHash(row.id, fp);
     return fp;
   }
 

@@ -1,30 +1,45 @@
 /**
  * The least-privilege policy a group's devices get: connect only as their own thing (and only while the
- * certificate is attached to it), publish / subscribe / receive only on their own topics and their own
- * shadow. Policy variables make one policy serve every thing of the group.
+ * certificate is attached to it), publish / subscribe / receive only on their own topics, their own
+ * shadow and their own Jobs. Policy variables make one policy serve every thing of the group. With Basic Ingest the
+ * group's topics are published only under that one rule's prefix (`$aws/rules/{rule}/...`) and still
+ * received and subscribed to as they are (downlink).
  */
-export function policyDocument(opts: { partition?: string; region: string; account: string; topicTemplates: string[] }): string {
+export function policyDocument(opts: { partition?: string; region: string; account: string; topicTemplates: string[]; basicIngestRule?: string | undefined }): string {
   // The partition comes from the certificate's ARN: aws-cn and aws-us-gov refuse arn:aws resources.
   const arn = (kind: string, name: string) => `arn:${opts.partition ?? 'aws'}:iot:${opts.region}:${opts.account}:${kind}/${name}`;
   const ownTopics = ownTopicPatterns(opts.topicTemplates);
+  const connect = {
+    Effect: 'Allow',
+    Action: 'iot:Connect',
+    Resource: arn('client', '${iot:Connection.Thing.ThingName}'),
+    Condition: { Bool: { 'iot:Connection.Thing.IsAttached': 'true' } },
+  };
+  const subscribe = { Effect: 'Allow', Action: 'iot:Subscribe', Resource: ownTopics.map((t) => arn('topicfilter', t)) };
+  if (opts.basicIngestRule === undefined) {
+    return JSON.stringify({ Version: '2012-10-17', Statement: [connect, { Effect: 'Allow', Action: ['iot:Publish', 'iot:Receive'], Resource: ownTopics.map((t) => arn('topic', t)) }, subscribe] });
+  }
+  const reserved = reservedTopicPatterns();
+  const ingest = opts.topicTemplates.map((t) => `$aws/rules/${opts.basicIngestRule}/${toPolicyPattern(t)}`);
   const statement = [
-    {
-      Effect: 'Allow',
-      Action: 'iot:Connect',
-      Resource: arn('client', '${iot:Connection.Thing.ThingName}'),
-      Condition: { Bool: { 'iot:Connection.Thing.IsAttached': 'true' } },
-    },
-    { Effect: 'Allow', Action: ['iot:Publish', 'iot:Receive'], Resource: ownTopics.map((t) => arn('topic', t)) },
-    { Effect: 'Allow', Action: 'iot:Subscribe', Resource: ownTopics.map((t) => arn('topicfilter', t)) },
+    connect,
+    { Effect: 'Allow', Action: 'iot:Publish', Resource: [...ingest, ...reserved].map((t) => arn('topic', t)) },
+    { Effect: 'Allow', Action: 'iot:Receive', Resource: ownTopics.map((t) => arn('topic', t)) },
+    subscribe,
   ];
   return JSON.stringify({ Version: '2012-10-17', Statement: statement });
 }
 
 const THING_VAR = '${iot:Connection.Thing.ThingName}';
 
-/** The topic patterns the policy grants: the group's templates and the thing's own shadow. */
+/** The thing's own reserved topics the policy grants: its shadow and its Jobs. */
+function reservedTopicPatterns(): string[] {
+  return [`$aws/things/${THING_VAR}/shadow/*`, `$aws/things/${THING_VAR}/jobs/*`];
+}
+
+/** The topic patterns the policy grants: the group's templates and the thing's own reserved topics. */
 function ownTopicPatterns(topicTemplates: string[]): string[] {
-  return [...topicTemplates.map(toPolicyPattern), `$aws/things/${THING_VAR}/shadow/*`];
+  return [...topicTemplates.map(toPolicyPattern), ...reservedTopicPatterns()];
 }
 
 /**
@@ -107,15 +122,21 @@ export function fillName(template: string, vars: Record<string, string>): string
  * gets this one as a new default version.
  */
 export function groupPolicy(
-  config: { vending: { policyName: string }; groups: Record<string, { upstreamTopic: string; batching: { topic: string }; udpTopic?: string }>; sims: { defaultGroup: string } },
+  config: {
+    vending: { policyName: string };
+    groups: Record<string, { upstreamTopic: string; batching: { topic: string }; udpTopic?: string; basicIngest?: { rule: string } | undefined }>;
+    sims: { defaultGroup: string };
+  },
   group: string,
-): { name: string; topicTemplates: string[] } {
+): { name: string; topicTemplates: string[]; basicIngestRule?: string } {
   const g = config.groups[group] ?? config.groups[config.sims.defaultGroup]!;
   // Raw UDP datagrams go to udpTopic; listed only when the uplink template's wildcard does not cover it already.
   const at = g.upstreamTopic.indexOf('{topic}');
   const covered = (t: string) => at >= 0 && at === g.upstreamTopic.length - '{topic}'.length && t.startsWith(g.upstreamTopic.slice(0, at));
   const udp = g.udpTopic && !covered(g.udpTopic) ? [g.udpTopic] : [];
-  return { name: fillName(config.vending.policyName, { group }), topicTemplates: [g.upstreamTopic, g.batching.topic, ...udp] };
+  const topicTemplates = [g.upstreamTopic, g.batching.topic, ...udp];
+  const name = fillName(config.vending.policyName, { group });
+  return g.basicIngest ? { name, topicTemplates, basicIngestRule: g.basicIngest.rule } : { name, topicTemplates };
 }
 
 /** IoT Core's limit on a policy document: 2,048 characters, whitespace not counted. */
@@ -129,7 +150,7 @@ export function policySizeProblems(config: Parameters<typeof groupPolicy>[0] & {
   return Object.keys(config.groups).flatMap((group) => {
     const policy = groupPolicy(config, group);
     const { region } = config.vending;
-    const document = policyDocument({ partition: partitionOf(region), region, account: '000000000000', topicTemplates: policy.topicTemplates });
+    const document = policyDocument({ partition: partitionOf(region), region, account: '000000000000', ...policy });
     const chars = document.replace(/\s/g, '').length;
     return chars > MAX_POLICY_CHARS
       ? [`groups.${group}: its policy ${policy.name} would be ${chars} characters (IoT Core allows ${MAX_POLICY_CHARS}, whitespace excluded): shorten upstreamTopic or batching.topic`]

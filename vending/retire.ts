@@ -45,7 +45,7 @@ export class Retirer {
     let done = 0;
     const tried = new Set<number>();
     for (;;) {
-      const rows = this.o.store.dueRetirements(BATCH).filter((r) => !tried.has(r.id));
+      const rows = (await this.o.store.dueRetirements(BATCH)).filter((r) => !tried.has(r.id));
       if (rows.length === 0) return done;
       const results = await Promise.allSettled(rows.map((r) => (tried.add(r.id), this.retire(r))));
       for (const [i, r] of results.entries()) {
@@ -58,10 +58,10 @@ export class Retirer {
   /** Retires one row now; false when another worker holds it (it is still vending, or being retired). */
   async retire(row: CredentialRow): Promise<boolean> {
     const { store, gate, provider } = this.o;
-    const lease = Lease.acquire(store, row.id, this.o.owner, this.o.leaseMs);
+    const lease = await Lease.acquire(store, row.id, this.o.owner, this.o.leaseMs);
     if (!lease) return false;
     try {
-      const fresh = store.byId(row.id);
+      const fresh = await store.byId(row.id);
       if (!fresh || fresh.step !== 'retiring') return fresh?.step === 'retired';
       if (fresh.certId && fresh.certArn) {
         const { certId, certArn } = fresh;
@@ -76,9 +76,9 @@ export class Retirer {
       }
       if (fresh.csrSentAt !== null && !fresh.certId) {
         // Retired while its CreateCertificateFromCsr may still be on its way: let the orphan sweep find it.
-        store.flagOrphanCheck(fresh.id, Date.now() + this.o.orphanGraceMs);
+        await store.flagOrphanCheck(fresh.id, Date.now() + this.o.orphanGraceMs);
       }
-      if (!store.markRetired(fresh.id, lease.owner)) return false;
+      if (!(await store.markRetired(fresh.id, lease.owner))) return false;
       await this.o.audit.record('certificate_retired', fresh.imsi, {
         certificateId: fresh.certId,
         reason: fresh.retireReason,
@@ -87,7 +87,7 @@ export class Retirer {
       this.o.log.info({ imsi: fresh.imsi, certificateId: fresh.certId, reason: fresh.retireReason }, 'certificate retired');
       return true;
     } finally {
-      lease.release();
+      await lease.release();
     }
   }
 }

@@ -1,5 +1,4 @@
 import type { Logger } from 'pino';
-import type { AuditStore } from '../storage/audit.ts';
 import type { CredentialRow, CredentialStore } from '../storage/credentials.ts';
 import type { Sim } from '../storage/sims.ts';
 import type { ApiGate } from './api-gate.ts';
@@ -14,9 +13,8 @@ export interface StepsOptions {
   store: CredentialStore;
   provider: VendingProvider;
   gate: ApiGate;
-  audit: AuditStore;
   log: Logger;
-  policyFor(group: string): { name: string; topicTemplates: string[] };
+  policyFor(group: string): { name: string; topicTemplates: string[]; basicIngestRule?: string };
   thingAttributes: ThingAttribute[];
   thingType?: string;
   /** Thing group name of a SIM group, if things join one. */
@@ -64,7 +62,7 @@ export class VendSteps {
     for (;;) {
       // Renewed in the background; every write below is fenced by the owner anyway.
       if (lease.lost) throw new StaleRowError('vending lease lost');
-      const row = this.o.store.byId(rowId);
+      const row = await this.o.store.byId(rowId);
       if (!row) throw new StaleRowError('credentials row vanished');
       switch (row.step) {
         case 'key':
@@ -93,28 +91,24 @@ export class VendSteps {
    */
   private async certificate(row: CredentialRow, lease: Lease): Promise<void> {
     const { store, gate, provider, orphanGraceMs } = this.o;
-    if (!store.markCsrSent(row.id, lease.owner, Date.now() + orphanGraceMs)) throw new StaleRowError('row changed before CreateCertificateFromCsr');
+    if (!(await store.markCsrSent(row.id, lease.owner, Date.now() + orphanGraceMs))) throw new StaleRowError('row changed before CreateCertificateFromCsr');
     const cert = await gate.call('CreateCertificateFromCsr', (s) => provider.createCertificate(row.csrPem, s), {
-      onUncertain: () => store.flagOrphanCheck(row.id, Date.now() + orphanGraceMs),
+      onUncertain: () => void store.flagOrphanCheck(row.id, Date.now() + orphanGraceMs).catch((err) => this.o.log.warn({ err: String(err) }, 'orphan check not flagged')),
     });
     let recorded = false;
-    // Written with the step (in its SQLite transaction); awaited once the step is recorded.
-    let audited: Promise<void> | undefined;
     try {
       const facts = certificateFacts(cert.certificatePem);
+      // The step and its audit row are one commit.
       recorded =
         facts.fingerprint === row.pubkeySha256 &&
-        store.transaction(() => {
-          const ok = store.advance(row.id, lease.owner, 'csr_sent', 'certificate', {
-            certId: cert.certificateId,
-            certArn: cert.certificateArn,
-            certPem: cert.certificatePem,
-            notAfter: facts.notAfter,
-          });
-          if (ok) audited = this.o.audit.record('certificate_created', row.imsi, { certificateId: cert.certificateId, generation: row.id });
-          return ok;
-        });
-      await audited;
+        (await store.advance(
+          row.id,
+          lease.owner,
+          'csr_sent',
+          'certificate',
+          { certId: cert.certificateId, certArn: cert.certificateArn, certPem: cert.certificatePem, notAfter: facts.notAfter },
+          { kind: 'certificate_created', imsi: row.imsi, detail: { certificateId: cert.certificateId, generation: row.id } },
+        ));
     } catch (err) {
       this.o.log.error({ err: String(err), certificateId: cert.certificateId }, 'could not record a new certificate');
     }
@@ -134,13 +128,13 @@ export class VendSteps {
       await once(this.groups, group, () => gate.call('CreateThingGroup', (s) => provider.ensureThingGroup(group, s)));
       await gate.call('AddThingToThingGroup', (s) => provider.addThingToGroup(row.thingName, group, s));
     }
-    if (!this.o.store.advance(row.id, lease.owner, 'certificate', 'thing')) throw new StaleRowError('row changed during CreateThing');
+    if (!(await this.o.store.advance(row.id, lease.owner, 'certificate', 'thing'))) throw new StaleRowError('row changed during CreateThing');
   }
 
   private async policy(row: CredentialRow, sim: Sim, lease: Lease): Promise<void> {
     const { gate, provider } = this.o;
     const policy = this.o.policyFor(sim.group);
-    const document = policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates });
+    const document = policyDocument({ ...arnScope(row.certArn!), topicTemplates: policy.topicTemplates, basicIngestRule: policy.basicIngestRule });
     // CreatePolicy has a low quota (10/s): once per policy document per process, not once per device.
     await once(this.policies, `${policy.name}\n${document}`, async () => {
       const outcome = await gate.call('CreatePolicy', (s) => provider.ensurePolicy(policy.name, document, s));
@@ -149,22 +143,21 @@ export class VendSteps {
       this.o.onPolicyUpdated?.(policy.name);
     });
     await gate.call('AttachPolicy', (s) => provider.attachPolicy(policy.name, row.certArn!, s));
-    if (!this.o.store.advance(row.id, lease.owner, 'thing', 'policy', { policyName: policy.name })) throw new StaleRowError('row changed during AttachPolicy');
+    if (!(await this.o.store.advance(row.id, lease.owner, 'thing', 'policy', { policyName: policy.name }))) throw new StaleRowError('row changed during AttachPolicy');
   }
 
   private async attach(row: CredentialRow, lease: Lease): Promise<{ promoted: CredentialRow; previous?: CredentialRow }> {
     const { gate, provider, store } = this.o;
     await gate.call('AttachThingPrincipal', (s) => provider.attachThingPrincipal(row.thingName, row.certArn!, s));
-    let audited: Promise<void> | undefined;
-    const { ok, previous } = store.transaction(() => {
-      const r = store.promote(row.id, lease.owner, Date.now() + this.o.retireAfterMs);
-      if (r.ok) audited = this.o.audit.record('vended', row.imsi, { thing: row.thingName, certificateId: row.certId, generation: row.id, replaces: r.previous?.certId ?? undefined });
-      return r;
-    });
-    await audited;
+    // Promotion and its audit row are one commit.
+    const { ok, previous } = await store.promote(row.id, lease.owner, Date.now() + this.o.retireAfterMs, (replaced) => ({
+      kind: 'vended',
+      imsi: row.imsi,
+      detail: { thing: row.thingName, certificateId: row.certId, generation: row.id, replaces: replaced?.certId ?? undefined },
+    }));
     if (!ok) throw new StaleRowError('row changed during AttachThingPrincipal');
     this.o.log.info({ thing: row.thingName, certificateId: row.certId, rotation: Boolean(previous) }, 'device vended');
-    return { promoted: store.byId(row.id)!, previous };
+    return { promoted: (await store.byId(row.id))!, previous };
   }
 }
 

@@ -144,7 +144,6 @@ export class Vendor {
       store: this.store,
       provider: opts.provider,
       gate: this.gate,
-      audit: opts.audit,
       log: opts.log,
       policyFor: opts.policyFor,
       thingAttributes: c.thingAttributes,
@@ -186,7 +185,12 @@ export class Vendor {
 
   /** Resumes what a previous run left unfinished and starts the background work (retirements, orphan sweep, rotation). */
   start(): void {
-    for (const { imsi, purpose } of this.store.vendingImsis()) this.submit(imsi, purpose, 'background');
+    void this.store.vendingImsis().then(
+      (rows) => {
+        for (const { imsi, purpose } of rows) this.submit(imsi, purpose, 'background');
+      },
+      (err) => this.opts.log.warn({ err: String(err) }, 'unfinished vends not resumed'),
+    );
     const c = this.opts.config;
     const tickMs = Math.min(5_000, Math.max(250, Math.floor(c.orphanGraceMs / 4)));
     this.timer = setInterval(() => void this.maintain(), tickMs);
@@ -207,16 +211,16 @@ export class Vendor {
   }
 
   /** Credentials of a SIM whose certificate is in use, else undefined. */
-  ready(imsi: string): DeviceCredentials | undefined {
-    const row = this.store.ready(imsi);
+  async ready(imsi: string): Promise<DeviceCredentials | undefined> {
+    const row = await this.store.ready(imsi);
     return row && this.credentialsOf(row);
   }
 
   /** The SIM's credentials, vending them first if needed (once, however many callers ask at the same time). */
-  ensure(sim: Sim): Promise<DeviceCredentials> {
-    const done = this.ready(sim.imsi);
-    if (done) return Promise.resolve(done);
-    if (sim.status === 'terminated') return Promise.reject(new VendingRefusedError(`SIM ${sim.imsi} is terminated`));
+  async ensure(sim: Sim): Promise<DeviceCredentials> {
+    const done = await this.ready(sim.imsi);
+    if (done) return done;
+    if (sim.status === 'terminated') throw new VendingRefusedError(`SIM ${sim.imsi} is terminated`);
     return this.submit(sim.imsi, 'first', 'urgent') as Promise<DeviceCredentials>;
   }
 
@@ -224,9 +228,9 @@ export class Vendor {
    * Vends a registered SIM ahead of its first contact, behind SIMs whose devices are waiting. With
    * giveUpAfter, rejects with the last error after that many failed attempts instead of retrying on.
    */
-  prevend(imsi: string, giveUpAfter = Infinity): Promise<DeviceCredentials> {
-    const done = this.ready(imsi);
-    if (done) return Promise.resolve(done);
+  async prevend(imsi: string, giveUpAfter = Infinity): Promise<DeviceCredentials> {
+    const done = await this.ready(imsi);
+    if (done) return done;
     return this.submit(imsi, 'first', 'background', giveUpAfter) as Promise<DeviceCredentials>;
   }
 
@@ -238,7 +242,7 @@ export class Vendor {
    * retirement then goes on in the background.
    */
   async revoke(imsi: string, reason: string): Promise<{ certificateIds: string[] }> {
-    const rows = this.store.markRetiring(imsi, reason, Date.now());
+    const rows = await this.store.markRetiring(imsi, reason, Date.now());
     const refused = new VendingRefusedError(`credentials of ${imsi} revoked: ${reason}`);
     this.queue.cancel(imsi, refused);
     this.queue.cancel(`rotate:${imsi}`, refused);
@@ -263,13 +267,13 @@ export class Vendor {
    * next run). Resolves with how many were queued.
    */
   async rotateExpiring(): Promise<number> {
-    for (let rows = this.store.readyWithoutExpiry(1000); rows.length > 0; rows = this.store.readyWithoutExpiry(1000)) {
-      for (const row of rows) this.store.setNotAfter(row.id, certificateNotAfter(row.certPem!));
+    for (let rows = await this.store.readyWithoutExpiry(1000); rows.length > 0; rows = await this.store.readyWithoutExpiry(1000)) {
+      for (const row of rows) await this.store.setNotAfter(row.id, certificateNotAfter(row.certPem!));
     }
     const room = this.opts.config.maxQueue - this.queue.depth;
     if (room <= 0) return 0;
     const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
-    const imsis = this.store.expiring(Date.now() + renewBeforeDays * DAY_MS, room, Date.now() - maxAgeDays * DAY_MS);
+    const imsis = await this.store.expiring(Date.now() + renewBeforeDays * DAY_MS, room, Date.now() - maxAgeDays * DAY_MS);
     for (const imsi of imsis) void this.submit(imsi, 'rotation', 'background');
     return imsis.length;
   }
@@ -337,30 +341,30 @@ export class Vendor {
     const c = this.opts.config;
     const sim = await this.sims.get(imsi);
     if (!sim) throw new VendingRefusedError(`SIM ${imsi} is not registered`);
-    if (sim.status === 'terminated' && this.store.vending(imsi)) {
+    if (sim.status === 'terminated' && (await this.store.vending(imsi))) {
       // Terminated half-way through a vend (found on resume): retire what exists, orphans included.
-      this.store.markRetiring(imsi, 'sim_terminated', Date.now());
+      await this.store.markRetiring(imsi, 'sim_terminated', Date.now());
       void this.retirer.retireDue().catch(() => undefined);
     }
     if (purpose === 'first') {
-      const done = this.ready(imsi);
+      const done = await this.ready(imsi);
       if (done) return { done };
       if (sim.status === 'terminated') throw new VendingRefusedError(`SIM ${imsi} is terminated`);
     } else if (sim.status !== 'active') {
       return { done: undefined };
     }
 
-    let row = this.store.vending(imsi);
+    let row = await this.store.vending(imsi);
     let lease: Lease | undefined;
     if (!row) {
-      if (purpose === 'rotation' && !this.needsRotation(imsi)) return { done: undefined };
+      if (purpose === 'rotation' && !(await this.needsRotation(imsi))) return { done: undefined };
       row = await this.newGeneration(sim, purpose);
       if (row) lease = Lease.held(this.store, row.id, this.owner, c.leaseMs);
-      else row = this.store.vending(imsi); // another process created it just now
+      else row = await this.store.vending(imsi); // another process created it just now
       if (!row) return { retryInMs: 0 }; // ... or even finished it: look again
     }
-    if (!row.pubkeySha256) this.store.setPubkeyHash(row.id, csrFingerprint(row.csrPem));
-    lease ??= Lease.acquire(this.store, row.id, this.owner, c.leaseMs);
+    if (!row.pubkeySha256) await this.store.setPubkeyHash(row.id, csrFingerprint(row.csrPem));
+    lease ??= await Lease.acquire(this.store, row.id, this.owner, c.leaseMs);
     if (!lease) return { retryInMs: Math.min(c.retryDelayMs, 500) }; // another process is vending it
 
     try {
@@ -376,17 +380,17 @@ export class Vendor {
     } catch (err) {
       if (err instanceof StaleRowError || this.stopped) return { retryInMs: 0 };
       const e = err as Error;
-      this.store.recordFailure(row.id, e.message ?? String(e));
+      await this.store.recordFailure(row.id, e.message ?? String(e));
       this.failures[err instanceof ApiError ? err.kind : 'client']++;
       this.opts.onFailure?.(e);
       if (++job.failures >= job.giveUpAfter) throw e;
       this.opts.log.warn({ thing: sim.thingName, err: e.message }, 'vending step failed; will retry');
       return { retryInMs: backoffMs(row.attempts, c.retryDelayMs, c.retryMaxDelayMs) };
     } finally {
-      lease.release();
+      await lease.release();
     }
     if (purpose === 'rotation') return { done: undefined };
-    const done = this.ready(imsi);
+    const done = await this.ready(imsi);
     return done ? { done } : { retryInMs: 0 };
   }
 
@@ -401,8 +405,8 @@ export class Vendor {
     );
   }
 
-  private needsRotation(imsi: string): boolean {
-    const row = this.store.ready(imsi);
+  private async needsRotation(imsi: string): Promise<boolean> {
+    const row = await this.store.ready(imsi);
     const { renewBeforeDays, maxAgeDays } = this.opts.config.rotation;
     const horizon = Date.now() + renewBeforeDays * DAY_MS;
     // IoT Core's certificates from a CSR are valid until 2049: their age is what makes them due.
@@ -428,7 +432,7 @@ export class Vendor {
     void Promise.allSettled([...this.rotatedHooks].map(async (fn) => fn(ev))).then(async (results) => {
       // Only once the new certificate has connected: otherwise the old one stays until retireAfterMs.
       if (this.stopped || results.some((r) => r.status === 'rejected')) return;
-      this.store.retireNow(previous.id);
+      await this.store.retireNow(previous.id);
       await this.retirer.retireDue().catch(() => undefined); // the periodic pass retries
     });
   }

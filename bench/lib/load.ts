@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { DeviceSpec } from './devices.ts';
 import { merge, newHist, type Hist } from './hist.ts';
 import { track } from '../../test/helpers/processes.ts';
-import type { RunCmd, RunResult, Target } from '../load/worker.ts';
+import type { ConnectResult, RunCmd, RunResult, Target } from '../load/worker.ts';
 
 
 /** One bench child process (load generator, fuzzer), spoken to over IPC: {id, cmd, ...} → {id, ok, result|error}. */
@@ -84,11 +84,14 @@ export class LoadPool {
     const workers = Array.from({ length: n }, () => forkWorker('worker'));
     const pool = new LoadPool(workers);
     try {
-      await Promise.all(
+      const results = await Promise.all(
         workers.map((w, k) =>
-          w.call({ cmd: 'connect', target, devices: specs.filter((_, i) => i % n === k), reconnectPeriodMs: opts.reconnectPeriodMs ?? 0, noDelay: opts.noDelay ?? (process.env.BENCH_DEVICE_NODELAY ? process.env.BENCH_DEVICE_NODELAY === '1' : undefined) }, 120_000),
+          w.call<ConnectResult>({ cmd: 'connect', target, devices: specs.filter((_, i) => i % n === k), reconnectPeriodMs: opts.reconnectPeriodMs ?? 0, noDelay: opts.noDelay ?? (process.env.BENCH_DEVICE_NODELAY ? process.env.BENCH_DEVICE_NODELAY === '1' : undefined) }, 120_000),
         ),
       );
+      // Every device must be up: the runs measure delivery, not connecting.
+      const failed = results.filter((r) => r.failed > 0);
+      if (failed.length) throw new Error(`load devices failed to connect: ${JSON.stringify(failed.map((r) => r.errorKinds))}`);
     } catch (err) {
       await pool.close();
       throw err;

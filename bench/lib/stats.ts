@@ -16,6 +16,9 @@ export function round(x: number | null): number | null {
   return Math.round(x * 1000) / 1000;
 }
 
+/** Rounds to a fixed number of decimals (a figure whose precision the scenario chooses). */
+export const roundTo = (v: number, digits = 3): number => Math.round(v * 10 ** digits) / 10 ** digits;
+
 /**
  * Adds `name`, `name_min`, `name_max` (medians over runs, rounded) to figures.
  * With one run only the plain name is written.

@@ -1,6 +1,7 @@
 // A load-generator process: simulated devices (mqtt.js or HTTP keep-alive) bound to their own loopback
-// source addresses, driven over IPC by the bench orchestrator (bench/lib/load.ts). Every run is bounded
-// in time and in count and ends by itself.
+// source addresses, driven over IPC by the bench orchestrator (bench/lib/load.ts). The devices either run
+// closed-loop or paced load (`run`, through LoadPool), or stay mostly idle and publish one message each on
+// request (`publish`, `status`: the sessions scenario). Every operation is bounded in time and in count.
 import http from 'node:http';
 import net from 'node:net';
 import { MqttClient } from 'mqtt';
@@ -18,10 +19,53 @@ export interface ConnectCmd {
   cmd: 'connect';
   target: Target;
   devices: DeviceSpec[];
-  /** mqtt.js reconnectPeriod; 0 = no reconnect. */
+  /** mqtt.js reconnectPeriod; 0 = no reconnect (a refused or failed CONNECT then counts as failed). */
   reconnectPeriodMs: number;
   /** TCP_NODELAY on device sockets; undefined = the client library's default (mqtt.js: off, node:http Agent: on). */
   noDelay?: boolean;
+  /** CONNECTs outstanding at once from this process; default 20 (a burst of CONNECTs is not what most scenarios measure). */
+  concurrency?: number;
+  /** MQTT keep-alive; default 60 s. */
+  keepaliveS?: number;
+  /** Longest wait for one device's CONNACK; default 15 s. */
+  deviceTimeoutMs?: number;
+  /** Devices not connected by then count as failed; default 120 s. */
+  timeoutMs?: number;
+}
+
+export interface ConnectResult {
+  connected: number;
+  failed: number;
+  /** Failures by kind, e.g. {"no CONNACK in time": 3}. */
+  errorKinds: Record<string, number>;
+  ms: number;
+}
+
+/** One QoS 1 message from each connected device whose spec idx is in [fromIdx, toIdx) (the sessions scenario). */
+export interface PublishCmd {
+  cmd: 'publish';
+  tag: string;
+  fromIdx: number;
+  toIdx: number;
+  seq: number;
+  payloadBytes: number;
+  timeoutMs: number;
+}
+
+export interface PublishResult {
+  sent: number;
+  acked: number;
+  errors: number;
+  errorKinds: Record<string, number>;
+  startedAt: number;
+  lastAckAt: number;
+  ackHist: Hist;
+}
+
+/** Devices with an open connection now, and connections that closed after their CONNACK (outside `close`). */
+export interface StatusResult {
+  connected: number;
+  closesAfterConnect: number;
 }
 
 export interface RunCmd {
@@ -62,64 +106,74 @@ export interface RunResult {
   reconnects: number;
 }
 
-type Cmd = ConnectCmd | RunCmd | { cmd: 'stop' } | { cmd: 'progress' } | { cmd: 'close' };
+type Cmd = ConnectCmd | RunCmd | PublishCmd | { cmd: 'stop' } | { cmd: 'progress' } | { cmd: 'status' } | { cmd: 'close' };
 
 interface Device {
   spec: DeviceSpec;
   /** done(ok, why): why names a failure (an HTTP status, an error code) for the run's error tally. */
   send(body: Buffer, done: (ok: boolean, why?: string) => void): void;
+  /** True while the device holds an open connection (HTTP devices connect per request: always true). */
+  connected(): boolean;
   close(): Promise<void>;
 }
 
 let devices: Device[] = [];
 let reconnects = 0;
+let closesAfterConnect = 0;
+let closing = false;
 let current: RunState | undefined;
 
 // ---- devices ---------------------------------------------------------------------------------------
 
-function mqttDevice(target: Target, spec: DeviceSpec, reconnectPeriod: number, noDelay: boolean | undefined): Promise<Device> {
+/** Resolves at the device's first CONNACK; without reconnects, rejects on the first failure, naming it. */
+function mqttDevice(target: Target, spec: DeviceSpec, o: { reconnectPeriod: number; keepaliveS: number; timeoutMs: number; noDelay?: boolean }): Promise<Device> {
   return new Promise((resolve, reject) => {
     const client = new MqttClient(
-      () => net.createConnection({ host: target.host, port: target.port, localAddress: spec.localAddress, ...(noDelay === undefined ? {} : { noDelay }) }),
+      () => net.createConnection({ host: target.host, port: target.port, localAddress: spec.localAddress, ...(o.noDelay === undefined ? {} : { noDelay: o.noDelay }) }),
       {
         username: spec.imsi,
         clientId: spec.imei,
         protocolVersion: 4,
         clean: true,
-        keepalive: 60,
-        reconnectPeriod,
-        connectTimeout: 10_000,
+        keepalive: o.keepaliveS,
+        reconnectPeriod: o.reconnectPeriod,
+        connectTimeout: o.timeoutMs,
         resubscribe: false,
       },
     );
     let first = true;
+    const fail = (why: string) => {
+      if (!first) return;
+      first = false;
+      clearTimeout(timer);
+      client.end(true);
+      reject(new Error(why));
+    };
+    const timer = setTimeout(() => fail('no CONNACK in time'), o.timeoutMs);
     client.on('connect', () => {
-      if (first) {
-        first = false;
-        resolve(device);
-      }
+      if (!first) return;
+      first = false;
+      clearTimeout(timer);
+      client.on('close', () => {
+        if (!closing) closesAfterConnect++;
+      });
+      resolve(device);
     });
     client.on('reconnect', () => reconnects++);
     client.on('error', (err) => {
-      if (first && reconnectPeriod === 0) {
-        first = false;
-        reject(err);
-      }
+      if (o.reconnectPeriod === 0) fail(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+    });
+    client.once('close', () => {
+      if (o.reconnectPeriod === 0) fail('closed before CONNACK');
     });
     const device: Device = {
       spec,
       send(body, done) {
         client.publish(spec.topic, body, { qos: 1 }, (err) => done(!err, err ? `mqtt ${err.message}` : undefined));
       },
+      connected: () => client.connected,
       close: () => client.endAsync(true).then(() => undefined, () => undefined),
     };
-    setTimeout(() => {
-      if (first) {
-        first = false;
-        client.end(true);
-        reject(new Error(`device ${spec.imsi}: no CONNACK within 15 s`));
-      }
-    }, 15_000).unref();
   });
 }
 
@@ -148,25 +202,42 @@ function httpDevice(target: Target, spec: DeviceSpec, sockets: number, noDelay: 
       req.on('error', (e) => done(false, `http ${(e as NodeJS.ErrnoException).code ?? e.message}`));
       req.end(body);
     },
+    connected: () => true,
     async close() {
       agent.destroy();
     },
   };
 }
 
-async function connect(c: ConnectCmd): Promise<{ connected: number }> {
-  // A few at a time: a burst of CONNECTs is not what is being measured.
-  const out: Device[] = [];
-  for (let i = 0; i < c.devices.length; i += 20) {
-    const batch = c.devices.slice(i, i + 20);
-    out.push(
-      ...(await Promise.all(
-        batch.map((spec) => (c.target.kind === 'mqtt' ? mqttDevice(c.target, spec, c.reconnectPeriodMs, c.noDelay) : Promise.resolve(httpDevice(c.target, spec, 64, c.noDelay)))),
-      )),
-    );
-  }
-  devices = out;
-  return { connected: out.length };
+/** Connects the devices, `concurrency` at a time, until all are tried or the time is up. */
+async function connect(c: ConnectCmd): Promise<ConnectResult> {
+  const t0 = Date.now();
+  const deadline = t0 + (c.timeoutMs ?? 120_000);
+  const out: Array<Device | undefined> = new Array(c.devices.length);
+  const errorKinds: Record<string, number> = {};
+  let next = 0;
+  let failed = 0;
+  const open = async (spec: DeviceSpec): Promise<Device> => {
+    if (c.target.kind === 'http') return httpDevice(c.target, spec, 64, c.noDelay);
+    const timeoutMs = Math.min(c.deviceTimeoutMs ?? 15_000, Math.max(1000, deadline - Date.now()));
+    return mqttDevice(c.target, spec, { reconnectPeriod: c.reconnectPeriodMs, keepaliveS: c.keepaliveS ?? 60, timeoutMs, noDelay: c.noDelay });
+  };
+  const runner = async () => {
+    while (next < c.devices.length && Date.now() < deadline) {
+      const i = next++;
+      try {
+        out[i] = await open(c.devices[i]);
+      } catch (err) {
+        failed++;
+        const k = (err as Error).message;
+        errorKinds[k] = (errorKinds[k] ?? 0) + 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, c.concurrency ?? 20) }, runner));
+  // Kept in spec order: runs deal messages by position.
+  devices = out.filter((d): d is Device => d !== undefined);
+  return { connected: devices.length, failed: failed + (c.devices.length - next), errorKinds, ms: Date.now() - t0 };
 }
 
 // ---- runs ------------------------------------------------------------------------------------------
@@ -299,6 +370,37 @@ async function run(cmd: RunCmd): Promise<RunResult> {
   };
 }
 
+/** One message from each chosen device, answered when every ack is in or the time is up. */
+async function publish(c: PublishCmd): Promise<PublishResult> {
+  const r: PublishResult = { sent: 0, acked: 0, errors: 0, errorKinds: {}, startedAt: nowMs(), lastAckAt: 0, ackHist: newHist() };
+  const chosen = devices.filter((d) => d.spec.idx >= c.fromIdx && d.spec.idx < c.toIdx);
+  await new Promise<void>((resolve) => {
+    let outstanding = chosen.length;
+    if (outstanding === 0) return resolve();
+    const timer = setTimeout(resolve, c.timeoutMs);
+    for (const d of chosen) {
+      const sentAt = nowMs();
+      r.sent++;
+      d.send(payload(c.tag, d.spec.idx, c.seq, c.payloadBytes), (ok, why) => {
+        if (!ok) {
+          r.errors++;
+          const k = why ?? 'unknown';
+          r.errorKinds[k] = (r.errorKinds[k] ?? 0) + 1;
+        } else {
+          r.acked++;
+          r.lastAckAt = nowMs();
+          record(r.ackHist, r.lastAckAt - sentAt);
+        }
+        if (--outstanding === 0) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    }
+  });
+  return r;
+}
+
 // ---- IPC -------------------------------------------------------------------------------------------
 
 async function handle(msg: Cmd): Promise<unknown> {
@@ -307,12 +409,17 @@ async function handle(msg: Cmd): Promise<unknown> {
       return connect(msg);
     case 'run':
       return run(msg);
+    case 'publish':
+      return publish(msg);
+    case 'status':
+      return { connected: devices.filter((d) => d.connected()).length, closesAfterConnect } satisfies StatusResult;
     case 'stop':
       if (current) current.stopped = true;
       return {};
     case 'progress':
       return current ? { sent: current.sent, acked: current.acked, errors: current.errors, outstanding: current.outstanding } : {};
     case 'close':
+      closing = true;
       await Promise.all(devices.map((d) => d.close()));
       setTimeout(() => process.exit(0), 50);
       return {};

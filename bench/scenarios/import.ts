@@ -19,6 +19,7 @@ import { SimStore } from '../../storage/sims.ts';
 import { TokenStore } from '../../storage/tokens.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import type { ScenarioResult } from '../lib/report.ts';
+import { roundTo } from '../lib/stats.ts';
 
 const BATCH = 1000;
 
@@ -74,7 +75,6 @@ async function importRuns(body: string, batchRows: number, times: number): Promi
   return runs;
 }
 
-const round = (n: number, d = 3) => Math.round(n * 10 ** d) / 10 ** d;
 
 async function simImport(ctx: Ctx): Promise<ScenarioResult> {
   const rows = knob('ROWS', 10_000, 2000, ctx);
@@ -88,11 +88,11 @@ async function simImport(ctx: Ctx): Promise<ScenarioResult> {
   const [perRow] = await importRuns(body, 1, 1);
   const figures = {
     rows_per_s: Math.round(rows / first!.wallS),
-    wall_s: round(first!.wallS),
+    wall_s: roundTo(first!.wallS),
     reimport_rows_per_s: Math.round(rows / again!.wallS),
-    reimport_wall_s: round(again!.wallS),
+    reimport_wall_s: roundTo(again!.wallS),
     rows_per_s_one_txn_per_row: Math.round(rows / perRow!.wallS),
-    batch_speedup_ratio: round(perRow!.wallS / first!.wallS, 2),
+    batch_speedup_ratio: roundTo(perRow!.wallS / first!.wallS, 2),
     created_count: first!.report.created,
     reimport_unchanged_count: again!.report.unchanged,
   };
@@ -109,7 +109,7 @@ async function simImport(ctx: Ctx): Promise<ScenarioResult> {
       '|---|---|---|',
       `| import, ${BATCH} rows per transaction | ${figures.wall_s} | ${figures.rows_per_s} |`,
       `| re-import of the same file (all unchanged) | ${figures.reimport_wall_s} | ${figures.reimport_rows_per_s} |`,
-      `| import, one transaction per row | ${round(perRow!.wallS)} | ${figures.rows_per_s_one_txn_per_row} |`,
+      `| import, one transaction per row | ${roundTo(perRow!.wallS)} | ${figures.rows_per_s_one_txn_per_row} |`,
       '',
       `Batching is ${figures.batch_speedup_ratio}× faster than a commit per row.`,
       '',

@@ -5,7 +5,7 @@
 //
 // Every part is its own process on loopback (bench/lib/stack.ts): sandbox (vending), upstream Mosquitto
 // (mutual TLS, sandbox CA), collector (mosquitto_sub), simbridge, and 2 load generators
-// (bench/load/mqtt-fleet.ts) holding the devices, each device on its own source address 127.0.x.y.
+// (bench/load/worker.ts) holding the devices, each device on its own source address 127.0.x.y.
 import { join } from 'node:path';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { devices, nowMs, SIMBRIDGE_TOPIC, type DeviceSpec } from '../lib/devices.ts';
@@ -18,7 +18,7 @@ import { scrape, sum } from '../lib/prom.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
 import { round, sleep } from '../lib/stats.ts';
-import type { FleetConnectResult, FleetPublishResult } from '../load/mqtt-fleet.ts';
+import type { ConnectResult, PublishResult, StatusResult } from '../load/worker.ts';
 import { openDatabase } from '../../storage/db.ts';
 import { SimStore } from '../../storage/sims.ts';
 
@@ -37,7 +37,7 @@ const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: n
 /** One QoS 1 message from each device in [fromIdx, toIdx). */
 async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx: number, seq: number, timeoutMs: number) {
   const rs = await Promise.all(
-    workers.map((w) => w.call<FleetPublishResult>({ cmd: 'publish', tag, fromIdx, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
+    workers.map((w) => w.call<PublishResult>({ cmd: 'publish', tag, fromIdx, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
   );
   const hist = newHist();
   rs.forEach((r) => merge(hist, r.ackHist));
@@ -55,7 +55,7 @@ async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx
 }
 
 async function status(workers: Worker[]): Promise<{ connected: number; closesAfterConnect: number }> {
-  const rs = await Promise.all(workers.map((w) => w.call<{ connected: number; closesAfterConnect: number }>({ cmd: 'status' }, 10_000)));
+  const rs = await Promise.all(workers.map((w) => w.call<StatusResult>({ cmd: 'status' }, 10_000)));
   return { connected: rs.reduce((a, r) => a + r.connected, 0), closesAfterConnect: rs.reduce((a, r) => a + r.closesAfterConnect, 0) };
 }
 
@@ -108,12 +108,12 @@ async function sessions(ctx: Ctx): Promise<ScenarioResult> {
     log(`simbridge up (pid ${gw.pid}), idle RSS ${round(rss0! / 1024)} MB (after a full GC ${mem0 ? round(mem0.rss / 2 ** 20) : '?'} MB)`);
 
     // ---- 10,000 idle devices over local MQTT ----
-    for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('mqtt-fleet'));
+    for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('worker'));
     const tc = Date.now();
     const conn = await Promise.all(
       workers.map((w, k) =>
-        w.call<FleetConnectResult>(
-          { cmd: 'connect', target: { host: '127.0.0.1', port: gw.mqttPort }, devices: specs.filter((_, i) => i % WORKERS === k), concurrency: 50, keepaliveS: 60, timeoutMs: 150_000 },
+        w.call<ConnectResult>(
+          { cmd: 'connect', target: { kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, devices: specs.filter((_, i) => i % WORKERS === k), reconnectPeriodMs: 0, concurrency: 50, keepaliveS: 60, deviceTimeoutMs: 30_000, timeoutMs: 150_000 },
           170_000,
         ),
       ),

@@ -5,7 +5,7 @@ import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts'
 import { profileScenario } from '../lib/profile.ts';
 import { goalMet, type Goal, type ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
-import { putSummary, round } from '../lib/stats.ts';
+import { putSummary, round, summary } from '../lib/stats.ts';
 
 const PAYLOAD_BYTES = 200;
 
@@ -73,7 +73,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
         runs.push(f);
         ctx.log(`  saturated run ${i + 1}/${repeats}: ${round(f.msgs_per_s)} msgs/s, ack p50/p99 ${f.ack_p50_ms}/${f.ack_p99_ms} ms, ${round(f.cpu_us_per_msg)} µs CPU/msg`);
       }
-      halfRate = Math.round(median(runs.map((r) => r.msgs_per_s)) / 2);
+      halfRate = Math.round((summary(runs.map((r) => r.msgs_per_s)).median ?? 0) / 2);
       for (let i = 0; i < repeats; i++) {
         const f = await measuredRun(stack.collector, load, { tag: newTag('h'), mode: 'paced', window: PACED_CAP, ratePerS: halfRate, durationMs: pacedMs, payloadBytes: PAYLOAD_BYTES, pid: gw.pid });
         half.push(f);
@@ -192,11 +192,6 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
   } finally {
     await stack.close();
   }
-}
-
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 export function runTable(rows: ReadonlyArray<readonly [string, RunFigures]>): string {

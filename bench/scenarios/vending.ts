@@ -12,17 +12,17 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, writeYaml, type CliProcess } from '../../test/helpers/processes.ts';
-import { CredentialStore } from '../../storage/credentials.ts';
+import { SqliteCredentialStore } from '../../storage/credentials.ts';
 import { openDatabase } from '../../storage/db.ts';
 import { SimStore } from '../../storage/sims.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import type { ScenarioResult } from '../lib/report.ts';
 import { simbridgeSpawn } from '../lib/stack.ts';
+import { roundTo } from '../lib/stats.ts';
 
 const IMEI = '490154203237518';
 const QUOTAS = { CreateCertificateFromCsr: 15, AttachPolicy: 15, CreateThing: 100, AttachThingPrincipal: 100, UpdateCertificate: 10, CreatePolicy: 10, DescribeEndpoint: 10 };
 
-const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;
 
 async function vending(ctx: Ctx): Promise<ScenarioResult> {
   const sims = knob('SIMS', 1000, 150, ctx);
@@ -79,7 +79,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
     ctx.log(`  all ${sims} publishes answered in ${acceptedS.toFixed(2)} s: ${JSON.stringify(Object.fromEntries(statuses))}`);
 
     const db = new Database(join(dataDir, 'simbridge.db'), { readonly: true });
-    const credentials = new CredentialStore(db);
+    const credentials = new SqliteCredentialStore(db);
     let lastLog = performance.now();
     for (let ready = 0; (ready = credentials.countByState().ready) < sims; ) {
       if (performance.now() - t0 > 600_000) throw new Error(`only ${ready} of ${sims} vended after 600 s`);
@@ -119,18 +119,18 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
     const non2xx = [...statuses].filter(([s]) => s < 200 || s >= 300).reduce((a, [, n]) => a + n, 0);
     const figures = {
       sims,
-      wall_s: round(wallS, 1),
-      quota_min_s: round(quotaMinS, 1),
+      wall_s: roundTo(wallS, 1),
+      quota_min_s: roundTo(quotaMinS, 1),
       throttle_errors_to_devices: non2xx + throttledIntoState,
-      ratio_to_quota_min: round(wallS / quotaMinS, 3),
-      vends_per_s: round(sims / wallS, 1),
-      publishes_accepted_s: round(acceptedS, 2),
+      ratio_to_quota_min: roundTo(wallS / quotaMinS, 3),
+      vends_per_s: roundTo(sims / wallS, 1),
+      publishes_accepted_s: roundTo(acceptedS, 2),
       non_2xx_to_devices_count: non2xx,
       failed_vend_attempts_count: failedAttempts,
       sandbox_throttled_count: contactStats.totals.throttled,
       create_certificate_calls_count: contactStats.requests.CreateCertificateFromCsr ?? 0,
-      bulk_wall_s: round(summary.seconds, 1),
-      bulk_ratio_to_quota_min: round(summary.seconds / quotaMinS, 3),
+      bulk_wall_s: roundTo(summary.seconds, 1),
+      bulk_ratio_to_quota_min: roundTo(summary.seconds / quotaMinS, 3),
       bulk_vended_count: summary.vended,
       bulk_failed_count: summary.failed.length,
       bulk_sandbox_throttled_count: bulkStats.totals.throttled,

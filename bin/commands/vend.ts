@@ -79,7 +79,7 @@ export async function vendPending(
       background: false,
     }).vendor;
 
-    const pending = stores.credentials.simsWithoutCredentials();
+    const pending = await stores.credentials.simsWithoutCredentials();
     const summary = await vendAll(vendor, pending, opts.attempts ?? 5, Math.min(config.vending.maxQueue, config.vending.concurrency * 4), opts.json || !out.isTTY ? undefined : progressBar(out, pending.length));
     if (opts.json) out.write(JSON.stringify(summary) + '\n');
     else {

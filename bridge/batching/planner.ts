@@ -64,6 +64,12 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
       open = undefined;
     } else {
       const first = rows[i]!;
+      // A request to the thing's shadow or Jobs service is not a reading: it goes now, alone, as it is.
+      if (isServiceRequest(first)) {
+        units.push(single(input, first));
+        i++;
+        continue;
+      }
       // Schedule sends only what arrived before the schedule fired; later rows wait for the next run.
       if (cfg.policy === 'schedule' && first.receivedAt > input.releaseBefore) break;
       builder = new EnvelopeBuilder(input.identity);
@@ -79,6 +85,11 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
     let full = false;
     for (let j = i + taken.length - carried; j < rows.length; j++) {
       const row = rows[j]!;
+      // Order is kept: a service request closes the batch before it, which goes now.
+      if (isServiceRequest(row)) {
+        full = true;
+        break;
+      }
       if (cfg.policy === 'schedule' && row.receivedAt > input.releaseBefore) break;
       if (taken.length >= cfg.maxMessages || !builder.tryAdd(prepareAt(j), budget)) {
         full = true;
@@ -98,6 +109,11 @@ export function plan(input: PlanInput): { units: Unit[]; waitMs?: number; open?:
   return { units };
 }
 
+/** A row for the thing's own reserved topics (shadow, Jobs), which ingress lets through only for the device's own thing. */
+function isServiceRequest(row: OutboxMessage): boolean {
+  return row.deviceTopic.startsWith('$aws/things/');
+}
+
 function single(input: PlanInput, row: OutboxMessage): Unit {
-  return { rows: [row], topic: input.topics.toUpstream(row.deviceTopic), payload: row.payload, qos: row.qos, batched: false };
+  return { rows: [row], topic: input.topics.publishTopic(row.deviceTopic), payload: row.payload, qos: row.qos, batched: false };
 }

@@ -10,8 +10,8 @@ import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
+import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
-import { ThreadedDatagramSocket } from './threaded-socket.ts';
 
 export interface CoapIngressOptions {
   host: string;
@@ -105,15 +105,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   let closing = false;
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
-  // A burst of a waking fleet must fit in the kernel's buffer (Linux's default is about 200 datagrams);
-  // the socket is read on a thread of its own so that a busy event loop here does not cap the intake.
-  const sock = await ThreadedDatagramSocket.bind({
-    host: opts.host,
-    port: opts.port,
-    recvBufferSize: opts.receiveBufferBytes,
-    onLost: (err) => log.error({ err: err.message }, 'CoAP receiving thread stopped; the listener is down'),
-  });
-  sock.on('error', (err) => log.warn({ err: err.message }, 'CoAP socket error'));
+  const sock = await bindDatagramSocket(opts, log, 'CoAP');
   sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'coap', reason: 'receive_queue_full' }, n));
 
   const server = createServer({
@@ -284,13 +276,12 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
   /** Held downlink rides in the answer; it counts as delivered once sent (a lost answer is resent from the library's cache on retransmission). */
   function answerWithDownlink(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, code: string, body: Record<string, unknown>, always: boolean) {
-    opts.downlink.touchHttp(device);
-    const held = opts.downlink.pending(device.sim.imsi);
-    // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
-    if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
-    const { payload, format } = encode(req, body, held);
-    reply(res, code, payload, format);
-    if (held.length) opts.downlink.delivered(held.map((m) => m.id), 'coap');
+    answerWithHeld(opts.downlink, device, 'coap', (held) => {
+      // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
+      if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
+      const { payload, format } = encode(req, body, held);
+      reply(res, code, payload, format);
+    });
   }
 
   async function route(req: IncomingMessage, res: OutgoingMessage) {
@@ -322,14 +313,9 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
     const topic = path.slice(1).join('/');
     const qos = query.has('qos') ? Number(query.get('qos')) : 1;
-    let id: number;
-    try {
-      id = await opts.uplink.accept('coap', device, topic, Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0), qos);
-    } catch (err) {
-      // Uplink counts its own refusals.
-      if (err instanceof UplinkRefusal) return refuse(res, err.reason, err.message, true);
-      throw err;
-    }
+    const id = await commit(opts.uplink, 'coap', device, topic, Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0), qos);
+    // Uplink counts its own refusals.
+    if (id instanceof UplinkRefusal) return refuse(res, id.reason, id.message, true);
     // The last block of a block-wise request is answered with its Block1 option (RFC 7959 §2.3).
     const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
     if (block1) res.setOption('Block1', block1);
@@ -342,8 +328,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     async close() {
       closing = true;
       // Requests being committed get their answers first (bounded).
-      const deadline = Date.now() + 5000;
-      while (pending.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await drainPending(() => pending.size);
       server.close();
       blocks.close();
       await new Promise<void>((resolve) => sock.close(() => resolve()));

@@ -8,7 +8,9 @@ import type { HeldMessage } from '../../storage/downlink.ts';
 import type { Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink, type UplinkRefusalReason } from '../uplink.ts';
+import type { DeviceJobs } from '../jobs.ts';
 import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
+import { registerJobRoutes } from './http-jobs.ts';
 
 export interface HttpIngressOptions {
   host: string;
@@ -22,6 +24,8 @@ export interface HttpIngressOptions {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
+  /** IoT Jobs for sleeping devices (groups.*.httpJobs): pending jobs in the 202, POST /v1/jobs/{jobId}. */
+  jobs?: DeviceJobs;
   metrics: Metrics;
   log: Logger;
 }
@@ -202,15 +206,20 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     }
     const topic = req.params['*'];
     const payload = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+    // Asked for beside the commit, so the 202 waits for it as little as possible.
+    const jobs = opts.jobs?.forResponse(device.sim);
     try {
       const id = await opts.uplink.accept('http', device, topic, payload, qos);
-      return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device) });
+      const pendingJobs = jobs ? { jobs: await jobs.settle() } : {};
+      return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device), ...pendingJobs });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
       if (refusalStatus[err.reason] === 503) reply.header('retry-after', String(RETRY_AFTER_S));
       return reply.code(refusalStatus[err.reason]).send({ error: err.reason, message: err.message });
     }
   });
+
+  if (opts.jobs) registerJobRoutes(app, { jobs: opts.jobs, admit, refuse, metrics });
 
   // A fleet waking at once arrives as a burst of connections: a short accept queue drops SYNs.
   await app.listen({ host: opts.host, port: opts.port, backlog: LISTEN_BACKLOG });

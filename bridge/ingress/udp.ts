@@ -7,8 +7,8 @@ import type { Metrics } from '../metrics.ts';
 import { UDP_DEVICE_TOPIC } from '../topics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
+import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
-import { ThreadedDatagramSocket } from './threaded-socket.ts';
 
 export interface UdpIngressOptions {
   host: string;
@@ -57,15 +57,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
   let pending = 0;
   let closing = false;
 
-  // A burst of a waking fleet must fit in the kernel's buffer (Linux's default is about 200 datagrams);
-  // the socket is read on a thread of its own so that a busy event loop here does not cap the intake.
-  const sock = await ThreadedDatagramSocket.bind({
-    host: opts.host,
-    port: opts.port,
-    recvBufferSize: opts.receiveBufferBytes,
-    onLost: (err) => log.error({ err: err.message }, 'UDP receiving thread stopped; the listener is down'),
-  });
-  sock.on('error', (err) => log.warn({ err: err.message }, 'UDP socket error'));
+  const sock = await bindDatagramSocket(opts, log, 'UDP');
   sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'udp', reason: 'receive_queue_full' }, n));
   sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
     if (closing) return;
@@ -90,17 +82,12 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
       const device = await opts.admission.admit(opts.identity, rinfo.address, {});
       if (device instanceof Refusal) return refuse(rinfo, device.imsi, device.reason);
       if (pending > opts.maxPending) return refuse(rinfo, device.sim.imsi, 'busy');
-      try {
-        await opts.uplink.accept('udp', device, UDP_DEVICE_TOPIC, msg, 1);
-      } catch (err) {
-        if (err instanceof UplinkRefusal) return refuse(rinfo, device.sim.imsi, err.reason, true);
-        throw err;
-      }
+      const id = await commit(opts.uplink, 'udp', device, UDP_DEVICE_TOPIC, msg, 1);
+      if (id instanceof UplinkRefusal) return refuse(rinfo, device.sim.imsi, id.reason, true);
       if (opts.udpAck(device.sim.imsi) !== 'commit') return;
-      opts.downlink.touchHttp(device);
-      const held = opts.downlink.pending(device.sim.imsi);
-      send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined);
-      if (held.length) opts.downlink.delivered(held.map((m) => m.id), 'udp');
+      answerWithHeld(opts.downlink, device, 'udp', (held) =>
+        send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined),
+      );
     } catch (err) {
       metrics.refusals.inc({ protocol: 'udp', reason: 'internal_error' });
       log.error({ err: (err as Error).message }, 'UDP datagram failed');
@@ -112,8 +99,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
     listening: () => !closing && sock.isOpen,
     async close() {
       closing = true;
-      const deadline = Date.now() + 5000;
-      while (pending > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await drainPending(() => pending);
       await new Promise<void>((resolve) => sock.close(() => resolve()));
     },
   };

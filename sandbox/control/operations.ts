@@ -6,7 +6,7 @@
 // restJson1 default.
 import { CsrError, type CertificateAuthority } from '../ca.ts';
 import { invalidRequest } from '../errors.ts';
-import type { CertificateRecord, Registry } from '../registry.ts';
+import type { CertificateRecord, PolicyRecord, PolicyVersionRecord, Registry } from '../registry.ts';
 import type { ControlRequest, Route } from './http.ts';
 
 export interface OperationsContext {
@@ -19,6 +19,15 @@ export interface OperationsContext {
 }
 
 const seconds = (ms: number) => ms / 1000;
+
+const POLICY_VERSIONS = '/policies/{policyName}/version';
+
+const isDefault = (p: PolicyRecord, v: PolicyVersionRecord) => v.versionId === p.defaultVersionId;
+
+/** An operation on one version of a policy (/policies/{policyName}/version/{policyVersionId}). */
+function onPolicyVersion(operation: string, method: Route['method'], handle: (policyName: string, versionId: string) => unknown): Route {
+  return { operation, method, path: `${POLICY_VERSIONS}/{policyVersionId}`, handle: (req) => handle(req.params.policyName!, req.params.policyVersionId!) };
+}
 
 export function iotRoutes(ctx: OperationsContext): Route[] {
   const { registry, ca } = ctx;
@@ -210,64 +219,41 @@ export function iotRoutes(ctx: OperationsContext): Route[] {
     {
       operation: 'CreatePolicyVersion',
       method: 'POST',
-      path: '/policies/{policyName}/version',
+      path: POLICY_VERSIONS,
       handle(req) {
         const name = req.params.policyName!;
         const v = registry.createPolicyVersion(name, requiredString(req.json(), 'policyDocument'), queryBool(req, 'setAsDefault'));
         const p = registry.policy(name);
-        return { policyArn: p.policyArn, policyDocument: v.policyDocument, policyVersionId: v.versionId, isDefaultVersion: p.defaultVersionId === v.versionId };
+        return { policyArn: p.policyArn, policyDocument: v.policyDocument, policyVersionId: v.versionId, isDefaultVersion: isDefault(p, v) };
       },
     },
     {
       operation: 'ListPolicyVersions',
       method: 'GET',
-      path: '/policies/{policyName}/version',
+      path: POLICY_VERSIONS,
       handle(req) {
         const p = registry.policy(req.params.policyName!);
         return {
-          policyVersions: registry
-            .policyVersions(p.policyName)
-            .map((v) => ({ versionId: v.versionId, isDefaultVersion: v.versionId === p.defaultVersionId, createDate: seconds(v.createDate) })),
+          policyVersions: registry.policyVersions(p.policyName).map((v) => ({ versionId: v.versionId, isDefaultVersion: isDefault(p, v), createDate: seconds(v.createDate) })),
         };
       },
     },
-    {
-      operation: 'GetPolicyVersion',
-      method: 'GET',
-      path: '/policies/{policyName}/version/{policyVersionId}',
-      handle(req) {
-        const p = registry.policy(req.params.policyName!);
-        const v = registry.policyVersion(p.policyName, req.params.policyVersionId!);
-        return {
-          policyArn: p.policyArn,
-          policyName: p.policyName,
-          policyDocument: v.policyDocument,
-          policyVersionId: v.versionId,
-          isDefaultVersion: v.versionId === p.defaultVersionId,
-          creationDate: seconds(v.createDate),
-          lastModifiedDate: seconds(v.createDate),
-          generationId: p.generationId,
-        };
-      },
-    },
-    {
-      operation: 'SetDefaultPolicyVersion',
-      method: 'PATCH',
-      path: '/policies/{policyName}/version/{policyVersionId}',
-      handle(req) {
-        registry.setDefaultPolicyVersion(req.params.policyName!, req.params.policyVersionId!);
-        return undefined;
-      },
-    },
-    {
-      operation: 'DeletePolicyVersion',
-      method: 'DELETE',
-      path: '/policies/{policyName}/version/{policyVersionId}',
-      handle(req) {
-        registry.deletePolicyVersion(req.params.policyName!, req.params.policyVersionId!);
-        return undefined;
-      },
-    },
+    onPolicyVersion('GetPolicyVersion', 'GET', (name, versionId) => {
+      const p = registry.policy(name);
+      const v = registry.policyVersion(p.policyName, versionId);
+      return {
+        policyArn: p.policyArn,
+        policyName: p.policyName,
+        policyDocument: v.policyDocument,
+        policyVersionId: v.versionId,
+        isDefaultVersion: isDefault(p, v),
+        creationDate: seconds(v.createDate),
+        lastModifiedDate: seconds(v.createDate),
+        generationId: p.generationId,
+      };
+    }),
+    onPolicyVersion('SetDefaultPolicyVersion', 'PATCH', (name, versionId) => void registry.setDefaultPolicyVersion(name, versionId)),
+    onPolicyVersion('DeletePolicyVersion', 'DELETE', (name, versionId) => void registry.deletePolicyVersion(name, versionId)),
     {
       operation: 'ListPolicies',
       method: 'GET',

@@ -14,11 +14,22 @@ export function publishViolation(topic: string, payload: Buffer | string, qos: n
   return topicViolation(topic);
 }
 
-/** Topic (or filter) size and depth. Reserved `$aws/...` topics are exempt from the level count, as their fixed prefix is on AWS. */
+/** A Basic Ingest topic's reserved prefix: `$aws/rules/{rule name}/` (rule names: letters, digits, _). */
+export const BASIC_INGEST = /^\$aws\/rules\/([a-zA-Z0-9_]{1,128})\//;
+
+/**
+ * Topic (or filter) size and depth. Reserved `$aws/...` topics are exempt from the level count, as their
+ * fixed prefix is on AWS; a Basic Ingest topic is counted, bytes and levels, without its
+ * `$aws/rules/{rule}/` prefix (IoT Core quotas: "Topic size", "Maximum number of slashes").
+ */
 export function topicViolation(topic: string): string | undefined {
-  const size = Buffer.byteLength(topic);
-  if (size > MAX_TOPIC_BYTES) return `topic of ${size} bytes exceeds ${MAX_TOPIC_BYTES}`;
-  const levels = topic.split('/').length;
-  if (!topic.startsWith('$aws/') && levels > MAX_TOPIC_LEVELS) return `topic has ${levels} levels, more than ${MAX_TOPIC_LEVELS}`;
+  const ingest = BASIC_INGEST.exec(topic);
+  const counted = ingest ? topic.slice(ingest[0].length) : topic;
+  const size = Buffer.byteLength(counted);
+  if (size > MAX_TOPIC_BYTES) return `topic of ${size} bytes exceeds ${MAX_TOPIC_BYTES}${ingest ? ' (after the Basic Ingest prefix)' : ''}`;
+  const levels = counted.split('/').length;
+  if ((ingest || !topic.startsWith('$aws/')) && levels > MAX_TOPIC_LEVELS) {
+    return `topic has ${levels} levels, more than ${MAX_TOPIC_LEVELS}${ingest ? ' (after the Basic Ingest prefix)' : ''}`;
+  }
   return undefined;
 }

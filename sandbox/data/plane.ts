@@ -12,8 +12,10 @@ import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, ty
 import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
+import type { JobStore } from '../jobs.ts';
+import { isJobsAnswer, isJobsRequest, jobsPublishViolation, JobsTopics } from './jobs.ts';
 import { ShadowService } from './shadow.ts';
-import { MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
+import { BASIC_INGEST, MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
 export interface DataPlaneOptions {
   host: string;
@@ -27,6 +29,8 @@ export interface DataPlaneOptions {
   refusedSubscribe: 'close' | 'suback';
   /** Per-connection inbound quota over any one-second window; the excess is dropped without PUBACK. Null = none. */
   publishQuota: PublishQuota | null;
+  /** Jobs and their executions, served on the Jobs device MQTT topics (data/jobs.ts). */
+  jobs: JobStore;
   /** Called for every message the data plane accepted (device publishes and wills). */
   onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
 }
@@ -53,6 +57,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
   const sessions = new WeakMap<Client, Session>();
   const byCertificate = new Map<string, Set<Client>>();
   const shadows = new ShadowService();
+  const jobTopics = new JobsTopics(opts.jobs);
 
   const refuse = (client: Client, reason: string) => logger.info({ clientId: client.id, reason }, 'sandbox data plane: refused');
 
@@ -102,6 +107,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
         : !auth.isActive(s)
           ? 'certificate no longer ACTIVE'
           : (publishViolation(packet.topic, packet.payload, packet.qos) ??
+            jobsPublishViolation(packet.topic) ??
             (auth.canPublish(s, packet.topic, packet.retain) ? undefined : `iot:Publish not allowed on ${packet.topic}`));
       if (reason) {
         refuse(client, reason);
@@ -120,7 +126,9 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       const reason =
         count >= MAX_SUBSCRIPTIONS_PER_CONNECTION
           ? `more than ${MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions`
-          : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
+          : BASIC_INGEST.test(sub.topic)
+            ? 'Basic Ingest topics ($aws/rules/...) cannot be subscribed to'
+            : (topicViolation(sub.topic) ?? (auth.canSubscribe(s, sub.topic) ? undefined : `iot:Subscribe not allowed on ${sub.topic}`));
       if (reason) {
         refuse(client, reason);
         if (opts.refusedSubscribe === 'close') return done(new Error(reason), null); // aedes closes the connection
@@ -131,8 +139,14 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     },
 
     authorizeForward(client, packet) {
+      // Basic Ingest goes to its rule only, never to a subscriber (the observer still sees it).
+      if (BASIC_INGEST.test(packet.topic)) return null;
       const s = sessions.get(client);
       if (!s || !auth.isActive(s) || !auth.canReceive(s, packet.topic)) return null;
+      // A Jobs answer is handed to the client that asked, subscribed or not (it never goes to others);
+      // a Jobs request goes to the Jobs service only.
+      if (isJobsAnswer(packet.topic)) return packet;
+      if (isJobsRequest(packet.topic)) return null;
       // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
       const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
       if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
@@ -146,10 +160,21 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
         for (const a of shadows.handle(packet.topic, toBuffer(packet)) ?? []) {
           broker.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: 1, retain: false, dup: false }, () => undefined);
         }
+        for (const a of jobTopics.handle(packet.topic, toBuffer(packet)) ?? []) {
+          client.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: packet.qos === 0 ? 0 : 1, retain: false, dup: false }, () => undefined);
+        }
       }
       done(null);
     },
   });
+  // notify and notify-next go to the thing's subscribers whenever its pending executions change.
+  // Published on the next turn: the answer to the request that caused the change is handed over first,
+  // and aedes drops a packet older (by its broker counter) than one the client already got.
+  const onJobsChanged = (thing: string) =>
+    setImmediate(() => {
+      for (const n of jobTopics.notifications(thing)) broker.publish({ cmd: 'publish', topic: n.topic, payload: n.payload, qos: 1, retain: false, dup: false }, () => undefined);
+    });
+  opts.jobs.on('pendingChanged', onJobsChanged);
   broker.on('clientError', (client, err) => logger.debug?.({ clientId: client.id, err: err.message }, 'sandbox data plane: client error'));
   await broker.listen();
 
@@ -199,6 +224,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       ),
     async close() {
       registry.off('certificateDisabled', onDisabled);
+      opts.jobs.off('pendingChanged', onJobsChanged);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       for (const s of sockets) s.destroy();

@@ -1,0 +1,48 @@
+import type { AdminServer } from '../../admin/index.ts';
+import type { BatchSchedules } from '../../bridge/batching/schedules.ts';
+import type { Db } from '../../storage/db.ts';
+import type { Outbox } from '../../storage/outbox.ts';
+import type { DeliveryParts } from './delivery.ts';
+import type { IngressParts } from './ingress.ts';
+import type { Live } from './live.ts';
+import type { UpstreamParts } from './upstream.ts';
+import type { VendingParts } from './vending.ts';
+
+interface ShutdownDeps {
+  db: Db;
+  outbox: Outbox;
+  vending: VendingParts;
+  upstream: UpstreamParts;
+  delivery: DeliveryParts;
+  ingress: IngressParts;
+  schedules: BatchSchedules;
+  admin?: AdminServer;
+  controlPlane: { stop(): void };
+}
+
+/**
+ * Stops accepting, sends open batches (bounded), finishes in-flight commits, closes sessions and the
+ * database; the order matters. Called twice, it returns the same promise.
+ */
+export function shutdown(live: Live, deps: ShutdownDeps): () => Promise<void> {
+  let closing: Promise<void> | undefined;
+  const { dispatcher, downlink, jobs } = deps.delivery;
+  return () => {
+    closing ??= (async () => {
+      deps.controlPlane.stop();
+      await Promise.all([deps.ingress.close(), deps.admin?.close()]);
+      downlink.close();
+      jobs.close();
+      deps.schedules.stop();
+      await deps.outbox.settle();
+      await dispatcher.flush(live.config.shutdown.flushDeadlineMs);
+      deps.vending.vendor.stop();
+      await dispatcher.stop(live.config.shutdown.graceMs);
+      // Upstream first: aws-crt must let go of its callbacks before any thread of this process stops.
+      await deps.upstream.pool.closeAll();
+      await deps.outbox.close();
+      deps.db.close();
+    })();
+    return closing;
+  };
+}
