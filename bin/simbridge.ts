@@ -8,6 +8,7 @@ import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import type { Sandbox } from '../sandbox/index.ts';
 import { EXIT } from '../admin/cli/exit-codes.ts';
+import { StorageUnavailableError } from '../storage/files.ts';
 import { maskingLoggerOptions } from '../admin/mask.ts';
 
 const usage = `usage: simbridge <command> [options]
@@ -272,6 +273,10 @@ main(process.argv.slice(2)).then(
     if (err instanceof ConfigError) {
       console.error(err.message);
       process.exit(EXIT.config);
+    }
+    if (err instanceof StorageUnavailableError) {
+      console.error(`simbridge: ${err.message}`);
+      process.exit(EXIT.unavailable);
     }
     console.error(`simbridge: ${(err as Error).message ?? err}`);
     process.exit(EXIT.failure);

@@ -26,6 +26,7 @@ export const envOverrides: Record<string, string[]> = {
   SIMBRIDGE_SANDBOX_CONTROL_PORT: ['sandbox', 'controlPort'],
   SIMBRIDGE_SANDBOX_DATA_PORT: ['sandbox', 'dataPort'],
   SIMBRIDGE_LOG_LEVEL: ['log', 'level'],
+  SIMBRIDGE_STORAGE_URL: ['storage', 'url'],
 };
 
 /**
@@ -124,7 +125,9 @@ function article(expected: string): string {
 }
 
 function show(value: unknown): string {
-  return JSON.stringify(value) ?? String(value);
+  // A connection string's password (storage.url) never reaches a log or a terminal.
+  const shown = JSON.stringify(value) ?? String(value);
+  return shown.replace(/(\/\/[^/:@\s"]*:)[^@\s/"]*@/g, '$1***@');
 }
 
 function valueAt(raw: unknown, path: PropertyKey[]): unknown {

@@ -1,12 +1,9 @@
 import Database from 'better-sqlite3';
-import { readdirSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { prepareDatabaseFile, StorageError } from './files.ts';
+import { migrationFiles } from './migration-files.ts';
 
 export type Db = Database.Database;
-
-const migrationsDir = join(dirname(fileURLToPath(import.meta.url)), 'migrations');
 
 export interface OpenOptions {
   file: string;
@@ -18,7 +15,7 @@ export interface OpenOptions {
 
 /**
  * Opens the database in WAL mode (files private to this user: storage/files.ts) and applies pending
- * migrations (storage/migrations/NNN_name.sql, in order).
+ * migrations (storage/migrations/NNN_name.sql, in order; storage/migration-files.ts).
  */
 export function openDatabase(opts: OpenOptions): Db {
   if (opts.file !== ':memory:') prepareDatabaseFile(opts.file);
@@ -47,18 +44,12 @@ export function openDatabase(opts: OpenOptions): Db {
 function migrate(db: Db): void {
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
   const applied = new Set(db.prepare('SELECT version FROM schema_migrations').pluck().all() as number[]);
-  const files = readdirSync(migrationsDir).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
-  // Two files with one version: the second would be skipped silently as already applied.
-  const versions = files.map((f) => Number(f.split('_')[0]));
-  const twice = versions.find((v, i) => versions.indexOf(v) !== i);
-  if (twice !== undefined) throw new Error(`storage/migrations: two migrations are numbered ${twice}`);
-  for (const file of files) {
-    const version = Number(file.split('_')[0]);
+  for (const { version, name, path } of migrationFiles('sqlite')) {
     if (applied.has(version)) continue;
-    const sql = readFileSync(join(migrationsDir, file), 'utf8');
+    const sql = readFileSync(path, 'utf8');
     db.transaction(() => {
       db.exec(sql);
-      db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(version, file, Date.now());
+      db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(version, name, Date.now());
     }).immediate();
   }
 }

@@ -6,6 +6,11 @@ export class StorageError extends Error {
   override name = 'StorageError';
 }
 
+/** The database server cannot be reached (or refuses this client) at start: the CLI exits EX_UNAVAILABLE (69). */
+export class StorageUnavailableError extends StorageError {
+  override name = 'StorageUnavailableError';
+}
+
 const cause = (err: unknown) => {
   const e = err as NodeJS.ErrnoException;
   return e.code ? `${e.code}: ${e.message.replace(/^\w+: /, '').replace(/, \w+ '.*'$/, '')}` : String(e.message ?? e);

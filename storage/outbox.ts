@@ -15,7 +15,8 @@ export interface OutboxMessage extends NewMessage {
   id: number;
 }
 
-interface OutboxRow {
+/** An outbox row as both dialects return it. */
+export interface OutboxRow {
   id: number;
   imsi: string;
   device_topic: string;
@@ -25,7 +26,7 @@ interface OutboxRow {
   system: 0 | 1;
 }
 
-function toMessage(r: OutboxRow): OutboxMessage {
+export function toMessage(r: OutboxRow): OutboxMessage {
   return { id: r.id, imsi: r.imsi, deviceTopic: r.device_topic, payload: r.payload, qos: r.qos, receivedAt: r.received_at, system: r.system === 1 };
 }
 
@@ -66,26 +67,25 @@ export interface DeliveryOutbox {
 }
 
 /**
- * The durable uplink queue. Writes are group-committed: everything enqueued while the previous commit
- * was on its way (up to maxRows) shares the next transaction, and each promise settles only after that
- * commit, so a device is acknowledged only for what is on disk while synchronous=FULL commits stay few.
+ * The durable uplink queue's group commit, whatever the database. Writes are group-committed: everything
+ * enqueued while the previous commit was on its way (up to maxRows) shares the next transaction, and each
+ * promise settles only after that commit, so a device is acknowledged only for what is on disk while
+ * durable commits stay few. A dialect adds the reads from disk and the removals other than delivery.
  */
-export class Outbox implements DeliveryOutbox {
+export abstract class GroupCommitOutbox {
   private pending: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
-  private delivered = new Map<number, OutboxMessage>();
+  protected delivered = new Map<number, OutboxMessage>();
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
   /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
-  private readonly newestPerSim = new Map<string, number>();
+  protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
   private flushScheduled = false;
   /** The commit on its way, if any: the next one starts when it is done. */
   private committing: Promise<void> | undefined;
-  private readonly peekStmt;
-  private readonly deleteStmt;
   private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
   /**
    * Per SIM, the rows committed since the tail began, in order: every row of the SIM after `after` that
@@ -96,17 +96,14 @@ export class Outbox implements DeliveryOutbox {
   private tailBytes = 0;
 
   constructor(
-    private readonly db: Db,
     private readonly writer: CommitWriter,
     private readonly maxRows = 1000,
     /** Payload bytes the tails may hold in all; a SIM whose tail would pass it is read from disk again. */
     private readonly maxTailBytes = 32 * 1024 * 1024,
-  ) {
-    this.peekStmt = db.prepare(
-      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
-    );
-    this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    const rows = db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>;
+  ) {}
+
+  /** What the database holds at start: rows, bytes and the newest row id per SIM. */
+  protected loaded(rows: Array<{ imsi: string; rows: number; bytes: number; newest: number }>): void {
     for (const r of rows) {
       this.account(r.imsi, r.rows, r.bytes);
       this.newestPerSim.set(r.imsi, r.newest);
@@ -119,7 +116,7 @@ export class Outbox implements DeliveryOutbox {
     return { ...(this.perSim.get(imsi) ?? { rows: 0, bytes: 0 }) };
   }
 
-  private account(imsi: string, rows: number, bytes: number): void {
+  protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
     const u = this.perSim.get(imsi) ?? { rows: 0, bytes: 0 };
@@ -134,7 +131,7 @@ export class Outbox implements DeliveryOutbox {
     return this.removedPerSim.get(imsi) ?? 0;
   }
 
-  private removedUndelivered(imsi: string): void {
+  protected removedUndelivered(imsi: string): void {
     this.removedPerSim.set(imsi, this.removals(imsi) + 1);
   }
 
@@ -217,25 +214,16 @@ export class Outbox implements DeliveryOutbox {
     await this.writer.close();
   }
 
-  /** The oldest undelivered messages of one SIM after a given id, in order. */
-  peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
+  /**
+   * A SIM's rows after afterId answered from memory, when memory knows them: none newer than afterId, or
+   * all of them in the SIM's tail. Undefined when they must be read from disk.
+   */
+  protected fromMemory(imsi: string, afterId: number, limit: number): OutboxMessage[] | undefined {
     // Most reads of a sleepy device's queue look for rows newer than the last it has seen: none yet.
     if ((this.newestPerSim.get(imsi) ?? 0) <= afterId) return [];
     const tail = this.tails.get(imsi);
     if (tail && afterId >= tail.after) return this.peekTail(tail.rows, afterId, limit);
-    // Rows delivered but not yet deleted are skipped. They are rarely past the reader's cursor, so read
-    // just what is asked and read on only when some were skipped: widening every read by the number of
-    // delivered rows would copy a device's whole backlog (payloads included) on each read.
-    const found: OutboxMessage[] = [];
-    for (let after = afterId; ; ) {
-      const want = limit - found.length;
-      const rows = this.peekStmt.all(imsi, after, want) as OutboxRow[];
-      for (const r of rows) {
-        after = r.id;
-        if (!this.delivered.has(r.id)) found.push(toMessage(r));
-      }
-      if (rows.length < want || found.length >= limit) return found;
-    }
+    return undefined;
   }
 
   private peekTail(rows: OutboxMessage[], afterId: number, limit: number): OutboxMessage[] {
@@ -259,7 +247,7 @@ export class Outbox implements DeliveryOutbox {
   }
 
   /** A row left the outbox (delivered and deleted, dead-lettered, dropped): it leaves its tail too. */
-  private leaveTail(row: OutboxMessage): void {
+  protected leaveTail(row: OutboxMessage): void {
     const tail = this.tails.get(row.imsi);
     if (!tail) return;
     // Rows leave in the order they were delivered: from the head, which shift() drops without copying.
@@ -298,6 +286,50 @@ export class Outbox implements DeliveryOutbox {
     }
   }
 
+  /** SIMs that have queued messages (used at start-up to resume delivery). */
+  simsWithMessages(): string[] {
+    return [...this.perSim.keys()];
+  }
+}
+
+/** The outbox on SQLite: reads on the main connection while the writer thread commits (WAL). */
+export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
+  private readonly peekStmt;
+  private readonly deleteStmt;
+
+  constructor(
+    private readonly db: Db,
+    writer: CommitWriter,
+    maxRows = 1000,
+    maxTailBytes = 32 * 1024 * 1024,
+  ) {
+    super(writer, maxRows, maxTailBytes);
+    this.peekStmt = db.prepare(
+      'SELECT id, imsi, device_topic, payload, qos, received_at, system FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
+    );
+    this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
+    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>);
+  }
+
+  /** The oldest undelivered messages of one SIM after a given id, in order. */
+  peek(imsi: string, afterId: number, limit: number): OutboxMessage[] {
+    const known = this.fromMemory(imsi, afterId, limit);
+    if (known) return known;
+    // Rows delivered but not yet deleted are skipped. They are rarely past the reader's cursor, so read
+    // just what is asked and read on only when some were skipped: widening every read by the number of
+    // delivered rows would copy a device's whole backlog (payloads included) on each read.
+    const found: OutboxMessage[] = [];
+    for (let after = afterId; ; ) {
+      const want = limit - found.length;
+      const rows = this.peekStmt.all(imsi, after, want) as OutboxRow[];
+      for (const r of rows) {
+        after = r.id;
+        if (!this.delivered.has(r.id)) found.push(toMessage(r));
+      }
+      if (rows.length < want || found.length >= limit) return found;
+    }
+  }
+
   /** Moves a row to the dead letters with the reason it can never be delivered. */
   deadLetter(msg: OutboxMessage, reason: string): void {
     const moved = this.db.transaction(() => {
@@ -332,11 +364,6 @@ export class Outbox implements DeliveryOutbox {
       }
     })();
     return dropped;
-  }
-
-  /** SIMs that have queued messages (used at start-up to resume delivery). */
-  simsWithMessages(): string[] {
-    return [...this.perSim.keys()];
   }
 
   /** Depth, bytes and oldest message per SIM group. */

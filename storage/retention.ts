@@ -19,6 +19,9 @@ const RULES: Record<RetentionTarget, Rule> = {
   networkSessions: { table: 'network_sessions', key: 'ip', column: 'ended_at' },
 };
 
+/** Where a target's rows live and which column ages them (the PostgreSQL store reads the same rules). */
+export const retentionRule = (target: RetentionTarget): Readonly<Rule> => RULES[target];
+
 /** Table name of a target, for metrics and logs. */
 export const retentionTable = (target: RetentionTarget): string => RULES[target].table;
 

@@ -5,8 +5,6 @@ import { ClientTable } from '../bridge/radius/clients.ts';
 import { decodePacket, decodeVendorSpecific, encodePacket, type Packet } from '../bridge/radius/codec.ts';
 import { buildAccountingRequest } from '../bridge/radius/request.ts';
 import { decodeImeisv, encodeTbcd } from '../bridge/radius/threegpp.ts';
-import { openDatabase } from '../storage/db.ts';
-import { NetworkSessions } from '../storage/network-sessions.ts';
 
 const SECRET = 's3cret';
 const IMSI = '001010123456789';
@@ -156,88 +154,5 @@ describe('RADIUS clients', () => {
     expect(() => new ClientTable([{ address: '10.0.0.0/33', secret: 'x' }])).toThrow();
     expect(() => new ClientTable([{ address: 'nas.example', secret: 'x' }])).toThrow();
     expect(() => new ClientTable([{ address: '10.0.0.1', secret: '' }])).toThrow();
-  });
-});
-
-describe('network session table', () => {
-  const setup = () => {
-    let now = 1_000;
-    const db = openDatabase({ file: ':memory:', synchronous: 'full' });
-    return { s: new NetworkSessions(db, () => now), tick: (ms: number) => (now += ms) };
-  };
-  const report = (ip: string, acctSessionId: string, imsi = IMSI, nasIp = '192.0.2.1') => ({ ip, imsi, acctSessionId, nasIp });
-
-  it('evicts the previous holder of an IP on Start, and returns it', () => {
-    const { s } = setup();
-    expect(s.start(report('10.0.0.1', 'a')).created).toBe(true);
-    const r = s.start(report('10.0.0.1', 'b', '001010000000002'));
-    expect(r.ended.map((e) => [e.session.acctSessionId, e.cause])).toEqual([['a', 'evicted']]);
-    expect(s.byIp('10.0.0.1')?.imsi).toBe('001010000000002');
-    expect(s.count()).toBe(1);
-  });
-
-  it('removes on Stop only the session with that id', () => {
-    const { s } = setup();
-    s.start(report('10.0.0.1', 'a'));
-    expect(s.stop('10.0.0.1', 'old', '192.0.2.1')).toEqual([]);
-    expect(s.stop('10.0.0.2', 'a', '192.0.2.1')).toEqual([]);
-    expect(s.stop('10.0.0.1', 'a', '192.0.2.1').map((e) => e.cause)).toEqual(['stop']);
-    expect(s.byIp('10.0.0.1')).toBeUndefined();
-  });
-
-  it('does not re-open a stopped session from a replayed Start or Interim-Update within the replay window', () => {
-    let now = 1_000;
-    const db = openDatabase({ file: ':memory:', synchronous: 'full' });
-    const s = new NetworkSessions(db, () => now, 10_000);
-    s.start(report('10.0.0.1', 'a'));
-    s.stop('10.0.0.1', 'a', '192.0.2.1');
-    now += 9_000;
-    expect(s.start(report('10.0.0.1', 'a')).ignored).toBe('stopped_session');
-    expect(s.interim(report('10.0.0.1', 'a')).ignored).toBe('stopped_session');
-    expect(s.byIp('10.0.0.1')).toBeUndefined();
-    // Another NAS may reuse the id; a new id on the same IP is a new session.
-    expect(s.start(report('10.0.0.1', 'a', IMSI, '192.0.2.2')).created).toBe(true);
-    expect(s.start(report('10.0.0.1', 'b')).created).toBe(true);
-    now += 2_000;
-    expect(s.forgetOldStops()).toBe(1);
-  });
-
-  it('honours Event-Timestamp: news older than the replay window or than the session holding the IP changes nothing', () => {
-    let now = 100_000;
-    const db = openDatabase({ file: ':memory:', synchronous: 'full' });
-    const s = new NetworkSessions(db, () => now, 10_000);
-    expect(s.start({ ...report('10.0.0.1', 'a'), eventTime: now - 20_000 }).ignored).toBe('stale_event');
-    expect(s.start({ ...report('10.0.0.1', 'b', '001010000000002'), eventTime: now - 1_000 }).created).toBe(true);
-    now += 5_000;
-    // A Start from before b began (delayed or replayed) does not evict b.
-    expect(s.start({ ...report('10.0.0.1', 'c'), eventTime: now - 8_000 }).ignored).toBe('stale_event');
-    expect(s.byIp('10.0.0.1')?.acctSessionId).toBe('b');
-    expect(s.interim({ ...report('10.0.0.1', 'b', '001010000000002'), eventTime: now - 8_000 }).created).toBe(false);
-    expect(s.start({ ...report('10.0.0.1', 'd'), eventTime: now }).created).toBe(true);
-  });
-
-  it('refreshes on Interim-Update, keeping what the update omits, and creates when the Start was missed', () => {
-    const { s, tick } = setup();
-    s.start({ ...report('10.0.0.1', 'a'), imei: '490154203237518', ratType: 6 });
-    tick(500);
-    const r = s.interim({ ...report('10.0.0.1', 'a'), ratType: 8 });
-    expect(r.created).toBe(false);
-    expect(r.session).toMatchObject({ imei: '490154203237518', ratType: 8, startedAt: 1_000, updatedAt: 1_500, updates: 2 });
-    tick(1);
-    expect(s.interim(report('10.0.0.2', 'c')).created).toBe(true);
-    expect(s.byImsi(IMSI).map((x) => x.ip)).toEqual(['10.0.0.2', '10.0.0.1']);
-  });
-
-  it('clears a NAS on Accounting-On/Off and expires idle sessions', () => {
-    const { s, tick } = setup();
-    s.start(report('10.0.0.1', 'a', IMSI, '192.0.2.1'));
-    s.start(report('10.0.0.2', 'b', IMSI, '192.0.2.2'));
-    s.start({ ...report('10.0.0.3', 'c', IMSI, '192.0.2.1'), nasIdentifier: 'pgw-2' });
-    expect(s.clearNas('192.0.2.1', 'pgw-1', 'nas_on')).toEqual([]);
-    expect(s.clearNas('192.0.2.1', null, 'nas_on').map((e) => e.session.ip).sort()).toEqual(['10.0.0.1', '10.0.0.3']);
-    tick(10_000);
-    s.start(report('10.0.0.4', 'd'));
-    expect(s.expire(5_000).map((e) => [e.session.ip, e.cause])).toEqual([['10.0.0.2', 'expired']]);
-    expect(s.list().map((x) => x.ip)).toEqual(['10.0.0.4']);
   });
 });

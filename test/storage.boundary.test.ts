@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const FOLDERS = ['admin', 'app', 'bin', 'bridge', 'config', 'lib', 'sandbox', 'vending'];
 // Statements, and the database calls that run them (a RegExp's .exec is not one: it takes no template).
-const SQL = /\b(SELECT\s+[a-zA-Z*(]|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)|PRAGMA\s)|\.(prepare|pragma)\(|\.exec\(`|[dD]b\.(exec|transaction)\(/;
+const SQL = /\b(SELECT\s+[a-zA-Z*(]|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)|PRAGMA\s)|\.(prepare|pragma)\(|\.exec\(`|[dD]b\.(exec|transaction)\(|\.query\(\s*['"`]/;
 
 function sources(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -37,5 +37,7 @@ describe('storage boundary', () => {
     expect(SQL.test('DELETE FROM audit WHERE at < ?')).toBe(true);
     expect(SQL.test("const m = /^(\\d+)$/.exec(text);")).toBe(false);
     expect(SQL.test("method: 'DELETE',")).toBe(false);
+    expect(SQL.test("await pool.query('VACUUM outbox')")).toBe(true); // node-postgres
+    expect(SQL.test('const q = request.query;')).toBe(false);
   });
 });

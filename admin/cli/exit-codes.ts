@@ -4,6 +4,8 @@ export const EXIT = {
   failure: 1,
   notFound: 2,
   usage: 64,
+  /** EX_UNAVAILABLE: a service the command needs (the PostgreSQL server of storage.url) cannot be reached. */
+  unavailable: 69,
   /** EX_NOPERM: no token, a wrong one, too low a role, or sign-ins throttled. */
   auth: 77,
   /** EX_CONFIG: the configuration file does not validate. */

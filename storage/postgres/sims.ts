@@ -1,0 +1,273 @@
+import type pg from 'pg';
+import { sameDevice } from '../../lib/ids.ts';
+import { onlineSql } from '../activity.ts';
+import type { BindOutcome, ImportOutcome, NewSim, Sim, SimFilter, SimImportRow, SimListItem, SimPatch, SimRegistry, SimStatus } from '../sims.ts';
+import { transaction, type Pool, type Queryable } from './connect.ts';
+import { changed, Params } from './params.ts';
+
+interface SimRow {
+  imsi: string;
+  iccid: string | null;
+  msisdn: string | null;
+  group_name: string;
+  status: SimStatus;
+  bound_imei: string | null;
+  lock_mode: string | null;
+  thing_name: string;
+  tags: string;
+  secret_hash: string | null;
+  created_at: number;
+  last_seen_at: number | null;
+  delivered_at: number | null;
+}
+
+function fromRow(r: SimRow): Sim {
+  return {
+    imsi: r.imsi,
+    iccid: r.iccid,
+    msisdn: r.msisdn,
+    group: r.group_name,
+    status: r.status,
+    boundImei: r.bound_imei,
+    lockMode: r.lock_mode,
+    thingName: r.thing_name,
+    tags: JSON.parse(r.tags) as Record<string, string>,
+    secretHash: r.secret_hash,
+    createdAt: r.created_at,
+    lastSeenAt: r.last_seen_at,
+    deliveredAt: r.delivered_at ?? null,
+  };
+}
+
+const COLUMNS = 'imsi, iccid, msisdn, group_name, status, bound_imei, lock_mode, thing_name, tags, secret_hash, created_at, last_seen_at, delivered_at';
+
+/**
+ * The SIM registry on PostgreSQL, with the rules of storage/sims.ts (SimStore). It keeps no routing
+ * cache: on several nodes a cache needs invalidation from the others (LISTEN/NOTIFY) first.
+ */
+export class PgSimStore implements SimRegistry {
+  constructor(private readonly pool: Pool) {}
+
+  async get(imsi: string, db: Queryable = this.pool): Promise<Sim | undefined> {
+    const { rows } = await db.query<SimRow>(`SELECT ${COLUMNS} FROM sims WHERE imsi = $1`, [imsi]);
+    return rows[0] && fromRow(rows[0]);
+  }
+
+  async register(sim: NewSim): Promise<{ sim: Sim; created: boolean }> {
+    const r = await this.pool.query(
+      `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, created_at)
+       VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8) ON CONFLICT (imsi) DO NOTHING`,
+      [sim.imsi, sim.iccid ?? null, sim.msisdn ?? null, sim.group, sim.boundImei ?? null, sim.thingName, JSON.stringify(sim.tags ?? {}), Date.now()],
+    );
+    return { sim: (await this.get(sim.imsi))!, created: changed(r) === 1 };
+  }
+
+  async markSeen(imsi: string, at = Date.now()): Promise<void> {
+    await this.pool.query('UPDATE sims SET last_seen_at = $1 WHERE imsi = $2', [at, imsi]);
+  }
+
+  /** Notes that a message of the SIM reached IoT Core, once per binding (migration 008). */
+  async markDelivered(imsi: string, at = Date.now()): Promise<void> {
+    await this.pool.query('UPDATE sims SET delivered_at = $1 WHERE imsi = $2 AND delivered_at IS NULL', [at, imsi]);
+  }
+
+  async bindImei(imsi: string, imei: string | null, onlyIfUnbound = false): Promise<boolean> {
+    const sql = `UPDATE sims SET bound_imei = $1 WHERE imsi = $2${onlyIfUnbound ? ' AND bound_imei IS NULL' : ''}`;
+    return changed(await this.pool.query(sql, [imei, imsi])) === 1;
+  }
+
+  async setLockMode(imsi: string, mode: string | null): Promise<boolean> {
+    return changed(await this.pool.query('UPDATE sims SET lock_mode = $1 WHERE imsi = $2', [mode, imsi])) === 1;
+  }
+
+  async setSecretHash(imsi: string, hash: string | null): Promise<boolean> {
+    return changed(await this.pool.query('UPDATE sims SET secret_hash = $1 WHERE imsi = $2', [hash, imsi])) === 1;
+  }
+
+  async setStatus(imsi: string, status: SimStatus): Promise<boolean> {
+    return changed(await this.pool.query('UPDATE sims SET status = $1 WHERE imsi = $2', [status, imsi])) === 1;
+  }
+
+  async list(filter: SimFilter, page: { limit: number; after?: string; onlineSince: number }): Promise<{ items: SimListItem[]; total: number; next: string | null }> {
+    // Built twice: the count ignores `after` and the limit.
+    const build = (paged: boolean) => {
+      const p = new Params();
+      // Added on first use: PostgreSQL refuses a parameter its query does not use.
+      let since: string | undefined;
+      const online = () => onlineSql('s', (since ??= p.add(page.onlineSince)));
+      const where: string[] = [];
+      if (filter.group !== undefined) where.push(`s.group_name = ${p.add(filter.group)}`);
+      if (filter.status !== undefined) where.push(`s.status = ${p.add(filter.status)}`);
+      if (filter.bound !== undefined) where.push(filter.bound ? 's.bound_imei IS NOT NULL' : 's.bound_imei IS NULL');
+      if (filter.online !== undefined) where.push(filter.online ? online() : `NOT ${online()}`);
+      if (filter.tag) where.push(`(s.tags::jsonb ->> ${p.add(filter.tag.key)}::text) = ${p.add(filter.tag.value)}::text`);
+      if (filter.q) {
+        const q = p.add(filter.q);
+        where.push(`(strpos(s.imsi, ${q}::text) > 0 OR strpos(coalesce(s.iccid, ''), ${q}::text) > 0 OR strpos(coalesce(s.msisdn, ''), ${q}::text) > 0)`);
+      }
+      if (paged && page.after !== undefined) where.push(`s.imsi > ${p.add(page.after)}`);
+      const clause = where.length ? 'WHERE ' + where.join(' AND ') : '';
+      return paged
+        ? { text: `SELECT ${COLUMNS}, ${online()} AS online FROM sims s ${clause} ORDER BY s.imsi LIMIT ${p.add(page.limit + 1)}`, values: p.values }
+        : { text: `SELECT count(*) AS n FROM sims s ${clause}`, values: p.values };
+    };
+    const total = (await this.pool.query<{ n: number }>(build(false))).rows[0]!.n;
+    const { rows } = await this.pool.query<SimRow & { online: boolean }>(build(true));
+    const more = rows.length > page.limit;
+    const items = rows.slice(0, page.limit).map((r) => ({ ...fromRow(r), online: r.online }));
+    return { items, total, next: more ? items.at(-1)!.imsi : null };
+  }
+
+  async counts(onlineSince: number): Promise<Array<{ group: string; status: SimStatus; total: number; bound: number; online: number }>> {
+    const { rows } = await this.pool.query(
+      `SELECT s.group_name AS "group", s.status, count(*) AS total, count(s.bound_imei) AS bound, sum((${onlineSql('s', '$1')})::int) AS online
+       FROM sims s GROUP BY s.group_name, s.status ORDER BY s.group_name, s.status`,
+      [onlineSince],
+    );
+    return rows;
+  }
+
+  async isOnline(imsi: string, onlineSince: number): Promise<boolean> {
+    const { rows } = await this.pool.query<{ online: boolean }>(`SELECT ${onlineSql('s', '$2')} AS online FROM sims s WHERE s.imsi = $1`, [imsi, onlineSince]);
+    return rows[0]?.online === true;
+  }
+
+  async search(digits: string, limit = 10): Promise<Sim[]> {
+    const { rows } = await this.pool.query<SimRow>(
+      `SELECT ${COLUMNS} FROM sims WHERE imsi = $1 OR iccid = $1 OR right(imsi, length($1)) = $1
+         OR right(coalesce(iccid, ''), length($1)) = $1 OR right(coalesce(msisdn, ''), length($1)) = $1
+       ORDER BY coalesce(imsi = $1 OR iccid = $1, false) DESC, imsi LIMIT $2`,
+      [digits, limit],
+    );
+    return rows.map(fromRow);
+  }
+
+  async update(imsi: string, patch: SimPatch): Promise<Sim | undefined> {
+    const p = new Params();
+    const sets: string[] = [];
+    if (patch.group !== undefined) sets.push(`group_name = ${p.add(patch.group)}`);
+    if (patch.tags !== undefined) sets.push(`tags = ${p.add(JSON.stringify(patch.tags))}`);
+    if (patch.status !== undefined) sets.push(`status = ${p.add(patch.status)}`);
+    if (patch.lockMode !== undefined) sets.push(`lock_mode = ${p.add(patch.lockMode)}`);
+    if (sets.length) await this.pool.query(`UPDATE sims SET ${sets.join(', ')} WHERE imsi = ${p.add(imsi)}`, p.values);
+    return this.get(imsi);
+  }
+
+  /** As SimStore.bindImeiChecked; the row is locked between read and write, so two installers cannot both win. */
+  async bindImeiChecked(imsi: string, imei: string, force: boolean): Promise<BindOutcome> {
+    return transaction(this.pool, async (c): Promise<BindOutcome> => {
+      const { rows } = await c.query<SimRow>(`SELECT ${COLUMNS} FROM sims WHERE imsi = $1 FOR UPDATE`, [imsi]);
+      const sim = rows[0] && fromRow(rows[0]);
+      if (!sim) return { outcome: 'not_found' };
+      if (sim.status === 'terminated') return { outcome: 'terminated', sim };
+      if (sim.boundImei && sameDevice(sim.boundImei, imei)) return { outcome: 'unchanged', sim, previous: sim.boundImei };
+      if (sim.boundImei && !force) return { outcome: 'conflict', sim };
+      await c.query('UPDATE sims SET bound_imei = $1 WHERE imsi = $2', [imei, imsi]);
+      return { outcome: 'bound', sim: { ...sim, boundImei: imei }, previous: sim.boundImei };
+    });
+  }
+
+  /** As SimStore.upsertMany: one transaction; a dry run does all the work and rolls it back. */
+  async upsertMany(
+    rows: SimImportRow[],
+    opts: { force: boolean; dryRun?: boolean; now?: number; onRow?(row: SimImportRow, outcome: ImportOutcome): void },
+  ): Promise<ImportOutcome[]> {
+    const now = opts.now ?? Date.now();
+    try {
+      return await transaction(this.pool, async (c) => {
+        const outcomes: ImportOutcome[] = [];
+        for (const row of rows) {
+          const outcome = await this.upsertOne(c, row, opts.force, now);
+          opts.onRow?.(row, outcome);
+          outcomes.push(outcome);
+        }
+        if (opts.dryRun) throw new DryRun(outcomes);
+        return outcomes;
+      });
+    } catch (err) {
+      if (err instanceof DryRun) return err.outcomes;
+      throw err;
+    }
+  }
+
+  private async upsertOne(c: pg.PoolClient, row: SimImportRow, force: boolean, now: number): Promise<ImportOutcome> {
+    if (row.iccid) {
+      const holder = (await c.query<{ imsi: string }>('SELECT imsi FROM sims WHERE iccid = $1', [row.iccid])).rows[0]?.imsi;
+      if (holder !== undefined && holder !== row.imsi) return { result: 'failed', field: 'iccid', message: `ICCID already belongs to SIM ${holder}` };
+    }
+    const existing = (await c.query<SimRow>(`SELECT ${COLUMNS} FROM sims WHERE imsi = $1`, [row.imsi])).rows[0];
+    if (!existing) {
+      const failed = await guarded(c, () =>
+        c.query(
+          `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, secret_hash, created_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9)`,
+          [row.imsi, row.iccid ?? null, row.msisdn ?? null, row.group, row.imei ?? null, row.thingName, JSON.stringify(row.tags ?? {}), row.secretHash ?? null, now],
+        ),
+      );
+      if (failed) return { result: 'failed', field: 'imsi', message: failed };
+      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined, secretSet: row.secretHash !== undefined };
+    }
+    const cur = fromRow(existing);
+    if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
+      if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
+      if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
+    }
+    const next = {
+      iccid: row.iccid ?? cur.iccid,
+      msisdn: row.msisdn ?? cur.msisdn,
+      group: row.group,
+      imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
+      tags: JSON.stringify(row.tags ?? cur.tags),
+      secretHash: row.secretHash ?? cur.secretHash,
+    };
+    if (
+      next.iccid === cur.iccid &&
+      next.msisdn === cur.msisdn &&
+      next.group === cur.group &&
+      next.imei === cur.boundImei &&
+      next.tags === existing.tags &&
+      next.secretHash === cur.secretHash
+    ) {
+      return { result: 'unchanged' };
+    }
+    const failed = await guarded(c, () =>
+      c.query('UPDATE sims SET iccid = $1, msisdn = $2, group_name = $3, bound_imei = $4, tags = $5, secret_hash = $6 WHERE imsi = $7', [
+        next.iccid, next.msisdn, next.group, next.imei, next.tags, next.secretHash, row.imsi,
+      ]),
+    );
+    if (failed) return { result: 'failed', field: 'iccid', message: failed };
+    return {
+      result: 'updated',
+      imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined,
+      secretSet: next.secretHash !== cur.secretHash,
+    };
+  }
+}
+
+/**
+ * Runs one statement of a larger transaction in a savepoint: a constraint violation fails that row only
+ * (PostgreSQL would otherwise abort the whole transaction). Resolves with the row's failure message, if any.
+ */
+async function guarded(c: pg.PoolClient, statement: () => Promise<unknown>): Promise<string | undefined> {
+  await c.query('SAVEPOINT row');
+  try {
+    await statement();
+    await c.query('RELEASE SAVEPOINT row');
+    return undefined;
+  } catch (err) {
+    await c.query('ROLLBACK TO SAVEPOINT row');
+    return constraintMessage(err);
+  }
+}
+
+class DryRun extends Error {
+  constructor(readonly outcomes: ImportOutcome[]) {
+    super('dry run');
+  }
+}
+
+function constraintMessage(err: unknown): string {
+  const e = err as { constraint?: string; message?: string };
+  if (e.constraint === 'sims_thing_name_key') return 'thing name already used by another SIM (check the vending.thingName template)';
+  if (e.constraint === 'sims_iccid_key') return 'ICCID already belongs to another SIM';
+  return e.message ?? String(err);
+}
