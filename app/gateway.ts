@@ -55,6 +55,8 @@ async function assemble(live: Live, db: Db, log: Logger, env: NodeJS.ProcessEnv)
   const ingress = await startIngress(live, { stores, delivery, metrics, log });
   delivery.dispatcher.start();
   const controlPlane = await checkControlPlane(live, upstream, vending);
+  // A topic template changed while the gateway was down reaches devices vended before, not only new ones.
+  void vending.vendor.syncPolicies(Object.keys(live.config.groups));
   const schedules = startBatchSchedules(live, delivery.dispatcher);
   const admin = await startAdminApi(live, { db, stores, metrics, vending, upstream, ingress, log });
 
@@ -68,7 +70,7 @@ async function assemble(live: Live, db: Db, log: Logger, env: NodeJS.ProcessEnv)
     upstreamWarning: controlPlane.warning,
     db,
     metrics,
-    reload: reloader(live, { stores, cipher, schedules, dispatcher: delivery.dispatcher, env, log }),
+    reload: reloader(live, { stores, cipher, schedules, dispatcher: delivery.dispatcher, syncPolicies: (groups) => vending.vendor.syncPolicies(groups), env, log }),
     close: shutdown(live, { db, outbox, vending, upstream, delivery, ingress, schedules, admin, controlPlane }),
   };
 }

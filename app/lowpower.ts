@@ -46,3 +46,11 @@ export async function startLowpowerIngress(config: Config, parts: LowpowerParts)
     close: async () => void (await Promise.all([coap?.close(), udp?.close()])),
   };
 }
+
+/** Readiness of the CoAP and UDP listeners that are enabled (for /readyz). */
+export function lowpowerChecks(lowpower: { coap?: { listening(): boolean }; udp?: { listening(): boolean } }): Record<string, boolean> {
+  return {
+    ...(lowpower.coap ? { coap: lowpower.coap.listening() } : {}),
+    ...(lowpower.udp ? { udp: lowpower.udp.listening() } : {}),
+  };
+}

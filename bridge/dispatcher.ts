@@ -405,6 +405,9 @@ export class Dispatcher {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
+                // The session goes now, not once the rest has settled: a later publish still queued in it
+                // (aws-crt resends its queue after a reconnect) would otherwise arrive before this one's resend.
+                void this.opts.pool.discard(session).catch(() => undefined);
                 // IoT Core closed the connection to refuse a subscription: no message is to blame.
                 if ((err as { subscriptionRefused?: boolean })?.subscriptionRefused) return;
                 const oldest = Math.min(...unacked);

@@ -145,10 +145,10 @@ export class Downlink {
     return this.opts.store.pending(imsi);
   }
 
-  /** The response carrying these messages reached the device: they are not returned again. */
-  delivered(ids: number[]): void {
+  /** The response carrying these messages reached the device (over `protocol`): they are not returned again. */
+  delivered(ids: number[], protocol: 'http' | 'coap' | 'udp' = 'http'): void {
     this.opts.store.remove(ids).catch((err) => this.opts.log.warn({ err: String(err) }, 'delivered downlink not removed; it may be sent again'));
-    if (ids.length) this.opts.metrics.downlink.inc({ protocol: 'http', result: 'delivered' }, ids.length);
+    if (ids.length) this.opts.metrics.downlink.inc({ protocol, result: 'delivered' }, ids.length);
   }
 
   close(): void {

@@ -15,7 +15,7 @@ const floodGuard = {
     .int()
     .min(65_536)
     .default(4 * 1024 ** 2)
-    .describe('kernel receive buffer of the socket (SO_RCVBUF, capped by net.core.rmem_max): datagrams arriving while the event loop is busy wait here instead of being dropped'),
+    .describe('kernel receive buffer of the socket (SO_RCVBUF, capped by net.core.rmem_max), and the most bytes of datagrams waiting for the main thread: past it they are dropped and counted'),
 };
 
 export const coapListenerSection = z

@@ -15,6 +15,9 @@ interface Entry<T> {
 
 /** Maps addresses and CIDR blocks (IPv4 or IPv6) to values; the most specific match wins. */
 export class AddressTable<T> {
+  /** Single addresses (/32, /128), the most specific entries there are: found by one map lookup. */
+  private readonly hosts = new Map<string, T>();
+  /** Wider blocks, most specific first: BlockList.check costs a SocketAddress per call, so only these are scanned. */
   private readonly entries: Entry<T>[] = [];
 
   /** Throws on an address that is not an IP or CIDR: a configuration error, found at startup. */
@@ -26,6 +29,11 @@ export class AddressTable<T> {
     if (!family || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
       throw new Error(`not an IP address or CIDR block: ${address}`);
     }
+    if (prefix === max) {
+      // One spelling per address (::1 and 0:0::1 alike), as lookup() normalises what it is given.
+      this.hosts.set(canonical(addr!, family), value);
+      return;
+    }
     const block = new BlockList();
     block.addSubnet(addr!, prefix, family === 4 ? 'ipv4' : 'ipv6');
     this.entries.push({ block, specificity: family === 4 ? prefix + 96 : prefix, value });
@@ -36,10 +44,22 @@ export class AddressTable<T> {
     const ip = normaliseAddress(address);
     const family = isIP(ip);
     if (!family) return undefined;
+    const host = this.hosts.get(canonical(ip, family));
+    if (host !== undefined) return host;
     return this.entries.find((e) => e.block.check(ip, family === 4 ? 'ipv4' : 'ipv6'))?.value;
   }
 
   get size(): number {
-    return this.entries.length;
+    return this.hosts.size + this.entries.length;
+  }
+}
+
+/** An address in one spelling: IPv4 as given (isIP accepts only dotted quads), IPv6 through the URL parser (compressed, lower case). */
+function canonical(address: string, family: number): string {
+  if (family === 4) return address;
+  try {
+    return new URL(`http://[${address}]/`).hostname;
+  } catch {
+    return address.toLowerCase(); // a zone id (fe80::1%eth0) is not a URL host
   }
 }

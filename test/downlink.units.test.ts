@@ -44,7 +44,7 @@ function setup(maxSubscriptions: number) {
     db.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  return { link, downlink, device: { sim, source: 'claimed' } };
+  return { link, downlink, metrics, device: { sim, source: 'claimed' } };
 }
 
 /** The refusal a subscribe ends in (fails the test if it is granted). */
@@ -74,5 +74,18 @@ describe('downlink refusals', () => {
     const refused = await refusal(downlink.subscribe(device, 'secret', 1, () => undefined));
     expect(refused.reason).toBe('upstream_refused');
     expect(refused.message).toMatch(/refused upstream/);
+  });
+});
+
+describe('downlink metric', () => {
+  it('counts held messages delivered in a CoAP or UDP answer under that protocol', async () => {
+    const { downlink, metrics } = setup(50);
+    downlink.delivered([101, 102], 'coap');
+    downlink.delivered([103], 'udp');
+    downlink.delivered([104]);
+    const text = await metrics.registry.metrics();
+    expect(text).toMatch(/simbridge_downlink_messages_total\{protocol="coap",result="delivered"\} 2/);
+    expect(text).toMatch(/simbridge_downlink_messages_total\{protocol="udp",result="delivered"\} 1/);
+    expect(text).toMatch(/simbridge_downlink_messages_total\{protocol="http",result="delivered"\} 1/);
   });
 });

@@ -100,6 +100,12 @@ describe.skipIf(!client)('CoAP ingress with coap-client-notls as the device', ()
     expect(bad.out).toMatch(/4\.00 invalid_imsi/);
   });
 
+  it('reports the CoAP listener in /readyz', async () => {
+    const ready = (await (await fetch(`http://127.0.0.1:${gateway.adminPort}/readyz`)).json()) as { checks: Record<string, boolean> };
+    expect(ready.checks).toMatchObject({ coap: true, mqtt: true, http: true });
+    expect(ready.checks).not.toHaveProperty('udp'); // not enabled here
+  });
+
   it('answers GET /self, and in CBOR when asked with Accept 60', async () => {
     const json = await coapClient(client!, ['-m', 'get', `${url}/self?${claim(SIMS.cbor)}`]);
     expect(JSON.parse(json.out.trim())).toMatchObject({ imsi: SIMS.cbor, imei: X, thing: `sim-${SIMS.cbor}` });

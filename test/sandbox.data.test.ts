@@ -264,3 +264,36 @@ describe('observer', () => {
     expect(received).toEqual([]);
   });
 });
+
+describe('data plane with propagation delays (propagation.certificatesMs, attachmentsMs)', () => {
+  it('refuses a new certificate until it has propagated, and drops a deactivated one only after the delay', async () => {
+    const delayMs = 1500;
+    const slowDir = mkdtempSync(join(tmpdir(), 'simbridge-sandbox-slow-'));
+    const slow = await startSandbox({ dataDir: slowDir, controlPort: 0, dataPort: 0, observerPort: 0, propagation: { certificatesMs: delayMs, attachmentsMs: delayMs } });
+    const slowIot = sandboxIotClient(slow.controlEndpoint);
+    const connect = (dev: VendedThing) =>
+      mqtt.connectAsync(`mqtts://${slow.dataHost}:${slow.dataPort}`, { ca: slow.caPem, cert: dev.certPem, key: dev.keyPem, clientId: dev.thingName, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000 }, false);
+    try {
+      const dev = await vendThing(slowIot, 'thing-slow');
+      const vendedAt = Date.now();
+      // The control plane answered at once; the data plane does not know the certificate yet.
+      expect(await refusedCode(connect(dev))).toBe('closed');
+      await sleep(Math.max(0, vendedAt + delayMs + 200 - Date.now()));
+      const client = await connect(dev);
+      clients.push(client);
+      const closed = whenClosed(client);
+      let closedAt: number | undefined;
+      void closed.then(() => (closedAt = Date.now()));
+      const deactivatedAt = Date.now();
+      await slowIot.send(new UpdateCertificateCommand({ certificateId: dev.certificateId, newStatus: 'INACTIVE' }));
+      await sleep(delayMs / 2);
+      expect(closedAt).toBeUndefined();
+      await closed;
+      expect(closedAt! - deactivatedAt).toBeGreaterThanOrEqual(delayMs - 100);
+    } finally {
+      slowIot.destroy();
+      await slow.close();
+      rmSync(slowDir, { recursive: true, force: true });
+    }
+  }, 30_000);
+});

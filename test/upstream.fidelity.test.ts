@@ -1,7 +1,7 @@
 // simbridge against a sandbox that behaves as IoT Core documents (docs/fidelity.md): each test here
 // failed against the gateway before it learned to cope with that behaviour.
 import { join } from 'node:path';
-import { AttachPolicyCommand, CreatePolicyCommand, UpdateCertificateCommand } from '@aws-sdk/client-iot';
+import { AttachPolicyCommand, CreatePolicyCommand, GetPolicyCommand, ListPolicyVersionsCommand, UpdateCertificateCommand } from '@aws-sdk/client-iot';
 import Database from 'better-sqlite3';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -172,6 +172,54 @@ describe('changes take time to propagate on IoT Core', () => {
     expect(gateway.output).toMatch(/policy updated to a new default version/);
     expect(gateway.output).toMatch(/upstream delivery failed/);
   }, 90_000);
+});
+
+describe('policies have a life cycle', () => {
+  it('brings a group policy up to date at start and on reload when its topic template changed, with no new device', async () => {
+    const dir = tempDir('fidelity-policy-sync');
+    const sandbox = await startSandboxProcess(dir);
+    cleanups.push(() => sandbox.process.kill());
+    const withTemplate = (upstreamTopic: string) => gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any', upstreamTopic } } });
+    const { file } = await withTemplate('devices/{thing}/{topic}');
+    let gateway = await startGatewayProcess(file);
+    cleanups.push(() => gateway.kill());
+    const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/topics/data?qos=1`, { method: 'POST', headers: { 'x-imsi': '001010000000905', 'x-imei': IMEI }, body: 'vend' });
+    expect(res.status).toBe(202);
+
+    const iot = sandboxIotClient(sandbox.controlEndpoint);
+    cleanups.push(async () => iot.destroy());
+    const policyName = 'simbridge-default';
+    const defaultPolicy = async () => iot.send(new GetPolicyCommand({ policyName })).catch(() => undefined);
+    const until = async (cond: (p: NonNullable<Awaited<ReturnType<typeof defaultPolicy>>>) => boolean, what: string) => {
+      for (const end = Date.now() + 30_000; ; ) {
+        const p = await defaultPolicy();
+        if (p && cond(p)) return p;
+        if (Date.now() > end) throw new Error(`policy never ${what}: ${JSON.stringify(p)}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const first = await until(() => true, 'created by the first vend');
+    expect(first.policyDocument).toContain(':topic/devices/');
+    const certificates = (await sandboxState(sandbox)).certificates.length;
+    expect(certificates).toBe(1);
+
+    // A reload (the file changes) with another template: a new default version, without a new device.
+    await withTemplate('fleet/{thing}/{topic}');
+    const reloaded = await until((p) => p.defaultVersionId !== first.defaultVersionId, 'updated on reload');
+    expect(reloaded.policyDocument).toContain(':topic/fleet/');
+
+    // Changed while the gateway was down: brought up to date at start.
+    await gateway.kill();
+    await withTemplate('site/{thing}/{topic}');
+    gateway = await startGatewayProcess(file);
+    cleanups.push(() => gateway.kill());
+    const restarted = await until((p) => p.defaultVersionId !== reloaded.defaultVersionId, 'updated at start');
+    expect(restarted.policyDocument).toContain(':topic/site/');
+    const versions = await iot.send(new ListPolicyVersionsCommand({ policyName }));
+    expect(versions.policyVersions?.filter((v) => v.isDefaultVersion).map((v) => v.versionId)).toEqual([restarted.defaultVersionId]);
+    expect((await sandboxState(sandbox)).certificates.length).toBe(certificates);
+    expect(gateway.output).toMatch(/policy updated to a new default version/);
+  }, 120_000);
 });
 
 describe('the shadow service answers on /accepted, /rejected and /delta', () => {

@@ -107,6 +107,16 @@ export class AwsIotProvider implements VendingProvider {
     return 'updated';
   }
 
+  async describePolicy(policyName: string, abortSignal: AbortSignal) {
+    try {
+      const p = await this.client.send(new GetPolicyCommand({ policyName }), { abortSignal });
+      return p.policyArn && p.policyDocument !== undefined ? { policyArn: p.policyArn, document: p.policyDocument } : undefined;
+    } catch (err) {
+      if (err instanceof ResourceNotFoundException) return undefined;
+      throw err;
+    }
+  }
+
   async attachPolicy(policyName: string, target: string, abortSignal: AbortSignal) {
     await this.client.send(new AttachPolicyCommand({ policyName, target }), { abortSignal });
   }

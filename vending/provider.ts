@@ -18,6 +18,8 @@ export interface VendingProvider {
    * DeletePolicyVersion (the oldest non-default, at five versions) and CreatePolicyVersion as default.
    */
   ensurePolicy(policyName: string, document: string, signal: AbortSignal): Promise<PolicyOutcome>;
+  /** GetPolicy: the policy's ARN and default document; undefined when it does not exist. */
+  describePolicy(policyName: string, signal: AbortSignal): Promise<{ policyArn: string; document: string } | undefined>;
   /** AttachPolicy (idempotent). */
   attachPolicy(policyName: string, certificateArn: string, signal: AbortSignal): Promise<void>;
   /** AttachThingPrincipal (idempotent). */

@@ -10,6 +10,7 @@ import { Lease, leaseOwnerId } from './lease.ts';
 import { OrphanSweeper } from './orphans.ts';
 import type { VendingProvider } from './provider.ts';
 import { WorkQueue, type Outcome } from './queue.ts';
+import { syncPolicies, type PolicySyncOutcome } from './policy-sync.ts';
 import { Retirer } from './retire.ts';
 import { backoffMs, sleep, type FailureKind } from './retry.ts';
 import { scheduleRotation } from './rotation.ts';
@@ -289,6 +290,15 @@ export class Vendor {
   /** Runs the orphan sweep now (it also runs periodically after start()). */
   sweepOrphans(): Promise<number> {
     return this.sweeper.sweep();
+  }
+
+  /**
+   * Brings the policies of these groups in IoT Core up to their current rendering (at start, and for
+   * the groups a reload changed), so devices vended earlier get a changed topic template too.
+   */
+  syncPolicies(groups: string[]): Promise<Map<string, PolicySyncOutcome>> {
+    const { provider, log, onPolicyUpdated } = this.opts;
+    return syncPolicies(groups.map((g) => this.opts.policyFor(g)), { provider, gate: this.gate, log, onPolicyUpdated });
   }
 
   /** Retires every certificate that is due now (it also runs periodically after start()). */

@@ -7,6 +7,7 @@ import { freeBytes } from '../../storage/files.ts';
 import type { Stores } from '../../storage/index.ts';
 import { fillName } from '../../vending/policy.ts';
 import type { IngressParts } from './ingress.ts';
+import { lowpowerChecks } from '../lowpower.ts';
 import type { Live } from './live.ts';
 import type { UpstreamParts } from './upstream.ts';
 import type { VendingParts } from './vending.ts';
@@ -42,7 +43,7 @@ export async function startAdminApi(live: Live, deps: AdminStepDeps): Promise<Ad
     ready: () => {
       const upstream = health.checks();
       // A full disk makes every commit fail (503 to devices): a balancer should send them elsewhere.
-      const checks = { database: deps.db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...upstream.checks };
+      const checks = { database: deps.db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...lowpowerChecks(deps.ingress.lowpower), ...upstream.checks };
       // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
       const warnings = identityFindings(live.config).filter((f) => f.severity !== 'note').map(describeFinding);
       return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons, warnings };

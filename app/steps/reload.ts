@@ -5,6 +5,8 @@ import type { Config } from '../../config/schema.ts';
 import type { Stores } from '../../storage/index.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey } from '../../vending/master-key.ts';
+import { groupPolicy } from '../../vending/policy.ts';
+import { changedGroups } from '../../vending/policy-sync.ts';
 import type { Live } from './live.ts';
 import { masterKeys } from './storage.ts';
 
@@ -16,6 +18,8 @@ interface ReloadDeps {
   cipher: KeyCipher;
   schedules: BatchSchedules;
   dispatcher: Dispatcher;
+  /** Brings these groups' policies in IoT Core up to date (vending/policy-sync.ts). */
+  syncPolicies(groups: string[]): Promise<unknown>;
   env: NodeJS.ProcessEnv;
   log: Logger;
 }
@@ -35,6 +39,7 @@ export function reloader(live: Live, deps: ReloadDeps): (next: Config) => string
     const kept = Object.fromEntries(restartOnlyKeys.map((k) => [k, config[k]]));
     live.config = { ...next, ...kept, storage: { ...config.storage, outbox: next.storage.outbox } } as Config;
     deps.schedules.apply(live.config.groups);
+    void deps.syncPolicies(changedGroups(Object.keys(live.config.groups), (g) => groupPolicy(config, g), (g) => groupPolicy(live.config, g)));
     // New thresholds may make open batches due now.
     deps.dispatcher.start();
     return needRestart;

@@ -69,7 +69,15 @@ export class Collector {
   received = 0;
   probes = 0;
 
-  constructor(private readonly plainPort: number) {}
+  /**
+   * `plainPort`: where mosquitto_sub subscribes. `probePort`: where the start-up probe is published
+   * (default the same listener; a read-only tap such as the sandbox observer is probed through a broker
+   * whose messages reach it).
+   */
+  constructor(
+    private readonly plainPort: number,
+    private readonly probePort = plainPort,
+  ) {}
 
   private closing = false;
 
@@ -79,7 +87,7 @@ export class Collector {
     const deadline = Date.now() + 15_000;
     while (this.probes === 0) {
       if (Date.now() > deadline) throw new Error('collector: no probe message within 15 s');
-      await probe(this.plainPort);
+      await probe(this.probePort);
       await sleep(200);
     }
   }

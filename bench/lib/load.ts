@@ -79,14 +79,30 @@ export interface MergedRun {
 export class LoadPool {
   private constructor(private readonly workers: Worker[]) {}
 
-  static async start(target: Target, specs: DeviceSpec[], opts: { workers: number; reconnectPeriodMs?: number; noDelay?: boolean }): Promise<LoadPool> {
+  /** `concurrency`, `timeoutMs`: per worker, as the worker's connect command takes them (large fleets need more of both). */
+  static async start(
+    target: Target,
+    specs: DeviceSpec[],
+    opts: { workers: number; reconnectPeriodMs?: number; noDelay?: boolean; concurrency?: number; timeoutMs?: number },
+  ): Promise<LoadPool> {
     const n = Math.max(1, Math.min(opts.workers, specs.length));
     const workers = Array.from({ length: n }, () => forkWorker('worker'));
     const pool = new LoadPool(workers);
     try {
       const results = await Promise.all(
         workers.map((w, k) =>
-          w.call<ConnectResult>({ cmd: 'connect', target, devices: specs.filter((_, i) => i % n === k), reconnectPeriodMs: opts.reconnectPeriodMs ?? 0, noDelay: opts.noDelay ?? (process.env.BENCH_DEVICE_NODELAY ? process.env.BENCH_DEVICE_NODELAY === '1' : undefined) }, 120_000),
+          w.call<ConnectResult>(
+            {
+              cmd: 'connect',
+              target,
+              devices: specs.filter((_, i) => i % n === k),
+              reconnectPeriodMs: opts.reconnectPeriodMs ?? 0,
+              noDelay: opts.noDelay ?? (process.env.BENCH_DEVICE_NODELAY ? process.env.BENCH_DEVICE_NODELAY === '1' : undefined),
+              concurrency: opts.concurrency,
+              timeoutMs: opts.timeoutMs,
+            },
+            (opts.timeoutMs ?? 120_000) + 20_000,
+          ),
         ),
       );
       // Every device must be up: the runs measure delivery, not connecting.

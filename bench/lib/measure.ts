@@ -10,7 +10,7 @@ export function newTag(prefix: string): string {
 }
 
 export interface RunFigures {
-  /** Unique messages delivered upstream per second, first send to last delivery. */
+  /** Unique messages delivered upstream per second, first send to last delivery (or to the end of sending, if later). */
   msgs_per_s: number;
   /** Device acknowledgements per second while sending. */
   acked_msgs_per_s: number;
@@ -77,7 +77,9 @@ export async function measuredRun(
   await collector.waitUntil(() => stats.unique >= run.acked, { timeoutMs: opts.drainTimeoutMs ?? 120_000, quietMs: opts.quietMs ?? 20_000 });
   const cpu1 = opts.pid ? cpuSeconds(opts.pid) : null;
   const rssKb = rss?.stop() ?? null;
-  const spanS = Math.max(0.001, ((stats.lastAt || run.sendingEndedAt) - run.startedAt) / 1000);
+  // Never shorter than the sending: a path that stalls early (e.g. an upstream that drops the excess
+  // without PUBACK) delivered its few messages over the whole run, not over its first second.
+  const spanS = Math.max(0.001, (Math.max(stats.lastAt, run.sendingEndedAt) - run.startedAt) / 1000);
   return {
     msgs_per_s: stats.unique / spanS,
     acked_msgs_per_s: run.acked / Math.max(0.001, (run.sendingEndedAt - run.startedAt) / 1000),

@@ -91,12 +91,14 @@ export const defaultBridgeSettings: BridgeSettings = { maxInflight: 100, maxQueu
  */
 export async function bridgeBroker(
   dir: string,
-  opts: { upstreamTlsPort: number; tls: TlsFiles; clientId: string; settings: BridgeSettings; port?: number },
+  opts: { upstreamTlsPort: number; tls: TlsFiles; clientId: string; settings: BridgeSettings; port?: number; name?: string },
 ): Promise<{ broker: MosquittoProcess; port: number }> {
   const port = opts.port ?? (await freePort());
-  const pdir = join(dir, 'bridge-persist');
+  // Its own config and persistence directory per name, so two bridges can run side by side.
+  const name = opts.name ?? 'bridge';
+  const pdir = join(dir, `${name}-persist`);
   mkdirSync(pdir, { recursive: true });
-  const conf = join(dir, 'bridge.conf');
+  const conf = join(dir, `${name}.conf`);
   const s = opts.settings;
   writeFileSync(
     conf,
@@ -123,7 +125,7 @@ export async function bridgeBroker(
       '',
     ].join('\n'),
   );
-  const broker = new MosquittoProcess('bridge mosquitto', MOSQUITTO, conf, [port]);
+  const broker = new MosquittoProcess(`${name} mosquitto`, MOSQUITTO, conf, [port]);
   await broker.start();
   return { broker, port };
 }

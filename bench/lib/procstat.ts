@@ -38,6 +38,16 @@ export function cpuSeconds(pid: number): number | null {
   }
 }
 
+/** The soft limit on open files of a process (`Max open files` in /proc/<pid>/limits; children inherit it); null if unreadable or unlimited. */
+export function openFilesLimit(pid: number | 'self' = 'self'): number | null {
+  try {
+    const m = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/^Max open files\s+(\d+)\s+(\S+)/m);
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Samples a process's RSS every interval and keeps the largest value; stop() returns it in KiB. */
 export function rssPeak(pid: number, intervalMs = 250): { stop(): number | null } {
   let peak: number | null = null;

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { startGatewayProcess, startSandboxProcess, tempDir, writeYaml, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
-import { Collector } from './collector.ts';
+import { Collector, probe } from './collector.ts';
 import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
@@ -108,6 +108,9 @@ export interface GatewayProcess {
 export class Stack {
   gateway?: GatewayProcess;
   bridge?: { broker: MosquittoProcess; port: number; clientId: string };
+  /** The bridge held to IoT Core's per-connection quotas (startHeldBridge), and the collector on the sandbox's observer. */
+  heldBridge?: { broker: MosquittoProcess; port: number; clientId: string };
+  heldCollector?: Collector;
   private gatewayConfig: Tree = {};
   private readonly configFile: string;
 
@@ -175,12 +178,12 @@ export class Stack {
   }
 
   /** One certificate for the bridge, vended through the sandbox control plane (key + CSR, as a device would). */
-  async vendBridgeIdentity(thingName = 'bench-bridge'): Promise<TlsFiles & { clientId: string }> {
+  async vendBridgeIdentity(thingName = 'bench-bridge', policy?: { policyName: string; policyDocument: string }): Promise<TlsFiles & { clientId: string }> {
     const certFile = join(this.dir, `${thingName}.crt`);
     const keyFile = join(this.dir, `${thingName}.key`);
     if (!existsSync(certFile)) {
       const iot = sandboxIotClient(this.sandbox.controlEndpoint, { maxAttempts: 3 });
-      const vended = await vendThing(iot, thingName);
+      const vended = await vendThing(iot, thingName, policy ?? {});
       iot.destroy();
       writeFileSync(certFile, vended.certPem);
       writeFileSync(keyFile, vended.keyPem, { mode: 0o600 });
@@ -195,9 +198,51 @@ export class Stack {
     return this.bridge;
   }
 
+  /**
+   * The same Mosquitto bridge held to what IoT Core enforces on its one connection: it connects to the
+   * sandbox's data plane instead of the upstream Mosquitto, and the data plane allows 100 publishes and
+   * 512 KiB per second per connection, dropping the excess without PUBACK as IoT Core does
+   * (sandbox/data/plane.ts). What the sandbox accepts is read on its observer by `heldCollector`.
+   * Each call starts a fresh broker (empty persistence): a held bridge's in-flight window fills with
+   * messages that will never be acknowledged, and a run must not inherit the previous run's.
+   */
+  async startHeldBridge(settings: BridgeSettings): Promise<{ broker: MosquittoProcess; port: number; clientId: string }> {
+    await this.heldBridge?.broker.stop('SIGTERM').catch(() => undefined);
+    rmSync(join(this.dir, 'held-bridge-persist'), { recursive: true, force: true });
+    // The sandbox applies IoT Core policies: this identity may publish under devices/ as the bridge does.
+    const id = await this.vendBridgeIdentity('bench-bridge-held', {
+      policyName: 'bench-bridge-policy',
+      policyDocument: JSON.stringify({
+        Version: '2012-10-17',
+        Statement: [
+          { Effect: 'Allow', Action: 'iot:Connect', Resource: 'arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}' },
+          { Effect: 'Allow', Action: 'iot:Publish', Resource: 'arn:aws:iot:*:*:topic/devices/*' },
+        ],
+      }),
+    });
+    const b = await bridgeBroker(this.dir, { upstreamTlsPort: this.sandbox.dataPort, tls: id, clientId: id.clientId, settings, name: 'held-bridge' });
+    this.heldBridge = { ...b, clientId: id.clientId };
+    // Ready once a probe published to the bridge came out of the sandbox's observer.
+    if (!this.heldCollector) {
+      this.heldCollector = new Collector(this.sandbox.observerPort, b.port);
+      await this.heldCollector.start();
+    } else {
+      const seen = this.heldCollector.probes;
+      const deadline = Date.now() + 15_000;
+      while (this.heldCollector.probes === seen) {
+        if (Date.now() > deadline) throw new Error('held bridge: no probe through it within 15 s');
+        await probe(b.port);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    return this.heldBridge;
+  }
+
   async close(): Promise<void> {
     await this.stopGateway('SIGTERM').catch(() => undefined);
     await this.bridge?.broker.stop('SIGTERM').catch(() => undefined);
+    await this.heldBridge?.broker.stop('SIGTERM').catch(() => undefined);
+    this.heldCollector?.close();
     this.collector.close();
     await this.upstream.broker.stop('SIGTERM').catch(() => undefined);
     await this.sandbox.process.kill('SIGTERM').catch(() => undefined);

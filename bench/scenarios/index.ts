@@ -2,6 +2,7 @@ import type { Scenario } from '../lib/context.ts';
 import { scenario as badInput } from './bad-input.ts';
 import { scenario as bridgeCompare } from './bridge-compare.ts';
 import { scenario as faults } from './faults.ts';
+import { scenario as growth } from './growth.ts';
 import { scenario as lowpower } from './lowpower.ts';
 import { scenario as outboxCommit } from './outbox-commit.ts';
 import { scenario as simImport } from './import.ts';
@@ -29,6 +30,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   lowpower,
   vending,
   sessions,
+  growth,
   sleepy,
   'outbox-commit': outboxCommit,
 };

@@ -34,8 +34,8 @@ const GOALS: Goal[] = [
 
 const perKb = (a: MemUsage | null, b: MemUsage | null, key: keyof MemUsage, n: number) => (a && b && n ? round((b[key] - a[key]) / 1024 / n) : null);
 
-/** One QoS 1 message from each device in [fromIdx, toIdx). */
-async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx: number, seq: number, timeoutMs: number) {
+/** One QoS 1 message from each device in [fromIdx, toIdx) (also used by the growth scenario to warm sessions). */
+export async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx: number, seq: number, timeoutMs: number) {
   const rs = await Promise.all(
     workers.map((w) => w.call<PublishResult>({ cmd: 'publish', tag, fromIdx, toIdx, seq, payloadBytes: PAYLOAD_BYTES, timeoutMs }, timeoutMs + 10_000)),
   );
@@ -54,9 +54,34 @@ async function publishAll(workers: Worker[], tag: string, fromIdx: number, toIdx
   };
 }
 
-async function status(workers: Worker[]): Promise<{ connected: number; closesAfterConnect: number }> {
+export async function status(workers: Worker[]): Promise<{ connected: number; closesAfterConnect: number }> {
   const rs = await Promise.all(workers.map((w) => w.call<StatusResult>({ cmd: 'status' }, 10_000)));
   return { connected: rs.reduce((a, r) => a + r.connected, 0), closesAfterConnect: rs.reduce((a, r) => a + r.closesAfterConnect, 0) };
+}
+
+/** Registers every SIM (group default, IMEI bound) in the gateway's database in one transaction before it starts, so a CONNECT writes nothing. */
+export function registerSims(stack: Stack, specs: DeviceSpec[]): void {
+  const db = openDatabase({ file: join(stack.dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
+  const sims = new SimStore(db);
+  db.transaction(() => {
+    for (const s of specs) sims.register({ imsi: s.imsi, group: 'default', thingName: `sim-${s.imsi}`, boundImei: s.imei });
+  })();
+  db.close();
+}
+
+/** Connects `specs` as idle MQTT devices (keepalive 60 s), dealt round-robin over `workers` (load worker processes). */
+export async function connectIdle(workers: Worker[], mqttPort: number, specs: DeviceSpec[]): Promise<{ connected: number; errorKinds: Record<string, number>[]; seconds: number }> {
+  const t0 = Date.now();
+  const n = workers.length;
+  const conn = await Promise.all(
+    workers.map((w, k) =>
+      w.call<ConnectResult>(
+        { cmd: 'connect', target: { kind: 'mqtt', host: '127.0.0.1', port: mqttPort }, devices: specs.filter((_, i) => i % n === k), reconnectPeriodMs: 0, concurrency: 50, keepaliveS: 60, deviceTimeoutMs: 30_000, timeoutMs: 150_000 },
+        170_000,
+      ),
+    ),
+  );
+  return { connected: conn.reduce((a, r) => a + r.connected, 0), errorKinds: conn.map((r) => r.errorKinds), seconds: (Date.now() - t0) / 1000 };
 }
 
 async function sessions(ctx: Ctx): Promise<ScenarioResult> {
@@ -87,12 +112,7 @@ async function sessions(ctx: Ctx): Promise<ScenarioResult> {
     // ---- the registry: all SIMs in one transaction, IMEI bound, so a CONNECT writes nothing ----
     const specs: DeviceSpec[] = devices(DEVICES, 1, SIMBRIDGE_TOPIC);
     const t0 = Date.now();
-    const db = openDatabase({ file: join(stack.dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
-    const sims = new SimStore(db);
-    db.transaction(() => {
-      for (const s of specs) sims.register({ imsi: s.imsi, group: 'default', thingName: `sim-${s.imsi}`, boundImei: s.imei });
-    })();
-    db.close();
+    registerSims(stack, specs);
     log(`${DEVICES} SIMs registered in ${Date.now() - t0} ms`);
 
     const startedAt = Date.now();
@@ -109,19 +129,9 @@ async function sessions(ctx: Ctx): Promise<ScenarioResult> {
 
     // ---- 10,000 idle devices over local MQTT ----
     for (let k = 0; k < WORKERS; k++) workers.push(forkWorker('worker'));
-    const tc = Date.now();
-    const conn = await Promise.all(
-      workers.map((w, k) =>
-        w.call<ConnectResult>(
-          { cmd: 'connect', target: { kind: 'mqtt', host: '127.0.0.1', port: gw.mqttPort }, devices: specs.filter((_, i) => i % WORKERS === k), reconnectPeriodMs: 0, concurrency: 50, keepaliveS: 60, deviceTimeoutMs: 30_000, timeoutMs: 150_000 },
-          170_000,
-        ),
-      ),
-    );
-    const connected = conn.reduce((a, r) => a + r.connected, 0);
-    const connectS = (Date.now() - tc) / 1000;
-    log(`${connected}/${DEVICES} devices connected in ${connectS.toFixed(1)} s ${JSON.stringify(conn.map((r) => r.errorKinds))}`);
-    if (connected < DEVICES) notes.push(`Only ${connected} of ${DEVICES} devices connected: ${JSON.stringify(conn.map((r) => r.errorKinds))}.`);
+    const { connected, errorKinds, seconds: connectS } = await connectIdle(workers, gw.mqttPort, specs);
+    log(`${connected}/${DEVICES} devices connected in ${connectS.toFixed(1)} s ${JSON.stringify(errorKinds)}`);
+    if (connected < DEVICES) notes.push(`Only ${connected} of ${DEVICES} devices connected: ${JSON.stringify(errorKinds)}.`);
     figures.connected_devices = connected;
     figures.connect_all_s = round(connectS);
     const rss1 = await settledRss(gw.pid);

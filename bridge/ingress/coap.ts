@@ -106,6 +106,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   let nextMessageId = Math.floor(Math.random() * 0xffff);
 
   const sock = await bindDatagramSocket(opts, log, 'CoAP');
+  sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'coap', reason: 'receive_queue_full' }, n));
 
   const server = createServer({
     // A Confirmable request is answered by its piggybacked response after the commit, not by an
@@ -275,7 +276,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
   /** Held downlink rides in the answer; it counts as delivered once sent (a lost answer is resent from the library's cache on retransmission). */
   function answerWithDownlink(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, code: string, body: Record<string, unknown>, always: boolean) {
-    answerWithHeld(opts.downlink, device, (held) => {
+    answerWithHeld(opts.downlink, device, 'coap', (held) => {
       // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
       if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
       const { payload, format } = encode(req, body, held);
@@ -323,7 +324,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
 
   return {
     port: sock.address().port,
-    listening: () => !closing,
+    listening: () => !closing && sock.isOpen,
     async close() {
       closing = true;
       // Requests being committed get their answers first (bounded).

@@ -1,10 +1,9 @@
-import { createSocket, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
 import type { AdmittedDevice } from '../admission.ts';
 import type { Downlink } from '../downlink.ts';
 import { UplinkRefusal, type IngressProtocol, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
+import { ThreadedDatagramSocket } from './threaded-socket.ts';
 
 /**
  * The steps the CoAP and raw UDP listeners share, around admission (identify → IMEI lock): bind the
@@ -12,16 +11,15 @@ import type { HeldMessage } from '../../storage/downlink.ts';
  * keeps only its own wire format (CoAP codes and options, the UDP acknowledgement byte).
  */
 
-/** Binds a datagram socket; `name` labels its later errors in the log. */
-export async function bindDatagramSocket(opts: { host: string; port: number; receiveBufferBytes: number }, log: Logger, name: string): Promise<Socket> {
-  // A burst of a waking fleet must fit in the kernel's buffer while the event loop is busy (Linux's default is about 200 datagrams).
-  const sock = createSocket({ type: isIPv6(opts.host) ? 'udp6' : 'udp4', recvBufferSize: opts.receiveBufferBytes });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(opts.port, opts.host, () => {
-      sock.off('error', reject);
-      resolve();
-    });
+/** Binds a datagram socket, read on a thread of its own (threaded-socket.ts); `name` labels its later errors in the log. */
+export async function bindDatagramSocket(opts: { host: string; port: number; receiveBufferBytes: number }, log: Logger, name: string): Promise<ThreadedDatagramSocket> {
+  // A burst of a waking fleet must fit in the kernel's buffer (Linux's default is about 200 datagrams);
+  // the socket is read on a thread of its own so that a busy event loop here does not cap the intake.
+  const sock = await ThreadedDatagramSocket.bind({
+    host: opts.host,
+    port: opts.port,
+    recvBufferSize: opts.receiveBufferBytes,
+    onLost: (err) => log.error({ err: err.message }, `${name} receiving thread stopped; the listener is down`),
   });
   sock.on('error', (err) => log.warn({ err: err.message }, `${name} socket error`));
   return sock;
@@ -44,11 +42,11 @@ export async function commit(uplink: Uplink, protocol: IngressProtocol, device: 
  * The device is awake now: what is held for it rides in this answer, and counts as delivered once
  * `send` has sent it (a lost answer is the device's to ask again).
  */
-export function answerWithHeld(downlink: Downlink, device: AdmittedDevice, send: (held: HeldMessage[]) => void): void {
+export function answerWithHeld(downlink: Downlink, device: AdmittedDevice, protocol: 'coap' | 'udp', send: (held: HeldMessage[]) => void): void {
   downlink.touchHttp(device);
   const held = downlink.pending(device.sim.imsi);
   send(held);
-  if (held.length) downlink.delivered(held.map((m) => m.id));
+  if (held.length) downlink.delivered(held.map((m) => m.id), protocol);
 }
 
 /** Waits, at most `ms`, for the messages being committed to get their answers. */

@@ -58,6 +58,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
   let closing = false;
 
   const sock = await bindDatagramSocket(opts, log, 'UDP');
+  sock.on('overflow', (n: number) => metrics.refusals.inc({ protocol: 'udp', reason: 'receive_queue_full' }, n));
   sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
     if (closing) return;
     const problem = guard.check(rinfo.address, msg.length);
@@ -68,7 +69,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
 
   function send(rinfo: RemoteInfo, status: number, body?: Buffer) {
     const datagram = body ? Buffer.concat([Buffer.from([status]), body]) : Buffer.from([status]);
-    sock.send(datagram, rinfo.port, rinfo.address, (err) => err && log.debug({ err: err.message }, 'UDP acknowledgement not sent'));
+    sock.send(datagram, rinfo.port, rinfo.address, (err: Error | null) => err && log.debug({ err: err.message }, 'UDP acknowledgement not sent'));
   }
 
   function refuse(rinfo: RemoteInfo, imsi: string | undefined, reason: string, counted = false) {
@@ -84,7 +85,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
       const id = await commit(opts.uplink, 'udp', device, UDP_DEVICE_TOPIC, msg, 1);
       if (id instanceof UplinkRefusal) return refuse(rinfo, device.sim.imsi, id.reason, true);
       if (opts.udpAck(device.sim.imsi) !== 'commit') return;
-      answerWithHeld(opts.downlink, device, (held) =>
+      answerWithHeld(opts.downlink, device, 'udp', (held) =>
         send(rinfo, UDP_ACK.stored, held.length ? Buffer.from(JSON.stringify({ downlink: held.map(downlinkJson) })) : undefined),
       );
     } catch (err) {
@@ -95,7 +96,7 @@ export async function startUdpIngress(opts: UdpIngressOptions): Promise<UdpIngre
 
   return {
     port: sock.address().port,
-    listening: () => !closing,
+    listening: () => !closing && sock.isOpen,
     async close() {
       closing = true;
       await drainPending(() => pending);

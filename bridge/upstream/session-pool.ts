@@ -247,6 +247,8 @@ export class UpstreamPool {
   /** Subscriptions wanted per thing: kept across reconnects and restored on every new session. */
   private readonly wanted = new Map<string, Map<string, { qos: 0 | 1; handler: MessageHandler; onRefused?: RefusalHandler }>>();
   private readonly lastConnect = new Map<string, number>();
+  /** Credentials a rotation moved each thing to (replace): a caller still holding older ones gets these. */
+  private readonly rotatedTo = new Map<string, SessionCredentials>();
   private readonly connectPacer: TokenBucket;
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
@@ -266,7 +268,8 @@ export class UpstreamPool {
   }
 
   /** The device's session, opened on first use. A failed open is forgotten so the next call retries. */
-  session(creds: SessionCredentials): Promise<UpstreamSession> {
+  session(wanted: SessionCredentials): Promise<UpstreamSession> {
+    const creds = this.newest(wanted);
     let p = this.sessions.get(creds.thingName);
     if (!p) {
       p = this.openSession(creds);
@@ -325,17 +328,42 @@ export class UpstreamPool {
    * (IoT Core may not know a new certificate for a while) until withinMs has passed, then rejects.
    */
   async replace(creds: SessionCredentials, withinMs = 0): Promise<void> {
+    this.rotatedTo.set(creds.thingName, creds);
     await this.drop(creds.thingName);
     const deadline = Date.now() + withinMs;
     for (let delay = this.opts.minConnectIntervalMs || 1000; ; delay = Math.min(delay * 2, 30_000)) {
       try {
-        await this.session(creds);
-        return;
+        const session = await this.session(creds);
+        // Resolving is what lets the old certificate retire: only a session on the new one counts.
+        if (session.creds.certificatePem === creds.certificatePem) return this.forgetRotationLater(creds);
+        await this.discard(session);
+        throw new Error(`a session of ${creds.thingName} opened with its previous certificate`);
       } catch (err) {
-        if (this.closing || Date.now() + delay > deadline) throw err;
+        if (this.closing || Date.now() + delay > deadline) {
+          this.forgetRotationLater(creds);
+          throw err;
+        }
         await new Promise((r) => setTimeout(r, delay).unref());
       }
     }
+  }
+
+  /**
+   * The credentials to connect with: a caller that read a thing's credentials before its rotation (a
+   * delivery in progress, a resubscribe after a drop) must not reopen a session on the old certificate
+   * while the new one propagates, or replace() would take that session for the new one's.
+   */
+  private newest(creds: SessionCredentials): SessionCredentials {
+    const rotated = this.rotatedTo.get(creds.thingName);
+    if (!rotated || rotated.certificatePem === creds.certificatePem) return creds;
+    if ((creds.issuedAt ?? 0) <= (rotated.issuedAt ?? 0)) return rotated;
+    this.rotatedTo.delete(creds.thingName); // vended since (revoked, then vended again): these are newer
+    return creds;
+  }
+
+  /** Callers holding the old credentials are over in a minute (a delivery's retry, a resubscribe's backoff). */
+  private forgetRotationLater(creds: SessionCredentials): void {
+    setTimeout(() => this.rotatedTo.get(creds.thingName) === creds && this.rotatedTo.delete(creds.thingName), 60_000).unref();
   }
 
   /** Closes a thing's session, if any (its certificate was revoked). */
