@@ -78,12 +78,20 @@ export class SqliteMqttSessions {
   }
 
   remove(key: SessionKey): KeptMessage[] {
+    // A clean start of a device that kept nothing (nearly every connect) writes nothing: a write here runs
+    // on the main thread and waits for the outbox writer's commit.
+    const kept = this.db
+      .prepare('SELECT EXISTS (SELECT 1 FROM mqtt_sessions WHERE imsi = ? AND client_id = ?) OR EXISTS (SELECT 1 FROM mqtt_session_messages WHERE imsi = ? AND client_id = ?) AS kept')
+      .get(key.imsi, key.clientId, key.imsi, key.clientId) as { kept: 0 | 1 };
+    if (!kept.kept) return [];
+    // IMMEDIATE: a transaction that reads first and writes later fails at once (SQLITE_BUSY) when the
+    // writer thread commits in between; one that takes the write lock first waits for it instead.
     return this.db.transaction(() => {
       const held = this.db.prepare(`SELECT ${COLUMNS} FROM mqtt_session_messages WHERE imsi = ? AND client_id = ? ORDER BY id`).all(key.imsi, key.clientId) as KeptMessage[];
       this.db.prepare('DELETE FROM mqtt_session_messages WHERE imsi = ? AND client_id = ?').run(key.imsi, key.clientId);
       this.db.prepare('DELETE FROM mqtt_sessions WHERE imsi = ? AND client_id = ?').run(key.imsi, key.clientId);
       return held;
-    })();
+    }).immediate();
   }
 
   keep(key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number): KeptMessage[] {
@@ -97,7 +105,7 @@ export class SqliteMqttSessions {
       const del = this.db.prepare('DELETE FROM mqtt_session_messages WHERE id = ?');
       for (const m of over) del.run(m.id);
       return over.reverse();
-    })();
+    }).immediate();
   }
 
   pending(key: SessionKey, now = Date.now()): KeptMessage[] {
@@ -107,7 +115,7 @@ export class SqliteMqttSessions {
   delivered(ids: number[]): void {
     if (ids.length === 0) return;
     const del = this.db.prepare('DELETE FROM mqtt_session_messages WHERE id = ?');
-    this.db.transaction(() => ids.forEach((id) => del.run(id)))();
+    this.db.transaction(() => ids.forEach((id) => del.run(id))).immediate();
   }
 
   expire(now = Date.now()): { sessions: SessionKey[]; messages: DroppedMessage[] } {
@@ -123,6 +131,6 @@ export class SqliteMqttSessions {
       for (const m of messages) del.run(m.id);
       this.db.prepare('DELETE FROM mqtt_sessions WHERE expires_at <= ?').run(now);
       return { sessions, messages };
-    })();
+    }).immediate();
   }
 }
