@@ -126,6 +126,7 @@ export function writeIndex(scenarios: Record<string, Scenario>): void {
       ? `\nMachine: ${machineLine}. Everything (devices, simbridge, both Mosquittos, the collector) shares it, and so do other people's test runs: "others used N % CPU" is their average load while the scenario ran (100 % = one core).`
       : '',
     '',
+    ...(existsSync(join(resultsDir, 'changes.md')) ? ['What was changed for performance, and what each change bought, measured back to back: [changes.md](changes.md).', ''] : []),
     '| scenario | date (UTC) | figure | median | min | max |',
     '|---|---|---|---:|---:|---:|',
     ...rows,
