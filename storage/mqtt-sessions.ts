@@ -119,6 +119,12 @@ export class SqliteMqttSessions {
   }
 
   expire(now = Date.now()): { sessions: SessionKey[]; messages: DroppedMessage[] } {
+    // The sweep runs whether or not anything is due: only take the write lock (and wait for the outbox
+    // writer's commit, on the main thread) when something is.
+    const due = this.db
+      .prepare('SELECT EXISTS (SELECT 1 FROM mqtt_sessions WHERE expires_at <= ?) OR EXISTS (SELECT 1 FROM mqtt_session_messages WHERE expires_at <= ?) AS due')
+      .get(now, now) as { due: 0 | 1 };
+    if (!due.due) return { sessions: [], messages: [] };
     return this.db.transaction(() => {
       const sessions = this.db.prepare('SELECT imsi, client_id AS clientId FROM mqtt_sessions WHERE expires_at <= ?').all(now) as SessionKey[];
       const messages = this.db
