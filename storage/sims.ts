@@ -426,42 +426,17 @@ export class SimStore implements SimRouting {
       } catch (err) {
         return { result: 'failed', field: 'imsi', message: constraintMessage(err) };
       }
-      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined, secretSet: row.secretHash !== undefined };
+      return createdOutcome(row);
     }
-    const cur = fromRow(existing);
-    if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
-      if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
-      if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
-    }
-    const next = {
-      iccid: row.iccid ?? cur.iccid,
-      msisdn: row.msisdn ?? cur.msisdn,
-      group: row.group,
-      // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
-      imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
-      tags: JSON.stringify(row.tags ?? cur.tags),
-      secretHash: row.secretHash ?? cur.secretHash,
-    };
-    if (
-      next.iccid === cur.iccid &&
-      next.msisdn === cur.msisdn &&
-      next.group === cur.group &&
-      next.imei === cur.boundImei &&
-      next.tags === existing.tags &&
-      next.secretHash === cur.secretHash
-    ) {
-      return { result: 'unchanged' };
-    }
+    const change = importChange(fromRow(existing), existing.tags, row, force);
+    if (!change.next) return change.outcome;
+    const { next } = change;
     try {
       st.update.run(next.iccid, next.msisdn, next.group, next.imei, next.tags, next.secretHash, row.imsi);
     } catch (err) {
       return { result: 'failed', field: 'iccid', message: constraintMessage(err) };
     }
-    return {
-      result: 'updated',
-      imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined,
-      secretSet: next.secretHash !== cur.secretHash,
-    };
+    return change.outcome;
   }
 
   private imports?: { get: Database.Statement; byIccid: Database.Statement; insert: Database.Statement; update: Database.Statement };
@@ -490,4 +465,55 @@ function constraintMessage(err: unknown): string {
   if (msg.includes('sims.thing_name')) return 'thing name already used by another SIM (check the vending.thingName template)';
   if (msg.includes('sims.iccid')) return 'ICCID already belongs to another SIM';
   return msg;
+}
+
+/** What importing a row that creates its SIM reports. */
+export function createdOutcome(row: SimImportRow): ImportOutcome {
+  return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined, secretSet: row.secretHash !== undefined };
+}
+
+/** The columns an import writes to a SIM that exists. */
+export interface ImportedColumns {
+  iccid: string | null;
+  msisdn: string | null;
+  group: string;
+  imei: string | null;
+  tags: string;
+  secretHash: string | null;
+}
+
+/**
+ * What importing a row does to a SIM that exists, for every dialect: refused, unchanged, or the columns
+ * to write and the outcome to report once they are written. `storedTags` is the tags column as stored.
+ */
+export function importChange(cur: Sim, storedTags: string, row: SimImportRow, force: boolean): { outcome: ImportOutcome; next?: ImportedColumns } {
+  if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
+    if (cur.status === 'terminated') return { outcome: { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' } };
+    if (!force) return { outcome: { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` } };
+  }
+  const next: ImportedColumns = {
+    iccid: row.iccid ?? cur.iccid,
+    msisdn: row.msisdn ?? cur.msisdn,
+    group: row.group,
+    // The same device under another spelling (spare 0, IMEISV) keeps the stored IMEI.
+    imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
+    tags: JSON.stringify(row.tags ?? cur.tags),
+    secretHash: row.secretHash ?? cur.secretHash,
+  };
+  const unchanged =
+    next.iccid === cur.iccid &&
+    next.msisdn === cur.msisdn &&
+    next.group === cur.group &&
+    next.imei === cur.boundImei &&
+    next.tags === storedTags &&
+    next.secretHash === cur.secretHash;
+  if (unchanged) return { outcome: { result: 'unchanged' } };
+  return {
+    next,
+    outcome: {
+      result: 'updated',
+      imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined,
+      secretSet: next.secretHash !== cur.secretHash,
+    },
+  };
 }

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { sameDevice } from '../../lib/ids.ts';
 import { onlineSql } from '../activity.ts';
-import type { BindOutcome, ImportOutcome, NewSim, Sim, SimFilter, SimImportRow, SimListItem, SimPatch, SimRegistry, SimStatus } from '../sims.ts';
+import { createdOutcome, importChange, type BindOutcome, type ImportOutcome, type NewSim, type Sim, type SimFilter, type SimImportRow, type SimListItem, type SimPatch, type SimRegistry, type SimStatus } from '../sims.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed, Params } from './params.ts';
 
@@ -204,42 +204,18 @@ export class PgSimStore implements SimRegistry {
         ),
       );
       if (failed) return { result: 'failed', field: 'imsi', message: failed };
-      return { result: 'created', imeiBound: row.imei ? { imei: row.imei, previous: null } : undefined, secretSet: row.secretHash !== undefined };
+      return createdOutcome(row);
     }
-    const cur = fromRow(existing);
-    if (row.imei && cur.boundImei && !sameDevice(cur.boundImei, row.imei)) {
-      if (cur.status === 'terminated') return { result: 'failed', field: 'imei', message: 'SIM is terminated; its IMEI binding cannot change' };
-      if (!force) return { result: 'failed', field: 'imei', message: `SIM is bound to another IMEI (${cur.boundImei}); import with force to replace it` };
-    }
-    const next = {
-      iccid: row.iccid ?? cur.iccid,
-      msisdn: row.msisdn ?? cur.msisdn,
-      group: row.group,
-      imei: row.imei && !(cur.boundImei && sameDevice(cur.boundImei, row.imei)) ? row.imei : cur.boundImei,
-      tags: JSON.stringify(row.tags ?? cur.tags),
-      secretHash: row.secretHash ?? cur.secretHash,
-    };
-    if (
-      next.iccid === cur.iccid &&
-      next.msisdn === cur.msisdn &&
-      next.group === cur.group &&
-      next.imei === cur.boundImei &&
-      next.tags === existing.tags &&
-      next.secretHash === cur.secretHash
-    ) {
-      return { result: 'unchanged' };
-    }
+    const change = importChange(fromRow(existing), existing.tags, row, force);
+    if (!change.next) return change.outcome;
+    const { next } = change;
     const failed = await guarded(c, () =>
       c.query('UPDATE sims SET iccid = $1, msisdn = $2, group_name = $3, bound_imei = $4, tags = $5, secret_hash = $6 WHERE imsi = $7', [
         next.iccid, next.msisdn, next.group, next.imei, next.tags, next.secretHash, row.imsi,
       ]),
     );
     if (failed) return { result: 'failed', field: 'iccid', message: failed };
-    return {
-      result: 'updated',
-      imeiBound: next.imei !== cur.boundImei && next.imei ? { imei: next.imei, previous: cur.boundImei } : undefined,
-      secretSet: next.secretHash !== cur.secretHash,
-    };
+    return change.outcome;
   }
 }
 
