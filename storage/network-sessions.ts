@@ -97,7 +97,8 @@ export interface SessionLookup {
   count(): number;
 }
 
-interface Row {
+/** A network_sessions row, as both dialects return it. */
+export interface SessionRow {
   ip: string;
   imsi: string;
   imei: string | null;
@@ -113,7 +114,7 @@ interface Row {
   opened_event_at: number | null;
 }
 
-function fromRow(r: Row): NetworkSession {
+export function fromRow(r: SessionRow): NetworkSession {
   return {
     ip: r.ip,
     imsi: r.imsi,
@@ -130,7 +131,8 @@ function fromRow(r: Row): NetworkSession {
   };
 }
 
-const ended = (rows: Row[], cause: SessionEndCause): EndedSession[] => rows.map((r) => ({ session: fromRow(r), cause }));
+/** The sessions a change ended, with why. */
+export const ended = (rows: SessionRow[], cause: SessionEndCause): EndedSession[] => rows.map((r) => ({ session: fromRow(r), cause }));
 
 /**
  * The IP → identity table fed by RADIUS accounting. Every change runs in its own transaction (a savepoint
@@ -162,8 +164,8 @@ export class NetworkSessions implements SessionLookup {
     private readonly now: () => number = Date.now,
     private readonly replayWindowMs = 24 * 3600_000,
   ) {
-    this.getByIp = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE ip = ?');
-    this.getByImsi = db.prepare<[string], Row>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC, ip');
+    this.getByIp = db.prepare<[string], SessionRow>('SELECT * FROM network_sessions WHERE ip = ?');
+    this.getByImsi = db.prepare<[string], SessionRow>('SELECT * FROM network_sessions WHERE imsi = ? ORDER BY updated_at DESC, ip');
     // Positional parameters throughout: better-sqlite3 binds an object of named ones several times slower.
     this.insertStmt = db.prepare<[string, string, string | null, string | null, number | null, string, string | null, string, number | null, number, number, number | null]>(
       `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates, opened_event_at)
@@ -178,16 +180,16 @@ export class NetworkSessions implements SessionLookup {
          updated_at = ?, updates = updates + 1
        WHERE ip = ? AND acct_session_id = ? AND imsi = ?`,
     );
-    this.deleteIp = db.prepare<[string], Row>('DELETE FROM network_sessions WHERE ip = ? RETURNING *');
-    this.deleteMatching = db.prepare<[string, string], Row>(
+    this.deleteIp = db.prepare<[string], SessionRow>('DELETE FROM network_sessions WHERE ip = ? RETURNING *');
+    this.deleteMatching = db.prepare<[string, string], SessionRow>(
       'DELETE FROM network_sessions WHERE ip = ? AND acct_session_id = ? RETURNING *',
     );
-    this.deleteNas = db.prepare<[string, string | null, string | null], Row>(
+    this.deleteNas = db.prepare<[string, string | null, string | null], SessionRow>(
       'DELETE FROM network_sessions WHERE nas_ip = ? AND (? IS NULL OR nas_identifier = ?) RETURNING *',
     );
-    this.deleteStale = db.prepare<[number], Row>('DELETE FROM network_sessions WHERE updated_at < ? RETURNING *');
+    this.deleteStale = db.prepare<[number], SessionRow>('DELETE FROM network_sessions WHERE updated_at < ? RETURNING *');
     this.countStmt = db.prepare('SELECT count(*) FROM network_sessions').pluck();
-    this.listStmt = db.prepare<[], Row>('SELECT * FROM network_sessions ORDER BY ip');
+    this.listStmt = db.prepare<[], SessionRow>('SELECT * FROM network_sessions ORDER BY ip');
     this.rememberStop = db.prepare<[string, string, number]>('INSERT OR REPLACE INTO stopped_sessions (nas_ip, acct_session_id, stopped_at) VALUES (?, ?, ?)');
     this.wasStopped = db.prepare<[string, string, number]>('SELECT 1 FROM stopped_sessions WHERE nas_ip = ? AND acct_session_id = ? AND stopped_at >= ?').pluck();
     this.forgetStops = db.prepare<[number]>('DELETE FROM stopped_sessions WHERE stopped_at < ?');

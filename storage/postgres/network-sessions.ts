@@ -8,44 +8,12 @@ import type {
   SessionChange,
   SessionEndCause,
   SessionReport,
+  SessionRow,
 } from '../network-sessions.ts';
+import { ended, fromRow } from '../network-sessions.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed } from './params.ts';
 
-interface Row {
-  ip: string;
-  imsi: string;
-  imei: string | null;
-  msisdn: string | null;
-  rat_type: number | null;
-  nas_ip: string;
-  nas_identifier: string | null;
-  acct_session_id: string;
-  charging_id: number | null;
-  started_at: number;
-  updated_at: number;
-  updates: number;
-  opened_event_at: number | null;
-}
-
-function fromRow(r: Row): NetworkSession {
-  return {
-    ip: r.ip,
-    imsi: r.imsi,
-    imei: r.imei,
-    msisdn: r.msisdn,
-    ratType: r.rat_type,
-    nasIp: r.nas_ip,
-    nasIdentifier: r.nas_identifier,
-    acctSessionId: r.acct_session_id,
-    chargingId: r.charging_id,
-    startedAt: r.started_at,
-    updatedAt: r.updated_at,
-    updates: r.updates,
-  };
-}
-
-const ended = (rows: Row[], cause: SessionEndCause): EndedSession[] => rows.map((r) => ({ session: fromRow(r), cause }));
 
 /**
  * The IP → identity table fed by RADIUS accounting, on PostgreSQL, with the rules of
@@ -92,12 +60,12 @@ export class PgNetworkSessions implements NetworkSessionStore {
            ON CONFLICT (nas_ip, acct_session_id) DO UPDATE SET stopped_at = excluded.stopped_at`,
           [change.nasIp, change.acctSessionId, this.now()],
         );
-        const { rows } = await c.query<Row>('DELETE FROM network_sessions WHERE ip = $1 AND acct_session_id = $2 RETURNING *', [change.ip, change.acctSessionId]);
+        const { rows } = await c.query<SessionRow>('DELETE FROM network_sessions WHERE ip = $1 AND acct_session_id = $2 RETURNING *', [change.ip, change.acctSessionId]);
         return { ended: ended(rows, 'stop') };
       }
       case 'nas_on':
       case 'nas_off': {
-        const { rows } = await c.query<Row>('DELETE FROM network_sessions WHERE nas_ip = $1 AND ($2::text IS NULL OR nas_identifier = $2) RETURNING *', [
+        const { rows } = await c.query<SessionRow>('DELETE FROM network_sessions WHERE nas_ip = $1 AND ($2::text IS NULL OR nas_identifier = $2) RETURNING *', [
           change.nasIp,
           change.nasIdentifier,
         ]);
@@ -120,7 +88,7 @@ export class PgNetworkSessions implements NetworkSessionStore {
       acctSessionId: r.acctSessionId,
       chargingId: r.chargingId ?? null,
     };
-    const refreshed = await c.query<Row>(
+    const refreshed = await c.query<SessionRow>(
       `UPDATE network_sessions SET imei = coalesce($1, imei), msisdn = coalesce($2, msisdn), rat_type = coalesce($3, rat_type),
          nas_identifier = coalesce($4, nas_identifier), charging_id = coalesce($5, charging_id), updated_at = $6, updates = updates + 1
        WHERE ip = $7 AND acct_session_id = $8 AND imsi = $9 RETURNING *`,
@@ -129,7 +97,7 @@ export class PgNetworkSessions implements NetworkSessionStore {
     if (refreshed.rows[0]) return { session: fromRow(refreshed.rows[0]), created: false, ended: [] };
     const ignored = await this.replayed(c, r, now);
     if (ignored) return { session: { ...f, startedAt: now, updatedAt: now, updates: 0 }, created: false, ended: [], ignored };
-    const evicted = ended((await c.query<Row>('DELETE FROM network_sessions WHERE ip = $1 RETURNING *', [f.ip])).rows, 'evicted');
+    const evicted = ended((await c.query<SessionRow>('DELETE FROM network_sessions WHERE ip = $1 RETURNING *', [f.ip])).rows, 'evicted');
     await c.query(
       `INSERT INTO network_sessions (ip, imsi, imei, msisdn, rat_type, nas_ip, nas_identifier, acct_session_id, charging_id, started_at, updated_at, updates, opened_event_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11)`,
@@ -147,13 +115,13 @@ export class PgNetworkSessions implements NetworkSessionStore {
     if (stopped.rows.length) return 'stopped_session';
     if (r.eventTime == null) return undefined;
     if (r.eventTime < now - this.replayWindowMs) return 'stale_event';
-    const holder = (await c.query<Row>('SELECT * FROM network_sessions WHERE ip = $1', [r.ip])).rows[0];
+    const holder = (await c.query<SessionRow>('SELECT * FROM network_sessions WHERE ip = $1', [r.ip])).rows[0];
     if (holder?.opened_event_at != null && holder.acct_session_id !== r.acctSessionId && holder.opened_event_at > r.eventTime) return 'stale_event';
     return undefined;
   }
 
   async expire(olderThanMs: number): Promise<EndedSession[]> {
-    const { rows } = await this.pool.query<Row>('DELETE FROM network_sessions WHERE updated_at < $1 RETURNING *', [this.now() - olderThanMs]);
+    const { rows } = await this.pool.query<SessionRow>('DELETE FROM network_sessions WHERE updated_at < $1 RETURNING *', [this.now() - olderThanMs]);
     return ended(rows, 'expired');
   }
 
@@ -163,12 +131,12 @@ export class PgNetworkSessions implements NetworkSessionStore {
 
   /** Who holds an IP now. Asynchronous: identifying devices on this store needs the cluster's session cache first. */
   async byIp(ip: string, db: Queryable = this.pool): Promise<NetworkSession | undefined> {
-    const row = (await db.query<Row>('SELECT * FROM network_sessions WHERE ip = $1', [ip])).rows[0];
+    const row = (await db.query<SessionRow>('SELECT * FROM network_sessions WHERE ip = $1', [ip])).rows[0];
     return row && fromRow(row);
   }
 
   async byImsi(imsi: string): Promise<NetworkSession[]> {
-    return (await this.pool.query<Row>('SELECT * FROM network_sessions WHERE imsi = $1 ORDER BY updated_at DESC, ip COLLATE "C"', [imsi])).rows.map(fromRow);
+    return (await this.pool.query<SessionRow>('SELECT * FROM network_sessions WHERE imsi = $1 ORDER BY updated_at DESC, ip COLLATE "C"', [imsi])).rows.map(fromRow);
   }
 
   async count(): Promise<number> {
@@ -176,6 +144,6 @@ export class PgNetworkSessions implements NetworkSessionStore {
   }
 
   async list(): Promise<NetworkSession[]> {
-    return (await this.pool.query<Row>('SELECT * FROM network_sessions ORDER BY ip COLLATE "C"')).rows.map(fromRow);
+    return (await this.pool.query<SessionRow>('SELECT * FROM network_sessions ORDER BY ip COLLATE "C"')).rows.map(fromRow);
   }
 }
