@@ -45,7 +45,8 @@ export interface CredentialRow {
   updatedAt: number;
 }
 
-interface Raw {
+/** A credentials row, as both dialects return it. */
+export interface CredentialRaw {
   id: number; imsi: string; thing_name: string; purpose: Purpose; step: Step; key_alg: string; key_enc: Buffer; csr_pem: string;
   pubkey_sha256: string | null; csr_sent_at: number | null; orphan_check_at: number | null; cert_id: string | null;
   cert_arn: string | null; cert_pem: string | null; not_after: number | null; policy_name: string | null;
@@ -53,7 +54,7 @@ interface Raw {
   lease_owner: string | null; lease_until: number | null; created_at: number; updated_at: number;
 }
 
-function fromRaw(r: Raw): CredentialRow {
+export function fromRaw(r: CredentialRaw): CredentialRow {
   return {
     id: r.id, imsi: r.imsi, thingName: r.thing_name, purpose: r.purpose, step: r.step, keyAlg: r.key_alg, keyEnc: r.key_enc,
     csrPem: r.csr_pem, pubkeySha256: r.pubkey_sha256, csrSentAt: r.csr_sent_at, orphanCheckAt: r.orphan_check_at,
@@ -184,8 +185,8 @@ export class SqliteCredentialStore {
   private readonly audit: AuditLog;
 
   constructor(private readonly db: Db, private readonly now: () => number = Date.now) {
-    this.byIdStmt = db.prepare<[number], Raw>('SELECT * FROM credentials WHERE id = ?');
-    this.readyStmt = db.prepare<[string], Raw>("SELECT * FROM credentials WHERE imsi = ? AND step = 'ready'");
+    this.byIdStmt = db.prepare<[number], CredentialRaw>('SELECT * FROM credentials WHERE id = ?');
+    this.readyStmt = db.prepare<[string], CredentialRaw>("SELECT * FROM credentials WHERE imsi = ? AND step = 'ready'");
     this.audit = new AuditLog(db);
   }
 
@@ -202,7 +203,7 @@ export class SqliteCredentialStore {
 
   /** The SIM's generation being vended, if any. */
   vending(imsi: string): CredentialRow | undefined {
-    const r = this.db.prepare<[string], Raw>(`SELECT * FROM credentials WHERE imsi = ? AND step IN ${VENDING_IN}`).get(imsi);
+    const r = this.db.prepare<[string], CredentialRaw>(`SELECT * FROM credentials WHERE imsi = ? AND step IN ${VENDING_IN}`).get(imsi);
     return r && fromRaw(r);
   }
 
@@ -226,7 +227,7 @@ export class SqliteCredentialStore {
 
   /** Every generation of the SIM, oldest first. */
   history(imsi: string): CredentialRow[] {
-    return this.db.prepare<[string], Raw>('SELECT * FROM credentials WHERE imsi = ? ORDER BY id').all(imsi).map(fromRaw);
+    return this.db.prepare<[string], CredentialRaw>('SELECT * FROM credentials WHERE imsi = ? ORDER BY id').all(imsi).map(fromRaw);
   }
 
   /**
@@ -360,7 +361,7 @@ export class SqliteCredentialStore {
     const now = this.now();
     return this.db.transaction(() => {
       const rows = this.db
-        .prepare<[string], Raw>(`SELECT * FROM credentials WHERE imsi = ? AND (step = 'ready' OR step IN ${VENDING_IN})`)
+        .prepare<[string], CredentialRaw>(`SELECT * FROM credentials WHERE imsi = ? AND (step = 'ready' OR step IN ${VENDING_IN})`)
         .all(imsi);
       const update = this.db.prepare("UPDATE credentials SET step = 'retiring', retire_reason = ?, retire_after = ?, updated_at = ? WHERE id = ?");
       for (const r of rows) update.run(reason, retireAfter, now, r.id);
@@ -375,7 +376,7 @@ export class SqliteCredentialStore {
 
   dueRetirements(limit: number): CredentialRow[] {
     return this.db
-      .prepare<[number, number], Raw>("SELECT * FROM credentials WHERE step = 'retiring' AND retire_after <= ? ORDER BY retire_after LIMIT ?")
+      .prepare<[number, number], CredentialRaw>("SELECT * FROM credentials WHERE step = 'retiring' AND retire_after <= ? ORDER BY retire_after LIMIT ?")
       .all(this.now(), limit)
       .map(fromRaw);
   }
@@ -399,7 +400,7 @@ export class SqliteCredentialStore {
    */
   dueOrphanChecks(limit: number): CredentialRow[] {
     return this.db
-      .prepare<[number, number], Raw>(
+      .prepare<[number, number], CredentialRaw>(
         `SELECT * FROM credentials WHERE orphan_check_at IS NOT NULL AND orphan_check_at <= ?
            AND (cert_id IS NOT NULL OR step IN ('retiring', 'retired')) ORDER BY orphan_check_at LIMIT ?`,
       )
@@ -431,7 +432,7 @@ export class SqliteCredentialStore {
   /** Certificates in use whose expiry is not known yet (rows from before it was recorded). */
   readyWithoutExpiry(limit: number): CredentialRow[] {
     return this.db
-      .prepare<[number], Raw>("SELECT * FROM credentials WHERE step = 'ready' AND not_after IS NULL AND cert_pem IS NOT NULL LIMIT ?")
+      .prepare<[number], CredentialRaw>("SELECT * FROM credentials WHERE step = 'ready' AND not_after IS NULL AND cert_pem IS NOT NULL LIMIT ?")
       .all(limit)
       .map(fromRaw);
   }

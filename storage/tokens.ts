@@ -13,7 +13,8 @@ export interface AdminToken {
   revokedAt: number | null;
 }
 
-interface Row {
+/** An admin_tokens row, as both dialects return it. */
+export interface TokenRow {
   id: string;
   role: Role;
   name: string;
@@ -22,12 +23,12 @@ interface Row {
   revoked_at: number | null;
 }
 
-const fromRow = (r: Row): AdminToken => ({ id: r.id, role: r.role, name: r.name, createdAt: r.created_at, lastUsedAt: r.last_used_at, revokedAt: r.revoked_at });
+export const fromRow = (r: TokenRow): AdminToken => ({ id: r.id, role: r.role, name: r.name, createdAt: r.created_at, lastUsedAt: r.last_used_at, revokedAt: r.revoked_at });
 
 // A recognisable prefix lets secret scanners and people tell an admin token from other strings.
-const PREFIX = 'sbt_';
+export const PREFIX = 'sbt_';
 // last_used_at is a hint for operators, not an access log: write it at most once a minute per token.
-const TOUCH_EVERY_MS = 60_000;
+export const TOUCH_EVERY_MS = 60_000;
 
 export function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');
@@ -49,7 +50,7 @@ export class TokenStore {
   private readonly touchStmt;
 
   constructor(private readonly db: Db) {
-    this.byHash = db.prepare<[string], Row>('SELECT id, role, name, created_at, last_used_at, revoked_at FROM admin_tokens WHERE token_hash = ?');
+    this.byHash = db.prepare<[string], TokenRow>('SELECT id, role, name, created_at, last_used_at, revoked_at FROM admin_tokens WHERE token_hash = ?');
     this.touchStmt = db.prepare('UPDATE admin_tokens SET last_used_at = ? WHERE id = ?');
   }
 
@@ -77,7 +78,7 @@ export class TokenStore {
   }
 
   list(): AdminToken[] {
-    return this.db.prepare<[], Row>('SELECT id, role, name, created_at, last_used_at, revoked_at FROM admin_tokens ORDER BY created_at, id').all().map(fromRow);
+    return this.db.prepare<[], TokenRow>('SELECT id, role, name, created_at, last_used_at, revoked_at FROM admin_tokens ORDER BY created_at, id').all().map(fromRow);
   }
 
   revoke(id: string): boolean {

@@ -1,11 +1,12 @@
 import {
+  fromRaw,
   VENDING_STEPS,
   type AuditEntry,
+  type CredentialRaw,
   type CredentialRow,
   type CredentialStore,
   type NewKey,
   type Purpose,
-  type Step,
   type StepFields,
   type VendingStep,
 } from '../credentials.ts';
@@ -13,24 +14,6 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed } from './params.ts';
 
 const VENDING_IN = `(${VENDING_STEPS.map((s) => `'${s}'`).join(', ')})`;
-
-interface Raw {
-  id: number; imsi: string; thing_name: string; purpose: Purpose; step: Step; key_alg: string; key_enc: Buffer; csr_pem: string;
-  pubkey_sha256: string | null; csr_sent_at: number | null; orphan_check_at: number | null; cert_id: string | null;
-  cert_arn: string | null; cert_pem: string | null; not_after: number | null; policy_name: string | null;
-  retire_reason: string | null; retire_after: number | null; last_error: string | null; attempts: number;
-  lease_owner: string | null; lease_until: number | null; created_at: number; updated_at: number;
-}
-
-function fromRaw(r: Raw): CredentialRow {
-  return {
-    id: r.id, imsi: r.imsi, thingName: r.thing_name, purpose: r.purpose, step: r.step, keyAlg: r.key_alg, keyEnc: r.key_enc,
-    csrPem: r.csr_pem, pubkeySha256: r.pubkey_sha256, csrSentAt: r.csr_sent_at, orphanCheckAt: r.orphan_check_at,
-    certId: r.cert_id, certArn: r.cert_arn, certPem: r.cert_pem, notAfter: r.not_after, policyName: r.policy_name,
-    retireReason: r.retire_reason, retireAfter: r.retire_after, lastError: r.last_error, attempts: r.attempts,
-    leaseOwner: r.lease_owner, leaseUntil: r.lease_until, createdAt: r.created_at, updatedAt: r.updated_at,
-  };
-}
 
 /**
  * Device credentials on PostgreSQL, with the rules of storage/credentials.ts: every change while vending
@@ -54,12 +37,12 @@ export class PgCredentialStore implements CredentialStore {
   }
 
   private async one(sql: string, args: unknown[]): Promise<CredentialRow | undefined> {
-    const r = (await this.db.query<Raw>(sql, args)).rows[0];
+    const r = (await this.db.query<CredentialRaw>(sql, args)).rows[0];
     return r && fromRaw(r);
   }
 
   private async all(sql: string, args: unknown[]): Promise<CredentialRow[]> {
-    return (await this.db.query<Raw>(sql, args)).rows.map(fromRaw);
+    return (await this.db.query<CredentialRaw>(sql, args)).rows.map(fromRaw);
   }
 
   private async run(sql: string, args: unknown[]): Promise<boolean> {
@@ -104,7 +87,7 @@ export class PgCredentialStore implements CredentialStore {
    */
   async createGeneration(key: NewKey, owner: string, leaseMs: number): Promise<CredentialRow | undefined> {
     const now = this.now();
-    const { rows } = await this.db.query<Raw>(
+    const { rows } = await this.db.query<CredentialRaw>(
       `INSERT INTO credentials (imsi, thing_name, purpose, step, key_alg, key_enc, csr_pem, pubkey_sha256, lease_owner, lease_until, created_at, updated_at)
        SELECT $1, $2, $3, 'key', $4, $5, $6, $7, $8, $9, $10, $10
        WHERE $3 <> 'first' OR NOT EXISTS (SELECT 1 FROM credentials WHERE imsi = $1 AND step = 'ready')

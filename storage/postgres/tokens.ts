@@ -1,22 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { hashToken, type AdminToken, type AdminTokenStore, type Role } from '../tokens.ts';
+import { fromRow, hashToken, PREFIX, TOUCH_EVERY_MS, type AdminToken, type AdminTokenStore, type Role, type TokenRow } from '../tokens.ts';
 import type { Queryable } from './connect.ts';
 import { changed } from './params.ts';
 
-interface Row {
-  id: string;
-  role: Role;
-  name: string;
-  created_at: number;
-  last_used_at: number | null;
-  revoked_at: number | null;
-}
-
-const fromRow = (r: Row): AdminToken => ({ id: r.id, role: r.role, name: r.name, createdAt: r.created_at, lastUsedAt: r.last_used_at, revokedAt: r.revoked_at });
-
-// As storage/tokens.ts: a recognisable prefix, and last_used_at written at most once a minute per token.
-const PREFIX = 'sbt_';
-const TOUCH_EVERY_MS = 60_000;
 const COLUMNS = 'id, role, name, created_at, last_used_at, revoked_at';
 
 export class PgTokenStore implements AdminTokenStore {
@@ -32,7 +18,7 @@ export class PgTokenStore implements AdminTokenStore {
 
   async verify(presented: string): Promise<AdminToken | undefined> {
     if (!presented.startsWith(PREFIX) || presented.length > 128) return undefined;
-    const { rows } = await this.db.query<Row>(`SELECT ${COLUMNS} FROM admin_tokens WHERE token_hash = $1`, [hashToken(presented)]);
+    const { rows } = await this.db.query<TokenRow>(`SELECT ${COLUMNS} FROM admin_tokens WHERE token_hash = $1`, [hashToken(presented)]);
     const row = rows[0];
     if (!row || row.revoked_at !== null) return undefined;
     const now = Date.now();
@@ -41,7 +27,7 @@ export class PgTokenStore implements AdminTokenStore {
   }
 
   async list(): Promise<AdminToken[]> {
-    return (await this.db.query<Row>(`SELECT ${COLUMNS} FROM admin_tokens ORDER BY created_at, id`)).rows.map(fromRow);
+    return (await this.db.query<TokenRow>(`SELECT ${COLUMNS} FROM admin_tokens ORDER BY created_at, id`)).rows.map(fromRow);
   }
 
   async revoke(id: string): Promise<boolean> {
