@@ -131,6 +131,21 @@ export function fromRow(r: SessionRow): NetworkSession {
   };
 }
 
+/** What an accounting report says of its session, absent attributes as null (both dialects store it so). */
+export function reportFields(r: SessionReport) {
+  return {
+    ip: r.ip,
+    imsi: r.imsi,
+    imei: r.imei ?? null,
+    msisdn: r.msisdn ?? null,
+    ratType: r.ratType ?? null,
+    nasIp: r.nasIp,
+    nasIdentifier: r.nasIdentifier ?? null,
+    acctSessionId: r.acctSessionId,
+    chargingId: r.chargingId ?? null,
+  };
+}
+
 /** The sessions a change ended, with why. */
 export const ended = (rows: SessionRow[], cause: SessionEndCause): EndedSession[] => rows.map((r) => ({ session: fromRow(r), cause }));
 
@@ -195,17 +210,7 @@ export class NetworkSessions implements SessionLookup {
     this.forgetStops = db.prepare<[number]>('DELETE FROM stopped_sessions WHERE stopped_at < ?');
     this.recordTx = db.transaction((r: SessionReport): RecordResult => {
       const now = this.now();
-      const f = {
-        ip: r.ip,
-        imsi: r.imsi,
-        imei: r.imei ?? null,
-        msisdn: r.msisdn ?? null,
-        ratType: r.ratType ?? null,
-        nasIp: r.nasIp,
-        nasIdentifier: r.nasIdentifier ?? null,
-        acctSessionId: r.acctSessionId,
-        chargingId: r.chargingId ?? null,
-      };
+      const f = reportFields(r);
       const refreshed = this.refreshStmt.run(f.imei, f.msisdn, f.ratType, f.nasIdentifier, f.chargingId, now, f.ip, f.acctSessionId, f.imsi);
       if (refreshed.changes === 1) return { session: fromRow(this.getByIp.get(f.ip)!), created: false, ended: [] };
       // Only a record that would open a session can re-open a stopped one or evict a newer holder.

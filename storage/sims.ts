@@ -23,7 +23,7 @@ export interface Sim {
   deliveredAt: number | null;
 }
 
-interface SimRow {
+export interface SimRow {
   imsi: string;
   iccid: string | null;
   msisdn: string | null;
@@ -88,7 +88,8 @@ export type BindOutcome =
 
 const ONLINE_SQL = onlineSql('s');
 
-function fromRow(r: SimRow): Sim {
+/** A SIM from its row, as both dialects return it. */
+export function fromRow(r: SimRow): Sim {
   return {
     imsi: r.imsi,
     iccid: r.iccid,

@@ -10,7 +10,7 @@ import type {
   SessionReport,
   SessionRow,
 } from '../network-sessions.ts';
-import { ended, fromRow } from '../network-sessions.ts';
+import { ended, fromRow, reportFields } from '../network-sessions.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed } from './params.ts';
 
@@ -77,17 +77,7 @@ export class PgNetworkSessions implements NetworkSessionStore {
   /** Start or Interim-Update: refreshes the same session, or opens it (evicting the IP's other session). */
   private async record(c: pg.PoolClient, r: SessionReport): Promise<{ session: NetworkSession; created: boolean; ended: EndedSession[]; ignored?: IgnoredReason }> {
     const now = this.now();
-    const f = {
-      ip: r.ip,
-      imsi: r.imsi,
-      imei: r.imei ?? null,
-      msisdn: r.msisdn ?? null,
-      ratType: r.ratType ?? null,
-      nasIp: r.nasIp,
-      nasIdentifier: r.nasIdentifier ?? null,
-      acctSessionId: r.acctSessionId,
-      chargingId: r.chargingId ?? null,
-    };
+    const f = reportFields(r);
     const refreshed = await c.query<SessionRow>(
       `UPDATE network_sessions SET imei = coalesce($1, imei), msisdn = coalesce($2, msisdn), rat_type = coalesce($3, rat_type),
          nas_identifier = coalesce($4, nas_identifier), charging_id = coalesce($5, charging_id), updated_at = $6, updates = updates + 1

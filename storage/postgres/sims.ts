@@ -1,43 +1,10 @@
 import type pg from 'pg';
 import { sameDevice } from '../../lib/ids.ts';
 import { onlineSql } from '../activity.ts';
-import { createdOutcome, importChange, type BindOutcome, type ImportOutcome, type NewSim, type Sim, type SimFilter, type SimImportRow, type SimListItem, type SimPatch, type SimRegistry, type SimStatus } from '../sims.ts';
+import { createdOutcome, fromRow, importChange, type SimRow, type BindOutcome, type ImportOutcome, type NewSim, type Sim, type SimFilter, type SimImportRow, type SimListItem, type SimPatch, type SimRegistry, type SimStatus } from '../sims.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed, Params } from './params.ts';
 
-interface SimRow {
-  imsi: string;
-  iccid: string | null;
-  msisdn: string | null;
-  group_name: string;
-  status: SimStatus;
-  bound_imei: string | null;
-  lock_mode: string | null;
-  thing_name: string;
-  tags: string;
-  secret_hash: string | null;
-  created_at: number;
-  last_seen_at: number | null;
-  delivered_at: number | null;
-}
-
-function fromRow(r: SimRow): Sim {
-  return {
-    imsi: r.imsi,
-    iccid: r.iccid,
-    msisdn: r.msisdn,
-    group: r.group_name,
-    status: r.status,
-    boundImei: r.bound_imei,
-    lockMode: r.lock_mode,
-    thingName: r.thing_name,
-    tags: JSON.parse(r.tags) as Record<string, string>,
-    secretHash: r.secret_hash,
-    createdAt: r.created_at,
-    lastSeenAt: r.last_seen_at,
-    deliveredAt: r.delivered_at ?? null,
-  };
-}
 
 const COLUMNS = 'imsi, iccid, msisdn, group_name, status, bound_imei, lock_mode, thing_name, tags, secret_hash, created_at, last_seen_at, delivered_at';
 
