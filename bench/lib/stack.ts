@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -200,7 +200,10 @@ export class Stack {
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
     writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
-    const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
+    // BENCH_GATEWAY_NODE_ARGS: more options for the gateway's node (e.g. --trace-gc); its output is kept
+    // in gateway-output.log in the temp directory when BENCH_KEEP_TMP is set.
+    const extraArgs = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+    const nodeArgs = [...extraArgs, ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [])];
     const proc = gatewaySource().legacy
       ? await startLegacyGateway(this.configFile, structuredClone(this.gatewayConfig), simbridgeSpawn({ nodeArgs }))
       : await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
@@ -210,6 +213,7 @@ export class Stack {
 
   async stopGateway(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     const code = await this.gateway?.process.kill(signal);
+    if (this.gateway && process.env.BENCH_KEEP_TMP) appendFileSync(join(this.dir, 'gateway-output.log'), this.gateway.process.output);
     return code ?? null;
   }
 
