@@ -33,7 +33,7 @@ export function registerFileRoutes(
       return reply.code(fileStatus[file.reason]).send({ error: file.reason, message: file.message });
     }
     const etag = `"${file.id}"`;
-    reply.header('etag', etag).header('accept-ranges', 'bytes').header('content-type', 'application/octet-stream');
+    reply.header('etag', etag).header('accept-ranges', 'bytes');
     if (req.headers['if-none-match'] === etag) {
       await file.handle.close();
       return reply.code(304).send();
@@ -49,6 +49,7 @@ export function registerFileRoutes(
     }
     const [start, end] = range.kind === 'partial' ? [range.start, range.end] : [0, file.size - 1];
     const length = end - start + 1;
+    reply.header('content-type', 'application/octet-stream');
     if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${file.size}`);
     reply.header('content-length', String(length));
     if (length === 0 || req.method === 'HEAD') {
