@@ -145,6 +145,10 @@ describe('firmware files through the gateway', () => {
     const stale = await getFile(imsi, FW_ID, { range: 'bytes=0-9', 'if-range': '"0000"' });
     expect(stale.status).toBe(200);
     expect(Buffer.from(await stale.arrayBuffer()).equals(FW)).toBe(true);
+    const head = await fetch(`${base()}/v1/files/${FW_ID}`, { method: 'HEAD', headers: headers(imsi) });
+    expect([head.status, head.headers.get('content-length'), head.headers.get('etag'), (await head.arrayBuffer()).byteLength]).toEqual([200, String(FW.length), `"${FW_ID}"`, 0]);
+    const unchanged = await getFile(imsi, FW_ID, { 'if-none-match': `"${FW_ID}"` });
+    expect(unchanged.status).toBe(304);
     expect(files.downloads('fw-4.0.bin')).toBe(1);
   });
 

@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdmittedDevice } from '../admission.ts';
 import { FileRefusal, type DeviceFiles, type FileRefusalReason } from '../files/device-files.ts';
@@ -54,7 +55,8 @@ export function registerFileRoutes(
     reply.header('content-length', String(length));
     if (length === 0 || req.method === 'HEAD') {
       await file.handle.close();
-      return reply.send();
+      // An empty stream, not an empty body: fastify would otherwise answer a HEAD with Content-Length 0.
+      return reply.send(Readable.from([]));
     }
     const stream = file.handle.createReadStream({ start, end, autoClose: true });
     // A device gone mid-transfer: the stream (and the file handle) closes with its socket.
