@@ -7,10 +7,13 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileCache, FileError, type OpenFile } from '../bridge/files/cache.ts';
+import { DeviceFiles, FileRefusal } from '../bridge/files/device-files.ts';
 import { fileRefs, jobsWithGatewayFiles, withGatewayFiles } from '../bridge/files/document.ts';
 import { parseRange } from '../bridge/files/range.ts';
 import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { CertificateAuthority } from '../sandbox/ca.ts';
+import type { AuditStore } from '../storage/audit.ts';
+import type { Sim } from '../storage/sims.ts';
 import { startFileServer, type FileServer } from '../sandbox/file-server.ts';
 import { tempDir } from './helpers/processes.ts';
 
@@ -124,6 +127,40 @@ describe('file cache', () => {
     const before = server.downloads('a.bin');
     expect((await readAll(await again.open(a.ref))).equals(a.body)).toBe(true);
     expect(server.downloads('a.bin')).toBe(before);
+  });
+});
+
+describe('who may have a file', () => {
+  const dir = tempDir('files-access');
+  const body = randomBytes(2_000);
+  let server: FileServer;
+  let ca: CertificateAuthority;
+  beforeAll(async () => {
+    ca = await CertificateAuthority.open(dir);
+    const id = await ca.serverIdentity(dir, ['localhost'], ['127.0.0.1']);
+    server = await startFileServer({ certPem: id.certPem, keyPem: id.keyPem });
+    server.put('fw.bin', body);
+  });
+  afterAll(() => server?.close());
+
+  it('a device whose pending job names the file gets it; others are refused, and audited', async () => {
+    const audited: unknown[][] = [];
+    const audit = { record: async (...args: unknown[]) => void audited.push(args), query: async () => ({ events: [] }) } as unknown as AuditStore;
+    const id = sha256(body);
+    const pending = [{ jobId: 'fw', status: 'QUEUED', versionNumber: 1, executionNumber: 1, document: { files: [{ url: server.url('fw.bin'), sha256: id }] } }];
+    const jobs = { forResponse: (sim: Sim) => (sim.group === 'off' ? undefined : { settle: async () => (sim.imsi === '001010000000001' ? pending : []) }) };
+    const cache = new FileCache({ dir: join(dir, 'cache'), maxBytes: 1024 ** 2, maxFileBytes: 1024 ** 2, downloadTimeoutMs: 10_000, ca: ca.certPem, metrics: createMetrics(), log: pino({ level: 'silent' }) });
+    const files = new DeviceFiles({ jobs, cache, audit, log: pino({ level: 'silent' }) });
+    const sim = (imsi: string, group = 'default') => ({ imsi, group, thingName: `sim-${imsi}` }) as Sim;
+
+    const got = await files.open(sim('001010000000001'), id);
+    expect(got).not.toBeInstanceOf(FileRefusal);
+    expect((await readAll(got as OpenFile)).equals(body)).toBe(true);
+    expect(await files.open(sim('001010000000002'), id)).toMatchObject({ reason: 'file_not_found' });
+    expect(audited).toEqual([['file_refused', '001010000000002', { file: id, reason: 'file_not_found' }]]);
+    expect(await files.open(sim('001010000000001', 'off'), id)).toMatchObject({ reason: 'jobs_disabled' });
+    expect(await files.open(sim('001010000000001'), id.toUpperCase())).toMatchObject({ reason: 'file_id_invalid' });
+    expect(server.downloads('fw.bin')).toBe(1);
   });
 });
 
