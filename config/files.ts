@@ -17,6 +17,8 @@ export const filesSection = z
       .default(256 * 1024 ** 2)
       .describe('largest single file fetched; a bigger one (declared or received) is refused with 502 file_too_large'),
     downloadTimeoutMs: z.number().int().positive().default(300_000).describe('longest time one download may take from the first byte asked to the last received; then it is abandoned (502)'),
+    prefetch: z.boolean().default(true).describe('start downloading a file as soon as a 202 carries a job naming it, before any device asks for it'),
+    prefetchRetryMs: z.number().int().min(0).default(60_000).describe('after a failed download, how long prefetching leaves that file alone (a device asking still tries again at once)'),
     caFile: z.string().optional().describe('PEM bundle of CAs trusted for file downloads instead of the Node.js bundled roots (e.g. a private CA or the sandbox CA)'),
     coapBlockBytes: z
       .union([z.literal(16), z.literal(32), z.literal(64), z.literal(128), z.literal(256), z.literal(512), z.literal(1024)])

@@ -23,6 +23,8 @@ export interface FileServer {
   corrupt(name: string, on: boolean): void;
   /** Each answer waits this long before its first byte. */
   setDelay(ms: number): void;
+  /** GETs of the file received (answered or still held back). */
+  requests(name: string): number;
   /** Completed GETs of the file (200 answers). */
   downloads(name: string): number;
   close(): Promise<void>;
@@ -32,6 +34,7 @@ export async function startFileServer(opts: FileServerOptions): Promise<FileServ
   const files = new Map<string, Buffer>();
   const corrupted = new Set<string>();
   const counts = new Map<string, number>();
+  const received = new Map<string, number>();
   let delayMs = 0;
 
   const server: Server = createServer({ cert: opts.certPem, key: opts.keyPem }, (req, res) => {
@@ -41,6 +44,7 @@ export async function startFileServer(opts: FileServerOptions): Promise<FileServ
       res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not_found' }));
       return;
     }
+    received.set(name, (received.get(name) ?? 0) + 1);
     setTimeout(() => {
       let bytes = body;
       if (corrupted.has(name)) {
@@ -63,6 +67,7 @@ export async function startFileServer(opts: FileServerOptions): Promise<FileServ
     put: (name, body) => void files.set(name, body),
     corrupt: (name, on) => void (on ? corrupted.add(name) : corrupted.delete(name)),
     setDelay: (ms) => void (delayMs = ms),
+    requests: (name) => received.get(name) ?? 0,
     downloads: (name) => counts.get(name) ?? 0,
     close: () =>
       new Promise<void>((resolve) => {

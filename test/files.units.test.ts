@@ -93,6 +93,25 @@ describe('file cache', () => {
     expect(server.downloads('bad.bin')).toBe(2);
   });
 
+  it('prefetches a file once; a failed one is left alone for the retry time, while a device asking tries again', async () => {
+    const { body, ref } = publish('pre.bin', 3_000);
+    const { c, metrics } = cache('prefetch');
+    server.corrupt('pre.bin', true);
+    c.prefetch(ref, 60_000);
+    c.prefetch(ref, 60_000);
+    for (let i = 0; i < 200 && (await counter(metrics, 'simbridge_file_downloads_total')) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(await counter(metrics, 'simbridge_file_downloads_total', { result: 'checksum_mismatch' })).toBe(1);
+    c.prefetch(ref, 60_000);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(server.downloads('pre.bin')).toBe(1);
+    server.corrupt('pre.bin', false);
+    expect((await readAll(await c.open(ref))).equals(body)).toBe(true);
+    expect(server.downloads('pre.bin')).toBe(2);
+    c.prefetch(ref, 0);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(server.downloads('pre.bin')).toBe(2);
+  });
+
   it('refuses a size other than declared, a file over the bound, and a server its CA bundle does not trust', async () => {
     const { ref } = publish('sized.bin', 3_000);
     await expect(cache('limits').c.open({ ...ref, size: 2_999 })).rejects.toMatchObject({ reason: 'file_size_mismatch' });
@@ -150,7 +169,7 @@ describe('who may have a file', () => {
     const pending = [{ jobId: 'fw', status: 'QUEUED', versionNumber: 1, executionNumber: 1, document: { files: [{ url: server.url('fw.bin'), sha256: id }] } }];
     const jobs = { forResponse: (sim: Sim) => (sim.group === 'off' ? undefined : { settle: async () => (sim.imsi === '001010000000001' ? pending : []) }) };
     const cache = new FileCache({ dir: join(dir, 'cache'), maxBytes: 1024 ** 2, maxFileBytes: 1024 ** 2, downloadTimeoutMs: 10_000, ca: ca.certPem, metrics: createMetrics(), log: pino({ level: 'silent' }) });
-    const files = new DeviceFiles({ jobs, cache, audit, log: pino({ level: 'silent' }) });
+    const files = new DeviceFiles({ jobs, cache, prefetch: () => ({ prefetch: false, prefetchRetryMs: 0 }), audit, log: pino({ level: 'silent' }) });
     const sim = (imsi: string, group = 'default') => ({ imsi, group, thingName: `sim-${imsi}` }) as Sim;
 
     const got = await files.open(sim('001010000000001'), id);

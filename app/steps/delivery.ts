@@ -112,7 +112,7 @@ export function buildDelivery(
 
   const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits, quota: () => live.config.storage.outbox, group, audit, metrics });
-  const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log), audit, log: log.child({ component: 'files' }) });
+  const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log), prefetch: () => live.config.files, audit, log: log.child({ component: 'files' }) });
   return { admission, uplink, dispatcher, downlink, connectivity, jobs, files };
 }
 

@@ -60,6 +60,8 @@ export class FileCache {
   /** id → size, least recently served first. */
   private readonly entries = new Map<string, { size: number; touched: number }>();
   private readonly inflight = new Map<string, Promise<void>>();
+  /** id → when its last download failed (prefetching leaves it alone for a while). */
+  private readonly failedAt = new Map<string, number>();
   private bytes = 0;
 
   constructor(private readonly opts: FileCacheOptions) {
@@ -103,6 +105,14 @@ export class FileCache {
     }
   }
 
+  /** Starts downloading the file unless it is cached, on its way, or failed within retryMs; never throws. */
+  prefetch(ref: FileRef, retryMs: number): void {
+    if (this.entries.has(ref.id) || this.inflight.has(ref.id)) return;
+    if (Date.now() - (this.failedAt.get(ref.id) ?? -Infinity) < retryMs) return;
+    // A failure is counted and logged by download(); the device asking later tries again.
+    this.fetchOnce(ref).catch(() => undefined);
+  }
+
   private pathOf(id: string): string {
     return join(this.opts.dir, id);
   }
@@ -124,11 +134,14 @@ export class FileCache {
       if (ref.size !== undefined && ref.size > limit) throw new FileError('file_too_large', `the job document declares ${ref.size} bytes; files.maxFileBytes (and files.maxBytes) allow ${limit}`);
       const size = await this.fetchTo(ref, part, limit);
       this.remember(ref.id, size, Date.now());
+      this.failedAt.delete(ref.id);
       this.evict(ref.id);
       this.opts.metrics.fileDownloads.inc({ result: 'ok' });
       this.opts.log.info({ file: ref.id, bytes: size, ms: Date.now() - started }, 'file downloaded');
     } catch (err) {
       await unlink(part).catch(() => undefined);
+      if (this.failedAt.size >= 1024) this.failedAt.delete(this.failedAt.keys().next().value!);
+      this.failedAt.set(ref.id, Date.now());
       const failure = err instanceof FileError ? err : new FileError('file_download_failed', `the file could not be downloaded: ${(err as Error).message}`);
       this.opts.metrics.fileDownloads.inc({ result: downloadResult[failure.reason] });
       this.opts.log.warn({ file: ref.id, host: hostOf(ref.url), reason: failure.reason, err: failure.message }, 'file download refused');

@@ -3,7 +3,7 @@ import type { AuditStore } from '../../storage/audit.ts';
 import type { Sim } from '../../storage/sims.ts';
 import type { DeviceJobs } from '../jobs.ts';
 import { FileError, type FileCache, type FileFailure, type OpenFile } from './cache.ts';
-import { FILE_ID, fileRefs } from './document.ts';
+import { FILE_ID, fileRefs, jobsWithGatewayFiles } from './document.ts';
 
 export type FileRefusalReason = FileFailure | 'file_id_invalid' | 'file_not_found' | 'jobs_disabled';
 
@@ -24,10 +24,22 @@ export class DeviceFiles {
     private readonly opts: {
       jobs: Pick<DeviceJobs, 'forResponse'>;
       cache: FileCache;
+      /** files.prefetch and files.prefetchRetryMs. */
+      prefetch: () => { prefetch: boolean; prefetchRetryMs: number };
       audit: AuditStore;
       log: Logger;
     },
   ) {}
+
+  /**
+   * The device's pending jobs as its 202 carries them, each file pointed at the gateway's copy; the
+   * files start downloading now (files.prefetch), so they are ready when the device asks.
+   */
+  announce<J extends { document: unknown }>(jobs: J[]): J[] {
+    const { prefetch, prefetchRetryMs } = this.opts.prefetch();
+    if (prefetch) for (const ref of jobs.flatMap((j) => fileRefs(j.document))) this.opts.cache.prefetch(ref, prefetchRetryMs);
+    return jobsWithGatewayFiles(jobs);
+  }
 
   async open(sim: Sim, id: string): Promise<OpenFile | FileRefusal> {
     if (!FILE_ID.test(id)) return new FileRefusal('file_id_invalid', 'a file id is the sha256 of the file, 64 lowercase hex digits');

@@ -10,7 +10,6 @@ import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink, type UplinkRefusalReason } from '../uplink.ts';
 import type { DeviceJobs } from '../jobs.ts';
 import type { DeviceFiles } from '../files/device-files.ts';
-import { jobsWithGatewayFiles } from '../files/document.ts';
 import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
 import { registerFileRoutes } from './http-files.ts';
 import { registerJobRoutes } from './http-jobs.ts';
@@ -215,7 +214,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     const jobs = opts.jobs?.forResponse(device.sim);
     try {
       const id = await opts.uplink.accept('http', device, topic, payload, qos);
-      const pendingJobs = jobs ? { jobs: opts.files ? jobsWithGatewayFiles(await jobs.settle()) : await jobs.settle() } : {};
+      const pendingJobs = jobs ? { jobs: opts.files ? opts.files.announce(await jobs.settle()) : await jobs.settle() } : {};
       return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device), ...pendingJobs });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
