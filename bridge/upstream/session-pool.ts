@@ -126,8 +126,10 @@ export class UpstreamSession {
     this.inflight++;
     this.lastUsed = Date.now();
     try {
-      await this.messagePacer.take(1);
-      await this.bytePacer.take(payload.length + Buffer.byteLength(topic));
+      // Within the quotas (nearly always) nothing waits: no promise per pacer per message.
+      const bytes = payload.length + Buffer.byteLength(topic);
+      if (!this.messagePacer.takeNow(1)) await this.messagePacer.take(1);
+      if (!this.bytePacer.takeNow(bytes)) await this.bytePacer.take(bytes);
       if (this.closed) throw this.droppedError();
       await this.untilDropped(this.connection.publish(topic, payload, qos), this.pendingPublishes);
     } catch (err) {
@@ -202,15 +204,15 @@ export class UpstreamSession {
       : new SessionDroppedError('session closed', false);
   }
 
-  private async untilDropped<T>(op: Promise<T>, pending: Set<(err: Error) => void>): Promise<T> {
-    let reject!: (err: Error) => void;
-    const dropped = new Promise<never>((_, r) => (reject = r));
-    pending.add(reject);
-    try {
-      return await Promise.race([op, dropped]);
-    } finally {
-      pending.delete(reject);
-    }
+  private untilDropped<T>(op: Promise<T>, pending: Set<(err: Error) => void>): Promise<T> {
+    // One promise that op or the drop settles, whichever comes first (a drop clears `pending` itself).
+    return new Promise<T>((resolve, reject) => {
+      pending.add(reject);
+      op.then(
+        (value) => (pending.delete(reject), resolve(value)),
+        (err: unknown) => (pending.delete(reject), reject(err)),
+      );
+    });
   }
 
   async unsubscribe(filter: string): Promise<void> {
