@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { GATEWAY_OUTBOX_KEY } from './events.ts';
 import type { CommitWriter } from './outbox-commit.ts';
 
 export interface NewMessage {
@@ -311,7 +312,8 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       'SELECT id, imsi, device_topic, payload, qos, received_at, system, user_properties FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
     );
     this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>);
+    // The gateway's own events are delivered by their own publisher (storage/events.ts), not by the SIMs' dispatcher.
+    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox WHERE imsi <> ? GROUP BY imsi').all(GATEWAY_OUTBOX_KEY) as Array<{ imsi: string; newest: number } & Usage>);
   }
 
   /** The oldest undelivered messages of one SIM after a given id, in order. */
