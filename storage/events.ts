@@ -14,7 +14,17 @@ export const GATEWAY_OUTBOX_KEY = '@gateway';
 export type EventFact =
   | { source: 'audit'; kind: AuditKind; imsi: string | null; detail: Record<string, unknown>; at: number }
   | { source: 'network'; change: 'start'; session: NetworkSession; at: number }
-  | { source: 'network'; change: 'stop'; session: NetworkSession; cause: EndedSession['cause']; at: number };
+  | { source: 'network'; change: 'stop'; session: NetworkSession; cause: EndedSession['cause']; at: number }
+  | { source: 'outbox'; change: 'dead_letter' | 'dropped'; message: LeftMessage; reason: string; at: number };
+
+/** A device message that left the outbox undelivered (dead-lettered, or dropped by a full outbox). */
+export interface LeftMessage {
+  id: number;
+  imsi: string;
+  deviceTopic: string;
+  bytes: number;
+  receivedAt: number;
+}
 
 /** An event ready for IoT Core: its upstream topic and its JSON payload (rendered and masked above storage). */
 export interface RenderedEvent {

@@ -1,5 +1,5 @@
 import type { Db } from './db.ts';
-import { GATEWAY_OUTBOX_KEY } from './events.ts';
+import { GATEWAY_OUTBOX_KEY, queueEvent } from './events.ts';
 import type { CommitWriter } from './outbox-commit.ts';
 
 export interface NewMessage {
@@ -342,6 +342,7 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       this.db
         .prepare('INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(msg.imsi, msg.deviceTopic, msg.payload, msg.receivedAt, reason, Date.now());
+      queueEvent(this.db, { source: 'outbox', change: 'dead_letter', message: left(msg), reason, at: Date.now() });
       return true;
     })();
     if (moved) {
@@ -361,6 +362,7 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
         if (!row) break;
         after = row.id;
         if (this.deleteStmt.run(row.id).changes === 1) {
+          queueEvent(this.db, { source: 'outbox', change: 'dropped', message: left(row), reason: 'outbox full (drop-oldest)', at: Date.now() });
           this.leaveTail(row);
           this.account(imsi, -1, -row.payload.length);
           this.removedUndelivered(imsi);
@@ -380,4 +382,9 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       )
       .all() as Array<{ group: string; rows: number; bytes: number; oldestReceivedAt: number | null }>;
   }
+}
+
+/** What an event tells of a message that left the outbox undelivered. */
+function left(m: OutboxMessage) {
+  return { id: m.id, imsi: m.imsi, deviceTopic: m.deviceTopic, bytes: m.payload.length, receivedAt: m.receivedAt };
 }

@@ -58,7 +58,13 @@ export class GatewayIdentity {
     }
     if (row.step === 'key' || row.step === 'csr_sent') row = await this.certificate(row);
     if (row.step === 'certificate') row = await this.attach(row);
+    // Vended before: the policy follows the configured event topics (once per start, GetPolicy only when unchanged).
+    else await this.o.call('CreatePolicy', (s) => this.o.provider.ensurePolicy(this.o.policyName, this.policyOf(row!), s));
     return this.credentialsOf(row);
+  }
+
+  private policyOf(row: GatewayCredentialRow): string {
+    return eventPolicyDocument({ ...arnScope(row.certArn!), thingName: row.thingName, eventTopicRoot: this.o.eventTopicRoot });
   }
 
   /** CreateCertificateFromCsr; the step is recorded as begun first, so a restart knows one may exist. */
@@ -76,7 +82,7 @@ export class GatewayIdentity {
   /** Thing, event policy and both attachments (all idempotent), then in use. */
   private async attach(row: GatewayCredentialRow): Promise<GatewayCredentialRow> {
     const { provider, call, store, gateway, thingName, policyName } = this.o;
-    const document = eventPolicyDocument({ ...arnScope(row.certArn!), thingName, eventTopicRoot: this.o.eventTopicRoot });
+    const document = this.policyOf(row);
     await call('CreateThing', (s) => provider.ensureThing(thingName, { role: 'simbridge-gateway' }, undefined, s));
     await call('CreatePolicy', (s) => provider.ensurePolicy(policyName, document, s));
     await call('AttachPolicy', (s) => provider.attachPolicy(policyName, row.certArn!, s));

@@ -23,6 +23,13 @@ function classify(fact: EventFact): { kind: EventKind; imsi: string | null; fiel
       ? { kind: 'network_session_start', imsi: s.imsi, fields: { session } }
       : { kind: 'network_session_stop', imsi: s.imsi, fields: { session, cause: fact.cause } };
   }
+  if (fact.source === 'outbox') {
+    // Decided in the outbox's own transaction (the audit row of it is a commit of its own, after).
+    const m = fact.message;
+    return fact.change === 'dead_letter'
+      ? { kind: 'message_dead_lettered', imsi: m.imsi, fields: { messageId: m.id, topic: m.deviceTopic, reason: fact.reason } }
+      : { kind: 'message_dropped_quota', imsi: m.imsi, fields: { messageId: m.id, topic: m.deviceTopic, bytes: m.bytes, receivedAt: new Date(m.receivedAt).toISOString(), reason: fact.reason } };
+  }
   const d = fact.detail;
   const imsi = fact.imsi;
   switch (fact.kind) {
@@ -41,10 +48,6 @@ function classify(fact: EventFact): { kind: EventKind; imsi: string | null; fiel
     case 'sim_status_changed':
       if (d.from === d.to || (d.to !== 'suspended' && d.to !== 'terminated')) return undefined;
       return { kind: d.to === 'suspended' ? 'sim_suspended' : 'sim_terminated', imsi, fields: { from: d.from ?? null, by: d.by ?? null } };
-    case 'dead_letter':
-      return { kind: 'message_dead_lettered', imsi, fields: { messageId: d.id, topic: d.topic, reason: d.reason } };
-    case 'message_dropped':
-      return { kind: 'message_dropped_quota', imsi, fields: { messageId: d.id, topic: d.topic, bytes: d.bytes, receivedAt: typeof d.receivedAt === 'number' ? new Date(d.receivedAt).toISOString() : null, reason: d.reason } };
     default:
       return undefined;
   }
