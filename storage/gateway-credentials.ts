@@ -27,6 +27,10 @@ export interface GatewayCredentialStore {
   create(row: Pick<GatewayCredentialRow, 'gateway' | 'thingName' | 'keyAlg' | 'keyEnc' | 'csrPem'>): Promise<boolean>;
   /** Moves the row from `from` to `to` with these columns; false when it was not at `from`. */
   advance(gateway: string, from: GatewayStep, to: GatewayStep, fields?: GatewayCredentialFields): Promise<boolean>;
+  /** Every gateway's sealed key (a master-key rotation re-seals them). */
+  sealedKeys(): Promise<Array<{ gateway: string; keyEnc: Buffer }>>;
+  /** Replaces a sealed key only if it is still `old`; false when it changed meanwhile. */
+  replaceSealedKey(gateway: string, old: Buffer, sealed: Buffer): Promise<boolean>;
 }
 
 interface Row {
@@ -68,6 +72,8 @@ export class SqliteGatewayCredentials implements GatewayCredentialStore {
   private readonly getStmt;
   private readonly createStmt;
   private readonly advanceStmt;
+  private readonly keysStmt;
+  private readonly resealStmt;
 
   constructor(
     db: Db,
@@ -82,6 +88,16 @@ export class SqliteGatewayCredentials implements GatewayCredentialStore {
       `UPDATE gateway_credentials SET step = ?, cert_id = coalesce(?, cert_id), cert_arn = coalesce(?, cert_arn), cert_pem = coalesce(?, cert_pem),
          policy_name = coalesce(?, policy_name), updated_at = ? WHERE gateway = ? AND step = ?`,
     );
+    this.keysStmt = db.prepare<[], { gateway: string; key_enc: Buffer }>('SELECT gateway, key_enc FROM gateway_credentials ORDER BY gateway');
+    this.resealStmt = db.prepare('UPDATE gateway_credentials SET key_enc = ? WHERE gateway = ? AND key_enc = ?');
+  }
+
+  async sealedKeys(): Promise<Array<{ gateway: string; keyEnc: Buffer }>> {
+    return this.keysStmt.all().map((r) => ({ gateway: r.gateway, keyEnc: r.key_enc }));
+  }
+
+  async replaceSealedKey(gateway: string, old: Buffer, sealed: Buffer): Promise<boolean> {
+    return this.resealStmt.run(sealed, gateway, old).changes === 1;
   }
 
   async get(gateway: string): Promise<GatewayCredentialRow | undefined> {

@@ -4,7 +4,7 @@ import { EventPublisher } from '../../bridge/events/publisher.ts';
 import { eventRenderer } from '../../bridge/events/render.ts';
 import type { Db } from '../../storage/db.ts';
 import { SqliteEventQueue, tapEvents } from '../../storage/events.ts';
-import { SqliteGatewayCredentials } from '../../storage/gateway-credentials.ts';
+import type { Stores } from '../../storage/index.ts';
 import { GatewayIdentity } from '../../vending/gateway-identity.ts';
 import { createProvider } from '../../vending/index.ts';
 import type { KeyCipher } from '../../vending/key-cipher.ts';
@@ -23,7 +23,7 @@ export interface EventParts {
  * outbox row in the same commit (storage/events.ts), published as the gateway's own thing. Runs before
  * the listeners open, so no occurrence escapes the tap.
  */
-export function startEvents(live: Live, deps: { db: Db; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; log: Logger }): EventParts | undefined {
+export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; log: Logger }): EventParts | undefined {
   const { events, vending, upstream } = live.config;
   if (!events.enabled) return undefined;
   const gateway = events.gateway;
@@ -34,7 +34,7 @@ export function startEvents(live: Live, deps: { db: Db; cipher: KeyCipher; vendi
     policyName: fillName(events.policyName, { gateway }),
     eventTopicRoot: `${events.topicPrefix}/${gateway}/events`,
     keyAlgorithm: vending.keyAlgorithm,
-    store: new SqliteGatewayCredentials(deps.db),
+    store: deps.stores.gatewayCredentials,
     cipher: deps.cipher,
     provider,
     call: (api, fn) => deps.vending.vendor.callApi(api, fn),

@@ -32,4 +32,13 @@ export class PgGatewayCredentials implements GatewayCredentialStore {
     );
     return changed(result) === 1;
   }
+
+  async sealedKeys(): Promise<Array<{ gateway: string; keyEnc: Buffer }>> {
+    const { rows } = await this.db.query<{ gateway: string; key_enc: Buffer }>('SELECT gateway, key_enc FROM gateway_credentials ORDER BY gateway');
+    return rows.map((r) => ({ gateway: r.gateway, keyEnc: r.key_enc }));
+  }
+
+  async replaceSealedKey(gateway: string, old: Buffer, sealed: Buffer): Promise<boolean> {
+    return changed(await this.db.query('UPDATE gateway_credentials SET key_enc = $1 WHERE gateway = $2 AND key_enc = $3', [sealed, gateway, old])) === 1;
+  }
 }
