@@ -50,7 +50,7 @@ async function assemble(live: Live, db: Db, log: Logger, env: NodeJS.ProcessEnv)
   const vending = startVending(live, { stores, cipher, metrics, log });
   const upstream = startUpstream(live, { vending, metrics, log });
   const delivery = buildDelivery(live, { stores, outbox, vending, upstream, metrics, log });
-  const events = startEvents(live, { db, stores, cipher, vending, upstream, log });
+  const events = startEvents(live, { db, stores, cipher, vending, upstream, metrics, log });
   // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
   // wait for the writer thread to load, and share the cores with both threads' start-up.
   await Promise.all([writer.ready(), upstream.pool.ready()]);

@@ -192,6 +192,10 @@ describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
     expect(eventsOf(observer.messages, 'network_session_stop')[0]).toMatchObject({ cause: 'stop', session: { ip: '127.0.0.9', acctSessionId: 'acct-events-1' } });
     // Delivered events leave the outbox.
     expect(gatewayRows(dir)).toBe(0);
+    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    expect(metrics).toMatch(/simbridge_events_published_total\{kind="message_dropped_quota"\} 2/);
+    expect(metrics).toMatch(/simbridge_events_published_total\{kind="imei_mismatch"\} 1/);
+    expect(metrics).toMatch(/simbridge_events_queued 0/);
   }, 180_000);
 
   it('publishes as its own thing, whose policy allows only its event topics', async () => {

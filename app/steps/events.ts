@@ -1,6 +1,8 @@
 import type { Logger } from 'pino';
 import { maskIdentifiers } from '../../admin/mask.ts';
+import { eventMetrics } from '../../bridge/events/metrics.ts';
 import { EventPublisher } from '../../bridge/events/publisher.ts';
+import type { Metrics } from '../../bridge/metrics.ts';
 import { eventRenderer } from '../../bridge/events/render.ts';
 import type { Db } from '../../storage/db.ts';
 import { SqliteEventQueue, tapEvents } from '../../storage/events.ts';
@@ -23,7 +25,7 @@ export interface EventParts {
  * outbox row in the same commit (storage/events.ts), published as the gateway's own thing. Runs before
  * the listeners open, so no occurrence escapes the tap.
  */
-export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; log: Logger }): EventParts | undefined {
+export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger }): EventParts | undefined {
   const { events, vending, upstream } = live.config;
   if (!events.enabled) return undefined;
   const gateway = events.gateway;
@@ -40,12 +42,14 @@ export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: 
     call: (api, fn) => deps.vending.vendor.callApi(api, fn),
     log: deps.log.child({ component: 'events' }),
   });
+  const queue = new SqliteEventQueue(deps.db);
   const publisher = new EventPublisher({
-    queue: new SqliteEventQueue(deps.db),
+    queue,
     credentials: () => identity.ensure(),
     pool: deps.upstream.pool,
     maxInflight: upstream.maxInflight,
     retryDelayMs: events.retryDelayMs,
+    metrics: eventMetrics(deps.metrics.registry, () => queue.count()),
     log: deps.log.child({ component: 'events' }),
   });
   const untap = tapEvents(

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { EventQueue } from '../../storage/events.ts';
 import type { DeviceCredentials } from '../../vending/vendor.ts';
 import type { UpstreamPool } from '../upstream/session-pool.ts';
+import type { EventMetrics } from './metrics.ts';
 
 export interface EventPublisherOptions {
   queue: EventQueue;
@@ -11,6 +12,7 @@ export interface EventPublisherOptions {
   /** Publishes in flight at once (IoT Core: 100 in-flight QoS 1 per connection). */
   maxInflight: number;
   retryDelayMs: number;
+  metrics?: Pick<EventMetrics, 'published' | 'failures'>;
   log: Logger;
 }
 
@@ -58,6 +60,7 @@ export class EventPublisher {
         delay = this.o.retryDelayMs;
       } catch (err) {
         if (this.stopped) return;
+        this.o.metrics?.failures.inc();
         this.o.log.warn({ err: String((err as Error)?.message ?? err) }, 'gateway events not published; will retry');
         await new Promise((r) => (this.timer = setTimeout(r, delay * (0.5 + Math.random() / 2))));
         delay = Math.min(delay * 2, MAX_RETRY_DELAY_MS);
@@ -74,6 +77,7 @@ export class EventPublisher {
     const results = await Promise.allSettled(rows.map(async (row) => {
       await session.publish(row.topic, row.payload, 1);
       await this.o.queue.remove(row.id);
+      this.o.metrics?.published.inc({ kind: row.topic.slice(row.topic.lastIndexOf('/') + 1) });
     }));
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) {
