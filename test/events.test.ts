@@ -3,14 +3,16 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttachPolicyCommand, CreatePolicyCommand } from '@aws-sdk/client-iot';
 import Database from 'better-sqlite3';
+import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { maskId } from '../lib/ids.ts';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { KeyCipher } from '../vending/key-cipher.ts';
 import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer, type Received } from './helpers/mqtt.ts';
-import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 // Lifecycle events (docs/events.md): each occurrence is driven for real (devices over HTTP, radclient as
@@ -207,6 +209,27 @@ describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
     expect(row).toMatchObject({ step: 'ready', thing_name: `simbridge-${GATEWAY}` });
     // The private key is sealed (AES-256-GCM), never stored as PEM.
     expect(row.key_enc.toString('latin1')).not.toContain('PRIVATE KEY');
+  });
+
+  it("the gateway's certificate may publish its events and nothing else (the sandbox holds it to its policy)", async () => {
+    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+    const row = db.prepare('SELECT cert_pem, key_enc FROM gateway_credentials WHERE gateway = ?').get(GATEWAY) as { cert_pem: string; key_enc: Buffer };
+    db.close();
+    const key = new KeyCipher(Buffer.from(TEST_MASTER_KEY, 'hex')).decrypt(row.key_enc, `gateway:${GATEWAY}`).toString();
+    const connect = (clientId: string) =>
+      mqtt.connectAsync(`mqtts://localhost:${sandbox.dataPort}`, { ca: readFileSync(sandbox.caFile), cert: row.cert_pem, key, clientId, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000 }, false);
+    // Another client id than its thing: refused.
+    await expect(connect('sim-001010000000701')).rejects.toBeDefined();
+    const own = await connect(`simbridge-${GATEWAY}`);
+    await own.publishAsync(`simbridge/${GATEWAY}/events/probe`, 'ok', { qos: 1 });
+    await observer.waitUntil((m) => m.some((x) => x.topic === `simbridge/${GATEWAY}/events/probe`));
+    // A device's topic: IoT Core closes the connection and forwards nothing.
+    const closed = new Promise<void>((resolve) => own.once('close', () => resolve()));
+    own.publish('devices/sim-001010000000701/forged', 'no', { qos: 1 });
+    await closed;
+    own.end(true);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(observer.messages.some((x) => x.topic.endsWith('/forged'))).toBe(false);
   });
 });
 
