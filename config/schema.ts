@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
 import { eventsSection } from './events.ts';
+import { filesSection } from './files.ts';
 import { jobsSection } from './jobs.ts';
 import { identityFindings, identitySection, identitySource, radiusSection } from './identity.ts';
 import { coapEnabled, coapListenerSection, udpGroupKeys, udpListenerSection } from './lowpower.ts';
@@ -130,6 +131,7 @@ export const configSchema = z
     identity: identitySection,
     radius: radiusSection,
     jobs: jobsSection,
+    files: filesSection,
     events: eventsSection,
     limits: z
       .object({

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, writeYaml, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
+import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
 import { Collector, probe } from './collector.ts';
 import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
@@ -71,36 +71,44 @@ export function gatewaySource(): GatewaySource {
 /** How the bench starts simbridge processes (the shared test harness): from the measured checkout. */
 export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, ...opts });
 
+/**
+ * BENCH_GATEWAY_NODE_ARGS: more options for the gateway's node (e.g. --trace-gc, --cpu-prof); the
+ * Stack's gateway output is kept in gateway-output.log in the temp directory when BENCH_KEEP_TMP is set.
+ */
+export const gatewayNodeArgs = (): string[] => process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+
 /** How the bench starts the sandbox: from the measured checkout, or from this one for a legacy gateway. */
 const sandboxSpawn = (): SpawnOptions => (gatewaySource().legacy ? { cwd: repoRoot } : simbridgeSpawn());
 
 /**
- * Starts a gateway from before the ready signal, so that older commits can be measured by today's
- * scenarios: its config schema is strict, so each key it names as unknown is removed and the start
- * retried (the bench's settings that such a gateway lacks simply do not apply), and its ports are read
- * from the start-up banner it printed then ("device MQTT  127.0.0.1:PORT").
+ * For a gateway from before the ready signal, writes `config` as that gateway accepts it: its schema is
+ * strict, so each key its `simbridge config check` names as unknown is left out (the bench's settings
+ * such a gateway lacks simply do not apply). Today's gateway gets the file as given.
  */
-async function startLegacyGateway(configFile: string, config: Tree, opts: SpawnOptions): Promise<GatewayProcessLike> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    writeFileSync(configFile, stringifyYaml(config));
-    const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }, opts);
-    const banner = /device HTTP .+\n/;
-    await proc.waitFor(() => banner.test(proc.output) || proc.child.exitCode !== null, 60_000, 'the start-up banner').catch(() => undefined);
-    if (banner.test(proc.output)) {
-      const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
-      const admin = proc.output.match(/admin\s+http:\/\/\S+:(\d+)/);
-      return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP'), adminPort: admin ? Number(admin[1]) : undefined });
-    }
-    await proc.kill('SIGKILL');
-    await new Promise((r) => setTimeout(r, 300)); // the last of its output
-    const unknown = proc.output.match(/^\s+(\S*?):? ?unknown key "([^"]+)"/m);
-    if (!unknown) throw new Error(`legacy gateway did not start:\n${proc.output}`);
-    const path = unknown[1] ? unknown[1].replace(/:$/, '').split('.') : [];
-    let node: Tree = config;
-    for (const key of path) node = node[key] as Tree;
+export async function writeGatewayConfig(file: string, config: Tree): Promise<void> {
+  const fitted = structuredClone(config);
+  for (let attempt = 0; attempt < 30; attempt++) {
+    writeFileSync(file, stringifyYaml(fitted));
+    if (!gatewaySource().legacy) return;
+    const check = spawnCli(['config', 'check', file], {}, simbridgeSpawn());
+    if ((await check.exited) === 0) return;
+    await new Promise((r) => setTimeout(r, 100)); // the last of its output
+    const unknown = check.output.match(/^\s+(\S*?):? ?unknown key "([^"]+)"/m);
+    if (!unknown) throw new Error(`legacy gateway refuses the bench's config:\n${check.output}`);
+    let node: Tree = fitted;
+    for (const key of unknown[1] ? unknown[1].replace(/:$/, '').split('.') : []) node = node[key] as Tree;
     delete node[unknown[2]];
   }
-  throw new Error('legacy gateway: too many unknown keys');
+  throw new Error('legacy gateway: too many unknown config keys');
+}
+
+/** Starts a gateway from before the ready signal: ports are read from the start-up banner it printed then. */
+async function startLegacyGateway(configFile: string, opts: SpawnOptions): Promise<GatewayProcessLike> {
+  const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }, opts);
+  await proc.waitFor(/device HTTP .+\n/, 60_000, 'the start-up banner');
+  const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
+  const admin = proc.output.match(/admin\s+http:\/\/\S+:(\d+)/);
+  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP'), adminPort: admin ? Number(admin[1]) : undefined });
 }
 type GatewayProcessLike = CliProcess & { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; adminPort?: number };
 
@@ -199,13 +207,10 @@ export class Stack {
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
-    writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
-    // BENCH_GATEWAY_NODE_ARGS: more options for the gateway's node (e.g. --trace-gc); its output is kept
-    // in gateway-output.log in the temp directory when BENCH_KEEP_TMP is set.
-    const extraArgs = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-    const nodeArgs = [...extraArgs, ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [])];
+    await writeGatewayConfig(this.configFile, this.gatewayConfig);
+    const nodeArgs = [...gatewayNodeArgs(), ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [])];
     const proc = gatewaySource().legacy
-      ? await startLegacyGateway(this.configFile, structuredClone(this.gatewayConfig), simbridgeSpawn({ nodeArgs }))
+      ? await startLegacyGateway(this.configFile, simbridgeSpawn({ nodeArgs }))
       : await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
     this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: proc.mqttPort, httpPort: proc.httpPort, coapPort: proc.coapPort, udpPort: proc.udpPort, adminPort: proc.adminPort };
     return this.gateway;
