@@ -4,6 +4,7 @@ import type { Metrics } from '../bridge/metrics.ts';
 import type { Db } from '../storage/db.ts';
 import { startAdminApi } from './steps/admin.ts';
 import { buildDelivery, startBatchSchedules } from './steps/delivery.ts';
+import { startEvents } from './steps/events.ts';
 import { startIngress } from './steps/ingress.ts';
 import type { Live } from './steps/live.ts';
 import { reloader } from './steps/reload.ts';
@@ -49,6 +50,7 @@ async function assemble(live: Live, db: Db, log: Logger, env: NodeJS.ProcessEnv)
   const vending = startVending(live, { stores, cipher, metrics, log });
   const upstream = startUpstream(live, { vending, metrics, log });
   const delivery = buildDelivery(live, { stores, outbox, vending, upstream, metrics, log });
+  const events = startEvents(live, { db, stores, cipher, vending, upstream, metrics, log });
   // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
   // wait for the writer thread to load, and share the cores with both threads' start-up.
   await Promise.all([writer.ready(), upstream.pool.ready()]);
@@ -71,6 +73,6 @@ async function assemble(live: Live, db: Db, log: Logger, env: NodeJS.ProcessEnv)
     db,
     metrics,
     reload: reloader(live, { stores, cipher, schedules, dispatcher: delivery.dispatcher, syncPolicies: (groups) => vending.vendor.syncPolicies(groups), env, log }),
-    close: shutdown(live, { db, outbox, vending, upstream, delivery, ingress, schedules, admin, controlPlane }),
+    close: shutdown(live, { db, outbox, vending, upstream, delivery, ingress, schedules, admin, controlPlane, events }),
   };
 }

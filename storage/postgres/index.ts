@@ -8,6 +8,7 @@ import { PgAuditLog } from './audit.ts';
 import type { Pool } from './connect.ts';
 import { PgCredentialStore } from './credentials.ts';
 import { PgDownlinkStore } from './downlink.ts';
+import { PgGatewayCredentials } from './gateway-credentials.ts';
 import { PgMetaStore } from './meta.ts';
 import { PgNetworkSessions } from './network-sessions.ts';
 import { PgOutboxStats } from './outbox-stats.ts';
@@ -35,6 +36,7 @@ export function postgresStores(pool: Pool, now: () => number = Date.now, opts: {
     audit: new PgAuditLog(pool) satisfies AuditStore,
     credentials,
     credentialReads: credentials,
+    gatewayCredentials: new PgGatewayCredentials(pool, now),
     downlink: new PgDownlinkStore(pool),
     networkSessions: new PgNetworkSessions(pool, now, opts.replayWindowMs),
     outboxStats: new PgOutboxStats(pool) satisfies OutboxStats,
