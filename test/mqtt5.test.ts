@@ -215,6 +215,49 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     expect(disconnect?.reasonCode).toBe(0x93);
   });
 
+  it('reads packets split across reads and interleaved between connections, each at its own level', async () => {
+    const pause = () => new Promise((r) => setTimeout(r, 40));
+    const open = async (imsi: string, imei: string, level: 4 | 5) => {
+      const got: Packet[] = [];
+      const parser = mqttPacket.parser({ protocolVersion: level });
+      parser.on('packet', (p: Packet) => got.push(p));
+      const socket = createConnection({ host: '127.0.0.1', port: gateway.mqttPort });
+      socket.setNoDelay(true);
+      socket.on('data', (c: Buffer) => parser.parse(c));
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(mqttPacket.generate({ ...(connectPacket(imsi) as mqttPacket.IConnectPacket), protocolVersion: level, clientId: imei, properties: level === 5 ? {} : undefined }, { protocolVersion: level }));
+      await expect.poll(() => got.map((p) => p.cmd)).toEqual(['connack']);
+      return { socket, got };
+    };
+    const a = await open('001010000000530', IMEI, 5);
+    const b = await open('001010000000531', OTHER_IMEI, 4);
+    // A's publish sets a topic alias (a property only an MQTT 5 reading finds); B's is plain 3.1.1.
+    const pubA = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-a'), qos: 1, messageId: 7, dup: false, retain: false, properties: { topicAlias: 1 } }, { protocolVersion: 5 });
+    const pubB = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-b'), qos: 1, messageId: 9, dup: false, retain: false }, { protocolVersion: 4 });
+    const ping = mqttPacket.generate({ cmd: 'pingreq' });
+    a.socket.write(pubA.subarray(0, 1)); // the fixed header's first byte only
+    await pause();
+    b.socket.write(pubB.subarray(0, 6));
+    await pause();
+    a.socket.write(pubA.subarray(1, 10));
+    await pause();
+    b.socket.write(Buffer.concat([pubB.subarray(6), ping]));
+    await pause();
+    a.socket.write(Buffer.concat([pubA.subarray(10), ping, ping.subarray(0, 1)]));
+    await pause();
+    a.socket.write(ping.subarray(1));
+    // PINGRESP is immediate, PUBACK waits for the commit: compared without their order.
+    await expect.poll(() => a.got.map((p) => p.cmd).sort()).toEqual(['connack', 'pingresp', 'pingresp', 'puback']);
+    await expect.poll(() => b.got.map((p) => p.cmd).sort()).toEqual(['connack', 'pingresp', 'puback']);
+    expect(a.got.find((p): p is mqttPacket.IPubackPacket => p.cmd === 'puback')?.messageId).toBe(7);
+    expect(b.got.find((p): p is mqttPacket.IPubackPacket => p.cmd === 'puback')?.messageId).toBe(9);
+    await seen('split-a');
+    await seen('split-b');
+    expect(upstreamTopicOf('split-a')).toBe('devices/sim-001010000000530/split');
+    a.socket.destroy();
+    b.socket.destroy();
+  });
+
   it('ignores a PUBACK for an id it never sent and keeps serving the connection', async () => {
     const got = await rawSession(gateway.mqttPort, [
       connectPacket('001010000000510'),
