@@ -9,6 +9,7 @@ import type { Pool } from './connect.ts';
 import { PgCredentialStore } from './credentials.ts';
 import { PgDownlinkStore } from './downlink.ts';
 import { PgMetaStore } from './meta.ts';
+import { PgMqttSessionStore } from './mqtt-sessions.ts';
 import { PgNetworkSessions } from './network-sessions.ts';
 import { PgOutboxStats } from './outbox-stats.ts';
 import { PgRetentionStore } from './retention.ts';
@@ -36,6 +37,7 @@ export function postgresStores(pool: Pool, now: () => number = Date.now, opts: {
     credentials,
     credentialReads: credentials,
     downlink: new PgDownlinkStore(pool),
+    mqttSessions: new PgMqttSessionStore(pool),
     networkSessions: new PgNetworkSessions(pool, now, opts.replayWindowMs),
     outboxStats: new PgOutboxStats(pool) satisfies OutboxStats,
     retention: new PgRetentionStore(pool) satisfies RetentionStore,
