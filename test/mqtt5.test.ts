@@ -229,8 +229,8 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
       await expect.poll(() => got.map((p) => p.cmd)).toEqual(['connack']);
       return { socket, got };
     };
-    const a = await open('001010000000530', IMEI, 5);
-    const b = await open('001010000000531', OTHER_IMEI, 4);
+    const a = await open('001010000000560', IMEI, 5);
+    const b = await open('001010000000561', OTHER_IMEI, 4);
     // A's publish sets a topic alias (a property only an MQTT 5 reading finds); B's is plain 3.1.1.
     const pubA = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-a'), qos: 1, messageId: 7, dup: false, retain: false, properties: { topicAlias: 1 } }, { protocolVersion: 5 });
     const pubB = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-b'), qos: 1, messageId: 9, dup: false, retain: false }, { protocolVersion: 4 });
@@ -253,7 +253,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     expect(b.got.find((p): p is mqttPacket.IPubackPacket => p.cmd === 'puback')?.messageId).toBe(9);
     await seen('split-a');
     await seen('split-b');
-    expect(upstreamTopicOf('split-a')).toBe('devices/sim-001010000000530/split');
+    expect(upstreamTopicOf('split-a')).toBe('devices/sim-001010000000560/split');
     a.socket.destroy();
     b.socket.destroy();
   });

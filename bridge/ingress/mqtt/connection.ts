@@ -232,7 +232,8 @@ export class DeviceConnection {
 
   /**
    * Sends a downlink message. QoS 1 waits for room under the device's Receive Maximum and stays in
-   * flight until its PUBACK; a message above the device's Maximum Packet Size is dropped (MQTT-3.1.2-25).
+   * flight until its PUBACK. Not sent: a message past its expiry (MQTT-3.3.2-5; a kept one stays in the
+   * store until the sweep accounts for it) and one above the device's Maximum Packet Size (MQTT-3.1.2-25).
    */
   deliver(msg: Outgoing): boolean {
     if (msg.expiresAt !== undefined && msg.expiresAt <= Date.now()) return false;
@@ -248,7 +249,11 @@ export class DeviceConnection {
     // MQTT 5: the device learns how long the command stays valid (MQTT-3.3.2-6: the time left).
     if (this.level === 5 && msg.expiresAt !== undefined) packet.properties = { messageExpiryInterval: Math.max(1, Math.ceil((msg.expiresAt - Date.now()) / 1000)) };
     const buf = mqttPacket.generate(packet, { protocolVersion: this.level });
-    if (this.peerMaxPacket && buf.length > this.peerMaxPacket) return false;
+    if (this.peerMaxPacket && buf.length > this.peerMaxPacket) {
+      this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' });
+      this.ep.opts.log.info({ thing: this.device?.sim.thingName, bytes: buf.length, max: this.peerMaxPacket }, 'MQTT downlink larger than the device takes: dropped');
+      return false;
+    }
     if (msg.qos === 1) this.outgoing!.set(packet.messageId!, msg);
     this.write(buf);
     return true;
@@ -259,8 +264,8 @@ export class DeviceConnection {
     const msg = this.outgoing?.get(messageId);
     if (!msg) return undefined;
     this.outgoing!.delete(messageId);
-    const next = this.waiting?.shift();
-    if (next) this.deliver(next);
+    // Room for the next waiting message; one that expired while it waited makes room for the one after.
+    while (this.waiting?.length && this.outgoing!.size < this.peerReceiveMaximum) this.deliver(this.waiting.shift()!);
     return msg;
   }
 
