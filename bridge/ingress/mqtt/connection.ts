@@ -13,6 +13,8 @@ export interface Outgoing {
   topic: string;
   payload: Buffer;
   qos: 0 | 1;
+  /** A retained message sent because the subscription was just made (MQTT-3.3.1-9): RETAIN 1. */
+  retain?: boolean;
   /** Its row in the session store, when it was kept for a sleeping device. */
   keptId?: number;
   /** When it stops being worth delivering (ms), if it expires. */
@@ -244,7 +246,7 @@ export class DeviceConnection {
         return true;
       }
     }
-    const packet: IPublishPacket = { cmd: 'publish', topic: msg.topic, payload: msg.payload, qos: msg.qos, dup: false, retain: false };
+    const packet: IPublishPacket = { cmd: 'publish', topic: msg.topic, payload: msg.payload, qos: msg.qos, dup: false, retain: msg.retain === true };
     if (msg.qos === 1) packet.messageId = this.allocateId();
     // MQTT 5: the device learns how long the command stays valid (MQTT-3.3.2-6: the time left).
     if (this.level === 5 && msg.expiresAt !== undefined) packet.properties = { messageExpiryInterval: Math.max(1, Math.ceil((msg.expiresAt - Date.now()) / 1000)) };

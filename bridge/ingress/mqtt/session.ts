@@ -1,5 +1,6 @@
 import { WHILE_CONNECTED, type KeptMessage, type MqttSessionStore, type SessionKey } from '../../../storage/mqtt-sessions.ts';
 import type { AdmittedDevice } from '../../admission.ts';
+import type { Deliver } from '../../downlink.ts';
 import type { DeviceConnection, Outgoing } from './connection.ts';
 import type { Endpoint } from './context.ts';
 
@@ -27,17 +28,25 @@ export class DeviceSession {
   ) {}
 
   /** Downlink from the upstream subscription: to the device, or kept for it while it sleeps. */
-  deliver(topic: string, payload: Buffer, qos: 0 | 1): void {
-    if (this.conn?.state === 'open') this.conn.deliver({ topic, payload, qos });
+  deliver(topic: string, payload: Buffer, qos: 0 | 1, retain: boolean): void {
+    if (this.conn?.state === 'open') this.conn.deliver({ topic, payload, qos, retain });
     else this.sessions.keep(this, { topic, payload, qos });
   }
 
-  /** deliver() as the upstream session calls it, bound once at the first subscription. */
-  get deliverer(): (topic: string, payload: Buffer, qos: 0 | 1) => void {
-    return (this.boundDeliver ??= this.deliver.bind(this));
+  /** The same for a subscription that takes no retained messages (Retain Handling 1 or 2, a session taken up again). */
+  deliverLive(topic: string, payload: Buffer, qos: 0 | 1, retain: boolean): void {
+    if (retain) this.sessions.retainedNotWanted(this, topic);
+    else this.deliver(topic, payload, qos, false);
   }
 
-  private boundDeliver?: (topic: string, payload: Buffer, qos: 0 | 1) => void;
+  /** deliver() or deliverLive() as the upstream session calls them, each bound once, at its first use. */
+  deliverer(withRetained: boolean): Deliver {
+    if (withRetained) return (this.boundDeliver ??= this.deliver.bind(this));
+    return (this.boundDeliverLive ??= this.deliverLive.bind(this));
+  }
+
+  private boundDeliver?: Deliver;
+  private boundDeliverLive?: Deliver;
 
   /** The subscriptions as they are stored. */
   storedFilters(): Array<[string, 0 | 1]> {
@@ -93,7 +102,7 @@ export class Sessions {
       if (stored) {
         present = true;
         for (const [filter, qos] of stored.filters) {
-          await this.subscribe(session, filter, qos).catch((err: Error) => this.ep.opts.log.warn({ thing: device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored'));
+          await this.subscribe(session, filter, qos, 0, true).catch((err: Error) => this.ep.opts.log.warn({ thing: device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored'));
         }
       }
       this.byId.set(id, session);
@@ -146,9 +155,15 @@ export class Sessions {
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
-  /** Subscribes the session's device upstream; resolves with the granted QoS. */
-  async subscribe(session: DeviceSession, filter: string, qos: number): Promise<0 | 1> {
-    const granted = await this.ep.opts.downlink.subscribe(session.device, filter, qos, session.deliverer);
+  /**
+   * Subscribes the session's device upstream; resolves with the granted QoS. Retained messages IoT Core
+   * sends for a new subscription reach the device with RETAIN 1, unless MQTT 5 Retain Handling asks for
+   * none (2) or for none on a subscription the session already has (1) (section 3.8.3.1); a stored
+   * subscription taken up again (resumed) is no new subscription and gets none either.
+   */
+  async subscribe(session: DeviceSession, filter: string, qos: number, retainHandling = 0, resumed = false): Promise<0 | 1> {
+    const withRetained = !resumed && (retainHandling === 0 || (retainHandling === 1 && !session.filters?.has(filter)));
+    const granted = await this.ep.opts.downlink.subscribe(session.device, filter, qos, session.deliverer(withRetained));
     (session.filters ??= new Map()).set(filter, granted);
     return granted;
   }
@@ -236,7 +251,7 @@ export class Sessions {
       this.byId.set(session.id, session);
       restored++;
       for (const [filter, qos] of stored.filters) {
-        this.subscribe(session, filter, qos).catch((err: Error) => {
+        this.subscribe(session, filter, qos, 0, true).catch((err: Error) => {
           session.filters?.delete(filter);
           log.warn({ thing: sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored');
         });
@@ -257,6 +272,12 @@ export class Sessions {
       }
     }
     for (const m of messages) this.accountFor(m.imsi, [m], m.expiresAt <= now ? 'expired before its device came back' : 'session expired');
+  }
+
+  /** A retained message the subscription asked not to get: counted, not sent. */
+  retainedNotWanted(session: DeviceSession, topic: string): void {
+    this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'retained_not_wanted' });
+    this.ep.opts.log.debug({ thing: session.device.sim.thingName, topic }, 'retained message not sent (Retain Handling)');
   }
 
   /** Every dropped command is counted and audited: nothing disappears without a trace. */
