@@ -180,6 +180,7 @@ export async function gatewayConfig(
     listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown>; coap?: Record<string, unknown>; udp?: Record<string, unknown> };
     radius?: Record<string, unknown>;
     identity?: Record<string, unknown>;
+    files?: Record<string, unknown>;
   } = {},
 ): Promise<{ file: string }> {
   const file = writeYaml(dir, 'gateway.yaml', {
@@ -199,6 +200,7 @@ export async function gatewayConfig(
     identity: { allowInsecureClaims: true, ...extra.identity },
     ...(extra.storage ? { storage: extra.storage } : {}),
     ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
+    ...(extra.files ? { files: extra.files } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },
     upstream: {
       endpoint: 'localhost',
