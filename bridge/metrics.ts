@@ -94,7 +94,7 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
     vendSeconds: new Histogram({ name: 'simbridge_vend_seconds', help: 'time to vend a device', registers: [registry], buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60] }),
     downlink: new Counter({
       name: 'simbridge_downlink_messages_total',
-      help: 'messages down to devices by protocol and result (delivered, held, dropped, expired)',
+      help: 'messages down to devices by protocol and result (delivered, held, dropped, expired, retained_not_wanted)',
       labelNames: ['protocol', 'result'] as const,
       registers: [registry],
     }),

@@ -42,7 +42,7 @@ const group = z
       .object({
         maxExpirySeconds: z.number().int().min(0).default(86_400).describe('longest an MQTT session outlives its connection (3.1.1 cleanSession=0 gets this; MQTT 5 session expiry is cut to it); 0 = no persistent sessions'),
         maxMessages: z.number().int().positive().default(20).describe('most QoS 1 commands kept per sleeping MQTT session; the oldest is dropped (audited) past it'),
-        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a kept command waits for its device'),
+        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a kept command waits for its device; never sent after it, MQTT 5 devices are told the time left'),
       })
       .strict()
       .prefault({}),

@@ -48,7 +48,7 @@ export interface Stores {
  * The stores both dialects offer with the same promise-shaped interfaces (storage/postgres/index.ts
  * builds them over PostgreSQL).
  */
-export type SharedStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'credentialReads' | 'gatewayCredentials' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens' | 'meta'>;
+export type SharedStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'credentialReads' | 'gatewayCredentials' | 'mqttSessions' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens' | 'meta'>;
 
 /** The SQLite stores over an open database; replayWindowMs: how long stopped RADIUS sessions are remembered. */
 export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {

@@ -10,6 +10,7 @@ import { PgCredentialStore } from './credentials.ts';
 import { PgDownlinkStore } from './downlink.ts';
 import { PgGatewayCredentials } from './gateway-credentials.ts';
 import { PgMetaStore } from './meta.ts';
+import { PgMqttSessionStore } from './mqtt-sessions.ts';
 import { PgNetworkSessions } from './network-sessions.ts';
 import { PgOutboxStats } from './outbox-stats.ts';
 import { PgRetentionStore } from './retention.ts';
@@ -38,6 +39,7 @@ export function postgresStores(pool: Pool, now: () => number = Date.now, opts: {
     credentialReads: credentials,
     gatewayCredentials: new PgGatewayCredentials(pool, now),
     downlink: new PgDownlinkStore(pool),
+    mqttSessions: new PgMqttSessionStore(pool),
     networkSessions: new PgNetworkSessions(pool, now, opts.replayWindowMs),
     outboxStats: new PgOutboxStats(pool) satisfies OutboxStats,
     retention: new PgRetentionStore(pool) satisfies RetentionStore,
