@@ -2,7 +2,7 @@
 // (libcoap's coap-client-notls) in the 2.04 of its reading, and the device's POST /jobs/{jobId}
 // becomes UpdateJobExecution as its thing, answered in CoAP's codes.
 import { join } from 'node:path';
-import { CreateJobCommand, DescribeJobExecutionCommand, type IoTClient } from '@aws-sdk/client-iot';
+import { CancelJobCommand, CreateJobCommand, DescribeJobExecutionCommand, type IoTClient } from '@aws-sdk/client-iot';
 import Database from 'better-sqlite3';
 import { decode as cborDecode, encode as cborEncode } from 'cbor-x';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -129,7 +129,12 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     expect(await report('fw-5-0', { status: 'FAILED' })).toMatchObject({ code: '4.09', body: { error: 'job_finished', execution: { status: 'SUCCEEDED' } } });
   });
 
-  it('answers an unknown job with 4.04, a bad report with 4.00, and a group without Jobs with 4.04 jobs_disabled', async () => {
+  it('answers a removed job and an unknown job with 4.04, a bad report with 4.00, and a group without Jobs with 4.04 jobs_disabled', async () => {
+    await iot.send(new CreateJobCommand({ jobId: 'fw-gone', targets: [targetOf(SIMS.device)], document: '{}' }));
+    await wakeUntil((a) => (a?.jobs ?? []).some((j) => j.jobId === 'fw-gone'));
+    await iot.send(new CancelJobCommand({ jobId: 'fw-gone' }));
+    const removed = await report('fw-gone', { status: 'SUCCEEDED' });
+    expect(removed, removed.out).toMatchObject({ code: '4.04', body: { error: 'job_removed', execution: { status: 'CANCELED' } } });
     const unknown = await report('never-made', { status: 'SUCCEEDED' });
     expect(unknown.code, unknown.out).toBe('4.04');
     expect(unknown.out).toMatch(/job_not_found/);
@@ -142,7 +147,7 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     expect(off.code, off.out).toBe('4.04');
     expect(off.out).toMatch(/jobs_disabled/);
     const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
-    for (const reason of ['job_not_found', 'job_update_invalid', 'jobs_disabled', 'job_version_conflict']) expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{[^}]*protocol="coap"[^}]*reason="${reason}"`));
+    for (const reason of ['job_removed', 'job_not_found', 'job_update_invalid', 'jobs_disabled', 'job_version_conflict']) expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{[^}]*protocol="coap"[^}]*reason="${reason}"`));
   });
 
   it('carries the jobs in CBOR when asked with Accept 60, and honours the former flag name httpJobs', async () => {
