@@ -314,10 +314,10 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       : { payload: Buffer.from(JSON.stringify(body)), format: 'application/json' as const };
   }
 
-  function encode(req: IncomingMessage, body: Record<string, unknown>, held: HeldMessage[]) {
+  function encode(req: IncomingMessage, body: Record<string, unknown>, held: HeldMessage[], after: Record<string, unknown>) {
     // In CBOR a payload is a byte string, not base64.
     const downlink = req.headers.Accept === 'application/cbor' ? held.map((m) => ({ topic: m.topic, payload: m.payload, qos: m.qos, receivedAt: m.receivedAt })) : held.map(downlinkJson);
-    return encodeBody(req, { ...body, downlink });
+    return encodeBody(req, { ...body, downlink, ...after });
   }
 
   /**
@@ -328,7 +328,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     answerWithHeld(opts.downlink, device, 'coap', (held) => {
       // A device that did not ask for a body (no Accept), has nothing held and no job pending gets the bare code: fewer bytes on the radio.
       if (!always && held.length === 0 && !jobs?.length && req.headers.Accept === undefined) return reply(res, code);
-      const { payload, format } = encode(req, jobs ? { ...body, jobs } : body, held);
+      const { payload, format } = encode(req, body, held, jobs ? { jobs } : {});
       reply(res, code, payload, format);
     });
   }
