@@ -100,7 +100,7 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
     }),
     jobRequests: new Counter({
       name: 'simbridge_job_requests_total',
-      help: 'IoT Jobs requests made for HTTP devices, by kind (pending, update) and result (accepted, rejected code, timeout, unavailable)',
+      help: 'IoT Jobs requests made for sleeping HTTP and CoAP devices, by kind (pending, update) and result (accepted, rejected code, timeout, unavailable)',
       labelNames: ['kind', 'result'] as const,
       registers: [registry],
     }),

@@ -53,10 +53,11 @@ const group = z
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
-    httpJobs: z
+    sleepingJobs: z
       .boolean()
-      .default(false)
-      .describe('HTTP devices get their pending IoT Jobs in the 202 and report with POST /v1/jobs/{jobId} (each fetch is a few billed messages on the device\'s session)'),
+      .optional()
+      .describe('HTTP and CoAP devices get their pending IoT Jobs in the answer to their uplink and report with POST /v1/jobs/{jobId} (CoAP: /jobs/{jobId}); each fetch is a few billed messages on the device\'s session. Off by default'),
+    httpJobs: z.boolean().optional().describe('the former name of sleepingJobs, still accepted; sleepingJobs wins when both are set'),
     basicIngest: z
       .object({
         rule: z
