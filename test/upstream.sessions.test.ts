@@ -122,7 +122,10 @@ describe('upstream sessions', () => {
     const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
     const dead = db.prepare('SELECT device_topic, payload, reason FROM dead_letters WHERE imsi = ?').all(imsi) as Array<{ device_topic: string; payload: Buffer; reason: string }>;
     const audit = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'dead_letter'").pluck().get(imsi);
-    const outbox = db.prepare('SELECT COUNT(*) FROM outbox').pluck().get();
+    // A delivered row is deleted with the commit after its PUBACK, which may come after the observer saw it.
+    const outboxRows = () => db.prepare('SELECT COUNT(*) FROM outbox').pluck().get() as number;
+    for (const deadline = Date.now() + 10_000; outboxRows() > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    const outbox = outboxRows();
     db.close();
     expect(dead).toHaveLength(1);
     expect(dead[0]!.device_topic).toBe('denied/1');
