@@ -39,9 +39,24 @@ export class StreamRejected extends Error {
 }
 
 export class StreamReader implements StreamSource {
+  /** One transfer at a time per thing and stream: they share the answer topics' subscription. */
+  private readonly lanes = new Map<string, Promise<void>>();
+
   constructor(private readonly opts: StreamReaderOptions) {}
 
-  async read(ref: FileRef & { stream: StreamFile; size: number }, chunk: (bytes: Buffer) => Promise<void>, signal: AbortSignal): Promise<void> {
+  read(ref: FileRef & { stream: StreamFile; size: number }, chunk: (bytes: Buffer) => Promise<void>, signal: AbortSignal): Promise<void> {
+    const key = `${ref.via?.thingName ?? ''}/${ref.stream.streamId}`;
+    const run = (this.lanes.get(key) ?? Promise.resolve()).then(() => this.transfer(ref, chunk, signal));
+    const lane = run.catch(() => undefined);
+    this.lanes.set(key, lane);
+    void lane.then(() => {
+      if (this.lanes.get(key) === lane) this.lanes.delete(key);
+    });
+    return run;
+  }
+
+  private async transfer(ref: FileRef & { stream: StreamFile; size: number }, chunk: (bytes: Buffer) => Promise<void>, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
     const sim = ref.via;
     if (!sim) throw new Error('no device session to fetch the stream on');
     const { streamBlockBytes: l, streamBlocksPerRequest: perRequest, streamAnswerTimeoutMs } = this.opts.settings();
