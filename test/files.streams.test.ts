@@ -14,13 +14,15 @@ import {
   type IoTClient,
 } from '@aws-sdk/client-iot';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSandbox, type Sandbox } from '../sandbox/index.ts';
 import { sandboxIotClient, vendThing } from '../sandbox/testkit.ts';
+import { coapClient } from './helpers/datagram.ts';
+import { findPeer } from './helpers/interop.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const IMEI = '490154203237518';
@@ -30,6 +32,7 @@ const thingArn = (imsi: string) => `arn:aws:iot:us-east-1:123456789012:thing/sim
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const BLOCK = 4096;
 const PER_REQUEST = 4;
+const coap = findPeer('coap-client-notls', 'libcoap3-bin');
 
 /** Uploads bytes the sandbox serves as the S3 object s3://bucket/key (sandbox-only route). */
 async function putBlob(controlEndpoint: string, bucket: string, key: string, bytes: Buffer): Promise<void> {
@@ -79,6 +82,7 @@ describe('firmware from an MQTT-based file delivery stream, through the gateway'
     const cfg = await gatewayConfig(dir, sandbox, {
       groups: { default: { httpJobs: true } },
       files: { streamBlockBytes: BLOCK, streamBlocksPerRequest: PER_REQUEST },
+      listeners: { coap: { identity: 'claimed', perAddressPerSecond: 1000, perAddressBurst: 1000 } },
     });
     gateway = await startGatewayProcess(cfg.file);
     iot = sandboxIotClient(sandbox.controlEndpoint);
@@ -105,12 +109,15 @@ describe('firmware from an MQTT-based file delivery stream, through the gateway'
     for (const a of woken) {
       expect(a.jobs!.find((j) => j.jobId === 'fw-5-0')!.document).toEqual({ ...document, files: [{ ...document.files[0], gatewayFile: `/v1/files/${FW_ID}` }] });
     }
+    const started = Date.now();
     const answers = await Promise.all(
       DEVICES.map(async (imsi) => {
         const res = await getFile(imsi, FW_ID);
         return { status: res.status, etag: res.headers.get('etag'), body: Buffer.from(await res.arrayBuffer()) };
       }),
     );
+    const transfer = /"bytes":150000,"ms":(\d+)/.exec(gateway.output)?.[1];
+    console.log(`20 devices fetched ${FW.length} bytes each in ${Date.now() - started} ms; the stream transfer upstream took ${transfer ?? '?'} ms`);
     for (const a of answers) {
       expect(a.status).toBe(200);
       expect(a.etag).toBe(`"${FW_ID}"`);
@@ -132,6 +139,15 @@ describe('firmware from an MQTT-based file delivery stream, through the gateway'
     }
     expect((await served())['fw-5']!.blocks).toBe(blocks);
   }, 180_000);
+
+  it.skipIf(!coap)('serves the stream\'s file block-wise over CoAP from the same copy', async () => {
+    const out = join(dir, 'coap-fw5.bin');
+    const url = `coap://127.0.0.1:${gateway.coapPort}/files/${FW_ID}?imsi=${DEVICES[4]}&imei=${IMEI}`;
+    const run = await coapClient(coap!, ['-m', 'get', '-b', '1024', '-o', out, url], 60_000);
+    expect(run.code, run.out).toBe(0);
+    expect(readFileSync(out).equals(FW)).toBe(true);
+    expect((await served())['fw-5']!.blocks).toBe(Math.ceil(FW.length / BLOCK));
+  }, 90_000);
 
   it('does not serve a stream whose bytes do not match the sha256 the job names (502)', async () => {
     const other = randomBytes(9_000);
