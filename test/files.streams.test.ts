@@ -116,8 +116,7 @@ describe('firmware from an MQTT-based file delivery stream, through the gateway'
         return { status: res.status, etag: res.headers.get('etag'), body: Buffer.from(await res.arrayBuffer()) };
       }),
     );
-    const transfer = /"bytes":150000,"ms":(\d+)/.exec(gateway.output)?.[1];
-    console.log(`20 devices fetched ${FW.length} bytes each in ${Date.now() - started} ms; the stream transfer upstream took ${transfer ?? '?'} ms`);
+    console.log(`20 devices fetched ${FW.length} bytes each in ${Date.now() - started} ms (the stream transfer started with the first 202 carrying the job)`);
     for (const a of answers) {
       expect(a.status).toBe(200);
       expect(a.etag).toBe(`"${FW_ID}"`);
