@@ -175,7 +175,10 @@ export abstract class GroupCommitOutbox {
           const committed = new Map<string, OutboxMessage[]>();
           batch.forEach(({ msg, resolve }, i) => {
             resolve(ids[i]!);
-            const row = { ...msg, system: msg.system === true, id: ids[i]! };
+            // The message becomes its row: the outbox owns what was enqueued, and a copy per row was GC work.
+            const row = msg as OutboxMessage;
+            row.system = msg.system === true;
+            row.id = ids[i]!;
             this.joinTail(row);
             this.newestPerSim.set(msg.imsi, row.id);
             const list = committed.get(msg.imsi);
