@@ -15,7 +15,12 @@ export const fleetStatsSchema = {
       items: { type: 'object', properties: { group: { type: 'string' }, total: count, active: count, bound: count, online: count } },
     },
     certificates: { type: 'object', description: 'SIMs by certificate state', properties: { ready: count, vending: count } },
-    outbox: { type: 'object', properties: { depth: count, sims: count, oldestReceivedAt: { type: ['string', 'null'], format: 'date-time' } } },
+    outbox: {
+      type: 'object',
+      description: "Device messages waiting; the gateway's own lifecycle events are counted in events.queued",
+      properties: { depth: count, sims: count, oldestReceivedAt: { type: ['string', 'null'], format: 'date-time' } },
+    },
+    events: { type: 'object', description: 'Lifecycle events (docs/events.md) waiting in the outbox', properties: { queued: count } },
     deadLetters: { type: 'object', properties: { total: count, last24h: count } },
     networkSessions: count,
   },
@@ -48,6 +53,7 @@ export async function fleetStats(stores: AdminStores, onlineSince: number) {
     groups: [...groups.values()],
     certificates,
     outbox: { depth: outbox.depth, sims: outbox.sims, oldestReceivedAt: iso(outbox.oldestReceivedAt) },
+    events: { queued: outbox.events },
     deadLetters: { total: dead.total, last24h: dead.recent },
     networkSessions,
   };

@@ -20,6 +20,9 @@ export const filesSection = z
     prefetch: z.boolean().default(true).describe('start downloading a file as soon as a 202 carries a job naming it, before any device asks for it'),
     prefetchRetryMs: z.number().int().min(0).default(60_000).describe('after a failed download, how long prefetching leaves that file alone (a device asking still tries again at once)'),
     caFile: z.string().optional().describe('PEM bundle of CAs trusted for file downloads instead of the Node.js bundled roots (e.g. a private CA or the sandbox CA)'),
+    streamBlockBytes: z.number().int().min(256).max(131_072).default(65_536).describe('block size asked of IoT Core when a file comes from an MQTT-based file delivery stream (IoT Core allows 256-131072 bytes)'),
+    streamBlocksPerRequest: z.number().int().min(1).max(64).default(8).describe('blocks asked in one GetStream request; the next request goes when they all arrived'),
+    streamAnswerTimeoutMs: z.number().int().positive().default(15_000).describe('longest wait for the blocks of one GetStream request before the transfer is abandoned (502)'),
     coapBlockBytes: z
       .union([z.literal(16), z.literal(32), z.literal(64), z.literal(128), z.literal(256), z.literal(512), z.literal(1024)])
       .default(512)

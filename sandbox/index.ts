@@ -11,10 +11,12 @@ import { CertificateAuthority } from './ca.ts';
 import { adminRoutes } from './control/admin.ts';
 import { startControlServer } from './control/http.ts';
 import { jobRoutes } from './control/jobs.ts';
+import { streamRoutes } from './control/streams.ts';
 import { iotRoutes } from './control/operations.ts';
 import { type PublishQuota, startDataPlane } from './data/plane.ts';
 import { FaultInjector } from './faults.ts';
 import { JobStore } from './jobs.ts';
+import { StreamStore } from './streams.ts';
 import { type Logger, silentLogger } from './log.ts';
 import { startObserver } from './observer.ts';
 import { type Propagation, Registry } from './registry.ts';
@@ -104,6 +106,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   const registry = new Registry(join(opts.dataDir, 'registry.jsonl'), account, opts.propagation);
   const faults = new FaultInjector();
   const jobs = new JobStore(account, (thingName) => registry.findThing(thingName) !== undefined);
+  const streams = new StreamStore(account);
   const closers: (() => Promise<void>)[] = [];
   const closeAll = async () => {
     await Promise.allSettled(closers.splice(0).reverse().map((c) => c()));
@@ -124,6 +127,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       refusedConnect: opts.refusedConnect ?? 'close',
       publishQuota: opts.publishQuota === undefined ? { perSecond: 100, bytesPerSecond: 512 * 1024 } : opts.publishQuota,
       jobs,
+      streams,
       onMessage: (msg) => observer.publish(msg),
     });
     closers.push(() => data.close());
@@ -137,6 +141,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
         ...adminRoutes({ registry, faults, connections: () => data.connections() }),
         ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? IOT_CORE_NOT_AFTER }),
         ...jobRoutes(jobs),
+        ...streamRoutes(streams),
       ],
     });
     closers.push(() => control.close());

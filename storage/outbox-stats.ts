@@ -1,13 +1,24 @@
 import { deviceSent } from './activity.ts';
 import type { Db } from './db.ts';
+import { GATEWAY_OUTBOX_KEY } from './events.ts';
 
 export interface QueueSummary {
-  /** Messages waiting. */
+  /** Device messages waiting (the gateway's own events are counted apart, in `events`). */
   depth: number;
   /** SIMs with messages waiting. */
   sims: number;
   oldestReceivedAt: number | null;
+  /** The gateway's lifecycle events waiting (queued under the reserved key, not a SIM's). */
+  events: number;
 }
+
+/**
+ * One pass over the outbox splitting device rows from the gateway's events; `key` is the dialect's
+ * placeholder of the reserved key (`@key` in SQLite, `$1` in PostgreSQL). Shared so the split cannot drift.
+ */
+export const queueSummarySql = (key: string): string =>
+  `SELECT count(CASE WHEN imsi <> ${key} THEN 1 END) AS depth, count(DISTINCT CASE WHEN imsi <> ${key} THEN imsi END) AS sims, ` +
+  `min(CASE WHEN imsi <> ${key} THEN received_at END) AS oldest, count(CASE WHEN imsi = ${key} THEN 1 END) AS events FROM outbox`;
 
 export interface SimQueue {
   depth: number;
@@ -34,12 +45,8 @@ export class SqliteOutboxStats {
   constructor(private readonly db: Db) {}
 
   summary(): QueueSummary {
-    const r = this.db.prepare('SELECT count(*) AS depth, count(DISTINCT imsi) AS sims, min(received_at) AS oldest FROM outbox').get() as {
-      depth: number;
-      sims: number;
-      oldest: number | null;
-    };
-    return { depth: r.depth, sims: r.sims, oldestReceivedAt: r.oldest };
+    const r = this.db.prepare(queueSummarySql('@key')).get({ key: GATEWAY_OUTBOX_KEY }) as { depth: number; sims: number; oldest: number | null; events: number };
+    return { depth: r.depth, sims: r.sims, oldestReceivedAt: r.oldest, events: r.events };
   }
 
   ofSim(imsi: string): SimQueue {

@@ -15,6 +15,7 @@ import { CertificateAuthority } from '../sandbox/ca.ts';
 import type { AuditStore } from '../storage/audit.ts';
 import type { Sim } from '../storage/sims.ts';
 import { startFileServer, type FileServer } from '../sandbox/file-server.ts';
+import { policyAllowsSubscribe } from '../vending/policy.ts';
 import { tempDir } from './helpers/processes.ts';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -209,5 +210,27 @@ describe('job documents', () => {
     expect(jobsWithGatewayFiles([{ jobId: 'j', document: doc }], coapFilePath)[0]!.document).toEqual({ ...doc, files: [{ ...doc.files[0], gatewayFile: `/files/${id}` }, doc.files[1], doc.files[2]] });
     expect(withGatewayFiles({ operation: 'reboot' })).toEqual({ operation: 'reboot' });
     expect(jobsWithGatewayFiles([{ jobId: 'j', document: null }])).toEqual([{ jobId: 'j', document: null }]);
+  });
+
+  it('names files by an MQTT-based file delivery stream (simbridge shape and FreeRTOS OTA shape), size required', () => {
+    const doc = {
+      files: [
+        { fileName: 'a.bin', streamId: 'fw-5', fileId: 0, size: 300, sha256: id },
+        { streamId: 'fw-5', fileId: 1, sha256: id }, // no size: blocks cannot be counted
+        { streamId: 'bad id!', fileId: 0, size: 1, sha256: id },
+        { streamId: 'fw-5', fileId: 256, size: 1, sha256: id },
+      ],
+    };
+    expect(fileRefs(doc)).toEqual([{ id, stream: { streamId: 'fw-5', fileId: 0 }, size: 300 }]);
+    expect((withGatewayFiles(doc) as typeof doc).files.map((f) => (f as { gatewayFile?: string }).gatewayFile)).toEqual([`/v1/files/${id}`, undefined, undefined, undefined]);
+    const ota = { afr_ota: { protocols: ['MQTT'], streamname: 'AFR_OTA-1', files: [{ filepath: '/fw', filesize: 42, fileid: 2, sha256: id }] } };
+    expect(fileRefs(ota)).toEqual([{ id, stream: { streamId: 'AFR_OTA-1', fileId: 2 }, size: 42 }]);
+    expect(withGatewayFiles(ota)).toEqual({ afr_ota: { ...ota.afr_ota, files: [{ ...ota.afr_ota.files[0], gatewayFile: `/v1/files/${id}` }] } });
+  });
+
+  it('a device policy grants the thing its own streams topics, no other thing\'s', () => {
+    const thing = { name: 'sim-1', attributes: {} };
+    expect(policyAllowsSubscribe(['devices/{thing}/{topic}'], '$aws/things/sim-1/streams/fw-5/+/json', thing)).toBe(true);
+    expect(policyAllowsSubscribe(['devices/{thing}/{topic}'], '$aws/things/sim-2/streams/fw-5/+/json', thing)).toBe(false);
   });
 });

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fleetStats } from '../admin/fleet-stats.ts';
 import { AUDIT_KINDS, isAuditKind } from '../storage/audit.ts';
+import { GATEWAY_OUTBOX_KEY } from '../storage/events.ts';
 import { certificateState } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import type { CommitWriter } from '../storage/outbox-commit.ts';
@@ -60,11 +62,15 @@ describe.each(storeDialects())('stores on $name', (dialect) => {
     it('sums the queue, tells a SIM\'s own messages from the gateway\'s, and counts recent dead letters', async () => {
       const f = await fresh();
       const { stores } = f;
-      expect(await stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null });
+      expect(await stores.outboxStats.summary()).toEqual({ depth: 0, sims: 0, oldestReceivedAt: null, events: 0 });
       await queue(f, IMSI, 'telemetry', 1000);
       await queue(f, IMSI, '$aws/things/sim-901/shadow/update', 3000, true);
       await queue(f, OTHER, 'telemetry', 2000);
-      expect(await stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000 });
+      // Lifecycle events wait under the reserved key: neither a SIM nor device depth, counted on their own.
+      await queue(f, GATEWAY_OUTBOX_KEY, 'simbridge/edge/events/first_contact', 500, true);
+      await queue(f, GATEWAY_OUTBOX_KEY, 'simbridge/edge/events/imei_mismatch', 600, true);
+      expect(await stores.outboxStats.summary()).toEqual({ depth: 3, sims: 2, oldestReceivedAt: 1000, events: 2 });
+      expect(await fleetStats(stores, 0)).toMatchObject({ outbox: { depth: 3, sims: 2 }, events: { queued: 2 } });
       expect(await stores.outboxStats.ofSim(IMSI)).toEqual({ depth: 2, oldestReceivedAt: 1000, newestFromDevice: 1000 });
       expect(await stores.outboxStats.ofSim('001010000000999')).toEqual({ depth: 0, oldestReceivedAt: null, newestFromDevice: null });
 

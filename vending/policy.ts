@@ -1,7 +1,7 @@
 /**
  * The least-privilege policy a group's devices get: connect only as their own thing (and only while the
  * certificate is attached to it), publish / subscribe / receive only on their own topics, their own
- * shadow and their own Jobs. Policy variables make one policy serve every thing of the group. With Basic Ingest the
+ * shadow, their own Jobs and their own file delivery streams. Policy variables make one policy serve every thing of the group. With Basic Ingest the
  * group's topics are published only under that one rule's prefix (`$aws/rules/{rule}/...`) and still
  * received and subscribed to as they are (downlink).
  */
@@ -48,9 +48,12 @@ export function eventPolicyDocument(opts: { partition?: string; region: string; 
 
 const THING_VAR = '${iot:Connection.Thing.ThingName}';
 
-/** The thing's own reserved topics the policy grants: its shadow and its Jobs. */
+/**
+ * The thing's own reserved topics the policy grants: its shadow, its Jobs, and MQTT-based file delivery
+ * (streams), which the gateway uses as the device to fetch a file a job names by stream (docs/jobs.md).
+ */
 function reservedTopicPatterns(): string[] {
-  return [`$aws/things/${THING_VAR}/shadow/*`, `$aws/things/${THING_VAR}/jobs/*`];
+  return [`$aws/things/${THING_VAR}/shadow/*`, `$aws/things/${THING_VAR}/jobs/*`, `$aws/things/${THING_VAR}/streams/*`];
 }
 
 /** The topic patterns the policy grants: the group's templates and the thing's own reserved topics. */

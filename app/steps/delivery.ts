@@ -7,7 +7,8 @@ import { Connectivity } from '../../bridge/connectivity.ts';
 import { Dispatcher } from '../../bridge/dispatcher.ts';
 import { Downlink } from '../../bridge/downlink.ts';
 import { DeviceJobs } from '../../bridge/jobs.ts';
-import { FileCache } from '../../bridge/files/cache.ts';
+import { FileCache, type StreamSource } from '../../bridge/files/cache.ts';
+import { StreamReader } from '../../bridge/files/streams.ts';
 import { DeviceFiles } from '../../bridge/files/device-files.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
@@ -112,7 +113,8 @@ export function buildDelivery(
 
   const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits, quota: () => live.config.storage.outbox, group, audit, metrics });
-  const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log), prefetch: () => live.config.files, audit, log: log.child({ component: 'files' }) });
+  const streams = new StreamReader({ pool, credentials: (sim) => vendor.ensure(sim), settings: () => live.config.files, log: log.child({ component: 'files' }) });
+  const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log, streams), prefetch: () => live.config.files, audit, log: log.child({ component: 'files' }) });
   return { admission, uplink, dispatcher, downlink, connectivity, jobs, files };
 }
 
@@ -124,7 +126,7 @@ export function startBatchSchedules(live: Live, dispatcher: Dispatcher): BatchSc
 }
 
 /** The file cache under dataDir (files.*), trusting files.caFile for downloads when set. */
-function openFileCache(live: Live, metrics: Metrics, log: Logger): FileCache {
+function openFileCache(live: Live, metrics: Metrics, log: Logger, streams: StreamSource): FileCache {
   const { files, dataDir } = live.config;
-  return new FileCache({ ...files, dir: resolve(dataDir, files.dir), ca: files.caFile ? readFileSync(files.caFile, 'utf8') : undefined, metrics, log: log.child({ component: 'files' }) });
+  return new FileCache({ ...files, dir: resolve(dataDir, files.dir), ca: files.caFile ? readFileSync(files.caFile, 'utf8') : undefined, streams, metrics, log: log.child({ component: 'files' }) });
 }

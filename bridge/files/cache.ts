@@ -5,10 +5,11 @@ import { get } from 'node:https';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
-import { FILE_ID, type FileRef } from './document.ts';
+import { FILE_ID, type FileRef, type StreamFile } from './document.ts';
 
 /**
- * Files named by job documents, fetched once over HTTPS and kept on disk by their SHA-256. The
+ * Files named by job documents, fetched once (over HTTPS, or from an IoT Core stream through `streams`)
+ * and kept on disk by their SHA-256. The
  * directory is its own index: one file per id, named by the id; the least recently served file goes
  * first when the cache is over its bound (order kept in memory, and in mtimes across restarts).
  *
@@ -28,7 +29,15 @@ export class FileError extends Error {
   }
 }
 
+/** The second source beside HTTPS: a file of an IoT MQTT-based file delivery stream (bridge/files/streams.ts). */
+export interface StreamSource {
+  /** Hands the file's bytes to `chunk` in order (awaiting each); rejects on a refusal, a timeout or `signal`. */
+  read(ref: FileRef & { stream: StreamFile; size: number }, chunk: (bytes: Buffer) => Promise<void>, signal: AbortSignal): Promise<void>;
+}
+
 export interface FileCacheOptions {
+  /** Where files named by a stream come from; without it such files cannot be had. */
+  streams?: StreamSource;
   dir: string;
   maxBytes: number;
   maxFileBytes: number;
@@ -144,12 +153,12 @@ export class FileCache {
       this.failedAt.set(ref.id, Date.now());
       const failure = err instanceof FileError ? err : new FileError('file_download_failed', `the file could not be downloaded: ${(err as Error).message}`);
       this.opts.metrics.fileDownloads.inc({ result: downloadResult[failure.reason] });
-      this.opts.log.warn({ file: ref.id, host: hostOf(ref.url), reason: failure.reason, err: failure.message }, 'file download refused');
+      this.opts.log.warn({ file: ref.id, ...(ref.stream ? { stream: ref.stream.streamId } : { host: hostOf(ref.url ?? '') }), reason: failure.reason, err: failure.message }, 'file download refused');
       throw failure;
     }
   }
 
-  /** Streams the URL into `part`, checking size and hash on the way; renames it into place when it is the file. */
+  /** Streams the URL (or the stream's blocks) into `part`, checking size and hash on the way; renames it into place when it is the file. */
   private async fetchTo(ref: FileRef, part: string, limit: number): Promise<number> {
     const out = await open(part, 'wx', 0o600);
     const hash = createHash('sha256');
@@ -157,38 +166,57 @@ export class FileCache {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(new Error(`not complete within files.downloadTimeoutMs (${this.opts.downloadTimeoutMs} ms)`)), this.opts.downloadTimeoutMs);
     try {
-      await new Promise<void>((resolve, reject) => {
-        const req = get(ref.url, { ...(this.opts.ca ? { ca: this.opts.ca } : {}), signal: abort.signal }, (res) => {
-          if (res.statusCode !== 200) {
-            res.resume();
-            return reject(new FileError('file_download_failed', `the file server answered ${res.statusCode} (redirects are not followed)`));
-          }
-          const declared = Number(res.headers['content-length']);
-          if (declared > limit) {
-            res.destroy();
-            return reject(new FileError('file_too_large', `the file server announces ${declared} bytes; files.maxFileBytes (and files.maxBytes) allow ${limit}`));
-          }
-          // One write at a time, in order; the response is paused while the disk catches up.
-          let writing = Promise.resolve();
-          res.on('data', (chunk: Buffer) => {
+      if (ref.stream) {
+        const { streams } = this.opts;
+        if (!streams) throw new FileError('file_download_failed', 'files named by a stream cannot be fetched here (no upstream stream source)');
+        if (ref.size === undefined) throw new FileError('file_download_failed', 'a file named by a stream needs its size in the job document');
+        const stream = ref.stream;
+        await streams
+          .read({ ...ref, stream, size: ref.size }, async (chunk) => {
             received += chunk.length;
-            if (received > limit) {
-              res.destroy();
-              return reject(new FileError('file_too_large', `more than ${limit} bytes received (files.maxFileBytes, files.maxBytes)`));
-            }
+            if (received > limit) throw new FileError('file_too_large', `more than ${limit} bytes received (files.maxFileBytes, files.maxBytes)`);
             hash.update(chunk);
-            res.pause();
-            writing = writing.then(() => out.write(chunk)).then(
-              () => void res.resume(),
-              (err) => (res.destroy(), reject(err)),
-            );
+            await out.write(chunk);
+          }, abort.signal)
+          .catch((err: unknown) => {
+            if (err instanceof FileError) throw err;
+            throw new FileError('file_download_failed', abort.signal.aborted ? String((abort.signal.reason as Error)?.message) : `stream ${stream.streamId}: ${(err as Error).message}`);
           });
-          res.on('end', () => writing.then(() => resolve(), reject));
-          res.on('error', reject);
-          res.on('aborted', () => reject(new Error('the file server closed the connection early')));
+      } else {
+        const url = ref.url!;
+        await new Promise<void>((resolve, reject) => {
+          const req = get(url, { ...(this.opts.ca ? { ca: this.opts.ca } : {}), signal: abort.signal }, (res) => {
+            if (res.statusCode !== 200) {
+              res.resume();
+              return reject(new FileError('file_download_failed', `the file server answered ${res.statusCode} (redirects are not followed)`));
+            }
+            const declared = Number(res.headers['content-length']);
+            if (declared > limit) {
+              res.destroy();
+              return reject(new FileError('file_too_large', `the file server announces ${declared} bytes; files.maxFileBytes (and files.maxBytes) allow ${limit}`));
+            }
+            // One write at a time, in order; the response is paused while the disk catches up.
+            let writing = Promise.resolve();
+            res.on('data', (chunk: Buffer) => {
+              received += chunk.length;
+              if (received > limit) {
+                res.destroy();
+                return reject(new FileError('file_too_large', `more than ${limit} bytes received (files.maxFileBytes, files.maxBytes)`));
+              }
+              hash.update(chunk);
+              res.pause();
+              writing = writing.then(() => out.write(chunk)).then(
+                () => void res.resume(),
+                (err) => (res.destroy(), reject(err)),
+              );
+            });
+            res.on('end', () => writing.then(() => resolve(), reject));
+            res.on('error', reject);
+            res.on('aborted', () => reject(new Error('the file server closed the connection early')));
+          });
+          req.on('error', (err) => reject(abort.signal.aborted ? new FileError('file_download_failed', String((abort.signal.reason as Error)?.message ?? err.message)) : err));
         });
-        req.on('error', (err) => reject(abort.signal.aborted ? new FileError('file_download_failed', String((abort.signal.reason as Error)?.message ?? err.message)) : err));
-      });
+      }
       if (ref.size !== undefined && received !== ref.size) throw new FileError('file_size_mismatch', `received ${received} bytes; the job document declares ${ref.size}`);
       const digest = hash.digest('hex');
       if (digest !== ref.id) throw new FileError('file_checksum_mismatch', `the downloaded bytes hash to ${digest}, not to the sha256 the job document names; discarded`);

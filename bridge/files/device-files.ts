@@ -34,11 +34,16 @@ export class DeviceFiles {
   /**
    * The device's pending jobs as its answer carries them (HTTP 202, CoAP 2.04), each file pointed at the
    * gateway's copy on the listener that answers; the files start downloading now (files.prefetch), so
-   * they are ready when the device asks.
+   * they are ready when the device asks. A file named by a stream is read on `sim`'s own session.
    */
-  announce<J extends { document: unknown }>(jobs: J[], listener: 'http' | 'coap' = 'http'): J[] {
+  announce<J extends { document: unknown }>(jobs: J[], listener: 'http' | 'coap' = 'http', sim?: Sim): J[] {
     const { prefetch, prefetchRetryMs } = this.opts.prefetch();
-    if (prefetch) for (const ref of jobs.flatMap((j) => fileRefs(j.document))) this.opts.cache.prefetch(ref, prefetchRetryMs);
+    if (prefetch) {
+      for (const ref of jobs.flatMap((j) => fileRefs(j.document))) {
+        if (ref.stream && !sim) continue;
+        this.opts.cache.prefetch({ ...ref, ...(ref.stream ? { via: sim } : {}) }, prefetchRetryMs);
+      }
+    }
     return jobsWithGatewayFiles(jobs, listener === 'coap' ? coapFilePath : gatewayFilePath);
   }
 
@@ -54,7 +59,8 @@ export class DeviceFiles {
       return new FileRefusal('file_not_found', 'no pending job of this device names this file');
     }
     try {
-      return await this.opts.cache.open(ref);
+      // A stream is read as this device, on its own session (its policy grants its own streams topics).
+      return await this.opts.cache.open(ref.stream ? { ...ref, via: sim } : ref);
     } catch (err) {
       if (err instanceof FileError) return new FileRefusal(err.reason, err.message);
       throw err;

@@ -374,7 +374,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     // The last block of a block-wise request is answered with its Block1 option (RFC 7959 §2.3).
     const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
     if (block1) res.setOption('Block1', block1);
-    answerWithDownlink(req, res, device, '2.04', { id }, false, jobs && opts.files ? opts.files.announce(jobs, 'coap') : jobs);
+    answerWithDownlink(req, res, device, '2.04', { id }, false, jobs && opts.files ? opts.files.announce(jobs, 'coap', device.sim) : jobs);
   }
 
   /**

@@ -214,7 +214,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     const jobs = opts.jobs?.forResponse(device.sim);
     try {
       const id = await opts.uplink.accept('http', device, topic, payload, qos);
-      const pendingJobs = jobs ? { jobs: opts.files ? opts.files.announce(await jobs.settle()) : await jobs.settle() } : {};
+      const pendingJobs = jobs ? { jobs: opts.files ? opts.files.announce(await jobs.settle(), 'http', device.sim) : await jobs.settle() } : {};
       return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device), ...pendingJobs });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;

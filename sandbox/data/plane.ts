@@ -14,6 +14,8 @@ import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
 import type { JobStore } from '../jobs.ts';
 import { isJobsAnswer, isJobsRequest, jobsPublishViolation, JobsTopics } from './jobs.ts';
+import type { StreamStore } from '../streams.ts';
+import { isStreamsAnswer, isStreamsRequest, streamsPublishViolation, StreamsTopics } from './streams.ts';
 import { ShadowService } from './shadow.ts';
 import { BASIC_INGEST, MAX_CLIENT_ID_BYTES, MAX_SUBSCRIPTIONS_PER_CONNECTION, publishViolation, topicViolation } from './limits.ts';
 
@@ -31,6 +33,8 @@ export interface DataPlaneOptions {
   publishQuota: PublishQuota | null;
   /** Jobs and their executions, served on the Jobs device MQTT topics (data/jobs.ts). */
   jobs: JobStore;
+  /** Streams of MQTT-based file delivery, served on their topics (data/streams.ts). */
+  streams: StreamStore;
   /** Called for every message the data plane accepted (device publishes and wills). */
   onMessage(packet: { topic: string; payload: Buffer; qos: 0 | 1 }): void;
 }
@@ -58,6 +62,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
   const byCertificate = new Map<string, Set<Client>>();
   const shadows = new ShadowService();
   const jobTopics = new JobsTopics(opts.jobs);
+  const streamTopics = new StreamsTopics(opts.streams, (msg) => logger.info({}, `sandbox data plane: ${msg}`));
 
   const refuse = (client: Client, reason: string) => logger.info({ clientId: client.id, reason }, 'sandbox data plane: refused');
 
@@ -108,6 +113,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
           ? 'certificate no longer ACTIVE'
           : (publishViolation(packet.topic, packet.payload, packet.qos) ??
             jobsPublishViolation(packet.topic) ??
+            streamsPublishViolation(packet.topic) ??
             (auth.canPublish(s, packet.topic, packet.retain) ? undefined : `iot:Publish not allowed on ${packet.topic}`));
       if (reason) {
         refuse(client, reason);
@@ -147,6 +153,9 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       // a Jobs request goes to the Jobs service only.
       if (isJobsAnswer(packet.topic)) return packet;
       if (isJobsRequest(packet.topic)) return null;
+      // File delivery answers likewise go to the asker only; requests go to the streams service only.
+      if (isStreamsAnswer(packet.topic)) return packet;
+      if (isStreamsRequest(packet.topic)) return null;
       // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
       const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
       if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
@@ -160,7 +169,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
         for (const a of shadows.handle(packet.topic, toBuffer(packet)) ?? []) {
           broker.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: 1, retain: false, dup: false }, () => undefined);
         }
-        for (const a of jobTopics.handle(packet.topic, toBuffer(packet)) ?? []) {
+        for (const a of [...(jobTopics.handle(packet.topic, toBuffer(packet)) ?? []), ...(streamTopics.handle(packet.topic, toBuffer(packet)) ?? [])]) {
           client.publish({ cmd: 'publish', topic: a.topic, payload: a.payload, qos: packet.qos === 0 ? 0 : 1, retain: false, dup: false }, () => undefined);
         }
       }

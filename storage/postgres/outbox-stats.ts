@@ -1,16 +1,15 @@
 import { deviceSent } from '../activity.ts';
-import type { DeadLetterSummary, OutboxStats, QueueSummary, SimQueue } from '../outbox-stats.ts';
+import { GATEWAY_OUTBOX_KEY } from '../events.ts';
+import { queueSummarySql, type DeadLetterSummary, type OutboxStats, type QueueSummary, type SimQueue } from '../outbox-stats.ts';
 import type { Queryable } from './connect.ts';
 
 export class PgOutboxStats implements OutboxStats {
   constructor(private readonly db: Queryable) {}
 
   async summary(): Promise<QueueSummary> {
-    const { rows } = await this.db.query<{ depth: number; sims: number; oldest: number | null }>(
-      'SELECT count(*) AS depth, count(DISTINCT imsi) AS sims, min(received_at) AS oldest FROM outbox',
-    );
+    const { rows } = await this.db.query<{ depth: number; sims: number; oldest: number | null; events: number }>(queueSummarySql('$1'), [GATEWAY_OUTBOX_KEY]);
     const r = rows[0]!;
-    return { depth: r.depth, sims: r.sims, oldestReceivedAt: r.oldest };
+    return { depth: r.depth, sims: r.sims, oldestReceivedAt: r.oldest, events: r.events };
   }
 
   async ofSim(imsi: string): Promise<SimQueue> {
