@@ -7,8 +7,7 @@ import { Downlink } from '../../bridge/downlink.ts';
 import { DeviceJobs } from '../../bridge/jobs.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
-import type { Stores } from '../../storage/index.ts';
-import type { Outbox } from '../../storage/outbox.ts';
+import type { GatewayOutbox, Stores } from '../../storage/index.ts';
 import { fillName, groupPolicy, policyAllowsSubscribe } from '../../vending/policy.ts';
 import { thingAttributes } from '../../vending/steps.ts';
 import { groupOf, type Live } from './live.ts';
@@ -33,7 +32,7 @@ export interface DeliveryParts {
 
 export function buildDelivery(
   live: Live,
-  deps: { stores: Stores; outbox: Outbox; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger },
+  deps: { stores: Stores; outbox: GatewayOutbox; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger },
 ): DeliveryParts {
   const { stores, outbox, metrics, log } = deps;
   const { vendor } = deps.vending;

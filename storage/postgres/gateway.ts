@@ -1,0 +1,56 @@
+import type { Stores } from '../index.ts';
+import type { CommitWriter } from '../outbox-commit.ts';
+import { ChangeFeed } from './changes.ts';
+import type { Pool } from './connect.ts';
+import { PgDownlinkCache } from './downlink-cache.ts';
+import type { PostgresStores } from './index.ts';
+import { PgMqttSessions } from './mqtt-sessions.ts';
+import { PgOutbox, postgresWriter } from './outbox.ts';
+import { PgSimRouting } from './routing.ts';
+import { PgSessionCache } from './session-cache.ts';
+
+export interface PostgresGatewayParts {
+  /** Every store the gateway uses, the per-message reads answered from this node's caches. */
+  stores: Stores;
+  outbox: PgOutbox;
+  writer: CommitWriter;
+  /** The connection that hears other nodes' changes; `connected` is the database's readiness. */
+  feed: ChangeFeed;
+  sessions: PgSessionCache;
+  close(): Promise<void>;
+}
+
+/**
+ * The gateway's stores over PostgreSQL: the shared stores, plus node-local caches for what the
+ * per-message path reads synchronously (SIM routing, the session lookup by IP, held downlink), all kept
+ * fresh by one change feed. The feed listens before the caches load, so no change between the two is missed.
+ */
+export async function postgresGatewayParts(
+  pool: Pool,
+  shared: PostgresStores,
+  opts: { url: string; commitMaxRows: number; deliveryCacheBytes: number; observeCommit(seconds: number): void; onError(err: unknown): void },
+): Promise<PostgresGatewayParts> {
+  const feed = new ChangeFeed(opts.url);
+  await feed.start();
+  try {
+    const routing = new PgSimRouting(pool, shared.sims, feed, opts.onError);
+    const sessions = new PgSessionCache(pool, shared.networkSessions, feed, opts.onError);
+    const downlink = new PgDownlinkCache(pool, shared.downlink, feed, opts.onError);
+    await Promise.all([routing.load(), sessions.load(), downlink.load()]);
+    const writer = postgresWriter(pool, opts.observeCommit);
+    const outbox = await PgOutbox.open(pool, writer, opts.commitMaxRows, opts.deliveryCacheBytes);
+    const stores: Stores = {
+      ...shared,
+      sims: routing.registry,
+      simRouting: routing,
+      downlink,
+      mqttSessions: new PgMqttSessions(pool),
+      networkSessions: sessions.store,
+      sessionLookup: sessions,
+    };
+    return { stores, outbox, writer, feed, sessions, close: () => feed.close() };
+  } catch (err) {
+    await feed.close();
+    throw err;
+  }
+}
