@@ -3,6 +3,7 @@ import type { Config } from '../config/schema.ts';
 import type { Metrics } from '../bridge/metrics.ts';
 import type { Db } from '../storage/db.ts';
 import { startAdminApi } from './steps/admin.ts';
+import { followCluster } from './steps/cluster.ts';
 import { buildDelivery, startBatchSchedules } from './steps/delivery.ts';
 import { startIngress } from './steps/ingress.ts';
 import type { Live } from './steps/live.ts';
@@ -53,6 +54,7 @@ async function assemble(live: Live, storage: GatewayStorage, log: Logger, env: N
   // wait for the writer thread to load, and share the cores with both threads' start-up.
   await Promise.all([writer.ready(), upstream.pool.ready()]);
   const ingress = await startIngress(live, { stores, delivery, metrics, log });
+  if (storage.postgres) followCluster(live, storage.postgres, { delivery, upstream, ingress, log });
   delivery.dispatcher.start();
   const controlPlane = await checkControlPlane(live, upstream, vending);
   // A topic template changed while the gateway was down reaches devices vended before, not only new ones.

@@ -258,6 +258,16 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    cluster: z
+      .object({
+        nodeId: z.string().min(1).max(200).optional().describe('this node\'s name among the nodes sharing storage.url (env SIMBRIDGE_NODE_ID); default the host name and MQTT port'),
+        heartbeatMs: z.number().int().positive().default(1000).describe('how often a node on PostgreSQL renews its heartbeat and looks for dead nodes\' SIMs'),
+        leaseMs: z.number().int().positive().default(5000).describe('a node whose heartbeat is older (database clock) is dead: its SIMs move to the others'),
+        takeoverBatch: z.number().int().positive().default(5000).describe('SIMs of dead nodes one node takes over per heartbeat'),
+      })
+      .strict()
+      .prefault({})
+      .refine((c) => c.leaseMs >= 3 * c.heartbeatMs, { message: 'leaseMs must be at least three heartbeats' }),
     shutdown: z
       .object({
         graceMs: z.number().int().positive().default(5000).describe('time to finish in-flight work on SIGTERM'),

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.ts';
@@ -82,6 +83,7 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       url: storage.url!,
       commitMaxRows: storage.commitMaxRows,
       deliveryCacheBytes: storage.deliveryCacheMb * 1024 * 1024,
+      cluster: { ...config.cluster, nodeId: nodeId(config), info: { host: hostname(), pid: process.pid } },
       observeCommit: (s) => metrics.outboxCommitSeconds.observe(s),
       onError: (err) => log.warn({ err: String(err) }, 'PostgreSQL: a cache was not refreshed'),
     });
@@ -107,4 +109,10 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
     await opened.close();
     throw err;
   }
+}
+
+/** This node's name among the nodes on one database: configured, else the host name and MQTT port. */
+export function nodeId(config: Config): string {
+  // Port 0 (chosen by the system) names no node: the process id stands in.
+  return config.cluster.nodeId ?? `${hostname()}:${config.listeners.mqtt.port || `pid${process.pid}`}`;
 }

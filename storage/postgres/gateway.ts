@@ -1,6 +1,7 @@
 import type { Stores } from '../index.ts';
 import type { CommitWriter } from '../outbox-commit.ts';
 import { ChangeFeed } from './changes.ts';
+import { ClusterNode, type ClusterOptions } from './cluster.ts';
 import type { Pool } from './connect.ts';
 import { PgDownlinkCache } from './downlink-cache.ts';
 import type { PostgresStores } from './index.ts';
@@ -17,6 +18,8 @@ export interface PostgresGatewayParts {
   /** The connection that hears other nodes' changes; `connected` is the database's readiness. */
   feed: ChangeFeed;
   sessions: PgSessionCache;
+  /** This node among the others: heartbeat and the SIMs it holds. */
+  cluster: ClusterNode;
   close(): Promise<void>;
 }
 
@@ -28,7 +31,14 @@ export interface PostgresGatewayParts {
 export async function postgresGatewayParts(
   pool: Pool,
   shared: PostgresStores,
-  opts: { url: string; commitMaxRows: number; deliveryCacheBytes: number; observeCommit(seconds: number): void; onError(err: unknown): void },
+  opts: {
+    url: string;
+    commitMaxRows: number;
+    deliveryCacheBytes: number;
+    cluster: ClusterOptions;
+    observeCommit(seconds: number): void;
+    onError(err: unknown): void;
+  },
 ): Promise<PostgresGatewayParts> {
   const feed = new ChangeFeed(opts.url);
   await feed.start();
@@ -37,8 +47,12 @@ export async function postgresGatewayParts(
     const sessions = new PgSessionCache(pool, shared.networkSessions, feed, opts.onError);
     const downlink = new PgDownlinkCache(pool, shared.downlink, feed, opts.onError);
     await Promise.all([routing.load(), sessions.load(), downlink.load()]);
-    const writer = postgresWriter(pool, opts.observeCommit);
-    const outbox = await PgOutbox.open(pool, writer, opts.commitMaxRows, opts.deliveryCacheBytes);
+    const writer = postgresWriter(pool, opts.observeCommit, () => outbox.fence());
+    const outbox = await PgOutbox.open(pool, writer, opts.commitMaxRows, opts.deliveryCacheBytes, { cluster: true });
+    // The node joins before devices are let in: its SIMs (and unheld ones with waiting rows) are counted first.
+    const cluster = new ClusterNode(pool, opts.cluster, opts.onError);
+    outbox.joinCluster(cluster, feed, opts.onError);
+    await cluster.join();
     const stores: Stores = {
       ...shared,
       sims: routing.registry,
@@ -48,7 +62,18 @@ export async function postgresGatewayParts(
       networkSessions: sessions.store,
       sessionLookup: sessions,
     };
-    return { stores, outbox, writer, feed, sessions, close: () => feed.close() };
+    return {
+      stores,
+      outbox,
+      writer,
+      feed,
+      sessions,
+      cluster,
+      close: async () => {
+        await cluster.leave().catch(opts.onError);
+        await feed.close();
+      },
+    };
   } catch (err) {
     await feed.close();
     throw err;

@@ -1,0 +1,31 @@
+import type { Logger } from 'pino';
+import type { PostgresGatewayParts } from '../../storage/postgres/gateway.ts';
+import type { DeliveryParts } from './delivery.ts';
+import type { IngressParts } from './ingress.ts';
+import type { Live } from './live.ts';
+import type { UpstreamParts } from './upstream.ts';
+
+/**
+ * Several nodes on one PostgreSQL database: SIMs this node gains are delivered from here, SIMs it loses
+ * give up their upstream session (IoT Core allows one connection per thing), and a network session another
+ * node's RADIUS accounting ended lets go of the device connected here.
+ */
+export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { delivery: DeliveryParts; upstream: UpstreamParts; ingress: IngressParts; log: Logger }): void {
+  const { dispatcher } = deps.delivery;
+  const { stores, cluster } = parts;
+  const log = deps.log.child({ component: 'cluster', node: cluster.nodeId });
+  parts.outbox.onWake((imsi) => dispatcher.wake(imsi));
+  cluster.onLost((imsis) => {
+    log.warn({ sims: imsis.length }, 'SIMs now held by another node; their upstream sessions close here');
+    for (const imsi of imsis) {
+      const sim = stores.simRouting.forRouting(imsi);
+      if (sim) void deps.upstream.pool.drop(sim.thingName).catch((err) => log.warn({ err: String(err), thing: sim.thingName }, 'upstream session not closed'));
+    }
+  });
+  if (live.config.listeners.mqtt.identity === 'radius') {
+    parts.sessions.onEndedElsewhere((session) => {
+      const n = deps.ingress.mqtt.disconnectAddress(session.ip);
+      if (n) log.info({ ip: session.ip, connections: n }, 'network session ended on another node; device disconnected');
+    });
+  }
+}

@@ -1,0 +1,264 @@
+import type { Pool, Queryable } from './connect.ts';
+
+/** Now, in ms, by the database's clock: lease times never depend on a node's clock. */
+const NOW_MS = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
+
+export interface ClusterOptions {
+  nodeId: string;
+  /** How often the heartbeat is renewed, and dead nodes' SIMs looked for. */
+  heartbeatMs: number;
+  /** A node whose heartbeat is older than this is dead. */
+  leaseMs: number;
+  /** SIMs of dead nodes taken over per heartbeat. */
+  takeoverBatch: number;
+  /** Shown by GET /v1/cluster: ports, pid. */
+  info?: Record<string, unknown>;
+}
+
+/** What a SIM this node just gained already had waiting, committed by others. */
+export interface Gained {
+  imsi: string;
+  epoch: number;
+  rows: number;
+  bytes: number;
+  /** Newest row id of the SIM before this node's own commit (0: none). */
+  newest: number;
+}
+
+export interface NodeStatus {
+  nodeId: string;
+  startedAt: number;
+  heartbeatAgeMs: number;
+  alive: boolean;
+  simsOwned: number;
+  outboxRows: number;
+  info: Record<string, unknown>;
+}
+
+/**
+ * This node among the nodes sharing one PostgreSQL database: its heartbeat, and the SIMs it holds.
+ *
+ * A SIM's lease (sim_leases) names the node that drains its outbox and holds its thing's upstream session,
+ * with an epoch raised on every change of owner. A lease lives while its owner's heartbeat does, so one
+ * heartbeat row renews every lease a node holds. A node takes a SIM when it commits the SIM's first
+ * message and no live node holds it, and takes dead nodes' SIMs on its heartbeat. A node that could not
+ * renew its heartbeat for most of a lease lets go of all its SIMs itself (before any other node may take
+ * them): it cannot know whether the others still see it alive. The outbox's deletes of delivered rows
+ * name the epoch they were delivered under (storage/postgres/outbox.ts), so a node that lost a SIM deletes
+ * nothing of it.
+ */
+export class ClusterNode {
+  /** SIMs this node holds, with the epoch each was granted. */
+  private readonly owned = new Map<string, number>();
+  /** When (this process's monotonic clock) the last heartbeat that succeeded was sent. */
+  private lastBeat = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  private beating: Promise<void> | undefined;
+  private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
+  private readonly lostListeners: Array<(imsis: string[]) => void> = [];
+
+  constructor(
+    private readonly pool: Pool,
+    readonly opts: ClusterOptions,
+    private readonly onError: (err: unknown) => void = () => undefined,
+  ) {}
+
+  get nodeId(): string {
+    return this.opts.nodeId;
+  }
+
+  /** SIMs gained other than by this node's own commit (take-over, start-up): their waiting rows must be read. */
+  onGained(fn: (gained: Gained[]) => void): void {
+    this.gainedListeners.push(fn);
+  }
+
+  /** SIMs this node no longer holds: stop delivering them, close their upstream sessions. */
+  onLost(fn: (imsis: string[]) => void): void {
+    this.lostListeners.push(fn);
+  }
+
+  /** The epoch this node holds the SIM at; undefined when it does not (or cannot be sure it does). */
+  epochOf(imsi: string): number | undefined {
+    return this.sure() ? this.owned.get(imsi) : undefined;
+  }
+
+  owns(imsi: string): boolean {
+    return this.epochOf(imsi) !== undefined;
+  }
+
+  get simsOwned(): number {
+    return this.owned.size;
+  }
+
+  /** The heartbeat was renewed recently enough that no other node may have taken this node's SIMs yet. */
+  private sure(): boolean {
+    return performance.now() - this.lastBeat < this.opts.leaseMs - this.opts.heartbeatMs;
+  }
+
+  /**
+   * Joins: the node row, the SIMs this node id held before (a restart; their epochs raised, as an older
+   * process with the same id must not delete anything now), and SIMs with waiting rows that no node holds.
+   */
+  async join(): Promise<Gained[]> {
+    const sent = performance.now();
+    await this.pool.query(
+      `INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, info) VALUES ($1, ${NOW_MS}, ${NOW_MS}, $2)
+       ON CONFLICT (node_id) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, info = excluded.info`,
+      [this.nodeId, JSON.stringify(this.opts.info ?? {})],
+    );
+    this.lastBeat = sent;
+    const { rows: mine } = await this.pool.query<{ imsi: string; epoch: number }>(
+      `UPDATE sim_leases SET epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 RETURNING imsi, epoch`,
+      [this.nodeId],
+    );
+    const { rows: orphans } = await this.pool.query<{ imsi: string; epoch: number }>(
+      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at)
+       SELECT DISTINCT o.imsi, $1, 1, ${NOW_MS} FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM sim_leases l WHERE l.imsi = o.imsi)
+       ON CONFLICT (imsi) DO NOTHING RETURNING imsi, epoch`,
+      [this.nodeId],
+    );
+    const gained = await this.gain([...mine, ...orphans]);
+    this.timer = setInterval(() => void this.beat(), this.opts.heartbeatMs);
+    this.timer.unref();
+    return gained;
+  }
+
+  /** Renews the heartbeat and takes over dead nodes' SIMs; on failure, lets go of everything once unsure. */
+  beat(): Promise<void> {
+    this.beating ??= this.renew()
+      .catch((err) => {
+        this.onError(err);
+        if (!this.sure()) this.loseAll();
+      })
+      .finally(() => (this.beating = undefined));
+    return this.beating;
+  }
+
+  private async renew(): Promise<void> {
+    const sent = performance.now();
+    // Several missed heartbeats: others may have taken this node's SIMs meanwhile; let go first.
+    if (!this.sure()) this.loseAll();
+    const beat = await this.pool.query(`UPDATE cluster_nodes SET heartbeat_at = ${NOW_MS} WHERE node_id = $1`, [this.nodeId]);
+    if (beat.rowCount === 0) {
+      await this.pool.query(`INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, info) VALUES ($1, ${NOW_MS}, ${NOW_MS}, $2) ON CONFLICT (node_id) DO NOTHING`, [
+        this.nodeId,
+        JSON.stringify(this.opts.info ?? {}),
+      ]);
+    }
+    this.lastBeat = sent;
+    // Leases this node believes it holds but another node took (it was seen dead for a moment).
+    if (this.owned.size) {
+      const { rows } = await this.pool.query<{ imsi: string }>(
+        `SELECT m.imsi FROM unnest($1::text[], $2::bigint[]) AS m(imsi, epoch)
+         LEFT JOIN sim_leases l ON l.imsi = m.imsi AND l.owner = $3 AND l.epoch = m.epoch WHERE l.imsi IS NULL`,
+        [[...this.owned.keys()], [...this.owned.values()], this.nodeId],
+      );
+      this.lose(rows.map((r) => r.imsi));
+    }
+    const { rows: taken } = await this.pool.query<{ imsi: string; epoch: number }>(
+      `WITH dead AS (
+         SELECT l.imsi FROM sim_leases l
+         WHERE l.owner <> $1 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = l.owner AND n.heartbeat_at > ${NOW_MS} - $2)
+         LIMIT $3 FOR UPDATE SKIP LOCKED)
+       UPDATE sim_leases l SET owner = $1, epoch = l.epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL FROM dead WHERE l.imsi = dead.imsi
+       RETURNING l.imsi, l.epoch`,
+      [this.nodeId, this.opts.leaseMs, this.opts.takeoverBatch],
+    );
+    if (taken.length) await this.gain(taken);
+  }
+
+  /** Notes SIMs as held and reads what they have waiting; tells the listeners. */
+  private async gain(leases: Array<{ imsi: string; epoch: number }>): Promise<Gained[]> {
+    if (leases.length === 0) return [];
+    const imsis = leases.map((l) => l.imsi);
+    const { rows } = await this.pool.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
+      'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox WHERE imsi = ANY($1::text[]) GROUP BY imsi',
+      [imsis],
+    );
+    const waiting = new Map(rows.map((r) => [r.imsi, r]));
+    const gained = leases.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
+    for (const g of gained) this.owned.set(g.imsi, g.epoch);
+    for (const fn of this.gainedListeners) fn(gained);
+    return gained;
+  }
+
+  private lose(imsis: string[]): void {
+    if (imsis.length === 0) return;
+    for (const imsi of imsis) this.owned.delete(imsi);
+    for (const fn of this.lostListeners) fn(imsis);
+  }
+
+  private loseAll(): void {
+    this.lose([...this.owned.keys()]);
+  }
+
+  /**
+   * Inside the outbox's commit transaction, after its inserts: takes the leases of the SIMs inserted for
+   * that no live node holds. Answers which SIMs this node now holds (to be noted once the commit is done,
+   * with what they had waiting before it) and which other nodes hold (their owners are told).
+   */
+  async claimInCommit(c: Queryable, imsis: string[], ownIds: number[]): Promise<{ claimed: Gained[]; foreign: string[] }> {
+    const unknown = imsis.filter((i) => !this.owns(i));
+    if (unknown.length === 0) return { claimed: [], foreign: [] };
+    const { rows } = await c.query<{ imsi: string; epoch: number }>(
+      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT imsi, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS imsi
+       ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
+       WHERE sim_leases.owner = excluded.owner
+          OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
+       RETURNING imsi, epoch`,
+      [unknown, this.nodeId, this.opts.leaseMs],
+    );
+    const claimedSet = new Set(rows.map((r) => r.imsi));
+    const foreign = unknown.filter((i) => !claimedSet.has(i));
+    if (foreign.length) await c.query('SELECT pg_notify($1, imsi) FROM unnest($2::text[]) AS imsi', ['simbridge_outbox', foreign]);
+    if (rows.length === 0) return { claimed: [], foreign };
+    // What the SIMs had waiting before this commit (a dead owner's backlog): read from disk once held.
+    const { rows: before } = await c.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
+      `SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox
+       WHERE imsi = ANY($1::text[]) AND id <> ALL($2::bigint[]) GROUP BY imsi`,
+      [[...claimedSet], ownIds],
+    );
+    const waiting = new Map(before.map((r) => [r.imsi, r]));
+    const claimed = rows.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
+    return { claimed, foreign };
+  }
+
+  /** After the commit that claimed them: the SIMs are this node's. */
+  claimed(claimed: Gained[]): void {
+    for (const g of claimed) this.owned.set(g.imsi, g.epoch);
+  }
+
+  /** Every node, alive or dead, with what it holds (GET /v1/cluster). */
+  async nodes(): Promise<NodeStatus[]> {
+    const { rows } = await this.pool.query<{ node_id: string; started_at: number; age: number; info: string; sims: number; outbox: number }>(
+      `SELECT n.node_id, n.started_at, ${NOW_MS} - n.heartbeat_at AS age, n.info,
+         (SELECT count(*) FROM sim_leases l WHERE l.owner = n.node_id) AS sims,
+         (SELECT count(*) FROM outbox o JOIN sim_leases l ON l.imsi = o.imsi WHERE l.owner = n.node_id) AS outbox
+       FROM cluster_nodes n ORDER BY n.node_id`,
+    );
+    return rows.map((r) => ({
+      nodeId: r.node_id,
+      startedAt: r.started_at,
+      heartbeatAgeMs: r.age,
+      alive: r.age <= this.opts.leaseMs,
+      simsOwned: r.sims,
+      outboxRows: r.outbox,
+      info: JSON.parse(r.info) as Record<string, unknown>,
+    }));
+  }
+
+  /**
+   * Leaves on shutdown, after the last commit: without its node row the node is dead at once, and the
+   * others take its SIMs at their next heartbeat (the leases stay, so their epochs keep rising).
+   */
+  async leave(): Promise<void> {
+    clearInterval(this.timer);
+    await this.beating;
+    this.owned.clear();
+    await this.pool.query('DELETE FROM cluster_nodes WHERE node_id = $1', [this.nodeId]);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
