@@ -3,7 +3,7 @@ import type { Config } from '../config/schema.ts';
 import type { Metrics } from '../bridge/metrics.ts';
 import type { Db } from '../storage/db.ts';
 import { startAdminApi } from './steps/admin.ts';
-import { followCluster } from './steps/cluster.ts';
+import { clusterView, followCluster } from './steps/cluster.ts';
 import { buildDelivery, startBatchSchedules } from './steps/delivery.ts';
 import { startIngress } from './steps/ingress.ts';
 import type { Live } from './steps/live.ts';
@@ -60,7 +60,7 @@ async function assemble(live: Live, storage: GatewayStorage, log: Logger, env: N
   // A topic template changed while the gateway was down reaches devices vended before, not only new ones.
   void vending.vendor.syncPolicies(Object.keys(live.config.groups));
   const schedules = startBatchSchedules(live, delivery.dispatcher);
-  const admin = await startAdminApi(live, { databaseUp: storage.databaseUp, stores, metrics, vending, upstream, ingress, log });
+  const admin = await startAdminApi(live, { databaseUp: storage.databaseUp, cluster: clusterView(live, storage, upstream), stores, metrics, vending, upstream, ingress, log });
 
   return {
     mqttPort: ingress.mqtt.port,

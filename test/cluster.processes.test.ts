@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { closed, connectFrom, Observer } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
@@ -28,6 +29,7 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
   let sandbox: SandboxProcess;
   let observer: Observer;
   const nodes: GatewayProcess[] = [];
+  const configFiles: string[] = [];
 
   const start = async (name: string, url: string) => {
     const nodeDir = join(dir, name);
@@ -39,6 +41,7 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
       // A short lease, so a dead node's SIMs move within the test's patience.
       cluster: { heartbeatMs: 500, leaseMs: 2000 },
     });
+    configFiles.push(file);
     return startGatewayProcess(file, { env: { SIMBRIDGE_NODE_ID: name } });
   };
 
@@ -102,6 +105,39 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     await closed(conn!.client, 5000);
   });
 
+  interface View {
+    storage: string;
+    node: string;
+    nodes: Array<{ nodeId: string; alive: boolean; heartbeatAgeMs: number; simsOwned: number; upstreamSessions: number | null; outboxRows: number }>;
+  }
+  let operator: string;
+  const cluster = async (at: GatewayProcess): Promise<View> => {
+    const res = await fetch(`http://127.0.0.1:${at.adminPort}/v1/cluster`, { headers: { authorization: `Bearer ${operator}` } });
+    expect(res.status).toBe(200);
+    return (await res.json()) as View;
+  };
+
+  it('GET /v1/cluster and `simbridge cluster` show every node, from any node, to an operator', async () => {
+    // A token made on one node's configuration (the shared database) opens every node's admin API.
+    const made = await runCli(['tokens', 'create', '--role', 'operator', '--name', 'ops', '--json', '--config', configFiles[0]!]);
+    expect(made.code, made.output).toBe(0);
+    operator = (JSON.parse(made.output.slice(made.output.indexOf('{'))) as { token: string }).token;
+    expect((await fetch(`http://127.0.0.1:${nodes[1]!.adminPort}/v1/cluster`)).status).toBe(401);
+    const view = await cluster(nodes[1]!);
+    expect(view.storage).toBe('postgres');
+    expect(view.node).toBe('node-b');
+    expect(view.nodes.map((n) => [n.nodeId, n.alive])).toEqual([
+      ['node-a', true],
+      ['node-b', true],
+      ['node-c', true],
+    ]);
+    for (const n of view.nodes) expect(n.heartbeatAgeMs).toBeLessThan(2000);
+    const human = await runCli(['cluster', '--url', `http://127.0.0.1:${nodes[2]!.adminPort}`, '--token', operator]);
+    expect(human.code, human.output).toBe(0);
+    expect(human.output).toMatch(/nodes:\s+3 \(3 alive\)/);
+    expect(human.output).toMatch(/^node-a\s+alive\s/m);
+  });
+
   it('devices spread over the nodes: every message arrives once, in order per device', async () => {
     const devices = Array.from({ length: 6 }, (_, i) => `0010100000172${String(i).padStart(2, '0')}`);
     const per = 15;
@@ -162,6 +198,9 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
       const firsts = [...new Set(of(imsi))].map((p) => Number(p.split('#')[1]));
       expect(firsts).toEqual([...firsts].sort((x, y) => x - y));
     }
+    // The others see the victim dead, holding nothing any more.
+    const view = await cluster(nodes[0]!);
+    expect(view.nodes.find((n) => n.nodeId === 'node-c')).toMatchObject({ alive: false, simsOwned: 0 });
     const state = (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number };
     expect(state.takeovers).toBe(0);
     console.log(`cluster kill: failover ${failoverMs! / 1000} s; acknowledged ${[...acked.values()].flat().length}, lost 0, takeovers ${state.takeovers}`);

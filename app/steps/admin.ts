@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { startAdmin, type AdminServer } from '../../admin/index.ts';
+import type { ClusterView } from '../../admin/types.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { describeFinding, identityFindings } from '../../config/identity.ts';
 import { freeBytes } from '../../storage/files.ts';
@@ -14,6 +15,8 @@ import type { VendingParts } from './vending.ts';
 interface AdminStepDeps {
   /** The database can be reached now. */
   databaseUp(): boolean;
+  /** The nodes sharing the database. */
+  cluster(): Promise<ClusterView>;
   stores: Stores;
   metrics: Metrics;
   vending: VendingParts;
@@ -59,6 +62,7 @@ export async function startAdminApi(live: Live, deps: AdminStepDeps): Promise<Ad
       return session ? { state: 'connected', since: session.openedAt } : { state: 'closed' };
     },
     connected: (imsi) => mqtt.isConnected(imsi),
+    cluster: deps.cluster,
     maskIdentifiers: config.privacy.maskIdentifiers,
   });
 }

@@ -1,4 +1,7 @@
 import type { Logger } from 'pino';
+import type { ClusterView } from '../../admin/types.ts';
+import type { GatewayStorage } from './storage.ts';
+import { nodeId } from './storage.ts';
 import type { PostgresGatewayParts } from '../../storage/postgres/gateway.ts';
 import type { DeliveryParts } from './delivery.ts';
 import type { IngressParts } from './ingress.ts';
@@ -15,6 +18,7 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
   const { stores, cluster } = parts;
   const log = deps.log.child({ component: 'cluster', node: cluster.nodeId });
   parts.outbox.onWake((imsi) => dispatcher.wake(imsi));
+  cluster.describe = () => ({ ...cluster.opts.info, upstreamSessions: deps.upstream.pool.size });
   cluster.onLost((imsis) => {
     log.warn({ sims: imsis.length }, 'SIMs now held by another node; their upstream sessions close here');
     for (const imsi of imsis) {
@@ -28,4 +32,33 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
       if (n) log.info({ ip: session.ip, connections: n }, 'network session ended on another node; device disconnected');
     });
   }
+}
+
+const startedAt = new Date().toISOString();
+
+/** The nodes sharing the database for GET /v1/cluster: the others from their heartbeats, or this one alone on SQLite. */
+export function clusterView(live: Live, storage: GatewayStorage, upstream: UpstreamParts): () => Promise<ClusterView> {
+  const node = nodeId(live.config);
+  const pg = storage.postgres;
+  if (!pg) {
+    return async () => {
+      const counts = await storage.stores.sims.counts(Date.now());
+      const sims = counts.reduce((n, c) => n + c.total, 0);
+      const nodes = [{ nodeId: node, alive: true, heartbeatAgeMs: 0, startedAt, simsOwned: sims, upstreamSessions: upstream.pool.size, outboxRows: storage.outbox.usage().rows }];
+      return { storage: 'sqlite', node, nodes };
+    };
+  }
+  return async () => ({
+    storage: 'postgres',
+    node: pg.cluster.nodeId,
+    nodes: (await pg.cluster.nodes()).map((n) => ({
+      nodeId: n.nodeId,
+      alive: n.alive,
+      heartbeatAgeMs: n.heartbeatAgeMs,
+      startedAt: new Date(n.startedAt).toISOString(),
+      simsOwned: n.simsOwned,
+      upstreamSessions: typeof n.info.upstreamSessions === 'number' ? n.info.upstreamSessions : null,
+      outboxRows: n.outboxRows,
+    })),
+  });
 }

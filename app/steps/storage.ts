@@ -79,6 +79,8 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       }
       return groups;
     });
+    // Several nodes scrape into one place: each node's figures carry its name.
+    metrics.registry.setDefaultLabels({ node: nodeId(config) });
     const parts = await postgresGatewayParts(opened.pool, opened.stores, {
       url: storage.url!,
       commitMaxRows: storage.commitMaxRows,

@@ -56,6 +56,8 @@ export class ClusterNode {
   private beating: Promise<void> | undefined;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
+  /** What the node says of itself with each heartbeat (shown by GET /v1/cluster). */
+  describe: () => Record<string, unknown> = () => this.opts.info ?? {};
 
   constructor(
     private readonly pool: Pool,
@@ -104,7 +106,7 @@ export class ClusterNode {
     await this.pool.query(
       `INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, info) VALUES ($1, ${NOW_MS}, ${NOW_MS}, $2)
        ON CONFLICT (node_id) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, info = excluded.info`,
-      [this.nodeId, JSON.stringify(this.opts.info ?? {})],
+      [this.nodeId, JSON.stringify(this.describe())],
     );
     this.lastBeat = sent;
     const { rows: mine } = await this.pool.query<{ imsi: string; epoch: number }>(
@@ -138,11 +140,11 @@ export class ClusterNode {
     const sent = performance.now();
     // Several missed heartbeats: others may have taken this node's SIMs meanwhile; let go first.
     if (!this.sure()) this.loseAll();
-    const beat = await this.pool.query(`UPDATE cluster_nodes SET heartbeat_at = ${NOW_MS} WHERE node_id = $1`, [this.nodeId]);
+    const beat = await this.pool.query(`UPDATE cluster_nodes SET heartbeat_at = ${NOW_MS}, info = $2 WHERE node_id = $1`, [this.nodeId, JSON.stringify(this.describe())]);
     if (beat.rowCount === 0) {
       await this.pool.query(`INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, info) VALUES ($1, ${NOW_MS}, ${NOW_MS}, $2) ON CONFLICT (node_id) DO NOTHING`, [
         this.nodeId,
-        JSON.stringify(this.opts.info ?? {}),
+        JSON.stringify(this.describe()),
       ]);
     }
     this.lastBeat = sent;
