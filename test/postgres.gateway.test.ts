@@ -16,13 +16,23 @@ const IMEI = '490154203237518';
 const bin = findPostgres();
 
 /** The payloads of one device seen upstream, in arrival order. */
+async function until(cond: () => boolean | Promise<boolean>, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await Promise.resolve().then(cond).catch(() => false))) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 function seen(observer: Observer, prefix: string): string[] {
   return observer.messages.map((m) => m.payload.toString()).filter((p) => p.startsWith(prefix));
 }
 
-function post(port: number, imsi: string, body: string) {
-  return fetch(`http://127.0.0.1:${port}/topics/telemetry?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body });
+function post(port: number, imsi: string, body: string, timeoutMs = 10_000) {
+  return fetch(`http://127.0.0.1:${port}/topics/telemetry?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body, signal: AbortSignal.timeout(timeoutMs) });
 }
+
+const OUTAGE_MS = 20_000;
 
 describe.skipIf(!bin)('the gateway on PostgreSQL', () => {
   const dir = tempDir('pg-gateway');
@@ -87,4 +97,52 @@ describe.skipIf(!bin)('the gateway on PostgreSQL', () => {
     // Nothing of it went to SQLite.
     expect(existsSync(join(gwDir, 'gateway', 'simbridge.db'))).toBe(false);
   }, 240_000);
+
+  it(`PostgreSQL stopped for ${OUTAGE_MS / 1000} s mid-stream: devices are refused meanwhile, not left hanging; nothing acknowledged is lost`, async () => {
+    const url = await server.database();
+    const gwDir = join(dir, 'outage');
+    mkdirSync(gwDir, { recursive: true });
+    const { file } = await gatewayConfig(gwDir, sandbox, { storage: { url, connectTimeoutMs: 2000 } });
+    const gateway = await startGatewayProcess(file);
+    gateways.push(gateway);
+    const imsi = '001010000015003';
+    const ready = async () => ((await (await fetch(`http://127.0.0.1:${gateway.adminPort}/readyz`)).json()) as { checks: { database: boolean } }).checks.database;
+
+    const acked: number[] = [];
+    const answers = new Map<number | string, number>();
+    let slowestMs = 0;
+    let running = true;
+    const load = (async () => {
+      for (let i = 1; running; i++) {
+        const began = Date.now();
+        const status = await post(gateway.httpPort, imsi, `outage-${i}`).then((r) => r.status, (e: Error) => e.name);
+        slowestMs = Math.max(slowestMs, Date.now() - began);
+        answers.set(status, (answers.get(status) ?? 0) + 1);
+        if (status === 202) acked.push(i);
+        else await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 2000));
+    server.stopNow('fast');
+    const stoppedAt = Date.now();
+    const ackedBefore = acked.length;
+    try {
+      await until(async () => !(await ready()), 10_000);
+      await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - (Date.now() - stoppedAt))));
+    } finally {
+      server.startNow();
+    }
+    await until(async () => (await ready()) && acked.length > ackedBefore + 5, 60_000);
+    running = false;
+    await load;
+
+    // Meanwhile devices heard 503 (Retry-After), each within the connect timeout, never a hang.
+    expect(answers.get(503) ?? 0).toBeGreaterThan(0);
+    expect([...answers.keys()].sort()).toEqual([202, 503]);
+    expect(slowestMs).toBeLessThan(8000);
+    const of = () => seen(observer, 'outage-');
+    await observer.waitUntil(() => acked.every((i) => of().includes(`outage-${i}`)), 60_000);
+    const firsts = [...new Set(of())].map((p) => Number(p.split('-')[1]));
+    expect(firsts).toEqual([...firsts].sort((a, b) => a - b));
+  }, OUTAGE_MS + 150_000);
 });

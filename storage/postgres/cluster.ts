@@ -54,6 +54,8 @@ export class ClusterNode {
   private lastBeat = -Infinity;
   private timer: NodeJS.Timeout | undefined;
   private beating: Promise<void> | undefined;
+  /** Let go of everything while unsure: what no other node took meanwhile is taken back once sure again. */
+  private reclaimOwn = false;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
   /** What the node says of itself with each heartbeat (shown by GET /v1/cluster). */
@@ -148,6 +150,14 @@ export class ClusterNode {
       ]);
     }
     this.lastBeat = sent;
+    if (this.reclaimOwn) {
+      this.reclaimOwn = false;
+      const { rows } = await this.pool.query<{ imsi: string; epoch: number }>(
+        `UPDATE sim_leases SET epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 RETURNING imsi, epoch`,
+        [this.nodeId],
+      );
+      await this.gain(rows);
+    }
     // Leases this node believes it holds but another node took (it was seen dead for a moment).
     if (this.owned.size) {
       const { rows } = await this.pool.query<{ imsi: string }>(
@@ -191,6 +201,7 @@ export class ClusterNode {
   }
 
   private loseAll(): void {
+    if (this.owned.size) this.reclaimOwn = true;
     this.lose([...this.owned.keys()]);
   }
 
