@@ -3,6 +3,7 @@ import type { Config, GroupConfig } from '../config/schema.ts';
 import { coapEnabled } from '../config/lowpower.ts';
 import type { Admission } from '../bridge/admission.ts';
 import type { Downlink } from '../bridge/downlink.ts';
+import type { DeviceFiles } from '../bridge/files/device-files.ts';
 import type { IdentitySource } from '../bridge/identity/source.ts';
 import { startCoapIngress, type CoapIngress } from '../bridge/ingress/coap.ts';
 import { startUdpIngress, type UdpIngress } from '../bridge/ingress/udp.ts';
@@ -14,6 +15,7 @@ export interface LowpowerParts {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
+  files?: DeviceFiles;
   metrics: Metrics;
   sims: SimRoutingStore;
   group(name: string): GroupConfig;
@@ -26,7 +28,7 @@ export async function startLowpowerIngress(config: Config, parts: LowpowerParts)
   const { coap: coapCfg, udp: udpCfg } = config.listeners;
   const common = { admission: parts.admission, uplink: parts.uplink, downlink: parts.downlink, metrics: parts.metrics };
   const coap = coapEnabled(config)
-    ? await startCoapIngress({ ...coapCfg, ...common, maxPayloadBytes: config.limits.maxPayloadBytes, identity: parts.source(coapCfg.identity), log: parts.log.child({ component: 'coap' }) })
+    ? await startCoapIngress({ ...coapCfg, ...common, files: parts.files, fileBlockBytes: config.files.coapBlockBytes, maxPayloadBytes: config.limits.maxPayloadBytes, identity: parts.source(coapCfg.identity), log: parts.log.child({ component: 'coap' }) })
     : undefined;
   const udp = udpCfg.enabled
     ? await startUdpIngress({

@@ -104,6 +104,28 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
       labelNames: ['kind', 'result'] as const,
       registers: [registry],
     }),
+    fileDownloads: new Counter({
+      name: 'simbridge_file_downloads_total',
+      help: 'downloads of files named by job documents, by result (ok, checksum_mismatch, size_mismatch, too_large, failed)',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    fileBytesServed: new Counter({
+      name: 'simbridge_file_bytes_served_total',
+      help: 'bytes of cached files sent to devices, by protocol',
+      labelNames: ['protocol'] as const,
+      registers: [registry],
+    }),
+    fileCacheBytes: new Gauge({
+      name: 'simbridge_file_cache_bytes',
+      help: 'bytes held in the file cache',
+      registers: [registry],
+    }),
+    fileCacheEvictions: new Counter({
+      name: 'simbridge_file_cache_evictions_total',
+      help: 'files removed from the file cache to stay within files.maxBytes',
+      registers: [registry],
+    }),
     dropped: new Counter({
       name: 'simbridge_messages_dropped_total',
       help: 'queued messages dropped to make room (drop-oldest), by group and reason',

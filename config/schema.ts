@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
+import { filesSection } from './files.ts';
 import { jobsSection } from './jobs.ts';
 import { identityFindings, identitySection, identitySource, radiusSection } from './identity.ts';
 import { coapEnabled, coapListenerSection, udpGroupKeys, udpListenerSection } from './lowpower.ts';
@@ -129,6 +130,7 @@ export const configSchema = z
     identity: identitySection,
     radius: radiusSection,
     jobs: jobsSection,
+    files: filesSection,
     limits: z
       .object({
         maxPayloadBytes: z.number().int().positive().max(131072).default(131072).describe('largest device payload (IoT Core: 128 KB)'),

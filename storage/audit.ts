@@ -31,6 +31,7 @@ export const AUDIT_KINDS = [
   'subscription_refused',
   'shadow_update_rejected',
   'job_update_refused',
+  'file_refused',
   // Messages that will never be delivered.
   'message_dropped',
   'dead_letter',

@@ -37,8 +37,37 @@ export function openDatabase(opts: OpenOptions): Db {
   if (opts.cacheMb) db.pragma(`cache_size = ${-Math.round(opts.cacheMb * 1024)}`);
   // Two processes may share one database (vending must not double-vend): wait for locks instead of failing.
   db.pragma('busy_timeout = 5000');
+  reuseStatements(db);
   migrate(db);
   return db;
+}
+
+/** Statements kept per connection: past this many distinct SQL texts the least recently used is dropped. */
+const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * Makes `db.prepare(sql)` compile each SQL text once per connection. Stores prepare many statements
+ * where they run (a vend's steps, admin queries); compiling one costs more than running it, and the
+ * first contact of a SIM ran a dozen such on the thread that serves devices. A statement's read mode
+ * (pluck, raw, expand) is reset each time it is handed out, so every caller starts from the defaults
+ * as with a fresh statement; the project binds parameters per call, never with `.bind()`.
+ */
+function reuseStatements(db: Db): void {
+  const compile = db.prepare.bind(db);
+  const cache = new Map<string, Database.Statement>();
+  db.prepare = ((sql: string) => {
+    let stmt = cache.get(sql);
+    if (stmt) {
+      // Most recently used last: Map keeps insertion order.
+      cache.delete(sql);
+      if (stmt.reader) stmt.pluck(false).raw(false).expand(false);
+    } else {
+      stmt = compile(sql);
+      if (cache.size >= STATEMENT_CACHE_SIZE) cache.delete(cache.keys().next().value!);
+    }
+    cache.set(sql, stmt);
+    return stmt;
+  }) as Db['prepare'];
 }
 
 function migrate(db: Db): void {

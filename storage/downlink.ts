@@ -50,7 +50,7 @@ export class DownlinkStore {
         .all(imsi, maxMessages) as HeldMessage[];
       for (const m of over) this.db.prepare('DELETE FROM downlink WHERE id = ?').run(m.id);
       return over;
-    })();
+    }).immediate();
   }
 
   /** Messages waiting for a device, oldest first, not yet expired. */
@@ -76,6 +76,6 @@ export class DownlinkStore {
         .all(now) as Array<HeldMessage & { imsi: string }>;
       this.db.prepare('DELETE FROM downlink WHERE expires_at <= ?').run(now);
       return rows;
-    })();
+    }).immediate();
   }
 }

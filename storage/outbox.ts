@@ -349,7 +349,12 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
     }
   }
 
-  /** Deletes a SIM's oldest rows until `fits` says there is room; returns what was dropped. */
+  /**
+   * Deletes a SIM's oldest rows until `fits` says there is room; returns what was dropped. It reads, then
+   * writes, while the writer thread commits on its own connection: the transaction takes the write lock
+   * first (IMMEDIATE), since a read snapshot that a commit overtook cannot become a write (SQLITE_BUSY
+   * at once, whatever the busy timeout).
+   */
   dropOldest(imsi: string, fits: () => boolean): OutboxMessage[] {
     const dropped: OutboxMessage[] = [];
     this.db.transaction(() => {
@@ -365,7 +370,7 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
           dropped.push(row);
         }
       }
-    })();
+    }).immediate();
     return dropped;
   }
 

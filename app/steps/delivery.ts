@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Admission } from '../../bridge/admission.ts';
 import { BatchSchedules } from '../../bridge/batching/schedules.ts';
@@ -5,6 +7,8 @@ import { Connectivity } from '../../bridge/connectivity.ts';
 import { Dispatcher } from '../../bridge/dispatcher.ts';
 import { Downlink } from '../../bridge/downlink.ts';
 import { DeviceJobs } from '../../bridge/jobs.ts';
+import { FileCache } from '../../bridge/files/cache.ts';
+import { DeviceFiles } from '../../bridge/files/device-files.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
 import type { GatewayOutbox, Stores } from '../../storage/index.ts';
@@ -28,6 +32,8 @@ export interface DeliveryParts {
   connectivity: Connectivity;
   /** IoT Jobs asked and reported on behalf of sleeping HTTP devices. */
   jobs: DeviceJobs;
+  /** Files named by pending jobs, fetched once and served to devices. */
+  files: DeviceFiles;
 }
 
 export function buildDelivery(
@@ -105,7 +111,8 @@ export function buildDelivery(
 
   const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits, quota: () => live.config.storage.outbox, group, audit, metrics });
-  return { admission, uplink, dispatcher, downlink, connectivity, jobs };
+  const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log), prefetch: () => live.config.files, audit, log: log.child({ component: 'files' }) });
+  return { admission, uplink, dispatcher, downlink, connectivity, jobs, files };
 }
 
 /** Each group's batch schedule, releasing its batches when due; a reload applies the new groups. */
@@ -113,4 +120,10 @@ export function startBatchSchedules(live: Live, dispatcher: Dispatcher): BatchSc
   const schedules = new BatchSchedules((g) => dispatcher.release(g));
   schedules.apply(live.config.groups);
   return schedules;
+}
+
+/** The file cache under dataDir (files.*), trusting files.caFile for downloads when set. */
+function openFileCache(live: Live, metrics: Metrics, log: Logger): FileCache {
+  const { files, dataDir } = live.config;
+  return new FileCache({ ...files, dir: resolve(dataDir, files.dir), ca: files.caFile ? readFileSync(files.caFile, 'utf8') : undefined, metrics, log: log.child({ component: 'files' }) });
 }

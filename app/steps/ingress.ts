@@ -37,7 +37,7 @@ interface IngressDeps {
 /** The RADIUS listener and the device listeners (MQTT, HTTP, CoAP, UDP), each with its identity source. */
 export async function startIngress(live: Live, deps: IngressDeps): Promise<IngressParts> {
   const config = live.config;
-  const { admission, uplink, downlink, connectivity, jobs } = deps.delivery;
+  const { admission, uplink, downlink, connectivity, jobs, files } = deps.delivery;
   const { metrics, log } = deps;
   const radius = await startRadius(config, deps);
   const sources: Record<IdentitySourceName, () => IdentitySource> = {
@@ -66,6 +66,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
     maxPayloadBytes: config.limits.maxPayloadBytes,
     identity: sources[config.listeners.http.identity](),
     jobs,
+    files,
     log: log.child({ component: 'http' }),
   }).catch(async (err) => {
     await mqtt.close();
@@ -74,7 +75,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
   });
   const source = (name: IdentitySourceName) => sources[name]();
   const sims = deps.stores.simRouting;
-  const lowpower = await startLowpowerIngress(config, { ...common, sims, group: groupOf(live), source, log }).catch(async (err) => {
+  const lowpower = await startLowpowerIngress(config, { ...common, files, sims, group: groupOf(live), source, log }).catch(async (err) => {
     await Promise.all([mqtt.close(), http.close(), radius?.close()]);
     throw err;
   });

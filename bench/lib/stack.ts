@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse as parseYaml } from 'yaml';
-import { startGatewayProcess, startSandboxProcess, tempDir, writeYaml, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
+import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
 import { Collector, probe } from './collector.ts';
 import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
@@ -16,6 +16,11 @@ export interface GatewaySource {
   root: string;
   /** Commit measured, with "+dirty" when it is the working tree with uncommitted changes to the gateway. */
   commit: string;
+  /**
+   * A gateway from before the ready signal (`--ready-json`): it is started by `startLegacyGateway`, and
+   * the sandbox (only AWS's stand-in, not what is measured) runs from this checkout.
+   */
+  legacy: boolean;
 }
 
 let source: GatewaySource | undefined;
@@ -38,7 +43,7 @@ export function gatewaySource(): GatewaySource {
     } catch {
       // not a git checkout
     }
-    return (source = { root: repoRoot, commit });
+    return (source = { root: repoRoot, commit, legacy: false });
   }
   const sha = git('rev-parse', '--short=12', `${ref}^{commit}`);
   const root = join(tmpdir(), `simbridge-bench-src-${sha}`);
@@ -59,11 +64,53 @@ export function gatewaySource(): GatewaySource {
     rmSync(root, { recursive: true, force: true });
     renameSync(staging, root);
   }
-  return (source = { root, commit: sha });
+  const legacy = !readFileSync(join(root, 'bin', 'simbridge.ts'), 'utf8').includes('ready-json');
+  return (source = { root, commit: sha, legacy });
 }
 
 /** How the bench starts simbridge processes (the shared test harness): from the measured checkout. */
 export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, ...opts });
+
+/**
+ * BENCH_GATEWAY_NODE_ARGS: more options for the gateway's node (e.g. --trace-gc, --cpu-prof); the
+ * Stack's gateway output is kept in gateway-output.log in the temp directory when BENCH_KEEP_TMP is set.
+ */
+export const gatewayNodeArgs = (): string[] => process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+
+/** How the bench starts the sandbox: from the measured checkout, or from this one for a legacy gateway. */
+const sandboxSpawn = (): SpawnOptions => (gatewaySource().legacy ? { cwd: repoRoot } : simbridgeSpawn());
+
+/**
+ * For a gateway from before the ready signal, writes `config` as that gateway accepts it: its schema is
+ * strict, so each key its `simbridge config check` names as unknown is left out (the bench's settings
+ * such a gateway lacks simply do not apply). Today's gateway gets the file as given.
+ */
+export async function writeGatewayConfig(file: string, config: Tree): Promise<void> {
+  const fitted = structuredClone(config);
+  for (let attempt = 0; attempt < 30; attempt++) {
+    writeFileSync(file, stringifyYaml(fitted));
+    if (!gatewaySource().legacy) return;
+    const check = spawnCli(['config', 'check', file], {}, simbridgeSpawn());
+    if ((await check.exited) === 0) return;
+    await new Promise((r) => setTimeout(r, 100)); // the last of its output
+    const unknown = check.output.match(/^\s+(\S*?):? ?unknown key "([^"]+)"/m);
+    if (!unknown) throw new Error(`legacy gateway refuses the bench's config:\n${check.output}`);
+    let node: Tree = fitted;
+    for (const key of unknown[1] ? unknown[1].replace(/:$/, '').split('.') : []) node = node[key] as Tree;
+    delete node[unknown[2]];
+  }
+  throw new Error('legacy gateway: too many unknown config keys');
+}
+
+/** Starts a gateway from before the ready signal: ports are read from the start-up banner it printed then. */
+async function startLegacyGateway(configFile: string, opts: SpawnOptions): Promise<GatewayProcessLike> {
+  const proc = spawnCli(['start', '--config', configFile], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }, opts);
+  await proc.waitFor(/device HTTP .+\n/, 60_000, 'the start-up banner');
+  const port = (label: string) => Number(proc.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)`))![1]);
+  const admin = proc.output.match(/admin\s+http:\/\/\S+:(\d+)/);
+  return Object.assign(proc, { mqttPort: port('device MQTT'), httpPort: port('device HTTP'), adminPort: admin ? Number(admin[1]) : undefined });
+}
+type GatewayProcessLike = CliProcess & { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; adminPort?: number };
 
 type Tree = Record<string, unknown>;
 
@@ -126,7 +173,7 @@ export class Stack {
 
   static async start(opts: { gatewayOverride?: Tree } = {}): Promise<Stack> {
     const dir = tempDir('bench');
-    const sandbox = await startSandboxProcess(dir, undefined, {}, simbridgeSpawn());
+    const sandbox = await startSandboxProcess(dir, undefined, {}, sandboxSpawn());
     const upstream = await upstreamBroker(dir, { caFile: sandbox.caFile, certFile: sandbox.serverCertFile, keyFile: sandbox.serverKeyFile });
     const collector = new Collector(upstream.plainPort);
     await collector.start();
@@ -160,15 +207,18 @@ export class Stack {
       },
       deepMerge(opts.override ?? {}, this.gatewayOverride),
     );
-    writeYaml(this.dir, 'gateway.yaml', this.gatewayConfig);
-    const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
-    const proc = await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
+    await writeGatewayConfig(this.configFile, this.gatewayConfig);
+    const nodeArgs = [...gatewayNodeArgs(), ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [])];
+    const proc = gatewaySource().legacy
+      ? await startLegacyGateway(this.configFile, simbridgeSpawn({ nodeArgs }))
+      : await startGatewayProcess(this.configFile, simbridgeSpawn({ nodeArgs }));
     this.gateway = { process: proc, pid: proc.child.pid!, mqttPort: proc.mqttPort, httpPort: proc.httpPort, coapPort: proc.coapPort, udpPort: proc.udpPort, adminPort: proc.adminPort };
     return this.gateway;
   }
 
   async stopGateway(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     const code = await this.gateway?.process.kill(signal);
+    if (this.gateway && process.env.BENCH_KEEP_TMP) appendFileSync(join(this.dir, 'gateway-output.log'), this.gateway.process.output);
     return code ?? null;
   }
 

@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { spawnCli, TEST_MASTER_KEY, track, writeYaml } from '../../test/helpers/processes.ts';
+import { spawnCli, TEST_MASTER_KEY, track } from '../../test/helpers/processes.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { MOSQUITTO_SUB } from '../lib/mosquitto.ts';
 import { devices, type DeviceSpec } from '../lib/devices.ts';
@@ -24,7 +24,7 @@ import { newTag } from '../lib/measure.ts';
 import { mosquittoVersion } from '../lib/mosquitto.ts';
 import { scrape, sum, type Sample } from '../lib/prom.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
-import { gatewaySource, simbridgeSpawn, Stack } from '../lib/stack.ts';
+import { gatewaySource, simbridgeSpawn, Stack, writeGatewayConfig } from '../lib/stack.ts';
 import { round, sleep } from '../lib/stats.ts';
 import type { SleepyRunResult } from '../load/http-sleepy.ts';
 import { openDatabase } from '../../storage/db.ts';
@@ -141,7 +141,8 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
     db.close();
 
     // ---- pre-vending (devices in the field were vended long ago): `simbridge vend` ----
-    const vendConfig = writeYaml(stack.dir, 'vend.yaml', {
+    const vendConfig = join(stack.dir, 'vend.yaml');
+    await writeGatewayConfig(vendConfig, {
       mode: 'aws',
       dataDir,
       groups,

@@ -17,7 +17,7 @@ import { openDatabase } from '../../storage/db.ts';
 import { SimStore } from '../../storage/sims.ts';
 import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import type { ScenarioResult } from '../lib/report.ts';
-import { simbridgeSpawn } from '../lib/stack.ts';
+import { gatewayNodeArgs, simbridgeSpawn } from '../lib/stack.ts';
 import { roundTo } from '../lib/stats.ts';
 
 const IMEI = '490154203237518';
@@ -57,7 +57,7 @@ async function vending(ctx: Ctx): Promise<ScenarioResult> {
     });
 
     // ---- first contact through the gateway ----
-    const gateway = await startGatewayProcess(config, simbridgeSpawn());
+    const gateway = await startGatewayProcess(config, simbridgeSpawn({ nodeArgs: gatewayNodeArgs() }));
     procs.push(gateway);
     const httpPort = gateway.httpPort;
     ctx.log(`  ${sims} SIMs make first contact; the sandbox enforces ${JSON.stringify(QUOTAS)}`);

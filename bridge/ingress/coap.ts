@@ -1,10 +1,11 @@
 import type { RemoteInfo } from 'node:dgram';
 import { encode as cbor } from 'cbor-x';
-import { createServer, type IncomingMessage, type OutgoingMessage } from 'coap';
+import { createServer, OutgoingMessage, type IncomingMessage } from 'coap';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
 import type { Logger } from 'pino';
 import type { Admission, AdmittedDevice } from '../admission.ts';
 import type { Downlink } from '../downlink.ts';
+import { FileRefusal, type DeviceFiles } from '../files/device-files.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
@@ -32,6 +33,10 @@ export interface CoapIngressOptions {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
+  /** Files named by pending jobs: GET /files/{id}, block-wise (Block2, RFC 7959). */
+  files?: DeviceFiles;
+  /** Largest Block2 block served (files.coapBlockBytes). */
+  fileBlockBytes?: number;
   metrics: Metrics;
   log: Logger;
 }
@@ -58,6 +63,15 @@ const refusalCode: Record<string, string> = {
   storage_unavailable: '5.03',
   busy: '5.03',
   not_found: '4.04',
+  file_id_invalid: '4.00',
+  jobs_disabled: '4.04',
+  file_not_found: '4.04',
+  file_checksum_mismatch: '5.02',
+  file_size_mismatch: '5.02',
+  file_too_large: '5.02',
+  file_download_failed: '5.02',
+  bad_block2: '4.00',
+  block_out_of_range: '4.02',
 };
 
 /** Critical options (odd numbers, RFC 7252 §5.4.1) this server understands; any other critical one gets 4.02. */
@@ -77,6 +91,15 @@ function optionUint(value: Buffer): number {
   let n = 0;
   for (const b of value) n = n * 256 + b;
   return n;
+}
+
+/** A block option value in as few bytes as it needs (RFC 7959 §2.2: 0-3 bytes). */
+function blockOption(value: number): Buffer {
+  if (value === 0) return Buffer.alloc(0);
+  const bytes = value < 0x100 ? 1 : value < 0x10000 ? 2 : 3;
+  const b = Buffer.alloc(bytes);
+  b.writeUIntBE(value, 0, bytes);
+  return b;
 }
 
 function optionText(value: unknown): string {
@@ -295,8 +318,8 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
         query.set(eq < 0 ? text : text.slice(0, eq), eq < 0 ? '' : text.slice(eq + 1));
       }
     }
-    const resource = path[0] === 'topics' && path.length > 1 ? 'topics' : path.join('/');
-    const allowed: Record<string, string> = { topics: 'POST', self: 'GET', downlink: 'GET' };
+    const resource = path[0] === 'topics' && path.length > 1 ? 'topics' : path[0] === 'files' && path.length === 2 && opts.files ? 'files' : path.join('/');
+    const allowed: Record<string, string> = { topics: 'POST', self: 'GET', downlink: 'GET', files: 'GET' };
     if (!allowed[resource]) return refuse(res, 'not_found', `no resource /${path.join('/')}`), undefined;
     if (req.method !== allowed[resource]) return (count('method_not_allowed'), reply(res, '4.05', Buffer.from('method_not_allowed')));
 
@@ -310,6 +333,7 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
       return reply(res, '2.05', body.payload, body.format);
     }
     if (resource === 'downlink') return answerWithDownlink(req, res, device, '2.05', {}, true);
+    if (resource === 'files') return serveFileBlock(req, res, device, path[1]!);
 
     const topic = path.slice(1).join('/');
     const qos = query.has('qos') ? Number(query.get('qos')) : 1;
@@ -320,6 +344,46 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
     if (block1) res.setOption('Block1', block1);
     answerWithDownlink(req, res, device, '2.04', { id }, false);
+  }
+
+  /**
+   * One block of a cached file (RFC 7959 §2.4): the block the device asks for in Block2 (block 0, at the
+   * served size, when it asks for none and the file does not fit one block), with Size2 and an ETag
+   * (the sha256's first 8 bytes) so the device can tell the blocks belong to one file. Each block is a
+   * request of its own: read from the cache at its offset, nothing kept per transfer.
+   */
+  async function serveFileBlock(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, id: string) {
+    const maxBlock = opts.fileBlockBytes ?? 1024;
+    const asked = req._packet.options?.find((o) => o.name === 'Block2')?.value;
+    let num = 0;
+    let blockBytes = maxBlock;
+    if (Buffer.isBuffer(asked)) {
+      const v = optionUint(asked);
+      if (asked.length > 3 || (v & 7) === 7) return refuse(res, 'bad_block2', 'Block2 SZX 7 is reserved');
+      num = v >> 4;
+      blockBytes = Math.min(2 ** ((v & 7) + 4), maxBlock);
+    }
+    const file = await opts.files!.open(device.sim, id);
+    if (file instanceof FileRefusal) return refuse(res, file.reason, file.message);
+    try {
+      const offset = num * blockBytes;
+      if (offset >= file.size && !(num === 0 && file.size === 0)) return refuse(res, 'block_out_of_range', `the file has ${file.size} bytes`);
+      const chunk = Buffer.alloc(Math.min(blockBytes, file.size - offset));
+      await file.handle.read(chunk, 0, chunk.length, offset);
+      res.setOption('Content-Format', 'application/octet-stream');
+      res.setOption('ETag', Buffer.from(file.id.slice(0, 16), 'hex'));
+      if (asked || file.size > blockBytes) {
+        const more = offset + chunk.length < file.size ? 8 : 0;
+        res.setOption('Block2', blockOption((num << 4) | more | (Math.log2(blockBytes) - 4)));
+        if (num === 0) res.setOption('Size2', file.size);
+      }
+      metrics.fileBytesServed.inc({ protocol: 'coap' }, chunk.length);
+      res.code = '2.05';
+      // The library's own Block2 (whole payload per request, cut by it) is bypassed: the block is sent as it is.
+      OutgoingMessage.prototype.end.call(res, chunk);
+    } finally {
+      await file.handle.close();
+    }
   }
 
   return {

@@ -9,7 +9,9 @@ import type { Downlink } from '../downlink.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink, type UplinkRefusalReason } from '../uplink.ts';
 import type { DeviceJobs } from '../jobs.ts';
+import type { DeviceFiles } from '../files/device-files.ts';
 import { AddressConnections, type IngressLimitReason } from './connection-limits.ts';
+import { registerFileRoutes } from './http-files.ts';
 import { registerJobRoutes } from './http-jobs.ts';
 
 export interface HttpIngressOptions {
@@ -26,6 +28,8 @@ export interface HttpIngressOptions {
   downlink: Downlink;
   /** IoT Jobs for sleeping devices (groups.*.httpJobs): pending jobs in the 202, POST /v1/jobs/{jobId}. */
   jobs?: DeviceJobs;
+  /** Files named by pending jobs, served from the gateway's cache: GET /v1/files/{id}. */
+  files?: DeviceFiles;
   metrics: Metrics;
   log: Logger;
 }
@@ -210,7 +214,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
     const jobs = opts.jobs?.forResponse(device.sim);
     try {
       const id = await opts.uplink.accept('http', device, topic, payload, qos);
-      const pendingJobs = jobs ? { jobs: await jobs.settle() } : {};
+      const pendingJobs = jobs ? { jobs: opts.files ? opts.files.announce(await jobs.settle()) : await jobs.settle() } : {};
       return reply.code(202).send({ status: 'accepted', id, topic, thing: device.sim.thingName, downlink: withDownlink(reply, device), ...pendingJobs });
     } catch (err) {
       if (!(err instanceof UplinkRefusal)) throw err;
@@ -220,6 +224,7 @@ export async function startHttpIngress(opts: HttpIngressOptions): Promise<{ port
   });
 
   if (opts.jobs) registerJobRoutes(app, { jobs: opts.jobs, admit, refuse, metrics });
+  if (opts.files) registerFileRoutes(app, { files: opts.files, admit, refuse, metrics });
 
   // A fleet waking at once arrives as a burst of connections: a short accept queue drops SYNs.
   await app.listen({ host: opts.host, port: opts.port, backlog: LISTEN_BACKLOG });

@@ -181,6 +181,7 @@ export async function gatewayConfig(
     listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown>; coap?: Record<string, unknown>; udp?: Record<string, unknown> };
     radius?: Record<string, unknown>;
     identity?: Record<string, unknown>;
+    files?: Record<string, unknown>;
   } = {},
 ): Promise<{ file: string }> {
   const file = writeYaml(dir, 'gateway.yaml', {
@@ -201,6 +202,7 @@ export async function gatewayConfig(
     ...(extra.storage ? { storage: extra.storage } : {}),
     ...(extra.cluster ? { cluster: extra.cluster } : {}),
     ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
+    ...(extra.files ? { files: extra.files } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },
     upstream: {
       endpoint: 'localhost',
