@@ -266,6 +266,7 @@ export const configSchema = z
         heartbeatMs: z.number().int().positive().default(1000).describe('how often a node on PostgreSQL renews its heartbeat and looks for dead nodes\' SIMs'),
         leaseMs: z.number().int().positive().default(5000).describe('a node whose heartbeat is older (database clock) is dead: its SIMs move to the others'),
         takeoverBatch: z.number().int().positive().default(5000).describe('SIMs of dead nodes one node takes over per heartbeat'),
+        handOverMs: z.number().int().positive().default(5000).describe('how long a node waits for another to hand over the SIM of a device connected to it'),
       })
       .strict()
       .prefault({})

@@ -152,6 +152,45 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     for (const imsi of devices) expect(of(imsi)).toEqual(Array.from({ length: per }, (_, i) => `${imsi}#${i + 1}`));
   }, 120_000);
 
+  it('a device moving to another node takes its SIM along: the old node closes its session first, IoT Core never sees two', async () => {
+    const [a, b] = nodes;
+    const ip = '127.0.0.8';
+    const imsi = '001010000017401';
+    const thing = `sim-${imsi}`;
+    expect((await accounting(a!.radiusPort!, record('Start', ip, 'acct-move', imsi))).code).toBe(0);
+    const state = async () => (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number; connections: Array<{ clientId: string }> };
+    const takeoversBefore = (await state()).takeovers;
+    let most = 0;
+    let watching = true;
+    const watch = (async () => {
+      while (watching) {
+        most = Math.max(most, (await state()).connections.filter((c) => c.clientId === thing).length);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    })();
+    try {
+      // On node A: a subscription holds the thing's session there.
+      let conn = await connectFrom(ip, a!.mqttPort, { clientId: 'mover' });
+      expect(conn.code).toBe(0);
+      await conn.client.subscribeAsync('commands/#', { qos: 1 });
+      await conn.client.publishAsync('meter', 'moved-1', { qos: 1 });
+      await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'moved-1'));
+      await conn.client.endAsync();
+      // The device comes back through node B (the balancer chose another node) and subscribes again.
+      conn = await connectFrom(ip, b!.mqttPort, { clientId: 'mover' });
+      expect(conn.code).toBe(0);
+      await conn.client.subscribeAsync('commands/#', { qos: 1 });
+      await conn.client.publishAsync('meter', 'moved-2', { qos: 1 });
+      await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'moved-2'));
+      await conn.client.endAsync();
+    } finally {
+      watching = false;
+      await watch;
+    }
+    expect(most).toBe(1);
+    expect((await state()).takeovers).toBe(takeoversBefore);
+  });
+
   it('SIGKILL of a node under load: nothing acknowledged is lost, its SIMs deliver from another node, no client id connected twice', async () => {
     const devices = Array.from({ length: 6 }, (_, i) => `0010100000173${String(i).padStart(2, '0')}`);
     const acked = new Map<string, number[]>(devices.map((d) => [d, []]));

@@ -26,6 +26,20 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
       if (sim) void deps.upstream.pool.drop(sim.thingName).catch((err) => log.warn({ err: String(err), thing: sim.thingName }, 'upstream session not closed'));
     }
   });
+  // Only the node holding a SIM connects as its thing. A device connected here brings its SIM here: its
+  // holder closes its session and hands it over; anything else (a lane left over from before a hand-over)
+  // is refused rather than connect beside the holder.
+  const { pool } = deps.upstream;
+  pool.gate = async (thing) => {
+    const sim = parts.routing.byThing(thing);
+    if (!sim || cluster.owns(sim.imsi)) return;
+    if (deps.ingress.mqtt.isConnected(sim.imsi) && (await cluster.acquire(sim.imsi, live.config.cluster.handOverMs))) return;
+    throw new Error(`SIM ${sim.imsi} is held by another node`);
+  };
+  cluster.beforeHandOver = async (imsis) => {
+    const things = imsis.map((imsi) => stores.simRouting.forRouting(imsi)?.thingName).filter((t): t is string => t !== undefined);
+    await Promise.all(things.map((t) => pool.drop(t)));
+  };
   if (live.config.listeners.mqtt.identity === 'radius') {
     parts.sessions.onEndedElsewhere((session) => {
       const n = deps.ingress.mqtt.disconnectAddress(session.ip);

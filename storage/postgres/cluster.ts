@@ -1,3 +1,4 @@
+import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
 import type { Pool, Queryable } from './connect.ts';
 
 /** Now, in ms, by the database's clock: lease times never depend on a node's clock. */
@@ -58,6 +59,13 @@ export class ClusterNode {
   private reclaimOwn = false;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
+  /** Nodes waiting to hold a SIM (acquire), by IMSI. */
+  private readonly waiting = new Map<string, Array<(held: boolean) => void>>();
+  /**
+   * Before this node hands a SIM over to the node that asked for it: close its upstream session, so the
+   * new holder's connection never meets this one.
+   */
+  beforeHandOver: (imsis: string[]) => Promise<void> = async () => undefined;
   /** What the node says of itself with each heartbeat (shown by GET /v1/cluster). */
   describe: () => Record<string, unknown> = () => this.opts.info ?? {};
 
@@ -179,6 +187,90 @@ export class ClusterNode {
     if (taken.length) await this.gain(taken);
   }
 
+  /**
+   * Hears lease changes (hand-over requests and hand-overs) from every node. Call once, before join().
+   */
+  listen(feed: ChangeFeed): void {
+    feed.on(CHANNELS.leases, batched((imsis) => this.leasesChanged(imsis), this.onError));
+  }
+
+  /**
+   * Waits until this node holds the SIM: takes it when no live node does, else asks its holder to hand it
+   * over (the holder closes its upstream session first). False when that did not happen within timeoutMs.
+   */
+  async acquire(imsi: string, timeoutMs: number): Promise<boolean> {
+    if (this.owns(imsi)) return true;
+    if (!this.sure()) return false;
+    const held = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => this.settleWaiter(imsi, finish, false), timeoutMs);
+      const finish = (ok: boolean) => {
+        clearTimeout(timer);
+        resolve(ok);
+      };
+      this.waiting.set(imsi, [...(this.waiting.get(imsi) ?? []), finish]);
+    });
+    const { rows } = await this.pool.query<{ imsi: string; epoch: number }>(
+      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) VALUES ($1, $2, 1, ${NOW_MS})
+       ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
+       WHERE sim_leases.owner = excluded.owner
+          OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
+       RETURNING imsi, epoch`,
+      [imsi, this.nodeId, this.opts.leaseMs],
+    );
+    if (rows.length) await this.gain(rows);
+    else {
+      await this.pool.query('UPDATE sim_leases SET wanted_by = $2 WHERE imsi = $1 AND owner <> $2', [imsi, this.nodeId]);
+      await this.pool.query('SELECT pg_notify($1, $2)', [CHANNELS.leases, imsi]);
+    }
+    return held;
+  }
+
+  private settleWaiter(imsi: string, fn: (ok: boolean) => void, ok: boolean): void {
+    const list = (this.waiting.get(imsi) ?? []).filter((f) => f !== fn);
+    if (list.length) this.waiting.set(imsi, list);
+    else this.waiting.delete(imsi);
+    fn(ok);
+  }
+
+  private settleWaiters(imsi: string, ok: boolean): void {
+    const list = this.waiting.get(imsi);
+    if (!list) return;
+    this.waiting.delete(imsi);
+    for (const fn of list) fn(ok);
+  }
+
+  /** A lease changed somewhere: a SIM handed to this node, taken from it, or asked of it. */
+  private async leasesChanged(imsis: string[]): Promise<void> {
+    const { rows } = await this.pool.query<{ imsi: string; owner: string; epoch: number; wanted_by: string | null }>(
+      'SELECT imsi, owner, epoch, wanted_by FROM sim_leases WHERE imsi = ANY($1::text[])',
+      [imsis],
+    );
+    const gained: Array<{ imsi: string; epoch: number }> = [];
+    const lost: string[] = [];
+    const asked: Array<{ imsi: string; epoch: number }> = [];
+    for (const r of rows) {
+      const mine = this.owned.get(r.imsi);
+      if (r.owner !== this.nodeId) {
+        if (mine !== undefined) lost.push(r.imsi);
+      } else if (r.wanted_by && r.wanted_by !== this.nodeId && mine === r.epoch) asked.push(r);
+      else if (mine !== r.epoch && this.sure()) gained.push(r);
+    }
+    this.lose(lost);
+    await this.gain(gained);
+    if (asked.length === 0) return;
+    // Let go here first (no more deliveries, the upstream session closed), then hand over with a new epoch.
+    const imsisAsked = asked.map((a) => a.imsi);
+    this.lose(imsisAsked);
+    await this.beforeHandOver(imsisAsked).catch(this.onError);
+    await this.pool.query(
+      `UPDATE sim_leases l SET owner = l.wanted_by, epoch = l.epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL
+       FROM unnest($1::text[], $2::bigint[]) AS a(imsi, epoch)
+       WHERE l.imsi = a.imsi AND l.owner = $3 AND l.epoch = a.epoch AND l.wanted_by IS NOT NULL`,
+      [imsisAsked, asked.map((a) => a.epoch), this.nodeId],
+    );
+    await this.pool.query('SELECT pg_notify($1, imsi) FROM unnest($2::text[]) AS imsi', [CHANNELS.leases, imsisAsked]);
+  }
+
   /** Notes SIMs as held and reads what they have waiting; tells the listeners. */
   private async gain(leases: Array<{ imsi: string; epoch: number }>): Promise<Gained[]> {
     if (leases.length === 0) return [];
@@ -191,6 +283,7 @@ export class ClusterNode {
     const gained = leases.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
     for (const g of gained) this.owned.set(g.imsi, g.epoch);
     for (const fn of this.gainedListeners) fn(gained);
+    for (const g of gained) this.settleWaiters(g.imsi, true);
     return gained;
   }
 

@@ -20,6 +20,7 @@ export interface PostgresGatewayParts {
   sessions: PgSessionCache;
   /** This node among the others: heartbeat and the SIMs it holds. */
   cluster: ClusterNode;
+  routing: PgSimRouting;
   close(): Promise<void>;
 }
 
@@ -52,6 +53,7 @@ export async function postgresGatewayParts(
     // The node joins before devices are let in: its SIMs (and unheld ones with waiting rows) are counted first.
     const cluster = new ClusterNode(pool, opts.cluster, opts.onError);
     outbox.joinCluster(cluster, feed, opts.onError);
+    cluster.listen(feed);
     await cluster.join();
     const stores: Stores = {
       ...shared,
@@ -69,6 +71,7 @@ export async function postgresGatewayParts(
       feed,
       sessions,
       cluster,
+      routing,
       close: async () => {
         await cluster.leave().catch(opts.onError);
         await feed.close();

@@ -12,6 +12,8 @@ import { COLUMNS, type PgSimStore } from './sims.ts';
  */
 export class PgSimRouting implements SimRoutingStore {
   private sims = new Map<string, Sim>();
+  /** IMSI by thing name (the upstream pool knows things, leases know SIMs). */
+  private things = new Map<string, string>();
   /** The registry for everyone else: PgSimStore, each write followed by a refresh of what it changed. */
   readonly registry: SimRegistry;
 
@@ -30,8 +32,13 @@ export class PgSimRouting implements SimRoutingStore {
   async load(): Promise<void> {
     const { rows } = await this.pool.query<SimRow>(`SELECT ${COLUMNS} FROM sims`);
     const sims = new Map<string, Sim>();
-    for (const row of rows) sims.set(row.imsi, fromRow(row));
+    const things = new Map<string, string>();
+    for (const row of rows) {
+      sims.set(row.imsi, fromRow(row));
+      things.set(row.thing_name, row.imsi);
+    }
     this.sims = sims;
+    this.things = things;
   }
 
   /** Reads these SIMs again; one gone is forgotten. */
@@ -42,6 +49,7 @@ export class PgSimRouting implements SimRoutingStore {
     for (const row of rows) {
       found.add(row.imsi);
       this.sims.set(row.imsi, fromRow(row));
+      this.things.set(row.thing_name, row.imsi);
     }
     for (const imsi of imsis) if (!found.has(imsi)) this.sims.delete(imsi);
   }
@@ -52,6 +60,12 @@ export class PgSimRouting implements SimRoutingStore {
 
   get(imsi: string): Sim | undefined {
     return this.sims.get(imsi);
+  }
+
+  /** The SIM whose thing has this name. */
+  byThing(thingName: string): Sim | undefined {
+    const imsi = this.things.get(thingName);
+    return imsi === undefined ? undefined : this.sims.get(imsi);
   }
 
   /** The first delivery since the IMEI was bound: noted in memory now, in the database in the background. */
