@@ -128,6 +128,19 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
     expect(b.outbox.usage(X).rows).toBe(0);
   });
 
+  it('a node leaving on shutdown hands its SIMs to the others at their next heartbeat, not a lease later', async () => {
+    const url = await server.database();
+    const a = await node(url, 'a', { heartbeatMs: 200, leaseMs: 5000 });
+    const b = await node(url, 'b', { heartbeatMs: 200, leaseMs: 5000 });
+    await a.outbox.enqueue(msg(X, 'left'));
+    const leftAt = Date.now();
+    await a.cluster.leave();
+    await until(async () => (await lease(b.pool, X))?.owner === 'b', 3000);
+    expect(Date.now() - leftAt).toBeLessThan(2000);
+    await until(() => b.woken.includes(X));
+    expect((await b.outbox.peek(X, 0, 10)).map((r) => r.payload.toString())).toEqual(['left']);
+  });
+
   it('commits for one SIM wait for each other across nodes; other SIMs do not', async () => {
     const url = await server.database();
     const a = await node(url, 'a');

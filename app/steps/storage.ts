@@ -87,7 +87,7 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       deliveryCacheBytes: storage.deliveryCacheMb * 1024 * 1024,
       cluster: { ...config.cluster, nodeId: nodeId(config), info: { host: hostname(), pid: process.pid } },
       observeCommit: (s) => metrics.outboxCommitSeconds.observe(s),
-      onError: (err) => log.warn({ err: String(err) }, 'PostgreSQL: a cache was not refreshed'),
+      onError: (err) => log.warn({ err: String(err) }, 'PostgreSQL: background work failed (cache refresh, heartbeat, lease)'),
     });
     const stores = parts.stores;
     await checkMasterKey(stores, cipher).catch(async (err) => {

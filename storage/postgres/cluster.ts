@@ -57,6 +57,8 @@ export class ClusterNode {
   private beating: Promise<void> | undefined;
   /** Let go of everything while unsure: what no other node took meanwhile is taken back once sure again. */
   private reclaimOwn = false;
+  /** A heartbeat failed since the last check of what this node holds. */
+  private missedBeat = false;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
   /** Nodes waiting to hold a SIM (acquire), by IMSI. */
@@ -139,6 +141,7 @@ export class ClusterNode {
   beat(): Promise<void> {
     this.beating ??= this.renew()
       .catch((err) => {
+        this.missedBeat = true;
         this.onError(err);
         if (!this.sure()) this.loseAll();
       })
@@ -166,8 +169,10 @@ export class ClusterNode {
       );
       await this.gain(rows);
     }
-    // Leases this node believes it holds but another node took (it was seen dead for a moment).
-    if (this.owned.size) {
+    // Leases this node believes it holds but another node took (it may have been seen dead for a moment):
+    // checked after a heartbeat failed, not on every one (a hand-over is announced; a take-over needs this
+    // node seen dead, which it lets go of by itself first).
+    if (this.missedBeat && this.owned.size) {
       const { rows } = await this.pool.query<{ imsi: string }>(
         `SELECT m.imsi FROM unnest($1::text[], $2::bigint[]) AS m(imsi, epoch)
          LEFT JOIN sim_leases l ON l.imsi = m.imsi AND l.owner = $3 AND l.epoch = m.epoch WHERE l.imsi IS NULL`,
@@ -175,16 +180,25 @@ export class ClusterNode {
       );
       this.lose(rows.map((r) => r.imsi));
     }
+    this.missedBeat = false;
     const { rows: taken } = await this.pool.query<{ imsi: string; epoch: number }>(
+      // Through the (small) node table and the leases' owner index: no scan of every lease per heartbeat.
       `WITH dead AS (
          SELECT l.imsi FROM sim_leases l
-         WHERE l.owner <> $1 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = l.owner AND n.heartbeat_at > ${NOW_MS} - $2)
+         WHERE l.owner IN (SELECT n.node_id FROM cluster_nodes n WHERE n.node_id <> $1 AND n.heartbeat_at <= ${NOW_MS} - $2)
          LIMIT $3 FOR UPDATE SKIP LOCKED)
        UPDATE sim_leases l SET owner = $1, epoch = l.epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL FROM dead WHERE l.imsi = dead.imsi
        RETURNING l.imsi, l.epoch`,
       [this.nodeId, this.opts.leaseMs, this.opts.takeoverBatch],
     );
     if (taken.length) await this.gain(taken);
+    else {
+      // Nodes long dead that hold nothing any more are forgotten.
+      await this.pool.query(
+        `DELETE FROM cluster_nodes n WHERE n.heartbeat_at <= ${NOW_MS} - 10 * $1::bigint AND NOT EXISTS (SELECT 1 FROM sim_leases l WHERE l.owner = n.node_id)`,
+        [this.opts.leaseMs],
+      );
+    }
   }
 
   /**
@@ -354,14 +368,14 @@ export class ClusterNode {
   }
 
   /**
-   * Leaves on shutdown, after the last commit: without its node row the node is dead at once, and the
-   * others take its SIMs at their next heartbeat (the leases stay, so their epochs keep rising).
+   * Leaves on shutdown, after the last commit: its heartbeat set to the epoch, the node is dead at once,
+   * and the others take its SIMs at their next heartbeat (the leases stay, so their epochs keep rising).
    */
   async leave(): Promise<void> {
     clearInterval(this.timer);
     await this.beating;
     this.owned.clear();
-    await this.pool.query('DELETE FROM cluster_nodes WHERE node_id = $1', [this.nodeId]);
+    await this.pool.query('UPDATE cluster_nodes SET heartbeat_at = 0 WHERE node_id = $1', [this.nodeId]);
   }
 
   stop(): void {
