@@ -5,6 +5,7 @@ import type { Db } from '../storage/db.ts';
 import { startAdminApi } from './steps/admin.ts';
 import { clusterView, followCluster } from './steps/cluster.ts';
 import { buildDelivery, startBatchSchedules } from './steps/delivery.ts';
+import { startEvents } from './steps/events.ts';
 import { startIngress } from './steps/ingress.ts';
 import type { Live } from './steps/live.ts';
 import { reloader } from './steps/reload.ts';
@@ -50,6 +51,8 @@ async function assemble(live: Live, storage: GatewayStorage, log: Logger, env: N
   const vending = startVending(live, { stores, cipher, metrics, log });
   const upstream = startUpstream(live, { vending, metrics, log });
   const delivery = buildDelivery(live, { stores, outbox, vending, upstream, metrics, log });
+  // Events ride in SQLite's commits (docs/events.md): on PostgreSQL none are published.
+  const events = db ? startEvents(live, { db, stores, cipher, vending, upstream, metrics, log }) : undefined;
   // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
   // wait for the writer thread to load, and share the cores with both threads' start-up.
   await Promise.all([writer.ready(), upstream.pool.ready()]);
@@ -73,6 +76,6 @@ async function assemble(live: Live, storage: GatewayStorage, log: Logger, env: N
     db,
     metrics,
     reload: reloader(live, { stores, cipher, schedules, dispatcher: delivery.dispatcher, syncPolicies: (groups) => vending.vendor.syncPolicies(groups), env, log }),
-    close: shutdown(live, { closeDatabase: storage.close, outbox, vending, upstream, delivery, ingress, schedules, admin, controlPlane }),
+    close: shutdown(live, { closeDatabase: storage.close, outbox, vending, upstream, delivery, ingress, schedules, admin, controlPlane, events }),
   };
 }

@@ -5,6 +5,7 @@ import type { Admission } from '../bridge/admission.ts';
 import type { Downlink } from '../bridge/downlink.ts';
 import type { DeviceFiles } from '../bridge/files/device-files.ts';
 import type { IdentitySource } from '../bridge/identity/source.ts';
+import type { DeviceJobs } from '../bridge/jobs.ts';
 import { startCoapIngress, type CoapIngress } from '../bridge/ingress/coap.ts';
 import { startUdpIngress, type UdpIngress } from '../bridge/ingress/udp.ts';
 import type { Metrics } from '../bridge/metrics.ts';
@@ -15,6 +16,7 @@ export interface LowpowerParts {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
+  jobs?: DeviceJobs;
   files?: DeviceFiles;
   metrics: Metrics;
   sims: SimRoutingStore;
@@ -28,7 +30,7 @@ export async function startLowpowerIngress(config: Config, parts: LowpowerParts)
   const { coap: coapCfg, udp: udpCfg } = config.listeners;
   const common = { admission: parts.admission, uplink: parts.uplink, downlink: parts.downlink, metrics: parts.metrics };
   const coap = coapEnabled(config)
-    ? await startCoapIngress({ ...coapCfg, ...common, files: parts.files, fileBlockBytes: config.files.coapBlockBytes, maxPayloadBytes: config.limits.maxPayloadBytes, identity: parts.source(coapCfg.identity), log: parts.log.child({ component: 'coap' }) })
+    ? await startCoapIngress({ ...coapCfg, ...common, jobs: parts.jobs, files: parts.files, fileBlockBytes: config.files.coapBlockBytes, maxPayloadBytes: config.limits.maxPayloadBytes, identity: parts.source(coapCfg.identity), log: parts.log.child({ component: 'coap' }) })
     : undefined;
   const udp = udpCfg.enabled
     ? await startUdpIngress({

@@ -390,18 +390,29 @@ export class Dispatcher {
         const first = unit.rows[0]!.id;
         const inDoubt = lane.suspect;
         lane.cursor = unit.rows.at(-1)!.id;
-        void session
-          .publish(unit.topic, unit.payload, unit.qos)
-          .then(
-            () => {
-              unacked.delete(first);
-              // Rows leave the outbox only now, on the PUBACK of the publish that carried them.
-              const removed = this.opts.outbox.remove(unit.rows);
-              if (!isPromise(removed)) return acked(unit, inDoubt);
-              // A delete that fails leaves the rows queued: they are sent again (at-least-once).
-              return removed.then(() => acked(unit, inDoubt), (err: unknown) => void (failure ??= err));
-            },
-            (err: unknown) => {
+        // Settled: the publish is out of the window (after its rows' removal, when that answers later).
+        const done = () => {
+          inflight.delete(first);
+          settled?.();
+          settled = undefined;
+        };
+        void session.publish(unit.topic, unit.payload, unit.qos).then(
+          () => {
+            unacked.delete(first);
+            // Rows leave the outbox only now, on the PUBACK of the publish that carried them.
+            const removed = this.opts.outbox.remove(unit.rows);
+            if (!isPromise(removed)) {
+              try {
+                return acked(unit, inDoubt);
+              } finally {
+                done();
+              }
+            }
+            // A delete that fails leaves the rows queued: they are sent again (at-least-once).
+            return removed.then(() => acked(unit, inDoubt), (err: unknown) => void (failure ??= err)).finally(done);
+          },
+          (err: unknown) => {
+            try {
               metrics.upstreamPublishes.inc({ group: sim.group, result: 'failed' });
               if (failure === undefined) {
                 failure = err ?? new Error('publish failed');
@@ -414,13 +425,11 @@ export class Dispatcher {
                 const again = lane.suspect?.first === oldest ? lane.suspect : undefined;
                 lane.suspect = { first: oldest, failures: again?.failures ?? 0, uncounted: true, error: String((err as Error)?.message ?? err) };
               }
-            },
-          )
-          .finally(() => {
-            inflight.delete(first);
-            settled?.();
-            settled = undefined;
-          });
+            } finally {
+              done();
+            }
+          },
+        );
         inflight.add(first);
         unacked.add(first);
       }

@@ -32,7 +32,8 @@ export class DownlinkRefusal extends Error {
   }
 }
 
-export type Deliver = (deviceTopic: string, payload: Buffer, qos: 0 | 1) => void;
+/** retain: a retained message IoT Core sent because the subscription was just made (MQTT-3.3.1-9). */
+export type Deliver = (deviceTopic: string, payload: Buffer, qos: 0 | 1, retain: boolean) => void;
 
 /**
  * Commands down to devices. A device's subscription becomes a subscription on its own upstream session,
@@ -62,11 +63,11 @@ export class Downlink {
         creds,
         upstream,
         wanted,
-        (topic, payload, gotQos) => {
+        (topic, payload, gotQos, retain) => {
           const deviceTopic = topics.toDevice(topic);
           if (deviceTopic === undefined) return; // cannot happen under a correct policy; never leak it
           this.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
-          deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1);
+          deliver(deviceTopic, payload, Math.min(gotQos, wanted) as 0 | 1, retain === true);
         },
         (reason) => this.refusedLater(device.sim, upstream, reason),
       );

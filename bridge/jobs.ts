@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
+import { sleepingJobsOn } from '../config/jobs.ts';
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
 import type { Sim } from '../storage/sims.ts';
@@ -8,10 +9,11 @@ import type { Metrics } from './metrics.ts';
 import type { UpstreamPool } from './upstream/session-pool.ts';
 
 /**
- * IoT Jobs on behalf of devices that sleep between HTTP requests (groups.*.httpJobs). Everything is
- * asked as the device itself, on its own upstream session, with the Jobs device MQTT API: the pending
- * list (`jobs/get`, then `jobs/{jobId}/get` for each document) rides back in the 202 the device was
- * waiting for anyway, and its report (`POST /v1/jobs/{jobId}`) becomes `jobs/{jobId}/update`.
+ * IoT Jobs on behalf of devices that sleep between HTTP or CoAP requests (groups.*.sleepingJobs).
+ * Everything is asked as the device itself, on its own upstream session, with the Jobs device MQTT API:
+ * the pending list (`jobs/get`, then `jobs/{jobId}/get` for each document) rides back in the answer the
+ * device was waiting for anyway (HTTP 202, CoAP 2.04), and its report (`POST /v1/jobs/{jobId}`, CoAP
+ * `POST /jobs/{jobId}`) becomes `jobs/{jobId}/update`.
  * Answers are told apart by clientToken. While the device's session holds its Jobs subscription (holdMs
  * after its last request), `notify` marks the list stale and it is fetched again in the background.
  */
@@ -81,13 +83,13 @@ export class DeviceJobs {
   constructor(private readonly opts: DeviceJobsOptions) {}
 
   enabled(sim: Sim): boolean {
-    return this.opts.group(sim.group).httpJobs;
+    return sleepingJobsOn(this.opts.group(sim.group));
   }
 
   /**
    * Starts finding the device's pending jobs as its request comes in; `settle()` (called once the
    * message is committed) waits at most responseWaitMs more, then gives the last list known.
-   * Undefined when the device's group does not use Jobs over HTTP.
+   * Undefined when the device's group does not run Jobs for sleeping devices.
    */
   forResponse(sim: Sim): { settle(): Promise<PendingJob[]> } | undefined {
     if (!this.enabled(sim)) return undefined;
@@ -107,7 +109,7 @@ export class DeviceJobs {
 
   /** UpdateJobExecution as the device's thing, with IoT Core's refusal turned into a clear reason. */
   async update(sim: Sim, jobId: string, body: unknown): Promise<JobUpdateResult> {
-    if (!this.enabled(sim)) return { ok: false, reason: 'jobs_disabled', message: `group ${sim.group} does not run IoT Jobs for HTTP devices (groups.*.httpJobs)` };
+    if (!this.enabled(sim)) return { ok: false, reason: 'jobs_disabled', message: `group ${sim.group} does not run IoT Jobs for sleeping devices (groups.*.sleepingJobs)` };
     const invalid = checkUpdate(jobId, body);
     if (invalid) return this.refused(sim, jobId, { ok: false, reason: 'job_update_invalid', message: invalid });
     const { status, statusDetails, expectedVersion } = body as { status: string; statusDetails?: Record<string, string>; expectedVersion?: number };

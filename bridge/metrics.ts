@@ -94,13 +94,13 @@ export function createMetrics(readOutboxByGroup: () => OutboxByGroup[] = () => [
     vendSeconds: new Histogram({ name: 'simbridge_vend_seconds', help: 'time to vend a device', registers: [registry], buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60] }),
     downlink: new Counter({
       name: 'simbridge_downlink_messages_total',
-      help: 'messages down to devices by protocol and result (delivered, held, dropped, expired)',
+      help: 'messages down to devices by protocol and result (delivered, held, dropped, expired, retained_not_wanted)',
       labelNames: ['protocol', 'result'] as const,
       registers: [registry],
     }),
     jobRequests: new Counter({
       name: 'simbridge_job_requests_total',
-      help: 'IoT Jobs requests made for HTTP devices, by kind (pending, update) and result (accepted, rejected code, timeout, unavailable)',
+      help: 'IoT Jobs requests made for sleeping HTTP and CoAP devices, by kind (pending, update) and result (accepted, rejected code, timeout, unavailable)',
       labelNames: ['kind', 'result'] as const,
       registers: [registry],
     }),

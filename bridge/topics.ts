@@ -53,13 +53,46 @@ export interface GroupTopicConfig {
 
 /** A group's topics bound to one device. */
 export function groupTopics(group: GroupTopicConfig, vars: DeviceVars): DeviceTopics {
-  return new DeviceTopics(group.upstreamTopic, vars, group.udpTopic, group.basicIngest?.rule);
+  return bound(group, vars).topics;
 }
 
 /** The group's batch topic filled for one device, under the group's Basic Ingest prefix when it has one. */
 export function groupBatchTopic(group: GroupTopicConfig, vars: DeviceVars): string {
-  const filled = group.batching.topic.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
-  return group.basicIngest ? basicIngestPrefix(group.basicIngest.rule) + filled : filled;
+  const b = bound(group, vars);
+  if (b.batchTopic === undefined) {
+    const filled = fillTemplate(group.batching.topic, vars);
+    b.batchTopic = group.basicIngest ? basicIngestPrefix(group.basicIngest.rule) + filled : filled;
+  }
+  return b.batchTopic;
+}
+
+const fillTemplate = (template: string, vars: DeviceVars) => template.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
+
+/** A group's templates filled for one device. */
+interface Bound {
+  thing: string;
+  imei: string;
+  topics: DeviceTopics;
+  batchTopic?: string;
+}
+
+/**
+ * Filled templates per group and device, reused from message to message (filling them was regular
+ * expressions and objects on every message, in and out). A config reload makes new group objects, so an
+ * entry never outlives its template; past BOUND_PER_GROUP devices a group's entries start over.
+ */
+const boundPerGroup = new WeakMap<GroupTopicConfig, Map<string, Bound>>();
+const BOUND_PER_GROUP = 50_000;
+
+function bound(group: GroupTopicConfig, vars: DeviceVars): Bound {
+  let perImsi = boundPerGroup.get(group);
+  if (!perImsi) boundPerGroup.set(group, (perImsi = new Map()));
+  const known = perImsi.get(vars.imsi);
+  if (known && known.thing === vars.thing && known.imei === vars.imei) return known;
+  if (perImsi.size >= BOUND_PER_GROUP) perImsi.clear();
+  const fresh: Bound = { thing: vars.thing, imei: vars.imei, topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic, group.basicIngest?.rule) };
+  perImsi.set(vars.imsi, fresh);
+  return fresh;
 }
 
 /**
@@ -75,17 +108,20 @@ export class DeviceTopics {
   private readonly udpTopic: string | undefined;
   /** `$aws/rules/{rule}/` when the group uses Basic Ingest, else ''. */
   private readonly ingestPrefix: string;
+  private readonly shadowPrefix: string;
+  private readonly jobsPrefix: string;
 
   constructor(
     template: string,
-    private readonly vars: DeviceVars,
+    vars: DeviceVars,
     udpTemplate?: string,
     basicIngestRule?: string,
   ) {
     this.ingestPrefix = basicIngestRule === undefined ? '' : basicIngestPrefix(basicIngestRule);
-    const fill = (t: string) => t.replace(/\{(thing|imsi|imei)\}/g, (_m, k: keyof DeviceVars) => vars[k]);
-    const filled = fill(template);
-    this.udpTopic = udpTemplate === undefined ? undefined : fill(udpTemplate);
+    this.shadowPrefix = shadowPrefix(vars.thing);
+    this.jobsPrefix = jobsPrefix(vars.thing);
+    const filled = fillTemplate(template, vars);
+    this.udpTopic = udpTemplate === undefined ? undefined : fillTemplate(udpTemplate, vars);
     const at = filled.indexOf('{topic}');
     this.prefix = at < 0 ? filled : filled.slice(0, at);
     this.suffix = at < 0 ? '' : filled.slice(at + '{topic}'.length);
@@ -93,13 +129,12 @@ export class DeviceTopics {
 
   /** The device's own shadow and Jobs topics pass through as they are (the thing's reserved topics). */
   isOwnReserved(topic: string): boolean {
-    return topic.startsWith(shadowPrefix(this.vars.thing)) || topic.startsWith(jobsPrefix(this.vars.thing));
+    return topic.startsWith('$') && (topic.startsWith(this.shadowPrefix) || topic.startsWith(this.jobsPrefix));
   }
 
   /** A topic of the thing's own Jobs that only IoT Core publishes (answers, notify): devices may not. */
   private isJobsAnswer(topic: string): boolean {
-    const prefix = jobsPrefix(this.vars.thing);
-    return topic.startsWith(prefix) && !JOBS_REQUEST.test(topic.slice(prefix.length));
+    return topic.startsWith(this.jobsPrefix) && !JOBS_REQUEST.test(topic.slice(this.jobsPrefix.length));
   }
 
   /** Upstream topic (or filter) for a device topic (or filter), as subscriptions see it. */

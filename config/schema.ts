@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { adminSection, privacySection } from './admin.ts';
 import { batchingSection } from './batching.ts';
+import { eventsSection } from './events.ts';
 import { filesSection } from './files.ts';
 import { jobsSection } from './jobs.ts';
 import { identityFindings, identitySection, identitySource, radiusSection } from './identity.ts';
@@ -41,7 +42,7 @@ const group = z
       .object({
         maxExpirySeconds: z.number().int().min(0).default(86_400).describe('longest an MQTT session outlives its connection (3.1.1 cleanSession=0 gets this; MQTT 5 session expiry is cut to it); 0 = no persistent sessions'),
         maxMessages: z.number().int().positive().default(20).describe('most QoS 1 commands kept per sleeping MQTT session; the oldest is dropped (audited) past it'),
-        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a kept command waits for its device'),
+        ttlMs: z.number().int().positive().default(86_400_000).describe('how long a kept command waits for its device; never sent after it, MQTT 5 devices are told the time left'),
       })
       .strict()
       .prefault({}),
@@ -52,10 +53,11 @@ const group = z
       .describe('a device or the gateway at its outbox limit: refuse new messages, or drop the device\'s oldest (audited)'),
     revokeOnImeiViolation: z.boolean().default(false).describe('deactivate the SIM\'s certificate in IoT Core when its IMEI lock is violated'),
     connectivity: z.boolean().default(false).describe('report online/offline, IP, RAT and last seen in the thing\'s shadow'),
-    httpJobs: z
+    sleepingJobs: z
       .boolean()
-      .default(false)
-      .describe('HTTP devices get their pending IoT Jobs in the 202 and report with POST /v1/jobs/{jobId} (each fetch is a few billed messages on the device\'s session)'),
+      .optional()
+      .describe('HTTP and CoAP devices get their pending IoT Jobs in the answer to their uplink and report with POST /v1/jobs/{jobId} (CoAP: /jobs/{jobId}); each fetch is a few billed messages on the device\'s session. Off by default'),
+    httpJobs: z.boolean().optional().describe('the former name of sleepingJobs, still accepted; sleepingJobs wins when both are set'),
     basicIngest: z
       .object({
         rule: z
@@ -131,6 +133,7 @@ export const configSchema = z
     radius: radiusSection,
     jobs: jobsSection,
     files: filesSection,
+    events: eventsSection,
     limits: z
       .object({
         maxPayloadBytes: z.number().int().positive().max(131072).default(131072).describe('largest device payload (IoT Core: 128 KB)'),

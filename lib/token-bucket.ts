@@ -36,6 +36,16 @@ export class TokenBucket {
     return this.waiters.length;
   }
 
+  /** Takes n tokens if they may go now (nobody waits before them); false, taking nothing, when not. */
+  takeNow(n = 1): boolean {
+    const need = Math.min(n, this.capacity);
+    if (this.waiters.length > 0) return false;
+    this.refill();
+    if (this.tokens < need) return false;
+    this.tokens -= need;
+    return true;
+  }
+
   /** Resolves when n tokens (calls, or bytes for a byte-rate bucket) may go; n above the capacity waits for a full bucket. */
   take(n = 1): Promise<void> {
     const need = Math.min(n, this.capacity);

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { eventsTapped, queueEvent } from './events.ts';
 
 /** Every kind of audit event, one list for every writer and reader. */
 export const AUDIT_KINDS = [
@@ -100,7 +101,14 @@ export class AuditLog {
   }
 
   record(kind: AuditKind, imsi: string | null, detail: Record<string, unknown> = {}): void {
-    this.insertStmt.run(Date.now(), imsi, kind, JSON.stringify(detail));
+    const at = Date.now();
+    if (!eventsTapped(this.db)) return void this.insertStmt.run(at, imsi, kind, JSON.stringify(detail));
+    // The fleet event an audit row stands for is written in the same commit (a savepoint when the
+    // caller's change already holds a transaction): never one without the other.
+    this.db.transaction(() => {
+      this.insertStmt.run(at, imsi, kind, JSON.stringify(detail));
+      queueEvent(this.db, { source: 'audit', kind, imsi, detail, at });
+    })();
   }
 
   /** Events newest first, by SIM, kind and time range; nextBefore pages on. */

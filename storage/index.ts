@@ -2,6 +2,7 @@ import { AuditLog, type AuditStore } from './audit.ts';
 import { CREDENTIAL_STORE_METHODS, SqliteCredentialStore, type CredentialReads, type CredentialStore } from './credentials.ts';
 import type { Db } from './db.ts';
 import { DownlinkStore, type HeldDownlinkStore } from './downlink.ts';
+import { SqliteGatewayCredentials, type GatewayCredentialStore } from './gateway-credentials.ts';
 import { SqliteMetaStore, type MetaStore } from './meta.ts';
 import { SqliteMqttSessions, type MqttSessionStore } from './mqtt-sessions.ts';
 import { NetworkSessions, type NetworkSessionStore, type SessionLookup } from './network-sessions.ts';
@@ -30,6 +31,8 @@ export interface Stores {
   credentials: CredentialStore;
   /** The same table as the admin surface reads it. */
   credentialReads: CredentialReads;
+  /** The gateway's own certificate (lifecycle events), apart from the SIMs'. */
+  gatewayCredentials: GatewayCredentialStore;
   downlink: HeldDownlinkStore;
   /** Persistent MQTT sessions and the commands kept for them. */
   mqttSessions: MqttSessionStore;
@@ -55,7 +58,7 @@ export type GatewayOutbox = DeliveryOutbox &
  * The stores both dialects offer with the same promise-shaped interfaces (storage/postgres/index.ts
  * builds them over PostgreSQL).
  */
-export type SharedStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'credentialReads' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens' | 'meta'>;
+export type SharedStores = Pick<Stores, 'sims' | 'audit' | 'credentials' | 'credentialReads' | 'gatewayCredentials' | 'mqttSessions' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens' | 'meta'>;
 
 /** The SQLite stores over an open database; replayWindowMs: how long stopped RADIUS sessions are remembered. */
 export function sqliteStores(db: Db, now: () => number = Date.now, opts: { replayWindowMs?: number } = {}): Stores {
@@ -68,6 +71,7 @@ export function sqliteStores(db: Db, now: () => number = Date.now, opts: { repla
     audit: promised(new AuditLog(db), ['record', 'query']) satisfies AuditStore,
     credentials,
     credentialReads: credentials satisfies CredentialReads,
+    gatewayCredentials: new SqliteGatewayCredentials(db, now),
     downlink: downlinkView(new DownlinkStore(db)),
     mqttSessions: promised(new SqliteMqttSessions(db), ['load', 'save', 'list', 'remove', 'keep', 'pending', 'delivered', 'settle', 'expire']) satisfies MqttSessionStore,
     networkSessions: promised(networkSessions, ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']) satisfies NetworkSessionStore,

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { eventsTapped, queueSessionEvents } from './events.ts';
 
 /** An IP session as the mobile network reported it (RADIUS accounting, RFC 2866). */
 export interface NetworkSession {
@@ -281,11 +282,31 @@ export class NetworkSessions implements SessionLookup {
 
   /** Removes sessions without a Start or Interim-Update for olderThanMs (their Stop was lost). */
   expire(olderThanMs: number): EndedSession[] {
-    return this.db.transaction(() => ended(this.deleteStale.all(this.now() - olderThanMs), 'expired')).immediate();
+    return this.db
+      .transaction(() => {
+        const gone = ended(this.deleteStale.all(this.now() - olderThanMs), 'expired');
+        queueSessionEvents(this.db, undefined, gone);
+        return gone;
+      })
+      .immediate();
   }
 
-  /** One change, in its own transaction (a savepoint inside applyAll's). */
+  /**
+   * One change, in its own transaction (a savepoint inside applyAll's); the network-session events it
+   * makes (storage/events.ts) are written in the same one.
+   */
   apply(change: SessionChange): ChangeResult {
+    if (!eventsTapped(this.db)) return this.applyChange(change);
+    return this.db
+      .transaction(() => {
+        const result = this.applyChange(change);
+        queueSessionEvents(this.db, result.started?.session, result.ended);
+        return result;
+      })
+      .immediate();
+  }
+
+  private applyChange(change: SessionChange): ChangeResult {
     switch (change.kind) {
       case 'start':
       case 'interim': {

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { GATEWAY_OUTBOX_KEY, queueEvent } from './events.ts';
 import type { CommitWriter } from './outbox-commit.ts';
 
 export interface NewMessage {
@@ -174,7 +175,10 @@ export abstract class GroupCommitOutbox {
           const committed = new Map<string, OutboxMessage[]>();
           batch.forEach(({ msg, resolve }, i) => {
             resolve(ids[i]!);
-            const row = { ...msg, system: msg.system === true, id: ids[i]! };
+            // The message becomes its row: the outbox owns what was enqueued, and a copy per row was GC work.
+            const row = msg as OutboxMessage;
+            row.system = msg.system === true;
+            row.id = ids[i]!;
             this.joinTail(row);
             this.newestPerSim.set(msg.imsi, row.id);
             const list = committed.get(msg.imsi);
@@ -311,7 +315,8 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       'SELECT id, imsi, device_topic, payload, qos, received_at, system, user_properties FROM outbox WHERE imsi = ? AND id > ? ORDER BY id LIMIT ?',
     );
     this.deleteStmt = db.prepare('DELETE FROM outbox WHERE id = ?');
-    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox GROUP BY imsi').all() as Array<{ imsi: string; newest: number } & Usage>);
+    // The gateway's own events are delivered by their own publisher (storage/events.ts), not by the SIMs' dispatcher.
+    this.loaded(db.prepare('SELECT imsi, COUNT(*) AS rows, SUM(LENGTH(payload)) AS bytes, MAX(id) AS newest FROM outbox WHERE imsi <> ? GROUP BY imsi').all(GATEWAY_OUTBOX_KEY) as Array<{ imsi: string; newest: number } & Usage>);
   }
 
   /** The oldest undelivered messages of one SIM after a given id, in order. */
@@ -340,6 +345,7 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       this.db
         .prepare('INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(msg.imsi, msg.deviceTopic, msg.payload, msg.receivedAt, reason, Date.now());
+      queueEvent(this.db, { source: 'outbox', change: 'dead_letter', message: left(msg), reason, at: Date.now() });
       return true;
     })();
     if (moved) {
@@ -364,6 +370,7 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
         if (!row) break;
         after = row.id;
         if (this.deleteStmt.run(row.id).changes === 1) {
+          queueEvent(this.db, { source: 'outbox', change: 'dropped', message: left(row), reason: 'outbox full (drop-oldest)', at: Date.now() });
           this.leaveTail(row);
           this.account(imsi, -1, -row.payload.length);
           this.removedUndelivered(imsi);
@@ -383,4 +390,9 @@ export class Outbox extends GroupCommitOutbox implements DeliveryOutbox {
       )
       .all() as Array<{ group: string; rows: number; bytes: number; oldestReceivedAt: number | null }>;
   }
+}
+
+/** What an event tells of a message that left the outbox undelivered. */
+function left(m: OutboxMessage) {
+  return { id: m.id, imsi: m.imsi, deviceTopic: m.deviceTopic, bytes: m.payload.length, receivedAt: m.receivedAt };
 }

@@ -8,7 +8,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileCache, FileError, type OpenFile } from '../bridge/files/cache.ts';
 import { DeviceFiles, FileRefusal } from '../bridge/files/device-files.ts';
-import { fileRefs, jobsWithGatewayFiles, withGatewayFiles } from '../bridge/files/document.ts';
+import { coapFilePath, fileRefs, jobsWithGatewayFiles, withGatewayFiles } from '../bridge/files/document.ts';
 import { parseRange } from '../bridge/files/range.ts';
 import { createMetrics, type Metrics } from '../bridge/metrics.ts';
 import { CertificateAuthority } from '../sandbox/ca.ts';
@@ -205,6 +205,8 @@ describe('job documents', () => {
     const doc = { operation: 'firmware', files: [{ fileName: 'fw.bin', url: 'https://h/fw.bin', sha256: id.toUpperCase(), size: 10 }, { url: 'http://h/plain', sha256: id }, { url: 'https://h/x' }] };
     expect(fileRefs(doc)).toEqual([{ id, url: 'https://h/fw.bin', size: 10 }]);
     expect(withGatewayFiles(doc)).toEqual({ ...doc, files: [{ ...doc.files[0], gatewayFile: `/v1/files/${id}` }, doc.files[1], doc.files[2]] });
+    // In a CoAP answer the path is the CoAP listener's.
+    expect(jobsWithGatewayFiles([{ jobId: 'j', document: doc }], coapFilePath)[0]!.document).toEqual({ ...doc, files: [{ ...doc.files[0], gatewayFile: `/files/${id}` }, doc.files[1], doc.files[2]] });
     expect(withGatewayFiles({ operation: 'reboot' })).toEqual({ operation: 'reboot' });
     expect(jobsWithGatewayFiles([{ jobId: 'j', document: null }])).toEqual([{ jobId: 'j', document: null }]);
   });

@@ -9,6 +9,9 @@ import type { Sim } from '../storage/sims.ts';
 import type { DeviceCredentials } from '../vending/vendor.ts';
 import { groupTopics } from '../bridge/topics.ts';
 import { batchingSection } from '../config/batching.ts';
+import { sleepingJobsOn } from '../config/jobs.ts';
+import { decodeJobReport } from '../bridge/ingress/job-report.ts';
+import { encode as cborEncode } from 'cbor-x';
 import type { OutboxMessage } from '../storage/outbox.ts';
 
 const vars = { thing: 'sim-001010000000001', imsi: '001010000000001', imei: '490154203237518' };
@@ -108,5 +111,22 @@ describe('jobs for HTTP devices when IoT Core does not answer', () => {
     expect(await jobs.forResponse(sim)!.settle()).toEqual([]);
     expect(Date.now() - started).toBeLessThan(1000);
     jobs.close();
+  });
+});
+
+describe('the group flag and the report body, shared by HTTP and CoAP', () => {
+  it('runs Jobs with sleepingJobs, or with its former name httpJobs; sleepingJobs wins when both are set', () => {
+    expect(sleepingJobsOn({})).toBe(false);
+    expect(sleepingJobsOn({ sleepingJobs: true })).toBe(true);
+    expect(sleepingJobsOn({ httpJobs: true })).toBe(true);
+    expect(sleepingJobsOn({ sleepingJobs: false, httpJobs: true })).toBe(false);
+  });
+
+  it('decodes a report in JSON or CBOR, and gives undefined (job_update_invalid) for anything else', () => {
+    const report = { status: 'SUCCEEDED', expectedVersion: 2, statusDetails: { installed: '5.0' } };
+    expect(decodeJobReport(Buffer.from(JSON.stringify(report)), 'json')).toEqual(report);
+    expect(decodeJobReport(Buffer.from(cborEncode(report)), 'cbor')).toEqual(report);
+    expect(decodeJobReport(Buffer.from('{oops'), 'json')).toBeUndefined();
+    expect(decodeJobReport(Buffer.from([0xff, 0xff]), 'cbor')).toBeUndefined();
   });
 });

@@ -215,6 +215,49 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     expect(disconnect?.reasonCode).toBe(0x93);
   });
 
+  it('reads packets split across reads and interleaved between connections, each at its own level', async () => {
+    const pause = () => new Promise((r) => setTimeout(r, 40));
+    const open = async (imsi: string, imei: string, level: 4 | 5) => {
+      const got: Packet[] = [];
+      const parser = mqttPacket.parser({ protocolVersion: level });
+      parser.on('packet', (p: Packet) => got.push(p));
+      const socket = createConnection({ host: '127.0.0.1', port: gateway.mqttPort });
+      socket.setNoDelay(true);
+      socket.on('data', (c: Buffer) => parser.parse(c));
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(mqttPacket.generate({ ...(connectPacket(imsi) as mqttPacket.IConnectPacket), protocolVersion: level, clientId: imei, properties: level === 5 ? {} : undefined }, { protocolVersion: level }));
+      await expect.poll(() => got.map((p) => p.cmd)).toEqual(['connack']);
+      return { socket, got };
+    };
+    const a = await open('001010000000560', IMEI, 5);
+    const b = await open('001010000000561', OTHER_IMEI, 4);
+    // A's publish sets a topic alias (a property only an MQTT 5 reading finds); B's is plain 3.1.1.
+    const pubA = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-a'), qos: 1, messageId: 7, dup: false, retain: false, properties: { topicAlias: 1 } }, { protocolVersion: 5 });
+    const pubB = mqttPacket.generate({ cmd: 'publish', topic: 'split', payload: Buffer.from('split-b'), qos: 1, messageId: 9, dup: false, retain: false }, { protocolVersion: 4 });
+    const ping = mqttPacket.generate({ cmd: 'pingreq' });
+    a.socket.write(pubA.subarray(0, 1)); // the fixed header's first byte only
+    await pause();
+    b.socket.write(pubB.subarray(0, 6));
+    await pause();
+    a.socket.write(pubA.subarray(1, 10));
+    await pause();
+    b.socket.write(Buffer.concat([pubB.subarray(6), ping]));
+    await pause();
+    a.socket.write(Buffer.concat([pubA.subarray(10), ping, ping.subarray(0, 1)]));
+    await pause();
+    a.socket.write(ping.subarray(1));
+    // PINGRESP is immediate, PUBACK waits for the commit: compared without their order.
+    await expect.poll(() => a.got.map((p) => p.cmd).sort()).toEqual(['connack', 'pingresp', 'pingresp', 'puback']);
+    await expect.poll(() => b.got.map((p) => p.cmd).sort()).toEqual(['connack', 'pingresp', 'puback']);
+    expect(a.got.find((p): p is mqttPacket.IPubackPacket => p.cmd === 'puback')?.messageId).toBe(7);
+    expect(b.got.find((p): p is mqttPacket.IPubackPacket => p.cmd === 'puback')?.messageId).toBe(9);
+    await seen('split-a');
+    await seen('split-b');
+    expect(upstreamTopicOf('split-a')).toBe('devices/sim-001010000000560/split');
+    a.socket.destroy();
+    b.socket.destroy();
+  });
+
   it('ignores a PUBACK for an id it never sent and keeps serving the connection', async () => {
     const got = await rawSession(gateway.mqttPort, [
       connectPacket('001010000000510'),
@@ -264,6 +307,72 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     first.end(true);
     back.end(true);
   }, 30_000);
+
+  it('takes MQTT 5 subscription options: No Local, Retain As Published and Retain Handling accepted, QoS 2 granted as 1, delivery at the granted QoS', async () => {
+    const imsi = '001010000000570';
+    const device = await mqtt.connectAsync(url, v5(imsi));
+    const granted = await device.subscribeAsync({
+      'commands/low': { qos: 0, nl: true, rap: true, rh: 2 },
+      'commands/high': { qos: 2, nl: false, rap: false, rh: 1 },
+    });
+    expect(granted.map((g) => [g.topic, g.qos])).toEqual([['commands/low', 0], ['commands/high', 1]]);
+    const got: mqttPacket.IPublishPacket[] = [];
+    device.on('packetreceive', (p: Packet) => p.cmd === 'publish' && got.push(p));
+    await cloud.publishAsync(`devices/sim-${imsi}/commands/low`, 'to-qos0', { qos: 1 });
+    await cloud.publishAsync(`devices/sim-${imsi}/commands/high`, 'to-qos1', { qos: 1 });
+    await expect.poll(() => got.length, { timeout: 10_000 }).toBe(2);
+    // MQTT-3.8.4-8: delivered at the lower of the message's QoS and the granted one; never retained.
+    const byPayload = Object.fromEntries(got.map((p) => [p.payload.toString(), [p.qos, p.retain]]));
+    expect(byPayload).toEqual({ 'to-qos0': [0, false], 'to-qos1': [1, false] });
+    await device.endAsync();
+  });
+
+  it('passes IoT Core\'s retained message for a new subscription on with RETAIN 1, unless Retain Handling says not to', async () => {
+    const publishes = (client: MqttClient) => {
+      const got: mqttPacket.IPublishPacket[] = [];
+      client.on('packetreceive', (p: Packet) => p.cmd === 'publish' && got.push(p));
+      return got;
+    };
+    const retained = async (imsi: string, payload: string) => cloud.publishAsync(`devices/sim-${imsi}/commands/state`, payload, { qos: 1, retain: true });
+    const summary = (got: mqttPacket.IPublishPacket[]) => got.map((p) => `${p.payload.toString()} retain=${p.retain}`);
+
+    // Retain Handling 0 (MQTT 5) and a 3.1.1 device: the retained message, flagged.
+    await retained('001010000000580', 'state-580');
+    await retained('001010000000582', 'state-582');
+    const v5device = await mqtt.connectAsync(url, v5('001010000000580'));
+    const got5 = publishes(v5device);
+    await v5device.subscribeAsync('commands/state', { qos: 1, rh: 0 });
+    const v3device = await mqtt.connectAsync(url, deviceOptions('001010000000582', IMEI));
+    const got3 = publishes(v3device);
+    await v3device.subscribeAsync('commands/state', { qos: 1 });
+    await expect.poll(() => summary(got5), { timeout: 10_000 }).toEqual(['state-580 retain=true']);
+    await expect.poll(() => summary(got3), { timeout: 10_000 }).toEqual(['state-582 retain=true']);
+    // Retain Handling 1 on a subscription the device already holds: not again.
+    await v5device.subscribeAsync('commands/state', { qos: 1, rh: 1 });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(summary(got5)).toEqual(['state-580 retain=true']);
+
+    // Retain Handling 2: no retained message, but what is published afterwards, with RETAIN 0.
+    await retained('001010000000581', 'state-581');
+    const quiet = await mqtt.connectAsync(url, v5('001010000000581'));
+    const got2 = publishes(quiet);
+    await quiet.subscribeAsync('commands/state', { qos: 1, rh: 2 });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(summary(got2)).toEqual([]);
+    await cloud.publishAsync('devices/sim-001010000000581/commands/state', 'live-581', { qos: 1 });
+    await expect.poll(() => summary(got2), { timeout: 10_000 }).toEqual(['live-581 retain=false']);
+    for (const c of [v5device, v3device, quiet]) await c.endAsync();
+  });
+
+  it('refuses Retain Handling 3 in a SUBSCRIBE as a protocol error (0x82)', async () => {
+    const filter = Buffer.from('commands/x');
+    // SUBSCRIBE, packet id 1, no properties, one filter with options 0b0011_0001 (Retain Handling 3, QoS 1).
+    const body = Buffer.concat([Buffer.from([0, 1, 0, 0, filter.length]), filter, Buffer.from([0x31])]);
+    const subscribe = Buffer.concat([Buffer.from([0x82, body.length]), body]);
+    const got = await rawSession(gateway.mqttPort, [connectPacket('001010000000571'), subscribe]);
+    expect(got.map((p) => p.cmd)).toEqual(['connack', 'disconnect']);
+    expect((got[1] as mqttPacket.IDisconnectPacket).reasonCode).toBe(0x82);
+  });
 
   it('takes over the older connection of the same client id and tells it so (0x8E)', async () => {
     const imsi = '001010000000513';

@@ -47,6 +47,26 @@ describe('token bucket', () => {
   });
 });
 
+describe('token bucket, taking at once', () => {
+  it('takes only what may go now, never ahead of a waiter, and mixes with take() within the same quota', async () => {
+    let now = 0;
+    const bucket = new TokenBucket(10, 2, () => now);
+    expect(bucket.takeNow()).toBe(true);
+    expect(bucket.takeNow()).toBe(true);
+    expect(bucket.takeNow()).toBe(false); // empty: nothing taken
+    let got = false;
+    void bucket.take().then(() => (got = true));
+    now += 150; // 1.5 tokens of time: one may go, but the waiter came first
+    expect(bucket.takeNow()).toBe(false);
+    // The waiter's timer (100 ms); a busy machine may fire it later.
+    for (let i = 0; i < 100 && !got; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(got).toBe(true);
+    expect(bucket.takeNow()).toBe(false); // the waiter had the whole token; half a token left
+    now += 50;
+    expect(bucket.takeNow()).toBe(true);
+  });
+});
+
 describe('pacing within a per-second quota', () => {
   it('never lets more than the quota through in any one-second window, even from a full bucket', async () => {
     const bucket = TokenBucket.withinQuota(50, 5);

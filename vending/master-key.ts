@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'no
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import type { CredentialStore } from '../storage/credentials.ts';
+import type { GatewayCredentialStore } from '../storage/gateway-credentials.ts';
 import type { MetaStore } from '../storage/meta.ts';
 import type { KeyCipher } from './key-cipher.ts';
 
@@ -107,7 +108,7 @@ export async function checkMasterKey(stores: { meta: MetaStore; credentials: Cre
  * ring opens are counted, never touched.
  */
 export async function rotateSealedKeys(
-  stores: { meta: MetaStore; credentials: CredentialStore },
+  stores: { meta: MetaStore; credentials: CredentialStore; gatewayCredentials?: GatewayCredentialStore },
   cipher: KeyCipher,
   batch = 500,
 ): Promise<{ resealed: number; current: number; unreadable: number }> {
@@ -132,6 +133,24 @@ export async function rotateSealedKeys(
       else counts.current++; // changed meanwhile: whoever changed it sealed it under the current key
       plain.fill(0);
     }
+  }
+  // The gateway's own keys (lifecycle events), sealed for `gateway:{name}`.
+  for (const row of (await stores.gatewayCredentials?.sealedKeys()) ?? []) {
+    const owner = `gateway:${row.gateway}`;
+    if (cipher.isCurrent(row.keyEnc, owner)) {
+      counts.current++;
+      continue;
+    }
+    let plain: Buffer;
+    try {
+      plain = cipher.decrypt(row.keyEnc, owner);
+    } catch {
+      counts.unreadable++;
+      continue;
+    }
+    if (await stores.gatewayCredentials!.replaceSealedKey(row.gateway, row.keyEnc, cipher.encrypt(plain, owner))) counts.resealed++;
+    else counts.current++;
+    plain.fill(0);
   }
   if (counts.unreadable === 0) await stores.meta.put(CHECK_KEY, cipher.encrypt(CHECK_PLAIN, CHECK_KEY));
   return counts;

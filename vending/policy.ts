@@ -30,6 +30,22 @@ export function policyDocument(opts: { partition?: string; region: string; accou
   return JSON.stringify({ Version: '2012-10-17', Statement: statement });
 }
 
+/**
+ * The policy of the gateway's own certificate (lifecycle events, docs/events.md): connect only as its
+ * own thing, while the certificate is attached to it, and publish only under its event topic. It
+ * subscribes to nothing and receives nothing.
+ */
+export function eventPolicyDocument(opts: { partition?: string; region: string; account: string; thingName: string; eventTopicRoot: string }): string {
+  const arn = (kind: string, name: string) => `arn:${opts.partition ?? 'aws'}:iot:${opts.region}:${opts.account}:${kind}/${name}`;
+  return JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [
+      { Effect: 'Allow', Action: 'iot:Connect', Resource: arn('client', opts.thingName), Condition: { Bool: { 'iot:Connection.Thing.IsAttached': 'true' } } },
+      { Effect: 'Allow', Action: 'iot:Publish', Resource: arn('topic', `${opts.eventTopicRoot}/*`) },
+    ],
+  });
+}
+
 const THING_VAR = '${iot:Connection.Thing.ThingName}';
 
 /** The thing's own reserved topics the policy grants: its shadow and its Jobs. */

@@ -287,6 +287,11 @@ export class Vendor {
     return this.endpoint;
   }
 
+  /** One IoT Core call, paced and retried within the same quotas as the vendor's own (the gateway's identity). */
+  callApi<T>(api: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return this.gate.call(api, fn);
+  }
+
   /** Runs the orphan sweep now (it also runs periodically after start()). */
   sweepOrphans(): Promise<number> {
     return this.sweeper.sweep();

@@ -75,7 +75,7 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
   });
   const source = (name: IdentitySourceName) => sources[name]();
   const sims = deps.stores.simRouting;
-  const lowpower = await startLowpowerIngress(config, { ...common, files, sims, group: groupOf(live), source, log }).catch(async (err) => {
+  const lowpower = await startLowpowerIngress(config, { ...common, jobs, files, sims, group: groupOf(live), source, log }).catch(async (err) => {
     await Promise.all([mqtt.close(), http.close(), radius?.close()]);
     throw err;
   });

@@ -11,7 +11,7 @@ import type { Live } from './live.ts';
 import { masterKeys } from './storage.ts';
 
 /** Sections bound at start (sockets, files, sessions): a reload reports them instead of applying them. */
-const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', 'storage', 'vending', 'upstream', 'admin', 'sandbox', 'limits', 'files'] as const;
+const restartOnlyKeys = ['mode', 'dataDir', 'listeners', 'identity', 'radius', 'storage', 'vending', 'upstream', 'admin', 'sandbox', 'limits', 'files', 'events'] as const;
 
 interface ReloadDeps {
   stores: Stores;

@@ -2,6 +2,7 @@ import type { AdminServer } from '../../admin/index.ts';
 import type { BatchSchedules } from '../../bridge/batching/schedules.ts';
 import type { GatewayOutbox } from '../../storage/index.ts';
 import type { DeliveryParts } from './delivery.ts';
+import type { EventParts } from './events.ts';
 import type { IngressParts } from './ingress.ts';
 import type { Live } from './live.ts';
 import type { UpstreamParts } from './upstream.ts';
@@ -17,6 +18,7 @@ interface ShutdownDeps {
   schedules: BatchSchedules;
   admin?: AdminServer;
   controlPlane: { stop(): void };
+  events?: EventParts;
 }
 
 /**
@@ -37,6 +39,8 @@ export function shutdown(live: Live, deps: ShutdownDeps): () => Promise<void> {
       await dispatcher.flush(live.config.shutdown.flushDeadlineMs);
       deps.vending.vendor.stop();
       await dispatcher.stop(live.config.shutdown.graceMs);
+      // Events not yet sent stay queued for the next start.
+      await deps.events?.stop();
       // Upstream first: aws-crt must let go of its callbacks before any thread of this process stops.
       await deps.upstream.pool.closeAll();
       await deps.outbox.close();

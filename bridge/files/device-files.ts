@@ -3,7 +3,7 @@ import type { AuditStore } from '../../storage/audit.ts';
 import type { Sim } from '../../storage/sims.ts';
 import type { DeviceJobs } from '../jobs.ts';
 import { FileError, type FileCache, type FileFailure, type OpenFile } from './cache.ts';
-import { FILE_ID, fileRefs, jobsWithGatewayFiles } from './document.ts';
+import { coapFilePath, FILE_ID, fileRefs, gatewayFilePath, jobsWithGatewayFiles } from './document.ts';
 
 export type FileRefusalReason = FileFailure | 'file_id_invalid' | 'file_not_found' | 'jobs_disabled';
 
@@ -32,19 +32,20 @@ export class DeviceFiles {
   ) {}
 
   /**
-   * The device's pending jobs as its 202 carries them, each file pointed at the gateway's copy; the
-   * files start downloading now (files.prefetch), so they are ready when the device asks.
+   * The device's pending jobs as its answer carries them (HTTP 202, CoAP 2.04), each file pointed at the
+   * gateway's copy on the listener that answers; the files start downloading now (files.prefetch), so
+   * they are ready when the device asks.
    */
-  announce<J extends { document: unknown }>(jobs: J[]): J[] {
+  announce<J extends { document: unknown }>(jobs: J[], listener: 'http' | 'coap' = 'http'): J[] {
     const { prefetch, prefetchRetryMs } = this.opts.prefetch();
     if (prefetch) for (const ref of jobs.flatMap((j) => fileRefs(j.document))) this.opts.cache.prefetch(ref, prefetchRetryMs);
-    return jobsWithGatewayFiles(jobs);
+    return jobsWithGatewayFiles(jobs, listener === 'coap' ? coapFilePath : gatewayFilePath);
   }
 
   async open(sim: Sim, id: string): Promise<OpenFile | FileRefusal> {
     if (!FILE_ID.test(id)) return new FileRefusal('file_id_invalid', 'a file id is the sha256 of the file, 64 lowercase hex digits');
     const pending = this.opts.jobs.forResponse(sim);
-    if (!pending) return new FileRefusal('jobs_disabled', `group ${sim.group} does not run IoT Jobs for HTTP devices (groups.*.httpJobs); files come with jobs`);
+    if (!pending) return new FileRefusal('jobs_disabled', `group ${sim.group} does not run IoT Jobs for sleeping devices (groups.*.sleepingJobs); files come with jobs`);
     const ref = (await pending.settle()).flatMap((j) => fileRefs(j.document)).find((r) => r.id === id);
     if (!ref) {
       this.opts.audit

@@ -18,8 +18,10 @@ export interface FileRef {
 
 export const FILE_ID = /^[0-9a-f]{64}$/;
 
-/** Where a device fetches a file over HTTP; the CoAP resource is `/files/{id}`. */
+/** Where a device fetches a file over HTTP. */
 export const gatewayFilePath = (id: string) => `/v1/files/${id}`;
+/** Where a device fetches a file over CoAP (block-wise): the `gatewayFile` of a CoAP answer. */
+export const coapFilePath = (id: string) => `/files/${id}`;
 
 /** The entry as a file reference, or undefined when it does not name one simbridge can fetch. */
 function refOf(entry: unknown): FileRef | undefined {
@@ -42,20 +44,23 @@ export function fileRefs(document: unknown): FileRef[] {
   return entries(document).flatMap((e) => refOf(e) ?? []);
 }
 
-/** The document with `"gatewayFile": "/v1/files/{sha256}"` added beside each fetchable file's url; nothing else changes. */
-export function withGatewayFiles(document: unknown): unknown {
+/**
+ * The document with `"gatewayFile": "/v1/files/{sha256}"` added beside each fetchable file's url; nothing
+ * else changes. The path is the one on the listener that carries the answer (`path`: CoAP's is `/files/{sha256}`).
+ */
+export function withGatewayFiles(document: unknown, path: (id: string) => string = gatewayFilePath): unknown {
   const files = entries(document);
   if (!files.some((e) => refOf(e))) return document;
   return {
     ...(document as Record<string, unknown>),
     files: files.map((e) => {
       const ref = refOf(e);
-      return ref ? { ...(e as Record<string, unknown>), gatewayFile: gatewayFilePath(ref.id) } : e;
+      return ref ? { ...(e as Record<string, unknown>), gatewayFile: path(ref.id) } : e;
     }),
   };
 }
 
-/** A 202's pending jobs with their documents pointing at the gateway's copies. */
-export function jobsWithGatewayFiles<J extends { document: unknown }>(jobs: J[]): J[] {
-  return jobs.map((j) => ({ ...j, document: withGatewayFiles(j.document) }));
+/** An answer's pending jobs with their documents pointing at the gateway's copies. */
+export function jobsWithGatewayFiles<J extends { document: unknown }>(jobs: J[], path: (id: string) => string = gatewayFilePath): J[] {
+  return jobs.map((j) => ({ ...j, document: withGatewayFiles(j.document, path) }));
 }

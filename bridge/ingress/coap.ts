@@ -7,12 +7,14 @@ import type { Admission, AdmittedDevice } from '../admission.ts';
 import type { Downlink } from '../downlink.ts';
 import { FileRefusal, type DeviceFiles } from '../files/device-files.ts';
 import { Refusal, type IdentitySource } from '../identity/source.ts';
+import type { DeviceJobs, JobUpdateRefusal, PendingJob } from '../jobs.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
 import { DatagramGuard } from './datagram-guard.ts';
 import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
+import { decodeJobReport, reportJob } from './job-report.ts';
 
 export interface CoapIngressOptions {
   host: string;
@@ -33,6 +35,8 @@ export interface CoapIngressOptions {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
+  /** IoT Jobs for sleeping devices (groups.*.sleepingJobs): pending jobs in the 2.04, POST /jobs/{jobId}. */
+  jobs?: DeviceJobs;
   /** Files named by pending jobs: GET /files/{id}, block-wise (Block2, RFC 7959). */
   files?: DeviceFiles;
   /** Largest Block2 block served (files.coapBlockBytes). */
@@ -47,8 +51,23 @@ export interface CoapIngress {
   close(): Promise<void>;
 }
 
+// A device's job report, as HTTP answers it (http-jobs.ts) in CoAP's codes (RFC 7252 §5.9; 4.09 Conflict,
+// RFC 8132 §6.3). CoAP has no 410: a removed job is 4.04, told apart by its reason. Every refusal has its
+// code: a new reason without one does not compile.
+const jobReportCode: Record<JobUpdateRefusal, string> = {
+  job_update_invalid: '4.00',
+  jobs_disabled: '4.04',
+  job_not_found: '4.04',
+  job_removed: '4.04',
+  job_version_conflict: '4.09',
+  job_finished: '4.09',
+  upstream_unavailable: '5.03',
+  upstream_timeout: '5.04',
+};
+
 // Response codes (RFC 7252 §5.9, RFC 7959 §2.9). Identity refusals not listed here are 4.03.
 const refusalCode: Record<string, string> = {
+  ...jobReportCode,
   invalid_imsi: '4.00',
   invalid_imei: '4.00',
   bad_secret: '4.01',
@@ -64,7 +83,6 @@ const refusalCode: Record<string, string> = {
   busy: '5.03',
   not_found: '4.04',
   file_id_invalid: '4.00',
-  jobs_disabled: '4.04',
   file_not_found: '4.04',
   file_checksum_mismatch: '5.02',
   file_size_mismatch: '5.02',
@@ -283,26 +301,34 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
   function refuse(res: OutgoingMessage, reason: string, detail: string, counted = false) {
     if (!counted) count(reason);
     const code = refusalCode[reason] ?? '4.03';
-    if (code === '5.03') res.setOption('Max-Age', opts.retryAfterSeconds);
+    if (code === '5.03' || code === '5.04') res.setOption('Max-Age', opts.retryAfterSeconds);
     if (code === '4.13') res.setOption('Size1', opts.maxPayloadBytes);
     log.debug({ reason, detail }, 'CoAP request refused');
     reply(res, code, Buffer.from(reason));
   }
 
-  function encode(req: IncomingMessage, body: Record<string, unknown>, held: HeldMessage[]) {
-    if (req.headers.Accept === 'application/cbor') {
-      const downlink = held.map((m) => ({ topic: m.topic, payload: m.payload, qos: m.qos, receivedAt: m.receivedAt }));
-      return { payload: Buffer.from(cbor({ ...body, downlink })), format: 'application/cbor' as const };
-    }
-    return { payload: Buffer.from(JSON.stringify({ ...body, downlink: held.map(downlinkJson) })), format: 'application/json' as const };
+  /** A body in the format the device asked for: CBOR with Accept 60, JSON otherwise. */
+  function encodeBody(req: IncomingMessage, body: Record<string, unknown>) {
+    return req.headers.Accept === 'application/cbor'
+      ? { payload: Buffer.from(cbor(body)), format: 'application/cbor' as const }
+      : { payload: Buffer.from(JSON.stringify(body)), format: 'application/json' as const };
   }
 
-  /** Held downlink rides in the answer; it counts as delivered once sent (a lost answer is resent from the library's cache on retransmission). */
-  function answerWithDownlink(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, code: string, body: Record<string, unknown>, always: boolean) {
+  function encode(req: IncomingMessage, body: Record<string, unknown>, held: HeldMessage[], after: Record<string, unknown>) {
+    // In CBOR a payload is a byte string, not base64.
+    const downlink = req.headers.Accept === 'application/cbor' ? held.map((m) => ({ topic: m.topic, payload: m.payload, qos: m.qos, receivedAt: m.receivedAt })) : held.map(downlinkJson);
+    return encodeBody(req, { ...body, downlink, ...after });
+  }
+
+  /**
+   * Held downlink rides in the answer; it counts as delivered once sent (a lost answer is resent from
+   * the library's cache on retransmission). So do the device's pending jobs when its group runs them.
+   */
+  function answerWithDownlink(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, code: string, body: Record<string, unknown>, always: boolean, jobs?: PendingJob[]) {
     answerWithHeld(opts.downlink, device, 'coap', (held) => {
-      // A device that did not ask for a body (no Accept) and has nothing held gets the bare code: fewer bytes on the radio.
-      if (!always && held.length === 0 && req.headers.Accept === undefined) return reply(res, code);
-      const { payload, format } = encode(req, body, held);
+      // A device that did not ask for a body (no Accept), has nothing held and no job pending gets the bare code: fewer bytes on the radio.
+      if (!always && held.length === 0 && !jobs?.length && req.headers.Accept === undefined) return reply(res, code);
+      const { payload, format } = encode(req, body, held, jobs ? { jobs } : {});
       reply(res, code, payload, format);
     });
   }
@@ -318,8 +344,9 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
         query.set(eq < 0 ? text : text.slice(0, eq), eq < 0 ? '' : text.slice(eq + 1));
       }
     }
-    const resource = path[0] === 'topics' && path.length > 1 ? 'topics' : path[0] === 'files' && path.length === 2 && opts.files ? 'files' : path.join('/');
-    const allowed: Record<string, string> = { topics: 'POST', self: 'GET', downlink: 'GET', files: 'GET' };
+    const resource =
+      path[0] === 'topics' && path.length > 1 ? 'topics' : path[0] === 'files' && path.length === 2 && opts.files ? 'files' : path[0] === 'jobs' && path.length === 2 && opts.jobs ? 'jobs' : path.join('/');
+    const allowed: Record<string, string> = { topics: 'POST', self: 'GET', downlink: 'GET', files: 'GET', jobs: 'POST' };
     if (!allowed[resource]) return refuse(res, 'not_found', `no resource /${path.join('/')}`), undefined;
     if (req.method !== allowed[resource]) return (count('method_not_allowed'), reply(res, '4.05', Buffer.from('method_not_allowed')));
 
@@ -334,16 +361,40 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     }
     if (resource === 'downlink') return answerWithDownlink(req, res, device, '2.05', {}, true);
     if (resource === 'files') return serveFileBlock(req, res, device, path[1]!);
+    if (resource === 'jobs') return answerJobReport(req, res, device, path[1]!);
 
     const topic = path.slice(1).join('/');
     const qos = query.has('qos') ? Number(query.get('qos')) : 1;
+    // Asked for beside the commit, so the 2.04 waits for it as little as possible (as HTTP's 202).
+    const pendingJobs = opts.jobs?.forResponse(device.sim);
     const id = await commit(opts.uplink, 'coap', device, topic, Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0), qos);
     // Uplink counts its own refusals.
     if (id instanceof UplinkRefusal) return refuse(res, id.reason, id.message, true);
+    const jobs = pendingJobs ? await pendingJobs.settle() : undefined;
     // The last block of a block-wise request is answered with its Block1 option (RFC 7959 §2.3).
     const block1 = finalBlock1.get(keyOf(req.rsinfo, req._packet.messageId!));
     if (block1) res.setOption('Block1', block1);
-    answerWithDownlink(req, res, device, '2.04', { id }, false);
+    answerWithDownlink(req, res, device, '2.04', { id }, false, jobs && opts.files ? opts.files.announce(jobs, 'coap') : jobs);
+  }
+
+  /**
+   * `POST /jobs/{jobId}`: the device's report on a job its 2.04 carried, the body of HTTP's
+   * `POST /v1/jobs/{jobId}` in JSON, or CBOR with Content-Format 60. 2.04 with the execution's new state;
+   * a refusal that comes with the execution's current state (a version conflict, a finished or removed
+   * job) carries `{"error","execution"}`, any other its reason as diagnostic payload.
+   */
+  async function answerJobReport(req: IncomingMessage, res: OutgoingMessage, device: AdmittedDevice, jobId: string) {
+    const payload = Buffer.isBuffer(req.payload) ? req.payload : Buffer.alloc(0);
+    const report = await reportJob(opts.jobs!, device.sim, jobId, decodeJobReport(payload, req.headers['Content-Format'] === 'application/cbor' ? 'cbor' : 'json'));
+    if (report.ok) {
+      const { payload: body, format } = encodeBody(req, report.body);
+      return reply(res, '2.04', body, format);
+    }
+    const { execution } = report.body;
+    if (!execution) return refuse(res, report.reason, report.body.message);
+    count(report.reason);
+    const { payload: body, format } = encodeBody(req, { error: report.reason, execution });
+    reply(res, jobReportCode[report.reason], body, format);
   }
 
   /**

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdmittedDevice } from '../admission.ts';
 import { Refusal } from '../identity/source.ts';
 import type { DeviceJobs, JobUpdateRefusal } from '../jobs.ts';
+import { decodeJobReport, reportJob } from './job-report.ts';
 import type { Metrics } from '../metrics.ts';
 
 // Every refusal of a device's job report has its status: a new reason without one does not compile.
@@ -21,7 +22,7 @@ const RETRY_AFTER_S = 30;
 
 /**
  * `POST /v1/jobs/{jobId}` `{"status", "statusDetails"?, "expectedVersion"?}`: a sleeping device reports
- * on a job it found in a 202; it becomes UpdateJobExecution as the device's thing (bridge/jobs.ts).
+ * on a job it found in a 202; it becomes UpdateJobExecution as the device's thing (job-report.ts, as on CoAP).
  */
 export function registerJobRoutes(
   app: FastifyInstance,
@@ -30,18 +31,11 @@ export function registerJobRoutes(
   app.post<{ Params: { jobId: string } }>('/v1/jobs/:jobId', async (req, reply) => {
     const device = await deps.admit(req);
     if (device instanceof Refusal) return deps.refuse(reply, device);
-    let body: unknown = req.body;
-    if (Buffer.isBuffer(body)) {
-      try {
-        body = JSON.parse(body.toString('utf8'));
-      } catch {
-        body = undefined;
-      }
-    }
-    const result = await deps.jobs.update(device.sim, req.params.jobId, body);
-    if (result.ok) return reply.code(200).send({ status: 'accepted', jobId: req.params.jobId, execution: result.execution });
-    deps.metrics.refusals.inc({ protocol: 'http', reason: result.reason });
-    if (result.reason === 'upstream_unavailable' || result.reason === 'upstream_timeout') reply.header('retry-after', String(RETRY_AFTER_S));
-    return reply.code(updateStatus[result.reason]).send({ error: result.reason, message: result.message, ...(result.execution ? { execution: result.execution } : {}) });
+    const body = Buffer.isBuffer(req.body) ? decodeJobReport(req.body, 'json') : req.body;
+    const report = await reportJob(deps.jobs, device.sim, req.params.jobId, body);
+    if (report.ok) return reply.code(200).send(report.body);
+    deps.metrics.refusals.inc({ protocol: 'http', reason: report.reason });
+    if (report.reason === 'upstream_unavailable' || report.reason === 'upstream_timeout') reply.header('retry-after', String(RETRY_AFTER_S));
+    return reply.code(updateStatus[report.reason]).send(report.body);
   });
 }

@@ -26,7 +26,7 @@ export interface HttpIngressOptions {
   admission: Admission;
   uplink: Uplink;
   downlink: Downlink;
-  /** IoT Jobs for sleeping devices (groups.*.httpJobs): pending jobs in the 202, POST /v1/jobs/{jobId}. */
+  /** IoT Jobs for sleeping devices (groups.*.sleepingJobs): pending jobs in the 202, POST /v1/jobs/{jobId}. */
   jobs?: DeviceJobs;
   /** Files named by pending jobs, served from the gateway's cache: GET /v1/files/{id}. */
   files?: DeviceFiles;

@@ -58,12 +58,12 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
       return void (await connection(req.conn).publish(req.topic, req.payload, crtQos(req.qos)));
     case 'subscribe': {
       const { conn, sub } = req;
-      const res = await connection(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos) => {
+      const res = await connection(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos, retain) => {
         // An exception escaping this callback aborts the process inside aws-crt, so none may escape.
         // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
         // later ones find it detached (copying throws): that message is already with the first handler.
         try {
-          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(payload.slice(0)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1 });
+          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(payload.slice(0)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1, retain });
         } catch {
           // already delivered through an overlapping subscription
         }

@@ -13,7 +13,8 @@ export interface ConnectSettings {
   operationTimeoutMs: number;
 }
 
-export type MessageHandler = (topic: string, payload: Buffer, qos: 0 | 1) => void;
+/** retain: IoT Core sent it as a retained message because the subscription was just made. */
+export type MessageHandler = (topic: string, payload: Buffer, qos: 0 | 1, retain?: boolean) => void;
 
 /** Unsolicited news of one connection. */
 export interface ConnectionEvents {
@@ -53,7 +54,7 @@ export type LinkRequest =
 /** Connection thread → main thread, unasked. */
 export type LinkEvent =
   | { kind: 'interrupted' | 'error'; conn: number; error: string }
-  | { kind: 'message'; conn: number; sub: number; topic: string; payload: Uint8Array; qos: 0 | 1 };
+  | { kind: 'message'; conn: number; sub: number; topic: string; payload: Uint8Array; qos: 0 | 1; retain: boolean };
 
 /** How long closing waits for a thread to disconnect what is still open. */
 const CLOSE_GRACE_MS = 5000;
@@ -94,7 +95,7 @@ class ConnectionThread {
 
   private received(e: LinkEvent): void {
     if (e.kind === 'message') {
-      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, asBuffer(e.payload), e.qos);
+      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, asBuffer(e.payload), e.qos, e.retain);
     } else {
       const c = this.live.get(e.conn);
       if (e.kind === 'interrupted') this.live.delete(e.conn);

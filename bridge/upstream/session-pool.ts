@@ -91,6 +91,8 @@ export class UpstreamSession {
   private subscriptionRefused = false;
   /** Operations waiting for their answer: failed at once when the connection drops. */
   private readonly pendingSubscribes = new Map<string, (err: Error) => void>();
+  /** What each filter was granted, and for which handler (see grantedTo). */
+  private readonly grants = new Map<string, { handler: MessageHandler; granted: 0 | 1 }>();
   private readonly pendingPublishes = new Set<(err: Error) => void>();
   private readonly refusedFilters = new Set<string>();
   private markClosed!: () => void;
@@ -126,8 +128,10 @@ export class UpstreamSession {
     this.inflight++;
     this.lastUsed = Date.now();
     try {
-      await this.messagePacer.take(1);
-      await this.bytePacer.take(payload.length + Buffer.byteLength(topic));
+      // Within the quotas (nearly always) nothing waits: no promise per pacer per message.
+      const bytes = payload.length + Buffer.byteLength(topic);
+      if (!this.messagePacer.takeNow(1)) await this.messagePacer.take(1);
+      if (!this.bytePacer.takeNow(bytes)) await this.bytePacer.take(bytes);
       if (this.closed) throw this.droppedError();
       await this.untilDropped(this.connection.publish(topic, payload, qos), this.pendingPublishes);
     } catch (err) {
@@ -146,10 +150,11 @@ export class UpstreamSession {
     let reject!: (err: Error) => void;
     const dropped = new Promise<never>((_, r) => (reject = r));
     this.pendingSubscribes.set(filter, reject);
-    const subscribed = this.connection.subscribe(filter, qos, (topic, payload, gotQos) => {
+    this.grants.delete(filter);
+    const subscribed = this.connection.subscribe(filter, qos, (topic, payload, gotQos, retain) => {
       this.lastUsed = Date.now();
       try {
-        handler(topic, payload, gotQos);
+        handler(topic, payload, gotQos, retain);
       } catch (err) {
         this.log.warn({ thing: this.thingName, topic, err: String(err) }, 'downlink message not handled');
       }
@@ -166,7 +171,14 @@ export class UpstreamSession {
       this.pendingSubscribes.delete(filter);
     }
     if (granted === 128) throw new SubscriptionRefusedError(`subscription to ${filter} refused upstream (SUBACK 0x80)`);
+    this.grants.set(filter, { handler, granted });
     return granted;
+  }
+
+  /** The QoS granted to this handler's subscription of the filter on this session, if it has one. */
+  grantedTo(filter: string, handler: MessageHandler): 0 | 1 | undefined {
+    const grant = this.grants.get(filter);
+    return grant?.handler === handler ? grant.granted : undefined;
   }
 
   /**
@@ -202,18 +214,19 @@ export class UpstreamSession {
       : new SessionDroppedError('session closed', false);
   }
 
-  private async untilDropped<T>(op: Promise<T>, pending: Set<(err: Error) => void>): Promise<T> {
-    let reject!: (err: Error) => void;
-    const dropped = new Promise<never>((_, r) => (reject = r));
-    pending.add(reject);
-    try {
-      return await Promise.race([op, dropped]);
-    } finally {
-      pending.delete(reject);
-    }
+  private untilDropped<T>(op: Promise<T>, pending: Set<(err: Error) => void>): Promise<T> {
+    // One promise that op or the drop settles, whichever comes first (a drop clears `pending` itself).
+    return new Promise<T>((resolve, reject) => {
+      pending.add(reject);
+      op.then(
+        (value) => (pending.delete(reject), resolve(value)),
+        (err: unknown) => (pending.delete(reject), reject(err)),
+      );
+    });
   }
 
   async unsubscribe(filter: string): Promise<void> {
+    this.grants.delete(filter);
     if (this.closed) return;
     await this.connection.unsubscribe(filter).catch(() => undefined);
   }
@@ -307,8 +320,11 @@ export class UpstreamPool {
     const entry = { qos, handler, onRefused: undefined as RefusalHandler | undefined };
     subs.set(filter, entry);
     try {
+      const before = this.open.get(creds.thingName);
       const session = await this.session(creds);
-      const granted = await session.subscribe(filter, qos, handler);
+      // A session opened for this call subscribed every wanted filter, this one included: not a second
+      // time (IoT Core would send the filter's retained messages twice).
+      const granted = (session !== before ? session.grantedTo(filter, handler) : undefined) ?? (await session.subscribe(filter, qos, handler));
       entry.onRefused = onRefused;
       return granted;
     } catch (err) {

@@ -5,7 +5,6 @@ import { ClusterNode, type ClusterOptions } from './cluster.ts';
 import type { Pool } from './connect.ts';
 import { PgDownlinkCache } from './downlink-cache.ts';
 import type { PostgresStores } from './index.ts';
-import { PgMqttSessions } from './mqtt-sessions.ts';
 import { PgOutbox, postgresWriter } from './outbox.ts';
 import { PgSimRouting } from './routing.ts';
 import { PgSessionCache } from './session-cache.ts';
@@ -60,7 +59,6 @@ export async function postgresGatewayParts(
       sims: routing.registry,
       simRouting: routing,
       downlink,
-      mqttSessions: new PgMqttSessions(pool),
       networkSessions: sessions.store,
       sessionLookup: sessions,
     };

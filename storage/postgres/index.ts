@@ -8,7 +8,9 @@ import { PgAuditLog } from './audit.ts';
 import type { Pool } from './connect.ts';
 import { PgCredentialStore } from './credentials.ts';
 import { PgDownlinkStore } from './downlink.ts';
+import { PgGatewayCredentials } from './gateway-credentials.ts';
 import { PgMetaStore } from './meta.ts';
+import { PgMqttSessionStore } from './mqtt-sessions.ts';
 import { PgNetworkSessions } from './network-sessions.ts';
 import { PgOutboxStats } from './outbox-stats.ts';
 import { PgRetentionStore } from './retention.ts';
@@ -35,7 +37,9 @@ export function postgresStores(pool: Pool, now: () => number = Date.now, opts: {
     audit: new PgAuditLog(pool) satisfies AuditStore,
     credentials,
     credentialReads: credentials,
+    gatewayCredentials: new PgGatewayCredentials(pool, now),
     downlink: new PgDownlinkStore(pool),
+    mqttSessions: new PgMqttSessionStore(pool),
     networkSessions: new PgNetworkSessions(pool, now, opts.replayWindowMs),
     outboxStats: new PgOutboxStats(pool) satisfies OutboxStats,
     retention: new PgRetentionStore(pool) satisfies RetentionStore,

@@ -1,31 +1,25 @@
+import { WHILE_CONNECTED, type DroppedMessage, type KeptMessage, type MqttSessionStore, type SessionKey, type StoredSession } from '../mqtt-sessions.ts';
 import type { HeldMessage } from '../downlink.ts';
-import type { DroppedMessage, KeptMessage, MqttSessionStore, SessionKey, StoredSession } from '../mqtt-sessions.ts';
-import { WHILE_CONNECTED } from '../mqtt-sessions.ts';
 import { transaction, type Pool } from './connect.ts';
-import { changed } from './params.ts';
 
 const COLUMNS = 'id, topic, payload, qos, received_at AS "receivedAt", expires_at AS "expiresAt"';
+const SESSION_COLUMNS = 'filters, expiry_s AS "expirySeconds", expires_at AS "expiresAt"';
 
-/** Persistent MQTT sessions and their kept commands on PostgreSQL, with the rules of storage/mqtt-sessions.ts. */
-export class PgMqttSessions implements MqttSessionStore {
+type SessionRow = { filters: string; expirySeconds: number; expiresAt: number };
+const fromRow = (r: SessionRow): StoredSession => ({ filters: JSON.parse(r.filters) as StoredSession['filters'], expirySeconds: r.expirySeconds, expiresAt: r.expiresAt });
+const byId = (a: { id: number }, b: { id: number }) => a.id - b.id;
+
+/**
+ * Persistent MQTT sessions and the commands kept for them, on PostgreSQL, with the rules of the SQLite
+ * store (storage/mqtt-sessions.ts): a session's expiry counts from when its device left, commands are
+ * bounded per session (the oldest pushed out) and each one dropped is returned so it can be accounted for.
+ */
+export class PgMqttSessionStore implements MqttSessionStore {
   constructor(private readonly pool: Pool) {}
 
   async load(key: SessionKey, now = Date.now()): Promise<StoredSession | undefined> {
-    const { rows } = await this.pool.query<{ filters: string; expirySeconds: number; expiresAt: number }>(
-      'SELECT filters, expiry_s AS "expirySeconds", expires_at AS "expiresAt" FROM mqtt_sessions WHERE imsi = $1 AND client_id = $2 AND expires_at > $3',
-      [key.imsi, key.clientId, now],
-    );
-    const row = rows[0];
-    return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expirySeconds: row.expirySeconds, expiresAt: row.expiresAt };
-  }
-
-  async list(now = Date.now()): Promise<Array<SessionKey & StoredSession>> {
-    const { rows } = await this.pool.query<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>(
-      `SELECT imsi, client_id AS "clientId", filters, expiry_s AS "expirySeconds", expires_at AS "expiresAt" FROM mqtt_sessions
-       WHERE expires_at > $1 ORDER BY imsi COLLATE "C", client_id COLLATE "C"`,
-      [now],
-    );
-    return rows.map((r) => ({ ...r, filters: JSON.parse(r.filters) as StoredSession['filters'] }));
+    const { rows } = await this.pool.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM mqtt_sessions WHERE imsi = $1 AND client_id = $2 AND expires_at > $3`, [key.imsi, key.clientId, now]);
+    return rows[0] && fromRow(rows[0]);
   }
 
   async save(key: SessionKey, session: StoredSession): Promise<void> {
@@ -36,15 +30,20 @@ export class PgMqttSessions implements MqttSessionStore {
     );
   }
 
-  async settle(now = Date.now()): Promise<number> {
-    return changed(await this.pool.query('UPDATE mqtt_sessions SET expires_at = $1 + expiry_s * 1000 WHERE expires_at = $2', [now, WHILE_CONNECTED]));
+  async list(now = Date.now()): Promise<Array<SessionKey & StoredSession>> {
+    const { rows } = await this.pool.query<SessionKey & SessionRow>(
+      `SELECT imsi, client_id AS "clientId", ${SESSION_COLUMNS} FROM mqtt_sessions WHERE expires_at > $1 ORDER BY imsi, client_id`,
+      [now],
+    );
+    return rows.map((r) => ({ imsi: r.imsi, clientId: r.clientId, ...fromRow(r) }));
   }
 
   async remove(key: SessionKey): Promise<KeptMessage[]> {
+    // Nearly every connect is a clean start of a device that kept nothing: two deletes that find nothing.
     return transaction(this.pool, async (c) => {
       const { rows } = await c.query<KeptMessage>(`DELETE FROM mqtt_session_messages WHERE imsi = $1 AND client_id = $2 RETURNING ${COLUMNS}`, [key.imsi, key.clientId]);
       await c.query('DELETE FROM mqtt_sessions WHERE imsi = $1 AND client_id = $2', [key.imsi, key.clientId]);
-      return rows.sort((a, b) => a.id - b.id);
+      return rows.sort(byId);
     });
   }
 
@@ -54,12 +53,10 @@ export class PgMqttSessions implements MqttSessionStore {
         key.imsi, key.clientId, msg.topic, msg.payload, msg.qos, msg.receivedAt, expiresAt,
       ]);
       const { rows } = await c.query<KeptMessage>(
-        `DELETE FROM mqtt_session_messages WHERE id IN
-           (SELECT id FROM mqtt_session_messages WHERE imsi = $1 AND client_id = $2 ORDER BY id DESC OFFSET $3)
-         RETURNING ${COLUMNS}`,
+        `DELETE FROM mqtt_session_messages WHERE id IN (SELECT id FROM mqtt_session_messages WHERE imsi = $1 AND client_id = $2 ORDER BY id DESC OFFSET $3) RETURNING ${COLUMNS}`,
         [key.imsi, key.clientId, maxMessages],
       );
-      return rows.sort((a, b) => a.id - b.id);
+      return rows.sort(byId);
     });
   }
 
@@ -72,20 +69,25 @@ export class PgMqttSessions implements MqttSessionStore {
   }
 
   async delivered(ids: number[]): Promise<void> {
-    if (ids.length) await this.pool.query('DELETE FROM mqtt_session_messages WHERE id = ANY($1::bigint[])', [ids]);
+    if (ids.length) await this.pool.query('DELETE FROM mqtt_session_messages WHERE id = ANY($1)', [ids]);
+  }
+
+  async settle(now = Date.now()): Promise<number> {
+    const r = await this.pool.query('UPDATE mqtt_sessions SET expires_at = $1 + expiry_s * 1000 WHERE expires_at = $2', [now, WHILE_CONNECTED]);
+    return r.rowCount ?? 0;
   }
 
   async expire(now = Date.now()): Promise<{ sessions: SessionKey[]; messages: DroppedMessage[] }> {
     return transaction(this.pool, async (c) => {
-      const sessions = (await c.query<SessionKey>('DELETE FROM mqtt_sessions WHERE expires_at <= $1 RETURNING imsi, client_id AS "clientId"', [now])).rows;
-      // A session ended above takes its commands with it, as do commands past their own expiry.
-      const { rows } = await c.query<DroppedMessage>(
-        `DELETE FROM mqtt_session_messages m
-         WHERE m.expires_at <= $1 OR (m.imsi, m.client_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+      // Commands first: those of sessions that end now go with them.
+      const messages = await c.query<DroppedMessage>(
+        `DELETE FROM mqtt_session_messages m WHERE m.expires_at <= $1
+           OR EXISTS (SELECT 1 FROM mqtt_sessions s WHERE s.imsi = m.imsi AND s.client_id = m.client_id AND s.expires_at <= $1)
          RETURNING m.id, m.imsi, m.client_id AS "clientId", m.topic, m.payload, m.qos, m.received_at AS "receivedAt", m.expires_at AS "expiresAt"`,
-        [now, sessions.map((s) => s.imsi), sessions.map((s) => s.clientId)],
+        [now],
       );
-      return { sessions, messages: rows.sort((a, b) => a.id - b.id) };
+      const sessions = await c.query<SessionKey>('DELETE FROM mqtt_sessions WHERE expires_at <= $1 RETURNING imsi, client_id AS "clientId"', [now]);
+      return { sessions: sessions.rows.sort((a, b) => (a.imsi + a.clientId < b.imsi + b.clientId ? -1 : 1)), messages: messages.rows.sort(byId) };
     });
   }
 }

@@ -1,3 +1,4 @@
+import { GATEWAY_OUTBOX_KEY } from '../events.ts';
 import { GroupCommitOutbox, toMessage, type DeliveryOutbox, type OutboxMessage, type OutboxRow } from '../outbox.ts';
 import type { CommitRequest, CommitResult, CommitWriter } from '../outbox-commit.ts';
 import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
@@ -133,7 +134,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     // In a cluster a node counts only the SIMs it holds: they come with their leases (joinCluster).
     if (opts.cluster) return outbox;
     const { rows } = await pool.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
-      'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox GROUP BY imsi',
+      // The gateway's own events have their own publisher (storage/events.ts).
+      'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox WHERE imsi <> $1 GROUP BY imsi',
+      [GATEWAY_OUTBOX_KEY],
     );
     outbox.loaded(rows);
     return outbox;

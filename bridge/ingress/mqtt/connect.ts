@@ -15,7 +15,6 @@ export function handleConnect(ep: Endpoint, conn: DeviceConnection, packet: ICon
   // MQTT-3.1.0-2: a second CONNECT is a protocol violation.
   if (conn.state !== 'awaiting_connect') return conn.refuse('protocol_error', 'a second CONNECT on one connection');
   conn.level = (packet.protocolVersion ?? 4) as ProtocolLevel;
-  (conn.parser as unknown as { settings: { protocolVersion: number } }).settings.protocolVersion = conn.level;
   conn.state = 'connecting';
   conn.backlog = [];
   conn.socket.pause();
@@ -76,10 +75,10 @@ async function accept(ep: Endpoint, conn: DeviceConnection, packet: IConnectPack
   const assigned = clientId === '' && conn.level === 5 ? (clientId = `auto-${randomUUID()}`) : undefined;
   // Client ids are namespaced by SIM: a device reconnecting takes over its own old connection
   // (MQTT-3.1.4-2), but two SIMs using the same client id never knock each other off.
-  const mine = ep.bySim.get(imsi);
-  const sameClient = mine && [...mine].find((c) => c.clientId === clientId);
-  if (mine && mine.size >= opts.maxConnectionsPerSim && !sameClient) {
-    const detail = `the SIM already holds ${mine.size} connections`;
+  const mine = ep.bySim.list(imsi);
+  const sameClient = mine.find((c) => c.clientId === clientId);
+  if (mine.length >= opts.maxConnectionsPerSim && !sameClient) {
+    const detail = `the SIM already holds ${mine.length} connections`;
     ep.audit('sim_connection_limit', imsi, { remoteAddress: conn.remote, clientId, detail });
     opts.log.info({ thing: device.sim.thingName, remote: conn.remote }, 'MQTT connection refused: SIM connection limit');
     return refuseConnect(ep, conn, 'sim_connection_limit', detail);
@@ -113,12 +112,8 @@ async function accept(ep: Endpoint, conn: DeviceConnection, packet: IConnectPack
   }
   if (conn.state === 'closed') return ep.sessions.detach(conn, false);
 
-  let set = ep.bySim.get(imsi);
-  if (!set) ep.bySim.set(imsi, (set = new Set()));
-  set.add(conn);
-  let byAddr = ep.byAddress.get(conn.remote);
-  if (!byAddr) ep.byAddress.set(conn.remote, (byAddr = new Set()));
-  byAddr.add(conn);
+  ep.bySim.add(imsi, conn);
+  ep.byAddress.add(conn.remote, conn);
 
   const connack: IConnackPacket = { cmd: 'connack', sessionPresent: attached.present, returnCode: 0 };
   if (conn.level === 5) {

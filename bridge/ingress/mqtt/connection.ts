@@ -13,6 +13,8 @@ export interface Outgoing {
   topic: string;
   payload: Buffer;
   qos: 0 | 1;
+  /** A retained message sent because the subscription was just made (MQTT-3.3.1-9): RETAIN 1. */
+  retain?: boolean;
   /** Its row in the session store, when it was kept for a sleeping device. */
   keptId?: number;
   /** When it stops being worth delivering (ms), if it expires. */
@@ -29,12 +31,47 @@ export interface Will {
 
 const PINGRESP = Buffer.from([0xd0, 0]);
 
+// mqtt-packet would otherwise build a table of all 65,536 two-byte numbers (about 6 MB) the first time
+// it writes a packet; writing the few numbers a packet holds as it goes costs less than that.
+mqttPacket.writeToStream.cacheNumbers = false;
+
+/** What the parser needs to know of a connection: its protocol level (MQTT 5 packets carry properties). */
+const PARSER_SETTINGS: Record<ProtocolLevel, { protocolVersion: ProtocolLevel }> = { 3: { protocolVersion: 3 }, 4: { protocolVersion: 4 }, 5: { protocolVersion: 5 } };
+
+/**
+ * Parsers are lent, not owned: a connection holds one only while a packet of it has arrived in part.
+ * A parser (with its buffer list, a stream of its own) is most of what an idle connection would cost;
+ * the parser that read a chunk to its end goes back to be lent to the next connection that speaks.
+ * Parsing is synchronous, so the connection being read is known while its packets are emitted.
+ */
+let reading: DeviceConnection | undefined;
+let spareParser: Parser | undefined;
+
+function lendParser(): Parser {
+  const spare = spareParser;
+  if (spare) {
+    spareParser = undefined;
+    return spare;
+  }
+  const parser = mqttPacket.parser();
+  parser.on('packet', (packet: Packet) => reading!.handlePacket(packet));
+  parser.on('error', (err: Error) => reading!.handleParseError(err));
+  return parser;
+}
+
+/** True when the parser holds no part of a packet (it read its input to the end of a packet). */
+function atPacketBoundary(parser: Parser, left: number): boolean {
+  const state = parser as unknown as { _stateCounter: number; error: Error | null };
+  return left === 0 && state._stateCounter === 0 && state.error === null;
+}
+
 /**
  * One device connection: its parser, protocol level, keepalive, flow control and downlink in flight.
  * The packet handlers (connect.ts, publish.ts, subscribe.ts) act on it; nothing here knows the bridge.
  */
 export class DeviceConnection {
-  readonly parser: Parser;
+  /** Only while a packet has arrived in part (see lendParser). */
+  private parser?: Parser;
   level: ProtocolLevel = 4;
   state: State = 'awaiting_connect';
   device?: AdmittedDevice;
@@ -73,30 +110,52 @@ export class DeviceConnection {
   ) {
     this.lastHeard = ep.clock;
     this.silenceMs = ep.opts.connectTimeoutMs;
-    this.parser = mqttPacket.parser({ protocolVersion: 4 });
-    this.parser.on('packet', this.handlePacket);
-    this.parser.on('error', this.handleParseError);
+    // Bound methods, not arrow-function fields: one small bound function per listener, and only two.
+    this.handleData = this.handleData.bind(this);
     socket.on('data', this.handleData);
     socket.on('error', noop);
-    socket.once('close', this.handleClose);
+    socket.on('close', this.handleClose.bind(this));
     socket.setNoDelay(true);
   }
 
-  private readonly handleData = (chunk: Buffer): void => {
+  private handleData(chunk: Buffer): void {
     this.lastHeard = this.ep.clock;
-    this.parser.parse(chunk);
+    // A chunk read while another connection's packet is being handled (not expected: reads are not
+    // synchronous) gets a parser of its own rather than disturbing the one in use.
+    const outer = reading;
+    const parser = this.parser ?? (outer === undefined ? lendParser() : mqttPacket.parser());
+    if (outer !== undefined && !this.parser) {
+      parser.on('packet', (packet: Packet) => this.handlePacket(packet));
+      parser.on('error', (err: Error) => this.handleParseError(err));
+    }
+    // The CONNECT sets the level; packets after it in the same chunk are read at that level by the parser.
+    (parser as unknown as { settings: object }).settings = PARSER_SETTINGS[this.level];
+    reading = this;
+    let left: number;
+    try {
+      left = parser.parse(chunk);
+    } finally {
+      reading = outer;
+    }
+    if (atPacketBoundary(parser, left)) {
+      this.parser = undefined;
+      if (outer === undefined) spareParser ??= parser;
+      return;
+    }
+    this.parser = parser;
     // The parser waits for a packet's whole remaining length: refuse an oversized one before it is buffered.
-    const announced = (this.parser as unknown as { packet: { length: number } }).packet.length;
+    const announced = (parser as unknown as { packet: { length: number } }).packet.length;
     if (announced > this.ep.maxPacketBytes && this.state !== 'closed') this.refuse('packet_too_large', `a packet of ${announced} bytes exceeds ${this.ep.maxPacketBytes}`);
-  };
+  }
 
-  private readonly handlePacket = (packet: Packet): void => {
+  /** A whole packet read from this connection. */
+  handlePacket(packet: Packet): void {
     if (this.state === 'closed') return;
     if (this.backlog) this.backlog.push(packet);
     else this.onPacket(this, packet);
-  };
+  }
 
-  private readonly handleParseError = (err: Error): void => {
+  handleParseError(err: Error): void {
     if (this.state === 'closed') return;
     // MQTT-3.1.2-2: an unsupported protocol level gets CONNACK 0x01 (in 3.1.1 form, all we can assume).
     if (this.state === 'awaiting_connect' && /protocol version|protocolId/i.test(err.message)) {
@@ -107,13 +166,14 @@ export class DeviceConnection {
     }
     this.ep.opts.log.debug({ remote: this.remote, err: err.message }, 'malformed MQTT packet');
     this.refuse('protocol_error', `malformed packet: ${err.message}`, 'malformed_packet');
-  };
+  }
 
-  private readonly handleClose = (): void => {
+  private handleClose(): void {
     this.state = 'closed';
+    this.parser = undefined;
     this.socket.removeListener('data', this.handleData);
     this.onClose(this, this.cleanDisconnect);
-  };
+  }
 
   /** Answers PINGREQ (MQTT-3.12.4-1). */
   pong(): void {
@@ -174,7 +234,8 @@ export class DeviceConnection {
 
   /**
    * Sends a downlink message. QoS 1 waits for room under the device's Receive Maximum and stays in
-   * flight until its PUBACK; a message above the device's Maximum Packet Size is dropped (MQTT-3.1.2-25).
+   * flight until its PUBACK. Not sent: a message past its expiry (MQTT-3.3.2-5; a kept one stays in the
+   * store until the sweep accounts for it) and one above the device's Maximum Packet Size (MQTT-3.1.2-25).
    */
   deliver(msg: Outgoing): boolean {
     if (msg.expiresAt !== undefined && msg.expiresAt <= Date.now()) return false;
@@ -185,12 +246,16 @@ export class DeviceConnection {
         return true;
       }
     }
-    const packet: IPublishPacket = { cmd: 'publish', topic: msg.topic, payload: msg.payload, qos: msg.qos, dup: false, retain: false };
+    const packet: IPublishPacket = { cmd: 'publish', topic: msg.topic, payload: msg.payload, qos: msg.qos, dup: false, retain: msg.retain === true };
     if (msg.qos === 1) packet.messageId = this.allocateId();
     // MQTT 5: the device learns how long the command stays valid (MQTT-3.3.2-6: the time left).
     if (this.level === 5 && msg.expiresAt !== undefined) packet.properties = { messageExpiryInterval: Math.max(1, Math.ceil((msg.expiresAt - Date.now()) / 1000)) };
     const buf = mqttPacket.generate(packet, { protocolVersion: this.level });
-    if (this.peerMaxPacket && buf.length > this.peerMaxPacket) return false;
+    if (this.peerMaxPacket && buf.length > this.peerMaxPacket) {
+      this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'dropped' });
+      this.ep.opts.log.info({ thing: this.device?.sim.thingName, bytes: buf.length, max: this.peerMaxPacket }, 'MQTT downlink larger than the device takes: dropped');
+      return false;
+    }
     if (msg.qos === 1) this.outgoing!.set(packet.messageId!, msg);
     this.write(buf);
     return true;
@@ -201,8 +266,8 @@ export class DeviceConnection {
     const msg = this.outgoing?.get(messageId);
     if (!msg) return undefined;
     this.outgoing!.delete(messageId);
-    const next = this.waiting?.shift();
-    if (next) this.deliver(next);
+    // Room for the next waiting message; one that expired while it waited makes room for the one after.
+    while (this.waiting?.length && this.outgoing!.size < this.peerReceiveMaximum) this.deliver(this.waiting.shift()!);
     return msg;
   }
 

@@ -10,6 +10,7 @@ import type { IdentitySource } from '../../identity/source.ts';
 import type { Metrics } from '../../metrics.ts';
 import type { Uplink } from '../../uplink.ts';
 import type { DeviceConnection } from './connection.ts';
+import type { ConnectionIndex } from './connection-index.ts';
 import type { Sessions } from './session.ts';
 
 export interface MqttIngressOptions {
@@ -54,9 +55,9 @@ export interface Endpoint {
   /** Every open socket's connection, for the keepalive sweep and shutdown. */
   readonly all: Set<DeviceConnection>;
   /** Admitted connections by SIM (isConnected, maxConnectionsPerSim). */
-  readonly bySim: Map<string, Set<DeviceConnection>>;
+  readonly bySim: ConnectionIndex<DeviceConnection>;
   /** Admitted connections by source address (disconnectAddress). */
-  readonly byAddress: Map<string, Set<DeviceConnection>>;
+  readonly byAddress: ConnectionIndex<DeviceConnection>;
   readonly sessions: Sessions;
   /** A coarse clock (ms), advanced by the sweep: the per-packet path reads it instead of Date.now(). */
   clock: number;

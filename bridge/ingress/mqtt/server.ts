@@ -4,6 +4,7 @@ import { normaliseAddress } from '../../../lib/address-table.ts';
 import { AddressConnectRate, AddressConnections, type IngressLimitReason } from '../connection-limits.ts';
 import { handleConnect } from './connect.ts';
 import { DeviceConnection } from './connection.ts';
+import { ConnectionIndex } from './connection-index.ts';
 import type { Endpoint, MqttIngressOptions } from './context.ts';
 import { handlePublish } from './publish.ts';
 import { REASON_CODES } from './reasons.ts';
@@ -40,8 +41,8 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     receiveMaximum: opts.receiveMaximum ?? 100,
     topicAliasMaximum: opts.topicAliasMaximum ?? 16,
     all: new Set(),
-    bySim: new Map(),
-    byAddress: new Map(),
+    bySim: new ConnectionIndex(),
+    byAddress: new ConnectionIndex(),
     sessions: undefined as never,
     clock: Date.now(),
     audit(kind, imsi, facts) {
@@ -90,10 +91,8 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     if (!device) return;
     if (!clean) publishWill(ep, conn);
     const { imsi } = device.sim;
-    const mine = ep.bySim.get(imsi);
-    if (mine?.delete(conn) && mine.size === 0) ep.bySim.delete(imsi);
-    const here = ep.byAddress.get(conn.remote);
-    if (here?.delete(conn) && here.size === 0) ep.byAddress.delete(conn.remote);
+    ep.bySim.delete(imsi, conn);
+    ep.byAddress.delete(conn.remote, conn);
     ep.sessions.detach(conn, clean);
     if (!ep.bySim.has(imsi)) opts.connectivity.report(device.sim, { online: false, ip: conn.remote, via: 'mqtt' });
   }
@@ -103,10 +102,9 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     listening: () => server.listening,
     isConnected: (imsi: string) => ep.bySim.has(imsi),
     disconnectAddress(ip: string) {
-      const set = ep.byAddress.get(normaliseAddress(ip));
-      if (!set) return 0;
-      const n = set.size;
-      for (const conn of [...set]) conn.refuse('network_session_ended', 'the device\'s network session ended', null);
+      const here = ep.byAddress.list(normaliseAddress(ip));
+      const n = here.length;
+      for (const conn of here) conn.refuse('network_session_ended', 'the device\'s network session ended', null);
       return n;
     },
     async close() {

@@ -1,5 +1,6 @@
 import { WHILE_CONNECTED, type KeptMessage, type MqttSessionStore, type SessionKey } from '../../../storage/mqtt-sessions.ts';
 import type { AdmittedDevice } from '../../admission.ts';
+import type { Deliver } from '../../downlink.ts';
 import type { DeviceConnection, Outgoing } from './connection.ts';
 import type { Endpoint } from './context.ts';
 
@@ -8,7 +9,8 @@ import type { Endpoint } from './context.ts';
  * is away, where commands go. It outlives its connection only when it asked to (expirySeconds > 0).
  */
 export class DeviceSession {
-  readonly filters = new Map<string, 0 | 1>();
+  /** Its subscriptions (filter → granted QoS), made at the first: most devices never subscribe. */
+  filters?: Map<string, 0 | 1>;
   conn?: DeviceConnection;
   expirySeconds = 0;
   /** Commands in flight on a connection that was taken over, sent again on the new one. */
@@ -26,10 +28,30 @@ export class DeviceSession {
   ) {}
 
   /** Downlink from the upstream subscription: to the device, or kept for it while it sleeps. */
-  readonly deliver = (topic: string, payload: Buffer, qos: 0 | 1): void => {
-    if (this.conn?.state === 'open') this.conn.deliver({ topic, payload, qos });
+  deliver(topic: string, payload: Buffer, qos: 0 | 1, retain: boolean): void {
+    if (this.conn?.state === 'open') this.conn.deliver({ topic, payload, qos, retain });
     else this.sessions.keep(this, { topic, payload, qos });
-  };
+  }
+
+  /** The same for a subscription that takes no retained messages (Retain Handling 1 or 2, a session taken up again). */
+  deliverLive(topic: string, payload: Buffer, qos: 0 | 1, retain: boolean): void {
+    if (retain) this.sessions.retainedNotWanted(this, topic);
+    else this.deliver(topic, payload, qos, false);
+  }
+
+  /** deliver() or deliverLive() as the upstream session calls them, each bound once, at its first use. */
+  deliverer(withRetained: boolean): Deliver {
+    if (withRetained) return (this.boundDeliver ??= this.deliver.bind(this));
+    return (this.boundDeliverLive ??= this.deliverLive.bind(this));
+  }
+
+  private boundDeliver?: Deliver;
+  private boundDeliverLive?: Deliver;
+
+  /** The subscriptions as they are stored. */
+  storedFilters(): Array<[string, 0 | 1]> {
+    return this.filters ? [...this.filters] : [];
+  }
 }
 
 /** Every session of the endpoint: connected ones, and persistent ones whose device is away. */
@@ -80,7 +102,7 @@ export class Sessions {
       if (stored) {
         present = true;
         for (const [filter, qos] of stored.filters) {
-          await this.subscribe(session, filter, qos).catch((err: Error) => this.ep.opts.log.warn({ thing: device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored'));
+          await this.subscribe(session, filter, qos, 0, true).catch((err: Error) => this.ep.opts.log.warn({ thing: device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored'));
         }
       }
       this.byId.set(id, session);
@@ -94,7 +116,7 @@ export class Sessions {
     }
     session.conn = conn;
     conn.session = session;
-    if (expirySeconds > 0) await this.store!.save(key, { filters: [...session.filters], expirySeconds, expiresAt: WHILE_CONNECTED });
+    if (expirySeconds > 0) await this.store!.save(key, { filters: session.storedFilters(), expirySeconds, expiresAt: WHILE_CONNECTED });
     return { session, present, expirySeconds };
   }
 
@@ -129,20 +151,26 @@ export class Sessions {
     for (const m of conn.unacknowledged()) if (m.keptId === undefined) this.keep(session, m);
     session.endsAt = Date.now() + session.expirySeconds * 1000;
     this.store
-      .save(session.key, { filters: [...session.filters], expirySeconds: session.expirySeconds, expiresAt: Date.now() + session.expirySeconds * 1000 })
+      .save(session.key, { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: Date.now() + session.expirySeconds * 1000 })
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
-  /** Subscribes the session's device upstream; resolves with the granted QoS. */
-  async subscribe(session: DeviceSession, filter: string, qos: number): Promise<0 | 1> {
-    const granted = await this.ep.opts.downlink.subscribe(session.device, filter, qos, session.deliver);
-    session.filters.set(filter, granted);
+  /**
+   * Subscribes the session's device upstream; resolves with the granted QoS. Retained messages IoT Core
+   * sends for a new subscription reach the device with RETAIN 1, unless MQTT 5 Retain Handling asks for
+   * none (2) or for none on a subscription the session already has (1) (section 3.8.3.1); a stored
+   * subscription taken up again (resumed) is no new subscription and gets none either.
+   */
+  async subscribe(session: DeviceSession, filter: string, qos: number, retainHandling = 0, resumed = false): Promise<0 | 1> {
+    const withRetained = !resumed && (retainHandling === 0 || (retainHandling === 1 && !session.filters?.has(filter)));
+    const granted = await this.ep.opts.downlink.subscribe(session.device, filter, qos, session.deliverer(withRetained));
+    (session.filters ??= new Map()).set(filter, granted);
     return granted;
   }
 
   /** Unsubscribes; false when the session held no such filter. */
   unsubscribe(session: DeviceSession, filter: string): boolean {
-    if (!session.filters.delete(filter)) return false;
+    if (!session.filters?.delete(filter)) return false;
     void this.ep.opts.downlink.unsubscribe(session.device, filter);
     return true;
   }
@@ -151,7 +179,7 @@ export class Sessions {
   saved(session: DeviceSession): void {
     if (!this.store || session.expirySeconds === 0) return;
     this.store
-      .save(session.key, { filters: [...session.filters], expirySeconds: session.expirySeconds, expiresAt: WHILE_CONNECTED })
+      .save(session.key, { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: WHILE_CONNECTED })
       .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
@@ -192,8 +220,8 @@ export class Sessions {
       session.pendingWill.publish(); // the session ends before the delay does: the will goes now
       session.pendingWill = undefined;
     }
-    for (const filter of session.filters.keys()) void this.ep.opts.downlink.unsubscribe(session.device, filter);
-    session.filters.clear();
+    for (const filter of session.filters?.keys() ?? []) void this.ep.opts.downlink.unsubscribe(session.device, filter);
+    session.filters = undefined;
     if (!this.store || session.expirySeconds === 0) return;
     this.store.remove(session.key).then(
       (dropped) => this.accountFor(session.key.imsi, dropped, why),
@@ -219,12 +247,12 @@ export class Sessions {
       const session = new DeviceSession(`${key.imsi}/${key.clientId}`, key, { sim, imei: sim.boundImei ?? undefined, source: 'stored-session' }, this);
       session.expirySeconds = stored.expirySeconds;
       session.endsAt = stored.expiresAt;
-      for (const [filter, qos] of stored.filters) session.filters.set(filter, qos);
+      if (stored.filters.length) session.filters = new Map(stored.filters);
       this.byId.set(session.id, session);
       restored++;
       for (const [filter, qos] of stored.filters) {
-        this.subscribe(session, filter, qos).catch((err: Error) => {
-          session.filters.delete(filter);
+        this.subscribe(session, filter, qos, 0, true).catch((err: Error) => {
+          session.filters?.delete(filter);
           log.warn({ thing: sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored');
         });
       }
@@ -244,6 +272,12 @@ export class Sessions {
       }
     }
     for (const m of messages) this.accountFor(m.imsi, [m], m.expiresAt <= now ? 'expired before its device came back' : 'session expired');
+  }
+
+  /** A retained message the subscription asked not to get: counted, not sent. */
+  retainedNotWanted(session: DeviceSession, topic: string): void {
+    this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'retained_not_wanted' });
+    this.ep.opts.log.debug({ thing: session.device.sim.thingName, topic }, 'retained message not sent (Retain Handling)');
   }
 
   /** Every dropped command is counted and audited: nothing disappears without a trace. */

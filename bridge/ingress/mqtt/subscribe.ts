@@ -16,8 +16,11 @@ export function handleSubscribe(ep: Endpoint, conn: DeviceConnection, packet: IS
   const session = conn.session!;
   const device = conn.device!;
   const refusals: string[] = [];
-  const each = packet.subscriptions.map(({ topic: filter, qos }) =>
-    ep.sessions.subscribe(session, filter, qos).then(
+  // No Local and Retain As Published need nothing here: no device ever gets another's publish (nor its
+  // own through this endpoint), and what IoT Core forwards carries RETAIN 0 except retained messages sent
+  // for a new subscription (RETAIN 1 whatever Retain As Published says, section 3.8.3.1).
+  const each = packet.subscriptions.map(({ topic: filter, qos, rh }) =>
+    ep.sessions.subscribe(session, filter, qos, rh ?? 0).then(
       (granted): number => granted,
       (err: Error): number => {
         const reason: MqttRefusalReason = err instanceof DownlinkRefusal ? err.reason : 'upstream_refused';

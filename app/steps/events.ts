@@ -1,0 +1,74 @@
+import type { Logger } from 'pino';
+import { maskIdentifiers } from '../../admin/mask.ts';
+import { eventMetrics } from '../../bridge/events/metrics.ts';
+import { EventPublisher } from '../../bridge/events/publisher.ts';
+import type { Metrics } from '../../bridge/metrics.ts';
+import { eventRenderer } from '../../bridge/events/render.ts';
+import type { Db } from '../../storage/db.ts';
+import { SqliteEventQueue, tapEvents } from '../../storage/events.ts';
+import type { Stores } from '../../storage/index.ts';
+import { GatewayIdentity } from '../../vending/gateway-identity.ts';
+import { createProvider } from '../../vending/index.ts';
+import type { KeyCipher } from '../../vending/key-cipher.ts';
+import { fillName } from '../../vending/policy.ts';
+import type { Live } from './live.ts';
+import type { UpstreamParts } from './upstream.ts';
+import type { VendingParts } from './vending.ts';
+
+export interface EventParts {
+  publisher: EventPublisher;
+  stop(): Promise<void>;
+}
+
+/**
+ * Fleet lifecycle events (docs/events.md), when `events.enabled`: what the stores record becomes an
+ * outbox row in the same commit (storage/events.ts), published as the gateway's own thing. Runs before
+ * the listeners open, so no occurrence escapes the tap.
+ */
+export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger }): EventParts | undefined {
+  const { events, vending, upstream } = live.config;
+  if (!events.enabled) return undefined;
+  const gateway = events.gateway;
+  const provider = createProvider(vending);
+  const identity = new GatewayIdentity({
+    gateway,
+    thingName: fillName(events.thingName, { gateway }),
+    policyName: fillName(events.policyName, { gateway }),
+    eventTopicRoot: `${events.topicPrefix}/${gateway}/events`,
+    keyAlgorithm: vending.keyAlgorithm,
+    store: deps.stores.gatewayCredentials,
+    cipher: deps.cipher,
+    provider,
+    call: (api, fn) => deps.vending.vendor.callApi(api, fn),
+    log: deps.log.child({ component: 'events' }),
+  });
+  const queue = new SqliteEventQueue(deps.db);
+  const publisher = new EventPublisher({
+    queue,
+    credentials: () => identity.ensure(),
+    pool: deps.upstream.pool,
+    maxInflight: upstream.maxInflight,
+    retryDelayMs: events.retryDelayMs,
+    metrics: eventMetrics(deps.metrics.registry, () => queue.count()),
+    log: deps.log.child({ component: 'events' }),
+  });
+  const untap = tapEvents(
+    deps.db,
+    eventRenderer({
+      // The gateway's name, topics and policy are fixed at start (events.* needs a restart).
+      settings: () => events,
+      mask: (v) => (live.config.privacy.maskIdentifiers ? maskIdentifiers(v) : v),
+    }),
+    () => publisher.wake(),
+  );
+  // Events left from before a restart go first.
+  publisher.wake();
+  return {
+    publisher,
+    stop: async () => {
+      untap();
+      await publisher.stop();
+      provider.destroy?.();
+    },
+  };
+}
