@@ -10,6 +10,7 @@ import type { AdminContext } from './context.ts';
 import { maskingLoggerOptions, maskPath } from './mask.ts';
 import { startRetention } from './retention.ts';
 import { auditRoutes } from './routes/audit.ts';
+import { clusterRoutes } from './routes/cluster.ts';
 import { healthRoutes } from './routes/health.ts';
 import { imeiRoutes } from './routes/imei.ts';
 import { importRoutes } from './routes/import.ts';
@@ -100,6 +101,7 @@ export async function startAdmin(config: AdminConfig, deps: AdminDeps): Promise<
     importRoutes(ctx),
     auditRoutes(ctx),
     statsRoutes(ctx),
+    clusterRoutes(ctx),
     retentionRoutes(ctx),
   ]) {
     await app.register(plugin);

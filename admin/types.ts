@@ -19,6 +19,28 @@ export interface UpstreamState {
   detail?: string;
 }
 
+/** One gateway node as GET /v1/cluster shows it. */
+export interface ClusterNodeView {
+  nodeId: string;
+  alive: boolean;
+  /** How old its last heartbeat is, by the database's clock. */
+  heartbeatAgeMs: number;
+  /** ISO 8601. */
+  startedAt: string;
+  simsOwned: number;
+  /** Upstream sessions it holds, as of its last heartbeat. */
+  upstreamSessions: number | null;
+  outboxRows: number;
+}
+
+/** The nodes sharing this gateway's database (one, on SQLite). */
+export interface ClusterView {
+  storage: 'sqlite' | 'postgres';
+  /** The node answering. */
+  node: string;
+  nodes: ClusterNodeView[];
+}
+
 /** The stores the admin surface reads and changes. */
 export type AdminStores = Pick<Stores, 'sims' | 'audit' | 'credentialReads' | 'networkSessions' | 'outboxStats' | 'retention' | 'tokens'>;
 
@@ -48,6 +70,8 @@ export interface AdminDeps {
   upstreamState?(thing: string): UpstreamState | undefined;
   /** True while the device holds a connection to a device listener. */
   connected?(imsi: string): boolean;
+  /** The nodes sharing the database (GET /v1/cluster). */
+  cluster?(): Promise<ClusterView>;
   /** Mask identifiers in the admin server's own logs (config privacy.maskIdentifiers); default true. */
   maskIdentifiers?: boolean;
 }

@@ -10,7 +10,7 @@ import { startCoapIngress, type CoapIngress } from '../bridge/ingress/coap.ts';
 import { startUdpIngress, type UdpIngress } from '../bridge/ingress/udp.ts';
 import type { Metrics } from '../bridge/metrics.ts';
 import type { Uplink } from '../bridge/uplink.ts';
-import type { SimStore } from '../storage/sims.ts';
+import type { SimRoutingStore } from '../storage/sims.ts';
 
 export interface LowpowerParts {
   admission: Admission;
@@ -19,7 +19,7 @@ export interface LowpowerParts {
   jobs?: DeviceJobs;
   files?: DeviceFiles;
   metrics: Metrics;
-  sims: SimStore;
+  sims: SimRoutingStore;
   group(name: string): GroupConfig;
   source(name: 'radius' | 'static' | 'claimed'): IdentitySource;
   log: Logger;

@@ -20,7 +20,8 @@ commands:
   doctor [--config FILE]       check the host, the AWS account and its permissions
   backup --out FILE            copy the database while the gateway runs
   rotate-master-key            re-seal private keys under a new master key, while the gateway runs
-  sims | tokens | stats | vend operator commands (run one with --help)
+  sims | tokens | stats | cluster | vend
+                               operator commands (run one with --help)
 
 options of start and sandbox:
   --ready-json                 once listening, print one JSON line with every bound port instead of the banner
@@ -31,7 +32,7 @@ const DEMO_IMSI = '001010000000001';
 const DEMO_IMEI = '490154203237518';
 
 /** Operator commands, one per file in bin/commands/, each parsing its own arguments. */
-const operatorCommands = new Set(['sims', 'tokens', 'stats', 'vend', 'doctor', 'backup', 'rotate-master-key']);
+const operatorCommands = new Set(['sims', 'tokens', 'stats', 'cluster', 'vend', 'doctor', 'backup', 'rotate-master-key']);
 
 export interface OperatorCommand {
   /** argv after the command name; loadConfig reads --config / SIMBRIDGE_CONFIG. Resolves with the exit code. */

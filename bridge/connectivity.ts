@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
-import type { Outbox } from '../storage/outbox.ts';
+import type { GatewayOutbox } from '../storage/index.ts';
 import type { Sim } from '../storage/sims.ts';
 import { RatType } from './radius/dictionary.ts';
 
@@ -21,7 +21,7 @@ export interface ConnectivityState {
  * `update/rejected` when it refuses one: that is listened for a while after each report, and audited.
  */
 export interface ConnectivityOptions {
-  outbox: Outbox;
+  outbox: GatewayOutbox;
   group(name: string): GroupConfig;
   /**
    * Listens on the device's session for the shadow service's answers on `update/rejected` (IoT Core

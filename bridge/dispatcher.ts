@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { GroupConfig } from '../config/schema.ts';
 import type { DeliveryOutbox, MaybePromise, OutboxMessage } from '../storage/outbox.ts';
-import type { Sim, SimStore } from '../storage/sims.ts';
+import type { Sim, SimRoutingStore } from '../storage/sims.ts';
 import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
 import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
 import { Lane, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
@@ -11,7 +11,7 @@ import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
 
 export interface DispatcherOptions {
   outbox: DeliveryOutbox;
-  sims: SimStore;
+  sims: SimRoutingStore;
   /** Credentials of a SIM, vending it first when needed. */
   credentials(sim: Sim): Promise<DeviceCredentials>;
   pool: UpstreamPool;

@@ -1,6 +1,7 @@
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
-import type { NewMessage, Outbox } from '../storage/outbox.ts';
+import type { GatewayOutbox } from '../storage/index.ts';
+import type { NewMessage, OutboxMessage } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
 import { groupTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
@@ -37,7 +38,7 @@ export interface OutboxQuota {
 }
 
 export interface UplinkOptions {
-  outbox: Outbox;
+  outbox: GatewayOutbox;
   limits: TopicLimits & { maxPayloadBytes: number };
   quota: () => OutboxQuota;
   group(name: string): GroupConfig;
@@ -102,15 +103,26 @@ export class Uplink {
     };
     if (fits()) return [];
     if (this.opts.group(device.sim.group).overflow === 'drop-oldest') {
-      const dropped = outbox.dropOldest(imsi, fits);
-      const audited = dropped.map((row) => {
-        this.opts.metrics.dropped.inc({ group: device.sim.group, reason: 'outbox_full' });
-        return this.opts.audit.record('message_dropped', imsi, { id: row.id, topic: row.deviceTopic, receivedAt: row.receivedAt, bytes: row.payload.length, reason: 'outbox full (drop-oldest)' });
-      });
+      const dropping = outbox.dropOldest(imsi, fits);
+      if (!Array.isArray(dropping)) {
+        // Over the network (PostgreSQL) the room is made after this message has to be answered: it is
+        // refused, and the device's next attempt finds the room; each drop is still audited and counted.
+        void dropping.then((dropped) => Promise.allSettled(this.auditDrops(device, dropped)), () => undefined);
+        throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
+      }
+      const audited = this.auditDrops(device, dropping);
       if (fits()) return audited;
       void Promise.allSettled(audited);
     }
     throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
+  }
+
+  private auditDrops(device: AdmittedDevice, dropped: OutboxMessage[]): Promise<void>[] {
+    const { imsi } = device.sim;
+    return dropped.map((row) => {
+      this.opts.metrics.dropped.inc({ group: device.sim.group, reason: 'outbox_full' });
+      return this.opts.audit.record('message_dropped', imsi, { id: row.id, topic: row.deviceTopic, receivedAt: row.receivedAt, bytes: row.payload.length, reason: 'outbox full (drop-oldest)' });
+    });
   }
 
   private check(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number): void {

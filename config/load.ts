@@ -27,6 +27,7 @@ export const envOverrides: Record<string, string[]> = {
   SIMBRIDGE_SANDBOX_DATA_PORT: ['sandbox', 'dataPort'],
   SIMBRIDGE_LOG_LEVEL: ['log', 'level'],
   SIMBRIDGE_STORAGE_URL: ['storage', 'url'],
+  SIMBRIDGE_NODE_ID: ['cluster', 'nodeId'],
 };
 
 /**

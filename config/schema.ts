@@ -149,7 +149,7 @@ export const configSchema = z
           .string()
           .regex(/^postgres(ql)?:\/\//, 'expected a postgres:// connection string')
           .optional()
-          .describe('postgres://user:password@host:port/database: keep every kind of state in this PostgreSQL database, shared by several nodes, instead of SQLite in dataDir (docs/storage.md; not accepted yet)'),
+          .describe('postgres://user:password@host:port/database: keep every kind of state in this PostgreSQL database, shared by several nodes, instead of SQLite in dataDir (docs/storage.md, docs/cluster.md)'),
         maxConnections: z.number().int().positive().default(10).describe('PostgreSQL connections this node keeps open (storage.url)'),
         connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to wait for a PostgreSQL connection (storage.url)'),
         synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
@@ -263,6 +263,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    cluster: z
+      .object({
+        nodeId: z.string().min(1).max(200).optional().describe('this node\'s name among the nodes sharing storage.url (env SIMBRIDGE_NODE_ID); default the host name and MQTT port'),
+        heartbeatMs: z.number().int().positive().default(1000).describe('how often a node on PostgreSQL renews its heartbeat and looks for dead nodes\' SIMs'),
+        leaseMs: z.number().int().positive().default(5000).describe('a node whose heartbeat is older (database clock) is dead: its SIMs move to the others'),
+        takeoverBatch: z.number().int().positive().default(5000).describe('SIMs of dead nodes one node takes over per heartbeat'),
+        handOverMs: z.number().int().positive().default(5000).describe('how long a node waits for another to hand over the SIM of a device connected to it'),
+      })
+      .strict()
+      .prefault({})
+      .refine((c) => c.leaseMs >= 3 * c.heartbeatMs, { message: 'leaseMs must be at least three heartbeats' }),
     shutdown: z
       .object({
         graceMs: z.number().int().positive().default(5000).describe('time to finish in-flight work on SIGTERM'),
@@ -289,15 +300,6 @@ export const configSchema = z
       }
     }
     for (const f of identityFindings(c)) if (f.severity === 'refused') ctx.addIssue({ code: 'custom', path: f.path, message: f.message });
-    if (c.storage.url !== undefined && /^postgres(ql)?:\/\//.test(c.storage.url)) {
-      // The stores exist on PostgreSQL, but the gateway does not run on them yet: refused rather than half working.
-      ctx.addIssue({
-        code: 'custom',
-        path: ['storage', 'url'],
-        message:
-          'PostgreSQL storage is not complete yet (the per-message path still reads SIMs, network sessions and held downlink synchronously, and the gateway still opens its outbox on SQLite; docs/storage.md): leave storage.url unset',
-      });
-    }
     if (c.listeners.http.headersTimeoutMs > c.listeners.http.requestTimeoutMs) {
       ctx.addIssue({ code: 'custom', path: ['listeners', 'http', 'headersTimeoutMs'], message: 'must not exceed listeners.http.requestTimeoutMs' });
     }

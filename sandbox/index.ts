@@ -138,7 +138,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       faults,
       logger,
       routes: [
-        ...adminRoutes({ registry, faults, connections: () => data.connections() }),
+        ...adminRoutes({ registry, faults, connections: () => data.connections(), takeovers: () => data.takeovers() }),
         ...iotRoutes({ registry, ca, endpointAddress: dataHost, certValidityDays: opts.certValidityDays ?? IOT_CORE_NOT_AFTER }),
         ...jobRoutes(jobs),
         ...streamRoutes(streams),

@@ -9,7 +9,8 @@ import { NetworkSessions, type NetworkSessionStore, type SessionLookup } from '.
 import { SqliteOutboxStats, type OutboxStats } from './outbox-stats.ts';
 import { promised } from './promised.ts';
 import { SqliteRetentionStore, type RetentionStore } from './retention.ts';
-import { SIM_REGISTRY_METHODS, SimStore, type SimRegistry } from './sims.ts';
+import { SIM_REGISTRY_METHODS, SimStore, type SimRegistry, type SimRoutingStore } from './sims.ts';
+import type { DeliveryOutbox, GroupCommitOutbox, MaybePromise, OutboxMessage } from './outbox.ts';
 import { TokenStore, type AdminTokenStore } from './tokens.ts';
 
 /**
@@ -24,7 +25,7 @@ export interface Stores {
    * The same registry, synchronous, for the per-message path: its routing cache, and the delivery loop
    * (bridge/dispatcher.ts) until that reads through the cache alone.
    */
-  simRouting: SimStore;
+  simRouting: SimRoutingStore;
   audit: AuditStore;
   /** Certificate generations; a vending step and its audit row are one call (one commit). */
   credentials: CredentialStore;
@@ -43,6 +44,15 @@ export interface Stores {
   tokens: AdminTokenStore;
   meta: MetaStore;
 }
+
+/**
+ * The outbox as the gateway uses it, either dialect: the group commit, the delivery side, and dropping a
+ * device's oldest rows (at once on SQLite, over the network on PostgreSQL).
+ */
+export type GatewayOutbox = DeliveryOutbox &
+  Pick<GroupCommitOutbox, 'enqueue' | 'settle' | 'close'> & {
+    dropOldest(imsi: string, fits: () => boolean): MaybePromise<OutboxMessage[]>;
+  };
 
 /**
  * The stores both dialects offer with the same promise-shaped interfaces (storage/postgres/index.ts

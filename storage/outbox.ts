@@ -269,7 +269,7 @@ export abstract class GroupCommitOutbox {
     if (tail.rows.length === 0) this.dropTail(row.imsi);
   }
 
-  private dropTail(imsi: string): void {
+  protected dropTail(imsi: string): void {
     const tail = this.tails.get(imsi);
     if (!tail) return;
     this.tailBytes -= tail.bytes;

@@ -156,6 +156,18 @@ export interface SimRouting {
   forRouting(imsi: string): Sim | undefined;
 }
 
+/**
+ * The SIM registry as the per-message path and the delivery loop use it: synchronous, from memory. On
+ * SQLite it is SimStore itself; on PostgreSQL a node-wide cache kept fresh by the other nodes' notices.
+ */
+export interface SimRoutingStore extends SimRouting {
+  get(imsi: string): Sim | undefined;
+  /** Notes the SIM's first delivery upstream since its IMEI was bound (written in the background where it must be). */
+  markDelivered(imsi: string, at?: number): void;
+  /** Fills the cache at start-up; returns how many SIMs it read. */
+  warmRoutingCache(): number;
+}
+
 export const SIM_REGISTRY_METHODS = [
   'get',
   'register',
@@ -177,7 +189,7 @@ export const SIM_REGISTRY_METHODS = [
  * is cleared by every write through it, so a suspended or rebound SIM is seen at once by the
  * per-message path, which another SimStore's writes would not do.
  */
-export class SimStore implements SimRouting {
+export class SimStore implements SimRoutingStore {
   /**
    * SIMs as the per-message path reads them (admission, delivery). lastSeenAt in it may be old (the
    * outbox writer sets that column on another connection).

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import { startAdmin, type AdminServer } from '../../admin/index.ts';
+import type { ClusterView } from '../../admin/types.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { describeFinding, identityFindings } from '../../config/identity.ts';
-import type { Db } from '../../storage/db.ts';
 import { freeBytes } from '../../storage/files.ts';
 import type { Stores } from '../../storage/index.ts';
 import { fillName } from '../../vending/policy.ts';
@@ -13,7 +13,10 @@ import type { UpstreamParts } from './upstream.ts';
 import type { VendingParts } from './vending.ts';
 
 interface AdminStepDeps {
-  db: Db;
+  /** The database can be reached now. */
+  databaseUp(): boolean;
+  /** The nodes sharing the database. */
+  cluster(): Promise<ClusterView>;
   stores: Stores;
   metrics: Metrics;
   vending: VendingParts;
@@ -43,7 +46,7 @@ export async function startAdminApi(live: Live, deps: AdminStepDeps): Promise<Ad
     ready: () => {
       const upstream = health.checks();
       // A full disk makes every commit fail (503 to devices): a balancer should send them elsewhere.
-      const checks = { database: deps.db.open, disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...lowpowerChecks(deps.ingress.lowpower), ...upstream.checks };
+      const checks = { database: deps.databaseUp(), disk: diskHasRoom(), mqtt: mqtt.listening(), http: http.listening(), ...lowpowerChecks(deps.ingress.lowpower), ...upstream.checks };
       // Not only 'insecure': a reload may relax groups while the restart-only identity section stays.
       const warnings = identityFindings(live.config).filter((f) => f.severity !== 'note').map(describeFinding);
       return { ok: Object.values(checks).every(Boolean), checks, reasons: upstream.reasons, warnings };
@@ -59,6 +62,7 @@ export async function startAdminApi(live: Live, deps: AdminStepDeps): Promise<Ad
       return session ? { state: 'connected', since: session.openedAt } : { state: 'closed' };
     },
     connected: (imsi) => mqtt.isConnected(imsi),
+    cluster: deps.cluster,
     maskIdentifiers: config.privacy.maskIdentifiers,
   });
 }

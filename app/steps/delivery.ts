@@ -12,8 +12,7 @@ import { StreamReader } from '../../bridge/files/streams.ts';
 import { DeviceFiles } from '../../bridge/files/device-files.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
-import type { Stores } from '../../storage/index.ts';
-import type { Outbox } from '../../storage/outbox.ts';
+import type { GatewayOutbox, Stores } from '../../storage/index.ts';
 import { fillName, groupPolicy, policyAllowsSubscribe } from '../../vending/policy.ts';
 import { thingAttributes } from '../../vending/steps.ts';
 import { groupOf, type Live } from './live.ts';
@@ -40,7 +39,7 @@ export interface DeliveryParts {
 
 export function buildDelivery(
   live: Live,
-  deps: { stores: Stores; outbox: Outbox; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger },
+  deps: { stores: Stores; outbox: GatewayOutbox; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger },
 ): DeliveryParts {
   const { stores, outbox, metrics, log } = deps;
   const { vendor } = deps.vending;

@@ -1,7 +1,6 @@
 import type { AdminServer } from '../../admin/index.ts';
 import type { BatchSchedules } from '../../bridge/batching/schedules.ts';
-import type { Db } from '../../storage/db.ts';
-import type { Outbox } from '../../storage/outbox.ts';
+import type { GatewayOutbox } from '../../storage/index.ts';
 import type { DeliveryParts } from './delivery.ts';
 import type { EventParts } from './events.ts';
 import type { IngressParts } from './ingress.ts';
@@ -10,8 +9,8 @@ import type { UpstreamParts } from './upstream.ts';
 import type { VendingParts } from './vending.ts';
 
 interface ShutdownDeps {
-  db: Db;
-  outbox: Outbox;
+  closeDatabase(): Promise<void>;
+  outbox: GatewayOutbox;
   vending: VendingParts;
   upstream: UpstreamParts;
   delivery: DeliveryParts;
@@ -45,7 +44,7 @@ export function shutdown(live: Live, deps: ShutdownDeps): () => Promise<void> {
       // Upstream first: aws-crt must let go of its callbacks before any thread of this process stops.
       await deps.upstream.pool.closeAll();
       await deps.outbox.close();
-      deps.db.close();
+      await deps.closeDatabase();
     })();
     return closing;
   };

@@ -1,20 +1,36 @@
+import { hostname } from 'node:os';
 import { join } from 'node:path';
+import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.ts';
 import { createMetrics, type Metrics } from '../../bridge/metrics.ts';
 import { replayWindow } from '../../bridge/radius/listener.ts';
-import { openDatabase, type Db } from '../../storage/db.ts';
+import type { Db } from '../../storage/db.ts';
 import { assertPrivateDirectory } from '../../storage/files.ts';
-import { sqliteStores, type Stores } from '../../storage/index.ts';
+import type { GatewayOutbox, Stores } from '../../storage/index.ts';
+import { openStores as openDatabaseStores } from '../../storage/open.ts';
 import { Outbox } from '../../storage/outbox.ts';
 import { workerWriter, type CommitWriter } from '../../storage/outbox-commit.ts';
+import type { PostgresGatewayParts } from '../../storage/postgres/gateway.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey, loadPreviousMasterKeys } from '../../vending/master-key.ts';
 
-/** Opens the gateway's database; outside the sandbox its directory must be private. */
-export function openGatewayDatabase(config: Config): Db {
-  // The data directory holds real payloads and identifiers.
-  if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
-  return openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb });
+/** The gateway's state, whichever database holds it. */
+export interface GatewayStorage {
+  stores: Stores;
+  cipher: KeyCipher;
+  outbox: GatewayOutbox;
+  /** Ready once its worker thread (SQLite) has booted. */
+  writer: CommitWriter;
+  /** The metrics (which count the outbox by group). */
+  metrics: Metrics;
+  /** The SQLite database; absent on PostgreSQL. */
+  db?: Db;
+  /** PostgreSQL only: the change feed and caches shared by the nodes. */
+  postgres?: PostgresGatewayParts;
+  /** The database can be reached now (readiness). */
+  databaseUp(): boolean;
+  /** Closes the database (after the outbox closed). */
+  close(): Promise<void>;
 }
 
 /** The current master key and, during a rotation, the previous ones. */
@@ -24,21 +40,81 @@ export function masterKeys(config: Config, env: NodeJS.ProcessEnv): [Buffer, Buf
 }
 
 /**
- * Every store over the database and the key cipher, refused when the master keys do not open the keys
- * this database holds. The routing cache is filled here: the per-message path reads SIMs from memory.
+ * Opens the database `storage` names (SQLite in the data directory, or PostgreSQL at storage.url) with every
+ * store, the outbox and the key cipher; refused when the master keys do not open the keys the database
+ * holds. The per-message path reads SIMs from memory: the routing cache is filled here.
  */
-export async function openStores(config: Config, db: Db, env: NodeJS.ProcessEnv): Promise<{ stores: Stores; cipher: KeyCipher }> {
-  const cipher = new KeyCipher(...masterKeys(config, env));
-  const stores = sqliteStores(db, Date.now, { replayWindowMs: replayWindow(config.radius.sessionTimeoutMs) });
-  await checkMasterKey(stores, cipher);
-  stores.simRouting.warmRoutingCache();
-  return { stores, cipher };
+export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv, log: Logger): Promise<GatewayStorage> {
+  // The data directory holds real payloads and identifiers (and, on PostgreSQL, the master key may live there).
+  if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
+  const { storage } = config;
+  const opened = await openDatabaseStores({
+    dataDir: config.dataDir,
+    url: storage.url,
+    synchronous: storage.synchronous,
+    cacheMb: storage.cacheMb,
+    maxConnections: storage.maxConnections,
+    connectTimeoutMs: storage.connectTimeoutMs,
+    replayWindowMs: replayWindow(config.radius.sessionTimeoutMs),
+  });
+  try {
+    const cipher = new KeyCipher(...masterKeys(config, env));
+    if (opened.dialect === 'sqlite') {
+      const { db, stores } = opened;
+      await checkMasterKey(stores, cipher);
+      stores.simRouting.warmRoutingCache();
+      const metrics = createMetrics(() => outbox.byGroup());
+      const writer = workerWriter({ file: db.name, synchronous: storage.synchronous, cacheMb: storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
+      const outbox = new Outbox(db, writer, storage.commitMaxRows, storage.deliveryCacheMb * 1024 * 1024);
+      return { stores, cipher, outbox, writer, metrics, db, databaseUp: () => db.open, close: opened.close };
+    }
+    const { postgresGatewayParts } = await import('../../storage/postgres/gateway.ts');
+    // Scrapes read the last figures and start the next read: the count is a query over the network.
+    let groups: ReturnType<PostgresGatewayParts['outbox']['byGroup']> extends Promise<infer G> ? G : never = [];
+    let reading = false;
+    const metrics = createMetrics(() => {
+      if (!reading) {
+        reading = true;
+        parts.outbox.byGroup().then((g) => (groups = g), () => undefined).finally(() => (reading = false));
+      }
+      return groups;
+    });
+    // Several nodes scrape into one place: each node's figures carry its name.
+    metrics.registry.setDefaultLabels({ node: nodeId(config) });
+    const parts = await postgresGatewayParts(opened.pool, opened.stores, {
+      url: storage.url!,
+      commitMaxRows: storage.commitMaxRows,
+      deliveryCacheBytes: storage.deliveryCacheMb * 1024 * 1024,
+      cluster: { ...config.cluster, nodeId: nodeId(config), info: { host: hostname(), pid: process.pid } },
+      observeCommit: (s) => metrics.outboxCommitSeconds.observe(s),
+      onError: (err) => log.warn({ err: String(err) }, 'PostgreSQL: background work failed (cache refresh, heartbeat, lease)'),
+    });
+    const stores = parts.stores;
+    await checkMasterKey(stores, cipher).catch(async (err) => {
+      await parts.close();
+      throw err;
+    });
+    return {
+      stores,
+      cipher,
+      outbox: parts.outbox,
+      writer: parts.writer,
+      metrics,
+      postgres: parts,
+      databaseUp: () => parts.feed.connected,
+      close: async () => {
+        await parts.close();
+        await opened.close();
+      },
+    };
+  } catch (err) {
+    await opened.close();
+    throw err;
+  }
 }
 
-/** The outbox, its writer thread, and the metrics (which count the outbox by group). */
-export function openOutbox(config: Config, db: Db): { outbox: Outbox; writer: CommitWriter; metrics: Metrics } {
-  const metrics = createMetrics(() => outbox.byGroup());
-  const writer = workerWriter({ file: db.name, synchronous: config.storage.synchronous, cacheMb: config.storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
-  const outbox = new Outbox(db, writer, config.storage.commitMaxRows, config.storage.deliveryCacheMb * 1024 * 1024);
-  return { outbox, writer, metrics };
+/** This node's name among the nodes on one database: configured, else the host name and MQTT port. */
+export function nodeId(config: Config): string {
+  // Port 0 (chosen by the system) names no node: the process id stands in.
+  return config.cluster.nodeId ?? `${hostname()}:${config.listeners.mqtt.port || `pid${process.pid}`}`;
 }

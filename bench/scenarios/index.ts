@@ -1,6 +1,7 @@
 import type { Scenario } from '../lib/context.ts';
 import { scenario as badInput } from './bad-input.ts';
 import { scenario as bridgeCompare } from './bridge-compare.ts';
+import { scenario as cluster } from './cluster.ts';
 import { scenario as faults } from './faults.ts';
 import { scenario as growth } from './growth.ts';
 import { scenario as lowpower } from './lowpower.ts';
@@ -33,4 +34,5 @@ export const SCENARIOS: Record<string, Scenario> = {
   growth,
   sleepy,
   'outbox-commit': outboxCommit,
+  cluster,
 };

@@ -1,9 +1,7 @@
-import { join } from 'node:path';
 import { CommandError, EXIT } from '../../admin/cli/exit-codes.ts';
 import { parse, runCommand } from '../../admin/cli/run.ts';
 import type { Config } from '../../config/schema.ts';
-import { openDatabase } from '../../storage/db.ts';
-import { sqliteStores } from '../../storage/index.ts';
+import { openStores } from '../../storage/open.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey, loadPreviousMasterKeys, rotateSealedKeys } from '../../vending/master-key.ts';
 
@@ -30,9 +28,16 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     const previous = loadPreviousMasterKeys({ env: process.env, files: config.security.previousMasterKeyFiles });
     if (previous.length === 0) throw new CommandError('no previous master key configured (security.previousMasterKeyFiles): nothing to rotate from', EXIT.usage);
     const cipher = new KeyCipher(loadMasterKey({ env: process.env, file: config.security.masterKeyFile }), previous);
-    const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
+    // The gateway's database, whichever it is (SQLite in the data directory, or PostgreSQL at storage.url).
+    const opened = await openStores({
+      dataDir: config.dataDir,
+      url: config.storage.url,
+      synchronous: config.storage.synchronous,
+      connectTimeoutMs: config.storage.connectTimeoutMs,
+      maxConnections: 1,
+    });
     try {
-      const stores = sqliteStores(db);
+      const { stores } = opened;
       await checkMasterKey(stores, cipher);
       const r = await rotateSealedKeys(stores, cipher);
       console.log(`re-sealed ${r.resealed} private key(s); ${r.current} already under the current key`);
@@ -42,7 +47,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
       console.log('every key is under the current master key: previousMasterKeyFiles can be removed from the config');
       return EXIT.ok;
     } finally {
-      db.close();
+      await opened.close();
     }
   });
 }

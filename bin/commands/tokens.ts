@@ -1,10 +1,8 @@
-import { join } from 'node:path';
 import { CommandError, EXIT } from '../../admin/cli/exit-codes.ts';
 import { parse, runCommand } from '../../admin/cli/run.ts';
 import { table, when } from '../../admin/cli/table.ts';
 import type { Config } from '../../config/schema.ts';
-import { openDatabase } from '../../storage/db.ts';
-import { sqliteStores } from '../../storage/index.ts';
+import { openStores } from '../../storage/open.ts';
 import { ROLES, type Role } from '../../storage/tokens.ts';
 
 const help = `usage: simbridge tokens <command> [options]
@@ -43,9 +41,16 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     if (rest.length !== (command === 'revoke' ? 1 : 0)) throw new CommandError(`wrong arguments for "tokens ${command}"\n\n${help}`, EXIT.usage);
 
     const config = loadConfig(values.config);
-    const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
+    // The gateway's database, whichever it is (SQLite in the data directory, or PostgreSQL at storage.url).
+    const opened = await openStores({
+      dataDir: config.dataDir,
+      url: config.storage.url,
+      synchronous: config.storage.synchronous,
+      connectTimeoutMs: config.storage.connectTimeoutMs,
+      maxConnections: 1,
+    });
     try {
-      const { tokens } = sqliteStores(db);
+      const { tokens } = opened.stores;
       switch (command) {
         case 'create': {
           const name = values.name ?? `${values.role} token`;
@@ -73,7 +78,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
         }
       }
     } finally {
-      db.close();
+      await opened.close();
     }
   });
 }

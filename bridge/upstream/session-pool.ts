@@ -265,6 +265,12 @@ export class UpstreamPool {
   private readonly connectPacer: TokenBucket;
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
+  /**
+   * Asked before a thing's session opens; a rejection is the open's failure. Several nodes on one
+   * database: only the node holding the SIM may connect as its thing (IoT Core allows one connection per
+   * client id).
+   */
+  gate?: (thingName: string) => Promise<void>;
 
   constructor(private readonly opts: PoolOptions) {
     // Before any connection thread loads aws-crt.
@@ -416,6 +422,7 @@ export class UpstreamPool {
 
   private async openSession(creds: SessionCredentials): Promise<UpstreamSession> {
     const { opts } = this;
+    if (this.gate) await this.gate(creds.thingName);
     await this.makeRoom();
     // IoT Core refuses a client id reconnecting within a second, and caps CONNECTs per account.
     const since = Date.now() - (this.lastConnect.get(creds.thingName) ?? 0);

@@ -12,7 +12,7 @@ export interface Connection {
   certificateId: string;
 }
 
-export function adminRoutes(ctx: { registry: Registry; faults: FaultInjector; connections: () => Connection[] }): Route[] {
+export function adminRoutes(ctx: { registry: Registry; faults: FaultInjector; connections: () => Connection[]; takeovers?: () => number }): Route[] {
   const { registry, faults } = ctx;
   const faultState = () => ({ config: faults.config, stats: faults.stats() });
   return [
@@ -21,7 +21,7 @@ export function adminRoutes(ctx: { registry: Registry; faults: FaultInjector; co
       method: 'GET',
       path: '/_sandbox/state',
       admin: true,
-      handle: () => ({ ...registry.snapshot(), connections: ctx.connections(), faults: faultState() }),
+      handle: () => ({ ...registry.snapshot(), connections: ctx.connections(), takeovers: ctx.takeovers?.() ?? 0, faults: faultState() }),
     },
     {
       operation: 'Sandbox.GetFaults',

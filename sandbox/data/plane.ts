@@ -47,6 +47,8 @@ export interface PublishQuota {
 export interface DataPlane {
   port: number;
   connections(): { clientId: string; certificateId: string }[];
+  /** Connections accepted while another with the same client id was live (IoT Core: DUPLICATE_CLIENTID). */
+  takeovers(): number;
   close(): Promise<void>;
 }
 
@@ -60,6 +62,9 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
   const auth = new Authorizer(registry);
   const sessions = new WeakMap<Client, Session>();
   const byCertificate = new Map<string, Set<Client>>();
+  // Live connections per client id: a second one takes the first one's place (and is counted).
+  const liveById = new Map<string, number>();
+  let takeovers = 0;
   const shadows = new ShadowService();
   const jobTopics = new JobsTopics(opts.jobs);
   const streamTopics = new StreamsTopics(opts.streams, (msg) => logger.info({}, `sandbox data plane: ${msg}`));
@@ -192,7 +197,13 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     let set = byCertificate.get(s.certificateId);
     if (!set) byCertificate.set(s.certificateId, (set = new Set()));
     set.add(client);
+    const live = liveById.get(client.id) ?? 0;
+    if (live > 0) takeovers++;
+    liveById.set(client.id, live + 1);
     client.conn.once('close', () => {
+      const left = (liveById.get(client.id) ?? 1) - 1;
+      if (left > 0) liveById.set(client.id, left);
+      else liveById.delete(client.id);
       set.delete(client);
       if (set.size === 0 && byCertificate.get(s.certificateId) === set) byCertificate.delete(s.certificateId);
     });
@@ -227,6 +238,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
 
   return {
     port: (server.address() as AddressInfo).port,
+    takeovers: () => takeovers,
     connections: () =>
       [...byCertificate.values()].flatMap((set) =>
         [...set].filter((c) => c.connected).map((c) => ({ clientId: c.id, certificateId: sessions.get(c)!.certificateId })),

@@ -11,7 +11,8 @@ export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 // every value stored is below 2^53.
 const INT8 = 20;
 const NUMERIC = 1700;
-const types = {
+/** The type parsers every connection of a node uses (the pool's and the change feed's). */
+export const pgTypes = {
   getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
     oid === INT8 || oid === NUMERIC ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
 };
@@ -47,7 +48,7 @@ export async function openPostgres(opts: PostgresOptions): Promise<Pool> {
     max: opts.maxConnections ?? 10,
     connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
     options: '-c synchronous_commit=on',
-    types,
+    types: pgTypes,
   });
   // An idle connection the server drops (restart, network) is replaced on next use, not a crash.
   pool.on('error', () => undefined);

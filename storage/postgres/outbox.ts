@@ -1,6 +1,8 @@
 import { GATEWAY_OUTBOX_KEY } from '../events.ts';
 import { GroupCommitOutbox, toMessage, type DeliveryOutbox, type OutboxMessage, type OutboxRow } from '../outbox.ts';
 import type { CommitRequest, CommitResult, CommitWriter } from '../outbox-commit.ts';
+import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
+import type { ClusterNode, Gained } from './cluster.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 
 /**
@@ -9,12 +11,20 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
  * synchronous_commit on (storage/postgres/connect.ts): a device is acknowledged only for what the
  * server has flushed.
  *
- * For the cluster, the deletes gain a fence in this same statement: only rows of SIMs whose lease this
- * node holds at the epoch it was granted (a join on the lease table), so a node that lost a lease cannot
- * delete or reorder what another node now delivers.
+ * With a fence (several nodes), the commit also serialises inserts per SIM across nodes, takes the
+ * leases of SIMs no live node holds, and deletes delivered rows only under the lease epoch they were
+ * delivered under (a join on the lease table), so a node that lost a lease cannot delete or reorder what
+ * another node now delivers.
  */
-export async function commitOnPostgres(db: Queryable, { inserts, deletes }: CommitRequest): Promise<Omit<CommitResult, 'seconds'>> {
+export async function commitOnPostgres(db: Queryable, { inserts, deletes }: CommitRequest, fence?: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
   let ids: number[] = [];
+  let claimed: Gained[] = [];
+  const sims = [...new Set(inserts.map((m) => m.imsi))];
+  if (fence && sims.length) {
+    // Per SIM, one commit at a time across nodes, so row ids follow commit order per SIM and the owner's
+    // cursor never passes a row still to commit. Taken in one order (of the lock keys) by every node.
+    await db.query('SELECT pg_advisory_xact_lock($1, h) FROM (SELECT DISTINCT hashtext(i) AS h FROM unnest($2::text[]) AS i ORDER BY 1) AS s', [SIM_LOCKS, sims]);
+  }
   if (inserts.length) {
     // Identity values are drawn in the order the rows are produced (by ordinality): sorted, they match the inputs.
     const { rows } = await db.query<{ id: number }>(
@@ -47,13 +57,36 @@ export async function commitOnPostgres(db: Queryable, { inserts, deletes }: Comm
       );
     }
   }
+  if (fence && sims.length) ({ claimed } = await fence.claim(db, sims, ids));
   let deleted: number[] = [];
   if (deletes.length) {
-    const { rows } = await db.query<{ id: number }>('DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id', [deletes]);
+    // The fence: a delivered row goes only while this node still holds its SIM at the epoch it was
+    // delivered under. A node that lost the SIM deletes nothing of it; the new owner delivers it again.
+    const { rows } = fence
+      ? await db.query<{ id: number }>(
+          `DELETE FROM outbox o USING unnest($1::bigint[], $2::bigint[]) AS d(id, epoch), sim_leases l
+           WHERE o.id = d.id AND l.imsi = o.imsi AND l.owner = $3 AND l.epoch = d.epoch RETURNING o.id`,
+          [deletes, fence.epochs(deletes), fence.node],
+        )
+      : await db.query<{ id: number }>('DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id', [deletes]);
     const gone = new Set(rows.map((r) => r.id));
     deleted = deletes.filter((id) => gone.has(id));
   }
-  return { ids, deleted };
+  return { ids, deleted, claimed };
+}
+
+// The first key of the per-SIM commit locks: apart from any other advisory lock.
+const SIM_LOCKS = 0x53494d;
+
+/** The cluster's part in a commit on PostgreSQL (storage/postgres/cluster.ts). */
+export interface CommitFence {
+  node: string;
+  /** Per delivered row, the lease epoch it was delivered under (null: under none, so it stays). */
+  epochs(ids: number[]): Array<number | null>;
+  /** Inside the transaction, after the inserts: takes free leases; tells the owners of the others. */
+  claim(c: Queryable, imsis: string[], ownIds: number[]): Promise<{ claimed: Gained[]; foreign: string[] }>;
+  /** After COMMIT, before the outbox hears of it: the SIMs claimed are held, the deletes settled. */
+  committed(claimed: Gained[], deletes: number[]): void;
 }
 
 /**
@@ -61,11 +94,13 @@ export async function commitOnPostgres(db: Queryable, { inserts, deletes }: Comm
  * on its way, and it goes in one transaction on one pooled connection (no writer thread: the wait is on
  * the network, not on this event loop).
  */
-export function postgresWriter(pool: Pool, observe: (seconds: number) => void = () => undefined): CommitWriter {
+export function postgresWriter(pool: Pool, observe: (seconds: number) => void = () => undefined, fence: () => CommitFence | undefined = () => undefined): CommitWriter {
   return {
     async commit(req) {
       const started = performance.now();
-      const result = await transaction(pool, (c) => commitOnPostgres(c, req));
+      const f = fence();
+      const { claimed, ...result } = await transaction(pool, (c) => commitOnPostgres(c, req, f));
+      f?.committed(claimed, req.deletes);
       const seconds = (performance.now() - started) / 1000;
       observe(seconds);
       return { ...result, seconds };
@@ -94,8 +129,10 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
    * committed rows (GroupCommitOutbox) hold while this node is the only one inserting for a SIM: the
    * cluster must end a SIM's tail when another node may commit for it.
    */
-  static async open(pool: Pool, writer: CommitWriter, maxRows = 1000, maxTailBytes = 32 * 1024 * 1024): Promise<PgOutbox> {
+  static async open(pool: Pool, writer: CommitWriter, maxRows = 1000, maxTailBytes = 32 * 1024 * 1024, opts: { cluster?: boolean } = {}): Promise<PgOutbox> {
     const outbox = new PgOutbox(pool, writer, maxRows, maxTailBytes);
+    // In a cluster a node counts only the SIMs it holds: they come with their leases (joinCluster).
+    if (opts.cluster) return outbox;
     const { rows } = await pool.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
       // The gateway's own events have their own publisher (storage/events.ts).
       'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox WHERE imsi <> $1 GROUP BY imsi',
@@ -105,8 +142,119 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     return outbox;
   }
 
+  private cluster: ClusterNode | undefined;
+  /** Delivered rows waiting for their delete, with the lease epoch each was delivered under. */
+  private readonly deliveredUnder = new Map<number, number | null>();
+  private readonly wakeListeners: Array<(imsi: string) => void> = [];
+  /** SIMs taken over: their next read starts at the oldest row (see peek). */
+  private readonly rewind = new Set<string>();
+
+  /**
+   * Several nodes: this node reads, delivers and counts only the SIMs it holds. A SIM gained (taken over,
+   * or claimed by a commit) is counted from what the database holds and woken; rows committed here for a
+   * SIM another node holds are forgotten here (its owner hears of them); rows another node committed for
+   * a SIM held here end its tail (they are read from disk) and wake it. Call before anyone listens to
+   * onCommitted: the rows it hands on are those of held SIMs only.
+   */
+  joinCluster(node: ClusterNode, feed: ChangeFeed, onError: (err: unknown) => void): void {
+    this.cluster = node;
+    super.onCommitted((rows) => {
+      for (const [imsi, list] of rows) {
+        if (node.owns(imsi)) continue;
+        for (const row of list) {
+          this.leaveTail(row);
+          this.account(imsi, -1, -row.payload.length);
+        }
+      }
+    });
+    node.onGained((gained) => this.gained(gained, true));
+    node.onLost((imsis) => imsis.forEach((imsi) => this.dropTail(imsi)));
+    feed.on(CHANNELS.outbox, batched((imsis) => this.committedElsewhere(imsis.filter((i) => node.owns(i))), onError));
+  }
+
+  /** The commit's fence, in a cluster. */
+  fence(): CommitFence | undefined {
+    const node = this.cluster;
+    if (!node) return undefined;
+    return {
+      node: node.nodeId,
+      epochs: (ids) => ids.map((id) => this.deliveredUnder.get(id) ?? null),
+      claim: (c, imsis, ownIds) => node.claimInCommit(c, imsis, ownIds),
+      committed: (claimed, deletes) => {
+        for (const id of deletes) this.deliveredUnder.delete(id);
+        node.claimed(claimed);
+        this.gained(claimed, false);
+      },
+    };
+  }
+
+  /** A SIM of this node has rows it did not commit itself (or was just gained): deliver them. */
+  onWake(fn: (imsi: string) => void): void {
+    this.wakeListeners.push(fn);
+  }
+
+  /**
+   * SIMs gained with what they had waiting. Taken over (`whole`): their counters become what the database
+   * holds. Claimed by this node's own commit: what was there before it is added (the commit counted its own).
+   */
+  private gained(gained: Gained[], whole: boolean): void {
+    for (const g of gained) {
+      this.dropTail(g.imsi);
+      const u = whole ? this.usage(g.imsi) : { rows: 0, bytes: 0 };
+      this.account(g.imsi, g.rows - u.rows, g.bytes - u.bytes);
+      this.newestPerSim.set(g.imsi, Math.max(g.newest, whole ? 0 : (this.newestPerSim.get(g.imsi) ?? 0)));
+      this.rewind.add(g.imsi);
+      if (whole && g.rows) this.wake(g.imsi);
+    }
+  }
+
+  private async committedElsewhere(imsis: string[]): Promise<void> {
+    if (imsis.length === 0) return;
+    const { rows } = await this.pool.query<{ imsi: string; rows: number; bytes: number; newest: number }>(
+      'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox WHERE imsi = ANY($1::text[]) GROUP BY imsi',
+      [imsis],
+    );
+    for (const r of rows) {
+      this.dropTail(r.imsi);
+      const u = this.usage(r.imsi);
+      this.account(r.imsi, r.rows - u.rows, r.bytes - u.bytes);
+      this.newestPerSim.set(r.imsi, Math.max(r.newest, this.newestPerSim.get(r.imsi) ?? 0));
+      this.wake(r.imsi);
+    }
+  }
+
+  private wake(imsi: string): void {
+    for (const fn of this.wakeListeners) fn(imsi);
+  }
+
+  override onCommitted(listener: (rows: Map<string, OutboxMessage[]>) => void): void {
+    const node = this.cluster;
+    if (!node) return super.onCommitted(listener);
+    super.onCommitted((rows) => {
+      const held = new Map([...rows].filter(([imsi]) => node.owns(imsi)));
+      if (held.size) listener(held);
+    });
+  }
+
+  override remove(rows: OutboxMessage[]): void {
+    const node = this.cluster;
+    if (node) for (const r of rows) this.deliveredUnder.set(r.id, node.epochOf(r.imsi) ?? null);
+    super.remove(rows);
+  }
+
+  override simsWithMessages(): string[] {
+    const node = this.cluster;
+    const sims = super.simsWithMessages();
+    return node ? sims.filter((imsi) => node.owns(imsi)) : sims;
+  }
+
   /** As the SQLite outbox: from memory when it knows, else just what is asked, reading on past delivered rows. */
   async peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> {
+    // Another node's SIM (or this node lost it): nothing to deliver here.
+    if (this.cluster && !this.cluster.owns(imsi)) return [];
+    // Held again after another node held it: that node may not have delivered all it left behind the
+    // cursor this node had, so the first read starts from the SIM's oldest row.
+    if (this.rewind.delete(imsi)) afterId = 0;
     const known = this.fromMemory(imsi, afterId, limit);
     if (known) return known;
     const found: OutboxMessage[] = [];

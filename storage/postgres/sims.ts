@@ -6,7 +6,7 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed, Params } from './params.ts';
 
 
-const COLUMNS = 'imsi, iccid, msisdn, group_name, status, bound_imei, lock_mode, thing_name, tags, secret_hash, created_at, last_seen_at, delivered_at';
+export const COLUMNS = 'imsi, iccid, msisdn, group_name, status, bound_imei, lock_mode, thing_name, tags, secret_hash, created_at, last_seen_at, delivered_at';
 
 /**
  * The SIM registry on PostgreSQL, with the rules of storage/sims.ts (SimStore). It keeps no routing

@@ -175,6 +175,7 @@ export async function gatewayConfig(
     upstream?: Record<string, unknown>;
     vending?: Record<string, unknown>;
     storage?: Record<string, unknown>;
+    cluster?: Record<string, unknown>;
     shutdown?: Record<string, unknown>;
     groups?: Record<string, unknown>;
     listeners?: { mqtt?: Record<string, unknown>; http?: Record<string, unknown>; coap?: Record<string, unknown>; udp?: Record<string, unknown> };
@@ -199,6 +200,7 @@ export async function gatewayConfig(
     // Test devices claim their identity on loopback without secrets: a lab, opted into as an operator must.
     identity: { allowInsecureClaims: true, ...extra.identity },
     ...(extra.storage ? { storage: extra.storage } : {}),
+    ...(extra.cluster ? { cluster: extra.cluster } : {}),
     ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
     ...(extra.files ? { files: extra.files } : {}),
     vending: { endpoint: sandbox.controlEndpoint, credentials: { accessKeyId: 'sandbox', secretAccessKey: 'sandbox' }, retryDelayMs: 200, ...extra.vending },

@@ -18,6 +18,7 @@ import { postgresStores } from '../../storage/postgres/index.ts';
 import { PgNetworkSessions } from '../../storage/postgres/network-sessions.ts';
 import { commitOnPostgres, PgOutbox } from '../../storage/postgres/outbox.ts';
 import { promised } from '../../storage/promised.ts';
+import type { SimStore } from '../../storage/sims.ts';
 import { findPostgres, PostgresServer } from './postgres.ts';
 
 /** What a test reaches in either dialect. */
@@ -75,7 +76,7 @@ const sqliteDialect = (): StoreDialect => {
           return (stmt.reader ? stmt.all(...args) : (stmt.run(...args), [])) as T[];
         },
         commit: async (req) => commit(req),
-        markSeen: async (imsi, at) => stores.simRouting.markSeen(imsi, at),
+        markSeen: async (imsi, at) => (stores.simRouting as SimStore).markSeen(imsi, at),
         credentials: stores.credentials,
         networkSessions: (now, window) =>
           promised(new NetworkSessions(db, now, window), ['applyAll', 'expire', 'forgetOldStops', 'byImsi', 'count', 'list']),
