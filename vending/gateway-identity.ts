@@ -4,7 +4,7 @@ import type { KeyCipher } from './key-cipher.ts';
 import { generateKeyAndCsr, type KeyAlgorithm } from './keys.ts';
 import { arnScope, eventPolicyDocument } from './policy.ts';
 import type { VendingProvider } from './provider.ts';
-import type { DeviceCredentials } from './vendor.ts';
+import { unsealedCredentials, type DeviceCredentials } from './vendor.ts';
 
 export interface GatewayIdentityOptions {
   /** This gateway's name (events.gateway). */
@@ -93,12 +93,6 @@ export class GatewayIdentity {
   }
 
   private credentialsOf(row: GatewayCredentialRow): DeviceCredentials {
-    return {
-      thingName: row.thingName,
-      certificateId: row.certId!,
-      certificatePem: row.certPem!,
-      privateKeyPem: this.o.cipher.decrypt(row.keyEnc, this.owner).toString('utf8'),
-      issuedAt: row.updatedAt,
-    };
+    return unsealedCredentials(row, this.o.cipher, this.owner);
   }
 }

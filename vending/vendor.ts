@@ -26,6 +26,21 @@ export interface DeviceCredentials {
   issuedAt?: number;
 }
 
+/** Credentials from a vended row: its key opened under the label it was sealed with (an IMSI, or the gateway's). */
+export function unsealedCredentials(
+  row: { thingName: string; certId: string | null; certPem: string | null; keyEnc: Buffer; updatedAt: number },
+  cipher: KeyCipher,
+  label: string,
+): DeviceCredentials {
+  return {
+    thingName: row.thingName,
+    certificateId: row.certId!,
+    certificatePem: row.certPem!,
+    privateKeyPem: cipher.decrypt(row.keyEnc, label).toString('utf8'),
+    issuedAt: row.updatedAt,
+  };
+}
+
 /** A SIM's certificate was replaced (rotation). Its upstream session should reconnect with `credentials`. */
 export interface CredentialsRotated {
   imsi: string;
@@ -328,13 +343,7 @@ export class Vendor {
   }
 
   private credentialsOf(row: CredentialRow): DeviceCredentials {
-    return {
-      thingName: row.thingName,
-      certificateId: row.certId!,
-      certificatePem: row.certPem!,
-      privateKeyPem: this.opts.cipher.decrypt(row.keyEnc, row.imsi).toString('utf8'),
-      issuedAt: row.updatedAt,
-    };
+    return unsealedCredentials(row, this.opts.cipher, row.imsi);
   }
 
   /** One run of a SIM's job: vend or resume its generation, or say when to look again. */

@@ -1,7 +1,7 @@
 import { CommandError, EXIT } from '../../admin/cli/exit-codes.ts';
 import { parse, runCommand } from '../../admin/cli/run.ts';
 import type { Config } from '../../config/schema.ts';
-import { openStores } from '../../storage/open.ts';
+import { openConfiguredStores } from '../../admin/cli/stores.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey, loadPreviousMasterKeys, rotateSealedKeys } from '../../vending/master-key.ts';
 
@@ -28,14 +28,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     const previous = loadPreviousMasterKeys({ env: process.env, files: config.security.previousMasterKeyFiles });
     if (previous.length === 0) throw new CommandError('no previous master key configured (security.previousMasterKeyFiles): nothing to rotate from', EXIT.usage);
     const cipher = new KeyCipher(loadMasterKey({ env: process.env, file: config.security.masterKeyFile }), previous);
-    // The gateway's database, whichever it is (SQLite in the data directory, or PostgreSQL at storage.url).
-    const opened = await openStores({
-      dataDir: config.dataDir,
-      url: config.storage.url,
-      synchronous: config.storage.synchronous,
-      connectTimeoutMs: config.storage.connectTimeoutMs,
-      maxConnections: 1,
-    });
+    const opened = await openConfiguredStores(config);
     try {
       const { stores } = opened;
       await checkMasterKey(stores, cipher);

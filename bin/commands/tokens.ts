@@ -2,7 +2,7 @@ import { CommandError, EXIT } from '../../admin/cli/exit-codes.ts';
 import { parse, runCommand } from '../../admin/cli/run.ts';
 import { table, when } from '../../admin/cli/table.ts';
 import type { Config } from '../../config/schema.ts';
-import { openStores } from '../../storage/open.ts';
+import { openConfiguredStores } from '../../admin/cli/stores.ts';
 import { ROLES, type Role } from '../../storage/tokens.ts';
 
 const help = `usage: simbridge tokens <command> [options]
@@ -41,14 +41,7 @@ export function run(args: string[], loadConfig: (file?: string) => Config): Prom
     if (rest.length !== (command === 'revoke' ? 1 : 0)) throw new CommandError(`wrong arguments for "tokens ${command}"\n\n${help}`, EXIT.usage);
 
     const config = loadConfig(values.config);
-    // The gateway's database, whichever it is (SQLite in the data directory, or PostgreSQL at storage.url).
-    const opened = await openStores({
-      dataDir: config.dataDir,
-      url: config.storage.url,
-      synchronous: config.storage.synchronous,
-      connectTimeoutMs: config.storage.connectTimeoutMs,
-      maxConnections: 1,
-    });
+    const opened = await openConfiguredStores(config);
     try {
       const { tokens } = opened.stores;
       switch (command) {
