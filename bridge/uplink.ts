@@ -108,13 +108,13 @@ export class Uplink {
         // Over the network (PostgreSQL) the room is made after this message has to be answered: it is
         // refused, and the device's next attempt finds the room; each drop is still audited and counted.
         void dropping.then((dropped) => Promise.allSettled(this.auditDrops(device, dropped)), () => undefined);
-        throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
+        throw outboxFull();
       }
       const audited = this.auditDrops(device, dropping);
       if (fits()) return audited;
       void Promise.allSettled(audited);
     }
-    throw new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
+    throw outboxFull();
   }
 
   private auditDrops(device: AdmittedDevice, dropped: OutboxMessage[]): Promise<void>[] {
@@ -140,6 +140,8 @@ export class Uplink {
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
   }
 }
+
+const outboxFull = () => new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');
 
 const topicMessages: Record<string, string> = {
   topic_empty: 'topic is empty',

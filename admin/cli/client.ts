@@ -3,6 +3,7 @@ import { request as httpsRequest } from 'node:https';
 import type { Readable } from 'node:stream';
 import type { Config } from '../../config/schema.ts';
 import { CommandError, EXIT, exitCodeForStatus } from './exit-codes.ts';
+import { parse, runCommand } from './run.ts';
 
 export interface ClientFlags {
   url?: string;
@@ -101,4 +102,26 @@ async function readJson(res: IncomingMessage): Promise<unknown> {
   } catch {
     return { message: text.slice(0, 200) };
   }
+}
+
+/**
+ * A command that shows one admin route and takes no arguments (`stats`, `cluster`): its JSON with
+ * --json, else what `render` makes of it.
+ */
+export function runViewCommand<T>(
+  args: string[],
+  loadConfig: (file?: string) => Config,
+  view: { name: string; help: string; route: string; render(value: T): string },
+): Promise<number> {
+  return runCommand(async () => {
+    const { values, positionals } = parse(args, clientOptions, view.help);
+    if (values.help) {
+      console.log(view.help);
+      return EXIT.ok;
+    }
+    if (positionals.length) throw new CommandError(`${view.name} takes no arguments\n\n${view.help}`, EXIT.usage);
+    const value = await AdminClient.from(values, loadConfig).json<T>('GET', view.route);
+    console.log(values.json ? JSON.stringify(value, null, 2) : view.render(value));
+    return EXIT.ok;
+  });
 }

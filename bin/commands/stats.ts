@@ -1,6 +1,4 @@
-import { AdminClient, clientHelp, clientOptions } from '../../admin/cli/client.ts';
-import { CommandError, EXIT } from '../../admin/cli/exit-codes.ts';
-import { parse, runCommand } from '../../admin/cli/run.ts';
+import { clientHelp, runViewCommand } from '../../admin/cli/client.ts';
 import { facts, table, when } from '../../admin/cli/table.ts';
 import type { Config } from '../../config/schema.ts';
 
@@ -20,32 +18,23 @@ interface Stats {
 }
 
 export function run(args: string[], loadConfig: (file?: string) => Config): Promise<number> {
-  return runCommand(async () => {
-    const { values, positionals } = parse(args, clientOptions, help);
-    if (values.help) {
-      console.log(help);
-      return EXIT.ok;
-    }
-    if (positionals.length) throw new CommandError(`stats takes no arguments\n\n${help}`, EXIT.usage);
-    const s = await AdminClient.from(values, loadConfig).json<Stats>('GET', '/v1/stats');
-    if (values.json) console.log(JSON.stringify(s, null, 2));
-    else {
-      console.log(
-        [
-          facts([
-            ['SIMs', `${s.sims.total} (${s.sims.active} active, ${s.sims.suspended} suspended, ${s.sims.terminated} terminated)`],
-            ['bound', s.sims.bound],
-            ['online', s.sims.online],
-            ['network sessions', s.networkSessions],
-            ['certificates', `${s.certificates.ready} ready, ${s.certificates.vending} being vended`],
-            ['outbox', `${s.outbox.depth} message(s) from ${s.outbox.sims} SIM(s)${s.outbox.oldestReceivedAt ? `, oldest ${when(s.outbox.oldestReceivedAt)}` : ''}`],
-            ['dead letters', `${s.deadLetters.total} (${s.deadLetters.last24h} in the last 24 h)`],
-          ]),
-          '',
-          table(['GROUP', 'SIMS', 'ACTIVE', 'BOUND', 'ONLINE'], s.groups.map((g) => [g.group, g.total, g.active, g.bound, g.online])),
-        ].join('\n'),
-      );
-    }
-    return EXIT.ok;
+  return runViewCommand<Stats>(args, loadConfig, {
+    name: 'stats',
+    help,
+    route: '/v1/stats',
+    render: (s) =>
+      [
+        facts([
+          ['SIMs', `${s.sims.total} (${s.sims.active} active, ${s.sims.suspended} suspended, ${s.sims.terminated} terminated)`],
+          ['bound', s.sims.bound],
+          ['online', s.sims.online],
+          ['network sessions', s.networkSessions],
+          ['certificates', `${s.certificates.ready} ready, ${s.certificates.vending} being vended`],
+          ['outbox', `${s.outbox.depth} message(s) from ${s.outbox.sims} SIM(s)${s.outbox.oldestReceivedAt ? `, oldest ${when(s.outbox.oldestReceivedAt)}` : ''}`],
+          ['dead letters', `${s.deadLetters.total} (${s.deadLetters.last24h} in the last 24 h)`],
+        ]),
+        '',
+        table(['GROUP', 'SIMS', 'ACTIVE', 'BOUND', 'ONLINE'], s.groups.map((g) => [g.group, g.total, g.active, g.bound, g.online])),
+      ].join('\n'),
   });
 }
