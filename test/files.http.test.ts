@@ -2,13 +2,14 @@
 // on a test HTTPS server (sandbox CA); sleeping devices find it in their 202 and fetch it from the
 // gateway (GET /v1/files/{id}, HTTP Range; CoAP block-wise with coap-client-notls). One download
 // upstream, exact bytes, and nothing served that does not match its sha256.
-import { CreateJobCommand, ResourceNotFoundException, type IoTClient } from '@aws-sdk/client-iot';
+import type { IoTClient } from '@aws-sdk/client-iot';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFileServer, type FileServer } from '../sandbox/file-server.ts';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
+import { createJobWhenVended } from './helpers/cloud.ts';
 import { coapClient } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
@@ -16,7 +17,6 @@ import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type 
 const IMEI = '490154203237518';
 const DEVICES = Array.from({ length: 50 }, (_, i) => `0010100000009${String(i).padStart(2, '0')}`);
 const STRANGER = '001010000000999';
-const thingArn = (imsi: string) => `arn:aws:iot:us-east-1:123456789012:thing/sim-${imsi}`;
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const coap = findPeer('coap-client-notls', 'libcoap3-bin');
 
@@ -51,17 +51,7 @@ describe('firmware files through the gateway', () => {
     throw new Error(`${imsi} never got ${jobId} in its 202:\n${gateway.output.slice(-3000)}`);
   };
   const getFile = (imsi: string, id: string, extra: Record<string, string> = {}) => fetch(`${base()}/v1/files/${id}`, { headers: { ...headers(imsi), ...extra } });
-  /** CreateJob once every target's thing exists (each is vended on its first request). */
-  const createJob = async (jobId: string, imsis: string[], document: unknown) => {
-    for (let i = 0; ; i++) {
-      try {
-        return await iot.send(new CreateJobCommand({ jobId, targets: imsis.map(thingArn), document: JSON.stringify(document) }));
-      } catch (err) {
-        if (!(err instanceof ResourceNotFoundException) || i > 240) throw err;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
-  };
+  const createJob = (jobId: string, imsis: string[], document: unknown) => createJobWhenVended(iot, jobId, imsis, document);
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);

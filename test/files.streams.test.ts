@@ -4,7 +4,6 @@
 // devices find it in their 202 and fetch it from the gateway, which read it once, block by block, on an
 // upstream session (counted at the sandbox). The sandbox refuses block requests as IoT Core does.
 import {
-  CreateJobCommand,
   CreateStreamCommand,
   DeleteStreamCommand,
   DescribeStreamCommand,
@@ -21,6 +20,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSandbox, type Sandbox } from '../sandbox/index.ts';
 import { sandboxIotClient, vendThing } from '../sandbox/testkit.ts';
+import { createJobWhenVended } from './helpers/cloud.ts';
 import { coapClient } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
@@ -28,7 +28,6 @@ import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type 
 const IMEI = '490154203237518';
 const DEVICES = Array.from({ length: 20 }, (_, i) => `0010100000008${String(i).padStart(2, '0')}`);
 const ROLE = 'arn:aws:iam::123456789012:role/stream-reader';
-const thingArn = (imsi: string) => `arn:aws:iot:us-east-1:123456789012:thing/sim-${imsi}`;
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const BLOCK = 4096;
 const PER_REQUEST = 4;
@@ -66,16 +65,7 @@ describe('firmware from an MQTT-based file delivery stream, through the gateway'
   };
   const getFile = (imsi: string, id: string, extra: Record<string, string> = {}) => fetch(`${base()}/v1/files/${id}`, { headers: { ...headers(imsi), ...extra } });
   const served = async () => ((await (await fetch(`${sandbox.controlEndpoint}/_sandbox/streams`)).json()) as { served: Record<string, { requests: number; blocks: number; bytes: number; rejected: number }> }).served;
-  const createJob = async (jobId: string, imsis: string[], document: unknown) => {
-    for (let i = 0; ; i++) {
-      try {
-        return await iot.send(new CreateJobCommand({ jobId, targets: imsis.map(thingArn), document: JSON.stringify(document) }));
-      } catch (err) {
-        if (!(err instanceof ResourceNotFoundException) || i > 240) throw err;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
-  };
+  const createJob = (jobId: string, imsis: string[], document: unknown) => createJobWhenVended(iot, jobId, imsis, document);
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);

@@ -1,3 +1,4 @@
+import { CreateJobCommand, ResourceNotFoundException, type IoTClient } from '@aws-sdk/client-iot';
 import mqtt, { type MqttClient } from 'mqtt';
 import { readFileSync } from 'node:fs';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
@@ -18,4 +19,20 @@ export async function connectCloudApp(sandbox: SandboxProcess, name = 'cloud-app
     key: app.keyPem,
     reconnectPeriod: 0,
   });
+}
+
+/** The ARN of a SIM's thing in the sandbox's account and region. */
+export const simThingArn = (imsi: string) => `arn:aws:iot:us-east-1:123456789012:thing/sim-${imsi}`;
+
+/** CreateJob once every target's thing exists (each is vended on its SIM's first request). */
+export async function createJobWhenVended(iot: IoTClient, jobId: string, imsis: string[], document: unknown): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await iot.send(new CreateJobCommand({ jobId, targets: imsis.map(simThingArn), document: JSON.stringify(document) }));
+      return;
+    } catch (err) {
+      if (!(err instanceof ResourceNotFoundException) || i > 240) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
 }
