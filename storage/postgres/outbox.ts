@@ -15,74 +15,72 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
  * leases of SIMs no live node holds, and deletes delivered rows only under the lease epoch they were
  * delivered under (a join on the lease table), so a node that lost a lease cannot delete or reorder what
  * another node now delivers.
+ *
+ * Run it inside a transaction: when every SIM inserted for is already held (or there is no fence) it is
+ * one call of migration 013's function; otherwise the inserts, the claim and the deletes in that order.
  */
-export async function commitOnPostgres(db: Queryable, { inserts, deletes }: CommitRequest, fence?: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
-  let ids: number[] = [];
-  let claimed: Gained[] = [];
-  const sims = [...new Set(inserts.map((m) => m.imsi))];
-  if (fence && sims.length) {
-    // Per SIM, one commit at a time across nodes, so row ids follow commit order per SIM and the owner's
-    // cursor never passes a row still to commit. Taken in one order (of the lock keys) by every node.
-    await db.query('SELECT pg_advisory_xact_lock($1, h) FROM (SELECT DISTINCT hashtext(i) AS h FROM unnest($2::text[]) AS i ORDER BY 1) AS s', [SIM_LOCKS, sims]);
-  }
-  if (inserts.length) {
-    // Identity values are drawn in the order the rows are produced (by ordinality): sorted, they match the inputs.
-    const { rows } = await db.query<{ id: number }>(
-      `INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system, user_properties)
-       SELECT imsi, device_topic, payload, qos, received_at, system, user_properties
-       FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::bigint[], $6::int[], $7::text[])
-         WITH ORDINALITY AS m(imsi, device_topic, payload, qos, received_at, system, user_properties, n)
-       ORDER BY n RETURNING id`,
-      [
-        inserts.map((m) => m.imsi),
-        inserts.map((m) => m.deviceTopic),
-        inserts.map((m) => m.payload),
-        inserts.map((m) => m.qos),
-        inserts.map((m) => m.receivedAt),
-        inserts.map((m) => (m.system ? 1 : 0)),
-        inserts.map((m) => m.userProperties ?? null),
-      ],
-    );
-    ids = rows.map((r) => r.id).sort((a, b) => a - b);
-    // The SIMs' last message time rides in the same transaction. Rows are locked in IMSI order, so two
-    // nodes committing for the same SIMs cannot deadlock.
-    const last = new Map<string, number>();
-    for (const m of inserts) if (!m.system) last.set(m.imsi, Math.max(last.get(m.imsi) ?? 0, m.receivedAt));
-    if (last.size) {
-      const sims = [...last.keys()].sort();
-      await db.query(
-        `UPDATE sims SET last_seen_at = greatest(coalesce(sims.last_seen_at, 0), v.at)
-         FROM unnest($1::text[], $2::bigint[]) AS v(imsi, at) WHERE sims.imsi = v.imsi`,
-        [sims, sims.map((s) => last.get(s)!)],
-      );
-    }
-  }
-  if (fence && sims.length) ({ claimed } = await fence.claim(db, sims, ids));
-  let deleted: number[] = [];
-  if (deletes.length) {
-    // The fence: a delivered row goes only while this node still holds its SIM at the epoch it was
-    // delivered under. A node that lost the SIM deletes nothing of it; the new owner delivers it again.
-    const { rows } = fence
-      ? await db.query<{ id: number }>(
-          `DELETE FROM outbox o USING unnest($1::bigint[], $2::bigint[]) AS d(id, epoch), sim_leases l
-           WHERE o.id = d.id AND l.imsi = o.imsi AND l.owner = $3 AND l.epoch = d.epoch RETURNING o.id`,
-          [deletes, fence.epochs(deletes), fence.node],
-        )
-      : await db.query<{ id: number }>('DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id', [deletes]);
-    const gone = new Set(rows.map((r) => r.id));
-    deleted = deletes.filter((id) => gone.has(id));
-  }
+export async function commitOnPostgres(db: Queryable, req: CommitRequest, fence?: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
+  const sims = fence ? unheld(req, fence) : [];
+  if (!fence || sims.length === 0) return { ...(await commitCall(db, req, fence)), claimed: [] };
+  const { ids } = await commitCall(db, { inserts: req.inserts, deletes: [] }, fence);
+  const { claimed } = await fence.claim(db, [...new Set(req.inserts.map((m) => m.imsi))], ids);
+  const { deleted } = await commitCall(db, { inserts: [], deletes: req.deletes }, fence);
   return { ids, deleted, claimed };
+}
+
+/** SIMs inserted for that this node does not hold (yet): the commit must try to claim them. */
+function unheld({ inserts }: CommitRequest, fence: CommitFence): string[] {
+  const sims = new Set<string>();
+  for (const m of inserts) if (!fence.holds(m.imsi)) sims.add(m.imsi);
+  return [...sims];
 }
 
 // The first key of the per-SIM commit locks: apart from any other advisory lock.
 const SIM_LOCKS = 0x53494d;
 
+/**
+ * One call of simbridge_outbox_commit (migration 013): locks, inserts, last-seen times, deletes. Outside
+ * a transaction it is a transaction of its own, committed before the server answers (an error, had the
+ * commit failed): the answer is the acknowledgement.
+ */
+async function commitCall(db: Queryable, { inserts, deletes }: CommitRequest, fence: CommitFence | undefined): Promise<Omit<CommitResult, 'seconds'>> {
+  const n = inserts.length;
+  const imsis = new Array<string>(n);
+  const topics = new Array<string>(n);
+  const payloads = new Array<Buffer>(n);
+  const qos = new Array<number>(n);
+  const received = new Array<number>(n);
+  const systems = new Array<number>(n);
+  const properties = new Array<string | null>(n);
+  for (let i = 0; i < n; i++) {
+    const m = inserts[i]!;
+    imsis[i] = m.imsi;
+    topics[i] = m.deviceTopic;
+    payloads[i] = m.payload;
+    qos[i] = m.qos;
+    received[i] = m.receivedAt;
+    systems[i] = m.system ? 1 : 0;
+    properties[i] = m.userProperties ?? null;
+  }
+  const [deleteImsis, deleteEpochs] = fence && deletes.length ? fence.deliveredUnder(deletes) : [[], []];
+  const { rows } = await db.query<{ ids: string[]; deleted: string[] }>({
+    name: 'simbridge_outbox_commit',
+    text: 'SELECT ids, deleted FROM simbridge_outbox_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)',
+    values: [imsis, topics, payloads, qos, received, systems, properties, fence && n ? SIM_LOCKS : null, deletes, deleteImsis, deleteEpochs, fence?.node ?? null],
+  });
+  // bigint[] comes back as text; every id stored is below 2^53.
+  const { ids, deleted } = rows[0]!;
+  const gone = new Set(deleted.map(Number));
+  return { ids: ids.map(Number), deleted: deletes.filter((id) => gone.has(id)) };
+}
+
 /** The cluster's part in a commit on PostgreSQL (storage/postgres/cluster.ts). */
 export interface CommitFence {
   node: string;
-  /** Per delivered row, the lease epoch it was delivered under (null: under none, so it stays). */
-  epochs(ids: number[]): Array<number | null>;
+  /** Whether this node holds the SIM now: a commit inserting only for held SIMs claims nothing. */
+  holds(imsi: string): boolean;
+  /** Per delivered row, its SIM and the lease epoch it was delivered under (null: under none, so it stays). */
+  deliveredUnder(ids: number[]): [imsis: Array<string | null>, epochs: Array<number | null>];
   /** Inside the transaction, after the inserts: takes free leases; tells the owners of the others. */
   claim(c: Queryable, imsis: string[], ownIds: number[]): Promise<{ claimed: Gained[]; foreign: string[] }>;
   /** After COMMIT, before the outbox hears of it: the SIMs claimed are held, the deletes settled. */
@@ -91,15 +89,17 @@ export interface CommitFence {
 
 /**
  * Group commit on PostgreSQL: the outbox hands over everything gathered while the previous commit was
- * on its way, and it goes in one transaction on one pooled connection (no writer thread: the wait is on
- * the network, not on this event loop).
+ * on its way. When it claims no lease it is one call on a pooled connection, a transaction by itself;
+ * otherwise one transaction on one connection (no writer thread: the wait is on the network, not on this
+ * event loop).
  */
 export function postgresWriter(pool: Pool, observe: (seconds: number) => void = () => undefined, fence: () => CommitFence | undefined = () => undefined): CommitWriter {
   return {
     async commit(req) {
       const started = performance.now();
       const f = fence();
-      const { claimed, ...result } = await transaction(pool, (c) => commitOnPostgres(c, req, f));
+      const { claimed, ...result } =
+        f && unheld(req, f).length ? await transaction(pool, (c) => commitOnPostgres(c, req, f)) : { ...(await commitCall(pool, req, f)), claimed: [] };
       f?.committed(claimed, req.deletes);
       const seconds = (performance.now() - started) / 1000;
       observe(seconds);
@@ -144,7 +144,7 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
 
   private cluster: ClusterNode | undefined;
   /** Delivered rows waiting for their delete, with the lease epoch each was delivered under. */
-  private readonly deliveredUnder = new Map<number, number | null>();
+  private readonly deliveredUnder = new Map<number, { imsi: string; epoch: number | null }>();
   private readonly wakeListeners: Array<(imsi: string) => void> = [];
   /** SIMs taken over: their next read starts at the oldest row (see peek). */
   private readonly rewind = new Set<string>();
@@ -178,7 +178,11 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     if (!node) return undefined;
     return {
       node: node.nodeId,
-      epochs: (ids) => ids.map((id) => this.deliveredUnder.get(id) ?? null),
+      holds: (imsi) => node.owns(imsi),
+      deliveredUnder: (ids) => {
+        const under = ids.map((id) => this.deliveredUnder.get(id));
+        return [under.map((u) => u?.imsi ?? null), under.map((u) => u?.epoch ?? null)];
+      },
       claim: (c, imsis, ownIds) => node.claimInCommit(c, imsis, ownIds),
       committed: (claimed, deletes) => {
         for (const id of deletes) this.deliveredUnder.delete(id);
@@ -238,7 +242,7 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
 
   override remove(rows: OutboxMessage[]): void {
     const node = this.cluster;
-    if (node) for (const r of rows) this.deliveredUnder.set(r.id, node.epochOf(r.imsi) ?? null);
+    if (node) for (const r of rows) this.deliveredUnder.set(r.id, { imsi: r.imsi, epoch: node.epochOf(r.imsi) ?? null });
     super.remove(rows);
   }
 

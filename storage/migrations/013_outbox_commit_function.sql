@@ -1,0 +1,2 @@
+-- Nothing to do on SQLite: its outbox commits on a writer thread next to the database file
+-- (storage/outbox-commit.ts). PostgreSQL's twin makes the commit one call, one round trip over the network.
