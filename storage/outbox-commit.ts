@@ -1,6 +1,6 @@
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
-import { WorkerCalls, siblingModule } from '../lib/worker-calls.ts';
+import { packBytes, WorkerCalls, siblingModule } from '../lib/worker-calls.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {
@@ -55,7 +55,10 @@ export function workerWriter(db: OpenOptions, observe: (seconds: number) => void
   const calls = new WorkerCalls<CommitRequest>(siblingModule(import.meta.url, 'outbox-writer'), { workerData: db, keepAlive: true });
   return {
     async commit(req) {
-      const result = await calls.call<CommitResult>(req);
+      // The rows travel with copies of their payloads (packBytes): the outbox keeps the originals.
+      const { views, transfer } = packBytes(req.inserts.map((m) => m.payload));
+      const posted: CommitRequest = { inserts: req.inserts.map((m, i) => ({ ...m, payload: views[i] })), deletes: req.deletes };
+      const result = await calls.call<CommitResult>(posted, transfer);
       observe(result.seconds);
       return result;
     },

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { WorkerCalls } from '../lib/worker-calls.ts';
+import { packBytes, WorkerCalls } from '../lib/worker-calls.ts';
 import type { EchoRequest } from './helpers/worker-echo.ts';
 
 const echo = new URL('./helpers/worker-echo.ts', import.meta.url);
@@ -26,6 +26,25 @@ describe('worker threads running a TypeScript module (WorkerCalls)', () => {
     await expect(c.call({ op: 'fail', message: 'refused' })).rejects.toThrow('refused');
     await c.call({ op: 'event', value: 'news' });
     expect(events).toEqual([{ value: 'news' }]);
+  });
+
+  it('moves packed bytes to the thread: only the bytes themselves travel, and the caller keeps its own', async () => {
+    const c = calls<EchoRequest>(echo);
+    // Payloads as sockets hand them over: small views into one large read.
+    const read = Buffer.alloc(65536, 'x');
+    read.write('first', 100);
+    read.write('second', 4000);
+    const payloads = [read.subarray(100, 105), read.subarray(4000, 4006)];
+    const { views, transfer } = packBytes(payloads);
+    const answer = c.call<Array<[string, number]>>({ op: 'bytes', views }, transfer);
+    // Only the 11 packed bytes travelled (a clone would have taken the 64 KB read along)...
+    expect(await answer).toEqual([
+      ['first', 11],
+      ['second', 11],
+    ]);
+    // ...moved, not cloned: the packed buffer is gone from this thread; the originals are untouched.
+    expect(transfer[0].byteLength).toBe(0);
+    expect(payloads.map(String)).toEqual(['first', 'second']);
   });
 
   it('refuses to be ready when the module fails to load', async () => {

@@ -2,7 +2,7 @@
 // event loop that does nothing else, and passes what arrives to the main thread in batches.
 import { createSocket, type Socket } from 'node:dgram';
 import { workerData } from 'node:worker_threads';
-import { asBuffer, postEvent, serveCalls } from '../../lib/worker-calls.ts';
+import { asBuffer, packBytes, postEvent, serveCalls } from '../../lib/worker-calls.ts';
 
 export type DatagramRequest =
   | { op: 'bind'; type: 'udp4' | 'udp6'; host: string; port: number; recvBufferSize: number }
@@ -29,7 +29,9 @@ function flush(): void {
   Atomics.add(queued, 0, batchBytes);
   batch = [];
   batchBytes = 0;
-  postEvent({ kind: 'datagrams', batch: out, dropped } satisfies DatagramEvent);
+  const { views, transfer } = packBytes(out.map(([payload]) => payload));
+  for (let i = 0; i < out.length; i++) out[i][0] = views[i];
+  postEvent({ kind: 'datagrams', batch: out, dropped } satisfies DatagramEvent, transfer);
   dropped = 0;
 }
 

@@ -105,8 +105,11 @@ export class ThreadedDatagramSocket extends Socket {
     const out = this.outgoing;
     this.outgoing = [];
     if (out.length === 0) return;
-    this.calls.call<Array<string | null>>({ op: 'send', items: out.map((o) => o.item) }).then(
-      (errors) => out.forEach((o, i) => o.cb?.(errors[i] ? new Error(errors[i]!) : null, o.item[0].length)),
+    const sizes = out.map((o) => o.item[0].byteLength);
+    // The copies move to the thread rather than being cloned again (packBytes in worker-calls.ts).
+    const moved = out.map((o) => o.item[0].buffer as ArrayBuffer);
+    this.calls.call<Array<string | null>>({ op: 'send', items: out.map((o) => o.item) }, moved).then(
+      (errors) => out.forEach((o, i) => o.cb?.(errors[i] ? new Error(errors[i]!) : null, sizes[i])),
       (err: Error) => out.forEach((o) => o.cb?.(err)),
     );
   }

@@ -12,7 +12,7 @@ const crt = patchCrtCallbacks();
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
 const connections = new Map<number, mqtt.MqttClientConnection>();
 
-const send: (event: LinkEvent) => void = postEvent;
+const send: (event: LinkEvent, transfer?: ArrayBuffer[]) => void = postEvent;
 const text = (err: unknown) => String((err as Error)?.message ?? err);
 const crtQos = (qos: 0 | 1) => (qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
 
@@ -63,7 +63,8 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
         // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
         // later ones find it detached (copying throws): that message is already with the first handler.
         try {
-          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(payload.slice(0)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1, retain });
+          const bytes = payload.slice(0);
+          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(bytes), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1, retain }, [bytes]);
         } catch {
           // already delivered through an overlapping subscription
         }

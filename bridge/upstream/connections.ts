@@ -1,4 +1,4 @@
-import { asBuffer, WorkerCalls, siblingModule } from '../../lib/worker-calls.ts';
+import { asBuffer, packBytes, WorkerCalls, siblingModule } from '../../lib/worker-calls.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {
@@ -77,8 +77,8 @@ class ConnectionThread {
     },
   });
 
-  request(req: LinkRequest): Promise<number | undefined> {
-    return this.calls.call(req);
+  request(req: LinkRequest, transfer?: readonly ArrayBuffer[]): Promise<number | undefined> {
+    return this.calls.call(req, transfer);
   }
 
   /** Asks the thread for something at shutdown, waiting a bounded time. */
@@ -133,7 +133,9 @@ export function connectionThreads(count: number): UpstreamLink {
       }
       return {
         publish: async (topic, payload, qos) => {
-          await thread.request({ op: 'publish', conn, topic, payload, qos });
+          // A copy moves to the thread (packBytes): the outbox keeps the payload until the PUBACK.
+          const { views, transfer } = packBytes([payload]);
+          await thread.request({ op: 'publish', conn, topic, payload: views[0], qos }, transfer);
         },
         subscribe: async (filter, qos, handler) => {
           // Subscribing again to a filter replaces its callback upstream, so here too.
