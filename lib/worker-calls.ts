@@ -47,9 +47,8 @@ export class WorkerCalls<Req, Event = never> {
   /** Settles once the current thread has loaded its module (or died first). */
   private loaded: Promise<void> = Promise.resolve();
   private seq = 0;
-  /** Calls made this turn, posted together at its end, and the buffers they move to the thread. */
+  /** Calls made this turn, posted together at its end. */
   private outgoing: Array<Call<Req>> = [];
-  private moving: ArrayBuffer[] = [];
   private readonly waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
 
   constructor(
@@ -67,24 +66,20 @@ export class WorkerCalls<Req, Event = never> {
     return this.loaded;
   }
 
-  /** `transfer`: buffers the request moves to the thread (packBytes); unusable here afterwards. */
-  call<T>(req: Req, transfer: readonly ArrayBuffer[] = []): Promise<T> {
+  call<T>(req: Req): Promise<T> {
     this.worker ??= this.start();
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve: resolve as (value: unknown) => void, reject });
-      for (const b of transfer) this.moving.push(b);
       if (this.outgoing.push({ seq, req }) === 1) queueMicrotask(() => this.post());
     });
   }
 
   private post(): void {
     const calls = this.outgoing;
-    const moving = this.moving;
     this.outgoing = [];
-    this.moving = [];
     // A thread lost meanwhile has failed these calls already (they were waiting).
-    if (this.worker && calls.length > 0) this.worker.postMessage(calls, moving);
+    if (this.worker && calls.length > 0) this.worker.postMessage(calls);
   }
 
   async stop(): Promise<void> {
@@ -160,34 +155,25 @@ export function serveCalls<Req>(handler: (req: Req) => unknown): void {
   parentPort!.postMessage({ ready: true });
 }
 
-/** A Buffer posted to or from a thread arrives as a plain Uint8Array: a Buffer over the same bytes. */
-export function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-/** The worker's side: something that is not the answer to a call (`transfer`: as for call()). */
-export function postEvent(event: unknown, transfer: readonly ArrayBuffer[] = []): void {
+/** The worker's side: something that is not the answer to a call. */
+export function postEvent(event: unknown): void {
   // Answers given before the event arrive before it, as they were given.
   postAnswers();
-  parentPort!.postMessage({ event }, [...transfer]);
+  parentPort!.postMessage({ event });
 }
 
 /**
- * Byte views copied into one new buffer, to be moved to the other thread rather than cloned: a
- * structured clone copies a view's whole backing store, so a 200-byte payload sliced from a socket's
- * 64 KB read would cost a 64 KB copy (8 KB from Node's Buffer pool). Packed, each byte is copied once.
+ * Bytes as they travel between threads: a latin1 string, one character per byte. A structured clone
+ * copies a Buffer's whole backing store (a payload sliced from a socket read takes the read along, one
+ * from Node's Buffer pool its 8 KB) and gives each one a backing store of its own on arrival; a one-byte
+ * string is copied as itself into the other thread's heap. Posting 20 payloads of 200 bytes cost
+ * about 2 µs each this way, 4 to 100 µs as Buffers (bench/results/changes.md).
  */
-export function packBytes(views: readonly Uint8Array[]): { views: Buffer[]; transfer: ArrayBuffer[] } {
-  let total = 0;
-  for (const v of views) total += v.byteLength;
-  const packed = new ArrayBuffer(total);
-  const target = new Uint8Array(packed);
-  let at = 0;
-  const out = views.map((v) => {
-    target.set(v, at);
-    const copy = Buffer.from(packed, at, v.byteLength);
-    at += v.byteLength;
-    return copy;
-  });
-  return { views: out, transfer: [packed] };
+export function bytesToPost(bytes: Uint8Array): string {
+  return (Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)).toString('latin1');
+}
+
+/** The other side of bytesToPost: the bytes again, as a Buffer. */
+export function postedBytes(text: string): Buffer {
+  return Buffer.from(text, 'latin1');
 }
