@@ -166,8 +166,8 @@ export function postEvent(event: unknown): void {
  * Bytes as they travel between threads: a latin1 string, one character per byte. A structured clone
  * copies a Buffer's whole backing store (a payload sliced from a socket read takes the read along, one
  * from Node's Buffer pool its 8 KB) and gives each one a backing store of its own on arrival; a one-byte
- * string is copied as itself into the other thread's heap. Posting 20 payloads of 200 bytes cost
- * about 2 µs each this way, 4 to 100 µs as Buffers (bench/results/changes.md).
+ * string is copied as itself into the other thread's heap: 0.6 µs per 200-byte payload against 12 µs
+ * as slices of 16 KB reads (bench/results/thread-bytes.md).
  */
 export function bytesToPost(bytes: Uint8Array): string {
   return (Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)).toString('latin1');
