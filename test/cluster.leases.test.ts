@@ -166,6 +166,28 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
     }
   });
 
+  it('the holder\'s own commits, one call each with no transaction around them, wait for the SIM\'s commit lock too', async () => {
+    const url = await server.database();
+    const a = await node(url, 'a');
+    await a.outbox.enqueue(msg(X, 'first'));
+    expect(a.cluster.owns(X)).toBe(true);
+    const holder = await a.pool.connect();
+    await holder.query('BEGIN');
+    await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [0x53494d, X]);
+    let done = false;
+    const next = a.outbox.enqueue(msg(X, 'waits')).then((id) => ((done = true), id));
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      expect(done).toBe(false);
+      await holder.query('COMMIT');
+      expect(await next).toBeGreaterThan(0);
+      expect((await rowsOf(a.pool, X)).length).toBe(2);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+    }
+  });
+
   it('a restarted node (same id) raises the epochs of what it held, so the process before it can delete nothing', async () => {
     const url = await server.database();
     const a = await node(url, 'a');
