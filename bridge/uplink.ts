@@ -58,9 +58,13 @@ export class Uplink {
     const group = device.sim.group;
     try {
       this.check(protocol, device, deviceTopic, payload, qos);
+      // Several nodes: a SIM another node holds is counted from the database once (later from memory).
+      // Every message waiting here waits for the same read, so a device's messages keep their order.
+      const counting = this.opts.outbox.quotaReady(device.sim.imsi);
+      if (counting) await counting.catch((err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `outbox quota not checked: ${err.message}`)));
       // Audits of rows dropped to make room (none, nearly always: no promise then).
       const drops = this.makeRoom(device, payload.length);
-      // Enqueued before anything is awaited: a device's messages keep their order.
+      // Enqueued before anything else is awaited: a device's messages keep their order.
       const msg: NewMessage = { imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() };
       if (userProperties !== undefined) msg.userProperties = userProperties;
       const committed = this.opts.outbox.enqueue(msg);
@@ -92,7 +96,7 @@ export class Uplink {
     const { outbox } = this.opts;
     const { imsi } = device.sim;
     const fits = () => {
-      const mine = outbox.usage(imsi);
+      const mine = outbox.quotaUsage(imsi);
       const all = outbox.usage();
       return (
         mine.rows + 1 <= q.perDeviceMaxRows &&
