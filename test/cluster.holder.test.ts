@@ -162,6 +162,20 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
       expect(report.status, await report.clone().text()).toBe(200);
       expect(await report.json()).toMatchObject({ status: 'accepted', jobId: 'fw-4-2', execution: { status: 'SUCCEEDED' } });
       expect(await owner(imsi)).toBe('node-c');
+
+      // Back through node A, which held its session before: A subscribes again (it let go when the SIM
+      // left), so a command sent now is held, and reaches the device through node B.
+      await until('the SIM back on node A', async () => {
+        expect((await fetch(`http://127.0.0.1:${a.httpPort}/v1/downlink`, { headers: headers(imsi) })).status).toBe(200);
+        return (await owner(imsi)) === 'node-a';
+      });
+      await until('a second command held for the device', async () => {
+        await cloud.publishAsync(`devices/${thing}/commands/stop`, 'stop', { qos: 1 });
+        await new Promise((r) => setTimeout(r, 200));
+        return Number((await db.query<{ n: number }>("SELECT count(*) AS n FROM downlink WHERE imsi = $1 AND topic = 'commands/stop'", [imsi])).rows[0]!.n) > 0;
+      });
+      const again = (await (await fetch(`http://127.0.0.1:${b.httpPort}/v1/downlink`, { headers: headers(imsi) })).json()) as { messages: Accepted['downlink'] };
+      expect(again.messages.map((m) => m.topic)).toContain('commands/stop');
     } finally {
       watching = false;
       await watch;
