@@ -10,11 +10,14 @@ import { sandboxIotClient } from '../sandbox/testkit.ts';
 import { openPostgres, type Pool } from '../storage/postgres/connect.ts';
 import { runCli } from './helpers/cli.ts';
 import { connectCloudApp, createJobWhenVended } from './helpers/cloud.ts';
+import { coapClient } from './helpers/datagram.ts';
+import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const bin = findPostgres();
+const coap = findPeer('coap-client-notls', 'libcoap3-bin');
 const IMEI = '490154203237518';
 const PER_DEVICE_ROWS = 5;
 
@@ -50,6 +53,7 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
     mkdirSync(nodeDir, { recursive: true });
     const { file } = await gatewayConfig(nodeDir, sandbox, {
       storage: { url, outbox: { perDeviceMaxRows: PER_DEVICE_ROWS } },
+      listeners: { coap: {} },
       cluster: { heartbeatMs: 500, leaseMs: 2000 },
       groups: {
         default: {},
@@ -73,6 +77,25 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
       await new Promise((r) => setTimeout(r, 100));
     }
   };
+  /** Watches IoT Core's connections of one client id until stopped; resolves with the most seen at once. */
+  const watchConnections = (clientId: string) => {
+    let most = 0;
+    let watching = true;
+    const watch = (async () => {
+      while (watching) {
+        most = Math.max(most, (await sandboxState()).connections.filter((x) => x.clientId === clientId).length);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    })();
+    return async () => {
+      watching = false;
+      await watch;
+      return most;
+    };
+  };
+  const sandboxState = async () => (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number; connections: Array<{ clientId: string }> };
+  const heldFor = async (imsi: string, topic: string) =>
+    Number((await db.query<{ n: number }>('SELECT count(*) AS n FROM downlink WHERE imsi = $1 AND topic = $2', [imsi, topic])).rows[0]!.n) > 0;
   const register = async (imsi: string, group: string) => {
     const res = await fetch(`http://127.0.0.1:${nodes[0]!.adminPort}/v1/sims`, {
       method: 'POST',
@@ -111,16 +134,9 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
     const imsi = '001010000018001';
     const thing = `sim-${imsi}`;
     await register(imsi, 'fleet');
-    const state = async () => (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number; connections: Array<{ clientId: string }> };
-    const takeoversBefore = (await state()).takeovers;
+    const takeoversBefore = (await sandboxState()).takeovers;
+    const stopWatching = watchConnections(thing);
     let most = 0;
-    let watching = true;
-    const watch = (async () => {
-      while (watching) {
-        most = Math.max(most, (await state()).connections.filter((x) => x.clientId === thing).length);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    })();
     try {
       // Node A takes the SIM with the device's first message, and delivers it.
       expect((await post(a, imsi, 'via-a')).status).toBe(202);
@@ -144,7 +160,7 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
       await until('a command held for the device', async () => {
         await cloud.publishAsync(`devices/${thing}/commands/reboot`, `reboot-${++sent}`, { qos: 1 });
         await new Promise((r) => setTimeout(r, 200));
-        return Number((await db.query<{ n: number }>('SELECT count(*) AS n FROM downlink WHERE imsi = $1', [imsi])).rows[0]!.n) > 0;
+        return heldFor(imsi, 'commands/reboot');
       });
       // ... and reaches it through node C.
       const polled = await fetch(`http://127.0.0.1:${c.httpPort}/v1/downlink`, { headers: headers(imsi) });
@@ -172,13 +188,12 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
       await until('a second command held for the device', async () => {
         await cloud.publishAsync(`devices/${thing}/commands/stop`, 'stop', { qos: 1 });
         await new Promise((r) => setTimeout(r, 200));
-        return Number((await db.query<{ n: number }>("SELECT count(*) AS n FROM downlink WHERE imsi = $1 AND topic = 'commands/stop'", [imsi])).rows[0]!.n) > 0;
+        return heldFor(imsi, 'commands/stop');
       });
       const again = (await (await fetch(`http://127.0.0.1:${b.httpPort}/v1/downlink`, { headers: headers(imsi) })).json()) as { messages: Accepted['downlink'] };
       expect(again.messages.map((m) => m.topic)).toContain('commands/stop');
     } finally {
-      watching = false;
-      await watch;
+      most = await stopWatching();
     }
     // Every message it sent arrived, whichever node took it.
     const sentUp = ['via-a', ...Array.from({ length: 40 }, (_, i) => `via-b-${i}`)];
@@ -186,8 +201,43 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
     expect(arrived.has('via-a')).toBe(true);
     expect(sentUp.filter((p) => p.startsWith('via-b-') && arrived.has(p)).length).toBeGreaterThan(0);
     expect(most).toBe(1);
-    expect((await state()).takeovers).toBe(takeoversBefore);
+    expect((await sandboxState()).takeovers).toBe(takeoversBefore);
   }, 120_000);
+
+  it.skipIf(!coap)('over CoAP through other nodes the same: its SIM follows it, its held command reaches it', async () => {
+    const [a, b, c] = nodes as [GatewayProcess, GatewayProcess, GatewayProcess];
+    const imsi = '001010000018004';
+    const thing = `sim-${imsi}`;
+    await register(imsi, 'fleet');
+    const reading = async (node: GatewayProcess) => {
+      const run = await coapClient(coap!, ['-m', 'post', '-e', 'reading', `coap://127.0.0.1:${node.coapPort}/topics/meter?imsi=${imsi}&imei=${IMEI}`]);
+      expect(run.code, run.out).toBe(0);
+      expect(run.out).not.toMatch(/[45]\.\d\d/);
+      return run.out.trim() ? (JSON.parse(run.out.trim()) as { downlink: Accepted['downlink'] }) : undefined;
+    };
+    const takeoversBefore = (await sandboxState()).takeovers;
+    const stopWatching = watchConnections(thing);
+    let most = 0;
+    try {
+      expect((await post(a, imsi, 'coap-first-via-a')).status).toBe(202);
+      expect(await owner(imsi)).toBe('node-a');
+      await until('the SIM on node B', async () => {
+        await reading(b);
+        return (await owner(imsi)) === 'node-b';
+      });
+      await until('a command held for the device', async () => {
+        await cloud.publishAsync(`devices/${thing}/commands/open`, 'open', { qos: 1 });
+        await new Promise((r) => setTimeout(r, 200));
+        return heldFor(imsi, 'commands/open');
+      });
+      const answer = await reading(c);
+      expect(answer?.downlink.map((m) => m.topic)).toContain('commands/open');
+    } finally {
+      most = await stopWatching();
+    }
+    expect(most).toBe(1);
+    expect((await sandboxState()).takeovers).toBe(takeoversBefore);
+  }, 60_000);
 
   it('its outbox quota counts what waits for it on every node: writing through another node is refused at the quota', async () => {
     const [a, b, c] = nodes as [GatewayProcess, GatewayProcess, GatewayProcess];
