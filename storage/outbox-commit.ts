@@ -1,10 +1,16 @@
 import type { Db, OpenOptions } from './db.ts';
 import type { NewMessage } from './outbox.ts';
-import { WorkerCalls, siblingModule } from '../lib/worker-calls.ts';
+import { bytesToPost, WorkerCalls, siblingModule } from '../lib/worker-calls.ts';
 
 /** One group commit: new rows, and rows delivered upstream to delete. */
 export interface CommitRequest {
   inserts: NewMessage[];
+  deletes: number[];
+}
+
+/** A commit as it travels to the writer thread: payloads as text (bytesToPost). */
+export interface PostedCommit {
+  inserts: Array<Omit<NewMessage, 'payload'> & { payload: string }>;
   deletes: number[];
 }
 
@@ -52,10 +58,11 @@ export interface CommitWriter {
  */
 export function workerWriter(db: OpenOptions, observe: (seconds: number) => void = () => undefined): CommitWriter {
   // A writer that died takes its open commits with it (not acknowledged); the next commit starts another.
-  const calls = new WorkerCalls<CommitRequest>(siblingModule(import.meta.url, 'outbox-writer'), { workerData: db, keepAlive: true });
+  const calls = new WorkerCalls<PostedCommit>(siblingModule(import.meta.url, 'outbox-writer'), { workerData: db, keepAlive: true });
   return {
     async commit(req) {
-      const result = await calls.call<CommitResult>(req);
+      const posted: PostedCommit = { inserts: req.inserts.map((m) => ({ ...m, payload: bytesToPost(m.payload) })), deletes: req.deletes };
+      const result = await calls.call<CommitResult>(posted);
       observe(result.seconds);
       return result;
     },
