@@ -7,4 +7,4 @@ import { postedBytes, serveCalls } from '../lib/worker-calls.ts';
 
 const commit = committer(openDatabase(workerData as OpenOptions));
 
-serveCalls<PostedCommit>((req) => commit({ inserts: req.inserts.map((m) => ({ ...m, payload: postedBytes(m.payload) })), deletes: req.deletes }));
+serveCalls<PostedCommit>((req) => commit({ ...req, inserts: req.inserts.map((m) => ({ ...m, payload: postedBytes(m.payload) })) }));
