@@ -122,6 +122,19 @@ export abstract class GroupCommitOutbox {
     return { ...(this.perSim.get(imsi) ?? { rows: 0, bytes: 0 }) };
   }
 
+  /** Rows and payload bytes waiting for one SIM across every node sharing the database, for its quotas. */
+  quotaUsage(imsi: string): Usage {
+    return this.usage(imsi);
+  }
+
+  /**
+   * Before quotaUsage answers for this SIM: undefined when it answers now (always, on one node), else a
+   * read of the SIM's count to wait for (a SIM another node holds, not counted here yet).
+   */
+  quotaReady(_imsi: string): Promise<void> | undefined {
+    return undefined;
+  }
+
   protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
