@@ -40,7 +40,8 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
-    configFile = (await gatewayConfig(dir, sandbox)).file;
+    // One test here checks the modes of the SQLite file and its WAL: this gateway stays on SQLite in every storage mode.
+    configFile = (await gatewayConfig(dir, sandbox, { keepSqlite: true })).file;
     // Info level: the lines that used to carry identifiers inside topics and errors are info and warn.
     patchConfig(configFile, (cfg) => (cfg.log = { level: 'info' }));
     gateway = await startGatewayProcess(configFile);
@@ -103,7 +104,8 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
 
   it('is not ready while the data directory lacks room for commits', async () => {
     const sub = tempDir('operator-full');
-    const file = (await gatewayConfig(sub, sandbox)).file;
+    // Room for commits in the data directory is a SQLite concern: this gateway stays on SQLite in every storage mode.
+    const file = (await gatewayConfig(sub, sandbox, { keepSqlite: true })).file;
     // More than any disk here has free: the gateway starts, and must say it cannot take messages.
     patchConfig(file, (cfg) => (cfg.storage = { minFreeMb: 1024 ** 3 }));
     const full = await startGatewayProcess(file);
