@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
-import { httpFrom } from './helpers/http.ts';
+import { httpFrom, withoutNodeLabel } from './helpers/http.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
 
@@ -249,7 +249,7 @@ describe('admin API access control', () => {
     expect((await call('127.0.0.1', 'GET', '/healthz')).body).toEqual({ status: 'ok' });
     expect((await call('127.0.0.1', 'GET', '/readyz')).status).toBe(200);
     const metrics = await call('127.0.0.1', 'GET', '/metrics');
-    expect(metrics.body).toContain('simbridge_admin_auth_failures_total{reason="missing_token"}');
+    expect(withoutNodeLabel(metrics.body)).toContain('simbridge_admin_auth_failures_total{reason="missing_token"}');
   });
 
   it('deletes audit events and dead letters past their age when retention runs', async () => {

@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { decodeBatch } from '../docs/examples/decode-batch.mjs';
 import { closed, connectDevice, deviceOptions, Observer, type Received } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { gatewayState } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
@@ -178,7 +179,7 @@ describe('batching for sleepy senders', () => {
     expect(dropped).toHaveLength(2);
     expect(strictLeft).toEqual({ n: 3 });
     await new Promise((r) => setTimeout(r, 100));
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_messages_dropped_total\{group="lossy",reason="outbox_full"\} 2/);
     expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="outbox_full"\} 1/);
   });

@@ -12,6 +12,7 @@ import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer, type Received } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
 import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
@@ -188,7 +189,7 @@ describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
     expect(eventsOf(observer.messages, 'network_session_stop')[0]).toMatchObject({ cause: 'stop', session: { ip: '127.0.0.9', acctSessionId: 'acct-events-1' } });
     // Delivered events leave the outbox.
     expect(await gatewayRows(dir)).toBe(0);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_events_published_total\{kind="message_dropped_quota"\} 2/);
     expect(metrics).toMatch(/simbridge_events_published_total\{kind="imei_mismatch"\} 1/);
     expect(metrics).toMatch(/simbridge_events_queued 0/);

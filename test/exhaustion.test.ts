@@ -3,6 +3,7 @@ import net from 'node:net';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { withGatewayState } from './helpers/storage-mode.ts';
 import { closed, connectFrom, deviceOptions, Observer } from './helpers/mqtt.ts';
 
@@ -44,7 +45,7 @@ describe('a device cannot exhaust the gateway', () => {
   const open: MqttClient[] = [];
 
   const metric = async (reason: string, protocol: string) => {
-    const text = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const text = await scrapeMetrics(gateway.adminPort);
     const m = text.match(new RegExp(`simbridge_refusals_total\\{protocol="${protocol}",reason="${reason}"\\} (\\d+)`));
     return m ? Number(m[1]) : 0;
   };

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPeer } from './helpers/interop.ts';
-import { httpFrom } from './helpers/http.ts';
+import { httpFrom, scrapeMetrics } from './helpers/http.ts';
 import { closed, connectFrom, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { withGatewayState } from './helpers/storage-mode.ts';
@@ -127,7 +127,7 @@ describe.skipIf(!radclient)('identity from RADIUS accounting (radclient as the P
     const run = await accounting(record('Start', A.ip, 'acct-a', A.imsi, A.imeisv));
     expect(run.code, run.out).toBe(0);
     expect((await connectFrom(A.ip, gateway.mqttPort, { clientId: 'a' })).code).toBe(5);
-    const text = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const text = await scrapeMetrics(gateway.adminPort);
     const count = (labels: string) => Number(text.match(new RegExp(`simbridge_radius_packets_total\\{${labels}\\} (\\d+)`))?.[1] ?? NaN);
     expect(count('result="accepted",reason=""')).toBe(5);
     expect(count('result="ignored",reason="stopped_session"')).toBe(1);

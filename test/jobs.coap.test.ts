@@ -9,6 +9,7 @@ import { sandboxIotClient } from '../sandbox/testkit.ts';
 import { coapClient, coapParse, coapRequest, datagrams } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 const client = findPeer('coap-client-notls', 'libcoap3-bin');
@@ -138,7 +139,7 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     const off = await report('fw-5-0', { status: 'SUCCEEDED' }, SIMS.off);
     expect(off.code, off.out).toBe('4.04');
     expect(off.out).toMatch(/jobs_disabled/);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     for (const reason of ['job_removed', 'job_not_found', 'job_update_invalid', 'jobs_disabled', 'job_version_conflict']) expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{[^}]*protocol="coap"[^}]*reason="${reason}"`));
   });
 

@@ -7,6 +7,7 @@ import { coapClient, coapParse, coapRequest, datagrams } from './helpers/datagra
 import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 // libcoap's coap-client-notls is the device; a raw UDP socket plays the device where a test needs
@@ -130,7 +131,7 @@ describe.skipIf(!client)('CoAP ingress with coap-client-notls as the device', ()
     expect(byId.get(778)?.code).toBe('4.02');
     expect(byId.get(779)?.code).toBe('4.13');
     expect(byId.get(777)?.code).toBe('2.04');
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     for (const reason of ['malformed', 'bad_version', 'bad_option', 'datagram_too_large']) {
       expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{protocol="coap",reason="${reason}"\\} [1-9]`));
     }

@@ -6,6 +6,7 @@ import { coapClient, datagrams, socatSend } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 // The mobile network is radclient; devices are coap-client-notls and socat, each from its own loopback
@@ -45,7 +46,7 @@ describe.skipIf(!radclient || !coap || !socat)('CoAP and raw UDP identified by R
     `3GPP-IMEISV = "${d.imeisv}"`,
     '3GPP-RAT-Type = 8', // NB-IoT
   ];
-  const metrics = async () => (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+  const metrics = () => scrapeMetrics(gateway.adminPort);
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);

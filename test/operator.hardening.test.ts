@@ -7,6 +7,7 @@ import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 
 const IMSI = '001010000000801';
 const IMEI = '490154203237518';
@@ -70,7 +71,7 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
     expect(three).toMatchObject({ error: 'qos_not_supported', message: 'QoS 3 is not supported; use QoS 0 or 1' });
     expect((await post('?qos=0')).status).toBe(202);
     expect((await post('')).status).toBe(202);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="qos_invalid"\} [1-9]/);
   });
 

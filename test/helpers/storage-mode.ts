@@ -1,7 +1,6 @@
 // The database the gateways of a test run keep their state in. By default SQLite in each gateway's data
 // directory; with SIMBRIDGE_TEST_STORAGE=postgres (npm run test:postgres) a database of its own per data
-// directory on a throw-away PostgreSQL server that this test process starts (initdb, pg_ctl, a free port)
-// and stops when it exits. Tests read and seed a gateway's state through gatewayState() and
+// directory on a throw-away PostgreSQL server the tests start (initdb, pg_ctl, a free port). Tests read and seed a gateway's state through gatewayState() and
 // gatewayStores(), which follow the same choice, never by opening the SQLite file themselves.
 import Database from 'better-sqlite3';
 import { rmSync } from 'node:fs';
@@ -16,25 +15,44 @@ export type StorageDialect = 'sqlite' | 'postgres';
 /** The dialect gateways get unless a test names its own storage.url or keeps SQLite on purpose. */
 export const testDialect: StorageDialect = process.env.SIMBRIDGE_TEST_STORAGE === 'postgres' ? 'postgres' : 'sqlite';
 
-// One server per test process, kept on globalThis so that it outlives a module reset between test files.
-const shared = globalThis as { simbridgeTestPostgres?: { server: Promise<PostgresServer>; urls: Map<string, Promise<string>> } };
+// The run's server (test/helpers/postgres-global.ts), or, where no global setup started one (a single
+// file run by other means), one per test process, stopped when it exits. Kept on globalThis so that it
+// outlives a module reset between test files.
+interface SharedPostgres {
+  /** Creates a new empty database; resolves with its connection string. */
+  create(): Promise<string>;
+  urls: Map<string, Promise<string>>;
+}
+const shared = globalThis as { simbridgeTestPostgres?: SharedPostgres };
 
-function postgres(): NonNullable<typeof shared.simbridgeTestPostgres> {
-  if (!shared.simbridgeTestPostgres) {
-    const bin = findPostgres();
-    if (!bin) throw new Error('SIMBRIDGE_TEST_STORAGE=postgres needs the PostgreSQL server programs (Debian package postgresql)');
-    const server = PostgresServer.start(bin);
-    // Exit handlers run synchronously: keep the started server at hand for the one that stops it.
-    let started: PostgresServer | undefined;
-    void server.then((s) => (started = s)).catch(() => undefined);
-    process.on('exit', () => {
-      if (!started) return;
-      started.stopNow();
-      rmSync(started.dir, { recursive: true, force: true });
-    });
-    shared.simbridgeTestPostgres = { server, urls: new Map() };
+function postgres(): SharedPostgres {
+  if (shared.simbridgeTestPostgres) return shared.simbridgeTestPostgres;
+  const runServer = process.env.SIMBRIDGE_TEST_POSTGRES_URL;
+  if (runServer) {
+    const admin = new pg.Pool({ connectionString: runServer, max: 1 });
+    admin.on('error', () => undefined);
+    let made = 0;
+    const create = async () => {
+      const name = `g${process.pid}_${++made}`;
+      await admin.query(`CREATE DATABASE ${name}`);
+      const url = new URL(runServer);
+      url.pathname = `/${name}`;
+      return url.toString();
+    };
+    return (shared.simbridgeTestPostgres = { create, urls: new Map() });
   }
-  return shared.simbridgeTestPostgres;
+  const bin = findPostgres();
+  if (!bin) throw new Error('SIMBRIDGE_TEST_STORAGE=postgres needs the PostgreSQL server programs (Debian package postgresql)');
+  const server = PostgresServer.start(bin);
+  // Exit handlers run synchronously: keep the started server at hand for the one that stops it.
+  let started: PostgresServer | undefined;
+  void server.then((s) => (started = s)).catch(() => undefined);
+  process.on('exit', () => {
+    if (!started) return;
+    started.stopNow();
+    rmSync(started.dir, { recursive: true, force: true });
+  });
+  return (shared.simbridgeTestPostgres = { create: async () => (await server).database(), urls: new Map() });
 }
 
 /**
@@ -47,7 +65,7 @@ export function testStorageUrl(dataDir: string): Promise<string | undefined> {
   const key = resolve(dataDir);
   let url = pgs.urls.get(key);
   if (!url) {
-    url = pgs.server.then((s) => s.database());
+    url = pgs.create();
     pgs.urls.set(key, url);
   }
   return url;
