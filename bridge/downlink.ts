@@ -7,7 +7,7 @@ import type { DeviceCredentials } from '../vending/vendor.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
 import { type DeviceTopics, groupTopics, type TopicLimits, type TopicProblem } from './topics.ts';
-import { SubscriptionLimitError, SubscriptionRefusedError, type UpstreamPool } from './upstream/session-pool.ts';
+import { HeldElsewhereError, SubscriptionLimitError, SubscriptionRefusedError, type UpstreamPool } from './upstream/session-pool.ts';
 
 export interface DownlinkOptions {
   pool: UpstreamPool;
@@ -41,7 +41,8 @@ export type Deliver = (deviceTopic: string, payload: Buffer, qos: 0 | 1, retain:
  * at once; HTTP devices, asleep between requests, find them held (durably, bounded) on their next request.
  */
 export class Downlink {
-  private readonly httpHolds = new Map<string, NodeJS.Timeout>();
+  /** HTTP devices whose downlink subscriptions are held, by IMSI: the timer that lets them go. */
+  private readonly httpHolds = new Map<string, { timer: NodeJS.Timeout; release: () => void }>();
 
   constructor(private readonly opts: DownlinkOptions) {}
 
@@ -109,10 +110,12 @@ export class Downlink {
     if (cfg.topics.length === 0) return;
     const { imsi } = device.sim;
     const existing = this.httpHolds.get(imsi);
-    if (existing) existing.refresh();
+    if (existing) existing.timer.refresh();
     else {
       const topics = this.topicsFor(device.sim, device.imei);
-      this.httpHolds.set(imsi, setTimeout(() => this.releaseHttp(device, cfg.topics), cfg.holdMs).unref());
+      const release = () => this.releaseHttp(device, cfg.topics);
+      const hold = { timer: setTimeout(release, cfg.holdMs).unref(), release };
+      this.httpHolds.set(imsi, hold);
       for (const filter of cfg.topics) {
         const upstream = topics.toUpstream(filter);
         Promise.resolve()
@@ -135,6 +138,8 @@ export class Downlink {
           )
           .catch((err) => {
             if (err instanceof SubscriptionRefusedError) this.auditRefusal(device.sim, upstream, err.message);
+            // Another node kept the SIM: the device's next request here asks for it again.
+            if (err instanceof HeldElsewhereError && this.httpHolds.get(imsi) === hold) this.forgetHttp(imsi);
             this.opts.log.warn({ thing: device.sim.thingName, filter, err: String(err) }, 'HTTP downlink subscription failed');
           });
       }
@@ -152,8 +157,19 @@ export class Downlink {
     if (ids.length) this.opts.metrics.downlink.inc({ protocol, result: 'delivered' }, ids.length);
   }
 
+  /**
+   * The SIM's thing session is no longer here (another node holds the SIM): its HTTP subscriptions are let
+   * go, so the device's next request here subscribes again (and brings the SIM back).
+   */
+  forgetHttp(imsi: string): void {
+    const hold = this.httpHolds.get(imsi);
+    if (!hold) return;
+    clearTimeout(hold.timer);
+    hold.release();
+  }
+
   close(): void {
-    this.httpHolds.forEach((t) => clearTimeout(t));
+    this.httpHolds.forEach((h) => clearTimeout(h.timer));
     this.httpHolds.clear();
   }
 

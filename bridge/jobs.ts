@@ -148,6 +148,17 @@ export class DeviceJobs {
     }
   }
 
+  /**
+   * The thing's session is no longer here (another node holds its SIM): its Jobs subscription and list
+   * are let go, so the device's next request here subscribes again (and brings the SIM back).
+   */
+  forget(sim: Sim): void {
+    const s = this.devices.get(sim.thingName);
+    if (!s) return;
+    clearTimeout(s.hold);
+    this.release(sim, s);
+  }
+
   close(): void {
     for (const s of this.devices.values()) clearTimeout(s.hold);
     this.devices.clear();

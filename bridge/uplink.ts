@@ -58,10 +58,14 @@ export class Uplink {
     const group = device.sim.group;
     try {
       this.check(protocol, device, deviceTopic, payload, qos);
+      // Several nodes: a SIM another node holds is counted from the database once (later from memory).
+      // Every message waiting here waits for the same read, so a device's messages keep their order.
+      const counting = this.opts.outbox.quotaReady(device.sim.imsi);
+      if (counting) await counting.catch((err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `outbox quota not checked: ${err.message}`)));
       // Audits of rows dropped to make room (none, nearly always: no promise then).
       const drops = this.makeRoom(device, payload.length);
-      // Enqueued before anything is awaited: a device's messages keep their order.
-      const msg: NewMessage = { imsi: device.sim.imsi, deviceTopic, payload, qos: qos as 0 | 1, receivedAt: Date.now() };
+      // Enqueued before anything else is awaited: a device's messages keep their order.
+      const msg: NewMessage = { imsi: device.sim.imsi, deviceTopic, payload: ownBytes(payload), qos: qos as 0 | 1, receivedAt: Date.now() };
       if (userProperties !== undefined) msg.userProperties = userProperties;
       const committed = this.opts.outbox.enqueue(msg);
       let id: number;
@@ -92,7 +96,7 @@ export class Uplink {
     const { outbox } = this.opts;
     const { imsi } = device.sim;
     const fits = () => {
-      const mine = outbox.usage(imsi);
+      const mine = outbox.quotaUsage(imsi);
       const all = outbox.usage();
       return (
         mine.rows + 1 <= q.perDeviceMaxRows &&
@@ -150,3 +154,13 @@ const topicMessages: Record<string, string> = {
   topic_too_long: 'topic exceeds 256 bytes upstream',
   topic_too_deep: 'topic exceeds 8 levels upstream',
 };
+
+/**
+ * The payload in memory of its own. A parser hands payloads over as views into the socket read they
+ * came in, and a message waiting in the outbox's tail (storage/outbox.ts) would keep that whole read
+ * alive: a read holds many messages, the tail's byte budget counts only payloads. Small copies share
+ * Node's Buffer pool.
+ */
+function ownBytes(payload: Buffer): Buffer {
+  return payload.buffer.byteLength > Math.max(2 * payload.length, Buffer.poolSize) ? Buffer.from(payload) : payload;
+}

@@ -269,7 +269,8 @@ export const configSchema = z
         heartbeatMs: z.number().int().positive().default(1000).describe('how often a node on PostgreSQL renews its heartbeat and looks for dead nodes\' SIMs'),
         leaseMs: z.number().int().positive().default(5000).describe('a node whose heartbeat is older (database clock) is dead: its SIMs move to the others'),
         takeoverBatch: z.number().int().positive().default(5000).describe('SIMs of dead nodes one node takes over per heartbeat'),
-        handOverMs: z.number().int().positive().default(5000).describe('how long a node waits for another to hand over the SIM of a device connected to it'),
+        handOverMs: z.number().int().positive().default(5000).describe('how long a node waits for another to hand over the SIM of a device talking to it (MQTT connected, or an HTTP, CoAP or UDP request needing its thing\'s session)'),
+        quotaRefreshMs: z.number().int().positive().default(1000).describe('how old a node\'s count of a SIM held by another node may be when it checks that SIM\'s outbox quotas'),
       })
       .strict()
       .prefault({})

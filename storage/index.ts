@@ -50,7 +50,7 @@ export interface Stores {
  * device's oldest rows (at once on SQLite, over the network on PostgreSQL).
  */
 export type GatewayOutbox = DeliveryOutbox &
-  Pick<GroupCommitOutbox, 'enqueue' | 'settle' | 'close'> & {
+  Pick<GroupCommitOutbox, 'enqueue' | 'settle' | 'close' | 'quotaUsage' | 'quotaReady'> & {
     dropOldest(imsi: string, fits: () => boolean): MaybePromise<OutboxMessage[]>;
   };
 

@@ -2,13 +2,9 @@
 // connection of its own and answers with the row ids.
 import { workerData } from 'node:worker_threads';
 import { openDatabase, type OpenOptions } from './db.ts';
-import { committer, type CommitRequest } from './outbox-commit.ts';
-import { asBuffer, serveCalls } from '../lib/worker-calls.ts';
+import { committer, type PostedCommit } from './outbox-commit.ts';
+import { postedBytes, serveCalls } from '../lib/worker-calls.ts';
 
 const commit = committer(openDatabase(workerData as OpenOptions));
 
-serveCalls<CommitRequest>((req) => {
-  // SQLite binds Buffers as blobs.
-  for (const m of req.inserts) m.payload = asBuffer(m.payload);
-  return commit(req);
-});
+serveCalls<PostedCommit>((req) => commit({ ...req, inserts: req.inserts.map((m) => ({ ...m, payload: postedBytes(m.payload) })) }));

@@ -80,6 +80,8 @@ export abstract class GroupCommitOutbox {
   private pending: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
   protected delivered = new Map<number, OutboxMessage>();
+  /** First deliveries since a SIM's binding, to note with the next commit (noteFirstDelivery). */
+  private firstDeliveries: Array<[imsi: string, at: number, boundImei: string | null]> = [];
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
@@ -120,6 +122,19 @@ export abstract class GroupCommitOutbox {
     return { ...(this.perSim.get(imsi) ?? { rows: 0, bytes: 0 }) };
   }
 
+  /** Rows and payload bytes waiting for one SIM across every node sharing the database, for its quotas. */
+  quotaUsage(imsi: string): Usage {
+    return this.usage(imsi);
+  }
+
+  /**
+   * Before quotaUsage answers for this SIM: undefined when it answers now (always, on one node), else a
+   * read of the SIM's count to wait for (a SIM another node holds, not counted here yet).
+   */
+  quotaReady(_imsi: string): Promise<void> | undefined {
+    return undefined;
+  }
+
   protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
@@ -149,6 +164,15 @@ export abstract class GroupCommitOutbox {
     });
   }
 
+  /**
+   * Notes with the next commit that a SIM's first message since its binding reached IoT Core: written on
+   * the commit's thread, so the event loop never waits for a disk flush of its own for it.
+   */
+  noteFirstDelivery(imsi: string, at: number, boundImei: string | null): void {
+    this.firstDeliveries.push([imsi, at, boundImei]);
+    this.scheduleFlush();
+  }
+
   /** Called after each commit with the new rows, per SIM in order. */
   onCommitted(listener: (rows: Map<string, OutboxMessage[]>) => void): void {
     this.committedListeners.push(listener);
@@ -160,12 +184,14 @@ export abstract class GroupCommitOutbox {
    */
   flush(): void {
     this.flushScheduled = false;
-    if (this.committing || (this.pending.length === 0 && this.delivered.size === 0)) return;
+    if (this.committing || !this.hasWork()) return;
     const batch = this.pending.splice(0, this.maxRows);
     const delivered = [...this.delivered.values()];
+    const firstDeliveries = this.firstDeliveries;
+    this.firstDeliveries = [];
     let failed = false;
     this.committing = this.writer
-      .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id) })
+      .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id), ...(firstDeliveries.length ? { firstDeliveries } : {}) })
       .then(
         ({ ids, deleted }) => {
           for (const r of delivered) this.delivered.delete(r.id);
@@ -190,6 +216,7 @@ export abstract class GroupCommitOutbox {
         (err: Error) => {
           failed = true;
           // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
+          this.firstDeliveries.unshift(...firstDeliveries);
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
             p.reject(err);
@@ -198,12 +225,16 @@ export abstract class GroupCommitOutbox {
       )
       .finally(() => {
         this.committing = undefined;
-        if (this.pending.length === 0 && this.delivered.size === 0) return;
+        if (!this.hasWork()) return;
         // After a failure the retry waits for the event loop: retried in the same tick, a database that
         // keeps failing would spin here and starve everything else.
         if (failed) this.scheduleFlush();
         else this.flush();
       });
+  }
+
+  private hasWork(): boolean {
+    return this.pending.length > 0 || this.delivered.size > 0 || this.firstDeliveries.length > 0;
   }
 
   /** Commits everything pending and waits until it is on disk (shutdown). */

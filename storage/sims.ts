@@ -164,6 +164,8 @@ export interface SimRoutingStore extends SimRouting {
   get(imsi: string): Sim | undefined;
   /** Notes the SIM's first delivery upstream since its IMEI was bound (written in the background where it must be). */
   markDelivered(imsi: string, at?: number): void;
+  /** Where markDelivered writes, when not on this store's own connection (SimStore.writeDeliveredWith). */
+  writeDeliveredWith?(write: (imsi: string, at: number, boundImei: string | null) => void): void;
   /** Fills the cache at start-up; returns how many SIMs it read. */
   warmRoutingCache(): number;
 }
@@ -199,6 +201,7 @@ export class SimStore implements SimRoutingStore {
   private readonly insertStmt;
   private readonly seenStmt;
   private readonly deliveredStmt;
+  private writeDelivered: ((imsi: string, at: number, boundImei: string | null) => void) | undefined;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare('SELECT * FROM sims WHERE imsi = ?');
@@ -274,9 +277,25 @@ export class SimStore implements SimRoutingStore {
    * would make a first-contact wave read every SIM again.
    */
   markDelivered(imsi: string, at = Date.now()): void {
+    if (this.writeDelivered) {
+      // Written with the outbox's next commit, only where still empty and for the binding seen here.
+      const sim = this.forRouting(imsi);
+      if (!sim) return;
+      if (sim.deliveredAt === null) this.routing.set(imsi, { ...sim, deliveredAt: at });
+      return this.writeDelivered(imsi, at, sim.boundImei ?? null);
+    }
     if (this.deliveredStmt.run(at, imsi).changes === 0) return;
     const cached = this.routing.get(imsi);
     if (cached) this.routing.set(imsi, { ...cached, deliveredAt: at });
+  }
+
+  /**
+   * Writes first deliveries through `write` from now on (the outbox writer's thread: the composition root
+   * wires it). A write here is a commit of its own on the event loop's connection, which with
+   * synchronous=FULL waits for the disk: one per SIM of a fleet reaching IoT Core for the first time.
+   */
+  writeDeliveredWith(write: (imsi: string, at: number, boundImei: string | null) => void): void {
+    this.writeDelivered = write;
   }
 
   /**

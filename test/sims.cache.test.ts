@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { openDatabase } from '../storage/db.ts';
 import { sqliteStores } from '../storage/index.ts';
+import { workerWriter } from '../storage/outbox-commit.ts';
+import { Outbox } from '../storage/outbox.ts';
 import { SimStore } from '../storage/sims.ts';
 
 describe('SIM records for the per-message path', () => {
@@ -65,6 +67,31 @@ describe('SIM records for the per-message path', () => {
     expect(sims.forRouting(imsi)?.deliveredAt).toBeNull();
     sims.markDelivered(imsi, 3000);
     expect(sims.get(imsi)?.deliveredAt).toBe(3000);
+    db.close();
+  });
+
+  it('write the first delivery with the outbox\'s next commit, not in a commit of their own on the event loop', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'sims-delivered-writer-')), 's.db');
+    const db = openDatabase({ file, synchronous: 'full' });
+    const writer = workerWriter({ file, synchronous: 'full' });
+    const outbox = new Outbox(db, writer);
+    const sims = new SimStore(db);
+    sims.writeDeliveredWith((imsi, at, imei) => outbox.noteFirstDelivery(imsi, at, imei));
+    const stored = (imsi: string) => (db.prepare('SELECT delivered_at FROM sims WHERE imsi = ?').get(imsi) as { delivered_at: number | null }).delivered_at;
+    const [kept, swapped] = ['001010000000795', '001010000000796'];
+    for (const imsi of [kept, swapped]) sims.register({ imsi, group: 'default', thingName: `sim-${imsi}`, boundImei: '490154203237518' });
+    const writesBefore = (db.prepare('SELECT total_changes() AS n').get() as { n: number }).n;
+    sims.markDelivered(kept, 1000);
+    sims.markDelivered(swapped, 1000);
+    // Seen at once by the per-message path; nothing written on this connection.
+    expect(sims.forRouting(kept)?.deliveredAt).toBe(1000);
+    expect((db.prepare('SELECT total_changes() AS n').get() as { n: number }).n).toBe(writesBefore);
+    // A device swap before the commit: the old device's delivery must not count for the new binding.
+    sims.bindImei(swapped, '353456780000011');
+    await outbox.settle();
+    expect(stored(kept)).toBe(1000);
+    expect(stored(swapped)).toBeNull();
+    await outbox.close();
     db.close();
   });
 });

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { WorkerCalls } from '../lib/worker-calls.ts';
+import { bytesToPost, postedBytes, WorkerCalls } from '../lib/worker-calls.ts';
 import type { EchoRequest } from './helpers/worker-echo.ts';
 
 const echo = new URL('./helpers/worker-echo.ts', import.meta.url);
@@ -26,6 +26,21 @@ describe('worker threads running a TypeScript module (WorkerCalls)', () => {
     await expect(c.call({ op: 'fail', message: 'refused' })).rejects.toThrow('refused');
     await c.call({ op: 'event', value: 'news' });
     expect(events).toEqual([{ value: 'news' }]);
+  });
+
+  it('carries bytes to the thread and back as they are, not the socket read they were sliced from', async () => {
+    const c = calls<EchoRequest>(echo);
+    // Payloads as sockets hand them over: small views into one large read; every byte value once.
+    const read = Buffer.alloc(65536, 'x');
+    for (let b = 0; b < 256; b++) read[1000 + b] = b;
+    const payloads = [read.subarray(1000, 1256), read.subarray(4000, 4006)];
+    const [all, six] = await c.call<[string, string]>({ op: 'bytes', texts: payloads.map(bytesToPost) });
+    // The thread rebuilt exactly those bytes (it answers them as hex)...
+    expect(all).toBe(payloads[0].toString('hex'));
+    expect(six).toBe('787878787878');
+    // ...and only those travelled: one character per byte, not the 64 KB behind them.
+    expect(payloads.map(bytesToPost).map((t) => t.length)).toEqual([256, 6]);
+    expect(postedBytes(bytesToPost(payloads[0])).equals(payloads[0])).toBe(true);
   });
 
   it('refuses to be ready when the module fails to load', async () => {

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { HeldElsewhereError } from '../../bridge/upstream/session-pool.ts';
 import type { ClusterView } from '../../admin/types.ts';
 import type { GatewayStorage } from './storage.ts';
 import { nodeId } from './storage.ts';
@@ -23,9 +24,20 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
     log.warn({ sims: imsis.length }, 'SIMs now held by another node; their upstream sessions close here');
     for (const imsi of imsis) {
       const sim = stores.simRouting.forRouting(imsi);
-      if (sim) void deps.upstream.pool.drop(sim.thingName).catch((err) => log.warn({ err: String(err), thing: sim.thingName }, 'upstream session not closed'));
+      if (!sim) continue;
+      void deps.upstream.pool.drop(sim.thingName).catch((err) => log.warn({ err: String(err), thing: sim.thingName }, 'upstream session not closed'));
+      // What HTTP and CoAP devices had subscribed here is now the new holder's to subscribe.
+      deps.delivery.downlink.forgetHttp(imsi);
+      deps.delivery.jobs.forget(sim);
     }
   });
+  // A device talking to this node over HTTP, CoAP or UDP needs its thing's session (downlink, Jobs, files):
+  // its SIM comes here, handed over as for an MQTT device (docs/cluster.md).
+  deps.delivery.deviceHere.bring = async (sim) => {
+    if (cluster.owns(sim.imsi)) return;
+    const { handOverMs } = live.config.cluster;
+    if (!(await cluster.acquire(sim.imsi, handOverMs))) throw new HeldElsewhereError(`SIM ${sim.imsi} is held by another node that did not hand it over within ${handOverMs} ms`);
+  };
   // Only the node holding a SIM connects as its thing. A device connected here brings its SIM here: its
   // holder closes its session and hands it over; anything else (a lane left over from before a hand-over)
   // is refused rather than connect beside the holder.
@@ -34,7 +46,7 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
     const sim = parts.routing.byThing(thing);
     if (!sim || cluster.owns(sim.imsi)) return;
     if (deps.ingress.mqtt.isConnected(sim.imsi) && (await cluster.acquire(sim.imsi, live.config.cluster.handOverMs))) return;
-    throw new Error(`SIM ${sim.imsi} is held by another node`);
+    throw new HeldElsewhereError(`SIM ${sim.imsi} is held by another node`);
   };
   cluster.beforeHandOver = async (imsis) => {
     const things = imsis.map((imsi) => stores.simRouting.forRouting(imsi)?.thingName).filter((t): t is string => t !== undefined);

@@ -13,6 +13,7 @@ import { DeviceFiles } from '../../bridge/files/device-files.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { Uplink } from '../../bridge/uplink.ts';
 import type { GatewayOutbox, Stores } from '../../storage/index.ts';
+import type { Sim } from '../../storage/sims.ts';
 import { fillName, groupPolicy, policyAllowsSubscribe } from '../../vending/policy.ts';
 import { thingAttributes } from '../../vending/steps.ts';
 import { groupOf, type Live } from './live.ts';
@@ -33,6 +34,11 @@ export interface DeliveryParts {
   connectivity: Connectivity;
   /** IoT Jobs asked and reported on behalf of sleeping HTTP devices. */
   jobs: DeviceJobs;
+  /**
+   * Before a thing's session is used on behalf of a device talking to this node (its downlink
+   * subscriptions, Jobs, file streams): several nodes bring the SIM here first (app/steps/cluster.ts).
+   */
+  deviceHere: { bring(sim: Sim): Promise<void> };
   /** Files named by pending jobs, fetched once and served to devices. */
   files: DeviceFiles;
 }
@@ -49,6 +55,11 @@ export function buildDelivery(
   const sims = stores.simRouting;
   const group = groupOf(live);
   const { upstream, limits } = live.config;
+  const deviceHere = { bring: async (_sim: Sim): Promise<void> => undefined };
+  const forDevice = async (sim: Sim) => {
+    await deviceHere.bring(sim);
+    return vendor.ensure(sim);
+  };
 
   const dispatcher = new Dispatcher({
     outbox,
@@ -96,7 +107,7 @@ export function buildDelivery(
 
   const downlink = new Downlink({
     pool,
-    credentials: (sim) => vendor.ensure(sim),
+    credentials: forDevice,
     group,
     limits,
     store: stores.downlink,
@@ -110,11 +121,11 @@ export function buildDelivery(
     log: log.child({ component: 'downlink' }),
   });
 
-  const jobs = new DeviceJobs({ pool, credentials: (sim) => vendor.ensure(sim), group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
+  const jobs = new DeviceJobs({ pool, credentials: forDevice, group, settings: () => live.config.jobs, audit, metrics, log: log.child({ component: 'jobs' }) });
   const uplink = new Uplink({ outbox, limits, quota: () => live.config.storage.outbox, group, audit, metrics });
-  const streams = new StreamReader({ pool, credentials: (sim) => vendor.ensure(sim), settings: () => live.config.files, log: log.child({ component: 'files' }) });
+  const streams = new StreamReader({ pool, credentials: forDevice, settings: () => live.config.files, log: log.child({ component: 'files' }) });
   const files = new DeviceFiles({ jobs, cache: openFileCache(live, metrics, log, streams), prefetch: () => live.config.files, audit, log: log.child({ component: 'files' }) });
-  return { admission, uplink, dispatcher, downlink, connectivity, jobs, files };
+  return { admission, uplink, dispatcher, downlink, connectivity, jobs, files, deviceHere };
 }
 
 /** Each group's batch schedule, releasing its batches when due; a reload applies the new groups. */

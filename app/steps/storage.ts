@@ -66,6 +66,7 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       const metrics = createMetrics(() => outbox.byGroup());
       const writer = workerWriter({ file: db.name, synchronous: storage.synchronous, cacheMb: storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
       const outbox = new Outbox(db, writer, storage.commitMaxRows, storage.deliveryCacheMb * 1024 * 1024);
+      stores.simRouting.writeDeliveredWith?.((imsi, at, imei) => outbox.noteFirstDelivery(imsi, at, imei));
       return { stores, cipher, outbox, writer, metrics, db, databaseUp: () => db.open, close: opened.close };
     }
     const { postgresGatewayParts } = await import('../../storage/postgres/gateway.ts');

@@ -12,6 +12,7 @@ import { scenario as sessions } from './sessions.ts';
 import { scenario as skeleton } from './skeleton.ts';
 import { scenario as sleepy } from './sleepy.ts';
 import { scenario as throughputHttp } from './throughput-http.ts';
+import { scenario as threadBytes } from './thread-bytes.ts';
 import { scenario as throughputMqtt } from './throughput-mqtt.ts';
 import { scenario as vending } from './vending.ts';
 
@@ -34,5 +35,6 @@ export const SCENARIOS: Record<string, Scenario> = {
   growth,
   sleepy,
   'outbox-commit': outboxCommit,
+  'thread-bytes': threadBytes,
   cluster,
 };

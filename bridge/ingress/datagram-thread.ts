@@ -2,21 +2,21 @@
 // event loop that does nothing else, and passes what arrives to the main thread in batches.
 import { createSocket, type Socket } from 'node:dgram';
 import { workerData } from 'node:worker_threads';
-import { asBuffer, postEvent, serveCalls } from '../../lib/worker-calls.ts';
+import { bytesToPost, postEvent, postedBytes, serveCalls } from '../../lib/worker-calls.ts';
 
 export type DatagramRequest =
   | { op: 'bind'; type: 'udp4' | 'udp6'; host: string; port: number; recvBufferSize: number }
-  | { op: 'send'; items: Array<[payload: Uint8Array, port: number, address: string]> }
+  | { op: 'send'; items: Array<[payload: string, port: number, address: string]> }
   | { op: 'close' };
 
 export type DatagramEvent =
-  | { kind: 'datagrams'; batch: Array<[payload: Uint8Array, address: string, port: number, family: string]>; dropped: number }
+  | { kind: 'datagrams'; batch: Array<[payload: string, address: string, port: number, family: string]>; dropped: number }
   | { kind: 'error'; error: string };
 
 /** Bytes posted to the main thread and not yet taken by it ([0]), shared with threaded-socket.ts. */
 const queued = new Int32Array(workerData.queued as SharedArrayBuffer);
 let sock: Socket | undefined;
-let batch: Array<[Uint8Array, string, number, string]> = [];
+let batch: Array<[string, string, number, string]> = [];
 let batchBytes = 0;
 /** Datagrams dropped since the last batch because the main thread was that far behind. */
 let dropped = 0;
@@ -44,7 +44,7 @@ function bind(req: Extract<DatagramRequest, { op: 'bind' }>): Promise<{ port: nu
         // No more waiting here than the kernel's buffer would have held: a flood costs datagrams, not memory.
         if (Atomics.load(queued, 0) + batchBytes + msg.length > req.recvBufferSize) return void dropped++;
         if (batch.length === 0) setImmediate(flush);
-        batch.push([msg, rinfo.address, rinfo.port, rinfo.family]);
+        batch.push([bytesToPost(msg), rinfo.address, rinfo.port, rinfo.family]);
         batchBytes += msg.length;
       });
       sock = s;
@@ -54,13 +54,13 @@ function bind(req: Extract<DatagramRequest, { op: 'bind' }>): Promise<{ port: nu
 }
 
 /** Sends each datagram; answers with the error of each that failed (null when sent). */
-function send(items: Array<[Uint8Array, number, string]>): Promise<Array<string | null>> {
+function send(items: Array<[string, number, string]>): Promise<Array<string | null>> {
   return Promise.all(
     items.map(
       ([payload, port, address]) =>
         new Promise<string | null>((resolve) => {
           if (!sock) return resolve('socket closed');
-          sock.send(asBuffer(payload), port, address, (err) => resolve(err ? err.message : null));
+          sock.send(postedBytes(payload), port, address, (err) => resolve(err ? err.message : null));
         }),
     ),
   );

@@ -1,7 +1,7 @@
 import { Socket, type RemoteInfo } from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 import { isIPv6 } from 'node:net';
-import { asBuffer, siblingModule, WorkerCalls } from '../../lib/worker-calls.ts';
+import { bytesToPost, postedBytes, siblingModule, WorkerCalls } from '../../lib/worker-calls.ts';
 import type { DatagramEvent, DatagramRequest } from './datagram-thread.ts';
 
 type SendCallback = (err: Error | null, bytes?: number) => void;
@@ -15,7 +15,7 @@ type SendCallback = (err: Error | null, bytes?: number) => void;
 export class ThreadedDatagramSocket extends Socket {
   private readonly calls: WorkerCalls<DatagramRequest, DatagramEvent>;
   private bound: AddressInfo | undefined;
-  private outgoing: Array<{ item: [Uint8Array, number, string]; cb?: SendCallback }> = [];
+  private outgoing: Array<{ item: [string, number, string]; cb?: SendCallback }> = [];
   private closed = false;
   /** Bytes the receiving thread has passed on and this thread not yet taken ([0]). */
   private readonly queued = new Int32Array(new SharedArrayBuffer(4));
@@ -80,7 +80,7 @@ export class ThreadedDatagramSocket extends Socket {
     }
     if (this.outgoing.length === 0) setImmediate(() => this.flush());
     // A copy: the caller may reuse its buffer once send() returns, as with a kernel socket.
-    this.outgoing.push({ item: [Uint8Array.prototype.slice.call(bytes), port, address], cb });
+    this.outgoing.push({ item: [bytesToPost(bytes), port, address], cb });
   }
 
   override close(callback?: () => void): this {
@@ -113,13 +113,13 @@ export class ThreadedDatagramSocket extends Socket {
 
   private received(e: DatagramEvent): void {
     if (e.kind === 'error') return void this.emit('error', new Error(e.error));
-    Atomics.sub(this.queued, 0, e.batch.reduce((n, [payload]) => n + payload.byteLength, 0));
+    Atomics.sub(this.queued, 0, e.batch.reduce((n, [payload]) => n + payload.length, 0));
     // 'overflow': datagrams the receiving thread dropped while this thread was behind by a receive buffer.
     if (e.dropped > 0) this.emit('overflow', e.dropped);
     if (this.closed) return;
     for (const [payload, address, port, family] of e.batch) {
-      const rinfo: RemoteInfo = { address, port, family: family as RemoteInfo['family'], size: payload.byteLength };
-      this.emit('message', asBuffer(payload), rinfo);
+      const rinfo: RemoteInfo = { address, port, family: family as RemoteInfo['family'], size: payload.length };
+      this.emit('message', postedBytes(payload), rinfo);
     }
   }
 }

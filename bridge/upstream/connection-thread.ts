@@ -1,7 +1,7 @@
 // An upstream connection thread (bridge/upstream/connections.ts#connectionThreads): owns the aws-crt MQTT
 // connections, one per device session, and carries out what the main thread asks of them.
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
-import { postEvent, serveCalls } from '../../lib/worker-calls.ts';
+import { bytesToPost, postEvent, postedBytes, serveCalls } from '../../lib/worker-calls.ts';
 import type { LinkEvent, LinkRequest } from './connections.ts';
 import { patchCrtCallbacks } from './crt-patch.ts';
 
@@ -55,7 +55,7 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
     case 'connect':
       return void (await connect(req.conn, req.settings));
     case 'publish':
-      return void (await connection(req.conn).publish(req.topic, req.payload, crtQos(req.qos)));
+      return void (await connection(req.conn).publish(req.topic, postedBytes(req.payload), crtQos(req.qos)));
     case 'subscribe': {
       const { conn, sub } = req;
       const res = await connection(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos, retain) => {
@@ -63,7 +63,7 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
         // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
         // later ones find it detached (copying throws): that message is already with the first handler.
         try {
-          send({ kind: 'message', conn, sub, topic, payload: new Uint8Array(payload.slice(0)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1, retain });
+          send({ kind: 'message', conn, sub, topic, payload: bytesToPost(new Uint8Array(payload)), qos: qos === mqtt.QoS.AtMostOnce ? 0 : 1, retain });
         } catch {
           // already delivered through an overlapping subscription
         }

@@ -1,4 +1,4 @@
-import { asBuffer, WorkerCalls, siblingModule } from '../../lib/worker-calls.ts';
+import { bytesToPost, postedBytes, WorkerCalls, siblingModule } from '../../lib/worker-calls.ts';
 
 /** What one upstream MQTT connection is opened with. */
 export interface ConnectSettings {
@@ -44,7 +44,7 @@ export interface UpstreamLink {
 /** Main thread → connection thread: each answered once (a granted QoS for subscribe, else nothing). */
 export type LinkRequest =
   | { op: 'connect'; conn: number; settings: ConnectSettings }
-  | { op: 'publish'; conn: number; topic: string; payload: Uint8Array; qos: 0 | 1 }
+  | { op: 'publish'; conn: number; topic: string; /** bytesToPost */ payload: string; qos: 0 | 1 }
   | { op: 'subscribe'; conn: number; sub: number; filter: string; qos: 0 | 1 }
   | { op: 'unsubscribe'; conn: number; filter: string }
   | { op: 'disconnect'; conn: number }
@@ -54,7 +54,7 @@ export type LinkRequest =
 /** Connection thread → main thread, unasked. */
 export type LinkEvent =
   | { kind: 'interrupted' | 'error'; conn: number; error: string }
-  | { kind: 'message'; conn: number; sub: number; topic: string; payload: Uint8Array; qos: 0 | 1; retain: boolean };
+  | { kind: 'message'; conn: number; sub: number; topic: string; /** bytesToPost */ payload: string; qos: 0 | 1; retain: boolean };
 
 /** How long closing waits for a thread to disconnect what is still open. */
 const CLOSE_GRACE_MS = 5000;
@@ -95,7 +95,7 @@ class ConnectionThread {
 
   private received(e: LinkEvent): void {
     if (e.kind === 'message') {
-      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, asBuffer(e.payload), e.qos, e.retain);
+      this.live.get(e.conn)?.handlers.get(e.sub)?.handler(e.topic, postedBytes(e.payload), e.qos, e.retain);
     } else {
       const c = this.live.get(e.conn);
       if (e.kind === 'interrupted') this.live.delete(e.conn);
@@ -133,7 +133,7 @@ export function connectionThreads(count: number): UpstreamLink {
       }
       return {
         publish: async (topic, payload, qos) => {
-          await thread.request({ op: 'publish', conn, topic, payload, qos });
+          await thread.request({ op: 'publish', conn, topic, payload: bytesToPost(payload), qos });
         },
         subscribe: async (filter, qos, handler) => {
           // Subscribing again to a filter replaces its callback upstream, so here too.

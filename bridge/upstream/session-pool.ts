@@ -65,6 +65,14 @@ export class SubscriptionRefusedError extends Error {
 }
 
 /**
+ * Several nodes: another node holds the thing's SIM, so its session may not open here (IoT Core allows
+ * one connection per client id), and it was not handed over in time.
+ */
+export class HeldElsewhereError extends Error {
+  override name = 'HeldElsewhereError';
+}
+
+/**
  * A publish lost because its connection closed. `subscriptionRefused`: the close answered a SUBSCRIBE
  * (see SubscriptionRefusedError), so the message itself was not refused and must not be blamed for it.
  */

@@ -12,6 +12,8 @@ export interface ClusterOptions {
   leaseMs: number;
   /** SIMs of dead nodes taken over per heartbeat. */
   takeoverBatch: number;
+  /** How old a node's count of a SIM another node holds may be when it checks the outbox quotas (default 1000). */
+  quotaRefreshMs?: number;
   /** Shown by GET /v1/cluster: ports, pid. */
   info?: Record<string, unknown>;
 }

@@ -1,5 +1,5 @@
 import { GATEWAY_OUTBOX_KEY } from '../events.ts';
-import { GroupCommitOutbox, toMessage, type DeliveryOutbox, type OutboxMessage, type OutboxRow } from '../outbox.ts';
+import { GroupCommitOutbox, toMessage, type DeliveryOutbox, type OutboxMessage, type OutboxRow, type Usage } from '../outbox.ts';
 import type { CommitRequest, CommitResult, CommitWriter } from '../outbox-commit.ts';
 import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
 import type { ClusterNode, Gained } from './cluster.ts';
@@ -150,6 +150,12 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   private readonly rewind = new Set<string>();
   /** SIMs this node held and lost: a cursor it kept for one may have been passed by another node. */
   private readonly lostHere = new Set<string>();
+  /**
+   * SIMs other nodes hold that this node commits for: their rows and bytes waiting as last read from the
+   * database, plus what this node committed for them since, so their quotas hold across nodes.
+   */
+  private readonly elsewhere = new Map<string, Usage & { readAt: number }>();
+  private readonly counting = new Map<string, Promise<void>>();
 
   /**
    * Several nodes: this node reads, delivers and counts only the SIMs it holds. A SIM gained (taken over,
@@ -163,9 +169,14 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     super.onCommitted((rows) => {
       for (const [imsi, list] of rows) {
         if (node.owns(imsi)) continue;
+        const there = this.elsewhere.get(imsi);
         for (const row of list) {
           this.leaveTail(row);
           this.account(imsi, -1, -row.payload.length);
+          if (there) {
+            there.rows += 1;
+            there.bytes += row.payload.length;
+          }
         }
       }
     });
@@ -195,6 +206,42 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     };
   }
 
+  /** Held here (or one node alone): what this node counts; held by another node: what waits for it across the nodes. */
+  override quotaUsage(imsi: string): Usage {
+    const here = this.usage(imsi);
+    if (!this.cluster || this.cluster.owns(imsi)) return here;
+    const there = this.elsewhere.get(imsi);
+    return there ? { rows: here.rows + there.rows, bytes: here.bytes + there.bytes } : here;
+  }
+
+  /**
+   * A SIM another node holds is counted from the database before its first quota check here; a count
+   * older than cluster.quotaRefreshMs answers while it is read again. A SIM held here needs nothing.
+   */
+  override quotaReady(imsi: string): Promise<void> | undefined {
+    const node = this.cluster;
+    if (!node || node.owns(imsi)) return undefined;
+    const there = this.elsewhere.get(imsi);
+    if (there && performance.now() - there.readAt < (node.opts.quotaRefreshMs ?? 1000)) return undefined;
+    const reading = this.counting.get(imsi) ?? this.countElsewhere(imsi, node.opts.quotaRefreshMs ?? 1000);
+    return there ? undefined : reading;
+  }
+
+  private countElsewhere(imsi: string, refreshMs: number): Promise<void> {
+    const reading = this.pool
+      .query<{ rows: number; bytes: number }>('SELECT count(*) AS rows, coalesce(sum(octet_length(payload)), 0) AS bytes FROM outbox WHERE imsi = $1', [imsi])
+      .then(({ rows: [r] }) => {
+        const now = performance.now();
+        // Counts long unused are forgotten (read again when the SIM writes here again).
+        if (this.elsewhere.size >= 10_000) for (const [k, v] of this.elsewhere) if (now - v.readAt > 10 * refreshMs) this.elsewhere.delete(k);
+        if (!this.cluster?.owns(imsi)) this.elsewhere.set(imsi, { rows: Number(r?.rows ?? 0), bytes: Number(r?.bytes ?? 0), readAt: now });
+      })
+      .finally(() => this.counting.delete(imsi));
+    reading.catch(() => undefined); // a refresh in the background fails quietly: the next check reads again
+    this.counting.set(imsi, reading);
+    return reading;
+  }
+
   /** A SIM of this node has rows it did not commit itself (or was just gained): deliver them. */
   onWake(fn: (imsi: string) => void): void {
     this.wakeListeners.push(fn);
@@ -206,6 +253,7 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
    */
   private gained(gained: Gained[], whole: boolean): void {
     for (const g of gained) {
+      this.elsewhere.delete(g.imsi);
       this.dropTail(g.imsi);
       const u = whole ? this.usage(g.imsi) : { rows: 0, bytes: 0 };
       this.account(g.imsi, g.rows - u.rows, g.bytes - u.bytes);
@@ -223,7 +271,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       'SELECT imsi, count(*) AS rows, sum(octet_length(payload)) AS bytes, max(id) AS newest FROM outbox WHERE imsi = ANY($1::text[]) GROUP BY imsi',
       [imsis],
     );
-    for (const r of rows) {
+    // A SIM missing from the answer has nothing waiting any more (another node dropped its oldest rows).
+    const counted = new Map(rows.map((r) => [r.imsi, r]));
+    for (const r of imsis.map((imsi) => counted.get(imsi) ?? { imsi, rows: 0, bytes: 0, newest: 0 })) {
       this.dropTail(r.imsi);
       const u = this.usage(r.imsi);
       this.account(r.imsi, r.rows - u.rows, r.bytes - u.bytes);
@@ -301,6 +351,16 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   async dropOldest(imsi: string, fits: () => boolean): Promise<OutboxMessage[]> {
     const dropped: OutboxMessage[] = [];
     const delivered = [...this.delivered.keys()];
+    // A SIM another node holds: its count here is the one read from the database, and its holder is told.
+    const foreign = this.cluster !== undefined && !this.cluster.owns(imsi);
+    const there = foreign ? this.elsewhere.get(imsi) : undefined;
+    const uncount = (rows: number, bytes: number) => {
+      if (!foreign) return this.account(imsi, rows, bytes);
+      if (there) {
+        there.rows += rows;
+        there.bytes += bytes;
+      }
+    };
     try {
       await transaction(this.pool, async (c) => {
         let after = 0;
@@ -314,12 +374,14 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
           if (!row) break;
           after = row.id;
           // Counted at once so `fits` sees it; given back below if the transaction fails.
-          this.account(imsi, -1, -row.payload.length);
+          uncount(-1, -row.payload.length);
           dropped.push(toMessage(row));
         }
+        // The holder counts again and reads past what was dropped (committedElsewhere).
+        if (foreign && dropped.length) await c.query('SELECT pg_notify($1, $2)', [CHANNELS.outbox, imsi]);
       });
     } catch (err) {
-      for (const r of dropped) this.account(imsi, 1, r.payload.length);
+      for (const r of dropped) uncount(1, r.payload.length);
       throw err;
     }
     for (const r of dropped) {
