@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
-import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // Every line of an import file is either a SIM in the registry or an error with its line number:
 // an oversized, unreadable or non-UTF-8 line never takes the lines after it down with it.

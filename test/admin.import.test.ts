@@ -6,7 +6,7 @@ import { luhnDigit } from '../lib/ids.ts';
 import { runCli } from './helpers/cli.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
-import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 const withLuhn = (body: string) => body + luhnDigit(body);
 const ICCID_1 = withLuhn('898821100000000100');

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
-import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 import { closed, connectDevice, deviceOptions, Observer, rawExchange } from './helpers/mqtt.ts';
 
 const GOOD_IMSI = '001010000000031';
