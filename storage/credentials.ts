@@ -1,5 +1,7 @@
 import { AuditLog, type AuditKind } from './audit.ts';
-import type { Db } from './db.ts';
+import type { Db, OpenOptions } from './db.ts';
+import { siblingModule } from '../lib/worker-calls.ts';
+import { storeOnThread } from './store-thread.ts';
 
 /** Vending steps in order; a row's `step` is the last one completed. */
 export const VENDING_STEPS = ['key', 'csr_sent', 'certificate', 'thing', 'policy'] as const;
@@ -177,6 +179,20 @@ export const CREDENTIAL_STORE_METHODS = [
   'setNotAfter', 'readyWithoutExpiry', 'expiring', 'vendingImsis', 'simsWithoutCredentials', 'sealedKeys',
   'replaceSealedKey', 'anySealedKey',
 ] as const satisfies ReadonlyArray<keyof CredentialStore>;
+
+/** Methods that take a function (which cannot cross to a thread): they stay on the caller's connection. */
+const WITH_CALLBACKS = ['acquireLease', 'promote'] as const satisfies ReadonlyArray<(typeof CREDENTIAL_STORE_METHODS)[number]>;
+
+/**
+ * The credentials table on a thread of its own (storage/credentials-thread.ts), over the database file,
+ * but for the methods that take a callback, which run on `local`: the gateway's vending commits a few
+ * times per SIM, and each commit waits for the disk.
+ */
+export function credentialsOnThread(db: OpenOptions, local: CredentialStore): CredentialStore & { stop(): Promise<void> } {
+  const onThread = CREDENTIAL_STORE_METHODS.filter((m) => !(WITH_CALLBACKS as readonly string[]).includes(m));
+  const threaded = storeOnThread<SqliteCredentialStore, (typeof onThread)[number]>(siblingModule(import.meta.url, 'credentials-thread'), db, onThread);
+  return { ...threaded, acquireLease: local.acquireLease, promote: local.promote };
+}
 
 /** The SQLite credentials table (synchronous; the rest of the code sees it as a CredentialStore). */
 export class SqliteCredentialStore {

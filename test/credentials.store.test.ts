@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { credentialsOnThread } from '../storage/credentials.ts';
 import { openDatabase, type Db } from '../storage/db.ts';
 import { sqliteStores } from '../storage/index.ts';
 import { SimStore } from '../storage/sims.ts';
@@ -84,3 +85,33 @@ describe('the credential store seen by vending (promise-shaped)', () => {
     await expect(call).rejects.toThrow();
   });
 });
+
+describe('the credentials table on a thread of its own', () => {
+  it('commits on its own connection and hands keys back as Buffers; the callback methods stay on the caller', async () => {
+    const { stores, imsi } = setup();
+    const db = dbs.at(-1)!;
+    const onThread = credentialsOnThread({ file: db.name, synchronous: 'normal' }, stores.credentials);
+    try {
+      const writesHere = () => (db.prepare('SELECT total_changes() AS n').get() as { n: number }).n;
+      const before = writesHere();
+      const row = (await onThread.createGeneration({ ...key(imsi), keyEnc: Buffer.from([0, 1, 2, 255]) }, 'me', 60_000))!;
+      expect(await onThread.markCsrSent(row.id, 'me', Date.now() + 60_000)).toBe(true);
+      // Written on the thread's connection: nothing on this one, yet this one reads it.
+      expect(writesHere()).toBe(before);
+      expect((await stores.credentials.byId(row.id))?.csrSentAt).not.toBeNull();
+      const back = (await onThread.byId(row.id))!;
+      expect(Buffer.isBuffer(back.keyEnc)).toBe(true);
+      expect([...back.keyEnc]).toEqual([0, 1, 2, 255]);
+      const [sealed] = await onThread.sealedKeys(0, 10);
+      expect(Buffer.isBuffer(sealed!.keyEnc)).toBe(true);
+      expect(await onThread.replaceSealedKey(row.id, sealed!.keyEnc, Buffer.from('resealed'))).toBe(true);
+      expect((await stores.credentials.byId(row.id))?.keyEnc.toString()).toBe('resealed');
+      // A lease check takes a function, which cannot cross threads: it runs here.
+      expect(await onThread.acquireLease(row.id, 'other', 60_000, (holder) => holder === 'me')).toBe(true);
+      expect(writesHere()).toBe(before + 1);
+    } finally {
+      await onThread.stop();
+    }
+  });
+});
+

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.ts';
 import { createMetrics, type Metrics } from '../../bridge/metrics.ts';
 import { replayWindow } from '../../bridge/radius/listener.ts';
+import { credentialsOnThread } from '../../storage/credentials.ts';
 import type { Db } from '../../storage/db.ts';
 import { assertPrivateDirectory, prepareDataDirectory } from '../../storage/files.ts';
 import type { GatewayOutbox, Stores } from '../../storage/index.ts';
@@ -69,7 +70,11 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       const writer = workerWriter({ file: db.name, synchronous: storage.synchronous, cacheMb: storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
       const outbox = new Outbox(db, writer, storage.commitMaxRows, storage.deliveryCacheMb * 1024 * 1024);
       stores.simRouting.writeDeliveredWith?.((imsi, at, imei) => outbox.noteFirstDelivery(imsi, at, imei));
-      return { stores, cipher, outbox, writer, metrics, db, databaseUp: () => db.open, close: opened.close };
+      // Vending commits a few times per SIM: on a thread of its own, not on the event loop that serves devices.
+      const credentials = credentialsOnThread({ file: db.name, synchronous: storage.synchronous }, stores.credentials);
+      const threaded: Stores = { ...stores, credentials, credentialReads: credentials };
+      const close = async () => (await credentials.stop(), await opened.close());
+      return { stores: threaded, cipher, outbox, writer, metrics, db, databaseUp: () => db.open, close };
     }
     const { postgresGatewayParts } = await import('../../storage/postgres/gateway.ts');
     // Scrapes read the last figures and start the next read: the count is a query over the network.
