@@ -104,10 +104,11 @@ describe('vending with simbridge and the sandbox as processes', () => {
     const runs = [0, 1].map(() => spawnCli(['vend', '--config', file, '--json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY }));
     const codes = await Promise.all(runs.map((r) => r.exited));
     expect(codes, runs.map((r) => r.output).join('\n')).toEqual([0, 0]);
-    for (const r of runs) {
-      const summary = JSON.parse(r.output.split('\n').find((l) => l.startsWith('{'))!) as { total: number; vended: number; failed: unknown[] };
-      expect(summary).toMatchObject({ total: 20, vended: 20, failed: [] });
-    }
+    const summaries = runs.map((r) => JSON.parse(r.output.split('\n').find((l) => l.startsWith('{'))!) as { total: number; vended: number; failed: unknown[] });
+    // Each run vends all it found pending. The first to look found all 20; the other, if it looked only
+    // after some were vended (a slower start, a database over the network), found fewer.
+    for (const summary of summaries) expect(summary).toMatchObject({ vended: summary.total, failed: [] });
+    expect(Math.max(...summaries.map((s) => s.total))).toBe(20);
     for (const imsi of imsis) expect(await certsOf(imsi), imsi).toHaveLength(1);
     // Nothing left to do: a third run vends nothing and succeeds.
     const again = spawnCli(['vend', '--config', file, '--json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY });
