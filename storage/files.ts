@@ -17,13 +17,10 @@ const cause = (err: unknown) => {
 };
 
 /**
- * Makes the database file ready to open, private to this user: the directory is created 700 and the file
- * 600 (SQLite gives its -wal and -shm files the mode of the database file), and an older database left
- * readable by others is tightened to 600. Fails with the path and the cause when the directory cannot be
- * created or written (read-only file system, permissions), instead of SQLite's "unable to open database file".
+ * Creates the data directory (700) if need be, and fails with the path and the cause when it cannot be
+ * created or written; `why` tells the operator what is written there.
  */
-export function prepareDatabaseFile(file: string): void {
-  const dir = dirname(file);
+export function prepareDataDirectory(dir: string, why: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {
@@ -32,8 +29,18 @@ export function prepareDatabaseFile(file: string): void {
   try {
     accessSync(dir, constants.W_OK | constants.X_OK);
   } catch (err) {
-    throw new StorageError(`the data directory ${dir} is not writable (${cause(err)}): the database and its WAL are written there`);
+    throw new StorageError(`the data directory ${dir} is not writable (${cause(err)}): ${why}`);
   }
+}
+
+/**
+ * Makes the database file ready to open, private to this user: the directory is created 700 and the file
+ * 600 (SQLite gives its -wal and -shm files the mode of the database file), and an older database left
+ * readable by others is tightened to 600. Fails with the path and the cause when the directory cannot be
+ * created or written (read-only file system, permissions), instead of SQLite's "unable to open database file".
+ */
+export function prepareDatabaseFile(file: string): void {
+  prepareDataDirectory(dirname(file), 'the database and its WAL are written there');
   if (existsSync(file)) {
     try {
       accessSync(file, constants.R_OK | constants.W_OK);

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // Every line of an import file is either a SIM in the registry or an error with its line number:
 // an oversized, unreadable or non-UTF-8 line never takes the lines after it down with it.
@@ -28,12 +28,8 @@ describe('SIM import, line by line', () => {
     const res = await fetch(`${url}/v1/sims/import`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'text/csv' }, body: typeof body === 'string' ? body : new Uint8Array(body) });
     return { status: res.status, body: (await res.json()) as any };
   };
-  const stored = (prefix: string) => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare("SELECT imsi, tags FROM sims WHERE imsi LIKE ? || '%' ORDER BY imsi").all(prefix) as Array<{ imsi: string; tags: string }>;
-    db.close();
-    return rows;
-  };
+  const stored = (prefix: string) =>
+    withGatewayState(join(dir, 'gateway'), (db) => db.all<{ imsi: string; tags: string }>("SELECT imsi, tags FROM sims WHERE imsi LIKE ? || '%' ORDER BY imsi", prefix));
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
@@ -59,7 +55,7 @@ describe('SIM import, line by line', () => {
     expect(r.status).toBe(200);
     expect(r.body as Report).toMatchObject({ rows: 2001, created: 2000, failed: 1 });
     expect(r.body.errors).toEqual([{ line: 1002, message: 'line is longer than 65536 bytes; not read' }]);
-    const rows = stored('0010131');
+    const rows = await stored('0010131');
     expect(rows).toHaveLength(2000);
     expect(rows.at(-1)!.imsi).toBe(imsi('0010131', 1999));
   });
@@ -70,7 +66,7 @@ describe('SIM import, line by line', () => {
     expect(r.body as Report).toMatchObject({ rows: 5, created: 3, failed: 2 });
     expect(r.body.errors.map((e: { line: number }) => e.line)).toEqual([3, 4]);
     expect(r.body.errors[0].message).toMatch(/^unreadable CSV: /);
-    expect(stored('0010132').map((s) => s.imsi)).toEqual([imsi('0010132', 1), imsi('0010132', 4), imsi('0010132', 5)]);
+    expect((await stored('0010132')).map((s) => s.imsi)).toEqual([imsi('0010132', 1), imsi('0010132', 4), imsi('0010132', 5)]);
   });
 
   it('takes constructor, toString and __proto__ as tag keys like any other', async () => {
@@ -79,7 +75,7 @@ describe('SIM import, line by line', () => {
     expect(r.body as Report).toMatchObject({ created: 1, failed: 0 });
     const view = await fetch(`${url}/v1/sims/${sim}`, { headers: { authorization: `Bearer ${token}` } }).then((res) => res.text());
     expect(JSON.parse(view).sim.tags).toEqual(JSON.parse('{"constructor":"a","toString":"b","__proto__":"c","site":"n"}'));
-    expect(JSON.parse(stored('0010133')[0]!.tags)).toEqual(JSON.parse('{"constructor":"a","toString":"b","__proto__":"c","site":"n"}'));
+    expect(JSON.parse((await stored('0010133'))[0]!.tags)).toEqual(JSON.parse('{"constructor":"a","toString":"b","__proto__":"c","site":"n"}'));
     const listed = await fetch(`${url}/v1/sims?tag=constructor%3Da`, { headers: { authorization: `Bearer ${token}` } }).then((res) => res.json());
     expect((listed as { items: Array<{ imsi: string }> }).items.map((s) => s.imsi)).toEqual([sim]);
   });
@@ -94,7 +90,7 @@ describe('SIM import, line by line', () => {
     const r = await importCsv(body);
     expect(r.body as Report).toMatchObject({ rows: 3, created: 2, failed: 1 });
     expect(r.body.errors).toEqual([{ line: 3, message: expect.stringMatching(/not valid UTF-8/) }]);
-    const rows = stored('0010134');
+    const rows = await stored('0010134');
     expect(rows.map((s) => s.imsi)).toEqual([imsi('0010134', 1), imsi('0010134', 3)]);
     expect(JSON.parse(rows[1]!.tags)).toEqual({ city: 'Z\u00fcrich' });
     expect(rows.some((s) => s.tags.includes('\ufffd'))).toBe(false);

@@ -1,12 +1,12 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { luhnDigit } from '../lib/ids.ts';
 import { runCli } from './helpers/cli.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 const withLuhn = (body: string) => body + luhnDigit(body);
 const ICCID_1 = withLuhn('898821100000000100');
@@ -56,12 +56,7 @@ describe('SIM import and the sims / stats commands', () => {
     writeFileSync(path, text);
     return path;
   };
-  const snapshot = () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT * FROM sims ORDER BY imsi').all();
-    db.close();
-    return rows;
-  };
+  const snapshot = () => withGatewayState(join(dir, 'gateway'), (db) => db.all('SELECT * FROM sims ORDER BY imsi'));
   const api = async (method: string, path: string, body?: string, contentType = 'text/csv') => {
     const res = await fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': contentType } : {}) }, body });
     return { status: res.status, body: (await res.json()) as any };
@@ -98,7 +93,7 @@ describe('SIM import and the sims / stats commands', () => {
     expect(report.errors.find((e) => e.line === 5)!.message).toMatch(/check digit/);
     expect(report.errors.find((e) => e.line === 11)!.message).toContain('001010000001001');
 
-    const stored = snapshot() as Array<Record<string, unknown>>;
+    const stored = (await snapshot()) as Array<Record<string, unknown>>;
     expect(stored.map((s) => s.imsi)).toEqual(['001010000001001', '001010000001002', '001010000001008']);
     expect(stored[0]).toMatchObject({ iccid: ICCID_1, msisdn: '+15550001', group_name: 'fleet', bound_imei: IMEI_1, thing_name: 'sim-001010000001001' });
     expect(JSON.parse(String(stored[0]!.tags))).toEqual({ site: 'north', rack: '3' });
@@ -106,10 +101,10 @@ describe('SIM import and the sims / stats commands', () => {
   });
 
   it('changes nothing when the same file is imported again', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const r = await sims('import', join(dir, 'sims.csv'), '--json');
     expect(json<Report>(r.output)).toMatchObject({ rows: 9, created: 0, updated: 0, unchanged: 3, failed: 6 });
-    expect(snapshot()).toEqual(before);
+    expect(await snapshot()).toEqual(before);
   });
 
   it('updates changed rows, refuses to move a bound SIM to another IMEI unless forced, and audits the bind', async () => {
@@ -119,11 +114,11 @@ describe('SIM import and the sims / stats commands', () => {
     expect(plain.errors[0]).toMatchObject({ line: 2, field: 'imei' });
     const dry = json<Report>((await sims('import', join(dir, 'update.csv'), '--json', '--force', '--dry-run')).output);
     expect(dry).toMatchObject({ dryRun: true, updated: 1, unchanged: 1, failed: 0 });
-    expect((snapshot() as Array<{ bound_imei: string }>)[0]!.bound_imei).toBe(IMEI_1);
+    expect(((await snapshot()) as Array<{ bound_imei: string }>)[0]!.bound_imei).toBe(IMEI_1);
     const forced = await sims('import', join(dir, 'update.csv'), '--force');
     expect(forced.code).toBe(0);
     expect(forced.output).toMatch(/2 rows in .* 1 updated, 1 unchanged, 0 failed/);
-    expect((snapshot() as Array<{ bound_imei: string }>)[0]!.bound_imei).toBe(IMEI_2);
+    expect(((await snapshot()) as Array<{ bound_imei: string }>)[0]!.bound_imei).toBe(IMEI_2);
     const audit = await api('GET', '/v1/audit?imsi=001010000001001&kind=imei_bound');
     expect(audit.body.items[0].detail).toMatchObject({ imei: IMEI_2, previous: IMEI_1, via: 'import', by: 'ops@test' });
   });

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
-import { httpFrom } from './helpers/http.ts';
+import { httpFrom, withoutNodeLabel } from './helpers/http.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
 
 // Routes anyone may call. Any other route must refuse a missing token, a wrong token and too low a
 // role; a route added as public by mistake fails here.
@@ -219,10 +219,8 @@ describe('admin API access control', () => {
     expect((await runCli(['tokens', 'frobnicate', '--config', configFile])).code).toBe(64);
   });
 
-  it('stores tokens only as hashes', () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT * FROM admin_tokens').all() as Array<Record<string, unknown>>;
-    db.close();
+  it('stores tokens only as hashes', async () => {
+    const rows = await withGatewayState(join(dir, 'gateway'), (db) => db.all('SELECT * FROM admin_tokens'));
     const dump = JSON.stringify(rows);
     expect(dump).not.toContain(operator);
     expect(dump).not.toContain(installer);
@@ -251,22 +249,23 @@ describe('admin API access control', () => {
     expect((await call('127.0.0.1', 'GET', '/healthz')).body).toEqual({ status: 'ok' });
     expect((await call('127.0.0.1', 'GET', '/readyz')).status).toBe(200);
     const metrics = await call('127.0.0.1', 'GET', '/metrics');
-    expect(metrics.body).toContain('simbridge_admin_auth_failures_total{reason="missing_token"}');
+    expect(withoutNodeLabel(metrics.body)).toContain('simbridge_admin_auth_failures_total{reason="missing_token"}');
   });
 
   it('deletes audit events and dead letters past their age when retention runs', async () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'));
+    const db = await gatewayState(join(dir, 'gateway'), { writable: true });
     const old = Date.now() - 400 * 86_400_000;
-    db.prepare("INSERT INTO audit (at, imsi, kind, detail) VALUES (?, ?, 'old_event', '{}')").run(old, IMSI);
-    db.prepare("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', x'00', ?, 'test', ?)").run(IMSI, old, old);
-    db.prepare("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', x'00', ?, 'recent', ?)").run(IMSI, Date.now(), Date.now());
-    db.close();
+    const byte = Buffer.from([0]);
+    await db.run("INSERT INTO audit (at, imsi, kind, detail) VALUES (?, ?, 'old_event', '{}')", old, IMSI);
+    await db.run("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', ?, ?, 'test', ?)", IMSI, byte, old, old);
+    await db.run("INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES (?, 't', ?, ?, 'recent', ?)", IMSI, byte, Date.now(), Date.now());
+    await db.close();
     const res = await call('127.0.0.1', 'POST', '/v1/retention/run', operator);
     expect(res.status).toBe(200);
     expect(res.body.deleted).toMatchObject({ audit: 1, deadLetters: 1 });
-    const check = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    expect(check.prepare("SELECT count(*) FROM audit WHERE kind = 'old_event'").pluck().get()).toBe(0);
-    expect(check.prepare("SELECT reason FROM dead_letters").pluck().all()).toEqual(['recent']);
-    check.close();
+    const check = await gatewayState(join(dir, 'gateway'));
+    expect(await check.get("SELECT count(*) AS n FROM audit WHERE kind = 'old_event'")).toEqual({ n: 0 });
+    expect(await check.all('SELECT reason FROM dead_letters')).toEqual([{ reason: 'recent' }]);
+    await check.close();
   });
 });

@@ -30,7 +30,8 @@ describe('simbridge backup', () => {
   const certificates = async () => ((await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { certificates: unknown[] }).certificates.length;
 
   it('copies a running gateway under writes, and a gateway restored from the copy keeps its SIMs and keys', async () => {
-    const config = (await gatewayConfig(dir, sandbox)).file;
+    // `simbridge backup` copies the SQLite database file: this stays on SQLite in every storage mode.
+    const config = (await gatewayConfig(dir, sandbox, { keepSqlite: true })).file;
     const first = await startGatewayProcess(config);
     gateways.push(first);
     const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${first.mqttPort}`, deviceOptions(IMSI, IMEI));
@@ -64,7 +65,7 @@ describe('simbridge backup', () => {
     const restoredDir = tempDir('backup-restored');
     mkdirSync(join(restoredDir, 'gateway'), { recursive: true, mode: 0o700 });
     copyFileSync(out, join(restoredDir, 'gateway', 'simbridge.db'));
-    const restored = await startGatewayProcess((await gatewayConfig(restoredDir, sandbox)).file);
+    const restored = await startGatewayProcess((await gatewayConfig(restoredDir, sandbox, { keepSqlite: true })).file);
     gateways.push(restored);
     const back = await mqtt.connectAsync(`mqtt://127.0.0.1:${restored.mqttPort}`, deviceOptions(IMSI, IMEI));
     await back.publishAsync('t', 'after restore', { qos: 1 });

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 import { closed, connectDevice, deviceOptions, Observer, rawExchange } from './helpers/mqtt.ts';
 
 const GOOD_IMSI = '001010000000031';
@@ -76,10 +76,9 @@ describe('bad input gets its documented refusal and the gateway keeps serving', 
     expect(await res.json()).toMatchObject({ error });
   });
 
-  it('writes refusals that concern a SIM to the audit log', () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const kinds = db.prepare('SELECT kind FROM audit WHERE imsi = ?').pluck().all(GOOD_IMSI) as string[];
-    db.close();
+  it('writes refusals that concern a SIM to the audit log', async () => {
+    const rows = await withGatewayState(join(dir, 'gateway'), (db) => db.all<{ kind: string }>('SELECT kind FROM audit WHERE imsi = ?', GOOD_IMSI));
+    const kinds = rows.map((r) => r.kind);
     expect(kinds).toContain('invalid_imei');
   });
 
@@ -112,9 +111,7 @@ describe('unknown SIMs with sims.unknown = reject', () => {
     const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/topics/t`, { method: 'POST', headers: { 'x-imsi': '001010000000099' }, body: 'x' });
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: 'unknown_sim' });
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const n = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'unknown_sim'").pluck().get('001010000000099');
-    db.close();
-    expect(n).toBe(2);
+    const n = await withGatewayState(join(dir, 'gateway'), (db) => db.get("SELECT COUNT(*) AS n FROM audit WHERE imsi = ? AND kind = 'unknown_sim'", '001010000000099'));
+    expect(n).toEqual({ n: 2 });
   });
 });

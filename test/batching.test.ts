@@ -1,12 +1,13 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { parse, stringify } from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
 import { decodeBatch } from '../docs/examples/decode-batch.mjs';
 import { closed, connectDevice, deviceOptions, Observer, type Received } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { gatewayState } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
 
@@ -165,20 +166,20 @@ describe('batching for sleepy senders', () => {
     client.end(true);
 
     const lossy = '001010000000942';
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'));
-    db.prepare("INSERT INTO sims (imsi, group_name, thing_name, created_at) VALUES (?, 'lossy', ?, ?)").run(lossy, `sim-${lossy}`, Date.now());
-    db.close();
+    const db = await gatewayState(join(dir, 'gateway'), { writable: true });
+    await db.run("INSERT INTO sims (imsi, group_name, thing_name, created_at) VALUES (?, 'lossy', ?, ?)", lossy, `sim-${lossy}`, Date.now());
+    await db.close();
     for (let i = 0; i < 5; i++) expect((await post(gateway.httpPort, lossy, 'm', `l${i}`)).status).toBe(202);
-    const ro = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const left = ro.prepare('SELECT payload FROM outbox WHERE imsi = ? ORDER BY id').all(lossy).map((r) => String((r as { payload: Buffer }).payload));
-    const dropped = ro.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'message_dropped' ORDER BY id").all(lossy) as Array<{ detail: string }>;
-    const strictLeft = ro.prepare('SELECT COUNT(*) FROM outbox WHERE imsi = ?').pluck().get(strict);
-    ro.close();
+    const ro = await gatewayState(join(dir, 'gateway'));
+    const left = (await ro.all<{ payload: Buffer }>('SELECT payload FROM outbox WHERE imsi = ? ORDER BY id', lossy)).map((r) => String(r.payload));
+    const dropped = await ro.all<{ detail: string }>("SELECT detail FROM audit WHERE imsi = ? AND kind = 'message_dropped' ORDER BY id", lossy);
+    const strictLeft = await ro.get('SELECT COUNT(*) AS n FROM outbox WHERE imsi = ?', strict);
+    await ro.close();
     expect(left).toEqual(['l2', 'l3', 'l4']);
     expect(dropped).toHaveLength(2);
-    expect(strictLeft).toBe(3);
+    expect(strictLeft).toEqual({ n: 3 });
     await new Promise((r) => setTimeout(r, 100));
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_messages_dropped_total\{group="lossy",reason="outbox_full"\} 2/);
     expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="outbox_full"\} 1/);
   });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CliProcess, tempDir, writeYaml } from './helpers/processes.ts';
 import { Observer } from './helpers/mqtt.ts';
+import { testStorage } from './helpers/storage-mode.ts';
 
 // The production path: `npm run build`, an install without dev dependencies, and plain `node` on the
 // built JavaScript (no TypeScript loader, in the worker threads either).
@@ -34,6 +35,7 @@ describe('the built artifact', () => {
   it('starts on the sandbox with node alone and delivers the README demo message', async () => {
     const config = writeYaml(dir, 'sandbox.yaml', {
       dataDir: join(dir, 'data'),
+      storage: await testStorage(join(dir, 'data')),
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
       sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 },
       admin: { port: 0 },

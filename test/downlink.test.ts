@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { MqttClient } from 'mqtt';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectCloudApp } from './helpers/cloud.ts';
 import { deviceOptions, Observer, subscribeCodes } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
 const A = '001010000000401';
@@ -133,9 +133,7 @@ describe('commands down to devices', () => {
     const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/v1/downlink`, { headers: { 'x-imsi': H, 'x-imei': IMEI } });
     const { messages } = (await res.json()) as { messages: Array<{ payload: string }> };
     expect(messages.map((m) => m.payload)).toEqual(['n2', 'n3', 'n4']);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const dropped = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'").pluck().get(H);
-    db.close();
-    expect(dropped).toBe(2);
+    const dropped = await withGatewayState(join(dir, 'gateway'), (db) => db.get("SELECT COUNT(*) AS n FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'", H));
+    expect(dropped).toEqual({ n: 2 });
   });
 });

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 const IMSI = '001010000000011';
 const IMEI = '490154203237518';
@@ -67,10 +67,8 @@ describe('a device message reaches the sandbox IoT Core end to end', () => {
     expect(ofBurst()).toEqual(bodies);
   });
 
-  it('vended the device once and keeps its private key encrypted at rest', () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT step, key_enc, cert_id FROM credentials WHERE imsi = ?').all(IMSI) as Array<{ step: string; key_enc: Buffer; cert_id: string }>;
-    db.close();
+  it('vended the device once and keeps its private key encrypted at rest', async () => {
+    const rows = await withGatewayState(join(dir, 'gateway'), (db) => db.all<{ step: string; key_enc: Buffer; cert_id: string }>('SELECT step, key_enc, cert_id FROM credentials WHERE imsi = ?', IMSI));
     expect(rows).toHaveLength(1);
     expect(rows[0].step).toBe('ready');
     expect(rows[0].cert_id).toMatch(/^[0-9a-f]{64}$/);

@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttachPolicyCommand, CreatePolicyCommand } from '@aws-sdk/client-iot';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
@@ -13,6 +12,8 @@ import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer, type Received } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { gatewayState, withGatewayState } from './helpers/storage-mode.ts';
 import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 // Lifecycle events (docs/events.md): each occurrence is driven for real (devices over HTTP, radclient as
@@ -53,14 +54,8 @@ function withEvents(file: string, extra: Record<string, unknown> = {}): void {
   writeFileSync(file, stringify({ ...config, events: { enabled: true, gateway: GATEWAY }, ...extra }));
 }
 
-const gatewayRows = (dir: string, topicLike = '%'): number => {
-  const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-  try {
-    return db.prepare("SELECT COUNT(*) FROM outbox WHERE imsi = '@gateway' AND device_topic LIKE ?").pluck().get(topicLike) as number;
-  } finally {
-    db.close();
-  }
-};
+const gatewayRows = async (dir: string, topicLike = '%'): Promise<number> =>
+  (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ n: number }>("SELECT COUNT(*) AS n FROM outbox WHERE imsi = '@gateway' AND device_topic LIKE ?", topicLike)))!.n;
 
 describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
   const dir = tempDir('events');
@@ -193,8 +188,8 @@ describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
     expect(eventsOf(observer.messages, 'message_dropped_quota').map((ev) => ev.topic)).toEqual(['m', 'm']);
     expect(eventsOf(observer.messages, 'network_session_stop')[0]).toMatchObject({ cause: 'stop', session: { ip: '127.0.0.9', acctSessionId: 'acct-events-1' } });
     // Delivered events leave the outbox.
-    expect(gatewayRows(dir)).toBe(0);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    expect(await gatewayRows(dir)).toBe(0);
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_events_published_total\{kind="message_dropped_quota"\} 2/);
     expect(metrics).toMatch(/simbridge_events_published_total\{kind="imei_mismatch"\} 1/);
     expect(metrics).toMatch(/simbridge_events_queued 0/);
@@ -203,18 +198,16 @@ describe.skipIf(!radclient)('lifecycle events, one per occurrence', () => {
   it('publishes as its own thing, whose policy allows only its event topics', async () => {
     const st = (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { certificates: Array<{ things: string[]; policies?: string[] }> };
     expect(st.certificates.filter((c) => c.things.includes(`simbridge-${GATEWAY}`))).toHaveLength(1);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const row = db.prepare('SELECT step, key_enc, thing_name FROM gateway_credentials WHERE gateway = ?').get(GATEWAY) as { step: string; key_enc: Buffer; thing_name: string };
-    db.close();
+    const row = (await withGatewayState(join(dir, 'gateway'), (db) =>
+      db.get<{ step: string; key_enc: Buffer; thing_name: string }>('SELECT step, key_enc, thing_name FROM gateway_credentials WHERE gateway = ?', GATEWAY),
+    ))!;
     expect(row).toMatchObject({ step: 'ready', thing_name: `simbridge-${GATEWAY}` });
     // The private key is sealed (AES-256-GCM), never stored as PEM.
     expect(row.key_enc.toString('latin1')).not.toContain('PRIVATE KEY');
   });
 
   it("the gateway's certificate may publish its events and nothing else (the sandbox holds it to its policy)", async () => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const row = db.prepare('SELECT cert_pem, key_enc FROM gateway_credentials WHERE gateway = ?').get(GATEWAY) as { cert_pem: string; key_enc: Buffer };
-    db.close();
+    const row = (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ cert_pem: string; key_enc: Buffer }>('SELECT cert_pem, key_enc FROM gateway_credentials WHERE gateway = ?', GATEWAY)))!;
     const key = new KeyCipher(Buffer.from(TEST_MASTER_KEY, 'hex')).decrypt(row.key_enc, `gateway:${GATEWAY}`).toString();
     const connect = (clientId: string) =>
       mqtt.connectAsync(`mqtts://localhost:${sandbox.dataPort}`, { ca: readFileSync(sandbox.caFile), cert: row.cert_pem, key, clientId, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000 }, false);
@@ -257,7 +250,7 @@ describe('lifecycle events survive SIGKILL', () => {
     const imsi = '001010000000711';
     expect(await post(gateway.httpPort, imsi, 'ok/1', 'k1')).toBe(202);
     // The occurrence is committed with its event (the 202 came after the registration's commit).
-    expect(gatewayRows(dir, '%/events/first_contact')).toBe(1);
+    expect(await gatewayRows(dir, '%/events/first_contact')).toBe(1);
     await gateway.kill('SIGKILL');
 
     relay.setOpen(true);
@@ -270,7 +263,7 @@ describe('lifecycle events survive SIGKILL', () => {
     // Unmasked as configured.
     expect(first[0]!.sim.imsi).toBe(imsi);
     expect(eventsOf(observer.messages, 'certificate_vended')).toHaveLength(1);
-    expect(gatewayRows(dir)).toBe(0);
+    expect(await gatewayRows(dir)).toBe(0);
   }, 180_000);
 });
 
@@ -301,13 +294,17 @@ describe('certificate_rotated events', () => {
     config.vending.rotation.enabled = false;
     writeFileSync(cfg.file, stringify(config));
     gateway = await startGatewayProcess(cfg.file);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    cleanups.push(async () => db.close());
-    const rotations = () => db.prepare("SELECT detail FROM audit WHERE kind = 'vended' AND json_extract(detail, '$.replaces') IS NOT NULL ORDER BY id").all() as Array<{ detail: string }>;
+    const db = await gatewayState(join(dir, 'gateway'));
+    cleanups.push(() => db.close());
+    // Rotations are the vended rows that replace a certificate (filtered here: JSON functions differ by dialect).
+    const rotations = async () =>
+      (await db.all<{ detail: string }>("SELECT detail FROM audit WHERE kind = 'vended' ORDER BY id"))
+        .map((r) => JSON.parse(r.detail) as { certificateId: string; replaces?: string })
+        .filter((d) => d.replaces != null);
     // A rotation the stop interrupted may still finish after the restart: wait until the two agree.
-    await observer.waitUntil((m) => eventsOf(m, 'certificate_rotated').length >= rotations().length && gatewayRows(dir) === 0, 60_000);
+    await observer.waitUntil(async (m) => eventsOf(m, 'certificate_rotated').length >= (await rotations()).length && (await gatewayRows(dir)) === 0, 60_000);
     await new Promise((r) => setTimeout(r, 1500));
-    const audited = rotations().map((r) => JSON.parse(r.detail) as { certificateId: string; replaces: string });
+    const audited = await rotations();
     const published = eventsOf(observer.messages, 'certificate_rotated');
     expect(published.map((ev) => [ev.certificateId, ev.previousCertificateId])).toEqual(audited.map((a) => [a.certificateId, a.replaces]));
     expect(published.every((ev) => ev.thing === `sim-${maskId(imsi)}`)).toBe(true);

@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import net from 'node:net';
-import Database from 'better-sqlite3';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 import { closed, connectFrom, deviceOptions, Observer } from './helpers/mqtt.ts';
 
 // No device may use up the gateway: retained publishes, connections per address and per SIM, keepalive,
@@ -44,18 +45,12 @@ describe('a device cannot exhaust the gateway', () => {
   const open: MqttClient[] = [];
 
   const metric = async (reason: string, protocol: string) => {
-    const text = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const text = await scrapeMetrics(gateway.adminPort);
     const m = text.match(new RegExp(`simbridge_refusals_total\\{protocol="${protocol}",reason="${reason}"\\} (\\d+)`));
     return m ? Number(m[1]) : 0;
   };
-  const audit = (imsi: string, kind: string) => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    try {
-      return db.prepare('SELECT count(*) FROM audit WHERE imsi = ? AND kind = ?').pluck().get(imsi, kind) as number;
-    } finally {
-      db.close();
-    }
-  };
+  const audit = async (imsi: string, kind: string) =>
+    (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ n: number }>('SELECT count(*) AS n FROM audit WHERE imsi = ? AND kind = ?', imsi, kind)))!.n;
   const connect = async (from: string, imsi: string, clientId: string, extra = {}) => {
     const r = await connectFrom(from, gateway.mqttPort, deviceOptions(imsi, clientId, extra));
     if (r.code === 0) open.push(r.client);
@@ -95,7 +90,7 @@ describe('a device cannot exhaust the gateway', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(observer.messages.filter((m) => m.topic === `devices/sim-${imsi}/state`)).toHaveLength(0);
     expect(await metric('retain_not_supported', 'mqtt')).toBe(1);
-    expect(audit(imsi, 'retain_not_supported')).toBe(1);
+    expect(await audit(imsi, 'retain_not_supported')).toBe(1);
   });
 
   it(`answers CONNACK 3 past ${LIMITS.perAddress} connections from one address, and takes the next once one closes`, async () => {
@@ -123,7 +118,7 @@ describe('a device cannot exhaust the gateway', () => {
     expect((await connect('127.0.2.3', imsi, ids[2]!)).code).toBe(3);
     expect((await connect('127.0.2.4', imsi, ids[0]!)).code).toBe(0);
     expect(await metric('sim_connection_limit', 'mqtt')).toBe(1);
-    expect(audit(imsi, 'sim_connection_limit')).toBe(1);
+    expect(await audit(imsi, 'sim_connection_limit')).toBe(1);
   });
 
   it.each([

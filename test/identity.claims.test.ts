@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
@@ -16,6 +15,7 @@ import {
   type GatewayProcess,
   type SandboxProcess,
 } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // The attacker of the hardening report: anyone on the device network, with mosquitto_pub, claiming a SIM
 // that is not theirs. Outside the sandbox claimed identity must need the SIM's secret.
@@ -168,9 +168,7 @@ describe.skipIf(!mosquittoPub)('claimed identity outside the sandbox', () => {
     const first = await api('POST', '/v1/sims/import', csv, 'text/csv');
     expect(first.body).toMatchObject({ rows: 2, created: 1, failed: 1 });
     expect(first.body.errors).toEqual([expect.objectContaining({ line: 3, field: 'secret' })]);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const stored = db.prepare('SELECT secret_hash FROM sims WHERE imsi = ?').pluck().get(CSV_SIM) as string;
-    db.close();
+    const stored = (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ secret_hash: string }>('SELECT secret_hash FROM sims WHERE imsi = ?', CSV_SIM)))!.secret_hash;
     expect(stored).toMatch(/^scrypt\$/);
     expect(stored).not.toContain(secret);
     expect(await mqttCode(CSV_SIM, secret)).toBe(0);

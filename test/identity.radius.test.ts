@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPeer } from './helpers/interop.ts';
-import { httpFrom } from './helpers/http.ts';
+import { httpFrom, scrapeMetrics } from './helpers/http.ts';
 import { closed, connectFrom, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // The mobile network is played by FreeRADIUS's radclient; devices connect from their own loopback
 // addresses and are identified by the RADIUS session of that address.
@@ -97,10 +97,8 @@ describe.skipIf(!radclient)('identity from RADIUS accounting (radclient as the P
     const res = await httpFrom(A.ip, gateway.httpPort, 'POST', '/topics/t', { headers: { 'x-imei': '353456789012348' }, body: 'x' });
     expect(res.status).toBe(403);
     expect(res.body).toMatchObject({ error: 'claim_mismatch' });
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const n = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'claim_mismatch'").pluck().get(A.imsi);
-    db.close();
-    expect(n).toBe(2);
+    const n = await withGatewayState(join(dir, 'gateway'), (db) => db.get("SELECT COUNT(*) AS n FROM audit WHERE imsi = ? AND kind = 'claim_mismatch'", A.imsi));
+    expect(n).toEqual({ n: 2 });
   });
 
   it('disconnects a connected device when its session stops, then refuses it', async () => {
@@ -129,7 +127,7 @@ describe.skipIf(!radclient)('identity from RADIUS accounting (radclient as the P
     const run = await accounting(record('Start', A.ip, 'acct-a', A.imsi, A.imeisv));
     expect(run.code, run.out).toBe(0);
     expect((await connectFrom(A.ip, gateway.mqttPort, { clientId: 'a' })).code).toBe(5);
-    const text = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const text = await scrapeMetrics(gateway.adminPort);
     const count = (labels: string) => Number(text.match(new RegExp(`simbridge_radius_packets_total\\{${labels}\\} (\\d+)`))?.[1] ?? NaN);
     expect(count('result="accepted",reason=""')).toBe(5);
     expect(count('result="ignored",reason="stopped_session"')).toBe(1);

@@ -1,11 +1,9 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashSecret } from '../storage/secret-hash.ts';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 const X = '490154203237518'; // a device
 const X_SPARE0 = '490154203237510'; // the same device, 15th digit sent as a spare 0
@@ -41,10 +39,8 @@ describe('the IMEI lock', () => {
       headers: { 'x-imsi': imsi, 'x-imei': imei, ...(auth ? { authorization: `Bearer ${auth}` } : {}) },
       body: 'x',
     });
-  const audit = (imsi: string) => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT kind, detail FROM audit WHERE imsi = ? ORDER BY id').all(imsi) as Array<{ kind: string; detail: string }>;
-    db.close();
+  const audit = async (imsi: string) => {
+    const rows = await withGatewayState(join(dir, 'gateway'), (db) => db.all<{ kind: string; detail: string }>('SELECT kind, detail FROM audit WHERE imsi = ? ORDER BY id', imsi));
     return rows.map((r) => ({ kind: r.kind, ...JSON.parse(r.detail) }));
   };
 
@@ -61,22 +57,22 @@ describe('the IMEI lock', () => {
       },
     });
     // SIMs as an operator would have loaded them (the gateway's own registry, before it starts).
-    const db = openDatabase({ file: join(dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
-    const sims = new SimStore(db);
+    const opened = await gatewayStores(join(dir, 'gateway'));
+    const { sims } = opened.stores;
     const add = (imsi: string, group: string, boundImei?: string) => sims.register({ imsi, group, thingName: `sim-${imsi}`, boundImei });
-    add(SIMS.locked, 'fleet', X);
-    add(SIMS.lockedUnbound, 'fleet');
-    add(SIMS.any, 'lab', X);
-    add(SIMS.suspended, 'lab');
-    add(SIMS.terminated, 'lab');
-    add(SIMS.override, 'fleet', X);
-    add(SIMS.secret, 'secured');
-    add(SIMS.claims, 'claims');
-    sims.setStatus(SIMS.suspended, 'suspended');
-    sims.setStatus(SIMS.terminated, 'terminated');
-    sims.setLockMode(SIMS.override, 'any');
-    sims.setSecretHash(SIMS.secret, await hashSecret('s3cret-token'));
-    db.close();
+    await add(SIMS.locked, 'fleet', X);
+    await add(SIMS.lockedUnbound, 'fleet');
+    await add(SIMS.any, 'lab', X);
+    await add(SIMS.suspended, 'lab');
+    await add(SIMS.terminated, 'lab');
+    await add(SIMS.override, 'fleet', X);
+    await add(SIMS.secret, 'secured');
+    await add(SIMS.claims, 'claims');
+    await sims.setStatus(SIMS.suspended, 'suspended');
+    await sims.setStatus(SIMS.terminated, 'terminated');
+    await sims.setLockMode(SIMS.override, 'any');
+    await sims.setSecretHash(SIMS.secret, await hashSecret('s3cret-token'));
+    await opened.close();
     gateway = await startGatewayProcess(cfg.file);
     url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
   });
@@ -94,7 +90,7 @@ describe('the IMEI lock', () => {
     const res = await post(SIMS.firstContact, Y);
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: 'imei_mismatch' });
-    const rows = audit(SIMS.firstContact);
+    const rows = await audit(SIMS.firstContact);
     expect(rows.find((r) => r.kind === 'imei_bound')).toMatchObject({ imei: X });
     expect(rows.filter((r) => r.kind === 'imei_mismatch')).toHaveLength(2);
     expect(rows.find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
@@ -106,7 +102,7 @@ describe('the IMEI lock', () => {
     // The real device still gets in; nothing was bound and nothing refused.
     expect(await connect(SIMS.claims, X)).toBe(0);
     expect((await post(SIMS.claims, X)).status).toBe(202);
-    const kinds = audit(SIMS.claims).map((r) => r.kind);
+    const kinds = (await audit(SIMS.claims)).map((r) => r.kind);
     expect(kinds).not.toContain('imei_bound');
     expect(kinds).not.toContain('imei_mismatch');
   });
@@ -115,7 +111,7 @@ describe('the IMEI lock', () => {
     expect(await connect(SIMS.locked, X)).toBe(0);
     expect(await connect(SIMS.locked, X_IMEISV)).toBe(0);
     expect(await connect(SIMS.locked, Y)).toBe(5);
-    expect(audit(SIMS.locked).find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
+    expect((await audit(SIMS.locked)).find((r) => r.kind === 'imei_mismatch')).toMatchObject({ bound: X, seen: Y });
   });
 
   it('locked refuses a SIM no installer has bound yet', async () => {
@@ -123,7 +119,7 @@ describe('the IMEI lock', () => {
     const res = await post(SIMS.lockedUnbound, X);
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: 'imei_not_bound' });
-    expect(audit(SIMS.lockedUnbound).map((r) => r.kind)).toEqual(['imei_not_bound', 'imei_not_bound']);
+    expect((await audit(SIMS.lockedUnbound)).map((r) => r.kind)).toEqual(['imei_not_bound', 'imei_not_bound']);
   });
 
   it('any lets the SIM work in any device', async () => {
@@ -140,8 +136,8 @@ describe('the IMEI lock', () => {
     expect(await connect(SIMS.terminated, X)).toBe(5);
     expect(await (await post(SIMS.suspended, X)).json()).toMatchObject({ error: 'sim_suspended' });
     expect(await (await post(SIMS.terminated, X)).json()).toMatchObject({ error: 'sim_terminated' });
-    expect(audit(SIMS.suspended).map((r) => r.kind)).toEqual(['sim_suspended', 'sim_suspended']);
-    expect(audit(SIMS.terminated).map((r) => r.kind)).toEqual(['sim_terminated', 'sim_terminated']);
+    expect((await audit(SIMS.suspended)).map((r) => r.kind)).toEqual(['sim_suspended', 'sim_suspended']);
+    expect((await audit(SIMS.terminated)).map((r) => r.kind)).toEqual(['sim_terminated', 'sim_terminated']);
   });
 
   it('requires the SIM\'s secret where the group says so (MQTT password, HTTP bearer)', async () => {

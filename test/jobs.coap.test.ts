@@ -3,15 +3,14 @@
 // becomes UpdateJobExecution as its thing, answered in CoAP's codes.
 import { join } from 'node:path';
 import { CancelJobCommand, CreateJobCommand, DescribeJobExecutionCommand, type IoTClient } from '@aws-sdk/client-iot';
-import Database from 'better-sqlite3';
 import { decode as cborDecode, encode as cborEncode } from 'cbor-x';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
 import { coapClient, coapParse, coapRequest, datagrams } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 const client = findPeer('coap-client-notls', 'libcoap3-bin');
 const IMEI = '490154203237518';
@@ -57,12 +56,7 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     const [, code, payload] = /t:ACK c:(\d\.\d\d) .*?(?::: '(.*)')?$/m.exec(run.out) ?? [];
     return { code, body: payload?.startsWith('{') ? (JSON.parse(payload) as Record<string, unknown>) : payload, out: run.out };
   };
-  const audit = (imsi: string) => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT kind, detail FROM audit WHERE imsi = ? ORDER BY id').all(imsi) as { kind: string; detail: string }[];
-    db.close();
-    return rows;
-  };
+  const audit = (imsi: string) => withGatewayState(join(dir, 'gateway'), (db) => db.all<{ kind: string; detail: string }>('SELECT kind, detail FROM audit WHERE imsi = ? ORDER BY id', imsi));
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
@@ -72,11 +66,10 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
       // The job documents here name files on no real host: nothing is fetched before a device asks.
       files: { prefetch: false },
     });
-    const db = openDatabase({ file: join(dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
-    const sims = new SimStore(db);
-    sims.register({ imsi: SIMS.legacy, group: 'legacy', thingName: thingOf(SIMS.legacy) });
-    sims.register({ imsi: SIMS.off, group: 'off', thingName: thingOf(SIMS.off) });
-    db.close();
+    const opened = await gatewayStores(join(dir, 'gateway'));
+    await opened.stores.sims.register({ imsi: SIMS.legacy, group: 'legacy', thingName: thingOf(SIMS.legacy) });
+    await opened.stores.sims.register({ imsi: SIMS.off, group: 'off', thingName: thingOf(SIMS.off) });
+    await opened.close();
     gateway = await startGatewayProcess(cfg.file);
     iot = sandboxIotClient(sandbox.controlEndpoint);
   });
@@ -106,7 +99,7 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     // A report made from a stale 2.04 is a version conflict, with the current state to start again from.
     const stale = await report('fw-5-0', { status: 'SUCCEEDED', expectedVersion: 1 });
     expect(stale, stale.out).toMatchObject({ code: '4.09', body: { error: 'job_version_conflict', execution: { status: 'IN_PROGRESS', versionNumber: 2 } } });
-    expect(audit(SIMS.device).filter((r) => r.kind === 'job_update_refused').map((r) => JSON.parse(r.detail).reason)).toEqual(['job_version_conflict']);
+    expect((await audit(SIMS.device)).filter((r) => r.kind === 'job_update_refused').map((r) => JSON.parse(r.detail).reason)).toEqual(['job_version_conflict']);
 
     // SUCCEEDED in CBOR (Content-Format 60), answered in CBOR (Accept 60).
     const body = cborEncode({ status: 'SUCCEEDED', expectedVersion: 2, statusDetails: { installed: '5.0' } });
@@ -146,7 +139,7 @@ describe.skipIf(!client)('Jobs for a sleeping CoAP device with coap-client-notls
     const off = await report('fw-5-0', { status: 'SUCCEEDED' }, SIMS.off);
     expect(off.code, off.out).toBe('4.04');
     expect(off.out).toMatch(/jobs_disabled/);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     for (const reason of ['job_removed', 'job_not_found', 'job_update_invalid', 'jobs_disabled', 'job_version_conflict']) expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{[^}]*protocol="coap"[^}]*reason="${reason}"`));
   });
 

@@ -1,15 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { decode as cborDecode } from 'cbor-x';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
 import { coapClient, coapParse, coapRequest, datagrams } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 // libcoap's coap-client-notls is the device; a raw UDP socket plays the device where a test needs
 // exact control of the datagrams (a retransmission is the same datagram sent again).
@@ -25,23 +24,19 @@ describe.skipIf(!client)('CoAP ingress with coap-client-notls as the device', ()
   let gateway: GatewayProcess;
   let observer: Observer;
   let url: string;
-  const audit = (imsi: string) => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const kinds = db.prepare('SELECT kind FROM audit WHERE imsi = ? ORDER BY id').pluck().all(imsi);
-    db.close();
-    return kinds;
-  };
+  const audit = async (imsi: string) =>
+    (await withGatewayState(join(dir, 'gateway'), (db) => db.all<{ kind: string }>('SELECT kind FROM audit WHERE imsi = ? ORDER BY id', imsi))).map((r) => r.kind);
   const of = (topic: string) => observer.messages.filter((m) => m.topic === topic);
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
     const cfg = await gatewayConfig(dir, sandbox, { listeners: { coap: { identity: 'claimed' } }, groups: { default: {}, fleet: { lock: 'locked' }, lab: { lock: 'any' } } });
-    const db = openDatabase({ file: join(dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
-    const sims = new SimStore(db);
-    sims.register({ imsi: SIMS.locked, group: 'fleet', thingName: `sim-${SIMS.locked}`, boundImei: X });
-    sims.register({ imsi: SIMS.suspended, group: 'lab', thingName: `sim-${SIMS.suspended}` });
-    sims.setStatus(SIMS.suspended, 'suspended');
-    db.close();
+    const opened = await gatewayStores(join(dir, 'gateway'));
+    const { sims } = opened.stores;
+    await sims.register({ imsi: SIMS.locked, group: 'fleet', thingName: `sim-${SIMS.locked}`, boundImei: X });
+    await sims.register({ imsi: SIMS.suspended, group: 'lab', thingName: `sim-${SIMS.suspended}` });
+    await sims.setStatus(SIMS.suspended, 'suspended');
+    await opened.close();
     gateway = await startGatewayProcess(cfg.file);
     expect(gateway.coapPort).toBeGreaterThan(0);
     url = `coap://127.0.0.1:${gateway.coapPort}`;
@@ -94,8 +89,8 @@ describe.skipIf(!client)('CoAP ingress with coap-client-notls as the device', ()
     expect(mismatch.out).toMatch(/4\.03 imei_mismatch/);
     const suspended = await coapClient(client!, ['-m', 'post', '-e', 'x', `${url}/topics/t?${claim(SIMS.suspended)}`]);
     expect(suspended.out).toMatch(/4\.03 sim_suspended/);
-    expect(audit(SIMS.locked)).toContain('imei_mismatch');
-    expect(audit(SIMS.suspended)).toContain('sim_suspended');
+    expect(await audit(SIMS.locked)).toContain('imei_mismatch');
+    expect(await audit(SIMS.suspended)).toContain('sim_suspended');
     const bad = await coapClient(client!, ['-m', 'post', '-e', 'x', `${url}/topics/t?imsi=12&imei=${X}`]);
     expect(bad.out).toMatch(/4\.00 invalid_imsi/);
   });
@@ -136,7 +131,7 @@ describe.skipIf(!client)('CoAP ingress with coap-client-notls as the device', ()
     expect(byId.get(778)?.code).toBe('4.02');
     expect(byId.get(779)?.code).toBe('4.13');
     expect(byId.get(777)?.code).toBe('2.04');
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     for (const reason of ['malformed', 'bad_version', 'bad_option', 'datagram_too_large']) {
       expect(metrics).toMatch(new RegExp(`simbridge_refusals_total\\{protocol="coap",reason="${reason}"\\} [1-9]`));
     }

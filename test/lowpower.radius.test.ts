@@ -1,14 +1,13 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDatabase } from '../storage/db.ts';
-import { SimStore } from '../storage/sims.ts';
 import { coapClient, datagrams, socatSend } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
+import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
 // The mobile network is radclient; devices are coap-client-notls and socat, each from its own loopback
 // address, identified by the RADIUS session of that address.
@@ -47,7 +46,7 @@ describe.skipIf(!radclient || !coap || !socat)('CoAP and raw UDP identified by R
     `3GPP-IMEISV = "${d.imeisv}"`,
     '3GPP-RAT-Type = 8', // NB-IoT
   ];
-  const metrics = async () => (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+  const metrics = () => scrapeMetrics(gateway.adminPort);
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
@@ -56,11 +55,10 @@ describe.skipIf(!radclient || !coap || !socat)('CoAP and raw UDP identified by R
       radius: { enabled: true, clients: [{ address: '127.0.0.1', secret: SECRET }] },
       groups: { default: { udpAck: 'commit' }, fleet: { lock: 'locked', udpAck: 'commit' }, quiet: { udpAck: 'none', udpTopic: 'meters/{imsi}/raw' } },
     });
-    const db = openDatabase({ file: join(dir, 'gateway', 'simbridge.db'), synchronous: 'normal' });
-    const sims = new SimStore(db);
-    sims.register({ imsi: B.imsi, group: 'fleet', thingName: `sim-${B.imsi}`, boundImei: OTHER_DEVICE });
-    sims.register({ imsi: C.imsi, group: 'quiet', thingName: `sim-${C.imsi}` });
-    db.close();
+    const opened = await gatewayStores(join(dir, 'gateway'));
+    await opened.stores.sims.register({ imsi: B.imsi, group: 'fleet', thingName: `sim-${B.imsi}`, boundImei: OTHER_DEVICE });
+    await opened.stores.sims.register({ imsi: C.imsi, group: 'quiet', thingName: `sim-${C.imsi}` });
+    await opened.close();
     gateway = await startGatewayProcess(cfg.file);
     observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
     for (const d of [A, B, C]) {
@@ -97,10 +95,8 @@ describe.skipIf(!radclient || !coap || !socat)('CoAP and raw UDP identified by R
     expect(ack.subarray(1).toString()).toBe('imei_mismatch');
     const post = await coapClient(coap!, ['-a', B.ip, '-m', 'post', '-e', 'x', `coap://127.0.0.1:${gateway.coapPort}/topics/t`]);
     expect(post.out).toMatch(/4\.03 imei_mismatch/);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const n = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'imei_mismatch'").pluck().get(B.imsi);
-    db.close();
-    expect(n).toBe(2);
+    const n = await withGatewayState(join(dir, 'gateway'), (db) => db.get("SELECT COUNT(*) AS n FROM audit WHERE imsi = ? AND kind = 'imei_mismatch'", B.imsi));
+    expect(n).toEqual({ n: 2 });
   });
 
   it('stores without answering for udpAck: none, and never answers an address without a network session', async () => {

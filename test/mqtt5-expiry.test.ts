@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { IConnackPacket, IPublishPacket, Packet } from 'mqtt-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectCloudApp } from './helpers/cloud.ts';
 import { deviceOptions } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // Commands kept for a sleeping persistent-session device expire after the group's mqttSessions.ttlMs:
 // never delivered after it, accounted for when dropped, and an MQTT 5 device is told the time left.
@@ -38,18 +38,13 @@ describe('message expiry of commands kept for a sleeping MQTT device', () => {
     await sandbox?.process.kill();
   });
 
-  const query = <T,>(sql: string, ...args: unknown[]): T[] => {
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    try {
-      return db.prepare(sql).pluck().all(...args) as T[];
-    } finally {
-      db.close();
-    }
-  };
-  const kept = (imsi: string) => query<number>('SELECT COUNT(*) FROM mqtt_session_messages WHERE imsi = ?', imsi)[0]!;
-  const waitFor = async (what: () => boolean, ms = 10_000) => {
+  /** The first column of each row. */
+  const query = async <T,>(sql: string, ...args: unknown[]): Promise<T[]> =>
+    (await withGatewayState(join(dir, 'gateway'), (db) => db.all(sql, ...args))).map((r) => Object.values(r)[0] as T);
+  const kept = async (imsi: string) => (await query<number>('SELECT COUNT(*) FROM mqtt_session_messages WHERE imsi = ?', imsi))[0]!;
+  const waitFor = async (what: () => boolean | Promise<boolean>, ms = 10_000) => {
     const until = Date.now() + ms;
-    while (!what() && Date.now() < until) await sleep(100);
+    while (!(await what()) && Date.now() < until) await sleep(100);
     return what();
   };
   const persistent = (imsi: string, properties: Record<string, number> = {}) =>
@@ -65,7 +60,7 @@ describe('message expiry of commands kept for a sleeping MQTT device', () => {
     return async (...payloads: string[]) => {
       for (const p of payloads) await cloud.publishAsync(`devices/sim-${imsi}/commands/c`, p, { qos: 1 });
       n += payloads.length;
-      expect(await waitFor(() => kept(imsi) >= n)).toBe(true);
+      expect(await waitFor(async () => (await kept(imsi)) >= n)).toBe(true);
     };
   }
 
@@ -86,9 +81,9 @@ describe('message expiry of commands kept for a sleeping MQTT device', () => {
 
     // The session sweep (every 10 s) drops it with a trace.
     const audited = () => query<string>("SELECT detail FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'", imsi);
-    expect(await waitFor(() => audited().length > 0, 15_000)).toBe(true);
-    expect(JSON.parse(audited()[0]!)).toMatchObject({ topic: 'commands/c', reason: 'expired before its device came back', via: 'mqtt' });
-    expect(kept(imsi)).toBe(0);
+    expect(await waitFor(async () => (await audited()).length > 0, 15_000)).toBe(true);
+    expect(JSON.parse((await audited())[0]!)).toMatchObject({ topic: 'commands/c', reason: 'expired before its device came back', via: 'mqtt' });
+    expect(await kept(imsi)).toBe(0);
   }, 40_000);
 
   it('tells an MQTT 5 device the time left, and skips a command that expires while it waits behind the Receive Maximum', async () => {

@@ -2,7 +2,6 @@ import { execFile, spawn } from 'node:child_process';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import Database from 'better-sqlite3';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +9,7 @@ import { connectCloudApp } from './helpers/cloud.ts';
 import { findPeer } from './helpers/interop.ts';
 import { connectDevice, deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { withGatewayState } from './helpers/storage-mode.ts';
 
 // The device endpoint speaking MQTT 5 (and 3.1.1 beside it) to real clients: mqtt.js, mosquitto_pub and
 // mosquitto_sub, and raw packets written with the same codec for what a well-behaved client never sends.
@@ -392,12 +392,8 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
   ] as const)('a persistent session (%s)', (_name, protocolVersion, sessionOpts) => {
     const imsi = protocolVersion === 5 ? '001010000000520' : '001010000000521';
     const opts = () => deviceOptions(imsi, IMEI, { protocolVersion, ...sessionOpts } as IClientOptions);
-    const kept = () => {
-      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-      const n = db.prepare('SELECT COUNT(*) FROM mqtt_session_messages WHERE imsi = ?').pluck().get(imsi) as number;
-      db.close();
-      return n;
-    };
+    const kept = async () =>
+      (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ n: number }>('SELECT COUNT(*) AS n FROM mqtt_session_messages WHERE imsi = ?', imsi)))!.n;
 
     it('gets a command sent while it was away when it reconnects, exactly once', async () => {
       const first = await mqtt.connectAsync(url, opts());
@@ -406,8 +402,8 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
       await new Promise((r) => setTimeout(r, 300));
       await cloud.publishAsync(`devices/sim-${imsi}/commands/wake`, 'while-away', { qos: 1 });
       const deadline = Date.now() + 10_000;
-      while (kept() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-      expect(kept()).toBe(1);
+      while ((await kept()) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect(await kept()).toBe(1);
 
       const received: string[] = [];
       const again = mqtt.connect(url, opts());
@@ -418,7 +414,7 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
       while (received.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
       await new Promise((r) => setTimeout(r, 1000));
       expect(received).toEqual(['commands/wake while-away']);
-      expect(kept()).toBe(0);
+      expect(await kept()).toBe(0);
       await again.endAsync();
 
       // Nothing is sent twice: a third connection hears nothing.
@@ -444,16 +440,12 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     await first.endAsync();
     await new Promise((r) => setTimeout(r, 300));
     for (const n of [1, 2, 3]) await cloud.publishAsync(`devices/sim-${imsi}/commands/n`, `bounded-${n}`, { qos: 1 });
-    const audited = () => {
-      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-      const rows = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'").pluck().all(imsi) as string[];
-      db.close();
-      return rows;
-    };
+    const audited = async () =>
+      (await withGatewayState(join(dir, 'gateway'), (db) => db.all<{ detail: string }>("SELECT detail FROM audit WHERE imsi = ? AND kind = 'downlink_dropped'", imsi))).map((r) => r.detail);
     const deadline = Date.now() + 10_000;
-    while (audited().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    expect(audited()).toHaveLength(1);
-    expect(JSON.parse(audited()[0]!)).toMatchObject({ topic: 'commands/n', reason: 'more than 2 kept' });
+    while ((await audited()).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await audited()).toHaveLength(1);
+    expect(JSON.parse((await audited())[0]!)).toMatchObject({ topic: 'commands/n', reason: 'more than 2 kept' });
 
     const received: string[] = [];
     const again = mqtt.connect(url, opts());
@@ -490,20 +482,16 @@ describe('MQTT 5 and 3.1.1 devices on one endpoint', () => {
     await gateway.kill();
     gateway = await startGatewayProcess(configFile);
     url = `mqtt://127.0.0.1:${gateway.mqttPort}`;
-    const kept = () => {
-      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-      const n = db.prepare('SELECT COUNT(*) FROM mqtt_session_messages WHERE imsi = ?').pluck().get(imsi) as number;
-      db.close();
-      return n;
-    };
+    const kept = async () =>
+      (await withGatewayState(join(dir, 'gateway'), (db) => db.get<{ n: number }>('SELECT COUNT(*) AS n FROM mqtt_session_messages WHERE imsi = ?', imsi)))!.n;
     // The upstream subscription comes back in the background: the command is sent once it is in place.
     const deadline = Date.now() + 20_000;
     let n = 0;
-    while (kept() === 0 && Date.now() < deadline) {
+    while ((await kept()) === 0 && Date.now() < deadline) {
       await cloud.publishAsync(`devices/sim-${imsi}/commands/after-restart`, `restart-${n++}`, { qos: 1 });
       await new Promise((r) => setTimeout(r, 500));
     }
-    expect(kept()).toBeGreaterThan(0);
+    expect(await kept()).toBeGreaterThan(0);
     const received: string[] = [];
     const again = mqtt.connect(url, opts());
     again.on('message', (_t, payload) => received.push(payload.toString()));

@@ -7,6 +7,7 @@ import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { scrapeMetrics } from './helpers/http.ts';
 
 const IMSI = '001010000000801';
 const IMEI = '490154203237518';
@@ -40,7 +41,8 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
 
   beforeAll(async () => {
     sandbox = await startSandboxProcess(dir);
-    configFile = (await gatewayConfig(dir, sandbox)).file;
+    // One test here checks the modes of the SQLite file and its WAL: this gateway stays on SQLite in every storage mode.
+    configFile = (await gatewayConfig(dir, sandbox, { keepSqlite: true })).file;
     // Info level: the lines that used to carry identifiers inside topics and errors are info and warn.
     patchConfig(configFile, (cfg) => (cfg.log = { level: 'info' }));
     gateway = await startGatewayProcess(configFile);
@@ -69,7 +71,7 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
     expect(three).toMatchObject({ error: 'qos_not_supported', message: 'QoS 3 is not supported; use QoS 0 or 1' });
     expect((await post('?qos=0')).status).toBe(202);
     expect((await post('')).status).toBe(202);
-    const metrics = await (await fetch(`http://127.0.0.1:${gateway.adminPort}/metrics`)).text();
+    const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="qos_invalid"\} [1-9]/);
   });
 
@@ -103,7 +105,8 @@ describe('a gateway an operator can trust with files, logs and probes', () => {
 
   it('is not ready while the data directory lacks room for commits', async () => {
     const sub = tempDir('operator-full');
-    const file = (await gatewayConfig(sub, sandbox)).file;
+    // Room for commits in the data directory is a SQLite concern: this gateway stays on SQLite in every storage mode.
+    const file = (await gatewayConfig(sub, sandbox, { keepSqlite: true })).file;
     // More than any disk here has free: the gateway starts, and must say it cannot take messages.
     patchConfig(file, (cfg) => (cfg.storage = { minFreeMb: 1024 ** 3 }));
     const full = await startGatewayProcess(file);

@@ -6,6 +6,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnCli, tempDir, writeYaml, type CliProcess } from './helpers/processes.ts';
+import { testStorage } from './helpers/storage-mode.ts';
 
 const accepts = (port: number) =>
   new Promise<boolean>((resolve) => {
@@ -32,6 +33,7 @@ describe('the ready signal', () => {
     const dir = tempDir('ready');
     const config = writeYaml(dir, 'gateway.yaml', {
       dataDir: join(dir, 'data'),
+      storage: await testStorage(join(dir, 'data')),
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
       radius: { enabled: true, host: '127.0.0.1', port: 0, clients: [{ address: '127.0.0.1', secret: 'ready-test' }] },
       admin: { port: 0 },

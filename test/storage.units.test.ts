@@ -269,6 +269,26 @@ describe.each(storeDialects())('stores on $name', (dialect) => {
       expect((await stores.sims.get(OTHER))?.group).toBe('meters');
       expect(await stores.sims.upsertMany([rows[0]!], { force: false })).toEqual([{ result: 'unchanged' }]);
     });
+
+    it('decides each row after the rows before it, within a chunk and across chunks', async () => {
+      const { stores } = await fresh();
+      await stores.sims.register({ imsi: OTHER, group: 'default', thingName: 'sim-taken', iccid: '8944500000000000001' });
+      const rows = [
+        { imsi: IMSI, group: 'default', thingName: 'sim-901', tags: { a: '1' } },
+        { imsi: IMSI, group: 'default', thingName: 'sim-901', tags: { a: '2' } },
+        // OTHER gives up its ICCID, and the next SIM takes it.
+        { imsi: OTHER, group: 'default', thingName: 'sim-taken', iccid: '8944500000000000002' },
+        { imsi: '001010000000904', group: 'default', thingName: 'sim-904', iccid: '8944500000000000001' },
+        ...Array.from({ length: 2500 }, (_, i) => ({ imsi: `0010120${String(i).padStart(8, '0')}`, group: 'bulk', thingName: `sim-bulk-${i}` })),
+      ];
+      const outcomes = await stores.sims.upsertMany(rows, { force: false });
+      expect(outcomes.slice(0, 4).map((o) => o.result)).toEqual(['created', 'updated', 'updated', 'created']);
+      expect(outcomes.slice(4).every((o) => o.result === 'created')).toBe(true);
+      expect((await stores.sims.get(IMSI))?.tags).toEqual({ a: '2' });
+      expect((await stores.sims.get(OTHER))?.iccid).toBe('8944500000000000002');
+      expect((await stores.sims.get('001010000000904'))?.iccid).toBe('8944500000000000001');
+      expect((await stores.sims.upsertMany(rows.slice(4), { force: false })).every((o) => o.result === 'unchanged')).toBe(true);
+    });
   });
 
   describe('admin tokens', () => {

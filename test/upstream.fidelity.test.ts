@@ -2,13 +2,13 @@
 // failed against the gateway before it learned to cope with that behaviour.
 import { join } from 'node:path';
 import { AttachPolicyCommand, CreatePolicyCommand, GetPolicyCommand, ListPolicyVersionsCommand, UpdateCertificateCommand } from '@aws-sdk/client-iot';
-import Database from 'better-sqlite3';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
 import { connectCloudApp } from './helpers/cloud.ts';
 import { deviceOptions, Observer, subscribeCodes } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayState } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -36,7 +36,7 @@ function nextMessage(client: MqttClient, timeoutMs = 10_000): Promise<{ topic: s
 }
 
 function gatewayDb(dir: string) {
-  return new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
+  return gatewayState(join(dir, 'gateway'));
 }
 
 describe('a refused SUBSCRIBE closes the connection on IoT Core', () => {
@@ -98,11 +98,11 @@ describe('a refused SUBSCRIBE closes the connection on IoT Core', () => {
     await cloud.publishAsync(`devices/sim-${imsi}/commands/reboot`, 'again', { qos: 1 });
     expect((await again).payload.toString()).toBe('again');
 
-    const db = gatewayDb(dir);
-    const dead = db.prepare('SELECT COUNT(*) FROM dead_letters').pluck().get();
-    const refused = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'subscription_refused'").pluck().all(imsi) as string[];
-    db.close();
-    expect(dead).toBe(0);
+    const db = await gatewayDb(dir);
+    const dead = await db.get('SELECT COUNT(*) AS n FROM dead_letters');
+    const refused = (await db.all<{ detail: string }>("SELECT detail FROM audit WHERE imsi = ? AND kind = 'subscription_refused'", imsi)).map((r) => r.detail);
+    await db.close();
+    expect(dead).toEqual({ n: 0 });
     expect(refused).toHaveLength(2);
     expect(refused[0]).toContain(`devices/sim-${imsi}/secret/#`);
     expect(refused[1]).toContain(`devices/sim-${imsi}/alerts/#`);
@@ -164,10 +164,10 @@ describe('changes take time to propagate on IoT Core', () => {
     const res = await fetch(`http://127.0.0.1:${gateway.httpPort}/topics/data/1?qos=1`, { method: 'POST', headers: { 'x-imsi': imsi, 'x-imei': IMEI }, body: 'after-propagation' });
     expect(res.status).toBe(202);
     await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'after-propagation'), 45_000);
-    const db = gatewayDb(dir);
-    const dead = db.prepare('SELECT COUNT(*) FROM dead_letters').pluck().get();
-    db.close();
-    expect(dead).toBe(0);
+    const db = await gatewayDb(dir);
+    const dead = await db.get('SELECT COUNT(*) AS n FROM dead_letters');
+    await db.close();
+    expect(dead).toEqual({ n: 0 });
     // It was refused at first (the old version was still in force), so the grace is what kept it.
     expect(gateway.output).toMatch(/policy updated to a new default version/);
     expect(gateway.output).toMatch(/upstream delivery failed/);
@@ -244,9 +244,9 @@ describe('the shadow service answers on /accepted, /rejected and /delta', () => 
     let rejected: string[] = [];
     while (rejected.length === 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 250));
-      const db = gatewayDb(dir);
-      rejected = db.prepare("SELECT detail FROM audit WHERE imsi = ? AND kind = 'shadow_update_rejected'").pluck().all(imsi) as string[];
-      db.close();
+      const db = await gatewayDb(dir);
+      rejected = (await db.all<{ detail: string }>("SELECT detail FROM audit WHERE imsi = ? AND kind = 'shadow_update_rejected'", imsi)).map((r) => r.detail);
+      await db.close();
     }
     expect(rejected).toHaveLength(1);
     expect(JSON.parse(rejected[0]!)).toMatchObject({ code: 413 });

@@ -1,12 +1,12 @@
 import { join } from 'node:path';
 import { AttachPolicyCommand, CreatePolicyCommand } from '@aws-sdk/client-iot';
-import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
 import { connectCloudApp } from './helpers/cloud.ts';
 import { deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayState } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
 
@@ -119,14 +119,14 @@ describe('upstream sessions', () => {
     await post(gateway.httpPort, imsi, 'ok/2', 'goes-through');
     await observer.waitUntil((m) => m.some((x) => x.payload.toString() === 'goes-through'), 30_000);
     expect(observer.messages.some((x) => x.payload.toString() === 'refused-for-good')).toBe(false);
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const dead = db.prepare('SELECT device_topic, payload, reason FROM dead_letters WHERE imsi = ?').all(imsi) as Array<{ device_topic: string; payload: Buffer; reason: string }>;
-    const audit = db.prepare("SELECT COUNT(*) FROM audit WHERE imsi = ? AND kind = 'dead_letter'").pluck().get(imsi);
+    const db = await gatewayState(join(dir, 'gateway'));
+    const dead = await db.all<{ device_topic: string; payload: Buffer; reason: string }>('SELECT device_topic, payload, reason FROM dead_letters WHERE imsi = ?', imsi);
+    const audit = (await db.get<{ n: number }>("SELECT COUNT(*) AS n FROM audit WHERE imsi = ? AND kind = 'dead_letter'", imsi))!.n;
     // A delivered row is deleted with the commit after its PUBACK, which may come after the observer saw it.
-    const outboxRows = () => db.prepare('SELECT COUNT(*) FROM outbox').pluck().get() as number;
-    for (const deadline = Date.now() + 10_000; outboxRows() > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
-    const outbox = outboxRows();
-    db.close();
+    const outboxRows = async () => (await db.get<{ n: number }>('SELECT COUNT(*) AS n FROM outbox'))!.n;
+    for (const deadline = Date.now() + 10_000; (await outboxRows()) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    const outbox = await outboxRows();
+    await db.close();
     expect(dead).toHaveLength(1);
     expect(dead[0]!.device_topic).toBe('denied/1');
     expect(dead[0]!.payload.toString()).toBe('refused-for-good');

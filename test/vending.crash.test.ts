@@ -3,10 +3,10 @@
 // end with exactly one ACTIVE certificate, attached to its thing, no other ACTIVE certificate for it
 // left in IoT Core, and its queued message delivered.
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Observer } from './helpers/mqtt.ts';
 import { startGatewayProcess, startSandboxProcess, tempDir, writeYaml, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { gatewayState, testStorage } from './helpers/storage-mode.ts';
 
 const IMEI = '490154203237518';
 const CSR = 'CreateCertificateFromCsr';
@@ -55,6 +55,7 @@ describe('vending survives SIGKILL at every step', () => {
     configFile = writeYaml(dir, 'gateway.yaml', {
       mode: 'aws',
       dataDir: join(dir, 'gateway'),
+      storage: await testStorage(join(dir, 'gateway')),
       listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
       identity: { allowInsecureClaims: true }, // devices claim their identity: a lab
       vending: {
@@ -110,9 +111,10 @@ describe('vending survives SIGKILL at every step', () => {
       await gateway.kill('SIGKILL');
       await control('/_sandbox/faults', { method: 'DELETE' });
       // Each SIM of the round died at its step.
-      const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-      const steps = round.map((_, i) => db.prepare('SELECT step FROM credentials WHERE imsi = ?').pluck().get(imsis[n - round.length + i]));
-      db.close();
+      const db = await gatewayState(join(dir, 'gateway'));
+      const steps: unknown[] = [];
+      for (const imsi of imsis.slice(n - round.length, n)) steps.push((await db.get<{ step: string }>('SELECT step FROM credentials WHERE imsi = ?', imsi))?.step);
+      await db.close();
       expect(steps).toEqual(round.map((h) => recordedBefore[h.op]));
     }
     gateway = await startGatewayProcess(configFile);
@@ -140,10 +142,10 @@ describe('vending survives SIGKILL at every step', () => {
 
     // One generation per SIM, and strays of the CreateCertificateFromCsr kills were found by their key (one
     // may have been disposed of by a sweep that the next kill cut short before its audit row).
-    const db = new Database(join(dir, 'gateway', 'simbridge.db'), { readonly: true });
-    const rows = db.prepare('SELECT imsi, step FROM credentials ORDER BY imsi').all() as Array<{ imsi: string; step: string }>;
-    const disposed = db.prepare("SELECT count(*) FROM audit WHERE kind = 'orphan_certificate_disposed'").pluck().get() as number;
-    db.close();
+    const db = await gatewayState(join(dir, 'gateway'));
+    const rows = await db.all<{ imsi: string; step: string }>('SELECT imsi, step FROM credentials ORDER BY imsi');
+    const disposed = (await db.get<{ n: number }>("SELECT count(*) AS n FROM audit WHERE kind = 'orphan_certificate_disposed'"))!.n;
+    await db.close();
     expect(rows).toEqual(imsis.map((imsi) => ({ imsi, step: 'ready' })));
     expect(disposed).toBeGreaterThanOrEqual(1);
   });

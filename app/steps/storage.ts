@@ -6,7 +6,7 @@ import { createMetrics, type Metrics } from '../../bridge/metrics.ts';
 import { replayWindow } from '../../bridge/radius/listener.ts';
 import { credentialsOnThread } from '../../storage/credentials.ts';
 import type { Db } from '../../storage/db.ts';
-import { assertPrivateDirectory } from '../../storage/files.ts';
+import { assertPrivateDirectory, prepareDataDirectory } from '../../storage/files.ts';
 import type { GatewayOutbox, Stores } from '../../storage/index.ts';
 import { openStores as openDatabaseStores } from '../../storage/open.ts';
 import { Outbox } from '../../storage/outbox.ts';
@@ -49,6 +49,8 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
   // The data directory holds real payloads and identifiers (and, on PostgreSQL, the master key may live there).
   if (config.mode !== 'sandbox') assertPrivateDirectory(config.dataDir);
   const { storage } = config;
+  // On PostgreSQL too: files for devices (and in sandbox mode the master key) are written there.
+  if (storage.url) prepareDataDirectory(config.dataDir, 'files for devices are kept there');
   const opened = await openDatabaseStores({
     dataDir: config.dataDir,
     url: storage.url,

@@ -3,8 +3,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { EXIT } from '../../admin/cli/exit-codes.ts';
 import type { Config } from '../../config/schema.ts';
-import { openDatabase } from '../../storage/db.ts';
-import { sqliteStores } from '../../storage/index.ts';
+import { openConfiguredStores } from '../../admin/cli/stores.ts';
 import { createVending } from '../../vending/index.ts';
 import { KeyCipher } from '../../vending/key-cipher.ts';
 import { checkMasterKey, loadMasterKey } from '../../vending/master-key.ts';
@@ -56,7 +55,9 @@ export async function vendPending(
   }
   // Logs go to stderr, below warnings unless asked for: stdout carries the progress and the summary.
   const log = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level, base: undefined }, pino.destination(2));
-  const db = openDatabase({ file: join(config.dataDir, 'simbridge.db'), synchronous: config.storage.synchronous });
+  // The database the configuration names: SQLite in the data directory, or PostgreSQL at storage.url.
+  // Several SIMs are vended at once: as many connections as a gateway node keeps.
+  const opened = await openConfiguredStores(config, config.storage.maxConnections);
   let vendor: ReturnType<typeof createVending>['vendor'] | undefined;
   try {
     const cipher = new KeyCipher(
@@ -66,7 +67,7 @@ export async function vendPending(
         generateAt: config.mode === 'sandbox' ? join(config.dataDir, 'master.key') : undefined,
       }),
     );
-    const stores = sqliteStores(db);
+    const { stores } = opened;
     await checkMasterKey(stores, cipher);
     vendor = createVending(config.vending, {
       sims: stores.sims,
@@ -89,7 +90,7 @@ export async function vendPending(
     return summary.failed.length === 0 ? EXIT.ok : EXIT.failure;
   } finally {
     vendor?.stop();
-    db.close();
+    await opened.close();
   }
 }
 

@@ -148,6 +148,8 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   private readonly wakeListeners: Array<(imsi: string) => void> = [];
   /** SIMs taken over: their next read starts at the oldest row (see peek). */
   private readonly rewind = new Set<string>();
+  /** SIMs this node held and lost: a cursor it kept for one may have been passed by another node. */
+  private readonly lostHere = new Set<string>();
   /**
    * SIMs other nodes hold that this node commits for: their rows and bytes waiting as last read from the
    * database, plus what this node committed for them since, so their quotas hold across nodes.
@@ -179,7 +181,12 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       }
     });
     node.onGained((gained) => this.gained(gained, true));
-    node.onLost((imsis) => imsis.forEach((imsi) => this.dropTail(imsi)));
+    node.onLost((imsis) =>
+      imsis.forEach((imsi) => {
+        this.dropTail(imsi);
+        this.lostHere.add(imsi);
+      }),
+    );
     feed.on(CHANNELS.outbox, batched((imsis) => this.committedElsewhere(imsis.filter((i) => node.owns(i))), onError));
   }
 
@@ -255,7 +262,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       const u = whole ? this.usage(g.imsi) : { rows: 0, bytes: 0 };
       this.account(g.imsi, g.rows - u.rows, g.bytes - u.bytes);
       this.newestPerSim.set(g.imsi, Math.max(g.newest, whole ? 0 : (this.newestPerSim.get(g.imsi) ?? 0)));
-      this.rewind.add(g.imsi);
+      // A SIM this node's commit claimed for the first time has no cursor to distrust, and a read from its
+      // oldest row would find the rows of a batch still in flight (not yet delivered) and send them again.
+      if (whole || this.lostHere.delete(g.imsi)) this.rewind.add(g.imsi);
       if (whole && g.rows) this.wake(g.imsi);
     }
   }

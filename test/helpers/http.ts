@@ -27,3 +27,15 @@ export function httpFrom(
     req.end(opts.body);
   });
 }
+
+/**
+ * A gateway's /metrics text without the `node` label that nodes on PostgreSQL add to every series (several
+ * nodes scrape into one place), so one pattern holds on either storage.
+ */
+export async function scrapeMetrics(adminPort: number | undefined): Promise<string> {
+  return withoutNodeLabel(await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text());
+}
+
+export function withoutNodeLabel(metrics: string): string {
+  return metrics.replace(/,node="[^"]*"\}/g, '}').replace(/\{node="[^"]*"\}/g, '');
+}

@@ -21,9 +21,9 @@ export class Observer {
   }
 
   /** Waits until predicate holds over the received messages. */
-  async waitUntil(predicate: (msgs: Received[]) => boolean, timeoutMs = 30_000): Promise<void> {
+  async waitUntil(predicate: (msgs: Received[]) => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (!predicate(this.messages)) {
+    while (!(await predicate(this.messages))) {
       if (Date.now() > deadline) throw new Error(`observer: condition not met after ${timeoutMs} ms (${this.messages.length} messages)`);
       await new Promise((r) => setTimeout(r, 50));
     }

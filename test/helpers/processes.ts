@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { testStorage } from './storage-mode.ts';
 
 // One process (node with the tsx loader), so a signal reaches simbridge itself, not a wrapper.
 const runtime = [process.execPath, '--import', 'tsx'];
@@ -182,8 +183,11 @@ export async function gatewayConfig(
     radius?: Record<string, unknown>;
     identity?: Record<string, unknown>;
     files?: Record<string, unknown>;
+    /** Stay on SQLite in PostgreSQL mode (SIMBRIDGE_TEST_STORAGE): for tests about the SQLite file itself. */
+    keepSqlite?: boolean;
   } = {},
 ): Promise<{ file: string }> {
+  const storage = await testStorage(join(dir, 'gateway'), extra.storage, extra.keepSqlite);
   const file = writeYaml(dir, 'gateway.yaml', {
     mode: 'aws',
     dataDir: join(dir, 'gateway'),
@@ -199,7 +203,7 @@ export async function gatewayConfig(
     ...(extra.radius ? { radius: { host: '127.0.0.1', port: 0, ...extra.radius } } : {}),
     // Test devices claim their identity on loopback without secrets: a lab, opted into as an operator must.
     identity: { allowInsecureClaims: true, ...extra.identity },
-    ...(extra.storage ? { storage: extra.storage } : {}),
+    ...(Object.keys(storage).length ? { storage } : {}),
     ...(extra.cluster ? { cluster: extra.cluster } : {}),
     ...(extra.shutdown ? { shutdown: extra.shutdown } : {}),
     ...(extra.files ? { files: extra.files } : {}),
