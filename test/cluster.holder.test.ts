@@ -3,8 +3,6 @@
 // sessions for its thing), and the outbox quotas of a SIM hold whichever node the device writes through.
 import type { IoTClient } from '@aws-sdk/client-iot';
 import type { MqttClient } from 'mqtt';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sandboxIotClient } from '../sandbox/testkit.ts';
 import { openPostgres, type Pool } from '../storage/postgres/connect.ts';
@@ -14,7 +12,7 @@ import { coapClient } from './helpers/datagram.ts';
 import { findPeer } from './helpers/interop.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
-import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { startClusterNode, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const bin = findPostgres();
 const coap = findPeer('coap-client-notls', 'libcoap3-bin');
@@ -49,12 +47,9 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
   const configFiles: string[] = [];
 
   const start = async (name: string, url: string) => {
-    const nodeDir = join(dir, name);
-    mkdirSync(nodeDir, { recursive: true });
-    const { file } = await gatewayConfig(nodeDir, sandbox, {
-      storage: { url, outbox: { perDeviceMaxRows: PER_DEVICE_ROWS } },
+    const { node, configFile } = await startClusterNode(dir, name, sandbox, url, {
+      storage: { outbox: { perDeviceMaxRows: PER_DEVICE_ROWS } },
       listeners: { coap: {} },
-      cluster: { heartbeatMs: 500, leaseMs: 2000 },
       groups: {
         default: {},
         // Sleeping devices with commands held for them and Jobs asked on their behalf.
@@ -64,8 +59,8 @@ describe.skipIf(!bin)('a device whose SIM another node holds', () => {
         'parked-drop': { overflow: 'drop-oldest', batching: { policy: 'schedule', schedule: '0 0 1 1 *' } },
       },
     });
-    configFiles.push(file);
-    return startGatewayProcess(file, { env: { SIMBRIDGE_NODE_ID: name } });
+    configFiles.push(configFile);
+    return node;
   };
 
   const owner = async (imsi: string) => (await db.query<{ owner: string }>('SELECT owner FROM sim_leases WHERE imsi = $1', [imsi])).rows[0]?.owner;

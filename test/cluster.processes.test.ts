@@ -2,14 +2,12 @@
 // node identifies devices on another and ends their connections there; devices spread over the nodes
 // arrive once and in order; a node killed under load loses nothing it acknowledged.
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
 import { findPeer } from './helpers/interop.ts';
 import { closed, connectFrom, Observer } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
-import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
+import { startClusterNode, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 
 const bin = findPostgres();
 const radclient = findPeer('radclient', 'freeradius-utils');
@@ -32,17 +30,12 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
   const configFiles: string[] = [];
 
   const start = async (name: string, url: string) => {
-    const nodeDir = join(dir, name);
-    mkdirSync(nodeDir, { recursive: true });
-    const { file } = await gatewayConfig(nodeDir, sandbox, {
-      storage: { url },
+    const { node, configFile } = await startClusterNode(dir, name, sandbox, url, {
       listeners: { mqtt: { identity: 'radius' } },
       radius: { enabled: true, clients: [{ address: '127.0.0.1', secret: SECRET }] },
-      // A short lease, so a dead node's SIMs move within the test's patience.
-      cluster: { heartbeatMs: 500, leaseMs: 2000 },
     });
-    configFiles.push(file);
-    return startGatewayProcess(file, { env: { SIMBRIDGE_NODE_ID: name } });
+    configFiles.push(configFile);
+    return node;
   };
 
   beforeAll(async () => {

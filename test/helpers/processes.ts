@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -234,4 +234,21 @@ export async function startGatewayProcess(configFile: string, opts: SpawnOptions
   const proc = spawnCli(['start', '--config', configFile, '--ready-json'], { SIMBRIDGE_MASTER_KEY: TEST_MASTER_KEY, ...opts.env }, opts);
   const { ports } = await proc.ready(opts.timeoutMs);
   return Object.assign(proc, { mqttPort: ports.mqtt!, httpPort: ports.http!, coapPort: ports.coap, udpPort: ports.udp, radiusPort: ports.radius, adminPort: ports.admin });
+}
+
+/**
+ * A gateway node of a test cluster: a directory of its own under `dir`, the shared database at `url`, a
+ * short lease (a dead node's SIMs move within a test's patience) and `name` as its node id.
+ */
+export async function startClusterNode(
+  dir: string,
+  name: string,
+  sandbox: SandboxProcess,
+  url: string,
+  extra: Parameters<typeof gatewayConfig>[2] = {},
+): Promise<{ node: GatewayProcess; configFile: string }> {
+  const nodeDir = join(dir, name);
+  mkdirSync(nodeDir, { recursive: true });
+  const { file } = await gatewayConfig(nodeDir, sandbox, { ...extra, storage: { ...extra.storage, url }, cluster: { heartbeatMs: 500, leaseMs: 2000, ...extra.cluster } });
+  return { node: await startGatewayProcess(file, { env: { SIMBRIDGE_NODE_ID: name } }), configFile: file };
 }
