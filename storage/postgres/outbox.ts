@@ -20,19 +20,21 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
  * one call of migration 013's function; otherwise the inserts, the claim and the deletes in that order.
  */
 export async function commitOnPostgres(db: Queryable, req: CommitRequest, fence?: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
-  const sims = fence ? unheld(req, fence) : [];
-  if (!fence || sims.length === 0) return { ...(await commitCall(db, req, fence)), claimed: [] };
+  if (fence && claims(req, fence)) return commitClaiming(db, req, fence);
+  return { ...(await commitCall(db, req, fence)), claimed: [] };
+}
+
+/** A commit that may take leases, inside a transaction: the inserts, the claim, then the deletes. */
+async function commitClaiming(db: Queryable, req: CommitRequest, fence: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
   const { ids } = await commitCall(db, { inserts: req.inserts, deletes: [] }, fence);
   const { claimed } = await fence.claim(db, [...new Set(req.inserts.map((m) => m.imsi))], ids);
   const { deleted } = await commitCall(db, { inserts: [], deletes: req.deletes }, fence);
   return { ids, deleted, claimed };
 }
 
-/** SIMs inserted for that this node does not hold (yet): the commit must try to claim them. */
-function unheld({ inserts }: CommitRequest, fence: CommitFence): string[] {
-  const sims = new Set<string>();
-  for (const m of inserts) if (!fence.holds(m.imsi)) sims.add(m.imsi);
-  return [...sims];
+/** Whether the commit inserts for a SIM this node does not hold (yet): then it must try to claim it. */
+function claims({ inserts }: CommitRequest, fence: CommitFence): boolean {
+  return inserts.some((m) => !fence.holds(m.imsi));
 }
 
 // The first key of the per-SIM commit locks: apart from any other advisory lock.
@@ -99,7 +101,7 @@ export function postgresWriter(pool: Pool, observe: (seconds: number) => void = 
       const started = performance.now();
       const f = fence();
       const { claimed, ...result } =
-        f && unheld(req, f).length ? await transaction(pool, (c) => commitOnPostgres(c, req, f)) : { ...(await commitCall(pool, req, f)), claimed: [] };
+        f && claims(req, f) ? await transaction(pool, (c) => commitClaiming(c, req, f)) : { ...(await commitCall(pool, req, f)), claimed: [] };
       f?.committed(claimed, req.deletes);
       const seconds = (performance.now() - started) / 1000;
       observe(seconds);
@@ -225,9 +227,10 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   override quotaReady(imsi: string): Promise<void> | undefined {
     const node = this.cluster;
     if (!node || node.owns(imsi)) return undefined;
+    const refreshMs = node.opts.quotaRefreshMs ?? 1000;
     const there = this.elsewhere.get(imsi);
-    if (there && performance.now() - there.readAt < (node.opts.quotaRefreshMs ?? 1000)) return undefined;
-    const reading = this.counting.get(imsi) ?? this.countElsewhere(imsi, node.opts.quotaRefreshMs ?? 1000);
+    if (there && performance.now() - there.readAt < refreshMs) return undefined;
+    const reading = this.counting.get(imsi) ?? this.countElsewhere(imsi, refreshMs);
     return there ? undefined : reading;
   }
 
