@@ -20,11 +20,13 @@ let batch: Array<[string, string, number, string]> = [];
 let batchBytes = 0;
 /** Datagrams dropped since the last batch because the main thread was that far behind. */
 let dropped = 0;
+let flushScheduled = false;
 
 // libuv reads at most 32 datagrams per wake-up of a socket's loop: on the gateway's busy main loop that
 // capped intake near 1,500 datagrams/s and left the rest waiting in the kernel for seconds. Here the
 // loop is idle, every datagram is read at once, and the main thread takes them a batch per wake-up.
 function flush(): void {
+  flushScheduled = false;
   const out = batch;
   Atomics.add(queued, 0, batchBytes);
   batch = [];
@@ -42,8 +44,12 @@ function bind(req: Extract<DatagramRequest, { op: 'bind' }>): Promise<{ port: nu
       s.on('error', (err) => postEvent({ kind: 'error', error: err.message } satisfies DatagramEvent));
       s.on('message', (msg, rinfo) => {
         // No more waiting here than the kernel's buffer would have held: a flood costs datagrams, not memory.
+        // A drop is reported even when nothing follows it: a flood that ends leaves no later batch to carry it.
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flush);
+        }
         if (Atomics.load(queued, 0) + batchBytes + msg.length > req.recvBufferSize) return void dropped++;
-        if (batch.length === 0) setImmediate(flush);
         batch.push([bytesToPost(msg), rinfo.address, rinfo.port, rinfo.family]);
         batchBytes += msg.length;
       });
