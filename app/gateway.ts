@@ -51,8 +51,7 @@ async function assemble(live: Live, storage: GatewayStorage, log: Logger, env: N
   const vending = startVending(live, { stores, cipher, metrics, log });
   const upstream = startUpstream(live, { vending, metrics, log });
   const delivery = buildDelivery(live, { stores, outbox, vending, upstream, metrics, log });
-  // Events ride in SQLite's commits (docs/events.md): on PostgreSQL none are published.
-  const events = db ? startEvents(live, { db, stores, cipher, vending, upstream, metrics, log }) : undefined;
+  const events = startEvents(live, { db, postgres: storage.postgres, stores, cipher, vending, upstream, metrics, log });
   // Devices are let in once the worker threads have booted: a first wave of devices would otherwise
   // wait for the writer thread to load, and share the cores with both threads' start-up.
   await Promise.all([writer.ready(), upstream.pool.ready()]);

@@ -100,6 +100,22 @@ export interface EventQueue {
   count(): Promise<number>;
 }
 
+/** The events of one database: where they wait, and the start of their recording. */
+export interface EventStream {
+  queue: EventQueue;
+  /**
+   * Starts turning the facts stores record into events. `queued` is called when events may be waiting
+   * for this node to publish, `lost` when this node stops being the one that publishes them (several
+   * nodes on PostgreSQL: storage/postgres/events.ts). Returns the removal.
+   */
+  tap(render: EventRenderer, on: { queued(): void; lost(): void }): () => void;
+}
+
+/** One gateway on SQLite: it publishes every event it records. */
+export function sqliteEventStream(db: Db): EventStream {
+  return { queue: new SqliteEventQueue(db), tap: (render, on) => tapEvents(db, render, on.queued) };
+}
+
 export class SqliteEventQueue implements EventQueue {
   private readonly peekStmt;
   private readonly removeStmt;

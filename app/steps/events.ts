@@ -5,8 +5,9 @@ import { EventPublisher } from '../../bridge/events/publisher.ts';
 import type { Metrics } from '../../bridge/metrics.ts';
 import { eventRenderer } from '../../bridge/events/render.ts';
 import type { Db } from '../../storage/db.ts';
-import { SqliteEventQueue, tapEvents } from '../../storage/events.ts';
+import { sqliteEventStream } from '../../storage/events.ts';
 import type { Stores } from '../../storage/index.ts';
+import type { PostgresGatewayParts } from '../../storage/postgres/gateway.ts';
 import { GatewayIdentity } from '../../vending/gateway-identity.ts';
 import { createProvider } from '../../vending/index.ts';
 import type { KeyCipher } from '../../vending/key-cipher.ts';
@@ -25,14 +26,18 @@ export interface EventParts {
  * outbox row in the same commit (storage/events.ts), published as the gateway's own thing. Runs before
  * the listeners open, so no occurrence escapes the tap.
  */
-export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger }): EventParts | undefined {
+export function startEvents(
+  live: Live,
+  deps: { db?: Db; postgres?: PostgresGatewayParts; stores: Stores; cipher: KeyCipher; vending: VendingParts; upstream: UpstreamParts; metrics: Metrics; log: Logger },
+): EventParts | undefined {
   const { events, vending, upstream } = live.config;
   if (!events.enabled) return undefined;
   const gateway = events.gateway;
+  const thingName = fillName(events.thingName, { gateway });
   const provider = createProvider(vending);
   const identity = new GatewayIdentity({
     gateway,
-    thingName: fillName(events.thingName, { gateway }),
+    thingName,
     policyName: fillName(events.policyName, { gateway }),
     eventTopicRoot: `${events.topicPrefix}/${gateway}/events`,
     keyAlgorithm: vending.keyAlgorithm,
@@ -42,7 +47,9 @@ export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: 
     call: (api, fn) => deps.vending.vendor.callApi(api, fn),
     log: deps.log.child({ component: 'events' }),
   });
-  const queue = new SqliteEventQueue(deps.db);
+  // Several nodes on PostgreSQL: the one holding the events' lease publishes every node's (docs/cluster.md).
+  const stream = deps.postgres?.events ?? sqliteEventStream(deps.db!);
+  const { queue } = stream;
   const publisher = new EventPublisher({
     queue,
     credentials: () => identity.ensure(),
@@ -52,14 +59,17 @@ export function startEvents(live: Live, deps: { db: Db; stores: Stores; cipher: 
     metrics: eventMetrics(deps.metrics.registry, () => queue.count()),
     log: deps.log.child({ component: 'events' }),
   });
-  const untap = tapEvents(
-    deps.db,
+  const untap = stream.tap(
     eventRenderer({
       // The gateway's name, topics and policy are fixed at start (events.* needs a restart).
       settings: () => events,
       mask: (v) => (live.config.privacy.maskIdentifiers ? maskIdentifiers(v) : v),
     }),
-    () => publisher.wake(),
+    {
+      queued: () => publisher.wake(),
+      // Another node publishes from now on: the gateway's thing is one client id, so this node's session goes.
+      lost: () => void deps.upstream.pool.drop(thingName).catch(() => undefined),
+    },
   );
   // Events left from before a restart go first.
   publisher.wake();

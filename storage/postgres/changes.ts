@@ -1,13 +1,15 @@
 import pg from 'pg';
 import { pgTypes } from './connect.ts';
 
-/** The channels migration 010's triggers (and the outbox's commit) notify on; the payload is the row's key. */
+/** The channels migration 010's triggers (and the outbox's commit, and queued events) notify on; the payload is the row's key. */
 export const CHANNELS = {
   sims: 'simbridge_sims',
   sessions: 'simbridge_sessions',
   downlink: 'simbridge_downlink',
   outbox: 'simbridge_outbox',
   leases: 'simbridge_leases',
+  /** The gateway's lifecycle events were committed (storage/postgres/events.ts); the payload is their outbox key. */
+  events: 'simbridge_events',
 } as const;
 export type Channel = (typeof CHANNELS)[keyof typeof CHANNELS];
 

@@ -4,6 +4,21 @@ import type { Pool, Queryable } from './connect.ts';
 /** Now, in ms, by the database's clock: lease times never depend on a node's clock. */
 const NOW_MS = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
 
+/**
+ * Leases whose key starts with "@" are not a SIM's but a stream of the gateway's own (its lifecycle
+ * events, GATEWAY_OUTBOX_KEY): no IMSI starts so. Only a node serving the stream takes one (serveStream),
+ * and the SIMs' listeners never hear of them.
+ */
+export const isStreamKey = (key: string): boolean => key.startsWith('@');
+/** SQL: the lease key (or outbox key) in column `col` is a SIM's. */
+const simKey = (col: string) => `left(${col}, 1) <> '@'`;
+
+/** What a node serving a stream hears of its lease. */
+export interface StreamListener {
+  gained(): void;
+  lost(): void;
+}
+
 export interface ClusterOptions {
   nodeId: string;
   /** How often the heartbeat is renewed, and dead nodes' SIMs looked for. */
@@ -63,6 +78,8 @@ export class ClusterNode {
   private missedBeat = false;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
+  /** Streams this node serves (events), by lease key. */
+  private readonly streams = new Map<string, StreamListener>();
   /** Nodes waiting to hold a SIM (acquire), by IMSI. */
   private readonly waiting = new Map<string, Array<(held: boolean) => void>>();
   /**
@@ -103,7 +120,34 @@ export class ClusterNode {
   }
 
   get simsOwned(): number {
-    return this.owned.size;
+    let streams = 0;
+    for (const key of this.streams.keys()) if (this.owned.has(key)) streams++;
+    return this.owned.size - streams;
+  }
+
+  /**
+   * Serves a stream (a lease key starting with "@"): this node takes its lease when no live node holds it,
+   * now and at every heartbeat, and hears when it gains or loses it. Holders change only when one dies,
+   * leaves or cannot renew its heartbeat: a stream is never asked of its holder.
+   */
+  serveStream(key: string, listener: StreamListener): void {
+    if (!isStreamKey(key)) throw new Error(`${key} is not a stream's lease key`);
+    this.streams.set(key, listener);
+    void this.takeStreams().catch(this.onError);
+  }
+
+  /** Takes the leases of served streams that no live node holds. */
+  private async takeStreams(): Promise<void> {
+    const free = [...this.streams.keys()].filter((key) => !this.owned.has(key));
+    if (free.length === 0 || !this.sure()) return;
+    const { rows } = await this.pool.query<{ imsi: string; epoch: number }>(
+      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT key, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS key
+       ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
+       WHERE NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
+       RETURNING imsi, epoch`,
+      [free, this.nodeId, this.opts.leaseMs],
+    );
+    await this.gain(rows);
   }
 
   /** The heartbeat was renewed recently enough that no other node may have taken this node's SIMs yet. */
@@ -123,13 +167,18 @@ export class ClusterNode {
       [this.nodeId, JSON.stringify(this.describe())],
     );
     this.lastBeat = sent;
+    // Streams this node id held before its restart are let go (no node is named ''): whichever node
+    // serves them next, this one included, takes them with a new epoch (serveStream).
+    await this.pool.query(`UPDATE sim_leases SET owner = '', epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 AND NOT ${simKey('imsi')}`, [
+      this.nodeId,
+    ]);
     const { rows: mine } = await this.pool.query<{ imsi: string; epoch: number }>(
       `UPDATE sim_leases SET epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 RETURNING imsi, epoch`,
       [this.nodeId],
     );
     const { rows: orphans } = await this.pool.query<{ imsi: string; epoch: number }>(
       `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at)
-       SELECT DISTINCT o.imsi, $1, 1, ${NOW_MS} FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM sim_leases l WHERE l.imsi = o.imsi)
+       SELECT DISTINCT o.imsi, $1, 1, ${NOW_MS} FROM outbox o WHERE ${simKey('o.imsi')} AND NOT EXISTS (SELECT 1 FROM sim_leases l WHERE l.imsi = o.imsi)
        ON CONFLICT (imsi) DO NOTHING RETURNING imsi, epoch`,
       [this.nodeId],
     );
@@ -187,12 +236,14 @@ export class ClusterNode {
       // Through the (small) node table and the leases' owner index: no scan of every lease per heartbeat.
       `WITH dead AS (
          SELECT l.imsi FROM sim_leases l
-         WHERE l.owner IN (SELECT n.node_id FROM cluster_nodes n WHERE n.node_id <> $1 AND n.heartbeat_at <= ${NOW_MS} - $2)
+         WHERE l.owner IN (SELECT n.node_id FROM cluster_nodes n WHERE n.node_id <> $1 AND n.heartbeat_at <= ${NOW_MS} - $2) AND ${simKey('l.imsi')}
          LIMIT $3 FOR UPDATE SKIP LOCKED)
        UPDATE sim_leases l SET owner = $1, epoch = l.epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL FROM dead WHERE l.imsi = dead.imsi
        RETURNING l.imsi, l.epoch`,
       [this.nodeId, this.opts.leaseMs, this.opts.takeoverBatch],
     );
+    // A stream no live node holds (its holder died or left) is taken by a node serving it.
+    await this.takeStreams();
     if (taken.length) await this.gain(taken);
     else {
       // Nodes long dead that hold nothing any more are forgotten.
@@ -298,15 +349,19 @@ export class ClusterNode {
     const waiting = new Map(rows.map((r) => [r.imsi, r]));
     const gained = leases.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
     for (const g of gained) this.owned.set(g.imsi, g.epoch);
-    for (const fn of this.gainedListeners) fn(gained);
-    for (const g of gained) this.settleWaiters(g.imsi, true);
-    return gained;
+    const sims = gained.filter((g) => !isStreamKey(g.imsi));
+    if (sims.length) for (const fn of this.gainedListeners) fn(sims);
+    for (const g of sims) this.settleWaiters(g.imsi, true);
+    for (const g of gained) if (isStreamKey(g.imsi)) this.streams.get(g.imsi)?.gained();
+    return sims;
   }
 
   private lose(imsis: string[]): void {
     if (imsis.length === 0) return;
     for (const imsi of imsis) this.owned.delete(imsi);
-    for (const fn of this.lostListeners) fn(imsis);
+    const sims = imsis.filter((k) => !isStreamKey(k));
+    if (sims.length) for (const fn of this.lostListeners) fn(sims);
+    for (const key of imsis) if (isStreamKey(key)) this.streams.get(key)?.lost();
   }
 
   private loseAll(): void {
@@ -354,7 +409,7 @@ export class ClusterNode {
   async nodes(): Promise<NodeStatus[]> {
     const { rows } = await this.pool.query<{ node_id: string; started_at: number; age: number; info: string; sims: number; outbox: number }>(
       `SELECT n.node_id, n.started_at, ${NOW_MS} - n.heartbeat_at AS age, n.info,
-         (SELECT count(*) FROM sim_leases l WHERE l.owner = n.node_id) AS sims,
+         (SELECT count(*) FROM sim_leases l WHERE l.owner = n.node_id AND ${simKey('l.imsi')}) AS sims,
          (SELECT count(*) FROM outbox o JOIN sim_leases l ON l.imsi = o.imsi WHERE l.owner = n.node_id) AS outbox
        FROM cluster_nodes n ORDER BY n.node_id`,
     );

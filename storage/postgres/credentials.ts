@@ -10,7 +10,9 @@ import {
   type StepFields,
   type VendingStep,
 } from '../credentials.ts';
+import { insertAudit } from './audit.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
+import { auditFacts, queuePgEvents } from './events.ts';
 import { changed } from './params.ts';
 
 const VENDING_IN = `(${VENDING_STEPS.map((s) => `'${s}'`).join(', ')})`;
@@ -32,8 +34,11 @@ export class PgCredentialStore implements CredentialStore {
     return transaction(this.pool, (c) => fn(new PgCredentialStore(this.pool, this.now, c)));
   }
 
+  /** Inside the step's transaction: its audit row, and the fleet event it stands for (storage/postgres/events.ts). */
   private async record(entry: AuditEntry): Promise<void> {
-    await this.db.query('INSERT INTO audit (at, imsi, kind, detail) VALUES ($1, $2, $3, $4)', [Date.now(), entry.imsi, entry.kind, JSON.stringify(entry.detail)]);
+    const at = Date.now();
+    await insertAudit(this.db, at, entry.imsi, entry.kind, entry.detail);
+    await queuePgEvents(this.pool, this.db, auditFacts(entry.kind, entry.imsi, entry.detail, at));
   }
 
   private async one(sql: string, args: unknown[]): Promise<CredentialRow | undefined> {

@@ -4,6 +4,7 @@ import { ChangeFeed } from './changes.ts';
 import { ClusterNode, type ClusterOptions } from './cluster.ts';
 import type { Pool } from './connect.ts';
 import { PgDownlinkCache } from './downlink-cache.ts';
+import { PgEventStream } from './events.ts';
 import type { PostgresStores } from './index.ts';
 import { PgOutbox, postgresWriter } from './outbox.ts';
 import { PgSimRouting } from './routing.ts';
@@ -20,6 +21,8 @@ export interface PostgresGatewayParts {
   /** This node among the others: heartbeat and the SIMs it holds. */
   cluster: ClusterNode;
   routing: PgSimRouting;
+  /** The gateway's lifecycle events: recorded by every node, published by the one holding their lease. */
+  events: PgEventStream;
   close(): Promise<void>;
 }
 
@@ -70,6 +73,7 @@ export async function postgresGatewayParts(
       sessions,
       cluster,
       routing,
+      events: new PgEventStream(pool, cluster, feed),
       close: async () => {
         await cluster.leave().catch(opts.onError);
         await feed.close();

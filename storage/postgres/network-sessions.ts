@@ -12,6 +12,7 @@ import type {
 } from '../network-sessions.ts';
 import { ended, fromRow, reportFields } from '../network-sessions.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
+import { pgEventsTapped, queuePgEvents, sessionFacts } from './events.ts';
 import { changed } from './params.ts';
 
 
@@ -34,7 +35,10 @@ export class PgNetworkSessions implements NetworkSessionStore {
       for (const change of changes) {
         await c.query('SAVEPOINT change');
         try {
-          results.push(await this.apply(c, change));
+          const result = await this.apply(c, change);
+          // The network-session events it makes are written in the same savepoint (storage/postgres/events.ts).
+          await queuePgEvents(this.pool, c, sessionFacts(result.started?.session, result.ended));
+          results.push(result);
           await c.query('RELEASE SAVEPOINT change');
         } catch (err) {
           // A lost connection fails the batch as a whole; anything else fails this change only.
@@ -111,8 +115,13 @@ export class PgNetworkSessions implements NetworkSessionStore {
   }
 
   async expire(olderThanMs: number): Promise<EndedSession[]> {
-    const { rows } = await this.pool.query<SessionRow>('DELETE FROM network_sessions WHERE updated_at < $1 RETURNING *', [this.now() - olderThanMs]);
-    return ended(rows, 'expired');
+    const expire = async (db: Queryable) => ended((await db.query<SessionRow>('DELETE FROM network_sessions WHERE updated_at < $1 RETURNING *', [this.now() - olderThanMs])).rows, 'expired');
+    if (!pgEventsTapped(this.pool)) return expire(this.pool);
+    return transaction(this.pool, async (c) => {
+      const gone = await expire(c);
+      await queuePgEvents(this.pool, c, sessionFacts(undefined, gone));
+      return gone;
+    });
   }
 
   async forgetOldStops(): Promise<number> {

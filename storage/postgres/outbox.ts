@@ -4,6 +4,7 @@ import type { CommitRequest, CommitResult, CommitWriter } from '../outbox-commit
 import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
 import type { ClusterNode, Gained } from './cluster.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
+import { queuePgEvents } from './events.ts';
 
 /**
  * The outbox's commit on PostgreSQL: one transaction for a group (inserts, the SIMs' last-seen times,
@@ -342,6 +343,8 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       await c.query('INSERT INTO dead_letters (imsi, device_topic, payload, received_at, reason, failed_at) VALUES ($1, $2, $3, $4, $5, $6)', [
         msg.imsi, msg.deviceTopic, msg.payload, msg.receivedAt, reason, Date.now(),
       ]);
+      const message = { id: msg.id, imsi: msg.imsi, deviceTopic: msg.deviceTopic, bytes: msg.payload.length, receivedAt: msg.receivedAt };
+      await queuePgEvents(this.pool, c, [{ source: 'outbox', change: 'dead_letter', message, reason, at: Date.now() }]);
       return true;
     });
     if (moved) {
