@@ -1,6 +1,6 @@
 import type { AuditEvent, AuditFilter, AuditKind, AuditPage, AuditStore } from '../audit.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
-import { auditFacts, pgEventsTapped, queuePgEvents } from './events.ts';
+import { auditFacts, insertPgEvents, renderPgEvents } from './events.ts';
 import { Params } from './params.ts';
 
 /** The audit log on PostgreSQL (storage/audit.ts for the rules). */
@@ -9,11 +9,12 @@ export class PgAuditLog implements AuditStore {
 
   async record(kind: AuditKind, imsi: string | null, detail: Record<string, unknown> = {}): Promise<void> {
     const at = Date.now();
-    if (!pgEventsTapped(this.pool)) return insertAudit(this.pool, at, imsi, kind, detail);
+    const events = renderPgEvents(this.pool, auditFacts(kind, imsi, detail, at));
+    if (!events) return insertAudit(this.pool, at, imsi, kind, detail);
     // The fleet event an audit row stands for is written in the same commit: never one without the other.
     await transaction(this.pool, async (c) => {
       await insertAudit(c, at, imsi, kind, detail);
-      await queuePgEvents(this.pool, c, auditFacts(kind, imsi, detail, at));
+      await insertPgEvents(c, events);
     });
   }
 

@@ -17,24 +17,34 @@ export function pgEventsTapped(pool: object): boolean {
   return taps.has(pool);
 }
 
-/**
- * Writes the facts' events on `c`, a connection inside the transaction that makes the change; at commit
- * the node publishing events hears of them (NOTIFY, on whichever node it runs).
- */
-export async function queuePgEvents(pool: object, c: Queryable, facts: EventFact[]): Promise<void> {
+/** Events rendered, ready to insert. */
+export interface RenderedEvents {
+  topics: string[];
+  payloads: Buffer[];
+  at: number[];
+}
+
+/** The facts' events as the tap renders them (once: each gets its eventId); undefined when none is one. */
+export function renderPgEvents(pool: object, facts: EventFact[]): RenderedEvents | undefined {
   const render = taps.get(pool);
-  if (!render || facts.length === 0) return;
-  const topics: string[] = [];
-  const payloads: Buffer[] = [];
-  const at: number[] = [];
+  if (!render) return undefined;
+  const events: RenderedEvents = { topics: [], payloads: [], at: [] };
   for (const fact of facts) {
     const event = render(fact);
     if (!event) continue;
-    topics.push(event.topic);
-    payloads.push(event.payload);
-    at.push(fact.at);
+    events.topics.push(event.topic);
+    events.payloads.push(event.payload);
+    events.at.push(fact.at);
   }
-  if (topics.length === 0) return;
+  return events.topics.length ? events : undefined;
+}
+
+/**
+ * Writes events on `c`, a connection inside the transaction that makes their change; at commit the node
+ * publishing events hears of them (NOTIFY, on whichever node it runs).
+ */
+export async function insertPgEvents(c: Queryable, events: RenderedEvents | undefined): Promise<void> {
+  if (!events) return;
   await c.query({
     name: 'simbridge_queue_events',
     text: `WITH queued AS (
@@ -42,8 +52,13 @@ export async function queuePgEvents(pool: object, c: Queryable, facts: EventFact
              SELECT $1, e.topic, e.payload, 1, e.at, 1 FROM unnest($2::text[], $3::bytea[], $4::bigint[]) WITH ORDINALITY AS e(topic, payload, at, n)
              ORDER BY e.n RETURNING id)
            SELECT pg_notify($5, $1) FROM queued LIMIT 1`,
-    values: [GATEWAY_OUTBOX_KEY, topics, payloads, at, CHANNELS.events],
+    values: [GATEWAY_OUTBOX_KEY, events.topics, events.payloads, events.at, CHANNELS.events],
   });
+}
+
+/** Renders the facts and writes their events on `c`, inside the transaction of their change. */
+export async function queuePgEvents(pool: object, c: Queryable, facts: EventFact[]): Promise<void> {
+  await insertPgEvents(c, renderPgEvents(pool, facts));
 }
 
 /**
