@@ -39,7 +39,7 @@ export const eventsSection = z
       .string()
       .regex(GATEWAY_NAME, 'letters, digits, _ and -, at most 64')
       .default(defaultGatewayName)
-      .describe('this gateway\'s name in its thing name and event topics (default: the host name); give each node its own'),
+      .describe('this gateway\'s name in its thing name and event topics (default: the host name); give each gateway on SQLite its own, and every node on one PostgreSQL database (storage.url) the same: they publish as one (docs/events.md)'),
     kinds: z
       .array(z.enum(EVENT_KINDS))
       .default([...EVENT_KINDS])
