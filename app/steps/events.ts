@@ -56,6 +56,7 @@ export function startEvents(
     pool: deps.upstream.pool,
     maxInflight: upstream.maxInflight,
     retryDelayMs: events.retryDelayMs,
+    topicRoot: `${events.topicPrefix}/${gateway}/events/`,
     metrics: eventMetrics(deps.metrics.registry, () => queue.count()),
     log: deps.log.child({ component: 'events' }),
   });

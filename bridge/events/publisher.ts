@@ -13,6 +13,8 @@ export interface EventPublisherOptions {
   maxInflight: number;
   retryDelayMs: number;
   metrics?: Pick<EventMetrics, 'published' | 'failures'>;
+  /** `{topicPrefix}/{gateway}/events/`: the only topics the gateway's policy lets it publish on. */
+  topicRoot?: string;
   log: Logger;
 }
 
@@ -28,6 +30,7 @@ export class EventPublisher {
   private again = false;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
+  private warnedForeign = false;
 
   constructor(private readonly o: EventPublisherOptions) {}
 
@@ -72,6 +75,12 @@ export class EventPublisher {
   private async drainOnce(): Promise<boolean> {
     const rows = await this.o.queue.peek(this.o.maxInflight);
     if (rows.length === 0) return false;
+    const foreign = this.o.topicRoot && rows.find((r) => !r.topic.startsWith(this.o.topicRoot!));
+    if (foreign && !this.warnedForeign) {
+      // IoT Core will refuse it (and close the session) until the name is what it was when it was recorded.
+      this.warnedForeign = true;
+      this.o.log.error({ topic: foreign.topic, allowed: `${this.o.topicRoot}*` }, 'a queued event was recorded under another gateway name: events.gateway changed, or differs between the nodes on one database');
+    }
     const session = await this.o.pool.session(await this.o.credentials());
     // One connection keeps QoS 1 publishes in order; each row goes once its own PUBACK is in.
     const results = await Promise.allSettled(rows.map(async (row) => {
