@@ -5,6 +5,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
+import { ClusterNode } from '../storage/postgres/cluster.ts';
 import { openPostgres, type Pool } from '../storage/postgres/connect.ts';
 import { Observer, type Received } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
@@ -118,4 +119,50 @@ describe.skipIf(!bin)('lifecycle events from two nodes on one PostgreSQL databas
     // Published events leave the outbox.
     expect(Number((await db.query<{ n: number }>("SELECT count(*) AS n FROM outbox WHERE imsi = '@gateway'")).rows[0]!.n)).toBe(0);
   }, 90_000);
+
+  it("the events' lease: never taken as a SIM, nor by a node not serving events; a restart with its holder's id lets it go first", async () => {
+    const pool = await openPostgres({ url: await server.database() });
+    const nodes: ClusterNode[] = [];
+    const node = async (id: string) => {
+      const n = new ClusterNode(pool, { nodeId: id, heartbeatMs: 100, leaseMs: 400, takeoverBatch: 100 });
+      nodes.push(n);
+      await n.join();
+      return n;
+    };
+    const lease = async () => (await pool.query<{ owner: string; epoch: number }>("SELECT owner, epoch FROM sim_leases WHERE imsi = '@gateway'")).rows[0];
+    const until = async (cond: () => boolean | Promise<boolean>) => {
+      for (const end = Date.now() + 10_000; !(await cond()); await new Promise((r) => setTimeout(r, 20))) if (Date.now() > end) throw new Error('not in time');
+    };
+    try {
+      // Events wait, no node holds them: a node joining takes SIMs with waiting rows, never this key.
+      await pool.query("INSERT INTO outbox (imsi, device_topic, payload, qos, received_at, system) VALUES ('@gateway', 't', '\\x00', 1, 0, 1)");
+      const plain = await node('plain');
+      const simsGained: string[] = [];
+      plain.onGained((g) => simsGained.push(...g.map((x) => x.imsi)));
+      await new Promise((r) => setTimeout(r, 500)); // several heartbeats
+      expect(await lease()).toBeUndefined();
+
+      const serving = await node('serving');
+      const heard: string[] = [];
+      serving.onGained((g) => heard.push(...g.map((x) => x.imsi)));
+      serving.serveStream('@gateway', { gained: () => heard.push('gained'), lost: () => heard.push('lost') });
+      await until(() => serving.owns('@gateway'));
+      expect(heard).toEqual(['gained']); // the SIMs' listeners never hear of it
+      expect(serving.simsOwned).toBe(0);
+      const first = (await lease())!;
+      expect(first.owner).toBe('serving');
+
+      // Its process dies; the next one with the same id lets the lease go at join, then takes it again.
+      serving.stop();
+      const again = await node('serving');
+      expect(await lease()).toMatchObject({ owner: '', epoch: first.epoch + 1 });
+      again.serveStream('@gateway', { gained: () => undefined, lost: () => undefined });
+      await until(() => again.owns('@gateway'));
+      expect(again.epochOf('@gateway')).toBe(first.epoch + 2);
+      expect(simsGained).toEqual([]);
+    } finally {
+      for (const n of nodes) n.stop();
+      await pool.end();
+    }
+  });
 });
