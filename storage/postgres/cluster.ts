@@ -136,14 +136,15 @@ export class ClusterNode {
     void this.takeStreams().catch(this.onError);
   }
 
-  /** Takes the leases of served streams that no live node holds. */
+  /** Takes the leases of served streams that no live node holds (or that name this node but are not noted here). */
   private async takeStreams(): Promise<void> {
     const free = [...this.streams.keys()].filter((key) => !this.owned.has(key));
     if (free.length === 0 || !this.sure()) return;
     const { rows } = await this.pool.query<{ imsi: string; epoch: number }>(
       `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT key, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS key
        ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
-       WHERE NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
+       WHERE sim_leases.owner = excluded.owner
+          OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
        RETURNING imsi, epoch`,
       [free, this.nodeId, this.opts.leaseMs],
     );
@@ -242,8 +243,6 @@ export class ClusterNode {
        RETURNING l.imsi, l.epoch`,
       [this.nodeId, this.opts.leaseMs, this.opts.takeoverBatch],
     );
-    // A stream no live node holds (its holder died or left) is taken by a node serving it.
-    await this.takeStreams();
     if (taken.length) await this.gain(taken);
     else {
       // Nodes long dead that hold nothing any more are forgotten.
@@ -252,6 +251,9 @@ export class ClusterNode {
         [this.opts.leaseMs],
       );
     }
+    // A stream no live node holds (its holder died or left) is taken by a node serving it; after the SIMs
+    // taken above are noted, so a failure here cannot leave them held in the database but not here.
+    await this.takeStreams();
   }
 
   /**
