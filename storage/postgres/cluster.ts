@@ -169,12 +169,11 @@ export class ClusterNode {
     );
     this.lastBeat = sent;
     // Streams this node id held before its restart are let go (no node is named ''): whichever node
-    // serves them next, this one included, takes them with a new epoch (serveStream).
-    await this.pool.query(`UPDATE sim_leases SET owner = '', epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 AND NOT ${simKey('imsi')}`, [
-      this.nodeId,
-    ]);
+    // serves them next, this one included, takes them with a new epoch (serveStream). Its SIMs it keeps.
     const { rows: mine } = await this.pool.query<{ imsi: string; epoch: number }>(
-      `UPDATE sim_leases SET epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 RETURNING imsi, epoch`,
+      `WITH streams AS (
+         UPDATE sim_leases SET owner = '', epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 AND NOT ${simKey('imsi')})
+       UPDATE sim_leases SET epoch = epoch + 1, acquired_at = ${NOW_MS}, wanted_by = NULL WHERE owner = $1 AND ${simKey('imsi')} RETURNING imsi, epoch`,
       [this.nodeId],
     );
     const { rows: orphans } = await this.pool.query<{ imsi: string; epoch: number }>(
