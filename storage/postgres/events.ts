@@ -87,9 +87,8 @@ export function sessionFacts(started: NetworkSession | undefined, ended: EndedSe
  * The gateway's events on one database shared by several nodes. The node that holds the lease of
  * GATEWAY_OUTBOX_KEY (sim_leases, the SIMs' lease machinery of storage/postgres/cluster.ts) publishes
  * every node's events: IoT Core allows one connection per client id, and the gateway's thing is one
- * client id, so two nodes publishing as it would knock each other off. The lease moves when its holder
- * dies, as a SIM's does, and a published event leaves the outbox only under the lease epoch it was
- * published under.
+ * client id, so two nodes publishing as it would knock each other off; and a node's events must not wait
+ * for that node to come back. The lease moves when its holder dies, as a SIM's does.
  */
 export class PgEventStream implements EventStream {
   readonly queue: EventQueue;
@@ -135,15 +134,13 @@ export class PgEventStream implements EventStream {
     return rows;
   }
 
-  /** Only while this node holds the lease, at its epoch: a node that lost it deletes nothing. */
+  /**
+   * An event IoT Core acknowledged leaves the outbox whoever holds the lease now: it is delivered, and a
+   * node that lost the lease meanwhile deleting it spares its next holder a repeat. What the lease fences
+   * is publishing (peek), so two nodes never publish as the one gateway thing at once.
+   */
   private async remove(id: number): Promise<void> {
-    const epoch = this.cluster.epochOf(GATEWAY_OUTBOX_KEY);
-    if (epoch === undefined) return;
-    await this.pool.query(
-      `DELETE FROM outbox o USING sim_leases l
-       WHERE o.id = $1 AND o.imsi = $2 AND l.imsi = $2 AND l.owner = $3 AND l.epoch = $4`,
-      [id, GATEWAY_OUTBOX_KEY, this.cluster.nodeId, epoch],
-    );
+    await this.pool.query('DELETE FROM outbox WHERE id = $1 AND imsi = $2', [id, GATEWAY_OUTBOX_KEY]);
   }
 
   /** Events waiting across the cluster (committed, not yet acknowledged by IoT Core). */
