@@ -68,6 +68,11 @@ export interface DeliveryOutbox {
   usage(imsi?: string): Usage;
   /** Changes whenever a row of the SIM leaves other than by delivery: a batch planned before may hold it. */
   removals(imsi: string): number;
+  /**
+   * Changes whenever rows of the SIM may lie behind a reader's cursor (held again after another node
+   * held it): a reader's next read of the SIM starts at its oldest row.
+   */
+  rewinds(imsi: string): number;
 }
 
 /**
@@ -89,6 +94,8 @@ export abstract class GroupCommitOutbox {
   protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
+  /** Times per SIM its readers were told to start again from its oldest row (see rewinds). */
+  private readonly rewoundPerSim = new Map<string, number>();
   private flushScheduled = false;
   /** The commit on its way, if any: the next one starts when it is done. */
   private committing: Promise<void> | undefined;
@@ -152,6 +159,15 @@ export abstract class GroupCommitOutbox {
 
   protected removedUndelivered(imsi: string): void {
     this.removedPerSim.set(imsi, this.removals(imsi) + 1);
+  }
+
+  /** Changes whenever readers of the SIM must start again from its oldest row (never, on one node). */
+  rewinds(imsi: string): number {
+    return this.rewoundPerSim.get(imsi) ?? 0;
+  }
+
+  protected rewound(imsi: string): void {
+    this.rewoundPerSim.set(imsi, this.rewinds(imsi) + 1);
   }
 
   /** Resolves with the row id once the message is committed. */

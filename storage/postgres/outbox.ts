@@ -148,8 +148,6 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   /** Delivered rows waiting for their delete, with the lease epoch each was delivered under. */
   private readonly deliveredUnder = new Map<number, { imsi: string; epoch: number | null }>();
   private readonly wakeListeners: Array<(imsi: string) => void> = [];
-  /** SIMs taken over: their next read starts at the oldest row (see peek). */
-  private readonly rewind = new Set<string>();
   /** SIMs this node held and lost: a cursor it kept for one may have been passed by another node. */
   private readonly lostHere = new Set<string>();
   /**
@@ -267,7 +265,7 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       this.newestPerSim.set(g.imsi, Math.max(g.newest, whole ? 0 : (this.newestPerSim.get(g.imsi) ?? 0)));
       // A SIM this node's commit claimed for the first time has no cursor to distrust, and a read from its
       // oldest row would find the rows of a batch still in flight (not yet delivered) and send them again.
-      if (whole || this.lostHere.delete(g.imsi)) this.rewind.add(g.imsi);
+      if (whole || this.lostHere.delete(g.imsi)) this.rewound(g.imsi);
       if (whole && g.rows) this.wake(g.imsi);
     }
   }
@@ -318,9 +316,6 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   async peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> {
     // Another node's SIM (or this node lost it): nothing to deliver here.
     if (this.cluster && !this.cluster.owns(imsi)) return [];
-    // Held again after another node held it: that node may not have delivered all it left behind the
-    // cursor this node had, so the first read starts from the SIM's oldest row.
-    if (this.rewind.delete(imsi)) afterId = 0;
     const known = this.fromMemory(imsi, afterId, limit);
     if (known) return known;
     const found: OutboxMessage[] = [];
