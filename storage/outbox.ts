@@ -90,6 +90,8 @@ export abstract class GroupCommitOutbox {
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
+  /** Of those, per SIM, the messages enqueued and not committed yet (pending or in the commit on its way). */
+  private readonly uncommittedPerSim = new Map<string, Usage>();
   /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
   protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
@@ -145,11 +147,14 @@ export abstract class GroupCommitOutbox {
   protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
-    const u = this.perSim.get(imsi) ?? { rows: 0, bytes: 0 };
-    u.rows += rows;
-    u.bytes += bytes;
-    if (u.rows <= 0) this.perSim.delete(imsi);
-    else this.perSim.set(imsi, u);
+    addTo(this.perSim, imsi, rows, bytes);
+  }
+
+  /** What this node counts for a SIM that is committed (on disk): its count less what is still to commit. */
+  protected committedUsage(imsi: string): Usage {
+    const all = this.usage(imsi);
+    const uncommitted = this.uncommittedPerSim.get(imsi);
+    return uncommitted ? { rows: all.rows - uncommitted.rows, bytes: all.bytes - uncommitted.bytes } : all;
   }
 
   /** Changes whenever a row of the SIM is removed other than by delivery. */
@@ -173,6 +178,7 @@ export abstract class GroupCommitOutbox {
   /** Resolves with the row id once the message is committed. */
   enqueue(msg: NewMessage): Promise<number> {
     this.account(msg.imsi, 1, msg.payload.length);
+    addTo(this.uncommittedPerSim, msg.imsi, 1, msg.payload.length);
     return new Promise((resolve, reject) => {
       this.pending.push({ msg, resolve, reject });
       if (this.pending.length >= this.maxRows) this.flush();
@@ -210,6 +216,7 @@ export abstract class GroupCommitOutbox {
       .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id), ...(firstDeliveries.length ? { firstDeliveries } : {}) })
       .then(
         ({ ids, deleted }) => {
+          for (const { msg } of batch) addTo(this.uncommittedPerSim, msg.imsi, -1, -msg.payload.length);
           for (const r of delivered) this.delivered.delete(r.id);
           const gone = new Set(deleted);
           for (const r of delivered) if (gone.has(r.id)) this.account(r.imsi, -1, -r.payload.length);
@@ -235,6 +242,7 @@ export abstract class GroupCommitOutbox {
           this.firstDeliveries.unshift(...firstDeliveries);
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
+            addTo(this.uncommittedPerSim, p.msg.imsi, -1, -p.msg.payload.length);
             p.reject(err);
           }
         },
@@ -344,6 +352,14 @@ export abstract class GroupCommitOutbox {
   simsWithMessages(): string[] {
     return [...this.perSim.keys()];
   }
+}
+
+function addTo(perSim: Map<string, Usage>, imsi: string, rows: number, bytes: number): void {
+  const u = perSim.get(imsi) ?? { rows: 0, bytes: 0 };
+  u.rows += rows;
+  u.bytes += bytes;
+  if (u.rows <= 0) perSim.delete(imsi);
+  else perSim.set(imsi, u);
 }
 
 /** The outbox on SQLite: reads on the main connection while the writer thread commits (WAL). */

@@ -196,6 +196,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       imsis.forEach((imsi) => {
         this.dropTail(imsi);
         this.lostHere.add(imsi);
+        // Its rows on disk are counted by its next holder now; what this node has still to commit stays counted.
+        const committed = this.committedUsage(imsi);
+        this.account(imsi, -committed.rows, -committed.bytes);
       }),
     );
     feed.on(CHANNELS.outbox, batched((imsis) => this.committedElsewhere(imsis.filter((i) => node.owns(i))), onError));
@@ -265,14 +268,16 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   }
 
   /**
-   * SIMs gained with what they had waiting. Taken over (`whole`): their counters become what the database
-   * holds. Claimed by this node's own commit: what was there before it is added (the commit counted its own).
+   * SIMs gained with what they had waiting: their counters become what the database holds (before the
+   * commit that claimed them, when one did) and what this node has still to commit for them, that commit's
+   * rows included. What this node counted as committed before is replaced: it may be stale (a SIM held
+   * again after this node could not be sure it held it).
    */
   private gained(gained: Gained[], whole: boolean): void {
     for (const g of gained) {
       this.elsewhere.delete(g.imsi);
       this.dropTail(g.imsi);
-      const u = whole ? this.usage(g.imsi) : { rows: 0, bytes: 0 };
+      const u = this.committedUsage(g.imsi);
       this.account(g.imsi, g.rows - u.rows, g.bytes - u.bytes);
       this.newestPerSim.set(g.imsi, Math.max(g.newest, whole ? 0 : (this.newestPerSim.get(g.imsi) ?? 0)));
       // A SIM this node's commit claimed for the first time has no cursor to distrust, and a read from its
