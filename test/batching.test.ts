@@ -136,7 +136,8 @@ describe('batching for sleepy senders', () => {
     cleanups.push(() => gateway.kill());
     await observer.waitUntil((m) => readings(m, `sim-${imsi}`).length >= 5, 15_000);
     expect(readings(observer.messages, `sim-${imsi}`)).toEqual(['t1', 't2', 't3', 'k1', 'k2']);
-  });
+    // Three gateway starts, one with vending: on a busy machine the default 60 s is not enough.
+  }, 120_000);
 
   it('a full outbox refuses new messages (reject-new) or drops the device\'s oldest (drop-oldest), visibly', async () => {
     const dir = tempDir('batch-quota');
@@ -182,5 +183,5 @@ describe('batching for sleepy senders', () => {
     const metrics = await scrapeMetrics(gateway.adminPort);
     expect(metrics).toMatch(/simbridge_messages_dropped_total\{group="lossy",reason="outbox_full"\} 2/);
     expect(metrics).toMatch(/simbridge_refusals_total\{protocol="http",reason="outbox_full"\} 1/);
-  });
+   }, 120_000);
 });
