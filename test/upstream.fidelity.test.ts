@@ -115,8 +115,9 @@ describe('publishes above 100/s per connection are dropped without PUBACK', () =
     const dir = tempDir('fidelity-rate');
     const sandbox = await startSandboxProcess(dir);
     cleanups.push(() => sandbox.process.kill());
-    // A short operation timeout, so a publish IoT Core dropped shows up as a failure within the test.
-    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any' } }, upstream: { operationTimeoutMs: 2000 }, storage: { synchronous: 'normal' } });
+    // A short operation timeout, so a publish IoT Core dropped shows up as a failure within the test (not
+    // shorter: a sandbox on a busy machine may take seconds to answer a publish it did not drop).
+    const cfg = await gatewayConfig(dir, sandbox, { groups: { default: { lock: 'any' } }, upstream: { operationTimeoutMs: 4000 }, storage: { synchronous: 'normal' } });
     const gateway = await startGatewayProcess(cfg.file);
     cleanups.push(() => gateway.kill());
     const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);

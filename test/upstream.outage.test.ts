@@ -83,7 +83,10 @@ interface Upstream {
  */
 async function outageDrill(dir: string, sandbox: SandboxProcess, upstream: Upstream, imsis: string[], cleanups: Array<() => Promise<unknown>>) {
   const proxy = await startTcpProxy(upstream.port);
-  const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: proxy.port })).file);
+  // The backlog drains paced well under IoT Core's 100 publishes/s per connection: drained at the edge of
+  // it, an upstream that falls behind for a moment and catches up (a busy test machine) drops a publish
+  // without PUBACK and the order breaks there (docs/fidelity.md), which is not what this test is about.
+  const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstreamPort: proxy.port, upstream: { publishesPerSecond: 60 } })).file);
   cleanups.push(() => gateway.kill(), () => proxy.close());
   let observer = await Observer.connect(upstream.observerUrl(), upstream.filter);
   const devices = await stream(`mqtt://127.0.0.1:${gateway.mqttPort}`, imsis, 50);
