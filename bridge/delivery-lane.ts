@@ -63,6 +63,8 @@ export function stillHolds(then: PlanStamp, now: PlanStamp): boolean {
 export class Lane {
   /** Rows up to here are acknowledged or in flight (their deletes may still be pending); reads start after it. */
   cursor = 0;
+  /** The outbox's rewinds of the SIM when the cursor was last set: a change sends the next read to its oldest row. */
+  rewinds = 0;
   /** The pump running now; `again` asks it for one more round (rows arrived while it ran). */
   pump?: { again: boolean; done: Promise<void> };
   /** Wakes the device when its open batch falls due. */

@@ -133,7 +133,8 @@ export class Dispatcher {
    * batch is not due; everything else wakes the device's pump.
    */
   private arrived(lane: Lane, rows: OutboxMessage[]): void {
-    const idle = !lane.pump && !this.stopped && !this.flushing;
+    // Rows behind the cursor (the SIM held again): only a read from its oldest row finds them.
+    const idle = !lane.pump && !this.stopped && !this.flushing && !this.rewound(lane);
     if (idle && lane.timer && lane.holding === 'open' && this.joinOpenBatch(lane, rows)) return;
     if (idle && !lane.timer && !lane.holding && this.openFirstBatch(lane, rows)) return;
     this.wakeLane(lane);
@@ -148,6 +149,12 @@ export class Dispatcher {
       if (!sim) {
         lane.cursor = 0;
         return;
+      }
+      if (this.rewound(lane)) {
+        // Here, between drains, nothing is in flight: a cursor moved back now is not overwritten by a PUBACK.
+        lane.rewinds = this.opts.outbox.rewinds(lane.imsi);
+        lane.cursor = 0;
+        lane.forget();
       }
       let session: UpstreamSession | undefined;
       try {
@@ -169,7 +176,7 @@ export class Dispatcher {
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
         const more = wakeAt === undefined && (await this.opts.outbox.peek(lane.imsi, lane.cursor, 1)).length > 0;
-        if (!state.again && !more) break;
+        if (!state.again && !more && !this.rewound(lane)) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
         lane.cursor = 0;
@@ -218,6 +225,11 @@ export class Dispatcher {
         this.opts.onDeadLetter?.(row, reason);
       }
     }
+  }
+
+  /** Whether the outbox asked for a read of the SIM from its oldest row since the lane's cursor was set. */
+  private rewound(lane: Lane): boolean {
+    return this.opts.outbox.rewinds(lane.imsi) !== lane.rewinds;
   }
 
   /** What a plan made for this SIM now, at the lane's cursor, is stamped with (see stillHolds). */
@@ -375,6 +387,11 @@ export class Dispatcher {
         due = { units: planned.slice(0, want) };
         planned = undefined;
       } else {
+        // Told to read from the oldest row: what is in flight settles first, then the pump reads again.
+        if (this.rewound(lane)) {
+          exhausted = true;
+          continue;
+        }
         due = await this.dueUnits(lane, sim, want);
         if (due.units.length < want && due.waitMs === undefined) exhausted = true;
       }

@@ -53,21 +53,23 @@ export interface UplinkOptions {
 export class Uplink {
   constructor(private readonly opts: UplinkOptions) {}
 
+  /**
+   * Per SIM, the last of its messages that had to wait before being enqueued (for its quota count, or for
+   * room made over the network): the SIM's next messages wait behind it, so a device's messages keep
+   * their order. Settles once that message is enqueued or refused; never rejects.
+   */
+  private readonly turns = new Map<string, Promise<void>>();
+
   /** userProperties: MQTT 5 user properties as JSON text of an object, kept with the message for its batch envelope. */
   async accept(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number, userProperties?: string): Promise<number> {
     const group = device.sim.group;
     try {
       this.check(protocol, device, deviceTopic, payload, qos);
-      // Several nodes: a SIM another node holds is counted from the database once (later from memory).
-      // Every message waiting here waits for the same read, so a device's messages keep their order.
-      const counting = this.opts.outbox.quotaReady(device.sim.imsi);
-      if (counting) await counting.catch((err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `outbox quota not checked: ${err.message}`)));
-      // Audits of rows dropped to make room (none, nearly always: no promise then).
-      const drops = this.makeRoom(device, payload.length);
-      // Enqueued before anything else is awaited: a device's messages keep their order.
       const msg: NewMessage = { imsi: device.sim.imsi, deviceTopic, payload: ownBytes(payload), qos: qos as 0 | 1, receivedAt: Date.now() };
       if (userProperties !== undefined) msg.userProperties = userProperties;
-      const committed = this.opts.outbox.enqueue(msg);
+      const queued = this.queue(device, msg);
+      // drops: audits of rows dropped to make room (none, nearly always).
+      const { committed, drops } = queued instanceof Promise ? await queued : queued;
       let id: number;
       try {
         id = await committed;
@@ -88,10 +90,55 @@ export class Uplink {
   }
 
   /**
+   * Checks the quotas, makes room and enqueues: at once when nothing has to be waited for (always on
+   * SQLite), else in the SIM's turn. Waiting are: a message behind another of its SIM's; the first count
+   * of a SIM another node holds (several nodes); room made over the network (drop-oldest on PostgreSQL),
+   * which the message waits for rather than being refused.
+   */
+  private queue(device: AdmittedDevice, msg: NewMessage): Queued | Promise<Queued> {
+    const { imsi } = device.sim;
+    const ahead = this.turns.get(imsi);
+    let counting = ahead ? undefined : this.opts.outbox.quotaReady(imsi);
+    if (!ahead && !counting) {
+      const room = this.makeRoom(device, msg.payload.length);
+      if (Array.isArray(room)) return this.store(msg, room);
+      return this.inTurn(imsi, async () => this.store(msg, await room));
+    }
+    return this.inTurn(imsi, async () => {
+      if (ahead) {
+        await ahead;
+        counting = this.opts.outbox.quotaReady(imsi);
+      }
+      if (counting) await counting.catch((err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `outbox quota not checked: ${err.message}`)));
+      const room = this.makeRoom(device, msg.payload.length);
+      return this.store(msg, Array.isArray(room) ? room : await room);
+    });
+  }
+
+  /** Runs a message's wait as its SIM's turn: the SIM's next messages start after it is enqueued or refused. */
+  private inTurn(imsi: string, work: () => Promise<Queued>): Promise<Queued> {
+    const done = work();
+    const turn = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.turns.set(imsi, turn);
+    void turn.then(() => {
+      if (this.turns.get(imsi) === turn) this.turns.delete(imsi);
+    });
+    return done;
+  }
+
+  private store(msg: NewMessage, drops: Promise<void>[]): Queued {
+    return { committed: this.opts.outbox.enqueue(msg), drops };
+  }
+
+  /**
    * Keeps the outbox within its quotas: a full device or outbox refuses the new message (reject-new) or
    * drops the device's oldest to make room (drop-oldest), each drop audited and counted. Never silent.
+   * Answers with the drops' audits; later when the room is made over the network (PostgreSQL).
    */
-  private makeRoom(device: AdmittedDevice, bytes: number): Promise<void>[] {
+  private makeRoom(device: AdmittedDevice, bytes: number): Promise<void>[] | Promise<Promise<void>[]> {
     const q = this.opts.quota();
     const { outbox } = this.opts;
     const { imsi } = device.sim;
@@ -106,18 +153,20 @@ export class Uplink {
       );
     };
     if (fits()) return [];
-    if (this.opts.group(device.sim.group).overflow === 'drop-oldest') {
-      const dropping = outbox.dropOldest(imsi, fits);
-      if (!Array.isArray(dropping)) {
-        // Over the network (PostgreSQL) the room is made after this message has to be answered: it is
-        // refused, and the device's next attempt finds the room; each drop is still audited and counted.
-        void dropping.then((dropped) => Promise.allSettled(this.auditDrops(device, dropped)), () => undefined);
-        throw outboxFull();
-      }
-      const audited = this.auditDrops(device, dropping);
-      if (fits()) return audited;
-      void Promise.allSettled(audited);
-    }
+    if (this.opts.group(device.sim.group).overflow !== 'drop-oldest') throw outboxFull();
+    const dropping = outbox.dropOldest(imsi, fits);
+    if (Array.isArray(dropping)) return this.roomMade(device, dropping, fits);
+    return dropping.then(
+      (dropped) => this.roomMade(device, dropped, fits),
+      (err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `no room made in the outbox: ${err.message}`)),
+    );
+  }
+
+  /** The audits of what was dropped, if that made room; else the message is refused (the drops stand). */
+  private roomMade(device: AdmittedDevice, dropped: OutboxMessage[], fits: () => boolean): Promise<void>[] {
+    const audited = this.auditDrops(device, dropped);
+    if (fits()) return audited;
+    void Promise.allSettled(audited);
     throw outboxFull();
   }
 
@@ -143,6 +192,12 @@ export class Uplink {
     const problem = topics.checkPublish(deviceTopic, limits);
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
   }
+}
+
+/** A message enqueued: its commit, and the audits of rows dropped to make room for it. */
+interface Queued {
+  committed: Promise<number>;
+  drops: Promise<void>[];
 }
 
 const outboxFull = () => new UplinkRefusal('outbox_full', 'the outbox is full for this device or the gateway; try again later');

@@ -68,6 +68,11 @@ export interface DeliveryOutbox {
   usage(imsi?: string): Usage;
   /** Changes whenever a row of the SIM leaves other than by delivery: a batch planned before may hold it. */
   removals(imsi: string): number;
+  /**
+   * Changes whenever rows of the SIM may lie behind a reader's cursor (held again after another node
+   * held it): a reader's next read of the SIM starts at its oldest row.
+   */
+  rewinds(imsi: string): number;
 }
 
 /**
@@ -85,10 +90,14 @@ export abstract class GroupCommitOutbox {
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
+  /** Of those, per SIM, the messages enqueued and not committed yet (pending or in the commit on its way). */
+  private readonly uncommittedPerSim = new Map<string, Usage>();
   /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
   protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
   private readonly removedPerSim = new Map<string, number>();
+  /** Times per SIM its readers were told to start again from its oldest row (see rewinds). */
+  private readonly rewoundPerSim = new Map<string, number>();
   private flushScheduled = false;
   /** The commit on its way, if any: the next one starts when it is done. */
   private committing: Promise<void> | undefined;
@@ -138,11 +147,14 @@ export abstract class GroupCommitOutbox {
   protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
-    const u = this.perSim.get(imsi) ?? { rows: 0, bytes: 0 };
-    u.rows += rows;
-    u.bytes += bytes;
-    if (u.rows <= 0) this.perSim.delete(imsi);
-    else this.perSim.set(imsi, u);
+    addTo(this.perSim, imsi, rows, bytes);
+  }
+
+  /** What this node counts for a SIM that is committed (on disk): its count less what is still to commit. */
+  protected committedUsage(imsi: string): Usage {
+    const all = this.usage(imsi);
+    const uncommitted = this.uncommittedPerSim.get(imsi);
+    return uncommitted ? { rows: all.rows - uncommitted.rows, bytes: all.bytes - uncommitted.bytes } : all;
   }
 
   /** Changes whenever a row of the SIM is removed other than by delivery. */
@@ -154,9 +166,19 @@ export abstract class GroupCommitOutbox {
     this.removedPerSim.set(imsi, this.removals(imsi) + 1);
   }
 
+  /** Changes whenever readers of the SIM must start again from its oldest row (never, on one node). */
+  rewinds(imsi: string): number {
+    return this.rewoundPerSim.get(imsi) ?? 0;
+  }
+
+  protected rewound(imsi: string): void {
+    this.rewoundPerSim.set(imsi, this.rewinds(imsi) + 1);
+  }
+
   /** Resolves with the row id once the message is committed. */
   enqueue(msg: NewMessage): Promise<number> {
     this.account(msg.imsi, 1, msg.payload.length);
+    addTo(this.uncommittedPerSim, msg.imsi, 1, msg.payload.length);
     return new Promise((resolve, reject) => {
       this.pending.push({ msg, resolve, reject });
       if (this.pending.length >= this.maxRows) this.flush();
@@ -194,6 +216,7 @@ export abstract class GroupCommitOutbox {
       .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id), ...(firstDeliveries.length ? { firstDeliveries } : {}) })
       .then(
         ({ ids, deleted }) => {
+          for (const { msg } of batch) addTo(this.uncommittedPerSim, msg.imsi, -1, -msg.payload.length);
           for (const r of delivered) this.delivered.delete(r.id);
           const gone = new Set(deleted);
           for (const r of delivered) if (gone.has(r.id)) this.account(r.imsi, -1, -r.payload.length);
@@ -219,6 +242,7 @@ export abstract class GroupCommitOutbox {
           this.firstDeliveries.unshift(...firstDeliveries);
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
+            addTo(this.uncommittedPerSim, p.msg.imsi, -1, -p.msg.payload.length);
             p.reject(err);
           }
         },
@@ -328,6 +352,14 @@ export abstract class GroupCommitOutbox {
   simsWithMessages(): string[] {
     return [...this.perSim.keys()];
   }
+}
+
+function addTo(perSim: Map<string, Usage>, imsi: string, rows: number, bytes: number): void {
+  const u = perSim.get(imsi) ?? { rows: 0, bytes: 0 };
+  u.rows += rows;
+  u.bytes += bytes;
+  if (u.rows <= 0) perSim.delete(imsi);
+  else perSim.set(imsi, u);
 }
 
 /** The outbox on SQLite: reads on the main connection while the writer thread commits (WAL). */

@@ -119,7 +119,10 @@ describe.skipIf(!bin)('the gateway on PostgreSQL', () => {
         slowestMs = Math.max(slowestMs, Date.now() - began);
         answers.set(status, (answers.get(status) ?? 0) + 1);
         if (status === 202) acked.push(i);
-        else await new Promise((r) => setTimeout(r, 100));
+        // Below the 100 publishes/s IoT Core takes on one connection, which drops the excess without a
+        // PUBACK: a device sending faster than its session may publish would have its order broken there
+        // whenever the sandbox falls behind for a moment, whatever the database does.
+        await new Promise((r) => setTimeout(r, status === 202 ? 15 : 100));
       }
     })();
     await new Promise((r) => setTimeout(r, 2000));

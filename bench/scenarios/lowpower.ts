@@ -10,7 +10,7 @@ import { loopbackAddress, payload } from '../lib/devices.ts';
 import { newHist, quantile, record } from '../lib/hist.ts';
 import { newTag } from '../lib/measure.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
-import { Stack } from '../lib/stack.ts';
+import { gatewayNodeArgs, Stack } from '../lib/stack.ts';
 import { round, sleep } from '../lib/stats.ts';
 
 // Low-power ingress: what one wake of a battery device costs on the wire per protocol, and CoAP under
@@ -327,6 +327,12 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
     const lag = prom.match(/^nodejs_eventloop_lag_p99_seconds (\S+)/m);
     figures.event_loop_lag_p99_ms = lag ? round(Number(lag[1]) * 1000) : null;
     socks.forEach((s) => s.close());
+    // A profile of the load (BENCH_GATEWAY_NODE_ARGS=--cpu-prof) is written only by a gateway that exits.
+    if (gatewayNodeArgs().includes('--cpu-prof')) {
+      await stack.stopGateway('SIGTERM');
+      await stack.startGateway();
+      ports.coap = stack.gateway!.coapPort!;
+    }
 
     // 3. SIGKILL right after CoAP acknowledgements: every acknowledged request must arrive upstream.
     const killTag = newTag('lpk');

@@ -19,17 +19,24 @@ import { transaction, type Pool, type Queryable } from './connect.ts';
  * Run it inside a transaction: when every SIM inserted for is already held (or there is no fence) it is
  * one call of migration 013's function; otherwise the inserts, the claim and the deletes in that order.
  */
-export async function commitOnPostgres(db: Queryable, req: CommitRequest, fence?: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
+export async function commitOnPostgres(db: Queryable, req: CommitRequest, fence?: CommitFence): Promise<FencedCommit> {
   if (fence && claims(req, fence)) return commitClaiming(db, req, fence);
   return { ...(await commitCall(db, req, fence)), claimed: [] };
 }
 
+/** A commit's result on PostgreSQL, with what the cluster needs to know of it. */
+type FencedCommit = Omit<CommitResult, 'seconds'> & {
+  claimed: Gained[];
+  /** Per SIM inserted for under the per-SIM locks, its newest row before this commit's (several nodes). */
+  prior?: Map<string, number>;
+};
+
 /** A commit that may take leases, inside a transaction: the inserts, the claim, then the deletes. */
-async function commitClaiming(db: Queryable, req: CommitRequest, fence: CommitFence): Promise<Omit<CommitResult, 'seconds'> & { claimed: Gained[] }> {
-  const { ids } = await commitCall(db, { inserts: req.inserts, deletes: [] }, fence);
+async function commitClaiming(db: Queryable, req: CommitRequest, fence: CommitFence): Promise<FencedCommit> {
+  const { ids, prior } = await commitCall(db, { inserts: req.inserts, deletes: [] }, fence);
   const { claimed } = await fence.claim(db, [...new Set(req.inserts.map((m) => m.imsi))], ids);
   const { deleted } = await commitCall(db, { inserts: [], deletes: req.deletes }, fence);
-  return { ids, deleted, claimed };
+  return { ids, deleted, claimed, ...(prior ? { prior } : {}) };
 }
 
 /** Whether the commit inserts for a SIM this node does not hold (yet): then it must try to claim it. */
@@ -45,7 +52,7 @@ const SIM_LOCKS = 0x53494d;
  * a transaction it is a transaction of its own, committed before the server answers (an error, had the
  * commit failed): the answer is the acknowledgement.
  */
-async function commitCall(db: Queryable, { inserts, deletes }: CommitRequest, fence: CommitFence | undefined): Promise<Omit<CommitResult, 'seconds'>> {
+async function commitCall(db: Queryable, { inserts, deletes }: CommitRequest, fence: CommitFence | undefined): Promise<Omit<FencedCommit, 'claimed'>> {
   const n = inserts.length;
   const imsis = new Array<string>(n);
   const topics = new Array<string>(n);
@@ -65,15 +72,16 @@ async function commitCall(db: Queryable, { inserts, deletes }: CommitRequest, fe
     properties[i] = m.userProperties ?? null;
   }
   const [deleteImsis, deleteEpochs] = fence && deletes.length ? fence.deliveredUnder(deletes) : [[], []];
-  const { rows } = await db.query<{ ids: string[]; deleted: string[] }>({
+  const { rows } = await db.query<{ ids: string[]; deleted: string[]; prior_imsis: string[]; prior_newest: string[] }>({
     name: 'simbridge_outbox_commit',
-    text: 'SELECT ids, deleted FROM simbridge_outbox_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)',
+    text: 'SELECT ids, deleted, prior_imsis, prior_newest FROM simbridge_outbox_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)',
     values: [imsis, topics, payloads, qos, received, systems, properties, fence && n ? SIM_LOCKS : null, deletes, deleteImsis, deleteEpochs, fence?.node ?? null],
   });
   // bigint[] comes back as text; every id stored is below 2^53.
-  const { ids, deleted } = rows[0]!;
+  const { ids, deleted, prior_imsis: priorImsis, prior_newest: priorNewest } = rows[0]!;
   const gone = new Set(deleted.map(Number));
-  return { ids: ids.map(Number), deleted: deletes.filter((id) => gone.has(id)) };
+  const result = { ids: ids.map(Number), deleted: deletes.filter((id) => gone.has(id)) };
+  return priorImsis.length ? { ...result, prior: new Map(priorImsis.map((imsi, i) => [imsi, Number(priorNewest[i])])) } : result;
 }
 
 /** The cluster's part in a commit on PostgreSQL (storage/postgres/cluster.ts). */
@@ -85,8 +93,11 @@ export interface CommitFence {
   deliveredUnder(ids: number[]): [imsis: Array<string | null>, epochs: Array<number | null>];
   /** Inside the transaction, after the inserts: takes free leases; tells the owners of the others. */
   claim(c: Queryable, imsis: string[], ownIds: number[]): Promise<{ claimed: Gained[]; foreign: string[] }>;
-  /** After COMMIT, before the outbox hears of it: the SIMs claimed are held, the deletes settled. */
-  committed(claimed: Gained[], deletes: number[]): void;
+  /**
+   * After COMMIT, before the outbox hears of it: the SIMs claimed are held, the deletes settled, and the
+   * SIMs' newest rows before the commit (`prior`) tell of rows other nodes committed for them meanwhile.
+   */
+  committed(claimed: Gained[], deletes: number[], prior?: Map<string, number>): void;
 }
 
 /**
@@ -100,9 +111,9 @@ export function postgresWriter(pool: Pool, observe: (seconds: number) => void = 
     async commit(req) {
       const started = performance.now();
       const f = fence();
-      const { claimed, ...result } =
+      const { claimed, prior, ...result } =
         f && claims(req, f) ? await transaction(pool, (c) => commitClaiming(c, req, f)) : { ...(await commitCall(pool, req, f)), claimed: [] };
-      f?.committed(claimed, req.deletes);
+      f?.committed(claimed, req.deletes, prior);
       const seconds = (performance.now() - started) / 1000;
       observe(seconds);
       return { ...result, seconds };
@@ -148,8 +159,6 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   /** Delivered rows waiting for their delete, with the lease epoch each was delivered under. */
   private readonly deliveredUnder = new Map<number, { imsi: string; epoch: number | null }>();
   private readonly wakeListeners: Array<(imsi: string) => void> = [];
-  /** SIMs taken over: their next read starts at the oldest row (see peek). */
-  private readonly rewind = new Set<string>();
   /** SIMs this node held and lost: a cursor it kept for one may have been passed by another node. */
   private readonly lostHere = new Set<string>();
   /**
@@ -187,6 +196,9 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
       imsis.forEach((imsi) => {
         this.dropTail(imsi);
         this.lostHere.add(imsi);
+        // Its rows on disk are counted by its next holder now; what this node has still to commit stays counted.
+        const committed = this.committedUsage(imsi);
+        this.account(imsi, -committed.rows, -committed.bytes);
       }),
     );
     feed.on(CHANNELS.outbox, batched((imsis) => this.committedElsewhere(imsis.filter((i) => node.owns(i))), onError));
@@ -204,10 +216,11 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
         return [under.map((u) => u?.imsi ?? null), under.map((u) => u?.epoch ?? null)];
       },
       claim: (c, imsis, ownIds) => node.claimInCommit(c, imsis, ownIds),
-      committed: (claimed, deletes) => {
+      committed: (claimed, deletes, prior) => {
         for (const id of deletes) this.deliveredUnder.delete(id);
         node.claimed(claimed);
         this.gained(claimed, false);
+        if (prior) this.committedBefore(prior);
       },
     };
   }
@@ -255,20 +268,35 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   }
 
   /**
-   * SIMs gained with what they had waiting. Taken over (`whole`): their counters become what the database
-   * holds. Claimed by this node's own commit: what was there before it is added (the commit counted its own).
+   * SIMs gained with what they had waiting: their counters become what the database holds (before the
+   * commit that claimed them, when one did) and what this node has still to commit for them, that commit's
+   * rows included. What this node counted as committed before is replaced: it may be stale (a SIM held
+   * again after this node could not be sure it held it).
    */
   private gained(gained: Gained[], whole: boolean): void {
     for (const g of gained) {
       this.elsewhere.delete(g.imsi);
       this.dropTail(g.imsi);
-      const u = whole ? this.usage(g.imsi) : { rows: 0, bytes: 0 };
+      const u = this.committedUsage(g.imsi);
       this.account(g.imsi, g.rows - u.rows, g.bytes - u.bytes);
       this.newestPerSim.set(g.imsi, Math.max(g.newest, whole ? 0 : (this.newestPerSim.get(g.imsi) ?? 0)));
       // A SIM this node's commit claimed for the first time has no cursor to distrust, and a read from its
       // oldest row would find the rows of a batch still in flight (not yet delivered) and send them again.
-      if (whole || this.lostHere.delete(g.imsi)) this.rewind.add(g.imsi);
+      if (whole || this.lostHere.delete(g.imsi)) this.rewound(g.imsi);
       if (whole && g.rows) this.wake(g.imsi);
+    }
+  }
+
+  /**
+   * A held SIM whose newest row before this node's commit is one this node never saw: another node
+   * committed for it a moment ago (its notice is on its way). The SIM's tail ends there, so this commit's
+   * rows begin a tail after that row, and a read from before it goes to disk instead of passing it.
+   */
+  private committedBefore(prior: Map<string, number>): void {
+    for (const [imsi, newest] of prior) {
+      if (!this.cluster?.owns(imsi) || newest <= (this.newestPerSim.get(imsi) ?? 0)) continue;
+      this.dropTail(imsi);
+      this.newestPerSim.set(imsi, newest);
     }
   }
 
@@ -318,9 +346,6 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
   async peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> {
     // Another node's SIM (or this node lost it): nothing to deliver here.
     if (this.cluster && !this.cluster.owns(imsi)) return [];
-    // Held again after another node held it: that node may not have delivered all it left behind the
-    // cursor this node had, so the first read starts from the SIM's oldest row.
-    if (this.rewind.delete(imsi)) afterId = 0;
     const known = this.fromMemory(imsi, afterId, limit);
     if (known) return known;
     const found: OutboxMessage[] = [];
