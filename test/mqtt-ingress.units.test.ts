@@ -10,7 +10,10 @@ import type { IdentitySource } from '../bridge/identity/source.ts';
 import { startMqttIngress, type MqttIngress, type MqttIngressOptions } from '../bridge/ingress/mqtt.ts';
 import { createMetrics } from '../bridge/metrics.ts';
 import type { Uplink } from '../bridge/uplink.ts';
+import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
+import type { HeldMessage } from '../storage/downlink.ts';
+import { WHILE_CONNECTED, type KeptMessage, type MqttSessionStore, type SessionKey, type StoredSession } from '../storage/mqtt-sessions.ts';
 import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
 
 // The device MQTT ingress over real sockets, with small fakes for what stands behind it (admission lets
@@ -104,5 +107,113 @@ describe('device MQTT ingress', () => {
     await Promise.all(acked);
     expect(accepted).toBe(8);
     client.end(true);
+  });
+});
+
+/**
+ * A session store whose calls overlap and finish out of order, as on PostgreSQL, where each takes a
+ * connection of its own: a call applies its effect when it finishes, and the calls made first take the
+ * longest (`lags`, ms, one per call in order; 0 after).
+ */
+class LaggyStore implements MqttSessionStore {
+  readonly calls: string[] = [];
+  session?: StoredSession;
+  kept: KeptMessage[] = [];
+  inFlight = 0;
+  maxInFlight = 0;
+  private nextId = 1;
+
+  constructor(private readonly lags: number[]) {}
+
+  private async lag<T>(call: string, apply: () => T): Promise<T> {
+    this.calls.push(call);
+    this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
+    await new Promise((r) => setTimeout(r, this.lags.shift() ?? 0));
+    this.inFlight--;
+    return apply();
+  }
+
+  load(_key: SessionKey, now = Date.now()) {
+    return this.lag('load', () => (this.session && this.session.expiresAt > now ? this.session : undefined));
+  }
+  save(_key: SessionKey, session: StoredSession) {
+    return this.lag(`save ${session.expiresAt === WHILE_CONNECTED ? 'connected' : 'away'}`, () => void (this.session = session));
+  }
+  remove() {
+    return this.lag('remove', () => ((this.session = undefined), this.kept.splice(0)));
+  }
+  keep(_key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number) {
+    return this.lag(`keep ${msg.payload.toString()}`, () => (this.kept.push({ ...msg, id: this.nextId++, expiresAt }), this.kept.splice(0, Math.max(0, this.kept.length - maxMessages))));
+  }
+  pending() {
+    return this.lag('pending', () => [...this.kept]);
+  }
+  delivered(ids: number[]) {
+    return this.lag('delivered', () => void (this.kept = this.kept.filter((m) => !ids.includes(m.id))));
+  }
+  list = async () => [];
+  settle = async () => 0;
+  expire = async () => ({ sessions: [], messages: [] });
+}
+
+describe('persistent MQTT sessions over a store whose calls overlap', () => {
+  let ingress: MqttIngress | undefined;
+  afterEach(async () => {
+    await ingress?.close();
+    ingress = undefined;
+  });
+
+  /** The ingress over the store; `command` sends a command down the device's subscription. */
+  async function start(store: MqttSessionStore) {
+    let command: ((payload: string) => void) | undefined;
+    const downlink = {
+      subscribe: async (_device: unknown, _filter: string, qos: number, deliver: (topic: string, payload: Buffer, qos: 0 | 1, retain: boolean) => void) => {
+        command = (payload) => deliver('commands/x', Buffer.from(payload), 1, false);
+        return Math.min(qos, 1);
+      },
+      unsubscribe: async () => undefined,
+    } as unknown as Downlink;
+    const group = () => ({ mqttSessions: { maxExpirySeconds: 3600, maxMessages: 10, ttlMs: 60_000 } }) as GroupConfig;
+    ingress = await startMqttIngress(fakes({ sessions: store, group, downlink }));
+    return { url: `mqtt://127.0.0.1:${ingress.port}`, command: (payload: string) => command!(payload) };
+  }
+  const persistent = (expiry: number) => deviceOptions('001010000000001', '490154203237518', { protocolVersion: 5, clean: false, properties: { sessionExpiryInterval: expiry } });
+
+  it('stores commands kept for a sleeping device in the order they came, and hands them all over when it is back', async () => {
+    // connect (its load, save and read of kept commands), subscribe (its save), leave (its save), two
+    // commands kept: each later call quicker.
+    const store = new LaggyStore([0, 0, 0, 60, 45, 30, 15]);
+    const { url, command } = await start(store);
+    const first = await mqtt.connectAsync(url, persistent(600));
+    await first.subscribeAsync('commands/#', { qos: 1 });
+    await first.endAsync();
+    await new Promise((r) => setTimeout(r, 100)); // the gateway has seen it leave
+    command('one');
+    command('two');
+    const received: string[] = [];
+    const again = mqtt.connect(url, persistent(600));
+    again.on('message', (_t, payload) => received.push(payload.toString()));
+    for (let i = 0; i < 50 && received.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(received).toEqual(['one', 'two']);
+    await again.endAsync();
+    expect(store.calls.slice(0, 9)).toEqual(['load', 'save connected', 'pending', 'save connected', 'save away', 'keep one', 'keep two', 'save connected', 'pending']);
+    expect(store.maxInFlight).toBe(1);
+  });
+
+  it('does not resume a session that expired while its device was away', async () => {
+    // connect (its load, save and read), subscribe (its save, slow), leave (its save), then the expired session's removal
+    // (slow) and the reconnect's load: the subscription's save must not land last, nor the load come first.
+    const store = new LaggyStore([0, 0, 0, 60, 0, 30]);
+    const { url } = await start(store);
+    const first = await mqtt.connectAsync(url, persistent(1));
+    await first.subscribeAsync('commands/#', { qos: 1 });
+    await first.endAsync();
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(store.session?.expiresAt).not.toBe(WHILE_CONNECTED);
+    const again = mqtt.connect(url, persistent(1));
+    const connack = await new Promise<{ sessionPresent: boolean }>((resolve) => again.once('connect', resolve));
+    expect(connack.sessionPresent).toBe(false);
+    await again.endAsync();
   });
 });

@@ -8,6 +8,8 @@ const SESSION_COLUMNS = 'filters, expiry_s AS "expirySeconds", expires_at AS "ex
 type SessionRow = { filters: string; expirySeconds: number; expiresAt: number };
 const fromRow = (r: SessionRow): StoredSession => ({ filters: JSON.parse(r.filters) as StoredSession['filters'], expirySeconds: r.expirySeconds, expiresAt: r.expiresAt });
 const byId = (a: { id: number }, b: { id: number }) => a.id - b.id;
+// The first key of the per-session locks of keep(): apart from any other advisory lock.
+const SESSION_LOCKS = 0x4d5153;
 
 /**
  * Persistent MQTT sessions and the commands kept for them, on PostgreSQL, with the rules of the SQLite
@@ -47,8 +49,14 @@ export class PgMqttSessionStore implements MqttSessionStore {
     });
   }
 
+  /**
+   * Keeps for one session run one at a time (a lock per session): under READ COMMITTED two that overlap
+   * would each count only their own new row and the committed ones, and the session would end up holding
+   * more than maxMessages with nothing pushed out.
+   */
   async keep(key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number): Promise<KeptMessage[]> {
     return transaction(this.pool, async (c) => {
+      await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [SESSION_LOCKS, `${key.imsi}/${key.clientId}`]);
       await c.query('INSERT INTO mqtt_session_messages (imsi, client_id, topic, payload, qos, received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
         key.imsi, key.clientId, msg.topic, msg.payload, msg.qos, msg.receivedAt, expiresAt,
       ]);

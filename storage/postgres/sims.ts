@@ -5,10 +5,12 @@ import { createdOutcome, fromRow, importChange, type SimRow, type BindOutcome, t
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { changed, Params } from './params.ts';
 
-
 // An import reads and writes this many rows per round trip: one row per round trip made 10,000 SIMs take
 // tens of seconds over the network.
 const IMPORT_CHUNK = 1000;
+
+// SQLSTATE of a unique constraint violation.
+const UNIQUE_VIOLATION = '23505';
 
 export const COLUMNS = 'imsi, iccid, msisdn, group_name, status, bound_imei, lock_mode, thing_name, tags, secret_hash, created_at, last_seen_at, delivered_at';
 
@@ -24,13 +26,29 @@ export class PgSimStore implements SimRegistry {
     return rows[0] && fromRow(rows[0]);
   }
 
+  /**
+   * ON CONFLICT (imsi) arbitrates the IMSI only. When several connections insert one new SIM at once, an
+   * insert can pass that check before the other's row is in the IMSI index and then meet it on the thing
+   * name (or ICCID) index, which raises a unique violation once the other commits. The SIM exists then:
+   * this caller did not create it, as if the check had caught it. A violation that leaves no row for the
+   * IMSI is a real one (a thing name or ICCID of another SIM) and is thrown, as on SQLite.
+   */
   async register(sim: NewSim): Promise<{ sim: Sim; created: boolean }> {
-    const r = await this.pool.query(
-      `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, created_at)
-       VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8) ON CONFLICT (imsi) DO NOTHING`,
-      [sim.imsi, sim.iccid ?? null, sim.msisdn ?? null, sim.group, sim.boundImei ?? null, sim.thingName, JSON.stringify(sim.tags ?? {}), Date.now()],
-    );
-    return { sim: (await this.get(sim.imsi))!, created: changed(r) === 1 };
+    let created: boolean;
+    try {
+      const r = await this.pool.query(
+        `INSERT INTO sims (imsi, iccid, msisdn, group_name, status, bound_imei, thing_name, tags, created_at)
+         VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8) ON CONFLICT (imsi) DO NOTHING`,
+        [sim.imsi, sim.iccid ?? null, sim.msisdn ?? null, sim.group, sim.boundImei ?? null, sim.thingName, JSON.stringify(sim.tags ?? {}), Date.now()],
+      );
+      created = changed(r) === 1;
+    } catch (err) {
+      if ((err as { code?: string }).code !== UNIQUE_VIOLATION) throw err;
+      const existing = await this.get(sim.imsi);
+      if (!existing) throw err;
+      return { sim: existing, created: false };
+    }
+    return { sim: (await this.get(sim.imsi))!, created };
   }
 
   async markSeen(imsi: string, at = Date.now()): Promise<void> {

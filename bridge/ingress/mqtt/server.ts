@@ -131,7 +131,7 @@ function dispatch(conn: DeviceConnection, packet: Packet): void {
     case 'puback': {
       // A PUBACK for an id not in flight is ignored (nothing to release); counted for the record.
       const msg = conn.acknowledged(packet.messageId!);
-      if (msg) ep.sessions.delivered(msg);
+      if (msg) ep.sessions.delivered(msg, conn.session);
       else conn.count('protocol_error');
       return;
     }

@@ -57,6 +57,8 @@ export class DeviceSession {
 /** Every session of the endpoint: connected ones, and persistent ones whose device is away. */
 export class Sessions {
   private readonly byId = new Map<string, DeviceSession>();
+  /** Per session id: the last store call made for it, settled or not (see inOrder). */
+  private readonly storeCalls = new Map<string, Promise<void>>();
 
   constructor(
     private readonly ep: Endpoint,
@@ -88,7 +90,7 @@ export class Sessions {
       this.end(session, 'clean start');
       session = undefined;
     } else if (!session && cleanStart && this.store && this.maxExpirySeconds(device) > 0) {
-      this.accountFor(key.imsi, await this.store.remove(key), 'clean start');
+      this.accountFor(key.imsi, await this.inOrder(id, (store) => store.remove(key)), 'clean start');
     }
     if (session) {
       present = true;
@@ -98,7 +100,7 @@ export class Sessions {
       if (before) session.handedOver = before.unacknowledged();
     } else {
       session = new DeviceSession(id, key, device, this);
-      const stored = !cleanStart && this.store && this.maxExpirySeconds(device) > 0 ? await this.store.load(key) : undefined;
+      const stored = !cleanStart && this.store && this.maxExpirySeconds(device) > 0 ? await this.inOrder(id, (store) => store.load(key)) : undefined;
       if (stored) {
         present = true;
         for (const [filter, qos] of stored.filters) {
@@ -116,7 +118,8 @@ export class Sessions {
     }
     session.conn = conn;
     conn.session = session;
-    if (expirySeconds > 0) await this.store!.save(key, { filters: session.storedFilters(), expirySeconds, expiresAt: WHILE_CONNECTED });
+    const filters = session.storedFilters();
+    if (expirySeconds > 0) await this.inOrder(id, (store) => store.save(key, { filters, expirySeconds, expiresAt: WHILE_CONNECTED }));
     return { session, present, expirySeconds };
   }
 
@@ -126,7 +129,8 @@ export class Sessions {
     session.handedOver = undefined;
     for (const m of handedOver ?? []) if (m.keptId === undefined) conn.deliver(m);
     if (!this.store || session.expirySeconds === 0) return;
-    this.store.pending(session.key).then(
+    // In order after the commands kept while the device was away, the last of which may still be committing.
+    this.inOrder(session.id, (store) => store.pending(session.key)).then(
       (kept: KeptMessage[]) => {
         for (const m of kept) {
           if (session.conn !== conn || conn.state !== 'open') return;
@@ -150,9 +154,8 @@ export class Sessions {
     }
     for (const m of conn.unacknowledged()) if (m.keptId === undefined) this.keep(session, m);
     session.endsAt = Date.now() + session.expirySeconds * 1000;
-    this.store
-      .save(session.key, { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: Date.now() + session.expirySeconds * 1000 })
-      .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
+    const stored = { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: session.endsAt };
+    this.inOrder(session.id, (store) => store.save(session.key, stored)).catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
   /**
@@ -178,9 +181,8 @@ export class Sessions {
   /** The session's subscriptions changed: a persistent one writes them down. */
   saved(session: DeviceSession): void {
     if (!this.store || session.expirySeconds === 0) return;
-    this.store
-      .save(session.key, { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: WHILE_CONNECTED })
-      .catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
+    const stored = { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: WHILE_CONNECTED };
+    this.inOrder(session.id, (store) => store.save(session.key, stored)).catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
   }
 
   /** Keeps a command for a sleeping device (QoS 1 only, bounded per group; QoS 0 is not kept, MQTT-3.1.2-5). */
@@ -193,7 +195,7 @@ export class Sessions {
     const cfg = group(session.device.sim.group).mqttSessions;
     const receivedAt = Date.now();
     const expiresAt = Math.min(msg.expiresAt ?? Infinity, receivedAt + cfg.ttlMs);
-    this.store.keep(session.key, { topic: msg.topic, payload: msg.payload, qos: 1, receivedAt }, cfg.maxMessages, expiresAt).then(
+    this.inOrder(session.id, (store) => store.keep(session.key, { topic: msg.topic, payload: msg.payload, qos: 1, receivedAt }, cfg.maxMessages, expiresAt)).then(
       (dropped) => {
         metrics.downlink.inc({ protocol: 'mqtt', result: 'held' });
         this.accountFor(session.key.imsi, dropped, `more than ${cfg.maxMessages} kept`);
@@ -205,11 +207,12 @@ export class Sessions {
     );
   }
 
-  /** The device acknowledged a kept command: it is not sent again. */
-  delivered(msg: Outgoing): void {
+  /** The device acknowledged a kept command of its session: it is not sent again. */
+  delivered(msg: Outgoing, session: DeviceSession | undefined): void {
     this.ep.opts.metrics.downlink.inc({ protocol: 'mqtt', result: 'delivered' });
-    if (msg.keptId === undefined || !this.store) return;
-    this.store.delivered([msg.keptId]).catch((err: unknown) => this.ep.opts.log.warn({ err: String(err) }, 'delivered MQTT downlink not removed; it may be sent again'));
+    if (msg.keptId === undefined || !this.store || !session) return;
+    const ids = [msg.keptId];
+    this.inOrder(session.id, (store) => store.delivered(ids)).catch((err: unknown) => this.ep.opts.log.warn({ err: String(err) }, 'delivered MQTT downlink not removed; it may be sent again'));
   }
 
   /** Ends a session: its upstream subscriptions go, and whatever it kept is dropped (audited). */
@@ -223,7 +226,7 @@ export class Sessions {
     for (const filter of session.filters?.keys() ?? []) void this.ep.opts.downlink.unsubscribe(session.device, filter);
     session.filters = undefined;
     if (!this.store || session.expirySeconds === 0) return;
-    this.store.remove(session.key).then(
+    this.inOrder(session.id, (store) => store.remove(session.key)).then(
       (dropped) => this.accountFor(session.key.imsi, dropped, why),
       (err: unknown) => this.ep.opts.log.error({ err: String(err) }, 'MQTT session not removed'),
     );
@@ -272,6 +275,28 @@ export class Sessions {
       }
     }
     for (const m of messages) this.accountFor(m.imsi, [m], m.expiresAt <= now ? 'expired before its device came back' : 'session expired');
+  }
+
+  /**
+   * Runs a store call for a session after every one made before it for the same session id, in call
+   * order. On PostgreSQL each call takes a connection of its own and they overlap: without this a
+   * reconnect could read the session before the write of its departure landed (or a session ended just
+   * before it, not yet removed), the kept commands before the last one kept committed, and a departure
+   * could be overwritten by an earlier save that landed late. Idle, the call runs at once, as before.
+   */
+  private inOrder<T>(id: string, call: (store: MqttSessionStore) => Promise<T>): Promise<T> {
+    const store = this.store!;
+    const before = this.storeCalls.get(id);
+    const result = before ? before.then(() => call(store)) : call(store);
+    const settled = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.storeCalls.set(id, settled);
+    void settled.then(() => {
+      if (this.storeCalls.get(id) === settled) this.storeCalls.delete(id);
+    });
+    return result;
   }
 
   /** A retained message the subscription asked not to get: counted, not sent. */
