@@ -1,4 +1,5 @@
 import type { GroupConfig } from '../config/schema.ts';
+import { KeyedTurns } from '../lib/keyed-turns.ts';
 import type { AuditStore } from '../storage/audit.ts';
 import type { GatewayOutbox } from '../storage/index.ts';
 import type { NewMessage, OutboxMessage } from '../storage/outbox.ts';
@@ -56,9 +57,9 @@ export class Uplink {
   /**
    * Per SIM, the last of its messages that had to wait before being enqueued (for its quota count, or for
    * room made over the network): the SIM's next messages wait behind it, so a device's messages keep
-   * their order. Settles once that message is enqueued or refused; never rejects.
+   * their order. A turn ends once that message is enqueued or refused.
    */
-  private readonly turns = new Map<string, Promise<void>>();
+  private readonly turns = new KeyedTurns();
 
   /** userProperties: MQTT 5 user properties as JSON text of an object, kept with the message for its batch envelope. */
   async accept(protocol: IngressProtocol, device: AdmittedDevice, deviceTopic: string, payload: Buffer, qos: number, userProperties?: string): Promise<number> {
@@ -97,36 +98,20 @@ export class Uplink {
    */
   private queue(device: AdmittedDevice, msg: NewMessage): Queued | Promise<Queued> {
     const { imsi } = device.sim;
-    const ahead = this.turns.get(imsi);
+    const ahead = this.turns.ahead(imsi);
     let counting = ahead ? undefined : this.opts.outbox.quotaReady(imsi);
     if (!ahead && !counting) {
       const room = this.makeRoom(device, msg.payload.length);
       if (Array.isArray(room)) return this.store(msg, room);
-      return this.inTurn(imsi, async () => this.store(msg, await room));
+      return this.turns.run(imsi, async () => this.store(msg, await room));
     }
-    return this.inTurn(imsi, async () => {
-      if (ahead) {
-        await ahead;
-        counting = this.opts.outbox.quotaReady(imsi);
-      }
+    // Its turn comes after the messages ahead of it: only then is its quota checked.
+    return this.turns.run(imsi, async () => {
+      if (ahead) counting = this.opts.outbox.quotaReady(imsi);
       if (counting) await counting.catch((err: Error) => Promise.reject(new UplinkRefusal('storage_unavailable', `outbox quota not checked: ${err.message}`)));
       const room = this.makeRoom(device, msg.payload.length);
       return this.store(msg, Array.isArray(room) ? room : await room);
     });
-  }
-
-  /** Runs a message's wait as its SIM's turn: the SIM's next messages start after it is enqueued or refused. */
-  private inTurn(imsi: string, work: () => Promise<Queued>): Promise<Queued> {
-    const done = work();
-    const turn = done.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.turns.set(imsi, turn);
-    void turn.then(() => {
-      if (this.turns.get(imsi) === turn) this.turns.delete(imsi);
-    });
-    return done;
   }
 
   private store(msg: NewMessage, drops: Promise<void>[]): Queued {

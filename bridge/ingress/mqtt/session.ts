@@ -1,3 +1,4 @@
+import { KeyedTurns } from '../../../lib/keyed-turns.ts';
 import { WHILE_CONNECTED, type KeptMessage, type MqttSessionStore, type SessionKey } from '../../../storage/mqtt-sessions.ts';
 import type { AdmittedDevice } from '../../admission.ts';
 import type { Deliver } from '../../downlink.ts';
@@ -57,8 +58,8 @@ export class DeviceSession {
 /** Every session of the endpoint: connected ones, and persistent ones whose device is away. */
 export class Sessions {
   private readonly byId = new Map<string, DeviceSession>();
-  /** Per session id: the last store call made for it, settled or not (see inOrder). */
-  private readonly storeCalls = new Map<string, Promise<void>>();
+  /** Per session id, its store calls one after another (see inOrder). */
+  private readonly storeCalls = new KeyedTurns();
 
   constructor(
     private readonly ep: Endpoint,
@@ -286,17 +287,7 @@ export class Sessions {
    */
   private inOrder<T>(id: string, call: (store: MqttSessionStore) => Promise<T>): Promise<T> {
     const store = this.store!;
-    const before = this.storeCalls.get(id);
-    const result = before ? before.then(() => call(store)) : call(store);
-    const settled = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.storeCalls.set(id, settled);
-    void settled.then(() => {
-      if (this.storeCalls.get(id) === settled) this.storeCalls.delete(id);
-    });
-    return result;
+    return this.storeCalls.run(id, () => call(store));
   }
 
   /** A retained message the subscription asked not to get: counted, not sent. */
