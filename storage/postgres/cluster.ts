@@ -140,15 +140,7 @@ export class ClusterNode {
   private async takeStreams(): Promise<void> {
     const free = [...this.streams.keys()].filter((key) => !this.owned.has(key));
     if (free.length === 0 || !this.sure()) return;
-    const { rows } = await this.pool.query<{ imsi: string; epoch: number }>(
-      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT key, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS key
-       ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
-       WHERE sim_leases.owner = excluded.owner
-          OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
-       RETURNING imsi, epoch`,
-      [free, this.nodeId, this.opts.leaseMs],
-    );
-    await this.gain(rows);
+    await this.gain(await takeFreeLeases(this.pool, free, this.nodeId, this.opts.leaseMs));
   }
 
   /** The heartbeat was renewed recently enough that no other node may have taken this node's SIMs yet. */
@@ -378,14 +370,7 @@ export class ClusterNode {
   async claimInCommit(c: Queryable, imsis: string[], ownIds: number[]): Promise<{ claimed: Gained[]; foreign: string[] }> {
     const unknown = imsis.filter((i) => !this.owns(i));
     if (unknown.length === 0) return { claimed: [], foreign: [] };
-    const { rows } = await c.query<{ imsi: string; epoch: number }>(
-      `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT imsi, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS imsi
-       ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
-       WHERE sim_leases.owner = excluded.owner
-          OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
-       RETURNING imsi, epoch`,
-      [unknown, this.nodeId, this.opts.leaseMs],
-    );
+    const rows = await takeFreeLeases(c, unknown, this.nodeId, this.opts.leaseMs);
     const claimedSet = new Set(rows.map((r) => r.imsi));
     const foreign = unknown.filter((i) => !claimedSet.has(i));
     if (foreign.length) await c.query('SELECT pg_notify($1, imsi) FROM unnest($2::text[]) AS imsi', ['simbridge_outbox', foreign]);
@@ -439,4 +424,20 @@ export class ClusterNode {
   stop(): void {
     clearInterval(this.timer);
   }
+}
+
+/**
+ * Takes the leases of keys no live node holds (or that already name this node), each with a new epoch;
+ * answers the keys taken. Whether the owner lives is judged by the database's clock.
+ */
+async function takeFreeLeases(db: Queryable, keys: string[], nodeId: string, leaseMs: number): Promise<Array<{ imsi: string; epoch: number }>> {
+  const { rows } = await db.query<{ imsi: string; epoch: number }>(
+    `INSERT INTO sim_leases (imsi, owner, epoch, acquired_at) SELECT key, $2, 1, ${NOW_MS} FROM unnest($1::text[]) AS key
+     ON CONFLICT (imsi) DO UPDATE SET owner = excluded.owner, epoch = sim_leases.epoch + 1, acquired_at = excluded.acquired_at, wanted_by = NULL
+     WHERE sim_leases.owner = excluded.owner
+        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = sim_leases.owner AND n.heartbeat_at > excluded.acquired_at - $3)
+     RETURNING imsi, epoch`,
+    [keys, nodeId, leaseMs],
+  );
+  return rows;
 }
