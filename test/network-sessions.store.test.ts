@@ -37,6 +37,17 @@ describe.each(storeDialects())('network session table on $name', (dialect) => {
     expect(await t.s.count()).toBe(1);
   });
 
+  it('opens a session once when the same Start arrives several times at once (accounting sent to several servers)', async () => {
+    const t = await setup();
+    // Every connection of the pool open first: a connection still being opened would keep the Starts apart.
+    await Promise.all(Array.from({ length: 8 }, (_, i) => t.start(report(`10.0.1.${i}`, `w${i}`))));
+    const results = await Promise.all(Array.from({ length: 8 }, () => t.s.applyAll([{ kind: 'start', report: report('10.0.0.9', 'x') }])));
+    const flat = results.flat();
+    expect(flat.filter((r) => r instanceof Error)).toEqual([]);
+    expect(flat.filter((r) => !(r instanceof Error) && r.started)).toHaveLength(1);
+    expect(await t.s.count()).toBe(9);
+  });
+
   it('removes on Stop only the session with that id', async () => {
     const t = await setup();
     await t.start(report('10.0.0.1', 'a'));

@@ -54,11 +54,13 @@ export class PgNetworkSessions implements NetworkSessionStore {
     switch (change.kind) {
       case 'start':
       case 'interim': {
+        await lockIp(c, change.report.ip);
         const r = await this.record(c, change.report);
         if (r.ignored) return { ended: [], ignored: r.ignored };
         return { ended: r.ended, ...(r.created ? { started: { session: r.session, cause: change.kind } } : {}) };
       }
       case 'stop': {
+        await lockIp(c, change.ip);
         await c.query(
           `INSERT INTO stopped_sessions (nas_ip, acct_session_id, stopped_at) VALUES ($1, $2, $3)
            ON CONFLICT (nas_ip, acct_session_id) DO UPDATE SET stopped_at = excluded.stopped_at`,
@@ -145,4 +147,16 @@ export class PgNetworkSessions implements NetworkSessionStore {
   async list(): Promise<NetworkSession[]> {
     return (await this.pool.query<SessionRow>('SELECT * FROM network_sessions ORDER BY ip COLLATE "C"')).rows.map(fromRow);
   }
+}
+
+// The first key of the per-IP locks: apart from any other advisory lock.
+const IP_LOCKS = 0x524144;
+
+/**
+ * The PGW sends accounting to more than one server: the same Start may reach two nodes at once. Changes
+ * of one IP wait for each other until their transaction ends; without it both would find no session,
+ * and the second insert would fail on the IP's key instead of refreshing what the first opened.
+ */
+async function lockIp(c: pg.PoolClient, ip: string): Promise<void> {
+  await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [IP_LOCKS, ip]);
 }
