@@ -83,6 +83,8 @@ export interface DeliveryOutbox {
  */
 export abstract class GroupCommitOutbox {
   private pending: Pending[] = [];
+  /** The messages of the commit on its way. */
+  private inFlight: Pending[] = [];
   /** Delivered rows waiting to be deleted with the next commit (peek already skips them). */
   protected delivered = new Map<number, OutboxMessage>();
   /** First deliveries since a SIM's binding, to note with the next commit (noteFirstDelivery). */
@@ -90,8 +92,6 @@ export abstract class GroupCommitOutbox {
   /** What waits, in all and per SIM (pending commits included), so quota checks need no query. */
   private readonly total: Usage = { rows: 0, bytes: 0 };
   private readonly perSim = new Map<string, Usage>();
-  /** Of those, per SIM, the messages enqueued and not committed yet (pending or in the commit on its way). */
-  private readonly uncommittedPerSim = new Map<string, Usage>();
   /** Newest committed row id per SIM: a read for rows after an id at or past it would find none. */
   protected readonly newestPerSim = new Map<string, number>();
   /** Rows removed per SIM other than by delivery (dropped, dead-lettered): a batch planned before holds them. */
@@ -147,14 +147,25 @@ export abstract class GroupCommitOutbox {
   protected account(imsi: string, rows: number, bytes: number): void {
     this.total.rows += rows;
     this.total.bytes += bytes;
-    addTo(this.perSim, imsi, rows, bytes);
+    const u = this.perSim.get(imsi) ?? { rows: 0, bytes: 0 };
+    u.rows += rows;
+    u.bytes += bytes;
+    if (u.rows <= 0) this.perSim.delete(imsi);
+    else this.perSim.set(imsi, u);
   }
 
-  /** What this node counts for a SIM that is committed (on disk): its count less what is still to commit. */
+  /**
+   * What this node counts for a SIM that is committed (on disk): its count less what is still to commit,
+   * pending or in the commit on its way. Asked only when a SIM is gained or lost, so it is counted then.
+   */
   protected committedUsage(imsi: string): Usage {
-    const all = this.usage(imsi);
-    const uncommitted = this.uncommittedPerSim.get(imsi);
-    return uncommitted ? { rows: all.rows - uncommitted.rows, bytes: all.bytes - uncommitted.bytes } : all;
+    const u = this.usage(imsi);
+    for (const { msg } of [...this.pending, ...this.inFlight]) {
+      if (msg.imsi !== imsi) continue;
+      u.rows -= 1;
+      u.bytes -= msg.payload.length;
+    }
+    return u;
   }
 
   /** Changes whenever a row of the SIM is removed other than by delivery. */
@@ -178,7 +189,6 @@ export abstract class GroupCommitOutbox {
   /** Resolves with the row id once the message is committed. */
   enqueue(msg: NewMessage): Promise<number> {
     this.account(msg.imsi, 1, msg.payload.length);
-    addTo(this.uncommittedPerSim, msg.imsi, 1, msg.payload.length);
     return new Promise((resolve, reject) => {
       this.pending.push({ msg, resolve, reject });
       if (this.pending.length >= this.maxRows) this.flush();
@@ -208,6 +218,7 @@ export abstract class GroupCommitOutbox {
     this.flushScheduled = false;
     if (this.committing || !this.hasWork()) return;
     const batch = this.pending.splice(0, this.maxRows);
+    this.inFlight = batch;
     const delivered = [...this.delivered.values()];
     const firstDeliveries = this.firstDeliveries;
     this.firstDeliveries = [];
@@ -216,7 +227,7 @@ export abstract class GroupCommitOutbox {
       .commit({ inserts: batch.map((p) => p.msg), deletes: delivered.map((r) => r.id), ...(firstDeliveries.length ? { firstDeliveries } : {}) })
       .then(
         ({ ids, deleted }) => {
-          for (const { msg } of batch) addTo(this.uncommittedPerSim, msg.imsi, -1, -msg.payload.length);
+          this.inFlight = [];
           for (const r of delivered) this.delivered.delete(r.id);
           const gone = new Set(deleted);
           for (const r of delivered) if (gone.has(r.id)) this.account(r.imsi, -1, -r.payload.length);
@@ -238,11 +249,11 @@ export abstract class GroupCommitOutbox {
         },
         (err: Error) => {
           failed = true;
+          this.inFlight = [];
           // Deletes stay queued for the next commit; a row deleted late is at worst sent twice.
           this.firstDeliveries.unshift(...firstDeliveries);
           for (const p of batch) {
             this.account(p.msg.imsi, -1, -p.msg.payload.length);
-            addTo(this.uncommittedPerSim, p.msg.imsi, -1, -p.msg.payload.length);
             p.reject(err);
           }
         },
@@ -352,14 +363,6 @@ export abstract class GroupCommitOutbox {
   simsWithMessages(): string[] {
     return [...this.perSim.keys()];
   }
-}
-
-function addTo(perSim: Map<string, Usage>, imsi: string, rows: number, bytes: number): void {
-  const u = perSim.get(imsi) ?? { rows: 0, bytes: 0 };
-  u.rows += rows;
-  u.bytes += bytes;
-  if (u.rows <= 0) perSim.delete(imsi);
-  else perSim.set(imsi, u);
 }
 
 /** The outbox on SQLite: reads on the main connection while the writer thread commits (WAL). */
