@@ -6,16 +6,32 @@
 -- sorted: identity values are drawn in the order the rows are produced), the SIMs' last message time
 -- (system messages aside), then the deletes of delivered rows. With a node named (fence_node), a row
 -- goes only while that node holds its SIM at the lease epoch it was delivered under.
+--
+-- Under the per-SIM locks it also answers each SIM's newest row before its inserts (prior_imsis,
+-- prior_newest): a node holding a SIM reads what it just committed from memory (storage/postgres/outbox.ts),
+-- and rows another node committed for the SIM a moment earlier are not there; a read from memory would
+-- pass them before that node's notice arrives. Read under the lock, the answer is exact.
 CREATE FUNCTION simbridge_outbox_commit(
   imsis text[], topics text[], payloads bytea[], qos_levels int[], received bigint[], systems int[], properties text[],
   sim_locks int, delete_ids bigint[], delete_imsis text[], delete_epochs bigint[], fence_node text,
-  OUT ids bigint[], OUT deleted bigint[]
+  OUT ids bigint[], OUT deleted bigint[], OUT prior_imsis text[], OUT prior_newest bigint[]
 ) LANGUAGE plpgsql AS $$
 BEGIN
+  prior_imsis := '{}';
+  prior_newest := '{}';
   IF sim_locks IS NOT NULL THEN
     -- Per SIM, one commit at a time across nodes: row ids follow commit order per SIM, and the owner's
     -- cursor never passes a row still to commit. Taken in one order (of the keys) by every node.
     PERFORM pg_advisory_xact_lock(sim_locks, s.h) FROM (SELECT DISTINCT hashtext(i) AS h FROM unnest(imsis) AS i ORDER BY 1) AS s;
+    -- Each SIM's newest row before the inserts, through the outbox's (imsi, id) index; only while another
+    -- node is known at all (alive or not yet forgotten, as a stalled one still commits): a node alone
+    -- pays one look at the small node table per commit, not one index probe per SIM.
+    IF EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id <> fence_node) THEN
+      SELECT coalesce(array_agg(p.imsi), '{}'), coalesce(array_agg(p.newest), '{}') INTO prior_imsis, prior_newest
+      FROM (SELECT s.imsi, (SELECT max(o.id) FROM outbox o WHERE o.imsi = s.imsi) AS newest
+            FROM (SELECT DISTINCT i AS imsi FROM unnest(imsis) AS i) AS s) AS p
+      WHERE p.newest IS NOT NULL;
+    END IF;
   END IF;
 
   WITH added AS (

@@ -1,2 +1,0 @@
--- Nothing to do on SQLite: one node commits for every SIM, so what it holds in memory is all there is.
--- PostgreSQL's twin makes the commit say what other nodes committed for the SIMs just before it.
