@@ -73,6 +73,13 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
 
   const lease = async (pool: Pool, imsi: string) =>
     (await pool.query<{ owner: string; epoch: number }>('SELECT owner, epoch FROM sim_leases WHERE imsi = $1', [imsi])).rows[0];
+  /** A connection in a transaction holding the SIM's commit lock, as another node's commit would. */
+  const holdCommitLock = async (pool: Pool, imsi: string) => {
+    const holder = await pool.connect();
+    await holder.query('BEGIN');
+    await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [0x53494d, imsi]);
+    return holder;
+  };
   const rowsOf = async (pool: Pool, imsi: string) => (await pool.query<{ id: number }>('SELECT id FROM outbox WHERE imsi = $1 ORDER BY id', [imsi])).rows.map((r) => r.id);
 
   it('the first node to commit for a SIM holds it; another node\'s rows for it are handed to the holder', async () => {
@@ -150,9 +157,7 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
     const b = await node(url, 'b');
     await a.outbox.enqueue(msg(X, 'first'));
     // Another node's commit for X is in its transaction: it holds X's commit lock.
-    const holder = await a.pool.connect();
-    await holder.query('BEGIN');
-    await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [0x53494d, X]);
+    const holder = await holdCommitLock(a.pool, X);
     let xDone = false;
     const xCommit = b.outbox.enqueue(msg(X, 'waits')).then((id) => ((xDone = true), id));
     try {
@@ -208,9 +213,7 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
     const a = await node(url, 'a');
     await a.outbox.enqueue(msg(X, 'first'));
     expect(a.cluster.owns(X)).toBe(true);
-    const holder = await a.pool.connect();
-    await holder.query('BEGIN');
-    await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [0x53494d, X]);
+    const holder = await holdCommitLock(a.pool, X);
     let done = false;
     const next = a.outbox.enqueue(msg(X, 'waits')).then((id) => ((done = true), id));
     try {
