@@ -1,6 +1,7 @@
 import { WHILE_CONNECTED, type DroppedMessage, type KeptMessage, type MqttSessionStore, type SessionKey, type StoredSession } from '../mqtt-sessions.ts';
 import type { HeldMessage } from '../downlink.ts';
 import { transaction, type Pool } from './connect.ts';
+import { lockInTransaction } from './locks.ts';
 
 const COLUMNS = 'id, topic, payload, qos, received_at AS "receivedAt", expires_at AS "expiresAt"';
 const SESSION_COLUMNS = 'filters, expiry_s AS "expirySeconds", expires_at AS "expiresAt"';
@@ -8,8 +9,6 @@ const SESSION_COLUMNS = 'filters, expiry_s AS "expirySeconds", expires_at AS "ex
 type SessionRow = { filters: string; expirySeconds: number; expiresAt: number };
 const fromRow = (r: SessionRow): StoredSession => ({ filters: JSON.parse(r.filters) as StoredSession['filters'], expirySeconds: r.expirySeconds, expiresAt: r.expiresAt });
 const byId = (a: { id: number }, b: { id: number }) => a.id - b.id;
-// The first key of the per-session locks of keep(): apart from any other advisory lock.
-const SESSION_LOCKS = 0x4d5153;
 
 /**
  * Persistent MQTT sessions and the commands kept for them, on PostgreSQL, with the rules of the SQLite
@@ -56,7 +55,7 @@ export class PgMqttSessionStore implements MqttSessionStore {
    */
   async keep(key: SessionKey, msg: Omit<HeldMessage, 'id'>, maxMessages: number, expiresAt: number): Promise<KeptMessage[]> {
     return transaction(this.pool, async (c) => {
-      await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [SESSION_LOCKS, `${key.imsi}/${key.clientId}`]);
+      await lockInTransaction(c, 'mqttSession', `${key.imsi}/${key.clientId}`);
       await c.query('INSERT INTO mqtt_session_messages (imsi, client_id, topic, payload, qos, received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
         key.imsi, key.clientId, msg.topic, msg.payload, msg.qos, msg.receivedAt, expiresAt,
       ]);

@@ -13,6 +13,7 @@ import type {
 import { ended, fromRow, reportFields } from '../network-sessions.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { pgEventsTapped, queuePgEvents, sessionFacts } from './events.ts';
+import { lockInTransaction } from './locks.ts';
 import { changed } from './params.ts';
 
 
@@ -54,13 +55,16 @@ export class PgNetworkSessions implements NetworkSessionStore {
     switch (change.kind) {
       case 'start':
       case 'interim': {
-        await lockIp(c, change.report.ip);
+        // The PGW sends accounting to more than one server: the same Start may reach two nodes at once. Changes
+        // of one IP wait for each other; without it both would find no session, and the second insert would
+        // fail on the IP's key instead of refreshing what the first opened.
+        await lockInTransaction(c, 'radiusIp', change.report.ip);
         const r = await this.record(c, change.report);
         if (r.ignored) return { ended: [], ignored: r.ignored };
         return { ended: r.ended, ...(r.created ? { started: { session: r.session, cause: change.kind } } : {}) };
       }
       case 'stop': {
-        await lockIp(c, change.ip);
+        await lockInTransaction(c, 'radiusIp', change.ip);
         await c.query(
           `INSERT INTO stopped_sessions (nas_ip, acct_session_id, stopped_at) VALUES ($1, $2, $3)
            ON CONFLICT (nas_ip, acct_session_id) DO UPDATE SET stopped_at = excluded.stopped_at`,
@@ -149,14 +153,3 @@ export class PgNetworkSessions implements NetworkSessionStore {
   }
 }
 
-// The first key of the per-IP locks: apart from any other advisory lock.
-const IP_LOCKS = 0x524144;
-
-/**
- * The PGW sends accounting to more than one server: the same Start may reach two nodes at once. Changes
- * of one IP wait for each other until their transaction ends; without it both would find no session,
- * and the second insert would fail on the IP's key instead of refreshing what the first opened.
- */
-async function lockIp(c: pg.PoolClient, ip: string): Promise<void> {
-  await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [IP_LOCKS, ip]);
-}

@@ -5,6 +5,7 @@ import { batched, CHANNELS, type ChangeFeed } from './changes.ts';
 import type { ClusterNode, Gained } from './cluster.ts';
 import { transaction, type Pool, type Queryable } from './connect.ts';
 import { queuePgEvents } from './events.ts';
+import { LOCKS } from './locks.ts';
 
 /**
  * The outbox's commit on PostgreSQL: one transaction for a group (inserts, the SIMs' last-seen times,
@@ -45,8 +46,6 @@ function claims({ inserts }: CommitRequest, fence: CommitFence): boolean {
   return inserts.some((m) => !fence.holds(m.imsi));
 }
 
-// The first key of the per-SIM commit locks: apart from any other advisory lock.
-const SIM_LOCKS = 0x53494d;
 
 /**
  * One call of simbridge_outbox_commit (migration 013): locks, inserts, last-seen times, deletes. Outside
@@ -76,7 +75,7 @@ async function commitCall(db: Queryable, { inserts, deletes }: CommitRequest, fe
   const { rows } = await db.query<{ ids: string[]; deleted: string[]; prior_imsis: string[]; prior_newest: string[] }>({
     name: 'simbridge_outbox_commit',
     text: 'SELECT ids, deleted, prior_imsis, prior_newest FROM simbridge_outbox_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)',
-    values: [imsis, topics, payloads, qos, received, systems, properties, fence && n ? SIM_LOCKS : null, deletes, deleteImsis, deleteEpochs, fence?.node ?? null],
+    values: [imsis, topics, payloads, qos, received, systems, properties, fence && n ? LOCKS.simCommit : null, deletes, deleteImsis, deleteEpochs, fence?.node ?? null],
   });
   // bigint[] comes back as text; every id stored is below 2^53.
   const { ids, deleted, prior_imsis: priorImsis, prior_newest: priorNewest } = rows[0]!;
