@@ -26,8 +26,11 @@ export interface MqttSessionStore {
   /** The session, unless it has none or it expired. */
   load(key: SessionKey, now?: number): Promise<StoredSession | undefined>;
   save(key: SessionKey, session: StoredSession): Promise<void>;
-  /** Every session not yet expired (at start-up, to take up their subscriptions again). */
-  list(now?: number): Promise<Array<SessionKey & StoredSession>>;
+  /**
+   * Every session not yet expired, or only those of the SIMs named (to take up their subscriptions again:
+   * at start-up, or on a node of several as it comes to hold the SIMs).
+   */
+  list(now?: number, imsis?: string[]): Promise<Array<SessionKey & StoredSession>>;
   /** Ends a session; resolves with the commands it still held, so each can be accounted for. */
   remove(key: SessionKey): Promise<KeptMessage[]>;
   /** Keeps a command; resolves with those pushed out because the session already held maxMessages. */
@@ -37,10 +40,10 @@ export interface MqttSessionStore {
   /** Forgets commands the device acknowledged. */
   delivered(ids: number[]): Promise<void>;
   /**
-   * At start-up: sessions left connected by a previous run (it stopped without seeing them leave)
-   * start their expiry now.
+   * Sessions left connected by a run that stopped without seeing them leave start their expiry now: at
+   * start-up every one, or only the SIMs named (those a node of several took over from a dead one).
    */
-  settle(now?: number): Promise<number>;
+  settle(now?: number, imsis?: string[]): Promise<number>;
   /** Deletes expired commands and sessions; resolves with the sessions ended and the commands dropped. */
   expire(now?: number): Promise<{ sessions: SessionKey[]; messages: DroppedMessage[] }>;
 }
@@ -58,10 +61,13 @@ export class SqliteMqttSessions {
     return row && { filters: JSON.parse(row.filters) as StoredSession['filters'], expirySeconds: row.expirySeconds, expiresAt: row.expiresAt };
   }
 
-  list(now = Date.now()): Array<SessionKey & StoredSession> {
+  list(now = Date.now(), imsis?: string[]): Array<SessionKey & StoredSession> {
     const rows = this.db
-      .prepare('SELECT imsi, client_id AS clientId, filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions WHERE expires_at > ? ORDER BY imsi, client_id')
-      .all(now) as Array<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>;
+      .prepare(
+        `SELECT imsi, client_id AS clientId, filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions
+         WHERE expires_at > ? ${imsis ? 'AND imsi IN (SELECT value FROM json_each(?))' : ''} ORDER BY imsi, client_id`,
+      )
+      .all(now, ...(imsis ? [JSON.stringify(imsis)] : [])) as Array<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>;
     return rows.map((r) => ({ ...r, filters: JSON.parse(r.filters) as StoredSession['filters'] }));
   }
 
@@ -73,8 +79,9 @@ export class SqliteMqttSessions {
       .run(key.imsi, key.clientId, JSON.stringify(session.filters), session.expirySeconds, session.expiresAt);
   }
 
-  settle(now = Date.now()): number {
-    return this.db.prepare('UPDATE mqtt_sessions SET expires_at = ? + expiry_s * 1000 WHERE expires_at = ?').run(now, WHILE_CONNECTED).changes;
+  settle(now = Date.now(), imsis?: string[]): number {
+    const only = imsis ? 'AND imsi IN (SELECT value FROM json_each(?))' : '';
+    return this.db.prepare(`UPDATE mqtt_sessions SET expires_at = ? + expiry_s * 1000 WHERE expires_at = ? ${only}`).run(now, WHILE_CONNECTED, ...(imsis ? [JSON.stringify(imsis)] : [])).changes;
   }
 
   remove(key: SessionKey): KeptMessage[] {

@@ -20,8 +20,20 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
   const log = deps.log.child({ component: 'cluster', node: cluster.nodeId });
   parts.outbox.onWake((imsi) => dispatcher.wake(imsi));
   cluster.describe = () => ({ ...cluster.opts.info, upstreamSessions: deps.upstream.pool.size });
+  // Persistent MQTT sessions live with their SIM: its holder subscribes them upstream (commands are kept
+  // for a sleeping device), whichever node the device last talked to.
+  const { mqtt } = deps.ingress;
+  const takeUp = (imsis: string[]) => {
+    mqtt.takeUp(imsis).then(
+      (n) => n && log.info({ sessions: n }, 'persistent MQTT sessions of SIMs held here taken up'),
+      (err: unknown) => log.error({ err: String(err) }, 'persistent MQTT sessions not taken up'),
+    );
+  };
+  cluster.onHeld(takeUp);
+  takeUp(cluster.heldSims());
   cluster.onLost((imsis) => {
     log.warn({ sims: imsis.length }, 'SIMs now held by another node; their upstream sessions close here');
+    mqtt.release(imsis);
     for (const imsi of imsis) {
       const sim = stores.simRouting.forRouting(imsi);
       if (!sim) continue;
@@ -45,7 +57,7 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
   pool.gate = async (thing) => {
     const sim = parts.routing.byThing(thing);
     if (!sim || cluster.owns(sim.imsi)) return;
-    if (deps.ingress.mqtt.isConnected(sim.imsi) && (await cluster.acquire(sim.imsi, live.config.cluster.handOverMs))) return;
+    if (mqtt.isConnected(sim.imsi) && (await cluster.acquire(sim.imsi, live.config.cluster.handOverMs))) return;
     throw new HeldElsewhereError(`SIM ${sim.imsi} is held by another node`);
   };
   cluster.beforeHandOver = async (imsis) => {
@@ -54,7 +66,7 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
   };
   if (live.config.listeners.mqtt.identity === 'radius') {
     parts.sessions.onEndedElsewhere((session) => {
-      const n = deps.ingress.mqtt.disconnectAddress(session.ip);
+      const n = mqtt.disconnectAddress(session.ip);
       if (n) log.info({ ip: session.ip, connections: n }, 'network session ended on another node; device disconnected');
     });
   }

@@ -58,6 +58,8 @@ export async function startIngress(live: Live, deps: IngressDeps): Promise<Ingre
     sessions: deps.stores.mqttSessions,
     group: groupOf(live),
     simOf: (imsi) => deps.stores.simRouting.forRouting(imsi),
+    // On PostgreSQL, sessions are taken up by the node holding their SIM (app/steps/cluster.ts).
+    takeUpAtStart: !config.storage.url,
     log: log.child({ component: 'mqtt' }),
   });
   const http = await startHttpIngress({

@@ -78,6 +78,7 @@ export class ClusterNode {
   private missedBeat = false;
   private readonly gainedListeners: Array<(gained: Gained[]) => void> = [];
   private readonly lostListeners: Array<(imsis: string[]) => void> = [];
+  private readonly heldListeners: Array<(imsis: string[]) => void> = [];
   /** Streams this node serves (events), by lease key. */
   private readonly streams = new Map<string, StreamListener>();
   /** Nodes waiting to hold a SIM (acquire), by IMSI. */
@@ -103,6 +104,16 @@ export class ClusterNode {
   /** SIMs gained other than by this node's own commit (take-over, start-up): their waiting rows must be read. */
   onGained(fn: (gained: Gained[]) => void): void {
     this.gainedListeners.push(fn);
+  }
+
+  /** SIMs this node came to hold, by any way (its own commit too): what they left on other nodes is taken up here. */
+  onHeld(fn: (imsis: string[]) => void): void {
+    this.heldListeners.push(fn);
+  }
+
+  /** The SIMs this node holds now. */
+  heldSims(): string[] {
+    return this.sure() ? [...this.owned.keys()].filter((key) => !isStreamKey(key)) : [];
   }
 
   /** SIMs this node no longer holds: stop delivering them, close their upstream sessions. */
@@ -343,7 +354,10 @@ export class ClusterNode {
     const gained = leases.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
     for (const g of gained) this.owned.set(g.imsi, g.epoch);
     const sims = gained.filter((g) => !isStreamKey(g.imsi));
-    if (sims.length) for (const fn of this.gainedListeners) fn(sims);
+    if (sims.length) {
+      for (const fn of this.gainedListeners) fn(sims);
+      this.held(sims);
+    }
     for (const g of sims) this.settleWaiters(g.imsi, true);
     for (const g of gained) if (isStreamKey(g.imsi)) this.streams.get(g.imsi)?.gained();
     return sims;
@@ -389,6 +403,13 @@ export class ClusterNode {
   /** After the commit that claimed them: the SIMs are this node's. */
   claimed(claimed: Gained[]): void {
     for (const g of claimed) this.owned.set(g.imsi, g.epoch);
+    if (claimed.length) this.held(claimed);
+  }
+
+  private held(sims: Gained[]): void {
+    if (this.heldListeners.length === 0) return;
+    const imsis = sims.map((g) => g.imsi);
+    for (const fn of this.heldListeners) fn(imsis);
   }
 
   /** Every node, alive or dead, with what it holds (GET /v1/cluster). */

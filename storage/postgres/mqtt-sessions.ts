@@ -31,10 +31,11 @@ export class PgMqttSessionStore implements MqttSessionStore {
     );
   }
 
-  async list(now = Date.now()): Promise<Array<SessionKey & StoredSession>> {
+  async list(now = Date.now(), imsis?: string[]): Promise<Array<SessionKey & StoredSession>> {
     const { rows } = await this.pool.query<SessionKey & SessionRow>(
-      `SELECT imsi, client_id AS "clientId", ${SESSION_COLUMNS} FROM mqtt_sessions WHERE expires_at > $1 ORDER BY imsi, client_id`,
-      [now],
+      `SELECT imsi, client_id AS "clientId", ${SESSION_COLUMNS} FROM mqtt_sessions
+       WHERE expires_at > $1 AND ($2::text[] IS NULL OR imsi = ANY($2::text[])) ORDER BY imsi, client_id`,
+      [now, imsis ?? null],
     );
     return rows.map((r) => ({ imsi: r.imsi, clientId: r.clientId, ...fromRow(r) }));
   }
@@ -79,8 +80,12 @@ export class PgMqttSessionStore implements MqttSessionStore {
     if (ids.length) await this.pool.query('DELETE FROM mqtt_session_messages WHERE id = ANY($1)', [ids]);
   }
 
-  async settle(now = Date.now()): Promise<number> {
-    const r = await this.pool.query('UPDATE mqtt_sessions SET expires_at = $1 + expiry_s * 1000 WHERE expires_at = $2', [now, WHILE_CONNECTED]);
+  async settle(now = Date.now(), imsis?: string[]): Promise<number> {
+    const r = await this.pool.query('UPDATE mqtt_sessions SET expires_at = $1 + expiry_s * 1000 WHERE expires_at = $2 AND ($3::text[] IS NULL OR imsi = ANY($3::text[]))', [
+      now,
+      WHILE_CONNECTED,
+      imsis ?? null,
+    ]);
     return r.rowCount ?? 0;
   }
 

@@ -44,6 +44,11 @@ export interface MqttIngressOptions {
   group?(name: string): GroupConfig;
   /** A SIM's record, to take up stored sessions' subscriptions again at start-up. */
   simOf?(imsi: string): Sim | undefined;
+  /**
+   * False on a node of several: it takes up stored sessions only as it comes to hold their SIMs
+   * (MqttIngress.takeUp), not every one at start-up. Default true.
+   */
+  takeUpAtStart?: boolean;
 }
 
 /** What every handler of the endpoint shares: the options and the tables of open connections. */

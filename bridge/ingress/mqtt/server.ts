@@ -21,6 +21,10 @@ export interface MqttIngress {
   isConnected(imsi: string): boolean;
   /** Closes every device connection from an address (its network session ended). */
   disconnectAddress(address: string): number;
+  /** This node now holds the SIMs (a node of several): their stored sessions subscribe upstream here. */
+  takeUp(imsis: string[]): Promise<number>;
+  /** Another node now holds the SIMs: their sessions whose device is away are its to take up. */
+  release(imsis: string[]): void;
   close(): Promise<void>;
 }
 
@@ -50,8 +54,10 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     },
   };
   (ep as { sessions: Sessions }).sessions = new Sessions(ep, opts.sessions);
-  const restored = await ep.sessions.restore();
-  if (restored) opts.log.info({ sessions: restored }, 'persistent MQTT sessions restored');
+  if (opts.takeUpAtStart !== false) {
+    const restored = await ep.sessions.takeUp();
+    if (restored) opts.log.info({ sessions: restored }, 'persistent MQTT sessions restored');
+  }
 
   const sweep = setInterval(() => {
     ep.clock = Date.now();
@@ -101,6 +107,8 @@ export async function startMqttIngress(opts: MqttIngressOptions): Promise<MqttIn
     port: (server.address() as { port: number }).port,
     listening: () => server.listening,
     isConnected: (imsi: string) => ep.bySim.has(imsi),
+    takeUp: (imsis) => ep.sessions.takeUp(imsis),
+    release: (imsis) => ep.sessions.release(imsis),
     disconnectAddress(ip: string) {
       const here = ep.byAddress.list(normaliseAddress(ip));
       const n = here.length;

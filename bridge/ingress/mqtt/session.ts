@@ -20,6 +20,8 @@ export class DeviceSession {
   endsAt = Infinity;
   /** A will waiting out its MQTT 5 Will Delay Interval: published when it runs out or the session ends, dropped if the device is back first. */
   pendingWill?: { timer: NodeJS.Timeout; publish: () => void };
+  /** Its SIM went to another node while its device stayed connected here: its subscriptions went with the upstream session. */
+  upstreamLost = false;
 
   constructor(
     readonly id: string,
@@ -60,6 +62,8 @@ export class Sessions {
   private readonly byId = new Map<string, DeviceSession>();
   /** Per session id, its store calls one after another (see inOrder). */
   private readonly storeCalls = new KeyedTurns();
+  /** Per session id, a device attaching and its session being taken up (takeUp) one after the other. */
+  private readonly attachTurns = new KeyedTurns();
 
   constructor(
     private readonly ep: Endpoint,
@@ -76,9 +80,13 @@ export class Sessions {
    * Finds or makes the session of a connecting device. A clean start discards what was kept
    * (MQTT-3.1.2-4); otherwise the session in memory, or the one stored, is resumed (MQTT-3.1.2-5).
    */
-  async attach(conn: DeviceConnection, device: AdmittedDevice, cleanStart: boolean, expiryAsked: number): Promise<{ session: DeviceSession; present: boolean; expirySeconds: number }> {
+  attach(conn: DeviceConnection, device: AdmittedDevice, cleanStart: boolean, expiryAsked: number): Promise<{ session: DeviceSession; present: boolean; expirySeconds: number }> {
+    const id = `${device.sim.imsi}/${conn.clientId}`;
+    return this.attachTurns.run(id, () => this.attachNow(id, conn, device, cleanStart, expiryAsked));
+  }
+
+  private async attachNow(id: string, conn: DeviceConnection, device: AdmittedDevice, cleanStart: boolean, expiryAsked: number): Promise<{ session: DeviceSession; present: boolean; expirySeconds: number }> {
     const key = { imsi: device.sim.imsi, clientId: conn.clientId };
-    const id = `${key.imsi}/${key.clientId}`;
     const expirySeconds = Math.min(expiryAsked, this.maxExpirySeconds(device));
     let session = this.byId.get(id);
     let present = false;
@@ -234,34 +242,67 @@ export class Sessions {
   }
 
   /**
-   * At start-up: sessions a previous run left connected start their expiry now, and every stored session
-   * of an active SIM subscribes upstream again, so commands sent before its device reconnects are kept.
-   * Each is in the table at once (a device reconnecting meanwhile resumes it); the subscriptions follow.
+   * Takes up stored sessions: every one at start-up, or (on a node of several) those of the SIMs this
+   * node just came to hold. Sessions left connected by a run that is gone start their expiry now, and
+   * every stored session of an active SIM subscribes upstream again, so commands sent before its device
+   * reconnects are kept. Each is in the table at once (a device reconnecting meanwhile resumes it); the
+   * subscriptions follow. A session already here is left as it is, unless its SIM was away meanwhile with
+   * its device connected here: its subscriptions are made again.
    */
-  async restore(): Promise<number> {
-    const { simOf, log } = this.ep.opts;
-    if (!this.store) return 0;
-    await this.store.settle();
+  async takeUp(imsis?: string[]): Promise<number> {
+    const { simOf } = this.ep.opts;
+    if (!this.store || imsis?.length === 0) return 0;
+    // A device connected here keeps its session connected: only the others were left by a run that is gone.
+    await this.store.settle(Date.now(), imsis?.filter((imsi) => !this.ep.bySim.has(imsi)));
     if (!simOf) return 0;
-    let restored = 0;
-    for (const stored of await this.store.list()) {
+    const taken = (await this.store.list(Date.now(), imsis)).map(async (stored) => {
       const sim = simOf(stored.imsi);
-      if (!sim || sim.status !== 'active') continue; // left to expire
-      const key = { imsi: stored.imsi, clientId: stored.clientId };
-      const session = new DeviceSession(`${key.imsi}/${key.clientId}`, key, { sim, imei: sim.boundImei ?? undefined, source: 'stored-session' }, this);
-      session.expirySeconds = stored.expirySeconds;
-      session.endsAt = stored.expiresAt;
-      if (stored.filters.length) session.filters = new Map(stored.filters);
-      this.byId.set(session.id, session);
-      restored++;
-      for (const [filter, qos] of stored.filters) {
-        this.subscribe(session, filter, qos, 0, true).catch((err: Error) => {
-          session.filters?.delete(filter);
-          log.warn({ thing: sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored');
-        });
-      }
+      if (!sim || sim.status !== 'active') return false; // left to expire
+      const id = `${stored.imsi}/${stored.clientId}`;
+      // After any attach of the same session under way: it may be creating the session itself.
+      return this.attachTurns.run(id, async () => {
+        const here = this.byId.get(id);
+        if (here) {
+          if (here.upstreamLost) this.resubscribe(here);
+          return false;
+        }
+        const key = { imsi: stored.imsi, clientId: stored.clientId };
+        const session = new DeviceSession(id, key, { sim, imei: sim.boundImei ?? undefined, source: 'stored-session' }, this);
+        session.expirySeconds = stored.expirySeconds;
+        session.endsAt = stored.expiresAt === WHILE_CONNECTED ? Date.now() + stored.expirySeconds * 1000 : stored.expiresAt;
+        if (stored.filters.length) session.filters = new Map(stored.filters);
+        this.byId.set(id, session);
+        this.resubscribe(session);
+        return true;
+      });
+    });
+    return (await Promise.all(taken)).filter(Boolean).length;
+  }
+
+  /** A session's stored subscriptions made upstream again (in the background), with no retained messages. */
+  private resubscribe(session: DeviceSession): void {
+    session.upstreamLost = false;
+    for (const [filter, qos] of session.filters ?? []) {
+      this.subscribe(session, filter, qos, 0, true).catch((err: Error) => {
+        // Refused while the session is still here; not so when its SIM went to another node meanwhile.
+        if (this.byId.get(session.id) === session && !session.upstreamLost) session.filters?.delete(filter);
+        this.ep.opts.log.warn({ thing: session.device.sim.thingName, filter, err: err.message }, 'stored MQTT subscription not restored');
+      });
     }
-    return restored;
+  }
+
+  /**
+   * The SIMs are now another node's (their upstream sessions closed here): their sessions whose device is
+   * away leave this node's memory, stored as they are, for the new holder to take up. Those whose device
+   * is still connected here stay, their subscriptions made again if the SIM comes back (takeUp).
+   */
+  release(imsis: string[]): void {
+    const gone = new Set(imsis);
+    for (const [id, session] of this.byId) {
+      if (!gone.has(session.key.imsi)) continue;
+      if (session.conn) session.upstreamLost = true;
+      else this.byId.delete(id); // a pending will still goes out when its delay runs out
+    }
   }
 
   /** Expired sessions end (unless their device came back) and expired commands go, each accounted for. */
