@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.ts';
+import { connectCloudApp } from './helpers/cloud.ts';
 import { findPeer } from './helpers/interop.ts';
 import { closed, connectFrom, Observer } from './helpers/mqtt.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
@@ -238,4 +239,50 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     expect(state.takeovers).toBe(0);
     console.log(`cluster kill: failover ${failoverMs! / 1000} s; acknowledged ${[...acked.values()].flat().length}, lost 0, takeovers ${state.takeovers}`);
   }, 180_000);
+
+  it('a sleeping device\'s persistent session moves with its SIM when its node dies: commands sent meanwhile wait for it on another node', async () => {
+    const [a, b] = nodes;
+    const ip = '127.0.0.9';
+    const imsi = '001010000017501';
+    const thing = `sim-${imsi}`;
+    expect((await accounting(a!.radiusPort!, record('Start', ip, 'acct-sleep', imsi))).code).toBe(0);
+    const device = { clientId: 'sleeper', clean: false };
+    let conn = await connectFrom(ip, b!.mqttPort, device);
+    for (let i = 0; conn.code !== 0 && i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      conn = await connectFrom(ip, b!.mqttPort, device);
+    }
+    expect(conn.code).toBe(0);
+    await conn.client.subscribeAsync('commands/#', { qos: 1 });
+    await conn.client.endAsync();
+    await b!.kill('SIGKILL');
+
+    // While the device sleeps, its SIM moves to a live node, which subscribes the stored session upstream.
+    const cloud = await connectCloudApp(sandbox);
+    const sent: string[] = [];
+    const upstreamConnected = async () =>
+      ((await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { connections: Array<{ clientId: string }> }).connections.some((c) => c.clientId === thing);
+    try {
+      const deadline = Date.now() + 20_000;
+      let after = 0;
+      while (after < 5 && Date.now() < deadline) {
+        sent.push(`cmd-${sent.length}`);
+        await cloud.publishAsync(`devices/${thing}/commands/wake`, sent.at(-1)!, { qos: 1 });
+        if (after > 0 || (await upstreamConnected())) after++;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    } finally {
+      await cloud.endAsync();
+    }
+    const received: string[] = [];
+    const back = await connectFrom(ip, a!.mqttPort, device);
+    expect(back.code).toBe(0);
+    back.client.on('message', (_t, payload) => received.push(payload.toString()));
+    const until = Date.now() + 10_000;
+    while (received.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    await back.client.endAsync();
+    // Kept while it slept: every command it gets was sent before it came back.
+    expect(received.length).toBeGreaterThan(0);
+    for (const m of received) expect(sent).toContain(m);
+  }, 60_000);
 });

@@ -68,6 +68,18 @@ describe.each(storeDialects())('MQTT session store on $name', (dialect) => {
     expect((await s.load(B, 0))?.expiresAt).toBe(7_000);
   });
 
+  it('lists and settles only the SIMs named (those a node of several came to hold)', async () => {
+    const s = await store();
+    await s.save(A, { filters: [['commands/#', 1]], expirySeconds: 60, expiresAt: WHILE_CONNECTED });
+    await s.save(B, { filters: [], expirySeconds: 30, expiresAt: WHILE_CONNECTED });
+    expect(await s.settle(100_000, [B.imsi])).toBe(1);
+    expect((await s.load(A, 0))?.expiresAt).toBe(WHILE_CONNECTED);
+    expect((await s.load(B, 0))?.expiresAt).toBe(130_000);
+    expect((await s.list(0, [A.imsi])).map((x) => [x.imsi, x.clientId, x.filters])).toEqual([[A.imsi, A.clientId, [['commands/#', 1]]]]);
+    expect(await s.list(0, [])).toEqual([]);
+    expect(await s.settle(100_000, [])).toBe(0);
+  });
+
   it('expires sessions with every command they kept, and commands past their own expiry', async () => {
     const s = await store();
     await s.save(A, { filters: [], expirySeconds: 60, expiresAt: 1_000 });
