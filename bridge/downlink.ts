@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { KeyedTurns } from '../lib/keyed-turns.ts';
 import type { GroupConfig } from '../config/schema.ts';
 import type { AuditStore } from '../storage/audit.ts';
 import type { HeldDownlinkStore, HeldMessage } from '../storage/downlink.ts';
@@ -43,6 +44,8 @@ export type Deliver = (deviceTopic: string, payload: Buffer, qos: 0 | 1, retain:
 export class Downlink {
   /** HTTP devices whose downlink subscriptions are held, by IMSI: the timer that lets them go. */
   private readonly httpHolds = new Map<string, { timer: NodeJS.Timeout; release: () => void }>();
+  /** Per SIM, its holds one after another. */
+  private readonly holds = new KeyedTurns();
 
   constructor(private readonly opts: DownlinkOptions) {}
 
@@ -174,7 +177,9 @@ export class Downlink {
   }
 
   private async hold(imsi: string, msg: Omit<HeldMessage, 'id'>, cfg: GroupConfig['httpDownlink']): Promise<void> {
-    const dropped = await this.opts.store.hold(imsi, msg, cfg.maxMessages, cfg.ttlMs);
+    // In arrival order per SIM: on PostgreSQL each call takes a connection of its own, and the oldest
+    // must be the one cut when the device already holds maxMessages.
+    const dropped = await this.holds.run(imsi, () => this.opts.store.hold(imsi, msg, cfg.maxMessages, cfg.ttlMs));
     this.opts.metrics.downlink.inc({ protocol: 'http', result: 'held' });
     for (const d of dropped) {
       this.opts.metrics.downlink.inc({ protocol: 'http', result: 'dropped' });

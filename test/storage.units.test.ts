@@ -340,6 +340,20 @@ describe.each(storeDialects())('stores on $name', (dialect) => {
       expect(await stores.downlink.pending(IMSI, 1003 + 60_000)).toEqual([]); // past its age
       expect((await stores.downlink.expire(1003 + 60_000)).map((m) => [m.imsi, m.topic])).toEqual([[IMSI, 'cmd/3']]);
     });
+
+    it('holds a device to maxMessages when commands for it are held at the same time', async () => {
+      const { stores } = await fresh();
+      // On PostgreSQL each hold takes a connection of its own: in one burst, an overlap is likely.
+      for (let n = 0; n < 5; n++) {
+        const imsi = `00101000000990${n}`;
+        const msg = (i: number) => ({ topic: `cmd/${i}`, payload: Buffer.from(String(i)), qos: 1 as const, receivedAt: 1000 + i });
+        const pushed = await Promise.all(Array.from({ length: 20 }, (_, i) => stores.downlink.hold(imsi, msg(i), 3, 60_000)));
+        const held = await stores.downlink.pending(imsi, 1000);
+        expect(held, imsi).toHaveLength(3);
+        // Every command is either still held or answered as pushed out, once.
+        expect([...pushed.flat(), ...held].map((m) => m.topic).sort(), imsi).toEqual(Array.from({ length: 20 }, (_, i) => `cmd/${i}`).sort());
+      }
+    });
   });
 });
 

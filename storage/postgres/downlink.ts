@@ -1,5 +1,6 @@
 import type { HeldMessage } from '../downlink.ts';
 import { transaction, type Pool } from './connect.ts';
+import { lockInTransaction } from './locks.ts';
 
 const COLUMNS = 'id, topic, payload, qos, received_at AS "receivedAt"';
 
@@ -10,8 +11,13 @@ const COLUMNS = 'id, topic, payload, qos, received_at AS "receivedAt"';
 export class PgDownlinkStore {
   constructor(private readonly pool: Pool) {}
 
+  /**
+   * Holds for one SIM run one at a time (a lock per SIM): under READ COMMITTED two that overlap would each
+   * count only their own new row and the committed ones, and cut the wrong ones or too few.
+   */
   async hold(imsi: string, msg: Omit<HeldMessage, 'id'>, maxMessages: number, ttlMs: number): Promise<HeldMessage[]> {
     return transaction(this.pool, async (c) => {
+      await lockInTransaction(c, 'heldDownlink', imsi);
       await c.query('INSERT INTO downlink (imsi, topic, payload, qos, received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)', [
         imsi, msg.topic, msg.payload, msg.qos, msg.receivedAt, msg.receivedAt + ttlMs,
       ]);

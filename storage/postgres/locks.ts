@@ -12,6 +12,8 @@ export const LOCKS = {
   mqttSession: 0x4d5153,
   /** RADIUS changes of one IP address. */
   radiusIp: 0x524144,
+  /** Downlink held for one HTTP (CoAP, UDP) device. */
+  heldDownlink: 0x484c44,
 } as const;
 
 /** Inside a transaction: waits for the lock of one thing in a namespace, and holds it until the transaction ends. */
