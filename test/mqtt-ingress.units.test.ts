@@ -217,3 +217,64 @@ describe('persistent MQTT sessions over a store whose calls overlap', () => {
     await again.endAsync();
   });
 });
+
+describe('persistent MQTT sessions on a node of several', () => {
+  let ingress: MqttIngress | undefined;
+  afterEach(async () => {
+    await ingress?.close();
+    ingress = undefined;
+  });
+
+  it('takes up a SIM\'s stored sessions when it comes to hold the SIM, lets go of them when another node takes it, and subscribes a connected device\'s session again when its SIM comes back', async () => {
+    const imsi = '001010000000001';
+    const store = new LaggyStore([]);
+    store.session = { filters: [['commands/#', 1]], expirySeconds: 600, expiresAt: Date.now() + 600_000 };
+    const settled: Array<string[] | undefined> = [];
+    store.list = async (_now?: number, imsis?: string[]) => (store.session && (!imsis || imsis.includes(imsi)) ? [{ imsi, clientId: '490154203237518', ...store.session }] : []);
+    store.settle = async (_now?: number, imsis?: string[]) => (settled.push(imsis), 0);
+    const subscribed: string[] = [];
+    let deliver: ((topic: string, payload: Buffer, qos: 0 | 1, retain: boolean) => void) | undefined;
+    const downlink = {
+      subscribe: async (_device: unknown, filter: string, qos: number, d: typeof deliver) => (subscribed.push(filter), (deliver = d), Math.min(qos, 1)),
+      unsubscribe: async () => undefined,
+    } as unknown as Downlink;
+    const group = () => ({ mqttSessions: { maxExpirySeconds: 3600, maxMessages: 10, ttlMs: 60_000 } }) as GroupConfig;
+    const simOf = () => ({ imsi, thingName: `sim-${imsi}`, group: 'default', status: 'active', boundImei: '490154203237518' }) as never;
+    ingress = await startMqttIngress(fakes({ sessions: store, group, downlink, simOf, takeUpAtStart: false }));
+    // Held by no one here yet: nothing is taken up at start.
+    expect(subscribed).toEqual([]);
+    expect(await ingress.takeUp(['001010000000099'])).toBe(0);
+    expect(subscribed).toEqual([]);
+
+    // This node comes to hold the SIM: the sleeping device's session subscribes, and keeps what comes.
+    expect(await ingress.takeUp([imsi])).toBe(1);
+    expect(settled.at(-1)).toEqual([imsi]);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(subscribed).toEqual(['commands/#']);
+    deliver!('commands/x', Buffer.from('while-away'), 1, false);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(store.kept.map((m) => m.payload.toString())).toEqual(['while-away']);
+    // Held here already: taken up once only.
+    expect(await ingress.takeUp([imsi])).toBe(0);
+
+    // Another node takes the SIM, then this one again: the session is read from the store anew.
+    ingress.release([imsi]);
+    expect(await ingress.takeUp([imsi])).toBe(1);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(subscribed).toEqual(['commands/#', 'commands/#']);
+
+    // The device is back here; its SIM goes away and comes back while it stays connected.
+    const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${ingress.port}`, deviceOptions(imsi, '490154203237518', { clean: false }));
+    const received: string[] = [];
+    device.on('message', (_t, payload) => received.push(payload.toString()));
+    ingress.release([imsi]);
+    expect(await ingress.takeUp([imsi])).toBe(0);
+    expect(settled.at(-1)).toEqual([]); // a connected device's session is not left by a run that is gone
+    await new Promise((r) => setTimeout(r, 20));
+    expect(subscribed).toHaveLength(3);
+    deliver!('commands/x', Buffer.from('after-return'), 1, false);
+    for (let i = 0; i < 50 && !received.includes('after-return'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(received).toContain('after-return');
+    await device.endAsync();
+  });
+});

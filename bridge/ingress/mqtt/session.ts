@@ -127,6 +127,8 @@ export class Sessions {
     }
     session.conn = conn;
     conn.session = session;
+    // Its SIM went to another node meanwhile: subscribing again brings it back here.
+    if (session.upstreamLost) this.resubscribe(session);
     const filters = session.storedFilters();
     if (expirySeconds > 0) await this.inOrder(id, (store) => store.save(key, { filters, expirySeconds, expiresAt: WHILE_CONNECTED }));
     return { session, present, expirySeconds };
@@ -165,6 +167,8 @@ export class Sessions {
     session.endsAt = Date.now() + session.expirySeconds * 1000;
     const stored = { filters: session.storedFilters(), expirySeconds: session.expirySeconds, expiresAt: session.endsAt };
     this.inOrder(session.id, (store) => store.save(session.key, stored)).catch((err: unknown) => this.ep.opts.log.error({ thing: session.device.sim.thingName, err: String(err) }, 'MQTT session not saved'));
+    // Its SIM is another node's: the session, stored, is that node's to take up (see release).
+    if (session.upstreamLost && this.byId.get(session.id) === session) this.byId.delete(session.id);
   }
 
   /**
