@@ -151,8 +151,8 @@ class LaggyStore implements MqttSessionStore {
   delivered(ids: number[]) {
     return this.lag('delivered', () => void (this.kept = this.kept.filter((m) => !ids.includes(m.id))));
   }
-  list = async () => [];
-  settle = async () => 0;
+  list: MqttSessionStore['list'] = async () => [];
+  settle: MqttSessionStore['settle'] = async () => 0;
   expire = async () => ({ sessions: [], messages: [] });
 }
 
