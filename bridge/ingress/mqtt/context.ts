@@ -42,7 +42,7 @@ export interface MqttIngressOptions {
   sessions?: MqttSessionStore;
   /** The group's settings (mqttSessions bounds); needed with sessions. */
   group?(name: string): GroupConfig;
-  /** A SIM's record, to take up stored sessions' subscriptions again at start-up. */
+  /** A SIM's record, to take up stored sessions' subscriptions again (at start-up, or as its node comes to hold it). */
   simOf?(imsi: string): Sim | undefined;
   /**
    * False on a node of several: it takes up stored sessions only as it comes to hold their SIMs
