@@ -50,6 +50,9 @@ export interface MqttSessionStore {
 
 const COLUMNS = 'id, topic, payload, qos, received_at AS receivedAt, expires_at AS expiresAt';
 
+/** The condition (and its parameter) that keeps a statement to the SIMs named; none when none are named. */
+const onlySims = (imsis?: string[]) => (imsis ? { sql: 'AND imsi IN (SELECT value FROM json_each(?))', params: [JSON.stringify(imsis)] } : { sql: '', params: [] });
+
 /** The SQLite tables (synchronous; the rest of the code sees them as an MqttSessionStore). */
 export class SqliteMqttSessions {
   constructor(private readonly db: Db) {}
@@ -62,12 +65,10 @@ export class SqliteMqttSessions {
   }
 
   list(now = Date.now(), imsis?: string[]): Array<SessionKey & StoredSession> {
+    const only = onlySims(imsis);
     const rows = this.db
-      .prepare(
-        `SELECT imsi, client_id AS clientId, filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions
-         WHERE expires_at > ? ${imsis ? 'AND imsi IN (SELECT value FROM json_each(?))' : ''} ORDER BY imsi, client_id`,
-      )
-      .all(now, ...(imsis ? [JSON.stringify(imsis)] : [])) as Array<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>;
+      .prepare(`SELECT imsi, client_id AS clientId, filters, expiry_s AS expirySeconds, expires_at AS expiresAt FROM mqtt_sessions WHERE expires_at > ? ${only.sql} ORDER BY imsi, client_id`)
+      .all(now, ...only.params) as Array<SessionKey & { filters: string; expirySeconds: number; expiresAt: number }>;
     return rows.map((r) => ({ ...r, filters: JSON.parse(r.filters) as StoredSession['filters'] }));
   }
 
@@ -80,8 +81,8 @@ export class SqliteMqttSessions {
   }
 
   settle(now = Date.now(), imsis?: string[]): number {
-    const only = imsis ? 'AND imsi IN (SELECT value FROM json_each(?))' : '';
-    return this.db.prepare(`UPDATE mqtt_sessions SET expires_at = ? + expiry_s * 1000 WHERE expires_at = ? ${only}`).run(now, WHILE_CONNECTED, ...(imsis ? [JSON.stringify(imsis)] : [])).changes;
+    const only = onlySims(imsis);
+    return this.db.prepare(`UPDATE mqtt_sessions SET expires_at = ? + expiry_s * 1000 WHERE expires_at = ? ${only.sql}`).run(now, WHILE_CONNECTED, ...only.params).changes;
   }
 
   remove(key: SessionKey): KeptMessage[] {
