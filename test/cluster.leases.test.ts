@@ -6,7 +6,7 @@ import type { NewMessage, OutboxMessage } from '../storage/outbox.ts';
 import { ChangeFeed } from '../storage/postgres/changes.ts';
 import { ClusterNode } from '../storage/postgres/cluster.ts';
 import { openPostgres, type Pool } from '../storage/postgres/connect.ts';
-import { LOCKS } from '../storage/postgres/locks.ts';
+import { lockInTransaction } from '../storage/postgres/locks.ts';
 import { PgOutbox, postgresWriter } from '../storage/postgres/outbox.ts';
 import { findPostgres, PostgresServer } from './helpers/postgres.ts';
 
@@ -78,7 +78,7 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
   const holdCommitLock = async (pool: Pool, imsi: string) => {
     const holder = await pool.connect();
     await holder.query('BEGIN');
-    await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCKS.simCommit, imsi]);
+    await lockInTransaction(holder, 'simCommit', imsi);
     return holder;
   };
   const rowsOf = async (pool: Pool, imsi: string) => (await pool.query<{ id: number }>('SELECT id FROM outbox WHERE imsi = $1 ORDER BY id', [imsi])).rows.map((r) => r.id);
