@@ -152,4 +152,3 @@ export class PgNetworkSessions implements NetworkSessionStore {
     return (await this.pool.query<SessionRow>('SELECT * FROM network_sessions ORDER BY ip COLLATE "C"')).rows.map(fromRow);
   }
 }
-
