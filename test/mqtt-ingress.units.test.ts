@@ -44,12 +44,14 @@ function fakes(overrides: Partial<MqttIngressOptions> = {}): MqttIngressOptions 
   };
 }
 
+/** The ingress a test started: closed after each test. */
+let ingress: MqttIngress | undefined;
+afterEach(async () => {
+  await ingress?.close();
+  ingress = undefined;
+});
+
 describe('device MQTT ingress', () => {
-  let ingress: MqttIngress | undefined;
-  afterEach(async () => {
-    await ingress?.close();
-    ingress = undefined;
-  });
 
   it('keeps nothing retained in the local broker: 300 retained publishes of 100 KB leave no memory behind', async () => {
     ingress = await startMqttIngress(fakes());
@@ -157,11 +159,6 @@ class LaggyStore implements MqttSessionStore {
 }
 
 describe('persistent MQTT sessions over a store whose calls overlap', () => {
-  let ingress: MqttIngress | undefined;
-  afterEach(async () => {
-    await ingress?.close();
-    ingress = undefined;
-  });
 
   /** The ingress over the store; `command` sends a command down the device's subscription. */
   async function start(store: MqttSessionStore) {
@@ -219,11 +216,6 @@ describe('persistent MQTT sessions over a store whose calls overlap', () => {
 });
 
 describe('persistent MQTT sessions on a node of several', () => {
-  let ingress: MqttIngress | undefined;
-  afterEach(async () => {
-    await ingress?.close();
-    ingress = undefined;
-  });
 
   it('takes up a SIM\'s stored sessions when it comes to hold the SIM, lets go of them when another node takes it, and subscribes a connected device\'s session again when its SIM comes back', async () => {
     const imsi = '001010000000001';
