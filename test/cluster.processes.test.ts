@@ -66,6 +66,9 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     });
   }
 
+  /** IoT Core's side (the sandbox): its connections, and how often a client id was taken over. */
+  const state = async () => (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number; connections: Array<{ clientId: string }> };
+
   const record = (status: string, ip: string, session: string, imsi: string) => [
     `Acct-Status-Type = ${status}`,
     `Framed-IP-Address = ${ip}`,
@@ -152,7 +155,6 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     const imsi = '001010000017401';
     const thing = `sim-${imsi}`;
     expect((await accounting(a!.radiusPort!, record('Start', ip, 'acct-move', imsi))).code).toBe(0);
-    const state = async () => (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number; connections: Array<{ clientId: string }> };
     const takeoversBefore = (await state()).takeovers;
     let most = 0;
     let watching = true;
@@ -235,9 +237,9 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
       const firsts = [...new Set(of(imsi))].map((p) => Number(p.split('#')[1]));
       expect(firsts).toEqual([...firsts].sort((x, y) => x - y));
     }
-    const state = (await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { takeovers: number };
-    expect(state.takeovers).toBe(0);
-    console.log(`cluster kill: failover ${failoverMs! / 1000} s; acknowledged ${[...acked.values()].flat().length}, lost 0, takeovers ${state.takeovers}`);
+    const { takeovers } = await state();
+    expect(takeovers).toBe(0);
+    console.log(`cluster kill: failover ${failoverMs! / 1000} s; acknowledged ${[...acked.values()].flat().length}, lost 0, takeovers ${takeovers}`);
   }, 180_000);
 
   it('a sleeping device\'s persistent session moves with its SIM when its node dies: commands sent meanwhile wait for it on another node', async () => {
@@ -260,8 +262,7 @@ describe.skipIf(!bin || !radclient)('three gateway nodes on one PostgreSQL datab
     // While the device sleeps, its SIM moves to a live node, which subscribes the stored session upstream.
     const cloud = await connectCloudApp(sandbox);
     const sent: string[] = [];
-    const upstreamConnected = async () =>
-      ((await (await fetch(`${sandbox.controlEndpoint}/_sandbox/state`)).json()) as { connections: Array<{ clientId: string }> }).connections.some((c) => c.clientId === thing);
+    const upstreamConnected = async () => (await state()).connections.some((c) => c.clientId === thing);
     try {
       const deadline = Date.now() + 20_000;
       let after = 0;
