@@ -10,6 +10,8 @@ import type { Route } from './http.ts';
 export interface Connection {
   clientId: string;
   certificateId: string;
+  /** The topic filters the connection is subscribed to. */
+  subscriptions: string[];
 }
 
 export function adminRoutes(ctx: { registry: Registry; faults: FaultInjector; connections: () => Connection[]; takeovers?: () => number }): Route[] {

@@ -46,7 +46,8 @@ export interface PublishQuota {
 
 export interface DataPlane {
   port: number;
-  connections(): { clientId: string; certificateId: string }[];
+  /** Live connections, with the topic filters each is subscribed to. */
+  connections(): { clientId: string; certificateId: string; subscriptions: string[] }[];
   /** Connections accepted while another with the same client id was live (IoT Core: DUPLICATE_CLIENTID). */
   takeovers(): number;
   close(): Promise<void>;
@@ -241,7 +242,13 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
     takeovers: () => takeovers,
     connections: () =>
       [...byCertificate.values()].flatMap((set) =>
-        [...set].filter((c) => c.connected).map((c) => ({ clientId: c.id, certificateId: sessions.get(c)!.certificateId })),
+        [...set]
+          .filter((c) => c.connected)
+          .map((c) => ({
+            clientId: c.id,
+            certificateId: sessions.get(c)!.certificateId,
+            subscriptions: Object.keys((c as unknown as { subscriptions: object }).subscriptions),
+          })),
       ),
     async close() {
       registry.off('certificateDisabled', onDisabled);

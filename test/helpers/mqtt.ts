@@ -65,10 +65,19 @@ export function closed(client: MqttClient, timeoutMs = 5000): Promise<void> {
   });
 }
 
-/** Connects from a given loopback source address, the way a device on the APN has its own IP. */
-export function connectFrom(localAddress: string, port: number, opts: IClientOptions): Promise<{ code: number; client: MqttClient }> {
+/**
+ * Connects from a given loopback source address, the way a device on the APN has its own IP. onMessage
+ * listens from the start: a resumed session's messages may come in the same read as the CONNACK.
+ */
+export function connectFrom(
+  localAddress: string,
+  port: number,
+  opts: IClientOptions,
+  onMessage?: (topic: string, payload: Buffer) => void,
+): Promise<{ code: number; client: MqttClient }> {
   return new Promise((resolve, reject) => {
     const client = new mqtt.MqttClient(() => createConnection({ host: '127.0.0.1', port, localAddress }), { reconnectPeriod: 0, protocolVersion: 4, ...opts });
+    if (onMessage) client.on('message', onMessage);
     client.once('connect', () => resolve({ code: 0, client }));
     client.once('error', (err) => {
       const code = (err as { code?: number }).code;
