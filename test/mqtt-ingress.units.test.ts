@@ -52,7 +52,6 @@ afterEach(async () => {
 });
 
 describe('device MQTT ingress', () => {
-
   it('keeps nothing retained in the local broker: 300 retained publishes of 100 KB leave no memory behind', async () => {
     ingress = await startMqttIngress(fakes());
     const url = `mqtt://127.0.0.1:${ingress.port}`;
@@ -159,7 +158,6 @@ class LaggyStore implements MqttSessionStore {
 }
 
 describe('persistent MQTT sessions over a store whose calls overlap', () => {
-
   /** The ingress over the store; `command` sends a command down the device's subscription. */
   async function start(store: MqttSessionStore) {
     let command: ((payload: string) => void) | undefined;
@@ -216,7 +214,6 @@ describe('persistent MQTT sessions over a store whose calls overlap', () => {
 });
 
 describe('persistent MQTT sessions on a node of several', () => {
-
   it('takes up a SIM\'s stored sessions when it comes to hold the SIM, lets go of them when another node takes it, and subscribes a connected device\'s session again when its SIM comes back', async () => {
     const imsi = '001010000000001';
     const store = new LaggyStore([]);

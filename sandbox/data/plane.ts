@@ -9,6 +9,7 @@ import type { EventEmitter } from 'node:events';
 import { createServer, type TLSSocket } from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from 'aedes';
+import type { Connection } from '../control/admin.ts';
 import type { Logger } from '../log.ts';
 import type { Registry } from '../registry.ts';
 import { Authorizer, type Session } from './authorizer.ts';
@@ -47,13 +48,16 @@ export interface PublishQuota {
 export interface DataPlane {
   port: number;
   /** Live connections, with the topic filters each is subscribed to. */
-  connections(): { clientId: string; certificateId: string; subscriptions: string[] }[];
+  connections(): Connection[];
   /** Connections accepted while another with the same client id was live (IoT Core: DUPLICATE_CLIENTID). */
   takeovers(): number;
   close(): Promise<void>;
 }
 
 const NOT_AUTHORIZED = 5;
+
+/** The topic filters a client is subscribed to (aedes keeps them in a field of its own, not typed). */
+const filtersOf = (client: Client): string[] => Object.keys((client as unknown as { subscriptions: object }).subscriptions);
 const MIN_KEEPALIVE_S = 30;
 const MAX_KEEPALIVE_S = 1200;
 const IDENTIFIER_REJECTED = 2;
@@ -134,7 +138,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
         refuse(client, 'certificate no longer ACTIVE');
         return done(new Error('certificate no longer ACTIVE'), null);
       }
-      const count = Object.keys((client as unknown as { subscriptions: object }).subscriptions).length;
+      const count = filtersOf(client).length;
       const reason =
         count >= MAX_SUBSCRIPTIONS_PER_CONNECTION
           ? `more than ${MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions`
@@ -163,7 +167,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
       if (isStreamsAnswer(packet.topic)) return packet;
       if (isStreamsRequest(packet.topic)) return null;
       // MQTT lets `a/#` match `a` itself; IoT Core does not: deliver only what a filter matches there.
-      const filters = Object.keys((client as unknown as { subscriptions: object }).subscriptions);
+      const filters = filtersOf(client);
       if (!filters.some((f) => iotCoreMatches(f, packet.topic))) return null;
       return packet;
     },
@@ -247,7 +251,7 @@ export async function startDataPlane(opts: DataPlaneOptions): Promise<DataPlane>
           .map((c) => ({
             clientId: c.id,
             certificateId: sessions.get(c)!.certificateId,
-            subscriptions: Object.keys((c as unknown as { subscriptions: object }).subscriptions),
+            subscriptions: filtersOf(c),
           })),
       ),
     async close() {
