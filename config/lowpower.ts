@@ -35,7 +35,7 @@ export const coapListenerSection = z
     retryAfterSeconds: z.number().int().positive().default(30).describe('Max-Age of a 5.03 (outbox full): how long the device should wait'),
     maxBlockTransfers: z.number().int().positive().default(256).describe('block-wise request bodies being received at once (each up to limits.maxPayloadBytes); past it a new one gets 5.03'),
     blockTimeoutMs: z.number().int().positive().default(60_000).describe('a block-wise body with no new block for this long is forgotten'),
-    responseCacheBytes: z.number().int().positive().default(8 * 1024 ** 2).describe('bytes of sent responses kept to answer retransmitted requests for the exchange lifetime (247 s)'),
+    responseCacheBytes: z.number().int().positive().default(32 * 1024 ** 2).describe('memory for sent responses kept to answer retransmitted requests for the exchange lifetime (247 s): each costs its bytes and about 200 of bookkeeping; past it the oldest go first'),
     ...floodGuard,
   })
   .strict()

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { configSchema } from '../config/schema.ts';
+import { CoapResponseCache, ENTRY_OVERHEAD_BYTES } from '../bridge/ingress/coap-response-cache.ts';
 import { DatagramGuard } from '../bridge/ingress/datagram-guard.ts';
 import { DeviceTopics, UDP_DEVICE_TOPIC } from '../bridge/topics.ts';
 
@@ -50,5 +51,48 @@ describe('datagram guard', () => {
     // A third address evicts the least recently seen (10.0.0.2), whose bucket starts full again.
     guard.check('10.0.0.3', 10);
     expect([1, 2, 3].map(() => guard.check('10.0.0.2', 10))).toEqual([undefined, undefined, undefined]);
+  });
+});
+
+describe('CoAP response cache', () => {
+  const ack = (id: number) => Buffer.from([0x60, 0x44, id >> 8, id & 0xff]); // ACK 2.04
+  const con = (id: number) => Buffer.from([0x40, 0x44, id >> 8, id & 0xff]); // CON 2.04 (a separate response)
+  const withSender = (b: Buffer) => Object.assign(b, { sender: { resets: 0, reset() { this.resets++; } } });
+
+  it('answers a key for the exchange lifetime, then forgets it', () => {
+    let now = 1000;
+    const cache = new CoapResponseCache(1 << 20, 247_000, () => now);
+    cache.set('a/1', ack(1));
+    expect(cache.peek('a/1')).toEqual(ack(1));
+    now += 246_999;
+    expect(cache.peek('a/1')).toEqual(ack(1));
+    now += 1;
+    expect(cache.peek('a/1')).toBeUndefined();
+    cache.purgeStale();
+    expect(cache.size).toBe(0);
+  });
+
+  it('counts bookkeeping against its bound and lets the oldest go first', () => {
+    const cost = 4 + 3 + ENTRY_OVERHEAD_BYTES;
+    const cache = new CoapResponseCache(cost * 3, 247_000);
+    for (let i = 1; i <= 5; i++) cache.set(`a/${i}`, ack(i));
+    expect(cache.size).toBe(3);
+    expect(cache.peek('a/1')).toBeUndefined();
+    expect(cache.peek('a/2')).toBeUndefined();
+    expect(cache.peek('a/5')).toEqual(ack(5));
+  });
+
+  it("stops a sent-once answer's sender at once, and a Confirmable one's only when the entry goes", async () => {
+    const cache = new CoapResponseCache(1 << 20, 247_000);
+    const once = withSender(ack(1));
+    const retried = withSender(con(2));
+    cache.set('a/1', once);
+    cache.set('a/2', retried);
+    await Promise.resolve();
+    expect(once.sender).toBeUndefined();
+    expect(retried.sender.resets).toBe(0);
+    // The device acknowledged the separate response: the library deletes the entry.
+    expect(cache.delete('a/2')).toBe(true);
+    expect(retried.sender.resets).toBe(1);
   });
 });

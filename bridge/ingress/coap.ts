@@ -11,6 +11,7 @@ import type { DeviceJobs, JobUpdateRefusal, PendingJob } from '../jobs.ts';
 import type { Metrics } from '../metrics.ts';
 import { UplinkRefusal, type Uplink } from '../uplink.ts';
 import type { HeldMessage } from '../../storage/downlink.ts';
+import { CoapResponseCache } from './coap-response-cache.ts';
 import { DatagramGuard } from './datagram-guard.ts';
 import { answerWithHeld, bindDatagramSocket, commit, drainPending } from './datagram-steps.ts';
 import { downlinkJson } from './http.ts';
@@ -154,8 +155,10 @@ export async function startCoapIngress(opts: CoapIngressOptions): Promise<CoapIn
     // early empty ACK (the library's default after 50 ms), unless the operator asks for one.
     piggybackReplyMs: opts.emptyAckAfterMs > 0 ? opts.emptyAckAfterMs : NEVER_MS,
     sendAcksForNonConfirmablePackets: true,
-    cacheSize: opts.responseCacheBytes,
   });
+  // Its answers are cached here instead (coap-response-cache.ts says why); in place before listen(),
+  // which starts the library's prune timer on it.
+  (server as unknown as { _lru: CoapResponseCache })._lru = new CoapResponseCache(opts.responseCacheBytes, EXCHANGE_LIFETIME_MS);
   server.listen(sock);
   // The library's datagram handler runs only for datagrams that pass screen().
   const libraryHandler = sock.listeners('message').at(-1) as (msg: Buffer, rinfo: RemoteInfo) => void;
