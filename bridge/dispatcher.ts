@@ -252,8 +252,8 @@ export class Dispatcher {
   }
 
   /** How many rows to read for up to maxUnits units: one per unit sent as is, a batch's worth (and one) per batch. */
-  private readLimit(basis: PlanBasis, maxUnits: number): number {
-    return basis.cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (basis.cfg.maxMessages + 1) * maxUnits);
+  private readLimit(cfg: PlanBasis['cfg'], maxUnits: number): number {
+    return cfg.policy === 'immediate' ? maxUnits : Math.min(MAX_PEEK, (cfg.maxMessages + 1) * maxUnits);
   }
 
   /** Reads up to limit rows after a row id; `more` tells whether rows were left beyond them. */
@@ -278,8 +278,10 @@ export class Dispatcher {
       return { units, waitMs };
     }
     const open = held && 'open' in held ? held : undefined;
+    const { rows, more } = await this.read(lane.imsi, open ? open.lastRowId : stamp.cursor, this.readLimit(open?.basis.cfg ?? stamp.cfg, maxUnits));
+    // Nothing new and nothing open: nothing to plan. Most drains end with this read.
+    if (!open && rows.length === 0) return { units: [] };
     const basis = open?.basis ?? this.basis(sim);
-    const { rows, more } = await this.read(lane.imsi, open ? open.lastRowId : stamp.cursor, this.readLimit(basis, maxUnits));
     const releaseBefore = this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const planned = plan({ ...basis, rows, open: open?.open, more, now: Date.now(), releaseBefore });
     const units = planned.units.slice(0, maxUnits);
@@ -294,7 +296,7 @@ export class Dispatcher {
     // Dead-lettering changes what the lane's plan was made from.
     lane.forget();
     const basis = this.basis(sim);
-    const { rows, more } = await this.read(lane.imsi, firstRowId - 1, this.readLimit(basis, 1));
+    const { rows, more } = await this.read(lane.imsi, firstRowId - 1, this.readLimit(basis.cfg, 1));
     return plan({ ...basis, rows, more, now: Date.now(), releaseBefore: Infinity }).units[0];
   }
 
