@@ -3,9 +3,14 @@ interface CachedResponse extends Buffer {
   sender?: { reset(): void };
 }
 
-/** A cached answer: a copy of its bytes, or, for a Confirmable one, the library's own with its sender. */
+/**
+ * A cached answer: its bytes as a one-byte string (a Buffer copy would be a slice of Node's shared
+ * pool and keep a whole 8 KB slab alive for the exchange lifetime), or, for a Confirmable one, the
+ * library's own buffer with its sender.
+ */
 interface Entry {
-  bytes: CachedResponse;
+  text?: string;
+  confirmable?: CachedResponse;
   cost: number;
   at: number;
 }
@@ -20,13 +25,13 @@ export const ENTRY_OVERHEAD_BYTES = 200;
  * The `coap` library's cache of sent responses, which answers a retransmitted request again (RFC 7252
  * §4.5), put in place of its own. The library's cache counts only each response's bytes against its
  * bound, but every entry keeps the whole exchange alive with it (its sender, the response stream and
- * the request: about 8 KB of heap for a 20-byte answer) and a 202-second timer: at 2,000 requests/s
- * that is 16 MB of heap a second that survives every young-generation collection, whose copying then
- * stalls the main thread for 10 to 20 ms every 150 ms (bench/results/changes.md). Here an entry is a
- * copy of the response's bytes; only a Confirmable response (a separate response, sent again until the
- * device acknowledges it) keeps the library's sender, which is reset when the entry goes, as the
- * library's own cache does on disposal. Entries all live the exchange lifetime, so the oldest is always
- * first in insertion order: expiry and eviction take from the front, with no timer per entry.
+ * the request: kilobytes of heap for a 20-byte answer) and a 202-second timer: at 2,000 requests/s the
+ * young-generation collections copied megabytes of them each time and stalled the main thread for 10
+ * to 20 ms every 150 ms (bench/results/changes.md). Here an entry is a copy of the response's bytes;
+ * only a Confirmable response (a separate response, sent again until the device acknowledges it) keeps
+ * the library's sender, which is reset when the entry goes, as the library's own cache does on
+ * disposal. Entries all live the exchange lifetime, so the oldest is always first in insertion order:
+ * expiry and eviction take from the front, with no timer per entry.
  *
  * The library uses peek, set, delete, purgeStale and clear, and keeps its prune timer on the cache.
  */
@@ -49,7 +54,8 @@ export class CoapResponseCache {
 
   peek(key: string): CachedResponse | undefined {
     const e = this.entries.get(key);
-    return e && this.now() - e.at < this.lifetimeMs ? e.bytes : undefined;
+    if (!e || this.now() - e.at >= this.lifetimeMs) return undefined;
+    return e.confirmable ?? Buffer.from(e.text!, 'latin1');
   }
 
   set(key: string, response: CachedResponse): this {
@@ -58,16 +64,16 @@ export class CoapResponseCache {
     // the entry keeps it so that its removal stops the sender. Any other answer is sent once, and its
     // sender's only timer would keep the exchange alive for nothing: stopped once the library has set it.
     const confirmable = response.length > 0 && ((response[0]! >> 4) & 3) === 0;
-    const bytes: CachedResponse = confirmable ? response : Buffer.from(response);
+    const entry: Entry = confirmable ? { confirmable: response, cost: 0, at: this.now() } : { text: response.toString('latin1'), cost: 0, at: this.now() };
     if (!confirmable) {
       queueMicrotask(() => {
         response.sender?.reset();
         response.sender = undefined;
       });
     }
-    const cost = bytes.length + key.length + ENTRY_OVERHEAD_BYTES;
-    this.entries.set(key, { bytes, cost, at: this.now() });
-    this.bytes += cost;
+    entry.cost = response.length + key.length + ENTRY_OVERHEAD_BYTES;
+    this.entries.set(key, entry);
+    this.bytes += entry.cost;
     this.purgeStale();
     for (const oldest of this.entries.keys()) {
       if (this.bytes <= this.maxBytes) break;
@@ -81,7 +87,7 @@ export class CoapResponseCache {
     if (!e) return false;
     this.entries.delete(key);
     this.bytes -= e.cost;
-    e.bytes.sender?.reset();
+    e.confirmable?.sender?.reset();
     return true;
   }
 
