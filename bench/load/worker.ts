@@ -177,6 +177,14 @@ function mqttDevice(target: Target, spec: DeviceSpec, o: { reconnectPeriod: numb
   });
 }
 
+/**
+ * Connections one HTTP device holds at most: the largest window a closed-loop run keeps in flight.
+ * Requests past it (an open-loop run a device cannot keep up with) wait in the device, as they would
+ * in a modem, rather than opening more connections: at 64 a device, 1,000 devices overloaded at 7,500/s
+ * opened tens of thousands of connections, overflowed the accept queue and reset each other's.
+ */
+const HTTP_SOCKETS_PER_DEVICE = 16;
+
 function httpDevice(target: Target, spec: DeviceSpec, sockets: number, noDelay: boolean | undefined): Device {
   const agent = new http.Agent({ keepAlive: true, maxSockets: sockets, localAddress: spec.localAddress, ...(noDelay === undefined ? {} : { noDelay }) } as http.AgentOptions);
   const path = `/topics/${spec.topic}?qos=1`;
@@ -218,7 +226,7 @@ async function connect(c: ConnectCmd): Promise<ConnectResult> {
   let next = 0;
   let failed = 0;
   const open = async (spec: DeviceSpec): Promise<Device> => {
-    if (c.target.kind === 'http') return httpDevice(c.target, spec, 64, c.noDelay);
+    if (c.target.kind === 'http') return httpDevice(c.target, spec, HTTP_SOCKETS_PER_DEVICE, c.noDelay);
     const timeoutMs = Math.min(c.deviceTimeoutMs ?? 15_000, Math.max(1000, deadline - Date.now()));
     return mqttDevice(c.target, spec, { reconnectPeriod: c.reconnectPeriodMs, keepaliveS: c.keepaliveS ?? 60, timeoutMs, noDelay: c.noDelay });
   };
