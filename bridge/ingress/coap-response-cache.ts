@@ -16,8 +16,8 @@ interface Entry {
 }
 
 /**
- * Heap an entry holds besides its response bytes: the map entry, the key string and the Buffer object
- * (an estimate, so that the byte bound is a bound on memory, not only on payload).
+ * Heap an entry holds besides its response bytes: the map slot, the key, the entry and its string's
+ * header (an estimate, so that the byte bound is a bound on memory, not only on payload).
  */
 export const ENTRY_OVERHEAD_BYTES = 200;
 
