@@ -20,11 +20,14 @@ function crashSummary(out: string): string {
   return [lines[0], ...lines.slice(from, from + 60)].join('\n');
 }
 
-/** The CoAP and raw UDP ports from the gateway's banner, when it has them. */
-function datagramPorts(out: string): { coapPort?: number; udpPort?: number } {
-  const port = (label: string) => out.match(new RegExp(`${label}\\s+\\S+:(\\d+)/udp`))?.[1];
-  const coapPort = port('device CoAP');
-  const udpPort = port('device UDP');
+/**
+ * The gateway's CoAP and raw UDP ports, when it has them: from its ready signal, or from the banner of
+ * a gateway from before the signal (reading only the banner left today's gateway without datagram rounds).
+ */
+function datagramPorts(gw: { coapPort?: number; udpPort?: number; process: { output: string } }): { coapPort?: number; udpPort?: number } {
+  const banner = (label: string) => gw.process.output.match(new RegExp(`${label}\\s+\\S+:(\\d+)/udp`))?.[1];
+  const coapPort = gw.coapPort ?? banner('device CoAP');
+  const udpPort = gw.udpPort ?? banner('device UDP');
   return { ...(coapPort ? { coapPort: Number(coapPort) } : {}), ...(udpPort ? { udpPort: Number(udpPort) } : {}) };
 }
 
@@ -89,7 +92,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
       const fuzzer = forkWorker('fuzz');
       try {
         fuzz = await fuzzer.call<FuzzResult>(
-          { cmd: 'fuzz', host: '127.0.0.1', mqttPort: gw.mqttPort, httpPort: gw.httpPort, rounds, durationMs, concurrency, seed, imsis: fuzzIds.map((d) => d.imsi), imei: fuzzIds[0].imei, ...datagramPorts(gw.process.output) },
+          { cmd: 'fuzz', host: '127.0.0.1', mqttPort: gw.mqttPort, httpPort: gw.httpPort, rounds, durationMs, concurrency, seed, imsis: fuzzIds.map((d) => d.imsi), imei: fuzzIds[0].imei, ...datagramPorts(gw) },
           durationMs + 60_000,
         );
       } finally {
