@@ -64,20 +64,22 @@ export class CoapResponseCache {
     // the entry keeps it so that its removal stops the sender. Any other answer is sent once, and its
     // sender's only timer would keep the exchange alive for nothing: stopped once the library has set it.
     const confirmable = response.length > 0 && ((response[0]! >> 4) & 3) === 0;
-    const entry: Entry = confirmable ? { confirmable: response, cost: 0, at: this.now() } : { text: response.toString('latin1'), cost: 0, at: this.now() };
     if (!confirmable) {
       queueMicrotask(() => {
         response.sender?.reset();
         response.sender = undefined;
       });
     }
-    entry.cost = response.length + key.length + ENTRY_OVERHEAD_BYTES;
-    this.entries.set(key, entry);
-    this.bytes += entry.cost;
-    this.purgeStale();
-    for (const oldest of this.entries.keys()) {
-      if (this.bytes <= this.maxBytes) break;
-      this.delete(oldest);
+    const cost = response.length + key.length + ENTRY_OVERHEAD_BYTES;
+    this.entries.set(key, confirmable ? { confirmable: response, cost, at: this.now() } : { text: response.toString('latin1'), cost, at: this.now() });
+    this.bytes += cost;
+    // Expired entries go with the library's prune timer (peek never answers with one); only the bound
+    // is enforced here, per answer, and only past it is the map walked.
+    if (this.bytes > this.maxBytes) {
+      for (const oldest of this.entries.keys()) {
+        if (this.bytes <= this.maxBytes) break;
+        this.delete(oldest);
+      }
     }
     return this;
   }
