@@ -116,7 +116,8 @@ describe('the batch envelope', () => {
   });
 
   it('knows its exact size: each reading fits a limit of exactly its size and not one byte less, new topics included', () => {
-    const r = rows(['{"a":1}', Buffer.from('xyz'), '"é"', '{"b":2}', Buffer.alloc(0)], T0, (i) => ['meter', 'zähler', 'meter', 'raw', 'zähler'][i]!);
+    // Binary payloads of 3, 1 and 2 bytes: base64 with no padding, then two and one '='.
+    const r = rows(['{"a":1}', Buffer.from('xyz'), '"é"', '{"b":2}', Buffer.alloc(0), Buffer.from([0xff]), Buffer.from([0, 1])], T0, (i) => ['meter', 'zähler', 'meter', 'raw', 'zähler', 'raw', 'meter'][i]!);
     const reference = new EnvelopeBuilder(identity);
     const b = new EnvelopeBuilder(identity);
     for (const row of r) {
