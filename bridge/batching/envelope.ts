@@ -29,19 +29,15 @@ export interface Identity {
 
 /**
  * A reading with its envelope encoding decided: what does not depend on the batch it joins. It keeps the
- * payload's bytes, not their text: a window batch holds its readings for up to maxDelayMs, and a second
- * copy of each payload as a string (with the strings spliced around it) was a third of what a held
- * reading cost on the heap; the text is written once, at build.
+ * reading (its payload's bytes), not their text: a window batch holds its readings for up to
+ * maxDelayMs, and a second copy of each payload as a string (with the strings spliced around it) was a
+ * third of what a held reading cost on the heap; the text is written once, at build.
  */
 export interface PreparedReading {
-  receivedAt: number;
-  deviceTopic: string;
-  payload: Buffer;
+  reading: Reading;
   /** The payload is a UTF-8 JSON document, spliced in verbatim; else it goes as base64. */
   json: boolean;
-  /** What follows the payload inside the reading (user properties), if anything. */
-  tail?: string;
-  /** Exact bytes of the reading's body (payload as encoded, and tail). */
+  /** Exact bytes of the reading's body: its payload as encoded, and its user properties. */
   bodyBytes: number;
 }
 
@@ -49,22 +45,22 @@ export interface PreparedReading {
 export function prepare(r: Reading): PreparedReading {
   const json = isJsonDocument(r.payload);
   // base64 is ASCII: 4 characters per 3 bytes, and `"…","base64"` around it.
-  let bodyBytes = json ? r.payload.length : 4 * Math.ceil(r.payload.length / 3) + BASE64_SUFFIX.length + 2;
-  const prepared: PreparedReading = { receivedAt: r.receivedAt, deviceTopic: r.deviceTopic, payload: r.payload, json, bodyBytes };
-  // User properties follow the encoding, which is then written even for JSON: [offset, topic, payload, "json", {…}].
-  if (r.userProperties !== undefined) {
-    prepared.tail = `${json ? ',"json"' : ''},${r.userProperties}`;
-    prepared.bodyBytes = bodyBytes += Buffer.byteLength(prepared.tail);
-  }
-  return prepared;
+  const payloadBytes = json ? r.payload.length : 4 * Math.ceil(r.payload.length / 3) + BASE64_SUFFIX.length + 2;
+  const tail = userPropertiesTail(r, json);
+  return { reading: r, json, bodyBytes: payloadBytes + (tail === undefined ? 0 : Buffer.byteLength(tail)) };
 }
 
 const BASE64_SUFFIX = ',"base64"';
 
+/** User properties follow the encoding, which is then written even for JSON: [offset, topic, payload, "json", {…}]. */
+function userPropertiesTail(r: Reading, json: boolean): string | undefined {
+  return r.userProperties === undefined ? undefined : `${json ? ',"json"' : ''},${r.userProperties}`;
+}
+
 /** The reading's body as it goes in the envelope. */
-function bodyText(r: PreparedReading): string {
-  const body = r.json ? r.payload.toString('utf8') : `"${r.payload.toString('base64')}"${BASE64_SUFFIX}`;
-  return r.tail === undefined ? body : body + r.tail;
+function bodyText({ reading: r, json }: PreparedReading): string {
+  const body = json ? r.payload.toString('utf8') : `"${r.payload.toString('base64')}"${BASE64_SUFFIX}`;
+  return body + (userPropertiesTail(r, json) ?? '');
 }
 
 /** True when the payload is exactly a UTF-8 JSON document. */
@@ -87,9 +83,8 @@ export class EnvelopeBuilder {
   private readonly head: string;
   private readonly topicIndex = new Map<string, number>();
   private readonly topics: string[] = [];
-  /** The readings in, with each one's topic index: their text is written at build. */
+  /** The readings in: their text is written at build. */
   private readonly readings: PreparedReading[] = [];
-  private readonly topicOf: number[] = [];
   private t0 = 0;
   /** Exact bytes of build(), t0 included once the first reading is in. */
   private bytes: number;
@@ -101,27 +96,27 @@ export class EnvelopeBuilder {
 
   /** Adds the reading when the envelope then stays within maxBytes; otherwise leaves the envelope as it was. */
   tryAdd(r: PreparedReading, maxBytes: number): boolean {
+    const { receivedAt, deviceTopic } = r.reading;
     const first = this.readings.length === 0;
-    const t0 = first ? r.receivedAt : this.t0;
-    let index = this.topicIndex.get(r.deviceTopic);
+    const t0 = first ? receivedAt : this.t0;
+    let index = this.topicIndex.get(deviceTopic);
     let topic: string | undefined;
     let bytes = this.bytes + (first ? String(t0).length : 1); // t0, or the comma before this reading
     if (index === undefined) {
       // A new topic lengthens the head: its JSON string, after a comma unless it is the first.
       index = this.topics.length;
-      topic = JSON.stringify(r.deviceTopic);
+      topic = JSON.stringify(deviceTopic);
       bytes += Buffer.byteLength(topic) + (index > 0 ? 1 : 0);
     }
     // "[offset,index," before the body and "]" after it; offset and index are decimal integers.
-    bytes += decimalLength(r.receivedAt - t0) + decimalLength(index) + 3 + r.bodyBytes + 1;
+    bytes += String(receivedAt - t0).length + String(index).length + 3 + r.bodyBytes + 1;
     if (bytes > maxBytes) return false;
     if (topic !== undefined) {
-      this.topicIndex.set(r.deviceTopic, index);
+      this.topicIndex.set(deviceTopic, index);
       this.topics.push(topic);
     }
     this.t0 = t0;
     this.readings.push(r);
-    this.topicOf.push(index);
     this.bytes = bytes;
     return true;
   }
@@ -136,14 +131,7 @@ export class EnvelopeBuilder {
 
   build(): Buffer {
     if (this.readings.length === 0) throw new Error('an envelope needs at least one reading');
-    const parts = this.readings.map((r, k) => `[${r.receivedAt - this.t0},${this.topicOf[k]},${bodyText(r)}]`);
+    const parts = this.readings.map((r) => `[${r.reading.receivedAt - this.t0},${this.topicIndex.get(r.reading.deviceTopic)},${bodyText(r)}]`);
     return Buffer.from(`${this.head}${this.t0}${TOPICS}${this.topics.join(',')}${MESSAGES}${parts.join(',')}${TAIL}`, 'utf8');
   }
-}
-
-/** Characters of an integer written in decimal (a reading's offset may be negative: rows out of order). */
-function decimalLength(n: number): number {
-  let digits = n < 0 ? 2 : 1;
-  for (let v = Math.abs(n); v >= 10; v = Math.floor(v / 10)) digits++;
-  return digits;
 }
