@@ -3,7 +3,7 @@ import { nowMs } from './devices.ts';
 import type { Collector } from './collector.ts';
 import { quantile } from './hist.ts';
 import type { LoadPool, MergedRun } from './load.ts';
-import { cpuSeconds, listenOverflows, rssPeak } from './procstat.ts';
+import { cpuSeconds, cpuShareMeter, listenOverflows, rssPeak, type CpuShares } from './procstat.ts';
 
 export function newTag(prefix: string): string {
   return prefix + randomBytes(3).toString('hex');
@@ -34,6 +34,8 @@ export interface RunFigures {
   listen_overflows: number | null;
   /** Readings (device messages) per 5 KB billing unit upstream: 1 without batching. */
   readings_per_billed_unit: number | null;
+  /** Where the machine's CPU went over the same span as cpu_pct, by role (see cpuShareMeter). */
+  cpu_shares: CpuShares;
   run: MergedRun;
 }
 
@@ -62,6 +64,7 @@ export async function measuredRun(
 ): Promise<RunFigures> {
   const stats = collector.stats(opts.tag);
   const cpu0 = opts.pid ? cpuSeconds(opts.pid) : null;
+  const shares = cpuShareMeter(opts.pid);
   const lo0 = listenOverflows();
   const rss = opts.pid ? rssPeak(opts.pid) : undefined;
   const run = await load.run({
@@ -76,6 +79,7 @@ export async function measuredRun(
   });
   await collector.waitUntil(() => stats.unique >= run.acked, { timeoutMs: opts.drainTimeoutMs ?? 120_000, quietMs: opts.quietMs ?? 20_000 });
   const cpu1 = opts.pid ? cpuSeconds(opts.pid) : null;
+  const cpuShares = shares.stop();
   const rssKb = rss?.stop() ?? null;
   // Never shorter than the sending: a path that stalls early (e.g. an upstream that drops the excess
   // without PUBACK) delivered its few messages over the whole run, not over its first second.
@@ -98,6 +102,7 @@ export async function measuredRun(
     errors: run.errors,
     listen_overflows: lo0 === null ? null : (listenOverflows() ?? lo0) - lo0,
     readings_per_billed_unit: stats.billedUnits ? stats.unique / stats.billedUnits : null,
+    cpu_shares: cpuShares,
     run,
   };
 }

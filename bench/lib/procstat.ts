@@ -181,3 +181,93 @@ export function listenOverflows(): number | null {
   }
   return null;
 }
+
+/** A process of the test bed, by what it does: read from its command line. */
+function roleOf(pid: number, gatewayPid: number | undefined): string {
+  if (pid === gatewayPid) return 'gateway';
+  if (pid === process.pid) return 'bench';
+  let cmd = '';
+  try {
+    cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return 'other';
+  }
+  if (cmd.includes('mosquitto_sub')) return 'collector';
+  if (cmd.includes('mosquitto')) return 'mosquitto';
+  if (cmd.includes('load/worker')) return 'devices';
+  return 'other';
+}
+
+/** CPU ticks (user + system) of every process now, by pid. */
+function processTicks(): Map<number, number> {
+  const ticks = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      ticks.set(Number(d), Number(f[11]) + Number(f[12]));
+    } catch {
+      // gone
+    }
+  }
+  return ticks;
+}
+
+/** Nanoseconds a thread has run, and waited runnable for a core (/proc/<pid>/task/<tid>/schedstat). */
+function schedstat(pid: number, tid = pid): { runNs: number; waitNs: number } | null {
+  try {
+    const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
+    return { runNs: run!, waitNs: wait! };
+  } catch {
+    return null;
+  }
+}
+
+export interface CpuShares {
+  /** CPU each role of the test bed used (gateway, mosquitto, collector, devices, bench, other), % of one core. */
+  roles: Record<string, number>;
+  /** The whole machine, % of one core (200 = both of 2 cores busy). */
+  machine_busy_pct: number;
+  /** The gateway's main thread: % of the time it ran, and % of the time it was ready to run but waited for a core. */
+  main_thread_run_pct: number | null;
+  main_thread_runq_wait_pct: number | null;
+  /** The span measured, in seconds. */
+  wall_s: number;
+}
+
+/**
+ * Where the machine's CPU went between start and stop(), by role of each process, and how long the
+ * gateway's main thread waited for a core. On a machine the whole bed shares, a gateway thread that is
+ * ready to run often is not running: the scheduler shares the cores among every busy thread.
+ */
+export function cpuShareMeter(gatewayPid?: number): { stop(): CpuShares } {
+  const t0 = Date.now();
+  const m0 = machineTicks();
+  const p0 = processTicks();
+  const s0 = gatewayPid === undefined ? null : schedstat(gatewayPid);
+  return {
+    stop() {
+      const wallS = Math.max(0.001, (Date.now() - t0) / 1000);
+      const hz = clockTicks();
+      const m1 = machineTicks();
+      const roles: Record<string, number> = {};
+      for (const [pid, ticks] of processTicks()) {
+        const used = ticks - (p0.get(pid) ?? 0);
+        if (used <= 0) continue;
+        const role = roleOf(pid, gatewayPid);
+        roles[role] = (roles[role] ?? 0) + used;
+      }
+      const pct = (ticks: number) => Math.round(((ticks / hz / wallS) * 1000)) / 10;
+      const s1 = gatewayPid === undefined ? null : schedstat(gatewayPid);
+      const nsPct = (ns: number) => Math.round((ns / 1e9 / wallS) * 1000) / 10;
+      return {
+        roles: Object.fromEntries(Object.entries(roles).map(([role, ticks]) => [role, pct(ticks)])),
+        machine_busy_pct: pct(m1.busy - m0.busy),
+        main_thread_run_pct: s0 && s1 ? nsPct(s1.runNs - s0.runNs) : null,
+        main_thread_runq_wait_pct: s0 && s1 ? nsPct(s1.waitNs - s0.waitNs) : null,
+        wall_s: wallS,
+      };
+    },
+  };
+}

@@ -23,6 +23,7 @@ import { forkWorker, type Worker } from '../lib/load.ts';
 import { newTag } from '../lib/measure.ts';
 import { mosquittoVersion } from '../lib/mosquitto.ts';
 import { scrape, sum, type Sample } from '../lib/prom.ts';
+import { cpuShareMeter, type CpuShares } from '../lib/procstat.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, simbridgeSpawn, Stack, writeGatewayConfig } from '../lib/stack.ts';
 import { round, sleep } from '../lib/stats.ts';
@@ -108,6 +109,8 @@ interface Phase {
   sessionsOpened: number;
   connectsFailed: number;
   outboxLeft: number;
+  /** Where the machine's CPU went while the devices sent. */
+  cpu: CpuShares;
   /** Per 10 s (by send time): acknowledgements over 10 ms / slowest ack ms. */
   slowPer10s: string;
 }
@@ -174,6 +177,7 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
       const d0 = (m: Sample[], metric: string, labels: Record<string, string>) => sum(m, metric, labels) - sum(m0, metric, labels);
       const startAt = Date.now() + 500;
       const maxDurationMs = Math.ceil(((set.length * wakes * readings) / reqPerS) * 1000) + 40_000;
+      const cpuMeter = cpuShareMeter(gw.pid);
       const rs = await Promise.all(
         workers.map((w, k) =>
           w.call<SleepyRunResult>(
@@ -197,6 +201,7 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
           ),
         ),
       );
+      const cpu = cpuMeter.stop();
       const hist = newHist();
       rs.forEach((r) => merge(hist, r.ackHist));
       const warm = newHist();
@@ -280,6 +285,7 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
         connectsFailed: d('simbridge_upstream_connects_total', { result: 'failed' }),
         outboxLeft: sum(m1, 'simbridge_outbox_messages', { group }),
         slowPer10s: perTen.join(' '),
+        cpu,
       };
       const commits = (le: string) => sum(mAcked, 'simbridge_outbox_commit_seconds_bucket', { le }) - sum(m0, 'simbridge_outbox_commit_seconds_bucket', { le });
       log(`  ${name}: outbox commits ${commits('+Inf')}, of which over 10 ms ${commits('+Inf') - commits('0.01')}, over 100 ms ${commits('+Inf') - commits('0.1')}, over 1 s ${commits('+Inf') - commits('1')}`);
@@ -349,6 +355,10 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
       max_readings_per_batch: watcher.seen.maxReadings,
       max_batch_bytes: watcher.seen.maxBytes,
       prevend_s: round(vendS),
+      machine_busy_pct_window: W.cpu.machine_busy_pct,
+      cpu_pct_window: W.cpu.roles.gateway ?? null,
+      main_thread_run_pct_window: W.cpu.main_thread_run_pct,
+      main_thread_runq_wait_pct_window: W.cpu.main_thread_runq_wait_pct,
     };
     if (Object.keys(W.errorKinds).length || Object.keys(I.errorKinds).length) notes.push(`Device errors: window ${JSON.stringify(W.errorKinds)}, immediate ${JSON.stringify(I.errorKinds)}.`);
     const phases = [W, I];
@@ -392,6 +402,7 @@ async function sleepy(ctx: Ctx): Promise<ScenarioResult> {
         `Slow acknowledgements over time, per 10 s of each phase (by send time) as "start:slow/slowest ms" (slow: acknowledgements over 10 ms, of about ${RATE * 10} sent in those 10 s; 1 % of them is ${RATE / 10}): window ${W.slowPer10s}; immediate ${I.slowPer10s}.`,
         'The window phase has four stretches: the first seconds (every device\'s first readings, the load generators\' 1,024 keep-alive connections opening, cold code: the difference between `ack_p99_ms` and `ack_p99_ms_after_warmup`); the 50 s after the first batches fall due, while 5,000 upstream sessions open at the default 100 connects/s (TLS handshakes in aws-crt\'s event loop and Mosquitto, on the same 2 cores as everything else); the rounds in which every device\'s batch falls due within one wake cycle (7.5 s; about 670 publishes/s instead of the average 83/s); and the steady part in between. Per-thread CPU (from /proc, share of a core): main thread about 0.41 throughout, outbox writer about 0.25, upstream connection thread 0.11 while sessions open and 0.22 in a batch round, aws-crt\'s event loop 0.2 while sessions open, Mosquitto 0.19 then, the two load generators about 0.3 together.',
         'What made the difference (each measured with this bench): upstream connections on a thread of their own (aws-crt registers each callback of a connection as a libuv async handle, and libuv walks all of a loop\'s async handles on every wake-up: `perf` found 69 % of the main thread in `uv__async_io` at 5,000 sessions); registering only the one connection callback simbridge uses instead of six (the walk was still 34-37 % of the gateway\'s CPU, the connection thread 0.5 of a core, in the session-opening stretch and the batch rounds); and listening only once the worker threads have booted (the outbox writer used to start on the first commit: about 1,700 of the acknowledgements over 10 ms fell in the first 2 s).',
+        '`machine_busy_pct_window` (% of one core; 200 = both of 2 cores), `cpu_pct_window` (simbridge, all threads), `main_thread_run_pct_window` / `main_thread_runq_wait_pct_window`: over the window phase\'s sending, from /proc (stat, and the main thread\'s schedstat): how long simbridge\'s main thread ran, and how long it was ready to run but waited for a core, which every acknowledgement waiting behind it waits too.',
         'The immediate phase is there to price the same readings unbatched; its acknowledgement figures are not a goal: every reading is an upstream publish, 2,000 per second on 5,000 sessions (issue 8 has the throughput benchmarks).',
         ...notes,
       ],

@@ -126,6 +126,12 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
       putSummary(figures, `cpu_us_per_msg_${small}_devices`, smallRuns.map((r) => r.cpu_us_per_msg));
       putSummary(figures, `ack_p99_ms_${small}_devices`, smallRuns.map((r) => r.ack_p99_ms));
     }
+    putSummary(figures, 'machine_busy_pct', runs.map((r) => r.cpu_shares.machine_busy_pct));
+    putSummary(figures, 'bed_cpu_us_per_msg', runs.map(bedCpuUsPerMsg));
+    for (const role of BED_ROLES) putSummary(figures, `cpu_pct_${role}`, runs.map((r) => r.cpu_shares.roles[role] ?? 0));
+    putSummary(figures, 'main_thread_run_pct', runs.map((r) => r.cpu_shares.main_thread_run_pct));
+    putSummary(figures, 'main_thread_runq_wait_pct', runs.map((r) => r.cpu_shares.main_thread_runq_wait_pct));
+    putSummary(figures, 'main_thread_runq_wait_pct_at_half_rate', half.map((r) => r.cpu_shares.main_thread_runq_wait_pct));
     const all = [...sweepRuns, ...runs, ...half, ...atGoalHalf, ...smallRuns];
     figures.undelivered = all.reduce((a, r) => a + r.undelivered, 0);
     figures.duplicates = all.reduce((a, r) => a + r.duplicates, 0);
@@ -165,6 +171,8 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
         'simbridge paces each upstream session within `upstream.publishesPerSecond` (default 100, IoT Core\'s per-connection limit) over any second: a burst of `upstream.publishBurst`, then a tenth below the quota (85/s by default), so with 100 devices delivery upstream stays under about 8,500 msgs/s however fast acks are, and 15,000 msgs/s through the whole path needs ≥ 180 devices (or batching). Hence 1,000 devices for the main figures.',
         ...(small ? [`\`*_${small}_devices\`: the first ${small} devices of the same fleet (vended, sessions warm), closed loop with 16 in flight each, right after the main runs on the same gateway.`] : []),
         'Devices, simbridge, the upstream Mosquitto and the collector share the machine\'s cores: the figures are for the whole path on this machine, not for simbridge alone.',
+        '`machine_busy_pct`, `cpu_pct_<role>` (saturated runs, % of one core; 200 = both of 2 cores): where the machine\'s CPU went, by process (/proc/<pid>/stat): `mosquitto` the upstream broker, `collector` its mosquitto_sub, `devices` the load processes, `bench` the orchestrator. `bed_cpu_us_per_msg`: the CPU of those four (the test bed, not simbridge) per delivered message; at 15,000 msgs/s the bed alone needs that many µs × 15,000 of CPU each second.',
+        '`main_thread_run_pct` / `main_thread_runq_wait_pct`: of the wall time, how long simbridge\'s main thread ran, and how long it was ready to run but waited for a core (/proc/<pid>/task/<pid>/schedstat): time a shared machine adds to every acknowledgement.',
         ...(kind === 'http' ? ['Goals are scenario 1\'s (MQTT); they are shown here for comparison.'] : []),
         '`listen_overflows`: machine-wide TcpExt ListenOverflows during all runs of this scenario (/proc/net/netstat): connection attempts dropped because an accept queue was full; the client\'s SYN is retried after 1 s, then 3 s, which shows up as multi-second ack latencies when connections open in a burst.',
         ...(figures.device_errors ? [`Device-side failures: ${Object.entries(errorKinds).map(([k, v]) => `${k} × ${v}`).join(', ')}.`] : []),
@@ -183,16 +191,42 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
       });
       result.notes!.push(`CPU profile of simbridge in this scenario: [${out.split('/').pop()}](${out.split('/').pop()}).`);
     }
-    result.extraMd = runTable([
+    const tableRows = [
       ...runs.map((r) => ['saturated', r] as const),
       ...half.map((r) => ['half', r] as const),
       ...atGoalHalf.map((r) => ['7500/s', r] as const),
       ...smallRuns.map((r) => [`${small} devices`, r] as const),
-    ]);
+    ];
+    result.extraMd = runTable(tableRows) + '\n' + cpuTable(tableRows);
     return result;
   } finally {
     await stack.close();
   }
+}
+
+/** The test bed's processes, apart from simbridge (see cpuShareMeter). */
+const BED_ROLES = ['mosquitto', 'collector', 'devices', 'bench'] as const;
+
+/** CPU the test bed used per message simbridge delivered. */
+function bedCpuUsPerMsg(r: RunFigures): number | null {
+  if (r.delivered === 0) return null;
+  const pct = BED_ROLES.reduce((a, role) => a + (r.cpu_shares.roles[role] ?? 0), 0);
+  return ((pct / 100) * r.cpu_shares.wall_s * 1e6) / r.delivered;
+}
+
+/** Where the machine's CPU went in each run, by process role, % of one core. */
+function cpuTable(rows: ReadonlyArray<readonly [string, RunFigures]>): string {
+  return [
+    '## Where the CPU went',
+    '',
+    '| run | machine % | simbridge % | mosquitto % | collector % | devices % | bench % | other % | bed µs/msg | main thread ran % | main thread waited for a core % |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows.map(([name, r]) => {
+      const c = r.cpu_shares;
+      return `| ${name} | ${c.machine_busy_pct} | ${c.roles.gateway ?? 0} | ${c.roles.mosquitto ?? 0} | ${c.roles.collector ?? 0} | ${c.roles.devices ?? 0} | ${c.roles.bench ?? 0} | ${c.roles.other ?? 0} | ${round(bedCpuUsPerMsg(r))} | ${c.main_thread_run_pct ?? ''} | ${c.main_thread_runq_wait_pct ?? ''} |`;
+    }),
+    '',
+  ].join('\n');
 }
 
 export function runTable(rows: ReadonlyArray<readonly [string, RunFigures]>): string {
