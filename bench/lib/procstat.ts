@@ -194,7 +194,8 @@ function roleOf(pid: number, gatewayPid: number | undefined): string {
   }
   if (cmd.includes('mosquitto_sub')) return 'collector';
   if (cmd.includes('mosquitto')) return 'mosquitto';
-  if (cmd.includes('load/worker')) return 'devices';
+  if (cmd.includes('load/')) return 'devices';
+  if (cmd.includes('\0sandbox\0')) return 'sandbox';
   return 'other';
 }
 
@@ -225,7 +226,7 @@ function schedstat(pid: number, tid = pid): { runNs: number; waitNs: number } | 
 }
 
 export interface CpuShares {
-  /** CPU each role of the test bed used (gateway, mosquitto, collector, devices, bench, other), % of one core. */
+  /** CPU each role of the test bed used (gateway, mosquitto, collector, devices, sandbox, bench, other), % of one core. */
   roles: Record<string, number>;
   /** The whole machine, % of one core (200 = both of 2 cores busy). */
   machine_busy_pct: number;

@@ -9,6 +9,7 @@ import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { loopbackAddress, payload } from '../lib/devices.ts';
 import { newHist, quantile, record } from '../lib/hist.ts';
 import { newTag } from '../lib/measure.ts';
+import { cpuShareMeter } from '../lib/procstat.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
 import { gatewayNodeArgs, Stack } from '../lib/stack.ts';
 import { round, sleep } from '../lib/stats.ts';
@@ -309,7 +310,9 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       ctx.log(`  HTTP at ${offered / 4}/s: ${httpAcked} acked, p99 ${figures[`http_ack_p99_ms_at_${offered / 4}_per_s`]} ms`);
     };
     for (const rate of [offered / 4, offered]) {
+      const cpuMeter = cpuShareMeter(stack.gateway!.pid);
       const r = await runLoad(rate, loadS);
+      const cpu = cpuMeter.stop();
       // HTTP after the quarter rate, before the full rate can leave a backlog behind it.
       if (rate !== offered) await runHttpLoad();
       const suffix = rate === offered ? '' : `_at_${rate}_per_s`;
@@ -319,6 +322,10 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       figures[`coap_ack_p99_ms${suffix}`] = r.p99;
       figures[`coap_unanswered${suffix}`] = r.unanswered;
       figures[`coap_refused${suffix}`] = r.refused;
+      figures[`machine_busy_pct${suffix}`] = cpu.machine_busy_pct;
+      figures[`cpu_pct${suffix}`] = cpu.roles.gateway ?? null;
+      figures[`main_thread_run_pct${suffix}`] = cpu.main_thread_run_pct;
+      figures[`main_thread_runq_wait_pct${suffix}`] = cpu.main_thread_runq_wait_pct;
       ctx.log(`  load at ${rate}/s: ${JSON.stringify(r)}`);
     }
     // What the acknowledgements waited for: the disk (commit time on the writer thread) and the event loop.
@@ -368,6 +375,7 @@ async function lowpower(ctx: Ctx): Promise<ScenarioResult> {
       `A wake is ${READINGS_PER_WAKE} readings of ${READING_BYTES} B, each waiting for its acknowledgement, then sleep. MQTT 3.1.1: CONNECT (client id "m", clean session) → 3 QoS 1 PUBLISH/PUBACK → DISCONNECT. HTTP: one keep-alive connection, 3 × POST /topics/${TOPIC} (the most favourable case for HTTP; a connection per reading costs more). CoAP: 3 × CON POST /topics/${TOPIC} with a 1-byte token, each answered by a piggybacked 2.04 with no body. UDP: 3 datagrams, each answered by the 1-byte acknowledgement (udpAck: commit). Every device is identified by its source address (static table), so no protocol carries identity bytes.`,
       `The 200-byte payloads alone are 600 B per wake each way they travel, which bounds coap_vs_mqtt_bytes_ratio from below: 0.35 is reached only if an MQTT wake costs ≥ 1,714 B. Sending the three readings in one CoAP request (one datagram) would cut CoAP further.`,
       `CoAP load: ${loadDevices} devices (one socket and loopback address each), every SIM vended first, send Confirmable POSTs of ${READING_BYTES} B round-robin at a fixed schedule (open loop, no retransmissions) for ${loadS} s, at ${offered / 4}/s and later at ${offered}/s; the ack time is from send to the piggybacked 2.04, measured in the same process; msgs_per_s counts the answers that came within the sending time. Between the two, the same devices send HTTP POSTs (keep-alive, open loop) at ${offered / 4}/s for ${loadS} s, side by side, so the CoAP figures can be read against what the machine gave the HTTP path at that moment. outbox_commit_p99_ms (writer-thread transaction time, the disk's share of an ack) and event_loop_lag_p99_ms come from the gateway's /metrics after all three runs. storage.synchronous: full. The machine is shared with other work while this runs (see the noise note): the latency figures are what this run got, not the gateway's best.`,
+      `machine_busy_pct, cpu_pct (simbridge, all threads), main_thread_run_pct, main_thread_runq_wait_pct: over each CoAP load run, from /proc (stat, and the main thread's schedstat), in % of one core or of the wall time: how busy the machine was, and how long simbridge's main thread ran and how long it was ready to run but waited for a core, which every acknowledgement behind it waits too.`,
       `Kill: 20 devices send Confirmable POSTs one after another; after ${killAfterAcks} acknowledgements simbridge gets SIGKILL, is restarted on the same data, and every acknowledged reading is looked for upstream.`,
     );
     return {

@@ -171,7 +171,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
         'simbridge paces each upstream session within `upstream.publishesPerSecond` (default 100, IoT Core\'s per-connection limit) over any second: a burst of `upstream.publishBurst`, then a tenth below the quota (85/s by default), so with 100 devices delivery upstream stays under about 8,500 msgs/s however fast acks are, and 15,000 msgs/s through the whole path needs ≥ 180 devices (or batching). Hence 1,000 devices for the main figures.',
         ...(small ? [`\`*_${small}_devices\`: the first ${small} devices of the same fleet (vended, sessions warm), closed loop with 16 in flight each, right after the main runs on the same gateway.`] : []),
         'Devices, simbridge, the upstream Mosquitto and the collector share the machine\'s cores: the figures are for the whole path on this machine, not for simbridge alone.',
-        '`machine_busy_pct`, `cpu_pct_<role>` (saturated runs, % of one core; 200 = both of 2 cores): where the machine\'s CPU went, by process (/proc/<pid>/stat): `mosquitto` the upstream broker, `collector` its mosquitto_sub, `devices` the load processes, `bench` the orchestrator. `bed_cpu_us_per_msg`: the CPU of those four (the test bed, not simbridge) per delivered message; at 15,000 msgs/s the bed alone needs that many µs × 15,000 of CPU each second.',
+        '`machine_busy_pct`, `cpu_pct_<role>` (saturated runs, % of one core; 200 = both of 2 cores): where the machine\'s CPU went, by process (/proc/<pid>/stat): `mosquitto` the upstream broker, `collector` its mosquitto_sub, `devices` the load processes, `sandbox` the stand-in for AWS\'s control plane, `bench` the orchestrator, `other` whatever else ran (kernel threads included). `bed_cpu_us_per_msg`: the CPU of those five (the test bed, not simbridge) per delivered message; at 15,000 msgs/s the bed alone needs that many µs × 15,000 of CPU each second.',
         '`main_thread_run_pct` / `main_thread_runq_wait_pct`: of the wall time, how long simbridge\'s main thread ran, and how long it was ready to run but waited for a core (/proc/<pid>/task/<pid>/schedstat): time a shared machine adds to every acknowledgement.',
         ...(kind === 'http' ? ['Goals are scenario 1\'s (MQTT); they are shown here for comparison.'] : []),
         '`listen_overflows`: machine-wide TcpExt ListenOverflows during all runs of this scenario (/proc/net/netstat): connection attempts dropped because an accept queue was full; the client\'s SYN is retried after 1 s, then 3 s, which shows up as multi-second ack latencies when connections open in a burst.',
@@ -205,7 +205,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
 }
 
 /** The test bed's processes, apart from simbridge (see cpuShareMeter). */
-const BED_ROLES = ['mosquitto', 'collector', 'devices', 'bench'] as const;
+const BED_ROLES = ['mosquitto', 'collector', 'devices', 'sandbox', 'bench'] as const;
 
 /** CPU the test bed used per message simbridge delivered. */
 function bedCpuUsPerMsg(r: RunFigures): number | null {
@@ -219,11 +219,11 @@ function cpuTable(rows: ReadonlyArray<readonly [string, RunFigures]>): string {
   return [
     '## Where the CPU went',
     '',
-    '| run | machine % | simbridge % | mosquitto % | collector % | devices % | bench % | other % | bed µs/msg | main thread ran % | main thread waited for a core % |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| run | machine % | simbridge % | mosquitto % | collector % | devices % | sandbox % | bench % | other % | bed µs/msg | main thread ran % | main thread waited for a core % |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows.map(([name, r]) => {
       const c = r.cpu_shares;
-      return `| ${name} | ${c.machine_busy_pct} | ${c.roles.gateway ?? 0} | ${c.roles.mosquitto ?? 0} | ${c.roles.collector ?? 0} | ${c.roles.devices ?? 0} | ${c.roles.bench ?? 0} | ${c.roles.other ?? 0} | ${round(bedCpuUsPerMsg(r))} | ${c.main_thread_run_pct ?? ''} | ${c.main_thread_runq_wait_pct ?? ''} |`;
+      return `| ${name} | ${c.machine_busy_pct} | ${c.roles.gateway ?? 0} | ${c.roles.mosquitto ?? 0} | ${c.roles.collector ?? 0} | ${c.roles.devices ?? 0} | ${c.roles.sandbox ?? 0} | ${c.roles.bench ?? 0} | ${c.roles.other ?? 0} | ${round(bedCpuUsPerMsg(r))} | ${c.main_thread_run_pct ?? ''} | ${c.main_thread_runq_wait_pct ?? ''} |`;
     }),
     '',
   ].join('\n');
