@@ -92,8 +92,8 @@ function machineTicks(): { busy: number; steal: number } {
   return { busy: user + nice + system + irq + softirq, steal: steal ?? 0 };
 }
 
-/** CPU ticks used by this process and all its descendants (children that exited count via cutime/cstime). */
-function treeTicks(): number {
+/** Every process now, with its parent and its CPU ticks (its own, and its exited children's). */
+function processTable(): Map<number, { ppid: number; ticks: number }> {
   const procs = new Map<number, { ppid: number; ticks: number }>();
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
@@ -105,16 +105,55 @@ function treeTicks(): number {
       // gone
     }
   }
+  return procs;
+}
+
+/** This process and all its descendants. */
+function benchTree(procs = processTable()): number[] {
   const children = new Map<number, number[]>();
   for (const [pid, p] of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), pid]);
-  let sum = 0;
+  const tree: number[] = [];
   const stack = [process.pid];
   while (stack.length) {
     const pid = stack.pop()!;
-    sum += procs.get(pid)?.ticks ?? 0;
+    tree.push(pid);
     stack.push(...(children.get(pid) ?? []));
   }
-  return sum;
+  return tree;
+}
+
+/** CPU ticks used by this process and all its descendants (children that exited count via cutime/cstime). */
+function treeTicks(): number {
+  const procs = processTable();
+  return benchTree(procs).reduce((sum, pid) => sum + (procs.get(pid)?.ticks ?? 0), 0);
+}
+
+/**
+ * Lowers the scheduling priority of every thread of the test bed (this process and its descendants)
+ * except the gateway's: a diagnostic (BENCH_BED_NICE) that shows how much of the gateway's latency is
+ * its wait for a core on a machine it shares with the bed. Threads started later inherit it from the
+ * thread that starts them. Returns how many threads were changed.
+ */
+export function reniceBed(gatewayPid: number, nice: number): number {
+  let changed = 0;
+  for (const pid of benchTree()) {
+    if (pid === gatewayPid) continue;
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone
+    }
+    for (const tid of tids) {
+      try {
+        os.setPriority(Number(tid), nice);
+        changed++;
+      } catch {
+        // gone
+      }
+    }
+  }
+  return changed;
 }
 
 export interface Noise {

@@ -2,6 +2,7 @@ import { knob, knobList, type Ctx } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { LoadPool } from '../lib/load.ts';
 import { measuredRun, newTag, warmUp, type RunFigures } from '../lib/measure.ts';
+import { reniceBed } from '../lib/procstat.ts';
 import { profileScenario } from '../lib/profile.ts';
 import { goalMet, type Goal, type ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
@@ -42,6 +43,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
   const satMs = knob('DURATION_S', 8, 6, ctx) * 1000;
   const pacedMs = knob('PACED_S', 6, 5, ctx) * 1000;
   const goalRate = 15000;
+  const bedNice = knob('BED_NICE', 0, 0, ctx);
   const stack = await Stack.start();
   const runs: RunFigures[] = [];
   const half: RunFigures[] = [];
@@ -58,6 +60,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
     try {
       ctx.log(`${n} ${kind} devices connected; warming up (vending, upstream sessions)`);
       await warmUp(stack.collector, load, n);
+      if (bedNice) ctx.log(`test bed reniced to ${bedNice}: ${reniceBed(gw.pid, bedNice)} threads (BENCH_BED_NICE, a diagnostic)`);
       const fixed = process.env.BENCH_WINDOW ? Number(process.env.BENCH_WINDOW) : undefined;
       if (fixed) window = fixed;
       else {
@@ -158,6 +161,7 @@ export async function throughput(ctx: Ctx, kind: 'mqtt' | 'http', scenario: stri
       load_processes: 2,
       paced_cap_per_device: PACED_CAP,
       gateway_config_override: stack.gatewayOverride,
+      ...(bedNice ? { bed_nice: bedNice } : {}),
     };
     const result: ScenarioResult = {
       params,
