@@ -92,15 +92,15 @@ function machineTicks(): { busy: number; steal: number } {
   return { busy: user + nice + system + irq + softirq, steal: steal ?? 0 };
 }
 
-/** Every process now, with its parent and its CPU ticks (its own, and its exited children's). */
-function processTable(): Map<number, { ppid: number; ticks: number }> {
-  const procs = new Map<number, { ppid: number; ticks: number }>();
+/** Every process now: its parent, its own CPU ticks (user + system), and those of its children that exited. */
+function processTable(): Map<number, { ppid: number; ticks: number; childTicks: number }> {
+  const procs = new Map<number, { ppid: number; ticks: number; childTicks: number }>();
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const s = readFileSync(`/proc/${d}/stat`, 'utf8');
       const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      procs.set(Number(d), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]) });
+      procs.set(Number(d), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]), childTicks: Number(f[13]) + Number(f[14]) });
     } catch {
       // gone
     }
@@ -125,7 +125,10 @@ function benchTree(procs = processTable()): number[] {
 /** CPU ticks used by this process and all its descendants (children that exited count via cutime/cstime). */
 function treeTicks(): number {
   const procs = processTable();
-  return benchTree(procs).reduce((sum, pid) => sum + (procs.get(pid)?.ticks ?? 0), 0);
+  return benchTree(procs).reduce((sum, pid) => {
+    const p = procs.get(pid);
+    return sum + (p ? p.ticks + p.childTicks : 0);
+  }, 0);
 }
 
 /**
@@ -238,22 +241,6 @@ function roleOf(pid: number, gatewayPid: number | undefined): string {
   return 'other';
 }
 
-/** CPU ticks (user + system) of every process now, by pid. */
-function processTicks(): Map<number, number> {
-  const ticks = new Map<number, number>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      ticks.set(Number(d), Number(f[11]) + Number(f[12]));
-    } catch {
-      // gone
-    }
-  }
-  return ticks;
-}
-
 /** Nanoseconds a thread has run, and waited runnable for a core (/proc/<pid>/task/<tid>/schedstat). */
 function schedstat(pid: number, tid = pid): { runNs: number; waitNs: number } | null {
   try {
@@ -284,7 +271,7 @@ export interface CpuShares {
 export function cpuShareMeter(gatewayPid?: number): { stop(): CpuShares } {
   const t0 = Date.now();
   const m0 = machineTicks();
-  const p0 = processTicks();
+  const p0 = processTable();
   const s0 = gatewayPid === undefined ? null : schedstat(gatewayPid);
   return {
     stop() {
@@ -292,8 +279,8 @@ export function cpuShareMeter(gatewayPid?: number): { stop(): CpuShares } {
       const hz = clockTicks();
       const m1 = machineTicks();
       const roles: Record<string, number> = {};
-      for (const [pid, ticks] of processTicks()) {
-        const used = ticks - (p0.get(pid) ?? 0);
+      for (const [pid, { ticks }] of processTable()) {
+        const used = ticks - (p0.get(pid)?.ticks ?? 0);
         if (used <= 0) continue;
         const role = roleOf(pid, gatewayPid);
         roles[role] = (roles[role] ?? 0) + used;
