@@ -154,6 +154,7 @@ export const configSchema = z
         connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to wait for a PostgreSQL connection (storage.url)'),
         synchronous: z.enum(['full', 'normal']).default('full').describe('full survives power loss; normal only a process crash'),
         commitMaxRows: z.number().int().positive().default(1000).describe('group commit: most rows in one transaction'),
+        deleteDelayMs: z.number().int().min(0).max(1000).default(20).describe('SQLite: deletes of delivered rows wait up to this long for the next commit of new rows, rather than a commit of their own (0: at once; PostgreSQL commits them at once, so another node taking a SIM over finds them gone)'),
         cacheMb: z.number().int().positive().default(64).describe('SQLite page cache per connection, MiB (the outbox index of a busy fleet should fit)'),
         deliveryCacheMb: z.number().int().min(0).default(32).describe('payload of just-committed outbox rows kept in memory so delivery need not read them back from disk, MiB'),
         minFreeMb: z.number().int().min(0).default(128).describe('/readyz reports not ready while the data directory\'s file system has less free space than this, MiB'),

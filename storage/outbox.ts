@@ -99,6 +99,13 @@ export abstract class GroupCommitOutbox {
   /** Times per SIM its readers were told to start again from its oldest row (see rewinds). */
   private readonly rewoundPerSim = new Map<string, number>();
   private flushScheduled = false;
+  /**
+   * How long deletes of delivered rows may wait for a commit of new rows to ride with (setDeleteDelay).
+   * A delivered row is never sent again from this node meanwhile; after a crash it is sent again, as a
+   * row whose delete had not committed always was (at-least-once).
+   */
+  private deleteDelayMs = 0;
+  private deleteTimer: NodeJS.Timeout | undefined;
   /** The commit on its way, if any: the next one starts when it is done. */
   private committing: Promise<void> | undefined;
   private readonly committedListeners: Array<(rows: Map<string, OutboxMessage[]>) => void> = [];
@@ -217,6 +224,9 @@ export abstract class GroupCommitOutbox {
   flush(): void {
     this.flushScheduled = false;
     if (this.committing || !this.hasWork()) return;
+    // The deletes go with this commit.
+    clearTimeout(this.deleteTimer);
+    this.deleteTimer = undefined;
     const batch = this.pending.splice(0, this.maxRows);
     this.inFlight = batch;
     const delivered = [...this.delivered.values()];
@@ -264,7 +274,8 @@ export abstract class GroupCommitOutbox {
         // After a failure the retry waits for the event loop: retried in the same tick, a database that
         // keeps failing would spin here and starve everything else.
         if (failed) this.scheduleFlush();
-        else this.flush();
+        else if (this.pending.length > 0 || this.firstDeliveries.length > 0) this.flush();
+        else this.scheduleDeletes();
       });
   }
 
@@ -284,6 +295,7 @@ export abstract class GroupCommitOutbox {
   /** Settles, then stops the writer. */
   async close(): Promise<void> {
     await this.settle();
+    clearTimeout(this.deleteTimer);
     await this.writer.close();
   }
 
@@ -349,7 +361,28 @@ export abstract class GroupCommitOutbox {
   remove(rows: OutboxMessage[]): void {
     if (rows.length === 0) return;
     for (const r of rows) this.delivered.set(r.id, r);
-    this.scheduleFlush();
+    this.scheduleDeletes();
+  }
+
+  /**
+   * Lets deletes of delivered rows wait up to ms for the next commit of new rows (0: committed at once).
+   * At low rates a delete would otherwise often be a commit, and a disk flush, of its own: one per
+   * message on top of its insert.
+   */
+  setDeleteDelay(ms: number): void {
+    this.deleteDelayMs = ms;
+  }
+
+  /** Deletes alone: committed after the delete delay, unless new rows take them along before. */
+  private scheduleDeletes(): void {
+    if (this.deleteDelayMs <= 0 || this.delivered.size >= this.maxRows) return this.scheduleFlush();
+    if (this.flushScheduled || this.deleteTimer) return;
+    this.deleteTimer = setTimeout(() => {
+      this.deleteTimer = undefined;
+      this.flush();
+    }, this.deleteDelayMs);
+    // Shutdown settles the outbox itself: this timer does not keep the process alive.
+    this.deleteTimer.unref();
   }
 
   private scheduleFlush(): void {

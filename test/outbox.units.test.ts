@@ -147,6 +147,29 @@ describe.each(storeDialects())('the outbox on $name', (dialect) => {
     expect(later).toBeGreaterThan(ids[3]!);
   });
 
+  it('with a delete delay, lets deletes ride with the next commit of new rows, or commits them alone once it passes', async () => {
+    const { outbox, writer, reopened } = await setup();
+    outbox.setDeleteDelay(200);
+    await Promise.all(['k0', 'k1', 'k2'].map((t) => outbox.enqueue(msg(A, t))));
+    const before = writer.requests.length;
+    outbox.remove(await outbox.peek(A, 0, 1));
+    await tick();
+    await tick();
+    expect(writer.requests.length).toBe(before); // no commit of its own yet
+    await outbox.enqueue(msg(A, 'k3'));
+    expect(writer.requests.slice(before).map((r) => [r.inserts.length, r.deletes.length])).toEqual([[1, 1]]);
+    expect((await reopened()).usage(A).rows).toBe(3);
+    // Nothing new comes: the delete commits alone once the delay has passed.
+    const started = Date.now();
+    outbox.remove(await outbox.peek(A, 0, 1));
+    await until(() => writer.requests.length > before + 1);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    expect(writer.requests.slice(before + 1).map((r) => [r.inserts.length, r.deletes.length])).toEqual([[0, 1]]);
+    await until(() => outbox.usage(A).rows === 2);
+    expect((await reopened()).usage(A).rows).toBe(2);
+    expect(texts(await outbox.peek(A, 0, 10))).toEqual(['k2', 'k3']);
+  });
+
   it('moves a row to the dead letters once, with its reason, and counts it as a removal', async () => {
     const { outbox, f, reopened } = await setup();
     await Promise.all(['d0', 'd1'].map((t) => outbox.enqueue(msg(A, t))));

@@ -69,6 +69,7 @@ export async function openGatewayStorage(config: Config, env: NodeJS.ProcessEnv,
       const metrics = createMetrics(() => outbox.byGroup());
       const writer = workerWriter({ file: db.name, synchronous: storage.synchronous, cacheMb: storage.cacheMb }, (s) => metrics.outboxCommitSeconds.observe(s));
       const outbox = new Outbox(db, writer, storage.commitMaxRows, storage.deliveryCacheMb * 1024 * 1024);
+      outbox.setDeleteDelay(storage.deleteDelayMs);
       stores.simRouting.writeDeliveredWith?.((imsi, at, imei) => outbox.noteFirstDelivery(imsi, at, imei));
       // Vending commits a few times per SIM: on a thread of its own, not on the event loop that serves devices.
       const credentials = credentialsOnThread({ file: db.name, synchronous: storage.synchronous }, stores.credentials);

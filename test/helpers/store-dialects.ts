@@ -45,7 +45,7 @@ export interface StoreFixture {
 }
 
 /** The outbox surface both dialects share (reads and removals awaited). */
-export type OutboxUnderTest = Pick<Outbox, 'enqueue' | 'onCommitted' | 'settle' | 'remove' | 'usage' | 'removals' | 'simsWithMessages'> & {
+export type OutboxUnderTest = Pick<Outbox, 'enqueue' | 'onCommitted' | 'settle' | 'remove' | 'setDeleteDelay' | 'usage' | 'removals' | 'simsWithMessages'> & {
   peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> | OutboxMessage[];
   deadLetter(msg: OutboxMessage, reason: string): void | Promise<void>;
   dropOldest(imsi: string, fits: () => boolean): OutboxMessage[] | Promise<OutboxMessage[]>;
