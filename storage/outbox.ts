@@ -274,7 +274,7 @@ export abstract class GroupCommitOutbox {
         // After a failure the retry waits for the event loop: retried in the same tick, a database that
         // keeps failing would spin here and starve everything else.
         if (failed) this.scheduleFlush();
-        else if (this.pending.length > 0 || this.firstDeliveries.length > 0) this.flush();
+        else if (this.pending.length > 0 || this.firstDeliveries.length > 0 || this.deleteDelayMs <= 0) this.flush();
         else this.scheduleDeletes();
       });
   }
