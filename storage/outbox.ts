@@ -274,13 +274,18 @@ export abstract class GroupCommitOutbox {
         // After a failure the retry waits for the event loop: retried in the same tick, a database that
         // keeps failing would spin here and starve everything else.
         if (failed) this.scheduleFlush();
-        else if (this.pending.length > 0 || this.firstDeliveries.length > 0 || this.deleteDelayMs <= 0) this.flush();
+        else if (this.hasNewWork() || this.deleteDelayMs <= 0) this.flush();
         else this.scheduleDeletes();
       });
   }
 
   private hasWork(): boolean {
-    return this.pending.length > 0 || this.delivered.size > 0 || this.firstDeliveries.length > 0;
+    return this.hasNewWork() || this.delivered.size > 0;
+  }
+
+  /** Work that does not wait for the delete delay: new rows, first deliveries to note. */
+  private hasNewWork(): boolean {
+    return this.pending.length > 0 || this.firstDeliveries.length > 0;
   }
 
   /** Commits everything pending and waits until it is on disk (shutdown). */
