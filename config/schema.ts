@@ -191,7 +191,7 @@ export const configSchema = z
         caFile: z.string().optional().describe('CA bundle the upstream must chain to; omit for the Amazon Trust Services roots IoT Core uses'),
         keepAliveSeconds: z.number().int().min(30).max(1200).default(300).describe('MQTT keepalive (IoT Core: 30-1200 s)'),
         connectTimeoutMs: z.number().int().positive().default(10_000).describe('time to establish an upstream session'),
-        operationTimeoutMs: z.number().int().positive().default(15_000).describe('time to wait for a PUBACK'),
+        operationTimeoutMs: z.number().int().positive().default(15_000).describe('time to wait for a PUBACK, SUBACK or PINGRESP'),
         maxInflight: z.number().int().positive().max(100).default(100).describe('QoS 1 publishes in flight per session (IoT Core: 100)'),
         maxSessions: z.number().int().positive().default(5000).describe('most upstream sessions open at once; past it the least recently used idle one closes'),
         idleTimeoutMs: z.number().int().positive().default(300_000).describe('an upstream session unused this long, without subscriptions, closes'),
@@ -206,7 +206,11 @@ export const configSchema = z
           .default(5)
           .describe('publishes a session may send at once; the rest follow at publishesPerSecond less this and a tenth, so no second exceeds the quota'),
         maxSubscriptions: z.number().int().positive().max(50).default(50).describe('subscriptions per session (IoT Core: 50)'),
-        threads: z.number().int().min(1).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; more shorten each thread\'s walk of its sessions\' callbacks but cost a core\'s share each (2 cores: 1 is best)'),
+        client: z
+          .enum(['node', 'aws-crt'])
+          .default('node')
+          .describe('MQTT client of the upstream sessions: node = Node.js TLS on the main event loop; aws-crt = the AWS IoT Device SDK v2 on threads of its own'),
+        threads: z.number().int().min(1).max(64).default(1).describe('aws-crt client only: threads holding the upstream connections, dealt round-robin (2 cores: 1 is best)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         propagationGraceMs: z
           .number()

@@ -92,7 +92,8 @@ describe('a rotation while IoT Core propagates the new certificate', () => {
       publishBurst: 5,
       byteBurst: 200_000,
       maxSubscriptions: 50,
-      threads: 1,
+      client: 'node',
+    threads: 1,
       metrics: createMetrics(),
       log: silent,
     });

@@ -34,6 +34,7 @@ export function startUpstream(live: Live, deps: { vending: VendingParts; metrics
     // The largest message (payload and topic) must fit in one burst.
     byteBurst: limits.maxPayloadBytes + limits.maxTopicBytes,
     maxSubscriptions: upstream.maxSubscriptions,
+    client: upstream.client,
     threads: upstream.threads,
     metrics: deps.metrics,
     log: deps.log.child({ component: 'upstream' }),

@@ -2,7 +2,11 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import { TokenBucket } from '../../lib/token-bucket.ts';
 import { connectionThreads, type MessageHandler, type UpstreamConnection, type UpstreamLink } from './connections.ts';
+import { tlsLink } from './tls-link.ts';
 import { skipSystemTrustStoreLoad } from './trust.ts';
+
+/** node: Node's TLS on the main event loop (tls-link.ts); aws-crt: the AWS IoT Device SDK v2 on threads of its own. */
+export type UpstreamClient = 'node' | 'aws-crt';
 
 export type { MessageHandler } from './connections.ts';
 
@@ -41,7 +45,9 @@ export interface PoolOptions {
   byteBurst: number;
   /** Subscriptions per session (IoT Core: 50). */
   maxSubscriptions: number;
-  /** Threads holding the connections. */
+  /** Which MQTT client holds the connections (see tls-link.ts and connections.ts). */
+  client: UpstreamClient;
+  /** Threads holding the connections (aws-crt only). */
   threads: number;
   /** Where the connections are opened instead of those threads (a stand-in link in unit tests). */
   link?: UpstreamLink;
@@ -254,14 +260,14 @@ export class UpstreamSession {
 }
 
 /**
- * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on a
- * few threads of their own (connections.ts). CONNECTs go through an account-wide pacer and
+ * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on the
+ * main event loop (tls-link.ts) or on a few threads of their own (connections.ts). CONNECTs go through an account-wide pacer and
  * never more than one per second per client id; idle sessions close; at the cap the least recently
  * used idle session makes room. A session whose connection drops is closed and opened again through the
  * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.
  */
 export class UpstreamPool {
-  /** The connections themselves, on threads of their own (see connections.ts). */
+  /** The connections themselves (see tls-link.ts, connections.ts). */
   private readonly link: UpstreamLink;
   private readonly sessions = new Map<string, Promise<UpstreamSession>>();
   private readonly open = new Map<string, UpstreamSession>();
@@ -281,9 +287,13 @@ export class UpstreamPool {
   gate?: (thingName: string) => Promise<void>;
 
   constructor(private readonly opts: PoolOptions) {
-    // Before any connection thread loads aws-crt.
-    skipSystemTrustStoreLoad();
-    this.link = opts.link ?? connectionThreads(opts.threads);
+    if (opts.link) this.link = opts.link;
+    else if (opts.client === 'node') this.link = tlsLink();
+    else {
+      // Before any connection thread loads aws-crt.
+      skipSystemTrustStoreLoad();
+      this.link = connectionThreads(opts.threads);
+    }
     this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
     this.sweeper.unref();

@@ -25,6 +25,7 @@ export function fakeUpstreamPool(deps: { metrics: Metrics; log: Logger }, overri
     byteBurst: 1e9,
     bytesPerSecond: 1e9,
     maxSubscriptions: 50,
+    client: 'node',
     threads: 1,
     link,
     ...deps,

@@ -1,0 +1,272 @@
+// Upstream connections on the main thread's own event loop: MQTT 3.1.1 (what IoT Core speaks on port
+// 8883) over Node's TLS, packets written and read by mqtt-packet, the codec the device endpoint uses.
+// Unlike the aws-crt link (connections.ts), a publish crosses no thread: it is written to the session's
+// socket in the same turn the dispatcher hands it over, and its PUBACK is read by the same epoll wait
+// that reads the devices' traffic. The client does only what the session pool asks of it: CONNECT with a
+// clean session, PUBLISH QoS 0/1, SUBSCRIBE/UNSUBSCRIBE, keepalive, DISCONNECT. Reconnecting is the
+// pool's job (paced), so a dropped connection is only reported.
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import mqttPacket, { type Packet, type Parser } from 'mqtt-packet';
+import type { ConnectionEvents, ConnectSettings, MessageHandler, UpstreamConnection, UpstreamLink } from './connections.ts';
+
+const PINGREQ = Buffer.from([0xc0, 0]);
+const DISCONNECT = Buffer.from([0xe0, 0]);
+/** How often deadlines (operation timeouts, keepalive) are checked, for every connection at once. */
+const SWEEP_MS = 1000;
+/** How long a DISCONNECT waits for the server to close before the socket is destroyed. */
+const CLOSE_GRACE_MS = 1000;
+
+// See bridge/ingress/mqtt/connection.ts: no table of all two-byte numbers.
+mqttPacket.writeToStream.cacheNumbers = false;
+
+/** CONNACK return codes of MQTT 3.1.1 (3.2.2.3), for the error a refused CONNECT rejects with. */
+const CONNACK_REFUSALS: Record<number, string> = {
+  1: 'unacceptable protocol version',
+  2: 'identifier rejected',
+  3: 'server unavailable',
+  4: 'bad user name or password',
+  5: 'not authorized',
+};
+
+/** An operation waiting for its answer (PUBACK, SUBACK, UNSUBACK), by packet identifier. */
+interface Pending {
+  resolve(granted: number | undefined): void;
+  reject(err: Error): void;
+  deadline: number;
+}
+
+/** Whether an MQTT topic filter matches a topic name (MQTT 3.1.1, 4.7; `$` topics only by name). */
+export function filterMatches(filter: string, topic: string): boolean {
+  if (filter === topic) return true;
+  const f = filter.split('/');
+  const t = topic.split('/');
+  if (t[0]!.startsWith('$') && (f[0] === '+' || f[0] === '#')) return false;
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return true;
+    if (i >= t.length || (f[i] !== '+' && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
+}
+
+class TlsConnection implements UpstreamConnection {
+  private readonly socket: TLSSocket;
+  private readonly parser: Parser = mqttPacket.parser({ protocolVersion: 4 });
+  /** Operations in flight, in the order they were sent (so the oldest deadline comes first). */
+  private readonly pending = new Map<number, Pending>();
+  /** Filter → handler; a message goes to the first filter that matches it, as the SDK's callbacks did. */
+  private readonly handlers = new Map<string, MessageHandler>();
+  private lastId = 0;
+  private lastSent = Date.now();
+  private lastReceived = Date.now();
+  private pingSentAt = 0;
+  private corked = false;
+  private open = false;
+  /** Set once the pool disconnects it (no news of the close is sent then). */
+  private ending = false;
+  private failure?: Error;
+  private connected!: { resolve(): void; reject(err: Error): void };
+  readonly whenConnected = new Promise<void>((resolve, reject) => (this.connected = { resolve, reject }));
+  private readonly closed: Promise<void>;
+
+  constructor(
+    private readonly s: ConnectSettings,
+    private readonly events: ConnectionEvents,
+    private readonly onGone: (c: TlsConnection) => void,
+  ) {
+    this.socket = tlsConnect({
+      host: s.endpoint,
+      port: s.port,
+      // SNI is for names only (IoT Core's endpoint always is; a test upstream may be an address).
+      servername: isIP(s.endpoint) ? undefined : s.endpoint,
+      cert: s.certificatePem,
+      key: s.privateKeyPem,
+      ca: s.caPem,
+      minVersion: 'TLSv1.2',
+    });
+    // A PUBLISH waits for no earlier segment's ACK: the device's acknowledgement waits for none.
+    this.socket.setNoDelay(true);
+    const timer = setTimeout(() => this.fail(new Error(`no CONNACK within ${s.connectTimeoutMs} ms`)), s.connectTimeoutMs);
+    this.socket.once('secureConnect', () => {
+      this.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: s.clientId, clean: true, keepalive: s.keepAliveSeconds }));
+    });
+    this.socket.on('data', (chunk: Buffer) => {
+      this.lastReceived = Date.now();
+      this.parser.parse(chunk);
+    });
+    this.parser.on('packet', (packet: Packet) => this.received(packet));
+    this.parser.on('error', (err: Error) => this.fail(new Error(`malformed packet from the upstream: ${err.message}`)));
+    this.socket.on('error', (err) => (this.failure ??= err));
+    this.closed = new Promise((resolve) =>
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        this.gone();
+        resolve();
+      }),
+    );
+  }
+
+  publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
+    if (!this.open) return Promise.reject(new Error('session closed'));
+    if (qos === 0) {
+      this.send(mqttPacket.generate({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }));
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const messageId = this.await(resolve as () => void, reject);
+      this.send(mqttPacket.generate({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false, messageId }));
+    });
+  }
+
+  subscribe(filter: string, qos: 0 | 1, handler: MessageHandler): Promise<0 | 1 | 128> {
+    if (!this.open) return Promise.reject(new Error('session closed'));
+    // Retained messages follow the SUBACK at once: the handler is in place before the SUBSCRIBE leaves.
+    this.handlers.set(filter, handler);
+    return new Promise<0 | 1 | 128>((resolve, reject) => {
+      const granted = (qos: number | undefined) => {
+        if (qos === 128 && this.handlers.get(filter) === handler) this.handlers.delete(filter);
+        resolve(qos === 128 ? 128 : qos === 0 ? 0 : 1);
+      };
+      const messageId = this.await(granted, reject);
+      this.send(mqttPacket.generate({ cmd: 'subscribe', messageId, subscriptions: [{ topic: filter, qos }] }));
+    });
+  }
+
+  unsubscribe(filter: string): Promise<void> {
+    this.handlers.delete(filter);
+    if (!this.open) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const messageId = this.await(resolve as () => void, reject);
+      this.send(mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: [filter] }));
+    });
+  }
+
+  async disconnect(): Promise<void> {
+    if (this.ending) return this.closed;
+    this.ending = true;
+    if (this.open) this.send(DISCONNECT);
+    this.socket.end();
+    const grace = setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS);
+    await this.closed;
+    clearTimeout(grace);
+  }
+
+  /** Called every SWEEP_MS: operation timeouts, keepalive. */
+  sweep(now: number): void {
+    for (const [id, op] of this.pending) {
+      if (op.deadline > now) break;
+      this.pending.delete(id);
+      op.reject(new Error(`no answer from the upstream within ${this.s.operationTimeoutMs} ms`));
+    }
+    if (!this.open) return;
+    if (this.pingSentAt > 0) {
+      if (now - this.pingSentAt > this.s.operationTimeoutMs) this.fail(new Error(`no PINGRESP within ${this.s.operationTimeoutMs} ms`));
+      return;
+    }
+    // A ping when either direction has been quiet for the keepalive: the server hears from us within it
+    // (MQTT-3.1.2-23), and a connection that died silently is found out.
+    if (now - Math.min(this.lastSent, this.lastReceived) >= this.s.keepAliveSeconds * 1000) {
+      this.pingSentAt = now;
+      this.send(PINGREQ);
+    }
+  }
+
+  private received(packet: Packet): void {
+    switch (packet.cmd) {
+      case 'connack':
+        if (packet.returnCode !== 0) return this.fail(new Error(`CONNACK ${packet.returnCode}: ${CONNACK_REFUSALS[packet.returnCode ?? -1] ?? 'refused'}`));
+        this.open = true;
+        this.connected.resolve();
+        return;
+      case 'puback':
+      case 'unsuback':
+        return this.answered(packet.messageId, undefined);
+      case 'suback':
+        return this.answered(packet.messageId, packet.granted[0] as number);
+      case 'publish': {
+        if (packet.qos > 0) this.send(mqttPacket.generate({ cmd: 'puback', messageId: packet.messageId }));
+        const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+        for (const [filter, handler] of this.handlers) {
+          if (filterMatches(filter, packet.topic)) return handler(packet.topic, payload, packet.qos === 0 ? 0 : 1, packet.retain);
+        }
+        return;
+      }
+      case 'pingresp':
+        this.pingSentAt = 0;
+        return;
+      default:
+        return this.fail(new Error(`unexpected ${packet.cmd} from the upstream`));
+    }
+  }
+
+  private answered(messageId: number | undefined, granted: number | undefined): void {
+    const op = messageId === undefined ? undefined : this.pending.get(messageId);
+    // An answer after its operation timed out: nothing waits for it any more.
+    if (!op) return;
+    this.pending.delete(messageId!);
+    op.resolve(granted);
+  }
+
+  /** A free packet identifier, its operation registered under it. */
+  private await(resolve: (granted: number | undefined) => void, reject: (err: Error) => void): number {
+    do this.lastId = (this.lastId % 65535) + 1;
+    while (this.pending.has(this.lastId));
+    this.pending.set(this.lastId, { resolve, reject, deadline: Date.now() + this.s.operationTimeoutMs });
+    return this.lastId;
+  }
+
+  /** Writes of one turn of the event loop leave in one TLS record and one system call. */
+  private send(bytes: Buffer): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    this.lastSent = Date.now();
+    this.socket.write(bytes);
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    this.socket.destroy();
+  }
+
+  private gone(): void {
+    const wasOpen = this.open;
+    this.open = false;
+    this.onGone(this);
+    const why = this.failure?.message ?? (this.ending ? 'session closed' : 'connection closed by the upstream');
+    if (!wasOpen) this.connected.reject(new Error(this.failure ? why : 'connection closed before CONNACK'));
+    // The pool hears of the drop before the operations fail, so it can tell a refused subscription.
+    else if (!this.ending) this.events.interrupted(why);
+    const err = new Error(why);
+    for (const op of this.pending.values()) op.reject(err);
+    this.pending.clear();
+  }
+}
+
+/** The upstream link on the main event loop (see the top of this file). */
+export function tlsLink(): UpstreamLink {
+  const live = new Set<TlsConnection>();
+  const sweeper = setInterval(() => {
+    const now = Date.now();
+    for (const c of live) c.sweep(now);
+  }, SWEEP_MS);
+  sweeper.unref();
+  return {
+    async connect(settings, events) {
+      const c = new TlsConnection(settings, events, (gone) => live.delete(gone));
+      live.add(c);
+      await c.whenConnected;
+      return c;
+    },
+    ready: async () => undefined,
+    async close() {
+      clearInterval(sweeper);
+      await Promise.all([...live].map((c) => c.disconnect()));
+    },
+  };
+}
