@@ -65,6 +65,7 @@ class TlsConnection implements UpstreamConnection {
   /** Set once the pool disconnects it (no news of the close is sent then). */
   private ending = false;
   private failure?: Error;
+  private readonly connectTimer: NodeJS.Timeout;
   private connected!: { resolve(): void; reject(err: Error): void };
   readonly whenConnected = new Promise<void>((resolve, reject) => (this.connected = { resolve, reject }));
   private readonly closed: Promise<void>;
@@ -86,7 +87,7 @@ class TlsConnection implements UpstreamConnection {
     });
     // A PUBLISH waits for no earlier segment's ACK: the device's acknowledgement waits for none.
     this.socket.setNoDelay(true);
-    const timer = setTimeout(() => this.fail(new Error(`no CONNACK within ${s.connectTimeoutMs} ms`)), s.connectTimeoutMs);
+    this.connectTimer = setTimeout(() => this.fail(new Error(`no CONNACK within ${s.connectTimeoutMs} ms`)), s.connectTimeoutMs);
     this.socket.once('secureConnect', () => {
       this.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: s.clientId, clean: true, keepalive: s.keepAliveSeconds }));
     });
@@ -99,7 +100,7 @@ class TlsConnection implements UpstreamConnection {
     this.socket.on('error', (err) => (this.failure ??= err));
     this.closed = new Promise((resolve) =>
       this.socket.once('close', () => {
-        clearTimeout(timer);
+        clearTimeout(this.connectTimer);
         this.gone();
         resolve();
       }),
@@ -174,6 +175,7 @@ class TlsConnection implements UpstreamConnection {
   private received(packet: Packet): void {
     switch (packet.cmd) {
       case 'connack':
+        clearTimeout(this.connectTimer);
         if (packet.returnCode !== 0) return this.fail(new Error(`CONNACK ${packet.returnCode}: ${CONNACK_REFUSALS[packet.returnCode ?? -1] ?? 'refused'}`));
         this.open = true;
         this.connected.resolve();
