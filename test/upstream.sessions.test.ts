@@ -50,10 +50,10 @@ describe('upstream sessions', () => {
     expect(await sandboxConnections(sandbox)).toEqual(['sim-001010000000600']);
   });
 
-  it('spreads sessions over several connection threads: each device publishes as itself, commands come back, and SIGTERM exits cleanly', async () => {
+  it('with the aws-crt client, spreads sessions over several connection threads: each device publishes as itself, commands come back, and SIGTERM exits cleanly', async () => {
     const dir = tempDir('sessions-threads');
     const sandbox = await startSandboxProcess(dir);
-    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { threads: 3 } })).file);
+    const gateway = await startGatewayProcess((await gatewayConfig(dir, sandbox, { upstream: { client: 'aws-crt', threads: 3 } })).file);
     const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`);
     cleanups.push(() => observer.close(), () => sandbox.process.kill());
 
