@@ -41,7 +41,7 @@ export function shutdown(live: Live, deps: ShutdownDeps): () => Promise<void> {
       await dispatcher.stop(live.config.shutdown.graceMs);
       // Events not yet sent stay queued for the next start.
       await deps.events?.stop();
-      // Upstream first: aws-crt must let go of its callbacks before any thread of this process stops.
+      // Upstream first: aws-crt (upstream.client) must let go of its callbacks before any thread of this process stops.
       await deps.upstream.pool.closeAll();
       await deps.outbox.close();
       await deps.closeDatabase();
