@@ -210,7 +210,7 @@ export const configSchema = z
           .enum(['node', 'aws-crt'])
           .default('node')
           .describe('MQTT client of the upstream sessions: node = Node.js TLS on the main event loop; aws-crt = the AWS IoT Device SDK v2 on threads of its own'),
-        threads: z.number().int().min(1).max(64).default(1).describe('aws-crt client only: threads holding the upstream connections, dealt round-robin (2 cores: 1 is best)'),
+        threads: z.number().int().min(0).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; 0 = the main event loop (node client only)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         propagationGraceMs: z
           .number()
@@ -230,7 +230,8 @@ export const configSchema = z
         healthRetryMs: z.number().int().positive().default(30_000).describe('while IoT Core does not answer, how often it is asked again (readiness)'),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      .refine((u) => u.client === 'node' || u.threads > 0, { path: ['threads'], message: 'the aws-crt client runs on threads of its own: at least 1' }),
     admin: adminSection,
     privacy: privacySection,
     sandbox: z

@@ -67,15 +67,19 @@ interface Live {
 /** One connection thread and the connections it holds. */
 class ConnectionThread {
   readonly live = new Map<number, Live>();
-  readonly calls = new WorkerCalls<LinkRequest, LinkEvent>(siblingModule(import.meta.url, 'connection-thread'), {
-    onEvent: (e) => this.received(e),
-    // Every connection went with the thread: the pool reopens them (on a new thread).
-    onLost: (err) => {
-      const gone = [...this.live.values()];
-      this.live.clear();
-      for (const c of gone) c.events.interrupted(err.message);
-    },
-  });
+  readonly calls: WorkerCalls<LinkRequest, LinkEvent>;
+
+  constructor(module: URL) {
+    this.calls = new WorkerCalls<LinkRequest, LinkEvent>(module, {
+      onEvent: (e) => this.received(e),
+      // Every connection went with the thread: the pool reopens them (on a new thread).
+      onLost: (err) => {
+        const gone = [...this.live.values()];
+        this.live.clear();
+        for (const c of gone) c.events.interrupted(err.message);
+      },
+    });
+  }
 
   request(req: LinkRequest): Promise<number | undefined> {
     return this.calls.call(req);
@@ -114,8 +118,9 @@ class ConnectionThread {
  * the sessions over several threads shortens it further; the TLS context of each new session is built
  * here too.
  */
-export function connectionThreads(count: number): UpstreamLink {
-  const threads = Array.from({ length: Math.max(1, count) }, () => new ConnectionThread());
+export function connectionThreads(count: number, client: 'aws-crt' | 'node' = 'aws-crt'): UpstreamLink {
+  const module = siblingModule(import.meta.url, client === 'aws-crt' ? 'connection-thread' : 'tls-connection-thread');
+  const threads = Array.from({ length: Math.max(1, count) }, () => new ConnectionThread(module));
   let nextConn = 0;
   let nextSub = 0;
   return {

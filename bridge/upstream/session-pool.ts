@@ -47,7 +47,7 @@ export interface PoolOptions {
   maxSubscriptions: number;
   /** Which MQTT client holds the connections (see tls-link.ts and connections.ts). */
   client: UpstreamClient;
-  /** Threads holding the connections (aws-crt only). */
+  /** Threads holding the connections; 0: the main event loop (node client only). */
   threads: number;
   /** Where the connections are opened instead of those threads (a stand-in link in unit tests). */
   link?: UpstreamLink;
@@ -288,7 +288,7 @@ export class UpstreamPool {
 
   constructor(private readonly opts: PoolOptions) {
     if (opts.link) this.link = opts.link;
-    else if (opts.client === 'node') this.link = tlsLink();
+    else if (opts.client === 'node') this.link = opts.threads === 0 ? tlsLink() : connectionThreads(opts.threads, 'node');
     else {
       // Before any connection thread loads aws-crt.
       skipSystemTrustStoreLoad();
