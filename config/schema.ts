@@ -210,7 +210,13 @@ export const configSchema = z
           .enum(['node', 'aws-crt'])
           .default('node')
           .describe('MQTT client of the upstream sessions: node = Node.js TLS on the main event loop; aws-crt = the AWS IoT Device SDK v2 on threads of its own'),
-        threads: z.number().int().min(0).max(64).default(1).describe('threads holding the upstream connections, dealt round-robin; 0 = the main event loop (node client only)'),
+        threads: z
+          .number()
+          .int()
+          .min(0)
+          .max(64)
+          .optional()
+          .describe('threads holding the upstream connections, dealt round-robin; 0 = the main event loop (node client only); omit: 0 for node, 1 for aws-crt'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         propagationGraceMs: z
           .number()
@@ -231,7 +237,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({})
-      .refine((u) => u.client === 'node' || u.threads > 0, { path: ['threads'], message: 'the aws-crt client runs on threads of its own: at least 1' }),
+      .refine((u) => u.client === 'node' || u.threads !== 0, { path: ['threads'], message: 'the aws-crt client runs on threads of its own: at least 1' }),
     admin: adminSection,
     privacy: privacySection,
     sandbox: z

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { filterMatches, tlsLink } from '../bridge/upstream/tls-link.ts';
-import type { ConnectSettings, UpstreamLink } from '../bridge/upstream/connections.ts';
+import { connectionThreads, type ConnectSettings, type UpstreamLink } from '../bridge/upstream/connections.ts';
 import { CertificateAuthority } from '../sandbox/ca.ts';
 import { generateKeyAndCsr } from '../vending/keys.ts';
 import { findPeer } from './helpers/interop.ts';
@@ -170,5 +170,26 @@ describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a
     expect(why).toEqual([]);
     await conn.publish('link/idle', Buffer.from('still here'), 1);
     await conn.disconnect();
+  });
+
+  it('does the same on a connection thread of its own (upstream.threads ≥ 1)', async () => {
+    const threaded = connectionThreads(1, 'node');
+    try {
+      await threaded.ready();
+      const conn = await threaded.connect(await settings('thing-threaded'), quiet);
+      const got: string[] = [];
+      expect(await conn.subscribe('link/threaded/cmd', 1, (topic, payload, qos) => got.push(`${topic} ${payload.toString()} q${qos}`))).toBe(1);
+      const payload = randomBytes(512);
+      await conn.publish('link/threaded/up', payload, 1);
+      await observer.waitUntil((m) => m.some((x) => x.topic === 'link/threaded/up'));
+      expect(observer.messages.find((x) => x.topic === 'link/threaded/up')!.payload.equals(payload)).toBe(true);
+      const cloud = await mqtt.connectAsync(`mqtt://127.0.0.1:${broker.plainPort}`);
+      await cloud.publishAsync('link/threaded/cmd', 'go', { qos: 1 });
+      await cloud.endAsync();
+      await expect.poll(() => got).toEqual(['link/threaded/cmd go q1']);
+      await conn.disconnect();
+    } finally {
+      await threaded.close();
+    }
   });
 });
