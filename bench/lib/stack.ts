@@ -112,7 +112,7 @@ async function startLegacyGateway(configFile: string, opts: SpawnOptions): Promi
 }
 type GatewayProcessLike = CliProcess & { mqttPort: number; httpPort: number; coapPort?: number; udpPort?: number; adminPort?: number };
 
-type Tree = Record<string, unknown>;
+export type Tree = Record<string, unknown>;
 
 function isTree(v: unknown): v is Tree {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
