@@ -215,8 +215,8 @@ export const configSchema = z
           .int()
           .min(0)
           .max(64)
-          .optional()
-          .describe('threads holding the upstream connections, dealt round-robin; 0 = the main event loop (node client only); omit: 0 for node, 1 for aws-crt'),
+          .default(1)
+          .describe('threads holding the upstream connections, dealt round-robin; 0 = the main event loop (node client only: least CPU per message, but every TLS handshake on it)'),
         maxDeliveryAttempts: z.number().int().positive().default(5).describe('times IoT Core may refuse one message before it goes to the dead letters'),
         propagationGraceMs: z
           .number()

@@ -46,13 +46,13 @@ describe('configuration', () => {
     expect(problems(() => loadConfig(p, {}))).toEqual(['listeners.http.headersTimeoutMs: must not exceed listeners.http.requestTimeoutMs (got 90000)']);
   });
 
-  it('holds upstream sessions on the main event loop by default, and refuses the aws-crt client without a thread', () => {
+  it('holds upstream sessions with the node client on a connection thread by default, and refuses the aws-crt client without a thread', () => {
     const c = loadConfig(undefined, {});
     expect(c.upstream.client).toBe('node');
-    expect(c.upstream.threads).toBeUndefined();
+    expect(c.upstream.threads).toBe(1);
     const p = file('crt.yaml', 'upstream:\n  client: aws-crt\n  threads: 0\n');
     expect(problems(() => loadConfig(p, {}))).toEqual(['upstream.threads: the aws-crt client runs on threads of its own: at least 1 (got 0)']);
-    expect(loadConfig(file('crt1.yaml', 'upstream:\n  client: aws-crt\n'), {}).upstream.threads).toBeUndefined();
+    expect(loadConfig(file('crt1.yaml', 'upstream:\n  client: aws-crt\n'), {}).upstream.threads).toBe(1);
   });
 
   it('reports unknown keys and bad enum values', () => {

@@ -8,8 +8,8 @@ import { putSummary, round } from '../lib/stats.ts';
 
 /** The upstream client settings compared, by the key their figures carry. */
 const CLIENTS: Array<{ key: string; text: string; upstream: Tree }> = [
-  { key: 'node_main', text: 'node, main event loop (default)', upstream: { client: 'node' } },
-  { key: 'node_thread', text: 'node, 1 connection thread', upstream: { client: 'node', threads: 1 } },
+  { key: 'node_main', text: 'node, main event loop', upstream: { client: 'node', threads: 0 } },
+  { key: 'node_thread', text: 'node, 1 connection thread (default)', upstream: { client: 'node', threads: 1 } },
   { key: 'aws_crt', text: 'aws-crt, 1 connection thread', upstream: { client: 'aws-crt', threads: 1 } },
 ];
 

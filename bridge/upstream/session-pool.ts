@@ -47,8 +47,8 @@ export interface PoolOptions {
   maxSubscriptions: number;
   /** Which MQTT client holds the connections (see tls-link.ts and connections.ts). */
   client: UpstreamClient;
-  /** Threads holding the connections; 0: the main event loop (node client only); undefined: 0 for node, 1 for aws-crt. */
-  threads?: number;
+  /** Threads holding the connections; 0: the main event loop (node client only). */
+  threads: number;
   /** Where the connections are opened instead of those threads (a stand-in link in unit tests). */
   link?: UpstreamLink;
   metrics: Metrics;
@@ -292,7 +292,7 @@ export class UpstreamPool {
     else {
       // Before any connection thread loads aws-crt.
       skipSystemTrustStoreLoad();
-      this.link = connectionThreads(opts.threads ?? 1);
+      this.link = connectionThreads(opts.threads);
     }
     this.connectPacer = new TokenBucket(opts.connectsPerSecond, opts.connectsPerSecond);
     this.sweeper = setInterval(() => this.closeIdle(), Math.max(250, Math.min(opts.idleTimeoutMs / 4, 10_000)));
