@@ -116,7 +116,8 @@ class ConnectionThread {
  * 69 % of the main thread at 5,000 sessions). On these threads the walk serves only upstream traffic,
  * it is kept short by registering one callback per connection (crt-patch.ts), and spreading
  * the sessions over several threads shortens it further; the TLS context of each new session is built
- * here too.
+ * here too. The node client (tls-connection-thread.ts) has no such handles; on a thread of its own it
+ * keeps the TLS handshakes off the main thread, which acknowledges the devices.
  */
 export function connectionThreads(count: number, client: 'aws-crt' | 'node' = 'aws-crt'): UpstreamLink {
   const module = siblingModule(import.meta.url, client === 'aws-crt' ? 'connection-thread' : 'tls-connection-thread');

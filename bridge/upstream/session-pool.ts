@@ -5,7 +5,7 @@ import { connectionThreads, type MessageHandler, type UpstreamConnection, type U
 import { tlsLink } from './tls-link.ts';
 import { skipSystemTrustStoreLoad } from './trust.ts';
 
-/** node: Node's TLS on the main event loop (tls-link.ts); aws-crt: the AWS IoT Device SDK v2 on threads of its own. */
+/** node: Node's TLS and mqtt-packet (tls-link.ts); aws-crt: the AWS IoT Device SDK v2 (connection-thread.ts). */
 export type UpstreamClient = 'node' | 'aws-crt';
 
 export type { MessageHandler } from './connections.ts';
@@ -260,8 +260,8 @@ export class UpstreamSession {
 }
 
 /**
- * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on the
- * main event loop (tls-link.ts) or on a few threads of their own (connections.ts). CONNECTs go through an account-wide pacer and
+ * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on a
+ * few threads of their own (connections.ts) or on the main event loop (tls-link.ts). CONNECTs go through an account-wide pacer and
  * never more than one per second per client id; idle sessions close; at the cap the least recently
  * used idle session makes room. A session whose connection drops is closed and opened again through the
  * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.

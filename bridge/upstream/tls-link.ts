@@ -1,10 +1,11 @@
-// Upstream connections on the main thread's own event loop: MQTT 3.1.1 (what IoT Core speaks on port
-// 8883) over Node's TLS, packets written and read by mqtt-packet, the codec the device endpoint uses.
-// Unlike the aws-crt link (connections.ts), a publish crosses no thread: it is written to the session's
-// socket in the same turn the dispatcher hands it over, and its PUBACK is read by the same epoll wait
-// that reads the devices' traffic. The client does only what the session pool asks of it: CONNECT with a
-// clean session, PUBLISH QoS 0/1, SUBSCRIBE/UNSUBSCRIBE, keepalive, DISCONNECT. Reconnecting is the
-// pool's job (paced), so a dropped connection is only reported.
+// Upstream connections over Node's TLS: MQTT 3.1.1 (what IoT Core speaks on port 8883), packets written
+// and read by mqtt-packet, the codec the device endpoint uses. The link runs on the event loop of the
+// thread that creates it: a connection thread (tls-connection-thread.ts, one hand-off each way per batch
+// of calls, against aws-crt's two) or, with upstream.threads 0, the main thread, where a publish crosses
+// no thread at all but every TLS handshake (about 5 ms of CPU on a 2-core VM) holds up the devices.
+// The client does only what the session pool asks of it: CONNECT with a clean session, PUBLISH QoS 0/1,
+// SUBSCRIBE/UNSUBSCRIBE, keepalive, DISCONNECT. Reconnecting is the pool's job (paced), so a dropped
+// connection is only reported.
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import mqttPacket, { type Packet, type Parser } from 'mqtt-packet';
@@ -250,7 +251,7 @@ class TlsConnection implements UpstreamConnection {
   }
 }
 
-/** The upstream link on the main event loop (see the top of this file). */
+/** The upstream link on this thread's event loop (see the top of this file). */
 export function tlsLink(): UpstreamLink {
   const live = new Set<TlsConnection>();
   const sweeper = setInterval(() => {
