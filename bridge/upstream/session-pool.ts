@@ -261,9 +261,9 @@ export class UpstreamSession {
 
 /**
  * Holds the upstream sessions, one per device, opened lazily and paced; their connections live on a
- * few threads of their own (connections.ts) or on the main event loop (tls-link.ts). CONNECTs go through an account-wide pacer and
- * never more than one per second per client id; idle sessions close; at the cap the least recently
- * used idle session makes room. A session whose connection drops is closed and opened again through the
+ * few threads of their own (connections.ts) or on the main event loop (tls-link.ts). CONNECTs go
+ * through an account-wide pacer and never more than one per second per client id; idle sessions
+ * close; at the cap the least recently used idle session makes room. A session whose connection drops is closed and opened again through the
  * same pacing, so a mass reconnect after an outage ramps up at the limit instead of as a storm.
  */
 export class UpstreamPool {
