@@ -153,20 +153,21 @@ describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a
   it('times out an unanswered publish, then finds the silent connection dead by its keepalive ping', async () => {
     const relay = await freezableRelay(broker.tlsPort);
     const why: string[] = [];
-    const conn = await link.connect(await settings('thing-silent', { port: relay.port, keepAliveSeconds: 1, operationTimeoutMs: 1500 }), {
+    // Mosquitto closes a link silent for 1.5 keepalives (3 s): the ping and its timeout come well before.
+    const conn = await link.connect(await settings('thing-silent', { port: relay.port, keepAliveSeconds: 2, operationTimeoutMs: 1000 }), {
       interrupted: (e) => why.push(e),
       error: () => undefined,
     });
     relay.freeze();
-    await expect(conn.publish('link/unanswered', Buffer.from('x'), 1)).rejects.toThrow(/no answer from the upstream within 1500 ms/);
-    await expect.poll(() => why, { timeout: 6000 }).toEqual(['no PINGRESP within 1500 ms']);
+    await expect(conn.publish('link/unanswered', Buffer.from('x'), 1)).rejects.toThrow(/no answer from the upstream within 1000 ms/);
+    await expect.poll(() => why, { timeout: 6000 }).toEqual(['no PINGRESP within 1000 ms']);
     relay.close();
   });
 
   it('keeps an idle connection alive past 1.5 keepalives with its pings', async () => {
     const why: string[] = [];
-    const conn = await link.connect(await settings('thing-idle', { keepAliveSeconds: 1 }), { interrupted: (e) => why.push(e), error: () => undefined });
-    await new Promise((r) => setTimeout(r, 3500));
+    const conn = await link.connect(await settings('thing-idle', { keepAliveSeconds: 2 }), { interrupted: (e) => why.push(e), error: () => undefined });
+    await new Promise((r) => setTimeout(r, 6500));
     expect(why).toEqual([]);
     await conn.publish('link/idle', Buffer.from('still here'), 1);
     await conn.disconnect();

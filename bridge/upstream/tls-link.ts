@@ -14,7 +14,7 @@ import type { ConnectionEvents, ConnectSettings, MessageHandler, UpstreamConnect
 const PINGREQ = Buffer.from([0xc0, 0]);
 const DISCONNECT = Buffer.from([0xe0, 0]);
 /** How often deadlines (operation timeouts, keepalive) are checked, for every connection at once. */
-const SWEEP_MS = 1000;
+const SWEEP_MS = 500;
 /** How long a DISCONNECT waits for the server to close before the socket is destroyed. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -165,9 +165,10 @@ class TlsConnection implements UpstreamConnection {
       if (now - this.pingSentAt > this.s.operationTimeoutMs) this.fail(new Error(`no PINGRESP within ${this.s.operationTimeoutMs} ms`));
       return;
     }
-    // A ping when either direction has been quiet for the keepalive: the server hears from us within it
-    // (MQTT-3.1.2-23), and a connection that died silently is found out.
-    if (now - Math.min(this.lastSent, this.lastReceived) >= this.s.keepAliveSeconds * 1000) {
+    // A ping when either direction has been quiet for the keepalive, less one sweep so that the server
+    // hears from us within it however the sweeps fall (MQTT-3.1.2-23); a link that died silently is
+    // found out.
+    if (now - Math.min(this.lastSent, this.lastReceived) >= this.s.keepAliveSeconds * 1000 - SWEEP_MS) {
       this.pingSentAt = now;
       this.send(PINGREQ);
     }
