@@ -1,7 +1,6 @@
 // The upstream link on the main event loop (bridge/upstream/tls-link.ts) against a real Mosquitto with
 // mutual TLS: what the session pool relies on, one behaviour at a time.
 import { randomBytes } from 'node:crypto';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +12,7 @@ import { findPeer } from './helpers/interop.ts';
 import { startMosquitto, type MosquittoBroker } from './helpers/mosquitto.ts';
 import { Observer } from './helpers/mqtt.ts';
 import { tempDir } from './helpers/processes.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const mosquitto = findPeer('mosquitto', 'mosquitto');
 
@@ -30,31 +30,6 @@ describe('MQTT topic filters as the upstream link matches them', () => {
     expect(filterMatches('$aws/things/+/shadow/#', '$aws/things/t/shadow/update/accepted')).toBe(true);
   });
 });
-
-/** A relay that can go silent: the connection stays up, the broker's packets stop arriving. */
-async function freezableRelay(targetPort: number): Promise<{ port: number; freeze(): void; close(): void }> {
-  let frozen = false;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((inbound) => {
-    const outbound = createConnection({ host: '127.0.0.1', port: targetPort });
-    for (const s of [inbound, outbound]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => (inbound.destroy(), outbound.destroy()));
-    }
-    inbound.on('data', (d) => outbound.write(d));
-    outbound.on('data', (d) => frozen || inbound.write(d));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return {
-    port: (server.address() as { port: number }).port,
-    freeze: () => void (frozen = true),
-    close: () => {
-      for (const s of sockets) s.destroy();
-      server.close();
-    },
-  };
-}
 
 describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a real Mosquitto with mutual TLS', () => {
   const dir = tempDir('tls-link');
@@ -134,10 +109,10 @@ describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a
   it('rejects a connect with a certificate the broker does not trust, and one that gets no answer in time', async () => {
     const stranger = await CertificateAuthority.open(tempDir('tls-link-stranger'));
     await expect(link.connect(await settings('thing-stranger', {}, stranger), quiet)).rejects.toThrow();
-    const relay = await freezableRelay(broker.tlsPort);
-    relay.freeze();
+    const relay = await startTcpProxy(broker.tlsPort);
+    relay.silence();
     await expect(link.connect(await settings('thing-mute', { port: relay.port, connectTimeoutMs: 500 }), quiet)).rejects.toThrow(/no CONNACK within 500 ms/);
-    relay.close();
+    await relay.close();
   });
 
   it('reports a connection the broker closes (a second connection with the same client id), failing what was in flight', async () => {
@@ -151,17 +126,17 @@ describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a
   });
 
   it('times out an unanswered publish, then finds the silent connection dead by its keepalive ping', async () => {
-    const relay = await freezableRelay(broker.tlsPort);
+    const relay = await startTcpProxy(broker.tlsPort);
     const why: string[] = [];
     // Mosquitto closes a link silent for 1.5 keepalives (3 s): the ping and its timeout come well before.
     const conn = await link.connect(await settings('thing-silent', { port: relay.port, keepAliveSeconds: 2, operationTimeoutMs: 1000 }), {
       interrupted: (e) => why.push(e),
       error: () => undefined,
     });
-    relay.freeze();
+    relay.silence();
     await expect(conn.publish('link/unanswered', Buffer.from('x'), 1)).rejects.toThrow(/no answer from the upstream within 1000 ms/);
     await expect.poll(() => why, { timeout: 6000 }).toEqual(['no PINGRESP within 1000 ms']);
-    relay.close();
+    await relay.close();
   });
 
   it('keeps an idle connection alive past 1.5 keepalives with its pings', async () => {

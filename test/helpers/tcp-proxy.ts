@@ -3,11 +3,16 @@ import { createConnection, createServer, type Socket } from 'node:net';
 /**
  * A TCP relay in front of an upstream broker. Tests stop and restart the real broker for an outage and
  * reopen the relay only once their own observer is back, so nothing delivered after the restart goes
- * unseen. TLS passes through untouched.
+ * unseen. TLS passes through untouched. `silence()` plays a peer that stops answering without closing.
  */
-export async function startTcpProxy(targetPort: number): Promise<{ port: number; open: boolean; setOpen(open: boolean): void; close(): Promise<void> }> {
+export async function startTcpProxy(
+  targetPort: number,
+): Promise<{ port: number; open: boolean; setOpen(open: boolean): void; silence(): void; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
+  /** Each connection's socket to the target, and the client socket it answers to. */
+  const answers = new Map<Socket, Socket>();
   let open = true;
+  let silent = false;
   const server = createServer((inbound) => {
     if (!open) return inbound.destroy();
     const outbound = createConnection({ host: '127.0.0.1', port: targetPort });
@@ -16,7 +21,10 @@ export async function startTcpProxy(targetPort: number): Promise<{ port: number;
       s.on('close', () => sockets.delete(s));
       s.on('error', () => undefined);
     }
-    inbound.pipe(outbound).pipe(inbound);
+    inbound.pipe(outbound);
+    if (!silent) outbound.pipe(inbound);
+    answers.set(outbound, inbound);
+    outbound.on('close', () => answers.delete(outbound));
     inbound.on('close', () => outbound.destroy());
     outbound.on('close', () => inbound.destroy());
   });
@@ -29,6 +37,11 @@ export async function startTcpProxy(targetPort: number): Promise<{ port: number;
     setOpen(value: boolean) {
       open = value;
       if (!value) for (const s of sockets) s.destroy();
+    },
+    /** The target goes silent: connections stay up, what it sends no longer reaches the clients. */
+    silence() {
+      silent = true;
+      for (const [outbound, inbound] of answers) outbound.unpipe(inbound);
     },
     close: () =>
       new Promise((resolve) => {
