@@ -2,7 +2,7 @@
 // connections, one per device session, and carries out what the main thread asks of them.
 import { io, iot, mqtt } from 'aws-iot-device-sdk-v2';
 import { bytesToPost, postEvent, postedBytes, serveCalls } from '../../lib/worker-calls.ts';
-import type { LinkEvent, LinkRequest } from './connections.ts';
+import { ThreadConnections, type LinkEvent, type LinkRequest } from './connections.ts';
 import { patchCrtCallbacks } from './crt-patch.ts';
 
 // Before the first connection: one callback per connection instead of six (see crt-patch.ts).
@@ -10,17 +10,11 @@ const crt = patchCrtCallbacks();
 
 // One client bootstrap for every connection: a bootstrap per device would cost threads per device.
 const client = new mqtt.MqttClient(new io.ClientBootstrap());
-const connections = new Map<number, mqtt.MqttClientConnection>();
+const connections = new ThreadConnections<mqtt.MqttClientConnection>();
 
 const send: (event: LinkEvent) => void = postEvent;
 const text = (err: unknown) => String((err as Error)?.message ?? err);
 const crtQos = (qos: 0 | 1) => (qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce);
-
-function connection(conn: number): mqtt.MqttClientConnection {
-  const c = connections.get(conn);
-  if (!c) throw new Error('session closed');
-  return c;
-}
 
 async function connect(conn: number, s: Extract<LinkRequest, { op: 'connect' }>['settings']): Promise<void> {
   const config = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder(s.certificatePem, s.privateKeyPem)
@@ -55,10 +49,10 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
     case 'connect':
       return void (await connect(req.conn, req.settings));
     case 'publish':
-      return void (await connection(req.conn).publish(req.topic, postedBytes(req.payload), crtQos(req.qos)));
+      return void (await connections.open(req.conn).publish(req.topic, postedBytes(req.payload), crtQos(req.qos)));
     case 'subscribe': {
       const { conn, sub } = req;
-      const res = await connection(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos, retain) => {
+      const res = await connections.open(conn).subscribe(req.filter, crtQos(req.qos), (topic, payload, _dup, qos, retain) => {
         // An exception escaping this callback aborts the process inside aws-crt, so none may escape.
         // With overlapping subscriptions the SDK hands one ArrayBuffer to several callbacks, and the
         // later ones find it detached (copying throws): that message is already with the first handler.
@@ -72,11 +66,8 @@ async function carryOut(req: LinkRequest): Promise<number | undefined> {
     }
     case 'unsubscribe':
       return void (await connections.get(req.conn)?.unsubscribe(req.filter));
-    case 'disconnect': {
-      const c = connections.get(req.conn);
-      connections.delete(req.conn);
-      return void (await c?.disconnect());
-    }
+    case 'disconnect':
+      return void (await connections.disconnect(req.conn));
     case 'disconnectAll': {
       const all = [...connections.values()];
       connections.clear();

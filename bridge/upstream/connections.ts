@@ -56,6 +56,23 @@ export type LinkEvent =
   | { kind: 'interrupted' | 'error'; conn: number; error: string }
   | { kind: 'message'; conn: number; sub: number; topic: string; /** bytesToPost */ payload: string; qos: 0 | 1; retain: boolean };
 
+/** A connection thread's open connections by number (connection-thread.ts, tls-connection-thread.ts). */
+export class ThreadConnections<C extends { disconnect(): Promise<unknown> }> extends Map<number, C> {
+  /** The open connection, or the error a call on a closed one answers with. */
+  open(conn: number): C {
+    const c = this.get(conn);
+    if (!c) throw new Error('session closed');
+    return c;
+  }
+
+  /** Forgets the connection first (an interrupt arriving meanwhile finds it gone), then disconnects it. */
+  async disconnect(conn: number): Promise<void> {
+    const c = this.get(conn);
+    this.delete(conn);
+    await c?.disconnect();
+  }
+}
+
 /** How long closing waits for a thread to disconnect what is still open. */
 const CLOSE_GRACE_MS = 5000;
 
