@@ -1,4 +1,4 @@
-import { parentPort, Worker } from 'node:worker_threads';
+import { parentPort, Worker, type ResourceLimits } from 'node:worker_threads';
 
 /** Main thread → worker: one call. */
 interface Call<Req> {
@@ -35,6 +35,8 @@ export interface WorkerCallsOptions<Event> {
   onLost?(err: Error): void;
   /** Whether a started thread keeps the process alive. */
   keepAlive?: boolean;
+  /** The thread's heap limits (see node:worker_threads). */
+  resourceLimits?: ResourceLimits;
 }
 
 /**
@@ -94,7 +96,7 @@ export class WorkerCalls<Req, Event = never> {
     const boot = this.module.pathname.endsWith('.ts')
       ? `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((tsx) => { tsx.register(); return ${load}; })`
       : load;
-    const w = new Worker(boot, { eval: true, workerData: this.opts.workerData });
+    const w = new Worker(boot, { eval: true, workerData: this.opts.workerData, resourceLimits: this.opts.resourceLimits });
     let loaded!: () => void;
     let failed!: (err: Error) => void;
     this.loaded = new Promise<void>((resolve, reject) => ((loaded = resolve), (failed = reject)));

@@ -73,6 +73,13 @@ export class ThreadConnections<C extends { disconnect(): Promise<unknown> }> ext
   }
 }
 
+/**
+ * The young generation of a connection thread's heap. What lives there is short (packets, promises of
+ * operations in flight) and V8 would grow it to tens of megabytes while sessions open, memory it keeps
+ * afterwards: 10 to 14 KB per warm session of 1,000 (bench/results/changes.md, 2026-11-29, evening).
+ */
+const YOUNG_GENERATION_MB = 1;
+
 /** How long closing waits for a thread to disconnect what is still open. */
 const CLOSE_GRACE_MS = 5000;
 
@@ -88,6 +95,7 @@ class ConnectionThread {
 
   constructor(module: URL) {
     this.calls = new WorkerCalls<LinkRequest, LinkEvent>(module, {
+      resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
       onEvent: (e) => this.received(e),
       // Every connection went with the thread: the pool reopens them (on a new thread).
       onLost: (err) => {

@@ -7,8 +7,9 @@
 // SUBSCRIBE/UNSUBSCRIBE, keepalive, DISCONNECT. Reconnecting is the pool's job (paced), so a dropped
 // connection is only reported.
 import { isIP } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, type TLSSocket } from 'node:tls';
 import mqttPacket, { type Packet, type Parser } from 'mqtt-packet';
+import { LentParsers } from '../../lib/lent-parsers.ts';
 import type { ConnectionEvents, ConnectSettings, MessageHandler, UpstreamConnection, UpstreamLink } from './connections.ts';
 
 const PINGREQ = Buffer.from([0xc0, 0]);
@@ -20,6 +21,9 @@ const CLOSE_GRACE_MS = 1000;
 
 // See bridge/ingress/mqtt/connection.ts: no table of all two-byte numbers.
 mqttPacket.writeToStream.cacheNumbers = false;
+
+/** What IoT Core speaks on port 8883. */
+const MQTT_311 = { protocolVersion: 4 };
 
 /** CONNACK return codes of MQTT 3.1.1 (3.2.2.3), for the error a refused CONNECT rejects with. */
 const CONNACK_REFUSALS: Record<number, string> = {
@@ -50,9 +54,18 @@ export function filterMatches(filter: string, topic: string): boolean {
   return f.length === t.length;
 }
 
+/** Parsers are lent to connections while they read (see LentParsers). */
+const parsers = new LentParsers<TlsConnection>({
+  packet: (conn, packet) => conn.received(packet),
+  error: (conn, err) => conn.fail(new Error(`malformed packet from the upstream: ${err.message}`)),
+});
+
 class TlsConnection implements UpstreamConnection {
   private readonly socket: TLSSocket;
-  private readonly parser: Parser = mqttPacket.parser({ protocolVersion: 4 });
+  /** Only while a packet has arrived in part. */
+  private parser?: Parser;
+  private readonly keepAliveMs: number;
+  private readonly operationTimeoutMs: number;
   /** Operations in flight, in the order they were sent (so the oldest deadline comes first). */
   private readonly pending = new Map<number, Pending>();
   /** Filter → handler; a message goes to the first filter that matches it, as the SDK's callbacks did. */
@@ -72,32 +85,33 @@ class TlsConnection implements UpstreamConnection {
   private readonly closed: Promise<void>;
 
   constructor(
-    private readonly s: ConnectSettings,
+    s: ConnectSettings,
     private readonly events: ConnectionEvents,
     private readonly onGone: (c: TlsConnection) => void,
   ) {
+    // Only numbers are kept of the settings: a thousand sessions would otherwise hold a thousand copies
+    // of the CA bundle.
+    this.keepAliveMs = s.keepAliveSeconds * 1000;
+    this.operationTimeoutMs = s.operationTimeoutMs;
     this.socket = tlsConnect({
       host: s.endpoint,
       port: s.port,
       // SNI is for names only (IoT Core's endpoint always is; a test upstream may be an address).
       servername: isIP(s.endpoint) ? undefined : s.endpoint,
-      cert: s.certificatePem,
-      key: s.privateKeyPem,
-      ca: s.caPem,
-      minVersion: 'TLSv1.2',
+      // A context built here: a socket keeps the options it was opened with, and would keep the PEM texts.
+      secureContext: createSecureContext({ cert: s.certificatePem, key: s.privateKeyPem, ca: s.caPem, minVersion: 'TLSv1.2' }),
     });
     // A PUBLISH waits for no earlier segment's ACK: the device's acknowledgement waits for none.
     this.socket.setNoDelay(true);
-    this.connectTimer = setTimeout(() => this.fail(new Error(`no CONNACK within ${s.connectTimeoutMs} ms`)), s.connectTimeoutMs);
-    this.socket.once('secureConnect', () => {
-      this.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: s.clientId, clean: true, keepalive: s.keepAliveSeconds }));
-    });
+    // The closures below refer to none of `s`, so that they do not keep it (see above).
+    const noConnack = `no CONNACK within ${s.connectTimeoutMs} ms`;
+    this.connectTimer = setTimeout(() => this.fail(new Error(noConnack)), s.connectTimeoutMs);
+    const connect = mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: s.clientId, clean: true, keepalive: s.keepAliveSeconds });
+    this.socket.once('secureConnect', () => this.send(connect));
     this.socket.on('data', (chunk: Buffer) => {
       this.lastReceived = Date.now();
-      this.parser.parse(chunk);
+      this.parser = parsers.read(this, this.parser, chunk, MQTT_311);
     });
-    this.parser.on('packet', (packet: Packet) => this.received(packet));
-    this.parser.on('error', (err: Error) => this.fail(new Error(`malformed packet from the upstream: ${err.message}`)));
     this.socket.on('error', (err) => (this.failure ??= err));
     this.closed = new Promise((resolve) =>
       this.socket.once('close', () => {
@@ -158,23 +172,23 @@ class TlsConnection implements UpstreamConnection {
     for (const [id, op] of this.pending) {
       if (op.deadline > now) break;
       this.pending.delete(id);
-      op.reject(new Error(`no answer from the upstream within ${this.s.operationTimeoutMs} ms`));
+      op.reject(new Error(`no answer from the upstream within ${this.operationTimeoutMs} ms`));
     }
     if (!this.open) return;
     if (this.pingSentAt > 0) {
-      if (now - this.pingSentAt > this.s.operationTimeoutMs) this.fail(new Error(`no PINGRESP within ${this.s.operationTimeoutMs} ms`));
+      if (now - this.pingSentAt > this.operationTimeoutMs) this.fail(new Error(`no PINGRESP within ${this.operationTimeoutMs} ms`));
       return;
     }
     // A ping when either direction has been quiet for the keepalive, less one sweep so that the server
     // hears from us within it however the sweeps fall (MQTT-3.1.2-23); a link that died silently is
     // found out.
-    if (now - Math.min(this.lastSent, this.lastReceived) >= this.s.keepAliveSeconds * 1000 - SWEEP_MS) {
+    if (now - Math.min(this.lastSent, this.lastReceived) >= this.keepAliveMs - SWEEP_MS) {
       this.pingSentAt = now;
       this.send(PINGREQ);
     }
   }
 
-  private received(packet: Packet): void {
+  received(packet: Packet): void {
     switch (packet.cmd) {
       case 'connack':
         clearTimeout(this.connectTimer);
@@ -215,7 +229,7 @@ class TlsConnection implements UpstreamConnection {
   private await(resolve: (granted: number | undefined) => void, reject: (err: Error) => void): number {
     do this.lastId = (this.lastId % 65535) + 1;
     while (this.pending.has(this.lastId));
-    this.pending.set(this.lastId, { resolve, reject, deadline: Date.now() + this.s.operationTimeoutMs });
+    this.pending.set(this.lastId, { resolve, reject, deadline: Date.now() + this.operationTimeoutMs });
     return this.lastId;
   }
 
@@ -233,7 +247,7 @@ class TlsConnection implements UpstreamConnection {
     this.socket.write(bytes);
   }
 
-  private fail(err: Error): void {
+  fail(err: Error): void {
     this.failure ??= err;
     this.socket.destroy();
   }

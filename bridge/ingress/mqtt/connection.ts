@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import mqttPacket, { type IPublishPacket, type Packet, type Parser } from 'mqtt-packet';
+import { LentParsers } from '../../../lib/lent-parsers.ts';
 import type { AdmittedDevice } from '../../admission.ts';
 import type { Endpoint } from './context.ts';
 import { REASON_CODES, type MqttRefusalReason } from './reasons.ts';
@@ -38,39 +39,18 @@ mqttPacket.writeToStream.cacheNumbers = false;
 /** What the parser needs to know of a connection: its protocol level (MQTT 5 packets carry properties). */
 const PARSER_SETTINGS: Record<ProtocolLevel, { protocolVersion: ProtocolLevel }> = { 3: { protocolVersion: 3 }, 4: { protocolVersion: 4 }, 5: { protocolVersion: 5 } };
 
-/**
- * Parsers are lent, not owned: a connection holds one only while a packet of it has arrived in part.
- * A parser (with its buffer list, a stream of its own) is most of what an idle connection would cost;
- * the parser that read a chunk to its end goes back to be lent to the next connection that speaks.
- * Parsing is synchronous, so the connection being read is known while its packets are emitted.
- */
-let reading: DeviceConnection | undefined;
-let spareParser: Parser | undefined;
-
-function lendParser(): Parser {
-  const spare = spareParser;
-  if (spare) {
-    spareParser = undefined;
-    return spare;
-  }
-  const parser = mqttPacket.parser();
-  parser.on('packet', (packet: Packet) => reading!.handlePacket(packet));
-  parser.on('error', (err: Error) => reading!.handleParseError(err));
-  return parser;
-}
-
-/** True when the parser holds no part of a packet (it read its input to the end of a packet). */
-function atPacketBoundary(parser: Parser, left: number): boolean {
-  const state = parser as unknown as { _stateCounter: number; error: Error | null };
-  return left === 0 && state._stateCounter === 0 && state.error === null;
-}
+/** Parsers are lent to connections while they read (see LentParsers). */
+const parsers = new LentParsers<DeviceConnection>({
+  packet: (conn, packet) => conn.handlePacket(packet),
+  error: (conn, err) => conn.handleParseError(err),
+});
 
 /**
  * One device connection: its parser, protocol level, keepalive, flow control and downlink in flight.
  * The packet handlers (connect.ts, publish.ts, subscribe.ts) act on it; nothing here knows the bridge.
  */
 export class DeviceConnection {
-  /** Only while a packet has arrived in part (see lendParser). */
+  /** Only while a packet has arrived in part (see LentParsers). */
   private parser?: Parser;
   level: ProtocolLevel = 4;
   state: State = 'awaiting_connect';
@@ -120,29 +100,10 @@ export class DeviceConnection {
 
   private handleData(chunk: Buffer): void {
     this.lastHeard = this.ep.clock;
-    // A chunk read while another connection's packet is being handled (not expected: reads are not
-    // synchronous) gets a parser of its own rather than disturbing the one in use.
-    const outer = reading;
-    const parser = this.parser ?? (outer === undefined ? lendParser() : mqttPacket.parser());
-    if (outer !== undefined && !this.parser) {
-      parser.on('packet', (packet: Packet) => this.handlePacket(packet));
-      parser.on('error', (err: Error) => this.handleParseError(err));
-    }
     // The CONNECT sets the level; packets after it in the same chunk are read at that level by the parser.
-    (parser as unknown as { settings: object }).settings = PARSER_SETTINGS[this.level];
-    reading = this;
-    let left: number;
-    try {
-      left = parser.parse(chunk);
-    } finally {
-      reading = outer;
-    }
-    if (atPacketBoundary(parser, left)) {
-      this.parser = undefined;
-      if (outer === undefined) spareParser ??= parser;
-      return;
-    }
+    const parser = parsers.read(this, this.parser, chunk, PARSER_SETTINGS[this.level]);
     this.parser = parser;
+    if (!parser) return;
     // The parser waits for a packet's whole remaining length: refuse an oversized one before it is buffered.
     const announced = (parser as unknown as { packet: { length: number } }).packet.length;
     if (announced > this.ep.maxPacketBytes && this.state !== 'closed') this.refuse('packet_too_large', `a packet of ${announced} bytes exceeds ${this.ep.maxPacketBytes}`);
