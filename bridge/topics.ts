@@ -74,6 +74,8 @@ interface Bound {
   imei: string;
   topics: DeviceTopics;
   batchTopic?: string;
+  /** The same device's templates filled with its other IMEI (see bound). */
+  other?: Bound;
 }
 
 /**
@@ -89,9 +91,14 @@ function bound(group: GroupTopicConfig, vars: DeviceVars): Bound {
   if (!perImsi) boundPerGroup.set(group, (perImsi = new Map()));
   const known = perImsi.get(vars.imsi);
   if (known && known.thing === vars.thing && known.imei === vars.imei) return known;
+  // The IMEI a device presents and the one its SIM is bound to differ until it is bound (or with no
+  // lock): the uplink fills with the first, delivery with the second. Both stay, one behind the other,
+  // rather than each replacing the other on every message.
+  if (known?.other && known.other.thing === vars.thing && known.other.imei === vars.imei) return known.other;
   if (perImsi.size >= BOUND_PER_GROUP) perImsi.clear();
   const fresh: Bound = { thing: vars.thing, imei: vars.imei, topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic, group.basicIngest?.rule) };
-  perImsi.set(vars.imsi, fresh);
+  if (known?.thing === vars.thing) known.other = fresh;
+  else perImsi.set(vars.imsi, fresh);
   return fresh;
 }
 

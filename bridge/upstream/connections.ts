@@ -75,10 +75,11 @@ export class ThreadConnections<C extends { disconnect(): Promise<unknown> }> ext
 
 /**
  * The young generation of a connection thread's heap. What lives there is short (packets, promises of
- * operations in flight) and V8 would grow it to tens of megabytes while sessions open, memory it keeps
- * afterwards: 10 to 14 KB per warm session of 1,000 (bench/results/changes.md, 2026-11-29, evening).
+ * operations in flight), and V8 would grow it to tens of megabytes while sessions open (TLS handshakes),
+ * memory it keeps afterwards: 17 KB per warm session of 1,000. 1 MB cost more CPU per message and saved
+ * no more (bench/results/changes.md, 2026-11-29 evening).
  */
-const YOUNG_GENERATION_MB = 1;
+const YOUNG_GENERATION_MB = 4;
 
 /** How long closing waits for a thread to disconnect what is still open. */
 const CLOSE_GRACE_MS = 5000;
