@@ -23,6 +23,22 @@ describe('group topics bound to a device', () => {
     expect(groupTopics(g, { ...device, thing: 'renamed' }).isOwnReserved('$aws/things/renamed/shadow/update')).toBe(true);
   });
 
+  it("keeps both a device's presented and its bound IMEI, each filled as itself, and a third one anew", () => {
+    const g = group('devices/{imei}/{topic}', 'batches/{imei}');
+    const unbound = { ...device, imei: '' };
+    // The uplink fills with the IMEI the device presents, delivery with the one the SIM is bound to.
+    const presented = groupTopics(g, device);
+    const bound = groupTopics(g, unbound);
+    expect(groupTopics(g, { ...device })).toBe(presented);
+    expect(groupTopics(g, { ...unbound })).toBe(bound);
+    expect(presented.publishTopic('t')).toBe('devices/490154203237518/t');
+    expect(bound.publishTopic('t')).toBe('devices//t');
+    expect(groupBatchTopic(g, unbound)).toBe('batches/');
+    expect(groupBatchTopic(g, device)).toBe('batches/490154203237518');
+    expect(groupTopics(g, { ...device, imei: '356938035643809' }).publishTopic('t')).toBe('devices/356938035643809/t');
+    expect(groupTopics(g, device).publishTopic('t')).toBe('devices/490154203237518/t');
+  });
+
   it('follows a reloaded group: a new config object is filled from its own template', () => {
     const before = group('devices/{thing}/{topic}');
     const after = group('fleet/{imsi}/{topic}');
