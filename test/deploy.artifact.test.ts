@@ -36,7 +36,8 @@ describe('the built artifact', () => {
     const config = writeYaml(dir, 'sandbox.yaml', {
       dataDir: join(dir, 'data'),
       storage: await testStorage(join(dir, 'data')),
-      listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+      // CoAP is on by default in sandbox mode: port 0, or it collides with other suites' gateways on 5683.
+      listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, coap: { host: '127.0.0.1', port: 0 } },
       sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 },
       admin: { port: 0 },
       log: { level: 'warn' },

@@ -34,7 +34,8 @@ describe('the ready signal', () => {
     const config = writeYaml(dir, 'gateway.yaml', {
       dataDir: join(dir, 'data'),
       storage: await testStorage(join(dir, 'data')),
-      listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } },
+      // CoAP is on by default in sandbox mode; its default port would collide with other suites' gateways.
+      listeners: { mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, coap: { host: '127.0.0.1', port: 0 } },
       radius: { enabled: true, host: '127.0.0.1', port: 0, clients: [{ address: '127.0.0.1', secret: 'ready-test' }] },
       admin: { port: 0 },
       sandbox: { controlPort: 0, dataPort: 0, observerPort: 0 },
@@ -46,13 +47,15 @@ describe('the ready signal', () => {
 
     expect(ready.ready).toBe('gateway');
     expect(ready.pid).toBe(proc.child.pid);
-    const { mqtt, http, radius, admin, sandboxControl, sandboxData, sandboxObserver } = ready.ports;
+    const { mqtt, http, coap, radius, admin, sandboxControl, sandboxData, sandboxObserver } = ready.ports;
     for (const port of [mqtt, http, admin, sandboxControl, sandboxData, sandboxObserver]) {
       expect(port).toBeGreaterThan(0);
       expect(await accepts(port!)).toBe(true);
     }
-    expect(radius).toBeGreaterThan(0);
-    expect(await udpTaken(radius!)).toBe(true);
+    for (const port of [radius, coap]) {
+      expect(port).toBeGreaterThan(0);
+      expect(await udpTaken(port!)).toBe(true);
+    }
     expect(ready.sandbox!.controlEndpoint).toBe(`http://127.0.0.1:${sandboxControl}`);
     for (const file of [ready.sandbox!.caFile, ready.sandbox!.serverCertFile, ready.sandbox!.serverKeyFile]) expect(existsSync(file)).toBe(true);
     // Machine mode: the human banner is not printed.
