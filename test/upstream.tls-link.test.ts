@@ -115,6 +115,23 @@ describe.skipIf(!mosquitto)('the upstream link on the main event loop, against a
     await relay.close();
   });
 
+  it("refuses an upstream whose certificate does not chain to the session's CA bundle, on the main loop and on a thread", async () => {
+    const stranger = await CertificateAuthority.open(tempDir('tls-link-other-ca'));
+    await expect(link.connect(await settings('thing-pinned', { caPem: stranger.certPem }), quiet)).rejects.toThrow(/certificate/);
+    // A thread's default trust follows the bundle each connect brings (see threadDefaultTrust).
+    const threaded = connectionThreads(1, 'node');
+    try {
+      await threaded.ready();
+      const trusted = await threaded.connect(await settings('thing-pinned-1'), quiet);
+      await expect(threaded.connect(await settings('thing-pinned-2', { caPem: stranger.certPem }), quiet)).rejects.toThrow(/certificate/);
+      const again = await threaded.connect(await settings('thing-pinned-3'), quiet);
+      await again.publish('link/pinned', Buffer.from('x'), 1);
+      await Promise.all([trusted.disconnect(), again.disconnect()]);
+    } finally {
+      await threaded.close();
+    }
+  });
+
   it('reports a connection the broker closes (a second connection with the same client id), failing what was in flight', async () => {
     const why: string[] = [];
     const first = await link.connect(await settings('thing-twice'), { interrupted: (e) => why.push(e), error: () => undefined });

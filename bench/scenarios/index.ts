@@ -14,6 +14,7 @@ import { scenario as sleepy } from './sleepy.ts';
 import { scenario as throughputHttp } from './throughput-http.ts';
 import { scenario as threadBytes } from './thread-bytes.ts';
 import { scenario as throughputMqtt } from './throughput-mqtt.ts';
+import { scenario as tlsContexts } from './tls-contexts.ts';
 import { scenario as upstreamClients } from './upstream-clients.ts';
 import { scenario as vending } from './vending.ts';
 
@@ -37,6 +38,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   sleepy,
   'outbox-commit': outboxCommit,
   'thread-bytes': threadBytes,
+  'tls-contexts': tlsContexts,
   'upstream-clients': upstreamClients,
   cluster,
 };

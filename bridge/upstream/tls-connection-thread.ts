@@ -4,8 +4,10 @@
 import { bytesToPost, postEvent, postedBytes, serveCalls } from '../../lib/worker-calls.ts';
 import { ThreadConnections, type LinkEvent, type LinkRequest, type UpstreamConnection } from './connections.ts';
 import { tlsLink } from './tls-link.ts';
+import { threadDefaultTrust } from './trust.ts';
 
-const link = tlsLink();
+// This thread's TLS clients are the upstream sessions alone: their bundle can be its default trust.
+const link = tlsLink(threadDefaultTrust());
 const connections = new ThreadConnections<UpstreamConnection>();
 const send: (event: LinkEvent) => void = postEvent;
 

@@ -11,6 +11,7 @@ import { connect as tlsConnect, createSecureContext, type TLSSocket } from 'node
 import mqttPacket, { type Packet, type Parser } from 'mqtt-packet';
 import { LentParsers } from '../../lib/lent-parsers.ts';
 import type { ConnectionEvents, ConnectSettings, MessageHandler, UpstreamConnection, UpstreamLink } from './connections.ts';
+import { perContextTrust, type ContextTrust } from './trust.ts';
 
 const PINGREQ = Buffer.from([0xc0, 0]);
 const DISCONNECT = Buffer.from([0xe0, 0]);
@@ -86,6 +87,7 @@ class TlsConnection implements UpstreamConnection {
 
   constructor(
     s: ConnectSettings,
+    ca: string | undefined,
     private readonly events: ConnectionEvents,
     private readonly onGone: (c: TlsConnection) => void,
   ) {
@@ -99,7 +101,7 @@ class TlsConnection implements UpstreamConnection {
       // SNI is for names only (IoT Core's endpoint always is; a test upstream may be an address).
       servername: isIP(s.endpoint) ? undefined : s.endpoint,
       // A context built here: a socket keeps the options it was opened with, and would keep the PEM texts.
-      secureContext: createSecureContext({ cert: s.certificatePem, key: s.privateKeyPem, ca: s.caPem, minVersion: 'TLSv1.2' }),
+      secureContext: createSecureContext({ cert: s.certificatePem, key: s.privateKeyPem, ca, minVersion: 'TLSv1.2' }),
     });
     // A PUBLISH waits for no earlier segment's ACK: the device's acknowledgement waits for none.
     this.socket.setNoDelay(true);
@@ -267,7 +269,7 @@ class TlsConnection implements UpstreamConnection {
 }
 
 /** The upstream link on this thread's event loop (see the top of this file). */
-export function tlsLink(): UpstreamLink {
+export function tlsLink(trust: ContextTrust = perContextTrust): UpstreamLink {
   const live = new Set<TlsConnection>();
   const sweeper = setInterval(() => {
     const now = Date.now();
@@ -276,7 +278,7 @@ export function tlsLink(): UpstreamLink {
   sweeper.unref();
   return {
     async connect(settings, events) {
-      const c = new TlsConnection(settings, events, (gone) => live.delete(gone));
+      const c = new TlsConnection(settings, trust(settings.caPem), events, (gone) => live.delete(gone));
       live.add(c);
       await c.whenConnected;
       return c;
