@@ -49,13 +49,14 @@ export class Downlink {
 
   constructor(private readonly opts: DownlinkOptions) {}
 
-  topicsFor(sim: Sim, imei?: string): DeviceTopics {
-    return groupTopics(this.opts.group(sim.group), { thing: sim.thingName, imsi: sim.imsi, imei: imei ?? sim.boundImei ?? '' });
+  /** The SIM's topics, filled as the uplink and delivery fill them (the IMEI it is bound to: its thing's attribute). */
+  topicsFor(sim: Sim): DeviceTopics {
+    return groupTopics(this.opts.group(sim.group), { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' });
   }
 
   /** Subscribes an MQTT device; resolves with the granted QoS. */
   async subscribe(device: AdmittedDevice, filter: string, qos: number, deliver: Deliver): Promise<0 | 1> {
-    const topics = this.topicsFor(device.sim, device.imei);
+    const topics = this.topicsFor(device.sim);
     const problem = topics.checkSubscribe(filter, this.opts.limits);
     if (problem) throw new DownlinkRefusal(problem, `cannot subscribe to ${filter}`);
     const upstream = topics.toUpstream(filter);
@@ -101,7 +102,7 @@ export class Downlink {
   }
 
   async unsubscribe(device: AdmittedDevice, filter: string): Promise<void> {
-    await this.opts.pool.unsubscribe(device.sim.thingName, this.topicsFor(device.sim, device.imei).toUpstream(filter));
+    await this.opts.pool.unsubscribe(device.sim.thingName, this.topicsFor(device.sim).toUpstream(filter));
   }
 
   /**
@@ -115,7 +116,7 @@ export class Downlink {
     const existing = this.httpHolds.get(imsi);
     if (existing) existing.timer.refresh();
     else {
-      const topics = this.topicsFor(device.sim, device.imei);
+      const topics = this.topicsFor(device.sim);
       const release = () => this.releaseHttp(device, cfg.topics);
       const hold = { timer: setTimeout(release, cfg.holdMs).unref(), release };
       this.httpHolds.set(imsi, hold);
@@ -191,7 +192,7 @@ export class Downlink {
 
   private releaseHttp(device: AdmittedDevice, filters: string[]): void {
     this.httpHolds.delete(device.sim.imsi);
-    const topics = this.topicsFor(device.sim, device.imei);
+    const topics = this.topicsFor(device.sim);
     for (const f of filters) void this.opts.pool.unsubscribe(device.sim.thingName, topics.toUpstream(f));
   }
 }

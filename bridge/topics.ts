@@ -48,7 +48,19 @@ export interface GroupTopicConfig {
   upstreamTopic: string;
   udpTopic?: string | undefined;
   basicIngest?: { rule: string } | undefined;
-  batching: { topic: string };
+  batching: { topic: string; policy?: string };
+}
+
+/**
+ * Whether the upstream topic a device's message goes to names the device's IMEI: its own template (or
+ * the raw UDP one), or its group's batch topic when the group batches. `{imei}` is the IMEI the SIM is
+ * bound to, the `imei` attribute of its thing that the policy matches (docs/policy.md): a SIM bound to
+ * none has no such topic in IoT Core.
+ */
+export function publishNamesImei(group: GroupTopicConfig, deviceTopic: string, topics: DeviceTopics): boolean {
+  if (topics.isOwnReserved(deviceTopic)) return false;
+  const own = deviceTopic === UDP_DEVICE_TOPIC && group.udpTopic !== undefined ? group.udpTopic : group.upstreamTopic;
+  return own.includes('{imei}') || ((group.batching.policy ?? 'immediate') !== 'immediate' && group.batching.topic.includes('{imei}'));
 }
 
 /** A group's topics bound to one device. */
@@ -74,8 +86,6 @@ interface Bound {
   imei: string;
   topics: DeviceTopics;
   batchTopic?: string;
-  /** The same device's templates filled with its other IMEI (see bound). */
-  other?: Bound;
 }
 
 /**
@@ -91,14 +101,9 @@ function bound(group: GroupTopicConfig, vars: DeviceVars): Bound {
   if (!perImsi) boundPerGroup.set(group, (perImsi = new Map()));
   const known = perImsi.get(vars.imsi);
   if (known && known.thing === vars.thing && known.imei === vars.imei) return known;
-  // The IMEI a device presents and the one its SIM is bound to differ until it is bound (or with no
-  // lock): the uplink fills with the first, delivery with the second. Both stay, one behind the other,
-  // rather than each replacing the other on every message.
-  if (known?.other && known.other.thing === vars.thing && known.other.imei === vars.imei) return known.other;
   if (perImsi.size >= BOUND_PER_GROUP) perImsi.clear();
   const fresh: Bound = { thing: vars.thing, imei: vars.imei, topics: new DeviceTopics(group.upstreamTopic, vars, group.udpTopic, group.basicIngest?.rule) };
-  if (known?.thing === vars.thing) known.other = fresh;
-  else perImsi.set(vars.imsi, fresh);
+  perImsi.set(vars.imsi, fresh);
   return fresh;
 }
 

@@ -5,7 +5,7 @@ import type { GatewayOutbox } from '../storage/index.ts';
 import type { NewMessage, OutboxMessage } from '../storage/outbox.ts';
 import type { AdmittedDevice } from './admission.ts';
 import type { Metrics } from './metrics.ts';
-import { groupTopics, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
+import { groupTopics, publishNamesImei, UDP_DEVICE_TOPIC, type TopicLimits } from './topics.ts';
 
 export type IngressProtocol = 'mqtt' | 'http' | 'coap' | 'udp';
 
@@ -18,6 +18,7 @@ export type UplinkRefusalReason =
   | 'topic_too_long'
   | 'topic_too_deep'
   | 'filter_invalid'
+  | 'imei_not_bound'
   | 'outbox_full'
   | 'storage_unavailable';
 
@@ -85,6 +86,8 @@ export class Uplink {
       if (err instanceof UplinkRefusal) {
         this.opts.metrics.ingress.inc({ protocol, group, result: 'refused' });
         this.opts.metrics.refusals.inc({ protocol, reason: err.reason });
+        // The SIM's state, not the message, is at fault: written down as admission's refusals are.
+        if (err.reason === 'imei_not_bound') await this.opts.audit.record('imei_not_bound', device.sim.imsi, { protocol, topic: deviceTopic, seen: device.imei ?? null, detail: err.message });
       }
       throw err;
     }
@@ -173,9 +176,15 @@ export class Uplink {
     // Only the raw UDP listener may use the datagram topic.
     if (deviceTopic === UDP_DEVICE_TOPIC && protocol !== 'udp') throw new UplinkRefusal('topic_invalid', topicMessages.topic_invalid!);
     const group = this.opts.group(device.sim.group);
-    const topics = groupTopics(group, { thing: device.sim.thingName, imsi: device.sim.imsi, imei: device.imei ?? device.sim.boundImei ?? '' });
+    const { sim } = device;
+    // Filled as delivery fills them: with the IMEI the SIM is bound to, whatever the device presents.
+    const topics = groupTopics(group, { thing: sim.thingName, imsi: sim.imsi, imei: sim.boundImei ?? '' });
     const problem = topics.checkPublish(deviceTopic, limits);
     if (problem) throw new UplinkRefusal(problem, topicMessages[problem]);
+    // Acknowledged, it could only go to the dead letters: IoT Core has no topic for a SIM bound to no IMEI.
+    if (sim.boundImei === null && publishNamesImei(group, deviceTopic, topics)) {
+      throw new UplinkRefusal('imei_not_bound', "the group's upstream topic names the IMEI ({imei}) and this SIM is bound to no device yet; an installer must bind it");
+    }
   }
 }
 

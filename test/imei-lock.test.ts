@@ -1,7 +1,9 @@
 import { join } from 'node:path';
+import mqtt from 'mqtt';
+import type { IPubackPacket, Packet } from 'mqtt-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashSecret } from '../storage/secret-hash.ts';
-import { connectDevice, deviceOptions } from './helpers/mqtt.ts';
+import { connectDevice, deviceOptions, Observer } from './helpers/mqtt.ts';
 import { gatewayConfig, startGatewayProcess, startSandboxProcess, tempDir, type GatewayProcess, type SandboxProcess } from './helpers/processes.ts';
 import { gatewayStores, withGatewayState } from './helpers/storage-mode.ts';
 
@@ -20,6 +22,8 @@ const SIMS = {
   override: '001010000000307',
   secret: '001010000000308',
   claims: '001010000000309',
+  byImeiUnbound: '001010000000310',
+  byImeiBound: '001010000000311',
 };
 
 describe('the IMEI lock', () => {
@@ -54,7 +58,10 @@ describe('the IMEI lock', () => {
         fleet: { lock: 'locked' },
         lab: { lock: 'any' },
         secured: { lock: 'any', requireSecret: true },
+        // Topics named by the IMEI: the bound one, which the thing carries as its `imei` attribute.
+        byImei: { lock: 'any', upstreamTopic: 'devices/{imei}/{topic}' },
       },
+      vending: { thingAttributes: ['imsi', 'group', 'imei'] },
     });
     // SIMs as an operator would have loaded them (the gateway's own registry, before it starts).
     const opened = await gatewayStores(join(dir, 'gateway'));
@@ -68,6 +75,8 @@ describe('the IMEI lock', () => {
     await add(SIMS.override, 'fleet', X);
     await add(SIMS.secret, 'secured');
     await add(SIMS.claims, 'claims');
+    await add(SIMS.byImeiUnbound, 'byImei');
+    await add(SIMS.byImeiBound, 'byImei', X);
     await sims.setStatus(SIMS.suspended, 'suspended');
     await sims.setStatus(SIMS.terminated, 'terminated');
     await sims.setLockMode(SIMS.override, 'any');
@@ -148,5 +157,31 @@ describe('the IMEI lock', () => {
     const bad = await post(SIMS.secret, X, 'wrong');
     expect(bad.status).toBe(401);
     expect(bad.headers.get('www-authenticate')).toBe('Bearer');
+  });
+
+  it("refuses what a SIM bound to no device sends where the group's topics name the IMEI, and fills them with the bound IMEI, not the presented one", async () => {
+    // Acknowledged, these could only be dead-lettered: IoT Core has no devices/{imei}/ topic for this SIM.
+    const res = await post(SIMS.byImeiUnbound, Y);
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ error: 'imei_not_bound' });
+    const client = await mqtt.connectAsync(url, deviceOptions(SIMS.byImeiUnbound, Y, { protocolVersion: 5 }));
+    const puback = new Promise<IPubackPacket>((resolve) => client.on('packetreceive', (p: Packet) => p.cmd === 'puback' && resolve(p)));
+    client.publish('t', 'x', { qos: 1 }, () => undefined);
+    expect((await puback).reasonCode).toBe(0x87);
+    expect(client.connected).toBe(true);
+    await client.endAsync();
+    const refusals = (await audit(SIMS.byImeiUnbound)).filter((r) => r.kind === 'imei_not_bound');
+    expect(refusals.map((r) => r.protocol)).toEqual(['http', 'mqtt']);
+    expect(refusals[0]).toMatchObject({ topic: 't', seen: Y });
+
+    // Lock `any` lets another device use the bound SIM: its messages go under the SIM's bound IMEI.
+    const observer = await Observer.connect(`mqtt://127.0.0.1:${sandbox.observerPort}`, 'devices/#');
+    try {
+      expect((await post(SIMS.byImeiBound, Y)).status).toBe(202);
+      await observer.waitUntil((m) => m.some((x) => x.topic === `devices/${X}/t`));
+      expect(observer.messages.map((m) => m.topic)).not.toContain(`devices/${Y}/t`);
+    } finally {
+      await observer.close();
+    }
   });
 });

@@ -1,7 +1,7 @@
 // A group's templates are filled once per device and reused (bridge/topics.ts): what is reused must
 // always be what filling them anew would give.
 import { describe, expect, it } from 'vitest';
-import { groupBatchTopic, groupTopics, type GroupTopicConfig } from '../bridge/topics.ts';
+import { groupBatchTopic, groupTopics, publishNamesImei, UDP_DEVICE_TOPIC, type GroupTopicConfig } from '../bridge/topics.ts';
 
 const group = (upstreamTopic: string, batchTopic = 'batches/{thing}'): GroupTopicConfig => ({ upstreamTopic, batching: { topic: batchTopic } });
 const device = { thing: 'sim-001010000000001', imsi: '001010000000001', imei: '490154203237518' };
@@ -23,20 +23,20 @@ describe('group topics bound to a device', () => {
     expect(groupTopics(g, { ...device, thing: 'renamed' }).isOwnReserved('$aws/things/renamed/shadow/update')).toBe(true);
   });
 
-  it("keeps both a device's presented and its bound IMEI, each filled as itself, and a third one anew", () => {
-    const g = group('devices/{imei}/{topic}', 'batches/{imei}');
+  it("tells which messages go to a topic named by the IMEI: the group's template, its UDP topic, its batch topic when it batches", () => {
     const unbound = { ...device, imei: '' };
-    // The uplink fills with the IMEI the device presents, delivery with the one the SIM is bound to.
-    const presented = groupTopics(g, device);
-    const bound = groupTopics(g, unbound);
-    expect(groupTopics(g, { ...device })).toBe(presented);
-    expect(groupTopics(g, { ...unbound })).toBe(bound);
-    expect(presented.publishTopic('t')).toBe('devices/490154203237518/t');
-    expect(bound.publishTopic('t')).toBe('devices//t');
-    expect(groupBatchTopic(g, unbound)).toBe('batches/');
-    expect(groupBatchTopic(g, device)).toBe('batches/490154203237518');
-    expect(groupTopics(g, { ...device, imei: '356938035643809' }).publishTopic('t')).toBe('devices/356938035643809/t');
-    expect(groupTopics(g, device).publishTopic('t')).toBe('devices/490154203237518/t');
+    const byImei = group('devices/{imei}/{topic}');
+    const topics = groupTopics(byImei, unbound);
+    expect(publishNamesImei(byImei, 'telemetry', topics)).toBe(true);
+    // The thing's own shadow and Jobs are not filled from a template.
+    expect(publishNamesImei(byImei, '$aws/things/sim-001010000000001/shadow/update', topics)).toBe(false);
+    const udpByThing = { ...byImei, udpTopic: 'devices/{thing}/udp' };
+    expect(publishNamesImei(udpByThing, UDP_DEVICE_TOPIC, groupTopics(udpByThing, unbound))).toBe(false);
+    const batchByImei = { upstreamTopic: 'devices/{thing}/{topic}', batching: { topic: 'batches/{imei}', policy: 'immediate' } };
+    expect(publishNamesImei(batchByImei, 'telemetry', groupTopics(batchByImei, unbound))).toBe(false);
+    const windowed = { ...batchByImei, batching: { ...batchByImei.batching, policy: 'window' } };
+    expect(publishNamesImei(windowed, 'telemetry', groupTopics(windowed, unbound))).toBe(true);
+    expect(publishNamesImei(group('devices/{thing}/{topic}'), 'telemetry', groupTopics(group('devices/{thing}/{topic}'), unbound))).toBe(false);
   });
 
   it('follows a reloaded group: a new config object is filled from its own template', () => {
