@@ -4,7 +4,7 @@ import type { DeliveryOutbox, MaybePromise, OutboxMessage } from '../storage/out
 import type { Sim, SimRoutingStore } from '../storage/sims.ts';
 import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
 import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
-import { Lane, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
+import { Lane, type HeldPlan, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
 import type { Metrics } from './metrics.ts';
 import { groupBatchTopic, groupTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
@@ -39,6 +39,11 @@ interface Due {
 
 const BILLING_UNIT = 5120;
 const MAX_PEEK = 5000;
+/** Planning found nothing to send and nothing open (shared: callers only read it). */
+const NOTHING_DUE: Due = Object.freeze({ units: Object.freeze([]) as unknown as Unit[] });
+
+/** A held plan that left a batch open. */
+type HeldOpen = Extract<HeldPlan, { open: OpenBatch }>;
 
 /**
  * Moves each SIM's outbox rows upstream on that SIM's own session, in order, packed by its group's
@@ -116,14 +121,16 @@ export class Dispatcher {
       return;
     }
     const pump = { again: false, done: Promise.resolve() };
-    pump.done = this.pump(lane, pump)
+    const ended = () => {
+      lane.pump = undefined;
+      if (pump.again && !this.stopped) this.wakeLane(lane);
+    };
+    pump.done = this.pump(lane, pump).then(ended, (err: unknown) => {
       // Only a store failing outside the retry loop (reading the SIM, dead-lettering a refused SIM's
       // queue) ends up here: the rows stay queued for the next wake.
-      .catch((err: unknown) => this.opts.log.error({ imsi: lane.imsi, err: String((err as Error)?.message ?? err) }, 'delivery stopped'))
-      .finally(() => {
-        lane.pump = undefined;
-        if (pump.again && !this.stopped) this.wakeLane(lane);
-      });
+      this.opts.log.error({ imsi: lane.imsi, err: String((err as Error)?.message ?? err) }, 'delivery stopped');
+      ended();
+    });
     lane.pump = pump;
   }
 
@@ -160,7 +167,8 @@ export class Dispatcher {
       try {
         // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
         // otherwise open every device's session at once, long before anything is due.
-        const next = await this.dueUnits(lane, sim, 1);
+        const due = this.dueUnits(lane, sim, 1);
+        const next = isPromise(due) ? await due : due;
         if (next.units.length === 0) {
           wakeAt = next.waitMs === undefined ? undefined : Date.now() + next.waitMs;
           if (state.again) continue;
@@ -171,11 +179,12 @@ export class Dispatcher {
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
         const planned = lane.suspect === undefined ? next.units : undefined;
-        await this.judgeSuspect(lane, sim, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
+        if (lane.suspect?.uncounted) await this.judgeSuspect(lane, sim, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
         wakeAt = await this.drain(lane, sim, session, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
-        const more = wakeAt === undefined && (await this.opts.outbox.peek(lane.imsi, lane.cursor, 1)).length > 0;
+        const beyond = wakeAt === undefined ? this.opts.outbox.peek(lane.imsi, lane.cursor, 1) : undefined;
+        const more = beyond !== undefined && (isPromise(beyond) ? await beyond : beyond).length > 0;
         if (!state.again && !more && !this.rewound(lane)) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
@@ -269,7 +278,7 @@ export class Dispatcher {
    * what the lane holds from its last plan is continued when it still holds, else the rows are read
    * again. What a plan leaves open stays with the lane.
    */
-  private async dueUnits(lane: Lane, sim: Sim, maxUnits: number): Promise<Due> {
+  private dueUnits(lane: Lane, sim: Sim, maxUnits: number): MaybePromise<Due> {
     const stamp = this.stamp(lane, sim);
     const held = lane.take(stamp);
     if (held && 'due' in held && !this.flushing && held.due.units.length <= maxUnits) {
@@ -278,9 +287,19 @@ export class Dispatcher {
       return { units, waitMs };
     }
     const open = held && 'open' in held ? held : undefined;
-    const { rows, more } = await this.read(lane.imsi, open ? open.lastRowId : stamp.cursor, this.readLimit(open?.basis.cfg ?? stamp.cfg, maxUnits));
+    const limit = this.readLimit(open?.basis.cfg ?? stamp.cfg, maxUnits);
+    // One more than the limit tells whether rows were left beyond it. Answered at once (SQLite), the
+    // plan is made at once too: no promise per read on the path of every message.
+    const rows = this.opts.outbox.peek(lane.imsi, open ? open.lastRowId : stamp.cursor, limit + 1);
+    return isPromise(rows) ? rows.then((read) => this.planRead(lane, sim, stamp, open, read, limit, maxUnits)) : this.planRead(lane, sim, stamp, open, rows, limit, maxUnits);
+  }
+
+  /** dueUnits, once the rows are read (up to limit, and one beyond when there are more). */
+  private planRead(lane: Lane, sim: Sim, stamp: PlanStamp, open: HeldOpen | undefined, rows: OutboxMessage[], limit: number, maxUnits: number): Due {
+    const more = rows.length > limit;
+    if (more) rows.pop();
     // Nothing new and nothing open: nothing to plan. Most drains end with this read.
-    if (!open && rows.length === 0) return { units: [] };
+    if (!open && rows.length === 0) return NOTHING_DUE;
     const basis = open?.basis ?? this.basis(sim);
     const releaseBefore = this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const planned = plan({ ...basis, rows, open: open?.open, more, now: Date.now(), releaseBefore });
@@ -394,7 +413,8 @@ export class Dispatcher {
           exhausted = true;
           continue;
         }
-        due = await this.dueUnits(lane, sim, want);
+        const next = this.dueUnits(lane, sim, want);
+        due = isPromise(next) ? await next : next;
         if (due.units.length < want && due.waitMs === undefined) exhausted = true;
       }
       if (due.units.length === 0) {
