@@ -303,10 +303,9 @@ export class Dispatcher {
     const basis = open?.basis ?? this.basis(sim);
     const releaseBefore = this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const planned = plan({ ...basis, rows, open: open?.open, more, now: Date.now(), releaseBefore });
-    const units = planned.units.slice(0, maxUnits);
-    if (units.length === planned.units.length) {
-      this.keepOpen(lane, { ...stamp, cursor: units.at(-1)?.rows.at(-1)!.id ?? stamp.cursor }, basis, planned.open);
-    }
+    const all = planned.units.length <= maxUnits;
+    const units = all ? planned.units : planned.units.slice(0, maxUnits);
+    if (all && planned.open) this.keepOpen(lane, { ...stamp, cursor: units.at(-1)?.rows.at(-1)!.id ?? stamp.cursor }, basis, planned.open);
     return { units, waitMs: planned.waitMs };
   }
 
