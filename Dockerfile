@@ -26,6 +26,5 @@ VOLUME ["/var/lib/simbridge"]
 EXPOSE 1883 8080 1813/udp 9090
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9090/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-# Node options: app/node-flags.ts.
-ENTRYPOINT ["node", "--max-semi-space-size=64", "dist/bin/simbridge.js"]
+ENTRYPOINT ["node", "dist/bin/simbridge.js"]
 CMD ["start", "--config", "/etc/simbridge/simbridge.yaml"]

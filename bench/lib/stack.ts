@@ -5,7 +5,6 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { spawnCli, startGatewayProcess, startSandboxProcess, tempDir, TEST_MASTER_KEY, type CliProcess, type SandboxProcess, type SpawnOptions } from '../../test/helpers/processes.ts';
-import { GATEWAY_NODE_FLAGS } from '../../app/node-flags.ts';
 import { sandboxIotClient, vendThing } from '../../sandbox/testkit.ts';
 import { Collector, probe } from './collector.ts';
 import { bridgeBroker, upstreamBroker, type BridgeSettings, type MosquittoProcess, type TlsFiles } from './mosquitto.ts';
@@ -73,12 +72,10 @@ export function gatewaySource(): GatewaySource {
 export const simbridgeSpawn = (opts: SpawnOptions = {}): SpawnOptions => ({ cwd: gatewaySource().root, ...opts });
 
 /**
- * The gateway's node runs with the options it is deployed with (app/node-flags.ts), then
- * BENCH_GATEWAY_NODE_ARGS: more options (e.g. --trace-gc, --cpu-prof; a V8 flag given again there wins,
- * e.g. --max-semi-space-size=16 for V8's default young generation); the
+ * BENCH_GATEWAY_NODE_ARGS: more options for the gateway's node (e.g. --trace-gc, --cpu-prof); the
  * Stack's gateway output is kept in gateway-output.log in the temp directory when BENCH_KEEP_TMP is set.
  */
-export const gatewayNodeArgs = (): string[] => [...GATEWAY_NODE_FLAGS, ...(process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [])];
+export const gatewayNodeArgs = (): string[] => process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
 
 /** How the bench starts the sandbox: from the measured checkout, or from this one for a legacy gateway. */
 const sandboxSpawn = (): SpawnOptions => (gatewaySource().legacy ? { cwd: repoRoot } : simbridgeSpawn());
