@@ -65,7 +65,9 @@ export class Dispatcher {
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
-    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.arrived(this.lane(imsi), rows)));
+    // In the next turn of the event loop: the commit has just settled its devices' acknowledgements,
+    // whose promise chains then go out before any of this commit's planning and publishing.
+    opts.outbox.onCommitted((committed) => setImmediate(() => committed.forEach((rows, imsi) => this.arrived(this.lane(imsi), rows))));
   }
 
   /** Resumes delivery of everything left in the outbox (after a restart, a reload). */
