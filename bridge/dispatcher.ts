@@ -4,7 +4,7 @@ import type { DeliveryOutbox, MaybePromise, OutboxMessage } from '../storage/out
 import type { Sim, SimRoutingStore } from '../storage/sims.ts';
 import { VendingRefusedError, type DeviceCredentials } from '../vending/vendor.ts';
 import { plan, type OpenBatch, type Unit } from './batching/planner.ts';
-import { Lane, type HeldPlan, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
+import { Lane, type PlanBasis, type PlanStamp, type Suspect } from './delivery-lane.ts';
 import type { Metrics } from './metrics.ts';
 import { groupBatchTopic, groupTopics } from './topics.ts';
 import type { UpstreamPool, UpstreamSession } from './upstream/session-pool.ts';
@@ -39,11 +39,6 @@ interface Due {
 
 const BILLING_UNIT = 5120;
 const MAX_PEEK = 5000;
-/** Planning found nothing to send and nothing open (shared: callers only read it). */
-const NOTHING_DUE: Due = Object.freeze({ units: Object.freeze([]) as unknown as Unit[] });
-
-/** A held plan that left a batch open. */
-type HeldOpen = Extract<HeldPlan, { open: OpenBatch }>;
 
 /**
  * Moves each SIM's outbox rows upstream on that SIM's own session, in order, packed by its group's
@@ -65,9 +60,7 @@ export class Dispatcher {
   private stopped = false;
 
   constructor(private readonly opts: DispatcherOptions) {
-    // In the next turn of the event loop: the commit has just settled its devices' acknowledgements,
-    // whose promise chains then go out before any of this commit's planning and publishing.
-    opts.outbox.onCommitted((committed) => setImmediate(() => committed.forEach((rows, imsi) => this.arrived(this.lane(imsi), rows))));
+    opts.outbox.onCommitted((committed) => committed.forEach((rows, imsi) => this.arrived(this.lane(imsi), rows)));
   }
 
   /** Resumes delivery of everything left in the outbox (after a restart, a reload). */
@@ -123,16 +116,14 @@ export class Dispatcher {
       return;
     }
     const pump = { again: false, done: Promise.resolve() };
-    const ended = () => {
-      lane.pump = undefined;
-      if (pump.again && !this.stopped) this.wakeLane(lane);
-    };
-    pump.done = this.pump(lane, pump).then(ended, (err: unknown) => {
+    pump.done = this.pump(lane, pump)
       // Only a store failing outside the retry loop (reading the SIM, dead-lettering a refused SIM's
       // queue) ends up here: the rows stay queued for the next wake.
-      this.opts.log.error({ imsi: lane.imsi, err: String((err as Error)?.message ?? err) }, 'delivery stopped');
-      ended();
-    });
+      .catch((err: unknown) => this.opts.log.error({ imsi: lane.imsi, err: String((err as Error)?.message ?? err) }, 'delivery stopped'))
+      .finally(() => {
+        lane.pump = undefined;
+        if (pump.again && !this.stopped) this.wakeLane(lane);
+      });
     lane.pump = pump;
   }
 
@@ -169,8 +160,7 @@ export class Dispatcher {
       try {
         // An open batch (window, schedule) needs no session yet: a sleepy fleet's first readings would
         // otherwise open every device's session at once, long before anything is due.
-        const due = this.dueUnits(lane, sim, 1);
-        const next = isPromise(due) ? await due : due;
+        const next = await this.dueUnits(lane, sim, 1);
         if (next.units.length === 0) {
           wakeAt = next.waitMs === undefined ? undefined : Date.now() + next.waitMs;
           if (state.again) continue;
@@ -181,12 +171,11 @@ export class Dispatcher {
         session = warm && !warm.isClosed ? warm : await this.opts.pool.session(await this.opts.credentials(sim));
         // A suspect from an earlier failure may be dead-lettered now, which changes what is due.
         const planned = lane.suspect === undefined ? next.units : undefined;
-        if (lane.suspect?.uncounted) await this.judgeSuspect(lane, sim, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
+        await this.judgeSuspect(lane, sim, this.opts.changedRecently?.(sim, session.creds.issuedAt) ?? false);
         wakeAt = await this.drain(lane, sim, session, planned);
         delay = this.opts.retryDelayMs;
         // Rows left beyond what drain read (a long backlog read in chunks) keep the pump going.
-        const beyond = wakeAt === undefined ? this.opts.outbox.peek(lane.imsi, lane.cursor, 1) : undefined;
-        const more = beyond !== undefined && (isPromise(beyond) ? await beyond : beyond).length > 0;
+        const more = wakeAt === undefined && (await this.opts.outbox.peek(lane.imsi, lane.cursor, 1)).length > 0;
         if (!state.again && !more && !this.rewound(lane)) break;
       } catch (err) {
         // Resend whatever is left, from the oldest row (what was acked is already marked delivered).
@@ -280,7 +269,7 @@ export class Dispatcher {
    * what the lane holds from its last plan is continued when it still holds, else the rows are read
    * again. What a plan leaves open stays with the lane.
    */
-  private dueUnits(lane: Lane, sim: Sim, maxUnits: number): MaybePromise<Due> {
+  private async dueUnits(lane: Lane, sim: Sim, maxUnits: number): Promise<Due> {
     const stamp = this.stamp(lane, sim);
     const held = lane.take(stamp);
     if (held && 'due' in held && !this.flushing && held.due.units.length <= maxUnits) {
@@ -289,25 +278,16 @@ export class Dispatcher {
       return { units, waitMs };
     }
     const open = held && 'open' in held ? held : undefined;
-    const limit = this.readLimit(open?.basis.cfg ?? stamp.cfg, maxUnits);
-    // One more than the limit tells whether rows were left beyond it. Answered at once (SQLite), the
-    // plan is made at once too: no promise per read on the path of every message.
-    const rows = this.opts.outbox.peek(lane.imsi, open ? open.lastRowId : stamp.cursor, limit + 1);
-    return isPromise(rows) ? rows.then((read) => this.planRead(lane, sim, stamp, open, read, limit, maxUnits)) : this.planRead(lane, sim, stamp, open, rows, limit, maxUnits);
-  }
-
-  /** dueUnits, once the rows are read (up to limit, and one beyond when there are more). */
-  private planRead(lane: Lane, sim: Sim, stamp: PlanStamp, open: HeldOpen | undefined, rows: OutboxMessage[], limit: number, maxUnits: number): Due {
-    const more = rows.length > limit;
-    if (more) rows.pop();
+    const { rows, more } = await this.read(lane.imsi, open ? open.lastRowId : stamp.cursor, this.readLimit(open?.basis.cfg ?? stamp.cfg, maxUnits));
     // Nothing new and nothing open: nothing to plan. Most drains end with this read.
-    if (!open && rows.length === 0) return NOTHING_DUE;
+    if (!open && rows.length === 0) return { units: [] };
     const basis = open?.basis ?? this.basis(sim);
     const releaseBefore = this.flushing ? Infinity : (this.released.get(sim.group) ?? -Infinity);
     const planned = plan({ ...basis, rows, open: open?.open, more, now: Date.now(), releaseBefore });
-    const all = planned.units.length <= maxUnits;
-    const units = all ? planned.units : planned.units.slice(0, maxUnits);
-    if (all && planned.open) this.keepOpen(lane, { ...stamp, cursor: units.at(-1)?.rows.at(-1)!.id ?? stamp.cursor }, basis, planned.open);
+    const units = planned.units.slice(0, maxUnits);
+    if (units.length === planned.units.length) {
+      this.keepOpen(lane, { ...stamp, cursor: units.at(-1)?.rows.at(-1)!.id ?? stamp.cursor }, basis, planned.open);
+    }
     return { units, waitMs: planned.waitMs };
   }
 
@@ -414,8 +394,7 @@ export class Dispatcher {
           exhausted = true;
           continue;
         }
-        const next = this.dueUnits(lane, sim, want);
-        due = isPromise(next) ? await next : next;
+        due = await this.dueUnits(lane, sim, want);
         if (due.units.length < want && due.waitMs === undefined) exhausted = true;
       }
       if (due.units.length === 0) {
