@@ -25,10 +25,11 @@ export const perContextTrust: ContextTrust = (caPem) => caPem;
 /**
  * For a thread whose only TLS clients are upstream sessions (a connection thread): the bundle becomes
  * the thread's default trust, which every context built without `ca` shares, instead of each context
- * building a store of its own. With the five Amazon roots, measured on Node 22 over 1,000 contexts:
- * 24 KB and 0.29 ms per context, against 55 KB and 0.44 ms. The default replaces everything else the
- * thread trusted (bundled roots, NODE_EXTRA_CA_CERTS), so the pin is as strict as `ca`. Node 22.19 and
- * later (tls.setDefaultCACertificates); older Nodes keep a store per context.
+ * building a store of its own. With the five Amazon roots and a session's certificate and key, on
+ * Node 22 (bench tls-contexts): 29 KB and 0.31 ms per context, against 60 KB and 0.56 ms. The default
+ * replaces everything else the thread trusted (bundled roots, NODE_EXTRA_CA_CERTS), so the pin is as
+ * strict as `ca`. Node 22.19 and later (tls.setDefaultCACertificates); older Nodes keep a store per
+ * context.
  */
 export function threadDefaultTrust(): ContextTrust {
   const setDefault = (tls as { setDefaultCACertificates?: typeof tls.setDefaultCACertificates }).setDefaultCACertificates;
