@@ -1,6 +1,9 @@
+import { once } from 'node:events';
+import { createConnection } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import mqtt from 'mqtt';
+import mqttPacket, { type Packet } from 'mqtt-packet';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Admission, AdmittedDevice } from '../bridge/admission.ts';
@@ -108,6 +111,34 @@ describe('device MQTT ingress', () => {
     await Promise.all(acked);
     expect(accepted).toBe(8);
     client.end(true);
+  });
+
+  it('reads publishes in order however packets share and straddle reads: whole ones, a SUBSCRIBE between them, one cut in three', async () => {
+    const accepted: string[] = [];
+    const uplink = { accept: async (_p: string, _d: unknown, topic: string, payload: Buffer) => (accepted.push(`${topic} ${payload}`), 1) } as unknown as Uplink;
+    ingress = await startMqttIngress(fakes({ uplink }));
+    const socket = createConnection(ingress.port, '127.0.0.1');
+    const received: Packet[] = [];
+    const parser = mqttPacket.parser({ protocolVersion: 5 });
+    parser.on('packet', (p: Packet) => received.push(p));
+    socket.on('data', (d: Buffer) => parser.parse(d));
+    await once(socket, 'connect');
+    const v5 = { protocolVersion: 5 } as const;
+    socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId: 'sim-001010000000001', clean: true, keepalive: 60 }, v5));
+    await expect.poll(() => received.some((p) => p.cmd === 'connack')).toBe(true);
+    const publish = (n: number, extra: object = {}) => mqttPacket.generate({ cmd: 'publish', topic: `t/${n}`, payload: Buffer.from(`m${n}`), qos: 1, messageId: n, retain: false, dup: false, ...extra } as Packet, v5);
+    // One read: two plain publishes, a SUBSCRIBE, a plain one, one with a property (parser), and the start of the sixth.
+    const sixth = publish(6);
+    socket.write(Buffer.concat([publish(1), publish(2), mqttPacket.generate({ cmd: 'subscribe', messageId: 90, subscriptions: [{ topic: 'cmd/#', qos: 1 }] }, v5), publish(3), publish(4, { properties: { payloadFormatIndicator: true } }), publish(5), sixth.subarray(0, 3)]));
+    await new Promise((r) => setTimeout(r, 50));
+    socket.write(sixth.subarray(3, 6));
+    await new Promise((r) => setTimeout(r, 50));
+    socket.write(Buffer.concat([sixth.subarray(6), publish(7)]));
+    await expect.poll(() => received.filter((p) => p.cmd === 'puback').length).toBe(7);
+    expect(accepted).toEqual([1, 2, 3, 4, 5, 6, 7].map((n) => `t/${n} m${n}`));
+    expect(received.filter((p) => p.cmd === 'puback').map((p) => p.messageId)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(received.find((p) => p.cmd === 'suback')?.messageId).toBe(90);
+    socket.destroy();
   });
 });
 
