@@ -3,7 +3,6 @@ import mqttPacket, { type IPublishPacket, type Packet, type Parser } from 'mqtt-
 import { LentParsers } from '../../../lib/lent-parsers.ts';
 import type { AdmittedDevice } from '../../admission.ts';
 import type { Endpoint } from './context.ts';
-import { readPublish } from './publish-frame.ts';
 import { REASON_CODES, type MqttRefusalReason } from './reasons.ts';
 import type { DeviceSession } from './session.ts';
 
@@ -101,13 +100,6 @@ export class DeviceConnection {
 
   private handleData(chunk: Buffer): void {
     this.lastHeard = this.ep.clock;
-    let at = 0;
-    // Whole plain PUBLISHes of an open connection are read here; from the first other packet on, the parser reads.
-    if (!this.parser) {
-      for (let read; this.state === 'open' && (read = readPublish(chunk, at, this.level, this.ep.maxPacketBytes)); at = read.next) this.handlePacket(read.packet);
-      if (at === chunk.length || this.state === 'closed') return;
-      if (at > 0) chunk = chunk.subarray(at);
-    }
     // The CONNECT sets the level; packets after it in the same chunk are read at that level by the parser.
     const parser = parsers.read(this, this.parser, chunk, PARSER_SETTINGS[this.level]);
     this.parser = parser;
