@@ -42,8 +42,9 @@ export function committer(db: Db): (req: CommitRequest) => CommitResult {
   });
   return (req) => {
     const started = performance.now();
-    const result = transaction(req);
-    return { ...result, seconds: (performance.now() - started) / 1000 };
+    // Fields named, not spread: a spread followed by a new field costs Node 20 a new hidden class each time.
+    const { ids, deleted } = transaction(req);
+    return { ids, deleted, seconds: (performance.now() - started) / 1000 };
   };
 }
 
