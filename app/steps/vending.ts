@@ -34,7 +34,14 @@ export function startVending(live: Live, deps: { stores: Stores; cipher: KeyCiph
     onPolicyUpdated: (name) => policyUpdatedAt.set(name, Date.now()),
     needsDataEndpoint: !live.config.upstream.endpoint,
   });
-  const changedRecently = (sim: Sim, issuedAt: number | undefined) =>
-    Date.now() - Math.max(issuedAt ?? 0, policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0) < live.config.upstream.propagationGraceMs;
+  const changedRecently = (sim: Sim, issuedAt: number | undefined) => {
+    const now = Date.now();
+    const grace = live.config.upstream.propagationGraceMs;
+    if (now - (issuedAt ?? 0) < grace) return true;
+    // Asked before every delivery: the group's policy (a document built from config) is looked up only
+    // while some policy update is still within the grace, and updates past it are forgotten.
+    for (const [name, at] of policyUpdatedAt) if (now - at >= grace) policyUpdatedAt.delete(name);
+    return policyUpdatedAt.size > 0 && now - (policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0) < grace;
+  };
   return { vendor, provider, changedRecently };
 }
