@@ -209,7 +209,7 @@ export const configSchema = z
         client: z
           .enum(['node', 'aws-crt'])
           .default('node')
-          .describe('MQTT client of the upstream sessions: node = Node.js TLS, on the threads below; aws-crt = the AWS IoT Device SDK v2 (its own native threads under them)'),
+          .describe('MQTT client of the upstream sessions: node = Node.js TLS on the upstream.threads connection threads (0: the main event loop); aws-crt = the AWS IoT Device SDK v2'),
         threads: z
           .number()
           .int()

@@ -127,7 +127,7 @@ describe('device MQTT ingress', () => {
     socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId: 'sim-001010000000001', clean: true, keepalive: 60 }, v5));
     await expect.poll(() => received.some((p) => p.cmd === 'connack')).toBe(true);
     const publish = (n: number, extra: object = {}) => mqttPacket.generate({ cmd: 'publish', topic: `t/${n}`, payload: Buffer.from(`m${n}`), qos: 1, messageId: n, retain: false, dup: false, ...extra } as Packet, v5);
-    // One read: two plain publishes, a SUBSCRIBE, a plain one, one with a property (parser), and the start of the sixth.
+    // One write: two publishes, a SUBSCRIBE, a publish, one with an MQTT 5 property, another, and the first 3 bytes of the sixth.
     const sixth = publish(6);
     socket.write(Buffer.concat([publish(1), publish(2), mqttPacket.generate({ cmd: 'subscribe', messageId: 90, subscriptions: [{ topic: 'cmd/#', qos: 1 }] }, v5), publish(3), publish(4, { properties: { payloadFormatIndicator: true } }), publish(5), sixth.subarray(0, 3)]));
     await new Promise((r) => setTimeout(r, 50));
