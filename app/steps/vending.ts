@@ -21,6 +21,7 @@ export function startVending(live: Live, deps: { stores: Stores; cipher: KeyCiph
   const { metrics } = deps;
   // When each group policy last got a new version: IoT Core applies it minutes later.
   const policyUpdatedAt = new Map<string, number>();
+  let lastPolicyUpdate = 0;
   const { vendor, provider } = createVending(live.config.vending, {
     sims: deps.stores.sims,
     credentials: deps.stores.credentials,
@@ -31,17 +32,15 @@ export function startVending(live: Live, deps: { stores: Stores; cipher: KeyCiph
     onVended: (s) => (metrics.vends.inc({ result: 'ok' }), metrics.vendSeconds.observe(s)),
     onFailure: () => metrics.vends.inc({ result: 'failed' }),
     onQueueDepth: (d) => metrics.vendQueueDepth.set(d),
-    onPolicyUpdated: (name) => policyUpdatedAt.set(name, Date.now()),
+    onPolicyUpdated: (name) => policyUpdatedAt.set(name, (lastPolicyUpdate = Date.now())),
     needsDataEndpoint: !live.config.upstream.endpoint,
   });
   const changedRecently = (sim: Sim, issuedAt: number | undefined) => {
     const now = Date.now();
-    const grace = live.config.upstream.propagationGraceMs;
-    if (now - (issuedAt ?? 0) < grace) return true;
+    const recent = (at: number) => now - at < live.config.upstream.propagationGraceMs;
     // Asked before every delivery: the group's policy (a document built from config) is looked up only
-    // while some policy update is still within the grace, and updates past it are forgotten.
-    for (const [name, at] of policyUpdatedAt) if (now - at >= grace) policyUpdatedAt.delete(name);
-    return policyUpdatedAt.size > 0 && now - (policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0) < grace;
+    // while some policy update is recent at all.
+    return recent(issuedAt ?? 0) || (recent(lastPolicyUpdate) && recent(policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0));
   };
   return { vendor, provider, changedRecently };
 }
