@@ -6,27 +6,11 @@
 // KIND=mqtt|http (devices' protocol, default mqtt), N (devices, default 1000), RATES (comma-separated
 // msgs/s offered, paced, 8 s each; 0 = idle for 8 s; default 0,500,1000,2000,3500), BYTID=1 (threads
 // by id rather than by name). BENCH_GATEWAY_REF and BENCH_GATEWAY_NODE_ARGS apply as in every scenario.
-import { readdirSync, readFileSync } from 'node:fs';
 import { devices, SIMBRIDGE_TOPIC } from './lib/devices.ts';
 import { LoadPool } from './lib/load.ts';
 import { measuredRun, newTag, warmUp } from './lib/measure.ts';
+import { threadCpuSeconds } from './lib/procstat.ts';
 import { Stack } from './lib/stack.ts';
-
-/** CPU seconds (user + system) of each thread of a process, by "name#tid". */
-function threadSeconds(pid: number): Map<string, number> {
-  const m = new Map<string, number>();
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const s = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      const name = s.slice(s.indexOf('(') + 1, s.lastIndexOf(')'));
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      m.set(`${name}#${t}`, (Number(f[11]) + Number(f[12])) / 100);
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return m;
-}
 
 /** Share of a core each thread (or thread name) used between two readings; the main thread as "main". */
 function threadShares(pid: number, a: Map<string, number>, b: Map<string, number>, secs: number): string {
@@ -55,15 +39,15 @@ try {
   console.log('warm');
   await new Promise((r) => setTimeout(r, 5000));
   for (const rate of rates) {
-    const before = threadSeconds(gw.pid);
+    const before = threadCpuSeconds(gw.pid);
     const started = Date.now();
     if (rate === 0) {
       await new Promise((r) => setTimeout(r, 8000));
-      console.log(`rate 0 idle: ${threadShares(gw.pid, before, threadSeconds(gw.pid), (Date.now() - started) / 1000)}`);
+      console.log(`rate 0 idle: ${threadShares(gw.pid, before, threadCpuSeconds(gw.pid), (Date.now() - started) / 1000)}`);
       continue;
     }
     const f = await measuredRun(stack.collector, load, { tag: newTag('p'), mode: 'paced', window: 100, ratePerS: rate, durationMs: 8000, payloadBytes: 200, pid: gw.pid });
-    const shares = threadShares(gw.pid, before, threadSeconds(gw.pid), (Date.now() - started) / 1000);
+    const shares = threadShares(gw.pid, before, threadCpuSeconds(gw.pid), (Date.now() - started) / 1000);
     console.log(`rate ${rate}: delivered ${f.msgs_per_s.toFixed(0)}/s cpu ${f.cpu_pct?.toFixed(1)}% ${f.cpu_us_per_msg?.toFixed(1)} us/msg ack p50/p99 ${f.ack_p50_ms}/${f.ack_p99_ms}  threads: ${shares}`);
   }
   await load.close();

@@ -25,17 +25,32 @@ export function rssKb(pid: number): number | null {
   }
 }
 
-/** CPU seconds (user + system, all threads) a process has used so far (/proc/<pid>/stat); null when it is gone. */
-export function cpuSeconds(pid: number): number | null {
+/** CPU seconds (user + system) in a /proc stat file, and the command name it gives; null when it is gone. */
+function statCpu(path: string): { name: string; seconds: number } | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(path, 'utf8');
     // The command name may contain spaces and parentheses: fields are counted after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // fields[0] is field 3 (state); utime is field 14, stime field 15.
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+    return { name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), seconds: (Number(fields[11]) + Number(fields[12])) / clockTicks() };
   } catch {
     return null;
   }
+}
+
+/** CPU seconds (user + system, all threads) a process has used so far (/proc/<pid>/stat); null when it is gone. */
+export function cpuSeconds(pid: number): number | null {
+  return statCpu(`/proc/${pid}/stat`)?.seconds ?? null;
+}
+
+/** CPU seconds each thread of a process has used so far, by "name#tid" (threads that ended are left out). */
+export function threadCpuSeconds(pid: number): Map<string, number> {
+  const seconds = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const used = statCpu(`/proc/${pid}/task/${tid}/stat`);
+    if (used) seconds.set(`${used.name}#${tid}`, used.seconds);
+  }
+  return seconds;
 }
 
 /** The soft limit on open files of a process (`Max open files` in /proc/<pid>/limits; children inherit it); null if unreadable or unlimited. */
