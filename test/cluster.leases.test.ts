@@ -209,6 +209,48 @@ describe.skipIf(!bin)('leases and fencing on PostgreSQL', () => {
     expect(a.outbox.usage(X).rows).toBe(3);
   });
 
+  it('after a missed heartbeat, a SIM taken back by the next one and claimed by a commit meanwhile stays held at its newest epoch', async () => {
+    const url = await server.database();
+    const a = await node(url, 'a');
+    await a.outbox.enqueue(msg(X, 'x1'));
+    a.cluster.stop();
+    // The database is out of reach for one heartbeat, and for longer than the node can be sure of its SIMs.
+    const query = a.pool.query;
+    a.pool.query = (() => Promise.reject(new Error('connection refused'))) as typeof query;
+    await a.cluster.beat();
+    a.pool.query = query;
+    await new Promise((r) => setTimeout(r, 900));
+    // The next heartbeat takes X back; the read of what X has waiting, on its way, is held here.
+    let reached = () => undefined as void;
+    const reading = new Promise<void>((r) => (reached = r));
+    let release = () => undefined as void;
+    const held = new Promise<void>((r) => (release = r));
+    a.pool.query = ((...args: Parameters<typeof query>) => {
+      const text = String(args[0]);
+      if (!text.startsWith('SELECT imsi, count(*)')) return query.apply(a.pool, args);
+      a.pool.query = query;
+      reached();
+      return held.then(() => query.apply(a.pool, args));
+    }) as typeof query;
+    const beat = a.cluster.beat();
+    await reading;
+    // Meanwhile a device's message commits: X is not noted as held yet, so the commit claims it again.
+    await a.outbox.enqueue(msg(X, 'x2'));
+    const claimed = (await lease(a.pool, X))!;
+    expect(a.cluster.epochOf(X)).toBe(claimed.epoch);
+    release();
+    await beat;
+    // The heartbeat's older answer neither replaces the commit's epoch nor lets go of X.
+    expect(await lease(a.pool, X)).toEqual(claimed);
+    expect(a.cluster.epochOf(X)).toBe(claimed.epoch);
+    expect(a.lost).toEqual([X]);
+    expect((await a.outbox.peek(X, 0, 10)).map((r) => r.payload.toString())).toEqual(['x1', 'x2']);
+    // What is delivered under that epoch is deleted.
+    a.outbox.remove(await a.outbox.peek(X, 0, 10));
+    await a.outbox.settle();
+    expect(await rowsOf(a.pool, X)).toEqual([]);
+  });
+
   it('the holder\'s own commits, one call each with no transaction around them, wait for the SIM\'s commit lock too', async () => {
     const url = await server.database();
     const a = await node(url, 'a');

@@ -144,7 +144,11 @@ describe.skipIf(!bin)('the gateway on PostgreSQL', () => {
     expect([...answers.keys()].sort()).toEqual([202, 503]);
     expect(slowestMs).toBeLessThan(8000);
     const of = () => seen(observer, 'outage-');
-    await observer.waitUntil(() => acked.every((i) => of().includes(`outage-${i}`)), 60_000);
+    const missing = () => acked.filter((i) => !of().includes(`outage-${i}`));
+    await observer.waitUntil(() => missing().length === 0, 60_000).catch((err: Error) => {
+      // Which acknowledged messages never arrived, and what the gateway said meanwhile.
+      throw new Error(`${err.message}; acknowledged but not delivered: ${missing().join(', ')}\n${gateway.output.slice(-4000)}`);
+    });
     const firsts = [...new Set(of())].map((p) => Number(p.split('-')[1]));
     expect(firsts).toEqual([...firsts].sort((a, b) => a - b));
   }, OUTAGE_MS + 150_000);

@@ -227,12 +227,15 @@ export class ClusterNode {
     // checked after a heartbeat failed, not on every one (a hand-over is announced; a take-over needs this
     // node seen dead, which it lets go of by itself first).
     if (this.missedBeat && this.owned.size) {
+      const asked = new Map(this.owned);
       const { rows } = await this.pool.query<{ imsi: string }>(
         `SELECT m.imsi FROM unnest($1::text[], $2::bigint[]) AS m(imsi, epoch)
          LEFT JOIN sim_leases l ON l.imsi = m.imsi AND l.owner = $3 AND l.epoch = m.epoch WHERE l.imsi IS NULL`,
-        [[...this.owned.keys()], [...this.owned.values()], this.nodeId],
+        [[...asked.keys()], [...asked.values()], this.nodeId],
       );
-      this.lose(rows.map((r) => r.imsi));
+      // A SIM this node's own commit claimed again meanwhile (a newer epoch, noted here since the question
+      // was asked) is held: letting go of it would leave its lease naming this node with no one delivering.
+      this.lose(rows.map((r) => r.imsi).filter((imsi) => this.owned.get(imsi) === asked.get(imsi)));
     }
     this.missedBeat = false;
     const { rows: taken } = await this.pool.query<{ imsi: string; epoch: number }>(
@@ -352,7 +355,7 @@ export class ClusterNode {
     );
     const waiting = new Map(rows.map((r) => [r.imsi, r]));
     const gained = leases.map(({ imsi, epoch }) => ({ imsi, epoch, rows: waiting.get(imsi)?.rows ?? 0, bytes: waiting.get(imsi)?.bytes ?? 0, newest: waiting.get(imsi)?.newest ?? 0 }));
-    for (const g of gained) this.owned.set(g.imsi, g.epoch);
+    for (const g of gained) this.hold(g.imsi, g.epoch);
     const sims = gained.filter((g) => !isStreamKey(g.imsi));
     if (sims.length) {
       for (const fn of this.gainedListeners) fn(sims);
@@ -402,8 +405,17 @@ export class ClusterNode {
 
   /** After the commit that claimed them: the SIMs are this node's. */
   claimed(claimed: Gained[]): void {
-    for (const g of claimed) this.owned.set(g.imsi, g.epoch);
+    for (const g of claimed) this.hold(g.imsi, g.epoch);
     if (claimed.length) this.held(claimed);
+  }
+
+  /**
+   * Notes a lease this node took. A heartbeat taking back its SIMs and a commit claiming one of them may
+   * answer in either order; epochs only rise, so the newer of the two is the lease as it stands.
+   */
+  private hold(imsi: string, epoch: number): void {
+    const noted = this.owned.get(imsi);
+    if (noted === undefined || epoch > noted) this.owned.set(imsi, epoch);
   }
 
   private held(sims: Gained[]): void {
