@@ -61,6 +61,7 @@ function replacing(o: DeliveryOutbox, answers: Partial<DeliveryOutbox>): Deliver
 interface Rig {
   db: Db;
   outbox: Outbox;
+  pool: ReturnType<typeof fakeUpstreamPool>['pool'];
   link: FakeUpstreamLink;
   dispatcher: Dispatcher;
   sims: SimStore;
@@ -84,6 +85,7 @@ interface RigOptions {
   groups?: Record<string, unknown>;
   maxDeliveryAttempts?: number;
   maxInflight?: number;
+  retryDelayMs?: number;
   credentials?: (sim: Sim) => Promise<DeviceCredentials>;
   /** Changes what the dispatcher sees of the outbox. */
   wrap?: (outbox: DeliveryOutbox) => DeliveryOutbox;
@@ -113,8 +115,8 @@ async function rig(opts: RigOptions): Promise<Rig> {
     maxMessageBytes: 131072,
     maxInflight: opts.maxInflight ?? 8,
     maxDeliveryAttempts: opts.maxDeliveryAttempts ?? 5,
-    retryDelayMs: 1,
-    retryMaxDelayMs: 5,
+    retryDelayMs: opts.retryDelayMs ?? 1,
+    retryMaxDelayMs: Math.max(5, opts.retryDelayMs ?? 1),
     metrics,
     log,
     onDeadLetter: (msg, reason) => deadLetters.push({ msg, reason }),
@@ -129,6 +131,7 @@ async function rig(opts: RigOptions): Promise<Rig> {
   return {
     db,
     outbox,
+    pool,
     link,
     dispatcher,
     sims,
@@ -360,6 +363,26 @@ describe.each([
     await r.send(A, 3);
     await until('all delivered', () => r.onDisk(A) === 0);
     expect(readings(r.link.acked, A)).toEqual([0, 1, 2, 3]);
+  });
+
+  it('leaves a SIM another node took mid-publish to that node, and resumes at once when it is held again', async () => {
+    const r = await rig({ later, retryDelayMs: 20_000 });
+    let held = true;
+    r.dispatcher.holds = () => held;
+    r.link.holdAcks = true;
+    await r.send(A, 0);
+    await until('in flight', () => r.link.heldAcks === 1);
+    // Another node holds the SIM now: this node closes its session (app/steps/cluster.ts).
+    held = false;
+    await r.pool.drop(`sim-${A}`);
+    await sleep(50);
+    expect(r.onDisk(A)).toBe(1);
+    // Held again: the outbox wakes the lane, and nothing waits for the 20 s retry delay.
+    held = true;
+    r.link.holdAcks = false;
+    r.dispatcher.wake(A);
+    await until('delivered once held again', () => r.onDisk(A) === 0, 3000);
+    expect(readings(r.link.acked, A)).toEqual([0]);
   });
 
   it('a lane\'s open batch goes stale when its SIM is bound to another IMEI: the batch carries the new identity', async () => {
