@@ -55,11 +55,6 @@ export class Dispatcher {
   private readonly lanes = new Map<string, Lane>();
   /** Per group: rows received up to this time are due now (a schedule fired). */
   private readonly released = new Map<string, number>();
-  /**
-   * Whether this node delivers the SIM now (several nodes share a database: the one holding it does).
-   * A delivery that fails after the SIM went to another node is that node's to finish, not a failure.
-   */
-  holds: (imsi: string) => boolean = () => true;
   /** While flushing (shutdown), every open batch is due. */
   private flushing = false;
   private stopped = false;
@@ -188,7 +183,7 @@ export class Dispatcher {
         if (this.stopped) return;
         // Its session closed because another node holds the SIM now: nothing to retry here. Should it come
         // back, the outbox wakes the lane, which then starts at once instead of after a retry delay.
-        if (!this.holds(lane.imsi)) {
+        if (!this.opts.outbox.holds(lane.imsi)) {
           if (session) await this.opts.pool.discard(session);
           return;
         }

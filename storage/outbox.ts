@@ -73,6 +73,11 @@ export interface DeliveryOutbox {
    * held it): a reader's next read of the SIM starts at its oldest row.
    */
   rewinds(imsi: string): number;
+  /**
+   * Whether this node delivers the SIM: always on one node; in a cluster, while it holds the SIM's lease
+   * (a delivery that fails after the SIM went to another node is that node's to finish).
+   */
+  holds(imsi: string): boolean;
 }
 
 /**
@@ -187,6 +192,11 @@ export abstract class GroupCommitOutbox {
   /** Changes whenever readers of the SIM must start again from its oldest row (never, on one node). */
   rewinds(imsi: string): number {
     return this.rewoundPerSim.get(imsi) ?? 0;
+  }
+
+  /** One node delivers every SIM. */
+  holds(_imsi: string): boolean {
+    return true;
   }
 
   protected rewound(imsi: string): void {

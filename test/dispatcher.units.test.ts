@@ -40,6 +40,7 @@ function answeringLater(outbox: Outbox): DeliveryOutbox {
     usage: (imsi) => outbox.usage(imsi),
     removals: (imsi) => outbox.removals(imsi),
     rewinds: (imsi) => outbox.rewinds(imsi),
+    holds: (imsi) => outbox.holds(imsi),
   };
 }
 
@@ -54,6 +55,7 @@ function replacing(o: DeliveryOutbox, answers: Partial<DeliveryOutbox>): Deliver
     usage: (imsi) => o.usage(imsi),
     removals: (imsi) => o.removals(imsi),
     rewinds: (imsi) => o.rewinds(imsi),
+    holds: (imsi) => o.holds(imsi),
     ...answers,
   };
 }
@@ -366,9 +368,8 @@ describe.each([
   });
 
   it('leaves a SIM another node took mid-publish to that node, and resumes at once when it is held again', async () => {
-    const r = await rig({ later, retryDelayMs: 20_000 });
     let held = true;
-    r.dispatcher.holds = () => held;
+    const r = await rig({ later, retryDelayMs: 20_000, wrap: (o) => replacing(o, { holds: () => held }) });
     r.link.holdAcks = true;
     await r.send(A, 0);
     await until('in flight', () => r.link.heldAcks === 1);

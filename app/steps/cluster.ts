@@ -19,7 +19,6 @@ export function followCluster(live: Live, parts: PostgresGatewayParts, deps: { d
   const { stores, cluster } = parts;
   const log = deps.log.child({ component: 'cluster', node: cluster.nodeId });
   parts.outbox.onWake((imsi) => dispatcher.wake(imsi));
-  dispatcher.holds = (imsi) => cluster.owns(imsi);
   cluster.describe = () => ({ ...cluster.opts.info, upstreamSessions: deps.upstream.pool.size });
   // Persistent MQTT sessions live with their SIM: its holder subscribes them upstream (commands are kept
   // for a sleeping device), whichever node the device last talked to.

@@ -342,10 +342,15 @@ export class PgOutbox extends GroupCommitOutbox implements DeliveryOutbox {
     return node ? sims.filter((imsi) => node.owns(imsi)) : sims;
   }
 
+  /** Alone, every SIM; in a cluster, the SIMs this node holds. */
+  override holds(imsi: string): boolean {
+    return !this.cluster || this.cluster.owns(imsi);
+  }
+
   /** As the SQLite outbox: from memory when it knows, else just what is asked, reading on past delivered rows. */
   async peek(imsi: string, afterId: number, limit: number): Promise<OutboxMessage[]> {
     // Another node's SIM (or this node lost it): nothing to deliver here.
-    if (this.cluster && !this.cluster.owns(imsi)) return [];
+    if (!this.holds(imsi)) return [];
     const known = this.fromMemory(imsi, afterId, limit);
     if (known) return known;
     const found: OutboxMessage[] = [];
