@@ -77,6 +77,15 @@ export class MemProbe {
     return null;
   }
 
+  /**
+   * Collects, then reads the settled RSS again: the baseline of the next delta, which the collection
+   * would otherwise shrink. `rssKb` falls back to the reading taken before (`readKb`).
+   */
+  async gcBaseline(pid: number, readKb: number | null): Promise<{ mem: MemUsage | null; rssKb: number | null }> {
+    const mem = await this.gc(pid);
+    return { mem, rssKb: (await settledRss(pid)) ?? readKb };
+  }
+
   remove(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }

@@ -4,7 +4,7 @@ import { knob, type Ctx, type Scenario } from '../lib/context.ts';
 import { devices, SIMBRIDGE_TOPIC } from '../lib/devices.ts';
 import { forkWorker, LoadPool } from '../lib/load.ts';
 import { newTag, warmUp } from '../lib/measure.ts';
-import { IDLE_BASELINE_AFTER_MS, idleRss, MemProbe, settledRss, type MemUsage } from '../lib/memory.ts';
+import { IDLE_BASELINE_AFTER_MS, idleRss, MemProbe, type MemUsage } from '../lib/memory.ts';
 import { rssKb } from '../lib/procstat.ts';
 import type { Goal, ScenarioResult } from '../lib/report.ts';
 import { gatewaySource, Stack } from '../lib/stack.ts';
@@ -89,10 +89,7 @@ export async function badInput(ctx: Ctx): Promise<ScenarioResult> {
     try {
       await warmUp(stack.collector, load, 1);
       // After V8's start-up shrink (bench/lib/memory.ts), which would otherwise hide growth.
-      const idle = await idleRss(gw.pid, startedAt);
-      memBefore = await memProbe.gc(gw.pid);
-      // Read again after the probe's GC, which would otherwise shrink the growth measured from here.
-      rssBefore = (await settledRss(gw.pid)) ?? idle;
+      ({ mem: memBefore, rssKb: rssBefore } = await memProbe.gcBaseline(gw.pid, await idleRss(gw.pid, startedAt)));
       const tag = newTag('v');
       const stats = stack.collector.stats(tag);
       const goodRun = load.run({ tag, mode: 'paced', window: 1000, ratePerS, durationMs: durationMs + 2000, perDeviceMax: 10_000_000, tailMs: 10_000, payloadBytes: 200, returnAcked: true });

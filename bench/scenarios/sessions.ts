@@ -122,9 +122,7 @@ async function sessions(ctx: Ctx): Promise<ScenarioResult> {
     if (!adminPort) throw new Error('simbridge serves no admin API (its ready signal has no admin port)');
     const metrics = () => scrape(adminPort);
     const rss0 = await idleRss(gw.pid, startedAt);
-    const mem0 = await memProbe.gc(gw.pid);
-    // Baseline for the next delta: re-read after the probe's GC, so the probe does not shrink the delta.
-    const rss0b = (await settledRss(gw.pid)) ?? rss0;
+    const { mem: mem0, rssKb: rss0b } = await memProbe.gcBaseline(gw.pid, rss0);
     log(`simbridge up (pid ${gw.pid}), idle RSS ${round(rss0! / 1024)} MB (after a full GC ${mem0 ? round(mem0.rss / 2 ** 20) : '?'} MB)`);
 
     // ---- 10,000 idle devices over local MQTT ----
@@ -139,10 +137,9 @@ async function sessions(ctx: Ctx): Promise<ScenarioResult> {
     figures.rss_idle_gateway_mb = round(rss0! / 1024);
     figures.rss_with_idle_devices_mb = round(rss1! / 1024);
     figures.rss_per_idle_device_kb = connected ? round((rss1! - rss0b!) / connected) : null;
-    const mem1 = await memProbe.gc(gw.pid);
+    const { mem: mem1, rssKb: rss1b } = await memProbe.gcBaseline(gw.pid, rss1);
     figures.rss_per_idle_device_kb_after_gc = perKb(mem0, mem1, 'rss', connected);
     figures.heap_per_idle_device_kb = perKb(mem0, mem1, 'heapUsed', connected);
-    const rss1b = (await settledRss(gw.pid)) ?? rss1;
     log(`RSS with ${st1.connected} idle devices: ${round(rss1! / 1024)} MB → ${figures.rss_per_idle_device_kb} KB/device`);
 
     // ---- 1,000 warm upstream sessions: one QoS 1 message each (vending + session) ----
