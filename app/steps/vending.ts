@@ -36,11 +36,11 @@ export function startVending(live: Live, deps: { stores: Stores; cipher: KeyCiph
     needsDataEndpoint: !live.config.upstream.endpoint,
   });
   const changedRecently = (sim: Sim, issuedAt: number | undefined) => {
-    const now = Date.now();
-    const recent = (at: number) => now - at < live.config.upstream.propagationGraceMs;
+    // Within the grace: anything after this time.
+    const since = Date.now() - live.config.upstream.propagationGraceMs;
     // Asked before every delivery: the group's policy (a document built from config) is looked up only
     // while some policy update is recent at all.
-    return recent(issuedAt ?? 0) || (recent(lastPolicyUpdate) && recent(policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0));
+    return (issuedAt ?? 0) > since || (lastPolicyUpdate > since && (policyUpdatedAt.get(groupPolicy(live.config, sim.group).name) ?? 0) > since);
   };
   return { vendor, provider, changedRecently };
 }
